@@ -1,0 +1,169 @@
+//! Job events: what an agent publishes on `pvefleet.events.<node>.<job_id>` as a job runs.
+
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{JobId, NodeName, Vmid};
+use crate::message::{DecodeError, Timestamp, V1, decode};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventType {
+    /// An agent took the job.
+    Accepted,
+    /// A step began (or moved on); `percent` says how far the job is.
+    Step,
+    /// A line of output: a Proxmox task log, or a script's stdout/stderr.
+    Log,
+    /// Something went less well than asked but the job goes on.
+    Warning,
+    /// Terminal: the job succeeded.
+    Complete,
+    /// Terminal: the job failed (and was rolled back unless the policy says keep).
+    Error,
+}
+
+impl EventType {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventType::Complete | EventType::Error)
+    }
+}
+
+/// The steps of a create job, in order; `RollingBack` only after a failure.
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Validating,
+    Creating,
+    Starting,
+    Connecting,
+    Deploying,
+    Finalizing,
+    RollingBack,
+}
+
+impl Step {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Validating => "validating",
+            Step::Creating => "creating",
+            Step::Starting => "starting",
+            Step::Connecting => "connecting",
+            Step::Deploying => "deploying",
+            Step::Finalizing => "finalizing",
+            Step::RollingBack => "rolling_back",
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a `log` line came from.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// A Proxmox task's log.
+    Task,
+}
+
+/// What kind of failure ended a job; callers match on it, people read `message`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The message could not be read (not JSON, unknown version or kind, bad field).
+    InvalidMessage,
+    /// The spec is invalid or does not fit the node (storage, template, bridge).
+    Validation,
+    /// The job was sent to another node's agent.
+    WrongNode,
+    /// The vmid belongs to a container pvefleet did not create.
+    Conflict,
+    /// The Proxmox API refused or failed a request.
+    Proxmox,
+    /// A Proxmox task ended in error.
+    Task,
+    /// A step ran past its deadline.
+    Timeout,
+    /// SSH into the container failed.
+    Ssh,
+    /// A deploy item (package, file, script) failed.
+    Deploy,
+    /// An operator cancelled the job.
+    Cancelled,
+    /// A failure inside the agent.
+    Internal,
+}
+
+/// The failure in a failed job's result.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorInfo {
+    pub kind: ErrorKind,
+    pub step: Step,
+    pub message: String,
+}
+
+/// A job's outcome, carried by its terminal event.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct JobResult {
+    pub success: bool,
+    pub job_id: JobId,
+    pub node: NodeName,
+    pub vmid: Option<Vmid>,
+    pub ip: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    pub rolled_back: bool,
+    /// SHA-256 fingerprint of the container's SSH host key trusted for the deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+}
+
+/// One event of a job. `seq` runs 1, 2, 3… per job without gaps, across redeliveries.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Event {
+    pub v: V1,
+    pub job_id: JobId,
+    pub node: NodeName,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<Step>,
+    /// How far the job is, 0..=100; never goes down within a job.
+    pub percent: u8,
+    pub message: String,
+    pub timestamp: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<LogStream>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+}
+
+impl Event {
+    /// Reads an event message, with a clear error for another version or type.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode(
+            bytes,
+            "event type",
+            &["accepted", "step", "log", "warning", "complete", "error"],
+        )
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serializes")
+    }
+
+    pub fn is_terminal(&self) -> bool {
+        self.kind.is_terminal()
+    }
+}

@@ -1,0 +1,36 @@
+//! pvefleet's wire: the messages agents and the coordinator exchange, their typed ids, their
+//! validation, and the NATS names they travel under. No I/O lives here.
+//!
+//! # Layout
+//! - [`ids`]: `JobId`, `NodeName`, `Vmid`, each checked when made or decoded.
+//! - [`spec`]: what people write (container, deploy, options); unknown fields are errors.
+//! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
+//! - [`names`]: streams, buckets, consumers and one function per subject.
+//! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
+//! - [`validate`]: field errors that name the field at fault.
+//! - [`schema`]: the JSON Schemas checked in under `schemas/json-schema/`.
+
+pub mod event;
+pub mod ids;
+pub mod job;
+pub mod message;
+pub mod names;
+pub mod schema;
+pub mod spec;
+pub mod state;
+pub mod validate;
+
+pub use event::{ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, Step};
+pub use ids::{JobId, NodeName, Vmid};
+pub use job::{Job, JobMessageKind};
+pub use message::{DecodeError, Timestamp, V1, VERSION};
+pub use spec::{
+    ContainerSpec, DeploySpec, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions,
+    RollbackPolicy, ScriptSpec, Secret, Timeouts,
+};
+pub use state::{Capacity, Checkpoint, Heartbeat, StorageCapacity};
+pub use validate::{FieldError, ValidationErrors};
+
+/// Every container pvefleet creates carries the tag `pvefleet-<short job id>`; it is how an
+/// agent tells its own container from a stranger's.
+pub const MARKER_TAG_PREFIX: &str = "pvefleet-";

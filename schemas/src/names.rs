@@ -1,0 +1,105 @@
+//! NATS names: one constant per stream, consumer prefix and KV bucket, one function per subject.
+
+use crate::ids::{JobId, NodeName};
+
+/// The work queue of jobs.
+pub const JOBS_STREAM: &str = "PVEFLEET_JOBS";
+/// Subjects the jobs stream holds.
+pub const JOBS_SUBJECTS: &str = "pvefleet.jobs.>";
+/// Every job event, kept for replay.
+pub const EVENTS_STREAM: &str = "PVEFLEET_EVENTS";
+/// Subjects the events stream holds.
+pub const EVENTS_SUBJECTS: &str = "pvefleet.events.>";
+/// Agent heartbeats, keyed by node.
+pub const NODES_BUCKET: &str = "pvefleet-nodes";
+/// Job checkpoints, keyed by `<node>.<job_id>`.
+pub const JOBS_BUCKET: &str = "pvefleet-jobs";
+
+/// The kinds of job an agent takes, as the last token of the job subject.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum JobKind {
+    Create,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Create => "create",
+        }
+    }
+}
+
+/// `pvefleet.jobs.<node>.<kind>`: where a job for `node` is published.
+pub fn job_subject(node: &NodeName, kind: JobKind) -> String {
+    format!("pvefleet.jobs.{node}.{}", kind.as_str())
+}
+
+/// `pvefleet.jobs.<node>.>`: the filter of a node's consumer.
+pub fn node_jobs_filter(node: &NodeName) -> String {
+    format!("pvefleet.jobs.{node}.>")
+}
+
+/// `agent-<node>`: the durable pull consumer a node's agent takes jobs from.
+pub fn agent_consumer(node: &NodeName) -> String {
+    format!("agent-{node}")
+}
+
+/// `pvefleet.events.<node>.<job_id>`: where a job's events are published.
+pub fn event_subject(node: &NodeName, job: &JobId) -> String {
+    format!("pvefleet.events.{node}.{job}")
+}
+
+/// `pvefleet.events.*.<job_id>`: what a watcher filters on, whatever node runs the job.
+pub fn job_events_filter(job: &JobId) -> String {
+    format!("pvefleet.events.*.{job}")
+}
+
+/// `pvefleet.events.<node>.>`: every event of one node's jobs.
+pub fn node_events_filter(node: &NodeName) -> String {
+    format!("pvefleet.events.{node}.>")
+}
+
+/// `pvefleet.control.<node>.cancel`: request/reply to cancel a running job.
+pub fn cancel_subject(node: &NodeName) -> String {
+    format!("pvefleet.control.{node}.cancel")
+}
+
+/// `<node>.<job_id>`: a job's checkpoint key in [`JOBS_BUCKET`].
+pub fn checkpoint_key(node: &NodeName, job: &JobId) -> String {
+    format!("{node}.{job}")
+}
+
+/// `<node>`: a node's heartbeat key in [`NODES_BUCKET`].
+pub fn heartbeat_key(node: &NodeName) -> String {
+    node.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_follow_the_contract() {
+        let node = NodeName::new("pve1").unwrap();
+        let job: JobId = "01JD0000000000000000000000".parse().unwrap();
+        assert_eq!(
+            job_subject(&node, JobKind::Create),
+            "pvefleet.jobs.pve1.create"
+        );
+        assert_eq!(node_jobs_filter(&node), "pvefleet.jobs.pve1.>");
+        assert_eq!(agent_consumer(&node), "agent-pve1");
+        assert_eq!(
+            event_subject(&node, &job),
+            "pvefleet.events.pve1.01JD0000000000000000000000"
+        );
+        assert_eq!(
+            job_events_filter(&job),
+            "pvefleet.events.*.01JD0000000000000000000000"
+        );
+        assert_eq!(cancel_subject(&node), "pvefleet.control.pve1.cancel");
+        assert_eq!(
+            checkpoint_key(&node, &job),
+            "pve1.01JD0000000000000000000000"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! JSON Schemas of the job and event messages, generated from the types so they cannot drift;
+//! a test fails when the checked-in copies under `schemas/json-schema/` are stale.
+
+use crate::{Event, Job};
+
+/// The JSON Schema of a job message, pretty-printed with a trailing newline.
+pub fn job_schema() -> String {
+    pretty(schemars::schema_for!(Job))
+}
+
+/// The JSON Schema of an event message, pretty-printed with a trailing newline.
+pub fn event_schema() -> String {
+    pretty(schemars::schema_for!(Event))
+}
+
+fn pretty(schema: schemars::Schema) -> String {
+    let mut s = serde_json::to_string_pretty(&schema).expect("a schema serializes");
+    s.push('\n');
+    s
+}

@@ -1,0 +1,874 @@
+//! The specs people write: the container, what to deploy into it, and job options.
+//!
+//! Every struct here rejects unknown fields, so a typo in a spec file is an error rather than a
+//! setting silently ignored, and `validate` names every field at fault.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ids::Vmid;
+use crate::validate::{FieldError, Problems, ValidationErrors, config_id, dns_name, pve_tag};
+
+/// A secret value (the root password). Its `Debug` never shows it and it has no `Display`, so
+/// it cannot reach a log line by accident; only the job message itself carries it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that must send it (the PVE create call).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// How the container's `eth0` gets its IPv4 address.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum IpConfig {
+    Dhcp,
+    Static { addr: Ipv4Addr, prefix: u8 },
+}
+
+impl IpConfig {
+    /// The network address of a static config, for the gateway check.
+    fn contains(&self, ip: Ipv4Addr) -> bool {
+        match *self {
+            IpConfig::Dhcp => false,
+            IpConfig::Static { addr, prefix } => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                u32::from(addr) & mask == u32::from(ip) & mask
+            }
+        }
+    }
+}
+
+impl fmt::Display for IpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IpConfig::Dhcp => f.write_str("dhcp"),
+            IpConfig::Static { addr, prefix } => write!(f, "{addr}/{prefix}"),
+        }
+    }
+}
+
+impl FromStr for IpConfig {
+    type Err = FieldError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "dhcp" {
+            return Ok(IpConfig::Dhcp);
+        }
+        let bad = || {
+            FieldError::new(
+                "ip",
+                format!(
+                    "`{s}` is neither `dhcp` nor an IPv4 address with a prefix like `10.0.0.5/24`"
+                ),
+            )
+        };
+        let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
+        let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+        if !(1..=32).contains(&prefix) {
+            return Err(FieldError::new(
+                "ip",
+                format!("prefix /{prefix} in `{s}` is outside 1..=32"),
+            ));
+        }
+        Ok(IpConfig::Static { addr, prefix })
+    }
+}
+
+impl Serialize for IpConfig {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cow::<str>::deserialize(d)?
+            .parse()
+            .map_err(|e: FieldError| serde::de::Error::custom(e.problem))
+    }
+}
+
+impl JsonSchema for IpConfig {
+    fn schema_name() -> Cow<'static, str> {
+        "IpConfig".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "`dhcp`, or a static IPv4 address with its prefix length (`10.0.0.5/24`).",
+            "type": "string",
+            "pattern": "^(dhcp|\\d{1,3}(\\.\\d{1,3}){3}/\\d{1,2})$"
+        })
+    }
+}
+
+/// The container to create. Field names and units follow PVE's (`memory` and `swap` in MB,
+/// `disk` in GB), so operators can carry their knowledge over.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// The container's hostname (a DNS name).
+    pub hostname: String,
+    /// A fixed id, or null to allocate the next free one from `/cluster/nextid`.
+    #[serde(default)]
+    pub vmid: Option<Vmid>,
+    /// Memory in MB (at least 16).
+    #[serde(default = "defaults::memory")]
+    pub memory: u32,
+    /// Swap in MB.
+    #[serde(default = "defaults::swap")]
+    pub swap: u32,
+    /// CPU cores, 1..=8192.
+    #[serde(default = "defaults::cores")]
+    pub cores: u32,
+    /// Root disk size in GB (at least 1).
+    #[serde(default = "defaults::disk")]
+    pub disk: u32,
+    /// Storage that holds the root disk.
+    #[serde(default = "defaults::storage")]
+    pub storage: String,
+    /// Bridge for `eth0`.
+    #[serde(default = "defaults::bridge")]
+    pub bridge: String,
+    /// `dhcp` or `a.b.c.d/nn`.
+    #[serde(default = "defaults::ip")]
+    pub ip: IpConfig,
+    /// Gateway for a static address; must lie in its subnet.
+    #[serde(default)]
+    pub gw: Option<Ipv4Addr>,
+    /// DNS servers, space separated as PVE takes them; empty means the node's.
+    #[serde(default)]
+    pub nameserver: Option<String>,
+    /// OS template volume, e.g. `local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst`.
+    pub ostemplate: String,
+    #[serde(default = "defaults::yes")]
+    pub unprivileged: bool,
+    /// Enables the `nesting` feature (needed by systemd in recent distributions).
+    #[serde(default)]
+    pub nesting: bool,
+    /// PVE tags. The `pvefleet-` prefix is reserved for the ownership marker.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// OpenSSH public keys to authorize for root.
+    #[serde(default)]
+    pub ssh_public_keys: Vec<String>,
+    /// Root password; a secret that is never logged or stored.
+    #[serde(default)]
+    pub root_password: Option<Secret>,
+}
+
+mod defaults {
+    use super::IpConfig;
+
+    pub fn memory() -> u32 {
+        512
+    }
+    pub fn swap() -> u32 {
+        512
+    }
+    pub fn cores() -> u32 {
+        1
+    }
+    pub fn disk() -> u32 {
+        8
+    }
+    pub fn storage() -> String {
+        "local-lvm".into()
+    }
+    pub fn bridge() -> String {
+        "vmbr0".into()
+    }
+    pub fn ip() -> IpConfig {
+        IpConfig::Dhcp
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn mode() -> super::FileMode {
+        super::FileMode(0o644)
+    }
+    pub fn interpreter() -> String {
+        "/bin/sh".into()
+    }
+}
+
+impl ContainerSpec {
+    /// A spec with every optional field at its default.
+    pub fn new(hostname: impl Into<String>, ostemplate: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            vmid: None,
+            memory: defaults::memory(),
+            swap: defaults::swap(),
+            cores: defaults::cores(),
+            disk: defaults::disk(),
+            storage: defaults::storage(),
+            bridge: defaults::bridge(),
+            ip: defaults::ip(),
+            gw: None,
+            nameserver: None,
+            ostemplate: ostemplate.into(),
+            unprivileged: true,
+            nesting: false,
+            tags: Vec::new(),
+            ssh_public_keys: Vec::new(),
+            root_password: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut p = Problems::default();
+        if let Err(e) = dns_name(&self.hostname) {
+            p.push(FieldError::new("hostname", e));
+        }
+        p.check("memory", self.memory >= 16, || {
+            format!("{} MB is below the minimum of 16 MB", self.memory)
+        });
+        p.check("cores", (1..=8192).contains(&self.cores), || {
+            format!("{} is outside 1..=8192", self.cores)
+        });
+        p.check("disk", self.disk >= 1, || {
+            format!("{} GB is below the minimum of 1 GB", self.disk)
+        });
+        if let Err(e) = config_id(&self.storage) {
+            p.push(FieldError::new("storage", e));
+        }
+        if let Err(e) = config_id(&self.bridge) {
+            p.push(FieldError::new("bridge", e));
+        }
+        if let Some(gw) = self.gw {
+            match self.ip {
+                IpConfig::Dhcp => p.push(FieldError::new(
+                    "gw",
+                    "a gateway needs a static `ip`; with `dhcp` the DHCP server gives it",
+                )),
+                ip => p.check(
+                    "gw",
+                    ip.contains(gw)
+                        && IpConfig::Static {
+                            addr: gw,
+                            prefix: 32,
+                        } != ip,
+                    || format!("{gw} is not a host in the subnet of {ip}"),
+                ),
+            }
+        }
+        if let Some(ns) = &self.nameserver {
+            let all_ips =
+                !ns.trim().is_empty() && ns.split_whitespace().all(|a| a.parse::<IpAddr>().is_ok());
+            p.check("nameserver", all_ips, || {
+                format!("`{ns}` is not a space-separated list of IP addresses")
+            });
+        }
+        let template_ok = self
+            .ostemplate
+            .split_once(':')
+            .is_some_and(|(storage, volume)| config_id(storage).is_ok() && !volume.is_empty());
+        p.check("ostemplate", template_ok, || {
+            format!(
+                "`{}` is not a volume id like `local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst`",
+                self.ostemplate
+            )
+        });
+        for (i, tag) in self.tags.iter().enumerate() {
+            let field = format!("tags[{i}]");
+            if let Err(e) = pve_tag(tag) {
+                p.push(FieldError::new(field, e));
+            } else if tag
+                .to_ascii_lowercase()
+                .starts_with(crate::MARKER_TAG_PREFIX)
+            {
+                p.push(FieldError::new(
+                    field,
+                    format!(
+                        "`{tag}`: the `{}` prefix is reserved for pvefleet's ownership marker",
+                        crate::MARKER_TAG_PREFIX
+                    ),
+                ));
+            }
+        }
+        for (i, key) in self.ssh_public_keys.iter().enumerate() {
+            if let Err(e) = ssh_public_key(key) {
+                p.push(FieldError::new(format!("ssh_public_keys[{i}]"), e));
+            }
+        }
+        if let Some(pw) = &self.root_password {
+            // PVE's own minimum for `password` on create.
+            p.check("root_password", pw.expose().len() >= 5, || {
+                "must be at least 5 characters".into()
+            });
+        }
+        p.finish()
+    }
+}
+
+fn ssh_public_key(key: &str) -> Result<(), String> {
+    const TYPES: [&str; 6] = [
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+    ];
+    let mut parts = key.split_whitespace();
+    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else {
+        return Err("is not an OpenSSH public key line (`TYPE BASE64 [COMMENT]`)".into());
+    };
+    if !TYPES.contains(&kind) {
+        return Err(format!(
+            "key type `{kind}` is not one of {}",
+            TYPES.join(", ")
+        ));
+    }
+    if key.contains('\n')
+        || !body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
+    {
+        return Err("the key body is not base64 on one line".into());
+    }
+    Ok(())
+}
+
+/// A file mode, written as an octal string (`"0644"`) because JSON and TOML have no octal
+/// numbers and a decimal 420 would be a trap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(u32);
+
+impl FileMode {
+    pub const MAX: u32 = 0o7777;
+
+    pub fn new(mode: u32) -> Result<Self, FieldError> {
+        if mode <= Self::MAX {
+            Ok(Self(mode))
+        } else {
+            Err(FieldError::new("mode", format!("{mode:o} is above 7777")))
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Debug for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileMode({:04o})", self.0)
+    }
+}
+
+impl fmt::Display for FileMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+impl FromStr for FileMode {
+    type Err = FieldError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let digits = s.strip_prefix("0o").unwrap_or(s);
+        let mode = u32::from_str_radix(digits, 8)
+            .ok()
+            .filter(|_| !digits.is_empty() && digits.len() <= 5)
+            .ok_or_else(|| {
+                FieldError::new("mode", format!("`{s}` is not an octal mode like \"0644\""))
+            })?;
+        Self::new(mode)
+    }
+}
+
+impl Serialize for FileMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cow::<str>::deserialize(d)?
+            .parse()
+            .map_err(|e: FieldError| serde::de::Error::custom(e.problem))
+    }
+}
+
+impl JsonSchema for FileMode {
+    fn schema_name() -> Cow<'static, str> {
+        "FileMode".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "An octal file mode as a string, at most 7777.",
+            "type": "string",
+            "pattern": "^(0o)?0*[0-7]{1,4}$"
+        })
+    }
+}
+
+/// What to put into the container once it runs.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySpec {
+    /// Packages installed in one go with the container's package manager.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    /// Run in order after packages and files.
+    #[serde(default)]
+    pub scripts: Vec<ScriptSpec>,
+}
+
+impl DeploySpec {
+    pub fn is_empty(&self) -> bool {
+        self.packages.is_empty() && self.files.is_empty() && self.scripts.is_empty()
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut p = Problems::default();
+        for (i, pkg) in self.packages.iter().enumerate() {
+            let ok = !pkg.is_empty()
+                && !pkg.starts_with('-')
+                && pkg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.:_=~*".contains(c));
+            p.check(&format!("packages[{i}]"), ok, || {
+                format!("`{pkg}` is not a package name")
+            });
+        }
+        for (i, file) in self.files.iter().enumerate() {
+            p.nest(&format!("files[{i}]"), file.validate());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, script) in self.scripts.iter().enumerate() {
+            p.nest(&format!("scripts[{i}]"), script.validate());
+            p.check(
+                &format!("scripts[{i}].name"),
+                names.insert(&script.name),
+                || {
+                    format!(
+                        "`{}` is used by an earlier script; names identify scripts in events",
+                        script.name
+                    )
+                },
+            );
+        }
+        p.finish()
+    }
+}
+
+/// A file to write into the container over SFTP.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Absolute path in the container; parent directories are created.
+    pub path: String,
+    /// The file's text. Exactly one of `content` and `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// A local file whose bytes are sent. Exactly one of `content` and `source`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default = "defaults::mode")]
+    pub mode: FileMode,
+    /// `user` or `user:group`; root's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+impl FileSpec {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut p = Problems::default();
+        let path_ok = self.path.starts_with('/')
+            && self.path.len() > 1
+            && !self.path.ends_with('/')
+            && !self.path.contains('\0')
+            && !self.path.split('/').any(|c| c == "..");
+        p.check("path", path_ok, || {
+            format!(
+                "`{}` is not an absolute file path (starts with `/`, no `..`, not a directory)",
+                self.path
+            )
+        });
+        p.check(
+            "content",
+            self.content.is_some() != self.source.is_some(),
+            || "give exactly one of `content` and `source`".into(),
+        );
+        if let Some(owner) = &self.owner {
+            let ok = !owner.is_empty()
+                && owner.split(':').count() <= 2
+                && owner.split(':').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                });
+            p.check("owner", ok, || {
+                format!("`{owner}` is not `user` or `user:group`")
+            });
+        }
+        p.finish()
+    }
+}
+
+/// A script run in the container, its output streamed line by line.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptSpec {
+    /// Names the script in events and errors.
+    pub name: String,
+    pub body: String,
+    /// The program that runs the body, fed on standard input.
+    #[serde(default = "defaults::interpreter")]
+    pub interpreter: String,
+    /// Longest the script may run (`"10m"`); the job's `options.timeouts.script` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<HumanDuration>,
+}
+
+impl ScriptSpec {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut p = Problems::default();
+        p.check("name", !self.name.trim().is_empty(), || {
+            "must not be empty".into()
+        });
+        p.check("body", !self.body.trim().is_empty(), || {
+            "a script needs a body".into()
+        });
+        p.check("interpreter", !self.interpreter.trim().is_empty(), || {
+            "must not be empty".into()
+        });
+        if let Some(t) = self.timeout {
+            p.check("timeout", !t.0.is_zero(), || {
+                "must be longer than zero".into()
+            });
+        }
+        p.finish()
+    }
+}
+
+/// A duration written the way operators write them: `"30s"`, `"10m"`, `"1h 30m"`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+}
+
+impl fmt::Debug for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s)
+            .map(Self)
+            .map_err(|e| format!("`{s}` is not a duration like \"30s\" or \"10m\" ({e})"))
+    }
+}
+
+impl From<HumanDuration> for Duration {
+    fn from(d: HumanDuration) -> Self {
+        d.0
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cow::<str>::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "HumanDuration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A duration such as \"30s\", \"10m\" or \"1h 30m\".",
+            "type": "string"
+        })
+    }
+}
+
+/// What happens to the container when a job fails.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackPolicy {
+    /// Stop and destroy the container (only ever one this job created).
+    #[default]
+    Destroy,
+    /// Leave it for inspection.
+    Keep,
+}
+
+/// Limits on each phase of a job.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// A Proxmox task (create, start, stop, destroy).
+    #[serde(default = "Timeouts::task_default")]
+    pub task: HumanDuration,
+    /// Waiting for the container's IP address.
+    #[serde(default = "Timeouts::ip_default")]
+    pub ip: HumanDuration,
+    /// Connecting over SSH (with retries) once the IP is known.
+    #[serde(default = "Timeouts::ssh_default")]
+    pub ssh: HumanDuration,
+    /// Each deploy script, unless the script sets its own.
+    #[serde(default = "Timeouts::script_default")]
+    pub script: HumanDuration,
+}
+
+impl Timeouts {
+    fn task_default() -> HumanDuration {
+        HumanDuration::secs(600)
+    }
+    fn ip_default() -> HumanDuration {
+        HumanDuration::secs(120)
+    }
+    fn ssh_default() -> HumanDuration {
+        HumanDuration::secs(120)
+    }
+    fn script_default() -> HumanDuration {
+        HumanDuration::secs(1800)
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            task: Self::task_default(),
+            ip: Self::ip_default(),
+            ssh: Self::ssh_default(),
+            script: Self::script_default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobOptions {
+    #[serde(default)]
+    pub rollback: RollbackPolicy,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+impl JobOptions {
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut p = Problems::default();
+        let t = &self.timeouts;
+        for (name, d) in [
+            ("task", t.task),
+            ("ip", t.ip),
+            ("ssh", t.ssh),
+            ("script", t.script),
+        ] {
+            p.check(&format!("timeouts.{name}"), !d.0.is_zero(), || {
+                "must be longer than zero".into()
+            });
+        }
+        p.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> ContainerSpec {
+        ContainerSpec::new(
+            "web",
+            "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+        )
+    }
+
+    fn fields(r: Result<(), ValidationErrors>) -> Vec<String> {
+        r.unwrap_err().0.into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn defaults_validate() {
+        spec().validate().unwrap();
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut ContainerSpec)>)> = vec![
+            ("hostname", Box::new(|s| s.hostname = "bad_host".into())),
+            ("memory", Box::new(|s| s.memory = 15)),
+            ("cores", Box::new(|s| s.cores = 0)),
+            ("cores", Box::new(|s| s.cores = 8193)),
+            ("disk", Box::new(|s| s.disk = 0)),
+            ("storage", Box::new(|s| s.storage = "9bad".into())),
+            ("bridge", Box::new(|s| s.bridge = "vm br0".into())),
+            ("gw", Box::new(|s| s.gw = Some("10.0.0.1".parse().unwrap()))),
+            (
+                "gw",
+                Box::new(|s| {
+                    s.ip = "10.0.0.5/24".parse().unwrap();
+                    s.gw = Some("10.0.1.1".parse().unwrap());
+                }),
+            ),
+            (
+                "nameserver",
+                Box::new(|s| s.nameserver = Some("dns.example".into())),
+            ),
+            (
+                "ostemplate",
+                Box::new(|s| s.ostemplate = "debian.tar.zst".into()),
+            ),
+            (
+                "tags[1]",
+                Box::new(|s| s.tags = vec!["ok".into(), "not ok".into()]),
+            ),
+            (
+                "tags[0]",
+                Box::new(|s| s.tags = vec!["pvefleet-forged".into()]),
+            ),
+            (
+                "ssh_public_keys[0]",
+                Box::new(|s| s.ssh_public_keys = vec!["hello".into()]),
+            ),
+            (
+                "root_password",
+                Box::new(|s| s.root_password = Some(Secret::new("abc"))),
+            ),
+        ];
+        for (field, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert_eq!(fields(s.validate()), vec![field.to_string()]);
+        }
+    }
+
+    #[test]
+    fn static_ip_with_gateway_in_subnet() {
+        let mut s = spec();
+        s.ip = "192.168.1.50/24".parse().unwrap();
+        s.gw = Some("192.168.1.1".parse().unwrap());
+        s.validate().unwrap();
+        for bad in [
+            "10.0.0.1",
+            "10.0.0.1/33",
+            "10.0.0.1/0",
+            "10.0.0/24",
+            "dhcp4",
+        ] {
+            assert_eq!(bad.parse::<IpConfig>().unwrap_err().field, "ip", "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_never_in_debug() {
+        let mut s = spec();
+        s.root_password = Some(Secret::new("hunter2-very-secret"));
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("[redacted]"));
+    }
+
+    #[test]
+    fn file_modes_are_octal_strings_up_to_7777() {
+        assert_eq!("0644".parse::<FileMode>().unwrap().bits(), 0o644);
+        assert_eq!("0o7777".parse::<FileMode>().unwrap().bits(), 0o7777);
+        assert!("10000".parse::<FileMode>().is_err());
+        assert!("0x1".parse::<FileMode>().is_err());
+        assert!("".parse::<FileMode>().is_err());
+        assert_eq!(serde_json::to_string(&FileMode(0o755)).unwrap(), "\"0755\"");
+    }
+
+    #[test]
+    fn deploy_problems_are_named_with_their_index() {
+        let d = DeploySpec {
+            packages: vec!["curl".into(), "--force".into()],
+            files: vec![FileSpec {
+                path: "etc/motd".into(),
+                content: Some("hi".into()),
+                source: Some("/tmp/x".into()),
+                mode: FileMode(0o644),
+                owner: Some("a:b:c".into()),
+            }],
+            scripts: vec![
+                ScriptSpec {
+                    name: "s".into(),
+                    body: " ".into(),
+                    interpreter: "/bin/sh".into(),
+                    timeout: None,
+                },
+                ScriptSpec {
+                    name: "s".into(),
+                    body: "true".into(),
+                    interpreter: "/bin/sh".into(),
+                    timeout: None,
+                },
+            ],
+        };
+        assert_eq!(
+            fields(d.validate()),
+            [
+                "packages[1]",
+                "files[0].path",
+                "files[0].content",
+                "files[0].owner",
+                "scripts[0].body",
+                "scripts[1].name"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = toml::from_str::<ContainerSpec>(
+            "hostname = 'web'\nostemplate = 'local:vztmpl/x.tar.zst'\nmemroy = 1024\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("memroy"), "{err}");
+    }
+}

@@ -1,0 +1,102 @@
+//! What agents keep in KV: node heartbeats (`pvefleet-nodes`) and job checkpoints (`pvefleet-jobs`).
+
+use std::net::IpAddr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::Step;
+use crate::ids::{JobId, NodeName, Vmid};
+use crate::message::{DecodeError, Timestamp, V1};
+
+/// Free space of one storage that can hold container root disks.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct StorageCapacity {
+    pub storage: String,
+    pub total_bytes: u64,
+    pub avail_bytes: u64,
+}
+
+/// What a node can still take, read from the Proxmox API at each heartbeat.
+#[derive(Clone, PartialEq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Capacity {
+    pub memory_total_bytes: u64,
+    pub memory_free_bytes: u64,
+    pub cpus: u32,
+    /// Fraction of CPU in use, 0.0..=1.0.
+    pub cpu_load: f64,
+    pub storages: Vec<StorageCapacity>,
+}
+
+/// A live agent, as written to `pvefleet-nodes` under its node's key every few seconds.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Heartbeat {
+    pub v: V1,
+    pub node: NodeName,
+    pub agent_version: String,
+    pub concurrency: u32,
+    pub running_jobs: Vec<JobId>,
+    /// None when the Proxmox API could not be read for this beat.
+    pub capacity: Option<Capacity>,
+    pub started_at: Timestamp,
+    pub last_seen: Timestamp,
+}
+
+impl Heartbeat {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Field {
+            field: "heartbeat".into(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// A job's progress as far as it has been made durable: what a redelivered job resumes from.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Checkpoint {
+    pub v: V1,
+    pub job_id: JobId,
+    pub node: NodeName,
+    /// The last step whose outputs are all recorded here.
+    pub done: Option<Step>,
+    /// The step under way when this was written (its outputs may be partial).
+    pub current: Step,
+    pub vmid: Option<Vmid>,
+    /// The UPID of the Proxmox task in flight or last run.
+    pub upid: Option<String>,
+    pub ip: Option<IpAddr>,
+    /// Deploy items already done (`packages`, `file:/etc/x`, `script:name`).
+    #[serde(default)]
+    pub deployed: Vec<String>,
+    /// Set once a terminal event is published, so a redelivery only acks.
+    #[serde(default)]
+    pub finished: bool,
+}
+
+impl Checkpoint {
+    pub fn new(job_id: JobId, node: NodeName) -> Self {
+        Self {
+            v: V1,
+            job_id,
+            node,
+            done: None,
+            current: Step::Validating,
+            vmid: None,
+            upid: None,
+            ip: None,
+            deployed: Vec::new(),
+            finished: false,
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes).map_err(|e| DecodeError::Field {
+            field: "checkpoint".into(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a checkpoint always serializes")
+    }
+}

@@ -1,0 +1,351 @@
+"""Run a fake Proxmox VE (the `fakepve` package) plus a small control API for pvefleet's Rust tests.
+
+The PVE API is TLS with a fresh self-signed certificate; the control API is plain HTTP on the same
+loopback address. Once both listen, DIR/ready.json is written and `READY <json>` printed. Usage and
+answers: FAKEPVE_NOTES.md beside this file. fakepve is AGPL: it is only imported and subclassed here.
+"""
+
+import argparse
+import asyncio
+import collections
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import signal
+import sys
+import tempfile
+
+from aiohttp import web
+from fakepve import FakePve, TaskError
+from fakepve.certs import make_cert
+
+DEFAULT_TEMPLATES = ('debian-12-standard_12.7-1_amd64.tar.zst',)
+TEMPLATE_SIZE = 126 * 1024 ** 2  # about what the real debian-12 template weighs
+
+
+def refuse(message, status=400):
+    """A control request we refuse: raise what this returns."""
+    cls = web.HTTPNotFound if status == 404 else web.HTTPBadRequest
+    return cls(text=json.dumps({'ok': False, 'error': message}), content_type='application/json')
+
+
+def atomic_write(path, text, mode=0o644):
+    # Readers (the Rust test, a test sshd) poll these files: never let them see half a file.
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-')
+    with os.fdopen(fd, 'w') as out:
+        out.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def remove(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class BedPve(FakePve):
+    """FakePve with the hooks the bed needs; each override calls fakepve's own code."""
+
+    def __init__(self, keys_dir=None, **kwargs):
+        super().__init__(**kwargs)
+        self.keys_dir = keys_dir
+        self.delay = 0.0  # real seconds before every API answer (fakepve's own latency is scaled by time_scale)
+        # (effect, task type) -> queue: each task of that type takes the next entry of each effect.
+        self.effects = collections.defaultdict(collections.deque)
+        self.warned = {}        # upid -> number of warnings its task ended with
+        self.create_keys = {}   # vmid -> (keys, [files]) between the create request and its task
+        self.key_files = {}     # vmid -> files written for it, removed again when it is destroyed
+        # PVE seconds a new container's start/stop/shutdown take (fakepve keeps these per container).
+        self.ct_defaults = {'start_secs': 0, 'stop_secs': 0, 'shutdown_secs': 0}
+
+    def bed_reset(self, time_scale):
+        """Back to the launch state: no faults, no delay, nodes online, no task durations. Guests stay."""
+        self.time_scale = time_scale
+        self.ct_secs.update(dict.fromkeys(self.ct_secs, 0))
+        self.ct_defaults.update(dict.fromkeys(self.ct_defaults, 0))
+        for ct in self.cts:
+            ct.start_secs = ct.stop_secs = ct.shutdown_secs = 0
+        self.failures.clear()
+        self.effects.clear()
+        self.delay = 0.0
+        for node in self.nodes:
+            self.set_node_offline(node, False)
+
+    async def _middleware(self, request, handler):
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return await super()._middleware(request, handler)
+    _middleware.__middleware_version__ = 1  # what @web.middleware marks; keeps aiohttp treating it as new-style
+
+    async def _lxc_create(self, user, v):
+        # The validated request values are only visible here; the task (below) is where PVE writes the keys.
+        vmid = int(v['vmid'])
+        if self.keys_dir and v.get('ssh-public-keys'):
+            files = ['vmid-{0}'.format(vmid)]
+            for key in sorted(k for k in v if re.fullmatch(r'net\d+', k)):
+                ip = re.search(r'(?:^|,)ip=([^,/]+)', str(v[key]))
+                if ip and ip.group(1) not in ('dhcp', 'manual'):
+                    files.append(ip.group(1))
+            self.create_keys[vmid] = (str(v['ssh-public-keys']), files)
+        try:
+            upid = await super()._lxc_create(user, v)
+        finally:
+            self.create_keys.pop(vmid, None)  # refused before a task was started
+        ct = self.ct(vmid)  # None when its create task has already failed
+        if ct is not None:
+            vars(ct).update(self.ct_defaults)
+        return upid
+
+    def _routes_bed(self):
+        # fakepve's generic answer for node status is all zeros; give the figures its /nodes list shows.
+        return [('GET', '/nodes/{node}/status', self._bed_node_status)]
+
+    async def _bed_node_status(self, v, user):
+        s = self._node_stats(True)
+        mem, disk = s['maxmem'] - s['mem'], s['maxdisk'] - s['disk']
+        return {'cpu': s['cpu'], 'wait': 0, 'uptime': s['uptime'], 'loadavg': ['0.08', '0.05', '0.01'],
+                'cpuinfo': {'cpus': s['maxcpu'], 'cores': s['maxcpu'], 'sockets': 1, 'model': 'fake', 'mhz': '2400'},
+                'memory': {'total': s['maxmem'], 'used': s['mem'], 'free': mem, 'available': mem},
+                'rootfs': {'total': s['maxdisk'], 'used': s['disk'], 'free': disk, 'avail': disk},
+                'swap': {'total': 0, 'used': 0, 'free': 0}, 'ksm': {'shared': 0},
+                'pveversion': 'pve-manager/{0}/fakepve'.format(self.version), 'kversion': 'Linux 6.14.8-2-pve'}
+
+    def _task_view(self, task, listing=False):
+        # fakepve's tasks end OK or with an error; a warned task shows PVE's `WARNINGS: n` instead of OK.
+        data = super()._task_view(task, listing)
+        key = 'status' if listing else 'exitstatus'
+        if self.warned.get(task['upid']) and data.get(key) == 'OK':
+            data[key] = 'WARNINGS: {0}'.format(self.warned[task['upid']])
+        return data
+
+    async def task(self, node, ttype, tid, user, body, *args, **kwargs):
+        # Every PVE worker goes through here, so one wrapper gives task errors, warnings, extra log
+        # lines and the authorized_keys files without touching fakepve's handlers.
+        error, warnings, lines = (self.effects[kind, ttype].popleft() if self.effects[kind, ttype] else None
+                                  for kind in ('error', 'warning', 'log'))
+        keys = self.create_keys.pop(tid, None) if ttype in ('vzcreate', 'vzrestore') else None
+        index = len(self.tasklog)  # fakepve appends the task's record here before it runs the body
+
+        async def wrapped():
+            record = self.tasklog[index]
+            record['log'].extend(lines or ())
+            if error is not None:
+                ct = self.ct(tid) if ttype in ('vzcreate', 'vzrestore') else None
+                if ct is not None and ct.lock == 'create':
+                    self._drop(ct)  # PVE removes a container whose create failed
+                raise TaskError(error)
+            note = await body()
+            if keys:
+                self._write_keys(tid, *keys)
+            if ttype == 'vzdestroy':
+                self._remove_keys(tid)
+            if warnings:
+                record['log'].extend('WARN: ' + w for w in warnings)
+                record['log'] = WarnedLog(record['log'])
+                self.warned[record['upid']] = record['log'].warnings()
+            return note
+        return await super().task(node, ttype, tid, user, wrapped, *args, **kwargs)
+
+    def _write_keys(self, vmid, keys, files):
+        self._remove_keys(vmid)
+        for name in files:
+            atomic_write(os.path.join(self.keys_dir, name), keys)
+        self.key_files[vmid] = files
+
+    def _remove_keys(self, vmid):
+        for name in self.key_files.pop(vmid, []):
+            remove(os.path.join(self.keys_dir, name))
+
+
+class WarnedLog(list):
+    """A task log whose closing `TASK OK` (appended by fakepve after the body) reads as PVE's warnings line."""
+
+    def warnings(self):
+        return sum(line.startswith('WARN: ') for line in self)
+
+    def append(self, line):
+        super().append('TASK WARNINGS: {0}'.format(self.warnings()) if line == 'TASK OK' else line)
+
+
+# ------------------------------------------------------------------ control API
+
+def field(data, key, kind, default=None):
+    """data[key] checked against kind (an int is a fine float), else a 400 naming the field."""
+    value = data.get(key, default)
+    if value is None:
+        raise refuse('missing field {0!r}'.format(key))
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind or (kind in (int, float) and value < 0):
+        raise refuse('field {0!r} must be a{1} {2}'.format(key, ' non-negative' * (kind in (int, float)),
+                                                               kind.__name__))
+    return value
+
+
+def task_type(data):
+    value = field(data, 'type', str)
+    if not re.fullmatch(r'[a-z0-9_-]+', value):
+        raise refuse('bad task type {0!r} (vzcreate, vzstart, vzstop, vzdestroy, ...)'.format(value))
+    return value
+
+
+def messages(data, key='message'):
+    value = data.get(key)
+    value = [value] if isinstance(value, str) and key == 'message' else value
+    if not (isinstance(value, list) and value and all(isinstance(m, str) and m for m in value)):
+        raise refuse('field {0!r} must be a non-empty string or list of strings'.format(key))
+    return value
+
+
+def control_app(pve, initial_scale):
+    routes = web.RouteTableDef()
+
+    def post(path):
+        # Every control call takes a JSON object and answers {"ok": true} or {"ok": false, "error": ...}.
+        def register(fn):
+            async def handler(request):
+                try:
+                    data = await request.json() if request.can_read_body else {}
+                except ValueError:
+                    raise refuse('body is not valid JSON') from None
+                if not isinstance(data, dict):
+                    raise refuse('body must be a JSON object')
+                fn(data)
+                return web.json_response({'ok': True})
+            return routes.post(path)(handler)
+        return register
+
+    @routes.get('/health')
+    async def health(request):
+        return web.json_response({
+            'ok': True, 'url': pve.url, 'time_scale': pve.time_scale, 'delay': pve.delay,
+            'nodes': {n: s.get('online', True) for n, s in sorted(pve.nodes.items())},
+            'failures': [{'method': m, 'path': p, 'times': r['times']} for (m, p), r in pve.failures.items()],
+            'containers': sorted(ct.vmid for ct in pve.cts)})
+
+    @post('/fail')
+    def fail(data):
+        method, path = field(data, 'method', str).upper(), field(data, 'path', str)
+        path = path[len('/api2/json'):] if path.startswith('/api2/json/') else path
+        if not path.startswith('/'):
+            raise refuse("'path' must start with / (relative to /api2/json)")
+        times = field(data, 'times', int, 1) or None  # fakepve: None = every request
+        try:
+            if data.get('error') is not None:  # one of PVE's own errors, from fakepve's catalogue
+                pve.fail(method, path, error=field(data, 'error', str), times=times)
+            else:
+                pve.fail(method, path, field(data, 'status', int, 500), field(data, 'message', str), times=times)
+        except (TypeError, ValueError) as e:
+            raise refuse(str(e)) from None
+
+    post('/task-error')(lambda data: pve.effects['error', task_type(data)].append('\n'.join(messages(data))))
+    post('/task-warning')(lambda data: pve.effects['warning', task_type(data)].append(messages(data)))
+    post('/task-log')(lambda data: pve.effects['log', task_type(data)].append(messages(data, 'lines')))
+    post('/slow')(lambda data: setattr(pve, 'delay', field(data, 'seconds', float)))
+    post('/time-scale')(lambda data: setattr(pve, 'time_scale', field(data, 'scale', float)))
+    post('/reset')(lambda data: pve.bed_reset(initial_scale))
+
+    @post('/task-secs')
+    def task_secs(data):
+        known = sorted(set(pve.ct_secs) | {'start', 'stop', 'shutdown'})
+        for key in data:
+            if key not in known:
+                raise refuse('unknown task {0!r}; known: {1}'.format(key, ', '.join(known)))
+            if key in pve.ct_secs:
+                pve.ct_secs[key] = field(data, key, float)
+            else:  # fakepve keeps these per container: set them on those that exist and those to come
+                pve.ct_defaults[key + '_secs'] = field(data, key, float)
+                for ct in pve.cts:
+                    setattr(ct, key + '_secs', pve.ct_defaults[key + '_secs'])
+
+    @post('/offline')
+    def offline(data):
+        node = field(data, 'node', str)
+        if node not in pve.nodes:
+            raise refuse('no such node {0!r}; nodes: {1}'.format(node, ', '.join(sorted(pve.nodes))), 404)
+        pve.set_node_offline(node, field(data, 'offline', bool, True))
+
+    app = web.Application()
+    app.add_routes(routes)
+    return app
+
+
+# ------------------------------------------------------------------ main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--host', default='127.0.0.1', help='loopback address for both servers')
+    p.add_argument('--port', type=int, default=0, help='PVE API (TLS) port; 0 picks a free one')
+    p.add_argument('--control-port', type=int, default=0, help='control API port; 0 picks a free one')
+    p.add_argument('--dir', required=True, help='where the certificate, key and ready.json go')
+    p.add_argument('--nodes', default='pve1', help='comma-separated node names')
+    p.add_argument('--token-id', default='root@pam!pvefleet')
+    p.add_argument('--token-secret', help='API token secret (random if omitted; reported in ready.json)')
+    p.add_argument('--keys-dir', help="write each created CT's ssh-public-keys to KEYS_DIR/<ip> and /vmid-<vmid>")
+    p.add_argument('--time-scale', type=float, default=0.0,
+                   help='real seconds per PVE second; 0 (default) ends every task before its request returns')
+    p.add_argument('--template', action='append', help='vztmpl file on storage local (repeatable; default: '
+                   + ', '.join(DEFAULT_TEMPLATES) + ')')
+    args = p.parse_args(argv)
+    if not re.fullmatch(r'127(\.\d{1,3}){3}|localhost', args.host):
+        p.error('--host must be a loopback address: the fake has no real security')
+    args.nodes = [n for n in args.nodes.split(',') if n]
+    if not args.nodes:
+        p.error('--nodes names no node')
+    return args
+
+
+async def serve(args):
+    os.makedirs(args.dir, exist_ok=True)
+    if args.keys_dir:
+        os.makedirs(args.keys_dir, exist_ok=True)
+    certfile, keyfile, der = make_cert(args.dir, hosts=(args.host,))
+    pve = BedPve(keys_dir=args.keys_dir, host=args.host, port=args.port)
+    pve.time_scale = args.time_scale
+    pve.nodes = {}
+    for node in args.nodes:
+        pve.add_node(node)
+    secret = args.token_secret or secrets.token_hex(16)
+    pve.apitokens[args.token_id] = secret  # no ACLs are set, so every token has every privilege
+    for name in args.template or DEFAULT_TEMPLATES:
+        # Once `local` lists a template, a create naming any other fails like PVE ("volume ... does not exist").
+        pve.store_file('local', name, TEMPLATE_SIZE, content='vztmpl')
+
+    await pve.start(certfile, keyfile)
+    runner = web.AppRunner(control_app(pve, args.time_scale), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.control_port).start()
+    control_port = runner.addresses[0][1]
+
+    fingerprint = ':'.join(re.findall('..', hashlib.sha256(der).hexdigest().upper()))
+    ready = {'url': pve.url, 'control_url': 'http://{0}:{1}'.format(args.host, control_port),
+             'fingerprint': fingerprint, 'cafile': os.path.abspath(certfile),
+             'token_id': args.token_id, 'token_secret': secret, 'nodes': args.nodes}
+    ready_path = os.path.join(args.dir, 'ready.json')
+    atomic_write(ready_path, json.dumps(ready, indent=1) + '\n')
+    print('READY ' + json.dumps(ready), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    # A stale ready.json would let a later test talk to a dead server.
+    remove(ready_path)
+    remove(keyfile)
+    await runner.cleanup()
+    await pve.stop()
+
+
+def main():
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format='fakepve_launcher: %(message)s')
+    asyncio.run(serve(parse_args()))
+
+
+if __name__ == '__main__':
+    main()
