@@ -60,6 +60,7 @@ class BedPve(FakePve):
         self.warned = {}        # upid -> number of warnings its task ended with
         self.create_keys = {}   # vmid -> (keys, [files]) between the create request and its task
         self.key_files = {}     # vmid -> files written for it, removed again when it is destroyed
+        self.bed_requests = 0       # API requests that got past TLS, for tests of certificate pinning
         # PVE seconds a new container's start/stop/shutdown take (fakepve keeps these per container).
         self.ct_defaults = {'start_secs': 0, 'stop_secs': 0, 'shutdown_secs': 0}
 
@@ -77,6 +78,7 @@ class BedPve(FakePve):
             self.set_node_offline(node, False)
 
     async def _middleware(self, request, handler):
+        self.bed_requests += 1  # lets a test prove a client refused the TLS handshake before any request
         if self.delay:
             await asyncio.sleep(self.delay)
         return await super()._middleware(request, handler)
@@ -135,10 +137,12 @@ class BedPve(FakePve):
             record = self.tasklog[index]
             record['log'].extend(lines or ())
             if error is not None:
+                message, after = error
+                await self.pause(after)  # lets a poller see the task running first
                 ct = self.ct(tid) if ttype in ('vzcreate', 'vzrestore') else None
                 if ct is not None and ct.lock == 'create':
                     self._drop(ct)  # PVE removes a container whose create failed
-                raise TaskError(error)
+                raise TaskError(message)
             note = await body()
             if keys:
                 self._write_keys(tid, *keys)
@@ -224,6 +228,7 @@ def control_app(pve, initial_scale):
     async def health(request):
         return web.json_response({
             'ok': True, 'url': pve.url, 'time_scale': pve.time_scale, 'delay': pve.delay,
+            'requests': pve.bed_requests,
             'nodes': {n: s.get('online', True) for n, s in sorted(pve.nodes.items())},
             'failures': [{'method': m, 'path': p, 'times': r['times']} for (m, p), r in pve.failures.items()],
             'containers': sorted(ct.vmid for ct in pve.cts)})
@@ -243,7 +248,8 @@ def control_app(pve, initial_scale):
         except (TypeError, ValueError) as e:
             raise refuse(str(e)) from None
 
-    post('/task-error')(lambda data: pve.effects['error', task_type(data)].append('\n'.join(messages(data))))
+    post('/task-error')(lambda data: pve.effects['error', task_type(data)].append(
+        ('\n'.join(messages(data)), field(data, 'after', float, 0.0))))
     post('/task-warning')(lambda data: pve.effects['warning', task_type(data)].append(messages(data)))
     post('/task-log')(lambda data: pve.effects['log', task_type(data)].append(messages(data, 'lines')))
     post('/slow')(lambda data: setattr(pve, 'delay', field(data, 'seconds', float)))

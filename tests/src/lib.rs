@@ -1,1 +1,48 @@
-//! The test bed.
+//! The test bed: each test brings up its own real nats-server (single or a 3-node JetStream
+//! cluster), fakepve and OpenSSH sshd on free loopback ports in a temp dir. Processes die with
+//! their handles; when a test fails its temp dir and logs are kept and their paths printed.
+//!
+//! # Layout
+//! - [`dir`]: the per-test temp dir that outlives a failing test, and the log registry.
+//! - [`process`]: a child process whose output goes to a kept log and which dies on drop.
+//! - [`wait`]: polling with a deadline (tests never sleep a fixed time).
+//! - [`tools`]: finding the right binaries, with errors that say how to install them.
+//! - [`nats`]: nats-server with JetStream, and a 3-node cluster with kill/restart.
+//! - [`fakepve`]: the fake Proxmox VE API (PyPI `fakepve`, run by `bed/fakepve_launcher.py`)
+//!   and its fault-injection controls.
+//! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
+
+pub mod dir;
+pub mod fakepve;
+pub mod nats;
+pub mod process;
+pub mod sshd;
+pub mod tools;
+pub mod wait;
+
+pub use dir::TestDir;
+pub use fakepve::{FakePve, FakePveOptions};
+pub use nats::{NatsCluster, NatsServer};
+pub use sshd::Sshd;
+pub use wait::wait_until;
+
+/// Sets up `tracing` output for a test once (honouring `RUST_LOG`), captured per test.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A free TCP port on `ip`, for servers that must be told their port before they start
+/// (cluster routes, sshd). The listener is closed at once; on loopback the window in which
+/// another process could take the port is negligible.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+}

@@ -1,0 +1,3 @@
+//! The Proxmox VE API client.
+
+pub mod tls;

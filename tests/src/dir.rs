@@ -1,0 +1,68 @@
+//! The per-test temp dir: removed when the test passes, kept (with every log's path and tail
+//! printed) when it fails, so a CI failure can be read without re-running it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// Shared by every process a test starts; the dir goes when the last holder is dropped.
+#[derive(Clone, Debug)]
+pub struct TestDir(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    dir: Mutex<Option<tempfile::TempDir>>,
+    logs: Mutex<Vec<PathBuf>>,
+}
+
+impl TestDir {
+    /// A fresh dir whose name starts with `name`.
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("pvefleet-{name}-"))
+            .tempdir()
+            .expect("creating the test's temp dir");
+        Self(Arc::new(Inner {
+            path: dir.path().to_owned(),
+            dir: Mutex::new(Some(dir)),
+            logs: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+
+    /// A sub-directory, created.
+    pub fn sub(&self, name: &str) -> PathBuf {
+        let p = self.0.path.join(name);
+        std::fs::create_dir_all(&p).expect("creating a test sub-directory");
+        p
+    }
+
+    /// Records a log file to report if the test fails.
+    pub fn register_log(&self, path: PathBuf) {
+        self.0.logs.lock().unwrap().push(path);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if let Some(dir) = self.dir.lock().unwrap().take() {
+            let kept = dir.keep();
+            eprintln!("\n=== test failed: kept its temp dir {}", kept.display());
+        }
+        for log in self.logs.lock().unwrap().iter() {
+            eprintln!("=== log {}", log.display());
+            if let Ok(text) = std::fs::read_to_string(log) {
+                let lines: Vec<&str> = text.lines().collect();
+                for line in &lines[lines.len().saturating_sub(30)..] {
+                    eprintln!("    {line}");
+                }
+            }
+        }
+    }
+}

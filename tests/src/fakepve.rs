@@ -1,0 +1,217 @@
+//! fakepve (PyPI `fakepve`, a fake of the PVE 9 API) as its own process, started by
+//! `tests/bed/fakepve_launcher.py` with a fresh TLS certificate, an API token and the nodes a
+//! test asks for, plus the launcher's control API for injecting faults while a test runs.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::dir::TestDir;
+use crate::process::Proc;
+use crate::{tools, wait_until};
+
+/// The template every fake node holds.
+pub const OSTEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
+
+#[derive(Debug, Clone)]
+pub struct FakePveOptions {
+    pub nodes: Vec<String>,
+    /// PVE seconds per real second for task durations; 0 finishes tasks at once.
+    pub time_scale: f64,
+    pub token_id: String,
+}
+
+impl Default for FakePveOptions {
+    fn default() -> Self {
+        Self {
+            nodes: vec!["pve1".into()],
+            time_scale: 0.0,
+            token_id: "root@pam!pvefleet".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Ready {
+    url: String,
+    control_url: String,
+    fingerprint: String,
+    cafile: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct FakePve {
+    /// `https://127.0.0.1:PORT`
+    pub url: String,
+    /// SHA-256 of the API certificate, 32 colon-separated hex bytes, as `pvenode cert info` shows.
+    pub fingerprint: String,
+    /// The certificate in PEM, for clients that verify against a CA file.
+    pub cafile: PathBuf,
+    pub token_id: String,
+    pub token_secret: String,
+    /// The file holding `token_secret`, as an agent's `token_secret_file`.
+    pub token_secret_file: PathBuf,
+    /// Where the launcher writes created containers' authorized keys (`<ip>` and `vmid-<id>`).
+    pub keys_dir: PathBuf,
+    control_url: String,
+    control: reqwest::Client,
+    proc: Proc,
+}
+
+impl FakePve {
+    pub async fn start(dir: &TestDir, opts: FakePveOptions) -> anyhow::Result<Self> {
+        let python = tools::fakepve_python()?;
+        let launcher = tools::workspace_root().join("tests/bed/fakepve_launcher.py");
+        let home = dir.sub("fakepve");
+        let keys_dir = dir.sub("authorized-keys");
+        let token_secret = random_secret();
+        let token_secret_file = home.join("token-secret");
+        std::fs::write(&token_secret_file, format!("{token_secret}\n"))?;
+        let mut cmd = Command::new(python);
+        cmd.arg(&launcher)
+            .args(["--host", "127.0.0.1", "--port", "0", "--control-port", "0"])
+            .arg("--dir")
+            .arg(&home)
+            .args(["--nodes", &opts.nodes.join(",")])
+            .args(["--token-id", &opts.token_id, "--token-secret", &token_secret])
+            .arg("--keys-dir")
+            .arg(&keys_dir)
+            .args(["--time-scale", &opts.time_scale.to_string()]);
+        let mut proc = Proc::spawn(dir, "fakepve", cmd)?;
+        let ready_file = home.join("ready.json");
+        let ready: Ready = wait_until("fakepve to write ready.json", Duration::from_secs(30), || {
+            let exited = proc.try_wait();
+            let text = std::fs::read(&ready_file).ok();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!("fakepve exited early with {status}")));
+                }
+                Some(Ok(serde_json::from_slice(&text?).ok()?))
+            }
+        })
+        .await?
+        .with_context(|| format!("fakepve: see {}", proc.log().display()))?;
+        Ok(Self {
+            url: ready.url,
+            fingerprint: ready.fingerprint,
+            cafile: ready.cafile,
+            token_id: opts.token_id,
+            token_secret,
+            token_secret_file,
+            keys_dir,
+            control_url: ready.control_url,
+            control: control_client(),
+            proc,
+        })
+    }
+
+    /// `Authorization` header value for the registered token.
+    pub fn auth_header(&self) -> String {
+        format!("PVEAPIToken={}={}", self.token_id, self.token_secret)
+    }
+
+    async fn control(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let resp = self
+            .control
+            .post(format!("{}{path}", self.control_url))
+            .json(&body)
+            .send()
+            .await
+            .with_context(|| format!("fakepve control {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("fakepve control {path} answered {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The next `times` requests matching `method` and `path` (relative to `/api2/json`) fail
+    /// with `status` and `message`.
+    pub async fn fail(&self, method: &str, path: &str, times: u32, status: u16, message: &str) -> anyhow::Result<()> {
+        self.control(
+            "/fail",
+            json!({"method": method, "path": path, "times": times, "status": status, "message": message}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The next task of `task_type` (`vzcreate`, `vzstart`, …) ends in `TASK ERROR: message`.
+    pub async fn task_error(&self, task_type: &str, message: &str) -> anyhow::Result<()> {
+        self.control("/task-error", json!({"type": task_type, "message": message})).await.map(drop)
+    }
+
+    /// Delays every API response by `seconds` (0 clears it).
+    pub async fn slow(&self, seconds: f64) -> anyhow::Result<()> {
+        self.control("/slow", json!({"seconds": seconds})).await.map(drop)
+    }
+
+    /// Changes how fast PVE tasks run (PVE seconds per real second; 0 = at once).
+    pub async fn time_scale(&self, scale: f64) -> anyhow::Result<()> {
+        self.control("/time-scale", json!({"scale": scale})).await.map(drop)
+    }
+
+    pub async fn offline(&self, node: &str, offline: bool) -> anyhow::Result<()> {
+        self.control("/offline", json!({"node": node, "offline": offline})).await.map(drop)
+    }
+
+    /// The next task of `task_type` does its work, then ends `WARNINGS: 1` with `message` logged.
+    pub async fn task_warning(&self, task_type: &str, message: &str) -> anyhow::Result<()> {
+        self.control("/task-warning", json!({"type": task_type, "message": message})).await.map(drop)
+    }
+
+    /// Adds `lines` at the top of the next `task_type` task's log (e.g. PVE's host-key lines).
+    pub async fn task_log(&self, task_type: &str, lines: &[&str]) -> anyhow::Result<()> {
+        self.control("/task-log", json!({"type": task_type, "lines": lines})).await.map(drop)
+    }
+
+    /// How long tasks take, in PVE seconds: `{"create": 2, "start": 1}`.
+    pub async fn task_secs(&self, secs: Value) -> anyhow::Result<()> {
+        self.control("/task-secs", secs).await.map(drop)
+    }
+
+    /// The launcher's view: time scale, delay, nodes, pending failures, containers, and
+    /// `requests` (API requests that got past TLS).
+    pub async fn health(&self) -> anyhow::Result<Value> {
+        let resp = self.control.get(format!("{}/health", self.control_url)).send().await?;
+        Ok(resp.error_for_status()?.json().await?)
+    }
+
+    /// Ids of the containers that exist now.
+    pub async fn containers(&self) -> anyhow::Result<Vec<u32>> {
+        let health = self.health().await?;
+        Ok(serde_json::from_value(health["containers"].clone())?)
+    }
+
+    /// Clears every injected fault.
+    pub async fn reset(&self) -> anyhow::Result<()> {
+        self.control("/reset", json!({})).await.map(drop)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.log_text()
+    }
+}
+
+/// The control API is plain HTTP on loopback; reqwest still wants a TLS provider chosen.
+fn control_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn random_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // Test-only token secret: unique per run is all that matters.
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    format!("{}-{}-{}-{}-{}", &out[0..8], &out[8..12], &out[12..16], &out[16..20], &out[20..32])
+}

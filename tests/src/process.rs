@@ -1,0 +1,95 @@
+//! A child process whose output goes to a log in the test dir, killed when its handle drops.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::Context as _;
+
+use crate::dir::TestDir;
+
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr appended to `<dir>/<name>.log`.
+    pub fn spawn(dir: &TestDir, name: &str, mut cmd: Command) -> anyhow::Result<Self> {
+        let log = dir.path().join(format!("{name}.log"));
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let err = out.try_clone()?;
+        dir.register_log(log.clone());
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The log so far, for assertions and error messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the process has exited, with its status.
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Sends a signal (SIGTERM for a graceful stop).
+    pub fn signal(&self, sig: nix::sys::signal::Signal) -> anyhow::Result<()> {
+        let pid = self.pid().context("process already reaped")?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+            .with_context(|| format!("signalling {}", self.name))
+    }
+
+    /// SIGKILL and reap: the crash a test simulates.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits (polling, up to `within`) for the process to exit and returns its status.
+    pub async fn wait_exit(&mut self, within: std::time::Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let name = self.name.clone();
+        let status = crate::wait_until(&format!("{name} to exit"), within, || {
+            let s = self.try_wait();
+            async move { s }
+        })
+        .await?;
+        self.child = None;
+        Ok(status)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
