@@ -82,13 +82,24 @@ impl NatsServer {
                 }
                 let client = async_nats::connect(&url).await.ok()?;
                 if jetstream {
-                    async_nats::jetstream::new(client).query_account().await.ok()?;
+                    async_nats::jetstream::new(client)
+                        .query_account()
+                        .await
+                        .ok()?;
                 }
                 Some(Ok(()))
             }
         })
         .await?
-        .with_context(|| format!("{what}: see {}", self.proc.as_ref().map(|p| p.log().display().to_string()).unwrap_or_default()))
+        .with_context(|| {
+            format!(
+                "{what}: see {}",
+                self.proc
+                    .as_ref()
+                    .map(|p| p.log().display().to_string())
+                    .unwrap_or_default()
+            )
+        })
     }
 
     pub fn url(&self) -> String {
@@ -105,7 +116,9 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
-        async_nats::connect(self.url()).await.context("connecting to the test nats-server")
+        async_nats::connect(self.url())
+            .await
+            .context("connecting to the test nats-server")
     }
 
     pub async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {

@@ -26,7 +26,12 @@ fn venv_bin(name: &str) -> PathBuf {
 
 fn on_path(name: &str) -> Vec<PathBuf> {
     std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).filter(|p| p.is_file()).collect())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(name))
+                .filter(|p| p.is_file())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -40,7 +45,10 @@ pub fn nats_server() -> anyhow::Result<PathBuf> {
                 venv
             } else {
                 on_path("nats-server").into_iter().next().with_context(|| {
-                    format!("nats-server ≥ {}.{} not found: {INSTALL_HINT}, or set NATS_SERVER_BIN", MIN_NATS.0, MIN_NATS.1)
+                    format!(
+                        "nats-server ≥ {}.{} not found: {INSTALL_HINT}, or set NATS_SERVER_BIN",
+                        MIN_NATS.0, MIN_NATS.1
+                    )
                 })?
             }
         }
@@ -49,7 +57,8 @@ pub fn nats_server() -> anyhow::Result<PathBuf> {
         .arg("--version")
         .output()
         .with_context(|| format!("running {} --version: {INSTALL_HINT}", candidate.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     let version = parse_nats_version(&text)
         .with_context(|| format!("{} printed no version ({text:?})", candidate.display()))?;
     if (version.0, version.1) < MIN_NATS {
@@ -70,7 +79,11 @@ pub fn nats_server() -> anyhow::Result<PathBuf> {
 pub fn parse_nats_version(text: &str) -> Option<(u32, u32, u32)> {
     let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
     let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 /// A Python that can `import fakepve`: `FAKEPVE_PYTHON`, else the project's `.venv`.
@@ -97,7 +110,10 @@ pub fn sshd() -> anyhow::Result<PathBuf> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"));
     if !path.is_file() {
-        bail!("{} not found: {INSTALL_HINT} (`apt-get install openssh-server`), or set SSHD_BIN", path.display());
+        bail!(
+            "{} not found: {INSTALL_HINT} (`apt-get install openssh-server`), or set SSHD_BIN",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -114,9 +130,18 @@ pub fn openssh_client(name: &str) -> anyhow::Result<PathBuf> {
 mod tests {
     #[test]
     fn versions_parse() {
-        assert_eq!(super::parse_nats_version("nats-server: v2.12.8\n"), Some((2, 12, 8)));
-        assert_eq!(super::parse_nats_version("nats-server: v2.9.25"), Some((2, 9, 25)));
-        assert_eq!(super::parse_nats_version("nats-server: v2.11.0-RC.1"), Some((2, 11, 0)));
+        assert_eq!(
+            super::parse_nats_version("nats-server: v2.12.8\n"),
+            Some((2, 12, 8))
+        );
+        assert_eq!(
+            super::parse_nats_version("nats-server: v2.9.25"),
+            Some((2, 9, 25))
+        );
+        assert_eq!(
+            super::parse_nats_version("nats-server: v2.11.0-RC.1"),
+            Some((2, 11, 0))
+        );
         assert_eq!(super::parse_nats_version("garbage"), None);
     }
 }

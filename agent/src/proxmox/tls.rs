@@ -43,7 +43,9 @@ impl std::fmt::Debug for Fingerprint {
 
 /// Why a fingerprint is not one.
 #[derive(Debug, thiserror::Error)]
-#[error("`{0}` is not a SHA-256 fingerprint: expected 32 colon-separated hex bytes (AA:BB:…), as `pvenode cert info` prints")]
+#[error(
+    "`{0}` is not a SHA-256 fingerprint: expected 32 colon-separated hex bytes (AA:BB:…), as `pvenode cert info` prints"
+)]
 pub struct BadFingerprint(String);
 
 impl std::str::FromStr for Fingerprint {
@@ -110,9 +112,12 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
             .with_no_client_auth(),
         Trust::CaFile(path) => {
             let roots = load_roots(path)?;
-            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(TlsError::Verifier)?;
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(TlsError::Verifier)?;
             builder.with_webpki_verifier(verifier).with_no_client_auth()
         }
     };
@@ -122,7 +127,10 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let display = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa { path: display.clone(), source })?;
+    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
+        path: display.clone(),
+        source,
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
         let _ = roots.add(cert);
@@ -153,9 +161,12 @@ impl ServerCertVerifier for PinnedVerifier {
         if seen == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
-                rustls::OtherError(Arc::new(PinMismatch { expected: self.pin, seen })),
-            )))
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
+                    expected: self.pin,
+                    seen,
+                }))),
+            ))
         }
     }
 
@@ -203,7 +214,10 @@ mod tests {
 
     #[test]
     fn fingerprints_parse_and_print_alike() {
-        let text = (0..32).map(|i| format!("{i:02X}")).collect::<Vec<_>>().join(":");
+        let text = (0..32)
+            .map(|i| format!("{i:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
         let fp: Fingerprint = text.parse().unwrap();
         assert_eq!(fp.to_string(), text);
         assert_eq!(text.to_lowercase().parse::<Fingerprint>().unwrap(), fp);

@@ -1,0 +1,508 @@
+//! The agent's configuration: `agent.toml`, with every key also settable as `PVEFLEET_<KEY>`
+//! (`proxmox.token_id` → `PVEFLEET_PROXMOX_TOKEN_ID`). Errors name the file and the key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pvefleet_schemas::{HumanDuration, NodeName};
+use serde::Deserialize;
+
+use crate::proxmox::tls::{Fingerprint, Trust};
+
+/// Everything the agent runs with, checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeName,
+    /// Jobs run at once (also the consumer's `max_ack_pending`).
+    pub concurrency: u32,
+    pub heartbeat: Duration,
+    /// How long a stopping agent waits for running jobs to reach a checkpoint.
+    pub shutdown_grace: Duration,
+    pub nats: NatsConfig,
+    pub proxmox: ProxmoxConfig,
+    pub ssh: SshConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub urls: Vec<String>,
+    pub creds: Option<PathBuf>,
+    /// A per-agent inbox prefix, so replies to one agent cannot be read by another.
+    pub inbox_prefix: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct ProxmoxConfig {
+    /// `https://host:8006`
+    pub url: String,
+    /// `USER@REALM!TOKENID`
+    pub token_id: String,
+    pub token_secret: pvefleet_schemas::Secret,
+    pub trust: Trust,
+}
+
+impl std::fmt::Debug for ProxmoxConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxmoxConfig")
+            .field("url", &self.url)
+            .field("token_id", &self.token_id)
+            .field("token_secret", &self.token_secret)
+            .field("trust", &self.trust)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    pub user: String,
+    pub port: u16,
+    pub connect_timeout: Duration,
+    /// How long to keep retrying while the new container's sshd comes up.
+    pub retry_for: Duration,
+}
+
+/// A configuration problem, naming where it is and which key.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: key `{key}`: {message}")]
+pub struct ConfigError {
+    /// The file, or `environment` for a `PVEFLEET_…` variable.
+    pub source_name: String,
+    pub key: String,
+    pub message: String,
+}
+
+/// The file as written; everything optional here has a default below.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    node: NodeName,
+    #[serde(default = "default_concurrency")]
+    concurrency: u32,
+    #[serde(default = "default_heartbeat")]
+    heartbeat: HumanDuration,
+    #[serde(default = "default_grace")]
+    shutdown_grace: HumanDuration,
+    nats: RawNats,
+    proxmox: RawProxmox,
+    #[serde(default)]
+    ssh: RawSsh,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNats {
+    urls: Vec<String>,
+    #[serde(default)]
+    creds: Option<PathBuf>,
+    #[serde(default)]
+    inbox_prefix: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProxmox {
+    url: String,
+    token_id: String,
+    token_secret_file: PathBuf,
+    #[serde(default)]
+    fingerprint: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSsh {
+    #[serde(default = "default_ssh_user")]
+    user: String,
+    #[serde(default = "default_ssh_port")]
+    port: u16,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: HumanDuration,
+    #[serde(default = "default_retry_for")]
+    retry_for: HumanDuration,
+}
+
+impl Default for RawSsh {
+    fn default() -> Self {
+        Self {
+            user: default_ssh_user(),
+            port: default_ssh_port(),
+            connect_timeout: default_connect_timeout(),
+            retry_for: default_retry_for(),
+        }
+    }
+}
+
+fn default_concurrency() -> u32 {
+    4
+}
+fn default_heartbeat() -> HumanDuration {
+    HumanDuration::secs(5)
+}
+fn default_grace() -> HumanDuration {
+    HumanDuration::secs(30)
+}
+fn default_ssh_user() -> String {
+    "root".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+fn default_retry_for() -> HumanDuration {
+    HumanDuration::secs(120)
+}
+
+/// How a key's environment value is turned into TOML.
+#[derive(Clone, Copy)]
+enum Kind {
+    Str,
+    Int,
+    List,
+}
+
+/// Every key, for the environment overlay (and so for the docs).
+const KEYS: &[(&str, Kind)] = &[
+    ("node", Kind::Str),
+    ("concurrency", Kind::Int),
+    ("heartbeat", Kind::Str),
+    ("shutdown_grace", Kind::Str),
+    ("nats.urls", Kind::List),
+    ("nats.creds", Kind::Str),
+    ("nats.inbox_prefix", Kind::Str),
+    ("proxmox.url", Kind::Str),
+    ("proxmox.token_id", Kind::Str),
+    ("proxmox.token_secret_file", Kind::Str),
+    ("proxmox.fingerprint", Kind::Str),
+    ("proxmox.ca_file", Kind::Str),
+    ("ssh.user", Kind::Str),
+    ("ssh.port", Kind::Int),
+    ("ssh.connect_timeout", Kind::Str),
+    ("ssh.retry_for", Kind::Str),
+];
+
+/// `proxmox.token_id` → `PVEFLEET_PROXMOX_TOKEN_ID`.
+pub fn env_name(key: &str) -> String {
+    format!("PVEFLEET_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+impl Config {
+    /// Reads `path` (if given), overlays `PVEFLEET_…` variables from `env`, and checks it all.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let file_name = path.map_or_else(|| "environment".to_owned(), |p| p.display().to_string());
+        let err = |source_name: &str, key: &str, message: String| ConfigError {
+            source_name: source_name.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        let mut table = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err(&file_name, "-", format!("cannot read the file: {e}")))?;
+                text.parse::<toml::Table>()
+                    .map_err(|e| err(&file_name, "-", format!("not valid TOML: {}", e.message())))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, kind) in KEYS {
+            let var = env_name(key);
+            let Some(value) = env(&var) else { continue };
+            let value = match kind {
+                Kind::Str => toml::Value::String(value),
+                Kind::Int => toml::Value::Integer(value.trim().parse().map_err(|_| {
+                    err(
+                        "environment",
+                        key,
+                        format!("{var}=`{value}` is not a number"),
+                    )
+                })?),
+                Kind::List => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_owned()))
+                        .collect(),
+                ),
+            };
+            set(&mut table, key, value);
+        }
+        let raw: Raw = serde_path_to_error::deserialize(table).map_err(|e| {
+            let key = e.path().to_string();
+            let message = e.into_inner().message().trim().to_owned();
+            // serde reports a missing field at its parent; name the field itself.
+            match message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.strip_suffix('`'))
+            {
+                Some(field) => {
+                    let full = if key == "." {
+                        field.to_owned()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                    err(
+                        &file_name,
+                        &full,
+                        format!("is required (or set {})", env_name(&full)),
+                    )
+                }
+                None => err(&file_name, &key, message),
+            }
+        })?;
+        Self::check(raw, &file_name)
+    }
+
+    fn check(raw: Raw, file: &str) -> Result<Self, ConfigError> {
+        let err = |key: &str, message: String| ConfigError {
+            source_name: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        };
+        if raw.concurrency == 0 || raw.concurrency > 256 {
+            return Err(err(
+                "concurrency",
+                format!("{} is outside 1..=256", raw.concurrency),
+            ));
+        }
+        if raw.heartbeat.0 < Duration::from_millis(100) {
+            return Err(err("heartbeat", "must be at least 100ms".into()));
+        }
+        if raw.nats.urls.is_empty() {
+            return Err(err("nats.urls", "needs at least one server URL".into()));
+        }
+        for url in &raw.nats.urls {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|e| err("nats.urls", format!("`{url}` is not a NATS URL ({e})")))?;
+        }
+        if let Some(prefix) = &raw.nats.inbox_prefix {
+            let ok = !prefix.is_empty()
+                && !prefix.contains(['*', '>', ' '])
+                && prefix.split('.').all(|t| !t.is_empty());
+            if !ok {
+                return Err(err(
+                    "nats.inbox_prefix",
+                    format!("`{prefix}` is not a subject prefix"),
+                ));
+            }
+        }
+        if !raw.proxmox.url.starts_with("https://") {
+            return Err(err(
+                "proxmox.url",
+                format!(
+                    "`{}` must be an https:// URL (the API is only served over TLS)",
+                    raw.proxmox.url
+                ),
+            ));
+        }
+        reqwest::Url::parse(&raw.proxmox.url).map_err(|e| {
+            err(
+                "proxmox.url",
+                format!("`{}` is not a URL ({e})", raw.proxmox.url),
+            )
+        })?;
+        let token_ok = raw
+            .proxmox
+            .token_id
+            .split_once('!')
+            .is_some_and(|(user, id)| user.contains('@') && !id.is_empty());
+        if !token_ok {
+            return Err(err(
+                "proxmox.token_id",
+                format!(
+                    "`{}` is not an API token id like `pvefleet@pve!agent`",
+                    raw.proxmox.token_id
+                ),
+            ));
+        }
+        let secret = std::fs::read_to_string(&raw.proxmox.token_secret_file).map_err(|e| {
+            err(
+                "proxmox.token_secret_file",
+                format!(
+                    "cannot read {}: {e}",
+                    raw.proxmox.token_secret_file.display()
+                ),
+            )
+        })?;
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return Err(err(
+                "proxmox.token_secret_file",
+                format!("{} is empty", raw.proxmox.token_secret_file.display()),
+            ));
+        }
+        let trust = match (&raw.proxmox.fingerprint, &raw.proxmox.ca_file) {
+            (Some(fp), None) => Trust::Fingerprint(
+                fp.parse::<Fingerprint>()
+                    .map_err(|e| err("proxmox.fingerprint", e.to_string()))?,
+            ),
+            (None, Some(ca)) => {
+                if !ca.is_file() {
+                    return Err(err(
+                        "proxmox.ca_file",
+                        format!("{} is not a file", ca.display()),
+                    ));
+                }
+                Trust::CaFile(ca.clone())
+            }
+            (Some(_), Some(_)) => {
+                return Err(err(
+                    "proxmox.fingerprint",
+                    "give either `fingerprint` or `ca_file`, not both".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(err(
+                    "proxmox.fingerprint",
+                    "one of `fingerprint` (the API certificate's SHA-256) or `ca_file` is required; certificate checks are never switched off".into(),
+                ));
+            }
+        };
+        Ok(Config {
+            node: raw.node,
+            concurrency: raw.concurrency,
+            heartbeat: raw.heartbeat.0,
+            shutdown_grace: raw.shutdown_grace.0,
+            nats: NatsConfig {
+                urls: raw.nats.urls,
+                creds: raw.nats.creds,
+                inbox_prefix: raw.nats.inbox_prefix,
+            },
+            proxmox: ProxmoxConfig {
+                url: raw.proxmox.url.trim_end_matches('/').to_owned(),
+                token_id: raw.proxmox.token_id,
+                token_secret: pvefleet_schemas::Secret::new(secret),
+                trust,
+            },
+            ssh: SshConfig {
+                user: raw.ssh.user,
+                port: raw.ssh.port,
+                connect_timeout: raw.ssh.connect_timeout.0,
+                retry_for: raw.ssh.retry_for.0,
+            },
+        })
+    }
+}
+
+/// Sets `a.b` in `table`, creating `a` when missing.
+fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
+    match key.split_once('.') {
+        Some((head, rest)) => {
+            let inner = table
+                .entry(head)
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let toml::Value::Table(t) = inner {
+                set(t, rest, value);
+            }
+        }
+        None => {
+            table.insert(key.to_owned(), value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(extra: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let fp = (0..32)
+            .map(|i| format!("{i:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "node = \"pve1\"\n{extra}\n[nats]\nurls = [\"nats://127.0.0.1:4222\"]\n\n[proxmox]\nurl = \"https://127.0.0.1:8006\"\ntoken_id = \"pvefleet@pve!agent\"\ntoken_secret_file = {secret:?}\nfingerprint = \"{fp}\"\n"
+            ),
+        )
+        .unwrap();
+        (dir, path)
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let (_d, path) = fixture("");
+        let c = Config::load(Some(&path), no_env).unwrap();
+        assert_eq!(c.node.as_str(), "pve1");
+        assert_eq!(c.concurrency, 4);
+        assert_eq!(c.ssh.user, "root");
+        assert_eq!(c.proxmox.token_secret.expose(), "s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn env_overrides_every_kind_of_key() {
+        let (_d, path) = fixture("");
+        let env = |k: &str| match k {
+            "PVEFLEET_CONCURRENCY" => Some("9".into()),
+            "PVEFLEET_NATS_URLS" => Some("nats://a:1, nats://b:2".into()),
+            "PVEFLEET_SSH_RETRY_FOR" => Some("30s".into()),
+            _ => None,
+        };
+        let c = Config::load(Some(&path), env).unwrap();
+        assert_eq!(c.concurrency, 9);
+        assert_eq!(c.nats.urls, ["nats://a:1", "nats://b:2"]);
+        assert_eq!(c.ssh.retry_for, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases = [
+            ("concurrency = 0", "concurrency"),
+            ("concurrency = \"x\"", "concurrency"),
+            ("nodde = \"typo\"", "nodde"),
+            ("[ssh]\nconnect_timeout = \"soon\"", "ssh.connect_timeout"),
+        ];
+        for (extra, key) in cases {
+            let (_d, path) = fixture(extra);
+            let e = Config::load(Some(&path), no_env).unwrap_err();
+            assert_eq!(e.key, key, "{extra}: {e}");
+            assert!(
+                e.to_string().starts_with(&path.display().to_string()),
+                "{e}"
+            );
+        }
+        let (_d, path) = fixture("");
+        let bad_fp = |k: &str| (k == "PVEFLEET_PROXMOX_FINGERPRINT").then(|| "AA:BB".to_owned());
+        assert_eq!(
+            Config::load(Some(&path), bad_fp).unwrap_err().key,
+            "proxmox.fingerprint"
+        );
+        let bad_node = |k: &str| (k == "PVEFLEET_NODE").then(|| "pve.1".to_owned());
+        assert_eq!(Config::load(Some(&path), bad_node).unwrap_err().key, "node");
+    }
+
+    #[test]
+    fn missing_keys_are_named_in_full() {
+        let e = Config::load(None, no_env).unwrap_err();
+        assert_eq!(e.source_name, "environment");
+        assert_eq!(e.key, "node");
+        let env = |k: &str| (k == "PVEFLEET_NODE").then(|| "pve1".to_owned());
+        let e = Config::load(None, env).unwrap_err();
+        assert_eq!(e.key, "nats");
+        let env = |k: &str| match k {
+            "PVEFLEET_NODE" => Some("pve1".into()),
+            "PVEFLEET_NATS_URLS" => Some("nats://x:1".into()),
+            "PVEFLEET_PROXMOX_URL" => Some("https://x".into()),
+            _ => None,
+        };
+        let e = Config::load(None, env).unwrap_err();
+        assert_eq!(e.key, "proxmox.token_id");
+        assert!(e.message.contains("PVEFLEET_PROXMOX_TOKEN_ID"), "{e}");
+    }
+}

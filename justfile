@@ -1,0 +1,29 @@
+# pvefleet's front door: every developer and CI entry point.
+# `bash scripts/bootstrap` first on a fresh machine; it installs `just` into ./.venv/bin.
+
+# The project's pinned tools (nats-server ≥ 2.11, fakepve, just) come before the system's.
+export PATH := justfile_directory() / ".venv/bin" + ":" + env_var("PATH")
+
+default:
+    @just --list
+
+# Install the pinned test tools (idempotent).
+bootstrap:
+    bash scripts/bootstrap
+
+# Build everything.
+build:
+    cargo build --workspace --all-targets
+
+# The whole test suite: unit tests and integration tests against real servers.
+test:
+    cargo test --workspace --locked
+
+# Format check and lints, as CI would want them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Regenerate the checked-in JSON Schemas after changing a message type.
+schemas:
+    PVEFLEET_BLESS=1 cargo test -p pvefleet-schemas --test golden checked_in_schemas_are_current
