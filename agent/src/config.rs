@@ -16,6 +16,9 @@ pub struct Config {
     /// Jobs run at once (also the consumer's `max_ack_pending`).
     pub concurrency: u32,
     pub heartbeat: Duration,
+    /// How long JetStream waits for an ack before redelivering a job; running jobs send
+    /// progress acks well within it.
+    pub ack_wait: Duration,
     /// How long a stopping agent waits for running jobs to reach a checkpoint.
     pub shutdown_grace: Duration,
     pub nats: NatsConfig,
@@ -82,6 +85,8 @@ struct Raw {
     heartbeat: HumanDuration,
     #[serde(default = "default_grace")]
     shutdown_grace: HumanDuration,
+    #[serde(default = "default_ack_wait")]
+    ack_wait: HumanDuration,
     nats: RawNats,
     proxmox: RawProxmox,
     #[serde(default)]
@@ -143,6 +148,9 @@ fn default_heartbeat() -> HumanDuration {
 fn default_grace() -> HumanDuration {
     HumanDuration::secs(30)
 }
+fn default_ack_wait() -> HumanDuration {
+    HumanDuration::secs(30)
+}
 fn default_ssh_user() -> String {
     "root".into()
 }
@@ -170,6 +178,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("concurrency", Kind::Int),
     ("heartbeat", Kind::Str),
     ("shutdown_grace", Kind::Str),
+    ("ack_wait", Kind::Str),
     ("nats.urls", Kind::List),
     ("nats.creds", Kind::Str),
     ("nats.inbox_prefix", Kind::Str),
@@ -274,6 +283,9 @@ impl Config {
         if raw.heartbeat.0 < Duration::from_millis(100) {
             return Err(err("heartbeat", "must be at least 100ms".into()));
         }
+        if raw.ack_wait.0 < Duration::from_secs(1) {
+            return Err(err("ack_wait", "must be at least 1s".into()));
+        }
         if raw.nats.urls.is_empty() {
             return Err(err("nats.urls", "needs at least one server URL".into()));
         }
@@ -368,6 +380,7 @@ impl Config {
             node: raw.node,
             concurrency: raw.concurrency,
             heartbeat: raw.heartbeat.0,
+            ack_wait: raw.ack_wait.0,
             shutdown_grace: raw.shutdown_grace.0,
             nats: NatsConfig {
                 urls: raw.nats.urls,

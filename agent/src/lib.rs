@@ -1,5 +1,63 @@
-//! pvefleet-agent: one per Proxmox node; takes the node's jobs from JetStream and creates
-//! containers through the node's Proxmox API, publishing every step as an event.
+//! pvefleet-agent: one per Proxmox node. It takes the node's create jobs from the JetStream
+//! work queue, drives the node's Proxmox API, and publishes every step as an event.
+//!
+//! # Layout
+//! - [`config`]: `agent.toml` and its `PVEFLEET_…` overrides, checked at start.
+//! - [`bus`]: NATS: connecting with backoff, streams/buckets/consumer, events, checkpoints.
+//! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
+//! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
+//! - [`policy`]: what a job's end means for its message (ack, term, nak).
+//! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
+//! - [`proxmox`]: the Proxmox API client, its tasks, and pinned TLS.
 
+pub mod bus;
 pub mod config;
+pub mod create;
+pub mod heartbeat;
+pub mod policy;
 pub mod proxmox;
+pub mod worker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, BusError};
+use crate::config::Config;
+use crate::proxmox::PveClient;
+
+/// Runs the agent until `stop` fires, then hands running jobs back and drains the connection.
+pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
+    let pve = PveClient::new(&config.proxmox, config.node.clone())?;
+    let name = format!("pvefleet-agent-{}", config.node);
+    let client = match bus::connect(&config.nats, &name, &stop).await {
+        Ok(c) => c,
+        Err(BusError::Stopped) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let open = || Bus::open(client.clone(), &config);
+    let retry = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times();
+    let bus = tokio::select! {
+        b = open.retry(retry).notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "NATS layout not ready; retrying")) => b?,
+        _ = stop.cancelled() => return Ok(()),
+    };
+    tracing::info!(node = %config.node, concurrency = config.concurrency, proxmox = %config.proxmox.url, "agent ready");
+
+    let running = heartbeat::Running::default();
+    let beat_stop = CancellationToken::new();
+    let beat = tokio::spawn(heartbeat::beat(config.clone(), pve.clone(), bus.clone(), running.clone(), beat_stop.clone()));
+    let shared = Arc::new(worker::Shared { config, pve, bus, running, stop });
+    worker::work(shared.clone()).await;
+    beat_stop.cancel();
+    let _ = beat.await;
+    if let Err(e) = shared.bus.client.drain().await {
+        tracing::warn!(error = %e, "draining the NATS connection failed");
+    }
+    tracing::info!("agent stopped");
+    Ok(())
+}

@@ -1,9 +1,11 @@
-//! `pvefleet-agent`: parses its arguments and configuration, sets up tracing, runs the agent.
+//! `pvefleet-agent`: parses its arguments and configuration, sets up tracing and signals, and
+//! runs the agent.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 /// The pvefleet agent for one Proxmox node: takes the node's create jobs from NATS JetStream,
 /// drives the local Proxmox API, and publishes every step as an event.
@@ -11,7 +13,9 @@ use clap::Parser;
 #[command(
     version,
     about,
-    after_help = "Every configuration key can also be set as PVEFLEET_<KEY>, e.g. PVEFLEET_PROXMOX_TOKEN_ID.\n\nExample:\n  pvefleet-agent --config /etc/pvefleet/agent.toml"
+    after_help = "Every configuration key can also be set as PVEFLEET_<KEY>, e.g. PVEFLEET_PROXMOX_TOKEN_ID.\n\
+                  SIGTERM or SIGINT stops taking jobs and hands running ones back; a second one exits at once.\n\n\
+                  Example:\n  pvefleet-agent --config /etc/pvefleet/agent.toml"
 )]
 struct Args {
     /// The agent's TOML configuration.
@@ -26,13 +30,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .init();
-    let config = match pvefleet_agent::config::Config::load(args.config.as_deref(), |k| {
-        std::env::var(k).ok()
-    }) {
+    let config = match pvefleet_agent::config::Config::load(args.config.as_deref(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pvefleet-agent: bad configuration: {e}");
@@ -43,9 +44,40 @@ fn main() -> ExitCode {
         println!("configuration OK for node {}", config.node);
         return ExitCode::SUCCESS;
     }
-    eprintln!(
-        "pvefleet-agent: configuration OK for node {}; the job loop is not built yet",
-        config.node
-    );
-    ExitCode::from(1)
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        let stop = CancellationToken::new();
+        tokio::spawn(signals(stop.clone()));
+        match pvefleet_agent::run(config, stop).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "agent failed");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The first SIGTERM/SIGINT stops gracefully; a second exits at once.
+async fn signals(stop: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    for n in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n == 0 {
+            tracing::info!("stopping: no new jobs; running jobs hand back at their next checkpoint");
+            stop.cancel();
+        } else {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
 }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::event::Step;
+use crate::event::{ErrorInfo, Step};
 use crate::ids::{JobId, NodeName, Vmid};
 use crate::message::{DecodeError, Timestamp, V1};
 
@@ -62,15 +62,18 @@ pub struct Checkpoint {
     /// The step under way when this was written (its outputs may be partial).
     pub current: Step,
     pub vmid: Option<Vmid>,
+    /// Whether the vmid came from `/cluster/nextid` (so another may be taken if it is lost to a race).
+    #[serde(default)]
+    pub vmid_allocated: bool,
     /// The UPID of the Proxmox task in flight or last run.
     pub upid: Option<String>,
     pub ip: Option<IpAddr>,
     /// Deploy items already done (`packages`, `file:/etc/x`, `script:name`).
     #[serde(default)]
     pub deployed: Vec<String>,
-    /// Set once a terminal event is published, so a redelivery only acks.
+    /// Set when the job has failed: a redelivery goes on with the rollback, not the steps.
     #[serde(default)]
-    pub finished: bool,
+    pub failure: Option<ErrorInfo>,
 }
 
 impl Checkpoint {
@@ -82,10 +85,11 @@ impl Checkpoint {
             done: None,
             current: Step::Validating,
             vmid: None,
+            vmid_allocated: false,
             upid: None,
             ip: None,
             deployed: Vec::new(),
-            finished: false,
+            failure: None,
         }
     }
 

@@ -90,6 +90,8 @@ pub enum TlsError {
     Rustls(#[source] rustls::Error),
     #[error("building the certificate verifier")]
     Verifier(#[source] rustls::client::VerifierBuilderError),
+    #[error("building the HTTP client: {0}")]
+    Client(String),
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -1,0 +1,377 @@
+//! The agent's side of NATS: connecting (with backoff while the servers are away), the streams,
+//! buckets and consumer it needs, a job's event log with gap-free `seq`, and its checkpoints.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::pull, kv, message::PublishMessage, stream};
+use backon::{ExponentialBuilder, Retryable as _};
+use pvefleet_schemas::names::{self, EVENTS_STREAM, JOBS_BUCKET, JOBS_STREAM, NODES_BUCKET};
+use pvefleet_schemas::{Checkpoint, Event, EventType, JobId, JobResult, LogStream, NodeName, Step, Timestamp, V1};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, NatsConfig};
+
+/// A NATS failure the agent could not ride out with its retries.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("stopped while connecting to NATS")]
+    Stopped,
+    #[error("{what}: {message}")]
+    Nats { what: String, message: String },
+}
+
+impl BusError {
+    fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+        BusError::Nats {
+            what: what.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The layout's fixed parameters, as the contract sets them.
+pub mod layout {
+    use std::time::Duration;
+
+    /// How long a repeated submit of the same job id is absorbed (contract: ≥ 10 min).
+    pub const JOBS_DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+    /// How long events stay replayable.
+    pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+    /// Republished events within this window are absorbed (an agent retrying a publish).
+    pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
+    /// A checkpoint outlives any job by far; a leftover one expires.
+    pub const CHECKPOINT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+/// Connects, retrying with backoff (logged) until it succeeds or `stop` fires.
+pub async fn connect(config: &NatsConfig, name: &str, stop: &CancellationToken) -> Result<async_nats::Client, BusError> {
+    let addrs: Vec<async_nats::ServerAddr> = config
+        .urls
+        .iter()
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| BusError::nats("nats.urls", e))?;
+    let attempt = || async {
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5))
+            // Once connected, ride out server restarts without giving up.
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                tracing::info!(%event, "NATS connection event");
+            });
+        if let Some(creds) = &config.creds {
+            opts = opts
+                .credentials_file(creds)
+                .await
+                .map_err(|e| BusError::nats(format!("reading nats.creds {}", creds.display()), e))?;
+        }
+        if let Some(prefix) = &config.inbox_prefix {
+            opts = opts.custom_inbox_prefix(prefix);
+        }
+        opts.connect(addrs.clone())
+            .await
+            .map_err(|e| BusError::nats(format!("connecting to {}", config.urls.join(",")), e))
+    };
+    let retry = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(Duration::from_secs(30))
+        .without_max_times()
+        .with_jitter();
+    tokio::select! {
+        r = attempt.retry(retry).notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "NATS unreachable; retrying")) => r,
+        _ = stop.cancelled() => Err(BusError::Stopped),
+    }
+}
+
+/// Everything the agent uses on NATS, found or created.
+#[derive(Debug, Clone)]
+pub struct Bus {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub events: stream::Stream,
+    pub consumer: jetstream::consumer::Consumer<pull::Config>,
+    pub checkpoints: kv::Store,
+    pub nodes: kv::Store,
+}
+
+impl Bus {
+    /// Finds the streams, buckets and this node's consumer, creating those that are missing.
+    /// Existing ones are used as they are, so an agent without rights to create them works.
+    pub async fn open(client: async_nats::Client, config: &Config) -> Result<Self, BusError> {
+        let js = jetstream::new(client.clone());
+        let jobs = get_or_create_stream(
+            &js,
+            stream::Config {
+                name: JOBS_STREAM.into(),
+                subjects: vec![names::JOBS_SUBJECTS.into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                duplicate_window: layout::JOBS_DUPLICATE_WINDOW,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let events = get_or_create_stream(
+            &js,
+            stream::Config {
+                name: EVENTS_STREAM.into(),
+                subjects: vec![names::EVENTS_SUBJECTS.into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                max_age: layout::EVENTS_MAX_AGE,
+                duplicate_window: layout::EVENTS_DUPLICATE_WINDOW,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let checkpoints = get_or_create_bucket(
+            &js,
+            kv::Config {
+                bucket: JOBS_BUCKET.into(),
+                description: "pvefleet job checkpoints: what a redelivered job resumes from".into(),
+                history: 1,
+                max_age: layout::CHECKPOINT_MAX_AGE,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let nodes = get_or_create_bucket(
+            &js,
+            kv::Config {
+                bucket: NODES_BUCKET.into(),
+                description: "pvefleet agent heartbeats; an entry expires when its agent stops beating".into(),
+                history: 1,
+                max_age: config.heartbeat * 3,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let consumer = get_or_create_consumer(&js, &jobs, config).await?;
+        Ok(Self {
+            client,
+            js,
+            events,
+            consumer,
+            checkpoints,
+            nodes,
+        })
+    }
+
+    pub async fn load_checkpoint(&self, node: &NodeName, job: &JobId) -> Result<Option<Checkpoint>, BusError> {
+        let key = names::checkpoint_key(node, job);
+        let bytes = (|| self.checkpoints.get(key.clone()))
+            .retry(nats_retry())
+            .await
+            .map_err(|e| BusError::nats(format!("reading checkpoint {key}"), e))?;
+        match bytes {
+            None => Ok(None),
+            // A checkpoint this build cannot read is treated as absent: the steps re-check
+            // the world anyway, and the marker tag keeps them from touching a stranger.
+            Some(b) => Ok(Checkpoint::decode(&b)
+                .inspect_err(|e| tracing::warn!(error = %e, %key, "unreadable checkpoint ignored"))
+                .ok()),
+        }
+    }
+
+    pub async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), BusError> {
+        let key = names::checkpoint_key(&cp.node, &cp.job_id);
+        let value: bytes::Bytes = cp.encode().into();
+        (|| self.checkpoints.put(key.clone(), value.clone()))
+            .retry(nats_retry())
+            .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "checkpoint write failed; retrying"))
+            .await
+            .map(drop)
+            .map_err(|e| BusError::nats(format!("writing checkpoint {key}"), e))
+    }
+
+    pub async fn clear_checkpoint(&self, node: &NodeName, job: &JobId) -> Result<(), BusError> {
+        let key = names::checkpoint_key(node, job);
+        (|| self.checkpoints.purge(key.clone()))
+            .retry(nats_retry())
+            .await
+            .map_err(|e| BusError::nats(format!("clearing checkpoint {key}"), e))
+    }
+}
+
+/// Retries for one NATS operation: about a minute, enough for a cluster to elect a leader.
+fn nats_retry() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(5))
+        .with_max_times(15)
+        .with_jitter()
+}
+
+async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, BusError> {
+    let name = config.name.clone();
+    match js.get_stream(&name).await {
+        Ok(s) => Ok(s),
+        Err(get_err) => js.create_stream(config).await.map_err(|create_err| {
+            BusError::nats(format!("stream {name}"), format!("not found ({get_err}) and not created ({create_err})"))
+        }),
+    }
+}
+
+async fn get_or_create_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
+    let name = config.bucket.clone();
+    match js.get_key_value(&name).await {
+        Ok(s) => Ok(s),
+        Err(get_err) => js.create_key_value(config).await.map_err(|create_err| {
+            BusError::nats(format!("KV bucket {name}"), format!("not found ({get_err}) and not created ({create_err})"))
+        }),
+    }
+}
+
+/// The node's durable pull consumer, made to the agent's concurrency.
+async fn get_or_create_consumer(
+    js: &jetstream::Context,
+    jobs: &stream::Stream,
+    config: &Config,
+) -> Result<jetstream::consumer::Consumer<pull::Config>, BusError> {
+    let name = names::agent_consumer(&config.node);
+    let wanted = pull::Config {
+        durable_name: Some(name.clone()),
+        description: Some(format!("pvefleet-agent for node {}", config.node)),
+        filter_subject: names::node_jobs_filter(&config.node),
+        ack_policy: jetstream::consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_ack_pending: i64::from(config.concurrency),
+        // A job is redelivered only after its agent died (or asked): keep trying, the
+        // checkpoint makes it safe.
+        max_deliver: -1,
+        ..Default::default()
+    };
+    match jobs.get_consumer::<pull::Config>(&name).await {
+        Ok(mut existing) => {
+            let info = existing.info().await.map_err(|e| BusError::nats(format!("consumer {name}"), e))?;
+            let c = &info.config;
+            if c.max_ack_pending != wanted.max_ack_pending || c.ack_wait != wanted.ack_wait {
+                // Follow the configured concurrency; without the right to, run with what exists.
+                if let Err(e) = js.update_consumer_on_stream(wanted, JOBS_STREAM).await {
+                    tracing::warn!(error = %e, consumer = %name, max_ack_pending = c.max_ack_pending,
+                        "could not update the consumer to this agent's concurrency; using it as it is");
+                } else {
+                    return jobs.get_consumer(&name).await.map_err(|e| BusError::nats(format!("consumer {name}"), e));
+                }
+            }
+            Ok(existing)
+        }
+        Err(get_err) => jobs.create_consumer(wanted).await.map_err(|create_err| {
+            BusError::nats(format!("consumer {name}"), format!("not found ({get_err}) and not created ({create_err})"))
+        }),
+    }
+}
+
+/// One job's events: `seq` continues from what the stream already holds (so a redelivered
+/// job goes on without gaps), `percent` never goes down, and every publish is acknowledged
+/// by the stream before the next, deduplicated by `<job_id>:<seq>` if it has to be resent.
+#[derive(Debug)]
+pub struct EventLog {
+    js: jetstream::Context,
+    subject: String,
+    node: NodeName,
+    job_id: JobId,
+    next_seq: u64,
+    percent: u8,
+    step: Option<Step>,
+}
+
+impl EventLog {
+    /// Opens the log of `job_id`, returning the last event already published, if any.
+    pub async fn open(bus: &Bus, node: &NodeName, job_id: JobId) -> Result<(Self, Option<Event>), BusError> {
+        let subject = names::event_subject(node, &job_id);
+        let last = (|| async {
+            match bus.events.get_last_raw_message_by_subject(&subject).await {
+                Ok(m) => Ok(Some(m)),
+                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .retry(nats_retry())
+        .await
+        .map_err(|e| BusError::nats(format!("reading the last event of {job_id}"), e))?;
+        let last = last.and_then(|m| Event::decode(&m.payload).ok());
+        let log = Self {
+            js: bus.js.clone(),
+            subject,
+            node: node.clone(),
+            job_id,
+            next_seq: last.as_ref().map_or(1, |e| e.seq + 1),
+            percent: last.as_ref().map_or(0, |e| e.percent),
+            step: last.as_ref().and_then(|e| e.step),
+        };
+        Ok((log, last))
+    }
+
+    pub fn percent(&self) -> u8 {
+        self.percent
+    }
+
+    pub fn step(&self) -> Option<Step> {
+        self.step
+    }
+
+    /// Publishes one event and waits for the stream to store it.
+    pub async fn emit(
+        &mut self,
+        kind: EventType,
+        step: Option<Step>,
+        percent: Option<u8>,
+        message: impl Into<String>,
+        stream: Option<LogStream>,
+        result: Option<JobResult>,
+    ) -> Result<(), BusError> {
+        if let Some(p) = percent {
+            self.percent = self.percent.max(p.min(100));
+        }
+        if step.is_some() {
+            self.step = step;
+        }
+        let event = Event {
+            v: V1,
+            job_id: self.job_id,
+            node: self.node.clone(),
+            seq: self.next_seq,
+            kind,
+            step: self.step,
+            percent: self.percent,
+            message: message.into(),
+            timestamp: Timestamp::now(),
+            stream,
+            result,
+        };
+        let payload: bytes::Bytes = event.encode().into();
+        let msg_id = format!("{}:{}", self.job_id, event.seq);
+        (|| async {
+            self.js
+                .send_publish(self.subject.clone(), PublishMessage::build().payload(payload.clone()).message_id(&msg_id))
+                .await?
+                .await
+                .map_err(Into::into)
+        })
+        .retry(nats_retry())
+        .when(|e: &async_nats::jetstream::context::PublishError| {
+            tracing::warn!(error = %e, "publishing an event failed; retrying");
+            true
+        })
+        .await
+        .map_err(|e| BusError::nats(format!("publishing event {} of {}", event.seq, self.job_id), e))?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    pub async fn step_event(&mut self, step: Step, percent: u8, message: impl Into<String>) -> Result<(), BusError> {
+        self.emit(EventType::Step, Some(step), Some(percent), message, None, None).await
+    }
+
+    pub async fn log(&mut self, stream: LogStream, line: impl Into<String>) -> Result<(), BusError> {
+        self.emit(EventType::Log, None, None, line, Some(stream), None).await
+    }
+
+    pub async fn warning(&mut self, message: impl Into<String>) -> Result<(), BusError> {
+        self.emit(EventType::Warning, None, None, message, None, None).await
+    }
+}

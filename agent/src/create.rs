@@ -1,0 +1,569 @@
+//! The create job, as a table of steps read top to bottom. Each step is idempotent: it checks
+//! the world before acting and records its outputs (vmid, UPID, IP) in the job's checkpoint
+//! before the next step starts, so a redelivered job resumes where the last agent stopped.
+//! Ownership is proven by the marker tag `pvefleet-<short job id>`: a container without it is
+//! never touched, whatever step we are in.
+//!
+//! | step        | does                                                        | undo                              |
+//! |-------------|-------------------------------------------------------------|-----------------------------------|
+//! | validating  | storage, template, bridge exist here; vmid given or allocated | none: reads only                |
+//! | creating    | `POST /lxc` with the marker; waits for the task, tails its log | destroy (stop, then delete+purge) |
+//! | starting    | start; waits for the task and for `running`                 | covered by creating's destroy     |
+//! | connecting  | the container's IP from `/interfaces`                       | none: reads only                  |
+//! | deploying   | packages, files and scripts over SSH                        | covered by creating's destroy     |
+//! | finalizing  | description; the `complete` event                           | none                              |
+//!
+//! On failure the rollback policy applies (`destroy` runs the undos, `keep` leaves the
+//! container), then exactly one `error` event ends the job.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use pvefleet_schemas::{
+    Checkpoint, ErrorInfo, ErrorKind, EventType, Job, JobResult, LogStream, RollbackPolicy, Step, Vmid,
+};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::bus::{Bus, BusError, EventLog};
+use crate::proxmox::task::{TaskProgress, TaskWaitError};
+use crate::proxmox::{PveClient, PveError, Upid};
+
+/// One row of the step table.
+struct StepRow {
+    step: Step,
+    /// Where the job's percent stands when the step begins.
+    percent: u8,
+    what: &'static str,
+}
+
+const STEPS: [StepRow; 6] = [
+    StepRow { step: Step::Validating, percent: 2, what: "checking the spec against this node" },
+    StepRow { step: Step::Creating, percent: 10, what: "creating the container" },
+    StepRow { step: Step::Starting, percent: 45, what: "starting the container" },
+    StepRow { step: Step::Connecting, percent: 60, what: "waiting for the container's IP address" },
+    StepRow { step: Step::Deploying, percent: 70, what: "deploying into the container" },
+    StepRow { step: Step::Finalizing, percent: 95, what: "finalizing" },
+];
+
+/// How a job's run ended, for the delivery decision (see [`crate::policy`]).
+#[derive(Debug)]
+pub enum JobEnd {
+    /// Its terminal event is published (now or by an earlier delivery).
+    Finished { success: bool },
+    /// The message cannot be run (undecodable, another node's, invalid); its error event, if
+    /// a job id could be read, is published.
+    Rejected,
+    /// The agent is stopping; the job is checkpointed and left for redelivery.
+    Interrupted,
+    /// NATS failed under the job; it is checkpointed and should be retried later.
+    Bus(BusError),
+}
+
+/// Why a step failed.
+enum StepError {
+    Failed { kind: ErrorKind, message: String },
+    Bus(BusError),
+}
+
+impl StepError {
+    fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
+        StepError::Failed { kind, message: message.into() }
+    }
+}
+
+impl From<PveError> for StepError {
+    fn from(e: PveError) -> Self {
+        StepError::failed(ErrorKind::Proxmox, e.to_string())
+    }
+}
+
+impl From<BusError> for StepError {
+    fn from(e: BusError) -> Self {
+        StepError::Bus(e)
+    }
+}
+
+impl From<TaskWaitError> for StepError {
+    fn from(e: TaskWaitError) -> Self {
+        match e {
+            TaskWaitError::Pve(e) => e.into(),
+            e @ TaskWaitError::Timeout { .. } => StepError::failed(ErrorKind::Timeout, e.to_string()),
+        }
+    }
+}
+
+type StepResult = Result<(), StepError>;
+
+/// Runs (or resumes) a create job to its end.
+pub async fn run(job: &Job, pve: &PveClient, bus: &Bus, stop: &CancellationToken) -> JobEnd {
+    let span = tracing::info_span!("job", job_id = %job.job_id, node = %job.node);
+    async {
+        let (events, last) = match EventLog::open(bus, &job.node, job.job_id).await {
+            Ok(x) => x,
+            Err(e) => return JobEnd::Bus(e),
+        };
+        if let Some(last) = &last
+            && last.is_terminal()
+        {
+            tracing::info!("already finished by an earlier delivery; acknowledging");
+            return JobEnd::Finished { success: last.kind == EventType::Complete };
+        }
+        let cp = match bus.load_checkpoint(&job.node, &job.job_id).await {
+            Ok(cp) => cp.unwrap_or_else(|| Checkpoint::new(job.job_id, job.node.clone())),
+            Err(e) => return JobEnd::Bus(e),
+        };
+        let mut run = CreateJob { job, pve, bus, events, cp, marker: job.job_id.marker_tag() };
+        match run.drive(last.is_some(), stop).await {
+            Ok(end) => end,
+            Err(e) => JobEnd::Bus(e),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+struct CreateJob<'a> {
+    job: &'a Job,
+    pve: &'a PveClient,
+    bus: &'a Bus,
+    events: EventLog,
+    cp: Checkpoint,
+    marker: String,
+}
+
+impl CreateJob<'_> {
+    async fn drive(&mut self, resumed: bool, stop: &CancellationToken) -> Result<JobEnd, BusError> {
+        if resumed {
+            let after = self.cp.done.map_or("the start".to_owned(), |s| format!("step {s}"));
+            self.events.warning(format!("job redelivered to this agent; resuming after {after}")).await?;
+        } else {
+            self.events
+                .emit(EventType::Accepted, Some(Step::Validating), Some(0), format!("accepted by the agent on {}", self.job.node), None, None)
+                .await?;
+        }
+        if let Some(failure) = self.cp.failure.clone() {
+            // The job had failed and was rolling back when its agent stopped.
+            return self.fail(failure).await;
+        }
+        for row in &STEPS {
+            if self.cp.done.is_some_and(|done| done >= row.step) {
+                continue;
+            }
+            if stop.is_cancelled() {
+                return Ok(JobEnd::Interrupted);
+            }
+            self.events.step_event(row.step, row.percent, row.what).await?;
+            self.cp.current = row.step;
+            self.bus.save_checkpoint(&self.cp).await?;
+            let span = tracing::info_span!("step", step = %row.step);
+            let outcome = tokio::select! {
+                r = self.do_step(row.step).instrument(span) => r,
+                // Safe at any await: every step re-checks the world when it is resumed.
+                _ = stop.cancelled() => return Ok(JobEnd::Interrupted),
+            };
+            match outcome {
+                Ok(()) => {
+                    self.cp.done = Some(row.step);
+                    self.bus.save_checkpoint(&self.cp).await?;
+                }
+                Err(StepError::Bus(e)) => return Err(e),
+                Err(StepError::Failed { kind, message }) => {
+                    return self.fail(ErrorInfo { kind, step: row.step, message }).await;
+                }
+            }
+        }
+        let vmid = self.cp.vmid.expect("validating chose a vmid");
+        let result = self.result(true, None, false);
+        let ip = self.cp.ip.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        self.events
+            .emit(EventType::Complete, Some(Step::Finalizing), Some(100), format!("container {vmid} is running at {ip}"), None, Some(result))
+            .await?;
+        Ok(JobEnd::Finished { success: true })
+    }
+
+    async fn do_step(&mut self, step: Step) -> StepResult {
+        match step {
+            Step::Validating => self.validate().await,
+            Step::Creating => self.create().await,
+            Step::Starting => self.start().await,
+            Step::Connecting => self.connect().await,
+            Step::Deploying => self.deploy().await,
+            Step::Finalizing => self.finalize().await,
+            Step::RollingBack => unreachable!("rolling back is not a forward step"),
+        }
+    }
+
+    /// The checkpointed task of `kind`, sent by an earlier delivery of this job.
+    fn pending_task(&self, kind: &str) -> Option<Upid> {
+        self.cp.upid.as_deref()?.parse::<Upid>().ok().filter(|u| u.kind() == kind)
+    }
+
+    fn vmid(&self) -> Vmid {
+        self.cp.vmid.expect("validating chose a vmid")
+    }
+
+    fn timeouts(&self) -> pvefleet_schemas::Timeouts {
+        self.job.options.timeouts
+    }
+
+    /// Checks the spec against this node and chooses the vmid.
+    async fn validate(&mut self) -> StepResult {
+        let spec = &self.job.container;
+        let storages = self.pve.rootdir_storages().await?;
+        let Some(storage) = storages.iter().find(|s| s.storage == spec.storage) else {
+            let have: Vec<&str> = storages.iter().map(|s| s.storage.as_str()).collect();
+            return Err(StepError::failed(
+                ErrorKind::Validation,
+                format!("container.storage: `{}` is not an active storage for containers on {} (it has: {})", spec.storage, self.job.node, have.join(", ")),
+            ));
+        };
+        let wanted = u64::from(spec.disk) << 30;
+        if storage.avail > 0 && storage.avail < wanted {
+            return Err(StepError::failed(
+                ErrorKind::Validation,
+                format!("container.disk: {} GB does not fit on `{}`, which has {:.1} GB free", spec.disk, spec.storage, storage.avail as f64 / f64::from(1u32 << 30)),
+            ));
+        }
+        if !self.pve.template_exists(&spec.ostemplate).await? {
+            return Err(StepError::failed(
+                ErrorKind::Validation,
+                format!("container.ostemplate: `{}` is not a container template on {}", spec.ostemplate, self.job.node),
+            ));
+        }
+        if !self.pve.bridge_exists(&spec.bridge).await? {
+            return Err(StepError::failed(
+                ErrorKind::Validation,
+                format!("container.bridge: `{}` does not exist on {}", spec.bridge, self.job.node),
+            ));
+        }
+        if self.cp.vmid.is_none() {
+            match spec.vmid {
+                Some(vmid) => {
+                    if let Some(cfg) = self.pve.container_config(vmid).await?
+                        && !is_ours(&cfg, &self.marker)
+                    {
+                        return Err(self.conflict(vmid));
+                    }
+                    self.cp.vmid = Some(vmid);
+                }
+                None => {
+                    self.cp.vmid = Some(self.pve.next_vmid().await?);
+                    self.cp.vmid_allocated = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn conflict(&self, vmid: Vmid) -> StepError {
+        StepError::failed(
+            ErrorKind::Conflict,
+            format!("vmid {vmid} is taken by a container pvefleet did not create (it lacks the tag {}); it is left untouched", self.marker),
+        )
+    }
+
+    /// Creates the container, or finds the one this job already created.
+    async fn create(&mut self) -> StepResult {
+        if let Some(upid) = self.pending_task("vzcreate") {
+            // A create was sent by an earlier delivery: wait for it, never send it twice.
+            self.wait_task(&upid).await?;
+            return Ok(());
+        }
+        for _ in 0..10 {
+            let vmid = self.vmid();
+            match self.pve.container_config(vmid).await? {
+                Some(cfg) if is_ours(&cfg, &self.marker) => {
+                    // Created by an earlier delivery whose UPID was lost with its agent.
+                    return self.wait_unlocked(vmid).await;
+                }
+                Some(_) => {
+                    self.take_next_vmid_or(vmid).await?;
+                    continue;
+                }
+                None => {}
+            }
+            match self.pve.create_container(&self.create_params()).await {
+                Ok(upid) => {
+                    self.cp.upid = Some(upid.to_string());
+                    self.bus.save_checkpoint(&self.cp).await?;
+                    self.events.log(LogStream::Task, format!("create task {upid}")).await?;
+                    self.wait_task(&upid).await?;
+                    return Ok(());
+                }
+                Err(e) if e.is_already_exists() => {
+                    // Ours from a retried POST, a stranger's, or one on another node: the
+                    // config on this node tells which.
+                    if self.pve.container_config(vmid).await?.is_none() {
+                        self.take_next_vmid_or(vmid).await?;
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(StepError::failed(ErrorKind::Proxmox, "no free vmid after 10 tries"))
+    }
+
+    /// An allocated vmid lost to a race is replaced; a vmid the spec fixed is a conflict.
+    async fn take_next_vmid_or(&mut self, vmid: Vmid) -> StepResult {
+        if !self.cp.vmid_allocated {
+            return Err(self.conflict(vmid));
+        }
+        let next = self.pve.next_vmid().await?;
+        self.events.warning(format!("vmid {vmid} was taken meanwhile; using {next}")).await?;
+        self.cp.vmid = Some(next);
+        self.bus.save_checkpoint(&self.cp).await?;
+        Ok(())
+    }
+
+    fn create_params(&self) -> Vec<(&'static str, String)> {
+        let spec = &self.job.container;
+        let mut net0 = format!("name=eth0,bridge={},ip={}", spec.bridge, spec.ip);
+        if let Some(gw) = spec.gw {
+            net0.push_str(&format!(",gw={gw}"));
+        }
+        let mut tags: Vec<String> = spec.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
+        tags.push(self.marker.clone());
+        let mut params = vec![
+            ("vmid", self.vmid().to_string()),
+            ("hostname", spec.hostname.clone()),
+            ("ostemplate", spec.ostemplate.clone()),
+            ("memory", spec.memory.to_string()),
+            ("swap", spec.swap.to_string()),
+            ("cores", spec.cores.to_string()),
+            ("rootfs", format!("{}:{}", spec.storage, spec.disk)),
+            ("net0", net0),
+            ("unprivileged", u8::from(spec.unprivileged).to_string()),
+            ("tags", tags.join(";")),
+        ];
+        if spec.nesting {
+            params.push(("features", "nesting=1".into()));
+        }
+        if let Some(ns) = &spec.nameserver {
+            params.push(("nameserver", ns.clone()));
+        }
+        if !spec.ssh_public_keys.is_empty() {
+            params.push(("ssh-public-keys", spec.ssh_public_keys.join("\n")));
+        }
+        if let Some(pw) = &spec.root_password {
+            params.push(("password", pw.expose().to_owned()));
+        }
+        params
+    }
+
+    /// Waits until the container carries no lock (its create finished), polling with backoff.
+    async fn wait_unlocked(&mut self, vmid: Vmid) -> StepResult {
+        let within = self.timeouts().task.0;
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let status = self.pve.status(vmid).await?;
+            if status.lock.is_none() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::failed(ErrorKind::Timeout, format!("container {vmid} still locked ({:?}) after {within:?}", status.lock)));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Waits for a task, its log streamed as `log` events; a warning status becomes a
+    /// `warning` event and any other non-OK status fails the step with the log's last lines.
+    async fn wait_task(&mut self, upid: &Upid) -> StepResult {
+        let mut watch = self.pve.watch_task(upid, self.timeouts().task.0);
+        let outcome = loop {
+            match watch.next().await? {
+                TaskProgress::Lines(lines) => {
+                    for line in lines {
+                        self.events.log(LogStream::Task, line).await?;
+                    }
+                }
+                TaskProgress::Done(outcome) => break outcome,
+            }
+        };
+        if outcome.has_warnings() {
+            self.events
+                .warning(format!("{} task ended with {}: {}", upid.kind(), outcome.exitstatus, outcome.tail.join(" | ")))
+                .await?;
+        }
+        if !outcome.is_ok() {
+            return Err(StepError::failed(
+                ErrorKind::Task,
+                format!("{} task failed: {}\nlast lines of its log:\n{}", upid.kind(), outcome.exitstatus, outcome.tail.join("\n")),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self) -> StepResult {
+        let vmid = self.vmid();
+        if self.pve.status(vmid).await?.status != "running" {
+            let upid = match self.pending_task("vzstart") {
+                Some(u) => Some(u),
+                None => match self.pve.start(vmid).await {
+                    Ok(upid) => {
+                        self.cp.upid = Some(upid.to_string());
+                        self.bus.save_checkpoint(&self.cp).await?;
+                        Some(upid)
+                    }
+                    Err(e) if e.message_contains("already running") => None,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            if let Some(upid) = upid {
+                self.wait_task(&upid).await?;
+            }
+        }
+        let within = self.timeouts().task.0;
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(50);
+        while self.pve.status(vmid).await?.status != "running" {
+            if Instant::now() >= deadline {
+                return Err(StepError::failed(ErrorKind::Timeout, format!("container {vmid} not running {within:?} after its start")));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        Ok(())
+    }
+
+    /// Reads the container's address, polling while DHCP has not given it one yet.
+    async fn connect(&mut self) -> StepResult {
+        let vmid = self.vmid();
+        let within = self.timeouts().ip.0;
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(100);
+        let ip: IpAddr = loop {
+            if let Some(ip) = self.pve.container_ip(vmid).await? {
+                break ip;
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::failed(
+                    ErrorKind::Timeout,
+                    format!("container {vmid} has no IP address after {within:?} (ip={}); is DHCP serving its bridge?", self.job.container.ip),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(3));
+        };
+        self.cp.ip = Some(ip);
+        self.events.log(LogStream::Task, format!("container {vmid} has address {ip}")).await?;
+        Ok(())
+    }
+
+    async fn deploy(&mut self) -> StepResult {
+        if self.job.deploy.is_empty() {
+            self.events.log(LogStream::Task, "nothing to deploy").await?;
+            return Ok(());
+        }
+        Err(StepError::failed(
+            ErrorKind::Deploy,
+            "this agent version cannot deploy over SSH yet; submit the job without a deploy spec",
+        ))
+    }
+
+    async fn finalize(&mut self) -> StepResult {
+        let mut description = format!("Created by pvefleet job {}", self.job.job_id);
+        if let Some(t) = &self.job.template {
+            description.push_str(&format!(" from template {t}"));
+        }
+        self.pve.set_config(self.vmid(), &[("description", description)]).await?;
+        Ok(())
+    }
+
+    fn result(&self, success: bool, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
+        JobResult {
+            success,
+            job_id: self.job.job_id,
+            node: self.job.node.clone(),
+            vmid: self.cp.vmid,
+            ip: self.cp.ip,
+            error,
+            rolled_back,
+            host_key: None,
+        }
+    }
+
+    /// Records the failure, applies the rollback policy and ends the job with its error event.
+    async fn fail(&mut self, failure: ErrorInfo) -> Result<JobEnd, BusError> {
+        tracing::warn!(kind = ?failure.kind, step = %failure.step, message = %failure.message, "job failed");
+        self.cp.failure = Some(failure.clone());
+        self.bus.save_checkpoint(&self.cp).await?;
+        let (rolled_back, note) = match self.job.options.rollback {
+            RollbackPolicy::Keep => (false, self.cp.vmid.map(|v| format!("container {v} kept (rollback: keep)"))),
+            RollbackPolicy::Destroy => match self.rollback().await {
+                Ok(note) => (true, note),
+                Err(StepError::Bus(e)) => return Err(e),
+                Err(StepError::Failed { message, .. }) => (false, Some(format!("rollback failed: {message}"))),
+            },
+        };
+        let mut message = failure.message.clone();
+        if let Some(note) = note {
+            message.push_str(&format!("; {note}"));
+        }
+        let result = self.result(false, Some(failure.clone()), rolled_back);
+        self.events.emit(EventType::Error, Some(failure.step), None, message, None, Some(result)).await?;
+        Ok(JobEnd::Finished { success: false })
+    }
+
+    /// Stops and destroys this job's container. Already gone is success; a container without
+    /// our marker is never touched.
+    async fn rollback(&mut self) -> Result<Option<String>, StepError> {
+        let Some(vmid) = self.cp.vmid else {
+            return Ok(None);
+        };
+        self.events.step_event(Step::RollingBack, 0, format!("rolling back: destroying container {vmid}")).await?;
+        let Some(cfg) = self.pve.container_config(vmid).await? else {
+            return Ok(Some(format!("nothing left behind (container {vmid} does not exist)")));
+        };
+        if !is_ours(&cfg, &self.marker) {
+            return Ok(Some(format!("container {vmid} is not this job's; left untouched")));
+        }
+        if cfg.get("lock").and_then(Value::as_str) == Some("create") {
+            self.wait_unlocked(vmid).await?;
+        }
+        if self.pve.status(vmid).await?.status == "running" {
+            match self.pve.stop(vmid).await {
+                Ok(upid) => self.wait_task(&upid).await?,
+                Err(e) if e.message_contains("not running") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        match self.pve.destroy(vmid).await {
+            Ok(upid) => self.wait_task(&upid).await?,
+            Err(e) if e.is_missing() => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(Some(format!("container {vmid} destroyed")))
+    }
+}
+
+/// Whether a container's config carries this job's marker tag.
+fn is_ours(cfg: &Value, marker: &str) -> bool {
+    cfg.get("tags")
+        .and_then(Value::as_str)
+        .is_some_and(|tags| tags.split([';', ',', ' ']).any(|t| t.eq_ignore_ascii_case(marker)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_is_the_marker_tag() {
+        let cfg = serde_json::json!({"tags": "prod;pvefleet-abc123;web"});
+        assert!(is_ours(&cfg, "pvefleet-abc123"));
+        assert!(!is_ours(&cfg, "pvefleet-abc12"));
+        assert!(!is_ours(&serde_json::json!({}), "pvefleet-abc123"));
+    }
+
+    #[test]
+    fn the_step_table_runs_in_contract_order_with_rising_percent() {
+        let steps: Vec<Step> = STEPS.iter().map(|r| r.step).collect();
+        assert_eq!(steps, [Step::Validating, Step::Creating, Step::Starting, Step::Connecting, Step::Deploying, Step::Finalizing]);
+        assert!(STEPS.windows(2).all(|w| w[0].percent < w[1].percent && w[0].step < w[1].step));
+    }
+}

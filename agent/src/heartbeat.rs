@@ -1,0 +1,67 @@
+//! The heartbeat: every few seconds the agent writes what it is and what its node can still
+//! take into `pvefleet-nodes`; the bucket's max age drops an agent that stops beating.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pvefleet_schemas::{Capacity, Heartbeat, JobId, StorageCapacity, Timestamp, V1, names};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::proxmox::PveClient;
+
+/// The jobs this agent is running now, shared with the worker.
+pub type Running = Arc<Mutex<BTreeSet<JobId>>>;
+
+/// Beats until `stop`, then removes the node's entry so it leaves the registry at once.
+pub async fn beat(config: Config, pve: PveClient, bus: Bus, running: Running, stop: CancellationToken) {
+    let key = names::heartbeat_key(&config.node);
+    let started_at = Timestamp::now();
+    let mut tick = tokio::time::interval(config.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        let capacity = match capacity(&pve).await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat without capacity: the Proxmox API did not answer");
+                None
+            }
+        };
+        let beat = Heartbeat {
+            v: V1,
+            node: config.node.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            concurrency: config.concurrency,
+            running_jobs: running.lock().expect("running set").iter().copied().collect(),
+            capacity,
+            started_at,
+            last_seen: Timestamp::now(),
+        };
+        let payload = serde_json::to_vec(&beat).expect("a heartbeat serializes");
+        if let Err(e) = bus.nodes.put(&key, payload.into()).await {
+            tracing::warn!(error = %e, "heartbeat not written");
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), bus.nodes.delete(&key)).await;
+}
+
+async fn capacity(pve: &PveClient) -> Result<Capacity, crate::proxmox::PveError> {
+    let status = pve.node_status().await?;
+    let storages = pve.rootdir_storages().await?;
+    Ok(Capacity {
+        memory_total_bytes: status.memory_total,
+        memory_free_bytes: status.memory_free,
+        cpus: status.cpus,
+        cpu_load: status.cpu,
+        storages: storages
+            .into_iter()
+            .map(|s| StorageCapacity { storage: s.storage, total_bytes: s.total, avail_bytes: s.avail })
+            .collect(),
+    })
+}

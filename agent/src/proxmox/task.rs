@@ -1,0 +1,218 @@
+//! Proxmox tasks: UPIDs, and waiting for a task while tailing its log.
+//!
+//! Polling backs off from 50 ms to 2 s, so a quick task costs a few calls and a long one about
+//! one call every two seconds. The log is read incrementally; the status is read only when the
+//! log shows the task's last line (`TASK OK`, `TASK ERROR: …`, `TASK WARNINGS: n`) or every few
+//! polls in case a worker died without writing one.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+
+use super::{PveClient, PveError};
+
+/// A task id as PVE prints it: `UPID:node:pid:pstart:starttime:type:id:user:`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Upid(String);
+
+impl Upid {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn field(&self, i: usize) -> &str {
+        self.0.split(':').nth(i).unwrap_or_default()
+    }
+
+    pub fn node(&self) -> &str {
+        self.field(1)
+    }
+
+    /// The task type: `vzcreate`, `vzstart`, …
+    pub fn kind(&self) -> &str {
+        self.field(5)
+    }
+}
+
+impl fmt::Display for Upid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Upid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Upid({})", self.0)
+    }
+}
+
+impl FromStr for Upid {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.starts_with("UPID:") && s.split(':').count() >= 8 {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(format!("`{s}` is not a UPID"))
+        }
+    }
+}
+
+/// How a finished task ended.
+#[derive(Debug, Clone)]
+pub struct TaskOutcome {
+    /// `OK`, `WARNINGS: n`, or the error message.
+    pub exitstatus: String,
+    /// The log's last lines, for error messages.
+    pub tail: Vec<String>,
+}
+
+impl TaskOutcome {
+    pub fn is_ok(&self) -> bool {
+        self.exitstatus == "OK" || self.has_warnings()
+    }
+
+    pub fn has_warnings(&self) -> bool {
+        self.exitstatus.starts_with("WARNINGS")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskWaitError {
+    #[error(transparent)]
+    Pve(#[from] PveError),
+    #[error("task {upid} did not finish within {after:?}")]
+    Timeout { upid: Upid, after: Duration },
+}
+
+const TAIL: usize = 10;
+const PAGE: usize = 500;
+
+/// What a watched task did since the last look.
+#[derive(Debug)]
+pub enum TaskProgress {
+    /// New lines of its log.
+    Lines(Vec<String>),
+    /// It stopped (any lines not yet handed out came first).
+    Done(TaskOutcome),
+}
+
+/// Watches one task: call [`TaskWatch::next`] until it yields [`TaskProgress::Done`].
+#[derive(Debug)]
+pub struct TaskWatch<'a> {
+    pve: &'a PveClient,
+    upid: Upid,
+    base: String,
+    deadline: Instant,
+    within: Duration,
+    next_line: usize,
+    tail: Vec<String>,
+    pause: Duration,
+    polls: u32,
+    first: bool,
+}
+
+impl PveClient {
+    /// Starts watching `upid`, which must stop within `within`.
+    pub fn watch_task(&self, upid: &Upid, within: Duration) -> TaskWatch<'_> {
+        TaskWatch {
+            pve: self,
+            upid: upid.clone(),
+            base: format!("/nodes/{}/tasks/{}", upid.node(), upid.as_str()),
+            deadline: Instant::now() + within,
+            within,
+            next_line: 0,
+            tail: Vec::new(),
+            pause: Duration::from_millis(50),
+            polls: 0,
+            first: true,
+        }
+    }
+}
+
+impl TaskWatch<'_> {
+    /// New log lines, or the task's end.
+    pub async fn next(&mut self) -> Result<TaskProgress, TaskWaitError> {
+        loop {
+            if !std::mem::take(&mut self.first) {
+                if Instant::now() >= self.deadline {
+                    return Err(TaskWaitError::Timeout {
+                        upid: self.upid.clone(),
+                        after: self.within,
+                    });
+                }
+                tokio::time::sleep(self.pause).await;
+                self.pause = self.pause.mul_f32(1.5).min(Duration::from_secs(2));
+            }
+            let lines = self.read_log().await?;
+            let finished_line = lines.iter().any(|l| l.starts_with("TASK "));
+            self.polls += 1;
+            if finished_line || self.polls % 4 == 0 {
+                let status = self.pve.call(Method::GET, &format!("{}/status", self.base), &[]).await?;
+                if status["status"].as_str() == Some("stopped") {
+                    // Lines written between the last read and the end.
+                    let mut lines = lines;
+                    lines.extend(self.read_log().await?);
+                    if !lines.is_empty() {
+                        // Hand out the lines first; the next call sees the task stopped again.
+                        self.first = true;
+                        return Ok(TaskProgress::Lines(lines));
+                    }
+                    let exitstatus = status["exitstatus"].as_str().unwrap_or("unknown").to_owned();
+                    return Ok(TaskProgress::Done(TaskOutcome {
+                        exitstatus,
+                        tail: self.tail.clone(),
+                    }));
+                }
+            }
+            if !lines.is_empty() {
+                return Ok(TaskProgress::Lines(lines));
+            }
+        }
+    }
+
+    async fn read_log(&mut self) -> Result<Vec<String>, PveError> {
+        let mut out = Vec::new();
+        loop {
+            let params = [("start", self.next_line.to_string()), ("limit", PAGE.to_string())];
+            let data = self.pve.call(Method::GET, &format!("{}/log", self.base), &params).await?;
+            let n = data.as_array().map_or(0, Vec::len);
+            self.next_line += n;
+            out.extend(
+                data.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|l| l["t"].as_str())
+                    .filter(|l| *l != "no content")
+                    .map(str::to_owned),
+            );
+            if n < PAGE {
+                remember(&mut self.tail, &out);
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn remember(tail: &mut Vec<String>, lines: &[String]) {
+    tail.extend(lines.iter().cloned());
+    if tail.len() > TAIL {
+        tail.drain(..tail.len() - TAIL);
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upid_fields() {
+        let u: Upid = "UPID:pve1:000003E8:00001B58:6B0921F9:vzcreate:101:root@pam!pvefleet:".parse().unwrap();
+        assert_eq!(u.node(), "pve1");
+        assert_eq!(u.kind(), "vzcreate");
+        assert!("UPID:short".parse::<Upid>().is_err());
+    }
+}

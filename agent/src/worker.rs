@@ -1,0 +1,198 @@
+//! Taking jobs: one message is fetched only when a slot is free (so no job waits in a local
+//! buffer while its ack timer runs), each running job keeps its message alive with progress
+//! acks, and its end is turned into an ack, term or nak by [`crate::policy`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt as _;
+use pvefleet_schemas::{ErrorInfo, ErrorKind, EventType, Job, JobId, JobResult, NodeName, Step};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Bus, EventLog};
+use crate::config::Config;
+use crate::create::{self, JobEnd};
+use crate::heartbeat::Running;
+use crate::policy::{self, Delivery};
+use crate::proxmox::PveClient;
+
+/// What every job task shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub pve: PveClient,
+    pub bus: Bus,
+    pub running: Running,
+    /// Fires on SIGTERM: running jobs stop at their next await and are handed back.
+    pub stop: CancellationToken,
+}
+
+/// Takes jobs until `stop`, then gives running jobs the grace period to hand back.
+pub async fn work(shared: Arc<Shared>) {
+    let slots = Arc::new(Semaphore::new(shared.config.concurrency as usize));
+    let mut jobs = JoinSet::new();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = shared.stop.cancelled() => break,
+        };
+        // Reap finished job tasks so the set does not grow.
+        while jobs.try_join_next().is_some() {}
+        let fetched = tokio::select! {
+            r = next_message(&shared) => r,
+            _ = shared.stop.cancelled() => break,
+        };
+        match fetched {
+            Ok(Some(msg)) => {
+                pause = Duration::from_millis(100);
+                let shared = shared.clone();
+                jobs.spawn(async move {
+                    handle(&shared, msg).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?pause, "fetching jobs failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shared.stop.cancelled() => break,
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    tracing::info!(running = jobs.len(), grace = ?shared.config.shutdown_grace, "stopped taking jobs; waiting for running ones to hand back");
+    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
+        while jobs.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(left = jobs.len(), "grace period over; the jobs left are redelivered after their ack wait");
+        jobs.abort_all();
+    }
+}
+
+/// One message, waiting up to a few seconds for it.
+async fn next_message(shared: &Shared) -> Result<Option<Message>, async_nats::Error> {
+    let mut batch = shared
+        .bus
+        .consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(5))
+        .messages()
+        .await?;
+    match batch.next().await {
+        Some(m) => Ok(Some(m?)),
+        None => Ok(None),
+    }
+}
+
+async fn handle(shared: &Shared, msg: Message) {
+    let end = {
+        let keep_alive = async {
+            let mut tick = tokio::time::interval(shared.config.ack_wait / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "progress ack failed");
+                }
+            }
+        };
+        tokio::select! {
+            end = process(shared, &msg) => end,
+            () = keep_alive => unreachable!("the keep-alive loop never ends"),
+        }
+    };
+    let delivery = policy::decide(&end);
+    tracing::debug!(?end, ?delivery, "job ended");
+    let acked = match delivery {
+        // The final ack waits for the server's confirmation; if it is lost the job is
+        // redelivered, finds its terminal event and is acked then.
+        Delivery::Ack => msg.double_ack().await,
+        Delivery::Term => msg.ack_with(AckKind::Term).await,
+        Delivery::Nak(delay) => msg.ack_with(AckKind::Nak(delay)).await,
+    };
+    if let Err(e) = acked {
+        tracing::warn!(error = %e, ?delivery, "could not settle the job's message; it will be redelivered");
+        return;
+    }
+    if let (JobEnd::Finished { .. }, Some(job_id)) = (&end, job_id_of(&msg.payload))
+        && let Err(e) = shared.bus.clear_checkpoint(&shared.config.node, &job_id).await
+    {
+        tracing::warn!(error = %e, "checkpoint not cleared; it expires on its own");
+    }
+}
+
+/// Decodes, checks and runs one job.
+async fn process(shared: &Shared, msg: &Message) -> JobEnd {
+    let node = &shared.config.node;
+    let kind = msg.subject.rsplit('.').next().unwrap_or_default();
+    let job = match Job::decode(&msg.payload) {
+        Ok(job) if kind == "create" => job,
+        Ok(_) => {
+            return reject(shared, &msg.payload, ErrorKind::InvalidMessage, format!("unknown job kind `{kind}` in subject {}", msg.subject)).await;
+        }
+        Err(e) => return reject(shared, &msg.payload, ErrorKind::InvalidMessage, format!("unreadable job message: {e}")).await,
+    };
+    if &job.node != node {
+        return reject(
+            shared,
+            &msg.payload,
+            ErrorKind::WrongNode,
+            format!("the job is for node {} but was delivered to the agent of {node}", job.node),
+        )
+        .await;
+    }
+    if let Err(e) = job.validate() {
+        return reject(shared, &msg.payload, ErrorKind::Validation, e.to_string()).await;
+    }
+    shared.running.lock().expect("running set").insert(job.job_id);
+    let end = create::run(&job, &shared.pve, &shared.bus, &shared.stop).await;
+    shared.running.lock().expect("running set").remove(&job.job_id);
+    end
+}
+
+/// Ends a message that cannot run: logged, and an `error` event when its job id can be read.
+async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: String) -> JobEnd {
+    let node = &shared.config.node;
+    let Some(job_id) = job_id_of(payload) else {
+        tracing::error!(%message, "rejected a message without a readable job id");
+        return JobEnd::Rejected;
+    };
+    tracing::error!(%job_id, ?kind, %message, "rejected a job message");
+    match terminal_error(&shared.bus, node, job_id, kind, message).await {
+        Ok(()) => JobEnd::Rejected,
+        Err(e) => JobEnd::Bus(e),
+    }
+}
+
+async fn terminal_error(bus: &Bus, node: &NodeName, job_id: JobId, kind: ErrorKind, message: String) -> Result<(), crate::bus::BusError> {
+    let (mut events, last) = EventLog::open(bus, node, job_id).await?;
+    if last.as_ref().is_some_and(|e| e.is_terminal()) {
+        return Ok(()); // a redelivery of a message already ended
+    }
+    let result = JobResult {
+        success: false,
+        job_id,
+        node: node.clone(),
+        vmid: None,
+        ip: None,
+        error: Some(ErrorInfo { kind, step: Step::Validating, message: message.clone() }),
+        rolled_back: false,
+        host_key: None,
+    };
+    events.emit(EventType::Error, Some(Step::Validating), None, message, None, Some(result)).await
+}
+
+/// The job id of a message, if it has a readable one (even when the rest is not).
+fn job_id_of(payload: &[u8]) -> Option<JobId> {
+    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    value.get("job_id")?.as_str()?.parse().ok()
+}
