@@ -243,27 +243,14 @@ impl Config {
             set(&mut table, key, value);
         }
         let raw: Raw = serde_path_to_error::deserialize(table).map_err(|e| {
-            let key = e.path().to_string();
-            let message = e.into_inner().message().trim().to_owned();
-            // serde reports a missing field at its parent; name the field itself.
-            match message
-                .strip_prefix("missing field `")
-                .and_then(|m| m.strip_suffix('`'))
-            {
-                Some(field) => {
-                    let full = if key == "." {
-                        field.to_owned()
-                    } else {
-                        format!("{key}.{field}")
-                    };
-                    err(
-                        &file_name,
-                        &full,
-                        format!("is required (or set {})", env_name(&full)),
-                    )
-                }
-                None => err(&file_name, &key, message),
-            }
+            let (key, message) =
+                pvefleet_schemas::validate::field_of(&e.path().to_string(), e.inner().message());
+            let message = if message == "is required" {
+                format!("is required (or set {})", env_name(&key))
+            } else {
+                message
+            };
+            err(&file_name, &key, message)
         })?;
         Self::check(raw, &file_name)
     }

@@ -20,7 +20,8 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use pvefleet_schemas::{
-    Checkpoint, ErrorInfo, ErrorKind, EventType, Job, JobResult, LogStream, RollbackPolicy, Step, Vmid,
+    Checkpoint, ErrorInfo, ErrorKind, EventType, Job, JobResult, LogStream, RollbackPolicy, Step,
+    Vmid,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -39,12 +40,36 @@ struct StepRow {
 }
 
 const STEPS: [StepRow; 6] = [
-    StepRow { step: Step::Validating, percent: 2, what: "checking the spec against this node" },
-    StepRow { step: Step::Creating, percent: 10, what: "creating the container" },
-    StepRow { step: Step::Starting, percent: 45, what: "starting the container" },
-    StepRow { step: Step::Connecting, percent: 60, what: "waiting for the container's IP address" },
-    StepRow { step: Step::Deploying, percent: 70, what: "deploying into the container" },
-    StepRow { step: Step::Finalizing, percent: 95, what: "finalizing" },
+    StepRow {
+        step: Step::Validating,
+        percent: 2,
+        what: "checking the spec against this node",
+    },
+    StepRow {
+        step: Step::Creating,
+        percent: 10,
+        what: "creating the container",
+    },
+    StepRow {
+        step: Step::Starting,
+        percent: 45,
+        what: "starting the container",
+    },
+    StepRow {
+        step: Step::Connecting,
+        percent: 60,
+        what: "waiting for the container's IP address",
+    },
+    StepRow {
+        step: Step::Deploying,
+        percent: 70,
+        what: "deploying into the container",
+    },
+    StepRow {
+        step: Step::Finalizing,
+        percent: 95,
+        what: "finalizing",
+    },
 ];
 
 /// How a job's run ended, for the delivery decision (see [`crate::policy`]).
@@ -69,7 +94,10 @@ enum StepError {
 
 impl StepError {
     fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
-        StepError::Failed { kind, message: message.into() }
+        StepError::Failed {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -89,7 +117,9 @@ impl From<TaskWaitError> for StepError {
     fn from(e: TaskWaitError) -> Self {
         match e {
             TaskWaitError::Pve(e) => e.into(),
-            e @ TaskWaitError::Timeout { .. } => StepError::failed(ErrorKind::Timeout, e.to_string()),
+            e @ TaskWaitError::Timeout { .. } => {
+                StepError::failed(ErrorKind::Timeout, e.to_string())
+            }
         }
     }
 }
@@ -108,13 +138,22 @@ pub async fn run(job: &Job, pve: &PveClient, bus: &Bus, stop: &CancellationToken
             && last.is_terminal()
         {
             tracing::info!("already finished by an earlier delivery; acknowledging");
-            return JobEnd::Finished { success: last.kind == EventType::Complete };
+            return JobEnd::Finished {
+                success: last.kind == EventType::Complete,
+            };
         }
         let cp = match bus.load_checkpoint(&job.node, &job.job_id).await {
             Ok(cp) => cp.unwrap_or_else(|| Checkpoint::new(job.job_id, job.node.clone())),
             Err(e) => return JobEnd::Bus(e),
         };
-        let mut run = CreateJob { job, pve, bus, events, cp, marker: job.job_id.marker_tag() };
+        let mut run = CreateJob {
+            job,
+            pve,
+            bus,
+            events,
+            cp,
+            marker: job.job_id.marker_tag(),
+        };
         match run.drive(last.is_some(), stop).await {
             Ok(end) => end,
             Err(e) => JobEnd::Bus(e),
@@ -136,11 +175,25 @@ struct CreateJob<'a> {
 impl CreateJob<'_> {
     async fn drive(&mut self, resumed: bool, stop: &CancellationToken) -> Result<JobEnd, BusError> {
         if resumed {
-            let after = self.cp.done.map_or("the start".to_owned(), |s| format!("step {s}"));
-            self.events.warning(format!("job redelivered to this agent; resuming after {after}")).await?;
+            let after = self
+                .cp
+                .done
+                .map_or("the start".to_owned(), |s| format!("step {s}"));
+            self.events
+                .warning(format!(
+                    "job redelivered to this agent; resuming after {after}"
+                ))
+                .await?;
         } else {
             self.events
-                .emit(EventType::Accepted, Some(Step::Validating), Some(0), format!("accepted by the agent on {}", self.job.node), None, None)
+                .emit(
+                    EventType::Accepted,
+                    Some(Step::Validating),
+                    Some(0),
+                    format!("accepted by the agent on {}", self.job.node),
+                    None,
+                    None,
+                )
                 .await?;
         }
         if let Some(failure) = self.cp.failure.clone() {
@@ -154,7 +207,9 @@ impl CreateJob<'_> {
             if stop.is_cancelled() {
                 return Ok(JobEnd::Interrupted);
             }
-            self.events.step_event(row.step, row.percent, row.what).await?;
+            self.events
+                .step_event(row.step, row.percent, row.what)
+                .await?;
             self.cp.current = row.step;
             self.bus.save_checkpoint(&self.cp).await?;
             let span = tracing::info_span!("step", step = %row.step);
@@ -170,15 +225,31 @@ impl CreateJob<'_> {
                 }
                 Err(StepError::Bus(e)) => return Err(e),
                 Err(StepError::Failed { kind, message }) => {
-                    return self.fail(ErrorInfo { kind, step: row.step, message }).await;
+                    return self
+                        .fail(ErrorInfo {
+                            kind,
+                            step: row.step,
+                            message,
+                        })
+                        .await;
                 }
             }
         }
         let vmid = self.cp.vmid.expect("validating chose a vmid");
         let result = self.result(true, None, false);
-        let ip = self.cp.ip.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        let ip = self
+            .cp
+            .ip
+            .map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
         self.events
-            .emit(EventType::Complete, Some(Step::Finalizing), Some(100), format!("container {vmid} is running at {ip}"), None, Some(result))
+            .emit(
+                EventType::Complete,
+                Some(Step::Finalizing),
+                Some(100),
+                format!("container {vmid} is running at {ip}"),
+                None,
+                Some(result),
+            )
             .await?;
         Ok(JobEnd::Finished { success: true })
     }
@@ -197,7 +268,12 @@ impl CreateJob<'_> {
 
     /// The checkpointed task of `kind`, sent by an earlier delivery of this job.
     fn pending_task(&self, kind: &str) -> Option<Upid> {
-        self.cp.upid.as_deref()?.parse::<Upid>().ok().filter(|u| u.kind() == kind)
+        self.cp
+            .upid
+            .as_deref()?
+            .parse::<Upid>()
+            .ok()
+            .filter(|u| u.kind() == kind)
     }
 
     fn vmid(&self) -> Vmid {
@@ -216,26 +292,42 @@ impl CreateJob<'_> {
             let have: Vec<&str> = storages.iter().map(|s| s.storage.as_str()).collect();
             return Err(StepError::failed(
                 ErrorKind::Validation,
-                format!("container.storage: `{}` is not an active storage for containers on {} (it has: {})", spec.storage, self.job.node, have.join(", ")),
+                format!(
+                    "container.storage: `{}` is not an active storage for containers on {} (it has: {})",
+                    spec.storage,
+                    self.job.node,
+                    have.join(", ")
+                ),
             ));
         };
         let wanted = u64::from(spec.disk) << 30;
         if storage.avail > 0 && storage.avail < wanted {
             return Err(StepError::failed(
                 ErrorKind::Validation,
-                format!("container.disk: {} GB does not fit on `{}`, which has {:.1} GB free", spec.disk, spec.storage, storage.avail as f64 / f64::from(1u32 << 30)),
+                format!(
+                    "container.disk: {} GB does not fit on `{}`, which has {:.1} GB free",
+                    spec.disk,
+                    spec.storage,
+                    storage.avail as f64 / f64::from(1u32 << 30)
+                ),
             ));
         }
         if !self.pve.template_exists(&spec.ostemplate).await? {
             return Err(StepError::failed(
                 ErrorKind::Validation,
-                format!("container.ostemplate: `{}` is not a container template on {}", spec.ostemplate, self.job.node),
+                format!(
+                    "container.ostemplate: `{}` is not a container template on {}",
+                    spec.ostemplate, self.job.node
+                ),
             ));
         }
         if !self.pve.bridge_exists(&spec.bridge).await? {
             return Err(StepError::failed(
                 ErrorKind::Validation,
-                format!("container.bridge: `{}` does not exist on {}", spec.bridge, self.job.node),
+                format!(
+                    "container.bridge: `{}` does not exist on {}",
+                    spec.bridge, self.job.node
+                ),
             ));
         }
         if self.cp.vmid.is_none() {
@@ -260,7 +352,10 @@ impl CreateJob<'_> {
     fn conflict(&self, vmid: Vmid) -> StepError {
         StepError::failed(
             ErrorKind::Conflict,
-            format!("vmid {vmid} is taken by a container pvefleet did not create (it lacks the tag {}); it is left untouched", self.marker),
+            format!(
+                "vmid {vmid} is taken by a container pvefleet did not create (it lacks the tag {}); it is left untouched",
+                self.marker
+            ),
         )
     }
 
@@ -288,7 +383,9 @@ impl CreateJob<'_> {
                 Ok(upid) => {
                     self.cp.upid = Some(upid.to_string());
                     self.bus.save_checkpoint(&self.cp).await?;
-                    self.events.log(LogStream::Task, format!("create task {upid}")).await?;
+                    self.events
+                        .log(LogStream::Task, format!("create task {upid}"))
+                        .await?;
                     self.wait_task(&upid).await?;
                     return Ok(());
                 }
@@ -302,7 +399,10 @@ impl CreateJob<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StepError::failed(ErrorKind::Proxmox, "no free vmid after 10 tries"))
+        Err(StepError::failed(
+            ErrorKind::Proxmox,
+            "no free vmid after 10 tries",
+        ))
     }
 
     /// An allocated vmid lost to a race is replaced; a vmid the spec fixed is a conflict.
@@ -311,7 +411,9 @@ impl CreateJob<'_> {
             return Err(self.conflict(vmid));
         }
         let next = self.pve.next_vmid().await?;
-        self.events.warning(format!("vmid {vmid} was taken meanwhile; using {next}")).await?;
+        self.events
+            .warning(format!("vmid {vmid} was taken meanwhile; using {next}"))
+            .await?;
         self.cp.vmid = Some(next);
         self.bus.save_checkpoint(&self.cp).await?;
         Ok(())
@@ -363,7 +465,13 @@ impl CreateJob<'_> {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(StepError::failed(ErrorKind::Timeout, format!("container {vmid} still locked ({:?}) after {within:?}", status.lock)));
+                return Err(StepError::failed(
+                    ErrorKind::Timeout,
+                    format!(
+                        "container {vmid} still locked ({:?}) after {within:?}",
+                        status.lock
+                    ),
+                ));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
@@ -386,13 +494,23 @@ impl CreateJob<'_> {
         };
         if outcome.has_warnings() {
             self.events
-                .warning(format!("{} task ended with {}: {}", upid.kind(), outcome.exitstatus, outcome.tail.join(" | ")))
+                .warning(format!(
+                    "{} task ended with {}: {}",
+                    upid.kind(),
+                    outcome.exitstatus,
+                    outcome.tail.join(" | ")
+                ))
                 .await?;
         }
         if !outcome.is_ok() {
             return Err(StepError::failed(
                 ErrorKind::Task,
-                format!("{} task failed: {}\nlast lines of its log:\n{}", upid.kind(), outcome.exitstatus, outcome.tail.join("\n")),
+                format!(
+                    "{} task failed: {}\nlast lines of its log:\n{}",
+                    upid.kind(),
+                    outcome.exitstatus,
+                    outcome.tail.join("\n")
+                ),
             ));
         }
         Ok(())
@@ -422,7 +540,10 @@ impl CreateJob<'_> {
         let mut pause = Duration::from_millis(50);
         while self.pve.status(vmid).await?.status != "running" {
             if Instant::now() >= deadline {
-                return Err(StepError::failed(ErrorKind::Timeout, format!("container {vmid} not running {within:?} after its start")));
+                return Err(StepError::failed(
+                    ErrorKind::Timeout,
+                    format!("container {vmid} not running {within:?} after its start"),
+                ));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(2));
@@ -443,20 +564,30 @@ impl CreateJob<'_> {
             if Instant::now() >= deadline {
                 return Err(StepError::failed(
                     ErrorKind::Timeout,
-                    format!("container {vmid} has no IP address after {within:?} (ip={}); is DHCP serving its bridge?", self.job.container.ip),
+                    format!(
+                        "container {vmid} has no IP address after {within:?} (ip={}); is DHCP serving its bridge?",
+                        self.job.container.ip
+                    ),
                 ));
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(3));
         };
         self.cp.ip = Some(ip);
-        self.events.log(LogStream::Task, format!("container {vmid} has address {ip}")).await?;
+        self.events
+            .log(
+                LogStream::Task,
+                format!("container {vmid} has address {ip}"),
+            )
+            .await?;
         Ok(())
     }
 
     async fn deploy(&mut self) -> StepResult {
         if self.job.deploy.is_empty() {
-            self.events.log(LogStream::Task, "nothing to deploy").await?;
+            self.events
+                .log(LogStream::Task, "nothing to deploy")
+                .await?;
             return Ok(());
         }
         Err(StepError::failed(
@@ -470,7 +601,9 @@ impl CreateJob<'_> {
         if let Some(t) = &self.job.template {
             description.push_str(&format!(" from template {t}"));
         }
-        self.pve.set_config(self.vmid(), &[("description", description)]).await?;
+        self.pve
+            .set_config(self.vmid(), &[("description", description)])
+            .await?;
         Ok(())
     }
 
@@ -493,11 +626,18 @@ impl CreateJob<'_> {
         self.cp.failure = Some(failure.clone());
         self.bus.save_checkpoint(&self.cp).await?;
         let (rolled_back, note) = match self.job.options.rollback {
-            RollbackPolicy::Keep => (false, self.cp.vmid.map(|v| format!("container {v} kept (rollback: keep)"))),
+            RollbackPolicy::Keep => (
+                false,
+                self.cp
+                    .vmid
+                    .map(|v| format!("container {v} kept (rollback: keep)")),
+            ),
             RollbackPolicy::Destroy => match self.rollback().await {
                 Ok(note) => (true, note),
                 Err(StepError::Bus(e)) => return Err(e),
-                Err(StepError::Failed { message, .. }) => (false, Some(format!("rollback failed: {message}"))),
+                Err(StepError::Failed { message, .. }) => {
+                    (false, Some(format!("rollback failed: {message}")))
+                }
             },
         };
         let mut message = failure.message.clone();
@@ -505,7 +645,16 @@ impl CreateJob<'_> {
             message.push_str(&format!("; {note}"));
         }
         let result = self.result(false, Some(failure.clone()), rolled_back);
-        self.events.emit(EventType::Error, Some(failure.step), None, message, None, Some(result)).await?;
+        self.events
+            .emit(
+                EventType::Error,
+                Some(failure.step),
+                None,
+                message,
+                None,
+                Some(result),
+            )
+            .await?;
         Ok(JobEnd::Finished { success: false })
     }
 
@@ -515,12 +664,22 @@ impl CreateJob<'_> {
         let Some(vmid) = self.cp.vmid else {
             return Ok(None);
         };
-        self.events.step_event(Step::RollingBack, 0, format!("rolling back: destroying container {vmid}")).await?;
+        self.events
+            .step_event(
+                Step::RollingBack,
+                0,
+                format!("rolling back: destroying container {vmid}"),
+            )
+            .await?;
         let Some(cfg) = self.pve.container_config(vmid).await? else {
-            return Ok(Some(format!("nothing left behind (container {vmid} does not exist)")));
+            return Ok(Some(format!(
+                "nothing left behind (container {vmid} does not exist)"
+            )));
         };
         if !is_ours(&cfg, &self.marker) {
-            return Ok(Some(format!("container {vmid} is not this job's; left untouched")));
+            return Ok(Some(format!(
+                "container {vmid} is not this job's; left untouched"
+            )));
         }
         if cfg.get("lock").and_then(Value::as_str) == Some("create") {
             self.wait_unlocked(vmid).await?;
@@ -543,9 +702,10 @@ impl CreateJob<'_> {
 
 /// Whether a container's config carries this job's marker tag.
 fn is_ours(cfg: &Value, marker: &str) -> bool {
-    cfg.get("tags")
-        .and_then(Value::as_str)
-        .is_some_and(|tags| tags.split([';', ',', ' ']).any(|t| t.eq_ignore_ascii_case(marker)))
+    cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| {
+        tags.split([';', ',', ' '])
+            .any(|t| t.eq_ignore_ascii_case(marker))
+    })
 }
 
 #[cfg(test)]
@@ -563,7 +723,21 @@ mod tests {
     #[test]
     fn the_step_table_runs_in_contract_order_with_rising_percent() {
         let steps: Vec<Step> = STEPS.iter().map(|r| r.step).collect();
-        assert_eq!(steps, [Step::Validating, Step::Creating, Step::Starting, Step::Connecting, Step::Deploying, Step::Finalizing]);
-        assert!(STEPS.windows(2).all(|w| w[0].percent < w[1].percent && w[0].step < w[1].step));
+        assert_eq!(
+            steps,
+            [
+                Step::Validating,
+                Step::Creating,
+                Step::Starting,
+                Step::Connecting,
+                Step::Deploying,
+                Step::Finalizing
+            ]
+        );
+        assert!(
+            STEPS
+                .windows(2)
+                .all(|w| w[0].percent < w[1].percent && w[0].step < w[1].step)
+        );
     }
 }

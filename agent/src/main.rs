@@ -30,10 +30,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .init();
-    let config = match pvefleet_agent::config::Config::load(args.config.as_deref(), |k| std::env::var(k).ok()) {
+    let config = match pvefleet_agent::config::Config::load(args.config.as_deref(), |k| {
+        std::env::var(k).ok()
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pvefleet-agent: bad configuration: {e}");
@@ -73,7 +78,9 @@ async fn signals(stop: CancellationToken) {
             _ = int.recv() => {}
         }
         if n == 0 {
-            tracing::info!("stopping: no new jobs; running jobs hand back at their next checkpoint");
+            tracing::info!(
+                "stopping: no new jobs; running jobs hand back at their next checkpoint"
+            );
             stop.cancel();
         } else {
             tracing::warn!("second signal: exiting now");

@@ -72,7 +72,10 @@ pub async fn work(shared: Arc<Shared>) {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = jobs.len(), "grace period over; the jobs left are redelivered after their ack wait");
+        tracing::warn!(
+            left = jobs.len(),
+            "grace period over; the jobs left are redelivered after their ack wait"
+        );
         jobs.abort_all();
     }
 }
@@ -124,7 +127,10 @@ async fn handle(shared: &Shared, msg: Message) {
         return;
     }
     if let (JobEnd::Finished { .. }, Some(job_id)) = (&end, job_id_of(&msg.payload))
-        && let Err(e) = shared.bus.clear_checkpoint(&shared.config.node, &job_id).await
+        && let Err(e) = shared
+            .bus
+            .clear_checkpoint(&shared.config.node, &job_id)
+            .await
     {
         tracing::warn!(error = %e, "checkpoint not cleared; it expires on its own");
     }
@@ -137,25 +143,50 @@ async fn process(shared: &Shared, msg: &Message) -> JobEnd {
     let job = match Job::decode(&msg.payload) {
         Ok(job) if kind == "create" => job,
         Ok(_) => {
-            return reject(shared, &msg.payload, ErrorKind::InvalidMessage, format!("unknown job kind `{kind}` in subject {}", msg.subject)).await;
+            return reject(
+                shared,
+                &msg.payload,
+                ErrorKind::InvalidMessage,
+                format!("unknown job kind `{kind}` in subject {}", msg.subject),
+            )
+            .await;
         }
-        Err(e) => return reject(shared, &msg.payload, ErrorKind::InvalidMessage, format!("unreadable job message: {e}")).await,
+        Err(e) => {
+            return reject(
+                shared,
+                &msg.payload,
+                ErrorKind::InvalidMessage,
+                format!("unreadable job message: {e}"),
+            )
+            .await;
+        }
     };
     if &job.node != node {
         return reject(
             shared,
             &msg.payload,
             ErrorKind::WrongNode,
-            format!("the job is for node {} but was delivered to the agent of {node}", job.node),
+            format!(
+                "the job is for node {} but was delivered to the agent of {node}",
+                job.node
+            ),
         )
         .await;
     }
     if let Err(e) = job.validate() {
         return reject(shared, &msg.payload, ErrorKind::Validation, e.to_string()).await;
     }
-    shared.running.lock().expect("running set").insert(job.job_id);
+    shared
+        .running
+        .lock()
+        .expect("running set")
+        .insert(job.job_id);
     let end = create::run(&job, &shared.pve, &shared.bus, &shared.stop).await;
-    shared.running.lock().expect("running set").remove(&job.job_id);
+    shared
+        .running
+        .lock()
+        .expect("running set")
+        .remove(&job.job_id);
     end
 }
 
@@ -173,7 +204,13 @@ async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: Strin
     }
 }
 
-async fn terminal_error(bus: &Bus, node: &NodeName, job_id: JobId, kind: ErrorKind, message: String) -> Result<(), crate::bus::BusError> {
+async fn terminal_error(
+    bus: &Bus,
+    node: &NodeName,
+    job_id: JobId,
+    kind: ErrorKind,
+    message: String,
+) -> Result<(), crate::bus::BusError> {
     let (mut events, last) = EventLog::open(bus, node, job_id).await?;
     if last.as_ref().is_some_and(|e| e.is_terminal()) {
         return Ok(()); // a redelivery of a message already ended
@@ -184,11 +221,24 @@ async fn terminal_error(bus: &Bus, node: &NodeName, job_id: JobId, kind: ErrorKi
         node: node.clone(),
         vmid: None,
         ip: None,
-        error: Some(ErrorInfo { kind, step: Step::Validating, message: message.clone() }),
+        error: Some(ErrorInfo {
+            kind,
+            step: Step::Validating,
+            message: message.clone(),
+        }),
         rolled_back: false,
         host_key: None,
     };
-    events.emit(EventType::Error, Some(Step::Validating), None, message, None, Some(result)).await
+    events
+        .emit(
+            EventType::Error,
+            Some(Step::Validating),
+            None,
+            message,
+            None,
+            Some(result),
+        )
+        .await
 }
 
 /// The job id of a message, if it has a readable one (even when the rest is not).

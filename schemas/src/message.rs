@@ -161,8 +161,9 @@ pub(crate) fn decode<T: DeserializeOwned>(
         });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| DecodeError::Field {
-        field: e.path().to_string(),
-        message: e.into_inner().to_string(),
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let (field, message) =
+            crate::validate::field_of(&e.path().to_string(), &e.inner().to_string());
+        DecodeError::Field { field, message }
     })
 }

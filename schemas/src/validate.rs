@@ -56,6 +56,24 @@ impl fmt::Display for ValidationErrors {
     }
 }
 
+/// Turns a `serde_path_to_error` failure into the field at fault and its problem. serde reports
+/// a missing field at its parent (`.` for the top); this names the field itself.
+pub fn field_of(path: &str, message: &str) -> (String, String) {
+    let message = message.trim();
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        let full = if path == "." || path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        return (full, "is required".to_owned());
+    }
+    (path.to_owned(), message.to_owned())
+}
+
 /// Collects field errors while a spec is walked.
 #[derive(Debug, Default)]
 pub(crate) struct Problems(Vec<FieldError>);
@@ -148,6 +166,22 @@ mod tests {
         for bad in ["", "-web", "web-", "we_b", "a..b", "web!", &"a".repeat(64)] {
             assert!(dns_name(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn missing_fields_are_named_in_full() {
+        assert_eq!(
+            field_of(".", "missing field `node`"),
+            ("node".into(), "is required".into())
+        );
+        assert_eq!(
+            field_of("container", "missing field `hostname` at line 1 column 9"),
+            ("container.hostname".into(), "is required".into())
+        );
+        assert_eq!(
+            field_of("container.swap", "invalid value"),
+            ("container.swap".into(), "invalid value".into())
+        );
     }
 
     #[test]

@@ -118,6 +118,25 @@ impl FakePve {
         })
     }
 
+    /// A GET on the PVE API with the token and the pinned certificate; returns `data`.
+    pub async fn api_get(&self, path: &str) -> anyhow::Result<Value> {
+        let trust = pvefleet_agent::proxmox::tls::Trust::Fingerprint(self.fingerprint.parse()?);
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(pvefleet_agent::proxmox::tls::client_config(&trust)?)
+            .build()?;
+        let resp = client
+            .get(format!("{}/api2/json{path}", self.url))
+            .header("Authorization", self.auth_header())
+            .send()
+            .await?;
+        let status = resp.status();
+        let body: Value = resp.json().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {body}");
+        }
+        Ok(body["data"].clone())
+    }
+
     /// `Authorization` header value for the registered token.
     pub fn auth_header(&self) -> String {
         format!("PVEAPIToken={}={}", self.token_id, self.token_secret)
@@ -152,6 +171,23 @@ impl FakePve {
         self.control(
             "/fail",
             json!({"method": method, "path": path, "times": times, "status": status, "message": message}),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The next `times` matching requests fail with one of PVE's own catalogued errors
+    /// (`pve.errors_for(method, path)` in fakepve lists them), e.g. a 400 with per-field errors.
+    pub async fn fail_with_pve_error(
+        &self,
+        method: &str,
+        path: &str,
+        times: u32,
+        error: &str,
+    ) -> anyhow::Result<()> {
+        self.control(
+            "/fail",
+            json!({"method": method, "path": path, "times": times, "error": error}),
         )
         .await
         .map(drop)

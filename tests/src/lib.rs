@@ -10,10 +10,14 @@
 //! - [`nats`]: nats-server with JetStream, and a 3-node cluster with kill/restart.
 //! - [`fakepve`]: the fake Proxmox VE API (PyPI `fakepve`, run by `bed/fakepve_launcher.py`)
 //!   and its fault-injection controls.
+//! - [`agent`]: `pvefleet-agent` as a real process against the bed's servers.
+//! - [`jobs`]: building and publishing jobs, reading their events back, the event contract.
 //! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
 
+pub mod agent;
 pub mod dir;
 pub mod fakepve;
+pub mod jobs;
 pub mod nats;
 pub mod process;
 pub mod sshd;

@@ -118,6 +118,29 @@ pub fn sshd() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A binary of this workspace (`pvefleet-agent`, `pvefleet`), built by `cargo build --bins`
+/// (`just test` does that first). `<NAME>_BIN` (e.g. `PVEFLEET_AGENT_BIN`) overrides.
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let var = format!("{}_BIN", name.replace('-', "_").to_ascii_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    // Test binaries live in target/<profile>/deps; the workspace's binaries one level up.
+    let exe = std::env::current_exe()?;
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    let bin = dir.join(name);
+    if !bin.is_file() {
+        bail!(
+            "{} not found: build it first with `cargo build --bins` (`just test` does), or set {var}",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// An OpenSSH client program (`ssh`, `ssh-keygen`, `sftp`).
 pub fn openssh_client(name: &str) -> anyhow::Result<PathBuf> {
     on_path(name)

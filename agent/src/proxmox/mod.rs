@@ -42,12 +42,11 @@ pub enum PveError {
         source: reqwest::Error,
     },
     /// The server's certificate is not the one trusted; retrying cannot fix this.
-    #[error("{method} {path}: the Proxmox API's TLS certificate is not trusted")]
+    #[error("{method} {path}: the Proxmox API's TLS certificate is not trusted: {detail}")]
     Tls {
         method: Method,
         path: String,
-        #[source]
-        source: reqwest::Error,
+        detail: String,
     },
     /// An answer whose shape we did not expect.
     #[error("{method} {path}: unexpected answer: {detail}")]
@@ -73,12 +72,18 @@ impl PveError {
         match self {
             PveError::Transport { .. } => true,
             PveError::Tls { .. } | PveError::Shape { .. } => false,
-            PveError::Api { status, message, .. } => {
+            PveError::Api {
+                status, message, ..
+            } => {
                 let m = message.to_ascii_lowercase();
                 if m.contains("got timeout") {
                     return true;
                 }
-                *status >= 500 && !self.is_already_exists() && !self.is_missing() && !m.contains("not running") && !m.contains("already running")
+                *status >= 500
+                    && !self.is_already_exists()
+                    && !self.is_missing()
+                    && !m.contains("not running")
+                    && !m.contains("already running")
             }
         }
     }
@@ -142,7 +147,10 @@ pub struct PveClient {
 
 impl std::fmt::Debug for PveClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PveClient").field("base", &self.base).field("node", &self.node).finish_non_exhaustive()
+        f.debug_struct("PveClient")
+            .field("base", &self.base)
+            .field("node", &self.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -157,7 +165,11 @@ impl PveClient {
         Ok(Self {
             http,
             base: format!("{}/api2/json", config.url),
-            auth: format!("PVEAPIToken={}={}", config.token_id, config.token_secret.expose()),
+            auth: format!(
+                "PVEAPIToken={}={}",
+                config.token_id,
+                config.token_secret.expose()
+            ),
             node,
             retry: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -178,7 +190,12 @@ impl PveClient {
     }
 
     /// One request, retried while the failure is transient. Returns PVE's `data`.
-    pub async fn call(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<Value, PveError> {
         (|| self.call_once(method.clone(), path, params))
             .retry(self.retry)
             .when(PveError::is_transient)
@@ -187,17 +204,31 @@ impl PveClient {
     }
 
     /// One request, no retry.
-    pub async fn call_once(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
+    pub async fn call_once(
+        &self,
+        method: Method,
+        path: &str,
+        params: &[(&str, String)],
+    ) -> Result<Value, PveError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method.clone(), &url).header("Authorization", &self.auth);
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("Authorization", &self.auth);
         req = if method == Method::GET || method == Method::DELETE {
             req.query(params)
         } else {
             req.form(params)
         };
-        let resp = req.send().await.map_err(|source| transport_error(method.clone(), path, source))?;
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| transport_error(method.clone(), path, source))?;
         let status = resp.status();
-        let body = resp.bytes().await.map_err(|source| transport_error(method.clone(), path, source))?;
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|source| transport_error(method.clone(), path, source))?;
         let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(parsed.get("data").cloned().unwrap_or(Value::Null));
@@ -213,7 +244,12 @@ impl PveClient {
             .and_then(Value::as_object)
             .map(|m| {
                 m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -251,7 +287,14 @@ impl PveClient {
 
     /// A container's config on this node, or `None` when it does not exist here.
     pub async fn container_config(&self, vmid: Vmid) -> Result<Option<Value>, PveError> {
-        match self.call(Method::GET, &self.node_path(&format!("/lxc/{vmid}/config")), &[]).await {
+        match self
+            .call(
+                Method::GET,
+                &self.node_path(&format!("/lxc/{vmid}/config")),
+                &[],
+            )
+            .await
+        {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.is_missing() => Ok(None),
             Err(e) => Err(e),
@@ -285,15 +328,22 @@ impl PveClient {
     /// Deletes the container with its disks and every reference to it (jobs, HA, replication).
     pub async fn destroy(&self, vmid: Vmid) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}"));
-        let params = [("purge", "1".to_owned()), ("destroy-unreferenced-disks", "1".to_owned())];
+        let params = [
+            ("purge", "1".to_owned()),
+            ("destroy-unreferenced-disks", "1".to_owned()),
+        ];
         let data = self.call(Method::DELETE, &path, &params).await?;
         self.upid(Method::DELETE, &path, data)
     }
 
     pub async fn set_config(&self, vmid: Vmid, params: &[(&str, String)]) -> Result<(), PveError> {
-        self.call(Method::PUT, &self.node_path(&format!("/lxc/{vmid}/config")), params)
-            .await
-            .map(drop)
+        self.call(
+            Method::PUT,
+            &self.node_path(&format!("/lxc/{vmid}/config")),
+            params,
+        )
+        .await
+        .map(drop)
     }
 
     /// The container's first IPv4 address on an interface other than `lo`, if it has one yet.
@@ -306,7 +356,11 @@ impl PveClient {
     pub async fn node_status(&self) -> Result<NodeStatus, PveError> {
         let path = self.node_path("/status");
         let d = self.call_once(Method::GET, &path, &[]).await?;
-        let num = |v: &Value| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)).unwrap_or(0);
+        let num = |v: &Value| {
+            v.as_u64()
+                .or_else(|| v.as_f64().map(|f| f as u64))
+                .unwrap_or(0)
+        };
         Ok(NodeStatus {
             memory_total: num(&d["memory"]["total"]),
             memory_free: num(&d["memory"]["available"]).max(num(&d["memory"]["free"])),
@@ -318,9 +372,11 @@ impl PveClient {
     /// Active storages on this node that can hold container root disks.
     pub async fn rootdir_storages(&self) -> Result<Vec<StorageInfo>, PveError> {
         let path = self.node_path("/storage");
-        let data = self.call(Method::GET, &path, &[("content", "rootdir".to_owned())]).await?;
-        let all: Vec<StorageInfo> =
-            serde_json::from_value(data).map_err(|e| self.shape(Method::GET, &path, e.to_string()))?;
+        let data = self
+            .call(Method::GET, &path, &[("content", "rootdir".to_owned())])
+            .await?;
+        let all: Vec<StorageInfo> = serde_json::from_value(data)
+            .map_err(|e| self.shape(Method::GET, &path, e.to_string()))?;
         Ok(all
             .into_iter()
             .filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == "rootdir"))
@@ -331,9 +387,23 @@ impl PveClient {
     pub async fn template_exists(&self, volid: &str) -> Result<bool, PveError> {
         let storage = volid.split(':').next().unwrap_or_default();
         let path = self.node_path(&format!("/storage/{storage}/content"));
-        let data = match self.call(Method::GET, &path, &[("content", "vztmpl".to_owned())]).await {
+        let data = match self
+            .call(Method::GET, &path, &[("content", "vztmpl".to_owned())])
+            .await
+        {
             Ok(d) => d,
-            Err(e) if e.is_missing() || matches!(e, PveError::Api { status: 400..=499, .. }) => return Ok(false),
+            Err(e)
+                if e.is_missing()
+                    || matches!(
+                        e,
+                        PveError::Api {
+                            status: 400..=499,
+                            ..
+                        }
+                    ) =>
+            {
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         };
         Ok(data
@@ -358,25 +428,26 @@ impl PveClient {
 }
 
 fn transport_error(method: Method, path: &str, source: reqwest::Error) -> PveError {
-    // A refused certificate surfaces as a connect error; tell it apart, since retrying it is futile.
-    let mut chain: &dyn std::error::Error = &source;
-    let mut tls = false;
-    loop {
-        let text = format!("{chain:?}");
-        if text.contains("InvalidCertificate") || text.contains("certificate") {
-            tls = true;
-            break;
-        }
-        match chain.source() {
-            Some(next) => chain = next,
-            None => break,
-        }
+    // A refused certificate surfaces as a connect error; tell it apart, since retrying it is
+    // futile, and keep rustls's words (with the pinned and seen fingerprints) for the operator.
+    let mut chain: Vec<String> = Vec::new();
+    let mut next: Option<&dyn std::error::Error> = Some(&source);
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        next = e.source();
     }
     let path = path.to_owned();
-    if tls {
-        PveError::Tls { method, path, source }
-    } else {
-        PveError::Transport { method, path, source }
+    match chain.iter().find(|m| m.contains("certificate")) {
+        Some(detail) => PveError::Tls {
+            method,
+            path,
+            detail: detail.clone(),
+        },
+        None => PveError::Transport {
+            method,
+            path,
+            source,
+        },
     }
 }
 
@@ -387,12 +458,20 @@ fn first_address(data: &Value) -> Option<IpAddr> {
         if iface["name"].as_str() == Some("lo") {
             continue;
         }
-        let listed = iface["ip-addresses"].as_array().into_iter().flatten().filter_map(|a| a["ip-address"].as_str());
-        let inet = iface["inet"].as_str().map(|s| s.split('/').next().unwrap_or(s));
+        let listed = iface["ip-addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["ip-address"].as_str());
+        let inet = iface["inet"]
+            .as_str()
+            .map(|s| s.split('/').next().unwrap_or(s));
         for text in listed.chain(inet) {
             match text.parse::<IpAddr>() {
                 Ok(ip @ IpAddr::V4(v4)) if !v4.is_unspecified() => return Some(ip),
-                Ok(ip @ IpAddr::V6(v6)) if !v6.is_unspecified() && !v6.is_loopback() && fallback.is_none() => {
+                Ok(ip @ IpAddr::V6(v6))
+                    if !v6.is_unspecified() && !v6.is_loopback() && fallback.is_none() =>
+                {
                     fallback = Some(ip)
                 }
                 _ => {}
@@ -414,7 +493,8 @@ mod tests {
             {"name": "eth0", "ip-addresses": [{"ip-address": "fd00::5"}, {"ip-address": "10.0.0.5", "prefix": "24"}]}
         ]);
         assert_eq!(first_address(&data), Some("10.0.0.5".parse().unwrap()));
-        let dhcp_pending = json!([{"name": "lo", "inet": "127.0.0.1/8"}, {"name": "eth0", "ip-addresses": []}]);
+        let dhcp_pending =
+            json!([{"name": "lo", "inet": "127.0.0.1/8"}, {"name": "eth0", "ip-addresses": []}]);
         assert_eq!(first_address(&dhcp_pending), None);
         assert_eq!(first_address(&Value::Null), None);
     }
@@ -433,9 +513,21 @@ mod tests {
     fn transient_or_not() {
         assert!(api(500, "boom").is_transient());
         assert!(api(595, "No route to host").is_transient());
-        assert!(api(500, "can't lock file '/run/lock/lxc/pve-config-101.conf' - got timeout").is_transient());
+        assert!(
+            api(
+                500,
+                "can't lock file '/run/lock/lxc/pve-config-101.conf' - got timeout"
+            )
+            .is_transient()
+        );
         assert!(!api(500, "CT 101 already exists on node 'pve1'").is_transient());
-        assert!(!api(500, "Configuration file 'nodes/pve1/lxc/101.conf' does not exist").is_transient());
+        assert!(
+            !api(
+                500,
+                "Configuration file 'nodes/pve1/lxc/101.conf' does not exist"
+            )
+            .is_transient()
+        );
         assert!(!api(400, "Parameter verification failed.").is_transient());
         assert!(!api(403, "Permission check failed").is_transient());
     }
@@ -443,7 +535,10 @@ mod tests {
     #[test]
     fn field_errors_are_in_the_message() {
         let mut errors = BTreeMap::new();
-        errors.insert("memory".to_owned(), "value must have a minimum value of 16\n".to_owned());
+        errors.insert(
+            "memory".to_owned(),
+            "value must have a minimum value of 16\n".to_owned(),
+        );
         let e = PveError::Api {
             method: Method::POST,
             path: "/nodes/pve1/lxc".into(),

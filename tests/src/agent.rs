@@ -1,0 +1,119 @@
+//! `pvefleet-agent` as a real process, configured against the bed's nats-server and fakepve.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::dir::TestDir;
+use crate::fakepve::FakePve;
+use crate::process::Proc;
+use crate::tools;
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub node: String,
+    pub concurrency: u32,
+    /// Short in tests, so a killed agent's job is redelivered quickly.
+    pub ack_wait: Duration,
+    pub heartbeat: Duration,
+    pub shutdown_grace: Duration,
+    /// Pin this instead of fakepve's real fingerprint (to test a wrong one).
+    pub fingerprint: Option<String>,
+}
+
+impl AgentOptions {
+    pub fn node(node: &str) -> Self {
+        Self {
+            node: node.into(),
+            concurrency: 4,
+            ack_wait: Duration::from_secs(4),
+            heartbeat: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(10),
+            fingerprint: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    pub opts: AgentOptions,
+    pub config: std::path::PathBuf,
+    dir: TestDir,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Agent {
+    /// Writes the agent's config (token file, pinned fingerprint) and starts it.
+    pub fn start(
+        dir: &TestDir,
+        nats_urls: &[String],
+        pve: &FakePve,
+        opts: AgentOptions,
+    ) -> anyhow::Result<Self> {
+        let config = dir.path().join(format!("agent-{}.toml", opts.node));
+        let urls = nats_urls
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        std::fs::write(
+            &config,
+            format!(
+                "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\n\n\
+                 [nats]\nurls = [{urls}]\n\n\
+                 [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n",
+                node = opts.node,
+                concurrency = opts.concurrency,
+                hb = opts.heartbeat.as_millis(),
+                ack = opts.ack_wait.as_millis(),
+                grace = opts.shutdown_grace.as_millis(),
+                url = pve.url,
+                token = pve.token_id,
+                secret = pve.token_secret_file,
+                fp = opts.fingerprint.as_deref().unwrap_or(&pve.fingerprint),
+            ),
+        )?;
+        let mut agent = Self {
+            opts,
+            config,
+            dir: dir.clone(),
+            proc: None,
+            starts: 0,
+        };
+        agent.launch()?;
+        Ok(agent)
+    }
+
+    fn launch(&mut self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(tools::workspace_bin("pvefleet-agent")?);
+        cmd.arg("--config").arg(&self.config);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info,pvefleet_agent=debug,async_nats=warn");
+        }
+        self.starts += 1;
+        let name = format!("agent-{}-{}", self.opts.node, self.starts);
+        self.proc = Some(Proc::spawn(&self.dir, &name, cmd)?);
+        Ok(())
+    }
+
+    /// Starts the agent again after a kill or exit.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.launch()
+    }
+
+    /// SIGKILL: the agent dies mid-whatever, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill();
+        }
+    }
+
+    pub fn proc(&mut self) -> &mut Proc {
+        self.proc.as_mut().expect("the agent is running")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+}

@@ -1,0 +1,154 @@
+//! Jobs and events as a test sees them: building a create job, publishing it as the
+//! coordinator would, and reading a job's events back from the stream.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context as _, ensure};
+use async_nats::jetstream::{self, consumer, message::PublishMessage};
+use futures::StreamExt as _;
+use pvefleet_schemas::names::{JobKind, job_events_filter, job_subject};
+use pvefleet_schemas::{ContainerSpec, DeploySpec, Event, Job, JobId, NodeName};
+
+use crate::fakepve::OSTEMPLATE;
+
+/// A create job for `node` with a static `ip/32` (so fakepve reports it from `/interfaces`).
+pub fn create_job(node: &str, hostname: &str, ip: Ipv4Addr) -> Job {
+    let mut spec = ContainerSpec::new(hostname, OSTEMPLATE);
+    spec.ip = format!("{ip}/32").parse().expect("a valid ip config");
+    Job::create(
+        NodeName::new(node).expect("a node name"),
+        spec,
+        DeploySpec::default(),
+    )
+}
+
+/// The streams, as an agent or `pvefleet setup` makes them.
+pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
+    pvefleet_agent::bus::ensure_streams(js).await?;
+    Ok(())
+}
+
+/// Publishes `job` as the coordinator does: to its node's subject, deduplicated by its id.
+pub async fn submit(js: &jetstream::Context, job: &Job) -> anyhow::Result<()> {
+    submit_raw(js, &job.node, &job.job_id.to_string(), job.encode()).await
+}
+
+/// Publishes any bytes as a create job for `node` (for poison-message tests).
+pub async fn submit_raw(
+    js: &jetstream::Context,
+    node: &NodeName,
+    msg_id: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<()> {
+    js.send_publish(
+        job_subject(node, JobKind::Create),
+        PublishMessage::build()
+            .payload(payload.into())
+            .message_id(msg_id),
+    )
+    .await?
+    .await
+    .context("the jobs stream did not acknowledge the job")?;
+    Ok(())
+}
+
+/// Every event of `job` from the first, following until its terminal event (or `within`).
+pub async fn events_until_terminal(
+    js: &jetstream::Context,
+    job: JobId,
+    within: Duration,
+) -> anyhow::Result<Vec<Event>> {
+    let stream = js
+        .get_stream(pvefleet_schemas::names::EVENTS_STREAM)
+        .await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: job_events_filter(&job),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut events = Vec::new();
+    let collect = async {
+        while let Some(msg) = messages.next().await {
+            let msg = msg?;
+            let event = Event::decode(&msg.payload)?;
+            let terminal = event.is_terminal();
+            events.push(event);
+            if terminal {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("the event stream ended")
+    };
+    match tokio::time::timeout(within, collect).await {
+        Ok(r) => r?,
+        Err(_) => anyhow::bail!(
+            "no terminal event for {job} within {within:?}; events so far:\n{}",
+            events
+                .iter()
+                .map(|e| format!(
+                    "  {} {:?} {:?} {}% {}",
+                    e.seq, e.kind, e.step, e.percent, e.message
+                ))
+                .collect::<Vec<_>>()
+                .join("\n")
+        ),
+    }
+    Ok(events)
+}
+
+/// The events of one job so far (no waiting), for checks after the terminal one.
+pub async fn events_now(js: &jetstream::Context, job: JobId) -> anyhow::Result<Vec<Event>> {
+    let stream = js
+        .get_stream(pvefleet_schemas::names::EVENTS_STREAM)
+        .await?;
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: job_events_filter(&job),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await?;
+    let mut events = Vec::new();
+    let mut batch = consumer.fetch().max_messages(10_000).messages().await?;
+    while let Some(msg) = batch.next().await {
+        events.push(Event::decode(
+            &msg.map_err(anyhow::Error::from_boxed)?.payload,
+        )?);
+    }
+    Ok(events)
+}
+
+/// The contract every job's events keep: `seq` 1, 2, 3… without gaps or repeats, percent
+/// never going down, exactly one terminal event and it last, all of one job and node.
+pub fn check_event_contract(events: &[Event]) -> anyhow::Result<()> {
+    ensure!(!events.is_empty(), "no events");
+    for (i, e) in events.iter().enumerate() {
+        ensure!(
+            e.seq == i as u64 + 1,
+            "event {i} has seq {} (want {}): {events:#?}",
+            e.seq,
+            i + 1
+        );
+        ensure!(
+            e.job_id == events[0].job_id && e.node == events[0].node,
+            "events of two jobs mixed"
+        );
+    }
+    ensure!(
+        events.windows(2).all(|w| w[0].percent <= w[1].percent),
+        "percent went down: {:?}",
+        events.iter().map(|e| e.percent).collect::<Vec<_>>()
+    );
+    let terminals = events.iter().filter(|e| e.is_terminal()).count();
+    ensure!(terminals == 1, "{terminals} terminal events");
+    ensure!(
+        events.last().is_some_and(Event::is_terminal),
+        "the terminal event is not last"
+    );
+    Ok(())
+}

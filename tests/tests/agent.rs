@@ -1,0 +1,459 @@
+//! The agent end to end: real nats-server, real fakepve, the real `pvefleet-agent` binary.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use pvefleet_schemas::{ErrorKind, EventType, Secret, Step};
+use pvefleet_testbed::agent::{Agent, AgentOptions};
+use pvefleet_testbed::jobs::{
+    check_event_contract, create_job, ensure_streams, events_until_terminal, submit,
+};
+use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, init_tracing};
+
+const JOB_WITHIN: Duration = Duration::from_secs(60);
+
+struct Bed {
+    dir: TestDir,
+    nats: NatsServer,
+    pve: FakePve,
+    js: async_nats::jetstream::Context,
+}
+
+async fn bed(name: &str, nodes: &[&str]) -> anyhow::Result<Bed> {
+    init_tracing();
+    let dir = TestDir::new(name);
+    let nats = NatsServer::start(&dir).await?;
+    let pve = FakePve::start(
+        &dir,
+        FakePveOptions {
+            nodes: nodes.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let js = nats.jetstream().await?;
+    ensure_streams(&js).await?;
+    Ok(Bed { dir, nats, pve, js })
+}
+
+impl Bed {
+    fn agent(&self, node: &str) -> anyhow::Result<Agent> {
+        Agent::start(
+            &self.dir,
+            &[self.nats.url()],
+            &self.pve,
+            AgentOptions::node(node),
+        )
+    }
+}
+
+#[tokio::test]
+async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow::Result<()> {
+    let bed = bed("agent-happy", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    let mut job = create_job("pve1", "web-01", Ipv4Addr::new(127, 0, 0, 31));
+    let spec = &mut job.container;
+    spec.vmid = Some(pvefleet_schemas::Vmid::new(4242)?);
+    spec.memory = 1024;
+    spec.swap = 256;
+    spec.cores = 2;
+    spec.disk = 12;
+    spec.gw = None;
+    spec.nameserver = Some("1.1.1.1 9.9.9.9".into());
+    spec.unprivileged = true;
+    spec.nesting = true;
+    spec.tags = vec!["web".into(), "Prod".into()];
+    spec.ssh_public_keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKey ops@example".into()];
+    spec.root_password = Some(Secret::new("correct horse"));
+    submit(&bed.js, &job).await?;
+
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert_eq!(events[0].kind, EventType::Accepted);
+    let steps: Vec<Step> = events
+        .iter()
+        .filter(|e| e.kind == EventType::Step)
+        .filter_map(|e| e.step)
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            Step::Validating,
+            Step::Creating,
+            Step::Starting,
+            Step::Connecting,
+            Step::Deploying,
+            Step::Finalizing
+        ]
+    );
+    assert!(
+        events.iter().any(
+            |e| e.kind == EventType::Log && e.stream == Some(pvefleet_schemas::LogStream::Task)
+        )
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last.kind, EventType::Complete);
+    assert_eq!(last.percent, 100);
+    let result = last.result.as_ref().unwrap();
+    assert!(result.success);
+    assert_eq!(result.vmid.map(|v| v.get()), Some(4242));
+    assert_eq!(result.ip, Some("127.0.0.31".parse()?));
+
+    let cfg = bed.pve.api_get("/nodes/pve1/lxc/4242/config").await?;
+    assert_eq!(cfg["hostname"], "web-01");
+    assert_eq!(cfg["memory"], 1024);
+    assert_eq!(cfg["swap"], 256);
+    assert_eq!(cfg["cores"], 2);
+    assert_eq!(
+        cfg["rootfs"].as_str().unwrap(),
+        "local-lvm:vm-4242-disk-0,size=12G"
+    );
+    let net0 = cfg["net0"].as_str().unwrap();
+    assert!(
+        net0.contains("bridge=vmbr0")
+            && net0.contains("ip=127.0.0.31/32")
+            && net0.contains("name=eth0"),
+        "{net0}"
+    );
+    assert_eq!(cfg["nameserver"], "1.1.1.1 9.9.9.9");
+    assert_eq!(cfg["unprivileged"], 1);
+    assert_eq!(cfg["features"], "nesting=1");
+    // PVE stores tags lowercased and sorted.
+    let mut tags = vec![job.job_id.marker_tag(), "prod".into(), "web".into()];
+    tags.sort();
+    assert_eq!(cfg["tags"].as_str().unwrap(), tags.join(";"));
+    assert!(
+        cfg["description"]
+            .as_str()
+            .unwrap()
+            .contains(&job.job_id.to_string())
+    );
+    let keys = std::fs::read_to_string(bed.pve.keys_dir.join("vmid-4242"))?;
+    assert!(keys.contains("ops@example"));
+    assert_eq!(
+        bed.pve
+            .api_get("/nodes/pve1/lxc/4242/status/current")
+            .await?["status"],
+        "running"
+    );
+    // The password went to PVE and nowhere else.
+    assert!(!_agent.log_text().contains("correct horse"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn allocates_a_vmid_when_the_spec_has_none() -> anyhow::Result<()> {
+    let bed = bed("agent-alloc", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    let first = create_job("pve1", "alloc-a", Ipv4Addr::new(127, 0, 0, 32));
+    let second = create_job("pve1", "alloc-b", Ipv4Addr::new(127, 0, 0, 33));
+    submit(&bed.js, &first).await?;
+    let a = events_until_terminal(&bed.js, first.job_id, JOB_WITHIN).await?;
+    submit(&bed.js, &second).await?;
+    let b = events_until_terminal(&bed.js, second.job_id, JOB_WITHIN).await?;
+    check_event_contract(&a)?;
+    check_event_contract(&b)?;
+    let vmid = |events: &[pvefleet_schemas::Event]| {
+        events
+            .last()
+            .unwrap()
+            .result
+            .as_ref()
+            .unwrap()
+            .vmid
+            .unwrap()
+            .get()
+    };
+    assert_eq!((vmid(&a), vmid(&b)), (100, 101));
+    assert_eq!(bed.pve.containers().await?, vec![100, 101]);
+    Ok(())
+}
+
+fn result_of(events: &[pvefleet_schemas::Event]) -> &pvefleet_schemas::JobResult {
+    events
+        .last()
+        .and_then(|e| e.result.as_ref())
+        .expect("a terminal event with a result")
+}
+
+#[tokio::test]
+async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() -> anyhow::Result<()>
+{
+    let bed = bed("agent-nodes", &["pve1", "pve2", "pve3"]).await?;
+    let a1 = bed.agent("pve1")?;
+    let a2 = bed.agent("pve2")?;
+    let j1 = create_job("pve1", "one", Ipv4Addr::new(127, 0, 0, 41));
+    let j2 = create_job("pve2", "two", Ipv4Addr::new(127, 0, 0, 42));
+    let j3 = create_job("pve3", "three", Ipv4Addr::new(127, 0, 0, 43));
+    for j in [&j3, &j1, &j2] {
+        submit(&bed.js, j).await?;
+    }
+    let e1 = events_until_terminal(&bed.js, j1.job_id, JOB_WITHIN).await?;
+    let e2 = events_until_terminal(&bed.js, j2.job_id, JOB_WITHIN).await?;
+    assert!(e1.iter().all(|e| e.node.as_str() == "pve1") && result_of(&e1).success);
+    assert!(e2.iter().all(|e| e.node.as_str() == "pve2") && result_of(&e2).success);
+    assert!(
+        !a1.log_text().contains(&j2.job_id.to_string())
+            && !a2.log_text().contains(&j1.job_id.to_string())
+    );
+    assert!(
+        bed.pve
+            .api_get("/nodes/pve1/lxc")
+            .await?
+            .to_string()
+            .contains("\"one\"")
+    );
+    assert!(
+        bed.pve
+            .api_get("/nodes/pve2/lxc")
+            .await?
+            .to_string()
+            .contains("\"two\"")
+    );
+
+    // pve3 has no agent: its job stays queued, untouched.
+    let jobs = bed
+        .js
+        .get_stream(pvefleet_schemas::names::JOBS_STREAM)
+        .await?;
+    let queued = jobs
+        .get_last_raw_message_by_subject("pvefleet.jobs.pve3.create")
+        .await?;
+    assert_eq!(
+        pvefleet_schemas::Job::decode(&queued.payload)?.job_id,
+        j3.job_id
+    );
+    assert!(
+        pvefleet_testbed::jobs::events_now(&bed.js, j3.job_id)
+            .await?
+            .is_empty()
+    );
+    assert_eq!(
+        bed.pve.api_get("/nodes/pve3/lxc").await?,
+        serde_json::json!([])
+    );
+
+    let _a3 = bed.agent("pve3")?;
+    let e3 = events_until_terminal(&bed.js, j3.job_id, JOB_WITHIN).await?;
+    check_event_contract(&e3)?;
+    assert!(result_of(&e3).success && e3.iter().all(|e| e.node.as_str() == "pve3"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_create_that_fails_twice_with_500_is_retried_into_one_container() -> anyhow::Result<()> {
+    let bed = bed("agent-500", &["pve1"]).await?;
+    bed.pve
+        .fail("POST", "/nodes/pve1/lxc", 2, 500, "proxy loop detected")
+        .await?;
+    let agent = bed.agent("pve1")?;
+    let job = create_job("pve1", "retry", Ipv4Addr::new(127, 0, 0, 51));
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert_eq!(bed.pve.containers().await?.len(), 1);
+    assert_eq!(
+        agent
+            .log_text()
+            .matches("Proxmox API call failed; retrying")
+            .count(),
+        2,
+        "{}",
+        agent.log_text()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_create_task_reports_its_log_and_leaves_nothing() -> anyhow::Result<()> {
+    let bed = bed("agent-task-error", &["pve1"]).await?;
+    bed.pve
+        .task_log(
+            "vzcreate",
+            &["extracting archive", "Total bytes read: 1024"],
+        )
+        .await?;
+    bed.pve
+        .task_error(
+            "vzcreate",
+            "unable to create CT 100 - no space left on device",
+        )
+        .await?;
+    let _agent = bed.agent("pve1")?;
+    let job = create_job("pve1", "doomed", Ipv4Addr::new(127, 0, 0, 52));
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    let error = result.error.as_ref().unwrap();
+    assert_eq!((error.kind, error.step), (ErrorKind::Task, Step::Creating));
+    assert!(
+        error.message.contains("no space left on device")
+            && error.message.contains("extracting archive"),
+        "{}",
+        error.message
+    );
+    assert!(result.rolled_back);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventType::Log && e.message.contains("Total bytes read"))
+    );
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_parameter_error_is_not_retried_and_names_the_field() -> anyhow::Result<()> {
+    let bed = bed("agent-400", &["pve1"]).await?;
+    // PVE's own 400 with per-field errors, armed for two requests: one must remain unused.
+    bed.pve
+        .fail_with_pve_error(
+            "POST",
+            "/nodes/pve1/lxc",
+            2,
+            "param_storage_storage_does_not",
+        )
+        .await?;
+    let _agent = bed.agent("pve1")?;
+    let job = create_job("pve1", "param", Ipv4Addr::new(127, 0, 0, 53));
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let error = result_of(&events).error.clone().unwrap();
+    assert_eq!(
+        (error.kind, error.step),
+        (ErrorKind::Proxmox, Step::Creating)
+    );
+    assert!(
+        error
+            .message
+            .contains("400 Parameter verification failed.; storage:"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error
+            .message
+            .contains("does not support container directories"),
+        "{}",
+        error.message
+    );
+    let health = bed.pve.health().await?;
+    assert_eq!(
+        health["failures"][0]["times"], 1,
+        "the create was sent more than once: {health}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_fingerprint_is_a_clear_error() -> anyhow::Result<()> {
+    let bed = bed("agent-tls", &["pve1"]).await?;
+    let wrong = (0..32)
+        .map(|i| format!("{:02X}", i * 7))
+        .collect::<Vec<_>>()
+        .join(":");
+    let before = bed.pve.health().await?["requests"].as_u64().unwrap();
+    let _agent = Agent::start(
+        &bed.dir,
+        &[bed.nats.url()],
+        &bed.pve,
+        AgentOptions {
+            fingerprint: Some(wrong.clone()),
+            ..AgentOptions::node("pve1")
+        },
+    )?;
+    let job = create_job("pve1", "pinned", Ipv4Addr::new(127, 0, 0, 54));
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    let error = result_of(&events).error.clone().unwrap();
+    assert_eq!(
+        (error.kind, error.step),
+        (ErrorKind::Proxmox, Step::Validating)
+    );
+    assert!(
+        error.message.contains("TLS certificate is not trusted"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains(&format!("not the pinned {wrong}")),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains(&bed.pve.fingerprint),
+        "{}",
+        error.message
+    );
+    // Refused in the handshake: fakepve never saw a request from the agent.
+    assert_eq!(
+        bed.pve.health().await?["requests"].as_u64().unwrap(),
+        before
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn poison_messages_are_terminated_and_the_agent_goes_on() -> anyhow::Result<()> {
+    use pvefleet_testbed::jobs::{events_now, submit_raw};
+    let bed = bed("agent-poison", &["pve1", "pve2"]).await?;
+    let agent = bed.agent("pve1")?;
+    let node = pvefleet_schemas::NodeName::new("pve1")?;
+
+    let truncated = pvefleet_schemas::JobId::new();
+    submit_raw(
+        &bed.js,
+        &node,
+        "p1",
+        format!(r#"{{"v":1,"kind":"create","job_id":"{truncated}","node":"pve1"}}"#).into_bytes(),
+    )
+    .await?;
+    let future = pvefleet_schemas::JobId::new();
+    submit_raw(
+        &bed.js,
+        &node,
+        "p2",
+        format!(r#"{{"v":2,"kind":"create","job_id":"{future}"}}"#).into_bytes(),
+    )
+    .await?;
+    submit_raw(&bed.js, &node, "p3", b"\x00not json at all".to_vec()).await?;
+    let mut elsewhere = create_job("pve2", "misrouted", Ipv4Addr::new(127, 0, 0, 55));
+    elsewhere.node = pvefleet_schemas::NodeName::new("pve2")?;
+    submit_raw(&bed.js, &node, "p4", elsewhere.encode()).await?;
+    let good = create_job("pve1", "after-poison", Ipv4Addr::new(127, 0, 0, 56));
+    submit(&bed.js, &good).await?;
+
+    let events = events_until_terminal(&bed.js, good.job_id, JOB_WITHIN).await?;
+    assert!(result_of(&events).success);
+    for (id, kind, words) in [
+        (
+            truncated,
+            ErrorKind::InvalidMessage,
+            "`submitted_at`: is required",
+        ),
+        (future, ErrorKind::InvalidMessage, "version 2"),
+        (elsewhere.job_id, ErrorKind::WrongNode, "pve2"),
+    ] {
+        let events = events_now(&bed.js, id).await?;
+        check_event_contract(&events)?;
+        let error = result_of(&events).error.clone().unwrap();
+        assert_eq!(error.kind, kind);
+        assert!(error.message.contains(words), "{}", error.message);
+    }
+    assert!(
+        agent
+            .log_text()
+            .contains("rejected a message without a readable job id")
+    );
+    // Nothing is left queued and nothing was created for the poison.
+    let mut jobs = bed
+        .js
+        .get_stream(pvefleet_schemas::names::JOBS_STREAM)
+        .await?;
+    assert_eq!(jobs.info().await?.state.messages, 0);
+    assert_eq!(bed.pve.containers().await?.len(), 1);
+    Ok(())
+}
