@@ -15,8 +15,10 @@ bootstrap:
 build:
     cargo build --workspace --all-targets
 
-# The whole test suite: unit tests and integration tests against real servers.
+# The whole test suite: unit tests and integration tests against real servers. The
+# integration tests run the built binaries, so those are built first.
 test:
+    cargo build --workspace --bins --locked
     cargo test --workspace --locked
 
 # Format check and lints, as CI would want them.

@@ -71,6 +71,13 @@ pub async fn connect(
                 BusError::nats(format!("reading nats.creds {}", creds.display()), e)
             })?;
         }
+        // async-nats does not take credentials from the URL by itself.
+        if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
+            opts = opts.user_and_password(
+                addr.username().unwrap_or_default().to_owned(),
+                addr.password().unwrap_or_default().to_owned(),
+            );
+        }
         if let Some(prefix) = &config.inbox_prefix {
             opts = opts.custom_inbox_prefix(prefix);
         }

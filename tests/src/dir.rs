@@ -1,7 +1,12 @@
 //! The per-test temp dir: removed when the test passes, kept (with every log's path and tail
 //! printed) when it fails, so a CI failure can be read without re-running it.
+//!
+//! A test that returns `Err` through `?` unwinds nothing, so "failed" cannot be read from a
+//! panic alone: a test calls [`TestDir::pass`] as its last step, and a dir dropped without
+//! that is kept.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shared by every process a test starts; the dir goes when the last holder is dropped.
@@ -13,6 +18,7 @@ struct Inner {
     path: PathBuf,
     dir: Mutex<Option<tempfile::TempDir>>,
     logs: Mutex<Vec<PathBuf>>,
+    passed: AtomicBool,
 }
 
 impl TestDir {
@@ -26,6 +32,7 @@ impl TestDir {
             path: dir.path().to_owned(),
             dir: Mutex::new(Some(dir)),
             logs: Mutex::new(Vec::new()),
+            passed: AtomicBool::new(false),
         }))
     }
 
@@ -40,6 +47,11 @@ impl TestDir {
         p
     }
 
+    /// Marks the test as passed: its dir is removed. Call it last.
+    pub fn pass(&self) {
+        self.0.passed.store(true, Ordering::SeqCst);
+    }
+
     /// Records a log file to report if the test fails.
     pub fn register_log(&self, path: PathBuf) {
         self.0.logs.lock().unwrap().push(path);
@@ -48,7 +60,7 @@ impl TestDir {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
+        if self.passed.load(Ordering::SeqCst) && !std::thread::panicking() {
             return;
         }
         if let Some(dir) = self.dir.lock().unwrap().take() {

@@ -29,6 +29,11 @@ pub struct NatsServer {
 impl NatsServer {
     /// A standalone server with its own store in the test dir.
     pub async fn start(dir: &TestDir) -> anyhow::Result<Self> {
+        Self::start_with(dir, "").await
+    }
+
+    /// A standalone server whose config has `extra` appended (e.g. an `authorization` block).
+    pub async fn start_with(dir: &TestDir, extra: &str) -> anyhow::Result<Self> {
         let port = free_port("127.0.0.1");
         let store = dir.sub("nats-store");
         let config = dir.path().join("nats.conf");
@@ -36,7 +41,7 @@ impl NatsServer {
             &config,
             format!(
                 "server_name: nats-test\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
-                 jetstream {{ store_dir: {store:?} }}\n",
+                 jetstream {{ store_dir: {store:?} }}\n{extra}\n",
                 http = free_port("127.0.0.1"),
             ),
         )?;
@@ -80,12 +85,23 @@ impl NatsServer {
                 if let Some(status) = exited {
                     return Some(Err(anyhow::anyhow!("exited early with {status}")));
                 }
-                let client = async_nats::connect(&url).await.ok()?;
                 if jetstream {
+                    let client = async_nats::connect(&url).await.ok()?;
                     async_nats::jetstream::new(client)
                         .query_account()
                         .await
                         .ok()?;
+                } else {
+                    // The server greets every connection with INFO; no credentials needed.
+                    let addr = url.trim_start_matches("nats://");
+                    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+                    let mut greeting = [0u8; 4];
+                    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut greeting)
+                        .await
+                        .ok()?;
+                    if &greeting != b"INFO" {
+                        return None;
+                    }
                 }
                 Some(Ok(()))
             }
@@ -104,6 +120,11 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL with a user and password in it.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("nats://{user}:{password}@127.0.0.1:{}", self.port)
     }
 
     /// The `server_name` the server reports (`n1` in a cluster).

@@ -138,6 +138,7 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     );
     // The password went to PVE and nowhere else.
     assert!(!_agent.log_text().contains("correct horse"));
+    bed.dir.pass();
     Ok(())
 }
 
@@ -166,6 +167,7 @@ async fn allocates_a_vmid_when_the_spec_has_none() -> anyhow::Result<()> {
     };
     assert_eq!((vmid(&a), vmid(&b)), (100, 101));
     assert_eq!(bed.pve.containers().await?, vec![100, 101]);
+    bed.dir.pass();
     Ok(())
 }
 
@@ -237,6 +239,7 @@ async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() ->
     let e3 = events_until_terminal(&bed.js, j3.job_id, JOB_WITHIN).await?;
     check_event_contract(&e3)?;
     assert!(result_of(&e3).success && e3.iter().all(|e| e.node.as_str() == "pve3"));
+    bed.dir.pass();
     Ok(())
 }
 
@@ -262,6 +265,7 @@ async fn a_create_that_fails_twice_with_500_is_retried_into_one_container() -> a
         "{}",
         agent.log_text()
     );
+    bed.dir.pass();
     Ok(())
 }
 
@@ -301,6 +305,7 @@ async fn a_failed_create_task_reports_its_log_and_leaves_nothing() -> anyhow::Re
             .any(|e| e.kind == EventType::Log && e.message.contains("Total bytes read"))
     );
     assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
+    bed.dir.pass();
     Ok(())
 }
 
@@ -345,6 +350,7 @@ async fn a_parameter_error_is_not_retried_and_names_the_field() -> anyhow::Resul
         health["failures"][0]["times"], 1,
         "the create was sent more than once: {health}"
     );
+    bed.dir.pass();
     Ok(())
 }
 
@@ -393,6 +399,7 @@ async fn a_wrong_fingerprint_is_a_clear_error() -> anyhow::Result<()> {
         bed.pve.health().await?["requests"].as_u64().unwrap(),
         before
     );
+    bed.dir.pass();
     Ok(())
 }
 
@@ -455,5 +462,240 @@ async fn poison_messages_are_terminated_and_the_agent_goes_on() -> anyhow::Resul
         .await?;
     assert_eq!(jobs.info().await?.state.messages, 0);
     assert_eq!(bed.pve.containers().await?.len(), 1);
+    bed.dir.pass();
+    Ok(())
+}
+
+/// Slows container starts to `secs` real seconds, submits a job, and waits until its start
+/// task is under way (its UPID checkpointed), returning the job.
+async fn job_in_its_start_step(
+    bed: &Bed,
+    hostname: &str,
+    ip: Ipv4Addr,
+    secs: u64,
+) -> anyhow::Result<pvefleet_schemas::Job> {
+    bed.pve.time_scale(1.0).await?;
+    bed.pve
+        .task_secs(serde_json::json!({"start": secs}))
+        .await?;
+    let job = create_job("pve1", hostname, ip);
+    submit(&bed.js, &job).await?;
+    let key = pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id);
+    pvefleet_testbed::wait_until(
+        "the start task to be checkpointed",
+        Duration::from_secs(30),
+        || {
+            let key = key.clone();
+            async move {
+                // The agent creates the bucket when it starts; until then there is nothing to see.
+                let kv = bed
+                    .js
+                    .get_key_value(pvefleet_schemas::names::JOBS_BUCKET)
+                    .await
+                    .ok()?;
+                let cp = pvefleet_schemas::Checkpoint::decode(&kv.get(key).await.ok()??).ok()?;
+                cp.upid.filter(|u| u.contains(":vzstart:")).map(drop)
+            }
+        },
+    )
+    .await?;
+    Ok(job)
+}
+
+async fn start_tasks(bed: &Bed, vmid: u32) -> anyhow::Result<usize> {
+    let tasks = bed
+        .pve
+        .api_get(&format!("/nodes/pve1/tasks?vmid={vmid}&limit=100"))
+        .await?;
+    Ok(tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["type"] == "vzstart")
+        .count())
+}
+
+#[tokio::test]
+async fn a_killed_agent_is_replaced_and_the_job_resumes_into_one_container() -> anyhow::Result<()> {
+    let bed = bed("agent-crash", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    let job = job_in_its_start_step(&bed, "crashy", Ipv4Addr::new(127, 0, 0, 61), 4).await?;
+    agent.kill(); // SIGKILL, mid-start
+    agent.restart()?; // a new process; the job comes back after ack_wait
+
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventType::Warning && e.message.contains("redelivered"))
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == EventType::Accepted)
+            .count(),
+        1
+    );
+    let vmid = result.vmid.unwrap().get();
+    assert_eq!(
+        bed.pve.containers().await?,
+        vec![vmid],
+        "exactly one container"
+    );
+    assert_eq!(
+        start_tasks(&bed, vmid).await?,
+        1,
+        "the start was waited on, not sent again"
+    );
+    // Nothing more arrives: exactly one terminal event.
+    let again = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await?;
+    assert_eq!(again.len(), events.len());
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_hands_the_job_back_and_a_restart_completes_it() -> anyhow::Result<()> {
+    let bed = bed("agent-sigterm", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    let job = job_in_its_start_step(&bed, "graceful", Ipv4Addr::new(127, 0, 0, 62), 3).await?;
+    let asked = std::time::Instant::now();
+    agent.proc().signal(nix::sys::signal::Signal::SIGTERM)?;
+    let status = agent.proc().wait_exit(Duration::from_secs(15)).await?;
+    assert!(status.success(), "the agent exited with {status}");
+    assert!(
+        asked.elapsed() < agent.opts.shutdown_grace,
+        "took {:?}",
+        asked.elapsed()
+    );
+    assert!(agent.log_text().contains("agent stopped"));
+
+    agent.restart()?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert_eq!(bed.pve.containers().await?.len(), 1);
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeats_show_capacity_and_vanish_when_the_agent_dies() -> anyhow::Result<()> {
+    let bed = bed("agent-heartbeat", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    let beat = pvefleet_testbed::wait_until("a heartbeat", Duration::from_secs(20), || async {
+        let kv = bed
+            .js
+            .get_key_value(pvefleet_schemas::names::NODES_BUCKET)
+            .await
+            .ok()?;
+        pvefleet_schemas::Heartbeat::decode(&kv.get("pve1").await.ok()??).ok()
+    })
+    .await?;
+    assert_eq!(beat.node.as_str(), "pve1");
+    assert_eq!(beat.concurrency, 4);
+    assert_eq!(beat.agent_version, env!("CARGO_PKG_VERSION"));
+    let capacity = beat.capacity.expect("capacity from the Proxmox API");
+    assert_eq!(capacity.memory_total_bytes, 8 << 30);
+    assert!(capacity.memory_free_bytes > 0 && capacity.cpus == 4);
+    assert!(
+        capacity
+            .storages
+            .iter()
+            .any(|s| s.storage == "local-lvm" && s.avail_bytes > 0),
+        "{:?}",
+        capacity.storages
+    );
+
+    agent.kill();
+    let gone_after = std::time::Instant::now();
+    let kv = bed
+        .js
+        .get_key_value(pvefleet_schemas::names::NODES_BUCKET)
+        .await?;
+    pvefleet_testbed::wait_until(
+        "the dead agent's entry to expire",
+        Duration::from_secs(10),
+        || async { kv.get("pve1").await.ok()?.is_none().then_some(()) },
+    )
+    .await?;
+    // Heartbeat 1 s: gone within about three beats (plus the server's expiry sweep).
+    assert!(
+        gone_after.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        gone_after.elapsed()
+    );
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_agent_without_rights_to_create_streams_uses_the_existing_ones() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("agent-rights");
+    // The agent's user may do everything but create or change streams and consumers.
+    let nats = NatsServer::start_with(
+        &dir,
+        r#"authorization { users: [
+             { user: admin, password: admin }
+             { user: agent, password: agent, permissions: { publish: { allow: ">", deny: [
+                 "$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>",
+                 "$JS.API.CONSUMER.CREATE.>", "$JS.API.CONSUMER.DURABLE.CREATE.>" ] } } }
+           ] }"#,
+    )
+    .await?;
+    let pve = FakePve::start(&dir, FakePveOptions::default()).await?;
+    let admin_client =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
+            .connect(nats.url())
+            .await?;
+    let js = async_nats::jetstream::new(admin_client);
+
+    // Without the layout the restricted agent cannot start, and says why.
+    let mut refused = Agent::start(
+        &dir,
+        &[nats.url_as("agent", "agent")],
+        &pve,
+        AgentOptions::node("pve1"),
+    )?;
+    pvefleet_testbed::wait_until(
+        "the agent to report the missing layout",
+        Duration::from_secs(20),
+        || {
+            let log = refused.log_text();
+            async move { log.contains("NATS layout not ready").then_some(()) }
+        },
+    )
+    .await?;
+    refused.kill();
+
+    // An admin's agent makes the layout; the restricted one then works with it as it is.
+    let mut admin = Agent::start(
+        &dir,
+        &[nats.url_as("admin", "admin")],
+        &pve,
+        AgentOptions::node("pve1"),
+    )?;
+    pvefleet_testbed::wait_until("the layout", Duration::from_secs(20), || {
+        let log = admin.log_text();
+        async move { log.contains("agent ready").then_some(()) }
+    })
+    .await?;
+    admin.kill();
+    let _agent = Agent::start(
+        &dir,
+        &[nats.url_as("agent", "agent")],
+        &pve,
+        AgentOptions::node("pve1"),
+    )?;
+    let job = create_job("pve1", "restricted", Ipv4Addr::new(127, 0, 0, 63));
+    submit(&js, &job).await?;
+    let events = events_until_terminal(&js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success);
+    dir.pass();
     Ok(())
 }

@@ -68,6 +68,7 @@ async fn jetstream_publish_consume_round_trip() -> anyhow::Result<()> {
     assert_eq!(&msg.payload[..], b"hello");
     msg.double_ack().await.map_err(anyhow::Error::from_boxed)?;
     assert!(batch.next().await.is_none(), "the duplicate was stored");
+    dir.pass();
     Ok(())
 }
 
@@ -168,6 +169,7 @@ async fn cluster_keeps_every_message_while_a_node_is_killed() -> anyhow::Result<
         batch.next().await.is_none(),
         "nothing was delivered twice after the restart"
     );
+    dir.pass();
     Ok(())
 }
 
@@ -285,6 +287,7 @@ async fn lxc_created_and_started_with_token_and_pinned_fingerprint() -> anyhow::
     let chain = format!("{:?}", anyhow::Error::from(err));
     assert!(chain.contains("not the pinned"), "{chain}");
     assert_eq!(pve.health().await?["requests"].as_u64().unwrap(), before);
+    dir.pass();
     Ok(())
 }
 
@@ -319,6 +322,7 @@ async fn fakepve_faults_can_be_injected() -> anyhow::Result<()> {
     assert_eq!(resp.status().as_u16(), 595);
     pve.reset().await?;
     assert_eq!(pve.health().await?["nodes"]["pve1"], true);
+    dir.pass();
     Ok(())
 }
 
@@ -358,5 +362,6 @@ async fn command_over_ssh_on_the_test_sshd_with_a_key() -> anyhow::Result<()> {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
     assert_eq!(out.status.code(), Some(3));
+    dir.pass();
     Ok(())
 }
