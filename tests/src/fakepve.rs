@@ -120,19 +120,30 @@ impl FakePve {
 
     /// A GET on the PVE API with the token and the pinned certificate; returns `data`.
     pub async fn api_get(&self, path: &str) -> anyhow::Result<Value> {
+        self.api(reqwest::Method::GET, path, &[]).await
+    }
+
+    /// Any call on the PVE API with the token and the pinned certificate; returns `data`.
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<Value> {
         let trust = pvefleet_agent::proxmox::tls::Trust::Fingerprint(self.fingerprint.parse()?);
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(pvefleet_agent::proxmox::tls::client_config(&trust)?)
             .build()?;
         let resp = client
-            .get(format!("{}/api2/json{path}", self.url))
+            .request(method.clone(), format!("{}/api2/json{path}", self.url))
             .header("Authorization", self.auth_header())
+            .form(form)
             .send()
             .await?;
         let status = resp.status();
         let body: Value = resp.json().await?;
         if !status.is_success() {
-            bail!("GET {path}: {status} {body}");
+            bail!("{method} {path}: {status} {body}");
         }
         Ok(body["data"].clone())
     }

@@ -699,3 +699,133 @@ async fn an_agent_without_rights_to_create_streams_uses_the_existing_ones() -> a
     dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn long_jobs_are_kept_alive_and_queued_ones_wait_in_the_stream() -> anyhow::Result<()> {
+    let bed = bed("agent-keepalive", &["pve1"]).await?;
+    // Creates take 6 s, longer than the 4 s ack wait: only progress acks keep them delivered once.
+    bed.pve.time_scale(1.0).await?;
+    bed.pve.task_secs(serde_json::json!({"create": 6})).await?;
+    let _agent = Agent::start(
+        &bed.dir,
+        &[bed.nats.url()],
+        &bed.pve,
+        AgentOptions {
+            concurrency: 2,
+            ..AgentOptions::node("pve1")
+        },
+    )?;
+    let jobs: Vec<_> = (0..3)
+        .map(|i| {
+            create_job(
+                "pve1",
+                &format!("slow-{i}"),
+                Ipv4Addr::new(127, 0, 0, 70 + i),
+            )
+        })
+        .collect();
+    for job in &jobs {
+        submit(&bed.js, job).await?;
+    }
+    for job in &jobs {
+        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        assert!(result_of(&events).success);
+        // The third job waited in the stream, not in the agent, so its ack timer never ran out.
+        assert!(
+            !events.iter().any(|e| e.message.contains("redelivered")),
+            "{events:#?}"
+        );
+    }
+    let consumer_info = bed
+        .js
+        .get_stream(pvefleet_schemas::names::JOBS_STREAM)
+        .await?
+        .consumer_info("agent-pve1")
+        .await?;
+    assert_eq!(consumer_info.config.max_ack_pending, 2);
+    assert_eq!(consumer_info.num_redelivered, 0);
+    assert_eq!(bed.pve.containers().await?.len(), 3);
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failure_after_start_rolls_back_a_running_container_or_keeps_it() -> anyhow::Result<()> {
+    let bed = bed("agent-rollback", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    // DHCP never answers in fakepve: the connecting step times out after the container runs.
+    let mut destroy = create_job("pve1", "no-ip", Ipv4Addr::new(127, 0, 0, 80));
+    destroy.container.ip = pvefleet_schemas::IpConfig::Dhcp;
+    destroy.options.timeouts.ip = pvefleet_schemas::HumanDuration(Duration::from_millis(500));
+    let mut keep = destroy.clone();
+    keep.job_id = pvefleet_schemas::JobId::new();
+    keep.options.rollback = pvefleet_schemas::RollbackPolicy::Keep;
+
+    submit(&bed.js, &destroy).await?;
+    let events = events_until_terminal(&bed.js, destroy.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    let error = result.error.as_ref().unwrap();
+    assert_eq!(
+        (error.kind, error.step),
+        (ErrorKind::Timeout, Step::Connecting)
+    );
+    assert!(result.rolled_back && events.iter().any(|e| e.step == Some(Step::RollingBack)));
+    assert!(
+        events.last().unwrap().message.contains("destroyed"),
+        "{}",
+        events.last().unwrap().message
+    );
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
+
+    submit(&bed.js, &keep).await?;
+    let events = events_until_terminal(&bed.js, keep.job_id, JOB_WITHIN).await?;
+    let result = result_of(&events);
+    assert!(!result.rolled_back);
+    let vmid = result.vmid.unwrap().get();
+    assert_eq!(bed.pve.containers().await?, vec![vmid]);
+    assert_eq!(
+        bed.pve
+            .api_get(&format!("/nodes/pve1/lxc/{vmid}/status/current"))
+            .await?["status"],
+        "running"
+    );
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_vmid_held_by_a_stranger_is_never_touched() -> anyhow::Result<()> {
+    let bed = bed("agent-conflict", &["pve1"]).await?;
+    bed.pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/lxc",
+            &[
+                ("vmid", "300"),
+                ("hostname", "stranger"),
+                ("ostemplate", pvefleet_testbed::fakepve::OSTEMPLATE),
+                ("rootfs", "local-lvm:4"),
+            ],
+        )
+        .await?;
+    let _agent = bed.agent("pve1")?;
+    let mut job = create_job("pve1", "mine", Ipv4Addr::new(127, 0, 0, 81));
+    job.container.vmid = Some(pvefleet_schemas::Vmid::new(300)?);
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let error = result_of(&events).error.clone().unwrap();
+    assert_eq!(error.kind, ErrorKind::Conflict);
+    assert!(
+        error.message.contains("pvefleet did not create"),
+        "{}",
+        error.message
+    );
+    let cfg = bed.pve.api_get("/nodes/pve1/lxc/300/config").await?;
+    assert_eq!(cfg["hostname"], "stranger");
+    assert_eq!(bed.pve.containers().await?, vec![300]);
+    bed.dir.pass();
+    Ok(())
+}
