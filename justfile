@@ -17,7 +17,7 @@ build:
 
 # The whole test suite: unit tests and integration tests against real servers. The
 # integration tests run the built binaries, so those are built first.
-test:
+test: lint
     cargo build --workspace --bins --locked
     cargo test --workspace --locked
 

@@ -408,7 +408,6 @@ impl EventLog {
                 )
                 .await?
                 .await
-                .map_err(Into::into)
         })
         .retry(nats_retry())
         .when(|e: &async_nats::jetstream::context::PublishError| {

@@ -740,7 +740,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut ContainerSpec)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut ContainerSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("hostname", Box::new(|s| s.hostname = "bad_host".into())),
             ("memory", Box::new(|s| s.memory = 15)),
             ("cores", Box::new(|s| s.cores = 0)),

@@ -119,7 +119,7 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     assert_eq!(cfg["unprivileged"], 1);
     assert_eq!(cfg["features"], "nesting=1");
     // PVE stores tags lowercased and sorted.
-    let mut tags = vec![job.job_id.marker_tag(), "prod".into(), "web".into()];
+    let mut tags = [job.job_id.marker_tag(), "prod".into(), "web".into()];
     tags.sort();
     assert_eq!(cfg["tags"].as_str().unwrap(), tags.join(";"));
     assert!(
