@@ -9,6 +9,7 @@
 //! - [`policy`]: what a job's end means for its message (ack, term, nak).
 //! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
 //! - [`proxmox`]: the Proxmox API client, its tasks, and pinned TLS.
+//! - [`ssh`]: SSH and SFTP into a new container, with host keys checked.
 
 pub mod bus;
 pub mod config;
@@ -16,6 +17,7 @@ pub mod create;
 pub mod heartbeat;
 pub mod policy;
 pub mod proxmox;
+pub mod ssh;
 pub mod worker;
 
 use std::sync::Arc;

@@ -75,7 +75,7 @@ impl Sshd {
                  PermitRootLogin prohibit-password\n\
                  ClientAliveInterval 15\n\
                  MaxStartups 100\n\
-                 Subsystem sftp internal-sftp\n\
+                 Subsystem sftp internal-sftp -u 0077\n\
                  LogLevel VERBOSE\n",
                 host_key = host_key.display(),
                 pid = home.join("sshd.pid").display(),
@@ -150,6 +150,14 @@ impl Sshd {
     /// A `known_hosts` line for this server, as OpenSSH writes it for a non-standard port.
     pub fn known_hosts_line(&self) -> String {
         format!("[{}]:{} {}", self.ip, self.port, self.host_public_key)
+    }
+
+    /// The host key's `SHA256:…` fingerprint, as PVE prints it and `ssh-keygen -l` shows it.
+    pub fn host_fingerprint(&self) -> String {
+        russh::keys::PublicKey::from_openssh(&self.host_public_key)
+            .expect("the host key parses")
+            .fingerprint(russh::keys::HashAlg::Sha256)
+            .to_string()
     }
 
     /// sshd's log so far (it logs every auth decision at VERBOSE).
