@@ -27,9 +27,13 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
+use std::sync::Arc;
+
 use crate::bus::{Bus, BusError, EventLog};
+use crate::config::SshConfig;
 use crate::proxmox::task::{TaskProgress, TaskWaitError};
 use crate::proxmox::{PveClient, PveError, Upid};
+use crate::ssh::SshSession;
 
 /// One row of the step table.
 struct StepRow {
@@ -87,13 +91,13 @@ pub enum JobEnd {
 }
 
 /// Why a step failed.
-enum StepError {
+pub(crate) enum StepError {
     Failed { kind: ErrorKind, message: String },
     Bus(BusError),
 }
 
 impl StepError {
-    fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
+    pub(crate) fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
         StepError::Failed {
             kind,
             message: message.into(),
@@ -124,10 +128,16 @@ impl From<TaskWaitError> for StepError {
     }
 }
 
-type StepResult = Result<(), StepError>;
+pub(crate) type StepResult = Result<(), StepError>;
 
 /// Runs (or resumes) a create job to its end.
-pub async fn run(job: &Job, pve: &PveClient, bus: &Bus, stop: &CancellationToken) -> JobEnd {
+pub async fn run(
+    job: &Job,
+    pve: &PveClient,
+    bus: &Bus,
+    ssh: &SshConfig,
+    stop: &CancellationToken,
+) -> JobEnd {
     let span = tracing::info_span!("job", job_id = %job.job_id, node = %job.node);
     async {
         let (events, last) = match EventLog::open(bus, &job.node, job.job_id).await {
@@ -150,11 +160,18 @@ pub async fn run(job: &Job, pve: &PveClient, bus: &Bus, stop: &CancellationToken
             job,
             pve,
             bus,
+            ssh_config: ssh,
             events,
             cp,
             marker: job.job_id.marker_tag(),
+            ssh: None,
+            remote_tmp: None,
         };
-        match run.drive(last.is_some(), stop).await {
+        let end = run.drive(last.is_some(), stop).await;
+        if let Some(ssh) = run.ssh.take() {
+            run.close_ssh(ssh).await;
+        }
+        match end {
             Ok(end) => end,
             Err(e) => JobEnd::Bus(e),
         }
@@ -163,13 +180,18 @@ pub async fn run(job: &Job, pve: &PveClient, bus: &Bus, stop: &CancellationToken
     .await
 }
 
-struct CreateJob<'a> {
-    job: &'a Job,
-    pve: &'a PveClient,
-    bus: &'a Bus,
-    events: EventLog,
-    cp: Checkpoint,
-    marker: String,
+pub(crate) struct CreateJob<'a> {
+    pub(crate) job: &'a Job,
+    pub(crate) pve: &'a PveClient,
+    pub(crate) bus: &'a Bus,
+    pub(crate) ssh_config: &'a SshConfig,
+    pub(crate) events: EventLog,
+    pub(crate) cp: Checkpoint,
+    pub(crate) marker: String,
+    /// The deploy's one SSH connection, made in connecting and reused by deploying.
+    pub(crate) ssh: Option<Arc<SshSession>>,
+    /// A private dir in the container for script files, removed when the deploy ends.
+    pub(crate) remote_tmp: Option<String>,
 }
 
 impl CreateJob<'_> {
@@ -276,11 +298,11 @@ impl CreateJob<'_> {
             .filter(|u| u.kind() == kind)
     }
 
-    fn vmid(&self) -> Vmid {
+    pub(crate) fn vmid(&self) -> Vmid {
         self.cp.vmid.expect("validating chose a vmid")
     }
 
-    fn timeouts(&self) -> pvefleet_schemas::Timeouts {
+    pub(crate) fn timeouts(&self) -> pvefleet_schemas::Timeouts {
         self.job.options.timeouts
     }
 
@@ -329,6 +351,9 @@ impl CreateJob<'_> {
                     spec.bridge, self.job.node
                 ),
             ));
+        }
+        if !self.job.deploy.is_empty() && self.cp.ssh_key.is_none() {
+            self.cp.ssh_key = Some(crate::deploy::new_job_key()?);
         }
         if self.cp.vmid.is_none() {
             match spec.vmid {
@@ -445,8 +470,12 @@ impl CreateJob<'_> {
         if let Some(ns) = &spec.nameserver {
             params.push(("nameserver", ns.clone()));
         }
-        if !spec.ssh_public_keys.is_empty() {
-            params.push(("ssh-public-keys", spec.ssh_public_keys.join("\n")));
+        let mut keys = spec.ssh_public_keys.clone();
+        if let Some(public) = self.job_public_key() {
+            keys.push(public);
+        }
+        if !keys.is_empty() {
+            params.push(("ssh-public-keys", keys.join("\n")));
         }
         if let Some(pw) = &spec.root_password {
             params.push(("password", pw.expose().to_owned()));
@@ -486,6 +515,14 @@ impl CreateJob<'_> {
             match watch.next().await? {
                 TaskProgress::Lines(lines) => {
                     for line in lines {
+                        if upid.kind() == "vzcreate" {
+                            // PVE prints the new container's host keys; only those will be trusted.
+                            for fp in crate::ssh::fingerprints_in(&line) {
+                                if !self.cp.announced_host_keys.contains(&fp) {
+                                    self.cp.announced_host_keys.push(fp);
+                                }
+                            }
+                        }
                         self.events.log(LogStream::Task, line).await?;
                     }
                 }
@@ -580,20 +617,10 @@ impl CreateJob<'_> {
                 format!("container {vmid} has address {ip}"),
             )
             .await?;
-        Ok(())
-    }
-
-    async fn deploy(&mut self) -> StepResult {
-        if self.job.deploy.is_empty() {
-            self.events
-                .log(LogStream::Task, "nothing to deploy")
-                .await?;
-            return Ok(());
+        if !self.job.deploy.is_empty() {
+            self.open_ssh().await?;
         }
-        Err(StepError::failed(
-            ErrorKind::Deploy,
-            "this agent version cannot deploy over SSH yet; submit the job without a deploy spec",
-        ))
+        Ok(())
     }
 
     async fn finalize(&mut self) -> StepResult {
@@ -607,7 +634,12 @@ impl CreateJob<'_> {
         Ok(())
     }
 
-    fn result(&self, success: bool, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
+    pub(crate) fn result(
+        &self,
+        success: bool,
+        error: Option<ErrorInfo>,
+        rolled_back: bool,
+    ) -> JobResult {
         JobResult {
             success,
             job_id: self.job.job_id,
@@ -616,7 +648,7 @@ impl CreateJob<'_> {
             ip: self.cp.ip,
             error,
             rolled_back,
-            host_key: None,
+            host_key: self.cp.host_key.clone(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`bus`]: NATS: connecting with backoff, streams/buckets/consumer, events, checkpoints.
 //! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
 //! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
+//! - [`deploy`]: the deploying step: packages, files and scripts over one SSH connection.
 //! - [`policy`]: what a job's end means for its message (ack, term, nak).
 //! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
 //! - [`proxmox`]: the Proxmox API client, its tasks, and pinned TLS.
@@ -14,6 +15,7 @@
 pub mod bus;
 pub mod config;
 pub mod create;
+pub mod deploy;
 pub mod heartbeat;
 pub mod policy;
 pub mod proxmox;

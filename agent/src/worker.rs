@@ -181,7 +181,14 @@ async fn process(shared: &Shared, msg: &Message) -> JobEnd {
         .lock()
         .expect("running set")
         .insert(job.job_id);
-    let end = create::run(&job, &shared.pve, &shared.bus, &shared.stop).await;
+    let end = create::run(
+        &job,
+        &shared.pve,
+        &shared.bus,
+        &shared.config.ssh,
+        &shared.stop,
+    )
+    .await;
     shared
         .running
         .lock()

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::event::{ErrorInfo, Step};
 use crate::ids::{JobId, NodeName, Vmid};
 use crate::message::{DecodeError, Timestamp, V1};
+use crate::spec::Secret;
 
 /// Free space of one storage that can hold container root disks.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
@@ -68,6 +69,17 @@ pub struct Checkpoint {
     /// The UPID of the Proxmox task in flight or last run.
     pub upid: Option<String>,
     pub ip: Option<IpAddr>,
+    /// The job's own SSH key (OpenSSH private key), made at validation and put into the
+    /// container at create; kept here only so a redelivered job can still reach its
+    /// container, and gone with the checkpoint when the job ends.
+    #[serde(default)]
+    pub ssh_key: Option<Secret>,
+    /// Host key fingerprints (`SHA256:…`) PVE printed when it created the container.
+    #[serde(default)]
+    pub announced_host_keys: Vec<String>,
+    /// The host key trusted for this job once the first SSH connection was made.
+    #[serde(default)]
+    pub host_key: Option<String>,
     /// Deploy items already done (`packages`, `file:/etc/x`, `script:name`).
     #[serde(default)]
     pub deployed: Vec<String>,
@@ -88,6 +100,9 @@ impl Checkpoint {
             vmid_allocated: false,
             upid: None,
             ip: None,
+            ssh_key: None,
+            announced_host_keys: Vec::new(),
+            host_key: None,
             deployed: Vec::new(),
             failure: None,
         }

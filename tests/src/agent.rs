@@ -18,6 +18,8 @@ pub struct AgentOptions {
     pub shutdown_grace: Duration,
     /// Pin this instead of fakepve's real fingerprint (to test a wrong one).
     pub fingerprint: Option<String>,
+    /// `(user, port)` of the bed's sshd, which plays the containers.
+    pub ssh: Option<(String, u16)>,
 }
 
 impl AgentOptions {
@@ -29,6 +31,7 @@ impl AgentOptions {
             heartbeat: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             fingerprint: None,
+            ssh: None,
         }
     }
 }
@@ -61,7 +64,8 @@ impl Agent {
             format!(
                 "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\n\n\
                  [nats]\nurls = [{urls}]\n\n\
-                 [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n",
+                 [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n\n\
+                 [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\n",
                 node = opts.node,
                 concurrency = opts.concurrency,
                 hb = opts.heartbeat.as_millis(),
@@ -71,6 +75,8 @@ impl Agent {
                 token = pve.token_id,
                 secret = pve.token_secret_file,
                 fp = opts.fingerprint.as_deref().unwrap_or(&pve.fingerprint),
+                ssh_user = opts.ssh.as_ref().map_or("root", |s| s.0.as_str()),
+                ssh_port = opts.ssh.as_ref().map_or(22, |s| s.1),
             ),
         )?;
         let mut agent = Self {

@@ -1,0 +1,438 @@
+//! The deploying step: packages (with the container's own package manager), files over SFTP,
+//! then scripts whose output streams back line by line — all over one SSH connection, each
+//! item checkpointed so a redelivered job does not redo what already succeeded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pvefleet_schemas::{ErrorKind, LogStream, ScriptSpec, Secret, Step};
+use russh::keys::PrivateKey;
+use russh::keys::ssh_key::LineEnding;
+
+use crate::create::{CreateJob, StepError, StepResult};
+use crate::ssh::{
+    ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTarget, UploadSource, shell_quote,
+};
+
+/// A script's lines forwarded as events, at most; the rest is counted, not sent, so a script
+/// printing without end cannot flood the events stream.
+pub const MAX_SCRIPT_LINES: usize = 10_000;
+
+/// Lines kept for an error message.
+const TAIL_LINES: usize = 20;
+
+/// A fresh ed25519 key for one job, as the checkpoint keeps it.
+pub(crate) fn new_job_key() -> Result<Secret, StepError> {
+    let key = crate::ssh::job_key();
+    let pem = key.to_openssh(LineEnding::LF).map_err(|e| {
+        StepError::failed(
+            ErrorKind::Internal,
+            format!("encoding the job's SSH key: {e}"),
+        )
+    })?;
+    Ok(Secret::new(pem.as_str()))
+}
+
+fn load_key(secret: &Secret) -> Result<Arc<PrivateKey>, StepError> {
+    PrivateKey::from_openssh(secret.expose())
+        .map(Arc::new)
+        .map_err(|e| {
+            StepError::failed(
+                ErrorKind::Internal,
+                format!("reading the job's SSH key: {e}"),
+            )
+        })
+}
+
+impl From<SshError> for StepError {
+    fn from(e: SshError) -> Self {
+        StepError::failed(ErrorKind::Ssh, e.to_string())
+    }
+}
+
+/// How an operator reads a command's end.
+struct Finished {
+    status: ExitStatus,
+    tail: Vec<String>,
+}
+
+impl CreateJob<'_> {
+    /// The public half of the job's key, for the container's authorized keys.
+    pub(crate) fn job_public_key(&self) -> Option<String> {
+        let key = load_key(self.cp.ssh_key.as_ref()?).ok()?;
+        let mut line = key.public_key().to_openssh().ok()?;
+        line.push_str(&format!(" pvefleet-job-{}", self.job.job_id.short()));
+        Some(line)
+    }
+
+    /// Connects to the container (retrying while its sshd comes up) and keeps the session.
+    pub(crate) async fn open_ssh(&mut self) -> StepResult {
+        let ip = self.cp.ip.expect("connecting found the address");
+        let key = match &self.cp.ssh_key {
+            Some(secret) => load_key(secret)?,
+            None => {
+                return Err(StepError::failed(
+                    ErrorKind::Internal,
+                    "the job has no SSH key",
+                ));
+            }
+        };
+        let trust = match (&self.cp.host_key, self.cp.announced_host_keys.is_empty()) {
+            // Trusted on an earlier connection of this job: a change is an error.
+            (Some(known), _) => HostKeyTrust::Only(vec![known.clone()]),
+            (None, false) => HostKeyTrust::Only(self.cp.announced_host_keys.clone()),
+            (None, true) => HostKeyTrust::FirstSeen,
+        };
+        let target = SshTarget {
+            addr: SocketAddr::new(ip, self.ssh_config.port),
+            user: self.ssh_config.user.clone(),
+            auth: SshAuth::Key(key),
+            trust: trust.clone(),
+            connect_timeout: self.ssh_config.connect_timeout,
+        };
+        // The agent's `ssh.retry_for` caps what a job's `timeouts.ssh` may ask.
+        let deadline = self.timeouts().ssh.0.min(self.ssh_config.retry_for);
+        let session = match SshSession::connect_with_retry(&target, deadline).await {
+            Ok(s) => s,
+            // A spec with a root password may log in with it when the key is refused.
+            Err(SshError::Auth { .. }) if self.job.container.root_password.is_some() => {
+                let password = self.job.container.root_password.clone().expect("checked");
+                SshSession::connect_with_retry(
+                    &SshTarget {
+                        auth: SshAuth::Password(password),
+                        ..target
+                    },
+                    deadline,
+                )
+                .await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if matches!(trust, HostKeyTrust::FirstSeen) && self.cp.host_key.is_none() {
+            self.events
+                .warning(format!(
+                    "PVE announced no host key for the container; trusting the first one seen for this job: {}",
+                    session.host_key()
+                ))
+                .await?;
+        }
+        self.cp.host_key = Some(session.host_key().to_owned());
+        self.bus.save_checkpoint(&self.cp).await?;
+        self.events
+            .log(
+                LogStream::Task,
+                format!(
+                    "connected over SSH to {} (host key {})",
+                    target.addr,
+                    session.host_key()
+                ),
+            )
+            .await?;
+        self.ssh = Some(Arc::new(session));
+        Ok(())
+    }
+
+    async fn session(&mut self) -> Result<Arc<SshSession>, StepError> {
+        if self.ssh.is_none() {
+            // Resumed after connecting: the same host key must answer.
+            self.open_ssh().await?;
+        }
+        Ok(self.ssh.clone().expect("just opened"))
+    }
+
+    pub(crate) async fn close_ssh(&mut self, ssh: Arc<SshSession>) {
+        if let Some(dir) = self.remote_tmp.take() {
+            let _ = ssh.exec(&format!("rm -rf -- {}", shell_quote(&dir))).await;
+        }
+        if let Ok(ssh) = Arc::try_unwrap(ssh) {
+            ssh.close().await;
+        }
+    }
+
+    /// Packages, then files, then scripts; each done once.
+    pub(crate) async fn deploy(&mut self) -> StepResult {
+        let deploy = &self.job.deploy;
+        if deploy.is_empty() {
+            self.events
+                .log(LogStream::Task, "nothing to deploy")
+                .await?;
+            return Ok(());
+        }
+        let total =
+            usize::from(!deploy.packages.is_empty()) + deploy.files.len() + deploy.scripts.len();
+        let mut index = 0;
+        let mut progress = |what: String| {
+            index += 1;
+            let percent = 70 + (20 * (index - 1) / total.max(1)) as u8;
+            (percent, format!("deploying {index}/{total}: {what}"))
+        };
+        if !deploy.packages.is_empty() {
+            let (percent, message) = progress(format!("packages {}", deploy.packages.join(" ")));
+            self.item("packages".into(), percent, message, |job| {
+                Box::pin(job.install_packages())
+            })
+            .await?;
+        }
+        for (i, file) in deploy.files.iter().enumerate() {
+            let (percent, message) = progress(format!("file {}", file.path));
+            self.item(
+                format!("file:{}", file.path),
+                percent,
+                message,
+                move |job| Box::pin(job.write_file(i)),
+            )
+            .await?;
+        }
+        for (i, script) in deploy.scripts.iter().enumerate() {
+            let (percent, message) = progress(format!("script `{}`", script.name));
+            self.item(
+                format!("script:{}", script.name),
+                percent,
+                message,
+                move |job| Box::pin(job.run_script(i)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Runs one deploy item unless an earlier delivery did, then checkpoints it.
+    async fn item<F>(&mut self, key: String, percent: u8, message: String, run: F) -> StepResult
+    where
+        F: for<'j> FnOnce(
+            &'j mut Self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = StepResult> + Send + 'j>,
+        >,
+    {
+        if self.cp.deployed.contains(&key) {
+            self.events
+                .log(
+                    LogStream::Task,
+                    format!("{message}: done by an earlier delivery"),
+                )
+                .await?;
+            return Ok(());
+        }
+        self.events
+            .step_event(Step::Deploying, percent, message)
+            .await?;
+        run(self).await?;
+        self.cp.deployed.push(key);
+        self.bus.save_checkpoint(&self.cp).await?;
+        Ok(())
+    }
+
+    async fn install_packages(&mut self) -> StepResult {
+        let ssh = self.session().await?;
+        let found = ssh
+            .exec("for pm in apt-get dnf yum apk; do if command -v $pm >/dev/null 2>&1; then echo $pm; exit 0; fi; done; exit 1")
+            .await?;
+        let manager = String::from_utf8_lossy(&found.stdout).trim().to_owned();
+        let packages = self
+            .job
+            .deploy
+            .packages
+            .iter()
+            .map(|p| shell_quote(p))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let (install, refresh) = match manager.as_str() {
+            "apt-get" => (
+                format!(
+                    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {packages}"
+                ),
+                Some("DEBIAN_FRONTEND=noninteractive apt-get update -q"),
+            ),
+            "dnf" | "yum" => (format!("{manager} install -y {packages}"), None),
+            "apk" => (format!("apk add --no-cache {packages}"), None),
+            _ => {
+                return Err(StepError::failed(
+                    ErrorKind::Deploy,
+                    "deploy.packages: no package manager found in the container (looked for apt-get, dnf, yum, apk)",
+                ));
+            }
+        };
+        let timeout = self.timeouts().script.0;
+        let mut done = self
+            .run_streamed(&ssh, &install, "packages", timeout)
+            .await?;
+        if !done.status.success()
+            && let Some(refresh) = refresh
+        {
+            // A fresh container has no package lists: fetch them once and try again.
+            self.events
+                .log(
+                    LogStream::Task,
+                    "installing failed; refreshing the package lists and retrying",
+                )
+                .await?;
+            let refreshed = self
+                .run_streamed(&ssh, refresh, "packages", timeout)
+                .await?;
+            if refreshed.status.success() {
+                done = self
+                    .run_streamed(&ssh, &install, "packages", timeout)
+                    .await?;
+            }
+        }
+        if !done.status.success() {
+            return Err(StepError::failed(
+                ErrorKind::Deploy,
+                format!(
+                    "installing packages with {manager} failed ({}); last output:\n{}",
+                    done.status,
+                    done.tail.join("\n")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn write_file(&mut self, i: usize) -> StepResult {
+        let ssh = self.session().await?;
+        let file = &self.job.deploy.files[i];
+        let source = match (&file.content, &file.source) {
+            (Some(text), _) => UploadSource::Bytes(text.clone().into_bytes().into()),
+            (None, Some(path)) => {
+                let path = std::path::PathBuf::from(path);
+                if !path.is_file() {
+                    return Err(StepError::failed(
+                        ErrorKind::Deploy,
+                        format!(
+                            "deploy.files[{i}].source: {} is not a readable file on the agent's host",
+                            path.display()
+                        ),
+                    ));
+                }
+                UploadSource::File(path)
+            }
+            (None, None) => unreachable!("validation demands content or source"),
+        };
+        let bytes = ssh
+            .upload(&source, &file.path, file.mode.bits(), file.owner.as_deref())
+            .await?;
+        self.events
+            .log(
+                LogStream::Task,
+                format!(
+                    "wrote {} ({bytes} bytes, mode {}{})",
+                    file.path,
+                    file.mode,
+                    file.owner
+                        .as_ref()
+                        .map(|o| format!(", owner {o}"))
+                        .unwrap_or_default()
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn run_script(&mut self, i: usize) -> StepResult {
+        let ssh = self.session().await?;
+        let script: &ScriptSpec = &self.job.deploy.scripts[i];
+        let dir = match &self.remote_tmp {
+            Some(d) => d.clone(),
+            None => {
+                let made = ssh.exec("mktemp -d /tmp/pvefleet.XXXXXXXX").await?;
+                let dir = String::from_utf8_lossy(&made.stdout).trim().to_owned();
+                if !made.status.success() || dir.is_empty() {
+                    return Err(StepError::failed(
+                        ErrorKind::Deploy,
+                        format!(
+                            "making a temp dir in the container failed ({})",
+                            made.status
+                        ),
+                    ));
+                }
+                self.remote_tmp = Some(dir.clone());
+                dir
+            }
+        };
+        let path = format!("{dir}/script-{i}");
+        ssh.upload(
+            &UploadSource::Bytes(script.body.clone().into_bytes().into()),
+            &path,
+            0o700,
+            None,
+        )
+        .await?;
+        let timeout = script.timeout.unwrap_or(self.timeouts().script).0;
+        let command = format!("{} {}", script.interpreter, shell_quote(&path));
+        let done = self
+            .run_streamed(
+                &ssh,
+                &command,
+                &format!("script `{}`", script.name),
+                timeout,
+            )
+            .await?;
+        if !done.status.success() {
+            return Err(StepError::failed(
+                ErrorKind::Deploy,
+                format!(
+                    "script `{}` exited with {}; last output:\n{}",
+                    script.name,
+                    done.status,
+                    done.tail.join("\n")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs a command, forwarding its lines as `log` events (up to [`MAX_SCRIPT_LINES`]),
+    /// under `timeout`.
+    async fn run_streamed(
+        &mut self,
+        ssh: &SshSession,
+        command: &str,
+        label: &str,
+        timeout: Duration,
+    ) -> Result<Finished, StepError> {
+        let mut process = ssh.exec_streaming(command).await?;
+        let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        let mut forwarded = 0usize;
+        let mut dropped = 0usize;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let next = match tokio::time::timeout_at(deadline, process.next_line()).await {
+                Ok(next) => next?,
+                Err(_) => {
+                    process.kill().await;
+                    return Err(StepError::failed(
+                        ErrorKind::Timeout,
+                        format!("{label} ran past its timeout of {timeout:?} and was stopped"),
+                    ));
+                }
+            };
+            let Some((stream, line)) = next else { break };
+            if tail.len() == TAIL_LINES {
+                tail.pop_front();
+            }
+            tail.push_back(line.clone());
+            if forwarded < MAX_SCRIPT_LINES {
+                forwarded += 1;
+                self.events.log(stream, line).await?;
+                if forwarded == MAX_SCRIPT_LINES {
+                    self.events
+                        .warning(format!("{label}: {MAX_SCRIPT_LINES} lines forwarded; further output is not sent as events"))
+                        .await?;
+                }
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            self.events
+                .warning(format!("{label}: {dropped} more lines were not forwarded"))
+                .await?;
+        }
+        Ok(Finished {
+            status: process.status().clone(),
+            tail: tail.into_iter().collect(),
+        })
+    }
+}

@@ -1,0 +1,351 @@
+//! The deploying step end to end: fakepve makes the container, the bed's sshd plays it, and
+//! the real agent deploys packages, files and scripts into it over SSH.
+
+use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::time::Duration;
+
+use pvefleet_schemas::{
+    DeploySpec, ErrorKind, Event, EventType, FileSpec, Job, LogStream, ScriptSpec, Step,
+};
+use pvefleet_testbed::agent::{Agent, AgentOptions};
+use pvefleet_testbed::jobs::{
+    check_event_contract, create_job, ensure_streams, events_until_terminal, submit,
+};
+use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, Sshd, TestDir, init_tracing};
+
+const JOB_WITHIN: Duration = Duration::from_secs(90);
+
+struct Bed {
+    dir: TestDir,
+    _nats: NatsServer,
+    pve: FakePve,
+    sshd: Sshd,
+    js: async_nats::jetstream::Context,
+    agent: Agent,
+}
+
+/// nats-server, fakepve, an sshd on `ip` reading the keys fakepve records, and an agent.
+async fn bed(name: &str, ip: Ipv4Addr) -> anyhow::Result<Bed> {
+    init_tracing();
+    let dir = TestDir::new(name);
+    let nats = NatsServer::start(&dir).await?;
+    let pve = FakePve::start(&dir, FakePveOptions::default()).await?;
+    let sshd = Sshd::start(&dir, ip, &pve.keys_dir).await?;
+    let js = nats.jetstream().await?;
+    ensure_streams(&js).await?;
+    let agent = Agent::start(
+        &dir,
+        &[nats.url()],
+        &pve,
+        AgentOptions {
+            ssh: Some((sshd.user.clone(), sshd.port)),
+            ..AgentOptions::node("pve1")
+        },
+    )?;
+    Ok(Bed {
+        dir,
+        _nats: nats,
+        pve,
+        sshd,
+        js,
+        agent,
+    })
+}
+
+impl Bed {
+    /// PVE prints a new container's host keys in the create task's log; make fakepve do so.
+    async fn announce_host_key(&self, fingerprint: &str) -> anyhow::Result<()> {
+        self.pve
+            .task_log(
+                "vzcreate",
+                &[
+                    "Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...",
+                    &format!("done: {fingerprint} root@ct"),
+                ],
+            )
+            .await
+    }
+}
+
+fn script(name: &str, body: &str) -> ScriptSpec {
+    ScriptSpec {
+        name: name.into(),
+        body: body.into(),
+        interpreter: "/bin/sh".into(),
+        timeout: None,
+    }
+}
+
+fn logs(events: &[Event], stream: LogStream) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.kind == EventType::Log && e.stream == Some(stream))
+        .map(|e| e.message.clone())
+        .collect()
+}
+
+fn result_of(events: &[Event]) -> &pvefleet_schemas::JobResult {
+    events
+        .last()
+        .and_then(|e| e.result.as_ref())
+        .expect("a terminal event with a result")
+}
+
+#[tokio::test]
+async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 101);
+    let bed = bed("deploy-e2e", ip).await?;
+    bed.announce_host_key(&bed.sshd.host_fingerprint()).await?;
+    let root = bed.dir.sub("container");
+    let local = bed.dir.path().join("tool.sh");
+    std::fs::write(&local, "#!/bin/sh\necho tool\n")?;
+
+    let mut job: Job = create_job("pve1", "deployed", ip);
+    job.deploy = DeploySpec {
+        // Installed already, so the package step changes nothing on the test machine.
+        packages: vec!["openssh-client".into()],
+        files: vec![
+            FileSpec {
+                path: format!("{}/etc/app/app.conf", root.display()),
+                content: Some("listen = 8080\n".into()),
+                source: None,
+                mode: "0640".parse()?,
+                owner: Some(bed.sshd.user.clone()),
+            },
+            FileSpec {
+                path: format!("{}/usr/local/bin/tool", root.display()),
+                content: None,
+                source: Some(local.display().to_string()),
+                mode: "0755".parse()?,
+                owner: None,
+            },
+        ],
+        scripts: vec![
+            // Pauses between streams: two pipes only have an order across them in time.
+            script(
+                "both-streams",
+                "echo first\nsleep 0.2\necho second >&2\nsleep 0.2\necho third\nprintf 'no newline'",
+            ),
+            script(
+                "uses-the-files",
+                &format!(
+                    "cat {}/etc/app/app.conf\n{}/usr/local/bin/tool",
+                    root.display(),
+                    root.display()
+                ),
+            ),
+        ],
+    };
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert_eq!(
+        result.host_key.as_deref(),
+        Some(bed.sshd.host_fingerprint().as_str())
+    );
+
+    let conf = root.join("etc/app/app.conf");
+    assert_eq!(std::fs::read_to_string(&conf)?, "listen = 8080\n");
+    assert_eq!(
+        std::fs::metadata(&conf)?.permissions().mode() & 0o7777,
+        0o640
+    );
+    let tool = root.join("usr/local/bin/tool");
+    assert_eq!(std::fs::read(&tool)?, std::fs::read(&local)?);
+    assert_eq!(
+        std::fs::metadata(&tool)?.permissions().mode() & 0o7777,
+        0o755
+    );
+
+    let stdout = logs(&events, LogStream::Stdout);
+    let first = stdout
+        .iter()
+        .position(|l| l == "first")
+        .expect("the first script's output");
+    assert_eq!(
+        stdout[first..first + 5],
+        ["first", "third", "no newline", "listen = 8080", "tool"]
+    );
+    assert!(logs(&events, LogStream::Stderr).contains(&"second".to_owned()));
+    // stdout and stderr interleave in the order produced.
+    let order: Vec<&str> = events
+        .iter()
+        .filter(|e| {
+            e.kind == EventType::Log && matches!(e.message.as_str(), "first" | "second" | "third")
+        })
+        .map(|e| e.message.as_str())
+        .collect();
+    assert_eq!(order, ["first", "second", "third"]);
+    let deploy_steps = events
+        .iter()
+        .filter(|e| e.kind == EventType::Step && e.step == Some(Step::Deploying))
+        .count();
+    assert_eq!(
+        deploy_steps,
+        1 + 5,
+        "one step event for the step and one per item"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.message.contains("already the newest version")
+                || e.message.contains("is already")),
+        "package output missing"
+    );
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_script_fails_the_job_and_the_container_is_rolled_back() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 102);
+    let bed = bed("deploy-fail", ip).await?;
+    bed.announce_host_key(&bed.sshd.host_fingerprint()).await?;
+    let mut job = create_job("pve1", "failing", ip);
+    job.deploy.scripts = vec![
+        script("fine", "echo ok"),
+        script(
+            "broken",
+            "echo working on it\necho 'curl: (7) Failed to connect' >&2\nexit 7",
+        ),
+        script("never-runs", "echo should not run"),
+    ];
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    let error = result.error.as_ref().unwrap();
+    assert_eq!(
+        (error.kind, error.step),
+        (ErrorKind::Deploy, Step::Deploying)
+    );
+    assert!(
+        error
+            .message
+            .contains("script `broken` exited with status 7"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("Failed to connect") && error.message.contains("working on it"),
+        "{}",
+        error.message
+    );
+    assert!(!events.iter().any(|e| e.message.contains("should not run")));
+    assert!(result.rolled_back);
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn host_keys_are_checked_against_what_pve_announced() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 103);
+    let bed = bed("deploy-hostkey", ip).await?;
+    // An announced key that is not the server's: refused, not retried, rolled back.
+    bed.announce_host_key("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
+        .await?;
+    let mut job = create_job("pve1", "mitm", ip);
+    job.deploy.scripts = vec![script("hello", "echo hello")];
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    let error = result_of(&events).error.clone().unwrap();
+    assert_eq!((error.kind, error.step), (ErrorKind::Ssh, Step::Connecting));
+    assert!(
+        error.message.contains(&bed.sshd.host_fingerprint())
+            && error.message.contains("not trusted"),
+        "{}",
+        error.message
+    );
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
+
+    // Nothing announced: the first key seen is trusted for the job, said, and recorded.
+    let mut job = create_job("pve1", "tofu", ip);
+    job.deploy.scripts = vec![script("hello", "echo hello")];
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert_eq!(
+        result.host_key.as_deref(),
+        Some(bed.sshd.host_fingerprint().as_str())
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventType::Warning && e.message.contains("first one seen"))
+    );
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn endless_output_is_capped_and_said_so() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 104);
+    let bed = bed("deploy-flood", ip).await?;
+    let mut job = create_job("pve1", "chatty", ip);
+    let cap = pvefleet_agent::deploy::MAX_SCRIPT_LINES;
+    job.deploy.scripts = vec![script("chatty", &format!("seq 1 {}", cap + 2500))];
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success);
+    let lines = logs(&events, LogStream::Stdout);
+    assert_eq!(lines.len(), cap);
+    assert_eq!(
+        lines.last().map(String::as_str),
+        Some(cap.to_string().as_str())
+    );
+    assert!(events.iter().any(|e| e.kind == EventType::Warning
+        && e.message.contains("2500 more lines were not forwarded")));
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redelivered_deploy_does_not_rerun_what_succeeded() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 105);
+    let mut bed = bed("deploy-resume", ip).await?;
+    bed.announce_host_key(&bed.sshd.host_fingerprint()).await?;
+    let counter = bed.dir.path().join("runs");
+    let mut job = create_job("pve1", "resumed", ip);
+    job.deploy.scripts = vec![
+        script("count", &format!("echo run >> {}", counter.display())),
+        script("slow", "echo started; sleep 3; echo finished"),
+    ];
+    submit(&bed.js, &job).await?;
+    // Wait until the second script runs, i.e. the first is done and checkpointed.
+    let js = bed.js.clone();
+    pvefleet_testbed::wait_until("the slow script to start", Duration::from_secs(60), || {
+        let js = js.clone();
+        async move {
+            let events = pvefleet_testbed::jobs::events_now(&js, job.job_id)
+                .await
+                .ok()?;
+            events.iter().any(|e| e.message == "started").then_some(())
+        }
+    })
+    .await?;
+    bed.agent.kill();
+    bed.agent.restart()?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert!(
+        events.iter().any(|e| e
+            .message
+            .contains("script `count`: done by an earlier delivery")),
+        "{events:#?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&counter)?,
+        "run\n",
+        "the first script ran once"
+    );
+    assert_eq!(bed.pve.containers().await?.len(), 1);
+    bed.dir.pass();
+    Ok(())
+}
