@@ -29,3 +29,8 @@ lint:
 # Regenerate the checked-in JSON Schemas after changing a message type.
 schemas:
     PVEFLEET_BLESS=1 cargo test -p pvefleet-schemas --test golden checked_in_schemas_are_current
+
+# Benchmarks (release build), printing their figures: SFTP upload against OpenSSH's sftp.
+bench:
+    cargo build --release --workspace --bins --locked
+    cargo bench -p pvefleet-testbed --bench sftp --locked
