@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, kv, message::PublishMessage, stream};
 use backon::{ExponentialBuilder, Retryable as _};
-use pvefleet_schemas::names::{self, EVENTS_STREAM, JOBS_BUCKET, JOBS_STREAM, NODES_BUCKET};
-use pvefleet_schemas::{
-    Checkpoint, Event, EventType, JobId, JobResult, LogStream, NodeName, Step, Timestamp, V1,
-};
+use pvefleet_schemas::layout;
+use pvefleet_schemas::names::{self, JOBS_STREAM};
+use pvefleet_schemas::{Checkpoint, Event, EventType, JobId, JobResult, LogStream, NodeName, Step, Timestamp, V1};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NatsConfig};
@@ -24,25 +23,8 @@ pub enum BusError {
 
 impl BusError {
     fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        BusError::Nats {
-            what: what.into(),
-            message: e.to_string(),
-        }
+        BusError::Nats { what: what.into(), message: e.to_string() }
     }
-}
-
-/// The layout's fixed parameters, as the contract sets them.
-pub mod layout {
-    use std::time::Duration;
-
-    /// How long a repeated submit of the same job id is absorbed (contract: ≥ 10 min).
-    pub const JOBS_DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
-    /// How long events stay replayable.
-    pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-    /// Republished events within this window are absorbed (an agent retrying a publish).
-    pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
-    /// A checkpoint outlives any job by far; a leftover one expires.
-    pub const CHECKPOINT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 }
 
 /// Connects, retrying with backoff (logged) until it succeeds or `stop` fires.
@@ -51,12 +33,8 @@ pub async fn connect(
     name: &str,
     stop: &CancellationToken,
 ) -> Result<async_nats::Client, BusError> {
-    let addrs: Vec<async_nats::ServerAddr> = config
-        .urls
-        .iter()
-        .map(|u| u.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e| BusError::nats("nats.urls", e))?;
+    let addrs: Vec<async_nats::ServerAddr> =
+        config.urls.iter().map(|u| u.parse()).collect::<Result<_, _>>().map_err(|e| BusError::nats("nats.urls", e))?;
     let attempt = || async {
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
@@ -67,9 +45,10 @@ pub async fn connect(
                 tracing::info!(%event, "NATS connection event");
             });
         if let Some(creds) = &config.creds {
-            opts = opts.credentials_file(creds).await.map_err(|e| {
-                BusError::nats(format!("reading nats.creds {}", creds.display()), e)
-            })?;
+            opts = opts
+                .credentials_file(creds)
+                .await
+                .map_err(|e| BusError::nats(format!("reading nats.creds {}", creds.display()), e))?;
         }
         // async-nats does not take credentials from the URL by itself.
         if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
@@ -113,48 +92,13 @@ impl Bus {
     pub async fn open(client: async_nats::Client, config: &Config) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
         let (jobs, events) = ensure_streams(&js).await?;
-        let checkpoints = get_or_create_bucket(
-            &js,
-            kv::Config {
-                bucket: JOBS_BUCKET.into(),
-                description: "pvefleet job checkpoints: what a redelivered job resumes from".into(),
-                history: 1,
-                max_age: layout::CHECKPOINT_MAX_AGE,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
-        let nodes = get_or_create_bucket(
-            &js,
-            kv::Config {
-                bucket: NODES_BUCKET.into(),
-                description:
-                    "pvefleet agent heartbeats; an entry expires when its agent stops beating"
-                        .into(),
-                history: 1,
-                max_age: config.heartbeat * 3,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            },
-        )
-        .await?;
+        let checkpoints = get_or_create_bucket(&js, layout::jobs_bucket(1)).await?;
+        let nodes = get_or_create_bucket(&js, layout::nodes_bucket(1, config.heartbeat * 3)).await?;
         let consumer = get_or_create_consumer(&js, &jobs, config).await?;
-        Ok(Self {
-            client,
-            js,
-            events,
-            consumer,
-            checkpoints,
-            nodes,
-        })
+        Ok(Self { client, js, events, consumer, checkpoints, nodes })
     }
 
-    pub async fn load_checkpoint(
-        &self,
-        node: &NodeName,
-        job: &JobId,
-    ) -> Result<Option<Checkpoint>, BusError> {
+    pub async fn load_checkpoint(&self, node: &NodeName, job: &JobId) -> Result<Option<Checkpoint>, BusError> {
         let key = names::checkpoint_key(node, job);
         let bytes = (|| self.checkpoints.get(key.clone()))
             .retry(nats_retry())
@@ -191,34 +135,9 @@ impl Bus {
 }
 
 /// Finds the jobs and events streams, creating them as the contract sets them when missing.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-) -> Result<(stream::Stream, stream::Stream), BusError> {
-    let jobs = get_or_create_stream(
-        js,
-        stream::Config {
-            name: JOBS_STREAM.into(),
-            subjects: vec![names::JOBS_SUBJECTS.into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: layout::JOBS_DUPLICATE_WINDOW,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let events = get_or_create_stream(
-        js,
-        stream::Config {
-            name: EVENTS_STREAM.into(),
-            subjects: vec![names::EVENTS_SUBJECTS.into()],
-            retention: stream::RetentionPolicy::Limits,
-            storage: stream::StorageType::File,
-            max_age: layout::EVENTS_MAX_AGE,
-            duplicate_window: layout::EVENTS_DUPLICATE_WINDOW,
-            ..Default::default()
-        },
-    )
-    .await?;
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(stream::Stream, stream::Stream), BusError> {
+    let jobs = get_or_create_stream(js, layout::jobs_stream(1)).await?;
+    let events = get_or_create_stream(js, layout::events_stream(1)).await?;
     Ok((jobs, events))
 }
 
@@ -231,34 +150,22 @@ fn nats_retry() -> ExponentialBuilder {
         .with_jitter()
 }
 
-async fn get_or_create_stream(
-    js: &jetstream::Context,
-    config: stream::Config,
-) -> Result<stream::Stream, BusError> {
+async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, BusError> {
     let name = config.name.clone();
     match js.get_stream(&name).await {
         Ok(s) => Ok(s),
         Err(get_err) => js.create_stream(config).await.map_err(|create_err| {
-            BusError::nats(
-                format!("stream {name}"),
-                format!("not found ({get_err}) and not created ({create_err})"),
-            )
+            BusError::nats(format!("stream {name}"), format!("not found ({get_err}) and not created ({create_err})"))
         }),
     }
 }
 
-async fn get_or_create_bucket(
-    js: &jetstream::Context,
-    config: kv::Config,
-) -> Result<kv::Store, BusError> {
+async fn get_or_create_bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store, BusError> {
     let name = config.bucket.clone();
     match js.get_key_value(&name).await {
         Ok(s) => Ok(s),
         Err(get_err) => js.create_key_value(config).await.map_err(|create_err| {
-            BusError::nats(
-                format!("KV bucket {name}"),
-                format!("not found ({get_err}) and not created ({create_err})"),
-            )
+            BusError::nats(format!("KV bucket {name}"), format!("not found ({get_err}) and not created ({create_err})"))
         }),
     }
 }
@@ -284,10 +191,7 @@ async fn get_or_create_consumer(
     };
     match jobs.get_consumer::<pull::Config>(&name).await {
         Ok(mut existing) => {
-            let info = existing
-                .info()
-                .await
-                .map_err(|e| BusError::nats(format!("consumer {name}"), e))?;
+            let info = existing.info().await.map_err(|e| BusError::nats(format!("consumer {name}"), e))?;
             let c = &info.config;
             if c.max_ack_pending != wanted.max_ack_pending || c.ack_wait != wanted.ack_wait {
                 // Follow the configured concurrency; without the right to, run with what exists.
@@ -295,19 +199,13 @@ async fn get_or_create_consumer(
                     tracing::warn!(error = %e, consumer = %name, max_ack_pending = c.max_ack_pending,
                         "could not update the consumer to this agent's concurrency; using it as it is");
                 } else {
-                    return jobs
-                        .get_consumer(&name)
-                        .await
-                        .map_err(|e| BusError::nats(format!("consumer {name}"), e));
+                    return jobs.get_consumer(&name).await.map_err(|e| BusError::nats(format!("consumer {name}"), e));
                 }
             }
             Ok(existing)
         }
         Err(get_err) => jobs.create_consumer(wanted).await.map_err(|create_err| {
-            BusError::nats(
-                format!("consumer {name}"),
-                format!("not found ({get_err}) and not created ({create_err})"),
-            )
+            BusError::nats(format!("consumer {name}"), format!("not found ({get_err}) and not created ({create_err})"))
         }),
     }
 }
@@ -328,18 +226,12 @@ pub struct EventLog {
 
 impl EventLog {
     /// Opens the log of `job_id`, returning the last event already published, if any.
-    pub async fn open(
-        bus: &Bus,
-        node: &NodeName,
-        job_id: JobId,
-    ) -> Result<(Self, Option<Event>), BusError> {
+    pub async fn open(bus: &Bus, node: &NodeName, job_id: JobId) -> Result<(Self, Option<Event>), BusError> {
         let subject = names::event_subject(node, &job_id);
         let last = (|| async {
             match bus.events.get_last_raw_message_by_subject(&subject).await {
                 Ok(m) => Ok(Some(m)),
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
-                    Ok(None)
-                }
+                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
                 Err(e) => Err(e),
             }
         })
@@ -402,9 +294,7 @@ impl EventLog {
             self.js
                 .send_publish(
                     self.subject.clone(),
-                    PublishMessage::build()
-                        .payload(payload.clone())
-                        .message_id(&msg_id),
+                    PublishMessage::build().payload(payload.clone()).message_id(&msg_id),
                 )
                 .await?
                 .await
@@ -415,44 +305,20 @@ impl EventLog {
             true
         })
         .await
-        .map_err(|e| {
-            BusError::nats(
-                format!("publishing event {} of {}", event.seq, self.job_id),
-                e,
-            )
-        })?;
+        .map_err(|e| BusError::nats(format!("publishing event {} of {}", event.seq, self.job_id), e))?;
         self.next_seq += 1;
         Ok(())
     }
 
-    pub async fn step_event(
-        &mut self,
-        step: Step,
-        percent: u8,
-        message: impl Into<String>,
-    ) -> Result<(), BusError> {
-        self.emit(
-            EventType::Step,
-            Some(step),
-            Some(percent),
-            message,
-            None,
-            None,
-        )
-        .await
+    pub async fn step_event(&mut self, step: Step, percent: u8, message: impl Into<String>) -> Result<(), BusError> {
+        self.emit(EventType::Step, Some(step), Some(percent), message, None, None).await
     }
 
-    pub async fn log(
-        &mut self,
-        stream: LogStream,
-        line: impl Into<String>,
-    ) -> Result<(), BusError> {
-        self.emit(EventType::Log, None, None, line, Some(stream), None)
-            .await
+    pub async fn log(&mut self, stream: LogStream, line: impl Into<String>) -> Result<(), BusError> {
+        self.emit(EventType::Log, None, None, line, Some(stream), None).await
     }
 
     pub async fn warning(&mut self, message: impl Into<String>) -> Result<(), BusError> {
-        self.emit(EventType::Warning, None, None, message, None, None)
-            .await
+        self.emit(EventType::Warning, None, None, message, None, None).await
     }
 }

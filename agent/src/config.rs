@@ -200,10 +200,7 @@ pub fn env_name(key: &str) -> String {
 
 impl Config {
     /// Reads `path` (if given), overlays `PVEFLEET_…` variables from `env`, and checks it all.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let file_name = path.map_or_else(|| "environment".to_owned(), |p| p.display().to_string());
         let err = |source_name: &str, key: &str, message: String| ConfigError {
             source_name: source_name.to_owned(),
@@ -224,13 +221,12 @@ impl Config {
             let Some(value) = env(&var) else { continue };
             let value = match kind {
                 Kind::Str => toml::Value::String(value),
-                Kind::Int => toml::Value::Integer(value.trim().parse().map_err(|_| {
-                    err(
-                        "environment",
-                        key,
-                        format!("{var}=`{value}` is not a number"),
-                    )
-                })?),
+                Kind::Int => toml::Value::Integer(
+                    value
+                        .trim()
+                        .parse()
+                        .map_err(|_| err("environment", key, format!("{var}=`{value}` is not a number")))?,
+                ),
                 Kind::List => toml::Value::Array(
                     value
                         .split(',')
@@ -243,29 +239,19 @@ impl Config {
             set(&mut table, key, value);
         }
         let raw: Raw = serde_path_to_error::deserialize(table).map_err(|e| {
-            let (key, message) =
-                pvefleet_schemas::validate::field_of(&e.path().to_string(), e.inner().message());
-            let message = if message == "is required" {
-                format!("is required (or set {})", env_name(&key))
-            } else {
-                message
-            };
+            let (key, message) = pvefleet_schemas::validate::field_of(&e.path().to_string(), e.inner().message());
+            let message =
+                if message == "is required" { format!("is required (or set {})", env_name(&key)) } else { message };
             err(&file_name, &key, message)
         })?;
         Self::check(raw, &file_name)
     }
 
     fn check(raw: Raw, file: &str) -> Result<Self, ConfigError> {
-        let err = |key: &str, message: String| ConfigError {
-            source_name: file.to_owned(),
-            key: key.to_owned(),
-            message,
-        };
+        let err =
+            |key: &str, message: String| ConfigError { source_name: file.to_owned(), key: key.to_owned(), message };
         if raw.concurrency == 0 || raw.concurrency > 256 {
-            return Err(err(
-                "concurrency",
-                format!("{} is outside 1..=256", raw.concurrency),
-            ));
+            return Err(err("concurrency", format!("{} is outside 1..=256", raw.concurrency)));
         }
         if raw.heartbeat.0 < Duration::from_millis(100) {
             return Err(err("heartbeat", "must be at least 100ms".into()));
@@ -281,53 +267,30 @@ impl Config {
                 .map_err(|e| err("nats.urls", format!("`{url}` is not a NATS URL ({e})")))?;
         }
         if let Some(prefix) = &raw.nats.inbox_prefix {
-            let ok = !prefix.is_empty()
-                && !prefix.contains(['*', '>', ' '])
-                && prefix.split('.').all(|t| !t.is_empty());
+            let ok =
+                !prefix.is_empty() && !prefix.contains(['*', '>', ' ']) && prefix.split('.').all(|t| !t.is_empty());
             if !ok {
-                return Err(err(
-                    "nats.inbox_prefix",
-                    format!("`{prefix}` is not a subject prefix"),
-                ));
+                return Err(err("nats.inbox_prefix", format!("`{prefix}` is not a subject prefix")));
             }
         }
         if !raw.proxmox.url.starts_with("https://") {
             return Err(err(
                 "proxmox.url",
-                format!(
-                    "`{}` must be an https:// URL (the API is only served over TLS)",
-                    raw.proxmox.url
-                ),
+                format!("`{}` must be an https:// URL (the API is only served over TLS)", raw.proxmox.url),
             ));
         }
-        reqwest::Url::parse(&raw.proxmox.url).map_err(|e| {
-            err(
-                "proxmox.url",
-                format!("`{}` is not a URL ({e})", raw.proxmox.url),
-            )
-        })?;
-        let token_ok = raw
-            .proxmox
-            .token_id
-            .split_once('!')
-            .is_some_and(|(user, id)| user.contains('@') && !id.is_empty());
+        reqwest::Url::parse(&raw.proxmox.url)
+            .map_err(|e| err("proxmox.url", format!("`{}` is not a URL ({e})", raw.proxmox.url)))?;
+        let token_ok =
+            raw.proxmox.token_id.split_once('!').is_some_and(|(user, id)| user.contains('@') && !id.is_empty());
         if !token_ok {
             return Err(err(
                 "proxmox.token_id",
-                format!(
-                    "`{}` is not an API token id like `pvefleet@pve!agent`",
-                    raw.proxmox.token_id
-                ),
+                format!("`{}` is not an API token id like `pvefleet@pve!agent`", raw.proxmox.token_id),
             ));
         }
         let secret = std::fs::read_to_string(&raw.proxmox.token_secret_file).map_err(|e| {
-            err(
-                "proxmox.token_secret_file",
-                format!(
-                    "cannot read {}: {e}",
-                    raw.proxmox.token_secret_file.display()
-                ),
-            )
+            err("proxmox.token_secret_file", format!("cannot read {}: {e}", raw.proxmox.token_secret_file.display()))
         })?;
         let secret = secret.trim();
         if secret.is_empty() {
@@ -337,24 +300,17 @@ impl Config {
             ));
         }
         let trust = match (&raw.proxmox.fingerprint, &raw.proxmox.ca_file) {
-            (Some(fp), None) => Trust::Fingerprint(
-                fp.parse::<Fingerprint>()
-                    .map_err(|e| err("proxmox.fingerprint", e.to_string()))?,
-            ),
+            (Some(fp), None) => {
+                Trust::Fingerprint(fp.parse::<Fingerprint>().map_err(|e| err("proxmox.fingerprint", e.to_string()))?)
+            }
             (None, Some(ca)) => {
                 if !ca.is_file() {
-                    return Err(err(
-                        "proxmox.ca_file",
-                        format!("{} is not a file", ca.display()),
-                    ));
+                    return Err(err("proxmox.ca_file", format!("{} is not a file", ca.display())));
                 }
                 Trust::CaFile(ca.clone())
             }
             (Some(_), Some(_)) => {
-                return Err(err(
-                    "proxmox.fingerprint",
-                    "give either `fingerprint` or `ca_file`, not both".into(),
-                ));
+                return Err(err("proxmox.fingerprint", "give either `fingerprint` or `ca_file`, not both".into()));
             }
             (None, None) => {
                 return Err(err(
@@ -369,11 +325,7 @@ impl Config {
             heartbeat: raw.heartbeat.0,
             ack_wait: raw.ack_wait.0,
             shutdown_grace: raw.shutdown_grace.0,
-            nats: NatsConfig {
-                urls: raw.nats.urls,
-                creds: raw.nats.creds,
-                inbox_prefix: raw.nats.inbox_prefix,
-            },
+            nats: NatsConfig { urls: raw.nats.urls, creds: raw.nats.creds, inbox_prefix: raw.nats.inbox_prefix },
             proxmox: ProxmoxConfig {
                 url: raw.proxmox.url.trim_end_matches('/').to_owned(),
                 token_id: raw.proxmox.token_id,
@@ -394,9 +346,7 @@ impl Config {
 fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
     match key.split_once('.') {
         Some((head, rest)) => {
-            let inner = table
-                .entry(head)
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let inner = table.entry(head).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             if let toml::Value::Table(t) = inner {
                 set(t, rest, value);
             }
@@ -415,10 +365,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s3cret\n").unwrap();
-        let fp = (0..32)
-            .map(|i| format!("{i:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let fp = (0..32).map(|i| format!("{i:02X}")).collect::<Vec<_>>().join(":");
         let path = dir.path().join("agent.toml");
         std::fs::write(
             &path,
@@ -472,17 +419,11 @@ mod tests {
             let (_d, path) = fixture(extra);
             let e = Config::load(Some(&path), no_env).unwrap_err();
             assert_eq!(e.key, key, "{extra}: {e}");
-            assert!(
-                e.to_string().starts_with(&path.display().to_string()),
-                "{e}"
-            );
+            assert!(e.to_string().starts_with(&path.display().to_string()), "{e}");
         }
         let (_d, path) = fixture("");
         let bad_fp = |k: &str| (k == "PVEFLEET_PROXMOX_FINGERPRINT").then(|| "AA:BB".to_owned());
-        assert_eq!(
-            Config::load(Some(&path), bad_fp).unwrap_err().key,
-            "proxmox.fingerprint"
-        );
+        assert_eq!(Config::load(Some(&path), bad_fp).unwrap_err().key, "proxmox.fingerprint");
         let bad_node = |k: &str| (k == "PVEFLEET_NODE").then(|| "pve.1".to_owned());
         assert_eq!(Config::load(Some(&path), bad_node).unwrap_err().key, "node");
     }

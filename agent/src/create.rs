@@ -20,8 +20,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use pvefleet_schemas::{
-    Checkpoint, ErrorInfo, ErrorKind, EventType, Job, JobResult, LogStream, RollbackPolicy, Step,
-    Vmid,
+    Checkpoint, ErrorInfo, ErrorKind, EventType, Job, JobResult, LogStream, RollbackPolicy, Step, Vmid,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -44,36 +43,12 @@ struct StepRow {
 }
 
 const STEPS: [StepRow; 6] = [
-    StepRow {
-        step: Step::Validating,
-        percent: 2,
-        what: "checking the spec against this node",
-    },
-    StepRow {
-        step: Step::Creating,
-        percent: 10,
-        what: "creating the container",
-    },
-    StepRow {
-        step: Step::Starting,
-        percent: 45,
-        what: "starting the container",
-    },
-    StepRow {
-        step: Step::Connecting,
-        percent: 60,
-        what: "waiting for the container's IP address",
-    },
-    StepRow {
-        step: Step::Deploying,
-        percent: 70,
-        what: "deploying into the container",
-    },
-    StepRow {
-        step: Step::Finalizing,
-        percent: 95,
-        what: "finalizing",
-    },
+    StepRow { step: Step::Validating, percent: 2, what: "checking the spec against this node" },
+    StepRow { step: Step::Creating, percent: 10, what: "creating the container" },
+    StepRow { step: Step::Starting, percent: 45, what: "starting the container" },
+    StepRow { step: Step::Connecting, percent: 60, what: "waiting for the container's IP address" },
+    StepRow { step: Step::Deploying, percent: 70, what: "deploying into the container" },
+    StepRow { step: Step::Finalizing, percent: 95, what: "finalizing" },
 ];
 
 /// How a job's run ended, for the delivery decision (see [`crate::policy`]).
@@ -98,10 +73,7 @@ pub(crate) enum StepError {
 
 impl StepError {
     pub(crate) fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
-        StepError::Failed {
-            kind,
-            message: message.into(),
-        }
+        StepError::Failed { kind, message: message.into() }
     }
 }
 
@@ -121,9 +93,7 @@ impl From<TaskWaitError> for StepError {
     fn from(e: TaskWaitError) -> Self {
         match e {
             TaskWaitError::Pve(e) => e.into(),
-            e @ TaskWaitError::Timeout { .. } => {
-                StepError::failed(ErrorKind::Timeout, e.to_string())
-            }
+            e @ TaskWaitError::Timeout { .. } => StepError::failed(ErrorKind::Timeout, e.to_string()),
         }
     }
 }
@@ -137,6 +107,7 @@ pub async fn run(
     bus: &Bus,
     ssh: &SshConfig,
     stop: &CancellationToken,
+    cancel: &CancellationToken,
 ) -> JobEnd {
     let span = tracing::info_span!("job", job_id = %job.job_id, node = %job.node);
     async {
@@ -148,9 +119,7 @@ pub async fn run(
             && last.is_terminal()
         {
             tracing::info!("already finished by an earlier delivery; acknowledging");
-            return JobEnd::Finished {
-                success: last.kind == EventType::Complete,
-            };
+            return JobEnd::Finished { success: last.kind == EventType::Complete };
         }
         let cp = match bus.load_checkpoint(&job.node, &job.job_id).await {
             Ok(cp) => cp.unwrap_or_else(|| Checkpoint::new(job.job_id, job.node.clone())),
@@ -167,7 +136,7 @@ pub async fn run(
             ssh: None,
             remote_tmp: None,
         };
-        let end = run.drive(last.is_some(), stop).await;
+        let end = run.drive(last.is_some(), stop, cancel).await;
         if let Some(ssh) = run.ssh.take() {
             run.close_ssh(ssh).await;
         }
@@ -195,17 +164,15 @@ pub(crate) struct CreateJob<'a> {
 }
 
 impl CreateJob<'_> {
-    async fn drive(&mut self, resumed: bool, stop: &CancellationToken) -> Result<JobEnd, BusError> {
+    async fn drive(
+        &mut self,
+        resumed: bool,
+        stop: &CancellationToken,
+        cancel: &CancellationToken,
+    ) -> Result<JobEnd, BusError> {
         if resumed {
-            let after = self
-                .cp
-                .done
-                .map_or("the start".to_owned(), |s| format!("step {s}"));
-            self.events
-                .warning(format!(
-                    "job redelivered to this agent; resuming after {after}"
-                ))
-                .await?;
+            let after = self.cp.done.map_or("the start".to_owned(), |s| format!("step {s}"));
+            self.events.warning(format!("job redelivered to this agent; resuming after {after}")).await?;
         } else {
             self.events
                 .emit(
@@ -229,9 +196,15 @@ impl CreateJob<'_> {
             if stop.is_cancelled() {
                 return Ok(JobEnd::Interrupted);
             }
-            self.events
-                .step_event(row.step, row.percent, row.what)
-                .await?;
+            if cancel.is_cancelled() {
+                let info = ErrorInfo {
+                    kind: ErrorKind::Cancelled,
+                    step: row.step,
+                    message: "cancelled by an operator".into(),
+                };
+                return self.fail(info).await;
+            }
+            self.events.step_event(row.step, row.percent, row.what).await?;
             self.cp.current = row.step;
             self.bus.save_checkpoint(&self.cp).await?;
             let span = tracing::info_span!("step", step = %row.step);
@@ -239,6 +212,7 @@ impl CreateJob<'_> {
                 r = self.do_step(row.step).instrument(span) => r,
                 // Safe at any await: every step re-checks the world when it is resumed.
                 _ = stop.cancelled() => return Ok(JobEnd::Interrupted),
+                _ = cancel.cancelled() => Err(StepError::failed(ErrorKind::Cancelled, "cancelled by an operator")),
             };
             match outcome {
                 Ok(()) => {
@@ -247,22 +221,13 @@ impl CreateJob<'_> {
                 }
                 Err(StepError::Bus(e)) => return Err(e),
                 Err(StepError::Failed { kind, message }) => {
-                    return self
-                        .fail(ErrorInfo {
-                            kind,
-                            step: row.step,
-                            message,
-                        })
-                        .await;
+                    return self.fail(ErrorInfo { kind, step: row.step, message }).await;
                 }
             }
         }
         let vmid = self.cp.vmid.expect("validating chose a vmid");
         let result = self.result(true, None, false);
-        let ip = self
-            .cp
-            .ip
-            .map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
+        let ip = self.cp.ip.map_or_else(|| "an unknown address".to_owned(), |ip| ip.to_string());
         self.events
             .emit(
                 EventType::Complete,
@@ -290,12 +255,7 @@ impl CreateJob<'_> {
 
     /// The checkpointed task of `kind`, sent by an earlier delivery of this job.
     fn pending_task(&self, kind: &str) -> Option<Upid> {
-        self.cp
-            .upid
-            .as_deref()?
-            .parse::<Upid>()
-            .ok()
-            .filter(|u| u.kind() == kind)
+        self.cp.upid.as_deref()?.parse::<Upid>().ok().filter(|u| u.kind() == kind)
     }
 
     pub(crate) fn vmid(&self) -> Vmid {
@@ -337,19 +297,13 @@ impl CreateJob<'_> {
         if !self.pve.template_exists(&spec.ostemplate).await? {
             return Err(StepError::failed(
                 ErrorKind::Validation,
-                format!(
-                    "container.ostemplate: `{}` is not a container template on {}",
-                    spec.ostemplate, self.job.node
-                ),
+                format!("container.ostemplate: `{}` is not a container template on {}", spec.ostemplate, self.job.node),
             ));
         }
         if !self.pve.bridge_exists(&spec.bridge).await? {
             return Err(StepError::failed(
                 ErrorKind::Validation,
-                format!(
-                    "container.bridge: `{}` does not exist on {}",
-                    spec.bridge, self.job.node
-                ),
+                format!("container.bridge: `{}` does not exist on {}", spec.bridge, self.job.node),
             ));
         }
         if !self.job.deploy.is_empty() && self.cp.ssh_key.is_none() {
@@ -408,9 +362,7 @@ impl CreateJob<'_> {
                 Ok(upid) => {
                     self.cp.upid = Some(upid.to_string());
                     self.bus.save_checkpoint(&self.cp).await?;
-                    self.events
-                        .log(LogStream::Task, format!("create task {upid}"))
-                        .await?;
+                    self.events.log(LogStream::Task, format!("create task {upid}")).await?;
                     self.wait_task(&upid).await?;
                     return Ok(());
                 }
@@ -424,10 +376,7 @@ impl CreateJob<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StepError::failed(
-            ErrorKind::Proxmox,
-            "no free vmid after 10 tries",
-        ))
+        Err(StepError::failed(ErrorKind::Proxmox, "no free vmid after 10 tries"))
     }
 
     /// An allocated vmid lost to a race is replaced; a vmid the spec fixed is a conflict.
@@ -436,9 +385,7 @@ impl CreateJob<'_> {
             return Err(self.conflict(vmid));
         }
         let next = self.pve.next_vmid().await?;
-        self.events
-            .warning(format!("vmid {vmid} was taken meanwhile; using {next}"))
-            .await?;
+        self.events.warning(format!("vmid {vmid} was taken meanwhile; using {next}")).await?;
         self.cp.vmid = Some(next);
         self.bus.save_checkpoint(&self.cp).await?;
         Ok(())
@@ -496,10 +443,7 @@ impl CreateJob<'_> {
             if Instant::now() >= deadline {
                 return Err(StepError::failed(
                     ErrorKind::Timeout,
-                    format!(
-                        "container {vmid} still locked ({:?}) after {within:?}",
-                        status.lock
-                    ),
+                    format!("container {vmid} still locked ({:?}) after {within:?}", status.lock),
                 ));
             }
             tokio::time::sleep(pause).await;
@@ -611,12 +555,7 @@ impl CreateJob<'_> {
             pause = (pause * 2).min(Duration::from_secs(3));
         };
         self.cp.ip = Some(ip);
-        self.events
-            .log(
-                LogStream::Task,
-                format!("container {vmid} has address {ip}"),
-            )
-            .await?;
+        self.events.log(LogStream::Task, format!("container {vmid} has address {ip}")).await?;
         if !self.job.deploy.is_empty() {
             self.open_ssh().await?;
         }
@@ -628,18 +567,11 @@ impl CreateJob<'_> {
         if let Some(t) = &self.job.template {
             description.push_str(&format!(" from template {t}"));
         }
-        self.pve
-            .set_config(self.vmid(), &[("description", description)])
-            .await?;
+        self.pve.set_config(self.vmid(), &[("description", description)]).await?;
         Ok(())
     }
 
-    pub(crate) fn result(
-        &self,
-        success: bool,
-        error: Option<ErrorInfo>,
-        rolled_back: bool,
-    ) -> JobResult {
+    pub(crate) fn result(&self, success: bool, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
         JobResult {
             success,
             job_id: self.job.job_id,
@@ -657,19 +589,20 @@ impl CreateJob<'_> {
         tracing::warn!(kind = ?failure.kind, step = %failure.step, message = %failure.message, "job failed");
         self.cp.failure = Some(failure.clone());
         self.bus.save_checkpoint(&self.cp).await?;
+        if failure.kind == ErrorKind::Cancelled
+            && let Some(upid) = self.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok())
+        {
+            // Stop the Proxmox task the job was waiting on (a no-op if it already ended).
+            if let Err(e) = self.pve.stop_task(&upid).await {
+                tracing::info!(error = %e, %upid, "stopping the task on cancel");
+            }
+        }
         let (rolled_back, note) = match self.job.options.rollback {
-            RollbackPolicy::Keep => (
-                false,
-                self.cp
-                    .vmid
-                    .map(|v| format!("container {v} kept (rollback: keep)")),
-            ),
+            RollbackPolicy::Keep => (false, self.cp.vmid.map(|v| format!("container {v} kept (rollback: keep)"))),
             RollbackPolicy::Destroy => match self.rollback().await {
                 Ok(note) => (true, note),
                 Err(StepError::Bus(e)) => return Err(e),
-                Err(StepError::Failed { message, .. }) => {
-                    (false, Some(format!("rollback failed: {message}")))
-                }
+                Err(StepError::Failed { message, .. }) => (false, Some(format!("rollback failed: {message}"))),
             },
         };
         let mut message = failure.message.clone();
@@ -677,16 +610,7 @@ impl CreateJob<'_> {
             message.push_str(&format!("; {note}"));
         }
         let result = self.result(false, Some(failure.clone()), rolled_back);
-        self.events
-            .emit(
-                EventType::Error,
-                Some(failure.step),
-                None,
-                message,
-                None,
-                Some(result),
-            )
-            .await?;
+        self.events.emit(EventType::Error, Some(failure.step), None, message, None, Some(result)).await?;
         Ok(JobEnd::Finished { success: false })
     }
 
@@ -696,22 +620,12 @@ impl CreateJob<'_> {
         let Some(vmid) = self.cp.vmid else {
             return Ok(None);
         };
-        self.events
-            .step_event(
-                Step::RollingBack,
-                0,
-                format!("rolling back: destroying container {vmid}"),
-            )
-            .await?;
+        self.events.step_event(Step::RollingBack, 0, format!("rolling back: destroying container {vmid}")).await?;
         let Some(cfg) = self.pve.container_config(vmid).await? else {
-            return Ok(Some(format!(
-                "nothing left behind (container {vmid} does not exist)"
-            )));
+            return Ok(Some(format!("nothing left behind (container {vmid} does not exist)")));
         };
         if !is_ours(&cfg, &self.marker) {
-            return Ok(Some(format!(
-                "container {vmid} is not this job's; left untouched"
-            )));
+            return Ok(Some(format!("container {vmid} is not this job's; left untouched")));
         }
         if cfg.get("lock").and_then(Value::as_str) == Some("create") {
             self.wait_unlocked(vmid).await?;
@@ -734,10 +648,9 @@ impl CreateJob<'_> {
 
 /// Whether a container's config carries this job's marker tag.
 fn is_ours(cfg: &Value, marker: &str) -> bool {
-    cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| {
-        tags.split([';', ',', ' '])
-            .any(|t| t.eq_ignore_ascii_case(marker))
-    })
+    cfg.get("tags")
+        .and_then(Value::as_str)
+        .is_some_and(|tags| tags.split([';', ',', ' ']).any(|t| t.eq_ignore_ascii_case(marker)))
 }
 
 #[cfg(test)]
@@ -757,19 +670,8 @@ mod tests {
         let steps: Vec<Step> = STEPS.iter().map(|r| r.step).collect();
         assert_eq!(
             steps,
-            [
-                Step::Validating,
-                Step::Creating,
-                Step::Starting,
-                Step::Connecting,
-                Step::Deploying,
-                Step::Finalizing
-            ]
+            [Step::Validating, Step::Creating, Step::Starting, Step::Connecting, Step::Deploying, Step::Finalizing]
         );
-        assert!(
-            STEPS
-                .windows(2)
-                .all(|w| w[0].percent < w[1].percent && w[0].step < w[1].step)
-        );
+        assert!(STEPS.windows(2).all(|w| w[0].percent < w[1].percent && w[0].step < w[1].step));
     }
 }

@@ -11,9 +11,7 @@ use russh::keys::PrivateKey;
 use russh::keys::ssh_key::LineEnding;
 
 use crate::create::{CreateJob, StepError, StepResult};
-use crate::ssh::{
-    ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTarget, UploadSource, shell_quote,
-};
+use crate::ssh::{ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTarget, UploadSource, shell_quote};
 
 /// A script's lines forwarded as events, at most; the rest is counted, not sent, so a script
 /// printing without end cannot flood the events stream.
@@ -25,24 +23,16 @@ const TAIL_LINES: usize = 20;
 /// A fresh ed25519 key for one job, as the checkpoint keeps it.
 pub(crate) fn new_job_key() -> Result<Secret, StepError> {
     let key = crate::ssh::job_key();
-    let pem = key.to_openssh(LineEnding::LF).map_err(|e| {
-        StepError::failed(
-            ErrorKind::Internal,
-            format!("encoding the job's SSH key: {e}"),
-        )
-    })?;
+    let pem = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| StepError::failed(ErrorKind::Internal, format!("encoding the job's SSH key: {e}")))?;
     Ok(Secret::new(pem.as_str()))
 }
 
 fn load_key(secret: &Secret) -> Result<Arc<PrivateKey>, StepError> {
     PrivateKey::from_openssh(secret.expose())
         .map(Arc::new)
-        .map_err(|e| {
-            StepError::failed(
-                ErrorKind::Internal,
-                format!("reading the job's SSH key: {e}"),
-            )
-        })
+        .map_err(|e| StepError::failed(ErrorKind::Internal, format!("reading the job's SSH key: {e}")))
 }
 
 impl From<SshError> for StepError {
@@ -72,10 +62,7 @@ impl CreateJob<'_> {
         let key = match &self.cp.ssh_key {
             Some(secret) => load_key(secret)?,
             None => {
-                return Err(StepError::failed(
-                    ErrorKind::Internal,
-                    "the job has no SSH key",
-                ));
+                return Err(StepError::failed(ErrorKind::Internal, "the job has no SSH key"));
             }
         };
         let trust = match (&self.cp.host_key, self.cp.announced_host_keys.is_empty()) {
@@ -98,14 +85,8 @@ impl CreateJob<'_> {
             // A spec with a root password may log in with it when the key is refused.
             Err(SshError::Auth { .. }) if self.job.container.root_password.is_some() => {
                 let password = self.job.container.root_password.clone().expect("checked");
-                SshSession::connect_with_retry(
-                    &SshTarget {
-                        auth: SshAuth::Password(password),
-                        ..target
-                    },
-                    deadline,
-                )
-                .await?
+                SshSession::connect_with_retry(&SshTarget { auth: SshAuth::Password(password), ..target }, deadline)
+                    .await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -120,14 +101,7 @@ impl CreateJob<'_> {
         self.cp.host_key = Some(session.host_key().to_owned());
         self.bus.save_checkpoint(&self.cp).await?;
         self.events
-            .log(
-                LogStream::Task,
-                format!(
-                    "connected over SSH to {} (host key {})",
-                    target.addr,
-                    session.host_key()
-                ),
-            )
+            .log(LogStream::Task, format!("connected over SSH to {} (host key {})", target.addr, session.host_key()))
             .await?;
         self.ssh = Some(Arc::new(session));
         Ok(())
@@ -154,13 +128,10 @@ impl CreateJob<'_> {
     pub(crate) async fn deploy(&mut self) -> StepResult {
         let deploy = &self.job.deploy;
         if deploy.is_empty() {
-            self.events
-                .log(LogStream::Task, "nothing to deploy")
-                .await?;
+            self.events.log(LogStream::Task, "nothing to deploy").await?;
             return Ok(());
         }
-        let total =
-            usize::from(!deploy.packages.is_empty()) + deploy.files.len() + deploy.scripts.len();
+        let total = usize::from(!deploy.packages.is_empty()) + deploy.files.len() + deploy.scripts.len();
         let mut index = 0;
         let mut progress = |what: String| {
             index += 1;
@@ -169,30 +140,16 @@ impl CreateJob<'_> {
         };
         if !deploy.packages.is_empty() {
             let (percent, message) = progress(format!("packages {}", deploy.packages.join(" ")));
-            self.item("packages".into(), percent, message, |job| {
-                Box::pin(job.install_packages())
-            })
-            .await?;
+            self.item("packages".into(), percent, message, |job| Box::pin(job.install_packages())).await?;
         }
         for (i, file) in deploy.files.iter().enumerate() {
             let (percent, message) = progress(format!("file {}", file.path));
-            self.item(
-                format!("file:{}", file.path),
-                percent,
-                message,
-                move |job| Box::pin(job.write_file(i)),
-            )
-            .await?;
+            self.item(format!("file:{}", file.path), percent, message, move |job| Box::pin(job.write_file(i))).await?;
         }
         for (i, script) in deploy.scripts.iter().enumerate() {
             let (percent, message) = progress(format!("script `{}`", script.name));
-            self.item(
-                format!("script:{}", script.name),
-                percent,
-                message,
-                move |job| Box::pin(job.run_script(i)),
-            )
-            .await?;
+            self.item(format!("script:{}", script.name), percent, message, move |job| Box::pin(job.run_script(i)))
+                .await?;
         }
         Ok(())
     }
@@ -200,24 +157,13 @@ impl CreateJob<'_> {
     /// Runs one deploy item unless an earlier delivery did, then checkpoints it.
     async fn item<F>(&mut self, key: String, percent: u8, message: String, run: F) -> StepResult
     where
-        F: for<'j> FnOnce(
-            &'j mut Self,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = StepResult> + Send + 'j>,
-        >,
+        F: for<'j> FnOnce(&'j mut Self) -> std::pin::Pin<Box<dyn std::future::Future<Output = StepResult> + Send + 'j>>,
     {
         if self.cp.deployed.contains(&key) {
-            self.events
-                .log(
-                    LogStream::Task,
-                    format!("{message}: done by an earlier delivery"),
-                )
-                .await?;
+            self.events.log(LogStream::Task, format!("{message}: done by an earlier delivery")).await?;
             return Ok(());
         }
-        self.events
-            .step_event(Step::Deploying, percent, message)
-            .await?;
+        self.events.step_event(Step::Deploying, percent, message).await?;
         run(self).await?;
         self.cp.deployed.push(key);
         self.bus.save_checkpoint(&self.cp).await?;
@@ -230,19 +176,10 @@ impl CreateJob<'_> {
             .exec("for pm in apt-get dnf yum apk; do if command -v $pm >/dev/null 2>&1; then echo $pm; exit 0; fi; done; exit 1")
             .await?;
         let manager = String::from_utf8_lossy(&found.stdout).trim().to_owned();
-        let packages = self
-            .job
-            .deploy
-            .packages
-            .iter()
-            .map(|p| shell_quote(p))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let packages = self.job.deploy.packages.iter().map(|p| shell_quote(p)).collect::<Vec<_>>().join(" ");
         let (install, refresh) = match manager.as_str() {
             "apt-get" => (
-                format!(
-                    "DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {packages}"
-                ),
+                format!("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends {packages}"),
                 Some("DEBIAN_FRONTEND=noninteractive apt-get update -q"),
             ),
             "dnf" | "yum" => (format!("{manager} install -y {packages}"), None),
@@ -255,26 +192,15 @@ impl CreateJob<'_> {
             }
         };
         let timeout = self.timeouts().script.0;
-        let mut done = self
-            .run_streamed(&ssh, &install, "packages", timeout)
-            .await?;
+        let mut done = self.run_streamed(&ssh, &install, "packages", timeout).await?;
         if !done.status.success()
             && let Some(refresh) = refresh
         {
             // A fresh container has no package lists: fetch them once and try again.
-            self.events
-                .log(
-                    LogStream::Task,
-                    "installing failed; refreshing the package lists and retrying",
-                )
-                .await?;
-            let refreshed = self
-                .run_streamed(&ssh, refresh, "packages", timeout)
-                .await?;
+            self.events.log(LogStream::Task, "installing failed; refreshing the package lists and retrying").await?;
+            let refreshed = self.run_streamed(&ssh, refresh, "packages", timeout).await?;
             if refreshed.status.success() {
-                done = self
-                    .run_streamed(&ssh, &install, "packages", timeout)
-                    .await?;
+                done = self.run_streamed(&ssh, &install, "packages", timeout).await?;
             }
         }
         if !done.status.success() {
@@ -310,9 +236,7 @@ impl CreateJob<'_> {
             }
             (None, None) => unreachable!("validation demands content or source"),
         };
-        let bytes = ssh
-            .upload(&source, &file.path, file.mode.bits(), file.owner.as_deref())
-            .await?;
+        let bytes = ssh.upload(&source, &file.path, file.mode.bits(), file.owner.as_deref()).await?;
         self.events
             .log(
                 LogStream::Task,
@@ -320,10 +244,7 @@ impl CreateJob<'_> {
                     "wrote {} ({bytes} bytes, mode {}{})",
                     file.path,
                     file.mode,
-                    file.owner
-                        .as_ref()
-                        .map(|o| format!(", owner {o}"))
-                        .unwrap_or_default()
+                    file.owner.as_ref().map(|o| format!(", owner {o}")).unwrap_or_default()
                 ),
             )
             .await?;
@@ -341,10 +262,7 @@ impl CreateJob<'_> {
                 if !made.status.success() || dir.is_empty() {
                     return Err(StepError::failed(
                         ErrorKind::Deploy,
-                        format!(
-                            "making a temp dir in the container failed ({})",
-                            made.status
-                        ),
+                        format!("making a temp dir in the container failed ({})", made.status),
                     ));
                 }
                 self.remote_tmp = Some(dir.clone());
@@ -352,32 +270,14 @@ impl CreateJob<'_> {
             }
         };
         let path = format!("{dir}/script-{i}");
-        ssh.upload(
-            &UploadSource::Bytes(script.body.clone().into_bytes().into()),
-            &path,
-            0o700,
-            None,
-        )
-        .await?;
+        ssh.upload(&UploadSource::Bytes(script.body.clone().into_bytes().into()), &path, 0o700, None).await?;
         let timeout = script.timeout.unwrap_or(self.timeouts().script).0;
         let command = format!("{} {}", script.interpreter, shell_quote(&path));
-        let done = self
-            .run_streamed(
-                &ssh,
-                &command,
-                &format!("script `{}`", script.name),
-                timeout,
-            )
-            .await?;
+        let done = self.run_streamed(&ssh, &command, &format!("script `{}`", script.name), timeout).await?;
         if !done.status.success() {
             return Err(StepError::failed(
                 ErrorKind::Deploy,
-                format!(
-                    "script `{}` exited with {}; last output:\n{}",
-                    script.name,
-                    done.status,
-                    done.tail.join("\n")
-                ),
+                format!("script `{}` exited with {}; last output:\n{}", script.name, done.status, done.tail.join("\n")),
             ));
         }
         Ok(())
@@ -418,7 +318,9 @@ impl CreateJob<'_> {
                 self.events.log(stream, line).await?;
                 if forwarded == MAX_SCRIPT_LINES {
                     self.events
-                        .warning(format!("{label}: {MAX_SCRIPT_LINES} lines forwarded; further output is not sent as events"))
+                        .warning(format!(
+                            "{label}: {MAX_SCRIPT_LINES} lines forwarded; further output is not sent as events"
+                        ))
                         .await?;
                 }
             } else {
@@ -426,13 +328,8 @@ impl CreateJob<'_> {
             }
         }
         if dropped > 0 {
-            self.events
-                .warning(format!("{label}: {dropped} more lines were not forwarded"))
-                .await?;
+            self.events.warning(format!("{label}: {dropped} more lines were not forwarded")).await?;
         }
-        Ok(Finished {
-            status: process.status().clone(),
-            tail: tail.into_iter().collect(),
-        })
+        Ok(Finished { status: process.status().clone(), tail: tail.into_iter().collect() })
     }
 }

@@ -16,13 +16,7 @@ use crate::proxmox::PveClient;
 pub type Running = Arc<Mutex<BTreeSet<JobId>>>;
 
 /// Beats until `stop`, then removes the node's entry so it leaves the registry at once.
-pub async fn beat(
-    config: Config,
-    pve: PveClient,
-    bus: Bus,
-    running: Running,
-    stop: CancellationToken,
-) {
+pub async fn beat(config: Config, pve: PveClient, bus: Bus, running: Running, stop: CancellationToken) {
     let key = names::heartbeat_key(&config.node);
     let started_at = Timestamp::now();
     let mut tick = tokio::time::interval(config.heartbeat);
@@ -44,12 +38,7 @@ pub async fn beat(
             node: config.node.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             concurrency: config.concurrency,
-            running_jobs: running
-                .lock()
-                .expect("running set")
-                .iter()
-                .copied()
-                .collect(),
+            running_jobs: running.lock().expect("running set").iter().copied().collect(),
             capacity,
             started_at,
             last_seen: Timestamp::now(),
@@ -72,11 +61,7 @@ async fn capacity(pve: &PveClient) -> Result<Capacity, crate::proxmox::PveError>
         cpu_load: status.cpu,
         storages: storages
             .into_iter()
-            .map(|s| StorageCapacity {
-                storage: s.storage,
-                total_bytes: s.total,
-                avail_bytes: s.avail,
-            })
+            .map(|s| StorageCapacity { storage: s.storage, total_bytes: s.total, avail_bytes: s.avail })
             .collect(),
     })
 }

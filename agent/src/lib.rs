@@ -54,21 +54,12 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
 
     let running = heartbeat::Running::default();
     let beat_stop = CancellationToken::new();
-    let beat = tokio::spawn(heartbeat::beat(
-        config.clone(),
-        pve.clone(),
-        bus.clone(),
-        running.clone(),
-        beat_stop.clone(),
-    ));
-    let shared = Arc::new(worker::Shared {
-        config,
-        pve,
-        bus,
-        running,
-        stop,
-    });
+    let beat =
+        tokio::spawn(heartbeat::beat(config.clone(), pve.clone(), bus.clone(), running.clone(), beat_stop.clone()));
+    let shared = Arc::new(worker::Shared { config, pve, bus, running, stop, cancels: Default::default() });
+    let control = tokio::spawn(worker::serve_cancels(shared.clone()));
     worker::work(shared.clone()).await;
+    control.abort();
     beat_stop.cancel();
     let _ = beat.await;
     if let Err(e) = shared.bus.client.drain().await {

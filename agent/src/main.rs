@@ -30,15 +30,12 @@ fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,async_nats=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_nats=warn".into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match pvefleet_agent::config::Config::load(args.config.as_deref(), |k| {
-        std::env::var(k).ok()
-    }) {
+    let config = match pvefleet_agent::config::Config::load(args.config.as_deref(), |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pvefleet-agent: bad configuration: {e}");
@@ -49,11 +46,8 @@ fn main() -> ExitCode {
         println!("configuration OK for node {}", config.node);
         return ExitCode::SUCCESS;
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
     runtime.block_on(async {
         let stop = CancellationToken::new();
         tokio::spawn(signals(stop.clone()));
@@ -78,9 +72,7 @@ async fn signals(stop: CancellationToken) {
             _ = int.recv() => {}
         }
         if n == 0 {
-            tracing::info!(
-                "stopping: no new jobs; running jobs hand back at their next checkpoint"
-            );
+            tracing::info!("stopping: no new jobs; running jobs hand back at their next checkpoint");
             stop.cancel();
         } else {
             tracing::warn!("second signal: exiting now");

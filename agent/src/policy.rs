@@ -41,9 +41,6 @@ mod tests {
         assert_eq!(decide(&JobEnd::Finished { success: false }), Delivery::Ack);
         assert_eq!(decide(&JobEnd::Rejected), Delivery::Term);
         assert_eq!(decide(&JobEnd::Interrupted), Delivery::Nak(None));
-        assert_eq!(
-            decide(&JobEnd::Bus(BusError::Stopped)),
-            Delivery::Nak(Some(BUS_RETRY_DELAY))
-        );
+        assert_eq!(decide(&JobEnd::Bus(BusError::Stopped)), Delivery::Nak(Some(BUS_RETRY_DELAY)));
     }
 }

@@ -73,17 +73,9 @@ pub enum SshError {
     #[error("connecting to {addr}: no answer within {after:?}")]
     Timeout { addr: SocketAddr, after: Duration },
     #[error("{addr} presented host key {seen}, which is not trusted (trusted: {})", expected.join(", "))]
-    HostKey {
-        addr: SocketAddr,
-        seen: String,
-        expected: Vec<String>,
-    },
+    HostKey { addr: SocketAddr, seen: String, expected: Vec<String> },
     #[error("{addr} refused {user}'s {method}")]
-    Auth {
-        addr: SocketAddr,
-        user: String,
-        method: &'static str,
-    },
+    Auth { addr: SocketAddr, user: String, method: &'static str },
     #[error("gave up connecting to {addr} after {after:?}: {last}")]
     GaveUp {
         addr: SocketAddr,
@@ -123,10 +115,7 @@ struct Client {
 impl client::Handler for Client {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let fp = key.public_key().fingerprint(HashAlg::Sha256).to_string();
         *self.seen.lock().expect("seen") = Some(fp.clone());
         Ok(match &self.trust {
@@ -162,16 +151,8 @@ impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ExitStatus::Code(c) => write!(f, "status {c}"),
-            ExitStatus::Signal {
-                name,
-                core_dumped,
-                message,
-            } => {
-                write!(
-                    f,
-                    "signal {name}{}",
-                    if *core_dumped { " (core dumped)" } else { "" }
-                )?;
+            ExitStatus::Signal { name, core_dumped, message } => {
+                write!(f, "signal {name}{}", if *core_dumped { " (core dumped)" } else { "" })?;
                 if !message.is_empty() {
                     write!(f, ": {message}")?;
                 }
@@ -208,10 +189,7 @@ pub struct SshSession {
 
 impl std::fmt::Debug for SshSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SshSession")
-            .field("addr", &self.addr)
-            .field("host_key", &self.host_key)
-            .finish_non_exhaustive()
+        f.debug_struct("SshSession").field("addr", &self.addr).field("host_key", &self.host_key).finish_non_exhaustive()
     }
 }
 
@@ -250,92 +228,52 @@ impl SshSession {
     ) -> Result<Self, SshError> {
         let addr = target.addr;
         let seen = Arc::new(Mutex::new(None));
-        let handler = Client {
-            trust: target.trust.clone(),
-            first_seen: first_seen.clone(),
-            seen: seen.clone(),
-        };
+        let handler = Client { trust: target.trust.clone(), first_seen: first_seen.clone(), seen: seen.clone() };
         let attempt = async {
-            let mut handle = client::connect(config(), addr, handler)
-                .await
-                .map_err(|e| match (e, seen.lock().expect("seen").clone()) {
+            let mut handle = client::connect(config(), addr, handler).await.map_err(|e| {
+                match (e, seen.lock().expect("seen").clone()) {
                     (russh::Error::UnknownKey, Some(seen)) => SshError::HostKey {
                         addr,
                         seen,
                         expected: match &target.trust {
                             HostKeyTrust::Only(list) => list.clone(),
-                            HostKeyTrust::FirstSeen => first_seen
-                                .lock()
-                                .expect("first seen")
-                                .iter()
-                                .cloned()
-                                .collect(),
+                            HostKeyTrust::FirstSeen => first_seen.lock().expect("first seen").iter().cloned().collect(),
                         },
                     },
-                    (e, _) => SshError::Connect {
-                        addr,
-                        message: e.to_string(),
-                    },
-                })?;
+                    (e, _) => SshError::Connect { addr, message: e.to_string() },
+                }
+            })?;
             let (ok, method) = match &target.auth {
                 SshAuth::Key(key) => {
                     // RSA keys sign with the best hash the server offers (rsa-sha2-512/256).
-                    let hash = handle
-                        .best_supported_rsa_hash()
-                        .await
-                        .ok()
-                        .flatten()
-                        .flatten();
+                    let hash = handle.best_supported_rsa_hash().await.ok().flatten().flatten();
                     let key = PrivateKeyWithHashAlg::new(key.clone(), hash);
                     let r = handle.authenticate_publickey(&target.user, key).await;
                     (r, "public key")
                 }
-                SshAuth::Password(pw) => (
-                    handle
-                        .authenticate_password(&target.user, pw.expose())
-                        .await,
-                    "password",
-                ),
+                SshAuth::Password(pw) => (handle.authenticate_password(&target.user, pw.expose()).await, "password"),
             };
             match ok {
                 Ok(r) if r.success() => {}
                 Ok(_) => {
-                    return Err(SshError::Auth {
-                        addr,
-                        user: target.user.clone(),
-                        method,
-                    });
+                    return Err(SshError::Auth { addr, user: target.user.clone(), method });
                 }
                 Err(e) => {
-                    return Err(SshError::Connect {
-                        addr,
-                        message: e.to_string(),
-                    });
+                    return Err(SshError::Connect { addr, message: e.to_string() });
                 }
             }
             let host_key = seen.lock().expect("seen").clone().unwrap_or_default();
-            Ok(Self {
-                handle,
-                addr,
-                host_key,
-                sftp: tokio::sync::OnceCell::new(),
-            })
+            Ok(Self { handle, addr, host_key, sftp: tokio::sync::OnceCell::new() })
         };
         match tokio::time::timeout(target.connect_timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(SshError::Timeout {
-                addr,
-                after: target.connect_timeout,
-            }),
+            Err(_) => Err(SshError::Timeout { addr, after: target.connect_timeout }),
         }
     }
 
     /// Retries with exponential backoff until `deadline` passes, logging each failed attempt;
     /// stops at once on a host-key mismatch or refused credentials.
-    pub async fn connect_with_retry(
-        target: &SshTarget,
-        deadline: Duration,
-    ) -> Result<Self, SshError> {
+    pub async fn connect_with_retry(target: &SshTarget, deadline: Duration) -> Result<Self, SshError> {
         let first_seen = Arc::new(Mutex::new(None));
         let retry = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
@@ -356,16 +294,9 @@ impl SshSession {
                 let last = last_error.lock().expect("last").take();
                 let last = match last {
                     Some(message) => SshError::Channel(message),
-                    None => SshError::Timeout {
-                        addr: target.addr,
-                        after: target.connect_timeout,
-                    },
+                    None => SshError::Timeout { addr: target.addr, after: target.connect_timeout },
                 };
-                Err(SshError::GaveUp {
-                    addr: target.addr,
-                    after: deadline,
-                    last: Box::new(last),
-                })
+                Err(SshError::GaveUp { addr: target.addr, after: deadline, last: Box::new(last) })
             }
         }
     }
@@ -376,55 +307,34 @@ impl SshSession {
     }
 
     async fn channel(&self) -> Result<Channel<Msg>, SshError> {
-        self.handle
-            .channel_open_session()
-            .await
-            .map_err(|e| SshError::Channel(e.to_string()))
+        self.handle.channel_open_session().await.map_err(|e| SshError::Channel(e.to_string()))
     }
 
     /// Runs `command` to its end; output may still arrive after the exit status, so this reads
     /// until the channel closes.
     pub async fn exec(&self, command: &str) -> Result<ExecOutput, SshError> {
         let mut channel = self.channel().await?;
-        channel
-            .exec(true, command)
-            .await
-            .map_err(|e| SshError::Channel(e.to_string()))?;
+        channel.exec(true, command).await.map_err(|e| SshError::Channel(e.to_string()))?;
         let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), ExitStatus::Unknown);
         while let Some(msg) = channel.wait().await {
             match msg {
                 ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
                 ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
                 ChannelMsg::ExitStatus { exit_status } => status = ExitStatus::Code(exit_status),
-                ChannelMsg::ExitSignal {
-                    signal_name,
-                    core_dumped,
-                    error_message,
-                    ..
-                } => {
-                    status = ExitStatus::Signal {
-                        name: signal_name_of(&signal_name),
-                        core_dumped,
-                        message: error_message,
-                    }
+                ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. } => {
+                    status =
+                        ExitStatus::Signal { name: signal_name_of(&signal_name), core_dumped, message: error_message }
                 }
                 _ => {}
             }
         }
-        Ok(ExecOutput {
-            stdout,
-            stderr,
-            status,
-        })
+        Ok(ExecOutput { stdout, stderr, status })
     }
 
     /// Starts `command` and hands its output back line by line, in the order produced.
     pub async fn exec_streaming(&self, command: &str) -> Result<RemoteProcess, SshError> {
         let channel = self.channel().await?;
-        channel
-            .exec(true, command)
-            .await
-            .map_err(|e| SshError::Channel(e.to_string()))?;
+        channel.exec(true, command).await.map_err(|e| SshError::Channel(e.to_string()))?;
         Ok(RemoteProcess {
             channel,
             stdout: LineSplitter::default(),
@@ -439,10 +349,7 @@ impl SshSession {
         self.sftp
             .get_or_try_init(|| async {
                 let channel = self.channel().await?;
-                channel
-                    .request_subsystem(true, "sftp")
-                    .await
-                    .map_err(|e| SshError::Channel(e.to_string()))?;
+                channel.request_subsystem(true, "sftp").await.map_err(|e| SshError::Channel(e.to_string()))?;
                 // Bigger, more numerous writes in flight than russh-sftp's defaults (32 KiB × 16):
                 // OpenSSH takes 255 KiB writes, and loopback/LAN uploads are bound by round trips.
                 let config = russh_sftp::client::Config {
@@ -452,10 +359,7 @@ impl SshSession {
                 };
                 SftpSession::new_with_config(channel.into_stream(), config)
                     .await
-                    .map_err(|e| SshError::Sftp {
-                        path: "-".into(),
-                        message: e.to_string(),
-                    })
+                    .map_err(|e| SshError::Sftp { path: "-".into(), message: e.to_string() })
             })
             .await
     }
@@ -473,10 +377,7 @@ impl SshSession {
             if let Err(e) = sftp.create_dir(path.clone()).await {
                 // Someone else may have made it meanwhile.
                 if !sftp.try_exists(path.clone()).await.unwrap_or(false) {
-                    return Err(SshError::Sftp {
-                        path,
-                        message: e.to_string(),
-                    });
+                    return Err(SshError::Sftp { path, message: e.to_string() });
                 }
             }
         }
@@ -493,10 +394,7 @@ impl SshSession {
         mode: u32,
         owner: Option<&str>,
     ) -> Result<u64, SshError> {
-        let sftp_err = |message: String| SshError::Sftp {
-            path: remote.to_owned(),
-            message,
-        };
+        let sftp_err = |message: String| SshError::Sftp { path: remote.to_owned(), message };
         if let Some((parent, _)) = remote.rsplit_once('/')
             && !parent.is_empty()
         {
@@ -504,30 +402,20 @@ impl SshSession {
         }
         let sftp = self.sftp().await?;
         let mut file = sftp
-            .open_with_flags(
-                remote,
-                OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
-            )
+            .open_with_flags(remote, OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE)
             .await
             .map_err(|e| sftp_err(e.to_string()))?;
         let written = match source {
             UploadSource::Bytes(bytes) => {
-                file.write_all(bytes)
-                    .await
-                    .map_err(|e| sftp_err(e.to_string()))?;
+                file.write_all(bytes).await.map_err(|e| sftp_err(e.to_string()))?;
                 bytes.len() as u64
             }
             UploadSource::File(path) => {
                 let mut chunks = read_chunks(path.clone());
                 let mut written = 0u64;
                 while let Some(chunk) = chunks.recv().await {
-                    let chunk = chunk.map_err(|source| SshError::Local {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-                    file.write_all(&chunk)
-                        .await
-                        .map_err(|e| sftp_err(e.to_string()))?;
+                    let chunk = chunk.map_err(|source| SshError::Local { path: path.display().to_string(), source })?;
+                    file.write_all(&chunk).await.map_err(|e| sftp_err(e.to_string()))?;
                     written += chunk.len() as u64;
                 }
                 written
@@ -536,17 +424,9 @@ impl SshSession {
         file.shutdown().await.map_err(|e| sftp_err(e.to_string()))?;
         let mut attrs = russh_sftp::protocol::FileAttributes::empty();
         attrs.permissions = Some(mode);
-        sftp.set_metadata(remote, attrs)
-            .await
-            .map_err(|e| sftp_err(format!("setting mode {mode:04o}: {e}")))?;
+        sftp.set_metadata(remote, attrs).await.map_err(|e| sftp_err(format!("setting mode {mode:04o}: {e}")))?;
         if let Some(owner) = owner {
-            let out = self
-                .exec(&format!(
-                    "chown -- {} {}",
-                    shell_quote(owner),
-                    shell_quote(remote)
-                ))
-                .await?;
+            let out = self.exec(&format!("chown -- {} {}", shell_quote(owner), shell_quote(remote))).await?;
             if !out.status.success() {
                 return Err(sftp_err(format!(
                     "chown {owner} failed ({}): {}",
@@ -563,18 +443,12 @@ impl SshSession {
         if let Some(sftp) = self.sftp.get() {
             let _ = sftp.close().await;
         }
-        let _ = self
-            .handle
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
+        let _ = self.handle.disconnect(russh::Disconnect::ByApplication, "", "en").await;
     }
 }
 
 fn signal_name_of(sig: &Sig) -> String {
-    format!("{sig:?}")
-        .trim_start_matches("Custom(\"")
-        .trim_end_matches("\")")
-        .to_owned()
+    format!("{sig:?}").trim_start_matches("Custom(\"").trim_end_matches("\")").to_owned()
 }
 
 /// A running remote command whose output is read line by line.
@@ -608,40 +482,22 @@ impl RemoteProcess {
                 return Ok(None);
             }
             match self.channel.wait().await {
-                Some(ChannelMsg::Data { data }) => self.ready.extend(
-                    self.stdout
-                        .push(&data)
-                        .into_iter()
-                        .map(|l| (LogStream::Stdout, l)),
-                ),
-                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => self.ready.extend(
-                    self.stderr
-                        .push(&data)
-                        .into_iter()
-                        .map(|l| (LogStream::Stderr, l)),
-                ),
-                Some(ChannelMsg::ExitStatus { exit_status }) => {
-                    self.status = ExitStatus::Code(exit_status)
+                Some(ChannelMsg::Data { data }) => {
+                    self.ready.extend(self.stdout.push(&data).into_iter().map(|l| (LogStream::Stdout, l)))
                 }
-                Some(ChannelMsg::ExitSignal {
-                    signal_name,
-                    core_dumped,
-                    error_message,
-                    ..
-                }) => {
-                    self.status = ExitStatus::Signal {
-                        name: signal_name_of(&signal_name),
-                        core_dumped,
-                        message: error_message,
-                    }
+                Some(ChannelMsg::ExtendedData { data, ext: 1 }) => {
+                    self.ready.extend(self.stderr.push(&data).into_iter().map(|l| (LogStream::Stderr, l)))
+                }
+                Some(ChannelMsg::ExitStatus { exit_status }) => self.status = ExitStatus::Code(exit_status),
+                Some(ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. }) => {
+                    self.status =
+                        ExitStatus::Signal { name: signal_name_of(&signal_name), core_dumped, message: error_message }
                 }
                 Some(_) => {}
                 None => {
                     self.closed = true;
-                    self.ready
-                        .extend(self.stdout.finish().map(|l| (LogStream::Stdout, l)));
-                    self.ready
-                        .extend(self.stderr.finish().map(|l| (LogStream::Stderr, l)));
+                    self.ready.extend(self.stdout.finish().map(|l| (LogStream::Stdout, l)));
+                    self.ready.extend(self.stderr.finish().map(|l| (LogStream::Stderr, l)));
                 }
             }
         }
@@ -764,8 +620,7 @@ pub fn shell_quote(s: &str) -> String {
 
 /// A fresh ed25519 key for one job.
 pub fn job_key() -> PrivateKey {
-    PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
-        .expect("ed25519 key generation")
+    PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519).expect("ed25519 key generation")
 }
 
 /// `SHA256:…` fingerprints in a PVE task log (the create task prints the new container's
@@ -794,10 +649,7 @@ mod tests {
         lines.extend(s.push(&long[MAX_LINE / 2..]));
         lines.extend(s.push(b"tail\nnext\n"));
         assert_eq!(lines.len(), 2);
-        assert!(
-            lines[0].starts_with(&"x".repeat(MAX_LINE))
-                && lines[0].ends_with("cut at 16384 bytes]")
-        );
+        assert!(lines[0].starts_with(&"x".repeat(MAX_LINE)) && lines[0].ends_with("cut at 16384 bytes]"));
         assert_eq!(lines[1], "next");
     }
 
@@ -810,10 +662,7 @@ mod tests {
     #[test]
     fn fingerprints_from_pve_log_lines() {
         let line = "done: SHA256:Qe3o1kFvC7f2mN9rT0yZp4sLw8XjHbUaEcVdGiKq6Ro root@ct101";
-        assert_eq!(
-            fingerprints_in(line).collect::<Vec<_>>(),
-            ["SHA256:Qe3o1kFvC7f2mN9rT0yZp4sLw8XjHbUaEcVdGiKq6Ro"]
-        );
+        assert_eq!(fingerprints_in(line).collect::<Vec<_>>(), ["SHA256:Qe3o1kFvC7f2mN9rT0yZp4sLw8XjHbUaEcVdGiKq6Ro"]);
         assert_eq!(fingerprints_in("extracting archive").count(), 0);
     }
 }

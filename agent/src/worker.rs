@@ -28,6 +28,8 @@ pub struct Shared {
     pub running: Running,
     /// Fires on SIGTERM: running jobs stop at their next await and are handed back.
     pub stop: CancellationToken,
+    /// Running jobs' cancel tokens, fired by `pvefleet.control.<node>.cancel`.
+    pub cancels: std::sync::Mutex<std::collections::HashMap<JobId, CancellationToken>>,
 }
 
 /// Takes jobs until `stop`, then gives running jobs the grace period to hand back.
@@ -67,29 +69,17 @@ pub async fn work(shared: Arc<Shared>) {
         }
     }
     tracing::info!(running = jobs.len(), grace = ?shared.config.shutdown_grace, "stopped taking jobs; waiting for running ones to hand back");
-    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
-        while jobs.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(shared.config.shutdown_grace, async { while jobs.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(
-            left = jobs.len(),
-            "grace period over; the jobs left are redelivered after their ack wait"
-        );
+        tracing::warn!(left = jobs.len(), "grace period over; the jobs left are redelivered after their ack wait");
         jobs.abort_all();
     }
 }
 
 /// One message, waiting up to a few seconds for it.
 async fn next_message(shared: &Shared) -> Result<Option<Message>, async_nats::Error> {
-    let mut batch = shared
-        .bus
-        .consumer
-        .batch()
-        .max_messages(1)
-        .expires(Duration::from_secs(5))
-        .messages()
-        .await?;
+    let mut batch = shared.bus.consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages().await?;
     match batch.next().await {
         Some(m) => Ok(Some(m?)),
         None => Ok(None),
@@ -127,10 +117,7 @@ async fn handle(shared: &Shared, msg: Message) {
         return;
     }
     if let (JobEnd::Finished { .. }, Some(job_id)) = (&end, job_id_of(&msg.payload))
-        && let Err(e) = shared
-            .bus
-            .clear_checkpoint(&shared.config.node, &job_id)
-            .await
+        && let Err(e) = shared.bus.clear_checkpoint(&shared.config.node, &job_id).await
     {
         tracing::warn!(error = %e, "checkpoint not cleared; it expires on its own");
     }
@@ -152,13 +139,8 @@ async fn process(shared: &Shared, msg: &Message) -> JobEnd {
             .await;
         }
         Err(e) => {
-            return reject(
-                shared,
-                &msg.payload,
-                ErrorKind::InvalidMessage,
-                format!("unreadable job message: {e}"),
-            )
-            .await;
+            return reject(shared, &msg.payload, ErrorKind::InvalidMessage, format!("unreadable job message: {e}"))
+                .await;
         }
     };
     if &job.node != node {
@@ -166,34 +148,19 @@ async fn process(shared: &Shared, msg: &Message) -> JobEnd {
             shared,
             &msg.payload,
             ErrorKind::WrongNode,
-            format!(
-                "the job is for node {} but was delivered to the agent of {node}",
-                job.node
-            ),
+            format!("the job is for node {} but was delivered to the agent of {node}", job.node),
         )
         .await;
     }
     if let Err(e) = job.validate() {
         return reject(shared, &msg.payload, ErrorKind::Validation, e.to_string()).await;
     }
-    shared
-        .running
-        .lock()
-        .expect("running set")
-        .insert(job.job_id);
-    let end = create::run(
-        &job,
-        &shared.pve,
-        &shared.bus,
-        &shared.config.ssh,
-        &shared.stop,
-    )
-    .await;
-    shared
-        .running
-        .lock()
-        .expect("running set")
-        .remove(&job.job_id);
+    shared.running.lock().expect("running set").insert(job.job_id);
+    let cancel = CancellationToken::new();
+    shared.cancels.lock().expect("cancels").insert(job.job_id, cancel.clone());
+    let end = create::run(&job, &shared.pve, &shared.bus, &shared.config.ssh, &shared.stop, &cancel).await;
+    shared.cancels.lock().expect("cancels").remove(&job.job_id);
+    shared.running.lock().expect("running set").remove(&job.job_id);
     end
 }
 
@@ -228,28 +195,55 @@ async fn terminal_error(
         node: node.clone(),
         vmid: None,
         ip: None,
-        error: Some(ErrorInfo {
-            kind,
-            step: Step::Validating,
-            message: message.clone(),
-        }),
+        error: Some(ErrorInfo { kind, step: Step::Validating, message: message.clone() }),
         rolled_back: false,
         host_key: None,
     };
-    events
-        .emit(
-            EventType::Error,
-            Some(Step::Validating),
-            None,
-            message,
-            None,
-            Some(result),
-        )
-        .await
+    events.emit(EventType::Error, Some(Step::Validating), None, message, None, Some(result)).await
 }
 
 /// The job id of a message, if it has a readable one (even when the rest is not).
 fn job_id_of(payload: &[u8]) -> Option<JobId> {
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
     value.get("job_id")?.as_str()?.parse().ok()
+}
+
+/// Answers `pvefleet.control.<node>.cancel` requests: `{"job_id": …}` → `{"ok": bool, "message": …}`.
+pub async fn serve_cancels(shared: Arc<Shared>) {
+    let subject = pvefleet_schemas::names::cancel_subject(&shared.config.node);
+    let mut requests = match shared.bus.client.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, %subject, "cannot listen for cancel requests");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            r = requests.next() => match r { Some(r) => r, None => return },
+            _ = shared.stop.cancelled() => return,
+        };
+        let Some(reply) = request.reply.clone() else { continue };
+        let answer = match serde_json::from_slice::<pvefleet_schemas::CancelRequest>(&request.payload) {
+            Err(e) => pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") },
+            Ok(req) => match shared.cancels.lock().expect("cancels").get(&req.job_id) {
+                Some(token) => {
+                    token.cancel();
+                    tracing::info!(job_id = %req.job_id, "cancel requested");
+                    pvefleet_schemas::CancelReply {
+                        ok: true,
+                        message: format!("job {} is being cancelled", req.job_id),
+                    }
+                }
+                None => pvefleet_schemas::CancelReply {
+                    ok: false,
+                    message: format!("job {} is not running on {}", req.job_id, shared.config.node),
+                },
+            },
+        };
+        let payload = serde_json::to_vec(&answer).expect("a reply serializes");
+        if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
+            tracing::warn!(error = %e, "cancel reply not sent");
+        }
+    }
 }

@@ -10,12 +10,7 @@ use clap::{Parser, Subcommand};
 #[command(version, about)]
 struct Cli {
     /// NATS server URL(s), comma separated.
-    #[arg(
-        long,
-        env = "PVEFLEET_NATS_URL",
-        default_value = "nats://127.0.0.1:4222",
-        global = true
-    )]
+    #[arg(long, env = "PVEFLEET_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
     nats_url: String,
     /// NATS credentials file.
     #[arg(long, env = "PVEFLEET_NATS_CREDS", global = true)]
@@ -49,9 +44,6 @@ enum Verb {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    eprintln!(
-        "pvefleet: `{:?}` is not built yet in this version",
-        cli.verb
-    );
+    eprintln!("pvefleet: `{:?}` is not built yet in this version", cli.verb);
     ExitCode::from(1)
 }

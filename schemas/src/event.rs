@@ -32,9 +32,7 @@ impl EventType {
 }
 
 /// The steps of a create job, in order; `RollingBack` only after a failure.
-#[derive(
-    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, JsonSchema,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Validating,
@@ -152,11 +150,7 @@ pub struct Event {
 impl Event {
     /// Reads an event message, with a clear error for another version or type.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        decode(
-            bytes,
-            "event type",
-            &["accepted", "step", "log", "warning", "complete", "error"],
-        )
+        decode(bytes, "event type", &["accepted", "step", "log", "warning", "complete", "error"])
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -166,4 +160,18 @@ impl Event {
     pub fn is_terminal(&self) -> bool {
         self.kind.is_terminal()
     }
+}
+
+/// A request on `pvefleet.control.<node>.cancel`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CancelRequest {
+    pub job_id: JobId,
+}
+
+/// The agent's answer to a [`CancelRequest`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CancelReply {
+    /// Whether the job was running here and is now being cancelled.
+    pub ok: bool,
+    pub message: String,
 }

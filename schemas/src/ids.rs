@@ -67,9 +67,7 @@ impl FromStr for JobId {
     type Err = FieldError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ulid::from_string(s)
-            .map(Self)
-            .map_err(|e| FieldError::new("job_id", format!("`{s}` is not a ULID ({e})")))
+        Ulid::from_string(s).map(Self).map_err(|e| FieldError::new("job_id", format!("`{s}` is not a ULID ({e})")))
     }
 }
 
@@ -114,15 +112,9 @@ impl NodeName {
             return Err(FieldError::new("node", "must not be empty"));
         }
         if name.len() > Self::MAX_LEN {
-            return Err(FieldError::new(
-                "node",
-                format!("`{name}` is longer than {} characters", Self::MAX_LEN),
-            ));
+            return Err(FieldError::new("node", format!("`{name}` is longer than {} characters", Self::MAX_LEN)));
         }
-        if let Some(bad) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-        {
+        if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
             return Err(FieldError::new(
                 "node",
                 format!(
@@ -197,10 +189,7 @@ impl Vmid {
         if (Self::MIN..=Self::MAX).contains(&id) {
             Ok(Self(id))
         } else {
-            Err(FieldError::new(
-                "vmid",
-                format!("{id} is outside {}..={}", Self::MIN, Self::MAX),
-            ))
+            Err(FieldError::new("vmid", format!("{id} is outside {}..={}", Self::MIN, Self::MAX)))
         }
     }
 
@@ -225,10 +214,7 @@ impl FromStr for Vmid {
     type Err = FieldError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let id = s
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| FieldError::new("vmid", format!("`{s}` is not a number")))?;
+        let id = s.trim().parse::<u32>().map_err(|_| FieldError::new("vmid", format!("`{s}` is not a number")))?;
         Self::new(id)
     }
 }

@@ -5,6 +5,7 @@
 //! - [`ids`]: `JobId`, `NodeName`, `Vmid`, each checked when made or decoded.
 //! - [`spec`]: what people write (container, deploy, options); unknown fields are errors.
 //! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
+//! - `layout` (feature `nats`): the streams' and buckets' settings as async-nats configs.
 //! - [`names`]: streams, buckets, consumers and one function per subject.
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
 //! - [`validate`]: field errors that name the field at fault.
@@ -13,6 +14,8 @@
 pub mod event;
 pub mod ids;
 pub mod job;
+#[cfg(feature = "nats")]
+pub mod layout;
 pub mod message;
 pub mod names;
 pub mod schema;
@@ -20,13 +23,13 @@ pub mod spec;
 pub mod state;
 pub mod validate;
 
-pub use event::{ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, Step};
+pub use event::{CancelReply, CancelRequest, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, Step};
 pub use ids::{JobId, NodeName, Vmid};
 pub use job::{Job, JobMessageKind};
 pub use message::{DecodeError, Timestamp, V1, VERSION};
 pub use spec::{
-    ContainerSpec, DeploySpec, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions,
-    RollbackPolicy, ScriptSpec, Secret, Timeouts,
+    ContainerSpec, DeploySpec, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions, RollbackPolicy, ScriptSpec,
+    Secret, Timeouts,
 };
 pub use state::{Capacity, Checkpoint, Heartbeat, StorageCapacity};
 pub use validate::{FieldError, ValidationErrors};

@@ -62,13 +62,8 @@ impl Timestamp {
     }
 
     fn text(&self) -> String {
-        let format = format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        );
-        self.0
-            .to_offset(UtcOffset::UTC)
-            .format(&format)
-            .unwrap_or_else(|_| self.0.to_string())
+        let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+        self.0.to_offset(UtcOffset::UTC).format(&format).unwrap_or_else(|_| self.0.to_string())
     }
 }
 
@@ -95,9 +90,7 @@ impl<'de> Deserialize<'de> for Timestamp {
         let text = Cow::<str>::deserialize(d)?;
         OffsetDateTime::parse(&text, &Rfc3339)
             .map(Self)
-            .map_err(|e| {
-                serde::de::Error::custom(format!("`{text}` is not an RFC 3339 time ({e})"))
-            })
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not an RFC 3339 time ({e})")))
     }
 }
 
@@ -121,11 +114,7 @@ pub enum DecodeError {
     #[error("unsupported message version {found}; this build reads version {VERSION}")]
     Version { found: serde_json::Value },
     #[error("unknown {field} `{found}`; this build knows {known}")]
-    Kind {
-        field: &'static str,
-        found: String,
-        known: String,
-    },
+    Kind { field: &'static str, found: String, known: String },
     #[error("field `{field}`: {message}")]
     Field { field: String, message: String },
 }
@@ -154,16 +143,13 @@ pub(crate) fn decode<T: DeserializeOwned>(
     if !kind.as_str().is_some_and(|k| known.contains(&k)) {
         return Err(DecodeError::Kind {
             field: kind_field,
-            found: kind
-                .as_str()
-                .map_or_else(|| kind.to_string(), str::to_owned),
+            found: kind.as_str().map_or_else(|| kind.to_string(), str::to_owned),
             known: known.join(", "),
         });
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let (field, message) =
-            crate::validate::field_of(&e.path().to_string(), &e.inner().to_string());
+        let (field, message) = crate::validate::field_of(&e.path().to_string(), &e.inner().to_string());
         DecodeError::Field { field, message }
     })
 }

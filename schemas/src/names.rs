@@ -82,24 +82,12 @@ mod tests {
     fn subjects_follow_the_contract() {
         let node = NodeName::new("pve1").unwrap();
         let job: JobId = "01JD0000000000000000000000".parse().unwrap();
-        assert_eq!(
-            job_subject(&node, JobKind::Create),
-            "pvefleet.jobs.pve1.create"
-        );
+        assert_eq!(job_subject(&node, JobKind::Create), "pvefleet.jobs.pve1.create");
         assert_eq!(node_jobs_filter(&node), "pvefleet.jobs.pve1.>");
         assert_eq!(agent_consumer(&node), "agent-pve1");
-        assert_eq!(
-            event_subject(&node, &job),
-            "pvefleet.events.pve1.01JD0000000000000000000000"
-        );
-        assert_eq!(
-            job_events_filter(&job),
-            "pvefleet.events.*.01JD0000000000000000000000"
-        );
+        assert_eq!(event_subject(&node, &job), "pvefleet.events.pve1.01JD0000000000000000000000");
+        assert_eq!(job_events_filter(&job), "pvefleet.events.*.01JD0000000000000000000000");
         assert_eq!(cancel_subject(&node), "pvefleet.control.pve1.cancel");
-        assert_eq!(
-            checkpoint_key(&node, &job),
-            "pve1.01JD0000000000000000000000"
-        );
+        assert_eq!(checkpoint_key(&node, &job), "pve1.01JD0000000000000000000000");
     }
 }

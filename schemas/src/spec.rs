@@ -77,19 +77,14 @@ impl FromStr for IpConfig {
         let bad = || {
             FieldError::new(
                 "ip",
-                format!(
-                    "`{s}` is neither `dhcp` nor an IPv4 address with a prefix like `10.0.0.5/24`"
-                ),
+                format!("`{s}` is neither `dhcp` nor an IPv4 address with a prefix like `10.0.0.5/24`"),
             )
         };
         let (addr, prefix) = s.split_once('/').ok_or_else(bad)?;
         let addr: Ipv4Addr = addr.parse().map_err(|_| bad())?;
         let prefix: u8 = prefix.parse().map_err(|_| bad())?;
         if !(1..=32).contains(&prefix) {
-            return Err(FieldError::new(
-                "ip",
-                format!("prefix /{prefix} in `{s}` is outside 1..=32"),
-            ));
+            return Err(FieldError::new("ip", format!("prefix /{prefix} in `{s}` is outside 1..=32")));
         }
         Ok(IpConfig::Static { addr, prefix })
     }
@@ -103,9 +98,7 @@ impl Serialize for IpConfig {
 
 impl<'de> Deserialize<'de> for IpConfig {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Cow::<str>::deserialize(d)?
-            .parse()
-            .map_err(|e: FieldError| serde::de::Error::custom(e.problem))
+        Cow::<str>::deserialize(d)?.parse().map_err(|e: FieldError| serde::de::Error::custom(e.problem))
     }
 }
 
@@ -242,15 +235,9 @@ impl ContainerSpec {
         if let Err(e) = dns_name(&self.hostname) {
             p.push(FieldError::new("hostname", e));
         }
-        p.check("memory", self.memory >= 16, || {
-            format!("{} MB is below the minimum of 16 MB", self.memory)
-        });
-        p.check("cores", (1..=8192).contains(&self.cores), || {
-            format!("{} is outside 1..=8192", self.cores)
-        });
-        p.check("disk", self.disk >= 1, || {
-            format!("{} GB is below the minimum of 1 GB", self.disk)
-        });
+        p.check("memory", self.memory >= 16, || format!("{} MB is below the minimum of 16 MB", self.memory));
+        p.check("cores", (1..=8192).contains(&self.cores), || format!("{} is outside 1..=8192", self.cores));
+        p.check("disk", self.disk >= 1, || format!("{} GB is below the minimum of 1 GB", self.disk));
         if let Err(e) = config_id(&self.storage) {
             p.push(FieldError::new("storage", e));
         }
@@ -259,27 +246,17 @@ impl ContainerSpec {
         }
         if let Some(gw) = self.gw {
             match self.ip {
-                IpConfig::Dhcp => p.push(FieldError::new(
-                    "gw",
-                    "a gateway needs a static `ip`; with `dhcp` the DHCP server gives it",
-                )),
-                ip => p.check(
-                    "gw",
-                    ip.contains(gw)
-                        && IpConfig::Static {
-                            addr: gw,
-                            prefix: 32,
-                        } != ip,
-                    || format!("{gw} is not a host in the subnet of {ip}"),
-                ),
+                IpConfig::Dhcp => {
+                    p.push(FieldError::new("gw", "a gateway needs a static `ip`; with `dhcp` the DHCP server gives it"))
+                }
+                ip => p.check("gw", ip.contains(gw) && IpConfig::Static { addr: gw, prefix: 32 } != ip, || {
+                    format!("{gw} is not a host in the subnet of {ip}")
+                }),
             }
         }
         if let Some(ns) = &self.nameserver {
-            let all_ips =
-                !ns.trim().is_empty() && ns.split_whitespace().all(|a| a.parse::<IpAddr>().is_ok());
-            p.check("nameserver", all_ips, || {
-                format!("`{ns}` is not a space-separated list of IP addresses")
-            });
+            let all_ips = !ns.trim().is_empty() && ns.split_whitespace().all(|a| a.parse::<IpAddr>().is_ok());
+            p.check("nameserver", all_ips, || format!("`{ns}` is not a space-separated list of IP addresses"));
         }
         let template_ok = self
             .ostemplate
@@ -295,10 +272,7 @@ impl ContainerSpec {
             let field = format!("tags[{i}]");
             if let Err(e) = pve_tag(tag) {
                 p.push(FieldError::new(field, e));
-            } else if tag
-                .to_ascii_lowercase()
-                .starts_with(crate::MARKER_TAG_PREFIX)
-            {
+            } else if tag.to_ascii_lowercase().starts_with(crate::MARKER_TAG_PREFIX) {
                 p.push(FieldError::new(
                     field,
                     format!(
@@ -315,9 +289,7 @@ impl ContainerSpec {
         }
         if let Some(pw) = &self.root_password {
             // PVE's own minimum for `password` on create.
-            p.check("root_password", pw.expose().len() >= 5, || {
-                "must be at least 5 characters".into()
-            });
+            p.check("root_password", pw.expose().len() >= 5, || "must be at least 5 characters".into());
         }
         p.finish()
     }
@@ -337,16 +309,9 @@ fn ssh_public_key(key: &str) -> Result<(), String> {
         return Err("is not an OpenSSH public key line (`TYPE BASE64 [COMMENT]`)".into());
     };
     if !TYPES.contains(&kind) {
-        return Err(format!(
-            "key type `{kind}` is not one of {}",
-            TYPES.join(", ")
-        ));
+        return Err(format!("key type `{kind}` is not one of {}", TYPES.join(", ")));
     }
-    if key.contains('\n')
-        || !body
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c))
-    {
+    if key.contains('\n') || !body.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)) {
         return Err("the key body is not base64 on one line".into());
     }
     Ok(())
@@ -361,11 +326,7 @@ impl FileMode {
     pub const MAX: u32 = 0o7777;
 
     pub fn new(mode: u32) -> Result<Self, FieldError> {
-        if mode <= Self::MAX {
-            Ok(Self(mode))
-        } else {
-            Err(FieldError::new("mode", format!("{mode:o} is above 7777")))
-        }
+        if mode <= Self::MAX { Ok(Self(mode)) } else { Err(FieldError::new("mode", format!("{mode:o} is above 7777"))) }
     }
 
     pub fn bits(self) -> u32 {
@@ -393,9 +354,7 @@ impl FromStr for FileMode {
         let mode = u32::from_str_radix(digits, 8)
             .ok()
             .filter(|_| !digits.is_empty() && digits.len() <= 5)
-            .ok_or_else(|| {
-                FieldError::new("mode", format!("`{s}` is not an octal mode like \"0644\""))
-            })?;
+            .ok_or_else(|| FieldError::new("mode", format!("`{s}` is not an octal mode like \"0644\"")))?;
         Self::new(mode)
     }
 }
@@ -408,9 +367,7 @@ impl Serialize for FileMode {
 
 impl<'de> Deserialize<'de> for FileMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Cow::<str>::deserialize(d)?
-            .parse()
-            .map_err(|e: FieldError| serde::de::Error::custom(e.problem))
+        Cow::<str>::deserialize(d)?.parse().map_err(|e: FieldError| serde::de::Error::custom(e.problem))
     }
 }
 
@@ -452,12 +409,8 @@ impl DeploySpec {
         for (i, pkg) in self.packages.iter().enumerate() {
             let ok = !pkg.is_empty()
                 && !pkg.starts_with('-')
-                && pkg
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.:_=~*".contains(c));
-            p.check(&format!("packages[{i}]"), ok, || {
-                format!("`{pkg}` is not a package name")
-            });
+                && pkg.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:_=~*".contains(c));
+            p.check(&format!("packages[{i}]"), ok, || format!("`{pkg}` is not a package name"));
         }
         for (i, file) in self.files.iter().enumerate() {
             p.nest(&format!("files[{i}]"), file.validate());
@@ -465,16 +418,9 @@ impl DeploySpec {
         let mut names = std::collections::HashSet::new();
         for (i, script) in self.scripts.iter().enumerate() {
             p.nest(&format!("scripts[{i}]"), script.validate());
-            p.check(
-                &format!("scripts[{i}].name"),
-                names.insert(&script.name),
-                || {
-                    format!(
-                        "`{}` is used by an earlier script; names identify scripts in events",
-                        script.name
-                    )
-                },
-            );
+            p.check(&format!("scripts[{i}].name"), names.insert(&script.name), || {
+                format!("`{}` is used by an earlier script; names identify scripts in events", script.name)
+            });
         }
         p.finish()
     }
@@ -508,28 +454,18 @@ impl FileSpec {
             && !self.path.contains('\0')
             && !self.path.split('/').any(|c| c == "..");
         p.check("path", path_ok, || {
-            format!(
-                "`{}` is not an absolute file path (starts with `/`, no `..`, not a directory)",
-                self.path
-            )
+            format!("`{}` is not an absolute file path (starts with `/`, no `..`, not a directory)", self.path)
         });
-        p.check(
-            "content",
-            self.content.is_some() != self.source.is_some(),
-            || "give exactly one of `content` and `source`".into(),
-        );
+        p.check("content", self.content.is_some() != self.source.is_some(), || {
+            "give exactly one of `content` and `source`".into()
+        });
         if let Some(owner) = &self.owner {
             let ok = !owner.is_empty()
                 && owner.split(':').count() <= 2
                 && owner.split(':').all(|part| {
-                    !part.is_empty()
-                        && part
-                            .chars()
-                            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                    !part.is_empty() && part.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
                 });
-            p.check("owner", ok, || {
-                format!("`{owner}` is not `user` or `user:group`")
-            });
+            p.check("owner", ok, || format!("`{owner}` is not `user` or `user:group`"));
         }
         p.finish()
     }
@@ -553,19 +489,11 @@ pub struct ScriptSpec {
 impl ScriptSpec {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut p = Problems::default();
-        p.check("name", !self.name.trim().is_empty(), || {
-            "must not be empty".into()
-        });
-        p.check("body", !self.body.trim().is_empty(), || {
-            "a script needs a body".into()
-        });
-        p.check("interpreter", !self.interpreter.trim().is_empty(), || {
-            "must not be empty".into()
-        });
+        p.check("name", !self.name.trim().is_empty(), || "must not be empty".into());
+        p.check("body", !self.body.trim().is_empty(), || "a script needs a body".into());
+        p.check("interpreter", !self.interpreter.trim().is_empty(), || "must not be empty".into());
         if let Some(t) = self.timeout {
-            p.check("timeout", !t.0.is_zero(), || {
-                "must be longer than zero".into()
-            });
+            p.check("timeout", !t.0.is_zero(), || "must be longer than zero".into());
         }
         p.finish()
     }
@@ -617,9 +545,7 @@ impl Serialize for HumanDuration {
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Cow::<str>::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        Cow::<str>::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -704,15 +630,8 @@ impl JobOptions {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut p = Problems::default();
         let t = &self.timeouts;
-        for (name, d) in [
-            ("task", t.task),
-            ("ip", t.ip),
-            ("ssh", t.ssh),
-            ("script", t.script),
-        ] {
-            p.check(&format!("timeouts.{name}"), !d.0.is_zero(), || {
-                "must be longer than zero".into()
-            });
+        for (name, d) in [("task", t.task), ("ip", t.ip), ("ssh", t.ssh), ("script", t.script)] {
+            p.check(&format!("timeouts.{name}"), !d.0.is_zero(), || "must be longer than zero".into());
         }
         p.finish()
     }
@@ -723,10 +642,7 @@ mod tests {
     use super::*;
 
     fn spec() -> ContainerSpec {
-        ContainerSpec::new(
-            "web",
-            "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
-        )
+        ContainerSpec::new("web", "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst")
     }
 
     fn fields(r: Result<(), ValidationErrors>) -> Vec<String> {
@@ -757,30 +673,12 @@ mod tests {
                     s.gw = Some("10.0.1.1".parse().unwrap());
                 }),
             ),
-            (
-                "nameserver",
-                Box::new(|s| s.nameserver = Some("dns.example".into())),
-            ),
-            (
-                "ostemplate",
-                Box::new(|s| s.ostemplate = "debian.tar.zst".into()),
-            ),
-            (
-                "tags[1]",
-                Box::new(|s| s.tags = vec!["ok".into(), "not ok".into()]),
-            ),
-            (
-                "tags[0]",
-                Box::new(|s| s.tags = vec!["pvefleet-forged".into()]),
-            ),
-            (
-                "ssh_public_keys[0]",
-                Box::new(|s| s.ssh_public_keys = vec!["hello".into()]),
-            ),
-            (
-                "root_password",
-                Box::new(|s| s.root_password = Some(Secret::new("abc"))),
-            ),
+            ("nameserver", Box::new(|s| s.nameserver = Some("dns.example".into()))),
+            ("ostemplate", Box::new(|s| s.ostemplate = "debian.tar.zst".into())),
+            ("tags[1]", Box::new(|s| s.tags = vec!["ok".into(), "not ok".into()])),
+            ("tags[0]", Box::new(|s| s.tags = vec!["pvefleet-forged".into()])),
+            ("ssh_public_keys[0]", Box::new(|s| s.ssh_public_keys = vec!["hello".into()])),
+            ("root_password", Box::new(|s| s.root_password = Some(Secret::new("abc")))),
         ];
         for (field, mutate) in cases {
             let mut s = spec();
@@ -795,13 +693,7 @@ mod tests {
         s.ip = "192.168.1.50/24".parse().unwrap();
         s.gw = Some("192.168.1.1".parse().unwrap());
         s.validate().unwrap();
-        for bad in [
-            "10.0.0.1",
-            "10.0.0.1/33",
-            "10.0.0.1/0",
-            "10.0.0/24",
-            "dhcp4",
-        ] {
+        for bad in ["10.0.0.1", "10.0.0.1/33", "10.0.0.1/0", "10.0.0/24", "dhcp4"] {
             assert_eq!(bad.parse::<IpConfig>().unwrap_err().field, "ip", "{bad}");
         }
     }
@@ -837,18 +729,8 @@ mod tests {
                 owner: Some("a:b:c".into()),
             }],
             scripts: vec![
-                ScriptSpec {
-                    name: "s".into(),
-                    body: " ".into(),
-                    interpreter: "/bin/sh".into(),
-                    timeout: None,
-                },
-                ScriptSpec {
-                    name: "s".into(),
-                    body: "true".into(),
-                    interpreter: "/bin/sh".into(),
-                    timeout: None,
-                },
+                ScriptSpec { name: "s".into(), body: " ".into(), interpreter: "/bin/sh".into(), timeout: None },
+                ScriptSpec { name: "s".into(), body: "true".into(), interpreter: "/bin/sh".into(), timeout: None },
             ],
         };
         assert_eq!(
@@ -866,10 +748,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = toml::from_str::<ContainerSpec>(
-            "hostname = 'web'\nostemplate = 'local:vztmpl/x.tar.zst'\nmemroy = 1024\n",
-        )
-        .unwrap_err();
+        let err =
+            toml::from_str::<ContainerSpec>("hostname = 'web'\nostemplate = 'local:vztmpl/x.tar.zst'\nmemroy = 1024\n")
+                .unwrap_err();
         assert!(err.to_string().contains("memroy"), "{err}");
     }
 }

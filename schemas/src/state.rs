@@ -45,10 +45,8 @@ pub struct Heartbeat {
 
 impl Heartbeat {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::Field {
-            field: "heartbeat".into(),
-            message: e.to_string(),
-        })
+        serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::Field { field: "heartbeat".into(), message: e.to_string() })
     }
 }
 
@@ -109,10 +107,8 @@ impl Checkpoint {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        serde_json::from_slice(bytes).map_err(|e| DecodeError::Field {
-            field: "checkpoint".into(),
-            message: e.to_string(),
-        })
+        serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::Field { field: "checkpoint".into(), message: e.to_string() })
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -12,10 +12,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            problem: problem.into(),
-        }
+        Self { field: field.into(), problem: problem.into() }
     }
 
     /// The same problem, placed under a parent field (`hostname` → `container.hostname`).
@@ -60,15 +57,8 @@ impl fmt::Display for ValidationErrors {
 /// a missing field at its parent (`.` for the top); this names the field itself.
 pub fn field_of(path: &str, message: &str) -> (String, String) {
     let message = message.trim();
-    if let Some(field) = message
-        .strip_prefix("missing field `")
-        .and_then(|m| m.split('`').next())
-    {
-        let full = if path == "." || path.is_empty() {
-            field.to_owned()
-        } else {
-            format!("{path}.{field}")
-        };
+    if let Some(field) = message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+        let full = if path == "." || path.is_empty() { field.to_owned() } else { format!("{path}.{field}") };
         return (full, "is required".to_owned());
     }
     (path.to_owned(), message.to_owned())
@@ -96,11 +86,7 @@ impl Problems {
     }
 
     pub(crate) fn finish(self) -> Result<(), ValidationErrors> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationErrors(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(ValidationErrors(self.0)) }
     }
 }
 
@@ -131,13 +117,9 @@ pub(crate) fn dns_name(name: &str) -> Result<(), String> {
 /// PVE's `pve-tag` format: `[a-z0-9_][a-z0-9_+.-]*`, case-insensitive.
 pub(crate) fn pve_tag(tag: &str) -> Result<(), String> {
     let mut chars = tag.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || "_+.-".contains(c)) {
-        return Err(format!(
-            "`{tag}` is not a PVE tag (letters, digits, `_`, then also `+`, `.` and `-`)"
-        ));
+        return Err(format!("`{tag}` is not a PVE tag (letters, digits, `_`, then also `+`, `.` and `-`)"));
     }
     Ok(())
 }
@@ -147,9 +129,7 @@ pub(crate) fn config_id(id: &str) -> Result<(), String> {
     let mut chars = id.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-        return Err(format!(
-            "`{id}` is not a valid id (a letter, then letters, digits, `-`, `_` or `.`)"
-        ));
+        return Err(format!("`{id}` is not a valid id (a letter, then letters, digits, `-`, `_` or `.`)"));
     }
     Ok(())
 }
@@ -170,27 +150,18 @@ mod tests {
 
     #[test]
     fn missing_fields_are_named_in_full() {
-        assert_eq!(
-            field_of(".", "missing field `node`"),
-            ("node".into(), "is required".into())
-        );
+        assert_eq!(field_of(".", "missing field `node`"), ("node".into(), "is required".into()));
         assert_eq!(
             field_of("container", "missing field `hostname` at line 1 column 9"),
             ("container.hostname".into(), "is required".into())
         );
-        assert_eq!(
-            field_of("container.swap", "invalid value"),
-            ("container.swap".into(), "invalid value".into())
-        );
+        assert_eq!(field_of("container.swap", "invalid value"), ("container.swap".into(), "invalid value".into()));
     }
 
     #[test]
     fn many_errors_list_every_field() {
         let e = ValidationErrors(vec![FieldError::new("a", "x"), FieldError::new("b", "y")]);
         assert_eq!(e.to_string(), "2 invalid fields:\n  a: x\n  b: y");
-        assert_eq!(
-            FieldError::new("[1].mode", "bad").under("files").field,
-            "files[1].mode"
-        );
+        assert_eq!(FieldError::new("[1].mode", "bad").under("files").field, "files[1].mode");
     }
 }

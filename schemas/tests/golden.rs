@@ -47,15 +47,7 @@ fn event_examples_round_trip_unchanged() {
         assert_eq!(json(&event.encode()), json(&bytes), "{rel}");
         kinds.push(event.kind);
     }
-    assert_eq!(
-        kinds,
-        [
-            EventType::Step,
-            EventType::Log,
-            EventType::Complete,
-            EventType::Error
-        ]
-    );
+    assert_eq!(kinds, [EventType::Step, EventType::Log, EventType::Complete, EventType::Error]);
     let error = Event::decode(&read("examples/event-error.json")).unwrap();
     let info = error.result.unwrap().error.unwrap();
     assert_eq!((info.kind, info.step), (ErrorKind::Deploy, Step::Deploying));
@@ -63,10 +55,7 @@ fn event_examples_round_trip_unchanged() {
 
 #[test]
 fn checked_in_schemas_are_current() {
-    for (rel, fresh) in [
-        ("json-schema/job.json", job_schema()),
-        ("json-schema/event.json", event_schema()),
-    ] {
+    for (rel, fresh) in [("json-schema/job.json", job_schema()), ("json-schema/event.json", event_schema())] {
         if std::env::var_os("PVEFLEET_BLESS").is_some() {
             std::fs::write(path(rel), &fresh).unwrap();
         }
@@ -109,27 +98,15 @@ fn unknown_version_and_kind_are_named() {
     job["v"] = Value::from(1);
     job["kind"] = Value::from("resize");
     let err = Job::decode(&serde_json::to_vec(&job).unwrap()).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "unknown job kind `resize`; this build knows create"
-    );
+    assert_eq!(err.to_string(), "unknown job kind `resize`; this build knows create");
 
     let mut event = json(&read("examples/event-step.json"));
     event["type"] = Value::from("exploded");
     let err = Event::decode(&serde_json::to_vec(&event).unwrap()).unwrap_err();
-    assert!(
-        err.to_string().contains("unknown event type `exploded`"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("unknown event type `exploded`"), "{err}");
 
-    assert!(matches!(
-        Job::decode(b"{\"kind\":\"create\"}").unwrap_err(),
-        DecodeError::NoVersion
-    ));
-    assert!(matches!(
-        Job::decode(b"not json").unwrap_err(),
-        DecodeError::NotJson(_)
-    ));
+    assert!(matches!(Job::decode(b"{\"kind\":\"create\"}").unwrap_err(), DecodeError::NoVersion));
+    assert!(matches!(Job::decode(b"not json").unwrap_err(), DecodeError::NotJson(_)));
 }
 
 #[test]
@@ -137,9 +114,7 @@ fn a_bad_field_is_named_by_its_path() {
     let mut job = json(&read("examples/job-create.json"));
     job["container"]["swap"] = Value::from(-1);
     let err = Job::decode(&serde_json::to_vec(&job).unwrap()).unwrap_err();
-    let DecodeError::Field { field, .. } = &err else {
-        panic!("{err}")
-    };
+    let DecodeError::Field { field, .. } = &err else { panic!("{err}") };
     assert_eq!(field, "container.swap");
 
     job["container"]["swap"] = Value::from(0);
@@ -147,26 +122,11 @@ fn a_bad_field_is_named_by_its_path() {
     job["container"]["hostname"] = Value::from("bad_name");
     job["deploy"]["files"][1]["path"] = Value::from("relative/path");
     let job = Job::decode(&serde_json::to_vec(&job).unwrap()).unwrap();
-    let fields: Vec<_> = job
-        .validate()
-        .unwrap_err()
-        .fields()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(
-        fields,
-        [
-            "container.hostname",
-            "container.memory",
-            "deploy.files[1].path"
-        ]
-    );
+    let fields: Vec<_> = job.validate().unwrap_err().fields().map(str::to_owned).collect();
+    assert_eq!(fields, ["container.hostname", "container.memory", "deploy.files[1].path"]);
 
     let mut node = json(&read("examples/job-create.json"));
     node["node"] = Value::from("pve.1");
     let err = Job::decode(&serde_json::to_vec(&node).unwrap()).unwrap_err();
-    assert!(
-        err.to_string().contains("node") && err.to_string().contains("NATS"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("node") && err.to_string().contains("NATS"), "{err}");
 }

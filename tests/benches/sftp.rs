@@ -28,10 +28,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let mib: usize = std::env::var("PVEFLEET_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let mib: usize = std::env::var("PVEFLEET_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
     let dir = TestDir::new("bench-sftp");
     let ip = Ipv4Addr::new(127, 0, 0, 120);
     let sshd = Sshd::start(&dir, ip, &dir.sub("keys")).await?;
@@ -67,19 +64,9 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..RUNS {
         let dest = remote.join(format!("ours-{i}.bin"));
         let started = Instant::now();
-        session
-            .upload(
-                &UploadSource::File(local.clone()),
-                dest.to_str().unwrap(),
-                0o644,
-                None,
-            )
-            .await?;
+        session.upload(&UploadSource::File(local.clone()), dest.to_str().unwrap(), 0o644, None).await?;
         ours.push(started.elapsed());
-        anyhow::ensure!(
-            sha256_file(&dest)? == sha256_file(&local)?,
-            "our upload differs"
-        );
+        anyhow::ensure!(sha256_file(&dest)? == sha256_file(&local)?, "our upload differs");
         std::fs::remove_file(&dest)?;
     }
     session.close().await;
@@ -89,19 +76,13 @@ async fn main() -> anyhow::Result<()> {
     // OpenSSH as operators run it, and tuned to what the agent does (255 KiB requests, AES-GCM).
     for (label, tuning) in [
         ("OpenSSH sftp, defaults:", vec![]),
-        (
-            "OpenSSH sftp, -B 255K -c aes256-gcm:",
-            vec!["-B", "261120", "-R", "64", "-c", "aes256-gcm@openssh.com"],
-        ),
+        ("OpenSSH sftp, -B 255K -c aes256-gcm:", vec!["-B", "261120", "-R", "64", "-c", "aes256-gcm@openssh.com"]),
     ] {
         let mut openssh = Vec::new();
         for i in 0..RUNS {
             let dest = remote.join(format!("openssh-{i}.bin"));
             let batch = dir.path().join("batch");
-            std::fs::write(
-                &batch,
-                format!("put {} {}\n", local.display(), dest.display()),
-            )?;
+            std::fs::write(&batch, format!("put {} {}\n", local.display(), dest.display()))?;
             let started = Instant::now();
             let out = Command::new(tools::openssh_client("sftp")?)
                 .arg("-q")
@@ -112,23 +93,12 @@ async fn main() -> anyhow::Result<()> {
                 .arg(&key_path)
                 .arg("-o")
                 .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-                .args([
-                    "-o",
-                    "StrictHostKeyChecking=yes",
-                    "-o",
-                    "BatchMode=yes",
-                    "-o",
-                    "IdentitiesOnly=yes",
-                ])
+                .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
                 .args(["-P", &sshd.port.to_string()])
                 .arg(format!("{}@{ip}", sshd.user))
                 .output()?;
             openssh.push(started.elapsed());
-            anyhow::ensure!(
-                out.status.success(),
-                "sftp failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            anyhow::ensure!(out.status.success(), "sftp failed: {}", String::from_utf8_lossy(&out.stderr));
             anyhow::ensure!(sha256_file(&dest)? == want, "OpenSSH's upload differs");
             std::fs::remove_file(&dest)?;
         }
@@ -140,12 +110,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "sftp upload of {mib} MiB to OpenSSH sshd on loopback, median of {RUNS} runs (every upload checked by SHA-256)"
     );
-    println!(
-        "  {:<40} {:8.1} MiB/s  ({:.2} s)",
-        "pvefleet-agent (russh-sftp):",
-        rate(ours),
-        ours.as_secs_f64()
-    );
+    println!("  {:<40} {:8.1} MiB/s  ({:.2} s)", "pvefleet-agent (russh-sftp):", rate(ours), ours.as_secs_f64());
     for (label, took) in &openssh_runs {
         println!(
             "  {label:<40} {:8.1} MiB/s  ({:.2} s)   ratio ours/this: {:.2}x",

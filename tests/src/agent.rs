@@ -47,18 +47,9 @@ pub struct Agent {
 
 impl Agent {
     /// Writes the agent's config (token file, pinned fingerprint) and starts it.
-    pub fn start(
-        dir: &TestDir,
-        nats_urls: &[String],
-        pve: &FakePve,
-        opts: AgentOptions,
-    ) -> anyhow::Result<Self> {
+    pub fn start(dir: &TestDir, nats_urls: &[String], pve: &FakePve, opts: AgentOptions) -> anyhow::Result<Self> {
         let config = dir.path().join(format!("agent-{}.toml", opts.node));
-        let urls = nats_urls
-            .iter()
-            .map(|u| format!("{u:?}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let urls = nats_urls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
         std::fs::write(
             &config,
             format!(
@@ -79,13 +70,7 @@ impl Agent {
                 ssh_port = opts.ssh.as_ref().map_or(22, |s| s.1),
             ),
         )?;
-        let mut agent = Self {
-            opts,
-            config,
-            dir: dir.clone(),
-            proc: None,
-            starts: 0,
-        };
+        let mut agent = Self { opts, config, dir: dir.clone(), proc: None, starts: 0 };
         agent.launch()?;
         Ok(agent)
     }

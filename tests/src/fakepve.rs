@@ -27,11 +27,7 @@ pub struct FakePveOptions {
 
 impl Default for FakePveOptions {
     fn default() -> Self {
-        Self {
-            nodes: vec!["pve1".into()],
-            time_scale: 0.0,
-            token_id: "root@pam!pvefleet".into(),
-        }
+        Self { nodes: vec!["pve1".into()], time_scale: 0.0, token_id: "root@pam!pvefleet".into() }
     }
 }
 
@@ -77,31 +73,22 @@ impl FakePve {
             .arg("--dir")
             .arg(&home)
             .args(["--nodes", &opts.nodes.join(",")])
-            .args([
-                "--token-id",
-                &opts.token_id,
-                "--token-secret",
-                &token_secret,
-            ])
+            .args(["--token-id", &opts.token_id, "--token-secret", &token_secret])
             .arg("--keys-dir")
             .arg(&keys_dir)
             .args(["--time-scale", &opts.time_scale.to_string()]);
         let mut proc = Proc::spawn(dir, "fakepve", cmd)?;
         let ready_file = home.join("ready.json");
-        let ready: Ready = wait_until(
-            "fakepve to write ready.json",
-            Duration::from_secs(30),
-            || {
-                let exited = proc.try_wait();
-                let text = std::fs::read(&ready_file).ok();
-                async move {
-                    if let Some(status) = exited {
-                        return Some(Err(anyhow::anyhow!("fakepve exited early with {status}")));
-                    }
-                    Some(Ok(serde_json::from_slice(&text?).ok()?))
+        let ready: Ready = wait_until("fakepve to write ready.json", Duration::from_secs(30), || {
+            let exited = proc.try_wait();
+            let text = std::fs::read(&ready_file).ok();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!("fakepve exited early with {status}")));
                 }
-            },
-        )
+                Some(Ok(serde_json::from_slice(&text?).ok()?))
+            }
+        })
         .await?
         .with_context(|| format!("fakepve: see {}", proc.log().display()))?;
         Ok(Self {
@@ -124,12 +111,7 @@ impl FakePve {
     }
 
     /// Any call on the PVE API with the token and the pinned certificate; returns `data`.
-    pub async fn api(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        form: &[(&str, &str)],
-    ) -> anyhow::Result<Value> {
+    pub async fn api(&self, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Value> {
         let trust = pvefleet_agent::proxmox::tls::Trust::Fingerprint(self.fingerprint.parse()?);
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(pvefleet_agent::proxmox::tls::client_config(&trust)?)
@@ -171,14 +153,7 @@ impl FakePve {
 
     /// The next `times` requests matching `method` and `path` (relative to `/api2/json`) fail
     /// with `status` and `message`.
-    pub async fn fail(
-        &self,
-        method: &str,
-        path: &str,
-        times: u32,
-        status: u16,
-        message: &str,
-    ) -> anyhow::Result<()> {
+    pub async fn fail(&self, method: &str, path: &str, times: u32, status: u16, message: &str) -> anyhow::Result<()> {
         self.control(
             "/fail",
             json!({"method": method, "path": path, "times": times, "status": status, "message": message}),
@@ -189,66 +164,37 @@ impl FakePve {
 
     /// The next `times` matching requests fail with one of PVE's own catalogued errors
     /// (`pve.errors_for(method, path)` in fakepve lists them), e.g. a 400 with per-field errors.
-    pub async fn fail_with_pve_error(
-        &self,
-        method: &str,
-        path: &str,
-        times: u32,
-        error: &str,
-    ) -> anyhow::Result<()> {
-        self.control(
-            "/fail",
-            json!({"method": method, "path": path, "times": times, "error": error}),
-        )
-        .await
-        .map(drop)
+    pub async fn fail_with_pve_error(&self, method: &str, path: &str, times: u32, error: &str) -> anyhow::Result<()> {
+        self.control("/fail", json!({"method": method, "path": path, "times": times, "error": error})).await.map(drop)
     }
 
     /// The next task of `task_type` (`vzcreate`, `vzstart`, …) ends in `TASK ERROR: message`.
     pub async fn task_error(&self, task_type: &str, message: &str) -> anyhow::Result<()> {
-        self.control(
-            "/task-error",
-            json!({"type": task_type, "message": message}),
-        )
-        .await
-        .map(drop)
+        self.control("/task-error", json!({"type": task_type, "message": message})).await.map(drop)
     }
 
     /// Delays every API response by `seconds` (0 clears it).
     pub async fn slow(&self, seconds: f64) -> anyhow::Result<()> {
-        self.control("/slow", json!({"seconds": seconds}))
-            .await
-            .map(drop)
+        self.control("/slow", json!({"seconds": seconds})).await.map(drop)
     }
 
     /// Changes how fast PVE tasks run (PVE seconds per real second; 0 = at once).
     pub async fn time_scale(&self, scale: f64) -> anyhow::Result<()> {
-        self.control("/time-scale", json!({"scale": scale}))
-            .await
-            .map(drop)
+        self.control("/time-scale", json!({"scale": scale})).await.map(drop)
     }
 
     pub async fn offline(&self, node: &str, offline: bool) -> anyhow::Result<()> {
-        self.control("/offline", json!({"node": node, "offline": offline}))
-            .await
-            .map(drop)
+        self.control("/offline", json!({"node": node, "offline": offline})).await.map(drop)
     }
 
     /// The next task of `task_type` does its work, then ends `WARNINGS: 1` with `message` logged.
     pub async fn task_warning(&self, task_type: &str, message: &str) -> anyhow::Result<()> {
-        self.control(
-            "/task-warning",
-            json!({"type": task_type, "message": message}),
-        )
-        .await
-        .map(drop)
+        self.control("/task-warning", json!({"type": task_type, "message": message})).await.map(drop)
     }
 
     /// Adds `lines` at the top of the next `task_type` task's log (e.g. PVE's host-key lines).
     pub async fn task_log(&self, task_type: &str, lines: &[&str]) -> anyhow::Result<()> {
-        self.control("/task-log", json!({"type": task_type, "lines": lines}))
-            .await
-            .map(drop)
+        self.control("/task-log", json!({"type": task_type, "lines": lines})).await.map(drop)
     }
 
     /// How long tasks take, in PVE seconds: `{"create": 2, "start": 1}`.
@@ -259,11 +205,7 @@ impl FakePve {
     /// The launcher's view: time scale, delay, nodes, pending failures, containers, and
     /// `requests` (API requests that got past TLS).
     pub async fn health(&self) -> anyhow::Result<Value> {
-        let resp = self
-            .control
-            .get(format!("{}/health", self.control_url))
-            .send()
-            .await?;
+        let resp = self.control.get(format!("{}/health", self.control_url)).send().await?;
         Ok(resp.error_for_status()?.json().await?)
     }
 
@@ -295,20 +237,8 @@ fn random_secret() -> String {
     let mut out = String::new();
     for _ in 0..2 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos(),
-        );
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
         out.push_str(&format!("{:016x}", h.finish()));
     }
-    format!(
-        "{}-{}-{}-{}-{}",
-        &out[0..8],
-        &out[8..12],
-        &out[12..16],
-        &out[16..20],
-        &out[20..32]
-    )
+    format!("{}-{}-{}-{}-{}", &out[0..8], &out[8..12], &out[12..16], &out[16..20], &out[20..32])
 }

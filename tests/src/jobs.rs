@@ -16,11 +16,7 @@ use crate::fakepve::OSTEMPLATE;
 pub fn create_job(node: &str, hostname: &str, ip: Ipv4Addr) -> Job {
     let mut spec = ContainerSpec::new(hostname, OSTEMPLATE);
     spec.ip = format!("{ip}/32").parse().expect("a valid ip config");
-    Job::create(
-        NodeName::new(node).expect("a node name"),
-        spec,
-        DeploySpec::default(),
-    )
+    Job::create(NodeName::new(node).expect("a node name"), spec, DeploySpec::default())
 }
 
 /// The streams, as an agent or `pvefleet setup` makes them.
@@ -43,9 +39,7 @@ pub async fn submit_raw(
 ) -> anyhow::Result<()> {
     js.send_publish(
         job_subject(node, JobKind::Create),
-        PublishMessage::build()
-            .payload(payload.into())
-            .message_id(msg_id),
+        PublishMessage::build().payload(payload.into()).message_id(msg_id),
     )
     .await?
     .await
@@ -59,9 +53,7 @@ pub async fn events_until_terminal(
     job: JobId,
     within: Duration,
 ) -> anyhow::Result<Vec<Event>> {
-    let stream = js
-        .get_stream(pvefleet_schemas::names::EVENTS_STREAM)
-        .await?;
+    let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             filter_subject: job_events_filter(&job),
@@ -89,10 +81,7 @@ pub async fn events_until_terminal(
             "no terminal event for {job} within {within:?}; events so far:\n{}",
             events
                 .iter()
-                .map(|e| format!(
-                    "  {} {:?} {:?} {}% {}",
-                    e.seq, e.kind, e.step, e.percent, e.message
-                ))
+                .map(|e| format!("  {} {:?} {:?} {}% {}", e.seq, e.kind, e.step, e.percent, e.message))
                 .collect::<Vec<_>>()
                 .join("\n")
         ),
@@ -102,9 +91,7 @@ pub async fn events_until_terminal(
 
 /// The events of one job so far (no waiting), for checks after the terminal one.
 pub async fn events_now(js: &jetstream::Context, job: JobId) -> anyhow::Result<Vec<Event>> {
-    let stream = js
-        .get_stream(pvefleet_schemas::names::EVENTS_STREAM)
-        .await?;
+    let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
     let consumer = stream
         .create_consumer(consumer::pull::Config {
             filter_subject: job_events_filter(&job),
@@ -116,9 +103,7 @@ pub async fn events_now(js: &jetstream::Context, job: JobId) -> anyhow::Result<V
     let mut events = Vec::new();
     let mut batch = consumer.fetch().max_messages(10_000).messages().await?;
     while let Some(msg) = batch.next().await {
-        events.push(Event::decode(
-            &msg.map_err(anyhow::Error::from_boxed)?.payload,
-        )?);
+        events.push(Event::decode(&msg.map_err(anyhow::Error::from_boxed)?.payload)?);
     }
     Ok(events)
 }
@@ -128,16 +113,8 @@ pub async fn events_now(js: &jetstream::Context, job: JobId) -> anyhow::Result<V
 pub fn check_event_contract(events: &[Event]) -> anyhow::Result<()> {
     ensure!(!events.is_empty(), "no events");
     for (i, e) in events.iter().enumerate() {
-        ensure!(
-            e.seq == i as u64 + 1,
-            "event {i} has seq {} (want {}): {events:#?}",
-            e.seq,
-            i + 1
-        );
-        ensure!(
-            e.job_id == events[0].job_id && e.node == events[0].node,
-            "events of two jobs mixed"
-        );
+        ensure!(e.seq == i as u64 + 1, "event {i} has seq {} (want {}): {events:#?}", e.seq, i + 1);
+        ensure!(e.job_id == events[0].job_id && e.node == events[0].node, "events of two jobs mixed");
     }
     ensure!(
         events.windows(2).all(|w| w[0].percent <= w[1].percent),
@@ -146,9 +123,6 @@ pub fn check_event_contract(events: &[Event]) -> anyhow::Result<()> {
     );
     let terminals = events.iter().filter(|e| e.is_terminal()).count();
     ensure!(terminals == 1, "{terminals} terminal events");
-    ensure!(
-        events.last().is_some_and(Event::is_terminal),
-        "the terminal event is not last"
-    );
+    ensure!(events.last().is_some_and(Event::is_terminal), "the terminal event is not last");
     Ok(())
 }

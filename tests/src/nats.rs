@@ -63,11 +63,8 @@ impl NatsServer {
         let bin = tools::nats_server()?;
         let mut cmd = Command::new(bin);
         cmd.arg("-c").arg(&self.config);
-        let log_name = if self.restarts == 0 {
-            self.name.clone()
-        } else {
-            format!("{}-restart{}", self.name, self.restarts)
-        };
+        let log_name =
+            if self.restarts == 0 { self.name.clone() } else { format!("{}-restart{}", self.name, self.restarts) };
         self.proc = Some(Proc::spawn(&self.dir, &log_name, cmd)?);
         Ok(())
     }
@@ -87,18 +84,13 @@ impl NatsServer {
                 }
                 if jetstream {
                     let client = async_nats::connect(&url).await.ok()?;
-                    async_nats::jetstream::new(client)
-                        .query_account()
-                        .await
-                        .ok()?;
+                    async_nats::jetstream::new(client).query_account().await.ok()?;
                 } else {
                     // The server greets every connection with INFO; no credentials needed.
                     let addr = url.trim_start_matches("nats://");
                     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
                     let mut greeting = [0u8; 4];
-                    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut greeting)
-                        .await
-                        .ok()?;
+                    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut greeting).await.ok()?;
                     if &greeting != b"INFO" {
                         return None;
                     }
@@ -108,13 +100,7 @@ impl NatsServer {
         })
         .await?
         .with_context(|| {
-            format!(
-                "{what}: see {}",
-                self.proc
-                    .as_ref()
-                    .map(|p| p.log().display().to_string())
-                    .unwrap_or_default()
-            )
+            format!("{what}: see {}", self.proc.as_ref().map(|p| p.log().display().to_string()).unwrap_or_default())
         })
     }
 
@@ -137,9 +123,7 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
-        async_nats::connect(self.url())
-            .await
-            .context("connecting to the test nats-server")
+        async_nats::connect(self.url()).await.context("connecting to the test nats-server")
     }
 
     pub async fn jetstream(&self) -> anyhow::Result<async_nats::jetstream::Context> {
@@ -176,11 +160,7 @@ impl NatsCluster {
     pub async fn start(dir: &TestDir) -> anyhow::Result<Self> {
         let client_ports: Vec<u16> = (0..3).map(|_| free_port("127.0.0.1")).collect();
         let route_ports: Vec<u16> = (0..3).map(|_| free_port("127.0.0.1")).collect();
-        let routes = route_ports
-            .iter()
-            .map(|p| format!("nats-route://127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let routes = route_ports.iter().map(|p| format!("nats-route://127.0.0.1:{p}")).collect::<Vec<_>>().join(", ");
         let mut nodes = Vec::new();
         for i in 0..3 {
             let name = format!("n{}", i + 1);
@@ -220,11 +200,7 @@ impl NatsCluster {
     }
 
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
-        let addrs: Vec<async_nats::ServerAddr> = self
-            .urls()
-            .iter()
-            .map(|u| u.parse())
-            .collect::<Result<_, _>>()?;
+        let addrs: Vec<async_nats::ServerAddr> = self.urls().iter().map(|u| u.parse()).collect::<Result<_, _>>()?;
         async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
             .connect(addrs)

@@ -31,11 +31,7 @@ impl Proc {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
-        Ok(Self {
-            name: name.to_owned(),
-            child: Some(child),
-            log,
-        })
+        Ok(Self { name: name.to_owned(), child: Some(child), log })
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -57,9 +53,7 @@ impl Proc {
 
     /// Whether the process has exited, with its status.
     pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
-        self.child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten())
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Sends a signal (SIGTERM for a graceful stop).
@@ -78,10 +72,7 @@ impl Proc {
     }
 
     /// Waits (polling, up to `within`) for the process to exit and returns its status.
-    pub async fn wait_exit(
-        &mut self,
-        within: std::time::Duration,
-    ) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn wait_exit(&mut self, within: std::time::Duration) -> anyhow::Result<std::process::ExitStatus> {
         let name = self.name.clone();
         let status = crate::wait_until(&format!("{name} to exit"), within, || {
             let s = self.try_wait();

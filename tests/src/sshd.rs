@@ -31,11 +31,7 @@ pub struct Sshd {
 
 impl Sshd {
     /// Starts sshd on `ip` (a `127.0.0.x`), reading authorized keys from `keys_dir/<ip>`.
-    pub async fn start(
-        dir: &TestDir,
-        ip: Ipv4Addr,
-        keys_dir: &std::path::Path,
-    ) -> anyhow::Result<Self> {
+    pub async fn start(dir: &TestDir, ip: Ipv4Addr, keys_dir: &std::path::Path) -> anyhow::Result<Self> {
         let mut sshd = Self::prepare(dir, ip, keys_dir)?;
         sshd.launch().await?;
         Ok(sshd)
@@ -43,11 +39,7 @@ impl Sshd {
 
     /// Writes the config and host key but does not start sshd yet (for tests of a server that
     /// comes up late); call [`Sshd::launch`].
-    pub fn prepare(
-        dir: &TestDir,
-        ip: Ipv4Addr,
-        keys_dir: &std::path::Path,
-    ) -> anyhow::Result<Self> {
+    pub fn prepare(dir: &TestDir, ip: Ipv4Addr, keys_dir: &std::path::Path) -> anyhow::Result<Self> {
         tools::sshd()?;
         let home = dir.sub(&format!("sshd-{ip}"));
         let host_key = home.join("ssh_host_ed25519_key");
@@ -109,35 +101,25 @@ impl Sshd {
         self.proc = Some(Proc::spawn(&self.dir, &name, cmd)?);
         let addr = (self.ip, self.port);
         let proc = self.proc.as_mut().expect("just started");
-        wait_until(
-            &format!("{name} on {}:{}", addr.0, addr.1),
-            Duration::from_secs(15),
-            || {
-                let exited = proc.try_wait();
-                async move {
-                    if let Some(status) = exited {
-                        return Some(Err(anyhow::anyhow!("sshd exited early with {status}")));
-                    }
-                    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-                    let mut banner = [0u8; 8];
-                    stream.read_exact(&mut banner).await.ok()?;
-                    Some(if banner.starts_with(b"SSH-2.0") {
-                        Ok(())
-                    } else {
-                        Err(anyhow::anyhow!("unexpected banner {banner:?}"))
-                    })
+        wait_until(&format!("{name} on {}:{}", addr.0, addr.1), Duration::from_secs(15), || {
+            let exited = proc.try_wait();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!("sshd exited early with {status}")));
                 }
-            },
-        )
+                let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let mut banner = [0u8; 8];
+                stream.read_exact(&mut banner).await.ok()?;
+                Some(if banner.starts_with(b"SSH-2.0") {
+                    Ok(())
+                } else {
+                    Err(anyhow::anyhow!("unexpected banner {banner:?}"))
+                })
+            }
+        })
         .await?
         .with_context(|| {
-            format!(
-                "sshd: see {}",
-                self.proc
-                    .as_ref()
-                    .map(|p| p.log().display().to_string())
-                    .unwrap_or_default()
-            )
+            format!("sshd: see {}", self.proc.as_ref().map(|p| p.log().display().to_string()).unwrap_or_default())
         })
     }
 
@@ -173,18 +155,12 @@ pub fn keygen(path: &std::path::Path, comment: &str) -> anyhow::Result<()> {
         .arg(path)
         .output()?;
     if !out.status.success() {
-        bail!(
-            "ssh-keygen failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
 
 fn current_user() -> anyhow::Result<String> {
-    let out = Command::new("id")
-        .arg("-un")
-        .output()
-        .context("running `id -un`")?;
+    let out = Command::new("id").arg("-un").output().context("running `id -un`")?;
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }

@@ -14,10 +14,7 @@ const INSTALL_HINT: &str = "run `bash scripts/bootstrap` in the repository (it i
 
 /// The repository's root (the workspace).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_owned()
 }
 
 fn venv_bin(name: &str) -> PathBuf {
@@ -26,12 +23,7 @@ fn venv_bin(name: &str) -> PathBuf {
 
 fn on_path(name: &str) -> Vec<PathBuf> {
     std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(name))
-                .filter(|p| p.is_file())
-                .collect()
-        })
+        .map(|p| std::env::split_paths(&p).map(|d| d.join(name)).filter(|p| p.is_file()).collect())
         .unwrap_or_default()
 }
 
@@ -57,10 +49,9 @@ pub fn nats_server() -> anyhow::Result<PathBuf> {
         .arg("--version")
         .output()
         .with_context(|| format!("running {} --version: {INSTALL_HINT}", candidate.display()))?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let version = parse_nats_version(&text)
-        .with_context(|| format!("{} printed no version ({text:?})", candidate.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let version =
+        parse_nats_version(&text).with_context(|| format!("{} printed no version ({text:?})", candidate.display()))?;
     if (version.0, version.1) < MIN_NATS {
         bail!(
             "{} is nats-server {}.{}.{}, but pvefleet needs ≥ {}.{} (JetStream KV and consumer features; Debian's 2.9 is too old): {INSTALL_HINT}, or point NATS_SERVER_BIN at a newer binary",
@@ -79,22 +70,14 @@ pub fn nats_server() -> anyhow::Result<PathBuf> {
 pub fn parse_nats_version(text: &str) -> Option<(u32, u32, u32)> {
     let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
     let mut parts = v.split(['.', '-']).map(|p| p.parse::<u32>().ok());
-    Some((
-        parts.next()??,
-        parts.next()??,
-        parts.next().flatten().unwrap_or(0),
-    ))
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
 }
 
 /// A Python that can `import fakepve`: `FAKEPVE_PYTHON`, else the project's `.venv`.
 pub fn fakepve_python() -> anyhow::Result<PathBuf> {
-    let python = std::env::var_os("FAKEPVE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| venv_bin("python"));
-    let ok = Command::new(&python)
-        .args(["-c", "import fakepve, cryptography"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let python = std::env::var_os("FAKEPVE_PYTHON").map(PathBuf::from).unwrap_or_else(|| venv_bin("python"));
+    let ok =
+        Command::new(&python).args(["-c", "import fakepve, cryptography"]).output().is_ok_and(|o| o.status.success());
     if !ok {
         bail!(
             "{} cannot import fakepve with its crypto extra: {INSTALL_HINT}, or set FAKEPVE_PYTHON",
@@ -106,14 +89,9 @@ pub fn fakepve_python() -> anyhow::Result<PathBuf> {
 
 /// OpenSSH's `sshd` (Debian `openssh-server`), which must be run by absolute path.
 pub fn sshd() -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("SSHD_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"));
+    let path = std::env::var_os("SSHD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/sbin/sshd"));
     if !path.is_file() {
-        bail!(
-            "{} not found: {INSTALL_HINT} (`apt-get install openssh-server`), or set SSHD_BIN",
-            path.display()
-        );
+        bail!("{} not found: {INSTALL_HINT} (`apt-get install openssh-server`), or set SSHD_BIN", path.display());
     }
     Ok(path)
 }
@@ -127,16 +105,10 @@ pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     }
     // Test binaries live in target/<profile>/deps; the workspace's binaries one level up.
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target dir")?;
+    let dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
     let bin = dir.join(name);
     if !bin.is_file() {
-        bail!(
-            "{} not found: build it first with `cargo build --bins` (`just test` does), or set {var}",
-            bin.display()
-        );
+        bail!("{} not found: build it first with `cargo build --bins` (`just test` does), or set {var}", bin.display());
     }
     Ok(bin)
 }
@@ -153,18 +125,9 @@ pub fn openssh_client(name: &str) -> anyhow::Result<PathBuf> {
 mod tests {
     #[test]
     fn versions_parse() {
-        assert_eq!(
-            super::parse_nats_version("nats-server: v2.12.8\n"),
-            Some((2, 12, 8))
-        );
-        assert_eq!(
-            super::parse_nats_version("nats-server: v2.9.25"),
-            Some((2, 9, 25))
-        );
-        assert_eq!(
-            super::parse_nats_version("nats-server: v2.11.0-RC.1"),
-            Some((2, 11, 0))
-        );
+        assert_eq!(super::parse_nats_version("nats-server: v2.12.8\n"), Some((2, 12, 8)));
+        assert_eq!(super::parse_nats_version("nats-server: v2.9.25"), Some((2, 9, 25)));
+        assert_eq!(super::parse_nats_version("nats-server: v2.11.0-RC.1"), Some((2, 11, 0)));
         assert_eq!(super::parse_nats_version("garbage"), None);
     }
 }

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use pvefleet_schemas::{ErrorKind, EventType, Secret, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
-use pvefleet_testbed::jobs::{
-    check_event_contract, create_job, ensure_streams, events_until_terminal, submit,
-};
+use pvefleet_testbed::jobs::{check_event_contract, create_job, ensure_streams, events_until_terminal, submit};
 use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, init_tracing};
 
 const JOB_WITHIN: Duration = Duration::from_secs(60);
@@ -25,10 +23,7 @@ async fn bed(name: &str, nodes: &[&str]) -> anyhow::Result<Bed> {
     let nats = NatsServer::start(&dir).await?;
     let pve = FakePve::start(
         &dir,
-        FakePveOptions {
-            nodes: nodes.iter().map(|n| n.to_string()).collect(),
-            ..Default::default()
-        },
+        FakePveOptions { nodes: nodes.iter().map(|n| n.to_string()).collect(), ..Default::default() },
     )
     .await?;
     let js = nats.jetstream().await?;
@@ -38,12 +33,7 @@ async fn bed(name: &str, nodes: &[&str]) -> anyhow::Result<Bed> {
 
 impl Bed {
     fn agent(&self, node: &str) -> anyhow::Result<Agent> {
-        Agent::start(
-            &self.dir,
-            &[self.nats.url()],
-            &self.pve,
-            AgentOptions::node(node),
-        )
+        Agent::start(&self.dir, &[self.nats.url()], &self.pve, AgentOptions::node(node))
     }
 }
 
@@ -63,34 +53,20 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     spec.unprivileged = true;
     spec.nesting = true;
     spec.tags = vec!["web".into(), "Prod".into()];
-    spec.ssh_public_keys = vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKey ops@example".into()];
+    spec.ssh_public_keys =
+        vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKey ops@example".into()];
     spec.root_password = Some(Secret::new("correct horse"));
     submit(&bed.js, &job).await?;
 
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
     check_event_contract(&events)?;
     assert_eq!(events[0].kind, EventType::Accepted);
-    let steps: Vec<Step> = events
-        .iter()
-        .filter(|e| e.kind == EventType::Step)
-        .filter_map(|e| e.step)
-        .collect();
+    let steps: Vec<Step> = events.iter().filter(|e| e.kind == EventType::Step).filter_map(|e| e.step).collect();
     assert_eq!(
         steps,
-        [
-            Step::Validating,
-            Step::Creating,
-            Step::Starting,
-            Step::Connecting,
-            Step::Deploying,
-            Step::Finalizing
-        ]
+        [Step::Validating, Step::Creating, Step::Starting, Step::Connecting, Step::Deploying, Step::Finalizing]
     );
-    assert!(
-        events.iter().any(
-            |e| e.kind == EventType::Log && e.stream == Some(pvefleet_schemas::LogStream::Task)
-        )
-    );
+    assert!(events.iter().any(|e| e.kind == EventType::Log && e.stream == Some(pvefleet_schemas::LogStream::Task)));
     let last = events.last().unwrap();
     assert_eq!(last.kind, EventType::Complete);
     assert_eq!(last.percent, 100);
@@ -104,17 +80,9 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     assert_eq!(cfg["memory"], 1024);
     assert_eq!(cfg["swap"], 256);
     assert_eq!(cfg["cores"], 2);
-    assert_eq!(
-        cfg["rootfs"].as_str().unwrap(),
-        "local-lvm:vm-4242-disk-0,size=12G"
-    );
+    assert_eq!(cfg["rootfs"].as_str().unwrap(), "local-lvm:vm-4242-disk-0,size=12G");
     let net0 = cfg["net0"].as_str().unwrap();
-    assert!(
-        net0.contains("bridge=vmbr0")
-            && net0.contains("ip=127.0.0.31/32")
-            && net0.contains("name=eth0"),
-        "{net0}"
-    );
+    assert!(net0.contains("bridge=vmbr0") && net0.contains("ip=127.0.0.31/32") && net0.contains("name=eth0"), "{net0}");
     assert_eq!(cfg["nameserver"], "1.1.1.1 9.9.9.9");
     assert_eq!(cfg["unprivileged"], 1);
     assert_eq!(cfg["features"], "nesting=1");
@@ -122,20 +90,10 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     let mut tags = [job.job_id.marker_tag(), "prod".into(), "web".into()];
     tags.sort();
     assert_eq!(cfg["tags"].as_str().unwrap(), tags.join(";"));
-    assert!(
-        cfg["description"]
-            .as_str()
-            .unwrap()
-            .contains(&job.job_id.to_string())
-    );
+    assert!(cfg["description"].as_str().unwrap().contains(&job.job_id.to_string()));
     let keys = std::fs::read_to_string(bed.pve.keys_dir.join("vmid-4242"))?;
     assert!(keys.contains("ops@example"));
-    assert_eq!(
-        bed.pve
-            .api_get("/nodes/pve1/lxc/4242/status/current")
-            .await?["status"],
-        "running"
-    );
+    assert_eq!(bed.pve.api_get("/nodes/pve1/lxc/4242/status/current").await?["status"], "running");
     // The password went to PVE and nowhere else.
     assert!(!_agent.log_text().contains("correct horse"));
     bed.dir.pass();
@@ -154,17 +112,7 @@ async fn allocates_a_vmid_when_the_spec_has_none() -> anyhow::Result<()> {
     let b = events_until_terminal(&bed.js, second.job_id, JOB_WITHIN).await?;
     check_event_contract(&a)?;
     check_event_contract(&b)?;
-    let vmid = |events: &[pvefleet_schemas::Event]| {
-        events
-            .last()
-            .unwrap()
-            .result
-            .as_ref()
-            .unwrap()
-            .vmid
-            .unwrap()
-            .get()
-    };
+    let vmid = |events: &[pvefleet_schemas::Event]| events.last().unwrap().result.as_ref().unwrap().vmid.unwrap().get();
     assert_eq!((vmid(&a), vmid(&b)), (100, 101));
     assert_eq!(bed.pve.containers().await?, vec![100, 101]);
     bed.dir.pass();
@@ -172,15 +120,11 @@ async fn allocates_a_vmid_when_the_spec_has_none() -> anyhow::Result<()> {
 }
 
 fn result_of(events: &[pvefleet_schemas::Event]) -> &pvefleet_schemas::JobResult {
-    events
-        .last()
-        .and_then(|e| e.result.as_ref())
-        .expect("a terminal event with a result")
+    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
 }
 
 #[tokio::test]
-async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() -> anyhow::Result<()>
-{
+async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() -> anyhow::Result<()> {
     let bed = bed("agent-nodes", &["pve1", "pve2", "pve3"]).await?;
     let a1 = bed.agent("pve1")?;
     let a2 = bed.agent("pve2")?;
@@ -194,46 +138,16 @@ async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() ->
     let e2 = events_until_terminal(&bed.js, j2.job_id, JOB_WITHIN).await?;
     assert!(e1.iter().all(|e| e.node.as_str() == "pve1") && result_of(&e1).success);
     assert!(e2.iter().all(|e| e.node.as_str() == "pve2") && result_of(&e2).success);
-    assert!(
-        !a1.log_text().contains(&j2.job_id.to_string())
-            && !a2.log_text().contains(&j1.job_id.to_string())
-    );
-    assert!(
-        bed.pve
-            .api_get("/nodes/pve1/lxc")
-            .await?
-            .to_string()
-            .contains("\"one\"")
-    );
-    assert!(
-        bed.pve
-            .api_get("/nodes/pve2/lxc")
-            .await?
-            .to_string()
-            .contains("\"two\"")
-    );
+    assert!(!a1.log_text().contains(&j2.job_id.to_string()) && !a2.log_text().contains(&j1.job_id.to_string()));
+    assert!(bed.pve.api_get("/nodes/pve1/lxc").await?.to_string().contains("\"one\""));
+    assert!(bed.pve.api_get("/nodes/pve2/lxc").await?.to_string().contains("\"two\""));
 
     // pve3 has no agent: its job stays queued, untouched.
-    let jobs = bed
-        .js
-        .get_stream(pvefleet_schemas::names::JOBS_STREAM)
-        .await?;
-    let queued = jobs
-        .get_last_raw_message_by_subject("pvefleet.jobs.pve3.create")
-        .await?;
-    assert_eq!(
-        pvefleet_schemas::Job::decode(&queued.payload)?.job_id,
-        j3.job_id
-    );
-    assert!(
-        pvefleet_testbed::jobs::events_now(&bed.js, j3.job_id)
-            .await?
-            .is_empty()
-    );
-    assert_eq!(
-        bed.pve.api_get("/nodes/pve3/lxc").await?,
-        serde_json::json!([])
-    );
+    let jobs = bed.js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?;
+    let queued = jobs.get_last_raw_message_by_subject("pvefleet.jobs.pve3.create").await?;
+    assert_eq!(pvefleet_schemas::Job::decode(&queued.payload)?.job_id, j3.job_id);
+    assert!(pvefleet_testbed::jobs::events_now(&bed.js, j3.job_id).await?.is_empty());
+    assert_eq!(bed.pve.api_get("/nodes/pve3/lxc").await?, serde_json::json!([]));
 
     let _a3 = bed.agent("pve3")?;
     let e3 = events_until_terminal(&bed.js, j3.job_id, JOB_WITHIN).await?;
@@ -246,9 +160,7 @@ async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() ->
 #[tokio::test]
 async fn a_create_that_fails_twice_with_500_is_retried_into_one_container() -> anyhow::Result<()> {
     let bed = bed("agent-500", &["pve1"]).await?;
-    bed.pve
-        .fail("POST", "/nodes/pve1/lxc", 2, 500, "proxy loop detected")
-        .await?;
+    bed.pve.fail("POST", "/nodes/pve1/lxc", 2, 500, "proxy loop detected").await?;
     let agent = bed.agent("pve1")?;
     let job = create_job("pve1", "retry", Ipv4Addr::new(127, 0, 0, 51));
     submit(&bed.js, &job).await?;
@@ -256,15 +168,7 @@ async fn a_create_that_fails_twice_with_500_is_retried_into_one_container() -> a
     check_event_contract(&events)?;
     assert!(result_of(&events).success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?.len(), 1);
-    assert_eq!(
-        agent
-            .log_text()
-            .matches("Proxmox API call failed; retrying")
-            .count(),
-        2,
-        "{}",
-        agent.log_text()
-    );
+    assert_eq!(agent.log_text().matches("Proxmox API call failed; retrying").count(), 2, "{}", agent.log_text());
     bed.dir.pass();
     Ok(())
 }
@@ -272,18 +176,8 @@ async fn a_create_that_fails_twice_with_500_is_retried_into_one_container() -> a
 #[tokio::test]
 async fn a_failed_create_task_reports_its_log_and_leaves_nothing() -> anyhow::Result<()> {
     let bed = bed("agent-task-error", &["pve1"]).await?;
-    bed.pve
-        .task_log(
-            "vzcreate",
-            &["extracting archive", "Total bytes read: 1024"],
-        )
-        .await?;
-    bed.pve
-        .task_error(
-            "vzcreate",
-            "unable to create CT 100 - no space left on device",
-        )
-        .await?;
+    bed.pve.task_log("vzcreate", &["extracting archive", "Total bytes read: 1024"]).await?;
+    bed.pve.task_error("vzcreate", "unable to create CT 100 - no space left on device").await?;
     let _agent = bed.agent("pve1")?;
     let job = create_job("pve1", "doomed", Ipv4Addr::new(127, 0, 0, 52));
     submit(&bed.js, &job).await?;
@@ -293,17 +187,12 @@ async fn a_failed_create_task_reports_its_log_and_leaves_nothing() -> anyhow::Re
     let error = result.error.as_ref().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Task, Step::Creating));
     assert!(
-        error.message.contains("no space left on device")
-            && error.message.contains("extracting archive"),
+        error.message.contains("no space left on device") && error.message.contains("extracting archive"),
         "{}",
         error.message
     );
     assert!(result.rolled_back);
-    assert!(
-        events
-            .iter()
-            .any(|e| e.kind == EventType::Log && e.message.contains("Total bytes read"))
-    );
+    assert!(events.iter().any(|e| e.kind == EventType::Log && e.message.contains("Total bytes read")));
     assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
     bed.dir.pass();
     Ok(())
@@ -313,43 +202,18 @@ async fn a_failed_create_task_reports_its_log_and_leaves_nothing() -> anyhow::Re
 async fn a_parameter_error_is_not_retried_and_names_the_field() -> anyhow::Result<()> {
     let bed = bed("agent-400", &["pve1"]).await?;
     // PVE's own 400 with per-field errors, armed for two requests: one must remain unused.
-    bed.pve
-        .fail_with_pve_error(
-            "POST",
-            "/nodes/pve1/lxc",
-            2,
-            "param_storage_storage_does_not",
-        )
-        .await?;
+    bed.pve.fail_with_pve_error("POST", "/nodes/pve1/lxc", 2, "param_storage_storage_does_not").await?;
     let _agent = bed.agent("pve1")?;
     let job = create_job("pve1", "param", Ipv4Addr::new(127, 0, 0, 53));
     submit(&bed.js, &job).await?;
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
     check_event_contract(&events)?;
     let error = result_of(&events).error.clone().unwrap();
-    assert_eq!(
-        (error.kind, error.step),
-        (ErrorKind::Proxmox, Step::Creating)
-    );
-    assert!(
-        error
-            .message
-            .contains("400 Parameter verification failed.; storage:"),
-        "{}",
-        error.message
-    );
-    assert!(
-        error
-            .message
-            .contains("does not support container directories"),
-        "{}",
-        error.message
-    );
+    assert_eq!((error.kind, error.step), (ErrorKind::Proxmox, Step::Creating));
+    assert!(error.message.contains("400 Parameter verification failed.; storage:"), "{}", error.message);
+    assert!(error.message.contains("does not support container directories"), "{}", error.message);
     let health = bed.pve.health().await?;
-    assert_eq!(
-        health["failures"][0]["times"], 1,
-        "the create was sent more than once: {health}"
-    );
+    assert_eq!(health["failures"][0]["times"], 1, "the create was sent more than once: {health}");
     bed.dir.pass();
     Ok(())
 }
@@ -357,48 +221,24 @@ async fn a_parameter_error_is_not_retried_and_names_the_field() -> anyhow::Resul
 #[tokio::test]
 async fn a_wrong_fingerprint_is_a_clear_error() -> anyhow::Result<()> {
     let bed = bed("agent-tls", &["pve1"]).await?;
-    let wrong = (0..32)
-        .map(|i| format!("{:02X}", i * 7))
-        .collect::<Vec<_>>()
-        .join(":");
+    let wrong = (0..32).map(|i| format!("{:02X}", i * 7)).collect::<Vec<_>>().join(":");
     let before = bed.pve.health().await?["requests"].as_u64().unwrap();
     let _agent = Agent::start(
         &bed.dir,
         &[bed.nats.url()],
         &bed.pve,
-        AgentOptions {
-            fingerprint: Some(wrong.clone()),
-            ..AgentOptions::node("pve1")
-        },
+        AgentOptions { fingerprint: Some(wrong.clone()), ..AgentOptions::node("pve1") },
     )?;
     let job = create_job("pve1", "pinned", Ipv4Addr::new(127, 0, 0, 54));
     submit(&bed.js, &job).await?;
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
     let error = result_of(&events).error.clone().unwrap();
-    assert_eq!(
-        (error.kind, error.step),
-        (ErrorKind::Proxmox, Step::Validating)
-    );
-    assert!(
-        error.message.contains("TLS certificate is not trusted"),
-        "{}",
-        error.message
-    );
-    assert!(
-        error.message.contains(&format!("not the pinned {wrong}")),
-        "{}",
-        error.message
-    );
-    assert!(
-        error.message.contains(&bed.pve.fingerprint),
-        "{}",
-        error.message
-    );
+    assert_eq!((error.kind, error.step), (ErrorKind::Proxmox, Step::Validating));
+    assert!(error.message.contains("TLS certificate is not trusted"), "{}", error.message);
+    assert!(error.message.contains(&format!("not the pinned {wrong}")), "{}", error.message);
+    assert!(error.message.contains(&bed.pve.fingerprint), "{}", error.message);
     // Refused in the handshake: fakepve never saw a request from the agent.
-    assert_eq!(
-        bed.pve.health().await?["requests"].as_u64().unwrap(),
-        before
-    );
+    assert_eq!(bed.pve.health().await?["requests"].as_u64().unwrap(), before);
     bed.dir.pass();
     Ok(())
 }
@@ -419,13 +259,7 @@ async fn poison_messages_are_terminated_and_the_agent_goes_on() -> anyhow::Resul
     )
     .await?;
     let future = pvefleet_schemas::JobId::new();
-    submit_raw(
-        &bed.js,
-        &node,
-        "p2",
-        format!(r#"{{"v":2,"kind":"create","job_id":"{future}"}}"#).into_bytes(),
-    )
-    .await?;
+    submit_raw(&bed.js, &node, "p2", format!(r#"{{"v":2,"kind":"create","job_id":"{future}"}}"#).into_bytes()).await?;
     submit_raw(&bed.js, &node, "p3", b"\x00not json at all".to_vec()).await?;
     let mut elsewhere = create_job("pve2", "misrouted", Ipv4Addr::new(127, 0, 0, 55));
     elsewhere.node = pvefleet_schemas::NodeName::new("pve2")?;
@@ -436,11 +270,7 @@ async fn poison_messages_are_terminated_and_the_agent_goes_on() -> anyhow::Resul
     let events = events_until_terminal(&bed.js, good.job_id, JOB_WITHIN).await?;
     assert!(result_of(&events).success);
     for (id, kind, words) in [
-        (
-            truncated,
-            ErrorKind::InvalidMessage,
-            "`submitted_at`: is required",
-        ),
+        (truncated, ErrorKind::InvalidMessage, "`submitted_at`: is required"),
         (future, ErrorKind::InvalidMessage, "version 2"),
         (elsewhere.job_id, ErrorKind::WrongNode, "pve2"),
     ] {
@@ -450,16 +280,9 @@ async fn poison_messages_are_terminated_and_the_agent_goes_on() -> anyhow::Resul
         assert_eq!(error.kind, kind);
         assert!(error.message.contains(words), "{}", error.message);
     }
-    assert!(
-        agent
-            .log_text()
-            .contains("rejected a message without a readable job id")
-    );
+    assert!(agent.log_text().contains("rejected a message without a readable job id"));
     // Nothing is left queued and nothing was created for the poison.
-    let mut jobs = bed
-        .js
-        .get_stream(pvefleet_schemas::names::JOBS_STREAM)
-        .await?;
+    let mut jobs = bed.js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?;
     assert_eq!(jobs.info().await?.state.messages, 0);
     assert_eq!(bed.pve.containers().await?.len(), 1);
     bed.dir.pass();
@@ -475,44 +298,26 @@ async fn job_in_its_start_step(
     secs: u64,
 ) -> anyhow::Result<pvefleet_schemas::Job> {
     bed.pve.time_scale(1.0).await?;
-    bed.pve
-        .task_secs(serde_json::json!({"start": secs}))
-        .await?;
+    bed.pve.task_secs(serde_json::json!({"start": secs})).await?;
     let job = create_job("pve1", hostname, ip);
     submit(&bed.js, &job).await?;
     let key = pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id);
-    pvefleet_testbed::wait_until(
-        "the start task to be checkpointed",
-        Duration::from_secs(30),
-        || {
-            let key = key.clone();
-            async move {
-                // The agent creates the bucket when it starts; until then there is nothing to see.
-                let kv = bed
-                    .js
-                    .get_key_value(pvefleet_schemas::names::JOBS_BUCKET)
-                    .await
-                    .ok()?;
-                let cp = pvefleet_schemas::Checkpoint::decode(&kv.get(key).await.ok()??).ok()?;
-                cp.upid.filter(|u| u.contains(":vzstart:")).map(drop)
-            }
-        },
-    )
+    pvefleet_testbed::wait_until("the start task to be checkpointed", Duration::from_secs(30), || {
+        let key = key.clone();
+        async move {
+            // The agent creates the bucket when it starts; until then there is nothing to see.
+            let kv = bed.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await.ok()?;
+            let cp = pvefleet_schemas::Checkpoint::decode(&kv.get(key).await.ok()??).ok()?;
+            cp.upid.filter(|u| u.contains(":vzstart:")).map(drop)
+        }
+    })
     .await?;
     Ok(job)
 }
 
 async fn start_tasks(bed: &Bed, vmid: u32) -> anyhow::Result<usize> {
-    let tasks = bed
-        .pve
-        .api_get(&format!("/nodes/pve1/tasks?vmid={vmid}&limit=100"))
-        .await?;
-    Ok(tasks
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|t| t["type"] == "vzstart")
-        .count())
+    let tasks = bed.pve.api_get(&format!("/nodes/pve1/tasks?vmid={vmid}&limit=100")).await?;
+    Ok(tasks.as_array().unwrap().iter().filter(|t| t["type"] == "vzstart").count())
 }
 
 #[tokio::test]
@@ -527,29 +332,11 @@ async fn a_killed_agent_is_replaced_and_the_job_resumes_into_one_container() -> 
     check_event_contract(&events)?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
-    assert!(
-        events
-            .iter()
-            .any(|e| e.kind == EventType::Warning && e.message.contains("redelivered"))
-    );
-    assert_eq!(
-        events
-            .iter()
-            .filter(|e| e.kind == EventType::Accepted)
-            .count(),
-        1
-    );
+    assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("redelivered")));
+    assert_eq!(events.iter().filter(|e| e.kind == EventType::Accepted).count(), 1);
     let vmid = result.vmid.unwrap().get();
-    assert_eq!(
-        bed.pve.containers().await?,
-        vec![vmid],
-        "exactly one container"
-    );
-    assert_eq!(
-        start_tasks(&bed, vmid).await?,
-        1,
-        "the start was waited on, not sent again"
-    );
+    assert_eq!(bed.pve.containers().await?, vec![vmid], "exactly one container");
+    assert_eq!(start_tasks(&bed, vmid).await?, 1, "the start was waited on, not sent again");
     // Nothing more arrives: exactly one terminal event.
     let again = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await?;
     assert_eq!(again.len(), events.len());
@@ -566,11 +353,7 @@ async fn sigterm_hands_the_job_back_and_a_restart_completes_it() -> anyhow::Resu
     agent.proc().signal(nix::sys::signal::Signal::SIGTERM)?;
     let status = agent.proc().wait_exit(Duration::from_secs(15)).await?;
     assert!(status.success(), "the agent exited with {status}");
-    assert!(
-        asked.elapsed() < agent.opts.shutdown_grace,
-        "took {:?}",
-        asked.elapsed()
-    );
+    assert!(asked.elapsed() < agent.opts.shutdown_grace, "took {:?}", asked.elapsed());
     assert!(agent.log_text().contains("agent stopped"));
 
     agent.restart()?;
@@ -587,11 +370,7 @@ async fn heartbeats_show_capacity_and_vanish_when_the_agent_dies() -> anyhow::Re
     let bed = bed("agent-heartbeat", &["pve1"]).await?;
     let mut agent = bed.agent("pve1")?;
     let beat = pvefleet_testbed::wait_until("a heartbeat", Duration::from_secs(20), || async {
-        let kv = bed
-            .js
-            .get_key_value(pvefleet_schemas::names::NODES_BUCKET)
-            .await
-            .ok()?;
+        let kv = bed.js.get_key_value(pvefleet_schemas::names::NODES_BUCKET).await.ok()?;
         pvefleet_schemas::Heartbeat::decode(&kv.get("pve1").await.ok()??).ok()
     })
     .await?;
@@ -601,33 +380,17 @@ async fn heartbeats_show_capacity_and_vanish_when_the_agent_dies() -> anyhow::Re
     let capacity = beat.capacity.expect("capacity from the Proxmox API");
     assert_eq!(capacity.memory_total_bytes, 8 << 30);
     assert!(capacity.memory_free_bytes > 0 && capacity.cpus == 4);
-    assert!(
-        capacity
-            .storages
-            .iter()
-            .any(|s| s.storage == "local-lvm" && s.avail_bytes > 0),
-        "{:?}",
-        capacity.storages
-    );
+    assert!(capacity.storages.iter().any(|s| s.storage == "local-lvm" && s.avail_bytes > 0), "{:?}", capacity.storages);
 
     agent.kill();
     let gone_after = std::time::Instant::now();
-    let kv = bed
-        .js
-        .get_key_value(pvefleet_schemas::names::NODES_BUCKET)
-        .await?;
-    pvefleet_testbed::wait_until(
-        "the dead agent's entry to expire",
-        Duration::from_secs(10),
-        || async { kv.get("pve1").await.ok()?.is_none().then_some(()) },
-    )
+    let kv = bed.js.get_key_value(pvefleet_schemas::names::NODES_BUCKET).await?;
+    pvefleet_testbed::wait_until("the dead agent's entry to expire", Duration::from_secs(10), || async {
+        kv.get("pve1").await.ok()?.is_none().then_some(())
+    })
     .await?;
     // Heartbeat 1 s: gone within about three beats (plus the server's expiry sweep).
-    assert!(
-        gone_after.elapsed() < Duration::from_secs(6),
-        "{:?}",
-        gone_after.elapsed()
-    );
+    assert!(gone_after.elapsed() < Duration::from_secs(6), "{:?}", gone_after.elapsed());
     bed.dir.pass();
     Ok(())
 }
@@ -649,48 +412,27 @@ async fn an_agent_without_rights_to_create_streams_uses_the_existing_ones() -> a
     .await?;
     let pve = FakePve::start(&dir, FakePveOptions::default()).await?;
     let admin_client =
-        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into())
-            .connect(nats.url())
-            .await?;
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin".into()).connect(nats.url()).await?;
     let js = async_nats::jetstream::new(admin_client);
 
     // Without the layout the restricted agent cannot start, and says why.
-    let mut refused = Agent::start(
-        &dir,
-        &[nats.url_as("agent", "agent")],
-        &pve,
-        AgentOptions::node("pve1"),
-    )?;
-    pvefleet_testbed::wait_until(
-        "the agent to report the missing layout",
-        Duration::from_secs(20),
-        || {
-            let log = refused.log_text();
-            async move { log.contains("NATS layout not ready").then_some(()) }
-        },
-    )
+    let mut refused = Agent::start(&dir, &[nats.url_as("agent", "agent")], &pve, AgentOptions::node("pve1"))?;
+    pvefleet_testbed::wait_until("the agent to report the missing layout", Duration::from_secs(20), || {
+        let log = refused.log_text();
+        async move { log.contains("NATS layout not ready").then_some(()) }
+    })
     .await?;
     refused.kill();
 
     // An admin's agent makes the layout; the restricted one then works with it as it is.
-    let mut admin = Agent::start(
-        &dir,
-        &[nats.url_as("admin", "admin")],
-        &pve,
-        AgentOptions::node("pve1"),
-    )?;
+    let mut admin = Agent::start(&dir, &[nats.url_as("admin", "admin")], &pve, AgentOptions::node("pve1"))?;
     pvefleet_testbed::wait_until("the layout", Duration::from_secs(20), || {
         let log = admin.log_text();
         async move { log.contains("agent ready").then_some(()) }
     })
     .await?;
     admin.kill();
-    let _agent = Agent::start(
-        &dir,
-        &[nats.url_as("agent", "agent")],
-        &pve,
-        AgentOptions::node("pve1"),
-    )?;
+    let _agent = Agent::start(&dir, &[nats.url_as("agent", "agent")], &pve, AgentOptions::node("pve1"))?;
     let job = create_job("pve1", "restricted", Ipv4Addr::new(127, 0, 0, 63));
     submit(&js, &job).await?;
     let events = events_until_terminal(&js, job.job_id, JOB_WITHIN).await?;
@@ -710,20 +452,10 @@ async fn long_jobs_are_kept_alive_and_queued_ones_wait_in_the_stream() -> anyhow
         &bed.dir,
         &[bed.nats.url()],
         &bed.pve,
-        AgentOptions {
-            concurrency: 2,
-            ..AgentOptions::node("pve1")
-        },
+        AgentOptions { concurrency: 2, ..AgentOptions::node("pve1") },
     )?;
-    let jobs: Vec<_> = (0..3)
-        .map(|i| {
-            create_job(
-                "pve1",
-                &format!("slow-{i}"),
-                Ipv4Addr::new(127, 0, 0, 70 + i),
-            )
-        })
-        .collect();
+    let jobs: Vec<_> =
+        (0..3).map(|i| create_job("pve1", &format!("slow-{i}"), Ipv4Addr::new(127, 0, 0, 70 + i))).collect();
     for job in &jobs {
         submit(&bed.js, job).await?;
     }
@@ -732,17 +464,10 @@ async fn long_jobs_are_kept_alive_and_queued_ones_wait_in_the_stream() -> anyhow
         check_event_contract(&events)?;
         assert!(result_of(&events).success);
         // The third job waited in the stream, not in the agent, so its ack timer never ran out.
-        assert!(
-            !events.iter().any(|e| e.message.contains("redelivered")),
-            "{events:#?}"
-        );
+        assert!(!events.iter().any(|e| e.message.contains("redelivered")), "{events:#?}");
     }
-    let consumer_info = bed
-        .js
-        .get_stream(pvefleet_schemas::names::JOBS_STREAM)
-        .await?
-        .consumer_info("agent-pve1")
-        .await?;
+    let consumer_info =
+        bed.js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?.consumer_info("agent-pve1").await?;
     assert_eq!(consumer_info.config.max_ack_pending, 2);
     assert_eq!(consumer_info.num_redelivered, 0);
     assert_eq!(bed.pve.containers().await?.len(), 3);
@@ -767,16 +492,9 @@ async fn a_failure_after_start_rolls_back_a_running_container_or_keeps_it() -> a
     check_event_contract(&events)?;
     let result = result_of(&events);
     let error = result.error.as_ref().unwrap();
-    assert_eq!(
-        (error.kind, error.step),
-        (ErrorKind::Timeout, Step::Connecting)
-    );
+    assert_eq!((error.kind, error.step), (ErrorKind::Timeout, Step::Connecting));
     assert!(result.rolled_back && events.iter().any(|e| e.step == Some(Step::RollingBack)));
-    assert!(
-        events.last().unwrap().message.contains("destroyed"),
-        "{}",
-        events.last().unwrap().message
-    );
+    assert!(events.last().unwrap().message.contains("destroyed"), "{}", events.last().unwrap().message);
     assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
 
     submit(&bed.js, &keep).await?;
@@ -785,12 +503,7 @@ async fn a_failure_after_start_rolls_back_a_running_container_or_keeps_it() -> a
     assert!(!result.rolled_back);
     let vmid = result.vmid.unwrap().get();
     assert_eq!(bed.pve.containers().await?, vec![vmid]);
-    assert_eq!(
-        bed.pve
-            .api_get(&format!("/nodes/pve1/lxc/{vmid}/status/current"))
-            .await?["status"],
-        "running"
-    );
+    assert_eq!(bed.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/status/current")).await?["status"], "running");
     bed.dir.pass();
     Ok(())
 }
@@ -818,11 +531,7 @@ async fn a_vmid_held_by_a_stranger_is_never_touched() -> anyhow::Result<()> {
     check_event_contract(&events)?;
     let error = result_of(&events).error.clone().unwrap();
     assert_eq!(error.kind, ErrorKind::Conflict);
-    assert!(
-        error.message.contains("pvefleet did not create"),
-        "{}",
-        error.message
-    );
+    assert!(error.message.contains("pvefleet did not create"), "{}", error.message);
     let cfg = bed.pve.api_get("/nodes/pve1/lxc/300/config").await?;
     assert_eq!(cfg["hostname"], "stranger");
     assert_eq!(bed.pve.containers().await?, vec![300]);

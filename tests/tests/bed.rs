@@ -9,8 +9,7 @@ use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, strea
 use futures::StreamExt as _;
 use pvefleet_agent::proxmox::tls::{Fingerprint, Trust, client_config};
 use pvefleet_testbed::{
-    FakePve, FakePveOptions, NatsCluster, NatsServer, Sshd, TestDir, sshd::keygen, tools,
-    wait_until,
+    FakePve, FakePveOptions, NatsCluster, NatsServer, Sshd, TestDir, sshd::keygen, tools, wait_until,
 };
 use serde_json::Value;
 
@@ -26,45 +25,19 @@ async fn jetstream_publish_consume_round_trip() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    js.send_publish(
-        "bed.one",
-        PublishMessage::build()
-            .payload("hello".into())
-            .message_id("m1"),
-    )
-    .await?
-    .await?;
+    js.send_publish("bed.one", PublishMessage::build().payload("hello".into()).message_id("m1")).await?.await?;
     // The same id again is absorbed by the dedup window.
-    let ack = js
-        .send_publish(
-            "bed.one",
-            PublishMessage::build()
-                .payload("hello".into())
-                .message_id("m1"),
-        )
-        .await?
-        .await?;
+    let ack =
+        js.send_publish("bed.one", PublishMessage::build().payload("hello".into()).message_id("m1")).await?.await?;
     assert!(ack.duplicate);
 
     let consumer = js
         .get_stream("BED")
         .await?
-        .create_consumer(pull::Config {
-            durable_name: Some("c".into()),
-            ..Default::default()
-        })
+        .create_consumer(pull::Config { durable_name: Some("c".into()), ..Default::default() })
         .await?;
-    let mut batch = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_secs(1))
-        .messages()
-        .await?;
-    let msg = batch
-        .next()
-        .await
-        .expect("one message")
-        .map_err(anyhow::Error::from_boxed)?;
+    let mut batch = consumer.fetch().max_messages(10).expires(Duration::from_secs(1)).messages().await?;
+    let msg = batch.next().await.expect("one message").map_err(anyhow::Error::from_boxed)?;
     assert_eq!(&msg.payload[..], b"hello");
     msg.double_ack().await.map_err(anyhow::Error::from_boxed)?;
     assert!(batch.next().await.is_none(), "the duplicate was stored");
@@ -93,17 +66,8 @@ async fn cluster_keeps_every_message_while_a_node_is_killed() -> anyhow::Result<
     })
     .await?;
     // Kill the stream's leader: the harshest choice, forcing an election mid-publish.
-    let leader = created
-        .cached_info()
-        .cluster
-        .as_ref()
-        .and_then(|c| c.leader.clone())
-        .expect("a stream leader");
-    let victim = cluster
-        .nodes
-        .iter()
-        .position(|n| n.server_name() == leader)
-        .expect("the leader is one of ours");
+    let leader = created.cached_info().cluster.as_ref().and_then(|c| c.leader.clone()).expect("a stream leader");
+    let victim = cluster.nodes.iter().position(|n| n.server_name() == leader).expect("the leader is one of ours");
 
     for i in 0..200u32 {
         if i == 100 {
@@ -114,14 +78,8 @@ async fn cluster_keeps_every_message_while_a_node_is_killed() -> anyhow::Result<
         wait_until(&format!("publish of m{i}"), Duration::from_secs(30), || {
             let js = js.clone();
             async move {
-                let msg = PublishMessage::build()
-                    .payload(i.to_string().into())
-                    .message_id(format!("m{i}"));
-                js.send_publish(format!("bed.{}", i % 7), msg)
-                    .await
-                    .ok()?
-                    .await
-                    .ok()
+                let msg = PublishMessage::build().payload(i.to_string().into()).message_id(format!("m{i}"));
+                js.send_publish(format!("bed.{}", i % 7), msg).await.ok()?.await.ok()
             }
         })
         .await?;
@@ -130,20 +88,12 @@ async fn cluster_keeps_every_message_while_a_node_is_killed() -> anyhow::Result<
     let consumer = js
         .get_stream("BED")
         .await?
-        .create_consumer(pull::Config {
-            durable_name: Some("c".into()),
-            ..Default::default()
-        })
+        .create_consumer(pull::Config { durable_name: Some("c".into()), ..Default::default() })
         .await?;
     let mut seen = HashSet::new();
     let mut dupes = 0;
     while seen.len() < 200 {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(100)
-            .expires(Duration::from_secs(2))
-            .messages()
-            .await?;
+        let mut batch = consumer.fetch().max_messages(100).expires(Duration::from_secs(2)).messages().await?;
         let mut got = 0;
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(anyhow::Error::from_boxed)?;
@@ -159,16 +109,8 @@ async fn cluster_keeps_every_message_while_a_node_is_killed() -> anyhow::Result<
     assert_eq!(seen, (0..200).map(|i| i.to_string()).collect());
 
     cluster.restart(victim).await?;
-    let mut batch = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(Duration::from_millis(500))
-        .messages()
-        .await?;
-    assert!(
-        batch.next().await.is_none(),
-        "nothing was delivered twice after the restart"
-    );
+    let mut batch = consumer.fetch().max_messages(10).expires(Duration::from_millis(500)).messages().await?;
+    assert!(batch.next().await.is_none(), "nothing was delivered twice after the restart");
     dir.pass();
     Ok(())
 }
@@ -192,16 +134,8 @@ async fn pve_ok(resp: reqwest::Response) -> anyhow::Result<Value> {
 async fn wait_task(client: &reqwest::Client, pve: &FakePve, upid: &str) -> anyhow::Result<Value> {
     let url = format!("{}/api2/json/nodes/pve1/tasks/{upid}/status", pve.url);
     wait_until("the task to stop", Duration::from_secs(10), || async {
-        let status = pve_ok(
-            client
-                .get(&url)
-                .header("Authorization", pve.auth_header())
-                .send()
-                .await
-                .ok()?,
-        )
-        .await
-        .ok()?;
+        let status =
+            pve_ok(client.get(&url).header("Authorization", pve.auth_header()).send().await.ok()?).await.ok()?;
         (status["status"] == "stopped").then_some(status)
     })
     .await
@@ -234,29 +168,20 @@ async fn lxc_created_and_started_with_token_and_pinned_fingerprint() -> anyhow::
     assert!(keys.contains("BedTestKey"), "{keys}");
 
     let start = client
-        .post(format!(
-            "{}/api2/json/nodes/pve1/lxc/150/status/start",
-            pve.url
-        ))
+        .post(format!("{}/api2/json/nodes/pve1/lxc/150/status/start", pve.url))
         .header("Authorization", &auth)
         .send()
         .await?;
     let upid = pve_ok(start).await?.as_str().unwrap().to_owned();
     assert_eq!(wait_task(&client, &pve, &upid).await?["exitstatus"], "OK");
     let current = client
-        .get(format!(
-            "{}/api2/json/nodes/pve1/lxc/150/status/current",
-            pve.url
-        ))
+        .get(format!("{}/api2/json/nodes/pve1/lxc/150/status/current", pve.url))
         .header("Authorization", &auth)
         .send()
         .await?;
     assert_eq!(pve_ok(current).await?["status"], "running");
     let ifaces = client
-        .get(format!(
-            "{}/api2/json/nodes/pve1/lxc/150/interfaces",
-            pve.url
-        ))
+        .get(format!("{}/api2/json/nodes/pve1/lxc/150/interfaces", pve.url))
         .header("Authorization", &auth)
         .send()
         .await?;
@@ -264,14 +189,7 @@ async fn lxc_created_and_started_with_token_and_pinned_fingerprint() -> anyhow::
 
     // The CA-file mode trusts the same server.
     let via_ca = pve_client(&Trust::CaFile(pve.cafile.clone()));
-    pve_ok(
-        via_ca
-            .get(format!("{}/api2/json/version", pve.url))
-            .header("Authorization", &auth)
-            .send()
-            .await?,
-    )
-    .await?;
+    pve_ok(via_ca.get(format!("{}/api2/json/version", pve.url)).header("Authorization", &auth).send().await?).await?;
 
     // A wrong pin is refused in the handshake: the server never sees a request.
     let before = pve.health().await?["requests"].as_u64().unwrap();
@@ -299,18 +217,10 @@ async fn fakepve_faults_can_be_injected() -> anyhow::Result<()> {
     let version = format!("{}/api2/json/version", pve.url);
     pve.fail("GET", "/version", 2, 503, "try later").await?;
     for _ in 0..2 {
-        let resp = client
-            .get(&version)
-            .header("Authorization", pve.auth_header())
-            .send()
-            .await?;
+        let resp = client.get(&version).header("Authorization", pve.auth_header()).send().await?;
         assert_eq!(resp.status(), 503);
     }
-    let resp = client
-        .get(&version)
-        .header("Authorization", pve.auth_header())
-        .send()
-        .await?;
+    let resp = client.get(&version).header("Authorization", pve.auth_header()).send().await?;
     assert_eq!(resp.status(), 200);
 
     pve.offline("pve1", true).await?;
@@ -342,24 +252,12 @@ async fn command_over_ssh_on_the_test_sshd_with_a_key() -> anyhow::Result<()> {
         .arg(&key)
         .arg("-o")
         .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .args([
-            "-o",
-            "StrictHostKeyChecking=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
+        .args(["-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
         .args(["-p", &sshd.port.to_string()])
         .arg(format!("{}@{ip}", sshd.user))
         .arg("echo out; echo err >&2; exit 3")
         .output()?;
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "out\n",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n", "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("err"));
     assert_eq!(out.status.code(), Some(3));
     dir.pass();

@@ -5,13 +5,9 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
-use pvefleet_schemas::{
-    DeploySpec, ErrorKind, Event, EventType, FileSpec, Job, LogStream, ScriptSpec, Step,
-};
+use pvefleet_schemas::{DeploySpec, ErrorKind, Event, EventType, FileSpec, Job, LogStream, ScriptSpec, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
-use pvefleet_testbed::jobs::{
-    check_event_contract, create_job, ensure_streams, events_until_terminal, submit,
-};
+use pvefleet_testbed::jobs::{check_event_contract, create_job, ensure_streams, events_until_terminal, submit};
 use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, Sshd, TestDir, init_tracing};
 
 const JOB_WITHIN: Duration = Duration::from_secs(90);
@@ -38,19 +34,9 @@ async fn bed(name: &str, ip: Ipv4Addr) -> anyhow::Result<Bed> {
         &dir,
         &[nats.url()],
         &pve,
-        AgentOptions {
-            ssh: Some((sshd.user.clone(), sshd.port)),
-            ..AgentOptions::node("pve1")
-        },
+        AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") },
     )?;
-    Ok(Bed {
-        dir,
-        _nats: nats,
-        pve,
-        sshd,
-        js,
-        agent,
-    })
+    Ok(Bed { dir, _nats: nats, pve, sshd, js, agent })
 }
 
 impl Bed {
@@ -69,27 +55,15 @@ impl Bed {
 }
 
 fn script(name: &str, body: &str) -> ScriptSpec {
-    ScriptSpec {
-        name: name.into(),
-        body: body.into(),
-        interpreter: "/bin/sh".into(),
-        timeout: None,
-    }
+    ScriptSpec { name: name.into(), body: body.into(), interpreter: "/bin/sh".into(), timeout: None }
 }
 
 fn logs(events: &[Event], stream: LogStream) -> Vec<String> {
-    events
-        .iter()
-        .filter(|e| e.kind == EventType::Log && e.stream == Some(stream))
-        .map(|e| e.message.clone())
-        .collect()
+    events.iter().filter(|e| e.kind == EventType::Log && e.stream == Some(stream)).map(|e| e.message.clone()).collect()
 }
 
 fn result_of(events: &[Event]) -> &pvefleet_schemas::JobResult {
-    events
-        .last()
-        .and_then(|e| e.result.as_ref())
-        .expect("a terminal event with a result")
+    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
 }
 
 #[tokio::test]
@@ -129,11 +103,7 @@ async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::
             ),
             script(
                 "uses-the-files",
-                &format!(
-                    "cat {}/etc/app/app.conf\n{}/usr/local/bin/tool",
-                    root.display(),
-                    root.display()
-                ),
+                &format!("cat {}/etc/app/app.conf\n{}/usr/local/bin/tool", root.display(), root.display()),
             ),
         ],
     };
@@ -142,57 +112,30 @@ async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::
     check_event_contract(&events)?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
-    assert_eq!(
-        result.host_key.as_deref(),
-        Some(bed.sshd.host_fingerprint().as_str())
-    );
+    assert_eq!(result.host_key.as_deref(), Some(bed.sshd.host_fingerprint().as_str()));
 
     let conf = root.join("etc/app/app.conf");
     assert_eq!(std::fs::read_to_string(&conf)?, "listen = 8080\n");
-    assert_eq!(
-        std::fs::metadata(&conf)?.permissions().mode() & 0o7777,
-        0o640
-    );
+    assert_eq!(std::fs::metadata(&conf)?.permissions().mode() & 0o7777, 0o640);
     let tool = root.join("usr/local/bin/tool");
     assert_eq!(std::fs::read(&tool)?, std::fs::read(&local)?);
-    assert_eq!(
-        std::fs::metadata(&tool)?.permissions().mode() & 0o7777,
-        0o755
-    );
+    assert_eq!(std::fs::metadata(&tool)?.permissions().mode() & 0o7777, 0o755);
 
     let stdout = logs(&events, LogStream::Stdout);
-    let first = stdout
-        .iter()
-        .position(|l| l == "first")
-        .expect("the first script's output");
-    assert_eq!(
-        stdout[first..first + 5],
-        ["first", "third", "no newline", "listen = 8080", "tool"]
-    );
+    let first = stdout.iter().position(|l| l == "first").expect("the first script's output");
+    assert_eq!(stdout[first..first + 5], ["first", "third", "no newline", "listen = 8080", "tool"]);
     assert!(logs(&events, LogStream::Stderr).contains(&"second".to_owned()));
     // stdout and stderr interleave in the order produced.
     let order: Vec<&str> = events
         .iter()
-        .filter(|e| {
-            e.kind == EventType::Log && matches!(e.message.as_str(), "first" | "second" | "third")
-        })
+        .filter(|e| e.kind == EventType::Log && matches!(e.message.as_str(), "first" | "second" | "third"))
         .map(|e| e.message.as_str())
         .collect();
     assert_eq!(order, ["first", "second", "third"]);
-    let deploy_steps = events
-        .iter()
-        .filter(|e| e.kind == EventType::Step && e.step == Some(Step::Deploying))
-        .count();
-    assert_eq!(
-        deploy_steps,
-        1 + 5,
-        "one step event for the step and one per item"
-    );
+    let deploy_steps = events.iter().filter(|e| e.kind == EventType::Step && e.step == Some(Step::Deploying)).count();
+    assert_eq!(deploy_steps, 1 + 5, "one step event for the step and one per item");
     assert!(
-        events
-            .iter()
-            .any(|e| e.message.contains("already the newest version")
-                || e.message.contains("is already")),
+        events.iter().any(|e| e.message.contains("already the newest version") || e.message.contains("is already")),
         "package output missing"
     );
     bed.dir.pass();
@@ -207,10 +150,7 @@ async fn a_failing_script_fails_the_job_and_the_container_is_rolled_back() -> an
     let mut job = create_job("pve1", "failing", ip);
     job.deploy.scripts = vec![
         script("fine", "echo ok"),
-        script(
-            "broken",
-            "echo working on it\necho 'curl: (7) Failed to connect' >&2\nexit 7",
-        ),
+        script("broken", "echo working on it\necho 'curl: (7) Failed to connect' >&2\nexit 7"),
         script("never-runs", "echo should not run"),
     ];
     submit(&bed.js, &job).await?;
@@ -218,17 +158,8 @@ async fn a_failing_script_fails_the_job_and_the_container_is_rolled_back() -> an
     check_event_contract(&events)?;
     let result = result_of(&events);
     let error = result.error.as_ref().unwrap();
-    assert_eq!(
-        (error.kind, error.step),
-        (ErrorKind::Deploy, Step::Deploying)
-    );
-    assert!(
-        error
-            .message
-            .contains("script `broken` exited with status 7"),
-        "{}",
-        error.message
-    );
+    assert_eq!((error.kind, error.step), (ErrorKind::Deploy, Step::Deploying));
+    assert!(error.message.contains("script `broken` exited with status 7"), "{}", error.message);
     assert!(
         error.message.contains("Failed to connect") && error.message.contains("working on it"),
         "{}",
@@ -246,8 +177,7 @@ async fn host_keys_are_checked_against_what_pve_announced() -> anyhow::Result<()
     let ip = Ipv4Addr::new(127, 0, 0, 103);
     let bed = bed("deploy-hostkey", ip).await?;
     // An announced key that is not the server's: refused, not retried, rolled back.
-    bed.announce_host_key("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")
-        .await?;
+    bed.announce_host_key("SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await?;
     let mut job = create_job("pve1", "mitm", ip);
     job.deploy.scripts = vec![script("hello", "echo hello")];
     submit(&bed.js, &job).await?;
@@ -255,8 +185,7 @@ async fn host_keys_are_checked_against_what_pve_announced() -> anyhow::Result<()
     let error = result_of(&events).error.clone().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Ssh, Step::Connecting));
     assert!(
-        error.message.contains(&bed.sshd.host_fingerprint())
-            && error.message.contains("not trusted"),
+        error.message.contains(&bed.sshd.host_fingerprint()) && error.message.contains("not trusted"),
         "{}",
         error.message
     );
@@ -269,15 +198,8 @@ async fn host_keys_are_checked_against_what_pve_announced() -> anyhow::Result<()
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
-    assert_eq!(
-        result.host_key.as_deref(),
-        Some(bed.sshd.host_fingerprint().as_str())
-    );
-    assert!(
-        events
-            .iter()
-            .any(|e| e.kind == EventType::Warning && e.message.contains("first one seen"))
-    );
+    assert_eq!(result.host_key.as_deref(), Some(bed.sshd.host_fingerprint().as_str()));
+    assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("first one seen")));
     bed.dir.pass();
     Ok(())
 }
@@ -295,12 +217,10 @@ async fn endless_output_is_capped_and_said_so() -> anyhow::Result<()> {
     assert!(result_of(&events).success);
     let lines = logs(&events, LogStream::Stdout);
     assert_eq!(lines.len(), cap);
-    assert_eq!(
-        lines.last().map(String::as_str),
-        Some(cap.to_string().as_str())
+    assert_eq!(lines.last().map(String::as_str), Some(cap.to_string().as_str()));
+    assert!(
+        events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("2500 more lines were not forwarded"))
     );
-    assert!(events.iter().any(|e| e.kind == EventType::Warning
-        && e.message.contains("2500 more lines were not forwarded")));
     bed.dir.pass();
     Ok(())
 }
@@ -322,9 +242,7 @@ async fn a_redelivered_deploy_does_not_rerun_what_succeeded() -> anyhow::Result<
     pvefleet_testbed::wait_until("the slow script to start", Duration::from_secs(60), || {
         let js = js.clone();
         async move {
-            let events = pvefleet_testbed::jobs::events_now(&js, job.job_id)
-                .await
-                .ok()?;
+            let events = pvefleet_testbed::jobs::events_now(&js, job.job_id).await.ok()?;
             events.iter().any(|e| e.message == "started").then_some(())
         }
     })
@@ -334,17 +252,8 @@ async fn a_redelivered_deploy_does_not_rerun_what_succeeded() -> anyhow::Result<
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
     check_event_contract(&events)?;
     assert!(result_of(&events).success, "{events:#?}");
-    assert!(
-        events.iter().any(|e| e
-            .message
-            .contains("script `count`: done by an earlier delivery")),
-        "{events:#?}"
-    );
-    assert_eq!(
-        std::fs::read_to_string(&counter)?,
-        "run\n",
-        "the first script ran once"
-    );
+    assert!(events.iter().any(|e| e.message.contains("script `count`: done by an earlier delivery")), "{events:#?}");
+    assert_eq!(std::fs::read_to_string(&counter)?, "run\n", "the first script ran once");
     assert_eq!(bed.pve.containers().await?.len(), 1);
     bed.dir.pass();
     Ok(())

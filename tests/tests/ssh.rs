@@ -5,9 +5,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pvefleet_agent::ssh::{
-    ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTarget, UploadSource,
-};
+use pvefleet_agent::ssh::{ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTarget, UploadSource};
 use pvefleet_schemas::{LogStream, Secret};
 use pvefleet_testbed::sshd::keygen;
 use pvefleet_testbed::{Sshd, TestDir, init_tracing};
@@ -28,11 +26,7 @@ async fn bed(name: &str, ip: Ipv4Addr) -> anyhow::Result<Bed> {
     Ok(Bed { dir, sshd, key })
 }
 
-fn authorize(
-    dir: &TestDir,
-    sshd: &Sshd,
-    kind: &str,
-) -> anyhow::Result<Arc<russh::keys::PrivateKey>> {
+fn authorize(dir: &TestDir, sshd: &Sshd, kind: &str) -> anyhow::Result<Arc<russh::keys::PrivateKey>> {
     let path = dir.path().join(format!("id_{kind}"));
     if kind == "ed25519" {
         keygen(&path, "test")?;
@@ -73,11 +67,7 @@ async fn exec_keeps_streams_apart_and_reports_exit_codes_and_signals() -> anyhow
     let late = ssh.exec("(sleep 0.2; echo late) & exit 0").await?;
     assert_eq!(late.stdout, b"late\n");
     let killed = ssh.exec("kill -KILL $$").await?;
-    assert!(
-        matches!(&killed.status, ExitStatus::Signal { name, .. } if name.contains("KILL")),
-        "{:?}",
-        killed.status
-    );
+    assert!(matches!(&killed.status, ExitStatus::Signal { name, .. } if name.contains("KILL")), "{:?}", killed.status);
     ssh.close().await;
     bed.dir.pass();
     Ok(())
@@ -134,40 +124,16 @@ async fn uploads_arrive_byte_identical_with_exact_modes() -> anyhow::Result<()> 
     // sshd's sftp runs with umask 077: the modes below only hold if set explicitly.
     for (name, mode) in [("secret.bin", 0o600), ("tool.bin", 0o755)] {
         let remote = remote_dir.join(name);
-        let n = ssh
-            .upload(
-                &UploadSource::File(big.clone()),
-                remote.to_str().unwrap(),
-                mode,
-                None,
-            )
-            .await?;
+        let n = ssh.upload(&UploadSource::File(big.clone()), remote.to_str().unwrap(), mode, None).await?;
         assert_eq!(n, data.len() as u64);
         let got = std::fs::read(&remote)?;
-        assert_eq!(
-            Sha256::digest(&got),
-            Sha256::digest(&data),
-            "{name} differs"
-        );
-        assert_eq!(
-            std::fs::metadata(&remote)?.permissions().mode() & 0o7777,
-            mode,
-            "{name}"
-        );
+        assert_eq!(Sha256::digest(&got), Sha256::digest(&data), "{name} differs");
+        assert_eq!(std::fs::metadata(&remote)?.permissions().mode() & 0o7777, mode, "{name}");
     }
     let small = remote_dir.join("motd");
-    ssh.upload(
-        &UploadSource::Bytes("hello\n".into()),
-        small.to_str().unwrap(),
-        0o644,
-        Some(&bed.sshd.user),
-    )
-    .await?;
+    ssh.upload(&UploadSource::Bytes("hello\n".into()), small.to_str().unwrap(), 0o644, Some(&bed.sshd.user)).await?;
     assert_eq!(std::fs::read_to_string(&small)?, "hello\n");
-    assert_eq!(
-        std::fs::metadata(&small)?.permissions().mode() & 0o7777,
-        0o644
-    );
+    assert_eq!(std::fs::metadata(&small)?.permissions().mode() & 0o7777, 0o644);
     bed.dir.pass();
     Ok(())
 }
@@ -179,11 +145,7 @@ async fn rsa_keys_sign_with_the_servers_best_hash() -> anyhow::Result<()> {
     let ssh = SshSession::connect(&target(&bed.sshd, &rsa)).await?;
     assert!(ssh.exec("true").await?.status.success());
     // OpenSSH 8.8+ refuses SHA-1 RSA signatures, so success means rsa-sha2 was used.
-    assert!(
-        bed.sshd.log_text().contains("Accepted publickey"),
-        "{}",
-        bed.sshd.log_text()
-    );
+    assert!(bed.sshd.log_text().contains("Accepted publickey"), "{}", bed.sshd.log_text());
     bed.dir.pass();
     Ok(())
 }
@@ -197,10 +159,7 @@ async fn retry_waits_for_a_late_sshd_and_gives_up_at_its_deadline() -> anyhow::R
     let key = authorize(&dir, &late, "ed25519")?;
     let t = target(&late, &key);
     let started = Instant::now();
-    let connecting =
-        tokio::spawn(
-            async move { SshSession::connect_with_retry(&t, Duration::from_secs(30)).await },
-        );
+    let connecting = tokio::spawn(async move { SshSession::connect_with_retry(&t, Duration::from_secs(30)).await });
     // The scenario itself, not a wait for a condition: sshd comes up 3 s late.
     let late_by = Duration::from_secs(3);
     tokio::time::sleep(late_by).await;
@@ -212,19 +171,11 @@ async fn retry_waits_for_a_late_sshd_and_gives_up_at_its_deadline() -> anyhow::R
     // Nothing ever listens here: it gives up at the deadline, naming the last failure.
     let never = Sshd::prepare(&dir, Ipv4Addr::new(127, 0, 0, 96), &keys)?;
     let started = Instant::now();
-    let err = SshSession::connect_with_retry(&target(&never, &key), Duration::from_secs(2))
-        .await
-        .unwrap_err();
+    let err = SshSession::connect_with_retry(&target(&never, &key), Duration::from_secs(2)).await.unwrap_err();
     let took = started.elapsed();
     assert!(matches!(err, SshError::GaveUp { .. }), "{err}");
-    assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
-        "{took:?}"
-    );
-    assert!(
-        err.to_string().contains("Connection refused") || err.to_string().contains("connecting"),
-        "{err}"
-    );
+    assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(4), "{took:?}");
+    assert!(err.to_string().contains("Connection refused") || err.to_string().contains("connecting"), "{err}");
     dir.pass();
     Ok(())
 }
@@ -234,60 +185,22 @@ async fn wrong_host_keys_and_bad_credentials_fail_at_once() -> anyhow::Result<()
     let bed = bed("ssh-refuse", Ipv4Addr::new(127, 0, 0, 97)).await?;
     let connections_before = bed.sshd.log_text().matches("Connection from").count();
     let mut wrong = target(&bed.sshd, &bed.key);
-    wrong.trust = HostKeyTrust::Only(vec![
-        "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-    ]);
+    wrong.trust = HostKeyTrust::Only(vec!["SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()]);
     let started = Instant::now();
-    let err = SshSession::connect_with_retry(&wrong, Duration::from_secs(20))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, SshError::HostKey { seen, .. } if *seen == bed.sshd.host_fingerprint()),
-        "{err}"
-    );
+    let err = SshSession::connect_with_retry(&wrong, Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(&err, SshError::HostKey { seen, .. } if *seen == bed.sshd.host_fingerprint()), "{err}");
 
     let stranger = Arc::new(pvefleet_agent::ssh::job_key());
-    let err =
-        SshSession::connect_with_retry(&target(&bed.sshd, &stranger), Duration::from_secs(20))
-            .await
-            .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SshError::Auth {
-                method: "public key",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = SshSession::connect_with_retry(&target(&bed.sshd, &stranger), Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(err, SshError::Auth { method: "public key", .. }), "{err}");
     let mut password = target(&bed.sshd, &bed.key);
     password.auth = SshAuth::Password(Secret::new("not-the-password"));
-    let err = SshSession::connect_with_retry(&password, Duration::from_secs(20))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SshError::Auth {
-                method: "password",
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = SshSession::connect_with_retry(&password, Duration::from_secs(20)).await.unwrap_err();
+    assert!(matches!(err, SshError::Auth { method: "password", .. }), "{err}");
     // No retries: all three came back well before any backoff could add up.
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     let log = bed.sshd.log_text();
-    assert_eq!(
-        log.matches("Connection from").count() - connections_before,
-        3,
-        "{log}"
-    );
+    assert_eq!(log.matches("Connection from").count() - connections_before, 3, "{log}");
 
     // Trusting the first key seen: the real key is accepted and reported.
     let mut tofu = target(&bed.sshd, &bed.key);

@@ -26,13 +26,7 @@ pub use task::{TaskOutcome, Upid};
 pub enum PveError {
     /// PVE answered with an error status. `errors` holds its per-parameter messages (400s).
     #[error("{method} {path}: {status} {}", describe(message, errors))]
-    Api {
-        method: Method,
-        path: String,
-        status: u16,
-        message: String,
-        errors: BTreeMap<String, String>,
-    },
+    Api { method: Method, path: String, status: u16, message: String, errors: BTreeMap<String, String> },
     /// No answer: connection refused or reset, or a timeout.
     #[error("{method} {path}: no answer from the Proxmox API")]
     Transport {
@@ -43,18 +37,10 @@ pub enum PveError {
     },
     /// The server's certificate is not the one trusted; retrying cannot fix this.
     #[error("{method} {path}: the Proxmox API's TLS certificate is not trusted: {detail}")]
-    Tls {
-        method: Method,
-        path: String,
-        detail: String,
-    },
+    Tls { method: Method, path: String, detail: String },
     /// An answer whose shape we did not expect.
     #[error("{method} {path}: unexpected answer: {detail}")]
-    Shape {
-        method: Method,
-        path: String,
-        detail: String,
-    },
+    Shape { method: Method, path: String, detail: String },
 }
 
 fn describe(message: &str, errors: &BTreeMap<String, String>) -> String {
@@ -72,9 +58,7 @@ impl PveError {
         match self {
             PveError::Transport { .. } => true,
             PveError::Tls { .. } | PveError::Shape { .. } => false,
-            PveError::Api {
-                status, message, ..
-            } => {
+            PveError::Api { status, message, .. } => {
                 let m = message.to_ascii_lowercase();
                 if m.contains("got timeout") {
                     return true;
@@ -147,10 +131,7 @@ pub struct PveClient {
 
 impl std::fmt::Debug for PveClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PveClient")
-            .field("base", &self.base)
-            .field("node", &self.node)
-            .finish_non_exhaustive()
+        f.debug_struct("PveClient").field("base", &self.base).field("node", &self.node).finish_non_exhaustive()
     }
 }
 
@@ -165,11 +146,7 @@ impl PveClient {
         Ok(Self {
             http,
             base: format!("{}/api2/json", config.url),
-            auth: format!(
-                "PVEAPIToken={}={}",
-                config.token_id,
-                config.token_secret.expose()
-            ),
+            auth: format!("PVEAPIToken={}={}", config.token_id, config.token_secret.expose()),
             node,
             retry: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -190,12 +167,7 @@ impl PveClient {
     }
 
     /// One request, retried while the failure is transient. Returns PVE's `data`.
-    pub async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        params: &[(&str, String)],
-    ) -> Result<Value, PveError> {
+    pub async fn call(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
         (|| self.call_once(method.clone(), path, params))
             .retry(self.retry)
             .when(PveError::is_transient)
@@ -204,31 +176,13 @@ impl PveClient {
     }
 
     /// One request, no retry.
-    pub async fn call_once(
-        &self,
-        method: Method,
-        path: &str,
-        params: &[(&str, String)],
-    ) -> Result<Value, PveError> {
+    pub async fn call_once(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self
-            .http
-            .request(method.clone(), &url)
-            .header("Authorization", &self.auth);
-        req = if method == Method::GET || method == Method::DELETE {
-            req.query(params)
-        } else {
-            req.form(params)
-        };
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| transport_error(method.clone(), path, source))?;
+        let mut req = self.http.request(method.clone(), &url).header("Authorization", &self.auth);
+        req = if method == Method::GET || method == Method::DELETE { req.query(params) } else { req.form(params) };
+        let resp = req.send().await.map_err(|source| transport_error(method.clone(), path, source))?;
         let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|source| transport_error(method.clone(), path, source))?;
+        let body = resp.bytes().await.map_err(|source| transport_error(method.clone(), path, source))?;
         let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if status.is_success() {
             return Ok(parsed.get("data").cloned().unwrap_or(Value::Null));
@@ -243,14 +197,7 @@ impl PveClient {
             .get("errors")
             .and_then(Value::as_object)
             .map(|m| {
-                m.iter()
-                    .map(|(k, v)| {
-                        (
-                            k.clone(),
-                            v.as_str().map_or_else(|| v.to_string(), str::to_owned),
-                        )
-                    })
-                    .collect()
+                m.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned))).collect()
             })
             .unwrap_or_default();
         Err(PveError::Api {
@@ -267,11 +214,7 @@ impl PveClient {
     }
 
     fn shape(&self, method: Method, path: &str, detail: impl Into<String>) -> PveError {
-        PveError::Shape {
-            method,
-            path: path.to_owned(),
-            detail: detail.into(),
-        }
+        PveError::Shape { method, path: path.to_owned(), detail: detail.into() }
     }
 
     /// The next free vmid in the cluster.
@@ -287,14 +230,7 @@ impl PveClient {
 
     /// A container's config on this node, or `None` when it does not exist here.
     pub async fn container_config(&self, vmid: Vmid) -> Result<Option<Value>, PveError> {
-        match self
-            .call(
-                Method::GET,
-                &self.node_path(&format!("/lxc/{vmid}/config")),
-                &[],
-            )
-            .await
-        {
+        match self.call(Method::GET, &self.node_path(&format!("/lxc/{vmid}/config")), &[]).await {
             Ok(v) => Ok(Some(v)),
             Err(e) if e.is_missing() => Ok(None),
             Err(e) => Err(e),
@@ -328,22 +264,19 @@ impl PveClient {
     /// Deletes the container with its disks and every reference to it (jobs, HA, replication).
     pub async fn destroy(&self, vmid: Vmid) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}"));
-        let params = [
-            ("purge", "1".to_owned()),
-            ("destroy-unreferenced-disks", "1".to_owned()),
-        ];
+        let params = [("purge", "1".to_owned()), ("destroy-unreferenced-disks", "1".to_owned())];
         let data = self.call(Method::DELETE, &path, &params).await?;
         self.upid(Method::DELETE, &path, data)
     }
 
+    /// Stops a running task (PVE's `DELETE /nodes/{node}/tasks/{upid}`).
+    pub async fn stop_task(&self, upid: &Upid) -> Result<(), PveError> {
+        let path = format!("/nodes/{}/tasks/{}", upid.node(), upid.as_str());
+        self.call(Method::DELETE, &path, &[]).await.map(drop)
+    }
+
     pub async fn set_config(&self, vmid: Vmid, params: &[(&str, String)]) -> Result<(), PveError> {
-        self.call(
-            Method::PUT,
-            &self.node_path(&format!("/lxc/{vmid}/config")),
-            params,
-        )
-        .await
-        .map(drop)
+        self.call(Method::PUT, &self.node_path(&format!("/lxc/{vmid}/config")), params).await.map(drop)
     }
 
     /// The container's first IPv4 address on an interface other than `lo`, if it has one yet.
@@ -356,11 +289,7 @@ impl PveClient {
     pub async fn node_status(&self) -> Result<NodeStatus, PveError> {
         let path = self.node_path("/status");
         let d = self.call_once(Method::GET, &path, &[]).await?;
-        let num = |v: &Value| {
-            v.as_u64()
-                .or_else(|| v.as_f64().map(|f| f as u64))
-                .unwrap_or(0)
-        };
+        let num = |v: &Value| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)).unwrap_or(0);
         Ok(NodeStatus {
             memory_total: num(&d["memory"]["total"]),
             memory_free: num(&d["memory"]["available"]).max(num(&d["memory"]["free"])),
@@ -372,52 +301,31 @@ impl PveClient {
     /// Active storages on this node that can hold container root disks.
     pub async fn rootdir_storages(&self) -> Result<Vec<StorageInfo>, PveError> {
         let path = self.node_path("/storage");
-        let data = self
-            .call(Method::GET, &path, &[("content", "rootdir".to_owned())])
-            .await?;
-        let all: Vec<StorageInfo> = serde_json::from_value(data)
-            .map_err(|e| self.shape(Method::GET, &path, e.to_string()))?;
-        Ok(all
-            .into_iter()
-            .filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == "rootdir"))
-            .collect())
+        let data = self.call(Method::GET, &path, &[("content", "rootdir".to_owned())]).await?;
+        let all: Vec<StorageInfo> =
+            serde_json::from_value(data).map_err(|e| self.shape(Method::GET, &path, e.to_string()))?;
+        Ok(all.into_iter().filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == "rootdir")).collect())
     }
 
     /// Whether `volid` (`local:vztmpl/…`) is a container template on this node.
     pub async fn template_exists(&self, volid: &str) -> Result<bool, PveError> {
         let storage = volid.split(':').next().unwrap_or_default();
         let path = self.node_path(&format!("/storage/{storage}/content"));
-        let data = match self
-            .call(Method::GET, &path, &[("content", "vztmpl".to_owned())])
-            .await
-        {
+        let data = match self.call(Method::GET, &path, &[("content", "vztmpl".to_owned())]).await {
             Ok(d) => d,
-            Err(e)
-                if e.is_missing()
-                    || matches!(
-                        e,
-                        PveError::Api {
-                            status: 400..=499,
-                            ..
-                        }
-                    ) =>
-            {
+            Err(e) if e.is_missing() || matches!(e, PveError::Api { status: 400..=499, .. }) => {
                 return Ok(false);
             }
             Err(e) => return Err(e),
         };
-        Ok(data
-            .as_array()
-            .is_some_and(|items| items.iter().any(|i| i["volid"].as_str() == Some(volid))))
+        Ok(data.as_array().is_some_and(|items| items.iter().any(|i| i["volid"].as_str() == Some(volid))))
     }
 
     /// Whether this node has a bridge called `name`.
     pub async fn bridge_exists(&self, name: &str) -> Result<bool, PveError> {
         let path = self.node_path("/network");
         let data = self.call(Method::GET, &path, &[]).await?;
-        Ok(data
-            .as_array()
-            .is_some_and(|items| items.iter().any(|i| i["iface"].as_str() == Some(name))))
+        Ok(data.as_array().is_some_and(|items| items.iter().any(|i| i["iface"].as_str() == Some(name))))
     }
 
     fn upid(&self, method: Method, path: &str, data: Value) -> Result<Upid, PveError> {
@@ -438,16 +346,8 @@ fn transport_error(method: Method, path: &str, source: reqwest::Error) -> PveErr
     }
     let path = path.to_owned();
     match chain.iter().find(|m| m.contains("certificate")) {
-        Some(detail) => PveError::Tls {
-            method,
-            path,
-            detail: detail.clone(),
-        },
-        None => PveError::Transport {
-            method,
-            path,
-            source,
-        },
+        Some(detail) => PveError::Tls { method, path, detail: detail.clone() },
+        None => PveError::Transport { method, path, source },
     }
 }
 
@@ -458,20 +358,12 @@ fn first_address(data: &Value) -> Option<IpAddr> {
         if iface["name"].as_str() == Some("lo") {
             continue;
         }
-        let listed = iface["ip-addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a["ip-address"].as_str());
-        let inet = iface["inet"]
-            .as_str()
-            .map(|s| s.split('/').next().unwrap_or(s));
+        let listed = iface["ip-addresses"].as_array().into_iter().flatten().filter_map(|a| a["ip-address"].as_str());
+        let inet = iface["inet"].as_str().map(|s| s.split('/').next().unwrap_or(s));
         for text in listed.chain(inet) {
             match text.parse::<IpAddr>() {
                 Ok(ip @ IpAddr::V4(v4)) if !v4.is_unspecified() => return Some(ip),
-                Ok(ip @ IpAddr::V6(v6))
-                    if !v6.is_unspecified() && !v6.is_loopback() && fallback.is_none() =>
-                {
+                Ok(ip @ IpAddr::V6(v6)) if !v6.is_unspecified() && !v6.is_loopback() && fallback.is_none() => {
                     fallback = Some(ip)
                 }
                 _ => {}
@@ -493,8 +385,7 @@ mod tests {
             {"name": "eth0", "ip-addresses": [{"ip-address": "fd00::5"}, {"ip-address": "10.0.0.5", "prefix": "24"}]}
         ]);
         assert_eq!(first_address(&data), Some("10.0.0.5".parse().unwrap()));
-        let dhcp_pending =
-            json!([{"name": "lo", "inet": "127.0.0.1/8"}, {"name": "eth0", "ip-addresses": []}]);
+        let dhcp_pending = json!([{"name": "lo", "inet": "127.0.0.1/8"}, {"name": "eth0", "ip-addresses": []}]);
         assert_eq!(first_address(&dhcp_pending), None);
         assert_eq!(first_address(&Value::Null), None);
     }
@@ -513,21 +404,9 @@ mod tests {
     fn transient_or_not() {
         assert!(api(500, "boom").is_transient());
         assert!(api(595, "No route to host").is_transient());
-        assert!(
-            api(
-                500,
-                "can't lock file '/run/lock/lxc/pve-config-101.conf' - got timeout"
-            )
-            .is_transient()
-        );
+        assert!(api(500, "can't lock file '/run/lock/lxc/pve-config-101.conf' - got timeout").is_transient());
         assert!(!api(500, "CT 101 already exists on node 'pve1'").is_transient());
-        assert!(
-            !api(
-                500,
-                "Configuration file 'nodes/pve1/lxc/101.conf' does not exist"
-            )
-            .is_transient()
-        );
+        assert!(!api(500, "Configuration file 'nodes/pve1/lxc/101.conf' does not exist").is_transient());
         assert!(!api(400, "Parameter verification failed.").is_transient());
         assert!(!api(403, "Permission check failed").is_transient());
     }
@@ -535,10 +414,7 @@ mod tests {
     #[test]
     fn field_errors_are_in_the_message() {
         let mut errors = BTreeMap::new();
-        errors.insert(
-            "memory".to_owned(),
-            "value must have a minimum value of 16\n".to_owned(),
-        );
+        errors.insert("memory".to_owned(), "value must have a minimum value of 16\n".to_owned());
         let e = PveError::Api {
             method: Method::POST,
             path: "/nodes/pve1/lxc".into(),

@@ -138,10 +138,7 @@ impl TaskWatch<'_> {
         loop {
             if !std::mem::take(&mut self.first) {
                 if Instant::now() >= self.deadline {
-                    return Err(TaskWaitError::Timeout {
-                        upid: self.upid.clone(),
-                        after: self.within,
-                    });
+                    return Err(TaskWaitError::Timeout { upid: self.upid.clone(), after: self.within });
                 }
                 tokio::time::sleep(self.pause).await;
                 self.pause = self.pause.mul_f32(1.5).min(Duration::from_secs(2));
@@ -150,10 +147,7 @@ impl TaskWatch<'_> {
             let finished_line = lines.iter().any(|l| l.starts_with("TASK "));
             self.polls += 1;
             if finished_line || self.polls % 4 == 0 {
-                let status = self
-                    .pve
-                    .call(Method::GET, &format!("{}/status", self.base), &[])
-                    .await?;
+                let status = self.pve.call(Method::GET, &format!("{}/status", self.base), &[]).await?;
                 if status["status"].as_str() == Some("stopped") {
                     // Lines written between the last read and the end.
                     let mut lines = lines;
@@ -163,14 +157,8 @@ impl TaskWatch<'_> {
                         self.first = true;
                         return Ok(TaskProgress::Lines(lines));
                     }
-                    let exitstatus = status["exitstatus"]
-                        .as_str()
-                        .unwrap_or("unknown")
-                        .to_owned();
-                    return Ok(TaskProgress::Done(TaskOutcome {
-                        exitstatus,
-                        tail: self.tail.clone(),
-                    }));
+                    let exitstatus = status["exitstatus"].as_str().unwrap_or("unknown").to_owned();
+                    return Ok(TaskProgress::Done(TaskOutcome { exitstatus, tail: self.tail.clone() }));
                 }
             }
             if !lines.is_empty() {
@@ -182,14 +170,8 @@ impl TaskWatch<'_> {
     async fn read_log(&mut self) -> Result<Vec<String>, PveError> {
         let mut out = Vec::new();
         loop {
-            let params = [
-                ("start", self.next_line.to_string()),
-                ("limit", PAGE.to_string()),
-            ];
-            let data = self
-                .pve
-                .call(Method::GET, &format!("{}/log", self.base), &params)
-                .await?;
+            let params = [("start", self.next_line.to_string()), ("limit", PAGE.to_string())];
+            let data = self.pve.call(Method::GET, &format!("{}/log", self.base), &params).await?;
             let n = data.as_array().map_or(0, Vec::len);
             self.next_line += n;
             out.extend(
@@ -221,9 +203,7 @@ mod tests {
 
     #[test]
     fn upid_fields() {
-        let u: Upid = "UPID:pve1:000003E8:00001B58:6B0921F9:vzcreate:101:root@pam!pvefleet:"
-            .parse()
-            .unwrap();
+        let u: Upid = "UPID:pve1:000003E8:00001B58:6B0921F9:vzcreate:101:root@pam!pvefleet:".parse().unwrap();
         assert_eq!(u.node(), "pve1");
         assert_eq!(u.kind(), "vzcreate");
         assert!("UPID:short".parse::<Upid>().is_err());

@@ -114,12 +114,9 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
             .with_no_client_auth(),
         Trust::CaFile(path) => {
             let roots = load_roots(path)?;
-            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(TlsError::Verifier)?;
+            let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(TlsError::Verifier)?;
             builder.with_webpki_verifier(verifier).with_no_client_auth()
         }
     };
@@ -129,10 +126,7 @@ pub fn client_config(trust: &Trust) -> Result<rustls::ClientConfig, TlsError> {
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let display = path.display().to_string();
-    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
-        path: display.clone(),
-        source,
-    })?;
+    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa { path: display.clone(), source })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem).flatten() {
         let _ = roots.add(cert);
@@ -163,12 +157,9 @@ impl ServerCertVerifier for PinnedVerifier {
         if seen == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(PinMismatch {
-                    expected: self.pin,
-                    seen,
-                }))),
-            ))
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                PinMismatch { expected: self.pin, seen },
+            )))))
         }
     }
 
@@ -216,10 +207,7 @@ mod tests {
 
     #[test]
     fn fingerprints_parse_and_print_alike() {
-        let text = (0..32)
-            .map(|i| format!("{i:02X}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let text = (0..32).map(|i| format!("{i:02X}")).collect::<Vec<_>>().join(":");
         let fp: Fingerprint = text.parse().unwrap();
         assert_eq!(fp.to_string(), text);
         assert_eq!(text.to_lowercase().parse::<Fingerprint>().unwrap(), fp);

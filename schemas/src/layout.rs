@@ -1,0 +1,73 @@
+//! The JetStream layout as the contract sets it: both the agent (when it may create what is
+//! missing) and `pvefleet setup` build their streams and buckets from here, so they agree.
+//! Only config values; nothing here talks to a server.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{kv, stream};
+
+use crate::names;
+
+/// How long a repeated submit of the same job id is absorbed (contract: ≥ 10 min).
+pub const JOBS_DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// How long events stay replayable.
+pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Republished events within this window are absorbed (an agent retrying a publish).
+pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
+/// A checkpoint outlives any job by far; a leftover one expires.
+pub const CHECKPOINT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// An agent's heartbeat entry expires after this long without a beat (three 5 s beats).
+pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+
+/// The work queue of jobs.
+pub fn jobs_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: names::JOBS_STREAM.into(),
+        subjects: vec![names::JOBS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: JOBS_DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Every job's events, replayable for a week.
+pub fn events_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: names::EVENTS_STREAM.into(),
+        subjects: vec![names::EVENTS_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: EVENTS_MAX_AGE,
+        duplicate_window: EVENTS_DUPLICATE_WINDOW,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Job checkpoints.
+pub fn jobs_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: names::JOBS_BUCKET.into(),
+        description: "pvefleet job checkpoints: what a redelivered job resumes from".into(),
+        history: 1,
+        max_age: CHECKPOINT_MAX_AGE,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Agent heartbeats; an entry is gone `ttl` after its agent's last beat.
+pub fn nodes_bucket(replicas: usize, ttl: Duration) -> kv::Config {
+    kv::Config {
+        bucket: names::NODES_BUCKET.into(),
+        description: "pvefleet agent heartbeats; an entry expires when its agent stops beating".into(),
+        history: 1,
+        max_age: ttl,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
