@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, consumer::pull, kv, message::PublishMessage, stream};
 use backon::{ExponentialBuilder, Retryable as _};
 use pvefleet_schemas::layout;
@@ -17,6 +18,9 @@ use crate::config::{Config, NatsConfig};
 pub enum BusError {
     #[error("stopped while connecting to NATS")]
     Stopped,
+    /// The job's event log was started by someone else (a cancel of the queued job).
+    #[error("the job already has events written by someone else")]
+    Superseded,
     #[error("{what}: {message}")]
     Nats { what: String, message: String },
 }
@@ -290,22 +294,29 @@ impl EventLog {
         };
         let payload: bytes::Bytes = event.encode().into();
         let msg_id = format!("{}:{}", self.job_id, event.seq);
+        let first = event.seq == 1;
         (|| async {
-            self.js
-                .send_publish(
-                    self.subject.clone(),
-                    PublishMessage::build().payload(payload.clone()).message_id(&msg_id),
-                )
-                .await?
-                .await
+            let mut publish = PublishMessage::build().payload(payload.clone()).message_id(&msg_id);
+            if first {
+                // A job's first event is only ours to write if nothing else has: `pvefleet
+                // cancel` ends a queued job with an event of its own.
+                publish = publish.expected_last_subject_sequence(0);
+            }
+            self.js.send_publish(self.subject.clone(), publish).await?.await
         })
         .retry(nats_retry())
         .when(|e: &async_nats::jetstream::context::PublishError| {
-            tracing::warn!(error = %e, "publishing an event failed; retrying");
-            true
+            let retry = !matches!(e.kind(), PublishErrorKind::WrongLastSequence);
+            if retry {
+                tracing::warn!(error = %e, "publishing an event failed; retrying");
+            }
+            retry
         })
         .await
-        .map_err(|e| BusError::nats(format!("publishing event {} of {}", event.seq, self.job_id), e))?;
+        .map_err(|e| match e.kind() {
+            PublishErrorKind::WrongLastSequence => BusError::Superseded,
+            _ => BusError::nats(format!("publishing event {} of {}", event.seq, self.job_id), e),
+        })?;
         self.next_seq += 1;
         Ok(())
     }

@@ -142,6 +142,10 @@ pub async fn run(
         }
         match end {
             Ok(end) => end,
+            Err(BusError::Superseded) => {
+                tracing::info!("the job was ended (cancelled) before this agent began it");
+                JobEnd::Finished { success: false }
+            }
             Err(e) => JobEnd::Bus(e),
         }
     }

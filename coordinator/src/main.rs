@@ -1,49 +1,23 @@
-//! `pvefleet`: the operator's CLI. This build parses the verbs and global flags of the
-//! contract; the verbs themselves arrive with the coordinator issue.
+//! `pvefleet`: parses the command line, sets up tracing, runs the verb, exits 0 on success,
+//! 1 on failure and 2 on bad input.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-
-/// Create Proxmox VE containers through a fleet of per-node agents driven by NATS JetStream.
-#[derive(Parser, Debug)]
-#[command(version, about)]
-struct Cli {
-    /// NATS server URL(s), comma separated.
-    #[arg(long, env = "PVEFLEET_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
-    nats_url: String,
-    /// NATS credentials file.
-    #[arg(long, env = "PVEFLEET_NATS_CREDS", global = true)]
-    nats_creds: Option<std::path::PathBuf>,
-    /// The store: a SQLite path or a postgres:// URL.
-    #[arg(long, env = "PVEFLEET_DB", global = true)]
-    db: Option<String>,
-    #[command(subcommand)]
-    verb: Verb,
-}
-
-#[derive(Subcommand, Debug)]
-enum Verb {
-    /// Create or update the streams and KV buckets (idempotent).
-    Setup,
-    /// Validate and publish a create job.
-    Submit,
-    /// Replay a job's events, then follow it to its end.
-    Watch { job: String },
-    /// List jobs.
-    Jobs,
-    /// Show one job.
-    Job { job: String },
-    /// Cancel a queued or running job.
-    Cancel { job: String },
-    /// Live agents and their capacity.
-    Nodes,
-    /// Record events into the store (long-running).
-    Record,
-}
+use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    eprintln!("pvefleet: `{:?}` is not built yet in this version", cli.verb);
-    ExitCode::from(1)
+    let cli = pvefleet_coordinator::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,async_nats=error".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(pvefleet_coordinator::run(cli))
 }

@@ -1,0 +1,180 @@
+//! The command line: global flags and one subcommand per verb, each with an example.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Create Proxmox VE containers through a fleet of per-node agents driven by NATS JetStream.
+#[derive(Parser, Debug)]
+#[command(version, about, propagate_version = true)]
+pub struct Cli {
+    /// NATS server URL(s), comma separated; credentials may be in the URL.
+    #[arg(long, env = "PVEFLEET_NATS_URL", default_value = "nats://127.0.0.1:4222", global = true)]
+    pub nats_url: String,
+    /// NATS credentials file.
+    #[arg(long, env = "PVEFLEET_NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+    /// The store: a SQLite file path, a sqlite: URL or a postgres:// URL [default: pvefleet.db in
+    /// the user's data directory].
+    #[arg(long, env = "PVEFLEET_DB", global = true)]
+    pub db: Option<String>,
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Create or update the streams and KV buckets (safe to run again).
+    #[command(after_help = "Example:\n  pvefleet setup --replicas 3")]
+    Setup {
+        /// Replicas for streams and buckets (3 on a production cluster).
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+    },
+    /// Validate a container spec and queue it for a node's agent; prints the job id.
+    #[command(after_help = "Examples:\n  pvefleet submit --node pve1 --hostname web-01 --ostemplate local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst --ip 10.0.0.21/24 --gw 10.0.0.1 --watch\n  pvefleet submit --template web --hostname web-02 --node auto --password-file ~/.pvefleet-root\n  pvefleet submit --spec web.toml --request-id deploy-42")]
+    Submit(Box<SubmitArgs>),
+    /// Replay a job's events from the first, then follow it to its end (exit 0 on complete,
+    /// 1 on error, 2 for an unknown job).
+    #[command(after_help = "Example:\n  pvefleet watch 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --json")]
+    Watch {
+        job: String,
+        /// One event per line as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recorded jobs.
+    #[command(after_help = "Example:\n  pvefleet jobs --node pve1 --state failed")]
+    Jobs {
+        #[arg(long)]
+        node: Option<String>,
+        /// queued, running, succeeded, failed or cancelled.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job: spec, state, result and timings.
+    #[command(after_help = "Example:\n  pvefleet job 01JDQ8Z3M4X6T2E9R5W7Y1K0AB")]
+    Job {
+        job: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a queued one leaves the queue; a running one is stopped by its agent and
+    /// rolled back per its policy.
+    #[command(after_help = "Example:\n  pvefleet cancel 01JDQ8Z3M4X6T2E9R5W7Y1K0AB")]
+    Cancel { job: String },
+    /// Live agents from the registry, with their capacity.
+    #[command(after_help = "Example:\n  pvefleet nodes --json")]
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage templates: container defaults plus packages, files and scripts.
+    #[command(subcommand)]
+    Template(TemplateVerb),
+    /// Record every job's events into the store (long-running; safe to restart).
+    #[command(after_help = "Example:\n  pvefleet --db postgres://pvefleet@db/pvefleet record")]
+    Record,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TemplateVerb {
+    /// Add (or replace) a template from a TOML file; files named by `source` are read now.
+    #[command(after_help = "Example:\n  pvefleet template add web.toml")]
+    Add { file: PathBuf },
+    /// List templates.
+    #[command(after_help = "Example:\n  pvefleet template list")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a template.
+    #[command(after_help = "Example:\n  pvefleet template show web")]
+    Show { name: String },
+    /// Remove a template.
+    #[command(after_help = "Example:\n  pvefleet template rm web")]
+    Rm { name: String },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct SubmitArgs {
+    /// Node to run on, or `auto` for the live agent with the most free memory that fits.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A TOML spec file ([container], [deploy], [options]).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// Start from this template; the spec file and flags override it.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// Makes re-running the same submit safe: the same key gives the same job.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Follow the job after submitting it.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the job (without its password) as JSON.
+    #[arg(long)]
+    pub json: bool,
+
+    #[arg(long)]
+    pub hostname: Option<String>,
+    #[arg(long)]
+    pub vmid: Option<u32>,
+    /// Memory in MB.
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Swap in MB.
+    #[arg(long)]
+    pub swap: Option<u32>,
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// Root disk in GB.
+    #[arg(long)]
+    pub disk: Option<u32>,
+    #[arg(long)]
+    pub storage: Option<String>,
+    #[arg(long)]
+    pub bridge: Option<String>,
+    /// `dhcp` or `a.b.c.d/nn`.
+    #[arg(long)]
+    pub ip: Option<String>,
+    #[arg(long)]
+    pub gw: Option<String>,
+    #[arg(long)]
+    pub nameserver: Option<String>,
+    #[arg(long)]
+    pub ostemplate: Option<String>,
+    /// Make a privileged container (default: unprivileged).
+    #[arg(long)]
+    pub privileged: bool,
+    #[arg(long)]
+    pub nesting: bool,
+    /// A PVE tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// An SSH public key line to authorize for root (repeatable).
+    #[arg(long = "ssh-key")]
+    pub ssh_keys: Vec<String>,
+    /// A package to install (repeatable); added to the template's.
+    #[arg(long = "package")]
+    pub packages: Vec<String>,
+    /// `destroy` (default) or `keep` the container when the job fails.
+    #[arg(long)]
+    pub rollback: Option<String>,
+
+    /// Read the root password from this file (first line).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Read the root password from this environment variable.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// Ask for the root password on the terminal.
+    #[arg(long)]
+    pub ask_password: bool,
+    /// Refused: a password on the command line leaks into process lists and shell history.
+    #[arg(long, hide = true)]
+    pub password: Option<String>,
+}

@@ -1,0 +1,436 @@
+//! The coordinator's store (sea-orm): templates, jobs and their event log, on SQLite by
+//! default or Postgres by URL, with the same code and migrations. Secrets are never stored:
+//! a job's spec is kept without its root password.
+
+use sea_orm::sea_query::{Index, OnConflict};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    Schema, Set, TransactionTrait,
+};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
+
+use pvefleet_schemas::{Event, EventType, Job, JobId};
+
+pub mod template {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "templates")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        /// The template as JSON (container defaults, deploy spec, options).
+        #[sea_orm(column_type = "Text")]
+        pub spec: String,
+        pub created_at: String,
+        pub updated_at: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod job {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "jobs")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub job_id: String,
+        pub node: String,
+        /// queued → running → succeeded | failed | cancelled, only ever forward.
+        pub state: String,
+        pub hostname: String,
+        /// The job as published, without its root password.
+        #[sea_orm(column_type = "Text")]
+        pub spec: String,
+        pub template: Option<String>,
+        #[sea_orm(unique)]
+        pub request_id: Option<String>,
+        pub vmid: Option<i64>,
+        pub ip: Option<String>,
+        pub error_kind: Option<String>,
+        #[sea_orm(column_type = "Text", nullable)]
+        pub error_message: Option<String>,
+        pub submitted_at: String,
+        pub started_at: Option<String>,
+        pub finished_at: Option<String>,
+        /// The job message's sequence in PVEFLEET_JOBS (to remove it while queued).
+        pub stream_seq: Option<i64>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key)]
+        pub id: i64,
+        pub job_id: String,
+        pub seq: i64,
+        pub kind: String,
+        pub step: Option<String>,
+        pub percent: i32,
+        #[sea_orm(column_type = "Text")]
+        pub message: String,
+        pub stream: Option<String>,
+        pub timestamp: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// Job states, in the only order they may move.
+pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+
+fn rank(state: &str) -> usize {
+    match state {
+        "queued" => 0,
+        "running" => 1,
+        _ => 2,
+    }
+}
+
+/// The state an event moves its job to.
+fn state_after(event: &Event) -> &'static str {
+    match event.kind {
+        EventType::Complete => "succeeded",
+        EventType::Error => match event.result.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.kind) {
+            Some(pvefleet_schemas::ErrorKind::Cancelled) => "cancelled",
+            _ => "failed",
+        },
+        _ => "running",
+    }
+}
+
+struct Init;
+
+impl MigrationName for Init {
+    fn name(&self) -> &str {
+        "m20261127_000001_init"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Init {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let schema = Schema::new(manager.get_database_backend());
+        manager.create_table(schema.create_table_from_entity(template::Entity).if_not_exists().to_owned()).await?;
+        manager.create_table(schema.create_table_from_entity(job::Entity).if_not_exists().to_owned()).await?;
+        manager.create_table(schema.create_table_from_entity(event::Entity).if_not_exists().to_owned()).await?;
+        // Recording an event twice changes nothing.
+        manager
+            .create_index(
+                Index::create()
+                    .name("events_job_seq")
+                    .table(event::Entity)
+                    .col(event::Column::JobId)
+                    .col(event::Column::Seq)
+                    .unique()
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("jobs_node_state")
+                    .table(job::Entity)
+                    .col(job::Column::Node)
+                    .col(job::Column::State)
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Init)]
+    }
+}
+
+/// The store, migrated on open.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// `--db` as given: a Postgres URL, a `sqlite:` URL, or a path to a SQLite file; none means
+/// the SQLite file in the user's data directory.
+pub fn database_url(db: Option<&str>) -> anyhow::Result<String> {
+    match db {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:") => {
+            Ok(url.to_owned())
+        }
+        Some(path) => sqlite_url(std::path::Path::new(path)),
+        None => {
+            let dir = dirs::data_dir()
+                .ok_or_else(|| anyhow::anyhow!("no data directory for this user; give --db or PVEFLEET_DB"))?
+                .join("pvefleet");
+            sqlite_url(&dir.join("pvefleet.db"))
+        }
+    }
+}
+
+fn sqlite_url(path: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("creating {} for the store: {e}", parent.display()))?;
+    }
+    Ok(format!("sqlite://{}?mode=rwc", path.display()))
+}
+
+impl Store {
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let mut opts = sea_orm::ConnectOptions::new(url.to_owned());
+        opts.sqlx_logging(false).max_connections(4);
+        let db = Database::connect(opts).await.map_err(|e| anyhow::anyhow!("opening the store {}: {e}", redact(url)))?;
+        Migrator::up(&db, None).await.map_err(|e| anyhow::anyhow!("migrating the store: {e}"))?;
+        Ok(Self { db })
+    }
+
+    pub async fn job_by_request(&self, request_id: &str) -> anyhow::Result<Option<job::Model>> {
+        Ok(job::Entity::find().filter(job::Column::RequestId.eq(request_id)).one(&self.db).await?)
+    }
+
+    pub async fn job(&self, id: &JobId) -> anyhow::Result<Option<job::Model>> {
+        Ok(job::Entity::find_by_id(id.to_string()).one(&self.db).await?)
+    }
+
+    /// Records a job about to be published; its spec is stored without the root password.
+    /// With a request id, the row is the reservation: a second submit of the same request
+    /// finds it (the unique index decides between concurrent ones) and publishes nothing.
+    pub async fn insert_job(&self, job: &Job, request_id: Option<&str>) -> anyhow::Result<Result<(), job::Model>> {
+        let mut public = job.clone();
+        public.container.root_password = None;
+        let model = job::ActiveModel {
+            job_id: Set(job.job_id.to_string()),
+            node: Set(job.node.to_string()),
+            state: Set("queued".into()),
+            hostname: Set(job.container.hostname.clone()),
+            spec: Set(serde_json::to_string(&public)?),
+            template: Set(job.template.clone()),
+            request_id: Set(request_id.map(str::to_owned)),
+            vmid: Set(None),
+            ip: Set(None),
+            error_kind: Set(None),
+            error_message: Set(None),
+            submitted_at: Set(job.submitted_at.to_string()),
+            started_at: Set(None),
+            finished_at: Set(None),
+            stream_seq: Set(None),
+        };
+        match job::Entity::insert(model).exec_without_returning(&self.db).await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match request_id {
+                Some(key) => match self.job_by_request(key).await? {
+                    Some(existing) => Ok(Err(existing)),
+                    None => Err(e.into()),
+                },
+                None => Err(e.into()),
+            },
+        }
+    }
+
+    pub async fn set_stream_seq(&self, id: &JobId, seq: u64) -> anyhow::Result<()> {
+        job::Entity::update_many()
+            .col_expr(job::Column::StreamSeq, sea_orm::sea_query::Expr::value(seq as i64))
+            .filter(job::Column::JobId.eq(id.to_string()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a job whose publish failed.
+    pub async fn delete_job(&self, id: &JobId) -> anyhow::Result<()> {
+        job::Entity::delete_by_id(id.to_string()).exec(&self.db).await?;
+        Ok(())
+    }
+
+    pub async fn jobs(&self, node: Option<&str>, state: Option<&str>) -> anyhow::Result<Vec<job::Model>> {
+        let mut q = job::Entity::find().order_by_asc(job::Column::JobId);
+        if let Some(node) = node {
+            q = q.filter(job::Column::Node.eq(node));
+        }
+        if let Some(state) = state {
+            q = q.filter(job::Column::State.eq(state));
+        }
+        Ok(q.all(&self.db).await?)
+    }
+
+    pub async fn events(&self, id: &JobId) -> anyhow::Result<Vec<event::Model>> {
+        Ok(event::Entity::find()
+            .filter(event::Column::JobId.eq(id.to_string()))
+            .order_by_asc(event::Column::Seq)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Records one event and moves its job's state forward. Returns false when the event was
+    /// recorded before (then nothing changes).
+    pub async fn record_event(&self, e: &Event) -> anyhow::Result<bool> {
+        let tx = self.db.begin().await?;
+        let row = event::ActiveModel {
+            id: sea_orm::NotSet,
+            job_id: Set(e.job_id.to_string()),
+            seq: Set(e.seq as i64),
+            kind: Set(enum_text(&e.kind)),
+            step: Set(e.step.map(|s| s.as_str().to_owned())),
+            percent: Set(i32::from(e.percent)),
+            message: Set(e.message.clone()),
+            stream: Set(e.stream.as_ref().map(enum_text)),
+            timestamp: Set(e.timestamp.to_string()),
+        };
+        let inserted = event::Entity::insert(row)
+            .on_conflict(OnConflict::columns([event::Column::JobId, event::Column::Seq]).do_nothing().to_owned())
+            .exec_without_returning(&tx)
+            .await?;
+        if inserted == 0 {
+            tx.commit().await?;
+            return Ok(false);
+        }
+        let existing = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await?;
+        let mut model: job::ActiveModel = match existing {
+            Some(m) => m.into(),
+            None => {
+                // Submitted by another coordinator (or before this store existed): learn of it here.
+                job::ActiveModel {
+                    job_id: Set(e.job_id.to_string()),
+                    node: Set(e.node.to_string()),
+                    state: Set("queued".into()),
+                    hostname: Set(String::new()),
+                    spec: Set("null".into()),
+                    template: Set(None),
+                    request_id: Set(None),
+                    vmid: Set(None),
+                    ip: Set(None),
+                    error_kind: Set(None),
+                    error_message: Set(None),
+                    submitted_at: Set(e.timestamp.to_string()),
+                    started_at: Set(None),
+                    finished_at: Set(None),
+                    stream_seq: Set(None),
+                }
+                .insert(&tx)
+                .await?
+                .into()
+            }
+        };
+        let current = model.state.clone().unwrap();
+        let next = state_after(e);
+        if rank(next) > rank(&current) {
+            model.state = Set(next.to_owned());
+        }
+        if model.started_at.as_ref().is_none() && e.kind != EventType::Error {
+            model.started_at = Set(Some(e.timestamp.to_string()));
+        }
+        if let Some(result) = &e.result {
+            model.vmid = Set(result.vmid.map(|v| i64::from(v.get())));
+            model.ip = Set(result.ip.map(|ip| ip.to_string()));
+            if let Some(err) = &result.error {
+                model.error_kind = Set(Some(enum_text(&err.kind)));
+                model.error_message = Set(Some(e.message.clone()));
+            }
+            model.finished_at = Set(Some(e.timestamp.to_string()));
+        }
+        model.update(&tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn put_template(&self, name: &str, spec: &serde_json::Value) -> anyhow::Result<()> {
+        let now = pvefleet_schemas::Timestamp::now().to_string();
+        let model = template::ActiveModel {
+            name: Set(name.to_owned()),
+            spec: Set(spec.to_string()),
+            created_at: Set(now.clone()),
+            updated_at: Set(now),
+        };
+        template::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(template::Column::Name)
+                    .update_columns([template::Column::Spec, template::Column::UpdatedAt])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, name: &str) -> anyhow::Result<Option<template::Model>> {
+        Ok(template::Entity::find_by_id(name.to_owned()).one(&self.db).await?)
+    }
+
+    pub async fn templates(&self) -> anyhow::Result<Vec<template::Model>> {
+        Ok(template::Entity::find().order_by_asc(template::Column::Name).all(&self.db).await?)
+    }
+
+    pub async fn remove_template(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(template::Entity::delete_by_id(name.to_owned()).exec(&self.db).await?.rows_affected > 0)
+    }
+
+    /// For tests: the raw connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        self.db.execute_unprepared("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// A serde enum's wire name (`deploy`, `stdout`).
+fn enum_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_only_move_forward() {
+        assert!(rank("running") > rank("queued"));
+        assert!(rank("failed") > rank("running"));
+        assert_eq!(rank("succeeded"), rank("cancelled"));
+        assert_eq!(STATES.len(), 5);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(database_url(Some("postgres://u@h/db")).unwrap(), "postgres://u@h/db");
+        assert!(database_url(Some("/tmp/pvefleet-test-store/x.db")).unwrap().starts_with("sqlite:///tmp/"));
+        assert_eq!(redact("postgres://user:secret@host/db"), "postgres://user:***@host/db");
+    }
+}

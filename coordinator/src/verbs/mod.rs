@@ -1,0 +1,10 @@
+//! One file per verb.
+
+pub mod cancel;
+pub mod jobs;
+pub mod nodes;
+pub mod record;
+pub mod setup;
+pub mod submit;
+pub mod template;
+pub mod watch;

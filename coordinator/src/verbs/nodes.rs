@@ -1,0 +1,56 @@
+//! `pvefleet nodes`: the live agents in `pvefleet-nodes`, with what their nodes can take.
+
+use async_nats::jetstream;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use futures::StreamExt as _;
+use pvefleet_schemas::Heartbeat;
+use pvefleet_schemas::names::NODES_BUCKET;
+
+use crate::Outcome;
+use crate::cli::Cli;
+
+pub async fn run(cli: &Cli, json: bool) -> Outcome {
+    let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
+    let kv = js.get_key_value(NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
+    let mut keys = kv.keys().await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
+    let mut beats = Vec::new();
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        if let Ok(Some(bytes)) = kv.get(&key).await
+            && let Ok(beat) = Heartbeat::decode(&bytes)
+        {
+            beats.push(beat);
+        }
+    }
+    beats.sort_by(|a, b| a.node.cmp(&b.node));
+    if json {
+        println!("{}", serde_json::to_string(&beats).expect("heartbeats serialize"));
+        return Ok(());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let mut table = Table::new();
+    table.load_style(UTF8_FULL_CONDENSED).set_header(["NODE", "VERSION", "RUNNING", "FREE MEMORY", "STORAGE FREE", "LAST SEEN"]);
+    for b in &beats {
+        let (mem, storage) = match &b.capacity {
+            Some(c) => (
+                format!("{} / {} MiB", c.memory_free_bytes >> 20, c.memory_total_bytes >> 20),
+                c.storages.iter().map(|s| format!("{} {} GiB", s.storage, s.avail_bytes >> 30)).collect::<Vec<_>>().join(", "),
+            ),
+            None => ("unknown".into(), "unknown".into()),
+        };
+        let age = (now - b.last_seen.0).whole_milliseconds() as f64 / 1000.0;
+        table.add_row([
+            b.node.to_string(),
+            b.agent_version.clone(),
+            format!("{}/{}", b.running_jobs.len(), b.concurrency),
+            mem,
+            storage,
+            format!("{age:.1}s ago"),
+        ]);
+    }
+    println!("{table}");
+    if beats.is_empty() {
+        eprintln!("no live agents");
+    }
+    Ok(())
+}

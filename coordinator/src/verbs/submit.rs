@@ -1,0 +1,223 @@
+//! `pvefleet submit`: build the job (template, then spec file, then flags), validate it, pick
+//! the node, publish it with its id as the dedup id, record it, print its id.
+
+use std::io::IsTerminal as _;
+
+use async_nats::jetstream::{self, message::PublishMessage};
+use pvefleet_schemas::names::{JobKind, NODES_BUCKET, job_subject};
+use pvefleet_schemas::{DeploySpec, Heartbeat, Job, JobId, NodeName, RollbackPolicy, Secret, Timestamp, V1};
+
+use crate::cli::{Cli, SubmitArgs};
+use crate::spec::{BadInput, SpecFile, container_from, extend_deploy, overlay};
+use crate::{Failure, Outcome};
+
+pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
+    if args.password.is_some() {
+        return Err(BadInput::field(
+            "--password",
+            "a password on the command line leaks into process lists and shell history; use --password-file, --password-env or --ask-password",
+        )
+        .into());
+    }
+    let store = crate::open_store(cli).await?;
+    if let Some(key) = &args.request_id
+        && let Some(existing) = store.job_by_request(key).await?
+    {
+        // The same request again: the same job, never a second one.
+        eprintln!("request {key} was submitted before as job {}", existing.job_id);
+        return finish(cli, args, existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?, &existing.spec).await;
+    }
+
+    let mut container = toml::Table::new();
+    let mut deploy = DeploySpec::default();
+    let mut options = None;
+    let mut node = None;
+    let mut template_name = args.template.clone();
+    let spec_file = args.spec.as_deref().map(SpecFile::read).transpose()?;
+    if template_name.is_none() {
+        template_name = spec_file.as_ref().and_then(|s| s.template.clone());
+    }
+    if let Some(name) = &template_name {
+        let row = store.template(name).await?.ok_or_else(|| BadInput::field("--template", format!("no template named `{name}` (see `pvefleet template list`)")))?;
+        let template: SpecFile = serde_json::from_str(&row.spec).map_err(|e| anyhow::anyhow!("stored template {name}: {e}"))?;
+        overlay(&mut container, template.container);
+        extend_deploy(&mut deploy, template.deploy);
+        options = template.options;
+    }
+    if let Some(spec) = spec_file {
+        overlay(&mut container, spec.container);
+        extend_deploy(&mut deploy, spec.deploy);
+        options = spec.options.or(options);
+        node = spec.node;
+    }
+    overlay(&mut container, flags(args));
+    deploy.packages.extend(args.packages.iter().cloned());
+    let mut container = container_from(container)?;
+    container.root_password = password(args)?;
+    let mut options = options.unwrap_or_default();
+    if let Some(r) = &args.rollback {
+        options.rollback = match r.as_str() {
+            "destroy" => RollbackPolicy::Destroy,
+            "keep" => RollbackPolicy::Keep,
+            other => return Err(BadInput::field("--rollback", format!("`{other}` is neither `destroy` nor `keep`")).into()),
+        };
+    }
+
+    let node_arg = args.node.clone().or(node).ok_or_else(|| BadInput::field("--node", "give --node NAME or --node auto"))?;
+    // The job is complete but for its node: validate it before anything leaves this machine.
+    let probe_node = if node_arg == "auto" { NodeName::new("auto")? } else { NodeName::new(&node_arg)? };
+    let mut job = Job {
+        v: V1,
+        kind: pvefleet_schemas::JobMessageKind::Create,
+        job_id: JobId::new(),
+        node: probe_node,
+        submitted_at: Timestamp::now(),
+        container,
+        deploy,
+        template: template_name,
+        options,
+    };
+    job.validate()?;
+
+    let client = crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?;
+    let js = jetstream::new(client);
+    if node_arg == "auto" {
+        job.node = place(&js, &job).await?;
+    }
+    if let Err(existing) = store.insert_job(&job, args.request_id.as_deref()).await? {
+        // A concurrent submit of the same request won the reservation.
+        return finish(cli, args, existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?, &existing.spec).await;
+    }
+    let published = async {
+        js.send_publish(
+            job_subject(&job.node, JobKind::Create),
+            PublishMessage::build().payload(job.encode().into()).message_id(job.job_id.to_string()),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("publishing the job: {e}"))?
+        .await
+        .map_err(|e| anyhow::anyhow!("the jobs stream did not take the job (run `pvefleet setup`?): {e}"))
+    }
+    .await;
+    let ack = match published {
+        Ok(ack) => ack,
+        Err(e) => {
+            store.delete_job(&job.job_id).await?;
+            return Err(e.into());
+        }
+    };
+    store.set_stream_seq(&job.job_id, ack.sequence).await?;
+    let mut public = job.clone();
+    public.container.root_password = None;
+    finish(cli, args, job.job_id, &serde_json::to_string(&public).expect("a job serializes")).await
+}
+
+async fn finish(cli: &Cli, args: &SubmitArgs, job_id: JobId, public_json: &str) -> Outcome {
+    if args.json {
+        println!("{public_json}");
+    } else {
+        println!("{job_id}");
+    }
+    if args.watch {
+        return super::watch::run(cli, &job_id.to_string(), args.json).await;
+    }
+    Ok(())
+}
+
+/// The container fields given as flags, as a table to overlay.
+fn flags(a: &SubmitArgs) -> toml::Table {
+    let mut t = toml::Table::new();
+    let mut put = |k: &str, v: Option<toml::Value>| {
+        if let Some(v) = v {
+            t.insert(k.into(), v);
+        }
+    };
+    put("hostname", a.hostname.clone().map(Into::into));
+    put("vmid", a.vmid.map(|v| i64::from(v).into()));
+    put("memory", a.memory.map(|v| i64::from(v).into()));
+    put("swap", a.swap.map(|v| i64::from(v).into()));
+    put("cores", a.cores.map(|v| i64::from(v).into()));
+    put("disk", a.disk.map(|v| i64::from(v).into()));
+    put("storage", a.storage.clone().map(Into::into));
+    put("bridge", a.bridge.clone().map(Into::into));
+    put("ip", a.ip.clone().map(Into::into));
+    put("gw", a.gw.clone().map(Into::into));
+    put("nameserver", a.nameserver.clone().map(Into::into));
+    put("ostemplate", a.ostemplate.clone().map(Into::into));
+    put("unprivileged", a.privileged.then_some(false.into()));
+    put("nesting", a.nesting.then_some(true.into()));
+    put("tags", (!a.tags.is_empty()).then(|| a.tags.iter().cloned().map(toml::Value::from).collect::<Vec<_>>().into()));
+    put(
+        "ssh_public_keys",
+        (!a.ssh_keys.is_empty()).then(|| a.ssh_keys.iter().cloned().map(toml::Value::from).collect::<Vec<_>>().into()),
+    );
+    t
+}
+
+fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
+    let given = [a.password_file.is_some(), a.password_env.is_some(), a.ask_password].iter().filter(|g| **g).count();
+    if given > 1 {
+        return Err(BadInput::field("--password-file", "give one of --password-file, --password-env and --ask-password"));
+    }
+    if let Some(path) = &a.password_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BadInput::field("--password-file", format!("cannot read {}: {e}", path.display())))?;
+        let first = text.lines().next().unwrap_or_default().to_owned();
+        return Ok(Some(Secret::new(first)));
+    }
+    if let Some(var) = &a.password_env {
+        let value = std::env::var(var).map_err(|_| BadInput::field("--password-env", format!("the variable {var} is not set")))?;
+        return Ok(Some(Secret::new(value)));
+    }
+    if a.ask_password {
+        if !std::io::stdin().is_terminal() {
+            return Err(BadInput::field("--ask-password", "standard input is not a terminal; use --password-file or --password-env"));
+        }
+        let pw = rpassword::prompt_password("root password for the container: ")
+            .map_err(|e| BadInput::field("--ask-password", e))?;
+        return Ok(Some(Secret::new(pw)));
+    }
+    Ok(None)
+}
+
+/// `--node auto`: the live agent with the most free memory whose node fits the container.
+async fn place(js: &jetstream::Context, job: &Job) -> Result<NodeName, Failure> {
+    use futures::StreamExt as _;
+    let kv = js.get_key_value(NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
+    let mut keys = kv.keys().await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
+    let spec = &job.container;
+    let (need_mem, need_disk) = (u64::from(spec.memory) << 20, u64::from(spec.disk) << 30);
+    let mut best: Option<(u64, NodeName)> = None;
+    let mut refused = Vec::new();
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        let Ok(Some(bytes)) = kv.get(&key).await else { continue };
+        let Ok(beat) = Heartbeat::decode(&bytes) else { continue };
+        let Some(cap) = beat.capacity else {
+            refused.push(format!("{}: its Proxmox API did not answer", beat.node));
+            continue;
+        };
+        let storage = cap.storages.iter().find(|s| s.storage == spec.storage);
+        match storage {
+            None => refused.push(format!("{}: no storage `{}`", beat.node, spec.storage)),
+            Some(s) if s.avail_bytes < need_disk => {
+                refused.push(format!("{}: `{}` has {} GB free, needs {}", beat.node, spec.storage, s.avail_bytes >> 30, spec.disk))
+            }
+            Some(_) if cap.memory_free_bytes < need_mem => {
+                refused.push(format!("{}: {} MB memory free, needs {}", beat.node, cap.memory_free_bytes >> 20, spec.memory))
+            }
+            Some(_) => {
+                if best.as_ref().is_none_or(|(free, _)| cap.memory_free_bytes > *free) {
+                    best = Some((cap.memory_free_bytes, beat.node));
+                }
+            }
+        }
+    }
+    best.map(|(_, node)| node).ok_or_else(|| {
+        Failure::Usage(if refused.is_empty() {
+            "--node auto: no live agent in the registry".into()
+        } else {
+            format!("--node auto: no live agent fits: {}", refused.join("; "))
+        })
+    })
+}

@@ -1,0 +1,90 @@
+//! `pvefleet watch JOB`: replay a job's events from the first, then follow it to its end,
+//! whether it is queued, running or long finished.
+
+use std::io::IsTerminal as _;
+
+use async_nats::jetstream;
+use indicatif::{ProgressBar, ProgressStyle};
+use pvefleet_schemas::{Event, EventType};
+
+use crate::bus::EventFeed;
+use crate::cli::Cli;
+use crate::{Failure, Outcome};
+
+pub async fn run(cli: &Cli, job: &str, json: bool) -> Outcome {
+    let id = crate::job_id(job)?;
+    let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
+    let mut feed = EventFeed::open(&js, &id).await?;
+    if feed.pending_at_open == 0 {
+        // No events yet: a queued job, or no job at all. The store knows which.
+        let known = match crate::open_store(cli).await {
+            Ok(store) => store.job(&id).await?.is_some(),
+            Err(_) => false,
+        };
+        if !known {
+            return Err(Failure::Usage(format!("unknown job {id}: no events and not in the store")));
+        }
+    }
+    let bar = (!json && std::io::stdout().is_terminal()).then(|| {
+        let bar = ProgressBar::new(100);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>3}% {prefix:12} {wide_msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar.set_message("queued: waiting for an agent");
+        bar
+    });
+    while let Some(event) = feed.next().await? {
+        if json {
+            println!("{}", serde_json::to_string(&event).expect("an event serializes"));
+        } else if let Some(bar) = &bar {
+            show_on_bar(bar, &event);
+        } else {
+            println!("{}", line(&event));
+        }
+        if event.is_terminal() {
+            if let Some(bar) = &bar {
+                bar.finish_and_clear();
+                println!("{}", line(&event));
+            }
+            return match event.kind {
+                EventType::Complete => Ok(()),
+                _ => Err(Failure::Quiet),
+            };
+        }
+    }
+    Err(anyhow::anyhow!("the event feed ended before the job did").into())
+}
+
+fn show_on_bar(bar: &ProgressBar, e: &Event) {
+    bar.set_position(u64::from(e.percent));
+    if let Some(step) = e.step {
+        bar.set_prefix(step.as_str().to_owned());
+    }
+    match e.kind {
+        // Log lines go above the bar, so the whole output stays readable.
+        EventType::Log | EventType::Warning => {
+            bar.println(line(e));
+            bar.set_message(e.message.clone());
+        }
+        _ => bar.set_message(e.message.clone()),
+    }
+}
+
+/// One event as a line of text.
+pub fn line(e: &Event) -> String {
+    let step = e.step.map(|s| s.as_str()).unwrap_or("-");
+    let what = match (e.kind, e.stream) {
+        (EventType::Log, Some(stream)) => serde_json::to_value(stream).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        (kind, _) => serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+    };
+    let mut text = format!("{:>4} {:>3}% {step:<12} {what:<8} {}", e.seq, e.percent, e.message);
+    if let Some(r) = &e.result
+        && let Some(vmid) = r.vmid
+    {
+        text.push_str(&format!("  [vmid {vmid}{}]", r.ip.map(|ip| format!(", ip {ip}")).unwrap_or_default()));
+    }
+    text
+}
