@@ -596,10 +596,13 @@ impl CreateJob<'_> {
         if failure.kind == ErrorKind::Cancelled
             && let Some(upid) = self.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok())
         {
-            // Stop the Proxmox task the job was waiting on (a no-op if it already ended).
+            // Stop the Proxmox task the job was waiting on (a no-op if it already ended), and
+            // let it end: it holds the container's lock, which the rollback needs.
             if let Err(e) = self.pve.stop_task(&upid).await {
                 tracing::info!(error = %e, %upid, "stopping the task on cancel");
             }
+            let mut watch = self.pve.watch_task(&upid, self.timeouts().task.0);
+            while let Ok(crate::proxmox::task::TaskProgress::Lines(_)) = watch.next().await {}
         }
         let (rolled_back, note) = match self.job.options.rollback {
             RollbackPolicy::Keep => (false, self.cp.vmid.map(|v| format!("container {v} kept (rollback: keep)"))),
@@ -641,12 +644,23 @@ impl CreateJob<'_> {
                 Err(e) => return Err(e.into()),
             }
         }
-        match self.pve.destroy(vmid).await {
-            Ok(upid) => self.wait_task(&upid).await?,
-            Err(e) if e.is_missing() => {}
-            Err(e) => return Err(e.into()),
+        // A destroy that loses the race for the container's lock ("got timeout") is tried again.
+        for attempt in 1..=3 {
+            let outcome = match self.pve.destroy(vmid).await {
+                Ok(upid) => self.wait_task(&upid).await,
+                Err(e) if e.is_missing() => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            match outcome {
+                Err(StepError::Failed { message, .. }) if attempt < 3 && message.contains("got timeout") => {
+                    self.events
+                        .warning(format!("destroying container {vmid}: the lock was busy; trying again"))
+                        .await?;
+                }
+                other => return other.map(|()| Some(format!("container {vmid} destroyed"))),
+            }
         }
-        Ok(Some(format!("container {vmid} destroyed")))
+        unreachable!("the last attempt returns")
     }
 }
 

@@ -10,11 +10,15 @@ use pvefleet_schemas::{Event, JobId};
 
 /// Connects once (a CLI should fail fast, with the URL in the message).
 pub async fn connect(urls: &str, creds: Option<&std::path::Path>) -> anyhow::Result<async_nats::Client> {
-    let addrs: Vec<async_nats::ServerAddr> =
-        urls.split(',').map(|u| u.trim().parse()).collect::<Result<_, _>>().with_context(|| format!("--nats-url `{urls}`"))?;
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(|u| u.trim().parse())
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--nats-url `{urls}`"))?;
     let mut opts = async_nats::ConnectOptions::new().name("pvefleet").connection_timeout(Duration::from_secs(5));
     if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
-        opts = opts.user_and_password(addr.username().unwrap_or_default().into(), addr.password().unwrap_or_default().into());
+        opts = opts
+            .user_and_password(addr.username().unwrap_or_default().into(), addr.password().unwrap_or_default().into());
     }
     if let Some(creds) = creds {
         opts = opts.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;

@@ -32,7 +32,9 @@ pub enum Verb {
         replicas: usize,
     },
     /// Validate a container spec and queue it for a node's agent; prints the job id.
-    #[command(after_help = "Examples:\n  pvefleet submit --node pve1 --hostname web-01 --ostemplate local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst --ip 10.0.0.21/24 --gw 10.0.0.1 --watch\n  pvefleet submit --template web --hostname web-02 --node auto --password-file ~/.pvefleet-root\n  pvefleet submit --spec web.toml --request-id deploy-42")]
+    #[command(
+        after_help = "Examples:\n  pvefleet submit --node pve1 --hostname web-01 --ostemplate local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst --ip 10.0.0.21/24 --gw 10.0.0.1 --watch\n  pvefleet submit --template web --hostname web-02 --node auto --password-file ~/.pvefleet-root\n  pvefleet submit --spec web.toml --request-id deploy-42"
+    )]
     Submit(Box<SubmitArgs>),
     /// Replay a job's events from the first, then follow it to its end (exit 0 on complete,
     /// 1 on error, 2 for an unknown job).

@@ -63,7 +63,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Verb::Setup { replicas } => verbs::setup::run(&cli.nats_url, cli.nats_creds.as_deref(), replicas).await,
         Verb::Submit(ref args) => verbs::submit::run(&cli, args).await,
         Verb::Watch { ref job, json } => verbs::watch::run(&cli, job, json).await,
-        Verb::Jobs { ref node, ref state, json } => verbs::jobs::list(&cli, node.as_deref(), state.as_deref(), json).await,
+        Verb::Jobs { ref node, ref state, json } => {
+            verbs::jobs::list(&cli, node.as_deref(), state.as_deref(), json).await
+        }
         Verb::Job { ref job, json } => verbs::jobs::show(&cli, job, json).await,
         Verb::Cancel { ref job } => verbs::cancel::run(&cli, job).await,
         Verb::Nodes { json } => verbs::nodes::run(&cli, json).await,
@@ -97,5 +99,7 @@ pub async fn open_store(cli: &Cli) -> Result<store::Store, Failure> {
 
 /// Parses a job id argument (exit 2 when it is not one).
 pub fn job_id(text: &str) -> Result<pvefleet_schemas::JobId, Failure> {
-    text.trim().parse().map_err(|e: pvefleet_schemas::FieldError| Failure::Usage(format!("`{text}` is not a job id: {}", e.problem)))
+    text.trim()
+        .parse()
+        .map_err(|e: pvefleet_schemas::FieldError| Failure::Usage(format!("`{text}` is not a job id: {}", e.problem)))
 }

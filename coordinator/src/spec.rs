@@ -74,9 +74,11 @@ impl SpecFile {
     /// Reads a TOML spec; file `source`s are read now (relative to the file), so what is
     /// stored or published carries the bytes, not a path on this machine.
     pub fn read(path: &Path) -> Result<Self, BadInput> {
-        let text = std::fs::read_to_string(path).map_err(|e| BadInput(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| BadInput(format!("cannot read {}: {e}", path.display())))?;
         let mut spec: SpecFile = toml::from_str(&text).map_err(|e| {
-            let key = e.span().map(|s| text[..s.start].lines().count()).map(|l| format!(" (line {l})")).unwrap_or_default();
+            let key =
+                e.span().map(|s| text[..s.start].lines().count()).map(|l| format!(" (line {l})")).unwrap_or_default();
             BadInput(format!("{}{key}: {}", path.display(), e.message()))
         })?;
         spec.inline_sources(path.parent().unwrap_or(Path::new(".")))?;
@@ -93,13 +95,20 @@ impl SpecFile {
         for (i, file) in self.deploy.files.iter_mut().enumerate() {
             if let Some(source) = file.source.take() {
                 let path = if Path::new(&source).is_absolute() { PathBuf::from(&source) } else { base.join(&source) };
-                let bytes =
-                    std::fs::read(&path).map_err(|e| BadInput::field(&format!("deploy.files[{i}].source"), format!("{}: {e}", path.display())))?;
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    BadInput::field(&format!("deploy.files[{i}].source"), format!("{}: {e}", path.display()))
+                })?;
                 let text = String::from_utf8(bytes).map_err(|_| {
-                    BadInput::field(&format!("deploy.files[{i}].source"), format!("{} is not UTF-8 text", path.display()))
+                    BadInput::field(
+                        &format!("deploy.files[{i}].source"),
+                        format!("{} is not UTF-8 text", path.display()),
+                    )
                 })?;
                 if file.content.is_some() {
-                    return Err(BadInput::field(&format!("deploy.files[{i}]"), "give exactly one of `content` and `source`"));
+                    return Err(BadInput::field(
+                        &format!("deploy.files[{i}]"),
+                        "give exactly one of `content` and `source`",
+                    ));
                 }
                 file.content = Some(text);
             }

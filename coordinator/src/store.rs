@@ -167,6 +167,31 @@ impl MigratorTrait for Migrator {
     }
 }
 
+/// Brings the schema up to date. Several `pvefleet` processes may open a new store at once
+/// (the recorder and a submit): on Postgres an advisory lock serializes them; on SQLite the
+/// loser of a race finds the migration applied when it tries again.
+async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let mut last = None;
+    for attempt in 0..10u32 {
+        let tx = db.begin().await?;
+        if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            tx.execute_unprepared("SELECT pg_advisory_xact_lock(7301146612)").await?;
+        }
+        match Migrator::up(&tx, None).await {
+            Ok(()) => {
+                tx.commit().await?;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt + 1))).await;
+            }
+        }
+    }
+    Err(anyhow::anyhow!("migrating the store: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+}
+
 /// The store, migrated on open.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -177,7 +202,9 @@ pub struct Store {
 /// the SQLite file in the user's data directory.
 pub fn database_url(db: Option<&str>) -> anyhow::Result<String> {
     match db {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:") => {
+        Some(url)
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:") =>
+        {
             Ok(url.to_owned())
         }
         Some(path) => sqlite_url(std::path::Path::new(path)),
@@ -202,8 +229,9 @@ impl Store {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let mut opts = sea_orm::ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false).max_connections(4);
-        let db = Database::connect(opts).await.map_err(|e| anyhow::anyhow!("opening the store {}: {e}", redact(url)))?;
-        Migrator::up(&db, None).await.map_err(|e| anyhow::anyhow!("migrating the store: {e}"))?;
+        let db =
+            Database::connect(opts).await.map_err(|e| anyhow::anyhow!("opening the store {}: {e}", redact(url)))?;
+        migrate(&db).await?;
         Ok(Self { db })
     }
 

@@ -61,6 +61,7 @@ class BedPve(FakePve):
         self.create_keys = {}   # vmid -> (keys, [files]) between the create request and its task
         self.key_files = {}     # vmid -> files written for it, removed again when it is destroyed
         self.bed_requests = 0       # API requests that got past TLS, for tests of certificate pinning
+        self.mem_used = {}          # node -> bytes of memory in use, reported by /nodes/{node}/status
         # PVE seconds a new container's start/stop/shutdown take (fakepve keeps these per container).
         self.ct_defaults = {'start_secs': 0, 'stop_secs': 0, 'shutdown_secs': 0}
 
@@ -108,7 +109,8 @@ class BedPve(FakePve):
         return [('GET', '/nodes/{node}/status', self._bed_node_status)]
 
     async def _bed_node_status(self, v, user):
-        s = self._node_stats(True)
+        s = dict(self._node_stats(True))
+        s['mem'] = self.mem_used.get(v.get('node'), s['mem'])  # set by /node-memory
         mem, disk = s['maxmem'] - s['mem'], s['maxdisk'] - s['disk']
         return {'cpu': s['cpu'], 'wait': 0, 'uptime': s['uptime'], 'loadavg': ['0.08', '0.05', '0.01'],
                 'cpuinfo': {'cpus': s['maxcpu'], 'cores': s['maxcpu'], 'sockets': 1, 'model': 'fake', 'mhz': '2400'},
@@ -268,6 +270,14 @@ def control_app(pve, initial_scale):
                 pve.ct_defaults[key + '_secs'] = field(data, key, float)
                 for ct in pve.cts:
                     setattr(ct, key + '_secs', pve.ct_defaults[key + '_secs'])
+
+    @post('/node-memory')
+    def node_memory(data):
+        # Lets a test give nodes different free memory (placement); /nodes/{node}/status reports it.
+        node = field(data, 'node', str)
+        if node not in pve.nodes:
+            raise refuse('no such node {0!r}; nodes: {1}'.format(node, ', '.join(sorted(pve.nodes))), 404)
+        pve.mem_used[node] = field(data, 'used', int)
 
     @post('/offline')
     def offline(data):

@@ -183,6 +183,11 @@ impl FakePve {
         self.control("/time-scale", json!({"scale": scale})).await.map(drop)
     }
 
+    /// Makes `/nodes/{node}/status` report `used` bytes of its 8 GiB in use.
+    pub async fn node_memory_used(&self, node: &str, used: u64) -> anyhow::Result<()> {
+        self.control("/node-memory", json!({"node": node, "used": used})).await.map(drop)
+    }
+
     pub async fn offline(&self, node: &str, offline: bool) -> anyhow::Result<()> {
         self.control("/offline", json!({"node": node, "offline": offline})).await.map(drop)
     }

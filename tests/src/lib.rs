@@ -11,10 +11,12 @@
 //! - [`fakepve`]: the fake Proxmox VE API (PyPI `fakepve`, run by `bed/fakepve_launcher.py`)
 //!   and its fault-injection controls.
 //! - [`agent`]: `pvefleet-agent` as a real process against the bed's servers.
+//! - [`cli`]: the `pvefleet` CLI with a store on SQLite or the machine's Postgres.
 //! - [`jobs`]: building and publishing jobs, reading their events back, the event contract.
 //! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
 
 pub mod agent;
+pub mod cli;
 pub mod dir;
 pub mod fakepve;
 pub mod jobs;

@@ -30,7 +30,10 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     if let Some(last) = &last
         && last.is_terminal()
     {
-        println!("job {id} has already ended ({}); nothing to cancel", serde_json::to_value(last.kind).unwrap_or_default());
+        println!(
+            "job {id} has already ended ({}); nothing to cancel",
+            serde_json::to_value(last.kind).unwrap_or_default()
+        );
         return Err(Failure::Quiet);
     }
     if last.is_none()
@@ -47,7 +50,8 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
         .await
         .map_err(|_| anyhow::anyhow!("the agent of {node} did not answer the cancel request"))?
         .map_err(|e| anyhow::anyhow!("asking the agent of {node} to cancel: {e}"))?;
-    let reply: CancelReply = serde_json::from_slice(&reply.payload).map_err(|e| anyhow::anyhow!("the agent's reply: {e}"))?;
+    let reply: CancelReply =
+        serde_json::from_slice(&reply.payload).map_err(|e| anyhow::anyhow!("the agent's reply: {e}"))?;
     if !reply.ok {
         return Err(anyhow::anyhow!("{}", reply.message).into());
     }
@@ -64,7 +68,8 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     .await
     .map_err(|_| anyhow::anyhow!("the job did not end within {WIND_DOWN:?} of the cancel"))??;
     println!("{}", super::watch::line(&ended));
-    let cancelled = ended.result.as_ref().and_then(|r| r.error.as_ref()).is_some_and(|e| e.kind == ErrorKind::Cancelled);
+    let cancelled =
+        ended.result.as_ref().and_then(|r| r.error.as_ref()).is_some_and(|e| e.kind == ErrorKind::Cancelled);
     if cancelled { Ok(()) } else { Err(Failure::Quiet) }
 }
 

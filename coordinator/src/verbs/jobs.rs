@@ -71,7 +71,13 @@ pub async fn show(cli: &Cli, job: &str, json: bool) -> Outcome {
         ("template", j.template.clone().unwrap_or_default()),
         ("vmid", j.vmid.map(|v| v.to_string()).unwrap_or_default()),
         ("ip", j.ip.clone().unwrap_or_default()),
-        ("error", j.error_kind.as_ref().map(|k| format!("{k}: {}", j.error_message.clone().unwrap_or_default())).unwrap_or_default()),
+        (
+            "error",
+            j.error_kind
+                .as_ref()
+                .map(|k| format!("{k}: {}", j.error_message.clone().unwrap_or_default()))
+                .unwrap_or_default(),
+        ),
         ("submitted", j.submitted_at.clone()),
         ("started", j.started_at.clone().unwrap_or_default()),
         ("finished", j.finished_at.clone().unwrap_or_default()),

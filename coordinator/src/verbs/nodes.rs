@@ -11,7 +11,10 @@ use crate::cli::Cli;
 
 pub async fn run(cli: &Cli, json: bool) -> Outcome {
     let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
-    let kv = js.get_key_value(NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
+    let kv = js
+        .get_key_value(NODES_BUCKET)
+        .await
+        .map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
     let mut keys = kv.keys().await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
     let mut beats = Vec::new();
     while let Some(key) = keys.next().await {
@@ -29,12 +32,23 @@ pub async fn run(cli: &Cli, json: bool) -> Outcome {
     }
     let now = time::OffsetDateTime::now_utc();
     let mut table = Table::new();
-    table.load_style(UTF8_FULL_CONDENSED).set_header(["NODE", "VERSION", "RUNNING", "FREE MEMORY", "STORAGE FREE", "LAST SEEN"]);
+    table.load_style(UTF8_FULL_CONDENSED).set_header([
+        "NODE",
+        "VERSION",
+        "RUNNING",
+        "FREE MEMORY",
+        "STORAGE FREE",
+        "LAST SEEN",
+    ]);
     for b in &beats {
         let (mem, storage) = match &b.capacity {
             Some(c) => (
                 format!("{} / {} MiB", c.memory_free_bytes >> 20, c.memory_total_bytes >> 20),
-                c.storages.iter().map(|s| format!("{} {} GiB", s.storage, s.avail_bytes >> 30)).collect::<Vec<_>>().join(", "),
+                c.storages
+                    .iter()
+                    .map(|s| format!("{} {} GiB", s.storage, s.avail_bytes >> 30))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
             None => ("unknown".into(), "unknown".into()),
         };

@@ -18,7 +18,10 @@ pub const CONSUMER: &str = "pvefleet-recorder";
 pub async fn run(cli: &Cli) -> Outcome {
     let store = crate::open_store(cli).await?;
     let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
-    let stream = js.get_stream(EVENTS_STREAM).await.map_err(|e| anyhow::anyhow!("the events stream (run `pvefleet setup`): {e}"))?;
+    let stream = js
+        .get_stream(EVENTS_STREAM)
+        .await
+        .map_err(|e| anyhow::anyhow!("the events stream (run `pvefleet setup`): {e}"))?;
     let consumer = stream
         .get_or_create_consumer(
             CONSUMER,
@@ -27,7 +30,7 @@ pub async fn run(cli: &Cli) -> Outcome {
                 description: Some("pvefleet record: events into the store".into()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 deliver_policy: consumer::DeliverPolicy::All,
-                ack_wait: Duration::from_secs(30),
+                ack_wait: Duration::from_secs(10),
                 max_ack_pending: 10_000,
                 ..Default::default()
             },

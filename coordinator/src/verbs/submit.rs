@@ -25,7 +25,13 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     {
         // The same request again: the same job, never a second one.
         eprintln!("request {key} was submitted before as job {}", existing.job_id);
-        return finish(cli, args, existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?, &existing.spec).await;
+        return finish(
+            cli,
+            args,
+            existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?,
+            &existing.spec,
+        )
+        .await;
     }
 
     let mut container = toml::Table::new();
@@ -38,8 +44,11 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         template_name = spec_file.as_ref().and_then(|s| s.template.clone());
     }
     if let Some(name) = &template_name {
-        let row = store.template(name).await?.ok_or_else(|| BadInput::field("--template", format!("no template named `{name}` (see `pvefleet template list`)")))?;
-        let template: SpecFile = serde_json::from_str(&row.spec).map_err(|e| anyhow::anyhow!("stored template {name}: {e}"))?;
+        let row = store.template(name).await?.ok_or_else(|| {
+            BadInput::field("--template", format!("no template named `{name}` (see `pvefleet template list`)"))
+        })?;
+        let template: SpecFile =
+            serde_json::from_str(&row.spec).map_err(|e| anyhow::anyhow!("stored template {name}: {e}"))?;
         overlay(&mut container, template.container);
         extend_deploy(&mut deploy, template.deploy);
         options = template.options;
@@ -59,11 +68,14 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         options.rollback = match r.as_str() {
             "destroy" => RollbackPolicy::Destroy,
             "keep" => RollbackPolicy::Keep,
-            other => return Err(BadInput::field("--rollback", format!("`{other}` is neither `destroy` nor `keep`")).into()),
+            other => {
+                return Err(BadInput::field("--rollback", format!("`{other}` is neither `destroy` nor `keep`")).into());
+            }
         };
     }
 
-    let node_arg = args.node.clone().or(node).ok_or_else(|| BadInput::field("--node", "give --node NAME or --node auto"))?;
+    let node_arg =
+        args.node.clone().or(node).ok_or_else(|| BadInput::field("--node", "give --node NAME or --node auto"))?;
     // The job is complete but for its node: validate it before anything leaves this machine.
     let probe_node = if node_arg == "auto" { NodeName::new("auto")? } else { NodeName::new(&node_arg)? };
     let mut job = Job {
@@ -86,7 +98,13 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     }
     if let Err(existing) = store.insert_job(&job, args.request_id.as_deref()).await? {
         // A concurrent submit of the same request won the reservation.
-        return finish(cli, args, existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?, &existing.spec).await;
+        return finish(
+            cli,
+            args,
+            existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?,
+            &existing.spec,
+        )
+        .await;
     }
     let published = async {
         js.send_publish(
@@ -157,7 +175,10 @@ fn flags(a: &SubmitArgs) -> toml::Table {
 fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
     let given = [a.password_file.is_some(), a.password_env.is_some(), a.ask_password].iter().filter(|g| **g).count();
     if given > 1 {
-        return Err(BadInput::field("--password-file", "give one of --password-file, --password-env and --ask-password"));
+        return Err(BadInput::field(
+            "--password-file",
+            "give one of --password-file, --password-env and --ask-password",
+        ));
     }
     if let Some(path) = &a.password_file {
         let text = std::fs::read_to_string(path)
@@ -166,12 +187,16 @@ fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
         return Ok(Some(Secret::new(first)));
     }
     if let Some(var) = &a.password_env {
-        let value = std::env::var(var).map_err(|_| BadInput::field("--password-env", format!("the variable {var} is not set")))?;
+        let value = std::env::var(var)
+            .map_err(|_| BadInput::field("--password-env", format!("the variable {var} is not set")))?;
         return Ok(Some(Secret::new(value)));
     }
     if a.ask_password {
         if !std::io::stdin().is_terminal() {
-            return Err(BadInput::field("--ask-password", "standard input is not a terminal; use --password-file or --password-env"));
+            return Err(BadInput::field(
+                "--ask-password",
+                "standard input is not a terminal; use --password-file or --password-env",
+            ));
         }
         let pw = rpassword::prompt_password("root password for the container: ")
             .map_err(|e| BadInput::field("--ask-password", e))?;
@@ -183,7 +208,10 @@ fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
 /// `--node auto`: the live agent with the most free memory whose node fits the container.
 async fn place(js: &jetstream::Context, job: &Job) -> Result<NodeName, Failure> {
     use futures::StreamExt as _;
-    let kv = js.get_key_value(NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
+    let kv = js
+        .get_key_value(NODES_BUCKET)
+        .await
+        .map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
     let mut keys = kv.keys().await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
     let spec = &job.container;
     let (need_mem, need_disk) = (u64::from(spec.memory) << 20, u64::from(spec.disk) << 30);
@@ -200,12 +228,19 @@ async fn place(js: &jetstream::Context, job: &Job) -> Result<NodeName, Failure> 
         let storage = cap.storages.iter().find(|s| s.storage == spec.storage);
         match storage {
             None => refused.push(format!("{}: no storage `{}`", beat.node, spec.storage)),
-            Some(s) if s.avail_bytes < need_disk => {
-                refused.push(format!("{}: `{}` has {} GB free, needs {}", beat.node, spec.storage, s.avail_bytes >> 30, spec.disk))
-            }
-            Some(_) if cap.memory_free_bytes < need_mem => {
-                refused.push(format!("{}: {} MB memory free, needs {}", beat.node, cap.memory_free_bytes >> 20, spec.memory))
-            }
+            Some(s) if s.avail_bytes < need_disk => refused.push(format!(
+                "{}: `{}` has {} GB free, needs {}",
+                beat.node,
+                spec.storage,
+                s.avail_bytes >> 30,
+                spec.disk
+            )),
+            Some(_) if cap.memory_free_bytes < need_mem => refused.push(format!(
+                "{}: {} MB memory free, needs {}",
+                beat.node,
+                cap.memory_free_bytes >> 20,
+                spec.memory
+            )),
             Some(_) => {
                 if best.as_ref().is_none_or(|(free, _)| cap.memory_free_bytes > *free) {
                     best = Some((cap.memory_free_bytes, beat.node));

@@ -10,7 +10,9 @@ pub async fn add(cli: &Cli, file: &std::path::Path) -> Outcome {
     let template = SpecFile::read(file)?;
     template.validate_as_template()?;
     if template.node.is_some() || template.template.is_some() {
-        return Err(Failure::Usage("a template holds container defaults, deploy and options, not `node` or `template`".into()));
+        return Err(Failure::Usage(
+            "a template holds container defaults, deploy and options, not `node` or `template`".into(),
+        ));
     }
     let name = template.name.clone().expect("validated");
     let store = crate::open_store(cli).await?;

@@ -77,7 +77,9 @@ fn show_on_bar(bar: &ProgressBar, e: &Event) {
 pub fn line(e: &Event) -> String {
     let step = e.step.map(|s| s.as_str()).unwrap_or("-");
     let what = match (e.kind, e.stream) {
-        (EventType::Log, Some(stream)) => serde_json::to_value(stream).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        (EventType::Log, Some(stream)) => {
+            serde_json::to_value(stream).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        }
         (kind, _) => serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
     };
     let mut text = format!("{:>4} {:>3}% {step:<12} {what:<8} {}", e.seq, e.percent, e.message);

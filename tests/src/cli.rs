@@ -1,0 +1,125 @@
+//! The `pvefleet` CLI as an operator runs it, against the bed's nats-server and a store on
+//! SQLite (in the test dir) or on the machine's Postgres (a database of its own per test).
+
+use std::process::{Command, Output};
+
+use anyhow::{Context as _, bail};
+
+use crate::dir::TestDir;
+use crate::process::Proc;
+use crate::tools;
+
+/// Where a test's store lives.
+#[derive(Debug)]
+pub enum TestDb {
+    Sqlite(std::path::PathBuf),
+    /// A database made for this test on the local Postgres, dropped with this value.
+    Postgres {
+        url: String,
+        name: String,
+    },
+}
+
+impl TestDb {
+    pub fn sqlite(dir: &TestDir) -> Self {
+        TestDb::Sqlite(dir.path().join("pvefleet.db"))
+    }
+
+    /// A fresh database on the machine's Postgres (127.0.0.1:5432, trust auth; `PVEFLEET_TEST_PG`
+    /// overrides the server URL without a database name).
+    pub fn postgres(test: &str) -> anyhow::Result<Self> {
+        let server = std::env::var("PVEFLEET_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("pvefleet_{}_{}", test.replace('-', "_"), std::process::id());
+        psql(&server, "test", &format!("DROP DATABASE IF EXISTS {name}"))?;
+        psql(&server, "test", &format!("CREATE DATABASE {name}"))?;
+        Ok(TestDb::Postgres { url: format!("{server}/{name}"), name })
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            TestDb::Sqlite(path) => path.display().to_string(),
+            TestDb::Postgres { url, .. } => url.clone(),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let TestDb::Postgres { url, name } = self {
+            let server = url.rsplit_once('/').map(|(s, _)| s.to_owned()).unwrap_or_default();
+            let _ = psql(&server, "test", &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+fn psql(server: &str, db: &str, sql: &str) -> anyhow::Result<()> {
+    let out = Command::new("psql")
+        .arg(format!("{server}/{db}"))
+        .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .context("running psql (Debian package postgresql-client) against the local Postgres")?;
+    if !out.status.success() {
+        bail!(
+            "psql `{sql}` failed: {} (is Postgres running on 127.0.0.1:5432 with trust auth? set PVEFLEET_TEST_PG)",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs `pvefleet` with the bed's NATS and store.
+#[derive(Debug, Clone)]
+pub struct Pvefleet {
+    pub nats_url: String,
+    pub db: String,
+    dir: TestDir,
+}
+
+/// What one run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Pvefleet {
+    pub fn new(dir: &TestDir, nats_url: &str, db: &TestDb) -> Self {
+        Self { nats_url: nats_url.into(), db: db.url(), dir: dir.clone() }
+    }
+
+    pub fn command(&self, args: &[&str]) -> anyhow::Result<tokio::process::Command> {
+        let mut cmd = tokio::process::Command::new(tools::workspace_bin("pvefleet")?);
+        cmd.arg("--nats-url").arg(&self.nats_url).arg("--db").arg(&self.db).args(args);
+        cmd.env_remove("PVEFLEET_DB").env_remove("PVEFLEET_NATS_URL").stdin(std::process::Stdio::null());
+        Ok(cmd)
+    }
+
+    /// Runs to the end and returns what it printed.
+    pub async fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
+        Ok(self.command(args)?.output().await?.into())
+    }
+
+    /// `pvefleet record` as a background process, its output in the test dir.
+    pub fn recorder(&self, name: &str) -> anyhow::Result<Proc> {
+        let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);
+        cmd.arg("--nats-url").arg(&self.nats_url).arg("--db").arg(&self.db).arg("record");
+        Proc::spawn(&self.dir, name, cmd)
+    }
+}

@@ -1,0 +1,314 @@
+//! The `pvefleet` CLI end to end: real nats-server, fakepve and agents; the built binaries;
+//! the store on SQLite and on the machine's Postgres.
+
+use std::time::{Duration, Instant};
+
+use pvefleet_schemas::{Event, EventType, names::JOBS_STREAM};
+use pvefleet_testbed::agent::{Agent, AgentOptions};
+use pvefleet_testbed::cli::{Pvefleet, TestDb};
+use pvefleet_testbed::fakepve::OSTEMPLATE;
+use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, init_tracing, wait_until};
+
+struct Bed {
+    dir: TestDir,
+    nats: NatsServer,
+    pve: FakePve,
+    cli: Pvefleet,
+    js: async_nats::jetstream::Context,
+    _db: TestDb,
+}
+
+async fn bed(name: &str, nodes: &[&str], db: impl FnOnce(&TestDir) -> anyhow::Result<TestDb>) -> anyhow::Result<Bed> {
+    init_tracing();
+    let dir = TestDir::new(name);
+    let nats = NatsServer::start(&dir).await?;
+    let pve = FakePve::start(
+        &dir,
+        FakePveOptions { nodes: nodes.iter().map(|n| n.to_string()).collect(), ..Default::default() },
+    )
+    .await?;
+    let db = db(&dir)?;
+    let cli = Pvefleet::new(&dir, &nats.url(), &db);
+    let setup = cli.run(&["setup"]).await?;
+    anyhow::ensure!(setup.ok(), "setup failed: {setup:?}");
+    let js = nats.jetstream().await?;
+    Ok(Bed { dir, nats, pve, cli, js, _db: db })
+}
+
+impl Bed {
+    fn agent(&self, node: &str) -> anyhow::Result<Agent> {
+        Agent::start(&self.dir, &[self.nats.url()], &self.pve, AgentOptions::node(node))
+    }
+
+    async fn queued_jobs(&self) -> anyhow::Result<u64> {
+        Ok(self.js.get_stream(JOBS_STREAM).await?.info().await?.state.messages)
+    }
+
+    /// Polls `pvefleet job ID --json` until the recorder has the job in `state`.
+    async fn recorded(&self, job: &str, state: &str) -> anyhow::Result<serde_json::Value> {
+        wait_until(&format!("job {job} recorded as {state}"), Duration::from_secs(30), || async {
+            let run = self.cli.run(&["job", job, "--json"]).await.ok()?;
+            let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+            (v["state"] == state).then_some(v)
+        })
+        .await
+    }
+}
+
+fn submit_args<'a>(node: &'a str, hostname: &'a str, ip: &'a str) -> Vec<&'a str> {
+    vec!["submit", "--node", node, "--hostname", hostname, "--ostemplate", OSTEMPLATE, "--ip", ip]
+}
+
+async fn job_flow(bed: Bed) -> anyhow::Result<()> {
+    let _agent = bed.agent("pve1")?;
+    let _recorder = bed.cli.recorder("recorder")?;
+    let submit = bed.cli.run(&submit_args("pve1", "flow", "127.0.0.2/32")).await?;
+    assert!(submit.ok(), "{submit:?}");
+    let job = submit.stdout.trim().to_owned();
+    let watch = bed.cli.run(&["watch", &job]).await?;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    assert!(watch.stdout.contains("complete") && watch.stdout.contains("ip 127.0.0.2"), "{}", watch.stdout);
+
+    let shown = bed.recorded(&job, "succeeded").await?;
+    assert_eq!(shown["node"], "pve1");
+    assert_eq!(shown["ip"], "127.0.0.2");
+    assert!(shown["vmid"].as_i64().is_some() && shown["finished_at"].is_string());
+    assert!(shown["spec"]["container"]["root_password"].is_null());
+    let listed = bed.cli.run(&["jobs", "--state", "succeeded", "--json"]).await?;
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    let table = bed.cli.run(&["jobs"]).await?;
+    assert!(table.ok() && table.stdout.contains(&job) && table.stdout.contains("succeeded"), "{table:?}");
+
+    // Watching a finished job replays it and ends at once; --json lines are events.
+    let started = Instant::now();
+    let replay = bed.cli.run(&["watch", &job, "--json"]).await?;
+    assert_eq!(replay.code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let events: Vec<Event> = replay.stdout.lines().map(|l| Event::decode(l.as_bytes())).collect::<Result<_, _>>()?;
+    pvefleet_testbed::jobs::check_event_contract(&events)?;
+    assert_eq!(events.last().unwrap().kind, EventType::Complete);
+    let recorded = shown["events"].as_u64().unwrap();
+    assert_eq!(recorded, events.len() as u64, "the recorder has every event once");
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn submit_watch_and_the_recorded_job_on_sqlite() -> anyhow::Result<()> {
+    job_flow(bed("cli-sqlite", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?).await
+}
+
+#[tokio::test]
+async fn submit_watch_and_the_recorded_job_on_postgres() -> anyhow::Result<()> {
+    job_flow(bed("cli-postgres", &["pve1"], |_| TestDb::postgres("flow")).await?).await
+}
+
+#[tokio::test]
+async fn bad_input_exits_2_names_the_field_and_publishes_nothing() -> anyhow::Result<()> {
+    let bed = bed("cli-bad", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let spec = bed.dir.path().join("typo.toml");
+    std::fs::write(&spec, format!("[container]\nhostname = \"web\"\nostemplate = \"{OSTEMPLATE}\"\nmemroy = 1024\n"))?;
+    let spec = spec.display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (submit_args("pve1", "bad_host!", "dhcp"), "hostname"),
+        ([submit_args("pve1", "web", "dhcp"), vec!["--memory", "0"]].concat(), "memory"),
+        (submit_args("pve.1", "web", "dhcp"), "node"),
+        (vec!["submit", "--node", "pve1", "--spec", &spec], "memroy"),
+        ([submit_args("pve1", "web", "dhcp"), vec!["--password", "hunter22"]].concat(), "--password"),
+        ([submit_args("pve1", "web", "dhcp"), vec!["--template", "nope"]].concat(), "template"),
+        ([submit_args("pve1", "web", "10.0.0.5/24"), vec!["--gw", "10.9.9.9"]].concat(), "gw"),
+    ];
+    for (args, field) in cases {
+        let run = bed.cli.run(&args).await?;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(run.stderr.contains(field), "{args:?} does not name {field}: {}", run.stderr);
+        assert!(!run.stderr.contains("hunter22"), "the password was echoed");
+    }
+    assert_eq!(bed.queued_jobs().await?, 0, "nothing was published");
+    assert_eq!(bed.cli.run(&["watch", "01JDQ8Z3M4X6T2E9R5W7Y1K0AB"]).await?.code, Some(2), "unknown job");
+    assert_eq!(bed.cli.run(&["watch", "not-a-job"]).await?.code, Some(2));
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_id_gives_one_job_and_auto_placement_picks_the_freest_node() -> anyhow::Result<()> {
+    let bed = bed("cli-request", &["pve1", "pve2"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    // pve2 has more memory free than pve1.
+    bed.pve.node_memory_used("pve1", 6 << 30).await?;
+    bed.pve.node_memory_used("pve2", 1 << 30).await?;
+    let _a1 = bed.agent("pve1")?;
+    let _a2 = bed.agent("pve2")?;
+    let js = bed.js.clone();
+    wait_until("both agents in the registry", Duration::from_secs(20), || async {
+        let kv = js.get_key_value(pvefleet_schemas::names::NODES_BUCKET).await.ok()?;
+        let beats = [kv.get("pve1").await.ok()??, kv.get("pve2").await.ok()??];
+        beats.iter().all(|b| pvefleet_schemas::Heartbeat::decode(b).is_ok_and(|h| h.capacity.is_some())).then_some(())
+    })
+    .await?;
+    let nodes = bed.cli.run(&["nodes"]).await?;
+    assert!(nodes.ok() && nodes.stdout.contains("pve1") && nodes.stdout.contains("pve2"), "{nodes:?}");
+
+    let args = [submit_args("auto", "placed", "127.0.0.3/32"), vec!["--request-id", "deploy-42"]].concat();
+    let first = bed.cli.run(&args).await?;
+    let second = bed.cli.run(&args).await?;
+    assert!(first.ok() && second.ok(), "{first:?} {second:?}");
+    assert_eq!(first.stdout.trim(), second.stdout.trim(), "the same request, the same job");
+    let job = first.stdout.trim();
+    let watch = bed.cli.run(&["watch", job, "--json"]).await?;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    let last = Event::decode(watch.stdout.lines().last().unwrap().as_bytes())?;
+    assert_eq!(last.node.as_str(), "pve2", "placed on the node with the most free memory");
+    assert_eq!(bed.pve.containers().await?.len(), 1, "one container for the request");
+
+    // No node fits: a clear error, nothing published.
+    let before = bed.queued_jobs().await?;
+    let huge = [submit_args("auto", "huge", "dhcp"), vec!["--memory", "65536"]].concat();
+    let run = bed.cli.run(&huge).await?;
+    assert_eq!(run.code, Some(2), "{run:?}");
+    assert!(run.stderr.contains("no live agent fits") && run.stderr.contains("needs 65536"), "{}", run.stderr);
+    assert_eq!(bed.queued_jobs().await?, before);
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn templates_are_validated_stored_and_used() -> anyhow::Result<()> {
+    let bed = bed("cli-template", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let motd = bed.dir.path().join("motd");
+    std::fs::write(&motd, "welcome\n")?;
+    let file = bed.dir.path().join("web.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "name = \"web\"\ndescription = \"a web server\"\n[container]\nostemplate = \"{OSTEMPLATE}\"\nmemory = 1024\n\
+             [deploy]\npackages = [\"nginx\"]\n[[deploy.files]]\npath = \"/etc/motd\"\nsource = \"motd\"\n\
+             [[deploy.scripts]]\nname = \"hello\"\nbody = \"echo hello\"\n"
+        ),
+    )?;
+    let add = bed.cli.run(&["template", "add", &file.display().to_string()]).await?;
+    assert!(add.ok(), "{add:?}");
+    std::fs::remove_file(&motd)?; // read at add time: the template no longer needs it
+    let show = bed.cli.run(&["template", "show", "web"]).await?;
+    assert!(show.stdout.contains("welcome") && show.stdout.contains("nginx"), "{}", show.stdout);
+    let list = bed.cli.run(&["template", "list"]).await?;
+    assert!(list.stdout.contains("a web server") && list.stdout.contains("hello"), "{}", list.stdout);
+
+    let submit = bed
+        .cli
+        .run(&[
+            "submit",
+            "--template",
+            "web",
+            "--node",
+            "pve1",
+            "--hostname",
+            "from-template",
+            "--memory",
+            "2048",
+            "--json",
+        ])
+        .await?;
+    assert!(submit.ok(), "{submit:?}");
+    let job: serde_json::Value = serde_json::from_str(&submit.stdout)?;
+    assert_eq!(job["container"]["memory"], 2048, "flags override the template");
+    assert_eq!(job["template"], "web");
+    assert_eq!(job["deploy"]["files"][0]["content"], "welcome\n");
+
+    let bad = bed.dir.path().join("bad.toml");
+    std::fs::write(&bad, "name = \"bad\"\n[[deploy.files]]\npath = \"relative\"\ncontent = \"x\"\n")?;
+    let run = bed.cli.run(&["template", "add", &bad.display().to_string()]).await?;
+    assert_eq!(run.code, Some(2));
+    assert!(run.stderr.contains("deploy.files[0].path"), "{}", run.stderr);
+    assert!(bed.cli.run(&["template", "rm", "web"]).await?.ok());
+    assert_eq!(bed.cli.run(&["template", "show", "web"]).await?.code, Some(2));
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn cancel_a_queued_and_a_running_job() -> anyhow::Result<()> {
+    let bed = bed("cli-cancel", &["pve1", "pve2"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let _recorder = bed.cli.recorder("recorder")?;
+    // pve2 has no agent: its job stays queued.
+    let queued = bed.cli.run(&submit_args("pve2", "waiting", "127.0.0.4/32")).await?;
+    let queued = queued.stdout.trim().to_owned();
+    let watcher = bed.cli.command(&["watch", &queued])?.output();
+    let cancel = bed.cli.run(&["cancel", &queued]).await?;
+    assert!(cancel.ok() && cancel.stdout.contains("cancelled while queued"), "{cancel:?}");
+    let watched: pvefleet_testbed::cli::Run = watcher.await?.into();
+    assert_eq!(watched.code, Some(1), "the watcher ended with the cancel: {watched:?}");
+    assert_eq!(bed.queued_jobs().await?, 0);
+    bed.recorded(&queued, "cancelled").await?;
+
+    // Running: slow starts so the job is mid-flight, then cancel through its agent.
+    bed.pve.time_scale(1.0).await?;
+    bed.pve.task_secs(serde_json::json!({"start": 8})).await?;
+    let _agent = bed.agent("pve1")?;
+    let running = bed.cli.run(&submit_args("pve1", "doomed", "127.0.0.5/32")).await?;
+    let running = running.stdout.trim().to_owned();
+    let js = bed.js.clone();
+    let id: pvefleet_schemas::JobId = running.parse()?;
+    wait_until("the job to be starting", Duration::from_secs(30), || async {
+        let events = pvefleet_testbed::jobs::events_now(&js, id).await.ok()?;
+        events.iter().any(|e| e.step == Some(pvefleet_schemas::Step::Starting)).then_some(())
+    })
+    .await?;
+    let cancel = bed.cli.run(&["cancel", &running]).await?;
+    assert!(cancel.ok(), "{cancel:?}");
+    let shown = bed.recorded(&running, "cancelled").await?;
+    assert_eq!(shown["error"]["kind"], "cancelled");
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new(), "the cancelled job left a container: {shown}");
+
+    // A finished job says so and changes nothing.
+    let again = bed.cli.run(&["cancel", &running]).await?;
+    assert_eq!(again.code, Some(1));
+    assert!(again.stdout.contains("already ended"), "{again:?}");
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_recorder_survives_restarts_and_records_each_event_once() -> anyhow::Result<()> {
+    let bed = bed("cli-recorder", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    bed.pve.time_scale(1.0).await?;
+    bed.pve.task_secs(serde_json::json!({"create": 2, "start": 2})).await?;
+    let _agent = bed.agent("pve1")?;
+    let mut recorder = bed.cli.recorder("recorder-1")?;
+    let submit = bed.cli.run(&submit_args("pve1", "recorded", "127.0.0.6/32")).await?;
+    let job = submit.stdout.trim().to_owned();
+    bed.recorded(&job, "running").await?;
+    recorder.kill(); // mid-job
+    let watch = bed.cli.run(&["watch", &job]).await?;
+    assert_eq!(watch.code, Some(0));
+    let mut recorder = bed.cli.recorder("recorder-2")?;
+    bed.recorded(&job, "succeeded").await?;
+    // Events the first recorder had in flight come back after their ack wait.
+    let total = pvefleet_testbed::jobs::events_now(&bed.js, job.parse()?).await?.len() as u64;
+    let shown = wait_until("every event recorded", Duration::from_secs(40), || async {
+        let run = bed.cli.run(&["job", &job, "--json"]).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        (v["events"].as_u64() == Some(total)).then_some(v)
+    })
+    .await?;
+    recorder.kill();
+
+    // Fed everything again from the start: nothing doubles.
+    bed.js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?.delete_consumer("pvefleet-recorder").await?;
+    let _recorder = bed.cli.recorder("recorder-3")?;
+    let js = bed.js.clone();
+    wait_until("the replay to be consumed", Duration::from_secs(30), || async {
+        let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await.ok()?;
+        let info = stream.consumer_info("pvefleet-recorder").await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await?;
+    let events = pvefleet_testbed::jobs::events_now(&bed.js, job.parse()?).await?;
+    let after = bed.recorded(&job, "succeeded").await?;
+    assert_eq!(after["events"].as_u64(), Some(events.len() as u64));
+    assert_eq!(after["events"], shown["events"]);
+    assert_eq!(after["vmid"], shown["vmid"]);
+    bed.dir.pass();
+    Ok(())
+}
