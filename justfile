@@ -18,7 +18,7 @@ build:
 # The whole test suite: unit tests and integration tests against real servers. The
 # integration tests run the built binaries, so those are built first.
 test: lint
-    cargo build --workspace --bins --locked
+    cargo build --workspace --bins --examples --locked
     cargo test --workspace --locked
 
 # Format check and lints, as CI would want them.
@@ -29,6 +29,10 @@ lint:
 # Regenerate the checked-in JSON Schemas after changing a message type.
 schemas:
     PVEFLEET_BLESS=1 cargo test -p pvefleet-schemas --test golden checked_in_schemas_are_current
+
+# The demo fleet: a local NATS, fake Proxmox, sshd and two agents running three jobs.
+demo:
+    bash scripts/demo
 
 # Benchmarks (release build), printing their figures: SFTP upload against OpenSSH's sftp.
 bench:
