@@ -59,7 +59,7 @@ async fn demo(dir: &TestDir) -> anyhow::Result<()> {
     let js = nats.jetstream().await?;
     wait_until("both agents to report in", Duration::from_secs(30), || async {
         let kv = js.get_key_value(pvefleet_schemas::names::NODES_BUCKET).await.ok()?;
-        (kv.get("pve1").await.ok()??.len() > 0 && kv.get("pve2").await.ok()??.len() > 0).then_some(())
+        (!kv.get("pve1").await.ok()??.is_empty() && !kv.get("pve2").await.ok()??.is_empty()).then_some(())
     })
     .await?;
     println!("agents for pve1 and pve2 are up; the recorder is writing events to {}", db.url());
