@@ -40,7 +40,23 @@ impl std::fmt::Debug for EventFeed {
 }
 
 impl EventFeed {
+    /// Opens the feed; while a cluster elects a new leader (a server just died) JetStream
+    /// calls time out for a few seconds, so those are retried for up to half a minute.
     pub async fn open(js: &jetstream::Context, job: &JobId) -> anyhow::Result<Self> {
+        use backon::{ExponentialBuilder, Retryable as _};
+        let retry = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(3))
+            .with_total_delay(Some(Duration::from_secs(30)))
+            .without_max_times();
+        (|| Self::open_once(js, job))
+            .retry(retry)
+            .when(|e| e.to_string().contains("timed out"))
+            .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "JetStream not answering; retrying"))
+            .await
+    }
+
+    async fn open_once(js: &jetstream::Context, job: &JobId) -> anyhow::Result<Self> {
         let stream = js.get_stream(EVENTS_STREAM).await.context("the events stream (run `pvefleet setup`)")?;
         let mut consumer = stream
             .create_consumer(consumer::pull::Config {

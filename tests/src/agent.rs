@@ -20,6 +20,8 @@ pub struct AgentOptions {
     pub fingerprint: Option<String>,
     /// `(user, port)` of the bed's sshd, which plays the containers.
     pub ssh: Option<(String, u16)>,
+    /// The agent's own inbox prefix (per-agent NATS permissions need one).
+    pub inbox_prefix: Option<String>,
 }
 
 impl AgentOptions {
@@ -32,6 +34,7 @@ impl AgentOptions {
             shutdown_grace: Duration::from_secs(10),
             fingerprint: None,
             ssh: None,
+            inbox_prefix: None,
         }
     }
 }
@@ -54,7 +57,7 @@ impl Agent {
             &config,
             format!(
                 "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\n\n\
-                 [nats]\nurls = [{urls}]\n\n\
+                 [nats]\nurls = [{urls}]\n{inbox}\n\
                  [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n\n\
                  [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\n",
                 node = opts.node,
@@ -66,6 +69,7 @@ impl Agent {
                 token = pve.token_id,
                 secret = pve.token_secret_file,
                 fp = opts.fingerprint.as_deref().unwrap_or(&pve.fingerprint),
+                inbox = opts.inbox_prefix.as_ref().map(|p| format!("inbox_prefix = {p:?}")).unwrap_or_default(),
                 ssh_user = opts.ssh.as_ref().map_or("root", |s| s.0.as_str()),
                 ssh_port = opts.ssh.as_ref().map_or(22, |s| s.1),
             ),

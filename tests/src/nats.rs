@@ -24,6 +24,8 @@ pub struct NatsServer {
     restarts: u32,
     /// A cluster member is ready only once JetStream (its meta leader) answers.
     clustered: bool,
+    /// Environment for the server (values its config refers to as `$VAR`).
+    env: Vec<(String, String)>,
 }
 
 impl NatsServer {
@@ -53,6 +55,7 @@ impl NatsServer {
             proc: None,
             restarts: 0,
             clustered: false,
+            env: Vec::new(),
         };
         server.launch()?;
         server.wait_ready().await?;
@@ -62,7 +65,7 @@ impl NatsServer {
     fn launch(&mut self) -> anyhow::Result<()> {
         let bin = tools::nats_server()?;
         let mut cmd = Command::new(bin);
-        cmd.arg("-c").arg(&self.config);
+        cmd.arg("-c").arg(&self.config).envs(self.env.iter().map(|(k, v)| (k, v)));
         let log_name =
             if self.restarts == 0 { self.name.clone() } else { format!("{}-restart{}", self.name, self.restarts) };
         self.proc = Some(Proc::spawn(&self.dir, &log_name, cmd)?);
@@ -106,6 +109,27 @@ impl NatsServer {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A server from a config written elsewhere (e.g. `deploy/nats/`), already pointed at
+    /// `port` and the test's dirs; `env` gives the values it refers to as `$VAR`. A clustered
+    /// one is ready when JetStream answers `probe_url` (a URL with credentials, if needed).
+    pub fn from_config(
+        dir: &TestDir,
+        name: &str,
+        config: PathBuf,
+        port: u16,
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        let mut server =
+            Self { dir: dir.clone(), name: name.into(), port, config, proc: None, restarts: 0, clustered: false, env };
+        server.launch()?;
+        Ok(server)
+    }
+
+    /// Waits until the server takes connections.
+    pub async fn ready(&mut self) -> anyhow::Result<()> {
+        self.wait_ready().await
     }
 
     /// The URL with a user and password in it.
@@ -184,6 +208,7 @@ impl NatsCluster {
                 proc: None,
                 restarts: 0,
                 clustered: true,
+                env: Vec::new(),
             };
             node.launch()?;
             nodes.push(node);

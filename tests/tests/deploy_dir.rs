@@ -1,0 +1,249 @@
+//! `deploy/`: every file parses (NATS configs by the real server), the per-agent permissions
+//! hold on a real nats-server, and the 3-node cluster config runs a job through a node's death.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use pvefleet_testbed::agent::{Agent, AgentOptions};
+use pvefleet_testbed::cli::{Pvefleet, TestDb};
+use pvefleet_testbed::fakepve::OSTEMPLATE;
+use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, free_port, init_tracing, tools, wait_until};
+
+const PASSWORDS: [(&str, &str); 4] = [
+    ("PVEFLEET_COORDINATOR_PASSWORD", "coord-pw"),
+    ("PVEFLEET_WATCHER_PASSWORD", "watch-pw"),
+    ("PVEFLEET_AGENT_PVE1_PASSWORD", "pve1-pw"),
+    ("PVEFLEET_AGENT_PVE2_PASSWORD", "pve2-pw"),
+];
+
+fn deploy(rel: &str) -> PathBuf {
+    tools::workspace_root().join("deploy").join(rel)
+}
+
+fn env() -> Vec<(String, String)> {
+    PASSWORDS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// A deploy/nats config pointed at loopback ports and the test's store, with auth.conf beside it.
+fn loopback_config(dir: &TestDir, file: &str, client: u16, route: Option<(u16, [u16; 3])>) -> anyhow::Result<PathBuf> {
+    let home = dir.sub(&format!("nats-{}", file.trim_end_matches(".conf")));
+    std::fs::copy(deploy("nats/auth.conf"), home.join("auth.conf"))?;
+    let mut text = std::fs::read_to_string(deploy(&format!("nats/{file}")))?
+        .replace("listen: 0.0.0.0:4222", &format!("listen: 127.0.0.1:{client}"))
+        .replace("http: 127.0.0.1:8222", &format!("http: 127.0.0.1:{}", free_port("127.0.0.1")))
+        .replace("store_dir: /var/lib/nats", &format!("store_dir: {:?}", home.join("store")));
+    if let Some((own, routes)) = route {
+        text = text.replace("listen: 0.0.0.0:6222", &format!("listen: 127.0.0.1:{own}"));
+        for (i, port) in routes.iter().enumerate() {
+            text = text.replace(&format!("nats{}.example.internal:6222", i + 1), &format!("127.0.0.1:{port}"));
+        }
+    }
+    let path = home.join(file);
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+#[test]
+fn every_file_in_deploy_parses() -> anyhow::Result<()> {
+    let nats = tools::nats_server()?;
+    for file in ["single.conf", "cluster-1.conf", "cluster-2.conf", "cluster-3.conf"] {
+        let out = Command::new(&nats).arg("-t").arg("-c").arg(deploy(&format!("nats/{file}"))).envs(env()).output()?;
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(deploy(&format!("nats/{file}")))?;
+        assert!(text.contains("sync_interval: always"), "{file} must fsync every write");
+    }
+    let auth = std::fs::read_to_string(deploy("nats/auth.conf"))?;
+    for user in ["coordinator", "watcher", "agent-pve1", "agent-pve2"] {
+        assert!(auth.contains(&format!("user: {user}")), "auth.conf lacks {user}");
+    }
+
+    let env_file = std::fs::read_to_string(deploy("coordinator.env"))?;
+    let vars: std::collections::HashMap<&str, &str> =
+        env_file.lines().filter(|l| !l.starts_with('#') && l.contains('=')).filter_map(|l| l.split_once('=')).collect();
+    for url in vars["PVEFLEET_NATS_URL"].split(',') {
+        url.parse::<async_nats::ServerAddr>().map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    }
+    assert!(vars["PVEFLEET_DB"].starts_with("postgres://"));
+
+    for unit in ["pvefleet-agent.service", "pvefleet-recorder.service"] {
+        let text = std::fs::read_to_string(deploy(&format!("systemd/{unit}")))?;
+        let keys: Vec<(&str, &str)> =
+            text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split_once('=')).collect();
+        for (key, value) in [
+            ("User", "pvefleet"),
+            ("NoNewPrivileges", "yes"),
+            ("ProtectSystem", "strict"),
+            ("ProtectHome", "yes"),
+            ("PrivateTmp", "yes"),
+            ("Restart", "on-failure"),
+        ] {
+            assert!(keys.contains(&(key, value)), "{unit}: {key}={value} missing");
+        }
+        for section in ["[Unit]", "[Service]", "[Install]"] {
+            assert!(text.contains(section), "{unit}: {section} missing");
+        }
+    }
+    Ok(())
+}
+
+/// Collects the server's permission errors for a client.
+async fn restricted_client(
+    url: &str,
+    user: &str,
+    password: &str,
+    inbox: &str,
+) -> anyhow::Result<(async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .custom_inbox_prefix(inbox)
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send(event.to_string());
+            }
+        })
+        .connect(url)
+        .await?;
+    Ok((client, rx))
+}
+
+async fn refused(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(e) = errors.recv().await {
+            if e.contains("Permissions Violation") && e.contains(what) {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the error channel closed")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the server did not refuse {what}"))?
+}
+
+#[tokio::test]
+async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("deploy-permissions");
+    let port = free_port("127.0.0.1");
+    let config = loopback_config(&dir, "single.conf", port, None)?;
+    let mut nats = NatsServer::from_config(&dir, "nats-single", config, port, env())?;
+    nats.ready().await?;
+    let pve = FakePve::start(&dir, FakePveOptions { nodes: vec!["pve1".into(), "pve2".into()], ..Default::default() })
+        .await?;
+    let db = TestDb::sqlite(&dir);
+    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db);
+    assert!(admin.run(&["setup"]).await?.ok());
+
+    // Agent pve1 as its own user, with its own inbox prefix, runs a job end to end.
+    let _agent = Agent::start(
+        &dir,
+        &[nats.url_as("agent-pve1", "pve1-pw")],
+        &pve,
+        AgentOptions { inbox_prefix: Some("_INBOX_pve1".into()), ..AgentOptions::node("pve1") },
+    )?;
+    let submit = admin
+        .run(&["submit", "--node", "pve1", "--hostname", "allowed", "--ostemplate", OSTEMPLATE, "--ip", "127.0.0.7/32"])
+        .await?;
+    assert!(submit.ok(), "{submit:?}");
+    let job = submit.stdout.trim().to_owned();
+    let watcher = Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db);
+    let watch = tokio::time::timeout(Duration::from_secs(60), watcher.run(&["watch", &job])).await??;
+    assert_eq!(watch.code, Some(0), "the watcher replays and follows: {watch:?}");
+
+    // The watcher cannot submit.
+    let js = async_nats::jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+            .connect(nats.url())
+            .await?,
+    );
+    let queued = js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?.info().await?.state.messages;
+    let denied = watcher.run(&["submit", "--node", "pve2", "--hostname", "nope", "--ostemplate", OSTEMPLATE]).await?;
+    assert_eq!(denied.code, Some(1), "{denied:?}");
+    assert_eq!(js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?.info().await?.state.messages, queued);
+
+    // Agent pve1 cannot touch pve2's jobs, events, consumer or inbox.
+    let (client, mut errors) = restricted_client(&nats.url(), "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
+    let _ = client.publish("$JS.API.CONSUMER.MSG.NEXT.PVEFLEET_JOBS.agent-pve2", "{\"batch\":1}".into()).await;
+    refused(&mut errors, "agent-pve2").await?;
+    let _ = client.publish("pvefleet.events.pve2.01JDQ8Z3M4X6T2E9R5W7Y1K0AB", "{}".into()).await;
+    refused(&mut errors, "pvefleet.events.pve2").await?;
+    let _ = client.publish("pvefleet.jobs.pve2.create", "{}".into()).await;
+    refused(&mut errors, "pvefleet.jobs.pve2.create").await?;
+    let _sub = client.subscribe("_INBOX_pve2.>").await?;
+    refused(&mut errors, "Subscription to \"_INBOX_pve2.>\"").await?;
+    let _sub = client.subscribe("_INBOX.>").await?;
+    refused(&mut errors, "Subscription to \"_INBOX.>\"").await?;
+    dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("deploy-cluster");
+    let clients: [u16; 3] = [0, 1, 2].map(|_| free_port("127.0.0.1"));
+    let routes: [u16; 3] = [0, 1, 2].map(|_| free_port("127.0.0.1"));
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let config = loopback_config(&dir, &format!("cluster-{}.conf", i + 1), clients[i], Some((routes[i], routes)))?;
+        nodes.push(NatsServer::from_config(&dir, &format!("nats{}", i + 1), config, clients[i], env())?);
+    }
+    for n in &mut nodes {
+        n.ready().await?;
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url_as("coordinator", "coord-pw")).collect();
+    let db = TestDb::sqlite(&dir);
+    let admin = Pvefleet::new(&dir, &urls.join(","), &db);
+    wait_until("a JetStream leader, then setup with 3 replicas", Duration::from_secs(30), || async {
+        admin.run(&["setup", "--replicas", "3"]).await.ok().filter(|r| r.ok()).map(drop)
+    })
+    .await?;
+
+    let pve = FakePve::start(&dir, FakePveOptions::default()).await?;
+    pve.time_scale(1.0).await?;
+    pve.task_secs(serde_json::json!({"start": 4})).await?;
+    // The agent knows only nats1; it learns the others from the cluster.
+    let _agent = Agent::start(
+        &dir,
+        &[nodes[0].url_as("agent-pve1", "pve1-pw")],
+        &pve,
+        AgentOptions { inbox_prefix: Some("_INBOX_pve1".into()), ..AgentOptions::node("pve1") },
+    )?;
+    let submit = admin
+        .run(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--hostname",
+            "clustered",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            "127.0.0.8/32",
+        ])
+        .await?;
+    assert!(submit.ok(), "{submit:?}");
+    let id: pvefleet_schemas::JobId = submit.stdout.trim().parse()?;
+    let survivors = Pvefleet::new(&dir, &urls[1..].join(","), &db);
+    let js = async_nats::jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+            .connect(urls[1..].iter().map(|u| u.parse::<async_nats::ServerAddr>()).collect::<Result<Vec<_>, _>>()?)
+            .await?,
+    );
+    wait_until("the job to be starting", Duration::from_secs(30), || async {
+        let events = pvefleet_testbed::jobs::events_now(&js, id).await.ok()?;
+        events.iter().any(|e| e.step == Some(pvefleet_schemas::Step::Starting)).then_some(())
+    })
+    .await?;
+    nodes[0].kill();
+    let watch =
+        tokio::time::timeout(Duration::from_secs(90), survivors.run(&["watch", &id.to_string(), "--json"])).await??;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    let events: Vec<pvefleet_schemas::Event> =
+        watch.stdout.lines().map(|l| pvefleet_schemas::Event::decode(l.as_bytes())).collect::<Result<_, _>>()?;
+    pvefleet_testbed::jobs::check_event_contract(&events)?;
+    assert_eq!(pve.containers().await?.len(), 1);
+    dir.pass();
+    Ok(())
+}
