@@ -25,13 +25,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     {
         // The same request again: the same job, never a second one.
         eprintln!("request {key} was submitted before as job {}", existing.job_id);
-        return finish(
-            cli,
-            args,
-            existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?,
-            &existing.spec,
-        )
-        .await;
+        return finish_existing(cli, args, &existing).await;
     }
 
     let mut container = toml::Table::new();
@@ -98,13 +92,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     }
     if let Err(existing) = store.insert_job(&job, args.request_id.as_deref()).await? {
         // A concurrent submit of the same request won the reservation.
-        return finish(
-            cli,
-            args,
-            existing.job_id.parse().map_err(|_| anyhow::anyhow!("bad stored id"))?,
-            &existing.spec,
-        )
-        .await;
+        return finish_existing(cli, args, &existing).await;
     }
     let published = async {
         js.send_publish(
@@ -128,6 +116,12 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     let mut public = job.clone();
     public.container.root_password = None;
     finish(cli, args, job.job_id, &serde_json::to_string(&public).expect("a job serializes")).await
+}
+
+/// Answers with a job recorded before (the same request id).
+async fn finish_existing(cli: &Cli, args: &SubmitArgs, existing: &crate::store::job::Model) -> Outcome {
+    let id = existing.job_id.parse().map_err(|_| anyhow::anyhow!("stored job id `{}` is not a ULID", existing.job_id))?;
+    finish(cli, args, id, &existing.spec).await
 }
 
 async fn finish(cli: &Cli, args: &SubmitArgs, job_id: JobId, public_json: &str) -> Outcome {
