@@ -18,6 +18,9 @@ pub type Running = Arc<Mutex<BTreeSet<JobId>>>;
 /// Beats until `stop`, then removes the node's entry so it leaves the registry at once.
 pub async fn beat(config: Config, pve: PveClient, bus: Bus, running: Running, stop: CancellationToken) {
     let key = names::heartbeat_key(&config.node);
+    // A beat reports what the API says now; retrying inside a beat would only delay it (and
+    // let the entry expire while the API is down, which is right: the node cannot take jobs).
+    let pve = pve.with_retry(backon::ExponentialBuilder::default().with_max_times(0));
     let started_at = Timestamp::now();
     let mut tick = tokio::time::interval(config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

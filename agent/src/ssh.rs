@@ -80,8 +80,8 @@ pub enum SshError {
     GaveUp {
         addr: SocketAddr,
         after: Duration,
-        #[source]
-        last: Box<SshError>,
+        /// The last attempt's failure (or that the deadline came mid-attempt).
+        last: String,
     },
     #[error("SSH channel: {0}")]
     Channel(String),
@@ -291,12 +291,9 @@ impl SshSession {
         match tokio::time::timeout(deadline, attempts).await {
             Ok(r) => r,
             Err(_) => {
-                let last = last_error.lock().expect("last").take();
-                let last = match last {
-                    Some(message) => SshError::Channel(message),
-                    None => SshError::Timeout { addr: target.addr, after: target.connect_timeout },
-                };
-                Err(SshError::GaveUp { addr: target.addr, after: deadline, last: Box::new(last) })
+                let last =
+                    last_error.lock().expect("last").take().unwrap_or_else(|| "the first attempt never ended".into());
+                Err(SshError::GaveUp { addr: target.addr, after: deadline, last })
             }
         }
     }

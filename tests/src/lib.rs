@@ -12,6 +12,7 @@
 //!   and its fault-injection controls.
 //! - [`agent`]: `pvefleet-agent` as a real process against the bed's servers.
 //! - [`cli`]: the `pvefleet` CLI with a store on SQLite or the machine's Postgres.
+//! - [`fleet`]: the usual start of a test: dir, nats-server with the streams, fakepve, agents.
 //! - [`jobs`]: building and publishing jobs, reading their events back, the event contract.
 //! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
 
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod cli;
 pub mod dir;
 pub mod fakepve;
+pub mod fleet;
 pub mod jobs;
 pub mod nats;
 pub mod process;
@@ -28,6 +30,7 @@ pub mod wait;
 
 pub use dir::TestDir;
 pub use fakepve::{FakePve, FakePveOptions};
+pub use fleet::Fleet;
 pub use nats::{NatsCluster, NatsServer};
 pub use sshd::Sshd;
 pub use wait::wait_until;

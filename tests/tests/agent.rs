@@ -5,36 +5,15 @@ use std::time::Duration;
 
 use pvefleet_schemas::{ErrorKind, EventType, Secret, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
-use pvefleet_testbed::jobs::{check_event_contract, create_job, ensure_streams, events_until_terminal, submit};
+use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
 use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, init_tracing};
 
 const JOB_WITHIN: Duration = Duration::from_secs(60);
 
-struct Bed {
-    dir: TestDir,
-    nats: NatsServer,
-    pve: FakePve,
-    js: async_nats::jetstream::Context,
-}
+type Bed = pvefleet_testbed::Fleet;
 
 async fn bed(name: &str, nodes: &[&str]) -> anyhow::Result<Bed> {
-    init_tracing();
-    let dir = TestDir::new(name);
-    let nats = NatsServer::start(&dir).await?;
-    let pve = FakePve::start(
-        &dir,
-        FakePveOptions { nodes: nodes.iter().map(|n| n.to_string()).collect(), ..Default::default() },
-    )
-    .await?;
-    let js = nats.jetstream().await?;
-    ensure_streams(&js).await?;
-    Ok(Bed { dir, nats, pve, js })
-}
-
-impl Bed {
-    fn agent(&self, node: &str) -> anyhow::Result<Agent> {
-        Agent::start(&self.dir, &[self.nats.url()], &self.pve, AgentOptions::node(node))
-    }
+    Bed::start(name, nodes).await
 }
 
 #[tokio::test]

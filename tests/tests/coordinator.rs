@@ -4,42 +4,35 @@
 use std::time::{Duration, Instant};
 
 use pvefleet_schemas::{Event, EventType, names::JOBS_STREAM};
-use pvefleet_testbed::agent::{Agent, AgentOptions};
 use pvefleet_testbed::cli::{Pvefleet, TestDb};
 use pvefleet_testbed::fakepve::OSTEMPLATE;
-use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, init_tracing, wait_until};
+use pvefleet_testbed::{Fleet, TestDir, wait_until};
 
+/// A fleet plus the CLI, its store, and the layout made by `pvefleet setup`.
 struct Bed {
-    dir: TestDir,
-    nats: NatsServer,
-    pve: FakePve,
+    fleet: Fleet,
     cli: Pvefleet,
-    js: async_nats::jetstream::Context,
     _db: TestDb,
 }
 
+impl std::ops::Deref for Bed {
+    type Target = Fleet;
+
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
 async fn bed(name: &str, nodes: &[&str], db: impl FnOnce(&TestDir) -> anyhow::Result<TestDb>) -> anyhow::Result<Bed> {
-    init_tracing();
-    let dir = TestDir::new(name);
-    let nats = NatsServer::start(&dir).await?;
-    let pve = FakePve::start(
-        &dir,
-        FakePveOptions { nodes: nodes.iter().map(|n| n.to_string()).collect(), ..Default::default() },
-    )
-    .await?;
-    let db = db(&dir)?;
-    let cli = Pvefleet::new(&dir, &nats.url(), &db);
+    let fleet = Fleet::start(name, nodes).await?;
+    let db = db(&fleet.dir)?;
+    let cli = Pvefleet::new(&fleet.dir, &fleet.nats.url(), &db);
     let setup = cli.run(&["setup"]).await?;
     anyhow::ensure!(setup.ok(), "setup failed: {setup:?}");
-    let js = nats.jetstream().await?;
-    Ok(Bed { dir, nats, pve, cli, js, _db: db })
+    Ok(Bed { fleet, cli, _db: db })
 }
 
 impl Bed {
-    fn agent(&self, node: &str) -> anyhow::Result<Agent> {
-        Agent::start(&self.dir, &[self.nats.url()], &self.pve, AgentOptions::node(node))
-    }
-
     async fn queued_jobs(&self) -> anyhow::Result<u64> {
         Ok(self.js.get_stream(JOBS_STREAM).await?.info().await?.state.messages)
     }

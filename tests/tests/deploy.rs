@@ -7,36 +7,33 @@ use std::time::Duration;
 
 use pvefleet_schemas::{DeploySpec, ErrorKind, Event, EventType, FileSpec, Job, LogStream, ScriptSpec, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
-use pvefleet_testbed::jobs::{check_event_contract, create_job, ensure_streams, events_until_terminal, submit};
-use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, Sshd, TestDir, init_tracing};
+use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
+use pvefleet_testbed::{Fleet, Sshd};
 
 const JOB_WITHIN: Duration = Duration::from_secs(90);
 
+/// A fleet, an sshd on `ip` reading the keys fakepve records (it plays the containers), and
+/// an agent that deploys over SSH to it.
 struct Bed {
-    dir: TestDir,
-    _nats: NatsServer,
-    pve: FakePve,
+    fleet: Fleet,
     sshd: Sshd,
-    js: async_nats::jetstream::Context,
     agent: Agent,
 }
 
-/// nats-server, fakepve, an sshd on `ip` reading the keys fakepve records, and an agent.
+impl std::ops::Deref for Bed {
+    type Target = Fleet;
+
+    fn deref(&self) -> &Fleet {
+        &self.fleet
+    }
+}
+
 async fn bed(name: &str, ip: Ipv4Addr) -> anyhow::Result<Bed> {
-    init_tracing();
-    let dir = TestDir::new(name);
-    let nats = NatsServer::start(&dir).await?;
-    let pve = FakePve::start(&dir, FakePveOptions::default()).await?;
-    let sshd = Sshd::start(&dir, ip, &pve.keys_dir).await?;
-    let js = nats.jetstream().await?;
-    ensure_streams(&js).await?;
-    let agent = Agent::start(
-        &dir,
-        &[nats.url()],
-        &pve,
-        AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") },
-    )?;
-    Ok(Bed { dir, _nats: nats, pve, sshd, js, agent })
+    let fleet = Fleet::start(name, &["pve1"]).await?;
+    let sshd = Sshd::start(&fleet.dir, ip, &fleet.pve.keys_dir).await?;
+    let agent =
+        fleet.agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
+    Ok(Bed { fleet, sshd, agent })
 }
 
 impl Bed {

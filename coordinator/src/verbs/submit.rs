@@ -120,7 +120,8 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
 
 /// Answers with a job recorded before (the same request id).
 async fn finish_existing(cli: &Cli, args: &SubmitArgs, existing: &crate::store::job::Model) -> Outcome {
-    let id = existing.job_id.parse().map_err(|_| anyhow::anyhow!("stored job id `{}` is not a ULID", existing.job_id))?;
+    let id =
+        existing.job_id.parse().map_err(|_| anyhow::anyhow!("stored job id `{}` is not a ULID", existing.job_id))?;
     finish(cli, args, id, &existing.spec).await
 }
 
