@@ -255,14 +255,6 @@ impl EventLog {
         Ok((log, last))
     }
 
-    pub fn percent(&self) -> u8 {
-        self.percent
-    }
-
-    pub fn step(&self) -> Option<Step> {
-        self.step
-    }
-
     /// Publishes one event and waits for the stream to store it.
     pub async fn emit(
         &mut self,

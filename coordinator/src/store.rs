@@ -414,16 +414,6 @@ impl Store {
     pub async fn remove_template(&self, name: &str) -> anyhow::Result<bool> {
         Ok(template::Entity::delete_by_id(name.to_owned()).exec(&self.db).await?.rows_affected > 0)
     }
-
-    /// For tests: the raw connection.
-    pub fn connection(&self) -> &DatabaseConnection {
-        &self.db
-    }
-
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        self.db.execute_unprepared("SELECT 1").await?;
-        Ok(())
-    }
 }
 
 /// A serde enum's wire name (`deploy`, `stdout`).

@@ -20,8 +20,7 @@ impl JobId {
         Self(Ulid::new())
     }
 
-    /// A stable id derived from a caller's request key, so that submitting the same request
-    /// twice yields the same job (and JetStream's dedup window absorbs the second publish).
+    /// An id from its parts (tests and tools that need a known id).
     pub fn from_parts(timestamp_ms: u64, random: u128) -> Self {
         Self(Ulid::from_parts(timestamp_ms, random))
     }

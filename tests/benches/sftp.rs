@@ -39,15 +39,7 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&known_hosts, format!("{}\n", sshd.known_hosts_line()))?;
 
     let local = dir.path().join("payload.bin");
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let data: Vec<u8> = (0..mib << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = pvefleet_testbed::test_bytes(mib << 20);
     std::fs::write(&local, &data)?;
     drop(data);
     let remote = dir.sub("remote");

@@ -54,3 +54,17 @@ pub fn free_port(ip: &str) -> u16 {
         .map(|a| a.port())
         .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
 }
+
+/// `len` bytes of xorshift output: incompressible, so nothing along the way (SSH compression,
+/// a filesystem) can make a transfer look better than it is, and the same on every run.
+pub fn test_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

@@ -161,10 +161,6 @@ impl NatsServer {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.proc.is_some()
-    }
-
     /// Starts the server again on the same port and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.kill();

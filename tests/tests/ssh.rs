@@ -100,25 +100,12 @@ async fn streamed_lines_arrive_in_order_with_their_stream() -> anyhow::Result<()
     Ok(())
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    // xorshift: incompressible enough that nothing along the way can cheat.
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn uploads_arrive_byte_identical_with_exact_modes() -> anyhow::Result<()> {
     let bed = bed("ssh-upload", Ipv4Addr::new(127, 0, 0, 93)).await?;
     let ssh = SshSession::connect(&target(&bed.sshd, &bed.key)).await?;
     let big = bed.dir.path().join("big.bin");
-    let data = pattern(64 << 20);
+    let data = pvefleet_testbed::test_bytes(64 << 20);
     std::fs::write(&big, &data)?;
     let remote_dir = bed.dir.path().join("remote/a/b");
     // sshd's sftp runs with umask 077: the modes below only hold if set explicitly.
