@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::header::NATS_MESSAGE_ID;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, consumer::pull, kv, message::PublishMessage, stream};
 use backon::{ExponentialBuilder, Retryable as _};
+use pvefleet_schemas::event::MAX_EVENT_BYTES;
 use pvefleet_schemas::layout;
 use pvefleet_schemas::names::{self, JOBS_STREAM};
-use pvefleet_schemas::{Checkpoint, Event, EventType, JobId, JobResult, LogStream, NodeName, Step, Timestamp, V1};
+use pvefleet_schemas::{Event, EventType, JobId, JobResult, LogStream, NodeName, Step, Timestamp, V1};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NatsConfig};
@@ -18,15 +20,19 @@ use crate::config::{Config, NatsConfig};
 pub enum BusError {
     #[error("stopped while connecting to NATS")]
     Stopped,
-    /// The job's event log was started by someone else (a cancel of the queued job).
-    #[error("the job already has events written by someone else")]
+    /// The job's event log was written by someone else: a cancel of the queued job, or
+    /// another run of the job.
+    #[error("the job's events were written by someone else")]
     Superseded,
+    /// Another run took the job over, or this run's lease ran out.
+    #[error("this run no longer holds the job's lease")]
+    LeaseLost,
     #[error("{what}: {message}")]
     Nats { what: String, message: String },
 }
 
 impl BusError {
-    fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
+    pub(crate) fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
         BusError::Nats { what: what.into(), message: e.to_string() }
     }
 }
@@ -88,6 +94,7 @@ pub struct Bus {
     pub consumer: jetstream::consumer::Consumer<pull::Config>,
     pub checkpoints: kv::Store,
     pub nodes: kv::Store,
+    pub vmids: kv::Store,
 }
 
 impl Bus {
@@ -98,44 +105,36 @@ impl Bus {
         let (jobs, events) = ensure_streams(&js).await?;
         let checkpoints = get_or_create_bucket(&js, layout::jobs_bucket(1)).await?;
         let nodes = get_or_create_bucket(&js, layout::nodes_bucket(1, config.heartbeat * 3)).await?;
+        let vmids = get_or_create_bucket(&js, layout::vmids_bucket(1)).await?;
         let consumer = get_or_create_consumer(&js, &jobs, config).await?;
-        Ok(Self { client, js, events, consumer, checkpoints, nodes })
+        Ok(Self { client, js, events, consumer, checkpoints, nodes, vmids })
     }
 
-    pub async fn load_checkpoint(&self, node: &NodeName, job: &JobId) -> Result<Option<Checkpoint>, BusError> {
-        let key = names::checkpoint_key(node, job);
-        let bytes = (|| self.checkpoints.get(key.clone()))
-            .retry(nats_retry())
-            .await
-            .map_err(|e| BusError::nats(format!("reading checkpoint {key}"), e))?;
-        match bytes {
-            None => Ok(None),
-            // A checkpoint this build cannot read is treated as absent: the steps re-check
-            // the world anyway, and the marker tag keeps them from touching a stranger.
-            Some(b) => Ok(Checkpoint::decode(&b)
-                .inspect_err(|e| tracing::warn!(error = %e, %key, "unreadable checkpoint ignored"))
-                .ok()),
-        }
-    }
-
-    pub async fn save_checkpoint(&self, cp: &Checkpoint) -> Result<(), BusError> {
-        let key = names::checkpoint_key(&cp.node, &cp.job_id);
-        let value: bytes::Bytes = cp.encode().into();
-        (|| self.checkpoints.put(key.clone(), value.clone()))
-            .retry(nats_retry())
-            .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "checkpoint write failed; retrying"))
-            .await
-            .map(drop)
-            .map_err(|e| BusError::nats(format!("writing checkpoint {key}"), e))
-    }
-
-    pub async fn clear_checkpoint(&self, node: &NodeName, job: &JobId) -> Result<(), BusError> {
+    /// Removes a finished job's checkpoint, whoever left it.
+    pub async fn forget_checkpoint(&self, node: &NodeName, job: &JobId) -> Result<(), BusError> {
         let key = names::checkpoint_key(node, job);
         (|| self.checkpoints.purge(key.clone()))
             .retry(nats_retry())
             .await
             .map_err(|e| BusError::nats(format!("clearing checkpoint {key}"), e))
     }
+}
+
+/// The last message on `subject`, if any, read from the stream's leader; transient failures
+/// (a leader election) are retried.
+async fn last_message(
+    stream: &stream::Stream,
+    subject: &str,
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, stream::LastRawMessageError> {
+    (|| async {
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+    .retry(nats_retry())
+    .await
 }
 
 /// Finds the jobs and events streams, creating them as the contract sets them when missing.
@@ -146,7 +145,7 @@ pub async fn ensure_streams(js: &jetstream::Context) -> Result<(stream::Stream, 
 }
 
 /// Retries for one NATS operation: about a minute, enough for a cluster to elect a leader.
-fn nats_retry() -> ExponentialBuilder {
+pub(crate) fn nats_retry() -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(5))
@@ -216,39 +215,59 @@ async fn get_or_create_consumer(
 
 /// One job's events: `seq` continues from what the stream already holds (so a redelivered
 /// job goes on without gaps), `percent` never goes down, and every publish is acknowledged
-/// by the stream before the next, deduplicated by `<job_id>:<seq>` if it has to be resent.
+/// by the stream before the next.
+///
+/// The log has one writer at a time: each publish expects the subject's last stream sequence
+/// to be the one this log last wrote (or none, for the first event), so an event written by
+/// anyone else in between (a cancel of the queued job, another run of the job) stops this
+/// writer with [`BusError::Superseded`] instead of being overwritten or silently dropped.
+/// Message ids are `<job_id>:<seq>:<run>`, unique per run, so a retried publish whose
+/// acknowledgement was lost is recognised as this run's own, never as another's.
 #[derive(Debug)]
 pub struct EventLog {
     js: jetstream::Context,
+    stream: stream::Stream,
     subject: String,
     node: NodeName,
     job_id: JobId,
+    run: String,
     next_seq: u64,
+    /// The stream sequence of the last event on the subject, 0 when there is none.
+    last_stream_seq: u64,
     percent: u8,
     step: Option<Step>,
 }
 
 impl EventLog {
-    /// Opens the log of `job_id`, returning the last event already published, if any.
-    pub async fn open(bus: &Bus, node: &NodeName, job_id: JobId) -> Result<(Self, Option<Event>), BusError> {
+    /// Opens the log of `job_id` for the run named `run`, returning the last event already
+    /// published, if any.
+    pub async fn open(bus: &Bus, node: &NodeName, job_id: JobId, run: &str) -> Result<(Self, Option<Event>), BusError> {
+        Self::open_on(&bus.js, &bus.events, node, job_id, run).await
+    }
+
+    /// [`EventLog::open`] with only a JetStream context and the events stream.
+    pub async fn open_on(
+        js: &jetstream::Context,
+        events: &stream::Stream,
+        node: &NodeName,
+        job_id: JobId,
+        run: &str,
+    ) -> Result<(Self, Option<Event>), BusError> {
         let subject = names::event_subject(node, &job_id);
-        let last = (|| async {
-            match bus.events.get_last_raw_message_by_subject(&subject).await {
-                Ok(m) => Ok(Some(m)),
-                Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-        .retry(nats_retry())
-        .await
-        .map_err(|e| BusError::nats(format!("reading the last event of {job_id}"), e))?;
+        let last = last_message(events, &subject)
+            .await
+            .map_err(|e| BusError::nats(format!("reading the last event of {job_id}"), e))?;
+        let last_stream_seq = last.as_ref().map_or(0, |m| m.sequence);
         let last = last.and_then(|m| Event::decode(&m.payload).ok());
         let log = Self {
-            js: bus.js.clone(),
+            js: js.clone(),
+            stream: events.clone(),
             subject,
             node: node.clone(),
             job_id,
+            run: run.to_owned(),
             next_seq: last.as_ref().map_or(1, |e| e.seq + 1),
+            last_stream_seq,
             percent: last.as_ref().map_or(0, |e| e.percent),
             step: last.as_ref().and_then(|e| e.step),
         };
@@ -265,11 +284,9 @@ impl EventLog {
         stream: Option<LogStream>,
         result: Option<JobResult>,
     ) -> Result<(), BusError> {
+        let mut percent_now = self.percent;
         if let Some(p) = percent {
-            self.percent = self.percent.max(p.min(100));
-        }
-        if step.is_some() {
-            self.step = step;
+            percent_now = percent_now.max(p.min(100));
         }
         let event = Event {
             v: V1,
@@ -277,39 +294,50 @@ impl EventLog {
             node: self.node.clone(),
             seq: self.next_seq,
             kind,
-            step: self.step,
-            percent: self.percent,
+            step: step.or(self.step),
+            percent: percent_now,
             message: message.into(),
             timestamp: Timestamp::now(),
             stream,
             result,
         };
-        let payload: bytes::Bytes = event.encode().into();
-        let msg_id = format!("{}:{}", self.job_id, event.seq);
-        let first = event.seq == 1;
-        (|| async {
-            let mut publish = PublishMessage::build().payload(payload.clone()).message_id(&msg_id);
-            if first {
-                // A job's first event is only ours to write if nothing else has: `pvefleet
-                // cancel` ends a queued job with an event of its own.
-                publish = publish.expected_last_subject_sequence(0);
-            }
+        // Cut to fit after encoding: an event the server refuses for its size would be
+        // retried for ever and its job never end.
+        let payload: bytes::Bytes = event.encode_within(MAX_EVENT_BYTES).into();
+        let msg_id = format!("{}:{}:{}", self.job_id, event.seq, self.run);
+        let expected = self.last_stream_seq;
+        let published = (|| async {
+            let publish = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&msg_id)
+                .expected_last_subject_sequence(expected);
             self.js.send_publish(self.subject.clone(), publish).await?.await
         })
         .retry(nats_retry())
-        .when(|e: &async_nats::jetstream::context::PublishError| {
-            let retry = !matches!(e.kind(), PublishErrorKind::WrongLastSequence);
+        .when(|e: &PublishError| {
+            let retry = !matches!(e.kind(), PublishErrorKind::WrongLastSequence | PublishErrorKind::MaxPayloadExceeded);
             if retry {
                 tracing::warn!(error = %e, "publishing an event failed; retrying");
             }
             retry
         })
-        .await
-        .map_err(|e| match e.kind() {
-            PublishErrorKind::WrongLastSequence => BusError::Superseded,
-            _ => BusError::nats(format!("publishing event {} of {}", event.seq, self.job_id), e),
-        })?;
+        .await;
+        let stored_at = match published {
+            Ok(ack) => ack.sequence,
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // Ours if an earlier attempt landed and only its answer was lost.
+                match last_message(&self.stream, &self.subject).await {
+                    Ok(Some(m)) if m.headers.get(NATS_MESSAGE_ID).is_some_and(|id| id.as_str() == msg_id) => m.sequence,
+                    Ok(_) => return Err(BusError::Superseded),
+                    Err(e) => return Err(BusError::nats(format!("reading the last event of {}", self.job_id), e)),
+                }
+            }
+            Err(e) => return Err(BusError::nats(format!("publishing event {} of {}", event.seq, self.job_id), e)),
+        };
+        self.last_stream_seq = stored_at;
         self.next_seq += 1;
+        self.percent = percent_now;
+        self.step = event.step;
         Ok(())
     }
 

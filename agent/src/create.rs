@@ -29,10 +29,12 @@ use tracing::Instrument as _;
 use std::sync::Arc;
 
 use crate::bus::{Bus, BusError, EventLog};
+use crate::claim::{Claim, Taken};
 use crate::config::SshConfig;
 use crate::proxmox::task::{TaskProgress, TaskWaitError};
 use crate::proxmox::{PveClient, PveError, Upid};
 use crate::ssh::SshSession;
+use crate::vmid::AllocError;
 
 /// One row of the step table.
 struct StepRow {
@@ -63,6 +65,10 @@ pub enum JobEnd {
     Interrupted,
     /// NATS failed under the job; it is checkpointed and should be retried later.
     Bus(BusError),
+    /// Another run holds the job's lease until `until`: this delivery must not run it.
+    Busy { until: pvefleet_schemas::Timestamp },
+    /// This run lost the job to another run (or its lease ran out): it touches nothing more.
+    LeaseLost,
 }
 
 /// Why a step failed.
@@ -89,6 +95,19 @@ impl From<BusError> for StepError {
     }
 }
 
+impl From<AllocError> for StepError {
+    fn from(e: AllocError) -> Self {
+        match e {
+            AllocError::Pve(e) => e.into(),
+            AllocError::Bus(e) => StepError::Bus(e),
+            e @ AllocError::Deadline { .. } => StepError::failed(ErrorKind::Timeout, format!("allocating a vmid: {e}")),
+            e @ AllocError::Exhausted { .. } => {
+                StepError::failed(ErrorKind::Proxmox, format!("allocating a vmid: {e}"))
+            }
+        }
+    }
+}
+
 impl From<TaskWaitError> for StepError {
     fn from(e: TaskWaitError) -> Self {
         match e {
@@ -100,9 +119,42 @@ impl From<TaskWaitError> for StepError {
 
 pub(crate) type StepResult = Result<(), StepError>;
 
-/// Runs (or resumes) a create job to its end.
+/// A job this run holds, ready to run.
+#[derive(Debug)]
+pub struct Claimed {
+    events: EventLog,
+    resumed: bool,
+    pub claim: Arc<Claim>,
+    cp: Checkpoint,
+}
+
+/// Opens the job's event log and takes its lease for the run named `owner`. A job already
+/// ended, or held by another live run, ends here with what its delivery should be told.
+pub async fn claim(job: &Job, bus: &Bus, owner: &str, lease: Duration) -> Result<Claimed, JobEnd> {
+    let (events, last) = EventLog::open(bus, &job.node, job.job_id, owner).await.map_err(JobEnd::Bus)?;
+    if let Some(last) = &last
+        && last.is_terminal()
+    {
+        tracing::info!(job_id = %job.job_id, "already finished by an earlier delivery; acknowledging");
+        return Err(JobEnd::Finished { success: last.kind == EventType::Complete });
+    }
+    match Claim::take(&bus.checkpoints, &job.node, job.job_id, owner.to_owned(), lease).await {
+        Ok(Taken::Mine(mine)) => {
+            let (claim, cp) = *mine;
+            Ok(Claimed { events, resumed: last.is_some(), claim: Arc::new(claim), cp })
+        }
+        Ok(Taken::Busy { owner, until }) => {
+            tracing::info!(job_id = %job.job_id, %owner, %until, "the job is running elsewhere; handing this delivery back");
+            Err(JobEnd::Busy { until })
+        }
+        Err(e) => Err(JobEnd::Bus(e)),
+    }
+}
+
+/// Runs (or resumes) a claimed create job to its end.
 pub async fn run(
     job: &Job,
+    claimed: Claimed,
     pve: &PveClient,
     bus: &Bus,
     ssh: &SshConfig,
@@ -111,20 +163,7 @@ pub async fn run(
 ) -> JobEnd {
     let span = tracing::info_span!("job", job_id = %job.job_id, node = %job.node);
     async {
-        let (events, last) = match EventLog::open(bus, &job.node, job.job_id).await {
-            Ok(x) => x,
-            Err(e) => return JobEnd::Bus(e),
-        };
-        if let Some(last) = &last
-            && last.is_terminal()
-        {
-            tracing::info!("already finished by an earlier delivery; acknowledging");
-            return JobEnd::Finished { success: last.kind == EventType::Complete };
-        }
-        let cp = match bus.load_checkpoint(&job.node, &job.job_id).await {
-            Ok(cp) => cp.unwrap_or_else(|| Checkpoint::new(job.job_id, job.node.clone())),
-            Err(e) => return JobEnd::Bus(e),
-        };
+        let Claimed { events, resumed, claim, cp } = claimed;
         let mut run = CreateJob {
             job,
             pve,
@@ -132,20 +171,23 @@ pub async fn run(
             ssh_config: ssh,
             events,
             cp,
+            claim: claim.clone(),
+            resumed,
             marker: job.job_id.marker_tag(),
             ssh: None,
             remote_tmp: None,
         };
-        let end = run.drive(last.is_some(), stop, cancel).await;
+        let end = tokio::select! {
+            end = run.drive(stop, cancel) => end,
+            () = claim.keep() => Err(BusError::LeaseLost),
+        };
         if let Some(ssh) = run.ssh.take() {
             run.close_ssh(ssh).await;
         }
         match end {
             Ok(end) => end,
-            Err(BusError::Superseded) => {
-                tracing::info!("the job was ended (cancelled) before this agent began it");
-                JobEnd::Finished { success: false }
-            }
+            Err(BusError::Superseded) => run.superseded().await,
+            Err(BusError::LeaseLost) => JobEnd::LeaseLost,
             Err(e) => JobEnd::Bus(e),
         }
     }
@@ -160,6 +202,10 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) ssh_config: &'a SshConfig,
     pub(crate) events: EventLog,
     pub(crate) cp: Checkpoint,
+    /// This run's hold on the job; every checkpoint is written through it.
+    pub(crate) claim: Arc<Claim>,
+    /// Whether an earlier delivery began the job.
+    resumed: bool,
     pub(crate) marker: String,
     /// The deploy's one SSH connection, made in connecting and reused by deploying.
     pub(crate) ssh: Option<Arc<SshSession>>,
@@ -168,13 +214,8 @@ pub(crate) struct CreateJob<'a> {
 }
 
 impl CreateJob<'_> {
-    async fn drive(
-        &mut self,
-        resumed: bool,
-        stop: &CancellationToken,
-        cancel: &CancellationToken,
-    ) -> Result<JobEnd, BusError> {
-        if resumed {
+    async fn drive(&mut self, stop: &CancellationToken, cancel: &CancellationToken) -> Result<JobEnd, BusError> {
+        if self.resumed {
             let after = self.cp.done.map_or("the start".to_owned(), |s| format!("step {s}"));
             self.events.warning(format!("job redelivered to this agent; resuming after {after}")).await?;
         } else {
@@ -210,18 +251,20 @@ impl CreateJob<'_> {
             }
             self.events.step_event(row.step, row.percent, row.what).await?;
             self.cp.current = row.step;
-            self.bus.save_checkpoint(&self.cp).await?;
+            self.save().await?;
             let span = tracing::info_span!("step", step = %row.step);
+            let lost = self.claim.lost().clone();
             let outcome = tokio::select! {
                 r = self.do_step(row.step).instrument(span) => r,
                 // Safe at any await: every step re-checks the world when it is resumed.
                 _ = stop.cancelled() => return Ok(JobEnd::Interrupted),
+                _ = lost.cancelled() => return Err(BusError::LeaseLost),
                 _ = cancel.cancelled() => Err(StepError::failed(ErrorKind::Cancelled, "cancelled by an operator")),
             };
             match outcome {
                 Ok(()) => {
                     self.cp.done = Some(row.step);
-                    self.bus.save_checkpoint(&self.cp).await?;
+                    self.save().await?;
                 }
                 Err(StepError::Bus(e)) => return Err(e),
                 Err(StepError::Failed { kind, message }) => {
@@ -243,6 +286,27 @@ impl CreateJob<'_> {
             )
             .await?;
         Ok(JobEnd::Finished { success: true })
+    }
+
+    /// Writes the checkpoint, if this run still holds the job.
+    pub(crate) async fn save(&self) -> Result<(), BusError> {
+        self.claim.save(&self.cp).await
+    }
+
+    /// Someone else wrote to the job's events: either the job was ended for it (a cancel
+    /// while it was queued), or another run is writing them and this one must stop.
+    async fn superseded(&self) -> JobEnd {
+        match EventLog::open(self.bus, &self.job.node, self.job.job_id, self.claim.owner()).await {
+            Ok((_, Some(last))) if last.is_terminal() => {
+                tracing::info!("the job was ended (cancelled) by someone else");
+                JobEnd::Finished { success: last.kind == EventType::Complete }
+            }
+            Ok(_) => {
+                tracing::warn!("another run is writing this job's events; stopping");
+                JobEnd::LeaseLost
+            }
+            Err(e) => JobEnd::Bus(e),
+        }
     }
 
     async fn do_step(&mut self, step: Step) -> StepResult {
@@ -314,22 +378,86 @@ impl CreateJob<'_> {
             self.cp.ssh_key = Some(crate::deploy::new_job_key()?);
         }
         if self.cp.vmid.is_none() {
-            match spec.vmid {
-                Some(vmid) => {
-                    if let Some(cfg) = self.pve.container_config(vmid).await?
-                        && !is_ours(&cfg, &self.marker)
-                    {
-                        return Err(self.conflict(vmid));
-                    }
-                    self.cp.vmid = Some(vmid);
+            self.choose_vmid().await?;
+        }
+        Ok(())
+    }
+
+    /// The job's vmid: the container an earlier delivery made (when the checkpoint that knew it
+    /// was lost), else the spec's, else one allocated and reserved for this job.
+    async fn choose_vmid(&mut self) -> StepResult {
+        if self.resumed
+            && let Some(vmid) = self.find_marked().await?
+        {
+            self.events
+                .warning(format!("the job's checkpoint was lost; found its container {vmid} by its marker"))
+                .await?;
+            self.cp.vmid = Some(vmid);
+            self.cp.vmid_allocated = self.job.container.vmid.is_none();
+            return Ok(());
+        }
+        match self.job.container.vmid {
+            Some(vmid) => {
+                if self.whose(vmid).await? == Whose::Strangers {
+                    return Err(self.conflict(vmid));
                 }
-                None => {
-                    self.cp.vmid = Some(self.pve.next_vmid().await?);
-                    self.cp.vmid_allocated = true;
-                }
+                self.cp.vmid = Some(vmid);
+            }
+            None => {
+                self.cp.vmid = Some(self.allocate().await?);
+                self.cp.vmid_allocated = true;
             }
         }
         Ok(())
+    }
+
+    /// This job's container on this node, found by its marker tag in the cluster's resources.
+    async fn find_marked(&self) -> Result<Option<Vmid>, StepError> {
+        let found = self.pve.guests_tagged(&self.marker).await?;
+        for (node, vmid) in &found {
+            if node != self.job.node.as_str() {
+                tracing::warn!(%node, %vmid, "a container with this job's marker is on another node; ignored");
+            }
+        }
+        Ok(found.into_iter().find(|(node, _)| node == self.job.node.as_str()).map(|(_, vmid)| vmid))
+    }
+
+    async fn allocate(&self) -> Result<Vmid, StepError> {
+        let deadline = Instant::now() + self.timeouts().task.0;
+        Ok(crate::vmid::allocate(self.pve, &self.bus.vmids, self.job.job_id, &self.job.node, deadline).await?)
+    }
+
+    /// Who a vmid belongs to on this node. A container still being created carries no tags
+    /// yet (PVE writes its config, marker included, only when the create task has unpacked
+    /// the template), so its create is waited out before its marker is read: the create may
+    /// be this job's own, sent by an attempt whose answer was lost.
+    async fn whose(&mut self, vmid: Vmid) -> Result<Whose, StepError> {
+        let within = self.timeouts().task.0;
+        let deadline = Instant::now() + within;
+        let mut pause = Duration::from_millis(100);
+        let mut said = false;
+        loop {
+            let Some(cfg) = self.pve.container_config(vmid).await? else {
+                return Ok(Whose::Nobody);
+            };
+            if cfg.get("lock").and_then(Value::as_str) != Some("create") {
+                return Ok(if is_ours(&cfg, &self.marker) { Whose::Ours } else { Whose::Strangers });
+            }
+            if !said {
+                self.events
+                    .log(LogStream::Task, format!("container {vmid} is being created; waiting for its create to end"))
+                    .await?;
+                said = true;
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::failed(
+                    ErrorKind::Timeout,
+                    format!("container {vmid} still being created (lock: create) after {within:?}"),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
     }
 
     fn conflict(&self, vmid: Vmid) -> StepError {
@@ -349,49 +477,48 @@ impl CreateJob<'_> {
             self.wait_task(&upid).await?;
             return Ok(());
         }
-        for _ in 0..10 {
+        loop {
             let vmid = self.vmid();
-            match self.pve.container_config(vmid).await? {
-                Some(cfg) if is_ours(&cfg, &self.marker) => {
-                    // Created by an earlier delivery whose UPID was lost with its agent.
-                    return self.wait_unlocked(vmid).await;
-                }
-                Some(_) => {
-                    self.take_next_vmid_or(vmid).await?;
+            match self.whose(vmid).await? {
+                // Made by an earlier attempt whose answer (or UPID checkpoint) was lost.
+                Whose::Ours => return Ok(()),
+                Whose::Strangers => {
+                    self.replace_vmid(vmid).await?;
                     continue;
                 }
-                None => {}
+                Whose::Nobody => {}
             }
             match self.pve.create_container(&self.create_params()).await {
                 Ok(upid) => {
                     self.cp.upid = Some(upid.to_string());
-                    self.bus.save_checkpoint(&self.cp).await?;
+                    self.save().await?;
                     self.events.log(LogStream::Task, format!("create task {upid}")).await?;
                     self.wait_task(&upid).await?;
                     return Ok(());
                 }
+                // Ours from a retried POST whose first answer was lost, a stranger's, or one on
+                // another node: the next round's look at this node tells which.
                 Err(e) if e.is_already_exists() => {
-                    // Ours from a retried POST, a stranger's, or one on another node: the
-                    // config on this node tells which.
-                    if self.pve.container_config(vmid).await?.is_none() {
-                        self.take_next_vmid_or(vmid).await?;
+                    if self.whose(vmid).await? == Whose::Nobody && !e.message_contains(&format!("'{}'", self.job.node))
+                    {
+                        // Not on this node: taken elsewhere in the cluster.
+                        self.replace_vmid(vmid).await?;
                     }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StepError::failed(ErrorKind::Proxmox, "no free vmid after 10 tries"))
     }
 
-    /// An allocated vmid lost to a race is replaced; a vmid the spec fixed is a conflict.
-    async fn take_next_vmid_or(&mut self, vmid: Vmid) -> StepResult {
+    /// An allocated vmid lost to a stranger is replaced; a vmid the spec fixed is a conflict.
+    async fn replace_vmid(&mut self, vmid: Vmid) -> StepResult {
         if !self.cp.vmid_allocated {
             return Err(self.conflict(vmid));
         }
-        let next = self.pve.next_vmid().await?;
+        let next = self.allocate().await?;
         self.events.warning(format!("vmid {vmid} was taken meanwhile; using {next}")).await?;
         self.cp.vmid = Some(next);
-        self.bus.save_checkpoint(&self.cp).await?;
+        self.save().await?;
         Ok(())
     }
 
@@ -432,27 +559,6 @@ impl CreateJob<'_> {
             params.push(("password", pw.expose().to_owned()));
         }
         params
-    }
-
-    /// Waits until the container carries no lock (its create finished), polling with backoff.
-    async fn wait_unlocked(&mut self, vmid: Vmid) -> StepResult {
-        let within = self.timeouts().task.0;
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let status = self.pve.status(vmid).await?;
-            if status.lock.is_none() {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(StepError::failed(
-                    ErrorKind::Timeout,
-                    format!("container {vmid} still locked ({:?}) after {within:?}", status.lock),
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
     }
 
     /// Waits for a task, its log streamed as `log` events; a warning status becomes a
@@ -509,7 +615,7 @@ impl CreateJob<'_> {
                 None => match self.pve.start(vmid).await {
                     Ok(upid) => {
                         self.cp.upid = Some(upid.to_string());
-                        self.bus.save_checkpoint(&self.cp).await?;
+                        self.save().await?;
                         Some(upid)
                     }
                     Err(e) if e.message_contains("already running") => None,
@@ -592,7 +698,7 @@ impl CreateJob<'_> {
     async fn fail(&mut self, failure: ErrorInfo) -> Result<JobEnd, BusError> {
         tracing::warn!(kind = ?failure.kind, step = %failure.step, message = %failure.message, "job failed");
         self.cp.failure = Some(failure.clone());
-        self.bus.save_checkpoint(&self.cp).await?;
+        self.save().await?;
         if failure.kind == ErrorKind::Cancelled
             && let Some(upid) = self.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok())
         {
@@ -607,7 +713,8 @@ impl CreateJob<'_> {
         let (rolled_back, note) = match self.job.options.rollback {
             RollbackPolicy::Keep => (false, self.cp.vmid.map(|v| format!("container {v} kept (rollback: keep)"))),
             RollbackPolicy::Destroy => match self.rollback().await {
-                Ok(note) => (true, note),
+                Ok(Rollback::Destroyed(vmid)) => (true, Some(format!("container {vmid} destroyed"))),
+                Ok(Rollback::Nothing(note)) => (false, note),
                 Err(StepError::Bus(e)) => return Err(e),
                 Err(StepError::Failed { message, .. }) => (false, Some(format!("rollback failed: {message}"))),
             },
@@ -622,20 +729,21 @@ impl CreateJob<'_> {
     }
 
     /// Stops and destroys this job's container. Already gone is success; a container without
-    /// our marker is never touched.
-    async fn rollback(&mut self) -> Result<Option<String>, StepError> {
+    /// our marker is never touched; one still being created is waited out first (it may be
+    /// ours, from a create whose answer was lost).
+    async fn rollback(&mut self) -> Result<Rollback, StepError> {
         let Some(vmid) = self.cp.vmid else {
-            return Ok(None);
+            return Ok(Rollback::Nothing(None));
         };
         self.events.step_event(Step::RollingBack, 0, format!("rolling back: destroying container {vmid}")).await?;
-        let Some(cfg) = self.pve.container_config(vmid).await? else {
-            return Ok(Some(format!("nothing left behind (container {vmid} does not exist)")));
-        };
-        if !is_ours(&cfg, &self.marker) {
-            return Ok(Some(format!("container {vmid} is not this job's; left untouched")));
-        }
-        if cfg.get("lock").and_then(Value::as_str) == Some("create") {
-            self.wait_unlocked(vmid).await?;
+        match self.whose(vmid).await? {
+            Whose::Nobody => {
+                return Ok(Rollback::Nothing(Some(format!("nothing left behind (container {vmid} does not exist)"))));
+            }
+            Whose::Strangers => {
+                return Ok(Rollback::Nothing(Some(format!("container {vmid} is not this job's; left untouched"))));
+            }
+            Whose::Ours => {}
         }
         if self.pve.status(vmid).await?.status == "running" {
             match self.pve.stop(vmid).await {
@@ -657,18 +765,35 @@ impl CreateJob<'_> {
                         .warning(format!("destroying container {vmid}: the lock was busy; trying again"))
                         .await?;
                 }
-                other => return other.map(|()| Some(format!("container {vmid} destroyed"))),
+                other => return other.map(|()| Rollback::Destroyed(vmid)),
             }
         }
         unreachable!("the last attempt returns")
     }
 }
 
+/// Who holds a vmid on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Whose {
+    /// No container has it here.
+    Nobody,
+    /// A container with this job's marker.
+    Ours,
+    /// A container without it: never touched.
+    Strangers,
+}
+
+/// What a rollback did.
+#[derive(Debug)]
+enum Rollback {
+    Destroyed(Vmid),
+    /// Nothing to destroy (never made, already gone, or not ours), and why.
+    Nothing(Option<String>),
+}
+
 /// Whether a container's config carries this job's marker tag.
 fn is_ours(cfg: &Value, marker: &str) -> bool {
-    cfg.get("tags")
-        .and_then(Value::as_str)
-        .is_some_and(|tags| tags.split([';', ',', ' ']).any(|t| t.eq_ignore_ascii_case(marker)))
+    cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| crate::proxmox::has_tag(tags, marker))
 }
 
 #[cfg(test)]

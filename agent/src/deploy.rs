@@ -99,7 +99,7 @@ impl CreateJob<'_> {
                 .await?;
         }
         self.cp.host_key = Some(session.host_key().to_owned());
-        self.bus.save_checkpoint(&self.cp).await?;
+        self.save().await?;
         self.events
             .log(LogStream::Task, format!("connected over SSH to {} (host key {})", target.addr, session.host_key()))
             .await?;
@@ -166,7 +166,7 @@ impl CreateJob<'_> {
         self.events.step_event(Step::Deploying, percent, message).await?;
         run(self).await?;
         self.cp.deployed.push(key);
-        self.bus.save_checkpoint(&self.cp).await?;
+        self.save().await?;
         Ok(())
     }
 

@@ -4,6 +4,8 @@
 //! # Layout
 //! - [`config`]: `agent.toml` and its `PVEFLEET_…` overrides, checked at start.
 //! - [`bus`]: NATS: connecting with backoff, streams/buckets/consumer, events, checkpoints.
+//! - [`claim`]: one run at a time per job: the checkpoint, written under a lease.
+//! - [`vmid`]: allocating vmids that concurrent jobs never share.
 //! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
 //! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
 //! - [`deploy`]: the deploying step: packages, files and scripts over one SSH connection.
@@ -13,6 +15,7 @@
 //! - [`ssh`]: SSH and SFTP into a new container, with host keys checked.
 
 pub mod bus;
+pub mod claim;
 pub mod config;
 pub mod create;
 pub mod deploy;
@@ -20,6 +23,7 @@ pub mod heartbeat;
 pub mod policy;
 pub mod proxmox;
 pub mod ssh;
+pub mod vmid;
 pub mod worker;
 
 use std::sync::Arc;
@@ -56,7 +60,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     let beat_stop = CancellationToken::new();
     let beat =
         tokio::spawn(heartbeat::beat(config.clone(), pve.clone(), bus.clone(), running.clone(), beat_stop.clone()));
-    let shared = Arc::new(worker::Shared { config, pve, bus, running, stop, cancels: Default::default() });
+    let instance = format!("{}-{}", config.node, ulid::Ulid::new());
+    let shared = Arc::new(worker::Shared { config, pve, bus, running, stop, instance, cancels: Default::default() });
     let control = tokio::spawn(worker::serve_cancels(shared.clone()));
     worker::work(shared.clone()).await;
     control.abort();

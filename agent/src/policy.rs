@@ -14,6 +14,9 @@ pub enum Delivery {
     Term,
     /// Redeliver, after the delay if any.
     Nak(Option<Duration>),
+    /// Say nothing: another run holds the job and settles its message (or, if that run dies,
+    /// the server redelivers it after its ack wait).
+    Leave,
 }
 
 /// A job that hit a NATS failure is retried after this long, resuming from its checkpoint.
@@ -27,7 +30,14 @@ pub fn decide(end: &JobEnd) -> Delivery {
         // Stopping: hand it straight back, for this node's next agent to resume.
         JobEnd::Interrupted => Delivery::Nak(None),
         JobEnd::Bus(_) => Delivery::Nak(Some(BUS_RETRY_DELAY)),
+        // Running elsewhere: come back once its lease can have run out.
+        JobEnd::Busy { until } => Delivery::Nak(Some(until_then(until.0) + crate::claim::TAKEOVER_GRACE)),
+        JobEnd::LeaseLost => Delivery::Leave,
     }
+}
+
+fn until_then(t: time::OffsetDateTime) -> Duration {
+    (t - time::OffsetDateTime::now_utc()).try_into().unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]
@@ -42,5 +52,9 @@ mod tests {
         assert_eq!(decide(&JobEnd::Rejected), Delivery::Term);
         assert_eq!(decide(&JobEnd::Interrupted), Delivery::Nak(None));
         assert_eq!(decide(&JobEnd::Bus(BusError::Stopped)), Delivery::Nak(Some(BUS_RETRY_DELAY)));
+        assert_eq!(decide(&JobEnd::LeaseLost), Delivery::Leave);
+        let until = pvefleet_schemas::Timestamp(time::OffsetDateTime::now_utc() + Duration::from_secs(20));
+        let Delivery::Nak(Some(delay)) = decide(&JobEnd::Busy { until }) else { panic!("a busy job is handed back") };
+        assert!(delay > Duration::from_secs(19) && delay <= Duration::from_secs(20) + crate::claim::TAKEOVER_GRACE);
     }
 }

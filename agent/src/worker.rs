@@ -13,6 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, EventLog};
+use crate::claim::Claim;
 use crate::config::Config;
 use crate::create::{self, JobEnd};
 use crate::heartbeat::Running;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub running: Running,
     /// Fires on SIGTERM: running jobs stop at their next await and are handed back.
     pub stop: CancellationToken,
+    /// This agent process's name in job leases (`<node>-<ulid>`), new at every start.
+    pub instance: String,
     /// Running jobs' cancel tokens, fired by `pvefleet.control.<node>.cancel`.
     pub cancels: std::sync::Mutex<std::collections::HashMap<JobId, CancellationToken>>,
 }
@@ -87,7 +90,9 @@ async fn next_message(shared: &Shared) -> Result<Option<Message>, async_nats::Er
 }
 
 async fn handle(shared: &Shared, msg: Message) {
-    let end = {
+    // Unique per delivery handled: names this run in the job's lease and its events' ids.
+    let owner = format!("{}/{}", shared.instance, ulid::Ulid::new());
+    let (end, claim) = {
         let keep_alive = async {
             let mut tick = tokio::time::interval(shared.config.ack_wait / 3);
             tick.tick().await;
@@ -99,81 +104,95 @@ async fn handle(shared: &Shared, msg: Message) {
             }
         };
         tokio::select! {
-            end = process(shared, &msg) => end,
+            end = process(shared, &msg, &owner) => end,
             () = keep_alive => unreachable!("the keep-alive loop never ends"),
         }
     };
     let delivery = policy::decide(&end);
     tracing::debug!(?end, ?delivery, "job ended");
+    if let (JobEnd::Interrupted | JobEnd::Bus(_), Some(claim)) = (&end, &claim) {
+        // Handed back: let the next delivery resume at once rather than wait out the lease.
+        if let Err(e) = claim.release(false).await {
+            tracing::warn!(error = %e, "could not release the job's lease; the next delivery waits it out");
+        }
+    }
     let acked = match delivery {
         // The final ack waits for the server's confirmation; if it is lost the job is
         // redelivered, finds its terminal event and is acked then.
         Delivery::Ack => msg.double_ack().await,
         Delivery::Term => msg.ack_with(AckKind::Term).await,
         Delivery::Nak(delay) => msg.ack_with(AckKind::Nak(delay)).await,
+        // Another run holds the job: it settles the message, or the server redelivers it.
+        Delivery::Leave => Ok(()),
     };
     if let Err(e) = acked {
         tracing::warn!(error = %e, ?delivery, "could not settle the job's message; it will be redelivered");
         return;
     }
-    if let (JobEnd::Finished { .. }, Some(job_id)) = (&end, job_id_of(&msg.payload))
-        && let Err(e) = shared.bus.clear_checkpoint(&shared.config.node, &job_id).await
-    {
-        tracing::warn!(error = %e, "checkpoint not cleared; it expires on its own");
+    if let JobEnd::Finished { .. } = end {
+        let cleared = match &claim {
+            Some(claim) => claim.release(true).await,
+            // Ended by an earlier delivery: whatever checkpoint it left is of no use now.
+            None => match job_id_of(&msg.payload) {
+                Some(job_id) => shared.bus.forget_checkpoint(&shared.config.node, &job_id).await,
+                None => Ok(()),
+            },
+        };
+        if let Err(e) = cleared {
+            tracing::warn!(error = %e, "checkpoint not cleared; it expires on its own");
+        }
     }
 }
 
-/// Decodes, checks and runs one job.
-async fn process(shared: &Shared, msg: &Message) -> JobEnd {
+/// Decodes, checks, claims and runs one job; returns how it ended and this run's claim, if
+/// it took one.
+async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option<Arc<Claim>>) {
     let node = &shared.config.node;
     let kind = msg.subject.rsplit('.').next().unwrap_or_default();
     let job = match Job::decode(&msg.payload) {
         Ok(job) if kind == "create" => job,
         Ok(_) => {
-            return reject(
-                shared,
-                &msg.payload,
-                ErrorKind::InvalidMessage,
-                format!("unknown job kind `{kind}` in subject {}", msg.subject),
-            )
-            .await;
+            let why = format!("unknown job kind `{kind}` in subject {}", msg.subject);
+            return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
         }
         Err(e) => {
-            return reject(shared, &msg.payload, ErrorKind::InvalidMessage, format!("unreadable job message: {e}"))
-                .await;
+            let why = format!("unreadable job message: {e}");
+            return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
         }
     };
     if &job.node != node {
-        return reject(
-            shared,
-            &msg.payload,
-            ErrorKind::WrongNode,
-            format!("the job is for node {} but was delivered to the agent of {node}", job.node),
-        )
-        .await;
+        let why = format!("the job is for node {} but was delivered to the agent of {node}", job.node);
+        return (reject(shared, &msg.payload, ErrorKind::WrongNode, why, owner).await, None);
     }
     if let Err(e) = job.validate() {
-        return reject(shared, &msg.payload, ErrorKind::Validation, e.to_string()).await;
+        return (reject(shared, &msg.payload, ErrorKind::Validation, e.to_string(), owner).await, None);
     }
+    let claimed = match create::claim(&job, &shared.bus, owner, shared.config.ack_wait).await {
+        Ok(c) => c,
+        Err(end) => return (end, None),
+    };
+    let claim = claimed.claim.clone();
     shared.running.lock().expect("running set").insert(job.job_id);
     let cancel = CancellationToken::new();
     shared.cancels.lock().expect("cancels").insert(job.job_id, cancel.clone());
-    let end = create::run(&job, &shared.pve, &shared.bus, &shared.config.ssh, &shared.stop, &cancel).await;
+    let end = create::run(&job, claimed, &shared.pve, &shared.bus, &shared.config.ssh, &shared.stop, &cancel).await;
     shared.cancels.lock().expect("cancels").remove(&job.job_id);
     shared.running.lock().expect("running set").remove(&job.job_id);
-    end
+    (end, Some(claim))
 }
 
 /// Ends a message that cannot run: logged, and an `error` event when its job id can be read.
-async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: String) -> JobEnd {
+async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: String, owner: &str) -> JobEnd {
     let node = &shared.config.node;
     let Some(job_id) = job_id_of(payload) else {
         tracing::error!(%message, "rejected a message without a readable job id");
         return JobEnd::Rejected;
     };
     tracing::error!(%job_id, ?kind, %message, "rejected a job message");
-    match terminal_error(&shared.bus, node, job_id, kind, message).await {
+    match terminal_error(&shared.bus, node, job_id, kind, message, owner).await {
         Ok(()) => JobEnd::Rejected,
+        // Ended meanwhile by someone else (a cancel): nothing more to say.
+        Err(crate::bus::BusError::Superseded) => JobEnd::Rejected,
         Err(e) => JobEnd::Bus(e),
     }
 }
@@ -184,8 +203,9 @@ async fn terminal_error(
     job_id: JobId,
     kind: ErrorKind,
     message: String,
+    owner: &str,
 ) -> Result<(), crate::bus::BusError> {
-    let (mut events, last) = EventLog::open(bus, node, job_id).await?;
+    let (mut events, last) = EventLog::open(bus, node, job_id, owner).await?;
     if last.as_ref().is_some_and(|e| e.is_terminal()) {
         return Ok(()); // a redelivery of a message already ended
     }

@@ -126,6 +126,13 @@ pub struct JobResult {
     pub host_key: Option<String>,
 }
 
+/// The most an event may weigh on the wire, well under nats-server's default `max_payload`
+/// (1 MiB), so an event is never refused for its size.
+pub const MAX_EVENT_BYTES: usize = 256 * 1024;
+
+/// What marks a text cut to fit [`MAX_EVENT_BYTES`].
+pub const CUT_MARK: &str = " …[cut to fit the event]";
+
 /// One event of a job. `seq` runs 1, 2, 3… per job without gaps, across redeliveries.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Event {
@@ -157,6 +164,41 @@ impl Event {
         serde_json::to_vec(self).expect("an event always serializes")
     }
 
+    /// The event encoded in at most `max` bytes: when it is bigger, its longest texts (the
+    /// message, the error's message) are cut, marked, until it fits. Sizes are measured after
+    /// encoding, since JSON escaping can make a line six times longer than it was.
+    pub fn encode_within(&self, max: usize) -> Vec<u8> {
+        let mut bytes = self.encode();
+        let mut event = self.clone();
+        while bytes.len() > max {
+            let over = bytes.len() - max;
+            let longest = [
+                Some(event.message.len()),
+                event.result.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.message.len()),
+            ];
+            let cut_error = longest[1].is_some_and(|e| e > longest[0].unwrap_or(0));
+            let text = if cut_error {
+                &mut event.result.as_mut().and_then(|r| r.error.as_mut()).expect("checked").message
+            } else {
+                &mut event.message
+            };
+            if text.len() <= CUT_MARK.len() {
+                // Nothing left to cut (a pathological node name or result); the bus refuses it.
+                break;
+            }
+            // A raw byte cut is at least one encoded byte gone, so one cut per text suffices.
+            let keep = text.len().saturating_sub(over + CUT_MARK.len());
+            let mut at = keep;
+            while !text.is_char_boundary(at) {
+                at -= 1;
+            }
+            text.truncate(at);
+            text.push_str(CUT_MARK);
+            bytes = event.encode();
+        }
+        bytes
+    }
+
     pub fn is_terminal(&self) -> bool {
         self.kind.is_terminal()
     }
@@ -174,4 +216,63 @@ pub struct CancelReply {
     /// Whether the job was running here and is now being cancelled.
     pub ok: bool,
     pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_event(message: String) -> Event {
+        let node = NodeName::new("pve1").unwrap();
+        let job_id = JobId::new();
+        Event {
+            v: V1,
+            job_id,
+            node: node.clone(),
+            seq: 9,
+            kind: EventType::Error,
+            step: Some(Step::Deploying),
+            percent: 80,
+            message: message.clone(),
+            timestamp: Timestamp::now(),
+            stream: None,
+            result: Some(JobResult {
+                success: false,
+                job_id,
+                node,
+                vmid: None,
+                ip: None,
+                error: Some(ErrorInfo { kind: ErrorKind::Deploy, step: Step::Deploying, message }),
+                rolled_back: false,
+                host_key: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_huge_event_is_cut_to_fit_after_escaping() {
+        // Twenty 16 KiB lines of control characters: each byte becomes six when escaped.
+        let line = "\u{1}".repeat(16 * 1024);
+        let event = error_event(vec![line; 20].join("\n"));
+        assert!(event.encode().len() > 3 * 1024 * 1024);
+        let bytes = event.encode_within(MAX_EVENT_BYTES);
+        assert!(bytes.len() <= MAX_EVENT_BYTES, "{} bytes", bytes.len());
+        let cut = Event::decode(&bytes).unwrap();
+        assert!(cut.message.ends_with(CUT_MARK));
+        assert!(cut.result.unwrap().error.unwrap().message.ends_with(CUT_MARK));
+        assert_eq!((cut.seq, cut.kind), (9, EventType::Error));
+    }
+
+    #[test]
+    fn a_small_event_is_left_whole_and_multibyte_text_is_cut_on_a_boundary() {
+        let event = error_event("short".into());
+        assert_eq!(event.encode_within(MAX_EVENT_BYTES), event.encode());
+        let mut event = error_event("short".into());
+        event.message = "é".repeat(100_000);
+        let bytes = event.encode_within(64 * 1024);
+        assert!(bytes.len() <= 64 * 1024);
+        let cut = Event::decode(&bytes).unwrap();
+        assert!(cut.message.ends_with(CUT_MARK) && cut.message.starts_with("éé"), "{}", cut.message.len());
+        assert_eq!(cut.result.unwrap().error.unwrap().message, "short");
+    }
 }

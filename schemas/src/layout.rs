@@ -16,6 +16,9 @@ pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
 /// A checkpoint outlives any job by far; a leftover one expires.
 pub const CHECKPOINT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// A vmid reservation outlives the few seconds between its choice and the create by far; a
+/// job that resumes after it expired finds the id taken or free, and acts on what it finds.
+pub const VMID_RESERVATION_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// An agent's heartbeat entry expires after this long without a beat (three 5 s beats).
 pub const DEFAULT_HEARTBEAT_TTL: Duration = Duration::from_secs(15);
 
@@ -53,6 +56,19 @@ pub fn jobs_bucket(replicas: usize) -> kv::Config {
         description: "pvefleet job checkpoints: what a redelivered job resumes from".into(),
         history: 1,
         max_age: CHECKPOINT_MAX_AGE,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Vmid reservations.
+pub fn vmids_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: names::VMIDS_BUCKET.into(),
+        description: "pvefleet vmids chosen for jobs, so concurrent jobs never pick the same one".into(),
+        history: 1,
+        max_age: VMID_RESERVATION_MAX_AGE,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()

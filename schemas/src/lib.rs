@@ -31,7 +31,7 @@ pub use spec::{
     ContainerSpec, DeploySpec, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions, RollbackPolicy, ScriptSpec,
     Secret, Timeouts,
 };
-pub use state::{Capacity, Checkpoint, Heartbeat, StorageCapacity};
+pub use state::{Capacity, Checkpoint, Heartbeat, Lease, StorageCapacity, VmidReservation};
 pub use validate::{FieldError, ValidationErrors};
 
 /// Every container pvefleet creates carries the tag `pvefleet-<short job id>`; it is how an

@@ -14,6 +14,8 @@ pub const EVENTS_SUBJECTS: &str = "pvefleet.events.>";
 pub const NODES_BUCKET: &str = "pvefleet-nodes";
 /// Job checkpoints, keyed by `<node>.<job_id>`.
 pub const JOBS_BUCKET: &str = "pvefleet-jobs";
+/// Vmids chosen for jobs and not yet created, keyed by vmid.
+pub const VMIDS_BUCKET: &str = "pvefleet-vmids";
 
 /// The kinds of job an agent takes, as the last token of the job subject.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,6 +69,11 @@ pub fn cancel_subject(node: &NodeName) -> String {
 /// `<node>.<job_id>`: a job's checkpoint key in [`JOBS_BUCKET`].
 pub fn checkpoint_key(node: &NodeName, job: &JobId) -> String {
     format!("{node}.{job}")
+}
+
+/// `<vmid>`: a vmid's reservation key in [`VMIDS_BUCKET`].
+pub fn vmid_key(vmid: crate::ids::Vmid) -> String {
+    vmid.to_string()
 }
 
 /// `<node>`: a node's heartbeat key in [`NODES_BUCKET`].

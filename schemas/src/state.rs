@@ -84,6 +84,40 @@ pub struct Checkpoint {
     /// Set when the job has failed: a redelivery goes on with the rollback, not the steps.
     #[serde(default)]
     pub failure: Option<ErrorInfo>,
+    /// The run that may act on the job, until when. Every write of the checkpoint is a
+    /// compare-and-set on its revision, so a run that lost its lease cannot write it back.
+    #[serde(default)]
+    pub lease: Option<Lease>,
+}
+
+/// One run's hold on a job: no other run acts on the job before `until`, unless released.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Lease {
+    /// `<agent instance>/<run>`: unique per delivery handled.
+    pub owner: String,
+    pub until: Timestamp,
+}
+
+/// A vmid held for a job between its choice and the container's creation, in
+/// `pvefleet-vmids`: `/cluster/nextid` hands the same id to everyone who asks at once.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct VmidReservation {
+    pub v: V1,
+    pub vmid: Vmid,
+    pub job_id: JobId,
+    pub node: NodeName,
+    pub reserved_at: Timestamp,
+}
+
+impl VmidReservation {
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| DecodeError::Field { field: "vmid reservation".into(), message: e.to_string() })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a reservation always serializes")
+    }
 }
 
 impl Checkpoint {
@@ -103,6 +137,7 @@ impl Checkpoint {
             host_key: None,
             deployed: Vec::new(),
             failure: None,
+            lease: None,
         }
     }
 

@@ -64,6 +64,10 @@ class BedPve(FakePve):
         self.mem_used = {}          # node -> bytes of memory in use, reported by /nodes/{node}/status
         # PVE seconds a new container's start/stop/shutdown take (fakepve keeps these per container).
         self.ct_defaults = {'start_secs': 0, 'stop_secs': 0, 'shutdown_secs': 0}
+        # (method, path) -> {'times': n or None, 'how': '500' | 'drop'}: the request is carried out,
+        # then its answer is lost, as when pveproxy times out while the worker runs on.
+        self.lost_answers = {}
+        self.answers_lost = 0
 
     def bed_reset(self, time_scale):
         """Back to the launch state: no faults, no delay, nodes online, no task durations. Guests stay."""
@@ -73,6 +77,8 @@ class BedPve(FakePve):
         for ct in self.cts:
             ct.start_secs = ct.stop_secs = ct.shutdown_secs = 0
         self.failures.clear()
+        self.lost_answers.clear()
+        self.flaky_network()
         self.effects.clear()
         self.delay = 0.0
         for node in self.nodes:
@@ -82,7 +88,15 @@ class BedPve(FakePve):
         self.bed_requests += 1  # lets a test prove a client refused the TLS handshake before any request
         if self.delay:
             await asyncio.sleep(self.delay)
-        return await super()._middleware(request, handler)
+        response = await super()._middleware(request, handler)
+        how = self._lose_answer(request, response)
+        if how == 'drop':
+            request.transport.close()
+            raise ConnectionResetError('fakepve_launcher: answer lost (connection dropped after acting)')
+        if how == '500':
+            return web.json_response({'data': None, 'message': 'fakepve_launcher: answer lost after acting\n'},
+                                     status=500)
+        return response
     _middleware.__middleware_version__ = 1  # what @web.middleware marks; keeps aiohttp treating it as new-style
 
     async def _lxc_create(self, user, v):
@@ -103,6 +117,24 @@ class BedPve(FakePve):
         if ct is not None:
             vars(ct).update(self.ct_defaults)
         return upid
+
+    def _lose_answer(self, request, response):
+        """How this request's answer is lost ('500', 'drop'), if a /lose-answer rule matches it.
+
+        Only answers that report success are lost: the work was done, the client never hears it.
+        """
+        if response.status >= 400:
+            return None
+        for key, rule in list(self.lost_answers.items()):
+            if request.method != key[0] or not self._failure_matches(request, None, key[1]):
+                continue
+            if rule['times'] is not None:
+                rule['times'] -= 1
+                if rule['times'] <= 0:
+                    del self.lost_answers[key]
+            self.answers_lost += 1
+            return rule['how']
+        return None
 
     def _routes_bed(self):
         # fakepve's generic answer for node status is all zeros; give the figures its /nodes list shows.
@@ -230,7 +262,7 @@ def control_app(pve, initial_scale):
     async def health(request):
         return web.json_response({
             'ok': True, 'url': pve.url, 'time_scale': pve.time_scale, 'delay': pve.delay,
-            'requests': pve.bed_requests,
+            'requests': pve.bed_requests, 'answers_lost': pve.answers_lost,
             'nodes': {n: s.get('online', True) for n, s in sorted(pve.nodes.items())},
             'failures': [{'method': m, 'path': p, 'times': r['times']} for (m, p), r in pve.failures.items()],
             'containers': sorted(ct.vmid for ct in pve.cts)})
@@ -249,6 +281,29 @@ def control_app(pve, initial_scale):
                 pve.fail(method, path, field(data, 'status', int, 500), field(data, 'message', str), times=times)
         except (TypeError, ValueError) as e:
             raise refuse(str(e)) from None
+
+    @post('/lose-answer')
+    def lose_answer(data):
+        # Like /fail, but after fakepve has carried the request out.
+        method, path = field(data, 'method', str).upper(), field(data, 'path', str)
+        path = path[len('/api2/json'):] if path.startswith('/api2/json/') else path
+        if not path.startswith('/'):
+            raise refuse("'path' must start with / (relative to /api2/json)")
+        how = field(data, 'how', str, '500')
+        if how not in ('500', 'drop'):
+            raise refuse("'how' must be '500' or 'drop'")
+        pve.lost_answers[method, path] = {'times': field(data, 'times', int, 1) or None, 'how': how}
+
+    @post('/flaky')
+    def flaky(data):
+        # fakepve's own network trouble: a share of requests dropped (before acting) or hung.
+        seed = data.get('seed')
+        if seed is not None and type(seed) is not int:
+            raise refuse("field 'seed' must be an integer")
+        pve.flaky_network(drop_rate=field(data, 'drop_rate', float, 0.0), hang_rate=field(data, 'hang_rate', float, 0.0),
+                          hang_secs=field(data, 'hang_secs', float, 5.0), seed=seed)
+        if seed is not None:
+            pve._random.seed(seed)
 
     post('/task-error')(lambda data: pve.effects['error', task_type(data)].append(
         ('\n'.join(messages(data)), field(data, 'after', float, 0.0))))

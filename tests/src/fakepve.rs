@@ -17,6 +17,15 @@ use crate::{tools, wait_until};
 /// The template every fake node holds.
 pub const OSTEMPLATE: &str = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst";
 
+/// How a [`FakePve::lose_answer`] answer is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LostAnswer {
+    /// A 500 instead of the answer.
+    Error,
+    /// The connection is dropped before the answer.
+    Drop,
+}
+
 #[derive(Debug, Clone)]
 pub struct FakePveOptions {
     pub nodes: Vec<String>,
@@ -166,6 +175,30 @@ impl FakePve {
     /// (`pve.errors_for(method, path)` in fakepve lists them), e.g. a 400 with per-field errors.
     pub async fn fail_with_pve_error(&self, method: &str, path: &str, times: u32, error: &str) -> anyhow::Result<()> {
         self.control("/fail", json!({"method": method, "path": path, "times": times, "error": error})).await.map(drop)
+    }
+
+    /// The next `times` requests matching `method` and `path` are carried out, then their answer
+    /// is lost: a 500 (`LostAnswer::Error`) or a dropped connection (`LostAnswer::Drop`), as when
+    /// pveproxy times out while the worker runs on. `times` 0 means until [`FakePve::reset`].
+    pub async fn lose_answer(&self, method: &str, path: &str, times: u32, how: LostAnswer) -> anyhow::Result<()> {
+        let how = match how {
+            LostAnswer::Error => "500",
+            LostAnswer::Drop => "drop",
+        };
+        self.control("/lose-answer", json!({"method": method, "path": path, "times": times, "how": how}))
+            .await
+            .map(drop)
+    }
+
+    /// A flaky network: this share of requests is dropped before fakepve acts on it, and this
+    /// share hangs for `hang_secs` (PVE seconds) first. All zero clears it.
+    pub async fn flaky(&self, drop_rate: f64, hang_rate: f64, hang_secs: f64, seed: u64) -> anyhow::Result<()> {
+        self.control(
+            "/flaky",
+            json!({"drop_rate": drop_rate, "hang_rate": hang_rate, "hang_secs": hang_secs, "seed": seed}),
+        )
+        .await
+        .map(drop)
     }
 
     /// The next task of `task_type` (`vzcreate`, `vzstart`, …) ends in `TASK ERROR: message`.

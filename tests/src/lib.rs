@@ -29,7 +29,7 @@ pub mod tools;
 pub mod wait;
 
 pub use dir::TestDir;
-pub use fakepve::{FakePve, FakePveOptions};
+pub use fakepve::{FakePve, FakePveOptions, LostAnswer};
 pub use fleet::Fleet;
 pub use nats::{NatsCluster, NatsServer};
 pub use sshd::Sshd;

@@ -170,7 +170,9 @@ async fn a_failed_create_task_reports_its_log_and_leaves_nothing() -> anyhow::Re
         "{}",
         error.message
     );
-    assert!(result.rolled_back);
+    // PVE removed the half-made container itself: nothing was left to roll back.
+    assert!(!result.rolled_back);
+    assert!(events.last().unwrap().message.contains("nothing left behind"), "{}", events.last().unwrap().message);
     assert!(events.iter().any(|e| e.kind == EventType::Log && e.message.contains("Total bytes read")));
     assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
     bed.dir.pass();

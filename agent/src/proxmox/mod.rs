@@ -228,6 +228,30 @@ impl PveClient {
         id.ok_or_else(|| self.shape(Method::GET, "/cluster/nextid", format!("{data}")))
     }
 
+    /// Whether `vmid` is free in the whole cluster (PVE answers 400 for a taken one).
+    pub async fn vmid_is_free(&self, vmid: Vmid) -> Result<bool, PveError> {
+        match self.call(Method::GET, "/cluster/nextid", &[("vmid", vmid.to_string())]).await {
+            Ok(_) => Ok(true),
+            Err(PveError::Api { status: 400, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The guests in the cluster carrying `tag`, as `(node, vmid)`.
+    pub async fn guests_tagged(&self, tag: &str) -> Result<Vec<(String, Vmid)>, PveError> {
+        let data = self.call(Method::GET, "/cluster/resources", &[("type", "vm".to_owned())]).await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["tags"].as_str().is_some_and(|tags| has_tag(tags, tag)))
+            .filter_map(|g| {
+                let vmid = g["vmid"].as_u64().and_then(|n| u32::try_from(n).ok()).and_then(|n| Vmid::new(n).ok())?;
+                Some((g["node"].as_str()?.to_owned(), vmid))
+            })
+            .collect())
+    }
+
     /// A container's config on this node, or `None` when it does not exist here.
     pub async fn container_config(&self, vmid: Vmid) -> Result<Option<Value>, PveError> {
         match self.call(Method::GET, &self.node_path(&format!("/lxc/{vmid}/config")), &[]).await {
@@ -333,6 +357,12 @@ impl PveClient {
             .and_then(|s| s.parse::<Upid>().ok())
             .ok_or_else(|| self.shape(method, path, format!("expected a task UPID, got {data}")))
     }
+}
+
+/// Whether PVE's tag list (`a;b`, also split on `,` and spaces) holds `tag`, as PVE compares
+/// them: without regard to case.
+pub fn has_tag(tags: &str, tag: &str) -> bool {
+    tags.split([';', ',', ' ']).any(|t| t.eq_ignore_ascii_case(tag))
 }
 
 fn transport_error(method: Method, path: &str, source: reqwest::Error) -> PveError {

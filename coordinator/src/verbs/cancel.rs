@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::{self, message::PublishMessage};
 use pvefleet_schemas::names::{JOBS_STREAM, cancel_subject, event_subject};
 use pvefleet_schemas::{
@@ -82,13 +83,16 @@ async fn last_event(js: &jetstream::Context, node: &NodeName, id: &JobId) -> any
     }
 }
 
-/// Removes a job still in the queue and ends it with a `cancelled` error. Returns false when
-/// its agent got there first (the message is gone, or the agent's first event is out).
-async fn cancel_queued(js: &jetstream::Context, node: &NodeName, id: &JobId, seq: u64) -> anyhow::Result<bool> {
-    let stream = js.get_stream(JOBS_STREAM).await?;
-    if stream.delete_message(seq).await.is_err() {
-        return Ok(false);
-    }
+/// Ends a job still in the queue with a `cancelled` error and removes its message. Returns
+/// false when its agent got there first (its first event is out), and then touches nothing.
+///
+/// The event comes first, and only as the job's first event: whoever writes a job's first
+/// event owns its end. If the agent wrote first, the job is running and its agent is asked
+/// instead. If the cancel wrote first, the agent finds the job ended and acks it; removing
+/// the message only spares it the trip. The cancel's message id is its own (`<job>:cancel`),
+/// so the server can never take the agent's first event for a duplicate of it or the other
+/// way round.
+pub async fn cancel_queued(js: &jetstream::Context, node: &NodeName, id: &JobId, seq: u64) -> anyhow::Result<bool> {
     let message = "cancelled by an operator while queued".to_owned();
     let event = Event {
         v: V1,
@@ -112,16 +116,22 @@ async fn cancel_queued(js: &jetstream::Context, node: &NodeName, id: &JobId, seq
             host_key: None,
         }),
     };
-    // Only as the job's first event: if its agent has already published, it is running.
     let publish = PublishMessage::build()
         .payload(event.encode().into())
-        .message_id(format!("{id}:1"))
+        .message_id(format!("{id}:cancel"))
         .expected_last_subject_sequence(0);
     match js.send_publish(event_subject(node, id), publish).await?.await {
-        Ok(_) => Ok(true),
-        Err(e) => {
-            tracing::info!(error = %e, "the agent published first; cancelling the running job");
-            Ok(false)
+        Ok(_) => {}
+        Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            tracing::info!("the agent published first; cancelling the running job");
+            return Ok(false);
         }
+        Err(e) => return Err(e.into()),
     }
+    let stream = js.get_stream(JOBS_STREAM).await?;
+    if let Err(e) = stream.delete_message(seq).await {
+        // Already taken by its agent, which finds the job ended and acks it.
+        tracing::info!(error = %e, "the job's message was not removed; its agent will drop it");
+    }
+    Ok(true)
 }

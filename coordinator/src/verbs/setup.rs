@@ -15,7 +15,11 @@ pub async fn run(urls: &str, creds: Option<&std::path::Path>, replicas: usize) -
         js.create_or_update_stream(config).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
         println!("stream {name}: ready ({replicas} replica{})", if replicas == 1 { "" } else { "s" });
     }
-    for config in [layout::jobs_bucket(replicas), layout::nodes_bucket(replicas, layout::DEFAULT_HEARTBEAT_TTL)] {
+    for config in [
+        layout::jobs_bucket(replicas),
+        layout::nodes_bucket(replicas, layout::DEFAULT_HEARTBEAT_TTL),
+        layout::vmids_bucket(replicas),
+    ] {
         let name = config.bucket.clone();
         js.create_or_update_key_value(config).await.map_err(|e| anyhow::anyhow!("KV bucket {name}: {e}"))?;
         println!("KV bucket {name}: ready");
