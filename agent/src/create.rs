@@ -176,6 +176,7 @@ pub async fn run(
             marker: job.job_id.marker_tag(),
             ssh: None,
             remote_tmp: None,
+            log_bytes: 0,
         };
         let end = tokio::select! {
             end = run.drive(stop, cancel) => end,
@@ -211,6 +212,8 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) ssh: Option<Arc<SshSession>>,
     /// A private dir in the container for script files, removed when the deploy ends.
     pub(crate) remote_tmp: Option<String>,
+    /// Bytes of script output this run has forwarded as events.
+    pub(crate) log_bytes: usize,
 }
 
 impl CreateJob<'_> {
@@ -695,7 +698,10 @@ impl CreateJob<'_> {
     }
 
     /// Records the failure, applies the rollback policy and ends the job with its error event.
-    async fn fail(&mut self, failure: ErrorInfo) -> Result<JobEnd, BusError> {
+    async fn fail(&mut self, mut failure: ErrorInfo) -> Result<JobEnd, BusError> {
+        // A script's tail can be megabytes once escaped: keep what the checkpoint and the
+        // error event can carry.
+        failure.message = pvefleet_schemas::event::cut(&failure.message, pvefleet_schemas::event::MAX_ERROR_TEXT);
         tracing::warn!(kind = ?failure.kind, step = %failure.step, message = %failure.message, "job failed");
         self.cp.failure = Some(failure.clone());
         self.save().await?;

@@ -17,6 +17,10 @@ use crate::ssh::{ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTar
 /// printing without end cannot flood the events stream.
 pub const MAX_SCRIPT_LINES: usize = 10_000;
 
+/// A job's script output forwarded as events, at most, over all its scripts: the events
+/// stream keeps a week of every job, on every replica.
+pub const MAX_JOB_LOG_BYTES: usize = 16 * 1024 * 1024;
+
 /// Lines kept for an error message.
 const TAIL_LINES: usize = 20;
 
@@ -313,17 +317,20 @@ impl CreateJob<'_> {
                 tail.pop_front();
             }
             tail.push_back(line.clone());
-            if forwarded < MAX_SCRIPT_LINES {
+            let room = forwarded < MAX_SCRIPT_LINES && self.log_bytes + line.len() <= MAX_JOB_LOG_BYTES;
+            if room {
                 forwarded += 1;
+                self.log_bytes += line.len();
                 self.events.log(stream, line).await?;
-                if forwarded == MAX_SCRIPT_LINES {
-                    self.events
-                        .warning(format!(
-                            "{label}: {MAX_SCRIPT_LINES} lines forwarded; further output is not sent as events"
-                        ))
-                        .await?;
-                }
             } else {
+                if dropped == 0 {
+                    let why = if forwarded == MAX_SCRIPT_LINES {
+                        format!("{MAX_SCRIPT_LINES} lines forwarded")
+                    } else {
+                        format!("the job's output reached {} MiB", MAX_JOB_LOG_BYTES >> 20)
+                    };
+                    self.events.warning(format!("{label}: {why}; further output is not sent as events")).await?;
+                }
                 dropped += 1;
             }
         }

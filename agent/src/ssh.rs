@@ -166,9 +166,22 @@ impl std::fmt::Display for ExitStatus {
 /// A finished command's output.
 #[derive(Debug, Clone)]
 pub struct ExecOutput {
+    /// The first [`EXEC_OUTPUT_MAX`] bytes of each stream; `cut` says whether there was more.
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub status: ExitStatus,
+    pub cut: bool,
+}
+
+/// What [`SshSession::exec`] keeps of a stream: it runs the agent's own short commands, whose
+/// answers are a line or two; a command that prints without end is read to its end but not
+/// kept. Output meant for people goes through [`SshSession::exec_streaming`].
+pub const EXEC_OUTPUT_MAX: usize = 64 * 1024;
+
+fn keep(buf: &mut Vec<u8>, data: &[u8], cut: &mut bool) {
+    let room = EXEC_OUTPUT_MAX.saturating_sub(buf.len());
+    buf.extend_from_slice(&data[..data.len().min(room)]);
+    *cut |= data.len() > room;
 }
 
 /// What to upload.
@@ -312,11 +325,11 @@ impl SshSession {
     pub async fn exec(&self, command: &str) -> Result<ExecOutput, SshError> {
         let mut channel = self.channel().await?;
         channel.exec(true, command).await.map_err(|e| SshError::Channel(e.to_string()))?;
-        let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), ExitStatus::Unknown);
+        let (mut stdout, mut stderr, mut status, mut cut) = (Vec::new(), Vec::new(), ExitStatus::Unknown, false);
         while let Some(msg) = channel.wait().await {
             match msg {
-                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                ChannelMsg::Data { data } => keep(&mut stdout, &data, &mut cut),
+                ChannelMsg::ExtendedData { data, ext: 1 } => keep(&mut stderr, &data, &mut cut),
                 ChannelMsg::ExitStatus { exit_status } => status = ExitStatus::Code(exit_status),
                 ChannelMsg::ExitSignal { signal_name, core_dumped, error_message, .. } => {
                     status =
@@ -325,7 +338,7 @@ impl SshSession {
                 _ => {}
             }
         }
-        Ok(ExecOutput { stdout, stderr, status })
+        Ok(ExecOutput { stdout, stderr, status, cut })
     }
 
     /// Starts `command` and hands its output back line by line, in the order produced.

@@ -157,9 +157,67 @@ pub fn overlay(base: &mut toml::Table, top: toml::Table) {
     }
 }
 
-/// Appends `more`'s packages, files and scripts to `base`'s.
+/// Adds `more`'s packages, files and scripts to `base`'s. A file at a path `base` already
+/// writes, or a script with a name it already runs, replaces that one where it stands: the
+/// later source overrides the earlier, as for the container's fields.
 pub fn extend_deploy(base: &mut DeploySpec, more: DeploySpec) {
-    base.packages.extend(more.packages);
-    base.files.extend(more.files);
-    base.scripts.extend(more.scripts);
+    for package in more.packages {
+        if !base.packages.contains(&package) {
+            base.packages.push(package);
+        }
+    }
+    for file in more.files {
+        match base.files.iter_mut().find(|f| f.path == file.path) {
+            Some(earlier) => *earlier = file,
+            None => base.files.push(file),
+        }
+    }
+    for script in more.scripts {
+        match base.scripts.iter_mut().find(|s| s.name == script.name) {
+            Some(earlier) => *earlier = script,
+            None => base.scripts.push(script),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pvefleet_schemas::{FileSpec, ScriptSpec};
+
+    fn file(path: &str, content: &str) -> FileSpec {
+        FileSpec {
+            path: path.into(),
+            content: Some(content.into()),
+            source: None,
+            mode: "0644".parse().unwrap(),
+            owner: None,
+        }
+    }
+
+    fn script(name: &str, body: &str) -> ScriptSpec {
+        ScriptSpec { name: name.into(), body: body.into(), interpreter: "/bin/sh".into(), timeout: None }
+    }
+
+    #[test]
+    fn a_later_file_or_script_of_the_same_name_overrides_the_earlier() {
+        let mut template = DeploySpec {
+            packages: vec!["nginx".into()],
+            files: vec![file("/etc/a", "template a"), file("/etc/b", "template b")],
+            scripts: vec![script("enable", "template"), script("check", "true")],
+        };
+        let spec = DeploySpec {
+            packages: vec!["nginx".into(), "curl".into()],
+            files: vec![file("/etc/a", "spec a"), file("/etc/c", "spec c")],
+            scripts: vec![script("enable", "spec")],
+        };
+        extend_deploy(&mut template, spec);
+        assert_eq!(template.packages, ["nginx", "curl"]);
+        let files: Vec<(&str, &str)> =
+            template.files.iter().map(|f| (f.path.as_str(), f.content.as_deref().unwrap())).collect();
+        assert_eq!(files, [("/etc/a", "spec a"), ("/etc/b", "template b"), ("/etc/c", "spec c")]);
+        let scripts: Vec<(&str, &str)> = template.scripts.iter().map(|s| (s.name.as_str(), s.body.as_str())).collect();
+        assert_eq!(scripts, [("enable", "spec"), ("check", "true")]);
+        assert!(template.validate().is_ok());
+    }
 }

@@ -2,10 +2,10 @@
 //! default or Postgres by URL, with the same code and migrations. Secrets are never stored:
 //! a job's spec is kept without its root password.
 
-use sea_orm::sea_query::{Index, OnConflict};
+use sea_orm::sea_query::{Alias, ColumnDef, Index, OnConflict, Table};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, Database, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    Schema, Set, TransactionTrait,
+    Set, TransactionTrait,
 };
 use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
 
@@ -124,21 +124,71 @@ impl MigrationName for Init {
     }
 }
 
+/// The first schema, written out column by column: a migration must create the same tables
+/// whatever the entities above say later. A change of an entity is a new migration.
 #[async_trait::async_trait]
 impl MigrationTrait for Init {
     async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
-        let schema = Schema::new(manager.get_database_backend());
-        manager.create_table(schema.create_table_from_entity(template::Entity).if_not_exists().to_owned()).await?;
-        manager.create_table(schema.create_table_from_entity(job::Entity).if_not_exists().to_owned()).await?;
-        manager.create_table(schema.create_table_from_entity(event::Entity).if_not_exists().to_owned()).await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("templates"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("name")).string().not_null().primary_key())
+                    .col(ColumnDef::new(Alias::new("spec")).text().not_null())
+                    .col(ColumnDef::new(Alias::new("created_at")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("updated_at")).string().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("jobs"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("job_id")).string().not_null().primary_key())
+                    .col(ColumnDef::new(Alias::new("node")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("state")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("hostname")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("spec")).text().not_null())
+                    .col(ColumnDef::new(Alias::new("template")).string())
+                    .col(ColumnDef::new(Alias::new("request_id")).string().unique_key())
+                    .col(ColumnDef::new(Alias::new("vmid")).big_integer())
+                    .col(ColumnDef::new(Alias::new("ip")).string())
+                    .col(ColumnDef::new(Alias::new("error_kind")).string())
+                    .col(ColumnDef::new(Alias::new("error_message")).text())
+                    .col(ColumnDef::new(Alias::new("submitted_at")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("started_at")).string())
+                    .col(ColumnDef::new(Alias::new("finished_at")).string())
+                    .col(ColumnDef::new(Alias::new("stream_seq")).big_integer())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("events"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("id")).big_integer().not_null().auto_increment().primary_key())
+                    .col(ColumnDef::new(Alias::new("job_id")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("seq")).big_integer().not_null())
+                    .col(ColumnDef::new(Alias::new("kind")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("step")).string())
+                    .col(ColumnDef::new(Alias::new("percent")).integer().not_null())
+                    .col(ColumnDef::new(Alias::new("message")).text().not_null())
+                    .col(ColumnDef::new(Alias::new("stream")).string())
+                    .col(ColumnDef::new(Alias::new("timestamp")).string().not_null())
+                    .to_owned(),
+            )
+            .await?;
         // Recording an event twice changes nothing.
         manager
             .create_index(
                 Index::create()
                     .name("events_job_seq")
-                    .table(event::Entity)
-                    .col(event::Column::JobId)
-                    .col(event::Column::Seq)
+                    .table(Alias::new("events"))
+                    .col(Alias::new("job_id"))
+                    .col(Alias::new("seq"))
                     .unique()
                     .if_not_exists()
                     .to_owned(),
@@ -148,9 +198,9 @@ impl MigrationTrait for Init {
             .create_index(
                 Index::create()
                     .name("jobs_node_state")
-                    .table(job::Entity)
-                    .col(job::Column::Node)
-                    .col(job::Column::State)
+                    .table(Alias::new("jobs"))
+                    .col(Alias::new("node"))
+                    .col(Alias::new("state"))
                     .if_not_exists()
                     .to_owned(),
             )
@@ -370,7 +420,10 @@ impl Store {
         if model.started_at.as_ref().is_none() && e.kind != EventType::Error {
             model.started_at = Set(Some(e.timestamp.to_string()));
         }
-        if let Some(result) = &e.result {
+        // The first terminal event is the job's end; a later one (a forgery, a second writer)
+        // changes nothing.
+        let finished = rank(&current) >= 2;
+        if let Some(result) = e.result.as_ref().filter(|_| !finished) {
             model.vmid = Set(result.vmid.map(|v| i64::from(v.get())));
             model.ip = Set(result.ip.map(|ip| ip.to_string()));
             if let Some(err) = &result.error {
@@ -443,6 +496,79 @@ mod tests {
         assert!(rank("failed") > rank("running"));
         assert_eq!(rank("succeeded"), rank("cancelled"));
         assert_eq!(STATES.len(), 5);
+    }
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&dir.path().join("store.db")).unwrap();
+        let store = Store::open(&url).await.unwrap();
+        (dir, store)
+    }
+
+    /// The first migration's tables, as SQLite holds them: frozen, whatever the entities say.
+    #[tokio::test]
+    async fn the_first_migration_makes_the_same_tables_for_ever() {
+        let (_dir, store) = temp_store().await;
+        let rows = store
+            .db
+            .query_all(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' AND name != 'seaql_migrations' ORDER BY name",
+            ))
+            .await
+            .unwrap();
+        let sql: Vec<String> = rows.iter().map(|r| r.try_get::<String>("", "sql").unwrap()).collect();
+        assert_eq!(
+            sql,
+            [
+                r#"CREATE TABLE "events" ( "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "job_id" varchar NOT NULL, "seq" bigint NOT NULL, "kind" varchar NOT NULL, "step" varchar, "percent" integer NOT NULL, "message" text NOT NULL, "stream" varchar, "timestamp" varchar NOT NULL )"#,
+                r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
+                r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint )"#,
+                r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
+                r#"CREATE TABLE "templates" ( "name" varchar NOT NULL PRIMARY KEY, "spec" text NOT NULL, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,
+            ]
+        );
+    }
+
+    fn terminal(job: JobId, seq: u64, success: bool, vmid: u32) -> Event {
+        let node = pvefleet_schemas::NodeName::new("pve1").unwrap();
+        let error = (!success).then(|| pvefleet_schemas::ErrorInfo {
+            kind: pvefleet_schemas::ErrorKind::Task,
+            step: pvefleet_schemas::Step::Creating,
+            message: "boom".into(),
+        });
+        Event {
+            v: pvefleet_schemas::V1,
+            job_id: job,
+            node: node.clone(),
+            seq,
+            kind: if success { EventType::Complete } else { EventType::Error },
+            step: None,
+            percent: 100,
+            message: "end".into(),
+            timestamp: pvefleet_schemas::Timestamp::now(),
+            stream: None,
+            result: Some(pvefleet_schemas::JobResult {
+                success,
+                job_id: job,
+                node,
+                vmid: Some(pvefleet_schemas::Vmid::new(vmid).unwrap()),
+                ip: None,
+                error,
+                rolled_back: false,
+                host_key: None,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_finished_jobs_result_is_not_overwritten_by_a_later_event() {
+        let (_dir, store) = temp_store().await;
+        let job = JobId::new();
+        assert!(store.record_event(&terminal(job, 1, true, 100)).await.unwrap());
+        assert!(store.record_event(&terminal(job, 2, false, 666)).await.unwrap());
+        let row = store.job(&job).await.unwrap().unwrap();
+        assert_eq!((row.state.as_str(), row.vmid, row.error_kind), ("succeeded", Some(100), None));
     }
 
     #[test]

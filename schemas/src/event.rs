@@ -133,6 +133,23 @@ pub const MAX_EVENT_BYTES: usize = 256 * 1024;
 /// What marks a text cut to fit [`MAX_EVENT_BYTES`].
 pub const CUT_MARK: &str = " …[cut to fit the event]";
 
+/// The most of a failure's message kept (in the checkpoint and the error event): enough for
+/// any error and the tail of a script's output, small enough that escaping cannot make a
+/// checkpoint or an event too big for NATS.
+pub const MAX_ERROR_TEXT: usize = 32 * 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary), marked when cut.
+pub fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut at = max.saturating_sub(CUT_MARK.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    format!("{}{CUT_MARK}", &text[..at])
+}
+
 /// One event of a job. `seq` runs 1, 2, 3… per job without gaps, across redeliveries.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
 pub struct Event {

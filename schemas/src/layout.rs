@@ -12,6 +12,10 @@ use crate::names;
 pub const JOBS_DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// How long events stay replayable.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The events stream's size bound: the oldest events go first when it is reached. A job
+/// forwards at most 16 MiB of script output, so this holds hundreds of the worst jobs and
+/// millions of ordinary ones.
+pub const EVENTS_MAX_BYTES: i64 = 10 * 1024 * 1024 * 1024;
 /// Republished events within this window are absorbed (an agent retrying a publish).
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
 /// A checkpoint outlives any job by far; a leftover one expires.
@@ -43,10 +47,19 @@ pub fn events_stream(replicas: usize) -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: EVENTS_MAX_AGE,
+        max_bytes: EVENTS_MAX_BYTES,
+        discard: stream::DiscardPolicy::Old,
+        // Agents cut every event to fit; anything bigger is not one of theirs.
+        max_message_size: events_max_message_size(),
         duplicate_window: EVENTS_DUPLICATE_WINDOW,
         num_replicas: replicas,
         ..Default::default()
     }
+}
+
+fn events_max_message_size() -> i32 {
+    // Headers (message id) come on top of the payload.
+    (crate::event::MAX_EVENT_BYTES + 4096) as i32
 }
 
 /// Job checkpoints.
@@ -85,5 +98,19 @@ pub fn nodes_bucket(replicas: usize, ttl: Duration) -> kv::Config {
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_events_stream_is_bounded_in_size_and_age() {
+        let events = events_stream(3);
+        assert_eq!(events.max_age, EVENTS_MAX_AGE);
+        assert_eq!(events.max_bytes, EVENTS_MAX_BYTES);
+        assert!(events.max_message_size as usize > crate::event::MAX_EVENT_BYTES);
+        assert_eq!(events.num_replicas, 3);
     }
 }

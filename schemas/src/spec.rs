@@ -412,8 +412,14 @@ impl DeploySpec {
                 && pkg.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:_=~*".contains(c));
             p.check(&format!("packages[{i}]"), ok, || format!("`{pkg}` is not a package name"));
         }
+        let mut paths = std::collections::HashSet::new();
         for (i, file) in self.files.iter().enumerate() {
             p.nest(&format!("files[{i}]"), file.validate());
+            // The agent records each file as done by its path: two files at one path would
+            // be one write, whichever came first.
+            p.check(&format!("files[{i}].path"), paths.insert(&file.path), || {
+                format!("`{}` is written by an earlier file", file.path)
+            });
         }
         let mut names = std::collections::HashSet::new();
         for (i, script) in self.scripts.iter().enumerate() {
@@ -721,13 +727,22 @@ mod tests {
     fn deploy_problems_are_named_with_their_index() {
         let d = DeploySpec {
             packages: vec!["curl".into(), "--force".into()],
-            files: vec![FileSpec {
-                path: "etc/motd".into(),
-                content: Some("hi".into()),
-                source: Some("/tmp/x".into()),
-                mode: FileMode(0o644),
-                owner: Some("a:b:c".into()),
-            }],
+            files: vec![
+                FileSpec {
+                    path: "etc/motd".into(),
+                    content: Some("hi".into()),
+                    source: Some("/tmp/x".into()),
+                    mode: FileMode(0o644),
+                    owner: Some("a:b:c".into()),
+                },
+                FileSpec {
+                    path: "etc/motd".into(),
+                    content: Some("again".into()),
+                    source: None,
+                    mode: FileMode(0o644),
+                    owner: None,
+                },
+            ],
             scripts: vec![
                 ScriptSpec { name: "s".into(), body: " ".into(), interpreter: "/bin/sh".into(), timeout: None },
                 ScriptSpec { name: "s".into(), body: "true".into(), interpreter: "/bin/sh".into(), timeout: None },
@@ -740,6 +755,8 @@ mod tests {
                 "files[0].path",
                 "files[0].content",
                 "files[0].owner",
+                "files[1].path",
+                "files[1].path",
                 "scripts[0].body",
                 "scripts[1].name"
             ]

@@ -305,3 +305,32 @@ async fn the_recorder_survives_restarts_and_records_each_event_once() -> anyhow:
     bed.dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_request_whose_publish_failed_is_published_by_the_same_command_again_never_twice() -> anyhow::Result<()> {
+    let bed = bed("cli-request-retry", &["pve1"], |d| Ok(TestDb::sqlite(d))).await?;
+    // The jobs stream is gone (an operator's mistake, a cluster without quorum): the publish fails.
+    bed.js.delete_stream(JOBS_STREAM).await?;
+    let mut args = submit_args("pve1", "retried", "127.0.0.3/32");
+    args.extend(["--request-id", "retried-01"]);
+    let first = bed.cli.run(&args).await?;
+    assert_eq!(first.code, Some(1), "{first:?}");
+    assert!(first.stderr.contains("run the same command"), "{}", first.stderr);
+
+    let setup = bed.cli.run(&["setup"]).await?;
+    assert!(setup.ok(), "{setup:?}");
+    let _agent = bed.agent("pve1")?;
+    let second = bed.cli.run(&args).await?;
+    assert!(second.ok(), "{second:?}");
+    let third = bed.cli.run(&args).await?;
+    assert_eq!(second.stdout, third.stdout, "the same request, the same job");
+    let job = second.stdout.trim().to_owned();
+    assert!(first.stderr.contains(&job), "the job recorded by the failed run is the one published: {}", first.stderr);
+    let watch = bed.cli.run(&["watch", &job]).await?;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    let listed: serde_json::Value = serde_json::from_str(&bed.cli.run(&["jobs", "--json"]).await?.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "one job: {listed}");
+    assert_eq!(bed.pve.containers().await?.len(), 1);
+    bed.dir.pass();
+    Ok(())
+}

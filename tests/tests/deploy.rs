@@ -255,3 +255,52 @@ async fn a_redelivered_deploy_does_not_rerun_what_succeeded() -> anyhow::Result<
     bed.dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failure_whose_message_is_bigger_than_nats_allows_still_ends_the_job() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 106);
+    let bed = bed("deploy-huge-error", ip).await?;
+    let mut job = create_job("pve1", "huge-error", ip);
+    // Twenty 16,000-byte lines of control characters: JSON writes each byte as six, so the
+    // error's tail (in its message and its result) comes to about 3.8 MB, beyond the 1 MiB
+    // nats-server takes.
+    job.deploy.scripts = vec![script(
+        "noisy",
+        "i=0; while [ $i -lt 20 ]; do head -c 16000 /dev/zero | tr '\\000' '\\001'; echo; i=$((i+1)); done; exit 3",
+    )];
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let last = events.last().unwrap();
+    let error = result_of(&events).error.as_ref().unwrap();
+    assert_eq!((error.kind, error.step), (ErrorKind::Deploy, Step::Deploying));
+    assert!(error.message.starts_with("script `noisy` exited with"), "{}", &error.message[..200]);
+    assert!(last.message.ends_with(pvefleet_schemas::event::CUT_MARK));
+    assert!(last.encode().len() <= pvefleet_schemas::event::MAX_EVENT_BYTES);
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new(), "rolled back");
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_jobs_output_is_capped_in_bytes_too() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 107);
+    let bed = bed("deploy-flood-bytes", ip).await?;
+    let mut job = create_job("pve1", "wide", ip);
+    // 1,200 lines of 16,000 bytes: far fewer lines than the line cap, more bytes than the job's.
+    job.deploy.scripts = vec![script(
+        "wide",
+        "i=0; while [ $i -lt 1200 ]; do head -c 16000 /dev/zero | tr '\\000' x; echo; i=$((i+1)); done",
+    )];
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success);
+    let bytes: usize = logs(&events, LogStream::Stdout).iter().map(String::len).sum();
+    assert!(bytes <= pvefleet_agent::deploy::MAX_JOB_LOG_BYTES, "{bytes} bytes forwarded");
+    assert!(bytes > pvefleet_agent::deploy::MAX_JOB_LOG_BYTES - 16_000);
+    assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("reached 16 MiB")), "no warning");
+    assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("more lines were not forwarded")));
+    bed.dir.pass();
+    Ok(())
+}

@@ -259,3 +259,31 @@ async fn a_job_redelivered_while_its_run_is_alive_is_not_run_twice() -> anyhow::
     bed.dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_job_whose_checkpoint_is_lost_finds_its_container_by_its_marker() -> anyhow::Result<()> {
+    let bed = Fleet::start("once-lost-checkpoint", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    bed.pve.time_scale(1.0).await?;
+    bed.pve.task_secs(serde_json::json!({"start": 4})).await?;
+    let job = create_job("pve1", "forgetful", Ipv4Addr::new(127, 0, 0, 60));
+    submit(&bed.js, &job).await?;
+    wait_until("the job to be starting its container", Duration::from_secs(30), || async {
+        let events = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await.ok()?;
+        events.iter().any(|e| e.step == Some(pvefleet_schemas::Step::Starting)).then_some(())
+    })
+    .await?;
+    agent.kill();
+    // The checkpoint is gone (expired, or its bucket made anew): only the marker is left.
+    let kv = bed.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
+    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
+    agent.restart()?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert_eq!(bed.pve.containers().await?, vec![result.vmid.unwrap().get()], "no second container");
+    assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("found its container")));
+    bed.dir.pass();
+    Ok(())
+}

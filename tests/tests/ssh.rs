@@ -66,6 +66,11 @@ async fn exec_keeps_streams_apart_and_reports_exit_codes_and_signals() -> anyhow
     // Output written after the command's exit status is still collected.
     let late = ssh.exec("(sleep 0.2; echo late) & exit 0").await?;
     assert_eq!(late.stdout, b"late\n");
+    // Output without end is read to the end but not kept.
+    let endless = ssh.exec("head -c 20000000 /dev/zero; echo done >&2").await?;
+    assert!(endless.status.success() && endless.cut);
+    assert_eq!(endless.stdout.len(), pvefleet_agent::ssh::EXEC_OUTPUT_MAX);
+    assert_eq!(endless.stderr, b"done\n");
     let killed = ssh.exec("kill -KILL $$").await?;
     assert!(matches!(&killed.status, ExitStatus::Signal { name, .. } if name.contains("KILL")), "{:?}", killed.status);
     ssh.close().await;

@@ -25,6 +25,11 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     {
         // The same request again: the same job, never a second one.
         eprintln!("request {key} was submitted before as job {}", existing.job_id);
+        if existing.stream_seq.is_none() && existing.state == "queued" {
+            // Recorded, but its publish was never confirmed (an error, a lost ack, a crash):
+            // publish that same job again; the stream drops it if it had landed after all.
+            return republish(cli, args, &store, &existing).await;
+        }
         return finish_existing(cli, args, &existing).await;
     }
 
@@ -94,28 +99,69 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         // A concurrent submit of the same request won the reservation.
         return finish_existing(cli, args, &existing).await;
     }
-    let published = async {
-        js.send_publish(
-            job_subject(&job.node, JobKind::Create),
-            PublishMessage::build().payload(job.encode().into()).message_id(job.job_id.to_string()),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("publishing the job: {e}"))?
-        .await
-        .map_err(|e| anyhow::anyhow!("the jobs stream did not take the job (run `pvefleet setup`?): {e}"))
-    }
-    .await;
-    let ack = match published {
-        Ok(ack) => ack,
+    let seq = match publish(&js, &job).await {
+        Ok(seq) => seq,
         Err(e) => {
-            store.delete_job(&job.job_id).await?;
+            if let Some(key) = &args.request_id {
+                // The job may or may not be in the stream: keep its record, so the same
+                // command again publishes this job, never a second one.
+                eprintln!(
+                    "job {} is recorded but not confirmed queued; run the same command (--request-id {key}) again",
+                    job.job_id
+                );
+            } else {
+                store.delete_job(&job.job_id).await?;
+            }
             return Err(e.into());
         }
     };
-    store.set_stream_seq(&job.job_id, ack.sequence).await?;
+    store.set_stream_seq(&job.job_id, seq).await?;
     let mut public = job.clone();
     public.container.root_password = None;
     finish(cli, args, job.job_id, &serde_json::to_string(&public).expect("a job serializes")).await
+}
+
+/// Publishes `job` with its id as the dedup id and returns its stream sequence. A publish
+/// that times out (a cluster electing a leader) is tried again: the same id makes that safe.
+async fn publish(js: &jetstream::Context, job: &Job) -> anyhow::Result<u64> {
+    use async_nats::jetstream::context::PublishErrorKind;
+    use backon::{ExponentialBuilder, Retryable as _};
+    let payload: bytes::Bytes = job.encode().into();
+    let retry = ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(200))
+        .with_max_delay(std::time::Duration::from_secs(3))
+        .with_total_delay(Some(std::time::Duration::from_secs(30)))
+        .without_max_times();
+    let ack = (|| async {
+        js.send_publish(
+            job_subject(&job.node, JobKind::Create),
+            PublishMessage::build().payload(payload.clone()).message_id(job.job_id.to_string()),
+        )
+        .await?
+        .await
+    })
+    .retry(retry)
+    .when(|e| matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe))
+    .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "publishing the job failed; retrying"))
+    .await
+    .map_err(|e| anyhow::anyhow!("the jobs stream did not take the job (run `pvefleet setup`?): {e}"))?;
+    Ok(ack.sequence)
+}
+
+/// Publishes a recorded job whose publish was never confirmed, with the password given now.
+async fn republish(
+    cli: &Cli,
+    args: &SubmitArgs,
+    store: &crate::store::Store,
+    existing: &crate::store::job::Model,
+) -> Outcome {
+    let mut job =
+        Job::decode(existing.spec.as_bytes()).map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
+    job.container.root_password = password(args)?;
+    let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
+    let seq = publish(&js, &job).await?;
+    store.set_stream_seq(&job.job_id, seq).await?;
+    finish_existing(cli, args, existing).await
 }
 
 /// Answers with a job recorded before (the same request id).
