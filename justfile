@@ -30,6 +30,13 @@ lint:
 schemas:
     PVEFLEET_BLESS=1 cargo test -p pvefleet-schemas --test golden checked_in_schemas_are_current
 
+# The fault harness: a 3-node JetStream cluster, fakepve with several nodes, an agent each,
+# generated faults, and a checker over the whole history. Flags: --seed N --jobs N
+# --seconds N --nodes N --spacing F. Exits 1 on any violation.
+chaos *FLAGS:
+    cargo build --workspace --bins --examples --locked
+    cargo run -q -p pvefleet-testbed --example chaos --locked -- {{FLAGS}}
+
 # The demo fleet: a local NATS, fake Proxmox, sshd and two agents running three jobs.
 demo:
     bash scripts/demo

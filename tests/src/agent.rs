@@ -108,6 +108,11 @@ impl Agent {
         self.proc.as_mut().expect("the agent is running")
     }
 
+    /// Whether the agent's process is alive (not killed, not exited).
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.try_wait().is_none())
+    }
+
     pub fn log_text(&self) -> String {
         self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
     }

@@ -11,12 +11,14 @@
 //! - [`fakepve`]: the fake Proxmox VE API (PyPI `fakepve`, run by `bed/fakepve_launcher.py`)
 //!   and its fault-injection controls.
 //! - [`agent`]: `pvefleet-agent` as a real process against the bed's servers.
+//! - [`chaos`]: the fault harness: generated faults against a whole fleet, and a checker.
 //! - [`cli`]: the `pvefleet` CLI with a store on SQLite or the machine's Postgres.
 //! - [`fleet`]: the usual start of a test: dir, nats-server with the streams, fakepve, agents.
 //! - [`jobs`]: building and publishing jobs, reading their events back, the event contract.
 //! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
 
 pub mod agent;
+pub mod chaos;
 pub mod cli;
 pub mod dir;
 pub mod fakepve;

@@ -154,11 +154,24 @@ impl NatsServer {
         Ok(async_nats::jetstream::new(self.client().await?))
     }
 
+    /// Whether the server's process is alive.
+    pub fn is_up(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.try_wait().is_none())
+    }
+
     /// SIGKILL: the server vanishes as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
+    }
+
+    /// Starts the server again on the same port and store without waiting for it (a cluster
+    /// member is ready only once a quorum is back: start them all, then wait).
+    pub fn relaunch(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.restarts += 1;
+        self.launch()
     }
 
     /// Starts the server again on the same port and store.

@@ -1,0 +1,307 @@
+//! The checker: the whole history against what the world holds at the end. Pure, so each
+//! rule can be read (and tested) on its own.
+//!
+//! Per job: exactly one terminal event, last; `seq` 1..n; percent never down; a completed job
+//! has exactly one container with its marker, with the vmid its result names, on its node; a
+//! failed or cancelled one has none; it did not fail for a transient fault; the store agrees.
+//! Across jobs: no guest belongs to no job; a cancel that printed success ended its job as
+//! cancelled; every run of one request printed the same job; nothing submitted was lost.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pvefleet_schemas::{ErrorKind, Event, EventType, JobId};
+
+use super::history::History;
+use super::observe::{Guest, Observed};
+
+/// One broken promise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: &'static str,
+    pub job: Option<JobId>,
+    pub detail: String,
+}
+
+/// How the jobs ended, for the summary.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    pub jobs: usize,
+    pub completed: usize,
+    /// Error kind (as on the wire) → jobs that failed with it.
+    pub failed: BTreeMap<String, usize>,
+}
+
+/// Error kinds a job may end with in a run: what the harness caused on purpose.
+const EXPECTED_FAILURES: [ErrorKind; 2] = [ErrorKind::Cancelled, ErrorKind::Task];
+
+pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
+    let mut v = Vec::new();
+    let mut outcomes = Outcomes::default();
+    let ids: BTreeSet<JobId> =
+        history.jobs.keys().chain(seen.events.keys()).chain(seen.store.keys()).copied().collect();
+    let mut guests_of: BTreeMap<JobId, Vec<&Guest>> = BTreeMap::new();
+    for guest in &seen.guests {
+        match ids.iter().find(|id| guest.tags.iter().any(|t| t.eq_ignore_ascii_case(&id.marker_tag()))) {
+            Some(id) => guests_of.entry(*id).or_default().push(guest),
+            None => v.push(Violation {
+                kind: "orphan_container",
+                job: None,
+                detail: format!("container {} on {} belongs to no job (tags {:?})", guest.vmid, guest.node, guest.tags),
+            }),
+        }
+    }
+    for id in &ids {
+        outcomes.jobs += 1;
+        let events = seen.events.get(id).map(Vec::as_slice).unwrap_or_default();
+        let mut bad = |kind: &'static str, detail: String| v.push(Violation { kind, job: Some(*id), detail });
+        let end = check_events(events, &mut bad);
+        let guests = guests_of.get(id).map(Vec::as_slice).unwrap_or_default();
+        if let Some(submitted) = history.jobs.get(id)
+            && events.iter().any(|e| e.node.as_str() != submitted.node)
+        {
+            bad("wrong_node", format!("events from another node than {}", submitted.node));
+        }
+        let Some(end) = end else {
+            if !guests.is_empty() {
+                bad("container_of_unended_job", format!("containers {:?}", vmids(guests)));
+            }
+            continue;
+        };
+        let result = end.result.as_ref();
+        match end.kind {
+            EventType::Complete => {
+                outcomes.completed += 1;
+                let want = result.and_then(|r| r.vmid).map(pvefleet_schemas::Vmid::get);
+                match guests {
+                    [one] if Some(one.vmid) == want && one.node == end.node.as_str() => {}
+                    [one] => bad(
+                        "wrong_container",
+                        format!("container {} on {}, the result says {want:?} on {}", one.vmid, one.node, end.node),
+                    ),
+                    [] => bad(
+                        "missing_container",
+                        format!("completed with vmid {want:?}, no container carries its marker"),
+                    ),
+                    many => bad("duplicate_containers", format!("{} containers: {:?}", many.len(), vmids(many))),
+                }
+            }
+            _ => {
+                let error = result.and_then(|r| r.error.as_ref());
+                let kind = error.map_or("none".to_owned(), |e| wire(&e.kind));
+                *outcomes.failed.entry(kind.clone()).or_default() += 1;
+                if !guests.is_empty() {
+                    bad("left_behind", format!("failed ({kind}) but left containers {:?}", vmids(guests)));
+                }
+                let caused = error.is_some_and(|e| {
+                    EXPECTED_FAILURES.contains(&e.kind)
+                        && (e.kind != ErrorKind::Task || e.message.contains("injected failure"))
+                });
+                if !caused {
+                    bad("failed_by_transient_fault", format!("{kind}: {}", end.message));
+                }
+            }
+        }
+        match seen.store.get(id) {
+            None => bad("store_missing", "the store has no such job".into()),
+            Some(row) => {
+                let state = match (end.kind, result.and_then(|r| r.error.as_ref()).map(|e| e.kind)) {
+                    (EventType::Complete, _) => "succeeded",
+                    (_, Some(ErrorKind::Cancelled)) => "cancelled",
+                    _ => "failed",
+                };
+                let vmid = result.and_then(|r| r.vmid).map(|v| i64::from(v.get()));
+                if row.state != state || row.vmid != vmid {
+                    bad(
+                        "store_disagrees",
+                        format!("store: {} vmid {:?}; events: {state} vmid {vmid:?}", row.state, row.vmid),
+                    );
+                }
+            }
+        }
+    }
+    for cancel in history.cancels.iter().filter(|c| c.code == Some(0)) {
+        let end = seen.events.get(&cancel.job).and_then(|e| e.iter().rev().find(|e| e.is_terminal()));
+        let cancelled =
+            end.and_then(|e| e.result.as_ref()?.error.as_ref()).is_some_and(|e| e.kind == ErrorKind::Cancelled);
+        if !cancelled {
+            v.push(Violation {
+                kind: "cancel_said_done_but_was_not",
+                job: Some(cancel.job),
+                detail: format!("`pvefleet cancel` said: {}", cancel.said.trim()),
+            });
+        }
+    }
+    for (request, printed) in &history.requests {
+        let distinct: BTreeSet<&JobId> = printed.iter().collect();
+        let stored = seen.store.values().filter(|r| r.request_id.as_deref() == Some(request.as_str())).count();
+        if distinct.len() != 1 || stored != 1 {
+            v.push(Violation {
+                kind: "request_made_two_jobs",
+                job: printed.first().copied(),
+                detail: format!("request {request}: submit printed {distinct:?}; the store has {stored} jobs for it"),
+            });
+        }
+    }
+    for what in &history.unsubmitted {
+        v.push(Violation { kind: "submit_never_went_through", job: None, detail: what.clone() });
+    }
+    for what in &seen.unreadable {
+        v.push(Violation { kind: "unreadable_event", job: None, detail: what.clone() });
+    }
+    (outcomes, v)
+}
+
+/// Checks one job's events in stream order and returns its terminal event, if it has one.
+fn check_events<'e>(events: &'e [Event], bad: &mut impl FnMut(&'static str, String)) -> Option<&'e Event> {
+    if events.is_empty() {
+        bad("lost", "no event at all".into());
+        return None;
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    if seqs.iter().enumerate().any(|(i, s)| *s != i as u64 + 1) {
+        bad("seq_not_1_to_n", format!("seqs {seqs:?}"));
+    }
+    if events.windows(2).any(|w| w[1].percent < w[0].percent) {
+        bad("percent_went_down", format!("{:?}", events.iter().map(|e| e.percent).collect::<Vec<_>>()));
+    }
+    let terminals: Vec<&Event> = events.iter().filter(|e| e.is_terminal()).collect();
+    match terminals.as_slice() {
+        [] => {
+            bad("lost", "no terminal event".into());
+            None
+        }
+        [one] => {
+            if !events.last().is_some_and(Event::is_terminal) {
+                bad("event_after_terminal", "events follow the terminal one".into());
+            }
+            Some(one)
+        }
+        [first, ..] => {
+            bad("two_terminal_events", format!("{} terminal events", terminals.len()));
+            Some(first)
+        }
+    }
+}
+
+fn vmids(guests: &[&Guest]) -> Vec<u32> {
+    guests.iter().map(|g| g.vmid).collect()
+}
+
+/// An enum's wire name (`task`, `cancelled`).
+fn wire<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::history::Submitted;
+    use super::super::observe::Row;
+    use super::*;
+    use pvefleet_schemas::{ErrorInfo, JobResult, NodeName, Step, Timestamp, V1, Vmid};
+
+    fn event(job: JobId, seq: u64, kind: EventType, result: Option<JobResult>) -> Event {
+        Event {
+            v: V1,
+            job_id: job,
+            node: NodeName::new("pve1").unwrap(),
+            seq,
+            kind,
+            step: None,
+            percent: seq as u8,
+            message: format!("event {seq}"),
+            timestamp: Timestamp::now(),
+            stream: None,
+            result,
+        }
+    }
+
+    fn result(job: JobId, vmid: u32, error: Option<ErrorKind>) -> JobResult {
+        JobResult {
+            success: error.is_none(),
+            job_id: job,
+            node: NodeName::new("pve1").unwrap(),
+            vmid: Some(Vmid::new(vmid).unwrap()),
+            ip: None,
+            error: error.map(|kind| ErrorInfo { kind, step: Step::Creating, message: "boom".into() }),
+            rolled_back: false,
+            host_key: None,
+        }
+    }
+
+    fn world(job: JobId, events: Vec<Event>, guests: Vec<u32>, state: &str) -> (History, Observed) {
+        let mut history = History::default();
+        history.jobs.insert(job, Submitted { index: 0, node: "pve1".into(), request_id: None });
+        let mut seen = Observed::default();
+        seen.events.insert(job, events);
+        seen.guests =
+            guests.into_iter().map(|vmid| Guest { vmid, node: "pve1".into(), tags: vec![job.marker_tag()] }).collect();
+        seen.store.insert(job, Row { state: state.into(), vmid: Some(100), request_id: None });
+        (history, seen)
+    }
+
+    fn kinds(v: &[Violation]) -> Vec<&'static str> {
+        v.iter().map(|v| v.kind).collect()
+    }
+
+    #[test]
+    fn a_clean_completed_job_passes() {
+        let job = JobId::new();
+        let events = vec![
+            event(job, 1, EventType::Accepted, None),
+            event(job, 2, EventType::Complete, Some(result(job, 100, None))),
+        ];
+        let (history, seen) = world(job, events, vec![100], "succeeded");
+        let (outcomes, violations) = check(&history, &seen);
+        assert_eq!(violations, []);
+        assert_eq!((outcomes.jobs, outcomes.completed), (1, 1));
+    }
+
+    #[test]
+    fn each_broken_promise_is_named() {
+        let job = JobId::new();
+        // Two containers for one job, seq with a gap, two terminal events, the store behind.
+        let events = vec![
+            event(job, 1, EventType::Accepted, None),
+            event(job, 3, EventType::Complete, Some(result(job, 100, None))),
+            event(job, 4, EventType::Error, Some(result(job, 100, Some(ErrorKind::Proxmox)))),
+        ];
+        let (mut history, mut seen) = world(job, events, vec![100, 101], "running");
+        seen.guests.push(Guest { vmid: 300, node: "pve1".into(), tags: vec!["pvefleet-nobody".into()] });
+        history.requests.insert("r".into(), vec![job, JobId::new()]);
+        let (_, violations) = check(&history, &seen);
+        assert_eq!(
+            kinds(&violations),
+            [
+                "orphan_container",
+                "seq_not_1_to_n",
+                "two_terminal_events",
+                "duplicate_containers",
+                "store_disagrees",
+                "request_made_two_jobs"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failure_must_be_one_the_harness_caused_and_leave_nothing() {
+        let job = JobId::new();
+        let events = vec![
+            event(job, 1, EventType::Accepted, None),
+            event(job, 2, EventType::Error, Some(result(job, 100, Some(ErrorKind::Timeout)))),
+        ];
+        let (history, seen) = world(job, events, vec![100], "failed");
+        let (outcomes, violations) = check(&history, &seen);
+        assert_eq!(kinds(&violations), ["left_behind", "failed_by_transient_fault"]);
+        assert_eq!(outcomes.failed.get("timeout"), Some(&1));
+    }
+
+    #[test]
+    fn a_lost_job_and_a_lying_cancel_are_found() {
+        let job = JobId::new();
+        let (mut history, mut seen) = world(job, vec![event(job, 1, EventType::Accepted, None)], vec![], "running");
+        seen.store.clear();
+        history.cancels.push(super::super::history::CancelRun { job, code: Some(0), said: "cancelled".into() });
+        let (_, violations) = check(&history, &seen);
+        assert_eq!(kinds(&violations), ["lost", "cancel_said_done_but_was_not"]);
+    }
+}

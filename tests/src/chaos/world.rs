@@ -1,0 +1,317 @@
+//! The real pieces of a run and the hands that hurt them: a 3-node JetStream cluster with the
+//! streams at 3 replicas (`pvefleet setup --replicas 3`), one fakepve holding every node of one
+//! cluster (so `/cluster/nextid` is shared and the agents race for vmids), one agent per node,
+//! the recorder, and the CLI. [`World::perform`] carries out one [`Action`].
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, message::PublishMessage};
+use pvefleet_schemas::names::{JobKind, job_subject};
+use pvefleet_schemas::{JobId, Vmid};
+use serde_json::json;
+use tokio::task::JoinSet;
+
+use super::Options;
+use super::history::{CancelRun, Shared, Submitted};
+use super::plan::{Action, JobPlan, Via};
+use crate::agent::{Agent, AgentOptions};
+use crate::cli::{Pvefleet, TestDb};
+use crate::fakepve::{LostAnswer, OSTEMPLATE};
+use crate::process::Proc;
+use crate::{FakePve, FakePveOptions, NatsCluster, TestDir, wait_until};
+
+/// How long the harness keeps trying a submission through outages.
+const SUBMIT_FOR: Duration = Duration::from_secs(120);
+
+pub struct World {
+    pub dir: TestDir,
+    pub nats: NatsCluster,
+    pub pve: FakePve,
+    pub agents: Vec<Agent>,
+    pub cli: Pvefleet,
+    pub db: TestDb,
+    pub js: jetstream::Context,
+    pub nodes: Vec<String>,
+    recorder: Option<Proc>,
+    recorder_starts: u32,
+    /// Submissions and cancels run beside the plan, so an outage never holds the plan up.
+    pub tasks: JoinSet<()>,
+    pub history: Shared,
+    opts: Options,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World").field("dir", &self.dir).field("nodes", &self.nodes).finish_non_exhaustive()
+    }
+}
+
+/// Task durations in PVE seconds (fakepve runs at one PVE second per real second), long
+/// enough that kills land mid-task, short enough for hundreds of jobs.
+fn task_secs() -> serde_json::Value {
+    json!({"create": 1.5, "start": 0.6, "stop": 0.3, "shutdown": 0.3, "destroy": 0.5})
+}
+
+impl World {
+    pub async fn start(opts: &Options, history: Shared) -> anyhow::Result<Self> {
+        crate::init_tracing();
+        let dir = TestDir::new(&format!("chaos-{}", opts.seed));
+        let nats = NatsCluster::start(&dir).await?;
+        let nodes: Vec<String> = (1..=opts.nodes).map(|i| format!("pve{i}")).collect();
+        let pve = FakePve::start(&dir, FakePveOptions { nodes: nodes.clone(), ..Default::default() }).await?;
+        pve.time_scale(1.0).await?;
+        pve.task_secs(task_secs()).await?;
+        let db = TestDb::sqlite(&dir);
+        let cli = Pvefleet::new(&dir, &nats.urls().join(","), &db);
+        wait_until("a JetStream leader, then setup with 3 replicas", Duration::from_secs(60), || async {
+            cli.run(&["setup", "--replicas", "3"]).await.ok().filter(|r| r.ok()).map(drop)
+        })
+        .await?;
+        let js = jetstream::new(nats.client().await?);
+        let agents = nodes
+            .iter()
+            .map(|node| {
+                Agent::start(
+                    &dir,
+                    &nats.urls(),
+                    &pve,
+                    AgentOptions {
+                        concurrency: opts.concurrency,
+                        ack_wait: opts.ack_wait,
+                        shutdown_grace: opts.shutdown_grace,
+                        ..AgentOptions::node(node)
+                    },
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut world = Self {
+            dir,
+            nats,
+            pve,
+            agents,
+            cli,
+            db,
+            js,
+            nodes,
+            recorder: None,
+            recorder_starts: 0,
+            tasks: JoinSet::new(),
+            history,
+            opts: opts.clone(),
+        };
+        world.start_recorder()?;
+        Ok(world)
+    }
+
+    fn start_recorder(&mut self) -> anyhow::Result<()> {
+        self.recorder_starts += 1;
+        self.recorder = Some(self.cli.recorder(&format!("recorder-{}", self.recorder_starts))?);
+        Ok(())
+    }
+
+    /// Carries out one action; submissions and cancels are started and left to run.
+    pub async fn perform(&mut self, action: &Action, plan_jobs: &[JobPlan]) -> anyhow::Result<()> {
+        if let Some(class) = action.class() {
+            self.history.lock().expect("history").count(class);
+        }
+        match action {
+            Action::Submit(i) => self.submit(&plan_jobs[*i]),
+            Action::KillAgent(n) => self.agents[*n].kill(),
+            Action::TermAgent(n) => {
+                if self.agents[*n].is_running() {
+                    self.agents[*n].proc().signal(nix::sys::signal::Signal::SIGTERM)?;
+                }
+            }
+            Action::StartAgent(n) => {
+                let agent = &mut self.agents[*n];
+                if agent.is_running() {
+                    // A SIGTERMed agent hands its jobs back before it exits.
+                    agent.proc().wait_exit(self.opts.shutdown_grace + Duration::from_secs(5)).await?;
+                }
+                agent.restart()?;
+            }
+            Action::KillNats(m) => self.nats.kill(*m),
+            Action::StartNats(m) => self.nats.restart(*m).await?,
+            Action::Blackout => (0..3).for_each(|m| self.nats.kill(m)),
+            Action::EndBlackout => {
+                for node in &mut self.nats.nodes {
+                    node.relaunch()?;
+                }
+                for node in &mut self.nats.nodes {
+                    node.ready().await?;
+                }
+            }
+            Action::Pve5xx { request: (method, path), times } => {
+                self.pve.fail(method, path, *times, 500, "fakepve: injected failure before acting").await?;
+            }
+            Action::LoseAnswer { request: (method, path), drop } => {
+                let how = if *drop { LostAnswer::Drop } else { LostAnswer::Error };
+                self.pve.lose_answer(method, path, 1, how).await?;
+            }
+            Action::TaskError { task } => {
+                let message = if *task == "vzcreate" {
+                    "unable to create CT - injected failure"
+                } else {
+                    "startup for container failed - injected failure"
+                };
+                self.pve.task_error(task, message).await?;
+            }
+            Action::FlakyOn => self.pve.flaky(0.04, 0.02, 2.0, self.opts.seed).await?,
+            Action::FlakyOff => self.pve.flaky(0.0, 0.0, 0.0, self.opts.seed).await?,
+            Action::Cancel(i) => self.cancel(&plan_jobs[*i]),
+            Action::KillRecorder => drop(self.recorder.take()),
+            Action::StartRecorder => self.start_recorder()?,
+        }
+        Ok(())
+    }
+
+    /// Every fault lifted: fakepve without faults (its task durations as at the start), every
+    /// agent, NATS member and the recorder running.
+    pub async fn heal(&mut self) -> anyhow::Result<()> {
+        self.pve.reset().await?;
+        self.pve.time_scale(1.0).await?;
+        self.pve.task_secs(task_secs()).await?;
+        for node in &mut self.nats.nodes {
+            if !node.is_up() {
+                node.relaunch()?;
+            }
+        }
+        for node in &mut self.nats.nodes {
+            node.ready().await?;
+        }
+        for agent in &mut self.agents {
+            if !agent.is_running() {
+                agent.restart()?;
+            }
+        }
+        if self.recorder.as_mut().is_none_or(|r| r.try_wait().is_some()) {
+            self.start_recorder()?;
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, job: &JobPlan) {
+        let node = self.nodes[job.node].clone();
+        let hostname = format!("chaos-{}", job.index);
+        let history = self.history.clone();
+        match &job.via {
+            Via::Wire { twice } => {
+                let mut built = crate::jobs::create_job(&node, &hostname, job.ip);
+                built.container.vmid = job.vmid.map(|v| Vmid::new(v).expect("a valid vmid"));
+                history
+                    .lock()
+                    .expect("history")
+                    .jobs
+                    .insert(built.job_id, Submitted { index: job.index, node: node.clone(), request_id: None });
+                let js = self.js.clone();
+                let times = if *twice { 2 } else { 1 };
+                self.tasks.spawn(async move {
+                    for _ in 0..times {
+                        if let Err(e) = publish(&js, &built).await {
+                            history.lock().expect("history").unsubmitted.push(format!("job {}: {e:#}", built.job_id));
+                            return;
+                        }
+                    }
+                });
+            }
+            Via::Cli { request_id, runs } => {
+                let mut args: Vec<String> = [
+                    "submit",
+                    "--node",
+                    &node,
+                    "--hostname",
+                    &hostname,
+                    "--ostemplate",
+                    OSTEMPLATE,
+                    "--ip",
+                    &format!("{}/32", job.ip),
+                    "--request-id",
+                    request_id,
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                if let Some(vmid) = job.vmid {
+                    args.extend(["--vmid".into(), vmid.to_string()]);
+                }
+                // A repeated request runs at the same time as the first.
+                for _ in 0..*runs {
+                    let (cli, args, history) = (self.cli.clone(), args.clone(), history.clone());
+                    let (index, node, request_id) = (job.index, node.clone(), request_id.clone());
+                    self.tasks.spawn(async move {
+                        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                        match submit_until_taken(&cli, &args).await {
+                            Ok(id) => {
+                                let mut h = history.lock().expect("history");
+                                h.requests.entry(request_id.clone()).or_default().push(id);
+                                h.jobs.entry(id).or_insert(Submitted { index, node, request_id: Some(request_id) });
+                            }
+                            Err(e) => history.lock().expect("history").unsubmitted.push(format!("{request_id}: {e:#}")),
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    fn cancel(&mut self, job: &JobPlan) {
+        let known = {
+            let h = self.history.lock().expect("history");
+            h.jobs.iter().find(|(_, s)| s.index == job.index).map(|(id, _)| *id)
+        };
+        let Some(id) = known else { return };
+        let (cli, history) = (self.cli.clone(), self.history.clone());
+        self.tasks.spawn(async move {
+            let run = cli.run(&["cancel", &id.to_string()]).await;
+            let (code, said) = match run {
+                Ok(r) => (r.code, format!("{}{}", r.stdout, r.stderr)),
+                Err(e) => (None, format!("{e:#}")),
+            };
+            history.lock().expect("history").cancels.push(CancelRun { job: id, code, said });
+        });
+    }
+}
+
+/// Publishes a job as the coordinator does, through outages, with its id as the dedup id.
+async fn publish(js: &jetstream::Context, job: &pvefleet_schemas::Job) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SUBMIT_FOR;
+    loop {
+        let sent = async {
+            js.send_publish(
+                job_subject(&job.node, JobKind::Create),
+                PublishMessage::build().payload(job.encode().into()).message_id(job.job_id.to_string()),
+            )
+            .await?
+            .await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(10), sent).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if Instant::now() >= deadline => return Err(e),
+            Err(_) if Instant::now() >= deadline => anyhow::bail!("publishing timed out"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Runs `pvefleet submit` until it exits 0 (an outage makes it exit 1; with the same
+/// request id, running it again is safe), returning the job id it printed.
+async fn submit_until_taken(cli: &Pvefleet, args: &[&str]) -> anyhow::Result<JobId> {
+    let deadline = Instant::now() + SUBMIT_FOR;
+    loop {
+        let run = cli.run(args).await?;
+        if run.ok() {
+            return run.stdout.trim().parse().with_context(|| format!("submit printed {:?}", run.stdout));
+        }
+        if run.code == Some(2) || Instant::now() >= deadline {
+            anyhow::bail!("pvefleet submit exited {:?}: {}", run.code, run.stderr.trim());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The job ids of the events stream's jobs that have not ended, of those in `ids`.
+pub fn unfinished(events: &std::collections::BTreeMap<JobId, Vec<pvefleet_schemas::Event>>, ids: &[JobId]) -> usize {
+    ids.iter().filter(|id| !events.get(id).is_some_and(|e| e.iter().any(|e| e.is_terminal()))).count()
+}
