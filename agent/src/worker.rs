@@ -184,6 +184,8 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
 /// Ends a message that cannot run: logged, and an `error` event when its job id can be read.
 async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: String, owner: &str) -> JobEnd {
     let node = &shared.config.node;
+    // A decode error names what it could not read, which a hostile message can make huge.
+    let message = pvefleet_schemas::event::cut(&message, pvefleet_schemas::event::MAX_ERROR_TEXT);
     let Some(job_id) = job_id_of(payload) else {
         tracing::error!(%message, "rejected a message without a readable job id");
         return JobEnd::Rejected;

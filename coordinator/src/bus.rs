@@ -8,6 +8,16 @@ use futures::StreamExt as _;
 use pvefleet_schemas::names::{EVENTS_STREAM, job_events_filter};
 use pvefleet_schemas::{Event, JobId};
 
+/// The last permissions violation the server reported on this process's connection. NATS
+/// drops a refused publish silently (the publisher only sees its ack never come), so this is
+/// how a CLI tells "not allowed" from "the cluster is slow" and says so.
+static REFUSED: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// What the server refused this process, if anything (`Permissions Violation for Publish to …`).
+pub fn refused() -> Option<String> {
+    REFUSED.lock().ok()?.clone()
+}
+
 /// Connects once (a CLI should fail fast, with the URL in the message).
 pub async fn connect(urls: &str, creds: Option<&std::path::Path>) -> anyhow::Result<async_nats::Client> {
     let addrs: Vec<async_nats::ServerAddr> = urls
@@ -15,7 +25,17 @@ pub async fn connect(urls: &str, creds: Option<&std::path::Path>) -> anyhow::Res
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
         .with_context(|| format!("--nats-url `{urls}`"))?;
-    let mut opts = async_nats::ConnectOptions::new().name("pvefleet").connection_timeout(Duration::from_secs(5));
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("pvefleet")
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) = &event
+                && message.to_ascii_lowercase().contains("permissions violation")
+                && let Ok(mut refused) = REFUSED.lock()
+            {
+                *refused = Some(message.clone());
+            }
+        });
     if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
         opts = opts
             .user_and_password(addr.username().unwrap_or_default().into(), addr.password().unwrap_or_default().into());
@@ -51,7 +71,7 @@ impl EventFeed {
             .without_max_times();
         (|| Self::open_once(js, job))
             .retry(retry)
-            .when(|e| e.to_string().contains("timed out"))
+            .when(|e| format!("{e:#}").contains("timed out"))
             .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "JetStream not answering; retrying"))
             .await
     }

@@ -108,6 +108,8 @@ impl Pvefleet {
         let mut cmd = tokio::process::Command::new(tools::workspace_bin("pvefleet")?);
         cmd.arg("--nats-url").arg(&self.nats_url).arg("--db").arg(&self.db).args(args);
         cmd.env_remove("PVEFLEET_DB").env_remove("PVEFLEET_NATS_URL").stdin(std::process::Stdio::null());
+        // A run whose caller gave up on it (a timeout, a Ctrl-C of the demo) must not outlive it.
+        cmd.kill_on_drop(true);
         Ok(cmd)
     }
 

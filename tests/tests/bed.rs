@@ -31,11 +31,16 @@ async fn jetstream_publish_consume_round_trip() -> anyhow::Result<()> {
         js.send_publish("bed.one", PublishMessage::build().payload("hello".into()).message_id("m1")).await?.await?;
     assert!(ack.duplicate);
 
-    let consumer = js
-        .get_stream("BED")
-        .await?
-        .create_consumer(pull::Config { durable_name: Some("c".into()), ..Default::default() })
-        .await?;
+    // The killed leader's streams and consumers elect new leaders; until they have, JetStream
+    // requests time out, so each is tried again (creating a durable and acking are idempotent).
+    let consumer = wait_until("the consumer after the election", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream("BED").await.ok()?;
+            stream.create_consumer(pull::Config { durable_name: Some("c".into()), ..Default::default() }).await.ok()
+        }
+    })
+    .await?;
     let mut batch = consumer.fetch().max_messages(10).expires(Duration::from_secs(1)).messages().await?;
     let msg = batch.next().await.expect("one message").map_err(anyhow::Error::from_boxed)?;
     assert_eq!(&msg.payload[..], b"hello");
@@ -85,15 +90,23 @@ async fn cluster_keeps_every_message_while_a_node_is_killed() -> anyhow::Result<
         .await?;
     }
 
-    let consumer = js
-        .get_stream("BED")
-        .await?
-        .create_consumer(pull::Config { durable_name: Some("c".into()), ..Default::default() })
-        .await?;
+    // The killed leader's streams and consumers elect new leaders; until they have, JetStream
+    // requests time out, so each is tried again (creating a durable and acking are idempotent).
+    let consumer = wait_until("the consumer after the election", Duration::from_secs(30), || {
+        let js = js.clone();
+        async move {
+            let stream = js.get_stream("BED").await.ok()?;
+            stream.create_consumer(pull::Config { durable_name: Some("c".into()), ..Default::default() }).await.ok()
+        }
+    })
+    .await?;
     let mut seen = HashSet::new();
     let mut dupes = 0;
     while seen.len() < 200 {
-        let mut batch = consumer.fetch().max_messages(100).expires(Duration::from_secs(2)).messages().await?;
+        let mut batch = wait_until("a fetch to be answered", Duration::from_secs(30), || async {
+            consumer.fetch().max_messages(100).expires(Duration::from_secs(2)).messages().await.ok()
+        })
+        .await?;
         let mut got = 0;
         while let Some(msg) = batch.next().await {
             let msg = msg.map_err(anyhow::Error::from_boxed)?;
@@ -101,7 +114,8 @@ async fn cluster_keeps_every_message_while_a_node_is_killed() -> anyhow::Result<
             if !seen.insert(String::from_utf8(msg.payload.to_vec())?) {
                 dupes += 1;
             }
-            msg.double_ack().await.map_err(anyhow::Error::from_boxed)?;
+            wait_until("an ack to be confirmed", Duration::from_secs(30), || async { msg.double_ack().await.ok() })
+                .await?;
         }
         anyhow::ensure!(got > 0, "consumer ran dry at {} messages", seen.len());
     }

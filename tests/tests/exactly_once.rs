@@ -287,3 +287,27 @@ async fn a_job_whose_checkpoint_is_lost_finds_its_container_by_its_marker() -> a
     bed.dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_huge_malformed_message_still_gets_its_error_event_and_the_agent_goes_on() -> anyhow::Result<()> {
+    let bed = Fleet::start("once-huge-poison", &["pve1"]).await?;
+    let agent = bed.agent("pve1")?;
+    let job = create_job("pve1", "poisoned", Ipv4Addr::new(127, 0, 0, 61));
+    // A valid job id and an unknown field whose name is most of a megabyte: the decode error
+    // names the field, and the error event carries the error twice (message and result).
+    let mut value = serde_json::to_value(&job)?;
+    value.as_object_mut().unwrap().insert("x".repeat(700_000), serde_json::json!(1));
+    let payload = serde_json::to_vec(&value)?;
+    assert!(payload.len() < 1024 * 1024 && payload.len() > 500_000);
+    pvefleet_testbed::jobs::submit_raw(&bed.js, &job.node, &job.job_id.to_string(), payload).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert_eq!(result_of(&events).error.as_ref().map(|e| e.kind), Some(ErrorKind::InvalidMessage));
+    // And it goes on with the next job.
+    let next = create_job("pve1", "after-poison", Ipv4Addr::new(127, 0, 0, 62));
+    submit(&bed.js, &next).await?;
+    assert!(result_of(&events_until_terminal(&bed.js, next.job_id, JOB_WITHIN).await?).success);
+    assert!(agent.log_text().contains("rejected a job message"));
+    bed.dir.pass();
+    Ok(())
+}

@@ -141,10 +141,15 @@ async fn publish(js: &jetstream::Context, job: &Job) -> anyhow::Result<u64> {
         .await
     })
     .retry(retry)
-    .when(|e| matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe))
+    .when(|e| {
+        matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) && crate::bus::refused().is_none()
+    })
     .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "publishing the job failed; retrying"))
     .await
-    .map_err(|e| anyhow::anyhow!("the jobs stream did not take the job (run `pvefleet setup`?): {e}"))?;
+    .map_err(|e| match crate::bus::refused() {
+        Some(why) => anyhow::anyhow!("NATS refused to take the job for this user: {why}"),
+        None => anyhow::anyhow!("the jobs stream did not take the job (run `pvefleet setup`?): {e}"),
+    })?;
     Ok(ack.sequence)
 }
 
