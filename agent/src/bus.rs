@@ -45,6 +45,7 @@ pub async fn connect(
 ) -> Result<async_nats::Client, BusError> {
     let addrs: Vec<async_nats::ServerAddr> =
         config.urls.iter().map(|u| u.parse()).collect::<Result<_, _>>().map_err(|e| BusError::nats("nats.urls", e))?;
+    tracing::info!(urls = %pvefleet_schemas::redact_urls(&config.urls.join(",")), "connecting to NATS");
     let attempt = || async {
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
@@ -70,9 +71,9 @@ pub async fn connect(
         if let Some(prefix) = &config.inbox_prefix {
             opts = opts.custom_inbox_prefix(prefix);
         }
-        opts.connect(addrs.clone())
-            .await
-            .map_err(|e| BusError::nats(format!("connecting to {}", config.urls.join(",")), e))
+        opts.connect(addrs.clone()).await.map_err(|e| {
+            BusError::nats(format!("connecting to {}", pvefleet_schemas::redact_urls(&config.urls.join(","))), e)
+        })
     };
     let retry = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(250))

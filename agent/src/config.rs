@@ -21,17 +21,31 @@ pub struct Config {
     pub ack_wait: Duration,
     /// How long a stopping agent waits for running jobs to reach a checkpoint.
     pub shutdown_grace: Duration,
+    /// The only directory `deploy.files[].source` may read from.
+    pub files_dir: PathBuf,
     pub nats: NatsConfig,
     pub proxmox: ProxmoxConfig,
     pub ssh: SshConfig,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NatsConfig {
     pub urls: Vec<String>,
     pub creds: Option<PathBuf>,
     /// A per-agent inbox prefix, so replies to one agent cannot be read by another.
     pub inbox_prefix: Option<String>,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // URLs may carry the agent's NATS password.
+        let urls: Vec<String> = self.urls.iter().map(|u| pvefleet_schemas::redact_url(u)).collect();
+        f.debug_struct("NatsConfig")
+            .field("urls", &urls)
+            .field("creds", &self.creds)
+            .field("inbox_prefix", &self.inbox_prefix)
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -87,6 +101,8 @@ struct Raw {
     shutdown_grace: HumanDuration,
     #[serde(default = "default_ack_wait")]
     ack_wait: HumanDuration,
+    #[serde(default = "default_files_dir")]
+    files_dir: PathBuf,
     nats: RawNats,
     proxmox: RawProxmox,
     #[serde(default)]
@@ -151,6 +167,9 @@ fn default_grace() -> HumanDuration {
 fn default_ack_wait() -> HumanDuration {
     HumanDuration::secs(30)
 }
+fn default_files_dir() -> PathBuf {
+    PathBuf::from("/var/lib/pvefleet/files")
+}
 fn default_ssh_user() -> String {
     "root".into()
 }
@@ -179,6 +198,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("heartbeat", Kind::Str),
     ("shutdown_grace", Kind::Str),
     ("ack_wait", Kind::Str),
+    ("files_dir", Kind::Str),
     ("nats.urls", Kind::List),
     ("nats.creds", Kind::Str),
     ("nats.inbox_prefix", Kind::Str),
@@ -259,12 +279,16 @@ impl Config {
         if raw.ack_wait.0 < Duration::from_secs(1) {
             return Err(err("ack_wait", "must be at least 1s".into()));
         }
+        if !raw.files_dir.is_absolute() {
+            return Err(err("files_dir", format!("`{}` must be an absolute path", raw.files_dir.display())));
+        }
         if raw.nats.urls.is_empty() {
             return Err(err("nats.urls", "needs at least one server URL".into()));
         }
         for url in &raw.nats.urls {
-            url.parse::<async_nats::ServerAddr>()
-                .map_err(|e| err("nats.urls", format!("`{url}` is not a NATS URL ({e})")))?;
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                err("nats.urls", format!("`{}` is not a NATS URL ({e})", pvefleet_schemas::redact_url(url)))
+            })?;
         }
         if let Some(prefix) = &raw.nats.inbox_prefix {
             let ok =
@@ -325,6 +349,7 @@ impl Config {
             heartbeat: raw.heartbeat.0,
             ack_wait: raw.ack_wait.0,
             shutdown_grace: raw.shutdown_grace.0,
+            files_dir: raw.files_dir,
             nats: NatsConfig { urls: raw.nats.urls, creds: raw.nats.creds, inbox_prefix: raw.nats.inbox_prefix },
             proxmox: ProxmoxConfig {
                 url: raw.proxmox.url.trim_end_matches('/').to_owned(),

@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use crate::bus::{Bus, BusError, EventLog};
 use crate::claim::{Claim, Taken};
-use crate::config::SshConfig;
+use crate::config::{Config, SshConfig};
 use crate::proxmox::task::{TaskProgress, TaskWaitError};
 use crate::proxmox::{PveClient, PveError, Upid};
 use crate::ssh::SshSession;
@@ -157,7 +157,7 @@ pub async fn run(
     claimed: Claimed,
     pve: &PveClient,
     bus: &Bus,
-    ssh: &SshConfig,
+    config: &Config,
     stop: &CancellationToken,
     cancel: &CancellationToken,
 ) -> JobEnd {
@@ -168,7 +168,8 @@ pub async fn run(
             job,
             pve,
             bus,
-            ssh_config: ssh,
+            ssh_config: &config.ssh,
+            files_dir: &config.files_dir,
             events,
             cp,
             claim: claim.clone(),
@@ -201,6 +202,8 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) pve: &'a PveClient,
     pub(crate) bus: &'a Bus,
     pub(crate) ssh_config: &'a SshConfig,
+    /// Where `deploy.files[].source` may read from.
+    pub(crate) files_dir: &'a std::path::Path,
     pub(crate) events: EventLog,
     pub(crate) cp: Checkpoint,
     /// This run's hold on the job; every checkpoint is written through it.
@@ -339,6 +342,13 @@ impl CreateJob<'_> {
 
     /// Checks the spec against this node and chooses the vmid.
     async fn validate(&mut self) -> StepResult {
+        for (i, file) in self.job.deploy.files.iter().enumerate() {
+            if let Some(source) = &file.source {
+                crate::deploy::resolve_source(self.files_dir, source).map_err(|why| {
+                    StepError::failed(ErrorKind::Validation, format!("deploy.files[{i}].source: {why}"))
+                })?;
+            }
+        }
         let spec = &self.job.container;
         let storages = self.pve.rootdir_storages().await?;
         let Some(storage) = storages.iter().find(|s| s.storage == spec.storage) else {

@@ -3,6 +3,7 @@
 //! item checkpointed so a redelivered job does not redo what already succeeded.
 
 use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,33 @@ fn load_key(secret: &Secret) -> Result<Arc<PrivateKey>, StepError> {
     PrivateKey::from_openssh(secret.expose())
         .map(Arc::new)
         .map_err(|e| StepError::failed(ErrorKind::Internal, format!("reading the job's SSH key: {e}")))
+}
+
+/// The file `source` names inside `files_dir`, the one directory a job may copy files from:
+/// a relative source is taken inside it, an absolute one must lie inside it, `..` is refused,
+/// and a symlink is followed only if it ends inside it. Anything else would let whoever may
+/// publish a job copy the agent's own secrets (its API token, its NATS password) into a
+/// container of their choosing.
+pub fn resolve_source(files_dir: &Path, source: &str) -> Result<PathBuf, String> {
+    let given = Path::new(source);
+    if given.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("`{source}` contains `..`; sources are files inside the agent's files_dir"));
+    }
+    let path = if given.is_absolute() { given.to_path_buf() } else { files_dir.join(given) };
+    let root = files_dir
+        .canonicalize()
+        .map_err(|e| format!("the agent's files_dir {} cannot be read ({e})", files_dir.display()))?;
+    let real = path.canonicalize().map_err(|e| format!("`{source}` is not a file in {} ({e})", files_dir.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "`{source}` is outside the agent's files_dir {}; only files there may be copied",
+            files_dir.display()
+        ));
+    }
+    if !real.is_file() {
+        return Err(format!("`{source}` is not a regular file"));
+    }
+    Ok(real)
 }
 
 impl From<SshError> for StepError {
@@ -225,17 +253,10 @@ impl CreateJob<'_> {
         let file = &self.job.deploy.files[i];
         let source = match (&file.content, &file.source) {
             (Some(text), _) => UploadSource::Bytes(text.clone().into_bytes().into()),
-            (None, Some(path)) => {
-                let path = std::path::PathBuf::from(path);
-                if !path.is_file() {
-                    return Err(StepError::failed(
-                        ErrorKind::Deploy,
-                        format!(
-                            "deploy.files[{i}].source: {} is not a readable file on the agent's host",
-                            path.display()
-                        ),
-                    ));
-                }
+            (None, Some(source)) => {
+                // Checked at validating; checked again, as the file system may have changed.
+                let path = resolve_source(self.files_dir, source)
+                    .map_err(|why| StepError::failed(ErrorKind::Deploy, format!("deploy.files[{i}].source: {why}")))?;
                 UploadSource::File(path)
             }
             (None, None) => unreachable!("validation demands content or source"),
@@ -338,5 +359,39 @@ impl CreateJob<'_> {
             self.events.warning(format!("{label}: {dropped} more lines were not forwarded")).await?;
         }
         Ok(Finished { status: process.status().clone(), tail: tail.into_iter().collect() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_come_only_from_the_files_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let files = tmp.path().join("files");
+        std::fs::create_dir_all(files.join("sub")).unwrap();
+        std::fs::write(files.join("sub/ok.conf"), "ok").unwrap();
+        std::fs::write(tmp.path().join("secret"), "token").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), files.join("leak")).unwrap();
+        std::os::unix::fs::symlink(files.join("sub/ok.conf"), files.join("alias")).unwrap();
+
+        let real = files.canonicalize().unwrap().join("sub/ok.conf");
+        assert_eq!(resolve_source(&files, "sub/ok.conf").unwrap(), real);
+        assert_eq!(resolve_source(&files, &files.join("sub/ok.conf").display().to_string()).unwrap(), real);
+        assert_eq!(resolve_source(&files, "alias").unwrap(), real);
+        for (source, why) in [
+            ("/etc/passwd", "outside the agent's files_dir"),
+            ("../secret", "contains `..`"),
+            ("sub/../../secret", "contains `..`"),
+            ("leak", "outside the agent's files_dir"),
+            ("sub", "not a regular file"),
+            ("missing", "is not a file in"),
+        ] {
+            let err = resolve_source(&files, source).unwrap_err();
+            assert!(err.contains(why), "{source}: {err}");
+        }
+        let absent = tmp.path().join("absent");
+        assert!(resolve_source(&absent, "x").unwrap_err().contains("cannot be read"));
     }
 }

@@ -175,7 +175,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     shared.running.lock().expect("running set").insert(job.job_id);
     let cancel = CancellationToken::new();
     shared.cancels.lock().expect("cancels").insert(job.job_id, cancel.clone());
-    let end = create::run(&job, claimed, &shared.pve, &shared.bus, &shared.config.ssh, &shared.stop, &cancel).await;
+    let end = create::run(&job, claimed, &shared.pve, &shared.bus, &shared.config, &shared.stop, &cancel).await;
     shared.cancels.lock().expect("cancels").remove(&job.job_id);
     shared.running.lock().expect("running set").remove(&job.job_id);
     (end, Some(claim))
@@ -246,7 +246,7 @@ pub async fn serve_cancels(shared: Arc<Shared>) {
             _ = shared.stop.cancelled() => return,
         };
         let Some(reply) = request.reply.clone() else { continue };
-        let answer = match serde_json::from_slice::<pvefleet_schemas::CancelRequest>(&request.payload) {
+        let answer = match pvefleet_schemas::CancelRequest::decode(&request.payload) {
             Err(e) => pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") },
             Ok(req) => match shared.cancels.lock().expect("cancels").get(&req.job_id) {
                 Some(token) => {

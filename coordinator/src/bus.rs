@@ -24,7 +24,7 @@ pub async fn connect(urls: &str, creds: Option<&std::path::Path>) -> anyhow::Res
         .split(',')
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
-        .with_context(|| format!("--nats-url `{urls}`"))?;
+        .with_context(|| format!("--nats-url `{}`", pvefleet_schemas::redact_urls(urls)))?;
     let mut opts = async_nats::ConnectOptions::new()
         .name("pvefleet")
         .connection_timeout(Duration::from_secs(5))
@@ -43,7 +43,7 @@ pub async fn connect(urls: &str, creds: Option<&std::path::Path>) -> anyhow::Res
     if let Some(creds) = creds {
         opts = opts.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;
     }
-    opts.connect(addrs).await.with_context(|| format!("connecting to NATS at {urls}"))
+    opts.connect(addrs).await.with_context(|| format!("connecting to NATS at {}", pvefleet_schemas::redact_urls(urls)))
 }
 
 /// A job's events from the first, then as they come.

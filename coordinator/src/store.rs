@@ -93,6 +93,16 @@ pub mod event {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+/// What recording an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// Recorded before: nothing changed.
+    Seen,
+    /// Not this job's: nothing changed, and why.
+    Refused(String),
+}
+
 /// Job states, in the only order they may move.
 pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
 
@@ -279,8 +289,9 @@ impl Store {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let mut opts = sea_orm::ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false).max_connections(4);
-        let db =
-            Database::connect(opts).await.map_err(|e| anyhow::anyhow!("opening the store {}: {e}", redact(url)))?;
+        let db = Database::connect(opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the store {}: {e}", pvefleet_schemas::redact_url(url)))?;
         migrate(&db).await?;
         Ok(Self { db })
     }
@@ -362,10 +373,15 @@ impl Store {
             .await?)
     }
 
-    /// Records one event and moves its job's state forward. Returns false when the event was
-    /// recorded before (then nothing changes).
-    pub async fn record_event(&self, e: &Event) -> anyhow::Result<bool> {
+    /// Records one event and moves its job's state forward. An event recorded before changes
+    /// nothing; one naming another node than the job's is refused.
+    pub async fn record_event(&self, e: &Event) -> anyhow::Result<Recorded> {
         let tx = self.db.begin().await?;
+        if let Some(job) = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await?
+            && job.node != e.node.as_str()
+        {
+            return Ok(Recorded::Refused(format!("job {} runs on {}, the event says {}", e.job_id, job.node, e.node)));
+        }
         let row = event::ActiveModel {
             id: sea_orm::NotSet,
             job_id: Set(e.job_id.to_string()),
@@ -383,7 +399,7 @@ impl Store {
             .await?;
         if inserted == 0 {
             tx.commit().await?;
-            return Ok(false);
+            return Ok(Recorded::Seen);
         }
         let existing = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await?;
         let mut model: job::ActiveModel = match existing {
@@ -434,7 +450,7 @@ impl Store {
         }
         model.update(&tx).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Recorded::New)
     }
 
     pub async fn put_template(&self, name: &str, spec: &serde_json::Value) -> anyhow::Result<()> {
@@ -472,18 +488,6 @@ impl Store {
 /// A serde enum's wire name (`deploy`, `stdout`).
 fn enum_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
-/// A database URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 #[cfg(test)]
@@ -565,16 +569,30 @@ mod tests {
     async fn a_finished_jobs_result_is_not_overwritten_by_a_later_event() {
         let (_dir, store) = temp_store().await;
         let job = JobId::new();
-        assert!(store.record_event(&terminal(job, 1, true, 100)).await.unwrap());
-        assert!(store.record_event(&terminal(job, 2, false, 666)).await.unwrap());
+        assert_eq!(store.record_event(&terminal(job, 1, true, 100)).await.unwrap(), Recorded::New);
+        assert_eq!(store.record_event(&terminal(job, 2, false, 666)).await.unwrap(), Recorded::New);
         let row = store.job(&job).await.unwrap().unwrap();
         assert_eq!((row.state.as_str(), row.vmid, row.error_kind), ("succeeded", Some(100), None));
+    }
+
+    #[tokio::test]
+    async fn an_event_naming_another_node_than_the_jobs_is_refused() {
+        let (_dir, store) = temp_store().await;
+        let job = JobId::new();
+        let mut first = terminal(job, 1, true, 100);
+        first.kind = EventType::Accepted;
+        first.result = None;
+        assert_eq!(store.record_event(&first).await.unwrap(), Recorded::New);
+        let mut forged = terminal(job, 2, true, 100);
+        forged.node = pvefleet_schemas::NodeName::new("pve2").unwrap();
+        assert!(matches!(store.record_event(&forged).await.unwrap(), Recorded::Refused(_)));
+        assert_eq!(store.job(&job).await.unwrap().unwrap().state, "running");
+        assert_eq!(store.events(&job).await.unwrap().len(), 1);
     }
 
     #[test]
     fn urls() {
         assert_eq!(database_url(Some("postgres://u@h/db")).unwrap(), "postgres://u@h/db");
         assert!(database_url(Some("/tmp/pvefleet-test-store/x.db")).unwrap().starts_with("sqlite:///tmp/"));
-        assert_eq!(redact("postgres://user:secret@host/db"), "postgres://user:***@host/db");
     }
 }

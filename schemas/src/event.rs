@@ -221,10 +221,32 @@ impl Event {
     }
 }
 
-/// A request on `pvefleet.control.<node>.cancel`.
+/// What a control request asks; the last token of its subject says the same.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlKind {
+    Cancel,
+}
+
+/// A request on `pvefleet.control.<node>.cancel`. Unknown fields are refused, so no other
+/// message (an event, a heartbeat) can pass for one.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CancelRequest {
+    pub v: V1,
+    pub kind: ControlKind,
     pub job_id: JobId,
+}
+
+impl CancelRequest {
+    pub fn new(job_id: JobId) -> Self {
+        Self { v: V1, kind: ControlKind::Cancel, job_id }
+    }
+
+    /// Reads a cancel request, with a clear error for anything else.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode(bytes, "control kind", &["cancel"])
+    }
 }
 
 /// The agent's answer to a [`CancelRequest`].
@@ -264,6 +286,20 @@ mod tests {
                 host_key: None,
             }),
         }
+    }
+
+    #[test]
+    fn only_a_cancel_request_passes_for_one() {
+        let job = JobId::new();
+        let good = serde_json::to_vec(&CancelRequest::new(job)).unwrap();
+        assert_eq!(CancelRequest::decode(&good).unwrap().job_id, job);
+        // What a push consumer would deliver to the cancel subject: events.
+        let event = error_event("boom".into()).encode();
+        assert!(CancelRequest::decode(&event).unwrap_err().to_string().contains("unknown control kind `error`"));
+        let bare = format!(r#"{{"job_id":"{job}"}}"#);
+        assert!(CancelRequest::decode(bare.as_bytes()).unwrap_err().to_string().contains("no `v` field"));
+        let extra = format!(r#"{{"v":1,"kind":"cancel","job_id":"{job}","seq":1}}"#);
+        assert!(CancelRequest::decode(extra.as_bytes()).unwrap_err().to_string().contains("unknown field `seq`"));
     }
 
     #[test]

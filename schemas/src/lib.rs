@@ -7,6 +7,7 @@
 //! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
 //! - `layout` (feature `nats`): the streams' and buckets' settings as async-nats configs.
 //! - [`names`]: streams, buckets, consumers and one function per subject.
+//! - [`redact`]: URLs with their passwords replaced by `***`, for every log and error.
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
 //! - [`validate`]: field errors that name the field at fault.
 //! - [`schema`]: the JSON Schemas checked in under `schemas/json-schema/`.
@@ -18,15 +19,19 @@ pub mod job;
 pub mod layout;
 pub mod message;
 pub mod names;
+pub mod redact;
 pub mod schema;
 pub mod spec;
 pub mod state;
 pub mod validate;
 
-pub use event::{CancelReply, CancelRequest, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, Step};
+pub use event::{
+    CancelReply, CancelRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, Step,
+};
 pub use ids::{JobId, NodeName, Vmid};
 pub use job::{Job, JobMessageKind};
 pub use message::{DecodeError, Timestamp, V1, VERSION};
+pub use redact::{redact_url, redact_urls};
 pub use spec::{
     ContainerSpec, DeploySpec, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions, RollbackPolicy, ScriptSpec,
     Secret, Timeouts,

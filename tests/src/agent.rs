@@ -52,15 +52,17 @@ impl Agent {
     /// Writes the agent's config (token file, pinned fingerprint) and starts it.
     pub fn start(dir: &TestDir, nats_urls: &[String], pve: &FakePve, opts: AgentOptions) -> anyhow::Result<Self> {
         let config = dir.path().join(format!("agent-{}.toml", opts.node));
+        let files_dir = dir.sub("agent-files");
         let urls = nats_urls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
         std::fs::write(
             &config,
             format!(
-                "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\n\n\
+                "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\n\n\
                  [nats]\nurls = [{urls}]\n{inbox}\n\
                  [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n\n\
                  [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\n",
                 node = opts.node,
+                files_dir = files_dir,
                 concurrency = opts.concurrency,
                 hb = opts.heartbeat.as_millis(),
                 ack = opts.ack_wait.as_millis(),
@@ -102,6 +104,11 @@ impl Agent {
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
+    }
+
+    /// The agent's `files_dir`: the only place a job's `deploy.files[].source` may name.
+    pub fn files_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("agent-files")
     }
 
     pub fn proc(&mut self) -> &mut Proc {

@@ -334,3 +334,73 @@ async fn a_request_whose_publish_failed_is_published_by_the_same_command_again_n
     bed.dir.pass();
     Ok(())
 }
+
+fn forged(job: pvefleet_schemas::JobId, node: &str, seq: u64) -> Event {
+    let node = pvefleet_schemas::NodeName::new(node).unwrap();
+    Event {
+        v: pvefleet_schemas::V1,
+        job_id: job,
+        node: node.clone(),
+        seq,
+        kind: EventType::Complete,
+        step: Some(pvefleet_schemas::Step::Finalizing),
+        percent: 100,
+        message: "forged".into(),
+        timestamp: pvefleet_schemas::Timestamp::now(),
+        stream: None,
+        result: Some(pvefleet_schemas::JobResult {
+            success: true,
+            job_id: job,
+            node,
+            vmid: Some(pvefleet_schemas::Vmid::new(666).unwrap()),
+            ip: None,
+            error: None,
+            rolled_back: false,
+            host_key: None,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn the_recorder_ignores_forged_events_and_remakes_its_consumer_when_it_is_gone() -> anyhow::Result<()> {
+    let bed = bed("cli-recorder-forged", &["pve1", "pve2"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let mut recorder = bed.cli.recorder("recorder")?;
+    let submit = bed.cli.run(&submit_args("pve2", "target", "127.0.0.7/32")).await?;
+    assert!(submit.ok(), "{submit:?}");
+    let job: pvefleet_schemas::JobId = submit.stdout.trim().parse()?;
+    // Agent pve1 may publish on pvefleet.events.pve1.>: it claims pve2's job, both ways.
+    let on_pve1 = pvefleet_schemas::names::event_subject(&pvefleet_schemas::NodeName::new("pve1")?, &job);
+    for event in [forged(job, "pve2", 1), forged(job, "pve1", 1)] {
+        bed.js.publish(on_pve1.clone(), event.encode().into()).await?.await?;
+    }
+    // The recorder's consumer is deleted under it.
+    let events_stream = bed.js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
+    wait_until("the recorder's consumer", Duration::from_secs(20), || async {
+        events_stream.consumer_info("pvefleet-recorder").await.ok().map(drop)
+    })
+    .await?;
+    events_stream.delete_consumer("pvefleet-recorder").await?;
+
+    let _agent = bed.agent("pve2")?;
+    let watch = bed.cli.run(&["watch", &job.to_string()]).await?;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    let shown = bed.recorded(&job.to_string(), "succeeded").await?;
+    assert_eq!(shown["node"], "pve2");
+    assert_ne!(shown["vmid"], 666, "a forged result was recorded: {shown}");
+    let total =
+        pvefleet_testbed::jobs::events_now(&bed.js, job).await?.iter().filter(|e| e.message != "forged").count();
+    let all = wait_until("every real event recorded", Duration::from_secs(30), || async {
+        let run = bed.cli.run(&["job", &job.to_string(), "--json"]).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        (v["events"].as_u64() == Some(total as u64)).then_some(v)
+    })
+    .await?;
+    assert_eq!(all["vmid"], shown["vmid"]);
+    recorder.signal(nix::sys::signal::Signal::SIGTERM)?;
+    recorder.wait_exit(Duration::from_secs(10)).await?;
+    let log = recorder.log_text();
+    assert!(log.contains("is in place (made now"), "{log}");
+    assert!(log.contains("subject, node and job disagree") && log.contains("the store refuses"), "{log}");
+    bed.dir.pass();
+    Ok(())
+}

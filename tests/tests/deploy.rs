@@ -69,7 +69,7 @@ async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::
     let bed = bed("deploy-e2e", ip).await?;
     bed.announce_host_key(&bed.sshd.host_fingerprint()).await?;
     let root = bed.dir.sub("container");
-    let local = bed.dir.path().join("tool.sh");
+    let local = bed.agent.files_dir().join("tool.sh");
     std::fs::write(&local, "#!/bin/sh\necho tool\n")?;
 
     let mut job: Job = create_job("pve1", "deployed", ip);
@@ -301,6 +301,38 @@ async fn a_jobs_output_is_capped_in_bytes_too() -> anyhow::Result<()> {
     assert!(bytes > pvefleet_agent::deploy::MAX_JOB_LOG_BYTES - 16_000);
     assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("reached 16 MiB")), "no warning");
     assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("more lines were not forwarded")));
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_source_outside_the_agents_files_dir_is_refused_before_anything_is_made() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 108);
+    let bed = bed("deploy-source-jail", ip).await?;
+    std::os::unix::fs::symlink(&bed.pve.token_secret_file, bed.agent.files_dir().join("innocent"))?;
+    let target = bed.dir.sub("container");
+    // The agent's own API token, by path, through `..`, and through a symlink in files_dir.
+    let tries =
+        [bed.pve.token_secret_file.display().to_string(), "../fakepve/token-secret".to_owned(), "innocent".to_owned()];
+    for (n, source) in tries.iter().enumerate() {
+        let mut job = create_job("pve1", &format!("thief-{n}"), ip);
+        job.deploy.files = vec![FileSpec {
+            path: target.join(format!("stolen-{n}")).display().to_string(),
+            content: None,
+            source: Some(source.clone()),
+            mode: "0644".parse()?,
+            owner: None,
+        }];
+        submit(&bed.js, &job).await?;
+        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        let error = result_of(&events).error.clone().expect("refused");
+        assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{source}: {error:?}");
+        assert!(error.message.starts_with("deploy.files[0].source:"), "{}", error.message);
+        assert!(!target.join(format!("stolen-{n}")).exists(), "{source} was copied");
+    }
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new(), "nothing was created");
+    assert!(!bed.agent.log_text().contains(&bed.pve.token_secret));
     bed.dir.pass();
     Ok(())
 }

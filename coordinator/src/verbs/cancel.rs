@@ -46,7 +46,7 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     }
 
     // Running (or just taken by its agent): ask the agent.
-    let request = serde_json::to_vec(&CancelRequest { job_id: id }).expect("serializes");
+    let request = serde_json::to_vec(&CancelRequest::new(id)).expect("serializes");
     let reply = tokio::time::timeout(Duration::from_secs(10), client.request(cancel_subject(&node), request.into()))
         .await
         .map_err(|_| anyhow::anyhow!("the agent of {node} did not answer the cancel request"))?

@@ -8,6 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt as _;
 use pvefleet_schemas::Event;
+
+use crate::store::Recorded;
 use pvefleet_schemas::names::EVENTS_STREAM;
 
 use crate::Outcome;
@@ -22,21 +24,7 @@ pub async fn run(cli: &Cli) -> Outcome {
         .get_stream(EVENTS_STREAM)
         .await
         .map_err(|e| anyhow::anyhow!("the events stream (run `pvefleet setup`): {e}"))?;
-    let consumer = stream
-        .get_or_create_consumer(
-            CONSUMER,
-            consumer::pull::Config {
-                durable_name: Some(CONSUMER.into()),
-                description: Some("pvefleet record: events into the store".into()),
-                ack_policy: consumer::AckPolicy::Explicit,
-                deliver_policy: consumer::DeliverPolicy::All,
-                ack_wait: Duration::from_secs(10),
-                max_ack_pending: 10_000,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("the recorder's consumer: {e}"))?;
+    let mut consumer = ensure_consumer(&stream).await?;
     eprintln!("recording events into the store (Ctrl-C to stop)");
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -51,11 +39,26 @@ pub async fn run(cli: &Cli) -> Outcome {
             Err(e) => {
                 tracing::warn!(error = %e, "fetching events failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                // Deleted or changed by someone else? Then make it as it should be, and say so.
+                match ensure_consumer(&stream).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => tracing::warn!(error = %e, "checking the recorder's consumer failed"),
+                }
                 continue;
             }
         };
-        while let Some(msg) = batch.next().await {
-            let Ok(msg) = msg else { continue };
+        let (mut got, mut broken) = (0usize, false);
+        // A batch on a consumer deleted meanwhile may never end: give it its expiry and a margin.
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), batch.next()).await {
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading events failed");
+                    broken = true;
+                    break;
+                }
+            };
+            got += 1;
             let event = match Event::decode(&msg.payload) {
                 Ok(e) => e,
                 Err(e) => {
@@ -64,9 +67,18 @@ pub async fn run(cli: &Cli) -> Outcome {
                     continue;
                 }
             };
+            if let Err(why) = agrees(&msg.subject, &event) {
+                tracing::error!(subject = %msg.subject, job_id = %event.job_id, node = %event.node, %why, "an event whose subject, node and job disagree; ignored");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
             match store.record_event(&event).await {
-                Ok(new) => {
-                    recorded += u64::from(new);
+                Ok(Recorded::Refused(why)) => {
+                    tracing::error!(subject = %msg.subject, job_id = %event.job_id, %why, "an event the store refuses; ignored");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
+                Ok(recorded_now) => {
+                    recorded += u64::from(recorded_now == Recorded::New);
                     if let Err(e) = msg.ack().await {
                         tracing::warn!(error = %e, "ack lost; the event comes again and is recorded once");
                     }
@@ -77,8 +89,82 @@ pub async fn run(cli: &Cli) -> Outcome {
                 }
             }
         }
+        if got == 0 || broken {
+            // Quiet, or a consumer that no longer exists (a fetch on a deleted consumer just
+            // comes back empty): look, and make it again if it is gone.
+            match ensure_consumer(&stream).await {
+                Ok(c) => consumer = c,
+                Err(e) => tracing::warn!(error = %e, "checking the recorder's consumer failed"),
+            }
+        }
     }
     eprintln!("recorder stopped after recording {recorded} new events");
+    Ok(())
+}
+
+/// What the recorder's consumer must be: every event, each acked once stored.
+fn consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(CONSUMER.into()),
+        description: Some("pvefleet record: events into the store".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: Duration::from_secs(10),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// The recorder's consumer, made (again) if it is missing or not what it must be. Recording an
+/// event twice changes nothing, so starting over from the first event loses and doubles nothing.
+async fn ensure_consumer(
+    stream: &jetstream::stream::Stream,
+) -> anyhow::Result<consumer::Consumer<consumer::pull::Config>> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    let wanted = consumer_config();
+    match stream.consumer_info(CONSUMER).await {
+        Ok(info) => {
+            let c = &info.config;
+            let sound = c.filter_subject.is_empty()
+                && c.filter_subjects.is_empty()
+                && c.deliver_subject.is_none()
+                && c.ack_policy == consumer::AckPolicy::Explicit
+                && c.deliver_policy == consumer::DeliverPolicy::All;
+            if sound {
+                return stream
+                    .get_consumer(CONSUMER)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the recorder's consumer: {e}"));
+            }
+            eprintln!("the recorder's consumer {CONSUMER} was changed by someone else; making it again");
+            tracing::warn!(consumer = CONSUMER, "the recorder's consumer was changed; making it again");
+            stream
+                .delete_consumer(CONSUMER)
+                .await
+                .map_err(|e| anyhow::anyhow!("removing the changed consumer: {e}"))?;
+        }
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("the recorder's consumer: {e}")),
+    }
+    let made =
+        stream.create_consumer(wanted).await.map_err(|e| anyhow::anyhow!("making the recorder's consumer: {e}"))?;
+    eprintln!(
+        "the recorder's consumer {CONSUMER} is in place (made now; events are recorded from the first, each once)"
+    );
+    tracing::info!(consumer = CONSUMER, "made the recorder's consumer");
+    Ok(made)
+}
+
+/// Whether an event's subject, `node` and `job_id` say the same: an agent may only publish
+/// on its own node's subjects, so an event naming another node (or another job) is forged.
+fn agrees(subject: &str, event: &Event) -> Result<(), String> {
+    let expected = pvefleet_schemas::names::event_subject(&event.node, &event.job_id);
+    if subject != expected {
+        return Err(format!("published on {subject}, but the event says {expected}"));
+    }
+    if event.result.as_ref().is_some_and(|r| r.job_id != event.job_id || r.node != event.node) {
+        return Err("its result names another job or node".into());
+    }
     Ok(())
 }
 
