@@ -121,16 +121,17 @@ impl Bus {
     }
 }
 
-/// The last message on `subject`, if any, read from the stream's leader; transient failures
-/// (a leader election) are retried.
+/// The last message on `subject`, if any, by a direct get whose subject names it (so an
+/// agent's permissions can hold it to its own node's events); transient failures (a leader
+/// election) are retried.
 async fn last_message(
     stream: &stream::Stream,
     subject: &str,
-) -> Result<Option<async_nats::jetstream::message::StreamMessage>, stream::LastRawMessageError> {
+) -> Result<Option<async_nats::jetstream::message::StreamMessage>, stream::DirectGetError> {
     (|| async {
-        match stream.get_last_raw_message_by_subject(subject).await {
+        match stream.direct_get_last_for_subject(subject).await {
             Ok(m) => Ok(Some(m)),
-            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     })

@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream;
 use futures::StreamExt as _;
-use pvefleet_schemas::names::{EVENTS_STREAM, job_events_filter};
-use pvefleet_schemas::{Event, JobId};
+use pvefleet_schemas::names::{EVENTS_STREAM, NODES_BUCKET, event_subject, job_events_filter};
+use pvefleet_schemas::{Event, Heartbeat, JobId, NodeName};
 
 /// The last permissions violation the server reported on this process's connection. NATS
 /// drops a refused publish silently (the publisher only sees its ack never come), so this is
@@ -19,7 +19,8 @@ pub fn refused() -> Option<String> {
 }
 
 /// Connects once (a CLI should fail fast, with the URL in the message).
-pub async fn connect(urls: &str, creds: Option<&std::path::Path>) -> anyhow::Result<async_nats::Client> {
+pub async fn connect(cli: &crate::cli::Cli) -> anyhow::Result<async_nats::Client> {
+    let (urls, creds) = (cli.nats_url.as_str(), cli.nats_creds.as_deref());
     let addrs: Vec<async_nats::ServerAddr> = urls
         .split(',')
         .map(|u| u.trim().parse())
@@ -40,65 +41,216 @@ pub async fn connect(urls: &str, creds: Option<&std::path::Path>) -> anyhow::Res
         opts = opts
             .user_and_password(addr.username().unwrap_or_default().into(), addr.password().unwrap_or_default().into());
     }
+    if let Some(prefix) = &cli.nats_inbox_prefix {
+        opts = opts.custom_inbox_prefix(prefix);
+    }
     if let Some(creds) = creds {
         opts = opts.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;
     }
     opts.connect(addrs).await.with_context(|| format!("connecting to NATS at {}", pvefleet_schemas::redact_urls(urls)))
 }
 
-/// A job's events from the first, then as they come.
+/// Every live agent's heartbeat in `pvefleet-nodes`, read by direct gets over the bucket's
+/// stream: like the event feed, this needs no consumer, so the read-only watcher may run it.
+pub async fn heartbeats(js: &jetstream::Context) -> anyhow::Result<Vec<Heartbeat>> {
+    use jetstream::stream::DirectGetErrorKind;
+    let bucket = format!("KV_{NODES_BUCKET}");
+    let stream =
+        js.get_stream(&bucket).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
+    let keys = format!("$KV.{NODES_BUCKET}.>");
+    let (mut beats, mut from) = (Vec::new(), 1);
+    loop {
+        let msg = match stream.direct_get_next_for_subject(keys.clone(), Some(from)).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+            Err(e) => return Err(anyhow::anyhow!("reading the node registry: {e}")),
+        };
+        from = msg.sequence + 1;
+        // A stopped agent deletes its entry; the marker has no heartbeat in it.
+        let deleted = msg.headers.get("KV-Operation").is_some_and(|op| op.as_str() != "PUT");
+        if deleted {
+            continue;
+        }
+        match Heartbeat::decode(&msg.payload) {
+            Ok(beat) => beats.push(beat),
+            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "an unreadable heartbeat; ignored"),
+        }
+    }
+    beats.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(beats)
+}
+
+/// A job's events from the first, then as they come, without any consumer: replayed by
+/// direct gets (`$JS.API.DIRECT.GET.PVEFLEET_EVENTS`, next message on the job's subject) and
+/// followed by a plain subscription taken before the replay, so nothing falls between them.
+/// A reader that may create consumers may also create one that delivers to any subject it
+/// names (nats-server does not check that its creator may publish there), so the watcher
+/// user is given none of that: this is all it needs.
+///
+/// Only events whose subject, `node` and `job_id` agree — and whose node is the job's, when
+/// known — are given out, in `seq` order, each once.
 pub struct EventFeed {
-    messages: consumer::pull::Stream,
-    /// Events already stored when the feed opened.
-    pub pending_at_open: u64,
+    stream: jetstream::stream::Stream,
+    job: JobId,
+    /// The job's node; learnt from its first event when the caller did not know it.
+    node: Option<NodeName>,
+    subject: String,
+    live: async_nats::Subscriber,
+    /// The next stream sequence the replay reads from; `None` once it has caught up.
+    replay_from: Option<u64>,
+    /// The stream sequence the replay last read: where it goes on after a gap.
+    replayed_to: u64,
+    /// The `seq` of the next event to give out.
+    next_seq: u64,
+    /// Events that came live ahead of their turn, by `seq`.
+    early: std::collections::BTreeMap<u64, Event>,
+    /// Whether the job had any event when the feed opened.
+    pub had_events: bool,
 }
 
 impl std::fmt::Debug for EventFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventFeed").field("pending_at_open", &self.pending_at_open).finish_non_exhaustive()
+        f.debug_struct("EventFeed").field("job", &self.job).field("next_seq", &self.next_seq).finish_non_exhaustive()
     }
 }
 
 impl EventFeed {
-    /// Opens the feed; while a cluster elects a new leader (a server just died) JetStream
-    /// calls time out for a few seconds, so those are retried for up to half a minute.
-    pub async fn open(js: &jetstream::Context, job: &JobId) -> anyhow::Result<Self> {
+    /// Opens the feed of `job` on `node` (from the store; `None` when unknown). While a
+    /// cluster elects a new leader (a server just died) JetStream calls time out for a few
+    /// seconds, so those are retried for up to half a minute.
+    pub async fn open(
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        job: &JobId,
+        node: Option<NodeName>,
+    ) -> anyhow::Result<Self> {
         use backon::{ExponentialBuilder, Retryable as _};
         let retry = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(3))
             .with_total_delay(Some(Duration::from_secs(30)))
             .without_max_times();
-        (|| Self::open_once(js, job))
+        (|| Self::open_once(client, js, job, node.clone()))
             .retry(retry)
             .when(|e| format!("{e:#}").contains("timed out"))
             .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "JetStream not answering; retrying"))
             .await
     }
 
-    async fn open_once(js: &jetstream::Context, job: &JobId) -> anyhow::Result<Self> {
+    async fn open_once(
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        job: &JobId,
+        node: Option<NodeName>,
+    ) -> anyhow::Result<Self> {
         let stream = js.get_stream(EVENTS_STREAM).await.context("the events stream (run `pvefleet setup`)")?;
-        let mut consumer = stream
-            .create_consumer(consumer::pull::Config {
-                filter_subject: job_events_filter(job),
-                deliver_policy: consumer::DeliverPolicy::All,
-                ack_policy: consumer::AckPolicy::None,
-                inactive_threshold: Duration::from_secs(60),
-                ..Default::default()
-            })
-            .await?;
-        let pending_at_open = consumer.info().await?.num_pending;
-        let messages = consumer.messages().await?;
-        Ok(Self { messages, pending_at_open })
+        let subject = match &node {
+            Some(node) => event_subject(node, job),
+            None => job_events_filter(job),
+        };
+        let live = client.subscribe(subject.clone()).await.context("following the job's events")?;
+        let mut feed = Self {
+            stream,
+            job: *job,
+            node,
+            subject,
+            live,
+            replay_from: Some(1),
+            replayed_to: 0,
+            next_seq: 1,
+            early: Default::default(),
+            had_events: false,
+        };
+        feed.had_events = feed.direct_get(1).await?.is_some();
+        Ok(feed)
     }
 
-    pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
-        match self.messages.next().await {
-            None => Ok(None),
-            Some(m) => {
-                let m = m.map_err(|e| anyhow::anyhow!("reading events: {e}"))?;
-                Ok(Some(Event::decode(&m.payload)?))
+    /// The first message at or after stream sequence `from` on the job's subject.
+    async fn direct_get(&self, from: u64) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
+        use jetstream::stream::DirectGetErrorKind;
+        match self.stream.direct_get_next_for_subject(self.subject.clone(), Some(from)).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(anyhow::anyhow!("reading the job's events: {e}")),
+        }
+    }
+
+    /// The event in a message, if it is one of this job's that may be given out.
+    fn accept(&mut self, subject: &str, payload: &[u8]) -> Option<Event> {
+        let event = match Event::decode(payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "an unreadable event; ignored");
+                return None;
             }
+        };
+        let agrees = event.job_id == self.job
+            && subject == event_subject(&event.node, &event.job_id)
+            && self.node.as_ref().is_none_or(|n| *n == event.node);
+        if !agrees {
+            tracing::warn!(%subject, node = %event.node, job_id = %event.job_id, "an event whose subject, node and job disagree; ignored");
+            return None;
+        }
+        // Unknown node: the first event names it, and only that node's events count after it.
+        self.node.get_or_insert_with(|| event.node.clone());
+        Some(event)
+    }
+
+    /// The next event, waiting for it as long as it takes; `None` if the connection closed.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
+        loop {
+            if let Some(event) = self.early.remove(&self.next_seq) {
+                self.next_seq += 1;
+                return Ok(Some(event));
+            }
+            if let Some(from) = self.replay_from {
+                match self.direct_get(from).await? {
+                    Some(m) => {
+                        self.replay_from = Some(m.sequence + 1);
+                        self.replayed_to = m.sequence;
+                        if let Some(event) = self.accept(m.subject.as_str(), &m.payload) {
+                            // The stream holds a job's events in seq order: one it skips is gone
+                            // (aged out), not late, and waiting for it would wait for ever.
+                            if event.seq > self.next_seq
+                                && !(self.next_seq..event.seq).any(|s| self.early.contains_key(&s))
+                            {
+                                tracing::warn!(
+                                    from = self.next_seq,
+                                    to = event.seq - 1,
+                                    "events no longer in the stream; skipped"
+                                );
+                                self.next_seq = event.seq;
+                            }
+                            self.keep(event);
+                        }
+                    }
+                    None => self.replay_from = None,
+                }
+                continue;
+            }
+            // Caught up: follow. A gap (a live event ahead of the next one) sends the feed
+            // back to the stream, which has every event in order; a replica that has not yet
+            // caught up answers again a moment later.
+            let wait = if self.early.is_empty() { Duration::from_secs(3600) } else { Duration::from_millis(200) };
+            match tokio::time::timeout(wait, self.live.next()).await {
+                Ok(Some(msg)) => {
+                    if let Some(event) = self.accept(msg.subject.as_str(), &msg.payload) {
+                        self.keep(event);
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(_) => {}
+            }
+            if !self.early.is_empty() && !self.early.contains_key(&self.next_seq) {
+                self.replay_from = Some(self.replayed_to + 1);
+            }
+        }
+    }
+
+    /// Keeps an event for its turn (an event already given out is dropped).
+    fn keep(&mut self, event: Event) {
+        if event.seq >= self.next_seq {
+            self.early.entry(event.seq).or_insert(event);
         }
     }
 }

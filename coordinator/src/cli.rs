@@ -14,6 +14,10 @@ pub struct Cli {
     /// NATS credentials file.
     #[arg(long, env = "PVEFLEET_NATS_CREDS", global = true)]
     pub nats_creds: Option<PathBuf>,
+    /// The prefix of this user's reply inboxes (`_INBOX_watcher` for the watcher user of
+    /// deploy/nats/auth.conf), so no other user can read the replies meant for it.
+    #[arg(long, env = "PVEFLEET_NATS_INBOX_PREFIX", global = true)]
+    pub nats_inbox_prefix: Option<String>,
     /// The store: a SQLite file path, a sqlite: URL or a postgres:// URL [default: pvefleet.db in
     /// the user's data directory].
     #[arg(long, env = "PVEFLEET_DB", global = true)]

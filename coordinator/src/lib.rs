@@ -60,7 +60,7 @@ pub type Outcome = Result<(), Failure>;
 
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.verb {
-        Verb::Setup { replicas } => verbs::setup::run(&cli.nats_url, cli.nats_creds.as_deref(), replicas).await,
+        Verb::Setup { replicas } => verbs::setup::run(&cli, replicas).await,
         Verb::Submit(ref args) => verbs::submit::run(&cli, args).await,
         Verb::Watch { ref job, json } => verbs::watch::run(&cli, job, json).await,
         Verb::Jobs { ref node, ref state, json } => {

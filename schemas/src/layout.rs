@@ -48,6 +48,9 @@ pub fn events_stream(replicas: usize) -> stream::Config {
         storage: stream::StorageType::File,
         max_age: EVENTS_MAX_AGE,
         max_bytes: EVENTS_MAX_BYTES,
+        // Readers replay a job's events by direct get, never through a consumer of their own
+        // (see deploy/nats/auth.conf), and an agent reads its own node's last event so.
+        allow_direct: true,
         discard: stream::DiscardPolicy::Old,
         // Agents cut every event to fit; anything bigger is not one of theirs.
         max_message_size: events_max_message_size(),
@@ -112,5 +115,6 @@ mod tests {
         assert_eq!(events.max_bytes, EVENTS_MAX_BYTES);
         assert!(events.max_message_size as usize > crate::event::MAX_EVENT_BYTES);
         assert_eq!(events.num_replicas, 3);
+        assert!(events.allow_direct);
     }
 }

@@ -148,7 +148,11 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
     assert!(submit.ok(), "{submit:?}");
     let job = submit.stdout.trim().to_owned();
     let watcher = Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db);
-    let watch = tokio::time::timeout(Duration::from_secs(60), watcher.run(&["watch", &job])).await??;
+    let watch = tokio::time::timeout(
+        Duration::from_secs(60),
+        watcher.run(&["watch", &job, "--nats-inbox-prefix", "_INBOX_watcher"]),
+    )
+    .await??;
     assert_eq!(watch.code, Some(0), "the watcher replays and follows: {watch:?}");
 
     // The watcher cannot submit.
@@ -158,7 +162,19 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
             .await?,
     );
     let queued = js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?.info().await?.state.messages;
-    let denied = watcher.run(&["submit", "--node", "pve2", "--hostname", "nope", "--ostemplate", OSTEMPLATE]).await?;
+    let denied = watcher
+        .run(&[
+            "submit",
+            "--node",
+            "pve2",
+            "--hostname",
+            "nope",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--nats-inbox-prefix",
+            "_INBOX_watcher",
+        ])
+        .await?;
     assert_eq!(denied.code, Some(1), "{denied:?}");
     assert_eq!(js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?.info().await?.state.messages, queued);
 
@@ -244,6 +260,125 @@ async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() 
         watch.stdout.lines().map(|l| pvefleet_schemas::Event::decode(l.as_bytes())).collect::<Result<_, _>>()?;
     pvefleet_testbed::jobs::check_event_contract(&events)?;
     assert_eq!(pve.containers().await?.len(), 1);
+    dir.pass();
+    Ok(())
+}
+
+/// A request that nats-server must refuse, as `who` would send it.
+async fn try_request(client: &async_nats::Client, subject: &str, body: serde_json::Value) {
+    let _ =
+        tokio::time::timeout(Duration::from_secs(2), client.request(subject.to_owned(), body.to_string().into())).await;
+}
+
+#[tokio::test]
+async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("deploy-hostile");
+    let port = free_port("127.0.0.1");
+    let config = loopback_config(&dir, "single.conf", port, None)?;
+    let mut nats = NatsServer::from_config(&dir, "nats-single", config, port, env())?;
+    nats.ready().await?;
+    let pve = FakePve::start(&dir, FakePveOptions { nodes: vec!["pve1".into(), "pve2".into()], ..Default::default() })
+        .await?;
+    let db = TestDb::sqlite(&dir);
+    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db);
+    assert!(admin.run(&["setup"]).await?.ok());
+    let _recorder = admin.recorder("recorder")?;
+    let agent = |node: &str, pw: &str| {
+        Agent::start(
+            &dir,
+            &[nats.url_as(&format!("agent-{node}"), pw)],
+            &pve,
+            AgentOptions { inbox_prefix: Some(format!("_INBOX_{node}")), ..AgentOptions::node(node) },
+        )
+    };
+    let _pve1 = agent("pve1", "pve1-pw")?;
+    let submit = admin
+        .run(&["submit", "--node", "pve2", "--hostname", "target", "--ostemplate", OSTEMPLATE, "--ip", "127.0.0.9/32"])
+        .await?;
+    assert!(submit.ok(), "{submit:?}");
+    let job: pvefleet_schemas::JobId = submit.stdout.trim().parse()?;
+
+    // The watcher tries what the old permissions let it do.
+    let (watcher, mut errors) = restricted_client(&nats.url(), "watcher", "watch-pw", "_INBOX_watcher").await?;
+    let push_to_cancel = serde_json::json!({"stream_name": "PVEFLEET_EVENTS", "config": {
+        "name": "evil", "deliver_subject": "pvefleet.control.pve2.cancel", "ack_policy": "none", "deliver_policy": "all"}});
+    try_request(&watcher, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS.evil", push_to_cancel.clone()).await;
+    refused(&mut errors, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS.evil").await?;
+    try_request(&watcher, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS", push_to_cancel).await;
+    refused(&mut errors, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS\"").await?;
+    try_request(&watcher, "$JS.API.CONSUMER.DELETE.PVEFLEET_EVENTS.pvefleet-recorder", serde_json::json!({})).await;
+    refused(&mut errors, "CONSUMER.DELETE.PVEFLEET_EVENTS.pvefleet-recorder").await?;
+    try_request(
+        &watcher,
+        "$JS.API.CONSUMER.MSG.NEXT.PVEFLEET_EVENTS.pvefleet-recorder",
+        serde_json::json!({"batch": 1}),
+    )
+    .await;
+    refused(&mut errors, "CONSUMER.MSG.NEXT.PVEFLEET_EVENTS.pvefleet-recorder").await?;
+    for subject in ["pvefleet.jobs.pve2.create", "pvefleet.events.pve2.x", "pvefleet.control.pve2.cancel"] {
+        let _ = watcher.publish(subject, "{}".into()).await;
+        refused(&mut errors, subject).await?;
+    }
+    let _sub = watcher.subscribe("_INBOX.>").await?;
+    refused(&mut errors, "Subscription to \"_INBOX.>\"").await?;
+
+    // Agent pve1 tries to read pve2's events and to cancel pve2's jobs.
+    let (rogue, mut rogue_errors) = restricted_client(&nats.url(), "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
+    let theirs = format!("$JS.API.DIRECT.GET.PVEFLEET_EVENTS.pvefleet.events.pve2.{job}");
+    try_request(&rogue, &theirs, serde_json::json!({})).await;
+    refused(&mut rogue_errors, &theirs).await?;
+    try_request(
+        &rogue,
+        "$JS.API.DIRECT.GET.PVEFLEET_EVENTS",
+        serde_json::json!({"next_by_subj": "pvefleet.events.>", "seq": 1}),
+    )
+    .await;
+    refused(&mut rogue_errors, "$JS.API.DIRECT.GET.PVEFLEET_EVENTS\"").await?;
+    try_request(&rogue, "$JS.API.STREAM.MSG.GET.PVEFLEET_EVENTS", serde_json::json!({"seq": 1})).await;
+    refused(&mut rogue_errors, "STREAM.MSG.GET.PVEFLEET_EVENTS").await?;
+    let _ = rogue.publish("pvefleet.control.pve2.cancel", "{}".into()).await;
+    refused(&mut rogue_errors, "pvefleet.control.pve2.cancel").await?;
+    // What it may publish, its own node's subject, it uses to forge pve2's job's end.
+    let forged = serde_json::json!({"v": 1, "job_id": job, "node": "pve1", "seq": 1, "type": "complete",
+        "step": "finalizing", "percent": 100, "message": "forged", "timestamp": "2026-11-27T00:00:00Z",
+        "result": {"success": true, "job_id": job, "node": "pve1", "vmid": 666, "ip": null, "rolled_back": false}});
+    rogue.publish(format!("pvefleet.events.pve1.{job}"), forged.to_string().into()).await?;
+    rogue.flush().await?;
+
+    // pve2's agent runs the job; the watcher follows it to its real end.
+    let _pve2 = agent("pve2", "pve2-pw")?;
+    let watch = tokio::time::timeout(
+        Duration::from_secs(60),
+        Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db).run(&[
+            "watch",
+            &job.to_string(),
+            "--json",
+            "--nats-inbox-prefix",
+            "_INBOX_watcher",
+        ]),
+    )
+    .await??;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    let events: Vec<pvefleet_schemas::Event> =
+        watch.stdout.lines().map(|l| pvefleet_schemas::Event::decode(l.as_bytes())).collect::<Result<_, _>>()?;
+    pvefleet_testbed::jobs::check_event_contract(&events)?;
+    assert!(events.iter().all(|e| e.node.as_str() == "pve2" && e.message != "forged"), "{events:#?}");
+    let vmid = events.last().and_then(|e| e.result.as_ref()).and_then(|r| r.vmid).map(|v| i64::from(v.get()));
+    assert_ne!(vmid, Some(666));
+    // The watcher lists the fleet without any consumer.
+    let nodes = Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db)
+        .run(&["nodes", "--json", "--nats-inbox-prefix", "_INBOX_watcher"])
+        .await?;
+    assert!(nodes.ok() && nodes.stdout.contains("\"pve1\"") && nodes.stdout.contains("\"pve2\""), "{nodes:?}");
+    // The recorder stored the real end, not the forgery.
+    let shown = wait_until("the recorder to store the job's end", Duration::from_secs(30), || async {
+        let run = admin.run(&["job", &job.to_string(), "--json"]).await.ok()?;
+        let v: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        (v["state"] == "succeeded").then_some(v)
+    })
+    .await?;
+    assert_eq!(shown["vmid"].as_i64(), vmid);
     dir.pass();
     Ok(())
 }

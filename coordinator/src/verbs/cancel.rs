@@ -24,7 +24,7 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     let store = crate::open_store(cli).await?;
     let row = store.job(&id).await?.ok_or_else(|| Failure::Usage(format!("unknown job {id}")))?;
     let node = NodeName::new(&row.node).map_err(|e| anyhow::anyhow!("stored node: {e}"))?;
-    let client = crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?;
+    let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
 
     let last = last_event(&js, &node, &id).await?;
@@ -57,7 +57,7 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
         return Err(anyhow::anyhow!("{}", reply.message).into());
     }
     println!("{}", reply.message);
-    let mut feed = EventFeed::open(&js, &id).await?;
+    let mut feed = EventFeed::open(&client, &js, &id, Some(node.clone())).await?;
     let ended = tokio::time::timeout(WIND_DOWN, async {
         while let Some(e) = feed.next().await? {
             if e.is_terminal() {

@@ -2,30 +2,13 @@
 
 use async_nats::jetstream;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use futures::StreamExt as _;
-use pvefleet_schemas::Heartbeat;
-use pvefleet_schemas::names::NODES_BUCKET;
 
 use crate::Outcome;
 use crate::cli::Cli;
 
 pub async fn run(cli: &Cli, json: bool) -> Outcome {
-    let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
-    let kv = js
-        .get_key_value(NODES_BUCKET)
-        .await
-        .map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
-    let mut keys = kv.keys().await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
-    let mut beats = Vec::new();
-    while let Some(key) = keys.next().await {
-        let Ok(key) = key else { continue };
-        if let Ok(Some(bytes)) = kv.get(&key).await
-            && let Ok(beat) = Heartbeat::decode(&bytes)
-        {
-            beats.push(beat);
-        }
-    }
-    beats.sort_by(|a, b| a.node.cmp(&b.node));
+    let js = jetstream::new(crate::bus::connect(cli).await?);
+    let beats = crate::bus::heartbeats(&js).await?;
     if json {
         println!("{}", serde_json::to_string(&beats).expect("heartbeats serialize"));
         return Ok(());

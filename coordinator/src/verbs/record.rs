@@ -19,7 +19,7 @@ pub const CONSUMER: &str = "pvefleet-recorder";
 
 pub async fn run(cli: &Cli) -> Outcome {
     let store = crate::open_store(cli).await?;
-    let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
+    let js = jetstream::new(crate::bus::connect(cli).await?);
     let stream = js
         .get_stream(EVENTS_STREAM)
         .await

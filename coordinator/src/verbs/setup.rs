@@ -5,11 +5,11 @@ use pvefleet_schemas::layout;
 
 use crate::Outcome;
 
-pub async fn run(urls: &str, creds: Option<&std::path::Path>, replicas: usize) -> Outcome {
+pub async fn run(cli: &crate::cli::Cli, replicas: usize) -> Outcome {
     if replicas == 0 || replicas > 5 {
         return Err(crate::Failure::Usage(format!("--replicas {replicas} is outside 1..=5")));
     }
-    let js = jetstream::new(crate::bus::connect(urls, creds).await?);
+    let js = jetstream::new(crate::bus::connect(cli).await?);
     for config in [layout::jobs_stream(replicas), layout::events_stream(replicas)] {
         let name = config.name.clone();
         js.create_or_update_stream(config).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;

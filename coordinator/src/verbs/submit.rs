@@ -4,8 +4,8 @@
 use std::io::IsTerminal as _;
 
 use async_nats::jetstream::{self, message::PublishMessage};
-use pvefleet_schemas::names::{JobKind, NODES_BUCKET, job_subject};
-use pvefleet_schemas::{DeploySpec, Heartbeat, Job, JobId, NodeName, RollbackPolicy, Secret, Timestamp, V1};
+use pvefleet_schemas::names::{JobKind, job_subject};
+use pvefleet_schemas::{DeploySpec, Job, JobId, NodeName, RollbackPolicy, Secret, Timestamp, V1};
 
 use crate::cli::{Cli, SubmitArgs};
 use crate::spec::{BadInput, SpecFile, container_from, extend_deploy, overlay};
@@ -90,7 +90,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     };
     job.validate()?;
 
-    let client = crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?;
+    let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client);
     if node_arg == "auto" {
         job.node = place(&js, &job).await?;
@@ -163,7 +163,7 @@ async fn republish(
     let mut job =
         Job::decode(existing.spec.as_bytes()).map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
     job.container.root_password = password(args)?;
-    let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
+    let js = jetstream::new(crate::bus::connect(cli).await?);
     let seq = publish(&js, &job).await?;
     store.set_stream_seq(&job.job_id, seq).await?;
     finish_existing(cli, args, existing).await
@@ -253,20 +253,11 @@ fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
 
 /// `--node auto`: the live agent with the most free memory whose node fits the container.
 async fn place(js: &jetstream::Context, job: &Job) -> Result<NodeName, Failure> {
-    use futures::StreamExt as _;
-    let kv = js
-        .get_key_value(NODES_BUCKET)
-        .await
-        .map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
-    let mut keys = kv.keys().await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
     let spec = &job.container;
     let (need_mem, need_disk) = (u64::from(spec.memory) << 20, u64::from(spec.disk) << 30);
     let mut best: Option<(u64, NodeName)> = None;
     let mut refused = Vec::new();
-    while let Some(key) = keys.next().await {
-        let Ok(key) = key else { continue };
-        let Ok(Some(bytes)) = kv.get(&key).await else { continue };
-        let Ok(beat) = Heartbeat::decode(&bytes) else { continue };
+    for beat in crate::bus::heartbeats(js).await? {
         let Some(cap) = beat.capacity else {
             refused.push(format!("{}: its Proxmox API did not answer", beat.node));
             continue;

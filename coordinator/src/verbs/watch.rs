@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 
 use async_nats::jetstream;
 use indicatif::{ProgressBar, ProgressStyle};
-use pvefleet_schemas::{Event, EventType};
+use pvefleet_schemas::{Event, EventType, NodeName};
 
 use crate::bus::EventFeed;
 use crate::cli::Cli;
@@ -13,17 +13,19 @@ use crate::{Failure, Outcome};
 
 pub async fn run(cli: &Cli, job: &str, json: bool) -> Outcome {
     let id = crate::job_id(job)?;
-    let js = jetstream::new(crate::bus::connect(&cli.nats_url, cli.nats_creds.as_deref()).await?);
-    let mut feed = EventFeed::open(&js, &id).await?;
-    if feed.pending_at_open == 0 {
-        // No events yet: a queued job, or no job at all. The store knows which.
-        let known = match crate::open_store(cli).await {
-            Ok(store) => store.job(&id).await?.is_some(),
-            Err(_) => false,
-        };
-        if !known {
-            return Err(Failure::Usage(format!("unknown job {id}: no events and not in the store")));
-        }
+    // The store knows the job's node (a watcher without one follows any node's subject and
+    // keeps to the node of the job's first event).
+    let stored = match crate::open_store(cli).await {
+        Ok(store) => store.job(&id).await?,
+        Err(_) => None,
+    };
+    let node = stored.as_ref().and_then(|row| NodeName::new(&row.node).ok());
+    let client = crate::bus::connect(cli).await?;
+    let js = jetstream::new(client.clone());
+    let mut feed = EventFeed::open(&client, &js, &id, node).await?;
+    if !feed.had_events && stored.is_none() {
+        // No events yet and not in the store: no such job (a queued one is in the store).
+        return Err(Failure::Usage(format!("unknown job {id}: no events and not in the store")));
     }
     let bar = (!json && std::io::stdout().is_terminal()).then(|| {
         let bar = ProgressBar::new(100);
