@@ -287,7 +287,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     let agent = |node: &str, pw: &str| {
         Agent::start(
             &dir,
-            &[nats.url_as(&format!("agent-{node}"), pw)],
+            &[format!("nats://agent-{node}:{pw}@127.0.0.1:{port}")],
             &pve,
             AgentOptions { inbox_prefix: Some(format!("_INBOX_{node}")), ..AgentOptions::node(node) },
         )
@@ -379,6 +379,30 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     })
     .await?;
     assert_eq!(shown["vmid"].as_i64(), vmid);
+
+    // Every process ran with its password in its NATS URL; no log line shows one, not even
+    // the errors of connecting to a server that is gone.
+    nats.kill();
+    let down = Pvefleet::new(&dir, &format!("nats://watcher:watch-pw@127.0.0.1:{port}"), &db)
+        .run(&["nodes", "--nats-inbox-prefix", "_INBOX_watcher"])
+        .await?;
+    assert_eq!(down.code, Some(1), "{down:?}");
+    assert!(down.stderr.contains("watcher:***@") && !down.stderr.contains("watch-pw"), "{}", down.stderr);
+    let late = agent("pve1", "pve1-pw")?;
+    wait_until("the agent to report NATS unreachable", Duration::from_secs(20), || {
+        let text = late.log_text();
+        async move { text.contains("NATS unreachable").then_some(()) }
+    })
+    .await?;
+    for entry in std::fs::read_dir(dir.path())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let text = std::fs::read_to_string(&path)?;
+            for (_, password) in PASSWORDS {
+                assert!(!text.contains(password), "{} shows a password", path.display());
+            }
+        }
+    }
     dir.pass();
     Ok(())
 }
