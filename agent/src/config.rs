@@ -23,6 +23,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The only directory `deploy.files[].source` may read from.
     pub files_dir: PathBuf,
+    /// What the agent keeps: its sealing key (`sealing.key`, mode 0600).
+    pub state_dir: PathBuf,
     pub nats: NatsConfig,
     pub proxmox: ProxmoxConfig,
     pub ssh: SshConfig,
@@ -76,6 +78,10 @@ pub struct SshConfig {
     pub connect_timeout: Duration,
     /// How long to keep retrying while the new container's sshd comes up.
     pub retry_for: Duration,
+    /// The file in the container that PVE writes `ssh-public-keys` to (relative to the user's
+    /// home; `%a` is the container's address): where the job's own key is removed from once
+    /// the deploy is done.
+    pub authorized_keys: String,
 }
 
 /// A configuration problem, naming where it is and which key.
@@ -103,6 +109,8 @@ struct Raw {
     ack_wait: HumanDuration,
     #[serde(default = "default_files_dir")]
     files_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
     nats: RawNats,
     proxmox: RawProxmox,
     #[serde(default)]
@@ -142,6 +150,8 @@ struct RawSsh {
     connect_timeout: HumanDuration,
     #[serde(default = "default_retry_for")]
     retry_for: HumanDuration,
+    #[serde(default = "default_authorized_keys")]
+    authorized_keys: String,
 }
 
 impl Default for RawSsh {
@@ -151,6 +161,7 @@ impl Default for RawSsh {
             port: default_ssh_port(),
             connect_timeout: default_connect_timeout(),
             retry_for: default_retry_for(),
+            authorized_keys: default_authorized_keys(),
         }
     }
 }
@@ -166,6 +177,12 @@ fn default_grace() -> HumanDuration {
 }
 fn default_ack_wait() -> HumanDuration {
     HumanDuration::secs(30)
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/pvefleet")
+}
+fn default_authorized_keys() -> String {
+    ".ssh/authorized_keys".into()
 }
 fn default_files_dir() -> PathBuf {
     PathBuf::from("/var/lib/pvefleet/files")
@@ -199,6 +216,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("shutdown_grace", Kind::Str),
     ("ack_wait", Kind::Str),
     ("files_dir", Kind::Str),
+    ("state_dir", Kind::Str),
     ("nats.urls", Kind::List),
     ("nats.creds", Kind::Str),
     ("nats.inbox_prefix", Kind::Str),
@@ -211,6 +229,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("ssh.port", Kind::Int),
     ("ssh.connect_timeout", Kind::Str),
     ("ssh.retry_for", Kind::Str),
+    ("ssh.authorized_keys", Kind::Str),
 ];
 
 /// `proxmox.token_id` → `PVEFLEET_PROXMOX_TOKEN_ID`.
@@ -279,8 +298,13 @@ impl Config {
         if raw.ack_wait.0 < Duration::from_secs(1) {
             return Err(err("ack_wait", "must be at least 1s".into()));
         }
-        if !raw.files_dir.is_absolute() {
-            return Err(err("files_dir", format!("`{}` must be an absolute path", raw.files_dir.display())));
+        for (key, dir) in [("files_dir", &raw.files_dir), ("state_dir", &raw.state_dir)] {
+            if !dir.is_absolute() {
+                return Err(err(key, format!("`{}` must be an absolute path", dir.display())));
+            }
+        }
+        if raw.ssh.authorized_keys.is_empty() || raw.ssh.authorized_keys.contains(['\'', '\n']) {
+            return Err(err("ssh.authorized_keys", "must be a file path without quotes".into()));
         }
         if raw.nats.urls.is_empty() {
             return Err(err("nats.urls", "needs at least one server URL".into()));
@@ -350,6 +374,7 @@ impl Config {
             ack_wait: raw.ack_wait.0,
             shutdown_grace: raw.shutdown_grace.0,
             files_dir: raw.files_dir,
+            state_dir: raw.state_dir,
             nats: NatsConfig { urls: raw.nats.urls, creds: raw.nats.creds, inbox_prefix: raw.nats.inbox_prefix },
             proxmox: ProxmoxConfig {
                 url: raw.proxmox.url.trim_end_matches('/').to_owned(),
@@ -362,6 +387,7 @@ impl Config {
                 port: raw.ssh.port,
                 connect_timeout: raw.ssh.connect_timeout.0,
                 retry_for: raw.ssh.retry_for.0,
+                authorized_keys: raw.ssh.authorized_keys,
             },
         })
     }

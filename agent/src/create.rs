@@ -35,6 +35,7 @@ use crate::proxmox::task::{TaskProgress, TaskWaitError};
 use crate::proxmox::{PveClient, PveError, Upid};
 use crate::ssh::SshSession;
 use crate::vmid::AllocError;
+use pvefleet_schemas::seal::SecretKey;
 
 /// One row of the step table.
 struct StepRow {
@@ -151,16 +152,20 @@ pub async fn claim(job: &Job, bus: &Bus, owner: &str, lease: Duration) -> Result
     }
 }
 
+/// What a job runs against: this node's Proxmox API, NATS, the agent's settings and key.
+#[derive(Debug, Clone, Copy)]
+pub struct Env<'a> {
+    pub pve: &'a PveClient,
+    pub bus: &'a Bus,
+    pub config: &'a Config,
+    pub sealing: &'a SecretKey,
+    /// Fires when the agent stops: the job hands back at its next await.
+    pub stop: &'a CancellationToken,
+}
+
 /// Runs (or resumes) a claimed create job to its end.
-pub async fn run(
-    job: &Job,
-    claimed: Claimed,
-    pve: &PveClient,
-    bus: &Bus,
-    config: &Config,
-    stop: &CancellationToken,
-    cancel: &CancellationToken,
-) -> JobEnd {
+pub async fn run(job: &Job, claimed: Claimed, env: Env<'_>, cancel: &CancellationToken) -> JobEnd {
+    let Env { pve, bus, config, sealing, stop } = env;
     let span = tracing::info_span!("job", job_id = %job.job_id, node = %job.node);
     async {
         let Claimed { events, resumed, claim, cp } = claimed;
@@ -170,6 +175,8 @@ pub async fn run(
             bus,
             ssh_config: &config.ssh,
             files_dir: &config.files_dir,
+            sealing,
+            password: None,
             events,
             cp,
             claim: claim.clone(),
@@ -204,6 +211,10 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) ssh_config: &'a SshConfig,
     /// Where `deploy.files[].source` may read from.
     pub(crate) files_dir: &'a std::path::Path,
+    /// The agent's own key: opens the root password, seals the job's SSH key.
+    pub(crate) sealing: &'a SecretKey,
+    /// The root password, opened at validating; held in memory only.
+    pub(crate) password: Option<pvefleet_schemas::Secret>,
     pub(crate) events: EventLog,
     pub(crate) cp: Checkpoint,
     /// This run's hold on the job; every checkpoint is written through it.
@@ -239,6 +250,9 @@ impl CreateJob<'_> {
         if let Some(failure) = self.cp.failure.clone() {
             // The job had failed and was rolling back when its agent stopped.
             return self.fail(failure).await;
+        }
+        if let Err(StepError::Failed { kind, message }) = self.open_password() {
+            return self.fail(ErrorInfo { kind, step: Step::Validating, message }).await;
         }
         for row in &STEPS {
             if self.cp.done.is_some_and(|done| done >= row.step) {
@@ -340,6 +354,20 @@ impl CreateJob<'_> {
         self.job.options.timeouts
     }
 
+    /// Opens the root password sealed to this agent (every delivery: it is never stored).
+    fn open_password(&mut self) -> StepResult {
+        if let Some(sealed) = &self.job.container.root_password {
+            let pw = self.sealing.open(sealed).map_err(|e| {
+                StepError::failed(
+                    ErrorKind::Validation,
+                    format!("container.root_password: {e}; it cannot be opened here"),
+                )
+            })?;
+            self.password = Some(pw);
+        }
+        Ok(())
+    }
+
     /// Checks the spec against this node and chooses the vmid.
     async fn validate(&mut self) -> StepResult {
         for (i, file) in self.job.deploy.files.iter().enumerate() {
@@ -388,7 +416,7 @@ impl CreateJob<'_> {
             ));
         }
         if !self.job.deploy.is_empty() && self.cp.ssh_key.is_none() {
-            self.cp.ssh_key = Some(crate::deploy::new_job_key()?);
+            self.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing)?);
         }
         if self.cp.vmid.is_none() {
             self.choose_vmid().await?;
@@ -568,7 +596,7 @@ impl CreateJob<'_> {
         if !keys.is_empty() {
             params.push(("ssh-public-keys", keys.join("\n")));
         }
-        if let Some(pw) = &spec.root_password {
+        if let Some(pw) = &self.password {
             params.push(("password", pw.expose().to_owned()));
         }
         params

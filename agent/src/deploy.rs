@@ -7,7 +7,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pvefleet_schemas::{ErrorKind, LogStream, ScriptSpec, Secret, Step};
+use pvefleet_schemas::seal::{Sealed, SecretKey};
+use pvefleet_schemas::{ErrorKind, LogStream, ScriptSpec, Step};
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::LineEnding;
 
@@ -25,17 +26,20 @@ pub const MAX_JOB_LOG_BYTES: usize = 16 * 1024 * 1024;
 /// Lines kept for an error message.
 const TAIL_LINES: usize = 20;
 
-/// A fresh ed25519 key for one job, as the checkpoint keeps it.
-pub(crate) fn new_job_key() -> Result<Secret, StepError> {
+/// A fresh ed25519 key for one job, sealed to the agent's own key as the checkpoint keeps it.
+pub(crate) fn new_job_key(sealing: &SecretKey) -> Result<Sealed, StepError> {
     let key = crate::ssh::job_key();
     let pem = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| StepError::failed(ErrorKind::Internal, format!("encoding the job's SSH key: {e}")))?;
-    Ok(Secret::new(pem.as_str()))
+    Ok(sealing.public().seal(pem.as_bytes()))
 }
 
-fn load_key(secret: &Secret) -> Result<Arc<PrivateKey>, StepError> {
-    PrivateKey::from_openssh(secret.expose())
+fn load_key(sealing: &SecretKey, sealed: &Sealed) -> Result<Arc<PrivateKey>, StepError> {
+    let pem = sealing
+        .open(sealed)
+        .map_err(|e| StepError::failed(ErrorKind::Internal, format!("opening the job's SSH key: {e}")))?;
+    PrivateKey::from_openssh(pem.expose())
         .map(Arc::new)
         .map_err(|e| StepError::failed(ErrorKind::Internal, format!("reading the job's SSH key: {e}")))
 }
@@ -82,7 +86,7 @@ struct Finished {
 impl CreateJob<'_> {
     /// The public half of the job's key, for the container's authorized keys.
     pub(crate) fn job_public_key(&self) -> Option<String> {
-        let key = load_key(self.cp.ssh_key.as_ref()?).ok()?;
+        let key = load_key(self.sealing, self.cp.ssh_key.as_ref()?).ok()?;
         let mut line = key.public_key().to_openssh().ok()?;
         line.push_str(&format!(" pvefleet-job-{}", self.job.job_id.short()));
         Some(line)
@@ -92,7 +96,7 @@ impl CreateJob<'_> {
     pub(crate) async fn open_ssh(&mut self) -> StepResult {
         let ip = self.cp.ip.expect("connecting found the address");
         let key = match &self.cp.ssh_key {
-            Some(secret) => load_key(secret)?,
+            Some(sealed) => load_key(self.sealing, sealed)?,
             None => {
                 return Err(StepError::failed(ErrorKind::Internal, "the job has no SSH key"));
             }
@@ -115,8 +119,8 @@ impl CreateJob<'_> {
         let session = match SshSession::connect_with_retry(&target, deadline).await {
             Ok(s) => s,
             // A spec with a root password may log in with it when the key is refused.
-            Err(SshError::Auth { .. }) if self.job.container.root_password.is_some() => {
-                let password = self.job.container.root_password.clone().expect("checked");
+            Err(SshError::Auth { .. }) if self.password.is_some() => {
+                let password = self.password.clone().expect("checked");
                 SshSession::connect_with_retry(&SshTarget { auth: SshAuth::Password(password), ..target }, deadline)
                     .await?
             }
@@ -183,6 +187,43 @@ impl CreateJob<'_> {
             self.item(format!("script:{}", script.name), percent, message, move |job| Box::pin(job.run_script(i)))
                 .await?;
         }
+        self.remove_job_key().await
+    }
+
+    /// Takes the job's own public key out of the container's authorized keys (the keys the
+    /// spec asked for stay): a copy of its private key, wherever it went, opens nothing.
+    async fn remove_job_key(&mut self) -> StepResult {
+        const DONE: &str = "job-key-removed";
+        if self.cp.deployed.iter().any(|d| d == DONE) {
+            return Ok(());
+        }
+        let comment = format!(" pvefleet-job-{}", self.job.job_id.short());
+        let ip = self.cp.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let file = self.ssh_config.authorized_keys.replace("%a", &ip);
+        // In place (`cat >`), so the file keeps its owner and mode; only lines ending with the
+        // job's comment go.
+        let command = format!(
+            "f={file}; if [ -f \"$f\" ]; then t=\"$f.pvefleet-$$\"; grep -v -- {comment} \"$f\" > \"$t\"; cat \"$t\" > \"$f\"; rm -f \"$t\"; fi",
+            file = shell_quote(&file),
+            comment = shell_quote(&format!("{comment}$")),
+        );
+        let removed = match self.session().await {
+            Ok(ssh) => ssh.exec(&command).await.map_err(StepError::from).map(|out| out.status),
+            Err(e) => Err(e),
+        };
+        match removed {
+            Ok(status) if status.success() => {
+                self.events.log(LogStream::Task, format!("removed the job's own key from {file}")).await?;
+            }
+            // Cleaning up never fails a deployed container; say what is left.
+            Ok(status) => self.events.warning(format!("removing the job's key from {file} failed ({status})")).await?,
+            Err(StepError::Failed { message, .. }) => {
+                self.events.warning(format!("the job's key could not be removed from {file}: {message}")).await?
+            }
+            Err(e @ StepError::Bus(_)) => return Err(e),
+        }
+        self.cp.deployed.push(DONE.to_owned());
+        self.save().await?;
         Ok(())
     }
 

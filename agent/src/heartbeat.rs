@@ -16,7 +16,14 @@ use crate::proxmox::PveClient;
 pub type Running = Arc<Mutex<BTreeSet<JobId>>>;
 
 /// Beats until `stop`, then removes the node's entry so it leaves the registry at once.
-pub async fn beat(config: Config, pve: PveClient, bus: Bus, running: Running, stop: CancellationToken) {
+pub async fn beat(
+    config: Config,
+    pve: PveClient,
+    bus: Bus,
+    running: Running,
+    sealing_key: pvefleet_schemas::seal::PublicKey,
+    stop: CancellationToken,
+) {
     let key = names::heartbeat_key(&config.node);
     // A beat reports what the API says now; retrying inside a beat would only delay it (and
     // let the entry expire while the API is down, which is right: the node cannot take jobs).
@@ -45,6 +52,7 @@ pub async fn beat(config: Config, pve: PveClient, bus: Bus, running: Running, st
             capacity,
             started_at,
             last_seen: Timestamp::now(),
+            sealing_key: Some(sealing_key.to_string()),
         };
         let payload = serde_json::to_vec(&beat).expect("a heartbeat serializes");
         if let Err(e) = bus.nodes.put(&key, payload.into()).await {

@@ -12,6 +12,7 @@
 //! - [`policy`]: what a job's end means for its message (ack, term, nak).
 //! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
 //! - [`proxmox`]: the Proxmox API client, its tasks, and pinned TLS.
+//! - [`sealing`]: the agent's own key pair, that root passwords are sealed to.
 //! - [`ssh`]: SSH and SFTP into a new container, with host keys checked.
 
 pub mod bus;
@@ -22,6 +23,7 @@ pub mod deploy;
 pub mod heartbeat;
 pub mod policy;
 pub mod proxmox;
+pub mod sealing;
 pub mod ssh;
 pub mod vmid;
 pub mod worker;
@@ -39,6 +41,7 @@ use crate::proxmox::PveClient;
 /// Runs the agent until `stop` fires, then hands running jobs back and drains the connection.
 pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
     let pve = PveClient::new(&config.proxmox, config.node.clone())?;
+    let sealing = Arc::new(sealing::load_or_create(&config.state_dir)?);
     let name = format!("pvefleet-agent-{}", config.node);
     let client = match bus::connect(&config.nats, &name, &stop).await {
         Ok(c) => c,
@@ -58,10 +61,17 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
 
     let running = heartbeat::Running::default();
     let beat_stop = CancellationToken::new();
-    let beat =
-        tokio::spawn(heartbeat::beat(config.clone(), pve.clone(), bus.clone(), running.clone(), beat_stop.clone()));
+    let beat = tokio::spawn(heartbeat::beat(
+        config.clone(),
+        pve.clone(),
+        bus.clone(),
+        running.clone(),
+        sealing.public(),
+        beat_stop.clone(),
+    ));
     let instance = format!("{}-{}", config.node, ulid::Ulid::new());
-    let shared = Arc::new(worker::Shared { config, pve, bus, running, stop, instance, cancels: Default::default() });
+    let shared =
+        Arc::new(worker::Shared { config, pve, bus, running, stop, instance, sealing, cancels: Default::default() });
     let control = tokio::spawn(worker::serve_cancels(shared.clone()));
     worker::work(shared.clone()).await;
     control.abort();

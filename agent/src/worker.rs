@@ -29,6 +29,8 @@ pub struct Shared {
     pub running: Running,
     /// Fires on SIGTERM: running jobs stop at their next await and are handed back.
     pub stop: CancellationToken,
+    /// The agent's sealing key: opens root passwords, seals per-job SSH keys.
+    pub sealing: Arc<pvefleet_schemas::seal::SecretKey>,
     /// This agent process's name in job leases (`<node>-<ulid>`), new at every start.
     pub instance: String,
     /// Running jobs' cancel tokens, fired by `pvefleet.control.<node>.cancel`.
@@ -175,7 +177,19 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     shared.running.lock().expect("running set").insert(job.job_id);
     let cancel = CancellationToken::new();
     shared.cancels.lock().expect("cancels").insert(job.job_id, cancel.clone());
-    let end = create::run(&job, claimed, &shared.pve, &shared.bus, &shared.config, &shared.stop, &cancel).await;
+    let end = create::run(
+        &job,
+        claimed,
+        create::Env {
+            pve: &shared.pve,
+            bus: &shared.bus,
+            config: &shared.config,
+            sealing: &shared.sealing,
+            stop: &shared.stop,
+        },
+        &cancel,
+    )
+    .await;
     shared.cancels.lock().expect("cancels").remove(&job.job_id);
     shared.running.lock().expect("running set").remove(&job.job_id);
     (end, Some(claim))

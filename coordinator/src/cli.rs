@@ -27,6 +27,13 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum NodesVerb {
+    /// Pin the sealing key a node's agent shows now, after checking it (prints both fingerprints).
+    #[command(after_help = "Example:\n  pvefleet nodes trust pve1")]
+    Trust { node: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Verb {
     /// Create or update the streams and KV buckets (safe to run again).
     #[command(after_help = "Example:\n  pvefleet setup --replicas 3")]
@@ -72,8 +79,10 @@ pub enum Verb {
     #[command(after_help = "Example:\n  pvefleet cancel 01JDQ8Z3M4X6T2E9R5W7Y1K0AB")]
     Cancel { job: String },
     /// Live agents from the registry, with their capacity.
-    #[command(after_help = "Example:\n  pvefleet nodes --json")]
+    #[command(after_help = "Examples:\n  pvefleet nodes --json\n  pvefleet nodes trust pve1")]
     Nodes {
+        #[command(subcommand)]
+        action: Option<NodesVerb>,
         #[arg(long)]
         json: bool,
     },

@@ -68,6 +68,26 @@ pub mod job {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod node_key {
+    use sea_orm::entity::prelude::*;
+
+    /// The sealing key pinned for a node's agent: root passwords for the node are sealed to it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "node_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub node: String,
+        pub public_key: String,
+        pub fingerprint: String,
+        pub pinned_at: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod event {
     use sea_orm::entity::prelude::*;
 
@@ -218,12 +238,39 @@ impl MigrationTrait for Init {
     }
 }
 
+/// The pinned sealing keys of the nodes' agents.
+struct NodeKeys;
+
+impl MigrationName for NodeKeys {
+    fn name(&self) -> &str {
+        "m20261127_000002_node_keys"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("node_keys"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("node")).string().not_null().primary_key())
+                    .col(ColumnDef::new(Alias::new("public_key")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("fingerprint")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("pinned_at")).string().not_null())
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
 #[derive(Debug)]
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init)]
+        vec![Box::new(Init), Box::new(NodeKeys)]
     }
 }
 
@@ -453,6 +500,34 @@ impl Store {
         Ok(Recorded::New)
     }
 
+    /// The sealing key pinned for `node`, if any.
+    pub async fn node_key(&self, node: &str) -> anyhow::Result<Option<node_key::Model>> {
+        Ok(node_key::Entity::find_by_id(node.to_owned()).one(&self.db).await?)
+    }
+
+    /// Pins `key` for `node`, replacing any key pinned before.
+    pub async fn pin_node_key(&self, node: &str, key: &pvefleet_schemas::seal::PublicKey) -> anyhow::Result<()> {
+        let model = node_key::ActiveModel {
+            node: Set(node.to_owned()),
+            public_key: Set(key.to_string()),
+            fingerprint: Set(key.fingerprint()),
+            pinned_at: Set(pvefleet_schemas::Timestamp::now().to_string()),
+        };
+        node_key::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(node_key::Column::Node)
+                    .update_columns([
+                        node_key::Column::PublicKey,
+                        node_key::Column::Fingerprint,
+                        node_key::Column::PinnedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
     pub async fn put_template(&self, name: &str, spec: &serde_json::Value) -> anyhow::Result<()> {
         let now = pvefleet_schemas::Timestamp::now().to_string();
         let model = template::ActiveModel {
@@ -509,9 +584,9 @@ mod tests {
         (dir, store)
     }
 
-    /// The first migration's tables, as SQLite holds them: frozen, whatever the entities say.
+    /// The migrations' tables, as SQLite holds them: frozen, whatever the entities say.
     #[tokio::test]
-    async fn the_first_migration_makes_the_same_tables_for_ever() {
+    async fn the_migrations_make_the_same_tables_for_ever() {
         let (_dir, store) = temp_store().await;
         let rows = store
             .db
@@ -529,6 +604,7 @@ mod tests {
                 r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
                 r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint )"#,
                 r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
+                r#"CREATE TABLE "node_keys" ( "node" varchar NOT NULL PRIMARY KEY, "public_key" varchar NOT NULL, "fingerprint" varchar NOT NULL, "pinned_at" varchar NOT NULL )"#,
                 r#"CREATE TABLE "templates" ( "name" varchar NOT NULL PRIMARY KEY, "spec" text NOT NULL, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,
             ]
         );

@@ -8,6 +8,7 @@
 //! - `layout` (feature `nats`): the streams' and buckets' settings as async-nats configs.
 //! - [`names`]: streams, buckets, consumers and one function per subject.
 //! - [`redact`]: URLs with their passwords replaced by `***`, for every log and error.
+//! - [`seal`]: secrets sealed to one agent's key (its root passwords, its own SSH keys).
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
 //! - [`validate`]: field errors that name the field at fault.
 //! - [`schema`]: the JSON Schemas checked in under `schemas/json-schema/`.
@@ -21,6 +22,7 @@ pub mod message;
 pub mod names;
 pub mod redact;
 pub mod schema;
+pub mod seal;
 pub mod spec;
 pub mod state;
 pub mod validate;

@@ -166,9 +166,11 @@ pub struct ContainerSpec {
     /// OpenSSH public keys to authorize for root.
     #[serde(default)]
     pub ssh_public_keys: Vec<String>,
-    /// Root password; a secret that is never logged or stored.
+    /// Root password, sealed to the agent of the job's node (see [`crate::seal`]): never in
+    /// clear in a message, a log, a checkpoint or the store. Spec files and templates cannot
+    /// hold one; `pvefleet submit` reads it from a file, a variable or a prompt and seals it.
     #[serde(default)]
-    pub root_password: Option<Secret>,
+    pub root_password: Option<crate::seal::Sealed>,
 }
 
 mod defaults {
@@ -288,8 +290,9 @@ impl ContainerSpec {
             }
         }
         if let Some(pw) = &self.root_password {
-            // PVE's own minimum for `password` on create.
-            p.check("root_password", pw.expose().len() >= 5, || "must be at least 5 characters".into());
+            p.check("root_password", pw.to.starts_with("SHA256:") && !pw.data.is_empty(), || {
+                "must be sealed to an agent's key (`to` a key fingerprint, `data` the sealed box)".into()
+            });
         }
         p.finish()
     }
@@ -684,7 +687,10 @@ mod tests {
             ("tags[1]", Box::new(|s| s.tags = vec!["ok".into(), "not ok".into()])),
             ("tags[0]", Box::new(|s| s.tags = vec!["pvefleet-forged".into()])),
             ("ssh_public_keys[0]", Box::new(|s| s.ssh_public_keys = vec!["hello".into()])),
-            ("root_password", Box::new(|s| s.root_password = Some(Secret::new("abc")))),
+            (
+                "root_password",
+                Box::new(|s| s.root_password = Some(crate::seal::Sealed { to: "pve1".into(), data: "x".into() })),
+            ),
         ];
         for (field, mutate) in cases {
             let mut s = spec();
@@ -706,11 +712,13 @@ mod tests {
 
     #[test]
     fn secret_never_in_debug() {
-        let mut s = spec();
-        s.root_password = Some(Secret::new("hunter2-very-secret"));
-        let dbg = format!("{s:?}");
+        let dbg = format!("{:?}", Secret::new("hunter2-very-secret"));
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("[redacted]"));
+        let mut s = spec();
+        s.root_password = Some(crate::seal::SecretKey::generate().public().seal(b"hunter2-very-secret"));
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("hunter2") && dbg.contains("Sealed(to SHA256:"), "{dbg}");
     }
 
     #[test]

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use crate::event::{ErrorInfo, Step};
 use crate::ids::{JobId, NodeName, Vmid};
 use crate::message::{DecodeError, Timestamp, V1};
-use crate::spec::Secret;
 
 /// Free space of one storage that can hold container root disks.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
@@ -41,6 +40,10 @@ pub struct Heartbeat {
     pub capacity: Option<Capacity>,
     pub started_at: Timestamp,
     pub last_seen: Timestamp,
+    /// The agent's public sealing key (base64): what root passwords for this node are sealed
+    /// to. The coordinator pins it on first sight.
+    #[serde(default)]
+    pub sealing_key: Option<String>,
 }
 
 impl Heartbeat {
@@ -68,10 +71,10 @@ pub struct Checkpoint {
     pub upid: Option<String>,
     pub ip: Option<IpAddr>,
     /// The job's own SSH key (OpenSSH private key), made at validation and put into the
-    /// container at create; kept here only so a redelivered job can still reach its
-    /// container, and gone with the checkpoint when the job ends.
+    /// container at create, sealed to the agent's own key; kept here only so a redelivered job
+    /// can still reach its container, and gone with the checkpoint when the job ends.
     #[serde(default)]
-    pub ssh_key: Option<Secret>,
+    pub ssh_key: Option<crate::seal::Sealed>,
     /// Host key fingerprints (`SHA256:…`) PVE printed when it created the container.
     #[serde(default)]
     pub announced_host_keys: Vec<String>,

@@ -53,16 +53,20 @@ impl Agent {
     pub fn start(dir: &TestDir, nats_urls: &[String], pve: &FakePve, opts: AgentOptions) -> anyhow::Result<Self> {
         let config = dir.path().join(format!("agent-{}.toml", opts.node));
         let files_dir = dir.sub("agent-files");
+        let state_dir = dir.path().join(format!("agent-state-{}", opts.node));
         let urls = nats_urls.iter().map(|u| format!("{u:?}")).collect::<Vec<_>>().join(", ");
         std::fs::write(
             &config,
             format!(
-                "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\n\n\
+                "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\nstate_dir = {state_dir:?}\n\n\
                  [nats]\nurls = [{urls}]\n{inbox}\n\
                  [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n\n\
-                 [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\n",
+                 [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\nauthorized_keys = {keys:?}\n",
                 node = opts.node,
                 files_dir = files_dir,
+                state_dir = state_dir,
+                // The bed's sshd reads each container's keys from the file fakepve writes per address.
+                keys = format!("{}/%a", pve.keys_dir.display()),
                 concurrency = opts.concurrency,
                 hb = opts.heartbeat.as_millis(),
                 ack = opts.ack_wait.as_millis(),
@@ -104,6 +108,19 @@ impl Agent {
         if let Some(mut p) = self.proc.take() {
             p.kill();
         }
+    }
+
+    /// The agent's public sealing key (made at its first start): what its jobs' root
+    /// passwords are sealed to.
+    pub async fn sealing_key(&self) -> anyhow::Result<pvefleet_schemas::seal::PublicKey> {
+        let path = self.dir.path().join(format!("agent-state-{}", self.opts.node)).join("sealing.key");
+        let text = crate::wait_until("the agent's sealing key", Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(&path).ok();
+            async move { text }
+        })
+        .await?;
+        let key = pvefleet_schemas::seal::SecretKey::from_text(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(key.public())
     }
 
     /// The agent's `files_dir`: the only place a job's `deploy.files[].source` may name.

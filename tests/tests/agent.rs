@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use pvefleet_schemas::{ErrorKind, EventType, Secret, Step};
+use pvefleet_schemas::{ErrorKind, EventType, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
 use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
 use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, init_tracing};
@@ -20,6 +20,7 @@ async fn bed(name: &str, nodes: &[&str]) -> anyhow::Result<Bed> {
 async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow::Result<()> {
     let bed = bed("agent-happy", &["pve1"]).await?;
     let _agent = bed.agent("pve1")?;
+    let sealing_key = _agent.sealing_key().await?;
     let mut job = create_job("pve1", "web-01", Ipv4Addr::new(127, 0, 0, 31));
     let spec = &mut job.container;
     spec.vmid = Some(pvefleet_schemas::Vmid::new(4242)?);
@@ -34,7 +35,7 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     spec.tags = vec!["web".into(), "Prod".into()];
     spec.ssh_public_keys =
         vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKey ops@example".into()];
-    spec.root_password = Some(Secret::new("correct horse"));
+    spec.root_password = Some(sealing_key.seal(b"correct horse"));
     submit(&bed.js, &job).await?;
 
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
@@ -516,6 +517,24 @@ async fn a_vmid_held_by_a_stranger_is_never_touched() -> anyhow::Result<()> {
     let cfg = bed.pve.api_get("/nodes/pve1/lxc/300/config").await?;
     assert_eq!(cfg["hostname"], "stranger");
     assert_eq!(bed.pve.containers().await?, vec![300]);
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_password_sealed_for_another_nodes_agent_cannot_be_opened() -> anyhow::Result<()> {
+    let bed = bed("agent-sealed-elsewhere", &["pve1", "pve2"]).await?;
+    let pve1 = bed.agent("pve1")?;
+    let _pve2 = bed.agent("pve2")?;
+    let mut job = create_job("pve2", "misdirected", Ipv4Addr::new(127, 0, 0, 34));
+    job.container.root_password = Some(pve1.sealing_key().await?.seal(b"for pve1 only"));
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let error = result_of(&events).error.clone().unwrap();
+    assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating));
+    assert!(error.message.starts_with("container.root_password: sealed to the key SHA256:"), "{}", error.message);
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new(), "nothing was created");
     bed.dir.pass();
     Ok(())
 }

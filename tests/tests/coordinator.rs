@@ -404,3 +404,53 @@ async fn the_recorder_ignores_forged_events_and_remakes_its_consumer_when_it_is_
     bed.dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_nodes_sealing_key_is_pinned_and_a_changed_one_refused_until_trusted() -> anyhow::Result<()> {
+    let bed = bed("cli-trust", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let mut agent = bed.agent("pve1")?;
+    let secrets = tempfile::tempdir()?;
+    let password_file = secrets.path().join("pw");
+    std::fs::write(&password_file, "s3cret-root\n")?;
+    let password_file = password_file.display().to_string();
+    let with_password = |host: &'static str| {
+        let mut args = submit_args("pve1", host, "127.0.0.8/32");
+        args.extend(["--password-file", password_file.as_str()]);
+        args
+    };
+    let beat =
+        || async { bed.cli.run(&["nodes", "--json"]).await.ok().filter(|r| r.stdout.contains("\"pve1\"")).map(drop) };
+    wait_until("the agent's heartbeat", Duration::from_secs(30), beat).await?;
+    let first = bed.cli.run(&with_password("first")).await?;
+    assert!(first.ok() && first.stderr.contains("pinned the sealing key"), "{first:?}");
+    let pinned = agent.sealing_key().await?.fingerprint();
+
+    // The agent is reinstalled: a new key.
+    agent.kill();
+    std::fs::remove_dir_all(bed.dir.path().join("agent-state-pve1"))?;
+    agent.restart()?;
+    let new = agent.sealing_key().await?.fingerprint();
+    assert_ne!(new, pinned);
+    wait_until("the new key in the registry", Duration::from_secs(30), || async {
+        let run = bed.cli.run(&["nodes", "--json"]).await.ok()?;
+        let beats: Vec<pvefleet_schemas::Heartbeat> = serde_json::from_str(&run.stdout).ok()?;
+        let shown: pvefleet_schemas::seal::PublicKey = beats.first()?.sealing_key.as_ref()?.parse().ok()?;
+        (shown.fingerprint() == new).then_some(())
+    })
+    .await?;
+    let queued = bed.queued_jobs().await?;
+    let refused = bed.cli.run(&with_password("refused")).await?;
+    assert_eq!(refused.code, Some(1), "{refused:?}");
+    assert!(refused.stderr.contains(&pinned) && refused.stderr.contains(&new), "{}", refused.stderr);
+    assert!(refused.stderr.contains("pvefleet nodes trust pve1"), "{}", refused.stderr);
+    assert_eq!(bed.queued_jobs().await?, queued, "nothing was published");
+
+    let trust = bed.cli.run(&["nodes", "trust", "pve1"]).await?;
+    assert!(trust.ok() && trust.stdout.contains(&pinned) && trust.stdout.contains(&new), "{trust:?}");
+    let again = bed.cli.run(&with_password("trusted")).await?;
+    assert!(again.ok(), "{again:?}");
+    let watch = bed.cli.run(&["watch", again.stdout.trim()]).await?;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    bed.dir.pass();
+    Ok(())
+}

@@ -336,3 +336,91 @@ async fn a_source_outside_the_agents_files_dir_is_refused_before_anything_is_mad
     bed.dir.pass();
     Ok(())
 }
+
+/// Every file under `root` (recursively) whose raw bytes contain `needle`.
+fn files_containing(root: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path)
+                && bytes.windows(needle.len()).any(|w| w == needle)
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_root_password_and_the_jobs_own_key_are_never_in_clear_and_the_key_is_removed_after() -> anyhow::Result<()> {
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    let ip = Ipv4Addr::new(127, 0, 0, 109);
+    let bed = bed("deploy-sealed", ip).await?;
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    assert!(cli.run(&["setup"]).await?.ok());
+    let _recorder = cli.recorder("recorder")?;
+    pvefleet_testbed::wait_until("the agent's first heartbeat", JOB_WITHIN, || async {
+        cli.run(&["nodes", "--json"]).await.ok().filter(|r| r.stdout.contains("\"pve1\"")).map(drop)
+    })
+    .await?;
+    // The password lives in one file of its own, outside the test dir the grep looks at.
+    let secrets = tempfile::tempdir()?;
+    let password = format!("zebra-{}-horse", std::process::id());
+    let password_file = secrets.path().join("root-password");
+    std::fs::write(&password_file, format!("{password}\n"))?;
+    let own_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKey ops@example";
+    let spec = bed.dir.path().join("sealed.toml");
+    std::fs::write(&spec, "[[deploy.scripts]]\nname = \"hello\"\nbody = \"echo hello from the container\"\n")?;
+    let submit = cli
+        .run(&[
+            "submit",
+            "--spec",
+            &spec.display().to_string(),
+            "--node",
+            "pve1",
+            "--hostname",
+            "sealed",
+            "--ostemplate",
+            pvefleet_testbed::fakepve::OSTEMPLATE,
+            "--ip",
+            &format!("{ip}/32"),
+            "--ssh-key",
+            own_key,
+            "--password-file",
+            &password_file.display().to_string(),
+        ])
+        .await?;
+    assert!(submit.ok(), "{submit:?}");
+    assert!(submit.stderr.contains("pinned the sealing key of pve1's agent: SHA256:"), "{}", submit.stderr);
+    let job = submit.stdout.trim().to_owned();
+    let watch = cli.run(&["watch", &job]).await?;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    assert!(watch.stdout.contains("hello from the container"));
+    assert!(watch.stdout.contains("removed the job's own key"), "{}", watch.stdout);
+
+    // The container keeps the operator's key; the job's own key is gone from it.
+    let keys = std::fs::read_to_string(bed.pve.keys_dir.join(ip.to_string()))?;
+    assert!(keys.contains("ops@example"), "{keys}");
+    assert!(!keys.contains("pvefleet-job-"), "{keys}");
+
+    // Neither the password nor any clear private key is anywhere: the NATS store (the jobs
+    // stream, the KV buckets, deleted messages included), every log, the store's database.
+    drop(_recorder);
+    // The store keeps the bytes of messages long acked (the job is in it still): a password in
+    // clear in the job would be found here.
+    assert!(!files_containing(&bed.dir.path().join("nats-store"), b"\"hostname\":\"sealed\"").is_empty());
+    let found = files_containing(bed.dir.path(), password.as_bytes());
+    assert!(found.is_empty(), "the password is in {found:?}");
+    let found = files_containing(bed.dir.path(), b"OPENSSH PRIVATE KEY");
+    let found: Vec<_> =
+        found.into_iter().filter(|p| !p.starts_with(bed.dir.path().join(format!("sshd-{ip}")))).collect();
+    assert!(found.is_empty(), "a clear private key is in {found:?}");
+    bed.dir.pass();
+    Ok(())
+}

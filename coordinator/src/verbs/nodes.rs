@@ -51,3 +51,27 @@ pub async fn run(cli: &Cli, json: bool) -> Outcome {
     }
     Ok(())
 }
+
+/// `pvefleet nodes trust NODE`: pins the sealing key the node's agent shows now.
+pub async fn trust(cli: &Cli, node: &str) -> Outcome {
+    let node = pvefleet_schemas::NodeName::new(node).map_err(|e| crate::Failure::Usage(format!("NODE: {e}")))?;
+    let store = crate::open_store(cli).await?;
+    let js = jetstream::new(crate::bus::connect(cli).await?);
+    let beat = crate::bus::heartbeats(&js).await?.into_iter().find(|b| b.node == node);
+    let Some(shown) = beat.and_then(|b| b.sealing_key) else {
+        return Err(anyhow::anyhow!("{node} has no live agent showing a sealing key; start it, then trust it").into());
+    };
+    let shown: pvefleet_schemas::seal::PublicKey =
+        shown.parse().map_err(|e| anyhow::anyhow!("the agent of {node} shows a key that cannot be read: {e}"))?;
+    match store.node_key(node.as_str()).await? {
+        Some(pinned) if pinned.public_key == shown.to_string() => {
+            println!("{node}: already trusted, {}", pinned.fingerprint);
+            return Ok(());
+        }
+        Some(pinned) => println!("{node}: was pinned {}", pinned.fingerprint),
+        None => println!("{node}: nothing pinned before"),
+    }
+    store.pin_node_key(node.as_str(), &shown).await?;
+    println!("{node}: now trusted {}", shown.fingerprint());
+    Ok(())
+}

@@ -5,6 +5,7 @@ use std::io::IsTerminal as _;
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use pvefleet_schemas::names::{JobKind, job_subject};
+use pvefleet_schemas::seal::PublicKey;
 use pvefleet_schemas::{DeploySpec, Job, JobId, NodeName, RollbackPolicy, Secret, Timestamp, V1};
 
 use crate::cli::{Cli, SubmitArgs};
@@ -60,8 +61,9 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     }
     overlay(&mut container, flags(args));
     deploy.packages.extend(args.packages.iter().cloned());
-    let mut container = container_from(container)?;
-    container.root_password = password(args)?;
+    let container = container_from(container)?;
+    // Kept in memory only, and sealed to the chosen node's agent once the node is known.
+    let clear_password = password(args)?;
     let mut options = options.unwrap_or_default();
     if let Some(r) = &args.rollback {
         options.rollback = match r.as_str() {
@@ -94,6 +96,9 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     let js = jetstream::new(client);
     if node_arg == "auto" {
         job.node = place(&js, &job).await?;
+    }
+    if let Some(pw) = &clear_password {
+        job.container.root_password = Some(seal_for(&store, &js, &job.node, pw).await?);
     }
     if let Err(existing) = store.insert_job(&job, args.request_id.as_deref()).await? {
         // A concurrent submit of the same request won the reservation.
@@ -162,8 +167,10 @@ async fn republish(
 ) -> Outcome {
     let mut job =
         Job::decode(existing.spec.as_bytes()).map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
-    job.container.root_password = password(args)?;
     let js = jetstream::new(crate::bus::connect(cli).await?);
+    if let Some(pw) = password(args)? {
+        job.container.root_password = Some(seal_for(store, &js, &job.node, &pw).await?);
+    }
     let seq = publish(&js, &job).await?;
     store.set_stream_seq(&job.job_id, seq).await?;
     finish_existing(cli, args, existing).await
@@ -218,7 +225,63 @@ fn flags(a: &SubmitArgs) -> toml::Table {
     t
 }
 
+/// Seals `password` to the agent of `node`: to the key pinned for it, or (the first time) to
+/// the key its live agent shows, which is then pinned. A key that changed is refused until
+/// the operator trusts it (`pvefleet nodes trust NODE`).
+async fn seal_for(
+    store: &crate::store::Store,
+    js: &jetstream::Context,
+    node: &NodeName,
+    password: &Secret,
+) -> Result<pvefleet_schemas::seal::Sealed, Failure> {
+    let live = crate::bus::heartbeats(js).await?.into_iter().find(|b| &b.node == node).and_then(|b| b.sealing_key);
+    let live: Option<PublicKey> = live
+        .map(|k| k.parse())
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("the agent of {node} shows a sealing key that cannot be read: {e}"))?;
+    let pinned: Option<PublicKey> = match store.node_key(node.as_str()).await? {
+        Some(row) => Some(row.public_key.parse().map_err(|e| anyhow::anyhow!("the key pinned for {node}: {e}"))?),
+        None => None,
+    };
+    let key = match (pinned, live) {
+        (Some(pinned), Some(live)) if pinned != live => {
+            return Err(anyhow::anyhow!(
+                "the sealing key of {node}'s agent has changed: pinned {}, the agent now shows {}; nothing was \
+                 sent. If you know why (a reinstalled agent), trust it with `pvefleet nodes trust {node}`",
+                pinned.fingerprint(),
+                live.fingerprint()
+            )
+            .into());
+        }
+        (Some(pinned), _) => pinned,
+        (None, Some(live)) => {
+            store.pin_node_key(node.as_str(), &live).await?;
+            eprintln!("pinned the sealing key of {node}'s agent: {}", live.fingerprint());
+            live
+        }
+        (None, None) => {
+            return Err(anyhow::anyhow!(
+                "no key to seal the root password to: {node} has no live agent and no pinned key; start its agent first"
+            )
+            .into());
+        }
+    };
+    Ok(key.seal(password.expose().as_bytes()))
+}
+
+/// The root password the operator gave, checked against PVE's minimum length.
 fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
+    let given = given_password(a)?;
+    if let Some((flag, pw)) = &given
+        && pw.expose().chars().count() < 5
+    {
+        // PVE's own minimum for `password` on create.
+        return Err(BadInput::field(flag, "the root password must be at least 5 characters"));
+    }
+    Ok(given.map(|(_, pw)| pw))
+}
+
+fn given_password(a: &SubmitArgs) -> Result<Option<(&'static str, Secret)>, BadInput> {
     let given = [a.password_file.is_some(), a.password_env.is_some(), a.ask_password].iter().filter(|g| **g).count();
     if given > 1 {
         return Err(BadInput::field(
@@ -230,12 +293,12 @@ fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| BadInput::field("--password-file", format!("cannot read {}: {e}", path.display())))?;
         let first = text.lines().next().unwrap_or_default().to_owned();
-        return Ok(Some(Secret::new(first)));
+        return Ok(Some(("--password-file", Secret::new(first))));
     }
     if let Some(var) = &a.password_env {
         let value = std::env::var(var)
             .map_err(|_| BadInput::field("--password-env", format!("the variable {var} is not set")))?;
-        return Ok(Some(Secret::new(value)));
+        return Ok(Some(("--password-env", Secret::new(value))));
     }
     if a.ask_password {
         if !std::io::stdin().is_terminal() {
@@ -246,7 +309,7 @@ fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
         }
         let pw = rpassword::prompt_password("root password for the container: ")
             .map_err(|e| BadInput::field("--ask-password", e))?;
-        return Ok(Some(Secret::new(pw)));
+        return Ok(Some(("--ask-password", Secret::new(pw))));
     }
     Ok(None)
 }

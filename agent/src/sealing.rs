@@ -1,0 +1,56 @@
+//! The agent's own sealing key: made at its first start in `state_dir/sealing.key` (mode
+//! 0600, never sent anywhere), its public half shown in every heartbeat. Root passwords for
+//! this node arrive sealed to it; the agent seals its per-job SSH keys to it before they go
+//! into a checkpoint.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use pvefleet_schemas::seal::SecretKey;
+
+/// The key in `state_dir`, made (and the directory with it) if there is none yet.
+pub fn load_or_create(state_dir: &Path) -> anyhow::Result<SecretKey> {
+    let path = state_dir.join("sealing.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return SecretKey::from_text(&text).map_err(|e| {
+                anyhow::anyhow!("{} is not a sealing key ({e}); move it away to make a new one", path.display())
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| anyhow::anyhow!("making {}: {e}", state_dir.display()))?;
+    let key = SecretKey::generate();
+    // create_new: two agents starting at once cannot both write a key and use different ones.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    writeln!(file, "{}", key.to_text().expose()).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    file.sync_all()?;
+    tracing::info!(path = %path.display(), fingerprint = %key.public().fingerprint(), "made this agent's sealing key");
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn the_key_is_made_once_private_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let first = load_or_create(&state).unwrap();
+        let mode = std::fs::metadata(state.join("sealing.key")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_or_create(&state).unwrap().public(), first.public());
+        std::fs::write(state.join("sealing.key"), "nonsense").unwrap();
+        assert!(load_or_create(&state).unwrap_err().to_string().contains("not a sealing key"));
+    }
+}
