@@ -87,6 +87,37 @@ fn every_file_in_deploy_parses() -> anyhow::Result<()> {
     Ok(())
 }
 
+#[test]
+fn the_systemd_units_are_rated_at_most_1_5_by_systemd_analyze() -> anyhow::Result<()> {
+    for unit in ["pvefleet-agent.service", "pvefleet-recorder.service"] {
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(deploy(&format!("systemd/{unit}")))
+            .output()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "running systemd-analyze: {e} (Debian package systemd; `bash scripts/bootstrap` installs it)"
+                )
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        let level: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.split_once("Overall exposure level for ")?
+                    .1
+                    .split_once(": ")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| anyhow::anyhow!("{unit}: no exposure level in:\n{text}"))?;
+        assert!(level <= 1.5, "{unit} is rated {level}, above 1.5:\n{text}");
+    }
+    Ok(())
+}
+
 /// Collects the server's permission errors for a client.
 async fn restricted_client(
     url: &str,
