@@ -538,3 +538,53 @@ async fn a_password_sealed_for_another_nodes_agent_cannot_be_opened() -> anyhow:
     bed.dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_burst_of_garbage_does_not_stop_the_agent_running_jobs() -> anyhow::Result<()> {
+    use rand::{RngExt as _, SeedableRng as _};
+    let bed = bed("agent-garbage", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20261127);
+    let node = pvefleet_schemas::NodeName::new("pve1")?;
+    let mut real = Vec::new();
+    for i in 0..300u32 {
+        let payload = match i % 4 {
+            // Bytes.
+            0 => (0..rng.random_range(0..300)).map(|_| rng.random::<u8>()).collect::<Vec<u8>>(),
+            // A job with one field made wrong (with its id still readable, so it gets an error event).
+            1 => {
+                let mut v = serde_json::to_value(create_job("pve1", "bad", Ipv4Addr::new(127, 0, 0, 35)))?;
+                let field = ["memory", "hostname", "ip", "vmid", "swap"][rng.random_range(0..5)];
+                v["container"][field] = serde_json::json!({"x": rng.random::<u32>()});
+                serde_json::to_vec(&v)?
+            }
+            // JSON of another shape, and a job of another version.
+            2 => serde_json::to_vec(&serde_json::json!({"v": rng.random::<u8>(), "job_id": i, "type": "complete"}))?,
+            _ => {
+                if i % 100 == 3 {
+                    let job = create_job("pve1", &format!("real-{i}"), Ipv4Addr::new(127, 0, 0, 36));
+                    real.push(job.job_id);
+                    job.encode()
+                } else {
+                    b"{\"v\":1,\"kind\":\"create\"".to_vec()
+                }
+            }
+        };
+        pvefleet_testbed::jobs::submit_raw(&bed.js, &node, &format!("garbage-{i}"), payload).await?;
+    }
+    assert_eq!(real.len(), 3);
+    for id in real {
+        let events = events_until_terminal(&bed.js, id, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        assert!(result_of(&events).success, "{events:#?}");
+    }
+    assert!(agent.is_running(), "the agent died: {}", agent.log_text());
+    let jobs = bed.js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?;
+    pvefleet_testbed::wait_until("every message settled", Duration::from_secs(60), || async {
+        let mut jobs = jobs.clone();
+        (jobs.info().await.ok()?.state.messages == 0).then_some(())
+    })
+    .await?;
+    bed.dir.pass();
+    Ok(())
+}
