@@ -71,6 +71,12 @@ pub async fn connect(
         if let Some(prefix) = &config.inbox_prefix {
             opts = opts.custom_inbox_prefix(prefix);
         }
+        if let Some(ca) = &config.ca_file {
+            opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &config.client_cert {
+            opts = opts.add_client_certificate(cert.clone(), key.clone());
+        }
         opts.connect(addrs.clone()).await.map_err(|e| {
             BusError::nats(format!("connecting to {}", pvefleet_schemas::redact_urls(&config.urls.join(","))), e)
         })

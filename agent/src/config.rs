@@ -36,6 +36,10 @@ pub struct NatsConfig {
     pub creds: Option<PathBuf>,
     /// A per-agent inbox prefix, so replies to one agent cannot be read by another.
     pub inbox_prefix: Option<String>,
+    /// The CA that signed the NATS servers' certificates: TLS is then required.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, for servers that ask for one.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -46,6 +50,8 @@ impl std::fmt::Debug for NatsConfig {
             .field("urls", &urls)
             .field("creds", &self.creds)
             .field("inbox_prefix", &self.inbox_prefix)
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }
@@ -125,6 +131,12 @@ struct RawNats {
     creds: Option<PathBuf>,
     #[serde(default)]
     inbox_prefix: Option<String>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +232,9 @@ const KEYS: &[(&str, Kind)] = &[
     ("nats.urls", Kind::List),
     ("nats.creds", Kind::Str),
     ("nats.inbox_prefix", Kind::Str),
+    ("nats.ca_file", Kind::Str),
+    ("nats.cert_file", Kind::Str),
+    ("nats.key_file", Kind::Str),
     ("proxmox.url", Kind::Str),
     ("proxmox.token_id", Kind::Str),
     ("proxmox.token_secret_file", Kind::Str),
@@ -321,6 +336,23 @@ impl Config {
                 return Err(err("nats.inbox_prefix", format!("`{prefix}` is not a subject prefix")));
             }
         }
+        for (key, file) in [
+            ("nats.ca_file", &raw.nats.ca_file),
+            ("nats.cert_file", &raw.nats.cert_file),
+            ("nats.key_file", &raw.nats.key_file),
+        ] {
+            if let Some(file) = file
+                && !file.is_file()
+            {
+                return Err(err(key, format!("{} is not a file", file.display())));
+            }
+        }
+        let client_cert = match (&raw.nats.cert_file, &raw.nats.key_file) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            (Some(_), None) => return Err(err("nats.key_file", "is required with nats.cert_file".into())),
+            (None, Some(_)) => return Err(err("nats.cert_file", "is required with nats.key_file".into())),
+        };
         if !raw.proxmox.url.starts_with("https://") {
             return Err(err(
                 "proxmox.url",
@@ -375,7 +407,13 @@ impl Config {
             shutdown_grace: raw.shutdown_grace.0,
             files_dir: raw.files_dir,
             state_dir: raw.state_dir,
-            nats: NatsConfig { urls: raw.nats.urls, creds: raw.nats.creds, inbox_prefix: raw.nats.inbox_prefix },
+            nats: NatsConfig {
+                urls: raw.nats.urls,
+                creds: raw.nats.creds,
+                inbox_prefix: raw.nats.inbox_prefix,
+                ca_file: raw.nats.ca_file,
+                client_cert,
+            },
             proxmox: ProxmoxConfig {
                 url: raw.proxmox.url.trim_end_matches('/').to_owned(),
                 token_id: raw.proxmox.token_id,

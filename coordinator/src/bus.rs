@@ -44,6 +44,13 @@ pub async fn connect(cli: &crate::cli::Cli) -> anyhow::Result<async_nats::Client
     if let Some(prefix) = &cli.nats_inbox_prefix {
         opts = opts.custom_inbox_prefix(prefix);
     }
+    if let Some(ca) = &cli.nats_ca {
+        anyhow::ensure!(ca.is_file(), "--nats-ca: {} is not a file", ca.display());
+        opts = opts.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let (Some(cert), Some(key)) = (&cli.nats_cert, &cli.nats_key) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
     if let Some(creds) = creds {
         opts = opts.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;
     }

@@ -18,6 +18,15 @@ pub struct Cli {
     /// deploy/nats/auth.conf), so no other user can read the replies meant for it.
     #[arg(long, env = "PVEFLEET_NATS_INBOX_PREFIX", global = true)]
     pub nats_inbox_prefix: Option<String>,
+    /// The CA (PEM) that signed the NATS servers' certificates; TLS is then required.
+    #[arg(long, env = "PVEFLEET_NATS_CA", global = true)]
+    pub nats_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for NATS servers that ask for one (with --nats-key).
+    #[arg(long, env = "PVEFLEET_NATS_CERT", global = true, requires = "nats_key")]
+    pub nats_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "PVEFLEET_NATS_KEY", global = true, requires = "nats_cert")]
+    pub nats_key: Option<PathBuf>,
     /// The store: a SQLite file path, a sqlite: URL or a postgres:// URL [default: pvefleet.db in
     /// the user's data directory].
     #[arg(long, env = "PVEFLEET_DB", global = true)]

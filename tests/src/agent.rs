@@ -22,6 +22,8 @@ pub struct AgentOptions {
     pub ssh: Option<(String, u16)>,
     /// The agent's own inbox prefix (per-agent NATS permissions need one).
     pub inbox_prefix: Option<String>,
+    /// The CA of NATS servers that speak TLS.
+    pub nats_ca: Option<std::path::PathBuf>,
 }
 
 impl AgentOptions {
@@ -35,6 +37,7 @@ impl AgentOptions {
             fingerprint: None,
             ssh: None,
             inbox_prefix: None,
+            nats_ca: None,
         }
     }
 }
@@ -75,7 +78,8 @@ impl Agent {
                 token = pve.token_id,
                 secret = pve.token_secret_file,
                 fp = opts.fingerprint.as_deref().unwrap_or(&pve.fingerprint),
-                inbox = opts.inbox_prefix.as_ref().map(|p| format!("inbox_prefix = {p:?}")).unwrap_or_default(),
+                inbox = opts.inbox_prefix.as_ref().map(|p| format!("inbox_prefix = {p:?}\n")).unwrap_or_default()
+                    + &opts.nats_ca.as_ref().map(|ca| format!("ca_file = {ca:?}\n")).unwrap_or_default(),
                 ssh_user = opts.ssh.as_ref().map_or("root", |s| s.0.as_str()),
                 ssh_port = opts.ssh.as_ref().map_or(22, |s| s.1),
             ),

@@ -72,6 +72,8 @@ fn psql(server: &str, db: &str, sql: &str) -> anyhow::Result<()> {
 pub struct Pvefleet {
     pub nats_url: String,
     pub db: String,
+    /// The CA of NATS servers that speak TLS.
+    pub nats_ca: Option<std::path::PathBuf>,
     dir: TestDir,
 }
 
@@ -101,12 +103,27 @@ impl From<Output> for Run {
 
 impl Pvefleet {
     pub fn new(dir: &TestDir, nats_url: &str, db: &TestDb) -> Self {
-        Self { nats_url: nats_url.into(), db: db.url(), dir: dir.clone() }
+        Self { nats_url: nats_url.into(), db: db.url(), nats_ca: None, dir: dir.clone() }
+    }
+
+    /// The same, trusting `ca` for NATS over TLS.
+    pub fn with_ca(mut self, ca: &std::path::Path) -> Self {
+        self.nats_ca = Some(ca.to_owned());
+        self
+    }
+
+    fn globals(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--nats-url".into(), self.nats_url.clone().into(), "--db".into(), self.db.clone().into()];
+        if let Some(ca) = &self.nats_ca {
+            args.extend(["--nats-ca".into(), ca.clone().into_os_string()]);
+        }
+        args
     }
 
     pub fn command(&self, args: &[&str]) -> anyhow::Result<tokio::process::Command> {
         let mut cmd = tokio::process::Command::new(tools::workspace_bin("pvefleet")?);
-        cmd.arg("--nats-url").arg(&self.nats_url).arg("--db").arg(&self.db).args(args);
+        cmd.args(self.globals()).args(args);
         cmd.env_remove("PVEFLEET_DB").env_remove("PVEFLEET_NATS_URL").stdin(std::process::Stdio::null());
         // A run whose caller gave up on it (a timeout, a Ctrl-C of the demo) must not outlive it.
         cmd.kill_on_drop(true);
@@ -121,7 +138,7 @@ impl Pvefleet {
     /// `pvefleet record` as a background process, its output in the test dir.
     pub fn recorder(&self, name: &str) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);
-        cmd.arg("--nats-url").arg(&self.nats_url).arg("--db").arg(&self.db).arg("record");
+        cmd.args(self.globals()).arg("record");
         Proc::spawn(&self.dir, name, cmd)
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use pvefleet_testbed::agent::{Agent, AgentOptions};
 use pvefleet_testbed::cli::{Pvefleet, TestDb};
 use pvefleet_testbed::fakepve::OSTEMPLATE;
+use pvefleet_testbed::tls::TestCa;
 use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, free_port, init_tracing, tools, wait_until};
 
 const PASSWORDS: [(&str, &str); 4] = [
@@ -32,7 +33,9 @@ fn loopback_config(dir: &TestDir, file: &str, client: u16, route: Option<(u16, [
     let mut text = std::fs::read_to_string(deploy(&format!("nats/{file}")))?
         .replace("listen: 0.0.0.0:4222", &format!("listen: 127.0.0.1:{client}"))
         .replace("http: 127.0.0.1:8222", &format!("http: 127.0.0.1:{}", free_port("127.0.0.1")))
-        .replace("store_dir: /var/lib/nats", &format!("store_dir: {:?}", home.join("store")));
+        .replace("store_dir: /var/lib/nats", &format!("store_dir: {:?}", home.join("store")))
+        // The test's own CA and certificate (`TestCa::make`), where the configs expect theirs.
+        .replace("/etc/nats/tls/", &format!("{}/", dir.path().join("tls").display()));
     if let Some((own, routes)) = route {
         text = text.replace("listen: 0.0.0.0:6222", &format!("listen: 127.0.0.1:{own}"));
         for (i, port) in routes.iter().enumerate() {
@@ -47,11 +50,26 @@ fn loopback_config(dir: &TestDir, file: &str, client: u16, route: Option<(u16, [
 #[test]
 fn every_file_in_deploy_parses() -> anyhow::Result<()> {
     let nats = tools::nats_server()?;
+    let dir = TestDir::new("deploy-parse");
+    TestCa::make(&dir)?;
     for file in ["single.conf", "cluster-1.conf", "cluster-2.conf", "cluster-3.conf"] {
-        let out = Command::new(&nats).arg("-t").arg("-c").arg(deploy(&format!("nats/{file}"))).envs(env()).output()?;
+        // Checked by the real server, with the test's certificates where the config wants its own.
+        let routes =
+            file.starts_with("cluster").then(|| (free_port("127.0.0.1"), [0, 1, 2].map(|_| free_port("127.0.0.1"))));
+        let config = loopback_config(&dir, file, free_port("127.0.0.1"), routes)?;
+        let out = Command::new(&nats).arg("-t").arg("-c").arg(&config).envs(env()).output()?;
         assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
         let text = std::fs::read_to_string(deploy(&format!("nats/{file}")))?;
         assert!(text.contains("sync_interval: always"), "{file} must fsync every write");
+        // TLS for clients, and for routes with the peer's certificate checked.
+        assert!(text.contains("tls {") && text.contains("ca_file: \"/etc/nats/tls/ca.pem\""), "{file} lacks TLS");
+        if file.starts_with("cluster") {
+            let cluster = &text[text.find("cluster {").expect("a cluster block")..];
+            assert!(
+                cluster.contains("tls {") && cluster.contains("verify: true"),
+                "{file}: routes without verified TLS"
+            );
+        }
     }
     let auth = std::fs::read_to_string(deploy("nats/auth.conf"))?;
     for user in ["coordinator", "watcher", "agent-pve1", "agent-pve2"] {
@@ -121,12 +139,15 @@ fn the_systemd_units_are_rated_at_most_1_5_by_systemd_analyze() -> anyhow::Resul
 /// Collects the server's permission errors for a client.
 async fn restricted_client(
     url: &str,
+    ca: &TestCa,
     user: &str,
     password: &str,
     inbox: &str,
 ) -> anyhow::Result<(async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
+        .add_root_certificates(ca.ca.clone())
+        .require_tls(true)
         .custom_inbox_prefix(inbox)
         .event_callback(move |event| {
             let tx = tx.clone();
@@ -156,6 +177,7 @@ async fn refused(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what
 async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
     init_tracing();
     let dir = TestDir::new("deploy-permissions");
+    let ca = TestCa::make(&dir)?;
     let port = free_port("127.0.0.1");
     let config = loopback_config(&dir, "single.conf", port, None)?;
     let mut nats = NatsServer::from_config(&dir, "nats-single", config, port, env())?;
@@ -163,22 +185,34 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
     let pve = FakePve::start(&dir, FakePveOptions { nodes: vec!["pve1".into(), "pve2".into()], ..Default::default() })
         .await?;
     let db = TestDb::sqlite(&dir);
-    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db);
+    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
     assert!(admin.run(&["setup"]).await?.ok());
+    // The shipped config speaks only TLS: a client that does not know its CA gets nowhere.
+    let plain = async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+        .connection_timeout(Duration::from_secs(3))
+        .connect(nats.url())
+        .await;
+    assert!(plain.is_err(), "a client without the CA connected");
+    let no_ca = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).run(&["nodes"]).await?;
+    assert_eq!(no_ca.code, Some(1), "{no_ca:?}");
 
     // Agent pve1 as its own user, with its own inbox prefix, runs a job end to end.
     let _agent = Agent::start(
         &dir,
         &[nats.url_as("agent-pve1", "pve1-pw")],
         &pve,
-        AgentOptions { inbox_prefix: Some("_INBOX_pve1".into()), ..AgentOptions::node("pve1") },
+        AgentOptions {
+            inbox_prefix: Some("_INBOX_pve1".into()),
+            nats_ca: Some(ca.ca.clone()),
+            ..AgentOptions::node("pve1")
+        },
     )?;
     let submit = admin
         .run(&["submit", "--node", "pve1", "--hostname", "allowed", "--ostemplate", OSTEMPLATE, "--ip", "127.0.0.7/32"])
         .await?;
     assert!(submit.ok(), "{submit:?}");
     let job = submit.stdout.trim().to_owned();
-    let watcher = Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db);
+    let watcher = Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db).with_ca(&ca.ca);
     let watch = tokio::time::timeout(
         Duration::from_secs(60),
         watcher.run(&["watch", &job, "--nats-inbox-prefix", "_INBOX_watcher"]),
@@ -189,6 +223,8 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
     // The watcher cannot submit.
     let js = async_nats::jetstream::new(
         async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+            .add_root_certificates(ca.ca.clone())
+            .require_tls(true)
             .connect(nats.url())
             .await?,
     );
@@ -210,7 +246,7 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
     assert_eq!(js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?.info().await?.state.messages, queued);
 
     // Agent pve1 cannot touch pve2's jobs, events, consumer or inbox.
-    let (client, mut errors) = restricted_client(&nats.url(), "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
+    let (client, mut errors) = restricted_client(&nats.url(), &ca, "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
     let _ = client.publish("$JS.API.CONSUMER.MSG.NEXT.PVEFLEET_JOBS.agent-pve2", "{\"batch\":1}".into()).await;
     refused(&mut errors, "agent-pve2").await?;
     let _ = client.publish("pvefleet.events.pve2.01JDQ8Z3M4X6T2E9R5W7Y1K0AB", "{}".into()).await;
@@ -229,6 +265,7 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
 async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() -> anyhow::Result<()> {
     init_tracing();
     let dir = TestDir::new("deploy-cluster");
+    let ca = TestCa::make(&dir)?;
     let clients: [u16; 3] = [0, 1, 2].map(|_| free_port("127.0.0.1"));
     let routes: [u16; 3] = [0, 1, 2].map(|_| free_port("127.0.0.1"));
     let mut nodes = Vec::new();
@@ -241,7 +278,7 @@ async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() 
     }
     let urls: Vec<String> = nodes.iter().map(|n| n.url_as("coordinator", "coord-pw")).collect();
     let db = TestDb::sqlite(&dir);
-    let admin = Pvefleet::new(&dir, &urls.join(","), &db);
+    let admin = Pvefleet::new(&dir, &urls.join(","), &db).with_ca(&ca.ca);
     wait_until("a JetStream leader, then setup with 3 replicas", Duration::from_secs(30), || async {
         admin.run(&["setup", "--replicas", "3"]).await.ok().filter(|r| r.ok()).map(drop)
     })
@@ -255,7 +292,11 @@ async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() 
         &dir,
         &[nodes[0].url_as("agent-pve1", "pve1-pw")],
         &pve,
-        AgentOptions { inbox_prefix: Some("_INBOX_pve1".into()), ..AgentOptions::node("pve1") },
+        AgentOptions {
+            inbox_prefix: Some("_INBOX_pve1".into()),
+            nats_ca: Some(ca.ca.clone()),
+            ..AgentOptions::node("pve1")
+        },
     )?;
     let submit = admin
         .run(&[
@@ -272,9 +313,11 @@ async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() 
         .await?;
     assert!(submit.ok(), "{submit:?}");
     let id: pvefleet_schemas::JobId = submit.stdout.trim().parse()?;
-    let survivors = Pvefleet::new(&dir, &urls[1..].join(","), &db);
+    let survivors = Pvefleet::new(&dir, &urls[1..].join(","), &db).with_ca(&ca.ca);
     let js = async_nats::jetstream::new(
         async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+            .add_root_certificates(ca.ca.clone())
+            .require_tls(true)
             .connect(urls[1..].iter().map(|u| u.parse::<async_nats::ServerAddr>()).collect::<Result<Vec<_>, _>>()?)
             .await?,
     );
@@ -305,6 +348,7 @@ async fn try_request(client: &async_nats::Client, subject: &str, body: serde_jso
 async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> anyhow::Result<()> {
     init_tracing();
     let dir = TestDir::new("deploy-hostile");
+    let ca = TestCa::make(&dir)?;
     let port = free_port("127.0.0.1");
     let config = loopback_config(&dir, "single.conf", port, None)?;
     let mut nats = NatsServer::from_config(&dir, "nats-single", config, port, env())?;
@@ -312,7 +356,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     let pve = FakePve::start(&dir, FakePveOptions { nodes: vec!["pve1".into(), "pve2".into()], ..Default::default() })
         .await?;
     let db = TestDb::sqlite(&dir);
-    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db);
+    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
     assert!(admin.run(&["setup"]).await?.ok());
     let _recorder = admin.recorder("recorder")?;
     let agent = |node: &str, pw: &str| {
@@ -320,7 +364,11 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
             &dir,
             &[format!("nats://agent-{node}:{pw}@127.0.0.1:{port}")],
             &pve,
-            AgentOptions { inbox_prefix: Some(format!("_INBOX_{node}")), ..AgentOptions::node(node) },
+            AgentOptions {
+                inbox_prefix: Some(format!("_INBOX_{node}")),
+                nats_ca: Some(ca.ca.clone()),
+                ..AgentOptions::node(node)
+            },
         )
     };
     let _pve1 = agent("pve1", "pve1-pw")?;
@@ -331,7 +379,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     let job: pvefleet_schemas::JobId = submit.stdout.trim().parse()?;
 
     // The watcher tries what the old permissions let it do.
-    let (watcher, mut errors) = restricted_client(&nats.url(), "watcher", "watch-pw", "_INBOX_watcher").await?;
+    let (watcher, mut errors) = restricted_client(&nats.url(), &ca, "watcher", "watch-pw", "_INBOX_watcher").await?;
     let push_to_cancel = serde_json::json!({"stream_name": "PVEFLEET_EVENTS", "config": {
         "name": "evil", "deliver_subject": "pvefleet.control.pve2.cancel", "ack_policy": "none", "deliver_policy": "all"}});
     try_request(&watcher, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS.evil", push_to_cancel.clone()).await;
@@ -355,7 +403,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     refused(&mut errors, "Subscription to \"_INBOX.>\"").await?;
 
     // Agent pve1 tries to read pve2's events and to cancel pve2's jobs.
-    let (rogue, mut rogue_errors) = restricted_client(&nats.url(), "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
+    let (rogue, mut rogue_errors) = restricted_client(&nats.url(), &ca, "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
     let theirs = format!("$JS.API.DIRECT.GET.PVEFLEET_EVENTS.pvefleet.events.pve2.{job}");
     try_request(&rogue, &theirs, serde_json::json!({})).await;
     refused(&mut rogue_errors, &theirs).await?;
@@ -381,7 +429,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     let _pve2 = agent("pve2", "pve2-pw")?;
     let watch = tokio::time::timeout(
         Duration::from_secs(60),
-        Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db).run(&[
+        Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db).with_ca(&ca.ca).run(&[
             "watch",
             &job.to_string(),
             "--json",
@@ -399,6 +447,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     assert_ne!(vmid, Some(666));
     // The watcher lists the fleet without any consumer.
     let nodes = Pvefleet::new(&dir, &nats.url_as("watcher", "watch-pw"), &db)
+        .with_ca(&ca.ca)
         .run(&["nodes", "--json", "--nats-inbox-prefix", "_INBOX_watcher"])
         .await?;
     assert!(nodes.ok() && nodes.stdout.contains("\"pve1\"") && nodes.stdout.contains("\"pve2\""), "{nodes:?}");
@@ -415,6 +464,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     // the errors of connecting to a server that is gone.
     nats.kill();
     let down = Pvefleet::new(&dir, &format!("nats://watcher:watch-pw@127.0.0.1:{port}"), &db)
+        .with_ca(&ca.ca)
         .run(&["nodes", "--nats-inbox-prefix", "_INBOX_watcher"])
         .await?;
     assert_eq!(down.code, Some(1), "{down:?}");
