@@ -41,7 +41,10 @@ chaos *FLAGS:
 demo:
     bash scripts/demo
 
-# Benchmarks (release build), printing their figures: SFTP upload against OpenSSH's sftp.
+# Benchmarks (release build), printing their figures: the fleet (latency, throughput, CPU,
+# memory, calls per job, each against the floor measured in the same run), and SFTP upload
+# against OpenSSH's sftp.
 bench:
     cargo build --release --workspace --bins --locked
+    cargo bench -p pvefleet-testbed --bench fleet --locked
     cargo bench -p pvefleet-testbed --bench sftp --locked

@@ -253,6 +253,23 @@ impl EventLog {
         Self::open_on(&bus.js, &bus.events, node, job_id, run).await
     }
 
+    /// The log of a job that has no events yet (its first delivery), without looking: if it
+    /// does have one after all (a cancel wrote first), the first emit fails on it.
+    pub fn fresh(bus: &Bus, node: &NodeName, job_id: JobId, run: &str) -> Self {
+        Self {
+            js: bus.js.clone(),
+            stream: bus.events.clone(),
+            subject: names::event_subject(node, &job_id),
+            node: node.clone(),
+            job_id,
+            run: run.to_owned(),
+            next_seq: 1,
+            last_stream_seq: 0,
+            percent: 0,
+            step: None,
+        }
+    }
+
     /// [`EventLog::open`] with only a JetStream context and the events stream.
     pub async fn open_on(
         js: &jetstream::Context,

@@ -106,6 +106,31 @@ impl Claim {
         }
     }
 
+    /// Takes a job that has no checkpoint yet (its first delivery) in one write; `None` if it
+    /// has one after all, for [`Claim::take`] to look at.
+    pub async fn take_new(
+        kv: &kv::Store,
+        node: &NodeName,
+        job: JobId,
+        owner: String,
+        lease: Duration,
+    ) -> Result<Option<(Claim, Checkpoint)>, BusError> {
+        let key = names::checkpoint_key(node, &job);
+        let mut cp = Checkpoint::new(job, node.clone());
+        let until = OffsetDateTime::now_utc() + lease;
+        cp.lease = Some(Lease { owner: owner.clone(), until: Timestamp(until) });
+        match write(kv, &key, &cp, 0).await {
+            Ok(revision) => {
+                let held = Held { revision, saved: cp.clone(), until };
+                let claim =
+                    Self { kv: kv.clone(), key, owner, lease, held: Mutex::new(held), lost: CancellationToken::new() };
+                Ok(Some((claim, cp)))
+            }
+            Err(WriteError::Conflict) => Ok(None),
+            Err(WriteError::Nats(e)) => Err(e),
+        }
+    }
+
     pub fn owner(&self) -> &str {
         &self.owner
     }
@@ -119,6 +144,18 @@ impl Claim {
     pub async fn save(&self, cp: &Checkpoint) -> Result<(), BusError> {
         let mut held = self.held.lock().await;
         self.write_held(&mut held, cp.clone()).await
+    }
+
+    /// Whether `cp` holds anything the last write did not, besides which step is done: a step
+    /// that only moved the job on is not worth a write (every step is idempotent, so a resumed
+    /// job simply does it again), one that produced an output is.
+    pub async fn has_news(&self, cp: &Checkpoint) -> bool {
+        let held = self.held.lock().await;
+        let mut a = cp.clone();
+        let mut b = held.saved.clone();
+        (a.done, a.current, a.lease) = (None, pvefleet_schemas::Step::Validating, None);
+        (b.done, b.current, b.lease) = (None, pvefleet_schemas::Step::Validating, None);
+        a != b
     }
 
     /// Renews the lease on the checkpoint as last saved.

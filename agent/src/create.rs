@@ -131,7 +131,19 @@ pub struct Claimed {
 
 /// Opens the job's event log and takes its lease for the run named `owner`. A job already
 /// ended, or held by another live run, ends here with what its delivery should be told.
-pub async fn claim(job: &Job, bus: &Bus, owner: &str, lease: Duration) -> Result<Claimed, JobEnd> {
+///
+/// A job's first delivery looks neither at its events nor at its checkpoint (two round trips):
+/// it has none, or, if a cancel ended it while queued, its first event fails on the cancel's
+/// and the job ends there; a checkpoint found in its way sends it the long way.
+pub async fn claim(job: &Job, bus: &Bus, owner: &str, lease: Duration, first: bool) -> Result<Claimed, JobEnd> {
+    if first {
+        let events = EventLog::fresh(bus, &job.node, job.job_id, owner);
+        match Claim::take_new(&bus.checkpoints, &job.node, job.job_id, owner.to_owned(), lease).await {
+            Ok(Some((claim, cp))) => return Ok(Claimed { events, resumed: false, claim: Arc::new(claim), cp }),
+            Ok(None) => {}
+            Err(e) => return Err(JobEnd::Bus(e)),
+        }
+    }
     let (events, last) = EventLog::open(bus, &job.node, job.job_id, owner).await.map_err(JobEnd::Bus)?;
     if let Some(last) = &last
         && last.is_terminal()
@@ -270,8 +282,9 @@ impl CreateJob<'_> {
                 return self.fail(info).await;
             }
             self.events.step_event(row.step, row.percent, row.what).await?;
+            // The step under way is written with the step's first output (a vmid, a UPID), not
+            // on its own: a resumed job acts on what is done, and re-checks the rest.
             self.cp.current = row.step;
-            self.save().await?;
             let span = tracing::info_span!("step", step = %row.step);
             let lost = self.claim.lost().clone();
             let outcome = tokio::select! {
@@ -282,9 +295,13 @@ impl CreateJob<'_> {
                 _ = cancel.cancelled() => Err(StepError::failed(ErrorKind::Cancelled, "cancelled by an operator")),
             };
             match outcome {
+                // The last step's end is the `complete` event itself: nothing to resume from.
+                Ok(()) if row.step == Step::Finalizing => {}
                 Ok(()) => {
                     self.cp.done = Some(row.step);
-                    self.save().await?;
+                    if self.claim.has_news(&self.cp).await {
+                        self.save().await?;
+                    }
                 }
                 Err(StepError::Bus(e)) => return Err(e),
                 Err(StepError::Failed { kind, message }) => {
@@ -520,15 +537,8 @@ impl CreateJob<'_> {
         }
         loop {
             let vmid = self.vmid();
-            match self.whose(vmid).await? {
-                // Made by an earlier attempt whose answer (or UPID checkpoint) was lost.
-                Whose::Ours => return Ok(()),
-                Whose::Strangers => {
-                    self.replace_vmid(vmid).await?;
-                    continue;
-                }
-                Whose::Nobody => {}
-            }
+            // No look first: the vmid was just found free (or checked at validating), and PVE
+            // answers "already exists" if it is not; then the look tells whose it is.
             match self.pve.create_container(&self.create_params()).await {
                 Ok(upid) => {
                     self.cp.upid = Some(upid.to_string());
@@ -537,15 +547,20 @@ impl CreateJob<'_> {
                     self.wait_task(&upid).await?;
                     return Ok(());
                 }
-                // Ours from a retried POST whose first answer was lost, a stranger's, or one on
-                // another node: the next round's look at this node tells which.
-                Err(e) if e.is_already_exists() => {
-                    if self.whose(vmid).await? == Whose::Nobody && !e.message_contains(&format!("'{}'", self.job.node))
-                    {
-                        // Not on this node: taken elsewhere in the cluster.
-                        self.replace_vmid(vmid).await?;
+                // Ours (made by an attempt whose answer or UPID checkpoint was lost), a
+                // stranger's, or one on another node. A container still being created carries
+                // no tags yet: `whose` waits its create out before reading the marker.
+                Err(e) if e.is_already_exists() => match self.whose(vmid).await? {
+                    Whose::Ours => return Ok(()),
+                    Whose::Strangers => self.replace_vmid(vmid).await?,
+                    // Not on this node (taken elsewhere in the cluster), or gone again (a
+                    // create that failed): try again, or on another id.
+                    Whose::Nobody => {
+                        if !e.message_contains(&format!("'{}'", self.job.node)) {
+                            self.replace_vmid(vmid).await?;
+                        }
                     }
-                }
+                },
                 Err(e) => return Err(e.into()),
             }
         }
@@ -648,39 +663,23 @@ impl CreateJob<'_> {
         Ok(())
     }
 
+    /// Starts the container and waits for its start task: a start whose task ended OK has a
+    /// running container, and one already running needs nothing more.
     async fn start(&mut self) -> StepResult {
         let vmid = self.vmid();
-        if self.pve.status(vmid).await?.status != "running" {
-            let upid = match self.pending_task("vzstart") {
-                Some(u) => Some(u),
-                None => match self.pve.start(vmid).await {
-                    Ok(upid) => {
-                        self.cp.upid = Some(upid.to_string());
-                        self.save().await?;
-                        Some(upid)
-                    }
-                    Err(e) if e.message_contains("already running") => None,
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            if let Some(upid) = upid {
-                self.wait_task(&upid).await?;
-            }
-        }
-        let within = self.timeouts().task.0;
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(50);
-        while self.pve.status(vmid).await?.status != "running" {
-            if Instant::now() >= deadline {
-                return Err(StepError::failed(
-                    ErrorKind::Timeout,
-                    format!("container {vmid} not running {within:?} after its start"),
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
-        Ok(())
+        let upid = match self.pending_task("vzstart") {
+            Some(upid) => upid,
+            None => match self.pve.start(vmid).await {
+                Ok(upid) => {
+                    self.cp.upid = Some(upid.to_string());
+                    self.save().await?;
+                    upid
+                }
+                Err(e) if e.message_contains("already running") => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
+        };
+        self.wait_task(&upid).await
     }
 
     /// Reads the container's address, polling while DHCP has not given it one yet.

@@ -46,8 +46,10 @@ fn main() -> ExitCode {
         println!("configuration OK for node {}", config.node);
         return ExitCode::SUCCESS;
     }
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a tokio runtime");
+    // One thread: a job is a few milliseconds of I/O, and a second worker thread only adds
+    // cross-thread wake-ups (the profile showed the agent's CPU going to the scheduler and
+    // futexes, not to work). File reads for uploads still run on the blocking pool.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     runtime.block_on(async {
         let stop = CancellationToken::new();
         tokio::spawn(signals(stop.clone()));

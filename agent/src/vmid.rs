@@ -14,6 +14,10 @@ use pvefleet_schemas::{JobId, NodeName, Timestamp, V1, Vmid, VmidReservation, na
 use crate::bus::{BusError, nats_retry};
 use crate::proxmox::{PveClient, PveError};
 
+/// How long a reservation holds: long enough for the create it precedes (PVE holds the id
+/// from then on); a job resumed later finds the id taken or free and acts on that.
+pub const RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Why no vmid was found.
 #[derive(Debug, thiserror::Error)]
 pub enum AllocError {
@@ -50,8 +54,9 @@ pub async fn allocate(
             return Err(AllocError::Deadline { from, tried });
         }
         tried += 1;
+        // The first candidate is what /cluster/nextid just called free; later ones are checked.
         if let Reserve::Won = reserve(vmids, candidate, job, node).await?
-            && pve.vmid_is_free(candidate).await?
+            && (candidate == from || pve.vmid_is_free(candidate).await?)
         {
             return Ok(candidate);
         }
@@ -67,7 +72,7 @@ async fn reserve(vmids: &kv::Store, vmid: Vmid, job: JobId, node: &NodeName) -> 
     let value: bytes::Bytes =
         VmidReservation { v: V1, vmid, job_id: job, node: node.clone(), reserved_at: Timestamp::now() }.encode().into();
     let attempt = || async {
-        match vmids.create(&key, value.clone()).await {
+        match vmids.create_with_ttl(&key, value.clone(), RESERVATION_TTL).await {
             Ok(_) => Ok(Reserve::Won),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 let holder = vmids.get(&key).await.map_err(|e| BusError::nats(format!("reading vmid {key}"), e))?;

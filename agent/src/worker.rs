@@ -169,7 +169,8 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     if let Err(e) = job.validate() {
         return (reject(shared, &msg.payload, ErrorKind::Validation, e.to_string(), owner).await, None);
     }
-    let claimed = match create::claim(&job, &shared.bus, owner, shared.config.ack_wait).await {
+    let first = msg.info().is_ok_and(|info| info.delivered == 1);
+    let claimed = match create::claim(&job, &shared.bus, owner, shared.config.ack_wait, first).await {
         Ok(c) => c,
         Err(end) => return (end, None),
     };

@@ -85,6 +85,9 @@ pub fn vmids_bucket(replicas: usize) -> kv::Config {
         description: "pvefleet vmids chosen for jobs, so concurrent jobs never pick the same one".into(),
         history: 1,
         max_age: VMID_RESERVATION_MAX_AGE,
+        // Reservations carry their own TTL (minutes); an expired one leaves a delete marker
+        // for a minute, so a `create` of the id works again.
+        limit_markers: Some(Duration::from_secs(60)),
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()

@@ -20,6 +20,7 @@ import tempfile
 
 from aiohttp import web
 from fakepve import FakePve, TaskError
+from fakepve.server import API
 from fakepve.certs import make_cert
 
 DEFAULT_TEMPLATES = ('debian-12-standard_12.7-1_amd64.tar.zst',)
@@ -68,6 +69,8 @@ class BedPve(FakePve):
         # then its answer is lost, as when pveproxy times out while the worker runs on.
         self.lost_answers = {}
         self.answers_lost = 0
+        # (method, schema path template) -> count: what a benchmark reads as "calls per job".
+        self.bed_calls = collections.Counter()
 
     def bed_reset(self, time_scale):
         """Back to the launch state: no faults, no delay, nodes online, no task durations. Guests stay."""
@@ -83,6 +86,11 @@ class BedPve(FakePve):
         self.delay = 0.0
         for node in self.nodes:
             self.set_node_offline(node, False)
+
+    def _record(self, request, body):
+        super()._record(request, body)
+        match = self.resolve(request, API)
+        self.bed_calls[request.method, match.template if match else request.path] += 1
 
     async def _middleware(self, request, handler):
         self.bed_requests += 1  # lets a test prove a client refused the TLS handshake before any request
@@ -281,6 +289,13 @@ def control_app(pve, initial_scale):
                 pve.fail(method, path, field(data, 'status', int, 500), field(data, 'message', str), times=times)
         except (TypeError, ValueError) as e:
             raise refuse(str(e)) from None
+
+    @routes.get('/calls')
+    async def calls(request):
+        # Every API call since the start (or the last POST /calls-reset), by method and path template.
+        return web.json_response({'calls': [[m, p, n] for (m, p), n in sorted(pve.bed_calls.items())]})
+
+    post('/calls-reset')(lambda data: pve.bed_calls.clear())
 
     @post('/lose-answer')
     def lose_answer(data):

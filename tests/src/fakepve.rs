@@ -253,6 +253,18 @@ impl FakePve {
         Ok(serde_json::from_value(health["containers"].clone())?)
     }
 
+    /// API calls since the start or the last [`FakePve::reset_calls`], by method and path
+    /// template (`/nodes/{node}/lxc/{vmid}/status/start`).
+    pub async fn calls(&self) -> anyhow::Result<Vec<(String, String, u64)>> {
+        let resp = self.control.get(format!("{}/calls", self.control_url)).send().await?;
+        let body: Value = resp.error_for_status()?.json().await?;
+        Ok(serde_json::from_value(body["calls"].clone())?)
+    }
+
+    pub async fn reset_calls(&self) -> anyhow::Result<()> {
+        self.control("/calls-reset", json!({})).await.map(drop)
+    }
+
     /// Clears every injected fault.
     pub async fn reset(&self) -> anyhow::Result<()> {
         self.control("/reset", json!({})).await.map(drop)

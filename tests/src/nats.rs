@@ -26,6 +26,8 @@ pub struct NatsServer {
     clustered: bool,
     /// Environment for the server (values its config refers to as `$VAR`).
     env: Vec<(String, String)>,
+    /// The HTTP monitoring port, when the bed chose it.
+    monitor: Option<u16>,
 }
 
 impl NatsServer {
@@ -37,6 +39,7 @@ impl NatsServer {
     /// A standalone server whose config has `extra` appended (e.g. an `authorization` block).
     pub async fn start_with(dir: &TestDir, extra: &str) -> anyhow::Result<Self> {
         let port = free_port("127.0.0.1");
+        let http = free_port("127.0.0.1");
         let store = dir.sub("nats-store");
         let config = dir.path().join("nats.conf");
         std::fs::write(
@@ -44,7 +47,6 @@ impl NatsServer {
             format!(
                 "server_name: nats-test\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{http}\n\
                  jetstream {{ store_dir: {store:?} }}\n{extra}\n",
-                http = free_port("127.0.0.1"),
             ),
         )?;
         let mut server = Self {
@@ -56,6 +58,7 @@ impl NatsServer {
             restarts: 0,
             clustered: false,
             env: Vec::new(),
+            monitor: Some(http),
         };
         server.launch()?;
         server.wait_ready().await?;
@@ -121,8 +124,17 @@ impl NatsServer {
         port: u16,
         env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
-        let mut server =
-            Self { dir: dir.clone(), name: name.into(), port, config, proc: None, restarts: 0, clustered: false, env };
+        let mut server = Self {
+            dir: dir.clone(),
+            name: name.into(),
+            port,
+            config,
+            proc: None,
+            restarts: 0,
+            clustered: false,
+            env,
+            monitor: None,
+        };
         server.launch()?;
         Ok(server)
     }
@@ -144,6 +156,11 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `http://127.0.0.1:PORT`: the server's monitoring endpoint (`/varz`), if the bed set one.
+    pub fn monitor_url(&self) -> Option<String> {
+        self.monitor.map(|p| format!("http://127.0.0.1:{p}"))
     }
 
     pub async fn client(&self) -> anyhow::Result<async_nats::Client> {
@@ -218,6 +235,7 @@ impl NatsCluster {
                 restarts: 0,
                 clustered: true,
                 env: Vec::new(),
+                monitor: None,
             };
             node.launch()?;
             nodes.push(node);

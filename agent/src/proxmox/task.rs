@@ -1,9 +1,10 @@
 //! Proxmox tasks: UPIDs, and waiting for a task while tailing its log.
 //!
-//! Polling backs off from 50 ms to 2 s, so a quick task costs a few calls and a long one about
-//! one call every two seconds. The log is read incrementally; the status is read only when the
-//! log shows the task's last line (`TASK OK`, `TASK ERROR: …`, `TASK WARNINGS: n`) or every few
-//! polls in case a worker died without writing one.
+//! The first look is at once; then polling backs off from 50 ms to 2 s, so a quick task costs
+//! a call or two and a long one about one call every two seconds. The log is read
+//! incrementally, and its last line (`TASK OK`, `TASK ERROR: …`, `TASK WARNINGS: n`) is the
+//! task's end: the status is read only every few polls, in case a worker died without writing
+//! one.
 
 use std::fmt;
 use std::str::FromStr;
@@ -112,6 +113,8 @@ pub struct TaskWatch<'a> {
     pause: Duration,
     polls: u32,
     first: bool,
+    /// The end, seen with the lines handed out last.
+    ended: Option<TaskOutcome>,
 }
 
 impl PveClient {
@@ -128,13 +131,20 @@ impl PveClient {
             pause: Duration::from_millis(50),
             polls: 0,
             first: true,
+            ended: None,
         }
     }
 }
 
 impl TaskWatch<'_> {
-    /// New log lines, or the task's end.
+    /// New log lines, or the task's end. The end is reported as soon as it is seen: the
+    /// worker's last log line says how it ended (`TASK OK`, `TASK ERROR: …`, `TASK WARNINGS:
+    /// n`), so no status call is needed; the status is read only every few polls without new
+    /// lines, in case a worker died without writing one.
     pub async fn next(&mut self) -> Result<TaskProgress, TaskWaitError> {
+        if let Some(outcome) = self.ended.take() {
+            return Ok(TaskProgress::Done(outcome));
+        }
         loop {
             if !std::mem::take(&mut self.first) {
                 if Instant::now() >= self.deadline {
@@ -143,26 +153,27 @@ impl TaskWatch<'_> {
                 tokio::time::sleep(self.pause).await;
                 self.pause = self.pause.mul_f32(1.5).min(Duration::from_secs(2));
             }
-            let lines = self.read_log().await?;
-            let finished_line = lines.iter().any(|l| l.starts_with("TASK "));
+            let mut lines = self.read_log().await?;
             self.polls += 1;
-            if finished_line || self.polls % 4 == 0 {
+            let mut ended = lines.iter().rev().find_map(|l| exit_status_of(l));
+            if ended.is_none() && self.polls % 4 == 0 {
                 let status = self.pve.call(Method::GET, &format!("{}/status", self.base), &[]).await?;
                 if status["status"].as_str() == Some("stopped") {
                     // Lines written between the last read and the end.
-                    let mut lines = lines;
                     lines.extend(self.read_log().await?);
-                    if !lines.is_empty() {
-                        // Hand out the lines first; the next call sees the task stopped again.
-                        self.first = true;
-                        return Ok(TaskProgress::Lines(lines));
-                    }
-                    let exitstatus = status["exitstatus"].as_str().unwrap_or("unknown").to_owned();
-                    return Ok(TaskProgress::Done(TaskOutcome { exitstatus, tail: self.tail.clone() }));
+                    ended = Some(status["exitstatus"].as_str().unwrap_or("unknown").to_owned());
                 }
             }
-            if !lines.is_empty() {
-                return Ok(TaskProgress::Lines(lines));
+            let ended = ended.map(|exitstatus| TaskOutcome { exitstatus, tail: self.tail.clone() });
+            match (lines.is_empty(), ended) {
+                (true, Some(outcome)) => return Ok(TaskProgress::Done(outcome)),
+                (false, Some(outcome)) => {
+                    // Hand out the last lines first; the next call reports the end at once.
+                    self.ended = Some(outcome);
+                    return Ok(TaskProgress::Lines(lines));
+                }
+                (false, None) => return Ok(TaskProgress::Lines(lines)),
+                (true, None) => {}
             }
         }
     }
@@ -190,6 +201,16 @@ impl TaskWatch<'_> {
     }
 }
 
+/// The exit status a worker's last log line states, as the task's status would give it:
+/// `TASK OK` → `OK`, `TASK WARNINGS: 2` → `WARNINGS: 2`, `TASK ERROR: why` → `why`.
+fn exit_status_of(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("TASK ")?;
+    if rest == "OK" || rest.starts_with("WARNINGS: ") {
+        return Some(rest.to_owned());
+    }
+    rest.strip_prefix("ERROR: ").map(str::to_owned)
+}
+
 fn remember(tail: &mut Vec<String>, lines: &[String]) {
     tail.extend(lines.iter().cloned());
     if tail.len() > TAIL {
@@ -200,6 +221,18 @@ fn remember(tail: &mut Vec<String>, lines: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_line_says_how_a_task_ended() {
+        assert_eq!(exit_status_of("TASK OK").as_deref(), Some("OK"));
+        assert_eq!(exit_status_of("TASK WARNINGS: 2").as_deref(), Some("WARNINGS: 2"));
+        assert_eq!(
+            exit_status_of("TASK ERROR: unable to create CT 100 - boom").as_deref(),
+            Some("unable to create CT 100 - boom")
+        );
+        assert_eq!(exit_status_of("extracting archive"), None);
+        assert_eq!(exit_status_of("TASK STARTED"), None);
+    }
 
     #[test]
     fn upid_fields() {
