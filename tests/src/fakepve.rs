@@ -273,6 +273,11 @@ impl FakePve {
     pub fn log_text(&self) -> String {
         self.proc.log_text()
     }
+
+    /// The launcher's process id (for a benchmark's CPU figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
 }
 
 /// The control API is plain HTTP on loopback; reqwest still wants a TLS provider chosen.
