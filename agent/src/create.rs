@@ -395,42 +395,71 @@ impl CreateJob<'_> {
             }
         }
         let spec = &self.job.container;
+        let invalid = |message: String| StepError::failed(ErrorKind::Validation, message);
+        // What PVE refuses an API token, said now rather than at create.
+        for (i, mp) in spec.mounts.iter().enumerate() {
+            if matches!(mp, pvefleet_schemas::lxc::MountPoint::Bind { .. }) {
+                return Err(invalid(format!(
+                    "container.mounts[{i}]: PVE lets only root@pam make a bind mount; the agent's API token is refused"
+                )));
+            }
+        }
+        let features = spec.effective_features();
+        let beyond = features.beyond_nesting();
+        if !spec.unprivileged && !features.is_empty() {
+            return Err(invalid(
+                "container.features: on a privileged container PVE lets only root@pam set features; the agent's API token is refused".into(),
+            ));
+        }
+        if !beyond.is_empty() {
+            return Err(invalid(format!(
+                "container.features: PVE lets an API token set only `nesting` on an unprivileged container \
+                 (pve-container check_ct_modify_config_perm); `{}` need root@pam",
+                beyond.join("`, `")
+            )));
+        }
         let storages = self.pve.rootdir_storages().await?;
-        let Some(storage) = storages.iter().find(|s| s.storage == spec.storage) else {
-            let have: Vec<&str> = storages.iter().map(|s| s.storage.as_str()).collect();
-            return Err(StepError::failed(
-                ErrorKind::Validation,
-                format!(
-                    "container.storage: `{}` is not an active storage for containers on {} (it has: {})",
-                    spec.storage,
+        let rootfs = spec.effective_rootfs();
+        let field = if spec.rootfs.is_some() { "container.rootfs" } else { "container" };
+        let mut wanted: Vec<(String, &str, u32)> =
+            vec![(format!("{field}.storage"), rootfs.storage.as_str(), rootfs.size)];
+        for (i, mp) in spec.mounts.iter().enumerate() {
+            if let pvefleet_schemas::lxc::MountPoint::Volume { storage, size, .. } = mp {
+                wanted.push((format!("container.mounts[{i}].storage"), storage.as_str(), *size));
+            }
+        }
+        for (field, name, size) in wanted {
+            let Some(storage) = storages.iter().find(|s| s.storage == name) else {
+                let have: Vec<&str> = storages.iter().map(|s| s.storage.as_str()).collect();
+                return Err(invalid(format!(
+                    "{field}: `{name}` is not an active storage for containers on {} (it has: {})",
                     self.job.node,
                     have.join(", ")
-                ),
-            ));
-        };
-        let wanted = u64::from(spec.disk) << 30;
-        if storage.avail > 0 && storage.avail < wanted {
-            return Err(StepError::failed(
-                ErrorKind::Validation,
-                format!(
-                    "container.disk: {} GB does not fit on `{}`, which has {:.1} GB free",
-                    spec.disk,
-                    spec.storage,
+                )));
+            };
+            if storage.avail > 0 && storage.avail < u64::from(size) << 30 {
+                return Err(invalid(format!(
+                    "{field}: {size} GB does not fit on `{name}`, which has {:.1} GB free",
                     storage.avail as f64 / f64::from(1u32 << 30)
-                ),
-            ));
+                )));
+            }
         }
         if !self.pve.template_exists(&spec.ostemplate).await? {
-            return Err(StepError::failed(
-                ErrorKind::Validation,
-                format!("container.ostemplate: `{}` is not a container template on {}", spec.ostemplate, self.job.node),
-            ));
+            return Err(invalid(format!(
+                "container.ostemplate: `{}` is not a container template on {}",
+                spec.ostemplate, self.job.node
+            )));
         }
-        if !self.pve.bridge_exists(&spec.bridge).await? {
-            return Err(StepError::failed(
-                ErrorKind::Validation,
-                format!("container.bridge: `{}` does not exist on {}", spec.bridge, self.job.node),
-            ));
+        let bridges = self.pve.bridges().await?;
+        for (i, nic) in spec.effective_nics().iter().enumerate() {
+            if !bridges.contains(&nic.bridge) {
+                let field = if spec.nics.is_empty() {
+                    "container.bridge".to_owned()
+                } else {
+                    format!("container.nics[{i}].bridge")
+                };
+                return Err(invalid(format!("{field}: `{}` does not exist on {}", nic.bridge, self.job.node)));
+            }
         }
         if !self.job.deploy.is_empty() && self.cp.ssh_key.is_none() {
             self.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing)?);
@@ -539,7 +568,9 @@ impl CreateJob<'_> {
             let vmid = self.vmid();
             // No look first: the vmid was just found free (or checked at validating), and PVE
             // answers "already exists" if it is not; then the look tells whose it is.
-            match self.pve.create_container(&self.create_params()).await {
+            let params = self.create_params();
+            let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            match self.pve.create_container(&params).await {
                 Ok(upid) => {
                     self.cp.upid = Some(upid.to_string());
                     self.save().await?;
@@ -578,41 +609,64 @@ impl CreateJob<'_> {
         Ok(())
     }
 
-    fn create_params(&self) -> Vec<(&'static str, String)> {
+    /// PVE's create parameters for the spec: every field the spec sets, in PVE's formats
+    /// (`crate::lxc` in the schemas builds each string), plus the marker tag and the job's key.
+    fn create_params(&self) -> Vec<(String, String)> {
         let spec = &self.job.container;
-        let mut net0 = format!("name=eth0,bridge={},ip={}", spec.bridge, spec.ip);
-        if let Some(gw) = spec.gw {
-            net0.push_str(&format!(",gw={gw}"));
-        }
         let mut tags: Vec<String> = spec.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
         tags.push(self.marker.clone());
-        let mut params = vec![
-            ("vmid", self.vmid().to_string()),
-            ("hostname", spec.hostname.clone()),
-            ("ostemplate", spec.ostemplate.clone()),
-            ("memory", spec.memory.to_string()),
-            ("swap", spec.swap.to_string()),
-            ("cores", spec.cores.to_string()),
-            ("rootfs", format!("{}:{}", spec.storage, spec.disk)),
-            ("net0", net0),
-            ("unprivileged", u8::from(spec.unprivileged).to_string()),
-            ("tags", tags.join(";")),
+        let mut params: Vec<(String, String)> = vec![
+            ("vmid".into(), self.vmid().to_string()),
+            ("hostname".into(), spec.hostname.clone()),
+            ("ostemplate".into(), spec.ostemplate.clone()),
+            ("memory".into(), spec.memory.to_string()),
+            ("swap".into(), spec.swap.to_string()),
+            ("cores".into(), spec.cores.to_string()),
+            ("rootfs".into(), spec.effective_rootfs().to_pve()),
+            // Always explicit: the schema's default is 0, while PVE makes unprivileged ones when
+            // it is left out.
+            ("unprivileged".into(), u8::from(spec.unprivileged).to_string()),
+            ("tags".into(), tags.join(";")),
         ];
-        if spec.nesting {
-            params.push(("features", "nesting=1".into()));
+        for (i, nic) in spec.effective_nics().iter().enumerate() {
+            params.push((format!("net{i}"), nic.to_pve()));
         }
-        if let Some(ns) = &spec.nameserver {
-            params.push(("nameserver", ns.clone()));
+        for (i, mp) in spec.mounts.iter().enumerate() {
+            params.push((format!("mp{i}"), mp.to_pve()));
         }
+        let features = spec.effective_features();
+        if !features.is_empty() {
+            params.push(("features".into(), features.to_pve()));
+        }
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                params.push((key.into(), v));
+            }
+        };
+        put("nameserver", spec.effective_nameserver());
+        put("searchdomain", spec.searchdomain.clone());
+        put("description", spec.description.clone());
+        put("pool", spec.pool.clone());
+        put("protection", spec.protection.then(|| "1".into()));
+        put("cpulimit", spec.cpulimit.map(|c| c.to_string()));
+        put("cpuunits", spec.cpuunits.map(|c| c.to_string()));
+        put("onboot", spec.onboot.then(|| "1".into()));
+        put("startup", spec.startup.as_ref().map(|s| s.to_pve()).filter(|s| !s.is_empty()));
+        put("timezone", spec.timezone.clone());
+        put("arch", spec.arch.clone());
+        put("ostype", spec.ostype.clone());
+        put("console", spec.console.map(|c| u8::from(c).to_string()));
+        put("tty", spec.tty.map(|t| t.to_string()));
+        put("cmode", spec.cmode.clone());
         let mut keys = spec.ssh_public_keys.clone();
         if let Some(public) = self.job_public_key() {
             keys.push(public);
         }
         if !keys.is_empty() {
-            params.push(("ssh-public-keys", keys.join("\n")));
+            params.push(("ssh-public-keys".into(), keys.join("\n")));
         }
         if let Some(pw) = &self.password {
-            params.push(("password", pw.expose().to_owned()));
+            params.push(("password".into(), pw.expose().to_owned()));
         }
         params
     }
@@ -685,19 +739,28 @@ impl CreateJob<'_> {
     /// Reads the container's address, polling while DHCP has not given it one yet.
     async fn connect(&mut self) -> StepResult {
         let vmid = self.vmid();
+        // The NIC the spec names for SSH, else the first.
+        let spec = &self.job.container;
+        let nic = spec.ssh_nic.clone().unwrap_or_else(|| spec.effective_nics()[0].name.clone());
         let within = self.timeouts().ip.0;
         let deadline = Instant::now() + within;
         let mut pause = Duration::from_millis(100);
         let ip: IpAddr = loop {
-            if let Some(ip) = self.pve.container_ip(vmid).await? {
+            if let Some(ip) = self.pve.container_ip(vmid, &nic).await? {
                 break ip;
             }
             if Instant::now() >= deadline {
                 return Err(StepError::failed(
                     ErrorKind::Timeout,
                     format!(
-                        "container {vmid} has no IP address after {within:?} (ip={}); is DHCP serving its bridge?",
-                        self.job.container.ip
+                        "container {vmid} has no address on {nic} after {within:?} ({}); is DHCP serving its bridge?",
+                        self.job
+                            .container
+                            .effective_nics()
+                            .iter()
+                            .find(|n| n.name == nic)
+                            .map(|n| n.to_pve())
+                            .unwrap_or_default()
                     ),
                 ));
             }
@@ -713,7 +776,8 @@ impl CreateJob<'_> {
     }
 
     async fn finalize(&mut self) -> StepResult {
-        let mut description = format!("Created by pvefleet job {}", self.job.job_id);
+        let mut description = self.job.container.description.clone().map(|d| format!("{d}\n\n")).unwrap_or_default();
+        description.push_str(&format!("Created by pvefleet job {}", self.job.job_id));
         if let Some(t) = &self.job.template {
             description.push_str(&format!(" from template {t}"));
         }
@@ -787,6 +851,10 @@ impl CreateJob<'_> {
                 return Ok(Rollback::Nothing(Some(format!("container {vmid} is not this job's; left untouched"))));
             }
             Whose::Ours => {}
+        }
+        if self.job.container.protection {
+            // PVE will not remove a protected container; this one is ours to unprotect.
+            self.pve.set_config(vmid, &[("protection", "0".to_owned())]).await?;
         }
         if self.pve.status(vmid).await?.status == "running" {
             match self.pve.stop(vmid).await {

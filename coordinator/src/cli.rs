@@ -182,6 +182,42 @@ pub struct SubmitArgs {
     /// An SSH public key line to authorize for root (repeatable).
     #[arg(long = "ssh-key")]
     pub ssh_keys: Vec<String>,
+    /// A network interface in PVE's own form, repeatable (net0, net1, …; replaces --bridge/--ip/--gw):
+    /// `name=eth0,bridge=vmbr0,ip=10.0.0.5/24,gw=10.0.0.1,ip6=auto,tag=20,mtu=1500,firewall=1`.
+    #[arg(long = "net", value_name = "KEY=VALUE,…")]
+    pub nets: Vec<String>,
+    /// A mount point in PVE's own form, repeatable (mp0, mp1, …): a new volume
+    /// `local-lvm:4,mp=/srv/data,backup=1`, an existing one `local-lvm:vm-100-disk-1,mp=/srv`,
+    /// or a host directory `/srv/media,mp=/media,ro=1`.
+    #[arg(long = "mp", value_name = "VOLUME,mp=PATH,…")]
+    pub mps: Vec<String>,
+    /// Notes shown in PVE (the agent adds which job made the container).
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A resource pool to put the container in (it must exist).
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Protect the container from removal (a rollback still removes its own).
+    #[arg(long)]
+    pub protection: bool,
+    /// Start the container when its node boots.
+    #[arg(long)]
+    pub onboot: bool,
+    /// Boot order in PVE's form: `order=1,up=30,down=60`.
+    #[arg(long)]
+    pub startup: Option<String>,
+    /// Time zone (`Europe/Berlin`, or `host`).
+    #[arg(long)]
+    pub timezone: Option<String>,
+    /// CPU limit in cores (fractions allowed).
+    #[arg(long)]
+    pub cpulimit: Option<f64>,
+    /// CPU weight (1..=262144).
+    #[arg(long)]
+    pub cpuunits: Option<u32>,
+    /// DNS search domains, space separated.
+    #[arg(long)]
+    pub searchdomain: Option<String>,
     /// A package to install (repeatable); added to the template's.
     #[arg(long = "package")]
     pub packages: Vec<String>,

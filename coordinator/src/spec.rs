@@ -157,6 +157,117 @@ pub fn overlay(base: &mut toml::Table, top: toml::Table) {
     }
 }
 
+/// The container fields given in PVE's own `key=value,…` form (`--net`, `--mp`, `--startup`),
+/// as a table to overlay; a malformed one names its flag.
+pub fn pve_flags(nets: &[String], mps: &[String], startup: Option<&str>) -> Result<toml::Table, BadInput> {
+    let mut t = toml::Table::new();
+    if !nets.is_empty() {
+        let nics = nets
+            .iter()
+            .enumerate()
+            .map(|(i, n)| net_flag(n).map_err(|e| BadInput::field(&format!("--net #{}", i + 1), e)));
+        t.insert("nics".into(), toml::Value::Array(nics.collect::<Result<_, _>>()?));
+    }
+    if !mps.is_empty() {
+        let mounts = mps
+            .iter()
+            .enumerate()
+            .map(|(i, m)| mp_flag(m).map_err(|e| BadInput::field(&format!("--mp #{}", i + 1), e)));
+        t.insert("mounts".into(), toml::Value::Array(mounts.collect::<Result<_, _>>()?));
+    }
+    if let Some(s) = startup {
+        let mut table = toml::Table::new();
+        for (key, value) in pairs(s).map_err(|e| BadInput::field("--startup", e))? {
+            let n: i64 =
+                value.parse().map_err(|_| BadInput::field("--startup", format!("`{key}={value}` is not a number")))?;
+            match key {
+                "order" | "up" | "down" => table.insert(key.into(), n.into()),
+                other => return Err(BadInput::field("--startup", format!("unknown key `{other}` (order, up, down)"))),
+            };
+        }
+        t.insert("startup".into(), toml::Value::Table(table));
+    }
+    Ok(t)
+}
+
+/// `a=1,b=2` as pairs.
+fn pairs(s: &str) -> Result<Vec<(&str, &str)>, String> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').ok_or_else(|| format!("`{p}` is not key=value")))
+        .collect()
+}
+
+fn flag_bool(key: &str, value: &str) -> Result<toml::Value, String> {
+    match value {
+        "1" | "true" | "yes" => Ok(true.into()),
+        "0" | "false" | "no" => Ok(false.into()),
+        _ => Err(format!("`{key}={value}` is not 0 or 1")),
+    }
+}
+
+fn flag_int(key: &str, value: &str) -> Result<toml::Value, String> {
+    value.parse::<i64>().map(Into::into).map_err(|_| format!("`{key}={value}` is not a number"))
+}
+
+/// `name=eth0,bridge=vmbr0,ip=…` → a NIC table.
+fn net_flag(s: &str) -> Result<toml::Value, String> {
+    let mut t = toml::Table::new();
+    for (key, value) in pairs(s)? {
+        let v = match key {
+            "name" | "bridge" | "ip" | "gw" | "ip6" | "gw6" | "hwaddr" => value.into(),
+            "tag" | "mtu" => flag_int(key, value)?,
+            "rate" => value.parse::<f64>().map(Into::into).map_err(|_| format!("`rate={value}` is not a number"))?,
+            "firewall" | "link_down" => flag_bool(key, value)?,
+            "trunks" => toml::Value::Array(value.split(';').map(|v| flag_int(key, v)).collect::<Result<_, _>>()?),
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` (name, bridge, ip, gw, ip6, gw6, tag, trunks, mtu, firewall, hwaddr, rate, link_down)"
+                ));
+            }
+        };
+        t.insert(key.into(), v);
+    }
+    Ok(toml::Value::Table(t))
+}
+
+/// `local-lvm:4,mp=/srv,backup=1` (new volume), `local-lvm:vm-1-disk-1,mp=/srv` (existing),
+/// `/host/dir,mp=/srv` (bind) → a mount point table.
+fn mp_flag(s: &str) -> Result<toml::Value, String> {
+    let (volume, rest) = s.split_once(',').unwrap_or((s, ""));
+    let mut t = toml::Table::new();
+    if volume.starts_with('/') {
+        t.insert("kind".into(), "bind".into());
+        t.insert("host_path".into(), volume.into());
+    } else if let Some((storage, size)) =
+        volume.split_once(':').filter(|(_, size)| size.chars().all(|c| c.is_ascii_digit()) && !size.is_empty())
+    {
+        t.insert("kind".into(), "volume".into());
+        t.insert("storage".into(), storage.into());
+        t.insert("size".into(), flag_int("size", size)?);
+    } else {
+        t.insert("kind".into(), "existing".into());
+        t.insert("volume".into(), volume.into());
+    }
+    for (key, value) in pairs(rest)? {
+        let v = match key {
+            "mp" => {
+                t.insert("path".into(), value.into());
+                continue;
+            }
+            "backup" | "ro" | "acl" | "quota" | "replicate" | "shared" => flag_bool(key, value)?,
+            "mountoptions" => toml::Value::Array(value.split(';').map(toml::Value::from).collect()),
+            other => {
+                return Err(format!(
+                    "unknown key `{other}` (mp, backup, ro, acl, quota, replicate, shared, mountoptions)"
+                ));
+            }
+        };
+        t.insert(key.into(), v);
+    }
+    Ok(toml::Value::Table(t))
+}
+
 /// Adds `more`'s packages, files and scripts to `base`'s. A file at a path `base` already
 /// writes, or a script with a name it already runs, replaces that one where it stands: the
 /// later source overrides the earlier, as for the container's fields.
@@ -197,6 +308,34 @@ mod tests {
 
     fn script(name: &str, body: &str) -> ScriptSpec {
         ScriptSpec { name: name.into(), body: body.into(), interpreter: "/bin/sh".into(), timeout: None }
+    }
+
+    #[test]
+    fn pves_own_forms_become_the_spec() {
+        let t = pve_flags(
+            &["name=eth0,bridge=vmbr0,ip=10.0.0.5/24,gw=10.0.0.1,ip6=auto,tag=20,trunks=30;40,firewall=1".into()],
+            &[
+                "local-lvm:4,mp=/srv/data,backup=1,mountoptions=noatime;nodev".into(),
+                "/srv/media,mp=/media,ro=1".into(),
+            ],
+            Some("order=2,up=30"),
+        )
+        .unwrap();
+        let mut table = toml::Table::new();
+        table.insert("hostname".into(), "web".into());
+        table.insert("ostemplate".into(), "local:vztmpl/x.tar.zst".into());
+        overlay(&mut table, t);
+        let spec = container_from(table).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(
+            spec.nics[0].to_pve(),
+            "name=eth0,bridge=vmbr0,ip=10.0.0.5/24,gw=10.0.0.1,ip6=auto,tag=20,trunks=30;40,firewall=1"
+        );
+        assert_eq!(spec.mounts[0].to_pve(), "local-lvm:4,mp=/srv/data,backup=1,mountoptions=noatime;nodev");
+        assert_eq!(spec.mounts[1].to_pve(), "/srv/media,mp=/media,ro=1");
+        assert_eq!(spec.startup.unwrap().to_pve(), "order=2,up=30");
+        let bad = pve_flags(&["name=eth0,vlan=3".into()], &[], None).unwrap_err();
+        assert!(bad.to_string().contains("--net #1") && bad.to_string().contains("unknown key `vlan`"), "{bad}");
     }
 
     #[test]

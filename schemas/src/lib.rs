@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`ids`]: `JobId`, `NodeName`, `Vmid`, each checked when made or decoded.
+//! - [`lxc`]: the rest of PVE's LXC create API (NICs, mounts, features, boot order).
 //! - [`spec`]: what people write (container, deploy, options); unknown fields are errors.
 //! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
 //! - `layout` (feature `nats`): the streams' and buckets' settings as async-nats configs.
@@ -18,6 +19,7 @@ pub mod ids;
 pub mod job;
 #[cfg(feature = "nats")]
 pub mod layout;
+pub mod lxc;
 pub mod message;
 pub mod names;
 pub mod redact;

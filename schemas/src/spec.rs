@@ -171,6 +171,66 @@ pub struct ContainerSpec {
     /// hold one; `pvefleet submit` reads it from a file, a variable or a prompt and seals it.
     #[serde(default)]
     pub root_password: Option<crate::seal::Sealed>,
+
+    // The rest of PVE's create API (see `crate::lxc`). Each is left out of the message when
+    // unset, so a job written before these existed reads the same.
+    /// Shown in PVE's notes; the agent adds which job made the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The resource pool the container joins (it must exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// PVE refuses to remove a protected container (a rollback lifts it first, for its own).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protection: bool,
+    /// CPU limit in cores (fractions allowed), 0..=8192.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpulimit: Option<f64>,
+    /// CPU weight, 1..=262144.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpuunits: Option<u32>,
+    /// The root disk in full; when given, `storage` and `disk` are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<crate::lxc::RootFs>,
+    /// Mount points, `mp0` onwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<crate::lxc::MountPoint>,
+    /// Network interfaces, `net0` onwards; when given, `bridge`, `ip` and `gw` are not used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<crate::lxc::Nic>,
+    /// DNS servers, IPv4 and IPv6 (with `nameserver`, the older single string, both go).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<IpAddr>,
+    /// DNS search domains, space separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub searchdomain: Option<String>,
+    /// The NIC (by name) whose address the agent connects to over SSH: the first by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_nic: Option<String>,
+    /// Features (with `nesting`, the older flag, both count).
+    #[serde(default, skip_serializing_if = "crate::lxc::Features::is_empty")]
+    pub features: crate::lxc::Features,
+    /// Start at the node's boot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub onboot: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<crate::lxc::Startup>,
+    /// A time zone like `Europe/Berlin`, or `host`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// PVE detects these from the template when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ostype: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console: Option<bool>,
+    /// Consoles, 0..=6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty: Option<u8>,
+    /// `shell`, `console` or `tty`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmode: Option<String>,
 }
 
 mod defaults {
@@ -229,7 +289,68 @@ impl ContainerSpec {
             tags: Vec::new(),
             ssh_public_keys: Vec::new(),
             root_password: None,
+            description: None,
+            pool: None,
+            protection: false,
+            cpulimit: None,
+            cpuunits: None,
+            rootfs: None,
+            mounts: Vec::new(),
+            nics: Vec::new(),
+            nameservers: Vec::new(),
+            searchdomain: None,
+            ssh_nic: None,
+            features: crate::lxc::Features::default(),
+            onboot: false,
+            startup: None,
+            timezone: None,
+            arch: None,
+            ostype: None,
+            console: None,
+            tty: None,
+            cmode: None,
         }
+    }
+
+    /// The NICs the container gets: `nics`, or else one `eth0` from `bridge`, `ip` and `gw`.
+    pub fn effective_nics(&self) -> Vec<crate::lxc::Nic> {
+        if !self.nics.is_empty() {
+            return self.nics.clone();
+        }
+        let ip = match self.ip {
+            IpConfig::Dhcp => crate::lxc::Ipv4Setting::Dhcp,
+            IpConfig::Static { addr, prefix } => crate::lxc::Ipv4Setting::Static { addr, prefix },
+        };
+        let mut nic = crate::lxc::Nic::new("eth0", &self.bridge, ip);
+        nic.gw = self.gw;
+        vec![nic]
+    }
+
+    /// The root disk: `rootfs`, or else `storage` and `disk`.
+    pub fn effective_rootfs(&self) -> crate::lxc::RootFs {
+        self.rootfs.clone().unwrap_or_else(|| crate::lxc::RootFs {
+            storage: self.storage.clone(),
+            size: self.disk,
+            mountoptions: Vec::new(),
+            acl: None,
+            quota: None,
+            replicate: None,
+        })
+    }
+
+    /// The features: `features`, with the older `nesting` flag folded in.
+    pub fn effective_features(&self) -> crate::lxc::Features {
+        let mut f = self.features.clone();
+        f.nesting |= self.nesting;
+        f
+    }
+
+    /// DNS servers as PVE takes them (space separated), from `nameservers` and `nameserver`.
+    pub fn effective_nameserver(&self) -> Option<String> {
+        let mut all: Vec<String> =
+            self.nameserver.iter().flat_map(|n| n.split_whitespace().map(str::to_owned)).collect();
+        all.extend(self.nameservers.iter().map(IpAddr::to_string));
+        (!all.is_empty()).then(|| all.join(" "))
     }
 
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -294,7 +415,85 @@ impl ContainerSpec {
                 "must be sealed to an agent's key (`to` a key fingerprint, `data` the sealed box)".into()
             });
         }
+        self.validate_more(&mut p);
         p.finish()
+    }
+
+    /// The checks of the fields beyond the first version's.
+    fn validate_more(&self, p: &mut Problems) {
+        if let Some(pool) = &self.pool
+            && let Err(e) = config_id(pool)
+        {
+            p.push(FieldError::new("pool", e));
+        }
+        if let Some(limit) = self.cpulimit {
+            p.check("cpulimit", (0.0..=8192.0).contains(&limit), || format!("{limit} is outside 0..=8192"));
+        }
+        if let Some(units) = self.cpuunits {
+            p.check("cpuunits", (1..=262_144).contains(&units), || format!("{units} is outside 1..=262144"));
+        }
+        if let Some(rootfs) = &self.rootfs {
+            p.nest("rootfs", rootfs.validate());
+        }
+        p.check("mounts", self.mounts.len() <= 256, || {
+            format!("{} mount points; PVE takes mp0..mp255", self.mounts.len())
+        });
+        let mut paths = std::collections::HashSet::new();
+        for (i, mp) in self.mounts.iter().enumerate() {
+            p.nest(&format!("mounts[{i}]"), mp.validate());
+            p.check(&format!("mounts[{i}].path"), paths.insert(mp.path()), || {
+                format!("`{}` is mounted by an earlier mount point", mp.path())
+            });
+        }
+        p.check("nics", self.nics.len() <= 32, || format!("{} NICs; PVE takes net0..net31", self.nics.len()));
+        let mut names = std::collections::HashSet::new();
+        for (i, nic) in self.nics.iter().enumerate() {
+            p.nest(&format!("nics[{i}]"), nic.validate());
+            p.check(&format!("nics[{i}].name"), names.insert(nic.name.as_str()), || {
+                format!("`{}` is the name of an earlier NIC", nic.name)
+            });
+        }
+        if let Some(nic) = &self.ssh_nic {
+            let known = self.effective_nics().iter().any(|n| &n.name == nic);
+            p.check("ssh_nic", known, || format!("`{nic}` names none of the container's NICs"));
+        }
+        if let Some(domains) = &self.searchdomain {
+            let ok = !domains.trim().is_empty() && domains.split_whitespace().all(|d| dns_name(d).is_ok());
+            p.check("searchdomain", ok, || format!("`{domains}` is not a space-separated list of DNS names"));
+        }
+        p.nest("features", self.features.validate());
+        if let Some(tz) = &self.timezone {
+            let ok = !tz.is_empty() && tz.chars().all(|c| c.is_ascii_alphanumeric() || "/_-+".contains(c));
+            p.check("timezone", ok, || format!("`{tz}` is not a time zone like `Europe/Berlin` (or `host`)"));
+        }
+        let one_of = |p: &mut Problems, field: &str, value: &Option<String>, allowed: &[&str]| {
+            if let Some(v) = value {
+                p.check(field, allowed.contains(&v.as_str()), || format!("`{v}` is not one of {}", allowed.join(", ")));
+            }
+        };
+        one_of(p, "arch", &self.arch, &["amd64", "i386", "arm64", "armhf", "riscv32", "riscv64"]);
+        one_of(
+            p,
+            "ostype",
+            &self.ostype,
+            &[
+                "debian",
+                "devuan",
+                "ubuntu",
+                "centos",
+                "fedora",
+                "opensuse",
+                "archlinux",
+                "alpine",
+                "gentoo",
+                "nixos",
+                "unmanaged",
+            ],
+        );
+        one_of(p, "cmode", &self.cmode, &["shell", "console", "tty"]);
+        if let Some(tty) = self.tty {
+            p.check("tty", tty <= 6, || format!("{tty} is outside 0..=6"));
+        }
     }
 }
 
@@ -769,6 +968,43 @@ mod tests {
                 "scripts[1].name"
             ]
         );
+    }
+
+    #[test]
+    fn the_whole_spec_refuses_what_pve_would_and_names_the_field() {
+        use crate::lxc::{Ipv4Setting, Nic};
+        let mut s = spec();
+        let mut eth0 = Nic::new("eth0", "vmbr0", Ipv4Setting::Dhcp);
+        eth0.gw = Some("10.0.0.1".parse().unwrap());
+        let mut again = Nic::new("eth0", "vmbr1", "10.0.0.5/24".parse().unwrap());
+        again.ip6 = Some("fd00::5/64".parse().unwrap());
+        again.gw6 = Some("fd01::1".parse().unwrap());
+        s.nics = vec![eth0, again];
+        s.ssh_nic = Some("eth9".into());
+        s.tty = Some(7);
+        assert_eq!(
+            fields(s.validate()),
+            ["nics[0].gw", "nics[1].gw6", "nics[1].name", "ssh_nic", "tty"],
+            "ip=dhcp with a gw, a gw6 outside its prefix, two NICs with one name"
+        );
+        // A NIC without a bridge does not even read.
+        let err = toml::from_str::<ContainerSpec>(
+            "hostname = 'web'\nostemplate = 'local:vztmpl/x.tar.zst'\n[[nics]]\nname = 'eth0'\nip = 'dhcp'\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("missing field `bridge`"), "{err}");
+    }
+
+    #[test]
+    fn a_spec_in_the_first_versions_format_reads_as_before() {
+        let s: ContainerSpec = toml::from_str(
+            "hostname = 'web'\nostemplate = 'local:vztmpl/x.tar.zst'\nbridge = 'vmbr1'\nip = '10.0.0.5/24'\ngw = '10.0.0.1'\nnesting = true\ndisk = 20\nstorage = 'fast'\n",
+        )
+        .unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.effective_nics()[0].to_pve(), "name=eth0,bridge=vmbr1,ip=10.0.0.5/24,gw=10.0.0.1");
+        assert_eq!(s.effective_rootfs().to_pve(), "fast:20");
+        assert_eq!(s.effective_features().to_pve(), "nesting=1");
     }
 
     #[test]

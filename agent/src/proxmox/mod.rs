@@ -303,11 +303,12 @@ impl PveClient {
         self.call(Method::PUT, &self.node_path(&format!("/lxc/{vmid}/config")), params).await.map(drop)
     }
 
-    /// The container's first IPv4 address on an interface other than `lo`, if it has one yet.
-    pub async fn container_ip(&self, vmid: Vmid) -> Result<Option<IpAddr>, PveError> {
+    /// The address of the container's interface `nic` (IPv4 first, else a global IPv6), if
+    /// it has one yet.
+    pub async fn container_ip(&self, vmid: Vmid, nic: &str) -> Result<Option<IpAddr>, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}/interfaces"));
         let data = self.call(Method::GET, &path, &[]).await?;
-        Ok(first_address(&data))
+        Ok(address_of(&data, nic))
     }
 
     pub async fn node_status(&self) -> Result<NodeStatus, PveError> {
@@ -345,11 +346,11 @@ impl PveClient {
         Ok(data.as_array().is_some_and(|items| items.iter().any(|i| i["volid"].as_str() == Some(volid))))
     }
 
-    /// Whether this node has a bridge called `name`.
-    pub async fn bridge_exists(&self, name: &str) -> Result<bool, PveError> {
+    /// The names of this node's network interfaces (bridges among them).
+    pub async fn bridges(&self) -> Result<Vec<String>, PveError> {
         let path = self.node_path("/network");
         let data = self.call(Method::GET, &path, &[]).await?;
-        Ok(data.as_array().is_some_and(|items| items.iter().any(|i| i["iface"].as_str() == Some(name))))
+        Ok(data.as_array().into_iter().flatten().filter_map(|i| i["iface"].as_str().map(str::to_owned)).collect())
     }
 
     fn upid(&self, method: Method, path: &str, data: Value) -> Result<Upid, PveError> {
@@ -381,26 +382,31 @@ fn transport_error(method: Method, path: &str, source: reqwest::Error) -> PveErr
     }
 }
 
-/// The first IPv4 (else IPv6) address on an interface other than `lo`.
-fn first_address(data: &Value) -> Option<IpAddr> {
-    let mut fallback = None;
-    for iface in data.as_array()? {
-        if iface["name"].as_str() == Some("lo") {
-            continue;
-        }
-        let listed = iface["ip-addresses"].as_array().into_iter().flatten().filter_map(|a| a["ip-address"].as_str());
-        let inet = iface["inet"].as_str().map(|s| s.split('/').next().unwrap_or(s));
-        for text in listed.chain(inet) {
-            match text.parse::<IpAddr>() {
-                Ok(ip @ IpAddr::V4(v4)) if !v4.is_unspecified() => return Some(ip),
-                Ok(ip @ IpAddr::V6(v6)) if !v6.is_unspecified() && !v6.is_loopback() && fallback.is_none() => {
-                    fallback = Some(ip)
-                }
-                _ => {}
-            }
-        }
+/// The address of interface `nic`: its first IPv4 address, else its first global IPv6 one.
+/// Never an unspecified or link-local one (169.254/16, fe80::/10), and a loopback one (127/8,
+/// ::1) only when it is all the interface has (never on `lo`: the interface is chosen by
+/// name) — no real container has one on its NIC, but the test bed's play containers do.
+fn address_of(data: &Value, nic: &str) -> Option<IpAddr> {
+    let iface = data.as_array()?.iter().find(|i| i["name"].as_str() == Some(nic))?;
+    let listed = iface["ip-addresses"].as_array().into_iter().flatten().filter_map(|a| a["ip-address"].as_str());
+    let inet =
+        ["inet", "inet6"].into_iter().filter_map(|k| iface[k].as_str()).map(|s| s.split('/').next().unwrap_or(s));
+    let mut found: Vec<(u8, IpAddr)> =
+        listed.chain(inet).filter_map(|t| t.parse().ok()).filter_map(|ip| rank(&ip).map(|r| (r, ip))).collect();
+    found.sort_by_key(|(rank, _)| *rank);
+    found.first().map(|(_, ip)| *ip)
+}
+
+/// Lower is better; `None` is never used.
+fn rank(ip: &IpAddr) -> Option<u8> {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_link_local() => None,
+        IpAddr::V4(v4) if v4.is_loopback() => Some(2),
+        IpAddr::V4(_) => Some(0),
+        IpAddr::V6(v6) if v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80 => None,
+        IpAddr::V6(v6) if v6.is_loopback() => Some(3),
+        IpAddr::V6(_) => Some(1),
     }
-    fallback
 }
 
 #[cfg(test)]
@@ -409,15 +415,25 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn addresses_skip_lo_and_prefer_ipv4() {
+    fn addresses_are_the_named_nics_preferring_ipv4_never_link_local() {
         let data = json!([
             {"name": "lo", "inet": "127.0.0.1/8", "ip-addresses": [{"ip-address": "127.0.0.1"}]},
-            {"name": "eth0", "ip-addresses": [{"ip-address": "fd00::5"}, {"ip-address": "10.0.0.5", "prefix": "24"}]}
+            {"name": "eth0", "ip-addresses": [{"ip-address": "fe80::1"}, {"ip-address": "fd00::5"}, {"ip-address": "10.0.0.5", "prefix": "24"}]},
+            {"name": "eth1", "ip-addresses": [{"ip-address": "fe80::2"}, {"ip-address": "2001:db8::7"}]}
         ]);
-        assert_eq!(first_address(&data), Some("10.0.0.5".parse().unwrap()));
-        let dhcp_pending = json!([{"name": "lo", "inet": "127.0.0.1/8"}, {"name": "eth0", "ip-addresses": []}]);
-        assert_eq!(first_address(&dhcp_pending), None);
-        assert_eq!(first_address(&Value::Null), None);
+        assert_eq!(address_of(&data, "eth0"), Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(address_of(&data, "eth1"), Some("2001:db8::7".parse().unwrap()));
+        // A loopback address only when the NIC has nothing else (the bed's play containers).
+        assert_eq!(
+            address_of(&json!([{"name": "eth0", "inet": "127.0.0.71/32"}]), "eth0"),
+            Some("127.0.0.71".parse().unwrap())
+        );
+        let play =
+            json!([{"name": "eth0", "ip-addresses": [{"ip-address": "127.0.0.71"}, {"ip-address": "fd00::71"}]}]);
+        assert_eq!(address_of(&play, "eth0"), Some("fd00::71".parse().unwrap()));
+        let dhcp_pending = json!([{"name": "lo", "inet": "127.0.0.1/8"}, {"name": "eth0", "ip-addresses": [{"ip-address": "fe80::1"}]}]);
+        assert_eq!(address_of(&dhcp_pending, "eth0"), None);
+        assert_eq!(address_of(&Value::Null, "eth0"), None);
     }
 
     fn api(status: u16, message: &str) -> PveError {

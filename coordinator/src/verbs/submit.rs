@@ -60,6 +60,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         node = spec.node;
     }
     overlay(&mut container, flags(args));
+    overlay(&mut container, crate::spec::pve_flags(&args.nets, &args.mps, args.startup.as_deref())?);
     deploy.packages.extend(args.packages.iter().cloned());
     let container = container_from(container)?;
     // Kept in memory only, and sealed to the chosen node's agent once the node is known.
@@ -218,6 +219,14 @@ fn flags(a: &SubmitArgs) -> toml::Table {
     put("unprivileged", a.privileged.then_some(false.into()));
     put("nesting", a.nesting.then_some(true.into()));
     put("tags", (!a.tags.is_empty()).then(|| a.tags.iter().cloned().map(toml::Value::from).collect::<Vec<_>>().into()));
+    put("description", a.description.clone().map(Into::into));
+    put("pool", a.pool.clone().map(Into::into));
+    put("protection", a.protection.then_some(true.into()));
+    put("onboot", a.onboot.then_some(true.into()));
+    put("timezone", a.timezone.clone().map(Into::into));
+    put("cpulimit", a.cpulimit.map(Into::into));
+    put("cpuunits", a.cpuunits.map(|v| i64::from(v).into()));
+    put("searchdomain", a.searchdomain.clone().map(Into::into));
     put(
         "ssh_public_keys",
         (!a.ssh_keys.is_empty()).then(|| a.ssh_keys.iter().cloned().map(toml::Value::from).collect::<Vec<_>>().into()),
