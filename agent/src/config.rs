@@ -88,6 +88,22 @@ pub struct SshConfig {
     /// home; `%a` is the container's address): where the job's own key is removed from once
     /// the deploy is done.
     pub authorized_keys: String,
+    /// A key the templates this node clones already trust (`ssh.key_file`): PVE cannot put a
+    /// job's own key into a clone, so a clone's deploy logs in with this one.
+    pub clone_key: Option<CloneKey>,
+}
+
+/// The private key of `ssh.key_file`, read at start; its `Debug` shows only where it came from.
+#[derive(Clone)]
+pub struct CloneKey {
+    pub file: PathBuf,
+    pub key: std::sync::Arc<russh::keys::PrivateKey>,
+}
+
+impl std::fmt::Debug for CloneKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloneKey").field("file", &self.file).finish_non_exhaustive()
+    }
 }
 
 /// A configuration problem, naming where it is and which key.
@@ -164,6 +180,8 @@ struct RawSsh {
     retry_for: HumanDuration,
     #[serde(default = "default_authorized_keys")]
     authorized_keys: String,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
 }
 
 impl Default for RawSsh {
@@ -174,6 +192,7 @@ impl Default for RawSsh {
             connect_timeout: default_connect_timeout(),
             retry_for: default_retry_for(),
             authorized_keys: default_authorized_keys(),
+            key_file: None,
         }
     }
 }
@@ -245,6 +264,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("ssh.connect_timeout", Kind::Str),
     ("ssh.retry_for", Kind::Str),
     ("ssh.authorized_keys", Kind::Str),
+    ("ssh.key_file", Kind::Str),
 ];
 
 /// `proxmox.token_id` → `PVEFLEET_PROXMOX_TOKEN_ID`.
@@ -321,6 +341,23 @@ impl Config {
         if raw.ssh.authorized_keys.is_empty() || raw.ssh.authorized_keys.contains(['\'', '\n']) {
             return Err(err("ssh.authorized_keys", "must be a file path without quotes".into()));
         }
+        let clone_key = match &raw.ssh.key_file {
+            None => None,
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .map_err(|e| err("ssh.key_file", format!("cannot read {} ({e})", file.display())))?;
+                let key = russh::keys::PrivateKey::from_openssh(&text).map_err(|e| {
+                    err("ssh.key_file", format!("{} is not an unencrypted OpenSSH private key ({e})", file.display()))
+                })?;
+                if key.is_encrypted() {
+                    return Err(err(
+                        "ssh.key_file",
+                        format!("{} is encrypted; the agent cannot ask for its passphrase", file.display()),
+                    ));
+                }
+                Some(CloneKey { file: file.clone(), key: std::sync::Arc::new(key) })
+            }
+        };
         if raw.nats.urls.is_empty() {
             return Err(err("nats.urls", "needs at least one server URL".into()));
         }
@@ -426,6 +463,7 @@ impl Config {
                 connect_timeout: raw.ssh.connect_timeout.0,
                 retry_for: raw.ssh.retry_for.0,
                 authorized_keys: raw.ssh.authorized_keys,
+                clone_key,
             },
         })
     }

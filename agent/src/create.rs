@@ -7,6 +7,8 @@
 //! | step        | does                                                        | undo                              |
 //! |-------------|-------------------------------------------------------------|-----------------------------------|
 //! | validating  | storage, template, bridge exist here; vmid given or allocated | none: reads only                |
+//! | fetching    | a downloaded, catalogue or OCI template onto its storage (`source.rs`) | none: a shared cache     |
+//! | cloning     | for a clone: `POST /lxc/{from}/clone`, then `PUT config` (`source.rs`) | destroy, as for creating |
 //! | creating    | `POST /lxc` with the marker; waits for the task, tails its log | destroy (stop, then delete+purge) |
 //! | starting    | start; waits for the task and for `running`                 | covered by creating's destroy     |
 //! | connecting  | the container's IP from `/interfaces`                       | none: reads only                  |
@@ -20,7 +22,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use pvefleet_schemas::{
-    Checkpoint, ErrorInfo, ErrorKind, EventType, Job, JobResult, LogStream, RollbackPolicy, Step, Vmid,
+    Checkpoint, ContainerSpec, ErrorInfo, ErrorKind, EventType, Job, JobResult, LogStream, RollbackPolicy, Step, Vmid,
 };
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -43,15 +45,35 @@ struct StepRow {
     /// Where the job's percent stands when the step begins.
     percent: u8,
     what: &'static str,
+    /// Whether a job with this spec runs the step.
+    runs: fn(&ContainerSpec) -> bool,
 }
 
-const STEPS: [StepRow; 6] = [
-    StepRow { step: Step::Validating, percent: 2, what: "checking the spec against this node" },
-    StepRow { step: Step::Creating, percent: 10, what: "creating the container" },
-    StepRow { step: Step::Starting, percent: 45, what: "starting the container" },
-    StepRow { step: Step::Connecting, percent: 60, what: "waiting for the container's IP address" },
-    StepRow { step: Step::Deploying, percent: 70, what: "deploying into the container" },
-    StepRow { step: Step::Finalizing, percent: 95, what: "finalizing" },
+fn always(_: &ContainerSpec) -> bool {
+    true
+}
+
+fn fetches(spec: &ContainerSpec) -> bool {
+    spec.template.is_some()
+}
+
+fn clones(spec: &ContainerSpec) -> bool {
+    spec.clone.is_some()
+}
+
+fn creates(spec: &ContainerSpec) -> bool {
+    spec.clone.is_none()
+}
+
+const STEPS: [StepRow; 8] = [
+    StepRow { step: Step::Validating, percent: 2, what: "checking the spec against this node", runs: always },
+    StepRow { step: Step::Fetching, percent: 4, what: "fetching the template", runs: fetches },
+    StepRow { step: Step::Cloning, percent: 8, what: "cloning the container", runs: clones },
+    StepRow { step: Step::Creating, percent: 10, what: "creating the container", runs: creates },
+    StepRow { step: Step::Starting, percent: 45, what: "starting the container", runs: always },
+    StepRow { step: Step::Connecting, percent: 60, what: "waiting for the container's IP address", runs: always },
+    StepRow { step: Step::Deploying, percent: 70, what: "deploying into the container", runs: always },
+    StepRow { step: Step::Finalizing, percent: 95, what: "finalizing", runs: always },
 ];
 
 /// How a job's run ended, for the delivery decision (see [`crate::policy`]).
@@ -267,7 +289,7 @@ impl CreateJob<'_> {
             return self.fail(ErrorInfo { kind, step: Step::Validating, message }).await;
         }
         for row in &STEPS {
-            if self.cp.done.is_some_and(|done| done >= row.step) {
+            if self.cp.done.is_some_and(|done| done >= row.step) || !(row.runs)(&self.job.container) {
                 continue;
             }
             if stop.is_cancelled() {
@@ -349,6 +371,8 @@ impl CreateJob<'_> {
     async fn do_step(&mut self, step: Step) -> StepResult {
         match step {
             Step::Validating => self.validate().await,
+            Step::Fetching => self.fetch().await,
+            Step::Cloning => self.clone_container().await,
             Step::Creating => self.create().await,
             Step::Starting => self.start().await,
             Step::Connecting => self.connect().await,
@@ -359,7 +383,7 @@ impl CreateJob<'_> {
     }
 
     /// The checkpointed task of `kind`, sent by an earlier delivery of this job.
-    fn pending_task(&self, kind: &str) -> Option<Upid> {
+    pub(crate) fn pending_task(&self, kind: &str) -> Option<Upid> {
         self.cp.upid.as_deref()?.parse::<Upid>().ok().filter(|u| u.kind() == kind)
     }
 
@@ -421,8 +445,11 @@ impl CreateJob<'_> {
         let storages = self.pve.rootdir_storages().await?;
         let rootfs = spec.effective_rootfs();
         let field = if spec.rootfs.is_some() { "container.rootfs" } else { "container" };
-        let mut wanted: Vec<(String, &str, u32)> =
-            vec![(format!("{field}.storage"), rootfs.storage.as_str(), rootfs.size)];
+        let mut wanted: Vec<(String, &str, u32)> = Vec::new();
+        if spec.clone.is_none() {
+            // A clone's root disk is its source's.
+            wanted.push((format!("{field}.storage"), rootfs.storage.as_str(), rootfs.size));
+        }
         for (i, mp) in spec.mounts.iter().enumerate() {
             if let pvefleet_schemas::lxc::MountPoint::Volume { storage, size, .. } = mp {
                 wanted.push((format!("container.mounts[{i}].storage"), storage.as_str(), *size));
@@ -444,12 +471,6 @@ impl CreateJob<'_> {
                 )));
             }
         }
-        if !self.pve.template_exists(&spec.ostemplate).await? {
-            return Err(invalid(format!(
-                "container.ostemplate: `{}` is not a container template on {}",
-                spec.ostemplate, self.job.node
-            )));
-        }
         let bridges = self.pve.bridges().await?;
         for (i, nic) in spec.effective_nics().iter().enumerate() {
             if !bridges.contains(&nic.bridge) {
@@ -461,7 +482,9 @@ impl CreateJob<'_> {
                 return Err(invalid(format!("{field}: `{}` does not exist on {}", nic.bridge, self.job.node)));
             }
         }
-        if !self.job.deploy.is_empty() && self.cp.ssh_key.is_none() {
+        self.validate_source().await?;
+        // A clone cannot be given the job's own key: its deploy logs in with `ssh.key_file`.
+        if !self.job.deploy.is_empty() && self.cp.ssh_key.is_none() && spec.clone.is_none() {
             self.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing)?);
         }
         if self.cp.vmid.is_none() {
@@ -518,7 +541,7 @@ impl CreateJob<'_> {
     /// yet (PVE writes its config, marker included, only when the create task has unpacked
     /// the template), so its create is waited out before its marker is read: the create may
     /// be this job's own, sent by an attempt whose answer was lost.
-    async fn whose(&mut self, vmid: Vmid) -> Result<Whose, StepError> {
+    pub(crate) async fn whose(&mut self, vmid: Vmid) -> Result<Whose, StepError> {
         let within = self.timeouts().task.0;
         let deadline = Instant::now() + within;
         let mut pause = Duration::from_millis(100);
@@ -598,7 +621,7 @@ impl CreateJob<'_> {
     }
 
     /// An allocated vmid lost to a stranger is replaced; a vmid the spec fixed is a conflict.
-    async fn replace_vmid(&mut self, vmid: Vmid) -> StepResult {
+    pub(crate) async fn replace_vmid(&mut self, vmid: Vmid) -> StepResult {
         if !self.cp.vmid_allocated {
             return Err(self.conflict(vmid));
         }
@@ -611,14 +634,14 @@ impl CreateJob<'_> {
 
     /// PVE's create parameters for the spec: every field the spec sets, in PVE's formats
     /// (`crate::lxc` in the schemas builds each string), plus the marker tag and the job's key.
-    fn create_params(&self) -> Vec<(String, String)> {
+    pub(crate) fn create_params(&self) -> Vec<(String, String)> {
         let spec = &self.job.container;
         let mut tags: Vec<String> = spec.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
         tags.push(self.marker.clone());
         let mut params: Vec<(String, String)> = vec![
             ("vmid".into(), self.vmid().to_string()),
             ("hostname".into(), spec.hostname.clone()),
-            ("ostemplate".into(), spec.ostemplate.clone()),
+            ("ostemplate".into(), spec.effective_ostemplate().unwrap_or_default()),
             ("memory".into(), spec.memory.to_string()),
             ("swap".into(), spec.swap.to_string()),
             ("cores".into(), spec.cores.to_string()),
@@ -658,6 +681,8 @@ impl CreateJob<'_> {
         put("console", spec.console.map(|c| u8::from(c).to_string()));
         put("tty", spec.tty.map(|t| t.to_string()));
         put("cmode", spec.cmode.clone());
+        put("entrypoint", spec.entrypoint.clone());
+        put("env", (!spec.env.is_empty()).then(|| pvefleet_schemas::source::env_to_pve(&spec.env)));
         let mut keys = spec.ssh_public_keys.clone();
         if let Some(public) = self.job_public_key() {
             keys.push(public);
@@ -673,7 +698,7 @@ impl CreateJob<'_> {
 
     /// Waits for a task, its log streamed as `log` events; a warning status becomes a
     /// `warning` event and any other non-OK status fails the step with the log's last lines.
-    async fn wait_task(&mut self, upid: &Upid) -> StepResult {
+    pub(crate) async fn wait_task(&mut self, upid: &Upid) -> StepResult {
         let mut watch = self.pve.watch_task(upid, self.timeouts().task.0);
         let outcome = loop {
             match watch.next().await? {
@@ -885,7 +910,7 @@ impl CreateJob<'_> {
 
 /// Who holds a vmid on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Whose {
+pub(crate) enum Whose {
     /// No container has it here.
     Nobody,
     /// A container with this job's marker.
@@ -902,9 +927,13 @@ enum Rollback {
     Nothing(Option<String>),
 }
 
-/// Whether a container's config carries this job's marker tag.
+/// Whether a container's config carries this job's marker: as a tag, or, on a clone whose
+/// tags are still its source's, in the description the clone call gave it (`(<marker>)`).
 fn is_ours(cfg: &Value, marker: &str) -> bool {
     cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| crate::proxmox::has_tag(tags, marker))
+        || cfg.get("description").and_then(Value::as_str).is_some_and(|d| {
+            d.lines().any(|l| l.starts_with("Cloned by pvefleet job ") && l.ends_with(&format!("({marker})")))
+        })
 }
 
 #[cfg(test)]
@@ -917,6 +946,9 @@ mod tests {
         assert!(is_ours(&cfg, "pvefleet-abc123"));
         assert!(!is_ours(&cfg, "pvefleet-abc12"));
         assert!(!is_ours(&serde_json::json!({}), "pvefleet-abc123"));
+        let cloning = serde_json::json!({"tags": "template", "description": "web\n\nCloned by pvefleet job 01J (pvefleet-abc123)"});
+        assert!(is_ours(&cloning, "pvefleet-abc123"));
+        assert!(!is_ours(&serde_json::json!({"description": "see pvefleet-abc123"}), "pvefleet-abc123"));
     }
 
     #[test]
@@ -924,7 +956,16 @@ mod tests {
         let steps: Vec<Step> = STEPS.iter().map(|r| r.step).collect();
         assert_eq!(
             steps,
-            [Step::Validating, Step::Creating, Step::Starting, Step::Connecting, Step::Deploying, Step::Finalizing]
+            [
+                Step::Validating,
+                Step::Fetching,
+                Step::Cloning,
+                Step::Creating,
+                Step::Starting,
+                Step::Connecting,
+                Step::Deploying,
+                Step::Finalizing
+            ]
         );
         assert!(STEPS.windows(2).all(|w| w[0].percent < w[1].percent && w[0].step < w[1].step));
     }

@@ -95,9 +95,11 @@ impl CreateJob<'_> {
     /// Connects to the container (retrying while its sshd comes up) and keeps the session.
     pub(crate) async fn open_ssh(&mut self) -> StepResult {
         let ip = self.cp.ip.expect("connecting found the address");
-        let key = match &self.cp.ssh_key {
-            Some(sealed) => load_key(self.sealing, sealed)?,
-            None => {
+        let key = match (&self.cp.ssh_key, &self.ssh_config.clone_key) {
+            (Some(sealed), _) => load_key(self.sealing, sealed)?,
+            // A clone: PVE could not give it the job's key (validating made sure there is this).
+            (None, Some(clone_key)) => clone_key.key.clone(),
+            (None, None) => {
                 return Err(StepError::failed(ErrorKind::Internal, "the job has no SSH key"));
             }
         };
@@ -194,7 +196,8 @@ impl CreateJob<'_> {
     /// spec asked for stay): a copy of its private key, wherever it went, opens nothing.
     async fn remove_job_key(&mut self) -> StepResult {
         const DONE: &str = "job-key-removed";
-        if self.cp.deployed.iter().any(|d| d == DONE) {
+        // A clone never had the job's key: it logged in with `ssh.key_file`'s.
+        if self.cp.deployed.iter().any(|d| d == DONE) || self.cp.ssh_key.is_none() {
             return Ok(());
         }
         let comment = format!(" pvefleet-job-{}", self.job.job_id.short());

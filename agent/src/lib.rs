@@ -8,6 +8,8 @@
 //! - [`vmid`]: allocating vmids that concurrent jobs never share.
 //! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
 //! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
+//! - [`source`]: the fetching and cloning steps: templates downloaded, from the catalogue,
+//!   pulled from an OCI registry; clones.
 //! - [`deploy`]: the deploying step: packages, files and scripts over one SSH connection.
 //! - [`policy`]: what a job's end means for its message (ack, term, nak).
 //! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
@@ -24,6 +26,7 @@ pub mod heartbeat;
 pub mod policy;
 pub mod proxmox;
 pub mod sealing;
+pub mod source;
 pub mod ssh;
 pub mod vmid;
 pub mod worker;

@@ -218,6 +218,46 @@ pub struct SubmitArgs {
     /// DNS search domains, space separated.
     #[arg(long)]
     pub searchdomain: Option<String>,
+    /// Features in PVE's form: `nesting=1,keyctl=1,fuse=1,mount=nfs;cifs`.
+    #[arg(long, value_name = "KEY=VALUE,…")]
+    pub features: Option<String>,
+    /// Download the template first (instead of --ostemplate), checked against its checksum:
+    /// `url=https://…,checksum=HEX,filename=NAME.tar.zst[,algorithm=sha256][,storage=local]`.
+    #[arg(long, value_name = "url=…,checksum=…,filename=…")]
+    pub download: Option<String>,
+    /// A template from pveam's catalogue (instead of --ostemplate), fetched when missing:
+    /// `NAME[,storage=local]`, NAME as `pveam available` lists it.
+    #[arg(long, value_name = "NAME[,storage=S]")]
+    pub appliance: Option<String>,
+    /// An application container from an OCI image (PVE 9.1), pulled when missing:
+    /// `docker.io/library/nginx:1.27[,storage=local][,filename=nginx.tar]`.
+    #[arg(long, value_name = "REFERENCE[,storage=S]")]
+    pub oci: Option<String>,
+    /// Clone a container or template (by vmid or template name) instead of creating one:
+    /// `FROM[,full=0][,snapshot=NAME][,storage=S]`.
+    #[arg(long = "clone", value_name = "FROM[,full=0]…")]
+    pub clone_from: Option<String>,
+    /// The command an application container runs (PVE's default: /sbin/init).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// An environment variable of an application container, `KEY=VALUE` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub envs: Vec<String>,
+    /// The NIC (by name) whose address the deploy connects to; the first by default.
+    #[arg(long)]
+    pub ssh_nic: Option<String>,
+    /// `amd64`, `arm64`, … (PVE reads it from the template when left out).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// `debian`, `ubuntu`, `alpine`, … (PVE reads it from the template when left out).
+    #[arg(long)]
+    pub ostype: Option<String>,
+    /// Console mode: `tty`, `console` or `shell`.
+    #[arg(long)]
+    pub cmode: Option<String>,
+    /// Number of ttys, 0..=6.
+    #[arg(long)]
+    pub tty: Option<u8>,
     /// A package to install (repeatable); added to the template's.
     #[arg(long = "package")]
     pub packages: Vec<String>,

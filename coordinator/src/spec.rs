@@ -130,7 +130,9 @@ impl SpecFile {
         // gives with placeholders and check the whole.
         let mut probe = self.container.clone();
         probe.entry("hostname").or_insert_with(|| "placeholder".into());
-        probe.entry("ostemplate").or_insert_with(|| "local:vztmpl/placeholder.tar.zst".into());
+        if !SOURCES.iter().any(|k| probe.contains_key(*k)) {
+            probe.insert("ostemplate".into(), "local:vztmpl/placeholder.tar.zst".into());
+        }
         let spec = container_from(probe)?;
         spec.validate().map_err(|e| prefix(e, "container"))?;
         Ok(())
@@ -150,8 +152,16 @@ pub fn container_from(table: toml::Table) -> Result<ContainerSpec, BadInput> {
     })
 }
 
-/// Overlays `top` on `base`, key by key.
+/// The container fields that each say where the container comes from; one is given.
+const SOURCES: [&str; 3] = ["ostemplate", "template", "clone"];
+
+/// Overlays the container table `top` on `base`, key by key. A template source in `top`
+/// replaces `base`'s, whichever kind each is (a spec's `clone` overrides a template's
+/// `ostemplate`).
 pub fn overlay(base: &mut toml::Table, top: toml::Table) {
+    if SOURCES.iter().any(|k| top.contains_key(*k)) {
+        base.retain(|k, _| !SOURCES.contains(&k));
+    }
     for (k, v) in top {
         base.insert(k, v);
     }
@@ -186,6 +196,104 @@ pub fn pve_flags(nets: &[String], mps: &[String], startup: Option<&str>) -> Resu
             };
         }
         t.insert("startup".into(), toml::Value::Table(table));
+    }
+    Ok(t)
+}
+
+/// The template source (`--download`, `--appliance`, `--oci`, `--clone`), `--features` and
+/// `--env` flags as a table to overlay; each takes PVE's `value,key=value,…` form, and a
+/// malformed one names its flag.
+pub fn source_flags(a: &crate::cli::SubmitArgs) -> Result<toml::Table, BadInput> {
+    let mut t = toml::Table::new();
+    let given: Vec<&str> = [
+        a.ostemplate.as_ref().map(|_| "--ostemplate"),
+        a.download.as_ref().map(|_| "--download"),
+        a.appliance.as_ref().map(|_| "--appliance"),
+        a.oci.as_ref().map(|_| "--oci"),
+        a.clone_from.as_ref().map(|_| "--clone"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if given.len() > 1 {
+        return Err(BadInput::field(given[1], format!("give one template source, not {}", given.join(" and "))));
+    }
+    let source = |flag: &str, text: &str, first: Option<&str>, keys: &[&str]| {
+        let (head, rest) = match first {
+            Some(_) => text.split_once(',').unwrap_or((text, "")),
+            None => ("", text),
+        };
+        let mut inner = toml::Table::new();
+        if let Some(key) = first {
+            inner.insert(key.into(), head.into());
+        }
+        for (key, value) in pairs(rest).map_err(|e| BadInput::field(flag, e))? {
+            let v = match key {
+                "full" => flag_bool(key, value).map_err(|e| BadInput::field(flag, e))?,
+                k if keys.contains(&k) => value.into(),
+                other => {
+                    return Err(BadInput::field(flag, format!("unknown key `{other}` ({})", keys.join(", "))));
+                }
+            };
+            inner.insert(key.into(), v);
+        }
+        Ok::<_, BadInput>(inner)
+    };
+    if let Some(text) = &a.download {
+        let inner = source("--download", text, None, &["url", "checksum", "algorithm", "storage", "filename"])?;
+        t.insert(
+            "template".into(),
+            toml::Value::Table(toml::Table::from_iter([("download".to_owned(), inner.into())])),
+        );
+    }
+    if let Some(text) = &a.appliance {
+        let inner = source("--appliance", text, Some("name"), &["storage"])?;
+        t.insert(
+            "template".into(),
+            toml::Value::Table(toml::Table::from_iter([("appliance".to_owned(), inner.into())])),
+        );
+    }
+    if let Some(text) = &a.oci {
+        let inner = source("--oci", text, Some("reference"), &["storage", "filename"])?;
+        t.insert("template".into(), toml::Value::Table(toml::Table::from_iter([("oci".to_owned(), inner.into())])));
+    }
+    if let Some(text) = &a.clone_from {
+        let mut inner = source("--clone", text, Some("from"), &["full", "snapshot", "storage"])?;
+        if let Some(toml::Value::String(from)) = inner.get("from")
+            && let Ok(vmid) = from.parse::<i64>()
+        {
+            inner.insert("from".into(), vmid.into());
+        }
+        t.insert("clone".into(), toml::Value::Table(inner));
+    }
+    if let Some(text) = &a.features {
+        let mut features = toml::Table::new();
+        for (key, value) in pairs(text).map_err(|e| BadInput::field("--features", e))? {
+            let v = match key {
+                "nesting" | "keyctl" | "fuse" | "mknod" | "force_rw_sys" => {
+                    flag_bool(key, value).map_err(|e| BadInput::field("--features", e))?
+                }
+                "mount" => toml::Value::Array(value.split(';').map(toml::Value::from).collect()),
+                other => {
+                    return Err(BadInput::field(
+                        "--features",
+                        format!("unknown key `{other}` (nesting, keyctl, fuse, mknod, mount, force_rw_sys)"),
+                    ));
+                }
+            };
+            features.insert(key.into(), v);
+        }
+        t.insert("features".into(), toml::Value::Table(features));
+    }
+    if !a.envs.is_empty() {
+        let mut env = toml::Table::new();
+        for (i, pair) in a.envs.iter().enumerate() {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| BadInput::field(&format!("--env #{}", i + 1), format!("`{pair}` is not KEY=VALUE")))?;
+            env.insert(k.into(), v.into());
+        }
+        t.insert("env".into(), toml::Value::Table(env));
     }
     Ok(t)
 }
@@ -336,6 +444,49 @@ mod tests {
         assert_eq!(spec.startup.unwrap().to_pve(), "order=2,up=30");
         let bad = pve_flags(&["name=eth0,vlan=3".into()], &[], None).unwrap_err();
         assert!(bad.to_string().contains("--net #1") && bad.to_string().contains("unknown key `vlan`"), "{bad}");
+    }
+
+    fn submit_args<const N: usize>(argv: [&str; N]) -> crate::cli::SubmitArgs {
+        #[derive(clap::Parser)]
+        struct Submit {
+            #[command(flatten)]
+            args: crate::cli::SubmitArgs,
+        }
+        <Submit as clap::Parser>::parse_from(argv).args
+    }
+
+    #[test]
+    fn a_later_template_source_replaces_the_earlier_whatever_its_kind() {
+        let mut base = toml::Table::new();
+        base.insert("hostname".into(), "web".into());
+        base.insert("ostemplate".into(), "local:vztmpl/x.tar.zst".into());
+        let args = submit_args([
+            "submit",
+            "--clone",
+            "9000,full=0,snapshot=base",
+            "--features",
+            "nesting=1,mount=nfs;cifs",
+            "--env",
+            "PORT=8080",
+        ]);
+        overlay(&mut base, source_flags(&args).unwrap());
+        let spec = container_from(base).unwrap();
+        spec.validate().unwrap();
+        assert_eq!(spec.ostemplate, None, "the clone replaced the template's ostemplate");
+        let clone = spec.clone.as_ref().unwrap();
+        assert_eq!((clone.full, clone.snapshot.as_deref()), (false, Some("base")));
+        assert_eq!(clone.from, pvefleet_schemas::source::CloneFrom::Vmid(pvefleet_schemas::Vmid::new(9000).unwrap()));
+        assert_eq!(spec.effective_features().to_pve(), "mount=nfs;cifs,nesting=1");
+        assert_eq!(spec.env["PORT"], "8080");
+        let download = submit_args([
+            "submit",
+            "--download",
+            "url=https://example.com/t.tar.zst,checksum=00,filename=t.tar.zst,colour=blue",
+        ]);
+        let err = source_flags(&download).unwrap_err().to_string();
+        assert!(err.contains("--download") && err.contains("unknown key `colour`"), "{err}");
+        let both = submit_args(["submit", "--ostemplate", "local:vztmpl/x", "--oci", "nginx:1"]);
+        assert!(source_flags(&both).unwrap_err().to_string().contains("give one template source"));
     }
 
     #[test]

@@ -31,11 +31,14 @@ impl EventType {
     }
 }
 
-/// The steps of a create job, in order; `RollingBack` only after a failure.
+/// The steps of a create job, in order; `RollingBack` only after a failure. `Fetching` runs
+/// only for a template that is fetched first, `Cloning` instead of `Creating` for a clone.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
     Validating,
+    Fetching,
+    Cloning,
     Creating,
     Starting,
     Connecting,
@@ -48,6 +51,8 @@ impl Step {
     pub fn as_str(self) -> &'static str {
         match self {
             Step::Validating => "validating",
+            Step::Fetching => "fetching",
+            Step::Cloning => "cloning",
             Step::Creating => "creating",
             Step::Starting => "starting",
             Step::Connecting => "connecting",

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`ids`]: `JobId`, `NodeName`, `Vmid`, each checked when made or decoded.
 //! - [`lxc`]: the rest of PVE's LXC create API (NICs, mounts, features, boot order).
+//! - [`source`]: template sources (download, appliance, OCI image) and clones.
 //! - [`spec`]: what people write (container, deploy, options); unknown fields are errors.
 //! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
 //! - `layout` (feature `nats`): the streams' and buckets' settings as async-nats configs.
@@ -25,6 +26,7 @@ pub mod names;
 pub mod redact;
 pub mod schema;
 pub mod seal;
+pub mod source;
 pub mod spec;
 pub mod state;
 pub mod validate;

@@ -153,8 +153,22 @@ pub struct ContainerSpec {
     /// DNS servers, space separated as PVE takes them; empty means the node's.
     #[serde(default)]
     pub nameserver: Option<String>,
-    /// OS template volume, e.g. `local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst`.
-    pub ostemplate: String,
+    /// OS template volume, e.g. `local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst`. One
+    /// template source is given: this, `template` or `clone`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ostemplate: Option<String>,
+    /// A template fetched onto the node first (download, appliance, OCI image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::source::TemplateSource>,
+    /// A clone of another container or template instead of a create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone: Option<crate::source::CloneSpec>,
+    /// The command an application container (OCI image) runs; PVE's default is `/sbin/init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    /// Environment of an application container.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: crate::source::Env,
     #[serde(default = "defaults::yes")]
     pub unprivileged: bool,
     /// Enables the `nesting` feature (needed by systemd in recent distributions).
@@ -233,7 +247,7 @@ pub struct ContainerSpec {
     pub cmode: Option<String>,
 }
 
-mod defaults {
+pub(crate) mod defaults {
     use super::IpConfig;
 
     pub fn memory() -> u32 {
@@ -283,7 +297,11 @@ impl ContainerSpec {
             ip: defaults::ip(),
             gw: None,
             nameserver: None,
-            ostemplate: ostemplate.into(),
+            ostemplate: Some(ostemplate.into()),
+            template: None,
+            clone: None,
+            entrypoint: None,
+            env: crate::source::Env::new(),
             unprivileged: true,
             nesting: false,
             tags: Vec::new(),
@@ -381,16 +399,7 @@ impl ContainerSpec {
             let all_ips = !ns.trim().is_empty() && ns.split_whitespace().all(|a| a.parse::<IpAddr>().is_ok());
             p.check("nameserver", all_ips, || format!("`{ns}` is not a space-separated list of IP addresses"));
         }
-        let template_ok = self
-            .ostemplate
-            .split_once(':')
-            .is_some_and(|(storage, volume)| config_id(storage).is_ok() && !volume.is_empty());
-        p.check("ostemplate", template_ok, || {
-            format!(
-                "`{}` is not a volume id like `local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst`",
-                self.ostemplate
-            )
-        });
+        self.validate_source(&mut p);
         for (i, tag) in self.tags.iter().enumerate() {
             let field = format!("tags[{i}]");
             if let Err(e) = pve_tag(tag) {
@@ -417,6 +426,63 @@ impl ContainerSpec {
         }
         self.validate_more(&mut p);
         p.finish()
+    }
+
+    /// The volume the create unpacks: `ostemplate`, or where `template` puts it; none for a clone.
+    pub fn effective_ostemplate(&self) -> Option<String> {
+        self.ostemplate.clone().or_else(|| self.template.as_ref().map(crate::source::TemplateSource::volid))
+    }
+
+    /// Exactly one template source, each sane; and what PVE cannot do to a clone.
+    fn validate_source(&self, p: &mut Problems) {
+        let given: Vec<&str> = [
+            self.ostemplate.as_ref().map(|_| "ostemplate"),
+            self.template.as_ref().map(crate::source::TemplateSource::field),
+            self.clone.as_ref().map(|_| "clone"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match given.as_slice() {
+            [] => p.push(FieldError::new(
+                "ostemplate",
+                "is required, or another template source: `template.download`, `template.appliance`, \
+                 `template.oci` or `clone`",
+            )),
+            [_] => {}
+            [first, rest @ ..] => p.push(FieldError::new(
+                rest[0],
+                format!("give one template source; `{first}` is given too ({} in all)", given.join(", ")),
+            )),
+        }
+        if let Some(t) = &self.ostemplate {
+            let ok =
+                t.split_once(':').is_some_and(|(storage, volume)| config_id(storage).is_ok() && !volume.is_empty());
+            p.check("ostemplate", ok, || {
+                format!("`{t}` is not a volume id like `local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst`")
+            });
+        }
+        if let Some(source) = &self.template {
+            p.nest(source.field(), source.validate());
+        }
+        if let Some(entrypoint) = &self.entrypoint {
+            p.check("entrypoint", !entrypoint.is_empty() && !entrypoint.chars().any(char::is_control), || {
+                "must be a command without control characters".into()
+            });
+        }
+        crate::source::check_env(p, &self.env);
+        let Some(clone) = &self.clone else { return };
+        p.nest("clone", clone.validate());
+        // PVE's clone copies the source; these are create-only parameters it has no way to set.
+        p.check("root_password", self.root_password.is_none(), || {
+            "PVE cannot set a password on a clone; the clone keeps its source's".into()
+        });
+        p.check("ssh_public_keys", self.ssh_public_keys.is_empty(), || {
+            "PVE cannot set ssh-public-keys on a clone; put them in the template, or deploy them as a file".into()
+        });
+        p.check("rootfs", self.rootfs.is_none(), || {
+            "a clone's root disk is its source's; `clone.storage` says where a full clone puts it".into()
+        });
     }
 
     /// The checks of the fields beyond the first version's.
@@ -882,7 +948,7 @@ mod tests {
                 }),
             ),
             ("nameserver", Box::new(|s| s.nameserver = Some("dns.example".into()))),
-            ("ostemplate", Box::new(|s| s.ostemplate = "debian.tar.zst".into())),
+            ("ostemplate", Box::new(|s| s.ostemplate = Some("debian.tar.zst".into()))),
             ("tags[1]", Box::new(|s| s.tags = vec!["ok".into(), "not ok".into()])),
             ("tags[0]", Box::new(|s| s.tags = vec!["pvefleet-forged".into()])),
             ("ssh_public_keys[0]", Box::new(|s| s.ssh_public_keys = vec!["hello".into()])),
@@ -993,6 +1059,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("missing field `bridge`"), "{err}");
+    }
+
+    #[test]
+    fn one_template_source_is_given_and_a_clone_is_not_asked_what_pve_cannot_do() {
+        let read = |extra: &str| {
+            toml::from_str::<ContainerSpec>(&format!("hostname = 'web'\n{extra}")).map_err(|e| e.to_string())
+        };
+        let none = read("").unwrap();
+        assert_eq!(fields(none.validate()), ["ostemplate"]);
+        let two = read("ostemplate = 'local:vztmpl/x.tar.zst'\n[clone]\nfrom = 9000\n").unwrap();
+        assert_eq!(fields(two.validate()), ["clone"], "the second source is named");
+        let download = read(
+            "[template.download]\nurl = 'https://example.com/t.tar.zst'\nchecksum = 'zz'\nfilename = 't.tar.zst'\n",
+        )
+        .unwrap();
+        assert_eq!(fields(download.validate()), ["template.download.checksum"]);
+        assert_eq!(download.effective_ostemplate().as_deref(), Some("local:vztmpl/t.tar.zst"));
+        let mut clone = read("[clone]\nfrom = 'tmpl-debian'\n").unwrap();
+        clone.validate().unwrap();
+        assert!(clone.clone.as_ref().unwrap().full, "full clones by default");
+        clone.ssh_public_keys =
+            vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBfakefakefakefakefakefakefakefakefakefakefake x".into()];
+        clone.rootfs = Some(crate::lxc::RootFs {
+            storage: "local-lvm".into(),
+            size: 4,
+            mountoptions: vec![],
+            acl: None,
+            quota: None,
+            replicate: None,
+        });
+        assert_eq!(fields(clone.validate()), ["ssh_public_keys", "rootfs"]);
+        assert!(
+            read("[template.oci]\nreference = 'nginx:1'\nbogus = 1\n").unwrap_err().contains("unknown field `bogus`")
+        );
     }
 
     #[test]

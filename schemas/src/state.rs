@@ -67,6 +67,9 @@ pub struct Checkpoint {
     /// Whether the vmid came from `/cluster/nextid` (so another may be taken if it is lost to a race).
     #[serde(default)]
     pub vmid_allocated: bool,
+    /// The container a clone job copies, once validating has found it (a name is resolved once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clone_source: Option<Vmid>,
     /// The UPID of the Proxmox task in flight or last run.
     pub upid: Option<String>,
     pub ip: Option<IpAddr>,
@@ -133,6 +136,7 @@ impl Checkpoint {
             current: Step::Validating,
             vmid: None,
             vmid_allocated: false,
+            clone_source: None,
             upid: None,
             ip: None,
             ssh_key: None,

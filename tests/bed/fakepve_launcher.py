@@ -17,14 +17,25 @@ import secrets
 import signal
 import sys
 import tempfile
+import urllib.parse
+import urllib.request
 
 from aiohttp import web
-from fakepve import FakePve, TaskError
-from fakepve.server import API
+from fakepve import FakePve, PveError, TaskError
+from fakepve.server import API, params
 from fakepve.certs import make_cert
 
 DEFAULT_TEMPLATES = ('debian-12-standard_12.7-1_amd64.tar.zst',)
 TEMPLATE_SIZE = 126 * 1024 ** 2  # about what the real debian-12 template weighs
+# pveam's catalogue (GET /nodes/{node}/aplinfo), as PVE lists it; POST aplinfo downloads one.
+APPLIANCES = (
+    {'template': 'debian-12-standard_12.7-1_amd64.tar.zst', 'package': 'debian-12-standard', 'os': 'debian-12',
+     'version': '12.7-1', 'section': 'system', 'type': 'lxc', 'headline': 'Debian 12 Bookworm (standard)'},
+    {'template': 'alpine-3.22-default_20250617_amd64.tar.xz', 'package': 'alpine-3.22-default', 'os': 'alpine-3.22',
+     'version': '20250617', 'section': 'system', 'type': 'lxc', 'headline': 'Alpine Linux 3.22 (default)'},
+)
+# The images the bed's pretend registry has, for oci-registry-pull.
+OCI_IMAGES = ('docker.io/library/nginx:1.27', 'docker.io/library/alpine:3.22')
 
 
 def refuse(message, status=400):
@@ -71,6 +82,8 @@ class BedPve(FakePve):
         self.answers_lost = 0
         # (method, schema path template) -> count: what a benchmark reads as "calls per job".
         self.bed_calls = collections.Counter()
+        # storage -> checks of the download-url requests whose tasks are about to run (see _download_url).
+        self.download_checks = collections.defaultdict(collections.deque)
 
     def bed_reset(self, time_scale):
         """Back to the launch state: no faults, no delay, nodes online, no task durations. Guests stay."""
@@ -126,6 +139,70 @@ class BedPve(FakePve):
             vars(ct).update(self.ct_defaults)
         return upid
 
+    async def _download_url(self, request):
+        # fakepve stores a file of the size asked without fetching anything. PVE fetches the URL and,
+        # given a checksum, compares it before it keeps the file: so does this, for loopback URLs only
+        # (the tests serve their templates themselves), inside the task as PVE does.
+        p = await params(request)  # aiohttp keeps the body: fakepve reads it again below
+        url = str(p.get('url', ''))
+        host = urllib.parse.urlsplit(url).hostname or ''
+        if not re.fullmatch(r'127(\.\d{1,3}){3}|localhost', host):
+            raise PveError(500, "fakepve_launcher: only loopback URLs are fetched, not '{0}'".format(url))
+        algorithm, expected = p.get('checksum-algorithm'), p.get('checksum')
+
+        async def check():
+            data = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=10).read())
+            if algorithm:
+                got = hashlib.new(algorithm, data).hexdigest()
+                if got != str(expected).lower():
+                    # PVE::Tools::download_file_from_url's words; the part file is removed, nothing kept.
+                    raise TaskError("checksum mismatch: got '{0}' != expect '{1}'".format(got, expected))
+            return len(data)
+        self.download_checks[request.match_info['storage']].append(check)
+        try:
+            return await super()._download_url(request)
+        except Exception:
+            self.download_checks[request.match_info['storage']].pop()
+            raise
+
+    def _routes_bedtemplates(self):
+        return [('GET', '/nodes/{node}/aplinfo', self._aplinfo_list),
+                ('POST', '/nodes/{node}/aplinfo', self._aplinfo_download),
+                ('POST', '/nodes/{node}/storage/{storage}/oci-registry-pull', self._oci_pull)]
+
+    async def _aplinfo_list(self, v, user):
+        return [dict(a, location='http://download.proxmox.com/images/system/' + a['template']) for a in APPLIANCES]
+
+    def _vztmpl_store(self, name, node):
+        store = self._active_store(name, node)
+        if 'vztmpl' not in str(store.get('content', '')).split(','):
+            raise PveError(500, "storage '{0}' does not support vztmpl content".format(name))
+        return store
+
+    async def _aplinfo_download(self, v, user):
+        node, storage, template = v['node'], v['storage'], v['template']
+        self._vztmpl_store(storage, node)
+        if template not in [a['template'] for a in APPLIANCES]:
+            raise PveError(400, 'Parameter verification failed.', {'template': 'no such template'})
+
+        async def body():
+            self.store_file(storage, template, TEMPLATE_SIZE, 'vztmpl')
+        return await self.task(node, 'download', template, user, body,
+                               log=['downloading http://download.proxmox.com/images/system/' + template])
+
+    async def _oci_pull(self, v, user):
+        node, storage, reference = v['node'], v['storage'], v['reference']
+        self._vztmpl_store(storage, node)
+        name, tag = reference.rsplit(':', 1)
+        filename = v.get('filename') or '{0}_{1}.tar'.format(name.rsplit('/', 1)[-1], tag)
+
+        async def body():
+            if reference not in OCI_IMAGES:
+                raise TaskError('failed to pull {0}: manifest unknown'.format(reference))
+            self.store_file(storage, filename, 48 * 1024 ** 2, 'vztmpl')
+        return await self.task(node, 'download', filename, user, body,
+                               log=['pulling {0} to {1}:vztmpl/{2}'.format(reference, storage, filename)])
+
     def _lose_answer(self, request, response):
         """How this request's answer is lost ('500', 'drop'), if a /lose-answer rule matches it.
 
@@ -175,9 +252,15 @@ class BedPve(FakePve):
         keys = self.create_keys.pop(tid, None) if ttype in ('vzcreate', 'vzrestore') else None
         index = len(self.tasklog)  # fakepve appends the task's record here before it runs the body
 
+        check = (self.download_checks[tid].popleft()
+                 if ttype == 'download' and self.download_checks.get(tid) else None)
+
         async def wrapped():
             record = self.tasklog[index]
             record['log'].extend(lines or ())
+            if check is not None:
+                size = await check()
+                record['log'].append('downloaded {0} bytes'.format(size))
             if error is not None:
                 message, after = error
                 await self.pause(after)  # lets a poller see the task running first
@@ -290,6 +373,15 @@ def control_app(pve, initial_scale):
         except (TypeError, ValueError) as e:
             raise refuse(str(e)) from None
 
+    @routes.get('/files/{name}')
+    async def files(request):
+        # Plain HTTP downloads for download-url: the files a test put in DIR/files.
+        name = request.match_info['name']
+        path = os.path.join(pve.files_dir, name)
+        if '/' in name or name.startswith('.') or not os.path.isfile(path):
+            raise refuse('no file {0!r} in {1}'.format(name, pve.files_dir), 404)
+        return web.FileResponse(path)
+
     @routes.get('/calls')
     async def calls(request):
         # Every API call since the start (or the last POST /calls-reset), by method and path template.
@@ -392,6 +484,8 @@ async def serve(args):
         os.makedirs(args.keys_dir, exist_ok=True)
     certfile, keyfile, der = make_cert(args.dir, hosts=(args.host,))
     pve = BedPve(keys_dir=args.keys_dir, host=args.host, port=args.port)
+    pve.files_dir = os.path.join(os.path.abspath(args.dir), 'files')
+    os.makedirs(pve.files_dir, exist_ok=True)
     pve.time_scale = args.time_scale
     pve.nodes = {}
     for node in args.nodes:
@@ -411,7 +505,7 @@ async def serve(args):
     fingerprint = ':'.join(re.findall('..', hashlib.sha256(der).hexdigest().upper()))
     ready = {'url': pve.url, 'control_url': 'http://{0}:{1}'.format(args.host, control_port),
              'fingerprint': fingerprint, 'cafile': os.path.abspath(certfile),
-             'token_id': args.token_id, 'token_secret': secret, 'nodes': args.nodes}
+             'token_id': args.token_id, 'token_secret': secret, 'nodes': args.nodes, 'files_dir': pve.files_dir}
     ready_path = os.path.join(args.dir, 'ready.json')
     atomic_write(ready_path, json.dumps(ready, indent=1) + '\n')
     print('READY ' + json.dumps(ready), flush=True)

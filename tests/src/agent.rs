@@ -24,6 +24,8 @@ pub struct AgentOptions {
     pub inbox_prefix: Option<String>,
     /// The CA of NATS servers that speak TLS.
     pub nats_ca: Option<std::path::PathBuf>,
+    /// `ssh.key_file`: a key the cloned templates trust.
+    pub ssh_key_file: Option<std::path::PathBuf>,
 }
 
 impl AgentOptions {
@@ -38,6 +40,7 @@ impl AgentOptions {
             ssh: None,
             inbox_prefix: None,
             nats_ca: None,
+            ssh_key_file: None,
         }
     }
 }
@@ -64,7 +67,7 @@ impl Agent {
                 "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\nstate_dir = {state_dir:?}\n\n\
                  [nats]\nurls = [{urls}]\n{inbox}\n\
                  [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n\n\
-                 [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\nauthorized_keys = {keys:?}\n",
+                 [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\nauthorized_keys = {keys:?}\n{key_file}",
                 node = opts.node,
                 files_dir = files_dir,
                 state_dir = state_dir,
@@ -82,6 +85,7 @@ impl Agent {
                     + &opts.nats_ca.as_ref().map(|ca| format!("ca_file = {ca:?}\n")).unwrap_or_default(),
                 ssh_user = opts.ssh.as_ref().map_or("root", |s| s.0.as_str()),
                 ssh_port = opts.ssh.as_ref().map_or(22, |s| s.1),
+                key_file = opts.ssh_key_file.as_ref().map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
             ),
         )?;
         let mut agent = Self { opts, config, dir: dir.clone(), proc: None, starts: 0 };

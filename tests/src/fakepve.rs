@@ -46,6 +46,7 @@ struct Ready {
     control_url: String,
     fingerprint: String,
     cafile: PathBuf,
+    files_dir: PathBuf,
 }
 
 #[derive(Debug)]
@@ -63,6 +64,8 @@ pub struct FakePve {
     /// Where the launcher writes created containers' authorized keys (`<ip>` and `vmid-<id>`).
     pub keys_dir: PathBuf,
     control_url: String,
+    /// What the launcher serves at `<control>/files/<name>`, for `download-url`.
+    files_dir: PathBuf,
     control: reqwest::Client,
     proc: Proc,
 }
@@ -109,9 +112,23 @@ impl FakePve {
             token_secret_file,
             keys_dir,
             control_url: ready.control_url,
+            files_dir: ready.files_dir,
             control: control_client(),
             proc,
         })
+    }
+
+    /// Serves `bytes` over plain HTTP on loopback, for a `download-url` (which fakepve's launcher
+    /// really fetches, checking the checksum as PVE does); returns the URL.
+    pub fn serve_file(&self, name: &str, bytes: &[u8]) -> anyhow::Result<String> {
+        std::fs::write(self.files_dir.join(name), bytes)?;
+        Ok(format!("{}/files/{name}", self.control_url))
+    }
+
+    /// The volids of the container templates on `storage` of `node`.
+    pub async fn templates(&self, node: &str, storage: &str) -> anyhow::Result<Vec<String>> {
+        let items = self.api_get(&format!("/nodes/{node}/storage/{storage}/content?content=vztmpl")).await?;
+        Ok(items.as_array().into_iter().flatten().filter_map(|i| i["volid"].as_str().map(str::to_owned)).collect())
     }
 
     /// A GET on the PVE API with the token and the pinned certificate; returns `data`.

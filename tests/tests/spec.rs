@@ -210,3 +210,284 @@ async fn what_pve_refuses_an_api_token_is_refused_at_validating() -> anyhow::Res
     bed.dir.pass();
     Ok(())
 }
+
+fn calls_to(calls: &[(String, String, u64)], method: &str, path: &str) -> u64 {
+    calls.iter().filter(|(m, p, _)| m == method && p == path).map(|(_, _, n)| n).sum()
+}
+
+fn steps_of(events: &[Event]) -> Vec<Step> {
+    events.iter().filter(|e| e.kind == pvefleet_schemas::EventType::Step).filter_map(|e| e.step).collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tokio::test]
+async fn a_downloaded_template_is_fetched_once_and_its_checksum_is_checked() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{ChecksumAlgorithm, Download, TemplateSource};
+    use sha2::Digest as _;
+    let bed = Fleet::start("spec-download", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    let body = b"not really a root file system, but bytes with a digest".repeat(1000);
+    let url = bed.pve.serve_file("custom.tar.zst", &body)?;
+    let download = |filename: &str, checksum: String| {
+        TemplateSource::Download(Download {
+            url: url.clone(),
+            checksum,
+            algorithm: ChecksumAlgorithm::Sha512,
+            storage: "local".into(),
+            filename: filename.into(),
+        })
+    };
+    let good = hex(&sha2::Sha512::digest(&body));
+    let mut first = create_job("pve1", "fetched-1", Ipv4Addr::new(127, 0, 0, 77));
+    first.container.ostemplate = None;
+    first.container.template = Some(download("custom-1_amd64.tar.zst", good.clone()));
+    submit(&bed.js, &first).await?;
+    let events = events_until_terminal(&bed.js, first.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert_eq!(steps_of(&events)[..3], [Step::Validating, Step::Fetching, Step::Creating]);
+    assert!(bed.pve.templates("pve1", "local").await?.contains(&"local:vztmpl/custom-1_amd64.tar.zst".to_owned()));
+    assert_eq!(calls_to(&bed.pve.calls().await?, "POST", "/nodes/{node}/storage/{storage}/download-url"), 1);
+
+    // The same template again: it is there, so it is not fetched again.
+    let mut second = create_job("pve1", "fetched-2", Ipv4Addr::new(127, 0, 0, 78));
+    second.container.ostemplate = None;
+    second.container.template = first.container.template.clone();
+    submit(&bed.js, &second).await?;
+    let events = events_until_terminal(&bed.js, second.job_id, JOB_WITHIN).await?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("not fetched again")), "{events:#?}");
+    assert_eq!(calls_to(&bed.pve.calls().await?, "POST", "/nodes/{node}/storage/{storage}/download-url"), 1);
+
+    // A wrong checksum: PVE refuses the file, the job names the field, nothing is left.
+    let mut wrong = create_job("pve1", "fetched-3", Ipv4Addr::new(127, 0, 0, 79));
+    wrong.container.ostemplate = None;
+    wrong.container.template = Some(download("custom-3_amd64.tar.zst", "ab".repeat(64)));
+    let before = bed.pve.containers().await?;
+    submit(&bed.js, &wrong).await?;
+    let events = events_until_terminal(&bed.js, wrong.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let error = result_of(&events).error.clone().expect("refused");
+    assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Fetching), "{error:?}");
+    assert!(error.message.starts_with("container.template.download.checksum:"), "{}", error.message);
+    assert!(error.message.contains("checksum mismatch"), "{}", error.message);
+    assert!(!bed.pve.templates("pve1", "local").await?.iter().any(|t| t.contains("custom-3")));
+    assert_eq!(bed.pve.containers().await?, before, "no container was made");
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_appliance_and_an_oci_image_are_fetched_and_an_unknown_one_refused() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{Appliance, OciImage, TemplateSource};
+    let bed = Fleet::start("spec-appliance", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    let mut alpine = create_job("pve1", "alpine", Ipv4Addr::new(127, 0, 0, 80));
+    alpine.container.ostemplate = None;
+    alpine.container.template = Some(TemplateSource::Appliance(Appliance {
+        name: "alpine-3.22-default_20250617_amd64.tar.xz".into(),
+        storage: "local".into(),
+    }));
+    let mut nginx = create_job("pve1", "nginx", Ipv4Addr::new(127, 0, 0, 81));
+    nginx.container.ostemplate = None;
+    nginx.container.template = Some(TemplateSource::Oci(OciImage {
+        reference: "docker.io/library/nginx:1.27".into(),
+        storage: "local".into(),
+        filename: None,
+    }));
+    nginx.container.entrypoint = Some("/docker-entrypoint.sh nginx -g 'daemon off;'".into());
+    nginx.container.env = [("NGINX_PORT".to_owned(), "8080".to_owned()), ("TZ".to_owned(), "UTC".to_owned())].into();
+    let cfg = created(&bed, alpine).await?;
+    assert_eq!(cfg["hostname"], "alpine");
+    let cfg = created(&bed, nginx).await?;
+    assert_eq!(cfg["entrypoint"], "/docker-entrypoint.sh nginx -g 'daemon off;'");
+    assert_eq!(cfg["env"], "NGINX_PORT=8080\0TZ=UTC");
+    let templates = bed.pve.templates("pve1", "local").await?;
+    for t in ["local:vztmpl/alpine-3.22-default_20250617_amd64.tar.xz", "local:vztmpl/nginx_1.27.tar"] {
+        assert!(templates.contains(&t.to_owned()), "{t} in {templates:?}");
+    }
+    let mut unknown = create_job("pve1", "unknown", Ipv4Addr::new(127, 0, 0, 82));
+    unknown.container.ostemplate = None;
+    unknown.container.template = Some(TemplateSource::Appliance(Appliance {
+        name: "debian-7-ancient_amd64.tar.gz".into(),
+        storage: "local".into(),
+    }));
+    submit(&bed.js, &unknown).await?;
+    let events = events_until_terminal(&bed.js, unknown.job_id, JOB_WITHIN).await?;
+    let error = result_of(&events).error.clone().expect("refused");
+    assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{error:?}");
+    assert!(error.message.starts_with("container.template.appliance.name:"), "{}", error.message);
+    bed.dir.pass();
+    Ok(())
+}
+
+/// Makes container `vmid` called `name` on pve1 from the bed's template, then a template of it.
+async fn make_template(bed: &Fleet, vmid: u32, name: &str) -> anyhow::Result<()> {
+    let vmid = vmid.to_string();
+    let upid = bed
+        .pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/lxc",
+            &[
+                ("vmid", vmid.as_str()),
+                ("hostname", name),
+                ("ostemplate", pvefleet_testbed::fakepve::OSTEMPLATE),
+                ("rootfs", "local-lvm:4"),
+                ("net0", "name=eth0,bridge=vmbr0,ip=dhcp"),
+                ("net1", "name=eth1,bridge=vmbr0,ip=dhcp"),
+                ("tags", "golden"),
+            ],
+        )
+        .await?;
+    anyhow::ensure!(upid.as_str().is_some_and(|u| u.starts_with("UPID:")), "{upid}");
+    pvefleet_testbed::wait_until("the template's create", JOB_WITHIN, || async {
+        let cfg = bed.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config")).await.ok()?;
+        cfg.get("lock").is_none().then_some(())
+    })
+    .await?;
+    bed.pve.api(reqwest::Method::POST, &format!("/nodes/pve1/lxc/{vmid}/template"), &[]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_clone_gets_the_spec_and_its_rollback_spares_the_source() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{CloneFrom, CloneSpec};
+    let bed = Fleet::start("spec-clone", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    make_template(&bed, 9000, "tmpl-debian").await?;
+    let clone_of = |from: CloneFrom| CloneSpec { from, full: true, snapshot: None, storage: None };
+    let mut job = create_job("pve1", "cloned", Ipv4Addr::new(127, 0, 0, 83));
+    let c = &mut job.container;
+    c.ostemplate = None;
+    c.clone = Some(clone_of(CloneFrom::Name("tmpl-debian".into())));
+    c.memory = 1024;
+    c.cores = 2;
+    c.tags = vec!["web".into()];
+    c.onboot = true;
+    c.nics = vec![Nic::new("eth0", "vmbr0", "127.0.0.83/32".parse().map_err(anyhow::Error::msg)?)];
+    c.mounts = vec![MountPoint::Volume {
+        storage: "local-lvm".into(),
+        size: 2,
+        path: "/srv".into(),
+        backup: None,
+        ro: false,
+        acl: None,
+        quota: None,
+        replicate: None,
+        mountoptions: vec![],
+    }];
+    let marker = job.job_id.marker_tag();
+    // The clone is made but its answer is lost: the retry finds it by the marker in its
+    // description and goes on with it, never a second clone.
+    bed.pve.lose_answer("POST", "/nodes/pve1/lxc/9000/clone", 1, pvefleet_testbed::LostAnswer::Error).await?;
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert_eq!(steps_of(&events)[..3], [Step::Validating, Step::Cloning, Step::Starting]);
+    let vmid = result.vmid.expect("a vmid");
+    assert_eq!(bed.pve.health().await?["answers_lost"], 1);
+    assert_eq!(bed.pve.containers().await?, vec![vmid.get(), 9000], "one clone");
+    let cfg = bed.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config")).await?;
+    assert_eq!(cfg["hostname"], "cloned");
+    assert_eq!((cfg["memory"].clone(), cfg["cores"].clone(), cfg["onboot"].clone()), (1024.into(), 2.into(), 1.into()));
+    assert_eq!(cfg["tags"], format!("{marker};web"), "the source's tags are replaced by the spec's and the marker");
+    assert!(cfg["net0"].as_str().unwrap().contains("ip=127.0.0.83/32"), "{}", cfg["net0"]);
+    assert!(cfg.get("net1").is_none(), "the source's second NIC is gone: {cfg}");
+    assert!(cfg["mp0"].as_str().unwrap().contains("mp=/srv"), "{cfg}");
+    assert!(cfg["rootfs"].as_str().unwrap().starts_with("local-lvm:vm-"), "a full copy of the source's disk: {cfg}");
+    let source = bed.pve.api_get("/nodes/pve1/lxc/9000/config").await?;
+    assert_eq!((source["template"].clone(), source["tags"].clone()), (1.into(), "golden".into()), "{source}");
+
+    // A clone that fails after it was made is destroyed; its source is not touched.
+    let mut failing = create_job("pve1", "clone-fails", Ipv4Addr::new(127, 0, 0, 84));
+    failing.container.ostemplate = None;
+    failing.container.clone = Some(clone_of(CloneFrom::Vmid(pvefleet_schemas::Vmid::new(9000)?)));
+    failing.container.nics = vec![Nic::new("eth0", "vmbr0", Ipv4Setting::Dhcp)];
+    failing.options.timeouts.ip = pvefleet_schemas::HumanDuration(Duration::from_millis(300));
+    submit(&bed.js, &failing).await?;
+    let events = events_until_terminal(&bed.js, failing.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.rolled_back && !result.success, "{events:#?}");
+    let left = bed.pve.containers().await?;
+    assert_eq!(left, vec![vmid.get(), 9000], "the failed clone is gone, the source and the first clone stay");
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_clone_deploys_with_the_key_its_template_trusts_or_is_refused_without_one() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{CloneFrom, CloneSpec};
+    use pvefleet_schemas::{DeploySpec, ScriptSpec};
+    let ip = Ipv4Addr::new(127, 0, 0, 85);
+    let bed = Fleet::start("spec-clone-deploy", &["pve1"]).await?;
+    let sshd = pvefleet_testbed::Sshd::start(&bed.dir, ip, &bed.pve.keys_dir).await?;
+    make_template(&bed, 9001, "tmpl-app").await?;
+    let clone_job = |hostname: &str| {
+        let mut job = create_job("pve1", hostname, ip);
+        job.container.ostemplate = None;
+        job.container.clone =
+            Some(CloneSpec { from: CloneFrom::Name("tmpl-app".into()), full: true, snapshot: None, storage: None });
+        job.container.nics = vec![Nic::new("eth0", "vmbr0", Ipv4Setting::Static { addr: ip, prefix: 32 })];
+        job.deploy = DeploySpec {
+            scripts: vec![ScriptSpec {
+                name: "hello".into(),
+                body: "echo cloned and deployed".into(),
+                interpreter: "/bin/sh".into(),
+                timeout: None,
+            }],
+            ..DeploySpec::default()
+        };
+        job
+    };
+    // Without ssh.key_file: PVE cannot give a clone the job's key, so the job is refused.
+    let mut agent = bed.agent_with(pvefleet_testbed::agent::AgentOptions {
+        ssh: Some((sshd.user.clone(), sshd.port)),
+        ..pvefleet_testbed::agent::AgentOptions::node("pve1")
+    })?;
+    let refused = clone_job("no-key");
+    submit(&bed.js, &refused).await?;
+    let events = events_until_terminal(&bed.js, refused.job_id, JOB_WITHIN).await?;
+    let error = result_of(&events).error.clone().expect("refused");
+    assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{error:?}");
+    assert!(
+        error.message.starts_with("container.clone:") && error.message.contains("ssh.key_file"),
+        "{}",
+        error.message
+    );
+    assert_eq!(bed.pve.containers().await?, vec![9001], "nothing was cloned");
+    agent.kill();
+
+    // With a key the template trusts (the bed's sshd reads the keys for the clone's address).
+    let key = bed.dir.path().join("template-key");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "template-key", "-f"])
+        .arg(&key)
+        .status()?;
+    anyhow::ensure!(status.success(), "ssh-keygen failed");
+    std::fs::copy(key.with_extension("pub"), bed.pve.keys_dir.join(ip.to_string()))?;
+    let _agent = bed.agent_with(pvefleet_testbed::agent::AgentOptions {
+        ssh: Some((sshd.user.clone(), sshd.port)),
+        ssh_key_file: Some(key),
+        ..pvefleet_testbed::agent::AgentOptions::node("pve1")
+    })?;
+    let job = clone_job("with-key");
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.stream == Some(pvefleet_schemas::LogStream::Stdout) && e.message == "cloned and deployed"),
+        "{events:#?}"
+    );
+    bed.dir.pass();
+    Ok(())
+}

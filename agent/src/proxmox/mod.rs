@@ -346,6 +346,85 @@ impl PveClient {
         Ok(data.as_array().is_some_and(|items| items.iter().any(|i| i["volid"].as_str() == Some(volid))))
     }
 
+    /// Active storages on this node that can hold container templates.
+    pub async fn template_storages(&self) -> Result<Vec<StorageInfo>, PveError> {
+        let path = self.node_path("/storage");
+        let data = self.call(Method::GET, &path, &[("content", "vztmpl".to_owned())]).await?;
+        let all: Vec<StorageInfo> =
+            serde_json::from_value(data).map_err(|e| self.shape(Method::GET, &path, e.to_string()))?;
+        Ok(all.into_iter().filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == "vztmpl")).collect())
+    }
+
+    /// `download-url`: PVE fetches `url` onto `storage` as a `vztmpl` file and checks the
+    /// checksum before it keeps it.
+    pub async fn download_template(
+        &self,
+        storage: &str,
+        filename: &str,
+        url: &str,
+        checksum: &str,
+        algorithm: &str,
+    ) -> Result<Upid, PveError> {
+        let path = self.node_path(&format!("/storage/{storage}/download-url"));
+        let params = [
+            ("content", "vztmpl".to_owned()),
+            ("filename", filename.to_owned()),
+            ("url", url.to_owned()),
+            ("checksum", checksum.to_ascii_lowercase()),
+            ("checksum-algorithm", algorithm.to_owned()),
+        ];
+        let data = self.call(Method::POST, &path, &params).await?;
+        self.upid(Method::POST, &path, data)
+    }
+
+    /// The template names in this node's appliance catalogue (`pveam available`).
+    pub async fn appliances(&self) -> Result<Vec<String>, PveError> {
+        let data = self.call(Method::GET, &self.node_path("/aplinfo"), &[]).await?;
+        Ok(data.as_array().into_iter().flatten().filter_map(|a| a["template"].as_str().map(str::to_owned)).collect())
+    }
+
+    /// Downloads the catalogue's template `name` onto `storage` (`pveam download`).
+    pub async fn download_appliance(&self, storage: &str, name: &str) -> Result<Upid, PveError> {
+        let path = self.node_path("/aplinfo");
+        let data =
+            self.call(Method::POST, &path, &[("storage", storage.to_owned()), ("template", name.to_owned())]).await?;
+        self.upid(Method::POST, &path, data)
+    }
+
+    /// Pulls an OCI image onto `storage` as the template `filename`.
+    pub async fn pull_oci(&self, storage: &str, reference: &str, filename: &str) -> Result<Upid, PveError> {
+        let path = self.node_path(&format!("/storage/{storage}/oci-registry-pull"));
+        let params = [("reference", reference.to_owned()), ("filename", filename.to_owned())];
+        let data = self.call(Method::POST, &path, &params).await?;
+        self.upid(Method::POST, &path, data)
+    }
+
+    /// The containers on this node: `(vmid, name, is a template)`.
+    pub async fn containers(&self) -> Result<Vec<(Vmid, String, bool)>, PveError> {
+        let data = self.call(Method::GET, &self.node_path("/lxc"), &[]).await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| {
+                let vmid = c["vmid"]
+                    .as_u64()
+                    .or_else(|| c["vmid"].as_str().and_then(|s| s.parse().ok()))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .and_then(|n| Vmid::new(n).ok())?;
+                let template = c["template"].as_u64() == Some(1) || c["template"].as_str() == Some("1");
+                Some((vmid, c["name"].as_str().unwrap_or_default().to_owned(), template))
+            })
+            .collect())
+    }
+
+    /// `POST /lxc/{from}/clone` to `newid` (in `params`).
+    pub async fn clone_container(&self, from: Vmid, params: &[(&str, String)]) -> Result<Upid, PveError> {
+        let path = self.node_path(&format!("/lxc/{from}/clone"));
+        let data = self.call(Method::POST, &path, params).await?;
+        self.upid(Method::POST, &path, data)
+    }
+
     /// The names of this node's network interfaces (bridges among them).
     pub async fn bridges(&self) -> Result<Vec<String>, PveError> {
         let path = self.node_path("/network");

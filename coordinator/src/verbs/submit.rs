@@ -61,6 +61,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     }
     overlay(&mut container, flags(args));
     overlay(&mut container, crate::spec::pve_flags(&args.nets, &args.mps, args.startup.as_deref())?);
+    overlay(&mut container, crate::spec::source_flags(args)?);
     deploy.packages.extend(args.packages.iter().cloned());
     let container = container_from(container)?;
     // Kept in memory only, and sealed to the chosen node's agent once the node is known.
@@ -227,6 +228,12 @@ fn flags(a: &SubmitArgs) -> toml::Table {
     put("cpulimit", a.cpulimit.map(Into::into));
     put("cpuunits", a.cpuunits.map(|v| i64::from(v).into()));
     put("searchdomain", a.searchdomain.clone().map(Into::into));
+    put("entrypoint", a.entrypoint.clone().map(Into::into));
+    put("ssh_nic", a.ssh_nic.clone().map(Into::into));
+    put("arch", a.arch.clone().map(Into::into));
+    put("ostype", a.ostype.clone().map(Into::into));
+    put("cmode", a.cmode.clone().map(Into::into));
+    put("tty", a.tty.map(|v| i64::from(v).into()));
     put(
         "ssh_public_keys",
         (!a.ssh_keys.is_empty()).then(|| a.ssh_keys.iter().cloned().map(toml::Value::from).collect::<Vec<_>>().into()),
