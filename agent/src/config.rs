@@ -56,24 +56,38 @@ impl std::fmt::Debug for NatsConfig {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct ProxmoxConfig {
     /// `https://host:8006`
     pub url: String,
-    /// `USER@REALM!TOKENID`
-    pub token_id: String,
-    pub token_secret: pvefleet_schemas::Secret,
+    pub credential: Credential,
     pub trust: Trust,
 }
 
-impl std::fmt::Debug for ProxmoxConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxmoxConfig")
-            .field("url", &self.url)
-            .field("token_id", &self.token_id)
-            .field("token_secret", &self.token_secret)
-            .field("trust", &self.trust)
-            .finish()
+/// How the agent signs in to the Proxmox API. Secrets are redacted in `Debug`.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// An API token (`proxmox.token_id`, `proxmox.token_secret_file`): the least-privilege way.
+    Token { id: String, secret: pvefleet_schemas::Secret },
+    /// A user's password (`proxmox.user`, `proxmox.password_file`), signing in for a ticket.
+    /// Only `root@pam` signed in this way may set features beyond `nesting` or bind mounts:
+    /// PVE refuses those to every API token, root's own included.
+    Login { user: String, password: pvefleet_schemas::Secret },
+}
+
+impl Credential {
+    /// Whether PVE lets this credential do what it keeps for `root@pam` (bind mounts, features
+    /// other than `nesting`, features on a privileged container).
+    pub fn is_root_login(&self) -> bool {
+        matches!(self, Credential::Login { user, .. } if user == "root@pam")
+    }
+
+    /// Who PVE sees: the token id or the user.
+    pub fn who(&self) -> &str {
+        match self {
+            Credential::Token { id, .. } => id,
+            Credential::Login { user, .. } => user,
+        }
     }
 }
 
@@ -159,8 +173,14 @@ struct RawNats {
 #[serde(deny_unknown_fields)]
 struct RawProxmox {
     url: String,
-    token_id: String,
-    token_secret_file: PathBuf,
+    #[serde(default)]
+    token_id: Option<String>,
+    #[serde(default)]
+    token_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
     #[serde(default)]
     fingerprint: Option<String>,
     #[serde(default)]
@@ -257,6 +277,8 @@ const KEYS: &[(&str, Kind)] = &[
     ("proxmox.url", Kind::Str),
     ("proxmox.token_id", Kind::Str),
     ("proxmox.token_secret_file", Kind::Str),
+    ("proxmox.user", Kind::Str),
+    ("proxmox.password_file", Kind::Str),
     ("proxmox.fingerprint", Kind::Str),
     ("proxmox.ca_file", Kind::Str),
     ("ssh.user", Kind::Str),
@@ -398,24 +420,60 @@ impl Config {
         }
         reqwest::Url::parse(&raw.proxmox.url)
             .map_err(|e| err("proxmox.url", format!("`{}` is not a URL ({e})", raw.proxmox.url)))?;
-        let token_ok =
-            raw.proxmox.token_id.split_once('!').is_some_and(|(user, id)| user.contains('@') && !id.is_empty());
-        if !token_ok {
-            return Err(err(
-                "proxmox.token_id",
-                format!("`{}` is not an API token id like `pvefleet@pve!agent`", raw.proxmox.token_id),
-            ));
-        }
-        let secret = std::fs::read_to_string(&raw.proxmox.token_secret_file).map_err(|e| {
-            err("proxmox.token_secret_file", format!("cannot read {}: {e}", raw.proxmox.token_secret_file.display()))
-        })?;
-        let secret = secret.trim();
-        if secret.is_empty() {
-            return Err(err(
-                "proxmox.token_secret_file",
-                format!("{} is empty", raw.proxmox.token_secret_file.display()),
-            ));
-        }
+        let read_secret = |key: &str, path: &Path| {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(err(key, format!("{} is empty", path.display())));
+            }
+            Ok(pvefleet_schemas::Secret::new(text))
+        };
+        let p = &raw.proxmox;
+        let credential = match (&p.token_id, &p.token_secret_file, &p.user, &p.password_file) {
+            (Some(id), Some(file), None, None) => {
+                let token_ok = id.split_once('!').is_some_and(|(user, name)| user.contains('@') && !name.is_empty());
+                if !token_ok {
+                    return Err(err(
+                        "proxmox.token_id",
+                        format!("`{id}` is not an API token id like `pvefleet@pve!agent`"),
+                    ));
+                }
+                Credential::Token { id: id.clone(), secret: read_secret("proxmox.token_secret_file", file)? }
+            }
+            (None, None, Some(user), Some(file)) => {
+                if !user.contains('@') || user.contains('!') {
+                    return Err(err("proxmox.user", format!("`{user}` is not a user like `root@pam`")));
+                }
+                Credential::Login { user: user.clone(), password: read_secret("proxmox.password_file", file)? }
+            }
+            (Some(_), None, _, _) => {
+                return Err(err("proxmox.token_secret_file", "is required with proxmox.token_id".into()));
+            }
+            (None, Some(_), _, _) => {
+                return Err(err("proxmox.token_id", "is required with proxmox.token_secret_file".into()));
+            }
+            (_, _, Some(_), None) => {
+                return Err(err("proxmox.password_file", "is required with proxmox.user".into()));
+            }
+            (_, _, None, Some(_)) => return Err(err("proxmox.user", "is required with proxmox.password_file".into())),
+            (Some(_), Some(_), Some(_), Some(_)) => {
+                return Err(err(
+                    "proxmox.user",
+                    "give an API token (token_id, token_secret_file) or a login (user, password_file), not both".into(),
+                ));
+            }
+            (None, None, None, None) => {
+                return Err(err(
+                    "proxmox.token_id",
+                    format!(
+                        "is required (or set {}), with proxmox.token_secret_file; or sign in as a user with \
+                         proxmox.user and proxmox.password_file",
+                        env_name("proxmox.token_id")
+                    ),
+                ));
+            }
+        };
         let trust = match (&raw.proxmox.fingerprint, &raw.proxmox.ca_file) {
             (Some(fp), None) => {
                 Trust::Fingerprint(fp.parse::<Fingerprint>().map_err(|e| err("proxmox.fingerprint", e.to_string()))?)
@@ -451,12 +509,7 @@ impl Config {
                 ca_file: raw.nats.ca_file,
                 client_cert,
             },
-            proxmox: ProxmoxConfig {
-                url: raw.proxmox.url.trim_end_matches('/').to_owned(),
-                token_id: raw.proxmox.token_id,
-                token_secret: pvefleet_schemas::Secret::new(secret),
-                trust,
-            },
+            proxmox: ProxmoxConfig { url: raw.proxmox.url.trim_end_matches('/').to_owned(), credential, trust },
             ssh: SshConfig {
                 user: raw.ssh.user,
                 port: raw.ssh.port,
@@ -515,8 +568,43 @@ mod tests {
         assert_eq!(c.node.as_str(), "pve1");
         assert_eq!(c.concurrency, 4);
         assert_eq!(c.ssh.user, "root");
-        assert_eq!(c.proxmox.token_secret.expose(), "s3cret");
+        match &c.proxmox.credential {
+            Credential::Token { id, secret } => {
+                assert_eq!((id.as_str(), secret.expose()), ("pvefleet@pve!agent", "s3cret"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!c.proxmox.credential.is_root_login());
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_login_is_the_other_credential_and_only_root_at_pam_may_do_all() {
+        let (dir, path) = fixture("");
+        let password = dir.path().join("password");
+        std::fs::write(&password, "hunter2\n").unwrap();
+        let login = |user: &'static str| {
+            let password = password.display().to_string();
+            move |k: &str| match k {
+                "PVEFLEET_PROXMOX_TOKEN_ID" | "PVEFLEET_PROXMOX_TOKEN_SECRET_FILE" => None,
+                "PVEFLEET_PROXMOX_USER" => Some(user.to_owned()),
+                "PVEFLEET_PROXMOX_PASSWORD_FILE" => Some(password.clone()),
+                _ => None,
+            }
+        };
+        // The fixture has a token too: both are refused, naming the choice.
+        let e = Config::load(Some(&path), login("root@pam")).unwrap_err();
+        assert_eq!(e.key, "proxmox.user", "{e}");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let no_token: String = text.lines().filter(|l| !l.starts_with("token_")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, no_token).unwrap();
+        let c = Config::load(Some(&path), login("root@pam")).unwrap();
+        assert!(c.proxmox.credential.is_root_login());
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let c = Config::load(Some(&path), login("ops@pve")).unwrap();
+        assert!(!c.proxmox.credential.is_root_login());
+        let half = |k: &str| (k == "PVEFLEET_PROXMOX_USER").then(|| "root@pam".to_owned());
+        assert_eq!(Config::load(Some(&path), half).unwrap_err().key, "proxmox.password_file");
     }
 
     #[test]

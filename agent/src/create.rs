@@ -420,27 +420,31 @@ impl CreateJob<'_> {
         }
         let spec = &self.job.container;
         let invalid = |message: String| StepError::failed(ErrorKind::Validation, message);
-        // What PVE refuses an API token, said now rather than at create.
-        for (i, mp) in spec.mounts.iter().enumerate() {
-            if matches!(mp, pvefleet_schemas::lxc::MountPoint::Bind { .. }) {
+        // What PVE keeps for a root@pam login, said now rather than at create.
+        if !self.pve.is_root_login() {
+            const WHY: &str = "the agent signs in with an API token, which PVE refuses this (even root's own); \
+                               proxmox.user = \"root@pam\" with proxmox.password_file allows it";
+            for (i, mp) in spec.mounts.iter().enumerate() {
+                if matches!(mp, pvefleet_schemas::lxc::MountPoint::Bind { .. }) {
+                    return Err(invalid(format!(
+                        "container.mounts[{i}]: PVE lets only root@pam make a bind mount; {WHY}"
+                    )));
+                }
+            }
+            let features = spec.effective_features();
+            let beyond = features.beyond_nesting();
+            if !spec.unprivileged && !features.is_empty() {
                 return Err(invalid(format!(
-                    "container.mounts[{i}]: PVE lets only root@pam make a bind mount; the agent's API token is refused"
+                    "container.features: on a privileged container PVE lets only root@pam set features; {WHY}"
                 )));
             }
-        }
-        let features = spec.effective_features();
-        let beyond = features.beyond_nesting();
-        if !spec.unprivileged && !features.is_empty() {
-            return Err(invalid(
-                "container.features: on a privileged container PVE lets only root@pam set features; the agent's API token is refused".into(),
-            ));
-        }
-        if !beyond.is_empty() {
-            return Err(invalid(format!(
-                "container.features: PVE lets an API token set only `nesting` on an unprivileged container \
-                 (pve-container check_ct_modify_config_perm); `{}` need root@pam",
-                beyond.join("`, `")
-            )));
+            if !beyond.is_empty() {
+                return Err(invalid(format!(
+                    "container.features: PVE lets an API token set only `nesting` on an unprivileged container \
+                     (pve-container check_ct_modify_config_perm); `{}` need root@pam: {WHY}",
+                    beyond.join("`, `")
+                )));
+            }
         }
         let storages = self.pve.rootdir_storages().await?;
         let rootfs = spec.effective_rootfs();
@@ -766,12 +770,28 @@ impl CreateJob<'_> {
         let vmid = self.vmid();
         // The NIC the spec names for SSH, else the first.
         let spec = &self.job.container;
-        let nic = spec.ssh_nic.clone().unwrap_or_else(|| spec.effective_nics()[0].name.clone());
+        let nics = spec.effective_nics();
+        let nic = spec.ssh_nic.clone().unwrap_or_else(|| nics[0].name.clone());
+        let configured: Vec<IpAddr> = nics
+            .iter()
+            .filter(|n| n.name == nic)
+            .flat_map(|n| {
+                let v4 = match n.ip {
+                    Some(pvefleet_schemas::lxc::Ipv4Setting::Static { addr, .. }) => Some(IpAddr::V4(addr)),
+                    _ => None,
+                };
+                let v6 = match n.ip6 {
+                    Some(pvefleet_schemas::lxc::Ipv6Setting::Static { addr, .. }) => Some(IpAddr::V6(addr)),
+                    _ => None,
+                };
+                v4.into_iter().chain(v6)
+            })
+            .collect();
         let within = self.timeouts().ip.0;
         let deadline = Instant::now() + within;
         let mut pause = Duration::from_millis(100);
         let ip: IpAddr = loop {
-            if let Some(ip) = self.pve.container_ip(vmid, &nic).await? {
+            if let Some(ip) = self.pve.container_ip(vmid, &nic, &configured).await? {
                 break ip;
             }
             if Instant::now() >= deadline {

@@ -419,6 +419,7 @@ def control_app(pve, initial_scale):
     post('/slow')(lambda data: setattr(pve, 'delay', field(data, 'seconds', float)))
     post('/time-scale')(lambda data: setattr(pve, 'time_scale', field(data, 'scale', float)))
     post('/reset')(lambda data: pve.bed_reset(initial_scale))
+    post('/expire-tickets')(lambda data: pve.tickets.clear())  # as if every login's two hours were up
 
     @post('/task-secs')
     def task_secs(data):
@@ -464,6 +465,7 @@ def parse_args(argv=None):
     p.add_argument('--nodes', default='pve1', help='comma-separated node names')
     p.add_argument('--token-id', default='root@pam!pvefleet')
     p.add_argument('--token-secret', help='API token secret (random if omitted; reported in ready.json)')
+    p.add_argument('--root-password', help="root@pam's password, for a ticket login (random if omitted)")
     p.add_argument('--keys-dir', help="write each created CT's ssh-public-keys to KEYS_DIR/<ip> and /vmid-<vmid>")
     p.add_argument('--time-scale', type=float, default=0.0,
                    help='real seconds per PVE second; 0 (default) ends every task before its request returns')
@@ -483,7 +485,8 @@ async def serve(args):
     if args.keys_dir:
         os.makedirs(args.keys_dir, exist_ok=True)
     certfile, keyfile, der = make_cert(args.dir, hosts=(args.host,))
-    pve = BedPve(keys_dir=args.keys_dir, host=args.host, port=args.port)
+    root_password = args.root_password or secrets.token_hex(16)
+    pve = BedPve(keys_dir=args.keys_dir, host=args.host, port=args.port, user='root@pam', password=root_password)
     pve.files_dir = os.path.join(os.path.abspath(args.dir), 'files')
     os.makedirs(pve.files_dir, exist_ok=True)
     pve.time_scale = args.time_scale

@@ -26,6 +26,8 @@ pub struct AgentOptions {
     pub nats_ca: Option<std::path::PathBuf>,
     /// `ssh.key_file`: a key the cloned templates trust.
     pub ssh_key_file: Option<std::path::PathBuf>,
+    /// Sign in as root@pam with its password instead of using the API token.
+    pub root_login: bool,
 }
 
 impl AgentOptions {
@@ -41,6 +43,7 @@ impl AgentOptions {
             inbox_prefix: None,
             nats_ca: None,
             ssh_key_file: None,
+            root_login: false,
         }
     }
 }
@@ -66,7 +69,7 @@ impl Agent {
             format!(
                 "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\nstate_dir = {state_dir:?}\n\n\
                  [nats]\nurls = [{urls}]\n{inbox}\n\
-                 [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n\n\
+                 [proxmox]\nurl = {url:?}\n{credential}fingerprint = {fp:?}\n\n\
                  [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\nauthorized_keys = {keys:?}\n{key_file}",
                 node = opts.node,
                 files_dir = files_dir,
@@ -78,8 +81,11 @@ impl Agent {
                 ack = opts.ack_wait.as_millis(),
                 grace = opts.shutdown_grace.as_millis(),
                 url = pve.url,
-                token = pve.token_id,
-                secret = pve.token_secret_file,
+                credential = if opts.root_login {
+                    format!("user = \"root@pam\"\npassword_file = {:?}\n", pve.root_password_file)
+                } else {
+                    format!("token_id = {:?}\ntoken_secret_file = {:?}\n", pve.token_id, pve.token_secret_file)
+                },
                 fp = opts.fingerprint.as_deref().unwrap_or(&pve.fingerprint),
                 inbox = opts.inbox_prefix.as_ref().map(|p| format!("inbox_prefix = {p:?}\n")).unwrap_or_default()
                     + &opts.nats_ca.as_ref().map(|ca| format!("ca_file = {ca:?}\n")).unwrap_or_default(),

@@ -61,6 +61,8 @@ pub struct FakePve {
     pub token_secret: String,
     /// The file holding `token_secret`, as an agent's `token_secret_file`.
     pub token_secret_file: PathBuf,
+    /// The file holding root@pam's password, as an agent's `password_file` for a ticket login.
+    pub root_password_file: PathBuf,
     /// Where the launcher writes created containers' authorized keys (`<ip>` and `vmid-<id>`).
     pub keys_dir: PathBuf,
     control_url: String,
@@ -79,6 +81,9 @@ impl FakePve {
         let token_secret = random_secret();
         let token_secret_file = home.join("token-secret");
         std::fs::write(&token_secret_file, format!("{token_secret}\n"))?;
+        let root_password = random_secret();
+        let root_password_file = home.join("root-password");
+        std::fs::write(&root_password_file, format!("{root_password}\n"))?;
         let mut cmd = Command::new(python);
         cmd.arg(&launcher)
             .args(["--host", "127.0.0.1", "--port", "0", "--control-port", "0"])
@@ -86,6 +91,7 @@ impl FakePve {
             .arg(&home)
             .args(["--nodes", &opts.nodes.join(",")])
             .args(["--token-id", &opts.token_id, "--token-secret", &token_secret])
+            .args(["--root-password", &root_password])
             .arg("--keys-dir")
             .arg(&keys_dir)
             .args(["--time-scale", &opts.time_scale.to_string()]);
@@ -110,6 +116,7 @@ impl FakePve {
             token_id: opts.token_id,
             token_secret,
             token_secret_file,
+            root_password_file,
             keys_dir,
             control_url: ready.control_url,
             files_dir: ready.files_dir,
@@ -224,6 +231,11 @@ impl FakePve {
     }
 
     /// Delays every API response by `seconds` (0 clears it).
+    /// Ends every login ticket, as PVE does after two hours: a client must sign in again.
+    pub async fn expire_tickets(&self) -> anyhow::Result<()> {
+        self.control("/expire-tickets", json!({})).await.map(drop)
+    }
+
     pub async fn slow(&self, seconds: f64) -> anyhow::Result<()> {
         self.control("/slow", json!({"seconds": seconds})).await.map(drop)
     }

@@ -491,3 +491,28 @@ async fn a_clone_deploys_with_the_key_its_template_trusts_or_is_refused_without_
     bed.dir.pass();
     Ok(())
 }
+
+#[tokio::test]
+async fn a_root_login_may_set_every_feature_and_bind_mounts() -> anyhow::Result<()> {
+    let bed = Fleet::start("spec-root-login", &["pve1"]).await?;
+    let agent = bed.agent_with(pvefleet_testbed::agent::AgentOptions {
+        root_login: true,
+        ..pvefleet_testbed::agent::AgentOptions::node("pve1")
+    })?;
+    let mut job = create_job("pve1", "docker-host", Ipv4Addr::new(127, 0, 0, 86));
+    job.container.features =
+        Features { nesting: true, keyctl: true, fuse: true, mount: vec!["nfs".into()], ..Features::default() };
+    job.container.mounts =
+        vec![MountPoint::Bind { host_path: "/srv/media".into(), path: "/media".into(), ro: true, shared: false }];
+    let cfg = created(&bed, job).await?;
+    assert_eq!(cfg["features"], "fuse=1,keyctl=1,mount=nfs,nesting=1");
+    assert_eq!(cfg["mp0"], "/srv/media,mp=/media,ro=1");
+    assert_eq!(agent.log_text().matches("signed in to the Proxmox API").count(), 1, "one ticket, not the token");
+    // The ticket runs out: the next call is refused with a 401, the agent signs in again.
+    bed.pve.expire_tickets().await?;
+    let cfg = created(&bed, create_job("pve1", "after-expiry", Ipv4Addr::new(127, 0, 0, 87))).await?;
+    assert_eq!(cfg["hostname"], "after-expiry");
+    assert_eq!(agent.log_text().matches("signed in to the Proxmox API").count(), 2);
+    bed.dir.pass();
+    Ok(())
+}

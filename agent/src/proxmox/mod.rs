@@ -1,11 +1,14 @@
-//! The Proxmox VE API client: token auth, TLS pinned by [`tls`], PVE's errors kept whole, and
+//! The Proxmox VE API client: token or ticket auth, TLS pinned by [`tls`], PVE's errors kept whole, and
 //! transient failures retried with exponential backoff inside each call.
 //!
 //! There is one implementation and tests drive it against fakepve, a fake that validates every
 //! request against PVE's schema, so no trait stands in front of it.
 
+mod auth;
 pub mod task;
 pub mod tls;
+
+use auth::Auth;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -124,7 +127,8 @@ pub struct NodeStatus {
 pub struct PveClient {
     http: reqwest::Client,
     base: String,
-    auth: String,
+    auth: Auth,
+    root_login: bool,
     node: NodeName,
     retry: ExponentialBuilder,
 }
@@ -146,7 +150,8 @@ impl PveClient {
         Ok(Self {
             http,
             base: format!("{}/api2/json", config.url),
-            auth: format!("PVEAPIToken={}={}", config.token_id, config.token_secret.expose()),
+            auth: Auth::new(&config.credential),
+            root_login: config.credential.is_root_login(),
             node,
             retry: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_millis(200))
@@ -175,10 +180,25 @@ impl PveClient {
             .await
     }
 
-    /// One request, no retry.
+    /// One request, no retry (but for one new ticket when PVE refused an old one).
     pub async fn call_once(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
+        match self.request(method.clone(), path, params).await {
+            Err(PveError::Api { status: 401, .. }) if self.auth.refused().await => {
+                self.request(method, path, params).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this client signed in as `root@pam` (not with a token): what PVE requires for
+    /// bind mounts and features other than `nesting`.
+    pub fn is_root_login(&self) -> bool {
+        self.root_login
+    }
+
+    async fn request(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
         let url = format!("{}{path}", self.base);
-        let mut req = self.http.request(method.clone(), &url).header("Authorization", &self.auth);
+        let mut req = self.auth.sign(self.http.request(method.clone(), &url), &method, &self.http, &self.base).await?;
         req = if method == Method::GET || method == Method::DELETE { req.query(params) } else { req.form(params) };
         let resp = req.send().await.map_err(|source| transport_error(method.clone(), path, source))?;
         let status = resp.status();
@@ -304,11 +324,11 @@ impl PveClient {
     }
 
     /// The address of the container's interface `nic` (IPv4 first, else a global IPv6), if
-    /// it has one yet.
-    pub async fn container_ip(&self, vmid: Vmid, nic: &str) -> Result<Option<IpAddr>, PveError> {
+    /// it has one yet; `configured` are the static addresses the spec gave it.
+    pub async fn container_ip(&self, vmid: Vmid, nic: &str, configured: &[IpAddr]) -> Result<Option<IpAddr>, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}/interfaces"));
         let data = self.call(Method::GET, &path, &[]).await?;
-        Ok(address_of(&data, nic))
+        Ok(address_of(&data, nic, configured))
     }
 
     pub async fn node_status(&self) -> Result<NodeStatus, PveError> {
@@ -463,29 +483,23 @@ fn transport_error(method: Method, path: &str, source: reqwest::Error) -> PveErr
 
 /// The address of interface `nic`: its first IPv4 address, else its first global IPv6 one.
 /// Never an unspecified or link-local one (169.254/16, fe80::/10), and a loopback one (127/8,
-/// ::1) only when it is all the interface has (never on `lo`: the interface is chosen by
-/// name) — no real container has one on its NIC, but the test bed's play containers do.
-fn address_of(data: &Value, nic: &str) -> Option<IpAddr> {
+/// ::1) only when the spec set it on this NIC itself: no real container has one on a NIC, but
+/// the test bed's play containers do, and then it is the address the spec says to use.
+fn address_of(data: &Value, nic: &str, configured: &[IpAddr]) -> Option<IpAddr> {
     let iface = data.as_array()?.iter().find(|i| i["name"].as_str() == Some(nic))?;
     let listed = iface["ip-addresses"].as_array().into_iter().flatten().filter_map(|a| a["ip-address"].as_str());
     let inet =
         ["inet", "inet6"].into_iter().filter_map(|k| iface[k].as_str()).map(|s| s.split('/').next().unwrap_or(s));
-    let mut found: Vec<(u8, IpAddr)> =
-        listed.chain(inet).filter_map(|t| t.parse().ok()).filter_map(|ip| rank(&ip).map(|r| (r, ip))).collect();
-    found.sort_by_key(|(rank, _)| *rank);
-    found.first().map(|(_, ip)| *ip)
-}
-
-/// Lower is better; `None` is never used.
-fn rank(ip: &IpAddr) -> Option<u8> {
-    match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() || v4.is_link_local() => None,
-        IpAddr::V4(v4) if v4.is_loopback() => Some(2),
-        IpAddr::V4(_) => Some(0),
-        IpAddr::V6(v6) if v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80 => None,
-        IpAddr::V6(v6) if v6.is_loopback() => Some(3),
-        IpAddr::V6(_) => Some(1),
-    }
+    let usable = |ip: &IpAddr| match ip {
+        IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_link_local() && (!v4.is_loopback() || configured.contains(ip)),
+        IpAddr::V6(v6) => {
+            !v6.is_unspecified()
+                && (v6.segments()[0] & 0xffc0) != 0xfe80
+                && (!v6.is_loopback() || configured.contains(ip))
+        }
+    };
+    let found: Vec<IpAddr> = listed.chain(inet).filter_map(|t| t.parse().ok()).filter(usable).collect();
+    found.iter().find(|ip| ip.is_ipv4()).or_else(|| found.first()).copied()
 }
 
 #[cfg(test)]
@@ -500,19 +514,19 @@ mod tests {
             {"name": "eth0", "ip-addresses": [{"ip-address": "fe80::1"}, {"ip-address": "fd00::5"}, {"ip-address": "10.0.0.5", "prefix": "24"}]},
             {"name": "eth1", "ip-addresses": [{"ip-address": "fe80::2"}, {"ip-address": "2001:db8::7"}]}
         ]);
-        assert_eq!(address_of(&data, "eth0"), Some("10.0.0.5".parse().unwrap()));
-        assert_eq!(address_of(&data, "eth1"), Some("2001:db8::7".parse().unwrap()));
-        // A loopback address only when the NIC has nothing else (the bed's play containers).
-        assert_eq!(
-            address_of(&json!([{"name": "eth0", "inet": "127.0.0.71/32"}]), "eth0"),
-            Some("127.0.0.71".parse().unwrap())
-        );
-        let play =
+        assert_eq!(address_of(&data, "eth0", &[]), Some("10.0.0.5".parse().unwrap()));
+        assert_eq!(address_of(&data, "eth1", &[]), Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(address_of(&data, "lo", &[]), None, "127/8 is never taken unless the spec set it");
+        // A loopback address only when the spec put it on the NIC (the bed's play containers).
+        let play = json!([{"name": "eth0", "inet": "127.0.0.71/32"}]);
+        assert_eq!(address_of(&play, "eth0", &[]), None);
+        assert_eq!(address_of(&play, "eth0", &["127.0.0.71".parse().unwrap()]), Some("127.0.0.71".parse().unwrap()));
+        let both =
             json!([{"name": "eth0", "ip-addresses": [{"ip-address": "127.0.0.71"}, {"ip-address": "fd00::71"}]}]);
-        assert_eq!(address_of(&play, "eth0"), Some("fd00::71".parse().unwrap()));
+        assert_eq!(address_of(&both, "eth0", &[]), Some("fd00::71".parse().unwrap()));
         let dhcp_pending = json!([{"name": "lo", "inet": "127.0.0.1/8"}, {"name": "eth0", "ip-addresses": [{"ip-address": "fe80::1"}]}]);
-        assert_eq!(address_of(&dhcp_pending, "eth0"), None);
-        assert_eq!(address_of(&Value::Null, "eth0"), None);
+        assert_eq!(address_of(&dhcp_pending, "eth0", &[]), None);
+        assert_eq!(address_of(&Value::Null, "eth0", &[]), None);
     }
 
     fn api(status: u16, message: &str) -> PveError {
