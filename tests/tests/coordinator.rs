@@ -454,3 +454,85 @@ async fn a_nodes_sealing_key_is_pinned_and_a_changed_one_refused_until_trusted()
     bed.dir.pass();
     Ok(())
 }
+
+/// The whole spec through `pvefleet submit`: an old-format template, a spec file with a
+/// downloaded template and two NICs, and PVE-form flags on top; read back from fakepve.
+#[tokio::test]
+async fn the_whole_spec_through_the_cli_from_a_template_a_spec_file_and_flags() -> anyhow::Result<()> {
+    use sha2::Digest as _;
+    let bed = bed("cli-spec", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let _agent = bed.agent("pve1")?;
+    // A template written for the first version of the spec.
+    let template = bed.dir.path().join("old.toml");
+    std::fs::write(
+        &template,
+        format!(
+            "name = \"old\"\n[container]\nostemplate = \"{OSTEMPLATE}\"\nmemory = 768\nnesting = true\nbridge = \"vmbr0\"\n"
+        ),
+    )?;
+    assert!(bed.cli.run(&["template", "add", &template.display().to_string()]).await?.ok());
+    let body = b"a template image".repeat(4096);
+    let url = bed.pve.serve_file("web.tar.zst", &body)?;
+    let checksum: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+    let spec = bed.dir.path().join("web.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[container]\nhostname = \"web-cli\"\n\
+             [container.template.download]\nurl = \"{url}\"\nchecksum = \"{checksum}\"\nfilename = \"web.tar.zst\"\n\
+             [[container.nics]]\nname = \"eth0\"\nbridge = \"vmbr0\"\nip = \"127.0.0.90/32\"\nip6 = \"auto\"\n\
+             [[container.nics]]\nname = \"eth1\"\nbridge = \"vmbr0\"\nip = \"dhcp\"\ntag = 30\n\
+             [container.startup]\norder = 3\n"
+        ),
+    )?;
+    let spec = spec.display().to_string();
+    let run = bed
+        .cli
+        .run(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--template",
+            "old",
+            "--spec",
+            &spec,
+            "--mp",
+            "local-lvm:2,mp=/data,backup=0",
+            "--features",
+            "nesting=1",
+            "--onboot",
+            "--timezone",
+            "Europe/Vienna",
+            "--watch",
+        ])
+        .await?;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let cfg = bed.pve.api_get("/nodes/pve1/lxc/100/config").await?;
+    assert_eq!(cfg["hostname"], "web-cli");
+    assert_eq!(cfg["memory"], 768, "from the old template");
+    assert!(
+        cfg["net0"].as_str().unwrap().contains("ip=127.0.0.90/32")
+            && cfg["net0"].as_str().unwrap().contains("ip6=auto")
+    );
+    assert!(cfg["net1"].as_str().unwrap().contains("tag=30"), "{cfg}");
+    assert_eq!(cfg["mp0"], "local-lvm:vm-100-disk-1,backup=0,mp=/data,size=2G");
+    assert_eq!((cfg["features"].clone(), cfg["onboot"].clone()), ("nesting=1".into(), 1.into()));
+    assert_eq!((cfg["startup"].clone(), cfg["timezone"].clone()), ("order=3".into(), "Europe/Vienna".into()));
+    assert!(bed.pve.templates("pve1", "local").await?.contains(&"local:vztmpl/web.tar.zst".to_owned()));
+
+    // PVE-form flags that say what PVE would refuse are refused before anything is published.
+    for (args, field) in [
+        (vec!["--net", "name=eth0,bridge=vmbr0,ip=dhcp,gw=10.0.0.1"], "container.nics[0].gw"),
+        (vec!["--net", "name=eth0,bridge=vmbr0", "--net", "name=eth0,bridge=vmbr1"], "container.nics[1].name"),
+        (vec!["--net", "name=eth0,ip=dhcp"], "bridge"),
+        (vec!["--clone", "9000", "--ostemplate", OSTEMPLATE], "--ostemplate"),
+        (vec!["--download", "url=ftp://x/y.tar.zst,checksum=00,filename=y.tar.zst"], "container.template.download.url"),
+    ] {
+        let run = bed.cli.run(&[vec!["submit", "--node", "pve1", "--hostname", "bad"], args.clone()].concat()).await?;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(run.stderr.contains(field), "{args:?} does not name {field}: {}", run.stderr);
+    }
+    assert_eq!(bed.queued_jobs().await?, 0, "nothing was published");
+    bed.dir.pass();
+    Ok(())
+}
