@@ -120,9 +120,9 @@ impl std::fmt::Debug for CloneKey {
     }
 }
 
-/// A configuration problem, naming where it is and which key.
+/// A configuration problem, naming where it is and which key (none for the file as a whole).
 #[derive(Debug, thiserror::Error)]
-#[error("{source_name}: key `{key}`: {message}")]
+#[error("{source_name}: {}{message}", if key.is_empty() { String::new() } else { format!("key `{key}`: ") })]
 pub struct ConfigError {
     /// The file, or `environment` for a `PVEFLEET_…` variable.
     pub source_name: String,
@@ -294,6 +294,34 @@ pub fn env_name(key: &str) -> String {
     format!("PVEFLEET_{}", key.replace('.', "_").to_ascii_uppercase())
 }
 
+/// The required keys `table` lacks, all of them, so one start names everything to fix.
+fn missing_required(table: &toml::Table) -> Vec<&'static str> {
+    let has = |key: &str| {
+        let (head, rest) = key.split_once('.').unwrap_or((key, ""));
+        match table.get(head) {
+            Some(toml::Value::Table(t)) if !rest.is_empty() => t.contains_key(rest),
+            Some(_) => rest.is_empty(),
+            None => false,
+        }
+    };
+    let mut missing = Vec::new();
+    for key in ["node", "nats.urls", "proxmox.url"] {
+        if !has(key) {
+            missing.push(key);
+        }
+    }
+    match (has("proxmox.token_id"), has("proxmox.token_secret_file"), has("proxmox.user")) {
+        (false, false, false) => missing.extend(["proxmox.token_id", "proxmox.token_secret_file"]),
+        (true, false, _) => missing.push("proxmox.token_secret_file"),
+        (false, true, _) => missing.push("proxmox.token_id"),
+        _ => {}
+    }
+    if !has("proxmox.fingerprint") && !has("proxmox.ca_file") {
+        missing.push("proxmox.fingerprint");
+    }
+    missing
+}
+
 impl Config {
     /// Reads `path` (if given), overlays `PVEFLEET_…` variables from `env`, and checks it all.
     pub fn load(path: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
@@ -306,9 +334,9 @@ impl Config {
         let mut table = match path {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
-                    .map_err(|e| err(&file_name, "-", format!("cannot read the file: {e}")))?;
+                    .map_err(|e| err(&file_name, "", format!("cannot read the file: {e}")))?;
                 text.parse::<toml::Table>()
-                    .map_err(|e| err(&file_name, "-", format!("not valid TOML: {}", e.message())))?
+                    .map_err(|e| err(&file_name, "", format!("not valid TOML: {}", e.message())))?
             }
             None => toml::Table::new(),
         };
@@ -333,6 +361,19 @@ impl Config {
                 ),
             };
             set(&mut table, key, value);
+        }
+        let missing = missing_required(&table);
+        match missing.as_slice() {
+            [] => {}
+            [one] => return Err(err(&file_name, one, format!("is required (or set {})", env_name(one)))),
+            many => {
+                let vars: Vec<String> = many.iter().map(|k| env_name(k)).collect();
+                return Err(err(
+                    &file_name,
+                    &many.join("`, `"),
+                    format!("{} required keys are missing (or set {})", many.len(), vars.join(", ")),
+                ));
+            }
         }
         let raw: Raw = serde_path_to_error::deserialize(table).map_err(|e| {
             let (key, message) = pvefleet_schemas::validate::field_of(&e.path().to_string(), e.inner().message());
@@ -644,21 +685,30 @@ mod tests {
     }
 
     #[test]
-    fn missing_keys_are_named_in_full() {
+    fn missing_keys_are_named_in_full_and_all_at_once() {
         let e = Config::load(None, no_env).unwrap_err();
         assert_eq!(e.source_name, "environment");
-        assert_eq!(e.key, "node");
-        let env = |k: &str| (k == "PVEFLEET_NODE").then(|| "pve1".to_owned());
-        let e = Config::load(None, env).unwrap_err();
-        assert_eq!(e.key, "nats");
+        assert_eq!(
+            e.to_string(),
+            "environment: key `node`, `nats.urls`, `proxmox.url`, `proxmox.token_id`, `proxmox.token_secret_file`, \
+             `proxmox.fingerprint`: 6 required keys are missing (or set PVEFLEET_NODE, PVEFLEET_NATS_URLS, \
+             PVEFLEET_PROXMOX_URL, PVEFLEET_PROXMOX_TOKEN_ID, PVEFLEET_PROXMOX_TOKEN_SECRET_FILE, PVEFLEET_PROXMOX_FINGERPRINT)"
+        );
         let env = |k: &str| match k {
             "PVEFLEET_NODE" => Some("pve1".into()),
             "PVEFLEET_NATS_URLS" => Some("nats://x:1".into()),
             "PVEFLEET_PROXMOX_URL" => Some("https://x".into()),
+            "PVEFLEET_PROXMOX_TOKEN_SECRET_FILE" => Some("/nonexistent".into()),
+            "PVEFLEET_PROXMOX_CA_FILE" => Some("/nonexistent".into()),
             _ => None,
         };
         let e = Config::load(None, env).unwrap_err();
         assert_eq!(e.key, "proxmox.token_id");
         assert!(e.message.contains("PVEFLEET_PROXMOX_TOKEN_ID"), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/agent.toml")), no_env).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/nonexistent/agent.toml: cannot read the file: No such file or directory (os error 2)"
+        );
     }
 }

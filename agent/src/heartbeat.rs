@@ -12,8 +12,35 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::proxmox::PveClient;
 
-/// The jobs this agent is running now, shared with the worker.
-pub type Running = Arc<Mutex<BTreeSet<JobId>>>;
+/// The jobs this agent is running now, shared with the worker; a change is beaten at once, so
+/// `pvefleet nodes` never shows a job running a whole heartbeat after it ended.
+pub type Running = Arc<RunningJobs>;
+
+#[derive(Debug, Default)]
+pub struct RunningJobs {
+    set: Mutex<BTreeSet<JobId>>,
+    changed: tokio::sync::Notify,
+}
+
+impl RunningJobs {
+    pub fn started(&self, job: JobId) {
+        self.set.lock().expect("running set").insert(job);
+        self.changed.notify_one();
+    }
+
+    pub fn ended(&self, job: &JobId) {
+        self.set.lock().expect("running set").remove(job);
+        self.changed.notify_one();
+    }
+
+    pub fn now(&self) -> Vec<JobId> {
+        self.set.lock().expect("running set").iter().copied().collect()
+    }
+}
+
+/// A change beat waits this long for more changes, so a burst of jobs makes a few beats, not
+/// one per job start and end.
+const COALESCE: Duration = Duration::from_millis(200);
 
 /// Beats until `stop`, then removes the node's entry so it leaves the registry at once.
 pub async fn beat(
@@ -31,25 +58,35 @@ pub async fn beat(
     let started_at = Timestamp::now();
     let mut tick = tokio::time::interval(config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut capacity = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let full = tokio::select! {
+            _ = tick.tick() => true,
+            () = running.changed.notified() => false,
             _ = stop.cancelled() => break,
-        }
-        let capacity = match capacity(&pve).await {
-            Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat without capacity: the Proxmox API did not answer");
-                None
-            }
         };
+        if full {
+            capacity = match self::capacity(&pve).await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "heartbeat without capacity: the Proxmox API did not answer");
+                    None
+                }
+            };
+        } else {
+            // Only the running set changed: the last capacity stands, and no API call is made.
+            tokio::select! {
+                () = tokio::time::sleep(COALESCE) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
         let beat = Heartbeat {
             v: V1,
             node: config.node.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             concurrency: config.concurrency,
-            running_jobs: running.lock().expect("running set").iter().copied().collect(),
-            capacity,
+            running_jobs: running.now(),
+            capacity: capacity.clone(),
             started_at,
             last_seen: Timestamp::now(),
             sealing_key: Some(sealing_key.to_string()),

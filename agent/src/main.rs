@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         match pvefleet_agent::run(config, stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "agent failed");
+                tracing::error!(error = pvefleet_schemas::report::error_chain(e.as_ref()), "agent failed");
                 ExitCode::FAILURE
             }
         }

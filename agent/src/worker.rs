@@ -175,7 +175,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         Err(end) => return (end, None),
     };
     let claim = claimed.claim.clone();
-    shared.running.lock().expect("running set").insert(job.job_id);
+    shared.running.started(job.job_id);
     let cancel = CancellationToken::new();
     shared.cancels.lock().expect("cancels").insert(job.job_id, cancel.clone());
     let end = create::run(
@@ -192,7 +192,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     )
     .await;
     shared.cancels.lock().expect("cancels").remove(&job.job_id);
-    shared.running.lock().expect("running set").remove(&job.job_id);
+    shared.running.ended(&job.job_id);
     (end, Some(claim))
 }
 

@@ -68,11 +68,13 @@ pub enum Verb {
     /// List recorded jobs.
     #[command(after_help = "Example:\n  pvefleet jobs --node pve1 --state failed")]
     Jobs {
+        /// Only this node's jobs.
         #[arg(long)]
         node: Option<String>,
         /// queued, running, succeeded, failed or cancelled.
         #[arg(long)]
         state: Option<String>,
+        /// The jobs as a JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -80,6 +82,7 @@ pub enum Verb {
     #[command(after_help = "Example:\n  pvefleet job 01JDQ8Z3M4X6T2E9R5W7Y1K0AB")]
     Job {
         job: String,
+        /// The job, its spec and its event count as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +95,7 @@ pub enum Verb {
     Nodes {
         #[command(subcommand)]
         action: Option<NodesVerb>,
+        /// The nodes as a JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -111,6 +115,7 @@ pub enum TemplateVerb {
     /// List templates.
     #[command(after_help = "Example:\n  pvefleet template list")]
     List {
+        /// The templates as a JSON array.
         #[arg(long)]
         json: bool,
     },
@@ -143,8 +148,10 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// The container's hostname (a DNS name).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// A fixed vmid (100..=999999999); left out, the agent allocates the next free one.
     #[arg(long)]
     pub vmid: Option<u32>,
     /// Memory in MB.
@@ -153,27 +160,35 @@ pub struct SubmitArgs {
     /// Swap in MB.
     #[arg(long)]
     pub swap: Option<u32>,
+    /// CPU cores (1..=8192).
     #[arg(long)]
     pub cores: Option<u32>,
     /// Root disk in GB.
     #[arg(long)]
     pub disk: Option<u32>,
+    /// The storage for the root disk (default local-lvm).
     #[arg(long)]
     pub storage: Option<String>,
+    /// The bridge of eth0 (default vmbr0); --net gives every NIC instead.
     #[arg(long)]
     pub bridge: Option<String>,
     /// `dhcp` or `a.b.c.d/nn`.
     #[arg(long)]
     pub ip: Option<String>,
+    /// The IPv4 gateway of eth0, inside the subnet of --ip.
     #[arg(long)]
     pub gw: Option<String>,
+    /// DNS servers, IPv4 or IPv6, space separated (default: the node's).
     #[arg(long)]
     pub nameserver: Option<String>,
+    /// The template volume, like local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst
+    /// (or one of --download, --appliance, --oci, --clone).
     #[arg(long)]
     pub ostemplate: Option<String>,
     /// Make a privileged container (default: unprivileged).
     #[arg(long)]
     pub privileged: bool,
+    /// Turn on the nesting feature (systemd in recent distributions wants it).
     #[arg(long)]
     pub nesting: bool,
     /// A PVE tag (repeatable).
@@ -277,4 +292,26 @@ pub struct SubmitArgs {
     /// Refused: a password on the command line leaks into process lists and shell history.
     #[arg(long, hide = true)]
     pub password: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn every_flag_of_every_verb_says_what_it_does() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if !arg.is_hide_set() && arg.get_help().is_none() && arg.get_long().is_some_and(|l| l != "help") {
+                    missing.push(format!("{path} --{}", arg.get_long().unwrap_or_default()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "pvefleet", &mut missing);
+        assert!(missing.is_empty(), "flags without help: {missing:#?}");
+    }
 }

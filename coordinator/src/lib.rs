@@ -85,7 +85,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::from(2)
         }
         Err(Failure::Failed(e)) => {
-            eprintln!("pvefleet: {e:#}");
+            eprintln!("pvefleet: {}", pvefleet_schemas::report::error_chain(e.as_ref()));
             ExitCode::FAILURE
         }
         Err(Failure::Quiet) => ExitCode::FAILURE,

@@ -9,6 +9,7 @@
 //! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
 //! - `layout` (feature `nats`): the streams' and buckets' settings as async-nats configs.
 //! - [`names`]: streams, buckets, consumers and one function per subject.
+//! - [`report`]: error chains as people read them, each cause once.
 //! - [`redact`]: URLs with their passwords replaced by `***`, for every log and error.
 //! - [`seal`]: secrets sealed to one agent's key (its root passwords, its own SSH keys).
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
@@ -24,6 +25,7 @@ pub mod lxc;
 pub mod message;
 pub mod names;
 pub mod redact;
+pub mod report;
 pub mod schema;
 pub mod seal;
 pub mod source;

@@ -348,6 +348,43 @@ async fn sigterm_hands_the_job_back_and_a_restart_completes_it() -> anyhow::Resu
 }
 
 #[tokio::test]
+async fn the_registry_shows_a_job_running_and_then_not_without_waiting_for_a_heartbeat() -> anyhow::Result<()> {
+    let bed = bed("agent-running-set", &["pve1"]).await?;
+    // Beats far apart: only a beat on the running set's change can show it in time.
+    let _agent = bed.agent_with(AgentOptions { heartbeat: Duration::from_secs(30), ..AgentOptions::node("pve1") })?;
+    let running = |kv: async_nats::jetstream::kv::Store| async move {
+        let beat = pvefleet_schemas::Heartbeat::decode(&kv.get("pve1").await.ok()??).ok()?;
+        Some(beat.running_jobs)
+    };
+    // The agent makes the bucket at its start.
+    let kv = pvefleet_testbed::wait_until("the first heartbeat", Duration::from_secs(20), || async {
+        let kv = bed.js.get_key_value(pvefleet_schemas::names::NODES_BUCKET).await.ok()?;
+        running(kv.clone()).await.map(|_| kv)
+    })
+    .await?;
+    bed.pve.task_secs(serde_json::json!({"start": 3})).await?;
+    bed.pve.time_scale(1.0).await?;
+    let job = create_job("pve1", "watched", Ipv4Addr::new(127, 0, 0, 91));
+    submit(&bed.js, &job).await?;
+    pvefleet_testbed::wait_until("the job shown running", Duration::from_secs(5), || {
+        let kv = kv.clone();
+        async move { running(kv).await.filter(|r| r.contains(&job.job_id)) }
+    })
+    .await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    assert!(result_of(&events).success, "{events:#?}");
+    let ended = std::time::Instant::now();
+    pvefleet_testbed::wait_until("the job shown ended", Duration::from_secs(5), || {
+        let kv = kv.clone();
+        async move { running(kv).await.filter(Vec::is_empty) }
+    })
+    .await?;
+    assert!(ended.elapsed() < Duration::from_secs(5), "well within the 30 s heartbeat");
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
 async fn heartbeats_show_capacity_and_vanish_when_the_agent_dies() -> anyhow::Result<()> {
     let bed = bed("agent-heartbeat", &["pve1"]).await?;
     let mut agent = bed.agent("pve1")?;

@@ -536,3 +536,22 @@ async fn the_whole_spec_through_the_cli_from_a_template_a_spec_file_and_flags() 
     bed.dir.pass();
     Ok(())
 }
+
+/// What a new user sees first: an empty store says how to submit, a NATS that is down is
+/// reported once, not twice.
+#[tokio::test]
+async fn an_empty_store_says_how_to_begin_and_a_dead_nats_is_said_once() -> anyhow::Result<()> {
+    let dir = TestDir::new("cli-first-use");
+    let db = TestDb::sqlite(&dir);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let cli = Pvefleet::new(&dir, &format!("nats://{dead}"), &db);
+    let jobs = cli.run(&["jobs"]).await?;
+    assert!(jobs.ok() && jobs.stdout.contains("No jobs yet") && jobs.stdout.contains("pvefleet submit"), "{jobs:?}");
+    let filtered = cli.run(&["jobs", "--state", "failed"]).await?;
+    assert!(filtered.stdout.contains("No jobs match --state failed"), "{filtered:?}");
+    let submit = cli.run(&submit_args("pve1", "web", "dhcp")).await?;
+    assert_eq!(submit.code, Some(1), "{submit:?}");
+    assert_eq!(submit.stderr.matches("Connection refused").count(), 1, "{}", submit.stderr);
+    dir.pass();
+    Ok(())
+}

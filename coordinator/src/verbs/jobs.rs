@@ -29,6 +29,21 @@ pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, json: bool
         println!("{}", serde_json::Value::Array(jobs.iter().map(as_json).collect()));
         return Ok(());
     }
+    if jobs.is_empty() {
+        if node.is_none() && state.is_none() {
+            println!(
+                "No jobs yet. Submit one with\n  pvefleet submit --node NODE --hostname NAME --ostemplate VOLID --watch\n\
+                 (`pvefleet submit --help` lists every option; `pvefleet nodes` shows the live nodes)."
+            );
+        } else {
+            let filters: Vec<String> = [node.map(|n| format!("--node {n}")), state.map(|s| format!("--state {s}"))]
+                .into_iter()
+                .flatten()
+                .collect();
+            println!("No jobs match {}.", filters.join(" "));
+        }
+        return Ok(());
+    }
     let mut table = Table::new();
     table.load_style(UTF8_FULL_CONDENSED).set_header(["JOB", "NODE", "STATE", "HOSTNAME", "VMID", "IP", "SUBMITTED"]);
     for j in &jobs {
