@@ -12,7 +12,8 @@ use pvefleet_schemas::{ErrorKind, LogStream, ScriptSpec, Step};
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::LineEnding;
 
-use crate::create::{CreateJob, StepError, StepResult};
+use crate::create::CreateJob;
+use crate::runner::{StepError, StepResult};
 use crate::ssh::{ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTarget, UploadSource, shell_quote};
 
 /// A script's lines forwarded as events, at most; the rest is counted, not sent, so a script
@@ -86,7 +87,7 @@ struct Finished {
 impl CreateJob<'_> {
     /// The public half of the job's key, for the container's authorized keys.
     pub(crate) fn job_public_key(&self) -> Option<String> {
-        let key = load_key(self.sealing, self.cp.ssh_key.as_ref()?).ok()?;
+        let key = load_key(self.sealing, self.core.cp.ssh_key.as_ref()?).ok()?;
         let mut line = key.public_key().to_openssh().ok()?;
         line.push_str(&format!(" pvefleet-job-{}", self.job.job_id.short()));
         Some(line)
@@ -94,8 +95,8 @@ impl CreateJob<'_> {
 
     /// Connects to the container (retrying while its sshd comes up) and keeps the session.
     pub(crate) async fn open_ssh(&mut self) -> StepResult {
-        let ip = self.cp.ip.expect("connecting found the address");
-        let key = match (&self.cp.ssh_key, &self.ssh_config.clone_key) {
+        let ip = self.core.cp.ip.expect("connecting found the address");
+        let key = match (&self.core.cp.ssh_key, &self.ssh_config.clone_key) {
             (Some(sealed), _) => load_key(self.sealing, sealed)?,
             // A clone: PVE could not give it the job's key (validating made sure there is this).
             (None, Some(clone_key)) => clone_key.key.clone(),
@@ -103,10 +104,10 @@ impl CreateJob<'_> {
                 return Err(StepError::failed(ErrorKind::Internal, "the job has no SSH key"));
             }
         };
-        let trust = match (&self.cp.host_key, self.cp.announced_host_keys.is_empty()) {
+        let trust = match (&self.core.cp.host_key, self.core.cp.announced_host_keys.is_empty()) {
             // Trusted on an earlier connection of this job: a change is an error.
             (Some(known), _) => HostKeyTrust::Only(vec![known.clone()]),
-            (None, false) => HostKeyTrust::Only(self.cp.announced_host_keys.clone()),
+            (None, false) => HostKeyTrust::Only(self.core.cp.announced_host_keys.clone()),
             (None, true) => HostKeyTrust::FirstSeen,
         };
         let target = SshTarget {
@@ -128,17 +129,19 @@ impl CreateJob<'_> {
             }
             Err(e) => return Err(e.into()),
         };
-        if matches!(trust, HostKeyTrust::FirstSeen) && self.cp.host_key.is_none() {
-            self.events
+        if matches!(trust, HostKeyTrust::FirstSeen) && self.core.cp.host_key.is_none() {
+            self.core
+                .events
                 .warning(format!(
                     "PVE announced no host key for the container; trusting the first one seen for this job: {}",
                     session.host_key()
                 ))
                 .await?;
         }
-        self.cp.host_key = Some(session.host_key().to_owned());
-        self.save().await?;
-        self.events
+        self.core.cp.host_key = Some(session.host_key().to_owned());
+        self.core.save().await?;
+        self.core
+            .events
             .log(LogStream::Task, format!("connected over SSH to {} (host key {})", target.addr, session.host_key()))
             .await?;
         self.ssh = Some(Arc::new(session));
@@ -166,7 +169,7 @@ impl CreateJob<'_> {
     pub(crate) async fn deploy(&mut self) -> StepResult {
         let deploy = &self.job.deploy;
         if deploy.is_empty() {
-            self.events.log(LogStream::Task, "nothing to deploy").await?;
+            self.core.events.log(LogStream::Task, "nothing to deploy").await?;
             return Ok(());
         }
         let total = usize::from(!deploy.packages.is_empty()) + deploy.files.len() + deploy.scripts.len();
@@ -197,11 +200,11 @@ impl CreateJob<'_> {
     async fn remove_job_key(&mut self) -> StepResult {
         const DONE: &str = "job-key-removed";
         // A clone never had the job's key: it logged in with `ssh.key_file`'s.
-        if self.cp.deployed.iter().any(|d| d == DONE) || self.cp.ssh_key.is_none() {
+        if self.core.cp.deployed.iter().any(|d| d == DONE) || self.core.cp.ssh_key.is_none() {
             return Ok(());
         }
         let comment = format!(" pvefleet-job-{}", self.job.job_id.short());
-        let ip = self.cp.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let ip = self.core.cp.ip.map(|ip| ip.to_string()).unwrap_or_default();
         let file = self.ssh_config.authorized_keys.replace("%a", &ip);
         // In place (`cat >`), so the file keeps its owner and mode; only lines ending with the
         // job's comment go.
@@ -216,17 +219,19 @@ impl CreateJob<'_> {
         };
         match removed {
             Ok(status) if status.success() => {
-                self.events.log(LogStream::Task, format!("removed the job's own key from {file}")).await?;
+                self.core.events.log(LogStream::Task, format!("removed the job's own key from {file}")).await?;
             }
             // Cleaning up never fails a deployed container; say what is left.
-            Ok(status) => self.events.warning(format!("removing the job's key from {file} failed ({status})")).await?,
+            Ok(status) => {
+                self.core.events.warning(format!("removing the job's key from {file} failed ({status})")).await?
+            }
             Err(StepError::Failed { message, .. }) => {
-                self.events.warning(format!("the job's key could not be removed from {file}: {message}")).await?
+                self.core.events.warning(format!("the job's key could not be removed from {file}: {message}")).await?
             }
             Err(e @ StepError::Bus(_)) => return Err(e),
         }
-        self.cp.deployed.push(DONE.to_owned());
-        self.save().await?;
+        self.core.cp.deployed.push(DONE.to_owned());
+        self.core.save().await?;
         Ok(())
     }
 
@@ -235,14 +240,14 @@ impl CreateJob<'_> {
     where
         F: for<'j> FnOnce(&'j mut Self) -> std::pin::Pin<Box<dyn std::future::Future<Output = StepResult> + Send + 'j>>,
     {
-        if self.cp.deployed.contains(&key) {
-            self.events.log(LogStream::Task, format!("{message}: done by an earlier delivery")).await?;
+        if self.core.cp.deployed.contains(&key) {
+            self.core.events.log(LogStream::Task, format!("{message}: done by an earlier delivery")).await?;
             return Ok(());
         }
-        self.events.step_event(Step::Deploying, percent, message).await?;
+        self.core.events.step_event(Step::Deploying, percent, message).await?;
         run(self).await?;
-        self.cp.deployed.push(key);
-        self.save().await?;
+        self.core.cp.deployed.push(key);
+        self.core.save().await?;
         Ok(())
     }
 
@@ -273,7 +278,10 @@ impl CreateJob<'_> {
             && let Some(refresh) = refresh
         {
             // A fresh container has no package lists: fetch them once and try again.
-            self.events.log(LogStream::Task, "installing failed; refreshing the package lists and retrying").await?;
+            self.core
+                .events
+                .log(LogStream::Task, "installing failed; refreshing the package lists and retrying")
+                .await?;
             let refreshed = self.run_streamed(&ssh, refresh, "packages", timeout).await?;
             if refreshed.status.success() {
                 done = self.run_streamed(&ssh, &install, "packages", timeout).await?;
@@ -306,7 +314,8 @@ impl CreateJob<'_> {
             (None, None) => unreachable!("validation demands content or source"),
         };
         let bytes = ssh.upload(&source, &file.path, file.mode.bits(), file.owner.as_deref()).await?;
-        self.events
+        self.core
+            .events
             .log(
                 LogStream::Task,
                 format!(
@@ -386,7 +395,7 @@ impl CreateJob<'_> {
             if room {
                 forwarded += 1;
                 self.log_bytes += line.len();
-                self.events.log(stream, line).await?;
+                self.core.events.log(stream, line).await?;
             } else {
                 if dropped == 0 {
                     let why = if forwarded == MAX_SCRIPT_LINES {
@@ -394,13 +403,13 @@ impl CreateJob<'_> {
                     } else {
                         format!("the job's output reached {} MiB", MAX_JOB_LOG_BYTES >> 20)
                     };
-                    self.events.warning(format!("{label}: {why}; further output is not sent as events")).await?;
+                    self.core.events.warning(format!("{label}: {why}; further output is not sent as events")).await?;
                 }
                 dropped += 1;
             }
         }
         if dropped > 0 {
-            self.events.warning(format!("{label}: {dropped} more lines were not forwarded")).await?;
+            self.core.events.warning(format!("{label}: {dropped} more lines were not forwarded")).await?;
         }
         Ok(Finished { status: process.status().clone(), tail: tail.into_iter().collect() })
     }

@@ -7,9 +7,11 @@
 //! - [`claim`]: one run at a time per job: the checkpoint, written under a lease.
 //! - [`vmid`]: allocating vmids that concurrent jobs never share.
 //! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
+//! - [`runner`]: the one runner of every job kind: lease, step table, checkpoints, events, undo.
 //! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
 //! - [`source`]: the fetching and cloning steps: templates downloaded, from the catalogue,
 //!   pulled from an OCI registry; clones.
+//! - [`destroy`]: the destroy job's step table (finding → stopping → deleting).
 //! - [`deploy`]: the deploying step: packages, files and scripts over one SSH connection.
 //! - [`policy`]: what a job's end means for its message (ack, term, nak).
 //! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
@@ -22,9 +24,11 @@ pub mod claim;
 pub mod config;
 pub mod create;
 pub mod deploy;
+pub mod destroy;
 pub mod heartbeat;
 pub mod policy;
 pub mod proxmox;
+pub mod runner;
 pub mod sealing;
 pub mod source;
 pub mod ssh;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::create::JobEnd;
+use crate::runner::JobEnd;
 
 /// What to tell JetStream about a job's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

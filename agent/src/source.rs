@@ -15,8 +15,9 @@ use pvefleet_schemas::source::{CloneFrom, TemplateSource};
 use pvefleet_schemas::{ErrorKind, LogStream, Vmid};
 use serde_json::Value;
 
-use crate::create::{CreateJob, StepError, StepResult, Whose};
+use crate::create::CreateJob;
 use crate::proxmox::Upid;
+use crate::runner::{StepError, StepResult, Whose};
 
 impl CreateJob<'_> {
     /// The checks of validating for the spec's template source, against this node.
@@ -24,7 +25,7 @@ impl CreateJob<'_> {
         let spec = &self.job.container;
         let invalid = |message: String| StepError::failed(ErrorKind::Validation, message);
         if let Some(source) = &spec.template {
-            let storages = self.pve.template_storages().await?;
+            let storages = self.core.pve.template_storages().await?;
             let storage = source.storage();
             if !storages.iter().any(|s| s.storage == storage) {
                 let have: Vec<&str> = storages.iter().map(|s| s.storage.as_str()).collect();
@@ -36,9 +37,9 @@ impl CreateJob<'_> {
                 )));
             }
             if let TemplateSource::Appliance(a) = source
-                && !self.pve.template_exists(&source.volid()).await?
+                && !self.core.pve.template_exists(&source.volid()).await?
             {
-                let catalogue = self.pve.appliances().await?;
+                let catalogue = self.core.pve.appliances().await?;
                 if !catalogue.contains(&a.name) {
                     let mut near: Vec<&str> = catalogue.iter().map(String::as_str).collect();
                     near.truncate(8);
@@ -52,7 +53,7 @@ impl CreateJob<'_> {
                 }
             }
         } else if let Some(ostemplate) = &spec.ostemplate
-            && !self.pve.template_exists(ostemplate).await?
+            && !self.core.pve.template_exists(ostemplate).await?
         {
             return Err(invalid(format!(
                 "container.ostemplate: `{ostemplate}` is not a container template on {}",
@@ -67,15 +68,15 @@ impl CreateJob<'_> {
                     .into(),
             ));
         }
-        if self.cp.clone_source.is_none() {
+        if self.core.cp.clone_source.is_none() {
             let source = self.find_clone_source(&clone.from).await?;
             if Some(source) == spec.vmid {
                 return Err(invalid(format!("container.vmid: {source} is the clone's own source")));
             }
-            self.cp.clone_source = Some(source);
+            self.core.cp.clone_source = Some(source);
         }
         if let Some(storage) = &clone.storage {
-            let storages = self.pve.rootdir_storages().await?;
+            let storages = self.core.pve.rootdir_storages().await?;
             if !storages.iter().any(|s| &s.storage == storage) {
                 return Err(invalid(format!(
                     "container.clone.storage: `{storage}` is not an active storage for containers on {}",
@@ -89,7 +90,7 @@ impl CreateJob<'_> {
     /// The vmid to clone: the one given (on this node), or the one template of that name here.
     async fn find_clone_source(&self, from: &CloneFrom) -> Result<Vmid, StepError> {
         let invalid = |message: String| StepError::failed(ErrorKind::Validation, message);
-        let here = self.pve.containers().await?;
+        let here = self.core.pve.containers().await?;
         match from {
             CloneFrom::Vmid(vmid) => {
                 if here.iter().any(|(v, _, _)| v == vmid) {
@@ -127,33 +128,37 @@ impl CreateJob<'_> {
     pub(crate) async fn fetch(&mut self) -> StepResult {
         let source = self.job.container.template.clone().expect("fetching runs only for a template source");
         // Fetching is the first step that starts a task: a UPID in the checkpoint is its own.
-        if let Some(upid) = self.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok()) {
+        if let Some(upid) = self.core.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok()) {
             return self.wait_fetch(&source, &upid).await;
         }
         let volid = source.volid();
-        if self.pve.template_exists(&volid).await? {
-            self.events
+        if self.core.pve.template_exists(&volid).await? {
+            self.core
+                .events
                 .log(LogStream::Task, format!("{volid} is on {} already; not fetched again", self.job.node))
                 .await?;
             return Ok(());
         }
         let upid = match &source {
             TemplateSource::Download(d) => {
-                self.pve.download_template(&d.storage, &d.filename, &d.url, &d.checksum, d.algorithm.as_str()).await?
+                self.core
+                    .pve
+                    .download_template(&d.storage, &d.filename, &d.url, &d.checksum, d.algorithm.as_str())
+                    .await?
             }
-            TemplateSource::Appliance(a) => self.pve.download_appliance(&a.storage, &a.name).await?,
-            TemplateSource::Oci(o) => self.pve.pull_oci(&o.storage, &o.reference, &source.filename()).await?,
+            TemplateSource::Appliance(a) => self.core.pve.download_appliance(&a.storage, &a.name).await?,
+            TemplateSource::Oci(o) => self.core.pve.pull_oci(&o.storage, &o.reference, &source.filename()).await?,
         };
-        self.cp.upid = Some(upid.to_string());
-        self.save().await?;
-        self.events.log(LogStream::Task, format!("fetching {volid}: task {upid}")).await?;
+        self.core.cp.upid = Some(upid.to_string());
+        self.core.save().await?;
+        self.core.events.log(LogStream::Task, format!("fetching {volid}: task {upid}")).await?;
         self.wait_fetch(&source, &upid).await
     }
 
     /// Waits for the fetch task. A checksum PVE refused names the spec's field; a fetch that
     /// failed while another job put the same file there counts as done.
     async fn wait_fetch(&mut self, source: &TemplateSource, upid: &Upid) -> StepResult {
-        match self.wait_task(upid).await {
+        match self.core.wait_task(upid).await {
             Err(StepError::Failed { message, .. }) if message.contains("checksum mismatch") => {
                 let TemplateSource::Download(d) = source else { unreachable!("only download-url checks a checksum") };
                 Err(StepError::failed(
@@ -168,8 +173,9 @@ impl CreateJob<'_> {
                 ))
             }
             Err(StepError::Failed { kind: ErrorKind::Task, message }) => {
-                if self.pve.template_exists(&source.volid()).await? {
-                    self.events
+                if self.core.pve.template_exists(&source.volid()).await? {
+                    self.core
+                        .events
                         .warning(format!("fetching failed, but {} is there now: using it", source.volid()))
                         .await?;
                     Ok(())
@@ -184,23 +190,23 @@ impl CreateJob<'_> {
     /// Clones the source to the job's vmid (or finds the clone an earlier delivery made), then
     /// gives it the rest of the spec.
     pub(crate) async fn clone_container(&mut self) -> StepResult {
-        let source = self.cp.clone_source.expect("validating found the clone's source");
-        if let Some(upid) = self.pending_task("vzclone") {
-            self.wait_task(&upid).await?;
+        let source = self.core.cp.clone_source.expect("validating found the clone's source");
+        if let Some(upid) = self.core.pending_task("vzclone") {
+            self.core.wait_task(&upid).await?;
         } else {
             loop {
-                let vmid = self.vmid();
+                let vmid = self.core.vmid();
                 let params = self.clone_params();
                 let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (*k, v.clone())).collect();
-                match self.pve.clone_container(source, &params).await {
+                match self.core.pve.clone_container(source, &params).await {
                     Ok(upid) => {
-                        self.cp.upid = Some(upid.to_string());
-                        self.save().await?;
-                        self.events.log(LogStream::Task, format!("clone task {upid}")).await?;
-                        self.wait_task(&upid).await?;
+                        self.core.cp.upid = Some(upid.to_string());
+                        self.core.save().await?;
+                        self.core.events.log(LogStream::Task, format!("clone task {upid}")).await?;
+                        self.core.wait_task(&upid).await?;
                         break;
                     }
-                    Err(e) if e.is_already_exists() => match self.whose(vmid).await? {
+                    Err(e) if e.is_already_exists() => match self.core.whose(vmid).await? {
                         Whose::Ours => break,
                         Whose::Strangers => self.replace_vmid(vmid).await?,
                         Whose::Nobody => {
@@ -213,16 +219,16 @@ impl CreateJob<'_> {
                 }
             }
         }
-        let vmid = self.vmid();
-        let cfg = self.pve.container_config(vmid).await?.ok_or_else(|| {
+        let vmid = self.core.vmid();
+        let cfg = self.core.pve.container_config(vmid).await?.ok_or_else(|| {
             StepError::failed(ErrorKind::Proxmox, format!("the clone {vmid} is gone after its clone task ended"))
         })?;
         // The source's config is what the clone started from, whatever this job added since.
-        let from = self.pve.container_config(source).await?.unwrap_or(Value::Null);
+        let from = self.core.pve.container_config(source).await?.unwrap_or(Value::Null);
         let params = self.clone_config(&cfg, &from);
         let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        self.pve.set_config(vmid, &params).await?;
-        self.events.log(LogStream::Task, format!("the spec applied to clone {vmid} of {source}")).await?;
+        self.core.pve.set_config(vmid, &params).await?;
+        self.core.events.log(LogStream::Task, format!("the spec applied to clone {vmid} of {source}")).await?;
         Ok(())
     }
 
@@ -232,9 +238,9 @@ impl CreateJob<'_> {
         let spec = &self.job.container;
         let clone = spec.clone.as_ref().expect("a clone job");
         let mut description = spec.description.clone().map(|d| format!("{d}\n\n")).unwrap_or_default();
-        description.push_str(&format!("Cloned by pvefleet job {} ({})", self.job.job_id, self.marker));
+        description.push_str(&format!("Cloned by pvefleet job {} ({})", self.job.job_id, self.core.marker));
         let mut params = vec![
-            ("newid", self.vmid().to_string()),
+            ("newid", self.core.vmid().to_string()),
             ("hostname", spec.hostname.clone()),
             ("full", u8::from(clone.full).to_string()),
             ("description", description),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
-use pvefleet_schemas::{ErrorInfo, ErrorKind, EventType, Job, JobId, JobResult, NodeName, Step};
+use pvefleet_schemas::{DestroyJob, ErrorInfo, ErrorKind, EventType, Job, JobId, JobResult, NodeName, Step};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{Bus, EventLog};
 use crate::claim::Claim;
 use crate::config::Config;
-use crate::create::{self, JobEnd};
+use crate::create;
 use crate::heartbeat::Running;
 use crate::policy::{self, Delivery};
 use crate::proxmox::PveClient;
+use crate::runner::{self, JobEnd};
 
 /// What every job task shares.
 #[derive(Debug)]
@@ -146,53 +147,86 @@ async fn handle(shared: &Shared, msg: Message) {
     }
 }
 
+/// A job message of either kind, as read from its subject's last token.
+enum Incoming {
+    Create(Box<Job>),
+    Destroy(DestroyJob),
+}
+
+impl Incoming {
+    fn decode(kind: &str, payload: &[u8]) -> Result<Self, String> {
+        match kind {
+            "create" => Job::decode(payload)
+                .map(|j| Incoming::Create(Box::new(j)))
+                .map_err(|e| format!("unreadable job message: {e}")),
+            "destroy" => {
+                DestroyJob::decode(payload).map(Incoming::Destroy).map_err(|e| format!("unreadable job message: {e}"))
+            }
+            other => Err(format!("unknown job kind `{other}` in the subject")),
+        }
+    }
+
+    fn job_id(&self) -> JobId {
+        match self {
+            Incoming::Create(j) => j.job_id,
+            Incoming::Destroy(j) => j.job_id,
+        }
+    }
+
+    fn node(&self) -> &NodeName {
+        match self {
+            Incoming::Create(j) => &j.node,
+            Incoming::Destroy(j) => &j.node,
+        }
+    }
+
+    fn validate(&self) -> Result<(), pvefleet_schemas::ValidationErrors> {
+        match self {
+            Incoming::Create(j) => j.validate(),
+            Incoming::Destroy(j) => j.validate(),
+        }
+    }
+}
+
 /// Decodes, checks, claims and runs one job; returns how it ended and this run's claim, if
 /// it took one.
 async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option<Arc<Claim>>) {
     let node = &shared.config.node;
     let kind = msg.subject.rsplit('.').next().unwrap_or_default();
-    let job = match Job::decode(&msg.payload) {
-        Ok(job) if kind == "create" => job,
-        Ok(_) => {
-            let why = format!("unknown job kind `{kind}` in subject {}", msg.subject);
-            return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
-        }
-        Err(e) => {
-            let why = format!("unreadable job message: {e}");
-            return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
-        }
+    let job = match Incoming::decode(kind, &msg.payload) {
+        Ok(job) => job,
+        Err(why) => return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None),
     };
-    if &job.node != node {
-        let why = format!("the job is for node {} but was delivered to the agent of {node}", job.node);
+    if job.node() != node {
+        let why = format!("the job is for node {} but was delivered to the agent of {node}", job.node());
         return (reject(shared, &msg.payload, ErrorKind::WrongNode, why, owner).await, None);
     }
     if let Err(e) = job.validate() {
         return (reject(shared, &msg.payload, ErrorKind::Validation, e.to_string(), owner).await, None);
     }
     let first = msg.info().is_ok_and(|info| info.delivered == 1);
-    let claimed = match create::claim(&job, &shared.bus, owner, shared.config.ack_wait, first).await {
+    let job_id = job.job_id();
+    let claimed = match runner::claim(job_id, node, &shared.bus, owner, shared.config.ack_wait, first).await {
         Ok(c) => c,
         Err(end) => return (end, None),
     };
     let claim = claimed.claim.clone();
-    shared.running.started(job.job_id);
+    shared.running.started(job_id);
     let cancel = CancellationToken::new();
-    shared.cancels.lock().expect("cancels").insert(job.job_id, cancel.clone());
-    let end = create::run(
-        &job,
-        claimed,
-        create::Env {
-            pve: &shared.pve,
-            bus: &shared.bus,
-            config: &shared.config,
-            sealing: &shared.sealing,
-            stop: &shared.stop,
-        },
-        &cancel,
-    )
-    .await;
-    shared.cancels.lock().expect("cancels").remove(&job.job_id);
-    shared.running.ended(&job.job_id);
+    shared.cancels.lock().expect("cancels").insert(job_id, cancel.clone());
+    let env = runner::Env {
+        pve: &shared.pve,
+        bus: &shared.bus,
+        config: &shared.config,
+        sealing: &shared.sealing,
+        stop: &shared.stop,
+    };
+    let end = match &job {
+        Incoming::Create(job) => create::run(job, claimed, env, &cancel).await,
+        Incoming::Destroy(job) => crate::destroy::run(job, claimed, env, &cancel).await,
+    };
+    shared.cancels.lock().expect("cancels").remove(&job_id);
+    shared.running.ended(&job_id);
     (end, Some(claim))
 }
 

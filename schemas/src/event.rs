@@ -31,8 +31,9 @@ impl EventType {
     }
 }
 
-/// The steps of a create job, in order; `RollingBack` only after a failure. `Fetching` runs
-/// only for a template that is fetched first, `Cloning` instead of `Creating` for a clone.
+/// The steps of a job, in order; `RollingBack` only after a failure. A create job runs
+/// `Validating` to `Finalizing` (`Fetching` only for a template that is fetched first,
+/// `Cloning` instead of `Creating` for a clone); a destroy job `Finding`, `Stopping`, `Deleting`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
@@ -44,6 +45,9 @@ pub enum Step {
     Connecting,
     Deploying,
     Finalizing,
+    Finding,
+    Stopping,
+    Deleting,
     RollingBack,
 }
 
@@ -58,6 +62,9 @@ impl Step {
             Step::Connecting => "connecting",
             Step::Deploying => "deploying",
             Step::Finalizing => "finalizing",
+            Step::Finding => "finding",
+            Step::Stopping => "stopping",
+            Step::Deleting => "deleting",
             Step::RollingBack => "rolling_back",
         }
     }
@@ -89,7 +96,8 @@ pub enum ErrorKind {
     Validation,
     /// The job was sent to another node's agent.
     WrongNode,
-    /// The vmid belongs to a container pvefleet did not create.
+    /// The vmid belongs to a container pvefleet did not create (or, for a destroy, one that
+    /// is protected).
     Conflict,
     /// The Proxmox API refused or failed a request.
     Proxmox,

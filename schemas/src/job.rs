@@ -1,9 +1,10 @@
-//! The create job: what the coordinator publishes on `pvefleet.jobs.<node>.create`.
+//! The jobs: what the coordinator publishes on `pvefleet.jobs.<node>.create` and
+//! `pvefleet.jobs.<node>.destroy`.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{JobId, NodeName};
+use crate::ids::{JobId, NodeName, Vmid};
 use crate::message::{DecodeError, Timestamp, V1, decode};
 use crate::spec::{ContainerSpec, DeploySpec, JobOptions};
 use crate::validate::{Problems, ValidationErrors};
@@ -13,6 +14,7 @@ use crate::validate::{Problems, ValidationErrors};
 #[serde(rename_all = "snake_case")]
 pub enum JobMessageKind {
     Create,
+    Destroy,
 }
 
 /// A request to create one container and deploy into it.
@@ -64,6 +66,91 @@ impl Job {
         p.nest("container", self.container.validate());
         p.nest("deploy", self.deploy.validate());
         p.nest("options", self.options.validate());
+        p.finish()
+    }
+}
+
+/// Which container a destroy job removes: the one a create job made (found by that job's
+/// marker tag), or a vmid (whose container must carry some pvefleet marker). Given both, the
+/// container found by the marker must have that vmid.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_job: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmid: Option<Vmid>,
+}
+
+/// How a destroy job stops a running container.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyOptions {
+    /// How long a clean shutdown may take before the container is stopped hard.
+    #[serde(default = "DestroyOptions::default_shutdown")]
+    pub shutdown_timeout: crate::spec::HumanDuration,
+    /// How long each Proxmox task (shutdown, stop, destroy) may take.
+    #[serde(default = "DestroyOptions::default_task")]
+    pub task_timeout: crate::spec::HumanDuration,
+}
+
+impl DestroyOptions {
+    fn default_shutdown() -> crate::spec::HumanDuration {
+        crate::spec::HumanDuration(std::time::Duration::from_secs(60))
+    }
+    fn default_task() -> crate::spec::HumanDuration {
+        crate::spec::HumanDuration(std::time::Duration::from_secs(300))
+    }
+}
+
+impl Default for DestroyOptions {
+    fn default() -> Self {
+        Self { shutdown_timeout: Self::default_shutdown(), task_timeout: Self::default_task() }
+    }
+}
+
+/// A request to remove one container pvefleet made (`pvefleet.jobs.<node>.destroy`).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DestroyJob {
+    pub v: V1,
+    pub kind: JobMessageKind,
+    pub job_id: JobId,
+    pub node: NodeName,
+    pub submitted_at: Timestamp,
+    pub target: DestroyTarget,
+    #[serde(default)]
+    pub options: DestroyOptions,
+}
+
+impl DestroyJob {
+    pub fn new(node: NodeName, target: DestroyTarget) -> Self {
+        Self {
+            v: V1,
+            kind: JobMessageKind::Destroy,
+            job_id: JobId::new(),
+            node,
+            submitted_at: Timestamp::now(),
+            target,
+            options: DestroyOptions::default(),
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode(bytes, "job kind", &["destroy"])
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a destroy job always serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut p = Problems::default();
+        p.check("target", self.target.create_job.is_some() || self.target.vmid.is_some(), || {
+            "names no container: give `create_job` or `vmid`".into()
+        });
+        p.check("options.shutdown_timeout", !self.options.shutdown_timeout.0.is_zero(), || "must be above 0".into());
+        p.check("options.task_timeout", !self.options.task_timeout.0.is_zero(), || "must be above 0".into());
         p.finish()
     }
 }

@@ -37,7 +37,7 @@ pub use event::{
     CancelReply, CancelRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, Step,
 };
 pub use ids::{JobId, NodeName, Vmid};
-pub use job::{Job, JobMessageKind};
+pub use job::{DestroyJob, DestroyOptions, DestroyTarget, Job, JobMessageKind};
 pub use message::{DecodeError, Timestamp, V1, VERSION};
 pub use redact::{redact_url, redact_urls};
 pub use spec::{

@@ -21,12 +21,14 @@ pub const VMIDS_BUCKET: &str = "pvefleet-vmids";
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum JobKind {
     Create,
+    Destroy,
 }
 
 impl JobKind {
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Create => "create",
+            JobKind::Destroy => "destroy",
         }
     }
 }

@@ -1,11 +1,16 @@
 //! JSON Schemas of the job and event messages, generated from the types so they cannot drift;
 //! a test fails when the checked-in copies under `schemas/json-schema/` are stale.
 
-use crate::{Event, Job};
+use crate::{DestroyJob, Event, Job};
 
 /// The JSON Schema of a job message, pretty-printed with a trailing newline.
 pub fn job_schema() -> String {
     pretty(schemars::schema_for!(Job))
+}
+
+/// The JSON Schema of a destroy job message.
+pub fn destroy_job_schema() -> String {
+    pretty(schemars::schema_for!(DestroyJob))
 }
 
 /// The JSON Schema of an event message, pretty-printed with a trailing newline.

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use pvefleet_schemas::schema::{event_schema, job_schema};
+use pvefleet_schemas::schema::{destroy_job_schema, event_schema, job_schema};
 use pvefleet_schemas::{DecodeError, ErrorKind, Event, EventType, Job, Step};
 use serde_json::Value;
 
@@ -39,6 +39,16 @@ fn job_example_round_trips_unchanged_and_is_valid() {
 }
 
 #[test]
+fn destroy_job_example_round_trips_unchanged_and_is_valid() {
+    let bytes = read("examples/job-destroy.json");
+    let job = pvefleet_schemas::DestroyJob::decode(&bytes).unwrap();
+    assert_eq!(json(&job.encode()), json(&bytes));
+    job.validate().unwrap();
+    assert!(job.target.create_job.is_some() && job.target.vmid.is_some());
+    assert!(Job::decode(&bytes).unwrap_err().to_string().contains("destroy"), "a create reader names the kind");
+}
+
+#[test]
 fn event_examples_round_trip_unchanged() {
     let mut kinds = Vec::new();
     for rel in EVENTS {
@@ -55,7 +65,11 @@ fn event_examples_round_trip_unchanged() {
 
 #[test]
 fn checked_in_schemas_are_current() {
-    for (rel, fresh) in [("json-schema/job.json", job_schema()), ("json-schema/event.json", event_schema())] {
+    for (rel, fresh) in [
+        ("json-schema/job.json", job_schema()),
+        ("json-schema/destroy-job.json", destroy_job_schema()),
+        ("json-schema/event.json", event_schema()),
+    ] {
         if std::env::var_os("PVEFLEET_BLESS").is_some() {
             std::fs::write(path(rel), &fresh).unwrap();
         }
@@ -80,6 +94,11 @@ fn examples_validate_against_the_schemas() {
         let errors: Vec<String> = event.iter_errors(&example).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{rel}: {errors:?}");
     }
+
+    let destroy = jsonschema::validator_for(&json(&read("json-schema/destroy-job.json"))).unwrap();
+    let example = json(&read("examples/job-destroy.json"));
+    let errors: Vec<String> = destroy.iter_errors(&example).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
 
     // The schema is strict where the types are: a typo'd container field is refused.
     let mut typo = json(&read("examples/job-create.json"));

@@ -30,6 +30,11 @@ pub async fn submit(js: &jetstream::Context, job: &Job) -> anyhow::Result<()> {
     submit_raw(js, &job.node, &job.job_id.to_string(), job.encode()).await
 }
 
+/// Publishes a destroy job as the coordinator does.
+pub async fn submit_destroy(js: &jetstream::Context, job: &pvefleet_schemas::DestroyJob) -> anyhow::Result<()> {
+    publish(js, job_subject(&job.node, JobKind::Destroy), &job.job_id.to_string(), job.encode()).await
+}
+
 /// Publishes any bytes as a create job for `node` (for poison-message tests).
 pub async fn submit_raw(
     js: &jetstream::Context,
@@ -37,13 +42,14 @@ pub async fn submit_raw(
     msg_id: &str,
     payload: Vec<u8>,
 ) -> anyhow::Result<()> {
-    js.send_publish(
-        job_subject(node, JobKind::Create),
-        PublishMessage::build().payload(payload.into()).message_id(msg_id),
-    )
-    .await?
-    .await
-    .context("the jobs stream did not acknowledge the job")?;
+    publish(js, job_subject(node, JobKind::Create), msg_id, payload).await
+}
+
+async fn publish(js: &jetstream::Context, subject: String, msg_id: &str, payload: Vec<u8>) -> anyhow::Result<()> {
+    js.send_publish(subject, PublishMessage::build().payload(payload.into()).message_id(msg_id))
+        .await?
+        .await
+        .context("the jobs stream did not acknowledge the job")?;
     Ok(())
 }
 

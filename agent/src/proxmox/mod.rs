@@ -299,6 +299,13 @@ impl PveClient {
         self.upid(Method::POST, &path, data)
     }
 
+    /// A clean shutdown, given `within` to finish (PVE's task fails if it does not).
+    pub async fn shutdown(&self, vmid: Vmid, within: Duration) -> Result<Upid, PveError> {
+        let path = self.node_path(&format!("/lxc/{vmid}/status/shutdown"));
+        let data = self.call(Method::POST, &path, &[("timeout", within.as_secs().max(1).to_string())]).await?;
+        self.upid(Method::POST, &path, data)
+    }
+
     pub async fn stop(&self, vmid: Vmid) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}/status/stop"));
         let data = self.call(Method::POST, &path, &[]).await?;
