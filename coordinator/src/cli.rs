@@ -56,6 +56,13 @@ pub enum Verb {
         after_help = "Examples:\n  pvefleet submit --node pve1 --hostname web-01 --ostemplate local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst --ip 10.0.0.21/24 --gw 10.0.0.1 --watch\n  pvefleet submit --template web --hostname web-02 --node auto --password-file ~/.pvefleet-root\n  pvefleet submit --spec web.toml --request-id deploy-42"
     )]
     Submit(Box<SubmitArgs>),
+    /// Destroy a container pvefleet made, through its node's agent: by the create job that made
+    /// it, or by node and vmid. A container without a pvefleet marker, or a protected one, is
+    /// refused and left as it is; one already gone is success.
+    #[command(
+        after_help = "Examples:\n  pvefleet destroy 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --watch\n  pvefleet destroy --node pve1 --vmid 201 --request-id rm-201"
+    )]
+    Destroy(DestroyArgs),
     /// Replay a job's events from the first, then follow it to its end (exit 0 on complete,
     /// 1 on error, 2 for an unknown job).
     #[command(after_help = "Example:\n  pvefleet watch 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --json")]
@@ -71,7 +78,8 @@ pub enum Verb {
         /// Only this node's jobs.
         #[arg(long)]
         node: Option<String>,
-        /// queued, running, succeeded, failed or cancelled.
+        /// queued, running, succeeded, failed, cancelled or destroyed (a create job whose
+        /// container a destroy job removed).
         #[arg(long)]
         state: Option<String>,
         /// The jobs as a JSON array.
@@ -125,6 +133,30 @@ pub enum TemplateVerb {
     /// Remove a template.
     #[command(after_help = "Example:\n  pvefleet template rm web")]
     Rm { name: String },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct DestroyArgs {
+    /// The create job whose container to destroy.
+    pub job: Option<String>,
+    /// The container's node (with --vmid, instead of a job).
+    #[arg(long, requires = "vmid", conflicts_with = "job")]
+    pub node: Option<String>,
+    /// The container's vmid (with --node).
+    #[arg(long, requires = "node")]
+    pub vmid: Option<u32>,
+    /// How long a clean shutdown may take before the container is stopped hard.
+    #[arg(long, default_value = "60s")]
+    pub shutdown_timeout: String,
+    /// Makes re-running the same destroy safe: the same key gives the same job.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Follow the job after submitting it.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the job as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Default)]

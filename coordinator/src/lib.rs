@@ -77,6 +77,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             TemplateVerb::Rm { name } => verbs::template::rm(&cli, name).await,
         },
         Verb::Record => verbs::record::run(&cli).await,
+        Verb::Destroy(ref args) => verbs::destroy::run(&cli, args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -60,6 +60,12 @@ pub mod job {
         pub finished_at: Option<String>,
         /// The job message's sequence in PVEFLEET_JOBS (to remove it while queued).
         pub stream_seq: Option<i64>,
+        /// `create` or `destroy`.
+        pub kind: String,
+        /// For a destroy job: the create job whose container it removes, if named by one.
+        pub target_job: Option<String>,
+        /// For a create job: the destroy job that removed its container.
+        pub destroyed_by: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -123,13 +129,15 @@ pub enum Recorded {
     Refused(String),
 }
 
-/// Job states, in the only order they may move.
-pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "cancelled"];
+/// Job states, in the only order they may move: queued → running → succeeded | failed |
+/// cancelled, and a create job whose container a destroy job removed → destroyed.
+pub const STATES: [&str; 6] = ["queued", "running", "succeeded", "failed", "cancelled", "destroyed"];
 
 fn rank(state: &str) -> usize {
     match state {
         "queued" => 0,
         "running" => 1,
+        "destroyed" => 3,
         _ => 2,
     }
 }
@@ -265,12 +273,36 @@ impl MigrationTrait for NodeKeys {
     }
 }
 
+/// Destroy jobs: a job's kind, what a destroy targets, and which destroy removed a create
+/// job's container. One column per statement: SQLite alters one at a time.
+struct JobKinds;
+
+impl MigrationName for JobKinds {
+    fn name(&self) -> &str {
+        "m20261201_000003_job_kinds"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for JobKinds {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let jobs = || Table::alter().table(Alias::new("jobs")).to_owned();
+        manager
+            .alter_table(
+                jobs().add_column(ColumnDef::new(Alias::new("kind")).string().not_null().default("create")).to_owned(),
+            )
+            .await?;
+        manager.alter_table(jobs().add_column(ColumnDef::new(Alias::new("target_job")).string()).to_owned()).await?;
+        manager.alter_table(jobs().add_column(ColumnDef::new(Alias::new("destroyed_by")).string()).to_owned()).await
+    }
+}
+
 #[derive(Debug)]
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init), Box::new(NodeKeys)]
+        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds)]
     }
 }
 
@@ -373,7 +405,49 @@ impl Store {
             started_at: Set(None),
             finished_at: Set(None),
             stream_seq: Set(None),
+            kind: Set("create".into()),
+            target_job: Set(None),
+            destroyed_by: Set(None),
         };
+        self.reserve(model, request_id).await
+    }
+
+    /// Records a destroy job about to be published, under `hostname` (its target's, if known).
+    pub async fn insert_destroy_job(
+        &self,
+        job: &pvefleet_schemas::DestroyJob,
+        hostname: &str,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<Result<(), job::Model>> {
+        let model = job::ActiveModel {
+            job_id: Set(job.job_id.to_string()),
+            node: Set(job.node.to_string()),
+            state: Set("queued".into()),
+            hostname: Set(hostname.to_owned()),
+            spec: Set(serde_json::to_string(job)?),
+            template: Set(None),
+            request_id: Set(request_id.map(str::to_owned)),
+            vmid: Set(job.target.vmid.map(|v| i64::from(v.get()))),
+            ip: Set(None),
+            error_kind: Set(None),
+            error_message: Set(None),
+            submitted_at: Set(job.submitted_at.to_string()),
+            started_at: Set(None),
+            finished_at: Set(None),
+            stream_seq: Set(None),
+            kind: Set("destroy".into()),
+            target_job: Set(job.target.create_job.map(|j| j.to_string())),
+            destroyed_by: Set(None),
+        };
+        self.reserve(model, request_id).await
+    }
+
+    /// Inserts a job's row; with a request id already taken, answers with the job that has it.
+    async fn reserve(
+        &self,
+        model: job::ActiveModel,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<Result<(), job::Model>> {
         match job::Entity::insert(model).exec_without_returning(&self.db).await {
             Ok(_) => Ok(Ok(())),
             Err(e) => match request_id {
@@ -469,6 +543,9 @@ impl Store {
                     started_at: Set(None),
                     finished_at: Set(None),
                     stream_seq: Set(None),
+                    kind: Set("create".into()),
+                    target_job: Set(None),
+                    destroyed_by: Set(None),
                 }
                 .insert(&tx)
                 .await?
@@ -495,7 +572,21 @@ impl Store {
             }
             model.finished_at = Set(Some(e.timestamp.to_string()));
         }
-        model.update(&tx).await?;
+        let job = model.update(&tx).await?;
+        // A destroy job that succeeded: the create job it names no longer has a container.
+        if job.kind == "destroy"
+            && !finished
+            && e.kind == EventType::Complete
+            && let Some(target) = &job.target_job
+        {
+            job::Entity::update_many()
+                .col_expr(job::Column::State, sea_orm::sea_query::Expr::value("destroyed"))
+                .col_expr(job::Column::DestroyedBy, sea_orm::sea_query::Expr::value(job.job_id.clone()))
+                .filter(job::Column::JobId.eq(target.clone()))
+                .filter(job::Column::Node.eq(job.node.clone()))
+                .exec(&tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(Recorded::New)
     }

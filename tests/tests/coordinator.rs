@@ -555,3 +555,53 @@ async fn an_empty_store_says_how_to_begin_and_a_dead_nats_is_said_once() -> anyh
     dir.pass();
     Ok(())
 }
+
+/// `pvefleet destroy` by job id and by node and vmid, through the agent; the store records the
+/// create job as destroyed; the same request id again makes no second destroy job.
+#[tokio::test]
+async fn destroy_by_job_or_by_vmid_and_the_store_says_destroyed() -> anyhow::Result<()> {
+    let bed = bed("cli-destroy", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let _agent = bed.agent("pve1")?;
+    let _recorder = bed.cli.recorder("recorder")?;
+    let mut made = Vec::new();
+    for (name, ip) in [("gone-1", "127.0.0.110/32"), ("gone-2", "127.0.0.111/32")] {
+        let run = bed.cli.run(&[submit_args("pve1", name, ip), vec!["--watch"]].concat()).await?;
+        assert_eq!(run.code, Some(0), "{run:?}");
+        let job = run.stdout.lines().next().unwrap_or_default().trim().to_owned();
+        made.push(bed.recorded(&job, "succeeded").await?);
+    }
+    assert_eq!(bed.pve.containers().await?, vec![100, 101]);
+
+    let job = made[0]["job_id"].as_str().unwrap().to_owned();
+    let run = bed.cli.run(&["destroy", &job, "--watch", "--request-id", "rm-1"]).await?;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("container 100 destroyed"), "{}", run.stdout);
+    let destroy_job = run.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    let row = bed.recorded(&job, "destroyed").await?;
+    assert_eq!(row["destroyed_by"], destroy_job.as_str());
+    let again = bed.cli.run(&["destroy", &job, "--request-id", "rm-1"]).await?;
+    assert!(again.ok() && again.stdout.trim() == destroy_job, "the same request, the same job: {again:?}");
+
+    let run = bed.cli.run(&["destroy", "--node", "pve1", "--vmid", "101", "--watch"]).await?;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(bed.pve.containers().await?, Vec::<u32>::new());
+    let second = made[1]["job_id"].as_str().unwrap().to_owned();
+    bed.recorded(&second, "destroyed").await?;
+    let listed = bed.cli.run(&["jobs", "--state", "destroyed", "--json"]).await?;
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout)?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+
+    // Bad input: exit 2, nothing published.
+    let before = bed.js.get_stream(JOBS_STREAM).await?.info().await?.state.last_sequence;
+    for args in [
+        vec!["destroy"],
+        vec!["destroy", "01JDQ8Z3M4X6T2E9R5W7Y1K0AB"],
+        vec!["destroy", "--node", "pve 1", "--vmid", "100"],
+    ] {
+        let run = bed.cli.run(&args).await?;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+    }
+    assert_eq!(bed.js.get_stream(JOBS_STREAM).await?.info().await?.state.last_sequence, before);
+    bed.dir.pass();
+    Ok(())
+}

@@ -9,7 +9,8 @@ use crate::{Failure, Outcome};
 
 fn as_json(j: &job::Model) -> serde_json::Value {
     json!({
-        "job_id": j.job_id, "node": j.node, "state": j.state, "hostname": j.hostname,
+        "job_id": j.job_id, "kind": j.kind, "node": j.node, "state": j.state, "hostname": j.hostname,
+        "target_job": j.target_job, "destroyed_by": j.destroyed_by,
         "template": j.template, "request_id": j.request_id, "vmid": j.vmid, "ip": j.ip,
         "error": j.error_kind.as_ref().map(|k| json!({"kind": k, "message": j.error_message})),
         "submitted_at": j.submitted_at, "started_at": j.started_at, "finished_at": j.finished_at,
@@ -45,10 +46,20 @@ pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, json: bool
         return Ok(());
     }
     let mut table = Table::new();
-    table.load_style(UTF8_FULL_CONDENSED).set_header(["JOB", "NODE", "STATE", "HOSTNAME", "VMID", "IP", "SUBMITTED"]);
+    table.load_style(UTF8_FULL_CONDENSED).set_header([
+        "JOB",
+        "KIND",
+        "NODE",
+        "STATE",
+        "HOSTNAME",
+        "VMID",
+        "IP",
+        "SUBMITTED",
+    ]);
     for j in &jobs {
         table.add_row([
             j.job_id.clone(),
+            j.kind.clone(),
             j.node.clone(),
             j.state.clone(),
             j.hostname.clone(),
@@ -80,11 +91,14 @@ pub async fn show(cli: &Cli, job: &str, json: bool) -> Outcome {
     table.load_style(UTF8_FULL_CONDENSED);
     let rows: Vec<(&str, String)> = vec![
         ("job", j.job_id.clone()),
+        ("kind", j.kind.clone()),
         ("node", j.node.clone()),
         ("state", j.state.clone()),
         ("hostname", j.hostname.clone()),
         ("template", j.template.clone().unwrap_or_default()),
         ("vmid", j.vmid.map(|v| v.to_string()).unwrap_or_default()),
+        ("destroys", j.target_job.clone().unwrap_or_default()),
+        ("destroyed by", j.destroyed_by.clone().unwrap_or_default()),
         ("ip", j.ip.clone().unwrap_or_default()),
         (
             "error",

@@ -1,6 +1,7 @@
 //! One file per verb.
 
 pub mod cancel;
+pub mod destroy;
 pub mod jobs;
 pub mod nodes;
 pub mod record;

@@ -128,12 +128,23 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     finish(cli, args, job.job_id, &serde_json::to_string(&public).expect("a job serializes")).await
 }
 
-/// Publishes `job` with its id as the dedup id and returns its stream sequence. A publish
-/// that times out (a cluster electing a leader) is tried again: the same id makes that safe.
+/// Publishes `job` with its id as the dedup id and returns its stream sequence.
 async fn publish(js: &jetstream::Context, job: &Job) -> anyhow::Result<u64> {
+    publish_job(js, job_subject(&job.node, JobKind::Create), job.job_id, job.encode()).await
+}
+
+/// Publishes a job message on `subject` with its id as the dedup id and returns its stream
+/// sequence. A publish that times out (a cluster electing a leader) is tried again: the same
+/// id makes that safe.
+pub(crate) async fn publish_job(
+    js: &jetstream::Context,
+    subject: String,
+    job_id: JobId,
+    payload: Vec<u8>,
+) -> anyhow::Result<u64> {
     use async_nats::jetstream::context::PublishErrorKind;
     use backon::{ExponentialBuilder, Retryable as _};
-    let payload: bytes::Bytes = job.encode().into();
+    let payload: bytes::Bytes = payload.into();
     let retry = ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(200))
         .with_max_delay(std::time::Duration::from_secs(3))
@@ -141,8 +152,8 @@ async fn publish(js: &jetstream::Context, job: &Job) -> anyhow::Result<u64> {
         .without_max_times();
     let ack = (|| async {
         js.send_publish(
-            job_subject(&job.node, JobKind::Create),
-            PublishMessage::build().payload(payload.clone()).message_id(job.job_id.to_string()),
+            subject.clone(),
+            PublishMessage::build().payload(payload.clone()).message_id(job_id.to_string()),
         )
         .await?
         .await

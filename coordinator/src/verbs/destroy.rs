@@ -1,0 +1,115 @@
+//! `pvefleet destroy`: a destroy job for the container a create job made (or a vmid on a
+//! node), published like a create job (dedup id, `--request-id`), recorded, followed.
+
+use async_nats::jetstream;
+use pvefleet_schemas::names::{JobKind, job_subject};
+use pvefleet_schemas::{DestroyJob, DestroyTarget, HumanDuration, NodeName, Vmid};
+
+use crate::cli::{Cli, DestroyArgs};
+use crate::spec::BadInput;
+use crate::store::Store;
+use crate::{Failure, Outcome};
+
+pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
+    let store = crate::open_store(cli).await?;
+    if let Some(key) = &args.request_id
+        && let Some(existing) = store.job_by_request(key).await?
+    {
+        if existing.kind != "destroy" {
+            return Err(BadInput::field(
+                "--request-id",
+                format!("`{key}` is the request of create job {}", existing.job_id),
+            )
+            .into());
+        }
+        eprintln!("request {key} was submitted before as job {}", existing.job_id);
+        if existing.stream_seq.is_none() && existing.state == "queued" {
+            // Recorded, but its publish was never confirmed: publish that same job again.
+            let job = DestroyJob::decode(existing.spec.as_bytes())
+                .map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
+            publish(cli, &store, &job, args).await?;
+        }
+        return finish(cli, args, &existing.job_id, &existing.spec).await;
+    }
+    let (node, target, hostname) = target(&store, args).await?;
+    let shutdown_timeout: HumanDuration =
+        args.shutdown_timeout.parse().map_err(|e: String| BadInput::field("--shutdown-timeout", e))?;
+    let mut job = DestroyJob::new(node, target);
+    job.options.shutdown_timeout = shutdown_timeout;
+    job.validate()?;
+    if let Err(existing) = store.insert_destroy_job(&job, &hostname, args.request_id.as_deref()).await? {
+        return finish(cli, args, &existing.job_id, &existing.spec).await;
+    }
+    publish(cli, &store, &job, args).await?;
+    finish(cli, args, &job.job_id.to_string(), &serde_json::to_string(&job).expect("a job serializes")).await
+}
+
+/// The node and container to destroy, and a name for the job's row.
+async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyTarget, String), Failure> {
+    match (&args.job, &args.node, args.vmid) {
+        (Some(job), None, None) => {
+            let id = crate::job_id(job)?;
+            let Some(row) = store.job(&id).await? else {
+                return Err(Failure::Usage(format!("unknown job {id} (see `pvefleet jobs`)")));
+            };
+            if row.kind != "create" {
+                return Err(Failure::Usage(format!("job {id} is a {} job, not one that made a container", row.kind)));
+            }
+            if matches!(row.state.as_str(), "queued" | "running") {
+                return Err(Failure::Failed(anyhow::anyhow!(
+                    "job {id} is still {}; cancel it first (`pvefleet cancel {id}`), which rolls it back",
+                    row.state
+                )));
+            }
+            let vmid = row.vmid.and_then(|v| u32::try_from(v).ok()).and_then(|v| Vmid::new(v).ok());
+            let target = DestroyTarget { create_job: Some(id), vmid };
+            Ok((NodeName::new(&row.node)?, target, row.hostname))
+        }
+        (None, Some(node), Some(vmid)) => {
+            let node = NodeName::new(node)?;
+            let vmid = Vmid::new(vmid)?;
+            // The create job that made it, when the store knows one: its marker is then required.
+            let made_by = store
+                .jobs(Some(node.as_str()), None)
+                .await?
+                .into_iter()
+                .filter(|j| j.kind == "create" && j.vmid == Some(i64::from(vmid.get())) && j.state != "destroyed")
+                .max_by(|a, b| a.job_id.cmp(&b.job_id));
+            let hostname = made_by.as_ref().map_or_else(|| format!("vmid {vmid}"), |j| j.hostname.clone());
+            let create_job = made_by.and_then(|j| j.job_id.parse().ok());
+            Ok((node, DestroyTarget { create_job, vmid: Some(vmid) }, hostname))
+        }
+        _ => Err(BadInput::field("JOB", "give the create job, or --node NODE --vmid VMID").into()),
+    }
+}
+
+async fn publish(cli: &Cli, store: &Store, job: &DestroyJob, args: &DestroyArgs) -> Outcome {
+    let js = jetstream::new(crate::bus::connect(cli).await?);
+    let subject = job_subject(&job.node, JobKind::Destroy);
+    match super::submit::publish_job(&js, subject, job.job_id, job.encode()).await {
+        Ok(seq) => Ok(store.set_stream_seq(&job.job_id, seq).await?),
+        Err(e) => {
+            if let Some(key) = &args.request_id {
+                eprintln!(
+                    "job {} is recorded but not confirmed queued; run the same command (--request-id {key}) again",
+                    job.job_id
+                );
+            } else {
+                store.delete_job(&job.job_id).await?;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+async fn finish(cli: &Cli, args: &DestroyArgs, job_id: &str, json: &str) -> Outcome {
+    if args.json {
+        println!("{json}");
+    } else {
+        println!("{job_id}");
+    }
+    if args.watch {
+        return super::watch::run(cli, job_id, args.json).await;
+    }
+    Ok(())
+}
