@@ -173,12 +173,17 @@ pub struct SubmitArgs {
     /// Makes re-running the same submit safe: the same key gives the same job.
     #[arg(long)]
     pub request_id: Option<String>,
-    /// Follow the job after submitting it.
+    /// Follow the job after submitting it (with --count, all of them at once).
     #[arg(long)]
     pub watch: bool,
-    /// Print the job (without its password) as JSON.
+    /// Print the job (without its password) as JSON (with --count, one job per line).
     #[arg(long)]
     pub json: bool,
+    /// Make N jobs from this one spec: `{n}` (1-based; `{n:02}` pads it) in --hostname, and in
+    /// --ip (or a NIC's ip) as a host number (`10.0.0.{n+20}/24`). All N are validated before
+    /// any is published; with --request-id K each job's request is K-<n>.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u32>,
 
     /// The container's hostname (a DNS name).
     #[arg(long)]

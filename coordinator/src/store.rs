@@ -665,7 +665,8 @@ mod tests {
         assert!(rank("running") > rank("queued"));
         assert!(rank("failed") > rank("running"));
         assert_eq!(rank("succeeded"), rank("cancelled"));
-        assert_eq!(STATES.len(), 5);
+        assert!(rank("destroyed") > rank("succeeded") && rank("destroyed") > rank("failed"));
+        assert_eq!(STATES.len(), 6);
     }
 
     async fn temp_store() -> (tempfile::TempDir, Store) {
@@ -693,7 +694,7 @@ mod tests {
             [
                 r#"CREATE TABLE "events" ( "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "job_id" varchar NOT NULL, "seq" bigint NOT NULL, "kind" varchar NOT NULL, "step" varchar, "percent" integer NOT NULL, "message" text NOT NULL, "stream" varchar, "timestamp" varchar NOT NULL )"#,
                 r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
-                r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint )"#,
+                r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar)"#,
                 r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
                 r#"CREATE TABLE "node_keys" ( "node" varchar NOT NULL PRIMARY KEY, "public_key" varchar NOT NULL, "fingerprint" varchar NOT NULL, "pinned_at" varchar NOT NULL )"#,
                 r#"CREATE TABLE "templates" ( "name" varchar NOT NULL PRIMARY KEY, "spec" text NOT NULL, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,

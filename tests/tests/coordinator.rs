@@ -605,3 +605,72 @@ async fn destroy_by_job_or_by_vmid_and_the_store_says_destroyed() -> anyhow::Res
     bed.dir.pass();
     Ok(())
 }
+
+/// `submit --count 5 --node auto` over two nodes: five jobs named and addressed by `{n}`,
+/// spread by what each node has left after the ones placed before; the same command again
+/// makes nothing new; one bad hostname among five publishes none.
+#[tokio::test]
+async fn count_makes_n_jobs_spread_by_capacity_once_and_all_or_none() -> anyhow::Result<()> {
+    let bed = bed("cli-count", &["pve1", "pve2"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    // 8 GB each; pve2 has 3 GB in use. 2 GB per job: pve1, pve1, pve2, pve1, pve2.
+    bed.pve.node_memory_used("pve1", 0).await?;
+    bed.pve.node_memory_used("pve2", 3 << 30).await?;
+    let _a1 = bed.agent("pve1")?;
+    let _a2 = bed.agent("pve2")?;
+    let _recorder = bed.cli.recorder("recorder")?;
+    let js = bed.js.clone();
+    wait_until("both agents in the registry", Duration::from_secs(20), || async {
+        let kv = js.get_key_value(pvefleet_schemas::names::NODES_BUCKET).await.ok()?;
+        let beats = [kv.get("pve1").await.ok()??, kv.get("pve2").await.ok()??];
+        beats.iter().all(|b| pvefleet_schemas::Heartbeat::decode(b).is_ok_and(|h| h.capacity.is_some())).then_some(())
+    })
+    .await?;
+    let args = [
+        "submit",
+        "--count",
+        "5",
+        "--node",
+        "auto",
+        "--hostname",
+        "web-{n:02}",
+        "--ip",
+        "127.0.0.{n+120}/32",
+        "--memory",
+        "2048",
+        "--ostemplate",
+        OSTEMPLATE,
+        "--request-id",
+        "class",
+        "--watch",
+    ];
+    let run = bed.cli.run(&args).await?;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run.stdout.contains("5 of 5 jobs succeeded, 0 failed"), "{}", run.stdout);
+    let ids: Vec<String> = run.stdout.lines().take(5).map(|l| l.trim().to_owned()).collect();
+    let mut placed = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let row = bed.recorded(id, "succeeded").await?;
+        assert_eq!(row["hostname"], format!("web-{:02}", n + 1));
+        assert_eq!(row["ip"], format!("127.0.0.{}", n + 121));
+        placed.push(row["node"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(placed, ["pve1", "pve1", "pve2", "pve1", "pve2"], "each choice counts the jobs placed before it");
+    assert_eq!(bed.pve.containers().await?.len(), 5);
+
+    let again = bed.cli.run(&args).await?;
+    assert_eq!(again.code, Some(0), "{again:?}");
+    assert_eq!(again.stdout.lines().take(5).map(str::trim).collect::<Vec<_>>(), ids, "the same five jobs");
+    assert_eq!(bed.pve.containers().await?.len(), 5, "nothing new");
+
+    // `{n-2}web` is `-1web` for the first: not a hostname. None of the five is published.
+    let before = bed.js.get_stream(JOBS_STREAM).await?.info().await?.state.last_sequence;
+    let bad = bed
+        .cli
+        .run(&["submit", "--count", "5", "--node", "auto", "--hostname", "{n-2}web", "--ostemplate", OSTEMPLATE])
+        .await?;
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("job 1 of 5") && bad.stderr.contains("hostname"), "{}", bad.stderr);
+    assert_eq!(bed.js.get_stream(JOBS_STREAM).await?.info().await?.state.last_sequence, before, "none published");
+    bed.dir.pass();
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! One file per verb.
 
+pub mod batch;
 pub mod cancel;
 pub mod destroy;
 pub mod jobs;

@@ -21,6 +21,11 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         .into());
     }
     let store = crate::open_store(cli).await?;
+    if let Some(count) = args.count {
+        // Each of the N jobs has its own request id (`<request-id>-<n>`).
+        let parts = gather(args, &store).await?;
+        return super::batch::run(cli, args, &store, parts, count).await;
+    }
     if let Some(key) = &args.request_id
         && let Some(existing) = store.job_by_request(key).await?
     {
@@ -34,65 +39,11 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         return finish_existing(cli, args, &existing).await;
     }
 
-    let mut container = toml::Table::new();
-    let mut deploy = DeploySpec::default();
-    let mut options = None;
-    let mut node = None;
-    let mut template_name = args.template.clone();
-    let spec_file = args.spec.as_deref().map(SpecFile::read).transpose()?;
-    if template_name.is_none() {
-        template_name = spec_file.as_ref().and_then(|s| s.template.clone());
-    }
-    if let Some(name) = &template_name {
-        let row = store.template(name).await?.ok_or_else(|| {
-            BadInput::field("--template", format!("no template named `{name}` (see `pvefleet template list`)"))
-        })?;
-        let template: SpecFile =
-            serde_json::from_str(&row.spec).map_err(|e| anyhow::anyhow!("stored template {name}: {e}"))?;
-        overlay(&mut container, template.container);
-        extend_deploy(&mut deploy, template.deploy);
-        options = template.options;
-    }
-    if let Some(spec) = spec_file {
-        overlay(&mut container, spec.container);
-        extend_deploy(&mut deploy, spec.deploy);
-        options = spec.options.or(options);
-        node = spec.node;
-    }
-    overlay(&mut container, flags(args));
-    overlay(&mut container, crate::spec::pve_flags(&args.nets, &args.mps, args.startup.as_deref())?);
-    overlay(&mut container, crate::spec::source_flags(args)?);
-    deploy.packages.extend(args.packages.iter().cloned());
-    let container = container_from(container)?;
+    let parts = gather(args, &store).await?;
     // Kept in memory only, and sealed to the chosen node's agent once the node is known.
     let clear_password = password(args)?;
-    let mut options = options.unwrap_or_default();
-    if let Some(r) = &args.rollback {
-        options.rollback = match r.as_str() {
-            "destroy" => RollbackPolicy::Destroy,
-            "keep" => RollbackPolicy::Keep,
-            other => {
-                return Err(BadInput::field("--rollback", format!("`{other}` is neither `destroy` nor `keep`")).into());
-            }
-        };
-    }
-
-    let node_arg =
-        args.node.clone().or(node).ok_or_else(|| BadInput::field("--node", "give --node NAME or --node auto"))?;
-    // The job is complete but for its node: validate it before anything leaves this machine.
-    let probe_node = if node_arg == "auto" { NodeName::new("auto")? } else { NodeName::new(&node_arg)? };
-    let mut job = Job {
-        v: V1,
-        kind: pvefleet_schemas::JobMessageKind::Create,
-        job_id: JobId::new(),
-        node: probe_node,
-        submitted_at: Timestamp::now(),
-        container,
-        deploy,
-        template: template_name,
-        options,
-    };
-    job.validate()?;
+    let node_arg = parts.node.clone();
+    let mut job = parts.job(container_from(parts.container.clone())?, &node_arg)?;
 
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client);
@@ -128,8 +79,84 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     finish(cli, args, job.job_id, &serde_json::to_string(&public).expect("a job serializes")).await
 }
 
+/// What a submit's template, spec file and flags say, before the container is read.
+pub(crate) struct Parts {
+    /// The container table, overlaid in order; `--count` expands `{n}` in it per job.
+    pub(crate) container: toml::Table,
+    pub(crate) deploy: DeploySpec,
+    pub(crate) options: pvefleet_schemas::JobOptions,
+    pub(crate) template: Option<String>,
+    /// `--node` (or the spec file's node): a name or `auto`.
+    pub(crate) node: String,
+}
+
+impl Parts {
+    /// The job for `container`, on `node` (`auto` stands until placement chooses).
+    pub(crate) fn job(&self, container: pvefleet_schemas::ContainerSpec, node: &str) -> Result<Job, Failure> {
+        let job = Job {
+            v: V1,
+            kind: pvefleet_schemas::JobMessageKind::Create,
+            job_id: JobId::new(),
+            node: NodeName::new(node)?,
+            submitted_at: Timestamp::now(),
+            container,
+            deploy: self.deploy.clone(),
+            template: self.template.clone(),
+            options: self.options,
+        };
+        job.validate()?;
+        Ok(job)
+    }
+}
+
+/// Reads the template, the spec file and the flags into the parts of a job.
+async fn gather(args: &SubmitArgs, store: &crate::store::Store) -> Result<Parts, Failure> {
+    let mut container = toml::Table::new();
+    let mut deploy = DeploySpec::default();
+    let mut options = None;
+    let mut node = None;
+    let mut template_name = args.template.clone();
+    let spec_file = args.spec.as_deref().map(SpecFile::read).transpose()?;
+    if template_name.is_none() {
+        template_name = spec_file.as_ref().and_then(|s| s.template.clone());
+    }
+    if let Some(name) = &template_name {
+        let row = store.template(name).await?.ok_or_else(|| {
+            BadInput::field("--template", format!("no template named `{name}` (see `pvefleet template list`)"))
+        })?;
+        let template: SpecFile =
+            serde_json::from_str(&row.spec).map_err(|e| anyhow::anyhow!("stored template {name}: {e}"))?;
+        overlay(&mut container, template.container);
+        extend_deploy(&mut deploy, template.deploy);
+        options = template.options;
+    }
+    if let Some(spec) = spec_file {
+        overlay(&mut container, spec.container);
+        extend_deploy(&mut deploy, spec.deploy);
+        options = spec.options.or(options);
+        node = spec.node;
+    }
+    overlay(&mut container, flags(args));
+    overlay(&mut container, crate::spec::pve_flags(&args.nets, &args.mps, args.startup.as_deref())?);
+    overlay(&mut container, crate::spec::source_flags(args)?);
+    deploy.packages.extend(args.packages.iter().cloned());
+    let mut options = options.unwrap_or_default();
+    if let Some(r) = &args.rollback {
+        options.rollback = match r.as_str() {
+            "destroy" => RollbackPolicy::Destroy,
+            "keep" => RollbackPolicy::Keep,
+            other => {
+                return Err(BadInput::field("--rollback", format!("`{other}` is neither `destroy` nor `keep`")).into());
+            }
+        };
+    }
+    let node =
+        args.node.clone().or(node).ok_or_else(|| BadInput::field("--node", "give --node NAME or --node auto"))?;
+    Ok(Parts { container, deploy, options, template: template_name, node })
+}
+
 /// Publishes `job` with its id as the dedup id and returns its stream sequence.
-async fn publish(js: &jetstream::Context, job: &Job) -> anyhow::Result<u64> {
+pub(crate) async fn publish(js: &jetstream::Context, job: &Job) -> anyhow::Result<u64> {
     publish_job(js, job_subject(&job.node, JobKind::Create), job.job_id, job.encode()).await
 }
 
@@ -255,7 +282,7 @@ fn flags(a: &SubmitArgs) -> toml::Table {
 /// Seals `password` to the agent of `node`: to the key pinned for it, or (the first time) to
 /// the key its live agent shows, which is then pinned. A key that changed is refused until
 /// the operator trusts it (`pvefleet nodes trust NODE`).
-async fn seal_for(
+pub(crate) async fn seal_for(
     store: &crate::store::Store,
     js: &jetstream::Context,
     node: &NodeName,
@@ -297,7 +324,7 @@ async fn seal_for(
 }
 
 /// The root password the operator gave, checked against PVE's minimum length.
-fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
+pub(crate) fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
     let given = given_password(a)?;
     if let Some((flag, pw)) = &given
         && pw.expose().chars().count() < 5
@@ -343,34 +370,48 @@ fn given_password(a: &SubmitArgs) -> Result<Option<(&'static str, Secret)>, BadI
 
 /// `--node auto`: the live agent with the most free memory whose node fits the container.
 async fn place(js: &jetstream::Context, job: &Job) -> Result<NodeName, Failure> {
+    let beats = crate::bus::heartbeats(js).await?;
+    choose_node(&beats, job, &Placed::new())
+}
+
+/// Memory and disk bytes already given to jobs placed by this command, per node.
+pub(crate) type Placed = std::collections::BTreeMap<NodeName, (u64, u64)>;
+
+/// `--node auto`: the live agent with the most free memory that fits `job`, counting what
+/// the jobs placed before it by the same command take.
+pub(crate) fn choose_node(
+    beats: &[pvefleet_schemas::Heartbeat],
+    job: &Job,
+    placed: &Placed,
+) -> Result<NodeName, Failure> {
     let spec = &job.container;
-    let (need_mem, need_disk) = (u64::from(spec.memory) << 20, u64::from(spec.disk) << 30);
+    let rootfs = spec.effective_rootfs();
+    let (need_mem, need_disk) = (u64::from(spec.memory) << 20, u64::from(rootfs.size) << 30);
     let mut best: Option<(u64, NodeName)> = None;
     let mut refused = Vec::new();
-    for beat in crate::bus::heartbeats(js).await? {
-        let Some(cap) = beat.capacity else {
+    for beat in beats {
+        let Some(cap) = &beat.capacity else {
             refused.push(format!("{}: its Proxmox API did not answer", beat.node));
             continue;
         };
-        let storage = cap.storages.iter().find(|s| s.storage == spec.storage);
+        let (mem_taken, disk_taken) = placed.get(&beat.node).copied().unwrap_or_default();
+        let mem_free = cap.memory_free_bytes.saturating_sub(mem_taken);
+        let storage = cap.storages.iter().find(|s| s.storage == rootfs.storage);
         match storage {
-            None => refused.push(format!("{}: no storage `{}`", beat.node, spec.storage)),
-            Some(s) if s.avail_bytes < need_disk => refused.push(format!(
+            None => refused.push(format!("{}: no storage `{}`", beat.node, rootfs.storage)),
+            Some(s) if s.avail_bytes.saturating_sub(disk_taken) < need_disk => refused.push(format!(
                 "{}: `{}` has {} GB free, needs {}",
                 beat.node,
-                spec.storage,
-                s.avail_bytes >> 30,
-                spec.disk
+                rootfs.storage,
+                s.avail_bytes.saturating_sub(disk_taken) >> 30,
+                rootfs.size
             )),
-            Some(_) if cap.memory_free_bytes < need_mem => refused.push(format!(
-                "{}: {} MB memory free, needs {}",
-                beat.node,
-                cap.memory_free_bytes >> 20,
-                spec.memory
-            )),
+            Some(_) if mem_free < need_mem => {
+                refused.push(format!("{}: {} MB memory free, needs {}", beat.node, mem_free >> 20, spec.memory))
+            }
             Some(_) => {
-                if best.as_ref().is_none_or(|(free, _)| cap.memory_free_bytes > *free) {
-                    best = Some((cap.memory_free_bytes, beat.node));
+                if best.as_ref().is_none_or(|(free, _)| mem_free > *free) {
+                    best = Some((mem_free, beat.node.clone()));
                 }
             }
         }
