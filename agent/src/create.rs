@@ -129,84 +129,16 @@ impl CreateJob<'_> {
 
     /// Checks the spec against this node and chooses the vmid.
     async fn validate(&mut self) -> StepResult {
-        for (i, file) in self.job.deploy.files.iter().enumerate() {
-            if let Some(source) = &file.source {
-                crate::deploy::resolve_source(self.files_dir, source).map_err(|why| {
-                    StepError::failed(ErrorKind::Validation, format!("deploy.files[{i}].source: {why}"))
-                })?;
-            }
-        }
-        let spec = &self.job.container;
-        let invalid = |message: String| StepError::failed(ErrorKind::Validation, message);
-        // What PVE keeps for a root@pam login, said now rather than at create.
-        if !self.core.pve.is_root_login() {
-            const WHY: &str = "the agent signs in with an API token, which PVE refuses this (even root's own); \
-                               proxmox.user = \"root@pam\" with proxmox.password_file allows it";
-            for (i, mp) in spec.mounts.iter().enumerate() {
-                if matches!(mp, pvefleet_schemas::lxc::MountPoint::Bind { .. }) {
-                    return Err(invalid(format!(
-                        "container.mounts[{i}]: PVE lets only root@pam make a bind mount; {WHY}"
-                    )));
-                }
-            }
-            let features = spec.effective_features();
-            let beyond = features.beyond_nesting();
-            if !spec.unprivileged && !features.is_empty() {
-                return Err(invalid(format!(
-                    "container.features: on a privileged container PVE lets only root@pam set features; {WHY}"
-                )));
-            }
-            if !beyond.is_empty() {
-                return Err(invalid(format!(
-                    "container.features: PVE lets an API token set only `nesting` on an unprivileged container \
-                     (pve-container check_ct_modify_config_perm); `{}` need root@pam: {WHY}",
-                    beyond.join("`, `")
-                )));
-            }
-        }
-        let storages = self.core.pve.rootdir_storages().await?;
-        let rootfs = spec.effective_rootfs();
-        let field = if spec.rootfs.is_some() { "container.rootfs" } else { "container" };
-        let mut wanted: Vec<(String, &str, u32)> = Vec::new();
-        if spec.clone.is_none() {
-            // A clone's root disk is its source's.
-            wanted.push((format!("{field}.storage"), rootfs.storage.as_str(), rootfs.size));
-        }
-        for (i, mp) in spec.mounts.iter().enumerate() {
-            if let pvefleet_schemas::lxc::MountPoint::Volume { storage, size, .. } = mp {
-                wanted.push((format!("container.mounts[{i}].storage"), storage.as_str(), *size));
-            }
-        }
-        for (field, name, size) in wanted {
-            let Some(storage) = storages.iter().find(|s| s.storage == name) else {
-                let have: Vec<&str> = storages.iter().map(|s| s.storage.as_str()).collect();
-                return Err(invalid(format!(
-                    "{field}: `{name}` is not an active storage for containers on {} (it has: {})",
-                    self.job.node,
-                    have.join(", ")
-                )));
-            };
-            if storage.avail > 0 && storage.avail < u64::from(size) << 30 {
-                return Err(invalid(format!(
-                    "{field}: {size} GB does not fit on `{name}`, which has {:.1} GB free",
-                    storage.avail as f64 / f64::from(1u32 << 30)
-                )));
-            }
-        }
-        let bridges = self.core.pve.bridges().await?;
-        for (i, nic) in spec.effective_nics().iter().enumerate() {
-            if !bridges.contains(&nic.bridge) {
-                let field = if spec.nics.is_empty() {
-                    "container.bridge".to_owned()
-                } else {
-                    format!("container.nics[{i}].bridge")
-                };
-                return Err(invalid(format!("{field}: `{}` does not exist on {}", nic.bridge, self.job.node)));
-            }
-        }
-        self.validate_source().await?;
+        let pve = &self.core.pve;
+        crate::checks::files(self.job, self.files_dir)?;
+        crate::checks::rights(&self.job.container, pve.is_root_login())?;
+        crate::checks::storage(pve, self.job).await?;
+        crate::checks::network(pve, self.job).await?;
+        let has_clone_key = self.ssh_config.clone_key.is_some();
+        let (_, source) = crate::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source).await?;
+        self.core.cp.clone_source = source;
         // A clone cannot be given the job's own key: its deploy logs in with `ssh.key_file`.
-        if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && spec.clone.is_none() {
+        if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && self.job.container.clone.is_none() {
             self.core.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing)?);
         }
         if self.core.cp.vmid.is_none() {
@@ -323,68 +255,10 @@ impl CreateJob<'_> {
         Ok(())
     }
 
-    /// PVE's create parameters for the spec: every field the spec sets, in PVE's formats
-    /// (`crate::lxc` in the schemas builds each string), plus the marker tag and the job's key.
+    /// PVE's create parameters for the spec, with the job's key and the opened password.
     pub(crate) fn create_params(&self) -> Vec<(String, String)> {
-        let spec = &self.job.container;
-        let mut tags: Vec<String> = spec.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
-        tags.push(self.core.marker.clone());
-        let mut params: Vec<(String, String)> = vec![
-            ("vmid".into(), self.core.vmid().to_string()),
-            ("hostname".into(), spec.hostname.clone()),
-            ("ostemplate".into(), spec.effective_ostemplate().unwrap_or_default()),
-            ("memory".into(), spec.memory.to_string()),
-            ("swap".into(), spec.swap.to_string()),
-            ("cores".into(), spec.cores.to_string()),
-            ("rootfs".into(), spec.effective_rootfs().to_pve()),
-            // Always explicit: the schema's default is 0, while PVE makes unprivileged ones when
-            // it is left out.
-            ("unprivileged".into(), u8::from(spec.unprivileged).to_string()),
-            ("tags".into(), tags.join(";")),
-        ];
-        for (i, nic) in spec.effective_nics().iter().enumerate() {
-            params.push((format!("net{i}"), nic.to_pve()));
-        }
-        for (i, mp) in spec.mounts.iter().enumerate() {
-            params.push((format!("mp{i}"), mp.to_pve()));
-        }
-        let features = spec.effective_features();
-        if !features.is_empty() {
-            params.push(("features".into(), features.to_pve()));
-        }
-        let mut put = |key: &str, value: Option<String>| {
-            if let Some(v) = value {
-                params.push((key.into(), v));
-            }
-        };
-        put("nameserver", spec.effective_nameserver());
-        put("searchdomain", spec.searchdomain.clone());
-        put("description", spec.description.clone());
-        put("pool", spec.pool.clone());
-        put("protection", spec.protection.then(|| "1".into()));
-        put("cpulimit", spec.cpulimit.map(|c| c.to_string()));
-        put("cpuunits", spec.cpuunits.map(|c| c.to_string()));
-        put("onboot", spec.onboot.then(|| "1".into()));
-        put("startup", spec.startup.as_ref().map(|s| s.to_pve()).filter(|s| !s.is_empty()));
-        put("timezone", spec.timezone.clone());
-        put("arch", spec.arch.clone());
-        put("ostype", spec.ostype.clone());
-        put("console", spec.console.map(|c| u8::from(c).to_string()));
-        put("tty", spec.tty.map(|t| t.to_string()));
-        put("cmode", spec.cmode.clone());
-        put("entrypoint", spec.entrypoint.clone());
-        put("env", (!spec.env.is_empty()).then(|| pvefleet_schemas::source::env_to_pve(&spec.env)));
-        let mut keys = spec.ssh_public_keys.clone();
-        if let Some(public) = self.job_public_key() {
-            keys.push(public);
-        }
-        if !keys.is_empty() {
-            params.push(("ssh-public-keys".into(), keys.join("\n")));
-        }
-        if let Some(pw) = &self.password {
-            params.push(("password".into(), pw.expose().to_owned()));
-        }
-        params
+        let password = self.password.as_ref().map(|p| p.expose().to_owned());
+        create_params(self.job, self.core.vmid(), &self.core.marker, self.job_public_key(), password)
     }
 
     /// Starts the container and waits for its start task: a start whose task ended OK has a
@@ -551,6 +425,75 @@ impl Saga for CreateJob<'_> {
             self.close_ssh(ssh).await;
         }
     }
+}
+
+/// PVE's create parameters for `job` as container `vmid`: every field the spec sets, in PVE's
+/// formats (`pvefleet_schemas::lxc` builds each string), plus the marker tag, the job's own
+/// public key and the root password when given (a plan passes a mask for it).
+pub(crate) fn create_params(
+    job: &Job,
+    vmid: Vmid,
+    marker: &str,
+    job_key: Option<String>,
+    password: Option<String>,
+) -> Vec<(String, String)> {
+    let spec = &job.container;
+    let mut tags: Vec<String> = spec.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
+    tags.push(marker.to_owned());
+    let mut params: Vec<(String, String)> = vec![
+        ("vmid".into(), vmid.to_string()),
+        ("hostname".into(), spec.hostname.clone()),
+        ("ostemplate".into(), spec.effective_ostemplate().unwrap_or_default()),
+        ("memory".into(), spec.memory.to_string()),
+        ("swap".into(), spec.swap.to_string()),
+        ("cores".into(), spec.cores.to_string()),
+        ("rootfs".into(), spec.effective_rootfs().to_pve()),
+        // Always explicit: the schema's default is 0, while PVE makes unprivileged ones when
+        // it is left out.
+        ("unprivileged".into(), u8::from(spec.unprivileged).to_string()),
+        ("tags".into(), tags.join(";")),
+    ];
+    for (i, nic) in spec.effective_nics().iter().enumerate() {
+        params.push((format!("net{i}"), nic.to_pve()));
+    }
+    for (i, mp) in spec.mounts.iter().enumerate() {
+        params.push((format!("mp{i}"), mp.to_pve()));
+    }
+    let features = spec.effective_features();
+    if !features.is_empty() {
+        params.push(("features".into(), features.to_pve()));
+    }
+    let mut put = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            params.push((key.into(), v));
+        }
+    };
+    put("nameserver", spec.effective_nameserver());
+    put("searchdomain", spec.searchdomain.clone());
+    put("description", spec.description.clone());
+    put("pool", spec.pool.clone());
+    put("protection", spec.protection.then(|| "1".into()));
+    put("cpulimit", spec.cpulimit.map(|c| c.to_string()));
+    put("cpuunits", spec.cpuunits.map(|c| c.to_string()));
+    put("onboot", spec.onboot.then(|| "1".into()));
+    put("startup", spec.startup.as_ref().map(|s| s.to_pve()).filter(|s| !s.is_empty()));
+    put("timezone", spec.timezone.clone());
+    put("arch", spec.arch.clone());
+    put("ostype", spec.ostype.clone());
+    put("console", spec.console.map(|c| u8::from(c).to_string()));
+    put("tty", spec.tty.map(|t| t.to_string()));
+    put("cmode", spec.cmode.clone());
+    put("entrypoint", spec.entrypoint.clone());
+    put("env", (!spec.env.is_empty()).then(|| pvefleet_schemas::source::env_to_pve(&spec.env)));
+    let mut keys = spec.ssh_public_keys.clone();
+    keys.extend(job_key);
+    if !keys.is_empty() {
+        params.push(("ssh-public-keys".into(), keys.join("\n")));
+    }
+    if let Some(pw) = password {
+        params.push(("password".into(), pw));
+    }
+    params
 }
 
 #[cfg(test)]

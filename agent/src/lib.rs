@@ -8,11 +8,13 @@
 //! - [`vmid`]: allocating vmids that concurrent jobs never share.
 //! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
 //! - [`runner`]: the one runner of every job kind: lease, step table, checkpoints, events, undo.
+//! - `checks`: what validating (and a plan) checks against the node; read-only.
 //! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
 //! - [`source`]: the fetching and cloning steps: templates downloaded, from the catalogue,
 //!   pulled from an OCI registry; clones.
 //! - [`destroy`]: the destroy job's step table (finding → stopping → deleting).
 //! - [`deploy`]: the deploying step: packages, files and scripts over one SSH connection.
+//! - [`plan`]: plan requests: the validating checks and the calls a create would make, changing nothing.
 //! - [`policy`]: what a job's end means for its message (ack, term, nak).
 //! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
 //! - [`proxmox`]: the Proxmox API client, its tasks, and pinned TLS.
@@ -20,12 +22,14 @@
 //! - [`ssh`]: SSH and SFTP into a new container, with host keys checked.
 
 pub mod bus;
+mod checks;
 pub mod claim;
 pub mod config;
 pub mod create;
 pub mod deploy;
 pub mod destroy;
 pub mod heartbeat;
+pub mod plan;
 pub mod policy;
 pub mod proxmox;
 pub mod runner;
@@ -80,8 +84,10 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     let shared =
         Arc::new(worker::Shared { config, pve, bus, running, stop, instance, sealing, cancels: Default::default() });
     let control = tokio::spawn(worker::serve_cancels(shared.clone()));
+    let plans = tokio::spawn(plan::serve_plans(shared.clone()));
     worker::work(shared.clone()).await;
     control.abort();
+    plans.abort();
     beat_stop.cancel();
     let _ = beat.await;
     if let Err(e) = shared.bus.client.drain().await {

@@ -56,6 +56,14 @@ pub enum Verb {
         after_help = "Examples:\n  pvefleet submit --node pve1 --hostname web-01 --ostemplate local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst --ip 10.0.0.21/24 --gw 10.0.0.1 --watch\n  pvefleet submit --template web --hostname web-02 --node auto --password-file ~/.pvefleet-root\n  pvefleet submit --spec web.toml --request-id deploy-42"
     )]
     Submit(Box<SubmitArgs>),
+    /// Check a spec on its node without creating anything: submit's arguments (and --count);
+    /// each chosen node's agent checks storage, template, bridges, the vmid, free memory and
+    /// its credential's rights against its Proxmox API and shows the exact PVE parameters.
+    /// Exit 0 if every check passes, 1 if one fails, 2 for bad input.
+    #[command(
+        after_help = "Examples:\n  pvefleet plan --node pve1 --hostname web-01 --ostemplate local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst --ip 10.0.0.21/24 --gw 10.0.0.1\n  pvefleet plan --spec web.toml --node auto --count 5 --json"
+    )]
+    Plan(Box<SubmitArgs>),
     /// Destroy a container pvefleet made, through its node's agent: by the create job that made
     /// it, or by node and vmid. A container without a pvefleet marker, or a protected one, is
     /// refused and left as it is; one already gone is success.

@@ -62,6 +62,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.verb {
         Verb::Setup { replicas } => verbs::setup::run(&cli, replicas).await,
         Verb::Submit(ref args) => verbs::submit::run(&cli, args).await,
+        Verb::Plan(ref args) => verbs::plan::run(&cli, args).await,
         Verb::Watch { ref job, json } => verbs::watch::run(&cli, job, json).await,
         Verb::Jobs { ref node, ref state, json } => {
             verbs::jobs::list(&cli, node.as_deref(), state.as_deref(), json).await

@@ -239,6 +239,7 @@ impl Event {
 #[serde(rename_all = "snake_case")]
 pub enum ControlKind {
     Cancel,
+    Plan,
 }
 
 /// A request on `pvefleet.control.<node>.cancel`. Unknown fields are refused, so no other
@@ -260,6 +261,58 @@ impl CancelRequest {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         decode(bytes, "control kind", &["cancel"])
     }
+}
+
+/// A request on `pvefleet.control.<node>.plan`: check this job against the node's Proxmox
+/// API without changing anything. The job is as `submit` would publish it, without its root
+/// password (a plan opens nothing).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    pub v: V1,
+    pub kind: ControlKind,
+    pub job: crate::Job,
+}
+
+impl PlanRequest {
+    pub fn new(mut job: crate::Job) -> Self {
+        job.container.root_password = None;
+        Self { v: V1, kind: ControlKind::Plan, job }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode(bytes, "control kind", &["plan"])
+    }
+}
+
+/// One check of a plan: what was looked at, whether the job would pass it, and what was found.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlanCheck {
+    /// `spec`, `files`, `rights`, `storage`, `template`, `network`, `vmid`, `memory`, `permissions`.
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The agent's answer to a [`PlanRequest`].
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlanReply {
+    pub v: V1,
+    pub node: NodeName,
+    /// Whether every check passed.
+    pub ok: bool,
+    pub checks: Vec<PlanCheck>,
+    /// The vmid the job would take (the given one, or the next free one now).
+    pub vmid: Option<crate::Vmid>,
+    /// The PVE calls the job would make, each as `METHOD path` and its parameters exactly as
+    /// they would be sent (a password shown as `********`).
+    pub calls: Vec<PlannedCall>,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct PlannedCall {
+    pub call: String,
+    pub parameters: Vec<(String, String)>,
 }
 
 /// The agent's answer to a [`CancelRequest`].

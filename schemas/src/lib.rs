@@ -34,7 +34,8 @@ pub mod state;
 pub mod validate;
 
 pub use event::{
-    CancelReply, CancelRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, Step,
+    CancelReply, CancelRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, PlanCheck,
+    PlanReply, PlanRequest, PlannedCall, Step,
 };
 pub use ids::{JobId, NodeName, Vmid};
 pub use job::{DestroyJob, DestroyOptions, DestroyTarget, Job, JobMessageKind};

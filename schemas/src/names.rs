@@ -68,6 +68,11 @@ pub fn cancel_subject(node: &NodeName) -> String {
     format!("pvefleet.control.{node}.cancel")
 }
 
+/// `pvefleet.control.<node>.plan`: where a node's agent answers plan requests.
+pub fn plan_subject(node: &NodeName) -> String {
+    format!("pvefleet.control.{node}.plan")
+}
+
 /// `<node>.<job_id>`: a job's checkpoint key in [`JOBS_BUCKET`].
 pub fn checkpoint_key(node: &NodeName, job: &JobId) -> String {
     format!("{node}.{job}")

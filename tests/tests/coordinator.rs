@@ -674,3 +674,83 @@ async fn count_makes_n_jobs_spread_by_capacity_once_and_all_or_none() -> anyhow:
     bed.dir.pass();
     Ok(())
 }
+
+/// `pvefleet plan` asks the node's agent to check a spec against its Proxmox API: a good one
+/// passes showing the exact parameters; a missing template, a missing bridge, a taken vmid and
+/// too little memory each fail with their reason; not one write request reaches fakepve.
+#[tokio::test]
+async fn plan_checks_on_the_node_and_changes_nothing() -> anyhow::Result<()> {
+    let bed = bed("cli-plan", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let _agent = bed.agent("pve1")?;
+    // A stranger's container holds vmid 150.
+    bed.pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/lxc",
+            &[("vmid", "150"), ("ostemplate", OSTEMPLATE), ("rootfs", "local-lvm:4")],
+        )
+        .await?;
+    wait_until("the agent to answer plans", Duration::from_secs(20), || async {
+        bed.cli
+            .run(
+                &submit_args("pve1", "probe", "dhcp")
+                    .iter()
+                    .map(|a| if *a == "submit" { "plan" } else { a })
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .ok()?
+            .ok()
+            .then_some(())
+    })
+    .await?;
+    bed.pve.reset_calls().await?;
+    let plan_args = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut args = vec!["plan", "--node", "pve1", "--hostname", "web-plan", "--ip", "127.0.0.130/32"];
+        if !extra.contains(&"--ostemplate") {
+            args.extend(["--ostemplate", OSTEMPLATE]);
+        }
+        args.extend(extra);
+        args
+    };
+    let good = bed.cli.run(&plan_args(&["--memory", "1024", "--nesting"])).await?;
+    assert_eq!(good.code, Some(0), "{good:?}");
+    assert!(good.stdout.contains("every check passes"), "{}", good.stdout);
+    assert!(good.stdout.contains("POST /nodes/pve1/lxc\n"), "{}", good.stdout);
+    for param in [
+        "hostname=web-plan",
+        "memory=1024",
+        "net0=name=eth0,bridge=vmbr0,ip=127.0.0.130/32",
+        "features=nesting=1",
+        "unprivileged=1",
+    ] {
+        assert!(good.stdout.contains(param), "{param} in {}", good.stdout);
+    }
+    let json = bed.cli.run(&plan_args(&["--json"])).await?;
+    let reply: pvefleet_schemas::PlanReply = serde_json::from_str(json.stdout.trim())?;
+    assert!(reply.ok && reply.vmid.is_some(), "{reply:?}");
+    assert!(reply.checks.iter().any(|c| c.check == "permissions" && c.ok), "{reply:?}");
+
+    for (extra, check, words) in [
+        (vec!["--ostemplate", "local:vztmpl/nope.tar.zst"], "template", "is not a container template"),
+        (vec!["--bridge", "vmbr9"], "network", "`vmbr9` does not exist"),
+        (vec!["--vmid", "150"], "vmid", "150 is taken"),
+        (vec!["--memory", "65536"], "memory", "65536 MB asked"),
+    ] {
+        let run = bed.cli.run(&plan_args(&[extra.clone(), vec!["--json"]].concat())).await?;
+        assert_eq!(run.code, Some(1), "{extra:?}: {run:?}");
+        let reply: pvefleet_schemas::PlanReply = serde_json::from_str(run.stdout.trim())?;
+        let failed: Vec<_> = reply.checks.iter().filter(|c| !c.ok).collect();
+        assert_eq!(failed.len(), 1, "{extra:?}: only {check} fails: {failed:?}");
+        assert_eq!(failed[0].check, check, "{failed:?}");
+        assert!(failed[0].detail.contains(words), "{}", failed[0].detail);
+    }
+    let writes: Vec<_> = bed.pve.calls().await?.into_iter().filter(|(method, _, _)| method != "GET").collect();
+    assert!(writes.is_empty(), "a plan wrote to PVE: {writes:?}");
+    assert_eq!(bed.pve.containers().await?, vec![150], "nothing was created");
+    assert_eq!(bed.queued_jobs().await?, 0, "nothing was queued");
+    // Bad input: exit 2 before any agent is asked.
+    assert_eq!(bed.cli.run(&["plan", "--node", "pve1"]).await?.code, Some(2));
+    bed.dir.pass();
+    Ok(())
+}

@@ -207,6 +207,26 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
             ..AgentOptions::node("pve1")
         },
     )?;
+    // It answers the coordinator's plan under its own user (the plan subject is its to read).
+    let plan = pvefleet_testbed::wait_until("agent pve1 to answer a plan", Duration::from_secs(20), || async {
+        let run = admin
+            .run(&[
+                "plan",
+                "--node",
+                "pve1",
+                "--hostname",
+                "allowed",
+                "--ostemplate",
+                OSTEMPLATE,
+                "--ip",
+                "127.0.0.7/32",
+            ])
+            .await
+            .ok()?;
+        run.ok().then_some(run)
+    })
+    .await?;
+    assert!(plan.stdout.contains("every check passes"), "{plan:?}");
     let submit = admin
         .run(&["submit", "--node", "pve1", "--hostname", "allowed", "--ostemplate", OSTEMPLATE, "--ip", "127.0.0.7/32"])
         .await?;
@@ -395,7 +415,14 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     )
     .await;
     refused(&mut errors, "CONSUMER.MSG.NEXT.PVEFLEET_EVENTS.pvefleet-recorder").await?;
-    for subject in ["pvefleet.jobs.pve2.create", "pvefleet.events.pve2.x", "pvefleet.control.pve2.cancel"] {
+    // Nor a plan, nor a destroy: only the coordinator user may ask an agent anything.
+    for subject in [
+        "pvefleet.jobs.pve2.create",
+        "pvefleet.jobs.pve2.destroy",
+        "pvefleet.events.pve2.x",
+        "pvefleet.control.pve2.cancel",
+        "pvefleet.control.pve2.plan",
+    ] {
         let _ = watcher.publish(subject, "{}".into()).await;
         refused(&mut errors, subject).await?;
     }
@@ -416,8 +443,10 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     refused(&mut rogue_errors, "$JS.API.DIRECT.GET.PVEFLEET_EVENTS\"").await?;
     try_request(&rogue, "$JS.API.STREAM.MSG.GET.PVEFLEET_EVENTS", serde_json::json!({"seq": 1})).await;
     refused(&mut rogue_errors, "STREAM.MSG.GET.PVEFLEET_EVENTS").await?;
-    let _ = rogue.publish("pvefleet.control.pve2.cancel", "{}".into()).await;
-    refused(&mut rogue_errors, "pvefleet.control.pve2.cancel").await?;
+    for subject in ["pvefleet.control.pve2.cancel", "pvefleet.control.pve2.plan", "pvefleet.jobs.pve2.destroy"] {
+        let _ = rogue.publish(subject, "{}".into()).await;
+        refused(&mut rogue_errors, subject).await?;
+    }
     // What it may publish, its own node's subject, it uses to forge pve2's job's end.
     let forged = serde_json::json!({"v": 1, "job_id": job, "node": "pve1", "seq": 1, "type": "complete",
         "step": "finalizing", "percent": 100, "message": "forged", "timestamp": "2026-11-27T00:00:00Z",

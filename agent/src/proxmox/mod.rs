@@ -452,6 +452,24 @@ impl PveClient {
         self.upid(Method::POST, &path, data)
     }
 
+    /// The privileges the agent's credential holds, by path (`GET /access/permissions`).
+    pub async fn permissions(&self) -> Result<BTreeMap<String, Vec<String>>, PveError> {
+        let data = self.call(Method::GET, "/access/permissions", &[]).await?;
+        Ok(data
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(path, privs)| {
+                let held = privs
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, v)| v.as_u64() == Some(1) || v.as_bool() == Some(true));
+                (path.clone(), held.map(|(k, _)| k.clone()).collect())
+            })
+            .collect())
+    }
+
     /// The names of this node's network interfaces (bridges among them).
     pub async fn bridges(&self) -> Result<Vec<String>, PveError> {
         let path = self.node_path("/network");

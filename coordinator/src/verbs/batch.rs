@@ -20,47 +20,7 @@ use crate::{Failure, Outcome};
 const MAX_COUNT: u32 = 1000;
 
 pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Parts, count: u32) -> Outcome {
-    if !(1..=MAX_COUNT).contains(&count) {
-        return Err(BadInput::field("--count", format!("{count} is outside 1..={MAX_COUNT}")).into());
-    }
-    let hostname = parts.container.get("hostname").and_then(toml::Value::as_str).unwrap_or_default();
-    if count > 1 && !hostname.contains("{n") {
-        return Err(BadInput::field(
-            "--hostname",
-            format!("`{hostname}` would name all {count} containers alike; put {{n}} in it (`web-{{n:02}}`)"),
-        )
-        .into());
-    }
-    if count > 1 && parts.container.contains_key("vmid") {
-        return Err(BadInput::field("--vmid", "a fixed vmid fits one container, not --count of them").into());
-    }
-    // Every job is built and validated before anything leaves this machine.
-    let mut jobs = Vec::new();
-    for n in 1..=count {
-        let mut table = parts.container.clone();
-        expand_table(&mut table, n)
-            .map_err(|(field, e)| BadInput::field(&format!("job {n} of {count}: {field}"), e))?;
-        let spec = container_from(table).map_err(|e| BadInput(format!("job {n} of {count}: {}", e.0)))?;
-        let job = parts.job(spec, &parts.node).map_err(|e| match e {
-            Failure::Usage(m) => Failure::Usage(format!("job {n} of {count}: {m}")),
-            other => other,
-        })?;
-        jobs.push(job);
-    }
-    let statics: Vec<String> = jobs
-        .iter()
-        .filter_map(|j| {
-            j.container.effective_nics().first().and_then(|n| match n.ip {
-                Some(pvefleet_schemas::lxc::Ipv4Setting::Static { addr, .. }) => Some(addr.to_string()),
-                _ => None,
-            })
-        })
-        .collect();
-    if let Some(dup) = statics.iter().enumerate().find(|(i, a)| statics[..*i].contains(a)).map(|(_, a)| a) {
-        return Err(
-            BadInput::field("--ip", format!("{dup} is given to two of the {count} jobs; put {{n+K}} in it")).into()
-        );
-    }
+    let jobs = build_jobs(&parts, count)?;
     let clear_password = password(args)?;
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
@@ -133,6 +93,52 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
         return watch_all(store, &client, &js, &ids, args.json).await;
     }
     Ok(())
+}
+
+/// The N jobs of `parts`, each with its `{n}` expanded, all validated: a bad one fails them
+/// all, naming `job K of N`.
+pub(crate) fn build_jobs(parts: &Parts, count: u32) -> Result<Vec<pvefleet_schemas::Job>, Failure> {
+    if !(1..=MAX_COUNT).contains(&count) {
+        return Err(BadInput::field("--count", format!("{count} is outside 1..={MAX_COUNT}")).into());
+    }
+    let hostname = parts.container.get("hostname").and_then(toml::Value::as_str).unwrap_or_default();
+    if count > 1 && !hostname.contains("{n") {
+        return Err(BadInput::field(
+            "--hostname",
+            format!("`{hostname}` would name all {count} containers alike; put {{n}} in it (`web-{{n:02}}`)"),
+        )
+        .into());
+    }
+    if count > 1 && parts.container.contains_key("vmid") {
+        return Err(BadInput::field("--vmid", "a fixed vmid fits one container, not --count of them").into());
+    }
+    let mut jobs = Vec::new();
+    for n in 1..=count {
+        let mut table = parts.container.clone();
+        expand_table(&mut table, n)
+            .map_err(|(field, e)| BadInput::field(&format!("job {n} of {count}: {field}"), e))?;
+        let spec = container_from(table).map_err(|e| BadInput(format!("job {n} of {count}: {}", e.0)))?;
+        let job = parts.job(spec, &parts.node).map_err(|e| match e {
+            Failure::Usage(m) => Failure::Usage(format!("job {n} of {count}: {m}")),
+            other => other,
+        })?;
+        jobs.push(job);
+    }
+    let statics: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| {
+            j.container.effective_nics().first().and_then(|n| match n.ip {
+                Some(pvefleet_schemas::lxc::Ipv4Setting::Static { addr, .. }) => Some(addr.to_string()),
+                _ => None,
+            })
+        })
+        .collect();
+    if let Some(dup) = statics.iter().enumerate().find(|(i, a)| statics[..*i].contains(a)).map(|(_, a)| a) {
+        return Err(
+            BadInput::field("--ip", format!("{dup} is given to two of the {count} jobs; put {{n+K}} in it")).into()
+        );
+    }
+    Ok(jobs)
 }
 
 /// A job recorded before by the same command still takes its share of its node.

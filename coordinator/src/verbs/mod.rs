@@ -5,6 +5,7 @@ pub mod cancel;
 pub mod destroy;
 pub mod jobs;
 pub mod nodes;
+pub mod plan;
 pub mod record;
 pub mod setup;
 pub mod submit;

@@ -110,7 +110,7 @@ impl Parts {
 }
 
 /// Reads the template, the spec file and the flags into the parts of a job.
-async fn gather(args: &SubmitArgs, store: &crate::store::Store) -> Result<Parts, Failure> {
+pub(crate) async fn gather(args: &SubmitArgs, store: &crate::store::Store) -> Result<Parts, Failure> {
     let mut container = toml::Table::new();
     let mut deploy = DeploySpec::default();
     let mut options = None;

@@ -1,0 +1,267 @@
+//! Plans: `pvefleet.control.<node>.plan` requests answered with what a create job would find
+//! on this node and what it would send, without changing anything in PVE. A plan runs the
+//! validating step's checks ([`crate::checks`]) and a few only a plan needs (the vmid it would
+//! take, free memory, the credential's privileges), all of them reads; it reserves no vmid and
+//! makes no key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::StreamExt as _;
+use pvefleet_schemas::source::TemplateSource;
+use pvefleet_schemas::{Job, PlanCheck, PlanReply, PlanRequest, PlannedCall, V1, Vmid};
+use serde_json::Value;
+
+use crate::checks::{self, Check};
+use crate::proxmox::PveClient;
+use crate::runner::StepError;
+use crate::worker::Shared;
+
+/// Answers plan requests until the agent stops.
+pub async fn serve_plans(shared: Arc<Shared>) {
+    let subject = pvefleet_schemas::names::plan_subject(&shared.config.node);
+    let mut requests = match shared.bus.client.subscribe(subject.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, %subject, "cannot listen for plan requests");
+            return;
+        }
+    };
+    loop {
+        let request = tokio::select! {
+            r = requests.next() => match r { Some(r) => r, None => return },
+            _ = shared.stop.cancelled() => return,
+        };
+        let Some(reply) = request.reply.clone() else { continue };
+        let answer = match PlanRequest::decode(&request.payload) {
+            Ok(req) => plan(&shared, &req.job).await,
+            Err(e) => refused(&shared, format!("unreadable plan request: {e}")),
+        };
+        let payload = serde_json::to_vec(&answer).expect("a plan serializes");
+        if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
+            tracing::warn!(error = %e, "plan reply not sent");
+        }
+    }
+}
+
+fn refused(shared: &Shared, why: String) -> PlanReply {
+    PlanReply {
+        v: V1,
+        node: shared.config.node.clone(),
+        ok: false,
+        checks: vec![PlanCheck { check: "request".into(), ok: false, detail: why }],
+        vmid: None,
+        calls: Vec::new(),
+    }
+}
+
+fn said(check: &str, outcome: Check) -> PlanCheck {
+    match outcome {
+        Ok(detail) => PlanCheck { check: check.into(), ok: true, detail },
+        Err(StepError::Failed { message, .. }) => PlanCheck { check: check.into(), ok: false, detail: message },
+        Err(StepError::Bus(e)) => PlanCheck { check: check.into(), ok: false, detail: e.to_string() },
+    }
+}
+
+/// Every check of `job` against this node, and the calls its create would make.
+async fn plan(shared: &Shared, job: &Job) -> PlanReply {
+    let pve = &shared.pve;
+    let spec = &job.container;
+    let mut out = Vec::new();
+    if job.node != shared.config.node {
+        return refused(shared, format!("the plan is for node {}, this agent runs {}", job.node, shared.config.node));
+    }
+    out.push(said(
+        "spec",
+        job.validate()
+            .map(|()| "valid".into())
+            .map_err(|e| StepError::failed(pvefleet_schemas::ErrorKind::Validation, e.to_string())),
+    ));
+    out.push(said("files", checks::files(job, &shared.config.files_dir)));
+    out.push(said("rights", checks::rights(spec, pve.is_root_login())));
+    out.push(said("storage", checks::storage(pve, job).await));
+    let has_key = shared.config.ssh.clone_key.is_some();
+    let source = checks::source(pve, job, has_key, None).await;
+    let clone_source = source.as_ref().ok().and_then(|(_, s)| *s);
+    out.push(said("template", source.map(|(detail, _)| detail)));
+    out.push(said("network", checks::network(pve, job).await));
+    let (vmid, check) = vmid(pve, spec.vmid).await;
+    out.push(said("vmid", check));
+    out.push(said("memory", memory(pve, job).await));
+    out.push(said("permissions", permissions(pve, job, vmid, clone_source).await));
+    let calls = match vmid {
+        Some(vmid) => calls(pve, job, vmid, clone_source).await,
+        None => Vec::new(),
+    };
+    PlanReply { v: V1, node: shared.config.node.clone(), ok: out.iter().all(|c| c.ok), checks: out, vmid, calls }
+}
+
+/// The vmid the job would take: the spec's, if it is free, or the next free one now.
+async fn vmid(pve: &PveClient, fixed: Option<Vmid>) -> (Option<Vmid>, Check) {
+    match fixed {
+        Some(vmid) => match pve.vmid_is_free(vmid).await {
+            Ok(true) => (Some(vmid), Ok(format!("{vmid} is free"))),
+            Ok(false) => (
+                Some(vmid),
+                Err(StepError::failed(
+                    pvefleet_schemas::ErrorKind::Conflict,
+                    format!("container.vmid: {vmid} is taken in the cluster"),
+                )),
+            ),
+            Err(e) => (Some(vmid), Err(e.into())),
+        },
+        None => match pve.next_vmid().await {
+            Ok(vmid) => (Some(vmid), Ok(format!("would take {vmid}, the next free one now"))),
+            Err(e) => (None, Err(e.into())),
+        },
+    }
+}
+
+/// The node has the memory the spec asks for free now.
+async fn memory(pve: &PveClient, job: &Job) -> Check {
+    let status = pve.node_status().await?;
+    let need = u64::from(job.container.memory) << 20;
+    let free_mb = status.memory_free >> 20;
+    if status.memory_free < need {
+        return Err(StepError::failed(
+            pvefleet_schemas::ErrorKind::Validation,
+            format!("container.memory: {} MB asked, {} has {free_mb} MB free", job.container.memory, job.node),
+        ));
+    }
+    Ok(format!("{} MB of {free_mb} MB free", job.container.memory))
+}
+
+/// The privileges the create needs, against what the credential holds (`GET /access/permissions`).
+async fn permissions(pve: &PveClient, job: &Job, vmid: Option<Vmid>, clone_source: Option<Vmid>) -> Check {
+    if pve.is_root_login() {
+        return Ok("root@pam holds every privilege".into());
+    }
+    let held = pve.permissions().await?;
+    let spec = &job.container;
+    let mut needed: Vec<(String, &str)> = Vec::new();
+    let guest = match (&spec.pool, vmid) {
+        (Some(pool), _) => format!("/pool/{pool}"),
+        (None, Some(vmid)) => format!("/vms/{vmid}"),
+        (None, None) => "/vms".into(),
+    };
+    needed.push((guest.clone(), "VM.Allocate"));
+    if spec.clone.is_none() {
+        needed.push((format!("/storage/{}", spec.effective_rootfs().storage), "Datastore.AllocateSpace"));
+    }
+    for mp in &spec.mounts {
+        if let pvefleet_schemas::lxc::MountPoint::Volume { storage, .. } = mp {
+            needed.push((format!("/storage/{storage}"), "Datastore.AllocateSpace"));
+        }
+    }
+    if let Some(source) = &spec.template {
+        needed.push((format!("/storage/{}", source.storage()), "Datastore.AllocateTemplate"));
+    }
+    if let Some(from) = clone_source {
+        needed.push((format!("/vms/{from}"), "VM.Clone"));
+    }
+    for nic in spec.effective_nics() {
+        needed.push((format!("/sdn/zones/localnetwork/{}", nic.bridge), "SDN.Use"));
+    }
+    needed.dedup();
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|(path, privilege)| !holds(&held, path, privilege))
+        .map(|(p, v)| format!("{v} on {p}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(StepError::failed(
+            pvefleet_schemas::ErrorKind::Validation,
+            format!("the agent's credential lacks {}", missing.join(", ")),
+        ));
+    }
+    Ok(format!("{} privileges held", needed.len()))
+}
+
+/// Whether `privilege` is held on `path` or on a path above it.
+fn holds(held: &BTreeMap<String, Vec<String>>, path: &str, privilege: &str) -> bool {
+    let mut at = path.to_owned();
+    loop {
+        if held.get(&at).is_some_and(|p| p.iter().any(|p| p == privilege)) {
+            return true;
+        }
+        if at == "/" {
+            return false;
+        }
+        at = match at.rfind('/') {
+            Some(0) | None => "/".into(),
+            Some(i) => at[..i].to_owned(),
+        };
+    }
+}
+
+/// The PVE calls the create would make, with their parameters as they would be sent.
+async fn calls(pve: &PveClient, job: &Job, vmid: Vmid, clone_source: Option<Vmid>) -> Vec<PlannedCall> {
+    let node = &job.node;
+    let marker = job.job_id.marker_tag();
+    let spec = &job.container;
+    let mut calls = Vec::new();
+    let call = |call: String, parameters: Vec<(String, String)>| PlannedCall { call, parameters };
+    let own = |v: &[(&str, String)]| v.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect::<Vec<_>>();
+    if let Some(source) = &spec.template
+        && !pve.template_exists(&source.volid()).await.unwrap_or(false)
+    {
+        calls.push(match source {
+            TemplateSource::Download(d) => call(
+                format!("POST /nodes/{node}/storage/{}/download-url", d.storage),
+                own(&[
+                    ("content", "vztmpl".into()),
+                    ("filename", d.filename.clone()),
+                    ("url", d.url.clone()),
+                    ("checksum", d.checksum.to_ascii_lowercase()),
+                    ("checksum-algorithm", d.algorithm.as_str().into()),
+                ]),
+            ),
+            TemplateSource::Appliance(a) => call(
+                format!("POST /nodes/{node}/aplinfo"),
+                own(&[("storage", a.storage.clone()), ("template", a.name.clone())]),
+            ),
+            TemplateSource::Oci(o) => call(
+                format!("POST /nodes/{node}/storage/{}/oci-registry-pull", o.storage),
+                own(&[("reference", o.reference.clone()), ("filename", source.filename())]),
+            ),
+        });
+    }
+    // The job's own key is made at validating; its public half joins the spec's keys.
+    let job_key = (!job.deploy.is_empty() && spec.clone.is_none()).then(|| "<the job's own ed25519 key>".to_owned());
+    let password = spec.root_password.as_ref().map(|_| "********".to_owned());
+    let create = crate::create::create_params(job, vmid, &marker, job_key, password);
+    match clone_source {
+        Some(from) => {
+            calls.push(call(
+                format!("POST /nodes/{node}/lxc/{from}/clone"),
+                own(&crate::source::clone_params(job, vmid, &marker)),
+            ));
+            let source_cfg = pve.container_config(from).await.ok().flatten().unwrap_or(Value::Null);
+            calls.push(call(
+                format!("PUT /nodes/{node}/lxc/{vmid}/config"),
+                crate::source::clone_config(create, job, &source_cfg, &source_cfg),
+            ));
+        }
+        None => calls.push(call(format!("POST /nodes/{node}/lxc"), create)),
+    }
+    calls.push(call(format!("POST /nodes/{node}/lxc/{vmid}/status/start"), Vec::new()));
+    calls
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_privilege_is_held_on_its_path_or_above() {
+        let held: BTreeMap<String, Vec<String>> = [
+            ("/vms".to_owned(), vec!["VM.Allocate".to_owned()]),
+            ("/storage/local-lvm".to_owned(), vec!["Datastore.AllocateSpace".to_owned()]),
+        ]
+        .into();
+        assert!(holds(&held, "/vms/100", "VM.Allocate"));
+        assert!(holds(&held, "/storage/local-lvm", "Datastore.AllocateSpace"));
+        assert!(!holds(&held, "/storage/fast", "Datastore.AllocateSpace"));
+        assert!(!holds(&held, "/vms/100", "VM.Clone"));
+    }
+}

@@ -1,0 +1,89 @@
+//! `pvefleet plan`: `submit`'s arguments (and `--count`), but instead of publishing, each
+//! chosen node's agent is asked (`pvefleet.control.<node>.plan`) to check the job against its
+//! Proxmox API and say what the create would send. Nothing changes in PVE. Exit 0 if every
+//! check of every job passes, 1 with the reasons otherwise, 2 for bad input.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use pvefleet_schemas::{PlanReply, PlanRequest};
+
+use super::submit::{Placed, choose_node};
+use crate::cli::{Cli, SubmitArgs};
+use crate::spec::BadInput;
+use crate::{Failure, Outcome};
+
+/// How long an agent may take to answer a plan (it makes a dozen reads of its API).
+const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
+    if args.watch || args.request_id.is_some() {
+        return Err(BadInput::field(
+            if args.watch { "--watch" } else { "--request-id" },
+            "a plan publishes no job: there is nothing to follow or to repeat",
+        )
+        .into());
+    }
+    let store = crate::open_store(cli).await?;
+    let parts = super::submit::gather(args, &store).await?;
+    let count = args.count.unwrap_or(1);
+    let jobs = super::batch::build_jobs(&parts, count)?;
+    let client = crate::bus::connect(cli).await?;
+    let js = jetstream::new(client.clone());
+    let beats = if parts.node == "auto" { crate::bus::heartbeats(&js).await? } else { Vec::new() };
+    let mut placed = Placed::new();
+    let mut all_ok = true;
+    for (i, mut job) in jobs.into_iter().enumerate() {
+        if parts.node == "auto" {
+            job.node = choose_node(&beats, &job, &placed)?;
+            let entry = placed.entry(job.node.clone()).or_default();
+            entry.0 += u64::from(job.container.memory) << 20;
+            entry.1 += u64::from(job.container.effective_rootfs().size) << 30;
+        }
+        let subject = pvefleet_schemas::names::plan_subject(&job.node);
+        let payload = serde_json::to_vec(&PlanRequest::new(job.clone())).expect("a plan request serializes");
+        let answer = tokio::time::timeout(ANSWER_WITHIN, client.request(subject, payload.into()))
+            .await
+            .map_err(|_| anyhow::anyhow!("the agent of {} did not answer the plan within {ANSWER_WITHIN:?}", job.node))?
+            .map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
+                    "no agent answers plans on {}: is pvefleet-agent running there (and this build's)?",
+                    job.node
+                ),
+                _ => anyhow::anyhow!("asking the agent of {} for a plan: {e}", job.node),
+            })?;
+        let reply: PlanReply = serde_json::from_slice(&answer.payload).map_err(|e| {
+            anyhow::anyhow!("the agent of {} answered the plan with something unreadable: {e}", job.node)
+        })?;
+        all_ok &= reply.ok;
+        if args.json {
+            println!("{}", serde_json::to_string(&reply).expect("a plan serializes"));
+        } else {
+            show(&reply, &job.container.hostname, i + 1, count);
+        }
+    }
+    if all_ok { Ok(()) } else { Err(Failure::Quiet) }
+}
+
+fn show(reply: &PlanReply, hostname: &str, n: usize, count: u32) {
+    let failed = reply.checks.iter().filter(|c| !c.ok).count();
+    let which = if count > 1 { format!("job {n} of {count}: ") } else { String::new() };
+    let verdict = if failed == 0 { "every check passes".to_owned() } else { format!("{failed} check(s) failed") };
+    println!("{which}{hostname} on {}: {verdict}", reply.node);
+    let mut table = Table::new();
+    table.load_style(UTF8_FULL_CONDENSED).set_header(["CHECK", "", "FOUND"]);
+    for c in &reply.checks {
+        table.add_row([c.check.clone(), if c.ok { "ok".into() } else { "FAILED".into() }, c.detail.clone()]);
+    }
+    println!("{table}");
+    if failed == 0 {
+        println!("It would send:");
+        for call in &reply.calls {
+            println!("  {}", call.call);
+            for (k, v) in &call.parameters {
+                println!("    {k}={}", v.replace('\n', "\\n").replace('\0', "\\0"));
+            }
+        }
+    }
+}
