@@ -37,6 +37,13 @@ chaos *FLAGS:
     cargo build --workspace --bins --examples --locked
     cargo run -q -p pvefleet-testbed --example chaos --locked -- {{FLAGS}}
 
+# The smoke run against a real Proxmox VE node (not in CI): its own nats-server and agent,
+# then plan -> create (a file, a script) -> watch -> destroy, and nothing left. The target comes
+# from PVEFLEET_SMOKE_* variables (it lists them when one is missing); README: "A smoke run".
+test-proxmox:
+    cargo build --workspace --bins --examples --locked
+    ./target/debug/examples/smoke
+
 # The demo fleet: a local NATS, fake Proxmox, sshd and two agents running three jobs.
 demo:
     bash scripts/demo

@@ -57,7 +57,8 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
             }
             if matches!(row.state.as_str(), "queued" | "running") {
                 return Err(Failure::Failed(anyhow::anyhow!(
-                    "job {id} is still {}; cancel it first (`pvefleet cancel {id}`), which rolls it back",
+                    "the store has job {id} as still {}: cancel it first (`pvefleet cancel {id}`, which rolls it \
+                     back), or, if it has ended, let `pvefleet record` (which tells the store) catch up",
                     row.state
                 )));
             }
