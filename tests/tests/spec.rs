@@ -516,3 +516,69 @@ async fn a_root_login_may_set_every_feature_and_bind_mounts() -> anyhow::Result<
     bed.dir.pass();
     Ok(())
 }
+
+/// An agent SIGKILLed inside a clone's task, and inside a download's: the next delivery waits
+/// on the checkpointed task, so one clone and one download, each job ending once.
+#[tokio::test]
+async fn an_agent_killed_mid_clone_or_mid_download_resumes_with_one_of_each() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{ChecksumAlgorithm, CloneFrom, CloneSpec, Download, TemplateSource};
+    use sha2::Digest as _;
+    let bed = Fleet::start("spec-kill", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    make_template(&bed, 9002, "tmpl-slow").await?;
+    bed.pve.time_scale(0.2).await?;
+    bed.pve.task_secs(serde_json::json!({"clone": 10})).await?;
+    let killed_in = |job: pvefleet_schemas::JobId, what: &'static str| {
+        let js = bed.js.clone();
+        async move {
+            pvefleet_testbed::wait_until(what, JOB_WITHIN, || async {
+                let events = pvefleet_testbed::jobs::events_now(&js, job).await.ok()?;
+                events.iter().any(|e| e.message.contains(what)).then_some(())
+            })
+            .await
+        }
+    };
+
+    let mut clone = create_job("pve1", "slow-clone", Ipv4Addr::new(127, 0, 0, 88));
+    clone.container.ostemplate = None;
+    clone.container.clone =
+        Some(CloneSpec { from: CloneFrom::Name("tmpl-slow".into()), full: true, snapshot: None, storage: None });
+    clone.container.nics = vec![Nic::new("eth0", "vmbr0", "127.0.0.88/32".parse().map_err(anyhow::Error::msg)?)];
+    submit(&bed.js, &clone).await?;
+    killed_in(clone.job_id, "clone task").await?;
+    agent.kill();
+    agent.restart()?;
+    let events = events_until_terminal(&bed.js, clone.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("resuming")), "{events:#?}");
+    let made = result_of(&events).vmid.expect("a vmid").get();
+    assert_eq!(bed.pve.containers().await?, vec![made, 9002], "one clone");
+
+    let body = b"a slow template".repeat(2048);
+    let url = bed.pve.serve_file("slow.tar.zst", &body)?;
+    let mut fetch = create_job("pve1", "slow-fetch", Ipv4Addr::new(127, 0, 0, 89));
+    fetch.container.ostemplate = None;
+    fetch.container.template = Some(TemplateSource::Download(Download {
+        url,
+        checksum: hex(&sha2::Sha256::digest(&body)),
+        algorithm: ChecksumAlgorithm::Sha256,
+        storage: "local".into(),
+        filename: "slow.tar.zst".into(),
+    }));
+    bed.pve.reset_calls().await?;
+    submit(&bed.js, &fetch).await?;
+    killed_in(fetch.job_id, "fetching local:vztmpl/slow.tar.zst: task").await?;
+    agent.kill();
+    agent.restart()?;
+    let events = events_until_terminal(&bed.js, fetch.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    assert_eq!(
+        calls_to(&bed.pve.calls().await?, "POST", "/nodes/{node}/storage/{storage}/download-url"),
+        1,
+        "one download"
+    );
+    bed.dir.pass();
+    Ok(())
+}
