@@ -118,6 +118,12 @@ pub enum Verb {
     /// Manage templates: container defaults plus packages, files and scripts.
     #[command(subcommand)]
     Template(TemplateVerb),
+    /// The fleet and every job's live progress in a browser, and /metrics (read-only).
+    /// Loopback by default; any other address needs --token-file.
+    #[command(
+        after_help = "Examples:\n  pvefleet serve\n  pvefleet serve --listen 0.0.0.0:8080 --token-file /etc/pvefleet/web-token"
+    )]
+    Serve(ServeArgs),
     /// Record every job's events into the store (long-running; safe to restart).
     #[command(after_help = "Example:\n  pvefleet --db postgres://pvefleet@db/pvefleet record")]
     Record,
@@ -141,6 +147,16 @@ pub enum TemplateVerb {
     /// Remove a template.
     #[command(after_help = "Example:\n  pvefleet template rm web")]
     Rm { name: String },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Where to listen; an address other than loopback requires --token-file.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// A file holding the bearer token (at least 16 characters) every request must show.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Default)]

@@ -7,12 +7,14 @@
 //! - [`store`]: the sea-orm store (SQLite or Postgres) and its migration.
 //! - [`bus`]: NATS: connecting, and reading a job's events.
 //! - [`verbs`]: one file per verb.
+//! - [`web`]: `pvefleet serve`: the pages, their live events and `/metrics`.
 
 pub mod bus;
 pub mod cli;
 pub mod spec;
 pub mod store;
 pub mod verbs;
+pub mod web;
 
 use std::process::ExitCode;
 
@@ -78,6 +80,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             TemplateVerb::Rm { name } => verbs::template::rm(&cli, name).await,
         },
         Verb::Record => verbs::record::run(&cli).await,
+        Verb::Serve(ref args) => web::run(&cli, args).await,
         Verb::Destroy(ref args) => verbs::destroy::run(&cli, args).await,
     };
     match outcome {

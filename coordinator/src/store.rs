@@ -486,6 +486,32 @@ impl Store {
         Ok(q.all(&self.db).await?)
     }
 
+    /// One page of jobs, newest first, filtered by node, state and a part of the hostname;
+    /// with how many match in all.
+    pub async fn jobs_page(
+        &self,
+        node: Option<&str>,
+        state: Option<&str>,
+        hostname: Option<&str>,
+        page: u64,
+        per_page: u64,
+    ) -> anyhow::Result<(Vec<job::Model>, u64)> {
+        use sea_orm::PaginatorTrait as _;
+        let mut q = job::Entity::find().order_by_desc(job::Column::JobId);
+        if let Some(node) = node {
+            q = q.filter(job::Column::Node.eq(node));
+        }
+        if let Some(state) = state {
+            q = q.filter(job::Column::State.eq(state));
+        }
+        if let Some(part) = hostname {
+            q = q.filter(job::Column::Hostname.contains(part));
+        }
+        let pages = q.paginate(&self.db, per_page);
+        let total = pages.num_items().await?;
+        Ok((pages.fetch_page(page).await?, total))
+    }
+
     pub async fn events(&self, id: &JobId) -> anyhow::Result<Vec<event::Model>> {
         Ok(event::Entity::find()
             .filter(event::Column::JobId.eq(id.to_string()))

@@ -135,6 +135,29 @@ impl Pvefleet {
         Ok(self.command(args)?.output().await?.into())
     }
 
+    /// `pvefleet serve` on a free port of `host` (more `args` after), waiting until it
+    /// answers; returns the process and its base URL.
+    pub async fn serve(&self, name: &str, host: &str, args: &[&str]) -> anyhow::Result<(Proc, String)> {
+        let port = crate::free_port(host);
+        let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);
+        cmd.args(self.globals()).args(["serve", "--listen", &format!("{host}:{port}")]).args(args);
+        let mut proc = Proc::spawn(&self.dir, name, cmd)?;
+        let url = format!("http://{}:{port}", if host == "0.0.0.0" { "127.0.0.1" } else { host });
+        let probe = format!("{url}/assets/style.css");
+        crate::wait_until("pvefleet serve to answer", std::time::Duration::from_secs(20), || {
+            let exited = proc.try_wait();
+            let probe = probe.clone();
+            async move {
+                if let Some(status) = exited {
+                    return Some(Err(anyhow::anyhow!("pvefleet serve exited with {status}")));
+                }
+                reqwest::get(&probe).await.ok().map(|_| Ok(()))
+            }
+        })
+        .await??;
+        Ok((proc, url))
+    }
+
     /// `pvefleet record` as a background process, its output in the test dir.
     pub fn recorder(&self, name: &str) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);

@@ -1,0 +1,62 @@
+//! Server-sent events. A job's stream replays its events from the first and then follows
+//! them, ending after the terminal one (as `watch` does), so a page opened or reloaded mid-job
+//! shows everything from the start. The fleet's stream sends the registry every second.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
+use futures::stream::{self, Stream};
+use pvefleet_schemas::{JobId, NodeName};
+
+use super::Web;
+use crate::bus::EventFeed;
+
+fn sse(s: impl Stream<Item = Result<Sse, Infallible>> + Send + 'static) -> Response {
+    axum::response::Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+pub async fn job_events(State(web): State<Web>, Path(id): Path<String>) -> Response {
+    let Ok(job_id) = id.parse::<JobId>() else { return super::pages::not_found("not a job id") };
+    let node = match web.store.job(&job_id).await {
+        Ok(Some(row)) => NodeName::new(&row.node).ok(),
+        Ok(None) => None,
+        Err(e) => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let feed = match EventFeed::open(&web.client, &web.js, &job_id, node).await {
+        Ok(f) => f,
+        Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    };
+    // `Some(feed)` while following; `None` once the end has been said.
+    // `Some(feed)` while following; `None` after the terminal event.
+    let events = stream::unfold(Some(feed), |state| async move {
+        let mut feed = state?;
+        match feed.next().await {
+            Ok(Some(event)) => {
+                let data = serde_json::to_string(&event).expect("an event serializes");
+                let next = if event.is_terminal() { None } else { Some(feed) };
+                Some((Ok(Sse::default().event("job").data(data)), next))
+            }
+            Ok(None) | Err(_) => None,
+        }
+    });
+    let end = stream::once(async { Ok(Sse::default().event("end").data("end")) });
+    sse(events.chain(end))
+}
+
+pub async fn fleet(State(web): State<Web>) -> Response {
+    let ticks = stream::unfold((web, true), |(web, first)| async move {
+        if !first {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let data = match crate::bus::heartbeats(&web.js).await {
+            Ok(beats) => serde_json::to_string(&beats).expect("heartbeats serialize"),
+            Err(e) => serde_json::json!({"error": e.to_string()}).to_string(),
+        };
+        Some((Ok(Sse::default().event("fleet").data(data)), (web, false)))
+    });
+    sse(ticks)
+}

@@ -1,0 +1,208 @@
+//! The pages, rendered on the server with maud, which escapes everything it prints: a
+//! hostname, a spec, an error message is always text, never markup. The live parts are
+//! filled in by `assets/app.js` from server-sent events, with `textContent` only.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+use pvefleet_schemas::{Heartbeat, JobId};
+use serde::Deserialize;
+
+use super::Web;
+use crate::store::STATES;
+
+const PER_PAGE: u64 = 50;
+
+fn layout(title: &str, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · pvefleet" }
+                link rel="stylesheet" href="/assets/style.css";
+                script src="/assets/app.js" defer {}
+            }
+            body {
+                header {
+                    a.brand href="/" { "pvefleet" }
+                    nav { a href="/" { "Fleet" } " " a href="/jobs" { "Jobs" } }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn page(status: StatusCode, title: &str, body: Markup) -> Response {
+    (status, Html(layout(title, body).into_string())).into_response()
+}
+
+fn failed(e: impl std::fmt::Display) -> Response {
+    page(StatusCode::INTERNAL_SERVER_ERROR, "Error", html! { h1 { "Something failed" } p.error { (e.to_string()) } })
+}
+
+pub fn not_found(what: &str) -> Response {
+    page(StatusCode::NOT_FOUND, "Not found", html! { h1 { "Not found" } p { (what) } })
+}
+
+pub fn unauthorized() -> Html<String> {
+    Html(
+        layout(
+            "Token required",
+            html! { h1 { "A token is required" } p { "Open the link with ?token=… that the operator gave you, or send it as a bearer token." } },
+        )
+        .into_string(),
+    )
+}
+
+fn bar(used: u64, total: u64) -> Markup {
+    let percent = used.saturating_mul(100).checked_div(total).unwrap_or(0).min(100);
+    html! { span.bar title=(format!("{percent}%")) { span.fill style=(format!("width:{percent}%")) {} } }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// One node's card (the script renders the same shape from `/live/fleet`).
+fn node_card(b: &Heartbeat) -> Markup {
+    html! {
+        article.node data-node=(b.node.as_str()) {
+            h2 { (b.node.as_str()) " " span.badge.live { "live" } }
+            p { "agent " (b.agent_version) " · " (b.running_jobs.len()) "/" (b.concurrency) " running · last seen " time { (b.last_seen.to_string()) } }
+            @if let Some(cap) = &b.capacity {
+                p { "memory " (bar(cap.memory_total_bytes - cap.memory_free_bytes.min(cap.memory_total_bytes), cap.memory_total_bytes)) " "
+                    (gib(cap.memory_free_bytes)) " free of " (gib(cap.memory_total_bytes)) }
+                @for s in &cap.storages {
+                    p { (s.storage) " " (bar(s.total_bytes.saturating_sub(s.avail_bytes), s.total_bytes)) " " (gib(s.avail_bytes)) " free of " (gib(s.total_bytes)) }
+                }
+            } @else {
+                p.error { "its Proxmox API did not answer" }
+            }
+        }
+    }
+}
+
+pub async fn fleet(State(web): State<Web>) -> Response {
+    let beats = match crate::bus::heartbeats(&web.js).await {
+        Ok(b) => b,
+        Err(e) => return failed(e),
+    };
+    page(
+        StatusCode::OK,
+        "Fleet",
+        html! {
+            h1 { "Fleet" }
+            p.hint { "Agents beat every few seconds; one that stops beating leaves this page." }
+            section #fleet data-live="/live/fleet" {
+                @if beats.is_empty() { p #no-agents { "No live agent." } }
+                @for b in &beats { (node_card(b)) }
+            }
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JobsQuery {
+    node: Option<String>,
+    state: Option<String>,
+    hostname: Option<String>,
+    page: Option<u64>,
+}
+
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+pub async fn jobs(State(web): State<Web>, Query(q): Query<JobsQuery>) -> Response {
+    let (node, state, hostname) = (given(&q.node), given(&q.state), given(&q.hostname));
+    let page_no = q.page.unwrap_or(1).max(1);
+    let (jobs, total) = match web.store.jobs_page(node, state, hostname, page_no - 1, PER_PAGE).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let pages = total.div_ceil(PER_PAGE).max(1);
+    let link = |p: u64| {
+        let mut parts = vec![format!("page={p}")];
+        for (k, v) in [("node", node), ("state", state), ("hostname", hostname)] {
+            if let Some(v) = v {
+                parts.push(format!("{k}={}", v.replace(['&', '#', '?', '='], "")));
+            }
+        }
+        format!("/jobs?{}", parts.join("&"))
+    };
+    page(
+        StatusCode::OK,
+        "Jobs",
+        html! {
+            h1 { "Jobs" }
+            form.filters method="get" action="/jobs" {
+                label { "node " input name="node" value=(node.unwrap_or_default()); }
+                label { "state " select name="state" {
+                    option value="" { "any" }
+                    @for s in STATES { option value=(s) selected[state == Some(s)] { (s) } }
+                } }
+                label { "hostname " input name="hostname" value=(hostname.unwrap_or_default()); }
+                button type="submit" { "Filter" }
+            }
+            p { (total) " job(s)" }
+            table #jobs {
+                thead { tr { th { "job" } th { "kind" } th { "node" } th { "state" } th { "hostname" } th { "vmid" } th { "ip" } th { "submitted" } } }
+                tbody {
+                    @for j in &jobs {
+                        tr.job data-state=(j.state) {
+                            td { a href=(format!("/jobs/{}", j.job_id)) { (j.job_id) } }
+                            td { (j.kind) } td { (j.node) } td { span.state { (j.state) } } td { (j.hostname) }
+                            td { (j.vmid.map(|v| v.to_string()).unwrap_or_default()) }
+                            td { (j.ip.clone().unwrap_or_default()) } td { (j.submitted_at) }
+                        }
+                    }
+                }
+            }
+            nav.pages {
+                @if page_no > 1 { a rel="prev" href=(link(page_no - 1)) { "← newer" } " " }
+                "page " (page_no) " of " (pages)
+                @if page_no < pages { " " a rel="next" href=(link(page_no + 1)) { "older →" } }
+            }
+        },
+    )
+}
+
+pub async fn job(State(web): State<Web>, Path(id): Path<String>) -> Response {
+    let Ok(job_id) = id.parse::<JobId>() else { return not_found(&format!("`{id}` is not a job id")) };
+    let row = match web.store.job(&job_id).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let Some(row) = row else {
+        return not_found(&format!("no job {job_id} in the store"));
+    };
+    // The store keeps the spec without its root password; pretty-printed, escaped.
+    let spec = serde_json::from_str::<serde_json::Value>(&row.spec)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_default();
+    page(
+        StatusCode::OK,
+        &row.hostname,
+        html! {
+            h1 { (row.hostname) " " span.state #state { (row.state) } }
+            p.meta { "job " code { (row.job_id) } " · " (row.kind) " on " (row.node)
+                @if let Some(t) = &row.template { " · template " (t) } }
+            section #job data-events=(format!("/jobs/{}/events", row.job_id)) {
+                p { progress #percent max="100" value="0" {} " " span #percent-text { "0%" } " " span #step {} }
+                h2 { "Steps" }
+                ol #timeline {}
+                h2 { "Log" }
+                ol #log {}
+                h2 { "Warnings" }
+                ul #warnings {}
+                div #result {}
+            }
+            details { summary { "Spec" } pre #spec { (spec) } }
+        },
+    )
+}

@@ -1,0 +1,162 @@
+//! `pvefleet serve` over HTTP: the pages, a job's events over SSE replayed then followed to
+//! its end, escaping, a 404 for an unknown job, the token on a non-loopback address, and
+//! `/metrics` read with a Prometheus text parser against the jobs run.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use pvefleet_testbed::agent::AgentOptions;
+use pvefleet_testbed::cli::{Pvefleet, TestDb};
+use pvefleet_testbed::fakepve::OSTEMPLATE;
+use pvefleet_testbed::{Fleet, Sshd, wait_until};
+
+const XSS: &str = "<script>alert(1)</script>";
+
+/// SSE frames as (event, data), read until the stream ends.
+fn frames(body: &str) -> Vec<(String, String)> {
+    body.split("\n\n")
+        .filter_map(|frame| {
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(v) = line.strip_prefix("event: ").or_else(|| line.strip_prefix("event:")) {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data: ").or_else(|| line.strip_prefix("data:")) {
+                    data.push_str(v);
+                }
+            }
+            (!event.is_empty()).then_some((event, data))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result<()> {
+    let ip = Ipv4Addr::new(127, 0, 0, 150);
+    let bed = Fleet::start("web-http", &["pve1"]).await?;
+    let sshd = Sshd::start(&bed.dir, ip, &bed.pve.keys_dir).await?;
+    let _agent =
+        bed.agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    assert!(cli.run(&["setup"]).await?.ok());
+    let _recorder = cli.recorder("recorder")?;
+    let spec = bed.dir.path().join("xss.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[deploy]\n[[deploy.scripts]]\nname = \"print\"\nbody = \"echo '{XSS}'; echo second >&2; echo third\"\n"
+        ),
+    )?;
+    let submit = cli
+        .run(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--hostname",
+            "web-page",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            "127.0.0.150/32",
+            "--spec",
+            &spec.display().to_string(),
+            "--watch",
+        ])
+        .await?;
+    assert_eq!(submit.code, Some(0), "{submit:?}");
+    let job = submit.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    wait_until("the recorder to record the job's end", Duration::from_secs(30), || async {
+        let run = cli.run(&["job", &job, "--json"]).await.ok()?;
+        (serde_json::from_str::<serde_json::Value>(&run.stdout).ok()?["state"] == "succeeded").then_some(())
+    })
+    .await?;
+    let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
+    let http = reqwest::Client::new();
+
+    let fleet = http.get(format!("{url}/")).send().await?;
+    assert_eq!(fleet.status(), 200);
+    let fleet = fleet.text().await?;
+    assert!(fleet.contains("data-node=\"pve1\"") && fleet.contains("memory"), "{fleet}");
+
+    let jobs = http.get(format!("{url}/jobs?state=succeeded&hostname=web")).send().await?.text().await?;
+    assert!(jobs.contains(&format!("href=\"/jobs/{job}\"")), "{jobs}");
+    let none = http.get(format!("{url}/jobs?state=failed")).send().await?.text().await?;
+    assert!(!none.contains(&format!("/jobs/{job}")) && none.contains("0 job(s)"), "{none}");
+
+    let page = http.get(format!("{url}/jobs/{job}")).send().await?;
+    assert_eq!(page.status(), 200);
+    let page = page.text().await?;
+    assert!(page.contains("web-page") && page.contains(&format!("/jobs/{job}/events")), "{page}");
+    assert!(!page.contains(XSS), "the script's text is escaped on the page: {page}");
+    assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{page}");
+
+    // The events: every one, in order, then `end`.
+    let body = tokio::time::timeout(Duration::from_secs(20), async {
+        http.get(format!("{url}/jobs/{job}/events")).send().await?.text().await
+    })
+    .await??;
+    let frames = frames(&body);
+    assert_eq!(frames.last().map(|f| f.0.as_str()), Some("end"), "{body}");
+    let events: Vec<pvefleet_schemas::Event> =
+        frames.iter().filter(|f| f.0 == "job").map(|f| serde_json::from_str(&f.1)).collect::<Result<_, _>>()?;
+    pvefleet_testbed::jobs::check_event_contract(&events)?;
+    let lines: Vec<(String, Option<pvefleet_schemas::LogStream>)> = events
+        .iter()
+        .filter(|e| e.stream.is_some_and(|s| s != pvefleet_schemas::LogStream::Task))
+        .map(|e| (e.message.clone(), e.stream))
+        .collect();
+    // Each stream in its order (stdout and stderr are two pipes: their interleaving is not).
+    let of = |stream| lines.iter().filter(|l| l.1 == Some(stream)).map(|l| l.0.as_str()).collect::<Vec<_>>();
+    assert_eq!(of(pvefleet_schemas::LogStream::Stdout), [XSS, "third"]);
+    assert_eq!(of(pvefleet_schemas::LogStream::Stderr), ["second"]);
+
+    let unknown = http.get(format!("{url}/jobs/01JDQ8Z3M4X6T2E9R5W7Y1K0AB")).send().await?;
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.text().await?.contains("no job"));
+
+    let metrics = http.get(format!("{url}/metrics")).send().await?.text().await?;
+    let parsed = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))?;
+    let jobs_succeeded: f64 = parsed
+        .samples
+        .iter()
+        .filter(|s| s.metric == "pvefleet_jobs" && s.labels.get("state") == Some("succeeded"))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum();
+    assert_eq!(jobs_succeeded, 1.0, "{metrics}");
+    assert!(parsed.samples.iter().any(|s| s.metric.starts_with("pvefleet_step_duration_seconds")), "{metrics}");
+    bed.dir.pass();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_server_off_loopback_needs_its_token() -> anyhow::Result<()> {
+    let bed = Fleet::start("web-token", &["pve1"]).await?;
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    assert!(cli.run(&["setup"]).await?.ok());
+    let refused = cli.run(&["serve", "--listen", "0.0.0.0:0"]).await?;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("--token-file"), "{}", refused.stderr);
+
+    let token = "a-token-of-some-length-42";
+    let file = bed.dir.path().join("web-token");
+    std::fs::write(&file, format!("{token}\n"))?;
+    let (_serve, url) = cli.serve("serve", "0.0.0.0", &["--token-file", &file.display().to_string()]).await?;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
+    assert_eq!(http.get(format!("{url}/")).send().await?.status(), 401);
+    assert_eq!(http.get(format!("{url}/metrics")).bearer_auth("wrong-token-wrong-token").send().await?.status(), 401);
+    assert_eq!(http.get(format!("{url}/jobs")).bearer_auth(token).send().await?.status(), 200);
+    let link = http.get(format!("{url}/jobs?token={token}")).send().await?;
+    assert_eq!(link.status(), 303, "the one-time link sets the cookie and drops the token from the URL");
+    let cookie = link.headers()["set-cookie"].to_str()?.to_owned();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    let with_cookie =
+        http.get(format!("{url}/jobs")).header("cookie", cookie.split(';').next().unwrap()).send().await?;
+    assert_eq!(with_cookie.status(), 200);
+    bed.dir.pass();
+    Ok(())
+}
