@@ -19,6 +19,7 @@
 //! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
 
 pub mod agent;
+pub mod browser;
 pub mod chaos;
 pub mod cli;
 pub mod dir;
