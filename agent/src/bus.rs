@@ -53,6 +53,9 @@ pub async fn connect(
             // Once connected, ride out server restarts without giving up.
             .max_reconnects(None)
             .event_callback(|event| async move {
+                if matches!(event, async_nats::Event::Connected) {
+                    crate::metrics::metrics().connected();
+                }
                 tracing::info!(%event, "NATS connection event");
             });
         if let Some(creds) = &config.creds {

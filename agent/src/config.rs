@@ -25,6 +25,8 @@ pub struct Config {
     pub files_dir: PathBuf,
     /// What the agent keeps: its sealing key (`sealing.key`, mode 0600).
     pub state_dir: PathBuf,
+    /// Where `/metrics` is served; off when unset.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub nats: NatsConfig,
     pub proxmox: ProxmoxConfig,
     pub ssh: SshConfig,
@@ -147,6 +149,8 @@ struct Raw {
     files_dir: PathBuf,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    #[serde(default)]
+    metrics_listen: Option<String>,
     nats: RawNats,
     proxmox: RawProxmox,
     #[serde(default)]
@@ -268,6 +272,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("ack_wait", Kind::Str),
     ("files_dir", Kind::Str),
     ("state_dir", Kind::Str),
+    ("metrics_listen", Kind::Str),
     ("nats.urls", Kind::List),
     ("nats.creds", Kind::Str),
     ("nats.inbox_prefix", Kind::Str),
@@ -535,7 +540,15 @@ impl Config {
                 ));
             }
         };
+        let metrics_listen =
+            match &raw.metrics_listen {
+                None => None,
+                Some(addr) => Some(addr.parse::<std::net::SocketAddr>().map_err(|e| {
+                    err("metrics_listen", format!("`{addr}` is not an address like 127.0.0.1:9464 ({e})"))
+                })?),
+            };
         Ok(Config {
+            metrics_listen,
             node: raw.node,
             concurrency: raw.concurrency,
             heartbeat: raw.heartbeat.0,

@@ -14,6 +14,7 @@
 //!   pulled from an OCI registry; clones.
 //! - [`destroy`]: the destroy job's step table (finding → stopping → deleting).
 //! - [`deploy`]: the deploying step: packages, files and scripts over one SSH connection.
+//! - [`metrics`]: the agent's counters and histograms, and `/metrics` on `metrics_listen`.
 //! - [`plan`]: plan requests: the validating checks and the calls a create would make, changing nothing.
 //! - [`policy`]: what a job's end means for its message (ack, term, nak).
 //! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
@@ -29,6 +30,7 @@ pub mod create;
 pub mod deploy;
 pub mod destroy;
 pub mod heartbeat;
+pub mod metrics;
 pub mod plan;
 pub mod policy;
 pub mod proxmox;
@@ -85,9 +87,15 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         Arc::new(worker::Shared { config, pve, bus, running, stop, instance, sealing, cancels: Default::default() });
     let control = tokio::spawn(worker::serve_cancels(shared.clone()));
     let plans = tokio::spawn(plan::serve_plans(shared.clone()));
+    let metrics_stop = CancellationToken::new();
+    let metrics = shared.config.metrics_listen.map(|addr| tokio::spawn(metrics::serve(addr, metrics_stop.clone())));
     worker::work(shared.clone()).await;
     control.abort();
     plans.abort();
+    metrics_stop.cancel();
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
     beat_stop.cancel();
     let _ = beat.await;
     if let Err(e) = shared.bus.client.drain().await {

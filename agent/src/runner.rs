@@ -463,6 +463,7 @@ async fn drive<S: Saga>(
         core.cp.current = row.step;
         let lost = core.claim.lost().clone();
         let span = tracing::info_span!("step", step = %row.step);
+        let began = Instant::now();
         let outcome = tokio::select! {
             r = saga.step(row.step).instrument(span) => r,
             // Safe at any await: every step re-checks the world when it is resumed.
@@ -470,6 +471,7 @@ async fn drive<S: Saga>(
             _ = lost.cancelled() => return Err(BusError::LeaseLost),
             _ = cancel.cancelled() => Err(StepError::failed(ErrorKind::Cancelled, "cancelled by an operator")),
         };
+        crate::metrics::metrics().step(row.step, began.elapsed());
         match outcome {
             // The last step's end is the `complete` event itself: nothing to resume from.
             Ok(()) if row.step == last => {}
@@ -489,6 +491,7 @@ async fn drive<S: Saga>(
     let result = saga.result(true, None, false);
     let message = saga.completed();
     saga.core().events.emit(EventType::Complete, Some(last), Some(100), message, None, Some(result)).await?;
+    crate::metrics::metrics().job_finished(None);
     Ok(JobEnd::Finished { success: true })
 }
 
@@ -525,6 +528,7 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
     }
     let result = saga.result(false, Some(failure.clone()), rolled_back);
     saga.core().events.emit(EventType::Error, Some(failure.step), None, message, None, Some(result)).await?;
+    crate::metrics::metrics().job_finished(Some(failure.kind));
     Ok(JobEnd::Finished { success: false })
 }
 

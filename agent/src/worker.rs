@@ -205,6 +205,9 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         return (reject(shared, &msg.payload, ErrorKind::Validation, e.to_string(), owner).await, None);
     }
     let first = msg.info().is_ok_and(|info| info.delivered == 1);
+    if !first {
+        crate::metrics::metrics().redelivered();
+    }
     let job_id = job.job_id();
     let claimed = match runner::claim(job_id, node, &shared.bus, owner, shared.config.ack_wait, first).await {
         Ok(c) => c,
@@ -212,6 +215,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     };
     let claim = claimed.claim.clone();
     shared.running.started(job_id);
+    crate::metrics::metrics().job_started();
     let cancel = CancellationToken::new();
     shared.cancels.lock().expect("cancels").insert(job_id, cancel.clone());
     let env = runner::Env {
@@ -227,6 +231,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     };
     shared.cancels.lock().expect("cancels").remove(&job_id);
     shared.running.ended(&job_id);
+    crate::metrics::metrics().job_stopped();
     (end, Some(claim))
 }
 
@@ -241,7 +246,10 @@ async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: Strin
     };
     tracing::error!(%job_id, ?kind, %message, "rejected a job message");
     match terminal_error(&shared.bus, node, job_id, kind, message, owner).await {
-        Ok(()) => JobEnd::Rejected,
+        Ok(()) => {
+            crate::metrics::metrics().job_finished(Some(kind));
+            JobEnd::Rejected
+        }
         // Ended meanwhile by someone else (a cancel): nothing more to say.
         Err(crate::bus::BusError::Superseded) => JobEnd::Rejected,
         Err(e) => JobEnd::Bus(e),

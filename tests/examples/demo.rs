@@ -1,6 +1,6 @@
 //! The demo fleet: its own nats-server (never 4222), fakepve with two nodes and tasks slowed
 //! so the steps are visible, an OpenSSH sshd playing the containers, two agents, `pvefleet
-//! setup` and the recorder; then three jobs with `--watch` (a plain one, one from a template
+//! setup`, the recorder and `pvefleet serve` (its URL printed); then three jobs with `--watch` (a plain one, one from a template
 //! with packages, files and a streaming script, and one whose script fails and is rolled
 //! back), `pvefleet jobs` and `pvefleet nodes`.
 //!
@@ -63,6 +63,8 @@ async fn demo(dir: &TestDir) -> anyhow::Result<()> {
     })
     .await?;
     println!("agents for pve1 and pve2 are up; the recorder is writing events to {}", db.url());
+    let (_serve, web) = cli.serve("serve", "127.0.0.1", &[]).await?;
+    println!("the web view: {web}/ (the fleet), {web}/jobs (every job, live) and {web}/metrics, while the demo runs");
 
     banner("1/3 a plain container, placed automatically (pve2 has the most free memory)");
     let code = show(

@@ -28,6 +28,8 @@ pub struct AgentOptions {
     pub ssh_key_file: Option<std::path::PathBuf>,
     /// Sign in as root@pam with its password instead of using the API token.
     pub root_login: bool,
+    /// `metrics_listen`: where the agent serves /metrics.
+    pub metrics_listen: Option<String>,
 }
 
 impl AgentOptions {
@@ -44,6 +46,7 @@ impl AgentOptions {
             nats_ca: None,
             ssh_key_file: None,
             root_login: false,
+            metrics_listen: None,
         }
     }
 }
@@ -67,13 +70,14 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\nstate_dir = {state_dir:?}\n\n\
+                "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\nstate_dir = {state_dir:?}\n{metrics}\n\
                  [nats]\nurls = [{urls}]\n{inbox}\n\
                  [proxmox]\nurl = {url:?}\n{credential}fingerprint = {fp:?}\n\n\
                  [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\nauthorized_keys = {keys:?}\n{key_file}",
                 node = opts.node,
                 files_dir = files_dir,
                 state_dir = state_dir,
+                metrics = opts.metrics_listen.as_ref().map(|m| format!("metrics_listen = {m:?}\n")).unwrap_or_default(),
                 // The bed's sshd reads each container's keys from the file fakepve writes per address.
                 keys = format!("{}/%a", pve.keys_dir.display()),
                 concurrency = opts.concurrency,

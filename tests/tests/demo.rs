@@ -87,6 +87,7 @@ async fn the_demo_runs_to_the_end_and_leaves_nothing() -> anyhow::Result<()> {
         "warm-up: done",
         "script `migrate-db` exited with status 3",
         "container 102 destroyed",
+        "the web view: http://127.0.0.1:",
         "demo finished",
     ] {
         assert!(out.contains(expected), "the demo did not show {expected:?}:\n{out}");

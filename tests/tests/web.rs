@@ -160,3 +160,52 @@ async fn a_server_off_loopback_needs_its_token() -> anyhow::Result<()> {
     bed.dir.pass();
     Ok(())
 }
+
+fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// The agent's `/metrics` (`metrics_listen`), read with a Prometheus text parser, counts what
+/// it ran: one job that succeeded, one whose task failed, its Proxmox calls and its steps.
+#[tokio::test]
+async fn the_agents_metrics_count_the_jobs_it_ran() -> anyhow::Result<()> {
+    use pvefleet_testbed::jobs::{create_job, events_until_terminal, submit};
+    let bed = Fleet::start("web-agent-metrics", &["pve1"]).await?;
+    let port = pvefleet_testbed::free_port("127.0.0.1");
+    let _agent = bed
+        .agent_with(AgentOptions { metrics_listen: Some(format!("127.0.0.1:{port}")), ..AgentOptions::node("pve1") })?;
+    let good = create_job("pve1", "counted", Ipv4Addr::new(127, 0, 0, 151));
+    submit(&bed.js, &good).await?;
+    events_until_terminal(&bed.js, good.job_id, Duration::from_secs(60)).await?;
+    bed.pve.task_error("vzcreate", "unable to create CT 101 - out of luck").await?;
+    let bad = create_job("pve1", "failed", Ipv4Addr::new(127, 0, 0, 152));
+    submit(&bed.js, &bad).await?;
+    events_until_terminal(&bed.js, bad.job_id, Duration::from_secs(60)).await?;
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
+    assert_eq!(sample(&scrape, "pvefleet_agent_jobs_finished_total", &[("result", "success")]), 1.0, "{text}");
+    assert_eq!(
+        sample(&scrape, "pvefleet_agent_jobs_finished_total", &[("result", "failure"), ("error_kind", "task")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&scrape, "pvefleet_agent_jobs_running", &[]), 0.0, "{text}");
+    assert!(
+        sample(&scrape, "pvefleet_agent_proxmox_calls_total", &[("method", "POST"), ("status", "200")]) >= 3.0,
+        "{text}"
+    );
+    assert_eq!(sample(&scrape, "pvefleet_agent_step_duration_seconds", &[("step", "creating")]), 2.0, "{text}");
+    bed.dir.pass();
+    Ok(())
+}

@@ -176,7 +176,10 @@ impl PveClient {
         (|| self.call_once(method.clone(), path, params))
             .retry(self.retry)
             .when(PveError::is_transient)
-            .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "Proxmox API call failed; retrying"))
+            .notify(|e, wait| {
+                crate::metrics::metrics().retry();
+                tracing::warn!(error = %e, retry_in = ?wait, "Proxmox API call failed; retrying");
+            })
             .await
     }
 
@@ -197,6 +200,18 @@ impl PveClient {
     }
 
     async fn request(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
+        let started = std::time::Instant::now();
+        let outcome = self.request_untimed(method.clone(), path, params).await;
+        let status = match &outcome {
+            Ok(_) => Some(200),
+            Err(PveError::Api { status, .. }) => Some(*status),
+            Err(_) => None,
+        };
+        crate::metrics::metrics().call(&method, status, started.elapsed());
+        outcome
+    }
+
+    async fn request_untimed(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.auth.sign(self.http.request(method.clone(), &url), &method, &self.http, &self.base).await?;
         req = if method == Method::GET || method == Method::DELETE { req.query(params) } else { req.form(params) };
