@@ -128,14 +128,17 @@ async fn the_fleet_page_lists_the_agents_and_drops_a_stopped_one_within_three_be
     let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
     let browser = Browser::start(&bed.dir).await?;
     browser.client.goto(&format!("{url}/")).await?;
+    // Read in one script: the page redraws the cards every second, so elements go stale.
     let cards = |browser: &Browser| {
         let client = browser.client.clone();
         async move {
-            let mut names = Vec::new();
-            for card in client.find_all(Locator::Css("article.node")).await? {
-                names.push(card.attr("data-node").await?.unwrap_or_default());
-            }
-            anyhow::Ok(names)
+            let names = client
+                .execute(
+                    "return [...document.querySelectorAll('article.node:not(.gone)')].map(e => e.dataset.node)",
+                    vec![],
+                )
+                .await?;
+            anyhow::Ok(serde_json::from_value::<Vec<String>>(names)?)
         }
     };
     let started = Instant::now();
@@ -150,6 +153,18 @@ async fn the_fleet_page_lists_the_agents_and_drops_a_stopped_one_within_three_be
         anyhow::ensure!(stopped.elapsed() < Duration::from_secs(3), "still {:?}", cards(&browser).await?);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // It stays on the page, marked gone.
+    let gone = browser
+        .client
+        .execute(
+            "return [...document.querySelectorAll('article.node.gone')].map(e => [e.dataset.node, e.textContent])",
+            vec![],
+        )
+        .await?;
+    let gone: Vec<(String, String)> = serde_json::from_value(gone)?;
+    assert_eq!(gone.len(), 1, "{gone:?}");
+    assert_eq!(gone[0].0, "pve2");
+    assert!(gone[0].1.contains("stopped beating"), "{gone:?}");
     browser.client.clone().close().await?;
     bed.dir.pass();
     Ok(())

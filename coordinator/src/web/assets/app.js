@@ -42,11 +42,27 @@ function nodeCard(beat) {
 }
 
 function followFleet(section) {
+  // Nodes seen on this page stay, marked gone, once their agent stops beating.
+  const gone = new Map();
+  for (const card of section.querySelectorAll("article.node")) gone.set(card.dataset.node, null);
   const source = new EventSource(section.dataset.live);
   source.addEventListener("fleet", (m) => {
     const beats = JSON.parse(m.data);
     if (!Array.isArray(beats)) return;
-    section.replaceChildren(...beats.map(nodeCard));
+    const live = new Set(beats.map((b) => b.node));
+    const cards = beats.map(nodeCard);
+    for (const [node, since] of gone) {
+      if (live.has(node)) { gone.set(node, null); continue; }
+      const at = since || new Date().toISOString();
+      gone.set(node, at);
+      const card = el("article", "node gone"); card.dataset.node = node;
+      const h = el("h2", null, node + " "); h.appendChild(el("span", "badge gone", "gone")); card.appendChild(h);
+      card.appendChild(el("p", null, "its agent stopped beating (seen gone at " + at + ")"));
+      cards.push(card);
+    }
+    for (const node of live) if (!gone.has(node)) gone.set(node, null);
+    cards.sort((a, b) => a.dataset.node.localeCompare(b.dataset.node));
+    section.replaceChildren(...cards);
     if (beats.length === 0) { const p = el("p", null, "No live agent."); p.id = "no-agents"; section.appendChild(p); }
   });
 }
