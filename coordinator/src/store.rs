@@ -512,6 +512,17 @@ impl Store {
         Ok((pages.fetch_page(page).await?, total))
     }
 
+    /// Every job's step, complete and error events in one query, ordered by job and seq: what
+    /// the step durations of `/metrics` are measured from.
+    pub async fn step_marks(&self) -> anyhow::Result<Vec<event::Model>> {
+        Ok(event::Entity::find()
+            .filter(event::Column::Kind.is_in(["step", "complete", "error"]))
+            .order_by_asc(event::Column::JobId)
+            .order_by_asc(event::Column::Seq)
+            .all(&self.db)
+            .await?)
+    }
+
     pub async fn events(&self, id: &JobId) -> anyhow::Result<Vec<event::Model>> {
         Ok(event::Entity::find()
             .filter(event::Column::JobId.eq(id.to_string()))

@@ -41,7 +41,10 @@ async fn a_job_page_follows_its_job_live_and_replays_it_after() -> anyhow::Resul
     let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
     // Slow enough to watch: PVE's tasks take seconds, the script prints over two seconds.
     bed.pve.time_scale(1.0).await?;
-    bed.pve.task_secs(serde_json::json!({"create": 2, "start": 1})).await?;
+    bed.pve.task_secs(serde_json::json!({"create": 3, "start": 2})).await?;
+    // The browser is up before the job is submitted: its page must see the job from early on.
+    let browser = Browser::start(&bed.dir).await?;
+    browser.client.goto(&format!("{url}/jobs")).await?;
     let spec = bed.dir.path().join("lines.toml");
     std::fs::write(
         &spec,
@@ -66,8 +69,6 @@ async fn a_job_page_follows_its_job_live_and_replays_it_after() -> anyhow::Resul
         .await?;
     assert!(submit.ok(), "{submit:?}");
     let job = submit.stdout.trim().to_owned();
-
-    let browser = Browser::start(&bed.dir).await?;
     browser.client.goto(&format!("{url}/jobs/{job}")).await?;
     // The percent rises while the page stays open: sample it until the result shows.
     let mut seen = Vec::new();

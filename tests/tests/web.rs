@@ -114,6 +114,11 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
     let unknown = http.get(format!("{url}/jobs/01JDQ8Z3M4X6T2E9R5W7Y1K0AB")).send().await?;
     assert_eq!(unknown.status(), 404);
     assert!(unknown.text().await?.contains("no job"));
+    let unknown_events = http.get(format!("{url}/jobs/01JDQ8Z3M4X6T2E9R5W7Y1K0AB/events")).send().await?;
+    assert_eq!(unknown_events.status(), 404, "no endless stream for a job that does not exist");
+    // Filters keep what was typed, encoded, in the page links.
+    let odd = http.get(format!("{url}/jobs?hostname=a%26b")).send().await?.text().await?;
+    assert!(odd.contains("value=\"a&amp;b\""), "{odd}");
 
     let metrics = http.get(format!("{url}/metrics")).send().await?.text().await?;
     let parsed = prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_owned())))?;

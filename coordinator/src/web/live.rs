@@ -21,15 +21,19 @@ fn sse(s: impl Stream<Item = Result<Sse, Infallible>> + Send + 'static) -> Respo
 
 pub async fn job_events(State(web): State<Web>, Path(id): Path<String>) -> Response {
     let Ok(job_id) = id.parse::<JobId>() else { return super::pages::not_found("not a job id") };
-    let node = match web.store.job(&job_id).await {
-        Ok(Some(row)) => NodeName::new(&row.node).ok(),
-        Ok(None) => None,
+    let row = match web.store.job(&job_id).await {
+        Ok(row) => row,
         Err(e) => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
+    let node = row.as_ref().and_then(|r| NodeName::new(&r.node).ok());
     let feed = match EventFeed::open(&web.client, &web.js, &job_id, node).await {
         Ok(f) => f,
         Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
+    if row.is_none() && !feed.had_events {
+        // Neither recorded nor with any event: no such job (as `watch` says).
+        return super::pages::not_found("no such job");
+    }
     // `Some(feed)` while following; `None` once the end has been said.
     // `Some(feed)` while following; `None` after the terminal event.
     let events = stream::unfold(Some(feed), |state| async move {

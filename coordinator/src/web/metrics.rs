@@ -52,6 +52,7 @@ async fn render(web: &Web) -> anyhow::Result<String> {
     let queued = Family::<NodeLabels, Gauge>::default();
     let job_seconds = Histogram::new(BUCKETS);
     let steps = Family::<StepLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS));
+    let mut finished = std::collections::HashSet::new();
     for j in web.store.jobs(None, None).await? {
         jobs.get_or_create(&JobLabels { state: j.state.clone(), node: j.node.clone() }).inc();
         if let (Some(start), Some(end)) = (&j.started_at, &j.finished_at)
@@ -60,19 +61,19 @@ async fn render(web: &Web) -> anyhow::Result<String> {
             job_seconds.observe(s);
         }
         if j.finished_at.is_some() {
-            // A step lasts from its `step` event to the next one (or the job's end).
-            let Ok(id) = j.job_id.parse() else { continue };
-            let events = web.store.events(&id).await?;
-            let marks: Vec<(&str, &str)> = events
-                .iter()
-                .filter(|e| e.kind == "step" || e.kind == "complete" || e.kind == "error")
-                .map(|e| (e.step.as_deref().unwrap_or_default(), e.timestamp.as_str()))
-                .collect();
-            for pair in marks.windows(2) {
-                if let Some(s) = seconds_between(pair[0].1, pair[1].1) {
-                    steps.get_or_create(&StepLabels { step: pair[0].0.to_owned() }).observe(s);
-                }
-            }
+            finished.insert(j.job_id);
+        }
+    }
+    // A step of a finished job lasts from its `step` event to the next one (or the job's end).
+    let marks = web.store.step_marks().await?;
+    for pair in marks.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.job_id == b.job_id
+            && a.kind == "step"
+            && finished.contains(&a.job_id)
+            && let Some(s) = seconds_between(&a.timestamp, &b.timestamp)
+        {
+            steps.get_or_create(&StepLabels { step: a.step.clone().unwrap_or_default() }).observe(s);
         }
     }
     if let Ok(stream) = web.js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await

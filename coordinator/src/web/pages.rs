@@ -113,6 +113,17 @@ pub struct JobsQuery {
     page: Option<u64>,
 }
 
+/// A filter value as it goes into a link's query: letters, digits and `-._~` as they are,
+/// every other byte percent-encoded.
+fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
 fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
@@ -129,7 +140,7 @@ pub async fn jobs(State(web): State<Web>, Query(q): Query<JobsQuery>) -> Respons
         let mut parts = vec![format!("page={p}")];
         for (k, v) in [("node", node), ("state", state), ("hostname", hostname)] {
             if let Some(v) = v {
-                parts.push(format!("{k}={}", v.replace(['&', '#', '?', '='], "")));
+                parts.push(format!("{k}={}", query_value(v)));
             }
         }
         format!("/jobs?{}", parts.join("&"))
