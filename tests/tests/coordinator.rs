@@ -671,6 +671,27 @@ async fn count_makes_n_jobs_spread_by_capacity_once_and_all_or_none() -> anyhow:
     assert_eq!(bad.code, Some(2), "{bad:?}");
     assert!(bad.stderr.contains("job 1 of 5") && bad.stderr.contains("hostname"), "{}", bad.stderr);
     assert_eq!(bed.js.get_stream(JOBS_STREAM).await?.info().await?.state.last_sequence, before, "none published");
+
+    // Three of four 4 GB jobs fit (pve1, pve2, pve1); the fourth fits nowhere: none is published.
+    let big = bed
+        .cli
+        .run(&[
+            "submit",
+            "--count",
+            "4",
+            "--node",
+            "auto",
+            "--hostname",
+            "big-{n}",
+            "--memory",
+            "4096",
+            "--ostemplate",
+            OSTEMPLATE,
+        ])
+        .await?;
+    assert_eq!(big.code, Some(2), "{big:?}");
+    assert!(big.stderr.contains("job 4 of 4") && big.stderr.contains("no live agent fits"), "{}", big.stderr);
+    assert_eq!(bed.js.get_stream(JOBS_STREAM).await?.info().await?.state.last_sequence, before, "none published");
     bed.dir.pass();
     Ok(())
 }

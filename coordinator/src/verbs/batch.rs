@@ -25,34 +25,44 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
     let beats = if parts.node == "auto" { crate::bus::heartbeats(&js).await? } else { Vec::new() };
+    // Every job is placed before any is published: one that fits nowhere publishes none.
     let mut placed = Placed::new();
-    let mut ids = Vec::new();
+    let mut plan = Vec::new();
     for (i, mut job) in jobs.into_iter().enumerate() {
+        let request = args.request_id.as_ref().map(|k| format!("{k}-{}", i + 1));
+        let existing = match &request {
+            Some(key) => store.job_by_request(key).await?,
+            None => None,
+        };
+        if let Some(existing) = &existing {
+            count_placed(&mut placed, &existing.node, &existing.spec);
+        } else {
+            if parts.node == "auto" {
+                job.node = choose_node(&beats, &job, &placed)
+                    .map_err(|e| Failure::Usage(format!("job {} of {count}: {e}", i + 1)))?;
+            }
+            let entry = placed.entry(job.node.clone()).or_default();
+            entry.0 += u64::from(job.container.memory) << 20;
+            entry.1 += u64::from(job.container.effective_rootfs().size) << 30;
+        }
+        plan.push((job, request, existing));
+    }
+    let mut ids = Vec::new();
+    for (i, (mut job, request, existing)) in plan.into_iter().enumerate() {
         let n = i + 1;
-        let request = args.request_id.as_ref().map(|k| format!("{k}-{n}"));
-        if let Some(key) = &request
-            && let Some(existing) = store.job_by_request(key).await?
-        {
+        if let (Some(key), Some(existing)) = (&request, existing) {
             eprintln!("request {key} was submitted before as job {}", existing.job_id);
             if existing.stream_seq.is_none() && existing.state == "queued" {
-                let stored = pvefleet_schemas::Job::decode(existing.spec.as_bytes())
+                let mut again = pvefleet_schemas::Job::decode(existing.spec.as_bytes())
                     .map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
-                let mut again = stored.clone();
                 if let Some(pw) = &clear_password {
                     again.container.root_password = Some(seal_for(store, &js, &again.node, pw).await?);
                 }
                 store.set_stream_seq(&again.job_id, publish(&js, &again).await?).await?;
             }
-            count_placed(&mut placed, &existing.node, &existing.spec);
             ids.push((existing.job_id.clone(), existing.spec.clone()));
             continue;
         }
-        if parts.node == "auto" {
-            job.node = choose_node(&beats, &job, &placed)?;
-        }
-        let entry = placed.entry(job.node.clone()).or_default();
-        entry.0 += u64::from(job.container.memory) << 20;
-        entry.1 += u64::from(job.container.effective_rootfs().size) << 30;
         if let Some(pw) = &clear_password {
             job.container.root_password = Some(seal_for(store, &js, &job.node, pw).await?);
         }
