@@ -88,7 +88,8 @@ pub(crate) async fn storage(pve: &PveClient, job: &Job) -> Check {
             )));
         };
         let free = storage.avail as f64 / f64::from(1u32 << 30);
-        if storage.avail > 0 && storage.avail < u64::from(size) << 30 {
+        // A storage that reports no figures (total 0) is not judged; a full one is.
+        if storage.total > 0 && storage.avail < u64::from(size) << 30 {
             return Err(invalid(format!("{field}: {size} GB does not fit on `{name}`, which has {free:.1} GB free")));
         }
         found.push(format!("{size} GB on {name} ({free:.1} GB free)"));

@@ -163,8 +163,11 @@ impl CreateJob<'_> {
         }
         match self.job.container.vmid {
             Some(vmid) => {
-                if self.core.whose(vmid).await? == Whose::Strangers {
-                    return Err(self.conflict(vmid));
+                match self.core.whose(vmid).await? {
+                    Whose::Strangers => return Err(self.conflict(vmid)),
+                    // Not a container here, but maybe a VM, or a guest on another node.
+                    Whose::Nobody if !self.core.pve.vmid_is_free(vmid).await? => return Err(self.conflict(vmid)),
+                    _ => {}
                 }
                 self.core.cp.vmid = Some(vmid);
             }
@@ -210,6 +213,7 @@ impl CreateJob<'_> {
             self.core.wait_task(&upid).await?;
             return Ok(());
         }
+        let mut tries = 0;
         loop {
             let vmid = self.core.vmid();
             // No look first: the vmid was just found free (or checked at validating), and PVE
@@ -235,12 +239,26 @@ impl CreateJob<'_> {
                     Whose::Nobody => {
                         if !e.message_contains(&format!("'{}'", self.job.node)) {
                             self.replace_vmid(vmid).await?;
+                        } else {
+                            self.taken_here(vmid, &mut tries).await?;
                         }
                     }
                 },
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// PVE says the vmid exists on this node, yet no container has it: a create that failed
+    /// and is gone again (try again, after a pause), or not a container at all (a VM), which a
+    /// few tries tell: then it is replaced, or a conflict when the spec fixed it.
+    pub(crate) async fn taken_here(&mut self, vmid: Vmid, tries: &mut u32) -> StepResult {
+        *tries += 1;
+        if *tries >= 3 {
+            return self.replace_vmid(vmid).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200) * *tries).await;
+        Ok(())
     }
 
     /// An allocated vmid lost to a stranger is replaced; a vmid the spec fixed is a conflict.

@@ -62,8 +62,17 @@ impl DestroyRun<'_> {
             Some(create_job) => {
                 let found = self.core.pve.guests_tagged(&self.core.marker).await?;
                 let here: Vec<Vmid> = found.iter().filter(|(n, _)| n == node.as_str()).map(|(_, v)| *v).collect();
-                if let Some((other, vmid)) = found.iter().find(|(n, _)| n != node.as_str()) {
-                    tracing::warn!(node = %other, %vmid, "the create job's marker is on another node; not this agent's to destroy");
+                if here.is_empty()
+                    && let Some((other, vmid)) = found.iter().find(|(n, _)| n != node.as_str())
+                {
+                    // Migrated: saying "nothing to destroy" would mark the job destroyed.
+                    return Err(StepError::failed(
+                        ErrorKind::Conflict,
+                        format!(
+                            "job {create_job}'s container is {vmid} on {other}, not on {node}; destroy it there \
+                             (pvefleet destroy --node {other} --vmid {vmid})"
+                        ),
+                    ));
                 }
                 match (here.as_slice(), target.vmid) {
                     ([one], Some(given)) if *one != given => {
@@ -138,9 +147,33 @@ impl DestroyRun<'_> {
         Ok(())
     }
 
+    /// Whether `vmid` still holds the container finding proved ours: a redelivered job acts on
+    /// a vmid read from its checkpoint, and by then that container may be gone and the id
+    /// given to someone else's. `false` when nothing is there; a stranger's is refused.
+    async fn still_ours(&mut self, vmid: Vmid) -> Result<bool, StepError> {
+        let marker = self.core.marker.clone();
+        let (whose, _) =
+            self.core
+                .owner_of(vmid, |cfg| {
+                    if marker.is_empty() { has_any_marker(cfg) } else { crate::runner::is_ours(cfg, &marker) }
+                })
+                .await?;
+        match whose {
+            Whose::Ours => Ok(true),
+            Whose::Nobody => Ok(false),
+            Whose::Strangers => Err(StepError::failed(
+                ErrorKind::Conflict,
+                format!("vmid {vmid} now holds a container pvefleet did not make (or another job's); left untouched"),
+            )),
+        }
+    }
+
     /// A clean shutdown within the job's timeout, then a hard stop if it is still running.
     async fn stop(&mut self) -> StepResult {
         let Some(vmid) = self.core.cp.vmid else { return Ok(()) };
+        if self.core.resumed && !self.still_ours(vmid).await? {
+            return Ok(());
+        }
         if let Some(upid) = self.core.pending_task("vzstop") {
             return self.core.wait_task(&upid).await;
         }
@@ -200,7 +233,11 @@ impl DestroyRun<'_> {
     async fn delete(&mut self) -> StepResult {
         let Some(vmid) = self.core.cp.vmid else { return Ok(()) };
         if let Some(upid) = self.core.pending_task("vzdestroy") {
-            self.core.wait_task(&upid).await?;
+            // Resumed while our delete ran: its end is the step's end.
+            return self.core.wait_task(&upid).await;
+        }
+        if !self.still_ours(vmid).await? {
+            return Ok(());
         }
         self.core.delete(vmid).await
     }

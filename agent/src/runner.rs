@@ -330,7 +330,12 @@ impl Core {
     pub(crate) async fn delete(&mut self, vmid: Vmid) -> StepResult {
         for attempt in 1..=3 {
             let outcome = match self.pve.destroy(vmid).await {
-                Ok(upid) => self.wait_task(&upid).await,
+                Ok(upid) => {
+                    // Checkpointed, so a redelivery waits on this delete instead of sending another.
+                    self.cp.upid = Some(upid.to_string());
+                    self.save().await?;
+                    self.wait_task(&upid).await
+                }
                 Err(e) if e.is_missing() => Ok(()),
                 Err(e) => Err(e.into()),
             };

@@ -90,6 +90,7 @@ impl CreateJob<'_> {
         if let Some(upid) = self.core.pending_task("vzclone") {
             self.core.wait_task(&upid).await?;
         } else {
+            let mut tries = 0;
             loop {
                 let vmid = self.core.vmid();
                 let params = clone_params(self.job, vmid, &self.core.marker);
@@ -108,6 +109,8 @@ impl CreateJob<'_> {
                         Whose::Nobody => {
                             if !e.message_contains(&format!("'{}'", self.job.node)) {
                                 self.replace_vmid(vmid).await?;
+                            } else {
+                                self.taken_here(vmid, &mut tries).await?;
                             }
                         }
                     },

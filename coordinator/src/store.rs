@@ -509,6 +509,8 @@ impl Store {
         }
         let pages = q.paginate(&self.db, per_page);
         let total = pages.num_items().await?;
+        // Past the last page is the last page (and no offset that overflows).
+        let page = page.min(total.div_ceil(per_page.max(1)).saturating_sub(1));
         Ok((pages.fetch_page(page).await?, total))
     }
 

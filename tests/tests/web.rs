@@ -111,6 +111,11 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
     assert_eq!(of(pvefleet_schemas::LogStream::Stdout), [XSS, "third"]);
     assert_eq!(of(pvefleet_schemas::LogStream::Stderr), ["second"]);
 
+    // Without a token it answers only to loopback names: a rebound DNS name gets nothing.
+    let rebound = http.get(format!("{url}/jobs/{job}")).header("host", "evil.example:8080").send().await?;
+    assert_eq!(rebound.status(), 421);
+    let huge = http.get(format!("{url}/jobs?page=400000000000000000")).send().await?;
+    assert_eq!(huge.status(), 200, "a huge page number is the last page, not a crash");
     let unknown = http.get(format!("{url}/jobs/01JDQ8Z3M4X6T2E9R5W7Y1K0AB")).send().await?;
     assert_eq!(unknown.status(), 404);
     assert!(unknown.text().await?.contains("no job"));

@@ -79,12 +79,17 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
                 if request.is_none() {
                     store.delete_job(&job.job_id).await?;
                 }
+                for (id, _) in &ids {
+                    println!("{id}");
+                }
                 eprintln!(
-                    "{n} of {count} jobs published; job {} failed{}",
+                    "{} of {count} jobs published (their ids above); job {n}, {}, failed{}",
+                    n - 1,
                     job.job_id,
-                    args.request_id.as_ref().map_or(String::new(), |k| format!(
-                        "; run the same command (--request-id {k}) again to publish the rest"
-                    ))
+                    args.request_id.as_ref().map_or_else(
+                        || "; give --request-id to be able to publish the rest by running the command again".to_owned(),
+                        |k| format!("; run the same command (--request-id {k}) again to publish the rest")
+                    )
                 );
                 return Err(e.into());
             }

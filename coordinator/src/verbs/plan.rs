@@ -43,16 +43,17 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         }
         let subject = pvefleet_schemas::names::plan_subject(&job.node);
         let payload = serde_json::to_vec(&PlanRequest::new(job.clone())).expect("a plan request serializes");
-        let answer = tokio::time::timeout(ANSWER_WITHIN, client.request(subject, payload.into()))
-            .await
-            .map_err(|_| anyhow::anyhow!("the agent of {} did not answer the plan within {ANSWER_WITHIN:?}", job.node))?
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
-                    "no agent answers plans on {}: is pvefleet-agent running there (and this build's)?",
-                    job.node
-                ),
-                _ => anyhow::anyhow!("asking the agent of {} for a plan: {e}", job.node),
-            })?;
+        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));
+        let answer = client.send_request(subject, request).await.map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::TimedOut => {
+                anyhow::anyhow!("the agent of {} did not answer the plan within {ANSWER_WITHIN:?}", job.node)
+            }
+            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
+                "no agent answers plans on {}: is pvefleet-agent running there (and this build's)?",
+                job.node
+            ),
+            _ => anyhow::anyhow!("asking the agent of {} for a plan: {e}", job.node),
+        })?;
         let reply: PlanReply = serde_json::from_slice(&answer.payload).map_err(|e| {
             anyhow::anyhow!("the agent of {} answered the plan with something unreadable: {e}", job.node)
         })?;

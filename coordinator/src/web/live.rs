@@ -8,7 +8,6 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt as _;
 use futures::stream::{self, Stream};
 use pvefleet_schemas::{JobId, NodeName};
 
@@ -30,25 +29,60 @@ pub async fn job_events(State(web): State<Web>, Path(id): Path<String>) -> Respo
         Ok(f) => f,
         Err(e) => return (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     };
-    if row.is_none() && !feed.had_events {
-        // Neither recorded nor with any event: no such job (as `watch` says).
-        return super::pages::not_found("no such job");
+    if !feed.had_events {
+        match &row {
+            // Neither recorded nor with any event: no such job (as `watch` says).
+            None => return super::pages::not_found("no such job"),
+            // Finished longer ago than the events stream keeps: what the store recorded.
+            Some(r) if !matches!(r.state.as_str(), "queued" | "running") => return recorded(&web, &job_id).await,
+            Some(_) => {}
+        }
     }
     // `Some(feed)` while following; `None` once the end has been said.
-    // `Some(feed)` while following; `None` after the terminal event.
-    let events = stream::unfold(Some(feed), |state| async move {
-        let mut feed = state?;
-        match feed.next().await {
-            Ok(Some(event)) => {
-                let data = serde_json::to_string(&event).expect("an event serializes");
-                let next = if event.is_terminal() { None } else { Some(feed) };
-                Some((Ok(Sse::default().event("job").data(data)), next))
-            }
-            Ok(None) | Err(_) => None,
+    // Following the feed, then `end` once after the terminal event. A broken feed says
+    // `trouble` and closes without `end`, so the browser reconnects and replays (the page
+    // skips the events it has).
+    enum Feed {
+        Following(Box<EventFeed>),
+        Ending,
+        Done,
+    }
+    let events = stream::unfold(Feed::Following(Box::new(feed)), |state| async move {
+        match state {
+            Feed::Following(mut feed) => match feed.next().await {
+                Ok(Some(event)) => {
+                    let data = serde_json::to_string(&event).expect("an event serializes");
+                    let next = if event.is_terminal() { Feed::Ending } else { Feed::Following(feed) };
+                    Some((Ok(Sse::default().event("job").data(data)), next))
+                }
+                Ok(None) => None,
+                Err(e) => Some((Ok(Sse::default().event("trouble").data(e.to_string())), Feed::Done)),
+            },
+            Feed::Ending => Some((Ok(Sse::default().event("end").data("end")), Feed::Done)),
+            Feed::Done => None,
         }
     });
-    let end = stream::once(async { Ok(Sse::default().event("end").data("end")) });
-    sse(events.chain(end))
+    sse(events)
+}
+
+/// A finished job's events as the store recorded them, then `end`.
+async fn recorded(web: &Web, job: &JobId) -> Response {
+    let rows = match web.store.events(job).await {
+        Ok(rows) => rows,
+        Err(e) => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let items: Vec<Result<Sse, Infallible>> = rows
+        .into_iter()
+        .map(|r| {
+            let event = serde_json::json!({
+                "job_id": r.job_id, "seq": r.seq, "type": r.kind, "step": r.step, "percent": r.percent,
+                "message": r.message, "timestamp": r.timestamp, "stream": r.stream,
+            });
+            Ok(Sse::default().event("job").data(event.to_string()))
+        })
+        .chain(std::iter::once(Ok(Sse::default().event("end").data("end"))))
+        .collect();
+    sse(stream::iter(items))
 }
 
 pub async fn fleet(State(web): State<Web>) -> Response {

@@ -126,6 +126,10 @@ fn offered(headers: &HeaderMap, query: Option<&str>) -> (Option<String>, bool) {
     {
         return (Some(bearer.trim().to_owned()), false);
     }
+    // A link beats a cookie: after the token changes, the new link must work at once.
+    if let Some(link) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))) {
+        return (Some(link), true);
+    }
     let cookie = headers
         .get_all(header::COOKIE)
         .iter()
@@ -133,16 +137,28 @@ fn offered(headers: &HeaderMap, query: Option<&str>) -> (Option<String>, bool) {
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
         .next();
-    if cookie.is_some() {
-        return (cookie, false);
-    }
-    let link = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_owned)));
-    let from_link = link.is_some();
-    (link, from_link)
+    (cookie, false)
+}
+
+/// Whether a request names this server by a loopback name: without a token, anything else
+/// (a page elsewhere whose name was rebound to 127.0.0.1) is refused.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 async fn authorize(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
-    let Some(want) = web.token else { return next.run(request).await };
+    let Some(want) = web.token else {
+        if !loopback_host(request.headers()) {
+            let why = "without --token-file this server answers only to localhost, 127.0.0.1 or [::1]";
+            return (StatusCode::MISDIRECTED_REQUEST, why).into_response();
+        }
+        return next.run(request).await;
+    };
     let (given, from_link) = offered(request.headers(), request.uri().query());
     let ok = given.as_deref().is_some_and(|t| bool::from(digest(t).ct_eq(&want)));
     if !ok {

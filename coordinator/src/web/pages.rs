@@ -130,12 +130,13 @@ fn given(v: &Option<String>) -> Option<&str> {
 
 pub async fn jobs(State(web): State<Web>, Query(q): Query<JobsQuery>) -> Response {
     let (node, state, hostname) = (given(&q.node), given(&q.state), given(&q.hostname));
-    let page_no = q.page.unwrap_or(1).max(1);
+    let page_no = q.page.unwrap_or(1).clamp(1, u64::MAX / PER_PAGE);
     let (jobs, total) = match web.store.jobs_page(node, state, hostname, page_no - 1, PER_PAGE).await {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
     let pages = total.div_ceil(PER_PAGE).max(1);
+    let page_no = page_no.min(pages);
     let link = |p: u64| {
         let mut parts = vec![format!("page={p}")];
         for (k, v) in [("node", node), ("state", state), ("hostname", hostname)] {

@@ -85,8 +85,12 @@ function followJob(section) {
     last = null;
   };
   const source = new EventSource(section.dataset.events);
+  // A reconnected stream replays from the first event: skip what is shown already.
+  let lastSeq = 0;
   source.addEventListener("job", (m) => {
     const e = JSON.parse(m.data);
+    if (e.seq <= lastSeq) return;
+    lastSeq = e.seq;
     percent.value = e.percent; percentText.textContent = e.percent + "%";
     if (e.step) stepNow.textContent = e.step;
     if (e.type === "step") {
