@@ -166,3 +166,63 @@ async fn an_agent_killed_mid_destroy_ends_it_once_with_the_container_gone() -> a
     bed.dir.pass();
     Ok(())
 }
+
+/// A destroy resumed after its agent died acts on the vmid in its checkpoint; if that
+/// container went and the vmid now holds someone else's, it is refused, not deleted.
+#[tokio::test]
+async fn a_resumed_destroy_never_deletes_a_stranger_that_took_its_vmid() -> anyhow::Result<()> {
+    let bed = Fleet::start("destroy-reused", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    let job = create_job("pve1", "reused", Ipv4Addr::new(127, 0, 0, 105));
+    let vmid = created(&bed, &job).await?;
+    bed.pve.time_scale(0.2).await?;
+    bed.pve.task_secs(serde_json::json!({"shutdown": 10})).await?;
+    let destroy = DestroyJob::new(pve1(), DestroyTarget { create_job: Some(job.job_id), vmid: None });
+    submit_destroy(&bed.js, &destroy).await?;
+    pvefleet_testbed::wait_until("the destroy to be shutting the container down", JOB_WITHIN, || async {
+        let events = pvefleet_testbed::jobs::events_now(&bed.js, destroy.job_id).await.ok()?;
+        events.iter().any(|e| e.step == Some(Step::Stopping) && e.kind == EventType::Step).then_some(())
+    })
+    .await?;
+    agent.kill();
+    // While the agent is away its container goes, and a stranger's takes the same vmid.
+    let path = format!("/nodes/pve1/lxc/{vmid}");
+    pvefleet_testbed::wait_until("the shutdown to end", JOB_WITHIN, || async {
+        let s = bed.pve.api_get(&format!("{path}/status/current")).await.ok()?;
+        (s["status"] == "stopped" && s.get("lock").is_none()).then_some(())
+    })
+    .await?;
+    bed.pve.api(reqwest::Method::DELETE, &format!("{path}?purge=1"), &[]).await?;
+    pvefleet_testbed::wait_until("the container to be gone", JOB_WITHIN, || async {
+        bed.pve.containers().await.ok()?.is_empty().then_some(())
+    })
+    .await?;
+    let id = vmid.to_string();
+    bed.pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/lxc",
+            &[
+                ("vmid", id.as_str()),
+                ("ostemplate", pvefleet_testbed::fakepve::OSTEMPLATE),
+                ("rootfs", "local-lvm:4"),
+                ("tags", "prod"),
+            ],
+        )
+        .await?;
+    pvefleet_testbed::wait_until("the stranger's create", JOB_WITHIN, || async {
+        let cfg = bed.pve.api_get(&format!("{path}/config")).await.ok()?;
+        cfg.get("lock").is_none().then_some(())
+    })
+    .await?;
+    agent.restart()?;
+    let events = events_until_terminal(&bed.js, destroy.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let error = result_of(&events).error.clone().expect("refused");
+    assert_eq!(error.kind, ErrorKind::Conflict, "{events:#?}");
+    assert_eq!(bed.pve.containers().await?, vec![vmid.get()], "the stranger's container is untouched");
+    let cfg = bed.pve.api_get(&format!("{path}/config")).await?;
+    assert_eq!(cfg["tags"], "prod");
+    bed.dir.pass();
+    Ok(())
+}
