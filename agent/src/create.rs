@@ -27,6 +27,7 @@ use pvefleet_schemas::{ErrorInfo, ErrorKind, Job, JobResult, LogStream, Rollback
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SshConfig;
+use crate::proxmox::PveError;
 use crate::runner::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
 use crate::ssh::SshSession;
 
@@ -228,37 +229,42 @@ impl CreateJob<'_> {
                     self.core.wait_task(&upid).await?;
                     return Ok(());
                 }
-                // Ours (made by an attempt whose answer or UPID checkpoint was lost), a
-                // stranger's, or one on another node. A container still being created carries
-                // no tags yet: `whose` waits its create out before reading the marker.
-                Err(e) if e.is_already_exists() => match self.core.whose(vmid).await? {
-                    Whose::Ours => return Ok(()),
-                    Whose::Strangers => self.replace_vmid(vmid).await?,
-                    // Not on this node (taken elsewhere in the cluster), or gone again (a
-                    // create that failed): try again, or on another id.
-                    Whose::Nobody => {
-                        if !e.message_contains(&format!("'{}'", self.job.node)) {
-                            self.replace_vmid(vmid).await?;
-                        } else {
-                            self.taken_here(vmid, &mut tries).await?;
-                        }
+                Err(e) if e.is_already_exists() => {
+                    if self.already_exists(&e, vmid, &mut tries).await? {
+                        return Ok(());
                     }
-                },
+                }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// PVE says the vmid exists on this node, yet no container has it: a create that failed
-    /// and is gone again (try again, after a pause), or not a container at all (a VM), which a
-    /// few tries tell: then it is replaced, or a conflict when the spec fixed it.
-    pub(crate) async fn taken_here(&mut self, vmid: Vmid, tries: &mut u32) -> StepResult {
-        *tries += 1;
-        if *tries >= 3 {
-            return self.replace_vmid(vmid).await;
+    /// PVE answered that `vmid` already exists: is it ours (made by an attempt whose answer or
+    /// UPID checkpoint was lost)? A stranger's vmid is replaced (or a conflict, when the spec
+    /// fixed it); one on another node likewise; one PVE says is here although no container
+    /// has it is a create that failed and is gone again (tried again after a pause) or not a
+    /// container at all, a VM, which a few tries tell. A container still being created carries
+    /// no tags yet: `whose` waits its create out before reading the marker.
+    pub(crate) async fn already_exists(
+        &mut self,
+        e: &PveError,
+        vmid: Vmid,
+        tries: &mut u32,
+    ) -> Result<bool, StepError> {
+        match self.core.whose(vmid).await? {
+            Whose::Ours => return Ok(true),
+            Whose::Strangers => self.replace_vmid(vmid).await?,
+            Whose::Nobody if !e.message_contains(&format!("'{}'", self.job.node)) => self.replace_vmid(vmid).await?,
+            Whose::Nobody => {
+                *tries += 1;
+                if *tries >= 3 {
+                    self.replace_vmid(vmid).await?;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200) * *tries).await;
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(200) * *tries).await;
-        Ok(())
+        Ok(false)
     }
 
     /// An allocated vmid lost to a stranger is replaced; a vmid the spec fixed is a conflict.

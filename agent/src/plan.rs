@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use futures::StreamExt as _;
 use pvefleet_schemas::source::TemplateSource;
 use pvefleet_schemas::{Job, PlanCheck, PlanReply, PlanRequest, PlannedCall, V1, Vmid};
 use serde_json::Value;
@@ -20,28 +19,16 @@ use crate::worker::Shared;
 /// Answers plan requests until the agent stops.
 pub async fn serve_plans(shared: Arc<Shared>) {
     let subject = pvefleet_schemas::names::plan_subject(&shared.config.node);
-    let mut requests = match shared.bus.client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, %subject, "cannot listen for plan requests");
-            return;
+    crate::worker::answer_requests(&shared, subject, "plan", |payload| {
+        let shared = &shared;
+        async move {
+            match PlanRequest::decode(&payload) {
+                Ok(req) => plan(shared, &req.job).await,
+                Err(e) => refused(shared, format!("unreadable plan request: {e}")),
+            }
         }
-    };
-    loop {
-        let request = tokio::select! {
-            r = requests.next() => match r { Some(r) => r, None => return },
-            _ = shared.stop.cancelled() => return,
-        };
-        let Some(reply) = request.reply.clone() else { continue };
-        let answer = match PlanRequest::decode(&request.payload) {
-            Ok(req) => plan(&shared, &req.job).await,
-            Err(e) => refused(&shared, format!("unreadable plan request: {e}")),
-        };
-        let payload = serde_json::to_vec(&answer).expect("a plan serializes");
-        if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
-            tracing::warn!(error = %e, "plan reply not sent");
-        }
-    }
+    })
+    .await
 }
 
 fn refused(shared: &Shared, why: String) -> PlanReply {

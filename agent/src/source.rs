@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::create::CreateJob;
 use crate::proxmox::Upid;
-use crate::runner::{StepError, StepResult, Whose};
+use crate::runner::{StepError, StepResult};
 
 impl CreateJob<'_> {
     /// Puts the spec's template on its storage, unless it is there already.
@@ -103,17 +103,11 @@ impl CreateJob<'_> {
                         self.core.wait_task(&upid).await?;
                         break;
                     }
-                    Err(e) if e.is_already_exists() => match self.core.whose(vmid).await? {
-                        Whose::Ours => break,
-                        Whose::Strangers => self.replace_vmid(vmid).await?,
-                        Whose::Nobody => {
-                            if !e.message_contains(&format!("'{}'", self.job.node)) {
-                                self.replace_vmid(vmid).await?;
-                            } else {
-                                self.taken_here(vmid, &mut tries).await?;
-                            }
+                    Err(e) if e.is_already_exists() => {
+                        if self.already_exists(&e, vmid, &mut tries).await? {
+                            break;
                         }
-                    },
+                    }
                     Err(e) => return Err(e.into()),
                 }
             }

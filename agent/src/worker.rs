@@ -287,13 +287,21 @@ fn job_id_of(payload: &[u8]) -> Option<JobId> {
     value.get("job_id")?.as_str()?.parse().ok()
 }
 
-/// Answers `pvefleet.control.<node>.cancel` requests: `{"job_id": …}` → `{"ok": bool, "message": …}`.
-pub async fn serve_cancels(shared: Arc<Shared>) {
-    let subject = pvefleet_schemas::names::cancel_subject(&shared.config.node);
+/// Answers the control requests on `subject` until the agent stops: each request's payload
+/// goes to `answer`, whose reply is sent back (a request without a reply subject is dropped).
+pub(crate) async fn answer_requests<Fut, R>(
+    shared: &Shared,
+    subject: String,
+    what: &str,
+    answer: impl Fn(bytes::Bytes) -> Fut,
+) where
+    Fut: std::future::Future<Output = R>,
+    R: serde::Serialize,
+{
     let mut requests = match shared.bus.client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, %subject, "cannot listen for cancel requests");
+            tracing::error!(error = %e, %subject, "cannot listen for {what} requests");
             return;
         }
     };
@@ -303,26 +311,39 @@ pub async fn serve_cancels(shared: Arc<Shared>) {
             _ = shared.stop.cancelled() => return,
         };
         let Some(reply) = request.reply.clone() else { continue };
-        let answer = match pvefleet_schemas::CancelRequest::decode(&request.payload) {
-            Err(e) => pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") },
-            Ok(req) => match shared.cancels.lock().expect("cancels").get(&req.job_id) {
-                Some(token) => {
-                    token.cancel();
-                    tracing::info!(job_id = %req.job_id, "cancel requested");
-                    pvefleet_schemas::CancelReply {
-                        ok: true,
-                        message: format!("job {} is being cancelled", req.job_id),
-                    }
-                }
-                None => pvefleet_schemas::CancelReply {
-                    ok: false,
-                    message: format!("job {} is not running on {}", req.job_id, shared.config.node),
-                },
-            },
-        };
-        let payload = serde_json::to_vec(&answer).expect("a reply serializes");
+        let payload = serde_json::to_vec(&answer(request.payload).await).expect("a reply serializes");
         if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
-            tracing::warn!(error = %e, "cancel reply not sent");
+            tracing::warn!(error = %e, "{what} reply not sent");
         }
     }
+}
+
+/// Answers `pvefleet.control.<node>.cancel` requests: `{"job_id": …}` → `{"ok": bool, "message": …}`.
+pub async fn serve_cancels(shared: Arc<Shared>) {
+    let subject = pvefleet_schemas::names::cancel_subject(&shared.config.node);
+    answer_requests(&shared, subject, "cancel", |payload| {
+        let shared = &shared;
+        async move {
+            match pvefleet_schemas::CancelRequest::decode(&payload) {
+                Err(e) => {
+                    pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") }
+                }
+                Ok(req) => match shared.cancels.lock().expect("cancels").get(&req.job_id) {
+                    Some(token) => {
+                        token.cancel();
+                        tracing::info!(job_id = %req.job_id, "cancel requested");
+                        pvefleet_schemas::CancelReply {
+                            ok: true,
+                            message: format!("job {} is being cancelled", req.job_id),
+                        }
+                    }
+                    None => pvefleet_schemas::CancelReply {
+                        ok: false,
+                        message: format!("job {} is not running on {}", req.job_id, shared.config.node),
+                    },
+                },
+            }
+        }
+    })
+    .await
 }

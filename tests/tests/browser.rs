@@ -142,18 +142,15 @@ async fn the_fleet_page_lists_the_agents_and_drops_a_stopped_one_within_three_be
             anyhow::Ok(serde_json::from_value::<Vec<String>>(names)?)
         }
     };
-    let started = Instant::now();
-    while cards(&browser).await? != ["pve1", "pve2"] {
-        anyhow::ensure!(started.elapsed() < WITHIN, "the fleet page shows {:?}", cards(&browser).await?);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let shows = |want: &'static [&'static str]| {
+        let cards = &cards;
+        let browser = &browser;
+        move || async move { cards(browser).await.ok().filter(|c| c == want).map(|_| ()) }
+    };
+    pvefleet_testbed::wait_until("the fleet page to show both agents", WITHIN, shows(&["pve1", "pve2"])).await?;
     // Heartbeats are 1 s apart in the bed: gone from the page within three.
     a2.proc().signal(nix::sys::signal::Signal::SIGTERM)?;
-    let stopped = Instant::now();
-    while cards(&browser).await? != ["pve1"] {
-        anyhow::ensure!(stopped.elapsed() < Duration::from_secs(3), "still {:?}", cards(&browser).await?);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    pvefleet_testbed::wait_until("the fleet page to drop pve2", Duration::from_secs(3), shows(&["pve1"])).await?;
     // It stays on the page, marked gone.
     let gone = browser
         .client

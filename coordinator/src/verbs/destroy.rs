@@ -87,20 +87,10 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
 async fn publish(cli: &Cli, store: &Store, job: &DestroyJob, args: &DestroyArgs) -> Outcome {
     let js = jetstream::new(crate::bus::connect(cli).await?);
     let subject = job_subject(&job.node, JobKind::Destroy);
-    match super::submit::publish_job(&js, subject, job.job_id, job.encode()).await {
-        Ok(seq) => Ok(store.set_stream_seq(&job.job_id, seq).await?),
-        Err(e) => {
-            if let Some(key) = &args.request_id {
-                eprintln!(
-                    "job {} is recorded but not confirmed queued; run the same command (--request-id {key}) again",
-                    job.job_id
-                );
-            } else {
-                store.delete_job(&job.job_id).await?;
-            }
-            Err(e.into())
-        }
-    }
+    let seq =
+        super::submit::publish_recorded(&js, store, subject, job.job_id, job.encode(), args.request_id.as_deref())
+            .await?;
+    Ok(store.set_stream_seq(&job.job_id, seq).await?)
 }
 
 async fn finish(cli: &Cli, args: &DestroyArgs, job_id: &str, json: &str) -> Outcome {

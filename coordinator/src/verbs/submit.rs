@@ -57,22 +57,8 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         // A concurrent submit of the same request won the reservation.
         return finish_existing(cli, args, &existing).await;
     }
-    let seq = match publish(&js, &job).await {
-        Ok(seq) => seq,
-        Err(e) => {
-            if let Some(key) = &args.request_id {
-                // The job may or may not be in the stream: keep its record, so the same
-                // command again publishes this job, never a second one.
-                eprintln!(
-                    "job {} is recorded but not confirmed queued; run the same command (--request-id {key}) again",
-                    job.job_id
-                );
-            } else {
-                store.delete_job(&job.job_id).await?;
-            }
-            return Err(e.into());
-        }
-    };
+    let subject = job_subject(&job.node, JobKind::Create);
+    let seq = publish_recorded(&js, &store, subject, job.job_id, job.encode(), args.request_id.as_deref()).await?;
     store.set_stream_seq(&job.job_id, seq).await?;
     let mut public = job.clone();
     public.container.root_password = None;
@@ -153,6 +139,31 @@ pub(crate) async fn gather(args: &SubmitArgs, store: &crate::store::Store) -> Re
     let node =
         args.node.clone().or(node).ok_or_else(|| BadInput::field("--node", "give --node NAME or --node auto"))?;
     Ok(Parts { container, deploy, options, template: template_name, node })
+}
+
+/// Publishes a job whose record the store holds. If the publish cannot be confirmed, a job
+/// with a request id keeps its record (the job may or may not be in the stream: the same
+/// command again publishes this job, never a second one); one without is forgotten.
+pub(crate) async fn publish_recorded(
+    js: &jetstream::Context,
+    store: &crate::store::Store,
+    subject: String,
+    job_id: JobId,
+    payload: Vec<u8>,
+    request_id: Option<&str>,
+) -> Result<u64, Failure> {
+    match publish_job(js, subject, job_id, payload).await {
+        Ok(seq) => Ok(seq),
+        Err(e) => {
+            match request_id {
+                Some(key) => eprintln!(
+                    "job {job_id} is recorded but not confirmed queued; run the same command (--request-id {key}) again"
+                ),
+                None => store.delete_job(&job_id).await?,
+            }
+            Err(e.into())
+        }
+    }
 }
 
 /// Publishes `job` with its id as the dedup id and returns its stream sequence.
