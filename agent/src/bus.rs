@@ -168,9 +168,16 @@ async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -
     let name = config.name.clone();
     match js.get_stream(&name).await {
         Ok(s) => Ok(s),
-        Err(get_err) => js.create_stream(config).await.map_err(|create_err| {
-            BusError::nats(format!("stream {name}"), format!("not found ({get_err}) and not created ({create_err})"))
-        }),
+        Err(get_err) => match js.create_stream(config).await {
+            Ok(s) => Ok(s),
+            Err(e) if layout::made_meanwhile(&e) => {
+                js.get_stream(&name).await.map_err(|e| BusError::nats(format!("stream {name}"), e))
+            }
+            Err(create_err) => Err(BusError::nats(
+                format!("stream {name}"),
+                format!("not found ({get_err}) and not created ({create_err})"),
+            )),
+        },
     }
 }
 
@@ -178,9 +185,16 @@ async fn get_or_create_bucket(js: &jetstream::Context, config: kv::Config) -> Re
     let name = config.bucket.clone();
     match js.get_key_value(&name).await {
         Ok(s) => Ok(s),
-        Err(get_err) => js.create_key_value(config).await.map_err(|create_err| {
-            BusError::nats(format!("KV bucket {name}"), format!("not found ({get_err}) and not created ({create_err})"))
-        }),
+        Err(get_err) => match js.create_key_value(config).await {
+            Ok(s) => Ok(s),
+            Err(e) if layout::made_meanwhile(&e) => {
+                js.get_key_value(&name).await.map_err(|e| BusError::nats(format!("KV bucket {name}"), e))
+            }
+            Err(create_err) => Err(BusError::nats(
+                format!("KV bucket {name}"),
+                format!("not found ({get_err}) and not created ({create_err})"),
+            )),
+        },
     }
 }
 

@@ -107,6 +107,26 @@ pub fn nodes_bucket(replicas: usize, ttl: Duration) -> kv::Config {
     }
 }
 
+/// Whether `err`, or a cause of it, is JetStream refusing to make a stream (a KV bucket is one)
+/// because another client made it meanwhile with another config: agents and `pvefleet setup`
+/// each make what they miss (their heartbeat TTLs differ), so two can meet between "not there"
+/// and "made". The one refused finds the stream there when it looks again.
+pub fn made_meanwhile(err: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(create) = e.downcast_ref::<CreateStreamError>()
+            && let CreateStreamErrorKind::JetStream(js) = create.kind()
+            && js.error_code() == ErrorCode::STREAM_NAME_EXIST
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

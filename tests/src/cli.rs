@@ -135,6 +135,13 @@ impl Pvefleet {
         Ok(self.command(args)?.output().await?.into())
     }
 
+    /// Runs `args` and fails with the command's whole output unless it exits 0.
+    pub async fn must(&self, args: &[&str]) -> anyhow::Result<Run> {
+        let run = self.run(args).await?;
+        anyhow::ensure!(run.ok(), "`pvefleet {}` failed: {run:?}", args.join(" "));
+        Ok(run)
+    }
+
     /// `pvefleet serve` on a free port of `host` (more `args` after), waiting until it
     /// answers; returns the process and its base URL.
     pub async fn serve(&self, name: &str, host: &str, args: &[&str]) -> anyhow::Result<(Proc, String)> {

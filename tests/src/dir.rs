@@ -67,6 +67,7 @@ impl Drop for Inner {
             let kept = dir.keep();
             eprintln!("\n=== test failed: kept its temp dir {}", kept.display());
         }
+        eprintln!("=== machine: {}", machine_facts(&self.path));
         for log in self.logs.lock().unwrap().iter() {
             eprintln!("=== log {}", log.display());
             if let Ok(text) = std::fs::read_to_string(log) {
@@ -77,4 +78,19 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// What the machine had when a test failed: a process that died without a word in its log
+/// (killed from outside, or out of memory or disk) shows here.
+fn machine_facts(path: &Path) -> String {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let available = meminfo.lines().find(|l| l.starts_with("MemAvailable:")).unwrap_or("MemAvailable: ?").to_owned();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let disk = std::process::Command::new("df")
+        .args(["-h", "--output=avail,target"])
+        .arg(path)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().nth(1).unwrap_or("?").trim().to_owned())
+        .unwrap_or_else(|e| format!("df: {e}"));
+    format!("{}, load {}, disk free {disk}", available.split_whitespace().collect::<Vec<_>>().join(" "), load.trim())
 }

@@ -66,8 +66,21 @@ impl Proc {
     /// SIGKILL and reap: the crash a test simulates.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            // A process that ended before the test stopped it says so in its log: a crash, or a
+            // kill from outside the test, would otherwise leave no trace there.
+            if let Ok(Some(status)) = child.try_wait() {
+                self.note(&format!("[testbed] {} had already exited ({status}) when the test stopped it", self.name));
+            }
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Appends a line of the test bed's own to the process's log.
+    fn note(&self, line: &str) {
+        use std::io::Write as _;
+        if let Ok(mut log) = std::fs::OpenOptions::new().append(true).open(&self.log) {
+            let _ = writeln!(log, "{line}");
         }
     }
 

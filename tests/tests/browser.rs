@@ -36,7 +36,7 @@ async fn a_job_page_follows_its_job_live_and_replays_it_after() -> anyhow::Resul
         bed.agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
     let db = TestDb::sqlite(&bed.dir);
     let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
-    assert!(cli.run(&["setup"]).await?.ok());
+    cli.must(&["setup"]).await?;
     let _recorder = cli.recorder("recorder")?;
     let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
     // Slow enough to watch: PVE's tasks take seconds, the script prints over two seconds.
@@ -125,7 +125,7 @@ async fn the_fleet_page_lists_the_agents_and_drops_a_stopped_one_within_three_be
     let mut a2 = bed.agent("pve2")?;
     let db = TestDb::sqlite(&bed.dir);
     let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
-    assert!(cli.run(&["setup"]).await?.ok());
+    cli.must(&["setup"]).await?;
     let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
     let browser = Browser::start(&bed.dir).await?;
     browser.client.goto(&format!("{url}/")).await?;

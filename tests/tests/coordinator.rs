@@ -87,6 +87,40 @@ async fn job_flow(bed: Bed) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `pvefleet setup` run while agents start (the README's order is "either first"): each makes
+/// the KV buckets it misses, with its own heartbeat TTL, so the two can meet between "not
+/// there" and "made". Neither may fail for it. (CI saw setup refused with "stream name already
+/// in use with a different configuration" about half the times the race was run.)
+#[tokio::test]
+async fn setup_and_an_agent_starting_at_once_never_refuse_each_other() -> anyhow::Result<()> {
+    use pvefleet_schemas::names::{JOBS_BUCKET, NODES_BUCKET, VMIDS_BUCKET};
+    let fleet = Fleet::start("setup-race", &["pve1"]).await?;
+    let db = TestDb::sqlite(&fleet.dir);
+    let cli = Pvefleet::new(&fleet.dir, &fleet.nats.url(), &db);
+    for round in 1..=12 {
+        for bucket in [JOBS_BUCKET, NODES_BUCKET, VMIDS_BUCKET] {
+            let _ = fleet.js.delete_key_value(bucket).await;
+        }
+        let mut agent = fleet.agent("pve1")?;
+        let setup = cli.run(&["setup"]).await?;
+        assert!(setup.ok(), "round {round}: {setup:?}");
+        wait_until(&format!("round {round}: the agent to be ready"), Duration::from_secs(30), || {
+            let exited = agent.proc().try_wait();
+            let log = agent.log_text();
+            async move {
+                match exited {
+                    Some(status) => Some(Err(anyhow::anyhow!("the agent exited with {status}:\n{log}"))),
+                    None => log.contains("agent ready").then_some(Ok(())),
+                }
+            }
+        })
+        .await??;
+        agent.kill();
+    }
+    fleet.dir.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn submit_watch_and_the_recorded_job_on_sqlite() -> anyhow::Result<()> {
     job_flow(bed("cli-sqlite", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?).await
@@ -214,7 +248,7 @@ async fn templates_are_validated_stored_and_used() -> anyhow::Result<()> {
     let run = bed.cli.run(&["template", "add", &bad.display().to_string()]).await?;
     assert_eq!(run.code, Some(2));
     assert!(run.stderr.contains("deploy.files[0].path"), "{}", run.stderr);
-    assert!(bed.cli.run(&["template", "rm", "web"]).await?.ok());
+    bed.cli.must(&["template", "rm", "web"]).await?;
     assert_eq!(bed.cli.run(&["template", "show", "web"]).await?.code, Some(2));
     bed.dir.pass();
     Ok(())
@@ -470,7 +504,7 @@ async fn the_whole_spec_through_the_cli_from_a_template_a_spec_file_and_flags() 
             "name = \"old\"\n[container]\nostemplate = \"{OSTEMPLATE}\"\nmemory = 768\nnesting = true\nbridge = \"vmbr0\"\n"
         ),
     )?;
-    assert!(bed.cli.run(&["template", "add", &template.display().to_string()]).await?.ok());
+    bed.cli.must(&["template", "add", &template.display().to_string()]).await?;
     let body = b"a template image".repeat(4096);
     let url = bed.pve.serve_file("web.tar.zst", &body)?;
     let checksum: String = sha2::Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();

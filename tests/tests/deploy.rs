@@ -363,7 +363,7 @@ async fn a_root_password_and_the_jobs_own_key_are_never_in_clear_and_the_key_is_
     let bed = bed("deploy-sealed", ip).await?;
     let db = TestDb::sqlite(&bed.dir);
     let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
-    assert!(cli.run(&["setup"]).await?.ok());
+    cli.must(&["setup"]).await?;
     let _recorder = cli.recorder("recorder")?;
     pvefleet_testbed::wait_until("the agent's first heartbeat", JOB_WITHIN, || async {
         cli.run(&["nodes", "--json"]).await.ok().filter(|r| r.stdout.contains("\"pve1\"")).map(drop)

@@ -186,7 +186,7 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
         .await?;
     let db = TestDb::sqlite(&dir);
     let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
-    assert!(admin.run(&["setup"]).await?.ok());
+    admin.must(&["setup"]).await?;
     // The shipped config speaks only TLS: a client that does not know its CA gets nowhere.
     let plain = async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
         .connection_timeout(Duration::from_secs(3))
@@ -377,7 +377,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
         .await?;
     let db = TestDb::sqlite(&dir);
     let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
-    assert!(admin.run(&["setup"]).await?.ok());
+    admin.must(&["setup"]).await?;
     let _recorder = admin.recorder("recorder")?;
     let agent = |node: &str, pw: &str| {
         Agent::start(

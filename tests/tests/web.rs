@@ -39,7 +39,7 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
         bed.agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
     let db = TestDb::sqlite(&bed.dir);
     let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
-    assert!(cli.run(&["setup"]).await?.ok());
+    cli.must(&["setup"]).await?;
     let _recorder = cli.recorder("recorder")?;
     let spec = bed.dir.path().join("xss.toml");
     std::fs::write(
@@ -147,7 +147,7 @@ async fn a_server_off_loopback_needs_its_token() -> anyhow::Result<()> {
     let bed = Fleet::start("web-token", &["pve1"]).await?;
     let db = TestDb::sqlite(&bed.dir);
     let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
-    assert!(cli.run(&["setup"]).await?.ok());
+    cli.must(&["setup"]).await?;
     let refused = cli.run(&["serve", "--listen", "0.0.0.0:0"]).await?;
     assert_eq!(refused.code, Some(2), "{refused:?}");
     assert!(refused.stderr.contains("--token-file"), "{}", refused.stderr);

@@ -12,7 +12,12 @@ pub async fn run(cli: &crate::cli::Cli, replicas: usize) -> Outcome {
     let js = jetstream::new(crate::bus::connect(cli).await?);
     for config in [layout::jobs_stream(replicas), layout::events_stream(replicas)] {
         let name = config.name.clone();
-        js.create_or_update_stream(config).await.map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
+        // An agent starting now may make it between our "not there" and "make": then update it.
+        match js.create_or_update_stream(config.clone()).await {
+            Err(e) if layout::made_meanwhile(&e) => js.create_or_update_stream(config).await,
+            done => done,
+        }
+        .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
         println!("stream {name}: ready ({replicas} replica{})", if replicas == 1 { "" } else { "s" });
     }
     for config in [
@@ -21,7 +26,11 @@ pub async fn run(cli: &crate::cli::Cli, replicas: usize) -> Outcome {
         layout::vmids_bucket(replicas),
     ] {
         let name = config.bucket.clone();
-        js.create_or_update_key_value(config).await.map_err(|e| anyhow::anyhow!("KV bucket {name}: {e}"))?;
+        match js.create_or_update_key_value(config.clone()).await {
+            Err(e) if layout::made_meanwhile(&e) => js.create_or_update_key_value(config).await,
+            done => done,
+        }
+        .map_err(|e| anyhow::anyhow!("KV bucket {name}: {e}"))?;
         println!("KV bucket {name}: ready");
     }
     Ok(())
