@@ -97,19 +97,32 @@ pub(crate) async fn storage(pve: &PveClient, job: &Job) -> Check {
     Ok(if found.is_empty() { "no new volume".into() } else { found.join(", ") })
 }
 
-/// Every NIC's bridge exists here.
+/// Every NIC's bridge exists here, and a VLAN-aware one carries the NIC's VLAN and trunks.
 pub(crate) async fn network(pve: &PveClient, job: &Job) -> Check {
     let spec = &job.container;
     let bridges = pve.bridges().await?;
     let nics = spec.effective_nics();
     for (i, nic) in nics.iter().enumerate() {
-        if !bridges.contains(&nic.bridge) {
+        let Some(bridge) = bridges.iter().find(|b| b.name == nic.bridge) else {
             let field = if spec.nics.is_empty() {
                 "container.bridge".to_owned()
             } else {
                 format!("container.nics[{i}].bridge")
             };
             return Err(invalid(format!("{field}: `{}` does not exist on {}", nic.bridge, job.node)));
+        };
+        let vids = bridge.vids.as_deref().unwrap_or_default();
+        if let Some(tag) = nic.tag.filter(|t| !bridge.carries(*t)) {
+            return Err(invalid(format!(
+                "container.nics[{i}].tag: VLAN {tag} is not among {}'s VLANs ({vids})",
+                bridge.name
+            )));
+        }
+        if let Some(id) = nic.trunks.iter().find(|t| !bridge.carries(**t)) {
+            return Err(invalid(format!(
+                "container.nics[{i}].trunks: VLAN {id} is not among {}'s VLANs ({vids})",
+                bridge.name
+            )));
         }
     }
     Ok(nics

@@ -180,15 +180,32 @@ impl CreateJob<'_> {
         Ok(())
     }
 
-    /// This job's container on this node, found by its marker tag in the cluster's resources.
-    async fn find_marked(&self) -> Result<Option<Vmid>, StepError> {
+    /// This job's container on this node, found by its marker: the tag in the cluster's
+    /// resources; else among the containers still being made here (a create's config has no
+    /// tags until its task ends, so each is waited out and then read) and, for a clone (whose
+    /// tags stay its source's until the spec's are set), those named as the spec's hostname,
+    /// by the marker its clone call wrote into its description. Waiting on other jobs' creates
+    /// is slow, but this runs only for a job that lost its checkpoint.
+    async fn find_marked(&mut self) -> Result<Option<Vmid>, StepError> {
         let found = self.core.pve.guests_tagged(&self.core.marker).await?;
         for (node, vmid) in &found {
             if node != self.job.node.as_str() {
                 tracing::warn!(%node, %vmid, "a container with this job's marker is on another node; ignored");
             }
         }
-        Ok(found.into_iter().find(|(node, _)| node == self.job.node.as_str()).map(|(_, vmid)| vmid))
+        if let Some((_, vmid)) = found.into_iter().find(|(node, _)| node == self.job.node.as_str()) {
+            return Ok(Some(vmid));
+        }
+        let hostname = &self.job.container.hostname;
+        let clone = self.job.container.clone.is_some();
+        for listed in self.core.pve.containers_on(self.job.node.as_str()).await? {
+            let being_made = listed.lock.as_deref() == Some("create");
+            let named = clone && listed.name.as_ref() == Some(hostname);
+            if (being_made || named) && self.core.whose(listed.vmid).await? == Whose::Ours {
+                return Ok(Some(listed.vmid));
+            }
+        }
+        Ok(None)
     }
 
     async fn allocate(&self) -> Result<Vmid, StepError> {

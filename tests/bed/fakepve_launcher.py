@@ -223,7 +223,26 @@ class BedPve(FakePve):
 
     def _routes_bed(self):
         # fakepve's generic answer for node status is all zeros; give the figures its /nodes list shows.
-        return [('GET', '/nodes/{node}/status', self._bed_node_status)]
+        return [('GET', '/nodes/{node}/status', self._bed_node_status),
+                ('GET', '/nodes/{node}/network', self._bed_network)]
+
+    async def _bed_network(self, v, user):
+        # fakepve's interfaces (vmbr0 on eno1), and a VLAN-aware bridge that carries VLANs 2-100 only.
+        ifaces = [{'iface': 'vmbr0', 'type': 'bridge', 'method': 'static', 'method6': 'manual', 'families': ['inet'],
+                   'priority': 3, 'active': 1, 'autostart': 1, 'exists': 1, 'address': '192.0.2.11',
+                   'netmask': '255.255.255.0', 'cidr': '192.0.2.11/24', 'gateway': '192.0.2.1',
+                   'bridge_ports': 'eno1', 'bridge_stp': 'off', 'bridge_fd': '0'},
+                  {'iface': 'vmbr1', 'type': 'bridge', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
+                   'priority': 4, 'active': 1, 'autostart': 1, 'exists': 1, 'bridge_ports': 'eno2',
+                   'bridge_stp': 'off', 'bridge_fd': '0', 'bridge_vlan_aware': 1, 'bridge_vids': '2-100'},
+                  {'iface': 'eno1', 'type': 'eth', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
+                   'priority': 2, 'active': 1, 'exists': 1},
+                  {'iface': 'eno2', 'type': 'eth', 'method': 'manual', 'method6': 'manual', 'families': ['inet'],
+                   'priority': 5, 'active': 1, 'exists': 1}]
+        wanted = v.get('type')
+        if wanted in ('any_bridge', 'any_local_bridge'):
+            return [i for i in ifaces if i['type'] == 'bridge']
+        return [i for i in ifaces if not wanted or i['type'] == wanted]
 
     async def _bed_node_status(self, v, user):
         s = dict(self._node_stats(True))

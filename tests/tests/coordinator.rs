@@ -800,6 +800,39 @@ async fn plan_checks_on_the_node_and_changes_nothing() -> anyhow::Result<()> {
         assert_eq!(failed[0].check, check, "{failed:?}");
         assert!(failed[0].detail.contains(words), "{}", failed[0].detail);
     }
+    // vmbr1 is VLAN-aware and carries VLANs 2-100: a tag within passes, one outside fails.
+    let cli = &bed.cli;
+    let vlan = |tag: &str| {
+        let net = format!("name=eth0,bridge=vmbr1,tag={tag},ip=127.0.0.131/32");
+        async move {
+            cli.run(&[
+                "plan",
+                "--node",
+                "pve1",
+                "--hostname",
+                "web-vlan",
+                "--ostemplate",
+                OSTEMPLATE,
+                "--net",
+                &net,
+                "--json",
+            ])
+            .await
+        }
+    };
+    let within = vlan("30").await?;
+    assert_eq!(within.code, Some(0), "{within:?}");
+    let outside = vlan("200").await?;
+    assert_eq!(outside.code, Some(1), "{outside:?}");
+    let reply: pvefleet_schemas::PlanReply = serde_json::from_str(outside.stdout.trim())?;
+    let failed: Vec<_> = reply.checks.iter().filter(|c| !c.ok).collect();
+    assert_eq!(failed.len(), 1, "only the network fails: {failed:?}");
+    assert_eq!(failed[0].check, "network");
+    assert!(
+        failed[0].detail.contains("container.nics[0].tag: VLAN 200 is not among vmbr1's VLANs (2-100)"),
+        "{failed:?}"
+    );
+
     let writes: Vec<_> = bed.pve.calls().await?.into_iter().filter(|(method, _, _)| method != "GET").collect();
     assert!(writes.is_empty(), "a plan wrote to PVE: {writes:?}");
     assert_eq!(bed.pve.containers().await?, vec![150], "nothing was created");

@@ -288,6 +288,37 @@ async fn a_job_whose_checkpoint_is_lost_finds_its_container_by_its_marker() -> a
     Ok(())
 }
 
+/// The double fault: the checkpoint is lost while the create task still runs, so the container
+/// is locked and carries no tags yet. The next delivery waits out the lock of every container
+/// being created on the node and then reads its marker, instead of allocating a second one.
+#[tokio::test]
+async fn a_job_whose_checkpoint_is_lost_mid_create_waits_for_it_and_finds_it() -> anyhow::Result<()> {
+    let bed = Fleet::start("once-lost-mid-create", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    bed.pve.time_scale(0.2).await?;
+    // Longer than the redelivery (ack_wait 4 s): the next delivery comes while the create runs.
+    bed.pve.task_secs(serde_json::json!({"create": 60})).await?;
+    let job = create_job("pve1", "forgetful-early", Ipv4Addr::new(127, 0, 0, 63));
+    submit(&bed.js, &job).await?;
+    wait_until("the create task to run", Duration::from_secs(30), || async {
+        let events = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await.ok()?;
+        events.iter().any(|e| e.message.contains("create task")).then_some(())
+    })
+    .await?;
+    agent.kill();
+    let kv = bed.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
+    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
+    agent.restart()?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert_eq!(bed.pve.containers().await?, vec![result.vmid.unwrap().get()], "no second container");
+    assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("found its container")));
+    bed.dir.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_huge_malformed_message_still_gets_its_error_event_and_the_agent_goes_on() -> anyhow::Result<()> {
     let bed = Fleet::start("once-huge-poison", &["pve1"]).await?;

@@ -517,6 +517,42 @@ async fn a_root_login_may_set_every_feature_and_bind_mounts() -> anyhow::Result<
     Ok(())
 }
 
+/// A clone job whose checkpoint is lost while its clone task runs: the clone carries no marker
+/// tag yet (its tags are the source's until the spec's are set), so the next delivery finds it
+/// by the marker in its description, never making a second clone.
+#[tokio::test]
+async fn a_clone_whose_checkpoint_is_lost_mid_clone_is_found_by_its_description() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{CloneFrom, CloneSpec};
+    let bed = Fleet::start("spec-clone-forgotten", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    make_template(&bed, 9003, "tmpl-forgotten").await?;
+    bed.pve.time_scale(0.2).await?;
+    bed.pve.task_secs(serde_json::json!({"clone": 10})).await?;
+    let mut job = create_job("pve1", "forgotten-clone", Ipv4Addr::new(127, 0, 0, 90));
+    job.container.ostemplate = None;
+    job.container.clone =
+        Some(CloneSpec { from: CloneFrom::Name("tmpl-forgotten".into()), full: true, snapshot: None, storage: None });
+    job.container.nics = vec![Nic::new("eth0", "vmbr0", "127.0.0.90/32".parse().map_err(anyhow::Error::msg)?)];
+    submit(&bed.js, &job).await?;
+    pvefleet_testbed::wait_until("the clone task to run", JOB_WITHIN, || async {
+        let events = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await.ok()?;
+        events.iter().any(|e| e.message.contains("clone task")).then_some(())
+    })
+    .await?;
+    agent.kill();
+    let kv = bed.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
+    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
+    agent.restart()?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert_eq!(bed.pve.containers().await?, vec![result.vmid.expect("a vmid").get(), 9003], "one clone");
+    assert!(events.iter().any(|e| e.message.contains("found its container")), "{events:#?}");
+    bed.dir.pass();
+    Ok(())
+}
+
 /// An agent SIGKILLed inside a clone's task, and inside a download's: the next delivery waits
 /// on the checkpointed task, so one clone and one download, each job ending once.
 #[tokio::test]

@@ -287,6 +287,25 @@ impl PveClient {
             .collect())
     }
 
+    /// The containers on node `node` as the cluster's resources list them.
+    pub async fn containers_on(&self, node: &str) -> Result<Vec<Listed>, PveError> {
+        let data = self.call(Method::GET, "/cluster/resources", &[("type", "vm".to_owned())]).await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| g["type"] == "lxc" && g["node"] == node)
+            .filter_map(|g| {
+                let vmid = g["vmid"].as_u64().and_then(|n| u32::try_from(n).ok()).and_then(|n| Vmid::new(n).ok())?;
+                Some(Listed {
+                    vmid,
+                    name: g["name"].as_str().map(str::to_owned),
+                    lock: g["lock"].as_str().map(str::to_owned),
+                })
+            })
+            .collect())
+    }
+
     /// A container's config on this node, or `None` when it does not exist here.
     pub async fn container_config(&self, vmid: Vmid) -> Result<Option<Value>, PveError> {
         match self.call(Method::GET, &self.node_path(&format!("/lxc/{vmid}/config")), &[]).await {
@@ -486,16 +505,56 @@ impl PveClient {
     }
 
     /// The names of this node's network interfaces (bridges among them).
-    pub async fn bridges(&self) -> Result<Vec<String>, PveError> {
+    pub async fn bridges(&self) -> Result<Vec<Bridge>, PveError> {
         let path = self.node_path("/network");
         let data = self.call(Method::GET, &path, &[]).await?;
-        Ok(data.as_array().into_iter().flatten().filter_map(|i| i["iface"].as_str().map(str::to_owned)).collect())
+        Ok(data.as_array().into_iter().flatten().filter_map(Bridge::from_iface).collect())
     }
 
     fn upid(&self, method: Method, path: &str, data: Value) -> Result<Upid, PveError> {
         data.as_str()
             .and_then(|s| s.parse::<Upid>().ok())
             .ok_or_else(|| self.shape(method, path, format!("expected a task UPID, got {data}")))
+    }
+}
+
+/// A container as `/cluster/resources` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub vmid: Vmid,
+    /// Its hostname (PVE shows `CT<vmid>` or nothing while a create has not written it).
+    pub name: Option<String>,
+    /// `create` while a create or a clone runs, `backup`, `migrate`, …
+    pub lock: Option<String>,
+}
+
+/// An interface of the node a NIC may name, and the VLANs it carries when it is VLAN-aware.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bridge {
+    pub name: String,
+    /// `bridge_vids` of a VLAN-aware bridge (PVE's default `2-4094` when unset); `None` for a
+    /// bridge that is not VLAN-aware (PVE makes a `vmbrNvX` bridge for any tag on it).
+    pub vids: Option<String>,
+}
+
+impl Bridge {
+    fn from_iface(iface: &Value) -> Option<Self> {
+        let name = iface["iface"].as_str()?.to_owned();
+        let aware = iface["bridge_vlan_aware"].as_u64() == Some(1) || iface["bridge_vlan_aware"] == "1";
+        let vids = aware.then(|| iface["bridge_vids"].as_str().unwrap_or("2-4094").to_owned());
+        Some(Self { name, vids })
+    }
+
+    /// Whether a NIC on this bridge may use VLAN `id` (always, on a bridge not VLAN-aware).
+    /// `bridge_vids` lists ids and ranges separated by spaces or commas (`2 10-20`).
+    pub fn carries(&self, id: u16) -> bool {
+        let Some(vids) = &self.vids else { return true };
+        vids.split([' ', ',', ';']).filter(|p| !p.is_empty()).any(|part| match part.split_once('-') {
+            Some((lo, hi)) => {
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&id))
+            }
+            None => part.parse::<u16>() == Ok(id),
+        })
     }
 }
 
@@ -544,6 +603,20 @@ fn address_of(data: &Value, nic: &str, configured: &[IpAddr]) -> Option<IpAddr> 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_vlan_aware_bridge_carries_only_its_vids() {
+        let bridge = |vids: Option<&str>| Bridge { name: "vmbr1".into(), vids: vids.map(str::to_owned) };
+        assert!(bridge(None).carries(4000), "a bridge not VLAN-aware takes any tag");
+        assert!(bridge(Some("2-100")).carries(2) && bridge(Some("2-100")).carries(100));
+        assert!(!bridge(Some("2-100")).carries(101) && !bridge(Some("2-100")).carries(1));
+        assert!(bridge(Some("10 20-30")).carries(25) && !bridge(Some("10 20-30")).carries(11));
+        let aware = Bridge::from_iface(&serde_json::json!({"iface": "vmbr1", "bridge_vlan_aware": 1})).unwrap();
+        assert_eq!(aware.vids.as_deref(), Some("2-4094"));
+        let plain = Bridge::from_iface(&serde_json::json!({"iface": "vmbr0"})).unwrap();
+        assert_eq!(plain.vids, None);
+    }
+
     use super::*;
     use serde_json::json;
 
