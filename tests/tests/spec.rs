@@ -116,6 +116,73 @@ async fn the_root_disk_and_mount_points() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The rest of the network and disk options: an IPv4 gateway, DHCP and `manual` on both
+/// families, quota/acl/replicate on the root disk and a new volume, and an existing volume.
+#[tokio::test]
+async fn gateways_dhcp_quotas_and_an_existing_volume() -> anyhow::Result<()> {
+    let bed = Fleet::start("spec-rest", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    // A volume made beforehand for vmid 174, as an operator's earlier container left it.
+    bed.pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/storage/local-lvm/content",
+            &[("vmid", "174"), ("filename", "vm-174-disk-7"), ("size", "2G")],
+        )
+        .await?;
+    let mut job = create_job("pve1", "rest", Ipv4Addr::new(127, 0, 0, 74));
+    let c = &mut job.container;
+    c.vmid = Some(pvefleet_schemas::Vmid::new(174)?);
+    let mut eth0 = Nic::new("eth0", "vmbr0", "127.0.0.74/24".parse().map_err(anyhow::Error::msg)?);
+    eth0.gw = Some("127.0.0.1".parse()?);
+    eth0.ip6 = Some("dhcp".parse().map_err(anyhow::Error::msg)?);
+    let mut eth1 = Nic::new("eth1", "vmbr0", Ipv4Setting::Dhcp);
+    eth1.ip6 = Some("manual".parse().map_err(anyhow::Error::msg)?);
+    c.nics = vec![eth0, eth1];
+    c.unprivileged = false;
+    c.rootfs = Some(RootFs {
+        storage: "local-lvm".into(),
+        size: 6,
+        mountoptions: vec![],
+        acl: None,
+        quota: Some(true),
+        replicate: None,
+    });
+    c.mounts = vec![
+        MountPoint::Volume {
+            storage: "local-lvm".into(),
+            size: 2,
+            path: "/srv/acl".into(),
+            backup: None,
+            ro: false,
+            acl: Some(true),
+            quota: Some(true),
+            replicate: Some(false),
+            mountoptions: vec![],
+        },
+        MountPoint::Existing {
+            volume: "local-lvm:vm-174-disk-7".into(),
+            path: "/srv/old".into(),
+            backup: Some(false),
+            ro: true,
+        },
+    ];
+    let cfg = created(&bed, job).await?;
+    let without_mac = |key: &str| -> String {
+        let net = cfg[key].as_str().unwrap_or_default();
+        net.split(',').filter(|p| !p.starts_with("hwaddr=")).collect::<Vec<_>>().join(",")
+    };
+    assert_eq!(without_mac("net0"), "name=eth0,bridge=vmbr0,gw=127.0.0.1,ip=127.0.0.74/24,ip6=dhcp,type=veth");
+    assert_eq!(without_mac("net1"), "name=eth1,bridge=vmbr0,ip=dhcp,ip6=manual,type=veth");
+    // Sent as `unprivileged=0`; PVE writes no line for a privileged container.
+    assert_eq!(cfg["unprivileged"], Value::Null);
+    assert_eq!(cfg["rootfs"], "local-lvm:vm-174-disk-0,quota=1,size=6G");
+    assert_eq!(cfg["mp0"], "local-lvm:vm-174-disk-1,acl=1,mp=/srv/acl,quota=1,replicate=0,size=2G");
+    assert_eq!(cfg["mp1"], "local-lvm:vm-174-disk-7,backup=0,mp=/srv/old,ro=1");
+    bed.dir.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn boot_order_identity_resources_and_nesting() -> anyhow::Result<()> {
     let bed = Fleet::start("spec-boot", &["pve1"]).await?;
@@ -296,7 +363,7 @@ async fn an_appliance_and_an_oci_image_are_fetched_and_an_unknown_one_refused() 
     nginx.container.template = Some(TemplateSource::Oci(OciImage {
         reference: "docker.io/library/nginx:1.27".into(),
         storage: "local".into(),
-        filename: None,
+        filename: Some("nginx-stable.tar".into()),
     }));
     nginx.container.entrypoint = Some("/docker-entrypoint.sh nginx -g 'daemon off;'".into());
     nginx.container.env = [("NGINX_PORT".to_owned(), "8080".to_owned()), ("TZ".to_owned(), "UTC".to_owned())].into();
@@ -306,7 +373,7 @@ async fn an_appliance_and_an_oci_image_are_fetched_and_an_unknown_one_refused() 
     assert_eq!(cfg["entrypoint"], "/docker-entrypoint.sh nginx -g 'daemon off;'");
     assert_eq!(cfg["env"], "NGINX_PORT=8080\0TZ=UTC");
     let templates = bed.pve.templates("pve1", "local").await?;
-    for t in ["local:vztmpl/alpine-3.22-default_20250617_amd64.tar.xz", "local:vztmpl/nginx_1.27.tar"] {
+    for t in ["local:vztmpl/alpine-3.22-default_20250617_amd64.tar.xz", "local:vztmpl/nginx-stable.tar"] {
         assert!(templates.contains(&t.to_owned()), "{t} in {templates:?}");
     }
     let mut unknown = create_job("pve1", "unknown", Ipv4Addr::new(127, 0, 0, 82));
@@ -421,6 +488,82 @@ async fn a_clone_gets_the_spec_and_its_rollback_spares_the_source() -> anyhow::R
     Ok(())
 }
 
+/// The clone's own options: a linked clone (`full = false`) shares its template's base volume;
+/// a clone of a snapshot of a plain container goes to the storage asked; a snapshot that does
+/// not exist fails the job with PVE's words and leaves no clone.
+#[tokio::test]
+async fn a_linked_clone_and_a_full_clone_of_a_snapshot_to_a_storage() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{CloneFrom, CloneSpec};
+    let bed = Fleet::start("spec-clone-options", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    make_template(&bed, 9005, "tmpl-linked").await?;
+    let mut linked = create_job("pve1", "linked", Ipv4Addr::new(127, 0, 0, 91));
+    linked.container.ostemplate = None;
+    linked.container.clone =
+        Some(CloneSpec { from: CloneFrom::Name("tmpl-linked".into()), full: false, snapshot: None, storage: None });
+    let cfg = created(&bed, linked).await?;
+    assert_eq!(cfg["hostname"], "linked");
+
+    // A plain container with a snapshot.
+    let upid = bed
+        .pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/lxc",
+            &[
+                ("vmid", "9006"),
+                ("hostname", "plain"),
+                ("ostemplate", pvefleet_testbed::fakepve::OSTEMPLATE),
+                ("rootfs", "local-lvm:4"),
+            ],
+        )
+        .await?;
+    anyhow::ensure!(upid.as_str().is_some_and(|u| u.starts_with("UPID:")), "{upid}");
+    pvefleet_testbed::wait_until("the plain container's create", JOB_WITHIN, || async {
+        let cfg = bed.pve.api_get("/nodes/pve1/lxc/9006/config").await.ok()?;
+        cfg.get("lock").is_none().then_some(())
+    })
+    .await?;
+    bed.pve.api(reqwest::Method::POST, "/nodes/pve1/lxc/9006/snapshot", &[("snapname", "before-upgrade")]).await?;
+    pvefleet_testbed::wait_until("the snapshot", JOB_WITHIN, || async {
+        let snaps = bed.pve.api_get("/nodes/pve1/lxc/9006/snapshot").await.ok()?;
+        snaps.as_array()?.iter().any(|s| s["name"] == "before-upgrade").then_some(())
+    })
+    .await?;
+    let of_snapshot = |hostname: &str, ip: u8, snapshot: &str| {
+        let mut job = create_job("pve1", hostname, Ipv4Addr::new(127, 0, 0, ip));
+        job.container.ostemplate = None;
+        job.container.clone = Some(CloneSpec {
+            from: CloneFrom::Vmid(pvefleet_schemas::Vmid::new(9006).expect("a vmid")),
+            full: true,
+            snapshot: Some(snapshot.into()),
+            storage: Some("local-lvm".into()),
+        });
+        job
+    };
+    let cfg = created(&bed, of_snapshot("from-snapshot", 92, "before-upgrade")).await?;
+    let rootfs = cfg["rootfs"].as_str().unwrap_or_default();
+    assert!(rootfs.starts_with("local-lvm:vm-") && !rootfs.contains("9006"), "a full clone on local-lvm: {rootfs}");
+    assert_eq!(cfg["hostname"], "from-snapshot");
+
+    // A snapshot that is not there; a linked clone of a container that is no template (PVE
+    // links only to a template's base volumes, so this proves `full=0` reached it).
+    let mut linked_to_plain = of_snapshot("linked-plain", 94, "before-upgrade");
+    linked_to_plain.container.clone.as_mut().expect("a clone").full = false;
+    linked_to_plain.container.clone.as_mut().expect("a clone").storage = None;
+    for (job, words) in [(of_snapshot("no-snapshot", 93, "nope"), "nope"), (linked_to_plain, "Linked clone feature")] {
+        let before = bed.pve.containers().await?;
+        submit(&bed.js, &job).await?;
+        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        let error = result_of(&events).error.clone().expect("refused");
+        assert!(error.message.contains(words), "{words}: {error:?}");
+        assert_eq!(bed.pve.containers().await?, before, "no clone left");
+    }
+    bed.dir.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_clone_deploys_with_the_key_its_template_trusts_or_is_refused_without_one() -> anyhow::Result<()> {
     use pvefleet_schemas::source::{CloneFrom, CloneSpec};
@@ -500,13 +643,22 @@ async fn a_root_login_may_set_every_feature_and_bind_mounts() -> anyhow::Result<
         ..pvefleet_testbed::agent::AgentOptions::node("pve1")
     })?;
     let mut job = create_job("pve1", "docker-host", Ipv4Addr::new(127, 0, 0, 86));
-    job.container.features =
-        Features { nesting: true, keyctl: true, fuse: true, mount: vec!["nfs".into()], ..Features::default() };
-    job.container.mounts =
-        vec![MountPoint::Bind { host_path: "/srv/media".into(), path: "/media".into(), ro: true, shared: false }];
+    job.container.features = Features {
+        nesting: true,
+        keyctl: true,
+        fuse: true,
+        mknod: true,
+        force_rw_sys: true,
+        mount: vec!["nfs".into(), "cifs".into()],
+    };
+    job.container.mounts = vec![
+        MountPoint::Bind { host_path: "/srv/media".into(), path: "/media".into(), ro: true, shared: false },
+        MountPoint::Bind { host_path: "/srv/shared".into(), path: "/shared".into(), ro: false, shared: true },
+    ];
     let cfg = created(&bed, job).await?;
-    assert_eq!(cfg["features"], "fuse=1,keyctl=1,mount=nfs,nesting=1");
+    assert_eq!(cfg["features"], "force_rw_sys=1,fuse=1,keyctl=1,mknod=1,mount=nfs;cifs,nesting=1");
     assert_eq!(cfg["mp0"], "/srv/media,mp=/media,ro=1");
+    assert_eq!(cfg["mp1"], "/srv/shared,mp=/shared,shared=1");
     assert_eq!(agent.log_text().matches("signed in to the Proxmox API").count(), 1, "one ticket, not the token");
     // The ticket runs out: the next call is refused with a 401, the agent signs in again.
     bed.pve.expire_tickets().await?;
