@@ -230,6 +230,10 @@ pub struct SubmitArgs {
     /// The storage for the root disk (default local-lvm).
     #[arg(long)]
     pub storage: Option<String>,
+    /// The root disk in PVE's own form (instead of --storage/--disk):
+    /// `local-lvm:8,acl=1,quota=1,replicate=0,mountoptions=noatime;nodev`.
+    #[arg(long, value_name = "STORAGE:GB,…")]
+    pub rootfs: Option<String>,
     /// The bridge of eth0 (default vmbr0); --net gives every NIC instead.
     #[arg(long)]
     pub bridge: Option<String>,
@@ -334,6 +338,9 @@ pub struct SubmitArgs {
     /// Number of ttys, 0..=6.
     #[arg(long)]
     pub tty: Option<u8>,
+    /// Attach a console device (`1`, PVE's default) or not (`0`).
+    #[arg(long, value_name = "0|1", value_parser = clap::builder::BoolishValueParser::new())]
+    pub console: Option<bool>,
     /// A package to install (repeatable); added to the template's.
     #[arg(long = "package")]
     pub packages: Vec<String>,

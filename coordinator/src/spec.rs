@@ -167,10 +167,18 @@ pub fn overlay(base: &mut toml::Table, top: toml::Table) {
     }
 }
 
-/// The container fields given in PVE's own `key=value,…` form (`--net`, `--mp`, `--startup`),
-/// as a table to overlay; a malformed one names its flag.
-pub fn pve_flags(nets: &[String], mps: &[String], startup: Option<&str>) -> Result<toml::Table, BadInput> {
+/// The container fields given in PVE's own `key=value,…` form (`--net`, `--mp`, `--startup`,
+/// `--rootfs`), as a table to overlay; a malformed one names its flag.
+pub fn pve_flags(
+    nets: &[String],
+    mps: &[String],
+    startup: Option<&str>,
+    rootfs: Option<&str>,
+) -> Result<toml::Table, BadInput> {
     let mut t = toml::Table::new();
+    if let Some(r) = rootfs {
+        t.insert("rootfs".into(), rootfs_flag(r).map_err(|e| BadInput::field("--rootfs", e))?);
+    }
     if !nets.is_empty() {
         let nics = nets
             .iter()
@@ -339,6 +347,27 @@ fn net_flag(s: &str) -> Result<toml::Value, String> {
     Ok(toml::Value::Table(t))
 }
 
+/// `local-lvm:8,acl=1,quota=1,replicate=0,mountoptions=noatime;nodev` → a root disk table.
+fn rootfs_flag(s: &str) -> Result<toml::Value, String> {
+    let (volume, rest) = s.split_once(',').unwrap_or((s, ""));
+    let (storage, size) = volume
+        .split_once(':')
+        .filter(|(storage, size)| !storage.is_empty() && !size.is_empty())
+        .ok_or_else(|| format!("`{volume}` is not STORAGE:GB (like local-lvm:8)"))?;
+    let mut t = toml::Table::new();
+    t.insert("storage".into(), storage.into());
+    t.insert("size".into(), flag_int("size", size)?);
+    for (key, value) in pairs(rest)? {
+        let v = match key {
+            "acl" | "quota" | "replicate" => flag_bool(key, value)?,
+            "mountoptions" => toml::Value::Array(value.split(';').map(toml::Value::from).collect()),
+            other => return Err(format!("unknown key `{other}` (acl, quota, replicate, mountoptions)")),
+        };
+        t.insert(key.into(), v);
+    }
+    Ok(toml::Value::Table(t))
+}
+
 /// `local-lvm:4,mp=/srv,backup=1` (new volume), `local-lvm:vm-1-disk-1,mp=/srv` (existing),
 /// `/host/dir,mp=/srv` (bind) → a mount point table.
 fn mp_flag(s: &str) -> Result<toml::Value, String> {
@@ -427,6 +456,7 @@ mod tests {
                 "/srv/media,mp=/media,ro=1".into(),
             ],
             Some("order=2,up=30"),
+            Some("fast:12,acl=1,quota=1,replicate=0,mountoptions=noatime;nodev"),
         )
         .unwrap();
         let mut table = toml::Table::new();
@@ -442,8 +472,14 @@ mod tests {
         assert_eq!(spec.mounts[0].to_pve(), "local-lvm:4,mp=/srv/data,backup=1,mountoptions=noatime;nodev");
         assert_eq!(spec.mounts[1].to_pve(), "/srv/media,mp=/media,ro=1");
         assert_eq!(spec.startup.unwrap().to_pve(), "order=2,up=30");
-        let bad = pve_flags(&["name=eth0,vlan=3".into()], &[], None).unwrap_err();
+        assert_eq!(
+            spec.rootfs.expect("a rootfs").to_pve(),
+            "fast:12,acl=1,quota=1,replicate=0,mountoptions=noatime;nodev"
+        );
+        let bad = pve_flags(&["name=eth0,vlan=3".into()], &[], None, None).unwrap_err();
         assert!(bad.to_string().contains("--net #1") && bad.to_string().contains("unknown key `vlan`"), "{bad}");
+        let bad = pve_flags(&[], &[], None, Some("12,acl=1")).unwrap_err();
+        assert!(bad.to_string().contains("--rootfs") && bad.to_string().contains("STORAGE:GB"), "{bad}");
     }
 
     fn submit_args<const N: usize>(argv: [&str; N]) -> crate::cli::SubmitArgs {

@@ -537,6 +537,10 @@ async fn the_whole_spec_through_the_cli_from_a_template_a_spec_file_and_flags() 
             "--onboot",
             "--timezone",
             "Europe/Vienna",
+            "--rootfs",
+            "local-lvm:6,acl=1,mountoptions=noatime",
+            "--console",
+            "0",
             "--watch",
         ])
         .await?;
@@ -550,6 +554,8 @@ async fn the_whole_spec_through_the_cli_from_a_template_a_spec_file_and_flags() 
     );
     assert!(cfg["net1"].as_str().unwrap().contains("tag=30"), "{cfg}");
     assert_eq!(cfg["mp0"], "local-lvm:vm-100-disk-1,backup=0,mp=/data,size=2G");
+    assert_eq!(cfg["rootfs"], "local-lvm:vm-100-disk-0,acl=1,mountoptions=noatime,size=6G");
+    assert_eq!(cfg["console"], 0);
     assert_eq!((cfg["features"].clone(), cfg["onboot"].clone()), ("nesting=1".into(), 1.into()));
     assert_eq!((cfg["startup"].clone(), cfg["timezone"].clone()), ("order=3".into(), "Europe/Vienna".into()));
     assert!(bed.pve.templates("pve1", "local").await?.contains(&"local:vztmpl/web.tar.zst".to_owned()));
@@ -559,6 +565,9 @@ async fn the_whole_spec_through_the_cli_from_a_template_a_spec_file_and_flags() 
         (vec!["--net", "name=eth0,bridge=vmbr0,ip=dhcp,gw=10.0.0.1"], "container.nics[0].gw"),
         (vec!["--net", "name=eth0,bridge=vmbr0", "--net", "name=eth0,bridge=vmbr1"], "container.nics[1].name"),
         (vec!["--net", "name=eth0,ip=dhcp"], "bridge"),
+        (vec!["--net", "name=eth0,bridge=vmbr0,ip6=fd00::5/64,gw6=fd01::1"], "container.nics[0].gw6"),
+        (vec!["--rootfs", "local-lvm:8", "--disk", "8"], "--rootfs"),
+        (vec!["--rootfs", "8"], "--rootfs"),
         (vec!["--clone", "9000", "--ostemplate", OSTEMPLATE], "--ostemplate"),
         (vec!["--download", "url=ftp://x/y.tar.zst,checksum=00,filename=y.tar.zst"], "container.template.download.url"),
     ] {

@@ -123,7 +123,14 @@ pub(crate) async fn gather(args: &SubmitArgs, store: &crate::store::Store) -> Re
         node = spec.node;
     }
     overlay(&mut container, flags(args));
-    overlay(&mut container, crate::spec::pve_flags(&args.nets, &args.mps, args.startup.as_deref())?);
+    if args.rootfs.is_some() && (args.disk.is_some() || args.storage.is_some()) {
+        let other = if args.disk.is_some() { "--disk" } else { "--storage" };
+        return Err(BadInput::field("--rootfs", format!("give --rootfs or {other}, not both")).into());
+    }
+    overlay(
+        &mut container,
+        crate::spec::pve_flags(&args.nets, &args.mps, args.startup.as_deref(), args.rootfs.as_deref())?,
+    );
     overlay(&mut container, crate::spec::source_flags(args)?);
     deploy.packages.extend(args.packages.iter().cloned());
     let mut options = options.unwrap_or_default();
@@ -283,6 +290,7 @@ fn flags(a: &SubmitArgs) -> toml::Table {
     put("ostype", a.ostype.clone().map(Into::into));
     put("cmode", a.cmode.clone().map(Into::into));
     put("tty", a.tty.map(|v| i64::from(v).into()));
+    put("console", a.console.map(Into::into));
     put(
         "ssh_public_keys",
         (!a.ssh_keys.is_empty()).then(|| a.ssh_keys.iter().cloned().map(toml::Value::from).collect::<Vec<_>>().into()),
