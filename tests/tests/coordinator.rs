@@ -735,6 +735,42 @@ async fn count_makes_n_jobs_spread_by_capacity_once_and_all_or_none() -> anyhow:
     assert_eq!(big.code, Some(2), "{big:?}");
     assert!(big.stderr.contains("job 4 of 4") && big.stderr.contains("no live agent fits"), "{}", big.stderr);
     assert_eq!(bed.js.get_stream(JOBS_STREAM).await?.info().await?.state.last_sequence, before, "none published");
+
+    // A batch with a failure: without a terminal each job's end is a line of its own, the
+    // summary names the failure's error, and the exit is 1.
+    bed.pve.task_error("vzstart", "startup for container '1xx' failed").await?;
+    let mixed = bed
+        .cli
+        .run(&[
+            "submit",
+            "--count",
+            "2",
+            "--node",
+            "pve1",
+            "--hostname",
+            "mixed-{n}",
+            "--ip",
+            "127.0.0.{n+140}/32",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--watch",
+        ])
+        .await?;
+    assert_eq!(mixed.code, Some(1), "{mixed:?}");
+    assert!(mixed.stdout.contains("1 of 2 jobs succeeded, 1 failed"), "{}", mixed.stdout);
+    for hostname in ["mixed-1", "mixed-2"] {
+        assert!(mixed.stdout.lines().any(|l| l.starts_with(&format!("{hostname} ("))), "{}", mixed.stdout);
+    }
+    assert_eq!(mixed.stdout.matches(": succeeded: ").count(), 1, "{}", mixed.stdout);
+    assert!(mixed.stdout.contains("startup for container '1xx' failed"), "{}", mixed.stdout);
+    // --json: one job per line, as it was published.
+    let json = bed
+        .cli
+        .run(&["submit", "--count", "2", "--node", "pve1", "--hostname", "j-{n}", "--ostemplate", OSTEMPLATE, "--json"])
+        .await?;
+    assert_eq!(json.code, Some(0), "{json:?}");
+    let jobs: Vec<pvefleet_schemas::Job> = json.stdout.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    assert_eq!(jobs.iter().map(|j| j.container.hostname.as_str()).collect::<Vec<_>>(), ["j-1", "j-2"]);
     bed.dir.pass();
     Ok(())
 }
@@ -809,6 +845,52 @@ async fn plan_checks_on_the_node_and_changes_nothing() -> anyhow::Result<()> {
         assert_eq!(failed[0].check, check, "{failed:?}");
         assert!(failed[0].detail.contains(words), "{}", failed[0].detail);
     }
+    // --count with --node auto: each job placed and planned, numbered; one that fits nowhere
+    // is bad input naming which of the N it is, and no agent is asked.
+    let batch = bed
+        .cli
+        .run(&[
+            "plan",
+            "--count",
+            "2",
+            "--node",
+            "auto",
+            "--hostname",
+            "p-{n}",
+            "--ip",
+            "127.0.0.{n+150}/32",
+            "--ostemplate",
+            OSTEMPLATE,
+        ])
+        .await?;
+    assert_eq!(batch.code, Some(0), "{batch:?}");
+    for n in [1, 2] {
+        let line = format!("job {n} of 2: p-{n} on pve1: every check passes");
+        assert!(batch.stdout.contains(&line), "{line} in {}", batch.stdout);
+    }
+    let nowhere = bed
+        .cli
+        .run(&[
+            "plan",
+            "--count",
+            "2",
+            "--node",
+            "auto",
+            "--hostname",
+            "q-{n}",
+            "--memory",
+            "65536",
+            "--ostemplate",
+            OSTEMPLATE,
+        ])
+        .await?;
+    assert_eq!(nowhere.code, Some(2), "{nowhere:?}");
+    assert!(
+        nowhere.stderr.contains("job 1 of 2") && nowhere.stderr.contains("no live agent fits"),
+        "{}",
+        nowhere.stderr
+    );
+
     // vmbr1 is VLAN-aware and carries VLANs 2-100: a tag within passes, one outside fails.
     let cli = &bed.cli;
     let vlan = |tag: &str| {

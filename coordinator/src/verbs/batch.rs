@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pvefleet_schemas::{EventType, JobId, NodeName};
 
-use super::submit::{Parts, Placed, choose_node, password, publish, seal_for};
+use super::submit::{Parts, Placed, password, place_job, publish, seal_for, take_share};
 use crate::cli::{Cli, SubmitArgs};
 use crate::spec::{BadInput, container_from};
 use crate::store::Store;
@@ -37,13 +37,7 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
         if let Some(existing) = &existing {
             count_placed(&mut placed, &existing.node, &existing.spec);
         } else {
-            if parts.node == "auto" {
-                job.node = choose_node(&beats, &job, &placed)
-                    .map_err(|e| Failure::Usage(format!("job {} of {count}: {e}", i + 1)))?;
-            }
-            let entry = placed.entry(job.node.clone()).or_default();
-            entry.0 += u64::from(job.container.memory) << 20;
-            entry.1 += u64::from(job.container.effective_rootfs().size) << 30;
+            place_job(&mut job, parts.node == "auto", &beats, &mut placed, (i + 1, count))?;
         }
         plan.push((job, request, existing));
     }
@@ -158,10 +152,9 @@ pub(crate) fn build_jobs(parts: &Parts, count: u32) -> Result<Vec<pvefleet_schem
 
 /// A job recorded before by the same command still takes its share of its node.
 fn count_placed(placed: &mut Placed, node: &str, spec: &str) {
-    if let (Ok(node), Ok(job)) = (NodeName::new(node), pvefleet_schemas::Job::decode(spec.as_bytes())) {
-        let entry = placed.entry(node).or_default();
-        entry.0 += u64::from(job.container.memory) << 20;
-        entry.1 += u64::from(job.container.effective_rootfs().size) << 30;
+    if let (Ok(node), Ok(mut job)) = (NodeName::new(node), pvefleet_schemas::Job::decode(spec.as_bytes())) {
+        job.node = node;
+        take_share(placed, &job);
     }
 }
 
@@ -258,10 +251,16 @@ async fn watch_all(
                     bar.set_message(format!("{} {}", event.step.map(|s| s.as_str()).unwrap_or("-"), event.message));
                 }
                 if event.is_terminal() {
-                    if let Some(bar) = &bar {
-                        bar.finish();
-                    }
                     let ok = event.kind == EventType::Complete;
+                    match &bar {
+                        Some(bar) => bar.finish(),
+                        // Without a terminal (a log, a CI job) each job says how it ended as it ends.
+                        None if !json => {
+                            let how = if ok { "succeeded" } else { "failed" };
+                            println!("{label} ({id}): {how}: {}", event.message);
+                        }
+                        None => {}
+                    }
                     return anyhow::Ok((i, id, label, ok, event.message));
                 }
             }

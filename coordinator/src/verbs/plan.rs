@@ -9,7 +9,7 @@ use async_nats::jetstream;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pvefleet_schemas::{PlanReply, PlanRequest};
 
-use super::submit::{Placed, choose_node};
+use super::submit::{Placed, place_job};
 use crate::cli::{Cli, SubmitArgs};
 use crate::spec::BadInput;
 use crate::{Failure, Outcome};
@@ -35,12 +35,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     let mut placed = Placed::new();
     let mut all_ok = true;
     for (i, mut job) in jobs.into_iter().enumerate() {
-        if parts.node == "auto" {
-            job.node = choose_node(&beats, &job, &placed)?;
-            let entry = placed.entry(job.node.clone()).or_default();
-            entry.0 += u64::from(job.container.memory) << 20;
-            entry.1 += u64::from(job.container.effective_rootfs().size) << 30;
-        }
+        place_job(&mut job, parts.node == "auto", &beats, &mut placed, (i + 1, count))?;
         let subject = pvefleet_schemas::names::plan_subject(&job.node);
         let payload = serde_json::to_vec(&PlanRequest::new(job.clone())).expect("a plan request serializes");
         let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));

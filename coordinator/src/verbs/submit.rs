@@ -396,6 +396,32 @@ async fn place(js: &jetstream::Context, job: &Job) -> Result<NodeName, Failure> 
 /// Memory and disk bytes already given to jobs placed by this command, per node.
 pub(crate) type Placed = std::collections::BTreeMap<NodeName, (u64, u64)>;
 
+/// Places job `n` of `count` (on the freest node that fits it, with `--node auto`) and counts
+/// what it takes against its node, so each later choice sees the jobs placed before it.
+pub(crate) fn place_job(
+    job: &mut Job,
+    auto: bool,
+    beats: &[pvefleet_schemas::Heartbeat],
+    placed: &mut Placed,
+    (n, count): (usize, u32),
+) -> Result<(), Failure> {
+    if auto {
+        job.node = choose_node(beats, job, placed).map_err(|e| match e {
+            Failure::Usage(m) if count > 1 => Failure::Usage(format!("job {n} of {count}: {m}")),
+            other => other,
+        })?;
+    }
+    take_share(placed, job);
+    Ok(())
+}
+
+/// Counts `job`'s memory and root disk against its node.
+pub(crate) fn take_share(placed: &mut Placed, job: &Job) {
+    let entry = placed.entry(job.node.clone()).or_default();
+    entry.0 += u64::from(job.container.memory) << 20;
+    entry.1 += u64::from(job.container.effective_rootfs().size) << 30;
+}
+
 /// `--node auto`: the live agent with the most free memory that fits `job`, counting what
 /// the jobs placed before it by the same command take.
 pub(crate) fn choose_node(
