@@ -71,6 +71,35 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
         (serde_json::from_str::<serde_json::Value>(&run.stdout).ok()?["state"] == "succeeded").then_some(())
     })
     .await?;
+    // A job whose script fails (rolled back), and one queued for a node without an agent.
+    let failing = bed.dir.path().join("failing.toml");
+    std::fs::write(&failing, "[[deploy.scripts]]\nname = \"migrate\"\nbody = \"echo nope >&2; exit 3\"\n")?;
+    let failed = cli
+        .run(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--hostname",
+            "web-broken",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            "127.0.0.150/32",
+            "--spec",
+            &failing.display().to_string(),
+            "--watch",
+        ])
+        .await?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    let failed_job = failed.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    let queued =
+        cli.run(&["submit", "--node", "pve9", "--hostname", "web-waiting", "--ostemplate", OSTEMPLATE]).await?;
+    assert!(queued.ok(), "{queued:?}");
+    wait_until("the recorder to record the failure", Duration::from_secs(30), || async {
+        let run = cli.run(&["job", &failed_job, "--json"]).await.ok()?;
+        (serde_json::from_str::<serde_json::Value>(&run.stdout).ok()?["state"] == "failed").then_some(())
+    })
+    .await?;
     let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
     let http = reqwest::Client::new();
 
@@ -81,8 +110,25 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
 
     let jobs = http.get(format!("{url}/jobs?state=succeeded&hostname=web")).send().await?.text().await?;
     assert!(jobs.contains(&format!("href=\"/jobs/{job}\"")), "{jobs}");
-    let none = http.get(format!("{url}/jobs?state=failed")).send().await?.text().await?;
-    assert!(!none.contains(&format!("/jobs/{job}")) && none.contains("0 job(s)"), "{none}");
+    let failures = http.get(format!("{url}/jobs?state=failed")).send().await?.text().await?;
+    assert!(!failures.contains(&format!("/jobs/{job}\"")) && failures.contains(&format!("/jobs/{failed_job}\"")));
+    assert!(failures.contains("1 job(s)"), "{failures}");
+    let on_pve1 = http.get(format!("{url}/jobs?node=pve1")).send().await?.text().await?;
+    assert!(on_pve1.contains(&format!("/jobs/{job}\"")) && !on_pve1.contains("web-waiting"), "{on_pve1}");
+    let on_pve9 = http.get(format!("{url}/jobs?node=pve9")).send().await?.text().await?;
+    assert!(on_pve9.contains("web-waiting") && !on_pve9.contains(&format!("/jobs/{job}\"")), "{on_pve9}");
+
+    // The failed job's events end with its error and its rollback.
+    let body = tokio::time::timeout(Duration::from_secs(20), async {
+        http.get(format!("{url}/jobs/{failed_job}/events")).send().await?.text().await
+    })
+    .await??;
+    let last: pvefleet_schemas::Event = serde_json::from_str(
+        &frames(&body).iter().rev().find(|f| f.0 == "job").map(|f| f.1.clone()).unwrap_or_default(),
+    )?;
+    let result = last.result.expect("a terminal event");
+    assert!(!result.success && result.rolled_back, "{result:?}");
+    assert!(result.error.is_some_and(|e| e.message.contains("migrate")), "{body}");
 
     let page = http.get(format!("{url}/jobs/{job}")).send().await?;
     assert_eq!(page.status(), 200);
@@ -137,6 +183,28 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
         })
         .sum();
     assert_eq!(jobs_succeeded, 1.0, "{metrics}");
+    let sample = |metric: &str, label: Option<(&str, &str)>| -> f64 {
+        parsed
+            .samples
+            .iter()
+            .filter(|s| s.metric == metric && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v)
+                | prometheus_parse::Value::Counter(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    assert_eq!(sample("pvefleet_jobs", Some(("state", "failed"))), 1.0, "{metrics}");
+    assert_eq!(sample("pvefleet_queued_jobs", Some(("node", "pve9"))), 1.0, "{metrics}");
+    assert_eq!(sample("pvefleet_queued_jobs", Some(("node", "pve1"))), 0.0, "{metrics}");
+    let durations = parsed.samples.iter().find(|s| s.metric == "pvefleet_job_duration_seconds");
+    let finished = match durations.map(|s| &s.value) {
+        Some(prometheus_parse::Value::Histogram(buckets)) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+        other => anyhow::bail!("no job duration histogram: {other:?}\n{metrics}"),
+    };
+    assert_eq!(finished, 2.0, "the two finished jobs: {metrics}");
     assert!(parsed.samples.iter().any(|s| s.metric.starts_with("pvefleet_step_duration_seconds")), "{metrics}");
     bed.dir.pass();
     Ok(())
