@@ -139,6 +139,32 @@ async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::
     Ok(())
 }
 
+/// Two NICs, sshd listening only on the second's address: `ssh_nic` names the NIC the deploy
+/// connects through (the first is the default, and nothing answers there).
+#[tokio::test]
+async fn the_deploy_connects_through_the_nic_ssh_nic_names() -> anyhow::Result<()> {
+    use pvefleet_schemas::lxc::Nic;
+    let ip = Ipv4Addr::new(127, 0, 0, 110);
+    let bed = bed("deploy-ssh-nic", ip).await?;
+    bed.announce_host_key(&bed.sshd.host_fingerprint()).await?;
+    let mut job = create_job("pve1", "two-nics", ip);
+    job.container.nics = vec![
+        Nic::new("eth0", "vmbr0", "127.0.0.111/32".parse().map_err(anyhow::Error::msg)?),
+        Nic::new("eth1", "vmbr0", "127.0.0.110/32".parse().map_err(anyhow::Error::msg)?),
+    ];
+    job.container.ssh_nic = Some("eth1".into());
+    job.deploy.scripts = vec![script("where", "echo deployed through eth1")];
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let result = result_of(&events);
+    assert!(result.success, "{events:#?}");
+    assert_eq!(result.ip.map(|a| a.to_string()).as_deref(), Some("127.0.0.110"), "{result:?}");
+    assert!(logs(&events, LogStream::Stdout).contains(&"deployed through eth1".to_owned()));
+    bed.dir.pass();
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_failing_script_fails_the_job_and_the_container_is_rolled_back() -> anyhow::Result<()> {
     let ip = Ipv4Addr::new(127, 0, 0, 102);
