@@ -118,9 +118,15 @@ pub(crate) async fn network(pve: &PveClient, job: &Job) -> Check {
                 bridge.name
             )));
         }
-        if let Some(id) = nic.trunks.iter().find(|t| !bridge.carries(**t)) {
+        if !nic.trunks.is_empty() && !bridge.takes_trunks() {
             return Err(invalid(format!(
-                "container.nics[{i}].trunks: VLAN {id} is not among {}'s VLANs ({vids})",
+                "container.nics[{i}].trunks: `{}` is not VLAN-aware, and PVE takes trunks only on a VLAN-aware bridge",
+                bridge.name
+            )));
+        }
+        if let Some((j, id)) = nic.trunks.iter().enumerate().find(|(_, t)| !bridge.carries(**t)) {
+            return Err(invalid(format!(
+                "container.nics[{i}].trunks[{j}]: VLAN {id} is not among {}'s VLANs ({vids})",
                 bridge.name
             )));
         }

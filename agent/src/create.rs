@@ -180,30 +180,73 @@ impl CreateJob<'_> {
         Ok(())
     }
 
-    /// This job's container on this node, found by its marker: the tag in the cluster's
-    /// resources; else among the containers still being made here (a create's config has no
-    /// tags until its task ends, so each is waited out and then read) and, for a clone (whose
-    /// tags stay its source's until the spec's are set), those named as the spec's hostname,
-    /// by the marker its clone call wrote into its description. Waiting on other jobs' creates
-    /// is slow, but this runs only for a job that lost its checkpoint.
+    /// This job's container on this node, found by its marker, from one listing of the node's
+    /// containers: the marker tag; else, among the containers still being made here (a
+    /// create's config has no tags until its task ends) and, for a clone, those named as the
+    /// spec's hostname, the config that carries the marker (a clone's description has it from
+    /// the start). Creates in progress are waited out, all within one task timeout; one still
+    /// running then fails the job rather than risk a second container. This runs only for a
+    /// job that lost its checkpoint.
     async fn find_marked(&mut self) -> Result<Option<Vmid>, StepError> {
-        let found = self.core.pve.guests_tagged(&self.core.marker).await?;
-        for (node, vmid) in &found {
-            if node != self.job.node.as_str() {
-                tracing::warn!(%node, %vmid, "a container with this job's marker is on another node; ignored");
-            }
-        }
-        if let Some((_, vmid)) = found.into_iter().find(|(node, _)| node == self.job.node.as_str()) {
-            return Ok(Some(vmid));
+        let marker = self.core.marker.clone();
+        let listed = self.core.pve.containers_here().await?;
+        if let Some(l) = listed.iter().find(|l| l.tags.as_deref().is_some_and(|t| crate::proxmox::has_tag(t, &marker)))
+        {
+            return Ok(Some(l.vmid));
         }
         let hostname = &self.job.container.hostname;
         let clone = self.job.container.clone.is_some();
-        for listed in self.core.pve.containers_on(self.job.node.as_str()).await? {
-            let being_made = listed.lock.as_deref() == Some("create");
-            let named = clone && listed.name.as_ref() == Some(hostname);
-            if (being_made || named) && self.core.whose(listed.vmid).await? == Whose::Ours {
-                return Ok(Some(listed.vmid));
+        let mut pending: Vec<Vmid> = listed
+            .iter()
+            .filter(|l| l.lock.as_deref() == Some("create") || (clone && l.name.as_ref() == Some(hostname)))
+            .map(|l| l.vmid)
+            .collect();
+        let within = self.core.task_timeout;
+        let deadline = Instant::now() + within;
+        let (mut pause, mut said) = (Duration::from_millis(200), false);
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for vmid in pending {
+                let Some(cfg) = self.core.pve.container_config(vmid).await? else { continue };
+                if crate::runner::is_ours(&cfg, &marker) {
+                    return Ok(Some(vmid));
+                }
+                if cfg.get("lock").and_then(serde_json::Value::as_str) == Some("create") {
+                    still.push(vmid);
+                }
             }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(StepError::failed(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the job's checkpoint was lost and container(s) {pending:?} on {} are still being created after \
+                         {within:?}; one may be this job's, so no other is made",
+                        self.job.node
+                    ),
+                ));
+            }
+            if !said {
+                self.core
+                    .events
+                    .warning(format!(
+                        "the job's checkpoint was lost; waiting for the container(s) {pending:?} being created here, \
+                         one may be its own"
+                    ))
+                    .await?;
+                said = true;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        for (node, vmid) in self.core.pve.guests_tagged(&marker).await? {
+            if node == self.job.node.as_str() {
+                continue;
+            }
+            tracing::warn!(%node, %vmid, "a container with this job's marker is on another node; ignored");
         }
         Ok(None)
     }

@@ -347,13 +347,26 @@ fn net_flag(s: &str) -> Result<toml::Value, String> {
     Ok(toml::Value::Table(t))
 }
 
+/// `--disk`/`--storage` over a template or spec file that gives a whole `rootfs` change that
+/// rootfs (its size, its storage) instead of being outweighed by it in silence.
+pub fn disk_flags_onto_rootfs(container: &mut toml::Table, disk: Option<u32>, storage: Option<&str>) {
+    if let Some(toml::Value::Table(rootfs)) = container.get_mut("rootfs") {
+        if let Some(gb) = disk {
+            rootfs.insert("size".into(), i64::from(gb).into());
+        }
+        if let Some(storage) = storage {
+            rootfs.insert("storage".into(), storage.into());
+        }
+    }
+}
+
 /// `local-lvm:8,acl=1,quota=1,replicate=0,mountoptions=noatime;nodev` → a root disk table.
 fn rootfs_flag(s: &str) -> Result<toml::Value, String> {
     let (volume, rest) = s.split_once(',').unwrap_or((s, ""));
     let (storage, size) = volume
         .split_once(':')
-        .filter(|(storage, size)| !storage.is_empty() && !size.is_empty())
-        .ok_or_else(|| format!("`{volume}` is not STORAGE:GB (like local-lvm:8)"))?;
+        .filter(|(storage, size)| !storage.is_empty() && !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| format!("`{volume}` is not STORAGE:GB (a new root disk, like local-lvm:8)"))?;
     let mut t = toml::Table::new();
     t.insert("storage".into(), storage.into());
     t.insert("size".into(), flag_int("size", size)?);
@@ -480,6 +493,19 @@ mod tests {
         assert!(bad.to_string().contains("--net #1") && bad.to_string().contains("unknown key `vlan`"), "{bad}");
         let bad = pve_flags(&[], &[], None, Some("12,acl=1")).unwrap_err();
         assert!(bad.to_string().contains("--rootfs") && bad.to_string().contains("STORAGE:GB"), "{bad}");
+        let bad = pve_flags(&[], &[], None, Some("local-lvm:vm-100-disk-0")).unwrap_err();
+        assert!(bad.to_string().contains("`local-lvm:vm-100-disk-0` is not STORAGE:GB"), "{bad}");
+    }
+
+    #[test]
+    fn disk_flags_change_a_rootfs_given_by_a_template() {
+        let mut table = toml::Table::new();
+        table.insert("hostname".into(), "web".into());
+        table.insert("ostemplate".into(), "local:vztmpl/x.tar.zst".into());
+        overlay(&mut table, pve_flags(&[], &[], None, Some("fast:8,acl=1")).unwrap());
+        disk_flags_onto_rootfs(&mut table, Some(20), Some("big"));
+        let spec = container_from(table).unwrap();
+        assert_eq!(spec.effective_rootfs().to_pve(), "big:20,acl=1");
     }
 
     fn submit_args<const N: usize>(argv: [&str; N]) -> crate::cli::SubmitArgs {

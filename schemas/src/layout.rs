@@ -132,6 +132,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_stream_made_meanwhile_is_told_from_other_create_errors() {
+        use async_nats::jetstream::context::{
+            CreateKeyValueError, CreateKeyValueErrorKind, CreateStreamError, CreateStreamErrorKind,
+        };
+        let js_error = |code: u64| -> async_nats::jetstream::Error {
+            serde_json::from_value(serde_json::json!({"code": 400, "err_code": code, "description": "x"})).unwrap()
+        };
+        let exists = CreateStreamError::new(CreateStreamErrorKind::JetStream(js_error(10058)));
+        assert!(made_meanwhile(&exists), "create_stream and create_or_update_stream");
+        let kv = CreateKeyValueError::with_source(CreateKeyValueErrorKind::JetStream, exists);
+        assert!(made_meanwhile(&kv), "create_or_update_key_value");
+        let kv = CreateKeyValueError::with_source(
+            CreateKeyValueErrorKind::BucketCreate,
+            CreateStreamError::new(CreateStreamErrorKind::JetStream(js_error(10058))),
+        );
+        assert!(made_meanwhile(&kv), "create_key_value");
+        let other = CreateStreamError::new(CreateStreamErrorKind::JetStream(js_error(10047)));
+        assert!(!made_meanwhile(&other), "insufficient resources is not it");
+        assert!(!made_meanwhile(&CreateStreamError::new(CreateStreamErrorKind::TimedOut)));
+    }
+
+    #[test]
     fn the_events_stream_is_bounded_in_size_and_age() {
         let events = events_stream(3);
         assert_eq!(events.max_age, EVENTS_MAX_AGE);

@@ -106,11 +106,13 @@ async fn setup_and_an_agent_starting_at_once_never_refuse_each_other() -> anyhow
         assert!(setup.ok(), "round {round}: {setup:?}");
         wait_until(&format!("round {round}: the agent to be ready"), Duration::from_secs(30), || {
             let exited = agent.proc().try_wait();
+            // Every round's agent writes to the same log: this round's is ready when the log
+            // says so for the round-th time.
             let log = agent.log_text();
             async move {
                 match exited {
-                    Some(status) => Some(Err(anyhow::anyhow!("the agent exited with {status}:\n{log}"))),
-                    None => log.contains("agent ready").then_some(Ok(())),
+                    Some(status) => Some(Err(anyhow::anyhow!("the agent exited with {status}"))),
+                    None => (log.matches("agent ready").count() >= round).then_some(Ok(())),
                 }
             }
         })
@@ -923,6 +925,23 @@ async fn plan_checks_on_the_node_and_changes_nothing() -> anyhow::Result<()> {
         failed[0].detail.contains("container.nics[0].tag: VLAN 200 is not among vmbr1's VLANs (2-100)"),
         "{failed:?}"
     );
+    // Trunks on vmbr0, a Linux bridge that is not VLAN-aware: PVE would refuse them at start.
+    let trunks = cli
+        .run(&[
+            "plan",
+            "--node",
+            "pve1",
+            "--hostname",
+            "web-trunks",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--net",
+            "name=eth0,bridge=vmbr0,trunks=30;40,ip=127.0.0.132/32",
+            "--json",
+        ])
+        .await?;
+    assert_eq!(trunks.code, Some(1), "{trunks:?}");
+    assert!(trunks.stdout.contains("container.nics[0].trunks: `vmbr0` is not VLAN-aware"), "{}", trunks.stdout);
 
     let writes: Vec<_> = bed.pve.calls().await?.into_iter().filter(|(method, _, _)| method != "GET").collect();
     assert!(writes.is_empty(), "a plan wrote to PVE: {writes:?}");

@@ -315,6 +315,10 @@ async fn a_job_whose_checkpoint_is_lost_mid_create_waits_for_it_and_finds_it() -
     assert!(result.success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?, vec![result.vmid.unwrap().get()], "no second container");
     assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("found its container")));
+    assert!(
+        events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("waiting for the container(s)")),
+        "the next delivery came while the create ran: {events:#?}"
+    );
     bed.dir.pass();
     Ok(())
 }

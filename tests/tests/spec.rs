@@ -38,7 +38,8 @@ async fn several_nics_with_ipv6_vlans_and_mtu() -> anyhow::Result<()> {
     eth0.gw6 = Some("fd00::1".parse()?);
     eth0.mtu = Some(1450);
     eth0.firewall = true;
-    let mut eth1 = Nic::new("eth1", "vmbr0", Ipv4Setting::Manual);
+    // On vmbr1, VLAN-aware (VLANs 2-100): PVE takes trunks only on such a bridge.
+    let mut eth1 = Nic::new("eth1", "vmbr1", Ipv4Setting::Manual);
     eth1.ip6 = Some("auto".parse().map_err(anyhow::Error::msg)?);
     eth1.tag = Some(20);
     eth1.trunks = vec![30, 40];
@@ -62,7 +63,7 @@ async fn several_nics_with_ipv6_vlans_and_mtu() -> anyhow::Result<()> {
     );
     assert_eq!(
         cfg["net1"],
-        "name=eth1,bridge=vmbr0,hwaddr=BC:24:11:00:00:70,ip=manual,ip6=auto,link_down=1,rate=12.5,tag=20,trunks=30;40,type=veth"
+        "name=eth1,bridge=vmbr1,hwaddr=BC:24:11:00:00:70,ip=manual,ip6=auto,link_down=1,rate=12.5,tag=20,trunks=30;40,type=veth"
     );
     assert_eq!(cfg["nameserver"], "1.1.1.1 2606:4700:4700::1111");
     assert_eq!(cfg["searchdomain"], "example.internal lab.example.internal");
@@ -369,11 +370,23 @@ async fn an_appliance_and_an_oci_image_are_fetched_and_an_unknown_one_refused() 
     nginx.container.env = [("NGINX_PORT".to_owned(), "8080".to_owned()), ("TZ".to_owned(), "UTC".to_owned())].into();
     let cfg = created(&bed, alpine).await?;
     assert_eq!(cfg["hostname"], "alpine");
+    let mut plain = create_job("pve1", "alpine-oci", Ipv4Addr::new(127, 0, 0, 79));
+    plain.container.ostemplate = None;
+    plain.container.template = Some(TemplateSource::Oci(OciImage {
+        reference: "docker.io/library/alpine:3.22".into(),
+        storage: "local".into(),
+        filename: None,
+    }));
+    created(&bed, plain).await?;
     let cfg = created(&bed, nginx).await?;
     assert_eq!(cfg["entrypoint"], "/docker-entrypoint.sh nginx -g 'daemon off;'");
     assert_eq!(cfg["env"], "NGINX_PORT=8080\0TZ=UTC");
     let templates = bed.pve.templates("pve1", "local").await?;
-    for t in ["local:vztmpl/alpine-3.22-default_20250617_amd64.tar.xz", "local:vztmpl/nginx-stable.tar"] {
+    for t in [
+        "local:vztmpl/alpine-3.22-default_20250617_amd64.tar.xz",
+        "local:vztmpl/nginx-stable.tar",
+        "local:vztmpl/alpine_3.22.tar",
+    ] {
         assert!(templates.contains(&t.to_owned()), "{t} in {templates:?}");
     }
     let mut unknown = create_job("pve1", "unknown", Ipv4Addr::new(127, 0, 0, 82));
@@ -678,8 +691,9 @@ async fn a_clone_whose_checkpoint_is_lost_mid_clone_is_found_by_its_description(
     let bed = Fleet::start("spec-clone-forgotten", &["pve1"]).await?;
     let mut agent = bed.agent("pve1")?;
     make_template(&bed, 9003, "tmpl-forgotten").await?;
+    // 8 s: longer than the redelivery (ack_wait 4 s), so the next delivery comes mid-clone.
     bed.pve.time_scale(0.2).await?;
-    bed.pve.task_secs(serde_json::json!({"clone": 10})).await?;
+    bed.pve.task_secs(serde_json::json!({"clone": 40})).await?;
     let mut job = create_job("pve1", "forgotten-clone", Ipv4Addr::new(127, 0, 0, 90));
     job.container.ostemplate = None;
     job.container.clone =

@@ -287,21 +287,23 @@ impl PveClient {
             .collect())
     }
 
-    /// The containers on node `node` as the cluster's resources list them.
-    pub async fn containers_on(&self, node: &str) -> Result<Vec<Listed>, PveError> {
-        let data = self.call(Method::GET, "/cluster/resources", &[("type", "vm".to_owned())]).await?;
+    /// The containers on this node as `GET /nodes/{node}/lxc` lists them: read from their
+    /// configs at the call (unlike `/cluster/resources`, whose names come from pvestatd's
+    /// figures, seconds late), so a container's name, tags and lock agree.
+    pub async fn containers_here(&self) -> Result<Vec<Listed>, PveError> {
+        let data = self.call(Method::GET, &self.node_path("/lxc"), &[]).await?;
         Ok(data
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|g| g["type"] == "lxc" && g["node"] == node)
             .filter_map(|g| {
-                let vmid = g["vmid"].as_u64().and_then(|n| u32::try_from(n).ok()).and_then(|n| Vmid::new(n).ok())?;
-                Some(Listed {
-                    vmid,
-                    name: g["name"].as_str().map(str::to_owned),
-                    lock: g["lock"].as_str().map(str::to_owned),
-                })
+                let vmid = g["vmid"]
+                    .as_u64()
+                    .or_else(|| g["vmid"].as_str().and_then(|v| v.parse().ok()))
+                    .and_then(|n| u32::try_from(n).ok())
+                    .and_then(|n| Vmid::new(n).ok())?;
+                let text = |key: &str| g[key].as_str().map(str::to_owned);
+                Some(Listed { vmid, name: text("name"), tags: text("tags"), lock: text("lock") })
             })
             .collect())
     }
@@ -505,6 +507,7 @@ impl PveClient {
     }
 
     /// The names of this node's network interfaces (bridges among them).
+    /// The node's interfaces a NIC may name, with their VLAN settings.
     pub async fn bridges(&self) -> Result<Vec<Bridge>, PveError> {
         let path = self.node_path("/network");
         let data = self.call(Method::GET, &path, &[]).await?;
@@ -518,12 +521,14 @@ impl PveClient {
     }
 }
 
-/// A container as `/cluster/resources` lists it.
+/// A container as `GET /nodes/{node}/lxc` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub vmid: Vmid,
     /// Its hostname (PVE shows `CT<vmid>` or nothing while a create has not written it).
     pub name: Option<String>,
+    /// PVE's tag list (`a;b`).
+    pub tags: Option<String>,
     /// `create` while a create or a clone runs, `backup`, `migrate`, …
     pub lock: Option<String>,
 }
@@ -532,29 +537,41 @@ pub struct Listed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bridge {
     pub name: String,
-    /// `bridge_vids` of a VLAN-aware bridge (PVE's default `2-4094` when unset); `None` for a
-    /// bridge that is not VLAN-aware (PVE makes a `vmbrNvX` bridge for any tag on it).
+    /// PVE's interface type: `bridge` (Linux), `OVSBridge`, …
+    pub kind: String,
+    /// `bridge_vids` of a VLAN-aware Linux bridge (PVE's default `2-4094` when unset); `None`
+    /// for one that is not VLAN-aware (PVE makes a `vmbrNvX` bridge for any tag on it).
     pub vids: Option<String>,
 }
 
 impl Bridge {
     fn from_iface(iface: &Value) -> Option<Self> {
         let name = iface["iface"].as_str()?.to_owned();
-        let aware = iface["bridge_vlan_aware"].as_u64() == Some(1) || iface["bridge_vlan_aware"] == "1";
+        let kind = iface["type"].as_str().unwrap_or_default().to_owned();
+        let aware = &iface["bridge_vlan_aware"];
+        let aware = aware.as_u64() == Some(1) || aware == "1" || aware.as_bool() == Some(true);
         let vids = aware.then(|| iface["bridge_vids"].as_str().unwrap_or("2-4094").to_owned());
-        Some(Self { name, vids })
+        Some(Self { name, kind, vids })
     }
 
-    /// Whether a NIC on this bridge may use VLAN `id` (always, on a bridge not VLAN-aware).
-    /// `bridge_vids` lists ids and ranges separated by spaces or commas (`2 10-20`).
+    /// Whether a NIC on this bridge may use VLAN `id`: always on a bridge that is not
+    /// VLAN-aware, and VLAN 1 always (the bridge's own, sent untagged); else one that
+    /// `bridge_vids` lists, as ids and ranges separated by spaces or commas (`2 10-20`).
     pub fn carries(&self, id: u16) -> bool {
         let Some(vids) = &self.vids else { return true };
-        vids.split([' ', ',', ';']).filter(|p| !p.is_empty()).any(|part| match part.split_once('-') {
-            Some((lo, hi)) => {
-                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&id))
-            }
-            None => part.parse::<u16>() == Ok(id),
-        })
+        id == 1
+            || vids.split([' ', ',', ';']).filter(|p| !p.is_empty()).any(|part| match part.split_once('-') {
+                Some((lo, hi)) => {
+                    matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&id))
+                }
+                None => part.parse::<u16>() == Ok(id),
+            })
+    }
+
+    /// Whether a NIC on this bridge may carry trunks: PVE refuses them on a Linux bridge that
+    /// is not VLAN-aware ("vlan aware feature need to be enabled to use trunks"), at start.
+    pub fn takes_trunks(&self) -> bool {
+        self.vids.is_some() || self.kind != "bridge"
     }
 }
 
@@ -606,10 +623,15 @@ mod tests {
 
     #[test]
     fn a_vlan_aware_bridge_carries_only_its_vids() {
-        let bridge = |vids: Option<&str>| Bridge { name: "vmbr1".into(), vids: vids.map(str::to_owned) };
+        let bridge =
+            |vids: Option<&str>| Bridge { name: "vmbr1".into(), kind: "bridge".into(), vids: vids.map(str::to_owned) };
         assert!(bridge(None).carries(4000), "a bridge not VLAN-aware takes any tag");
         assert!(bridge(Some("2-100")).carries(2) && bridge(Some("2-100")).carries(100));
-        assert!(!bridge(Some("2-100")).carries(101) && !bridge(Some("2-100")).carries(1));
+        assert!(!bridge(Some("2-100")).carries(101) && bridge(Some("2-100")).carries(1), "VLAN 1 is the bridge's own");
+        assert!(!bridge(None).takes_trunks() && bridge(Some("2-100")).takes_trunks());
+        assert!(Bridge { kind: "OVSBridge".into(), ..bridge(None) }.takes_trunks());
+        let by_bool = Bridge::from_iface(&serde_json::json!({"iface": "vmbr2", "bridge_vlan_aware": true})).unwrap();
+        assert!(by_bool.vids.is_some());
         assert!(bridge(Some("10 20-30")).carries(25) && !bridge(Some("10 20-30")).carries(11));
         let aware = Bridge::from_iface(&serde_json::json!({"iface": "vmbr1", "bridge_vlan_aware": 1})).unwrap();
         assert_eq!(aware.vids.as_deref(), Some("2-4094"));

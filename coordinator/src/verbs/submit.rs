@@ -132,6 +132,9 @@ pub(crate) async fn gather(args: &SubmitArgs, store: &crate::store::Store) -> Re
         crate::spec::pve_flags(&args.nets, &args.mps, args.startup.as_deref(), args.rootfs.as_deref())?,
     );
     overlay(&mut container, crate::spec::source_flags(args)?);
+    if args.rootfs.is_none() {
+        crate::spec::disk_flags_onto_rootfs(&mut container, args.disk, args.storage.as_deref());
+    }
     deploy.packages.extend(args.packages.iter().cloned());
     let mut options = options.unwrap_or_default();
     if let Some(r) = &args.rollback {
