@@ -13,11 +13,37 @@ use crate::process::Proc;
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-/// A WebDriver session; the driver dies with it.
+/// A WebDriver session; the driver and the browser die with it.
 #[derive(Debug)]
 pub struct Browser {
     pub client: fantoccini::Client,
     _driver: Proc,
+    /// The browser's own profile dir: every Chromium process started for this session names it.
+    profile: std::path::PathBuf,
+}
+
+impl Drop for Browser {
+    /// A test that fails before it closes the session would leave Chromium running (the
+    /// driver's death does not end it): the processes started with this profile are killed.
+    fn drop(&mut self) {
+        for pid in processes_mentioning(&self.profile.display().to_string()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// The pids of the processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(needle)
+        {
+            found.push(pid);
+        }
+    }
+    found
 }
 
 impl Browser {
@@ -28,6 +54,8 @@ impl Browser {
                 "{bin} is missing: install Debian's chromium and chromium-driver (`bash scripts/bootstrap` does)"
             );
         }
+        // Plain HTTP on loopback; reqwest still wants a TLS provider chosen.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let port = crate::free_port("127.0.0.1");
         let mut cmd = Command::new(CHROMEDRIVER);
         cmd.args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()]);
@@ -57,7 +85,12 @@ impl Browser {
             .connect(&url)
             .await
             .context("starting a headless Chromium through chromedriver")?;
-        Ok(Self { client, _driver: driver })
+        Ok(Self { client, _driver: driver, profile })
+    }
+
+    /// The browser's profile dir.
+    pub fn profile(&self) -> &std::path::Path {
+        &self.profile
     }
 
     /// The text of the element `css`, waiting up to `within` for it to say `want`.

@@ -184,3 +184,22 @@ async fn the_fleet_page_lists_the_agents_and_drops_a_stopped_one_within_three_be
     bed.dir.pass();
     Ok(())
 }
+
+/// A test that fails mid-way drops its browser without closing the session: no Chromium may
+/// be left running (CI once left one).
+#[tokio::test]
+async fn a_browser_dropped_without_closing_its_session_leaves_no_chromium() -> anyhow::Result<()> {
+    let dir = pvefleet_testbed::TestDir::new("browser-drop");
+    let browser = Browser::start(&dir).await?;
+    browser.client.goto("about:blank").await?;
+    let profile = browser.profile().display().to_string();
+    assert!(!pvefleet_testbed::browser::processes_mentioning(&profile).is_empty(), "chromium runs");
+    drop(browser);
+    pvefleet_testbed::wait_until("chromium to be gone", Duration::from_secs(10), || {
+        let left = pvefleet_testbed::browser::processes_mentioning(&profile);
+        async move { left.is_empty().then_some(()) }
+    })
+    .await?;
+    dir.pass();
+    Ok(())
+}
