@@ -117,7 +117,7 @@ impl CreateJob<'_> {
     /// Opens the root password sealed to this agent (every delivery: it is never stored).
     fn open_password(&mut self) -> StepResult {
         if let Some(sealed) = &self.job.container.root_password {
-            let pw = self.sealing.open(sealed).map_err(|e| {
+            let pw = self.sealing.open_for_job(&self.job.job_id, sealed).map_err(|e| {
                 StepError::failed(
                     ErrorKind::Validation,
                     format!("container.root_password: {e}; it cannot be opened here"),
@@ -140,7 +140,7 @@ impl CreateJob<'_> {
         self.core.cp.clone_source = source;
         // A clone cannot be given the job's own key: its deploy logs in with `ssh.key_file`.
         if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && self.job.container.clone.is_none() {
-            self.core.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing)?);
+            self.core.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing, &self.job.job_id)?);
         }
         if self.core.cp.vmid.is_none() {
             self.choose_vmid().await?;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pvefleet_schemas::seal::{Sealed, SecretKey};
-use pvefleet_schemas::{ErrorKind, LogStream, ScriptSpec, Step};
+use pvefleet_schemas::{ErrorKind, JobId, LogStream, ScriptSpec, Step};
 use russh::keys::PrivateKey;
 use russh::keys::ssh_key::LineEnding;
 
@@ -27,19 +27,23 @@ pub const MAX_JOB_LOG_BYTES: usize = 16 * 1024 * 1024;
 /// Lines kept for an error message.
 const TAIL_LINES: usize = 20;
 
-/// A fresh ed25519 key for one job, sealed to the agent's own key as the checkpoint keeps it.
-pub(crate) fn new_job_key(sealing: &SecretKey) -> Result<Sealed, StepError> {
+/// A fresh ed25519 key for one job, sealed to the agent's own key (for this job only) as the
+/// checkpoint keeps it.
+pub(crate) fn new_job_key(sealing: &SecretKey, job: &JobId) -> Result<Sealed, StepError> {
     let key = crate::ssh::job_key();
     let pem = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| StepError::failed(ErrorKind::Internal, format!("encoding the job's SSH key: {e}")))?;
-    Ok(sealing.public().seal(pem.as_bytes()))
+    Ok(sealing.public().seal_for_job(job, pem.as_bytes()))
 }
 
-fn load_key(sealing: &SecretKey, sealed: &Sealed) -> Result<Arc<PrivateKey>, StepError> {
-    let pem = sealing
-        .open(sealed)
-        .map_err(|e| StepError::failed(ErrorKind::Internal, format!("opening the job's SSH key: {e}")))?;
+fn load_key(sealing: &SecretKey, job: &JobId, sealed: &Sealed) -> Result<Arc<PrivateKey>, StepError> {
+    // A key sealed by an older agent, before keys were bound to their job, still opens.
+    let pem = match sealing.open_for_job(job, sealed) {
+        Err(pvefleet_schemas::seal::OpenError::Unbound) => sealing.open(sealed),
+        other => other,
+    }
+    .map_err(|e| StepError::failed(ErrorKind::Internal, format!("opening the job's SSH key: {e}")))?;
     PrivateKey::from_openssh(pem.expose())
         .map(Arc::new)
         .map_err(|e| StepError::failed(ErrorKind::Internal, format!("reading the job's SSH key: {e}")))
@@ -87,7 +91,7 @@ struct Finished {
 impl CreateJob<'_> {
     /// The public half of the job's key, for the container's authorized keys.
     pub(crate) fn job_public_key(&self) -> Option<String> {
-        let key = load_key(self.sealing, self.core.cp.ssh_key.as_ref()?).ok()?;
+        let key = load_key(self.sealing, &self.job.job_id, self.core.cp.ssh_key.as_ref()?).ok()?;
         let mut line = key.public_key().to_openssh().ok()?;
         line.push_str(&format!(" pvefleet-job-{}", self.job.job_id.short()));
         Some(line)
@@ -97,18 +101,27 @@ impl CreateJob<'_> {
     pub(crate) async fn open_ssh(&mut self) -> StepResult {
         let ip = self.core.cp.ip.expect("connecting found the address");
         let key = match (&self.core.cp.ssh_key, &self.ssh_config.clone_key) {
-            (Some(sealed), _) => load_key(self.sealing, sealed)?,
+            (Some(sealed), _) => load_key(self.sealing, &self.job.job_id, sealed)?,
             // A clone: PVE could not give it the job's key (validating made sure there is this).
             (None, Some(clone_key)) => clone_key.key.clone(),
             (None, None) => {
                 return Err(StepError::failed(ErrorKind::Internal, "the job has no SSH key"));
             }
         };
-        let trust = match (&self.core.cp.host_key, self.core.cp.announced_host_keys.is_empty()) {
+        // Keys PVE announced when it made the container, and those the operator listed.
+        let vouched: Vec<String> =
+            self.core.cp.announced_host_keys.iter().chain(&self.job.container.ssh_host_keys).cloned().collect();
+        let trust = match (&self.core.cp.host_key, vouched.is_empty()) {
             // Trusted on an earlier connection of this job: a change is an error.
             (Some(known), _) => HostKeyTrust::Only(vec![known.clone()]),
-            (None, false) => HostKeyTrust::Only(self.core.cp.announced_host_keys.clone()),
+            (None, false) => HostKeyTrust::Only(vouched.clone()),
             (None, true) => HostKeyTrust::FirstSeen,
+        };
+        // Whether the host's key was vouched for (not merely the first one seen), which a
+        // password needs: it is sent only to a host known to be the container.
+        let host_vouched = match &self.core.cp.host_key {
+            Some(known) => vouched.contains(known),
+            None => !vouched.is_empty(),
         };
         let target = SshTarget {
             addr: SocketAddr::new(ip, self.ssh_config.port),
@@ -121,11 +134,22 @@ impl CreateJob<'_> {
         let deadline = self.timeouts().ssh.0.min(self.ssh_config.retry_for);
         let session = match SshSession::connect_with_retry(&target, deadline).await {
             Ok(s) => s,
-            // A spec with a root password may log in with it when the key is refused.
-            Err(SshError::Auth { .. }) if self.password.is_some() => {
+            // A spec with a root password may log in with it when the key is refused, but only
+            // to a host whose key PVE announced or the spec lists: a neighbour on the bridge
+            // answering first would otherwise be handed the password.
+            Err(SshError::Auth { .. }) if self.password.is_some() && host_vouched => {
                 let password = self.password.clone().expect("checked");
                 SshSession::connect_with_retry(&SshTarget { auth: SshAuth::Password(password), ..target }, deadline)
                     .await?
+            }
+            Err(e @ SshError::Auth { .. }) if self.password.is_some() => {
+                return Err(StepError::failed(
+                    ErrorKind::Ssh,
+                    format!(
+                        "{e}; the root password was not tried, since the host's key was neither announced by PVE \
+                         nor listed in container.ssh_host_keys"
+                    ),
+                ));
             }
             Err(e) => return Err(e.into()),
         };

@@ -83,8 +83,17 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         beat_stop.clone(),
     ));
     let instance = format!("{}-{}", config.node, ulid::Ulid::new());
-    let shared =
-        Arc::new(worker::Shared { config, pve, bus, running, stop, instance, sealing, cancels: Default::default() });
+    let shared = Arc::new(worker::Shared {
+        config,
+        pve,
+        bus,
+        running,
+        stop,
+        instance,
+        sealing,
+        cancels: Default::default(),
+        cancelled: Default::default(),
+    });
     let control = tokio::spawn(worker::serve_cancels(shared.clone()));
     let plans = tokio::spawn(plan::serve_plans(shared.clone()));
     let metrics_stop = CancellationToken::new();

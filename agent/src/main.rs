@@ -24,6 +24,11 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Print this agent's public sealing key and its fingerprint (from `state_dir`) and exit:
+    /// what the operator checks before `pvefleet nodes trust NODE --fingerprint …`. Run it as
+    /// the agent's user after the agent has started once (its first start makes the key).
+    #[arg(long, conflicts_with = "check")]
+    print_key: bool,
 }
 
 fn main() -> ExitCode {
@@ -45,6 +50,33 @@ fn main() -> ExitCode {
     if args.check {
         println!("configuration OK for node {}", config.node);
         return ExitCode::SUCCESS;
+    }
+    if args.print_key {
+        return match pvefleet_agent::sealing::load(&config.state_dir) {
+            Ok(Some(key)) => {
+                let public = key.public();
+                println!("node {}", config.node);
+                println!("sealing key {public}");
+                println!("fingerprint {}", public.fingerprint());
+                println!(
+                    "\nOn the coordinator, after comparing: pvefleet nodes trust {} --fingerprint {}",
+                    config.node,
+                    public.fingerprint()
+                );
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                eprintln!(
+                    "pvefleet-agent: no sealing key in {} yet: start the agent once (it makes its key), then run this again",
+                    config.state_dir.display()
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("pvefleet-agent: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     // One thread: a job is a few milliseconds of I/O, and a second worker thread only adds
     // cross-thread wake-ups (the profile showed the agent's CPU going to the scheduler and

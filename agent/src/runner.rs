@@ -111,6 +111,16 @@ pub struct Claimed {
     cp: Checkpoint,
 }
 
+impl Claimed {
+    /// What the job has made so far, as its checkpoint knows it, for a message that gives up.
+    pub fn left_behind(&self) -> String {
+        match self.cp.vmid {
+            Some(vmid) => format!("container {vmid}, if it was made"),
+            None => "no container was made".into(),
+        }
+    }
+}
+
 /// Opens the job's event log and takes its lease for the run named `owner`. A job already
 /// ended, or held by another live run, ends here with what its delivery should be told.
 ///
@@ -469,6 +479,7 @@ async fn drive<S: Saga>(
         let lost = core.claim.lost().clone();
         let span = tracing::info_span!("step", step = %row.step);
         let began = Instant::now();
+        test_hook_panic(row.step);
         let outcome = tokio::select! {
             r = saga.step(row.step).instrument(span) => r,
             // Safe at any await: every step re-checks the world when it is resumed.
@@ -498,6 +509,18 @@ async fn drive<S: Saga>(
     saga.core().events.emit(EventType::Complete, Some(last), Some(100), message, None, Some(result)).await?;
     crate::metrics::metrics().job_finished(None);
     Ok(JobEnd::Finished { success: true })
+}
+
+/// In debug builds only (the test bed's), `PVEFLEET_TEST_PANIC_IN=<step>` makes a job panic
+/// as that step begins: how the tests prove a bug in a step ends its job once, rolled back,
+/// and never loops. Release builds have no such hook.
+fn test_hook_panic(step: Step) {
+    #[cfg(debug_assertions)]
+    if std::env::var("PVEFLEET_TEST_PANIC_IN").is_ok_and(|s| s == step.to_string()) {
+        panic!("test hook: a panic as step {step} begins");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = step;
 }
 
 /// Records the failure, undoes per the kind and its policy, and ends the job with its error

@@ -9,18 +9,24 @@ use std::path::Path;
 
 use pvefleet_schemas::seal::SecretKey;
 
-/// The key in `state_dir`, made (and the directory with it) if there is none yet.
-pub fn load_or_create(state_dir: &Path) -> anyhow::Result<SecretKey> {
+/// The key in `state_dir`, if the agent has made one.
+pub fn load(state_dir: &Path) -> anyhow::Result<Option<SecretKey>> {
     let path = state_dir.join("sealing.key");
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            return SecretKey::from_text(&text).map_err(|e| {
-                anyhow::anyhow!("{} is not a sealing key ({e}); move it away to make a new one", path.display())
-            });
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        Ok(text) => SecretKey::from_text(&text).map(Some).map_err(|e| {
+            anyhow::anyhow!("{} is not a sealing key ({e}); move it away to make a new one", path.display())
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
     }
+}
+
+/// The key in `state_dir`, made (and the directory with it) if there is none yet.
+pub fn load_or_create(state_dir: &Path) -> anyhow::Result<SecretKey> {
+    if let Some(key) = load(state_dir)? {
+        return Ok(key);
+    }
+    let path = state_dir.join("sealing.key");
     std::fs::create_dir_all(state_dir).map_err(|e| anyhow::anyhow!("making {}: {e}", state_dir.display()))?;
     let key = SecretKey::generate();
     // create_new: two agents starting at once cannot both write a key and use different ones.

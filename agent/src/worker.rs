@@ -36,6 +36,45 @@ pub struct Shared {
     pub instance: String,
     /// Running jobs' cancel tokens, fired by `pvefleet.control.<node>.cancel`.
     pub cancels: std::sync::Mutex<std::collections::HashMap<JobId, CancellationToken>>,
+    /// Jobs cancelled between two deliveries (handed back, waiting out a lease): each is
+    /// cancelled as soon as its next delivery starts.
+    pub cancelled: std::sync::Mutex<std::collections::BTreeSet<JobId>>,
+}
+
+/// A job delivered this often without ending is given up: its error event (kind `internal`)
+/// ends it, whatever keeps it from ending, so no message can loop for ever.
+pub const MAX_DELIVERIES: i64 = 30;
+
+/// While a job runs: its place in the running set, its cancel token and the running gauge,
+/// given back however its run ends (a panic included), so `pvefleet nodes` never shows a slot
+/// taken for good.
+struct RunningGuard<'a> {
+    shared: &'a Shared,
+    job_id: JobId,
+}
+
+impl<'a> RunningGuard<'a> {
+    fn enter(shared: &'a Shared, job_id: JobId) -> (Self, CancellationToken) {
+        shared.running.started(job_id);
+        crate::metrics::metrics().job_started();
+        let cancel = CancellationToken::new();
+        if shared.cancelled.lock().expect("cancelled").remove(&job_id) {
+            tracing::info!(%job_id, "cancelled while it waited for this delivery");
+            cancel.cancel();
+        }
+        shared.cancels.lock().expect("cancels").insert(job_id, cancel.clone());
+        (Self { shared, job_id }, cancel)
+    }
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut cancels) = self.shared.cancels.lock() {
+            cancels.remove(&self.job_id);
+        }
+        self.shared.running.ended(&self.job_id);
+        crate::metrics::metrics().job_stopped();
+    }
 }
 
 /// Takes jobs until `stop`, then gives running jobs the grace period to hand back.
@@ -106,8 +145,12 @@ async fn handle(shared: &Shared, msg: Message) {
                 }
             }
         };
+        let run = std::panic::AssertUnwindSafe(process(shared, &msg, &owner));
         tokio::select! {
-            end = process(shared, &msg, &owner) => end,
+            end = futures::FutureExt::catch_unwind(run) => match end {
+                Ok(end) => end,
+                Err(panic) => (after_panic(shared, &msg, &owner, panic_text(panic.as_ref())).await, None),
+            },
             () = keep_alive => unreachable!("the keep-alive loop never ends"),
         }
     };
@@ -204,7 +247,8 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     if let Err(e) = job.validate() {
         return (reject(shared, &msg.payload, ErrorKind::Validation, e.to_string(), owner).await, None);
     }
-    let first = msg.info().is_ok_and(|info| info.delivered == 1);
+    let delivered = msg.info().map_or(1, |info| info.delivered);
+    let first = delivered == 1;
     if !first {
         crate::metrics::metrics().redelivered();
     }
@@ -214,10 +258,14 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         Err(end) => return (end, None),
     };
     let claim = claimed.claim.clone();
-    shared.running.started(job_id);
-    crate::metrics::metrics().job_started();
-    let cancel = CancellationToken::new();
-    shared.cancels.lock().expect("cancels").insert(job_id, cancel.clone());
+    if delivered > MAX_DELIVERIES {
+        let why = format!(
+            "given up after {delivered} deliveries without an end; whatever it made is left as it is ({})",
+            claimed.left_behind()
+        );
+        return (give_up(shared, job_id, ErrorKind::Internal, why, owner).await, Some(claim));
+    }
+    let (_running, cancel) = RunningGuard::enter(shared, job_id);
     let env = runner::Env {
         pve: &shared.pve,
         bus: &shared.bus,
@@ -229,10 +277,62 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         Incoming::Create(job) => create::run(job, claimed, env, &cancel).await,
         Incoming::Destroy(job) => crate::destroy::run(job, claimed, env, &cancel).await,
     };
-    shared.cancels.lock().expect("cancels").remove(&job_id);
-    shared.running.ended(&job_id);
-    crate::metrics::metrics().job_stopped();
     (end, Some(claim))
+}
+
+/// What a panic carried, as text.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// A job's run panicked (a bug in the agent). The job must still end once, and never loop: the
+/// first time, the failure is written into its checkpoint and the job handed straight back, so
+/// its next delivery applies the rollback policy and ends it with an `internal` error; a job
+/// that panics again while failing is ended at once, leaving what it made.
+async fn after_panic(shared: &Shared, msg: &Message, owner: &str, panic: String) -> JobEnd {
+    tracing::error!(%panic, "a job's run panicked");
+    let Some(job_id) = job_id_of(&msg.payload) else { return JobEnd::Rejected };
+    let node = &shared.config.node;
+    let message = format!("the agent hit an internal error: {panic}");
+    match crate::claim::Claim::take(&shared.bus.checkpoints, node, job_id, owner.to_owned(), shared.config.ack_wait)
+        .await
+    {
+        Ok(crate::claim::Taken::Mine(mine)) => {
+            let (claim, mut cp) = *mine;
+            if cp.failure.is_none() {
+                // Where the job stood: the step of its last event.
+                let step = match EventLog::open(&shared.bus, node, job_id, owner).await {
+                    Ok((_, last)) => last.and_then(|e| e.step).unwrap_or(Step::Validating),
+                    Err(e) => return JobEnd::Bus(e),
+                };
+                cp.failure = Some(ErrorInfo { kind: ErrorKind::Internal, step, message });
+                if claim.save(&cp).await.is_ok() && claim.release(false).await.is_ok() {
+                    return JobEnd::Interrupted;
+                }
+                return JobEnd::Bus(crate::bus::BusError::LeaseLost);
+            }
+            let why = format!("{message} (again, while failing); whatever it made is left as it is");
+            give_up(shared, job_id, ErrorKind::Internal, why, owner).await
+        }
+        Ok(crate::claim::Taken::Busy { until, .. }) => JobEnd::Busy { until },
+        Err(e) => JobEnd::Bus(e),
+    }
+}
+
+/// Ends a job that cannot go on with one `error` event of `kind`, without running it.
+async fn give_up(shared: &Shared, job_id: JobId, kind: ErrorKind, why: String, owner: &str) -> JobEnd {
+    tracing::error!(%job_id, ?kind, %why, "giving up a job");
+    match terminal_error(&shared.bus, &shared.config.node, job_id, kind, why, owner).await {
+        Ok(()) | Err(crate::bus::BusError::Superseded) => {
+            crate::metrics::metrics().job_finished(Some(kind));
+            JobEnd::Finished { success: false }
+        }
+        Err(e) => JobEnd::Bus(e),
+    }
 }
 
 /// Ends a message that cannot run: logged, and an `error` event when its job id can be read.
@@ -268,17 +368,19 @@ async fn terminal_error(
     if last.as_ref().is_some_and(|e| e.is_terminal()) {
         return Ok(()); // a redelivery of a message already ended
     }
+    // Where the job stood, if it had begun.
+    let step = last.as_ref().and_then(|e| e.step).unwrap_or(Step::Validating);
     let result = JobResult {
         success: false,
         job_id,
         node: node.clone(),
         vmid: None,
         ip: None,
-        error: Some(ErrorInfo { kind, step: Step::Validating, message: message.clone() }),
+        error: Some(ErrorInfo { kind, step, message: message.clone() }),
         rolled_back: false,
         host_key: None,
     };
-    events.emit(EventType::Error, Some(Step::Validating), None, message, None, Some(result)).await
+    events.emit(EventType::Error, Some(step), None, message, None, Some(result)).await
 }
 
 /// The job id of a message, if it has a readable one (even when the rest is not).
@@ -328,22 +430,51 @@ pub async fn serve_cancels(shared: Arc<Shared>) {
                 Err(e) => {
                     pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") }
                 }
-                Ok(req) => match shared.cancels.lock().expect("cancels").get(&req.job_id) {
-                    Some(token) => {
-                        token.cancel();
-                        tracing::info!(job_id = %req.job_id, "cancel requested");
-                        pvefleet_schemas::CancelReply {
-                            ok: true,
-                            message: format!("job {} is being cancelled", req.job_id),
+                Ok(req) => {
+                    let running = shared.cancels.lock().expect("cancels").get(&req.job_id).cloned();
+                    match running {
+                        Some(token) => {
+                            token.cancel();
+                            tracing::info!(job_id = %req.job_id, "cancel requested");
+                            pvefleet_schemas::CancelReply {
+                                ok: true,
+                                message: format!("job {} is being cancelled", req.job_id),
+                            }
                         }
+                        None => cancel_between_deliveries(shared, req.job_id).await,
                     }
-                    None => pvefleet_schemas::CancelReply {
-                        ok: false,
-                        message: format!("job {} is not running on {}", req.job_id, shared.config.node),
-                    },
-                },
+                }
             }
         }
     })
     .await
+}
+
+/// A cancel for a job this agent is not running now: one that has begun here (it has a
+/// checkpoint) and is waiting for its next delivery is cancelled when that delivery starts.
+async fn cancel_between_deliveries(shared: &Shared, job_id: JobId) -> pvefleet_schemas::CancelReply {
+    let node = &shared.config.node;
+    let key = pvefleet_schemas::names::checkpoint_key(node, &job_id);
+    match shared.bus.checkpoints.get(&key).await {
+        Ok(Some(_)) => {
+            let mut cancelled = shared.cancelled.lock().expect("cancelled");
+            // Bounded: a flood of cancels for made-up jobs cannot grow it without end.
+            if cancelled.len() >= 10_000 {
+                cancelled.pop_first();
+            }
+            cancelled.insert(job_id);
+            tracing::info!(%job_id, "cancel requested between deliveries");
+            pvefleet_schemas::CancelReply {
+                ok: true,
+                message: format!("job {job_id} is between deliveries on {node}; it is cancelled when it resumes"),
+            }
+        }
+        Ok(None) => {
+            pvefleet_schemas::CancelReply { ok: false, message: format!("job {job_id} is not running on {node}") }
+        }
+        Err(e) => pvefleet_schemas::CancelReply {
+            ok: false,
+            message: format!("job {job_id}: its checkpoint could not be read on {node} ({e})"),
+        },
+    }
 }

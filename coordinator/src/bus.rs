@@ -78,10 +78,26 @@ pub async fn heartbeats(js: &jetstream::Context) -> anyhow::Result<Vec<Heartbeat
         if deleted {
             continue;
         }
-        match Heartbeat::decode(&msg.payload) {
-            Ok(beat) => beats.push(beat),
-            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "an unreadable heartbeat; ignored"),
+        let mut beat = match Heartbeat::decode(&msg.payload) {
+            Ok(beat) => beat,
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "an unreadable heartbeat; ignored");
+                continue;
+            }
+        };
+        // The key is what the server's permissions guard (an agent may write only its own
+        // node's); the payload is whatever that agent says. A beat speaking for another node
+        // is an agent impersonating it.
+        let key = msg.subject.as_str().strip_prefix(&format!("$KV.{NODES_BUCKET}.")).unwrap_or_default();
+        if key != beat.node.as_str() {
+            tracing::warn!(%key, claimed = %beat.node, "a heartbeat under one node's key speaking for another; ignored");
+            continue;
         }
+        if let Some(why) = beat.capacity.as_ref().and_then(|c| c.insanity()) {
+            tracing::warn!(node = %beat.node, %why, "a heartbeat whose capacity cannot be true; its capacity is ignored");
+            beat.capacity = None;
+        }
+        beats.push(beat);
     }
     beats.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(beats)

@@ -37,9 +37,22 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum NodesVerb {
-    /// Pin the sealing key a node's agent shows now, after checking it (prints both fingerprints).
-    #[command(after_help = "Example:\n  pvefleet nodes trust pve1")]
-    Trust { node: String },
+    /// Trust a node's sealing key (what its root passwords are sealed to), once checked on the
+    /// node itself: `pvefleet-agent --config … --print-key` there prints the fingerprint to
+    /// give. Without --fingerprint or --key it lists the candidate keys and where each came from.
+    #[command(after_help = "Example (on pve1: pvefleet-agent --config /etc/pvefleet/agent.toml --print-key):\n  \
+                            pvefleet nodes trust pve1 --fingerprint SHA256:3q2+7w…")]
+    Trust {
+        node: String,
+        /// The fingerprint `pvefleet-agent --print-key` printed on the node; the key its live
+        /// agent shows must have it.
+        #[arg(long, conflicts_with = "key")]
+        fingerprint: Option<String>,
+        /// The public key `pvefleet-agent --print-key` printed (base64), pinned as it is, even
+        /// before the agent beats.
+        #[arg(long)]
+        key: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

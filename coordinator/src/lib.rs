@@ -72,7 +72,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Verb::Job { ref job, json } => verbs::jobs::show(&cli, job, json).await,
         Verb::Cancel { ref job } => verbs::cancel::run(&cli, job).await,
         Verb::Nodes { action: None, json } => verbs::nodes::run(&cli, json).await,
-        Verb::Nodes { action: Some(cli::NodesVerb::Trust { ref node }), .. } => verbs::nodes::trust(&cli, node).await,
+        Verb::Nodes { action: Some(cli::NodesVerb::Trust { ref node, ref fingerprint, ref key }), .. } => {
+            verbs::nodes::trust(&cli, node, fingerprint.as_deref(), key.as_deref()).await
+        }
         Verb::Template(ref t) => match t {
             TemplateVerb::Add { file } => verbs::template::add(&cli, file).await,
             TemplateVerb::List { json } => verbs::template::list(&cli, *json).await,

@@ -149,8 +149,8 @@ impl DestroyJob {
         p.check("target", self.target.create_job.is_some() || self.target.vmid.is_some(), || {
             "names no container: give `create_job` or `vmid`".into()
         });
-        p.check("options.shutdown_timeout", !self.options.shutdown_timeout.0.is_zero(), || "must be above 0".into());
-        p.check("options.task_timeout", !self.options.task_timeout.0.is_zero(), || "must be above 0".into());
+        p.duration("options.shutdown_timeout", self.options.shutdown_timeout.0, crate::limits::SHUTDOWN);
+        p.duration("options.task_timeout", self.options.task_timeout.0, crate::limits::TASK);
         p.finish()
     }
 }

@@ -14,6 +14,7 @@
 //! - [`seal`]: secrets sealed to one agent's key (its root passwords, its own SSH keys).
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
 //! - [`validate`]: field errors that name the field at fault.
+//! - [`limits`]: the largest duration, count and size each field of a job may take.
 //! - [`schema`]: the JSON Schemas checked in under `schemas/json-schema/`.
 
 pub mod event;
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod job;
 #[cfg(feature = "nats")]
 pub mod layout;
+pub mod limits;
 pub mod lxc;
 pub mod message;
 pub mod names;

@@ -373,6 +373,9 @@ impl RootFs {
             p.push(FieldError::new("storage", e));
         }
         p.check("size", self.size >= 1, || format!("{} GB is below the minimum of 1 GB", self.size));
+        p.check("size", self.size <= crate::limits::DISK_GB, || {
+            format!("{} GB is above the maximum of {} GB", self.size, crate::limits::DISK_GB)
+        });
         check_mountoptions(&mut p, &self.mountoptions);
         p.finish()
     }
@@ -474,6 +477,9 @@ impl MountPoint {
                     p.push(FieldError::new("storage", e));
                 }
                 p.check("size", *size >= 1, || format!("{size} GB is below the minimum of 1 GB"));
+                p.check("size", *size <= crate::limits::DISK_GB, || {
+                    format!("{size} GB is above the maximum of {} GB", crate::limits::DISK_GB)
+                });
                 check_mountoptions(&mut p, mountoptions);
             }
             MountPoint::Existing { volume, .. } => {

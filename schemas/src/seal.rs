@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+use crate::ids::JobId;
 use crate::spec::Secret;
 
 /// An agent's public sealing key, written as base64 of its 32 bytes.
@@ -26,6 +27,17 @@ impl PublicKey {
     pub fn fingerprint(&self) -> String {
         let digest = sha2::Sha256::digest(self.0.as_bytes());
         format!("SHA256:{}", base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest))
+    }
+
+    /// Seals `secret` for job `job` only: the job id is sealed with it, and
+    /// [`SecretKey::open_for_job`] refuses it in any other job, so a blob copied from one job's
+    /// message into another's (aimed at a container of the copier's choosing) opens nothing.
+    pub fn seal_for_job(&self, job: &JobId, secret: &[u8]) -> Sealed {
+        let mut bound = bound_prefix(job).into_bytes();
+        bound.extend_from_slice(secret);
+        let sealed = self.seal(&bound);
+        zeroize::Zeroize::zeroize(&mut bound);
+        sealed
     }
 
     /// Seals `secret` so that only the holder of this key's secret half can read it.
@@ -74,6 +86,15 @@ pub enum OpenError {
     OtherKey { to: String, mine: String },
     #[error("the sealed data is damaged or was not sealed to this key")]
     Damaged,
+    #[error("sealed for job {sealed_for}, not for this job ({this}); a sealed secret opens only in its own job")]
+    OtherJob { sealed_for: String, this: JobId },
+    #[error("not sealed for a job (an older coordinator sealed it); submit it again")]
+    Unbound,
+}
+
+/// What a secret sealed for `job` starts with, inside the box.
+fn bound_prefix(job: &JobId) -> String {
+    format!("pvefleet-job:{job}\n")
 }
 
 impl SecretKey {
@@ -94,6 +115,20 @@ impl SecretKey {
         let bytes = B64.decode(text.trim()).map_err(|_| "not base64".to_owned())?;
         let bytes: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| format!("{} bytes, not 32", b.len()))?;
         Ok(Self(crypto_box::SecretKey::from(bytes)))
+    }
+
+    /// Opens a secret sealed for job `job` ([`PublicKey::seal_for_job`]); one sealed for another
+    /// job, or for none, is refused.
+    pub fn open_for_job(&self, job: &JobId, sealed: &Sealed) -> Result<Secret, OpenError> {
+        let clear = self.open(sealed)?;
+        let text = clear.expose();
+        match text.strip_prefix(&bound_prefix(job)) {
+            Some(secret) => Ok(Secret::new(secret)),
+            None => match text.strip_prefix("pvefleet-job:").and_then(|rest| rest.split_once('\n')) {
+                Some((other, _)) => Err(OpenError::OtherJob { sealed_for: other.to_owned(), this: *job }),
+                None => Err(OpenError::Unbound),
+            },
+        }
     }
 
     /// Opens a secret sealed to this key.
@@ -140,6 +175,17 @@ mod tests {
         assert_eq!(pve2.open(&relabelled), Err(OpenError::Damaged));
         // Two seals of one secret differ (a fresh ephemeral key each time).
         assert_ne!(pve1.public().seal(b"correct horse").data, sealed.data);
+    }
+
+    #[test]
+    fn a_secret_sealed_for_one_job_opens_in_no_other() {
+        let agent = SecretKey::generate();
+        let (a, b) = (JobId::new(), JobId::new());
+        let sealed = agent.public().seal_for_job(&a, b"correct horse");
+        assert_eq!(agent.open_for_job(&a, &sealed).unwrap().expose(), "correct horse");
+        assert!(matches!(agent.open_for_job(&b, &sealed), Err(OpenError::OtherJob { .. })));
+        let unbound = agent.public().seal(b"correct horse");
+        assert_eq!(agent.open_for_job(&a, &unbound), Err(OpenError::Unbound));
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl TemplateSource {
         let mut p = Problems::default();
         match self {
             TemplateSource::Download(d) => {
+                p.bytes("url", &d.url, crate::limits::TEXT_BYTES);
                 let scheme_ok = ["http://", "https://"].iter().any(|s| d.url.starts_with(s) && d.url.len() > s.len());
                 p.check("url", scheme_ok && !d.url.chars().any(char::is_whitespace), || {
                     format!("`{}` is not an http:// or https:// URL", d.url)
@@ -186,6 +187,7 @@ impl TemplateSource {
                 file_name(&mut p, "name", &a.name);
             }
             TemplateSource::Oci(o) => {
+                p.bytes("reference", &o.reference, crate::limits::TEXT_BYTES);
                 p.check("reference", oci_reference(&o.reference), || {
                     format!(
                         "`{}` is not an image reference with a tag, like `docker.io/library/nginx:1.27`",
@@ -302,7 +304,9 @@ pub fn env_to_pve(env: &Env) -> String {
 }
 
 pub(crate) fn check_env(p: &mut Problems, env: &Env) {
+    p.count("env", env.len(), crate::limits::ENV_VARS);
     for (key, value) in env {
+        p.bytes(&format!("env.{key}"), value, crate::limits::TEXT_BYTES);
         p.check(
             &format!("env.{key}"),
             !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),

@@ -13,10 +13,12 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ids::Vmid;
+use crate::limits;
 use crate::validate::{FieldError, Problems, ValidationErrors, config_id, dns_name, pve_tag};
 
 /// A secret value (the root password). Its `Debug` never shows it and it has no `Display`, so
-/// it cannot reach a log line by accident; only the job message itself carries it.
+/// it cannot reach a log line by accident; only the job message itself carries it. It is wiped
+/// from memory when dropped.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(transparent)]
 pub struct Secret(String);
@@ -29,6 +31,13 @@ impl Secret {
     /// The value, for the one place that must send it (the PVE create call).
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+impl Drop for Secret {
+    /// Wiped, so a core dump or a reused allocation shows no trace of it.
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
     }
 }
 
@@ -180,6 +189,11 @@ pub struct ContainerSpec {
     /// OpenSSH public keys to authorize for root.
     #[serde(default)]
     pub ssh_public_keys: Vec<String>,
+    /// Host keys (`SHA256:…` fingerprints) the deploy may trust, besides those PVE announces
+    /// when it makes the container: a clone keeps its template's, which PVE does not announce.
+    /// A root password is only ever sent to a host key announced or listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_host_keys: Vec<String>,
     /// Root password, sealed to the agent of the job's node (see [`crate::seal`]): never in
     /// clear in a message, a log, a checkpoint or the store. Spec files and templates cannot
     /// hold one; `pvefleet submit` reads it from a file, a variable or a prompt and seals it.
@@ -306,6 +320,7 @@ impl ContainerSpec {
             nesting: false,
             tags: Vec::new(),
             ssh_public_keys: Vec::new(),
+            ssh_host_keys: Vec::new(),
             root_password: None,
             description: None,
             pool: None,
@@ -377,8 +392,17 @@ impl ContainerSpec {
             p.push(FieldError::new("hostname", e));
         }
         p.check("memory", self.memory >= 16, || format!("{} MB is below the minimum of 16 MB", self.memory));
+        p.check("memory", self.memory <= limits::MEMORY_MB, || {
+            format!("{} MB is above the maximum of {} MB", self.memory, limits::MEMORY_MB)
+        });
+        p.check("swap", self.swap <= limits::MEMORY_MB, || {
+            format!("{} MB is above the maximum of {} MB", self.swap, limits::MEMORY_MB)
+        });
         p.check("cores", (1..=8192).contains(&self.cores), || format!("{} is outside 1..=8192", self.cores));
         p.check("disk", self.disk >= 1, || format!("{} GB is below the minimum of 1 GB", self.disk));
+        p.check("disk", self.disk <= limits::DISK_GB, || {
+            format!("{} GB is above the maximum of {} GB", self.disk, limits::DISK_GB)
+        });
         if let Err(e) = config_id(&self.storage) {
             p.push(FieldError::new("storage", e));
         }
@@ -400,6 +424,8 @@ impl ContainerSpec {
             p.check("nameserver", all_ips, || format!("`{ns}` is not a space-separated list of IP addresses"));
         }
         self.validate_source(&mut p);
+        p.count("tags", self.tags.len(), limits::TAGS);
+        p.count("ssh_public_keys", self.ssh_public_keys.len(), limits::SSH_KEYS);
         for (i, tag) in self.tags.iter().enumerate() {
             let field = format!("tags[{i}]");
             if let Err(e) = pve_tag(tag) {
@@ -418,6 +444,15 @@ impl ContainerSpec {
             if let Err(e) = ssh_public_key(key) {
                 p.push(FieldError::new(format!("ssh_public_keys[{i}]"), e));
             }
+        }
+        p.count("ssh_host_keys", self.ssh_host_keys.len(), limits::SSH_KEYS);
+        for (i, fp) in self.ssh_host_keys.iter().enumerate() {
+            let ok = fp
+                .strip_prefix("SHA256:")
+                .is_some_and(|b| b.len() == 43 && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/'));
+            p.check(&format!("ssh_host_keys[{i}]"), ok, || {
+                format!("`{fp}` is not a host key fingerprint like `SHA256:` and 43 base64 characters (ssh-keygen -lf)")
+            });
         }
         if let Some(pw) = &self.root_password {
             p.check("root_password", pw.to.starts_with("SHA256:") && !pw.data.is_empty(), || {
@@ -466,6 +501,7 @@ impl ContainerSpec {
             p.nest(source.field(), source.validate());
         }
         if let Some(entrypoint) = &self.entrypoint {
+            p.bytes("entrypoint", entrypoint, limits::TEXT_BYTES);
             p.check("entrypoint", !entrypoint.is_empty() && !entrypoint.chars().any(char::is_control), || {
                 "must be a command without control characters".into()
             });
@@ -487,6 +523,16 @@ impl ContainerSpec {
 
     /// The checks of the fields beyond the first version's.
     fn validate_more(&self, p: &mut Problems) {
+        if let Some(d) = &self.description {
+            p.bytes("description", d, limits::DESCRIPTION_BYTES);
+        }
+        p.count("nameservers", self.nameservers.len(), limits::NAMESERVERS);
+        if let Some(ns) = &self.nameserver {
+            p.bytes("nameserver", ns, limits::TEXT_BYTES);
+        }
+        if let Some(domains) = &self.searchdomain {
+            p.bytes("searchdomain", domains, limits::TEXT_BYTES);
+        }
         if let Some(pool) = &self.pool
             && let Err(e) = config_id(pool)
         {
@@ -674,7 +720,11 @@ impl DeploySpec {
 
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut p = Problems::default();
+        p.count("packages", self.packages.len(), limits::PACKAGES);
+        p.count("files", self.files.len(), limits::FILES);
+        p.count("scripts", self.scripts.len(), limits::SCRIPTS);
         for (i, pkg) in self.packages.iter().enumerate() {
+            p.bytes(&format!("packages[{i}]"), pkg, limits::TEXT_BYTES);
             let ok = !pkg.is_empty()
                 && !pkg.starts_with('-')
                 && pkg.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:_=~*".contains(c));
@@ -722,6 +772,13 @@ pub struct FileSpec {
 impl FileSpec {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut p = Problems::default();
+        p.bytes("path", &self.path, limits::TEXT_BYTES);
+        if let Some(content) = &self.content {
+            p.bytes("content", content, limits::FILE_BYTES);
+        }
+        if let Some(source) = &self.source {
+            p.bytes("source", source, limits::TEXT_BYTES);
+        }
         let path_ok = self.path.starts_with('/')
             && self.path.len() > 1
             && !self.path.ends_with('/')
@@ -766,8 +823,11 @@ impl ScriptSpec {
         p.check("name", !self.name.trim().is_empty(), || "must not be empty".into());
         p.check("body", !self.body.trim().is_empty(), || "a script needs a body".into());
         p.check("interpreter", !self.interpreter.trim().is_empty(), || "must not be empty".into());
+        p.bytes("name", &self.name, limits::TEXT_BYTES);
+        p.bytes("body", &self.body, limits::SCRIPT_BYTES);
+        p.bytes("interpreter", &self.interpreter, limits::TEXT_BYTES);
         if let Some(t) = self.timeout {
-            p.check("timeout", !t.0.is_zero(), || "must be longer than zero".into());
+            p.duration("timeout", t.0, limits::SCRIPT);
         }
         p.finish()
     }
@@ -904,8 +964,13 @@ impl JobOptions {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut p = Problems::default();
         let t = &self.timeouts;
-        for (name, d) in [("task", t.task), ("ip", t.ip), ("ssh", t.ssh), ("script", t.script)] {
-            p.check(&format!("timeouts.{name}"), !d.0.is_zero(), || "must be longer than zero".into());
+        for (name, d, max) in [
+            ("task", t.task, limits::TASK),
+            ("ip", t.ip, limits::IP),
+            ("ssh", t.ssh, limits::SSH),
+            ("script", t.script, limits::SCRIPT),
+        ] {
+            p.duration(&format!("timeouts.{name}"), d.0, max);
         }
         p.finish()
     }

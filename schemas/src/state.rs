@@ -41,9 +41,41 @@ pub struct Heartbeat {
     pub started_at: Timestamp,
     pub last_seen: Timestamp,
     /// The agent's public sealing key (base64): what root passwords for this node are sealed
-    /// to. The coordinator pins it on first sight.
+    /// to, once an operator has trusted it (`pvefleet nodes trust`), checked on the node.
     #[serde(default)]
     pub sealing_key: Option<String>,
+}
+
+/// The most a heartbeat may claim before its figures count as a lie: a node with more is not
+/// a Proxmox node anyone runs (64 TiB of memory, 8192 CPUs, 1 EiB of storage).
+const MAX_MEMORY_BYTES: u64 = 64 << 40;
+const MAX_CPUS: u32 = 8192;
+const MAX_STORAGE_BYTES: u64 = 1 << 60;
+const MAX_STORAGES: usize = 256;
+
+impl Capacity {
+    /// Why these figures cannot be true, if they cannot: more free than total, more than any
+    /// node has. Placement ignores a capacity that is not sane.
+    pub fn insanity(&self) -> Option<String> {
+        if self.memory_total_bytes > MAX_MEMORY_BYTES {
+            return Some(format!("{} bytes of memory is more than any node has", self.memory_total_bytes));
+        }
+        if self.memory_free_bytes > self.memory_total_bytes {
+            return Some("more memory free than in all".into());
+        }
+        if self.cpus == 0 || self.cpus > MAX_CPUS || !(0.0..=1.0).contains(&self.cpu_load) {
+            return Some(format!("{} CPUs at load {} is not a node", self.cpus, self.cpu_load));
+        }
+        if self.storages.len() > MAX_STORAGES {
+            return Some(format!("{} storages", self.storages.len()));
+        }
+        for s in &self.storages {
+            if s.total_bytes > MAX_STORAGE_BYTES || s.avail_bytes > s.total_bytes {
+                return Some(format!("storage `{}`: {} of {} bytes free", s.storage, s.avail_bytes, s.total_bytes));
+            }
+        }
+        None
+    }
 }
 
 impl Heartbeat {

@@ -30,6 +30,10 @@ pub struct AgentOptions {
     pub root_login: bool,
     /// `metrics_listen`: where the agent serves /metrics.
     pub metrics_listen: Option<String>,
+    /// More of the agent's environment (its debug-build test hooks, `PVEFLEET_…` keys).
+    pub env: Vec<(String, String)>,
+    /// More TOML appended to its config (sections such as `[clone]`).
+    pub extra_config: String,
 }
 
 impl AgentOptions {
@@ -47,6 +51,8 @@ impl AgentOptions {
             ssh_key_file: None,
             root_login: false,
             metrics_listen: None,
+            env: Vec::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -73,7 +79,7 @@ impl Agent {
                 "node = {node:?}\nconcurrency = {concurrency}\nheartbeat = \"{hb}ms\"\nack_wait = \"{ack}ms\"\nshutdown_grace = \"{grace}ms\"\nfiles_dir = {files_dir:?}\nstate_dir = {state_dir:?}\n{metrics}\n\
                  [nats]\nurls = [{urls}]\n{inbox}\n\
                  [proxmox]\nurl = {url:?}\n{credential}fingerprint = {fp:?}\n\n\
-                 [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\nauthorized_keys = {keys:?}\n{key_file}",
+                 [ssh]\nuser = {ssh_user:?}\nport = {ssh_port}\nconnect_timeout = \"5s\"\nretry_for = \"30s\"\nauthorized_keys = {keys:?}\n{key_file}\n{extra}",
                 node = opts.node,
                 files_dir = files_dir,
                 state_dir = state_dir,
@@ -96,6 +102,7 @@ impl Agent {
                 ssh_user = opts.ssh.as_ref().map_or("root", |s| s.0.as_str()),
                 ssh_port = opts.ssh.as_ref().map_or(22, |s| s.1),
                 key_file = opts.ssh_key_file.as_ref().map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
+                extra = opts.extra_config,
             ),
         )?;
         let mut agent = Self { opts, config, dir: dir.clone(), proc: None, starts: 0 };
@@ -106,6 +113,7 @@ impl Agent {
     fn launch(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(tools::workspace_bin("pvefleet-agent")?);
         cmd.arg("--config").arg(&self.config);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info,pvefleet_agent=debug,async_nats=warn");
         }
@@ -139,6 +147,26 @@ impl Agent {
         .await?;
         let key = pvefleet_schemas::seal::SecretKey::from_text(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(key.public())
+    }
+
+    /// What `pvefleet-agent --print-key` prints on the node: its sealing key's fingerprint
+    /// (waiting for the agent's first start to make the key).
+    pub async fn print_key(&self) -> anyhow::Result<String> {
+        let out = crate::wait_until("the agent's sealing key", Duration::from_secs(20), || async {
+            let out = Command::new(tools::workspace_bin("pvefleet-agent").ok()?)
+                .arg("--config")
+                .arg(&self.config)
+                .arg("--print-key")
+                .output()
+                .ok()?;
+            out.status.success().then_some(out)
+        })
+        .await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find_map(|l| l.strip_prefix("fingerprint "))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no fingerprint in `pvefleet-agent --print-key`: {text}"))
     }
 
     /// The agent's `files_dir`: the only place a job's `deploy.files[].source` may name.

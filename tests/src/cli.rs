@@ -142,6 +142,20 @@ impl Pvefleet {
         Ok(run)
     }
 
+    /// Trusts `agent`'s sealing key as an operator would: reads its fingerprint with
+    /// `pvefleet-agent --print-key` (on the node), then `pvefleet nodes trust NODE
+    /// --fingerprint …`; waits for the agent's first start to have made its key and beaten.
+    pub async fn trust(&self, agent: &crate::agent::Agent) -> anyhow::Result<String> {
+        let fingerprint = agent.print_key().await?;
+        let node = agent.opts.node.clone();
+        crate::wait_until("the agent's key in the registry, then trusted", std::time::Duration::from_secs(30), || {
+            let (node, fingerprint) = (node.clone(), fingerprint.clone());
+            async move { self.run(&["nodes", "trust", &node, "--fingerprint", &fingerprint]).await.ok().filter(Run::ok) }
+        })
+        .await?;
+        Ok(fingerprint)
+    }
+
     /// `pvefleet serve` on a free port of `host` (more `args` after), waiting until it
     /// answers; returns the process and its base URL.
     pub async fn serve(&self, name: &str, host: &str, args: &[&str]) -> anyhow::Result<(Proc, String)> {

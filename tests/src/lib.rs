@@ -15,6 +15,7 @@
 //! - [`cli`]: the `pvefleet` CLI with a store on SQLite or the machine's Postgres.
 //! - [`fleet`]: the usual start of a test: dir, nats-server with the streams, fakepve, agents.
 //! - [`jobs`]: building and publishing jobs, reading their events back, the event contract.
+//! - [`shipped`]: the shipped `deploy/nats` configs on loopback, and clients logged in as their users.
 //! - [`tls`]: a CA of the test's own and a server certificate, for NATS over TLS.
 //! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
 
@@ -28,6 +29,7 @@ pub mod fleet;
 pub mod jobs;
 pub mod nats;
 pub mod process;
+pub mod shipped;
 pub mod sshd;
 pub mod tls;
 pub mod tools;

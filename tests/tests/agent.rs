@@ -35,7 +35,7 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     spec.tags = vec!["web".into(), "Prod".into()];
     spec.ssh_public_keys =
         vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKey ops@example".into()];
-    spec.root_password = Some(sealing_key.seal(b"correct horse"));
+    spec.root_password = Some(sealing_key.seal_for_job(&job.job_id, b"correct horse"));
     submit(&bed.js, &job).await?;
 
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
@@ -564,7 +564,7 @@ async fn a_password_sealed_for_another_nodes_agent_cannot_be_opened() -> anyhow:
     let pve1 = bed.agent("pve1")?;
     let _pve2 = bed.agent("pve2")?;
     let mut job = create_job("pve2", "misdirected", Ipv4Addr::new(127, 0, 0, 34));
-    job.container.root_password = Some(pve1.sealing_key().await?.seal(b"for pve1 only"));
+    job.container.root_password = Some(pve1.sealing_key().await?.seal_for_job(&job.job_id, b"for pve1 only"));
     submit(&bed.js, &job).await?;
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
     check_event_contract(&events)?;

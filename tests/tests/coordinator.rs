@@ -442,7 +442,7 @@ async fn the_recorder_ignores_forged_events_and_remakes_its_consumer_when_it_is_
 }
 
 #[tokio::test]
-async fn a_nodes_sealing_key_is_pinned_and_a_changed_one_refused_until_trusted() -> anyhow::Result<()> {
+async fn a_nodes_sealing_key_is_trusted_only_as_the_node_prints_it_and_a_changed_one_refused() -> anyhow::Result<()> {
     let bed = bed("cli-trust", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
     let mut agent = bed.agent("pve1")?;
     let secrets = tempfile::tempdir()?;
@@ -457,9 +457,18 @@ async fn a_nodes_sealing_key_is_pinned_and_a_changed_one_refused_until_trusted()
     let beat =
         || async { bed.cli.run(&["nodes", "--json"]).await.ok().filter(|r| r.stdout.contains("\"pve1\"")).map(drop) };
     wait_until("the agent's heartbeat", Duration::from_secs(30), beat).await?;
+    // Nothing is trusted on sight: the registry is written by the agent's NATS user.
+    let untrusted = bed.cli.run(&with_password("first")).await?;
+    assert_eq!(untrusted.code, Some(1), "{untrusted:?}");
+    assert!(untrusted.stderr.contains("no sealing key is trusted for pve1"), "{}", untrusted.stderr);
+    assert!(untrusted.stderr.contains("--print-key"), "{}", untrusted.stderr);
+    assert_eq!(bed.queued_jobs().await?, 0, "nothing was published");
+    // A fingerprint that is not the node's trusts nothing.
+    let wrong = bed.cli.run(&["nodes", "trust", "pve1", "--fingerprint", "SHA256:not-the-nodes"]).await?;
+    assert_eq!(wrong.code, Some(1), "{wrong:?}");
+    let pinned = bed.cli.trust(&agent).await?;
     let first = bed.cli.run(&with_password("first")).await?;
-    assert!(first.ok() && first.stderr.contains("pinned the sealing key"), "{first:?}");
-    let pinned = agent.sealing_key().await?.fingerprint();
+    assert!(first.ok(), "{first:?}");
 
     // The agent is reinstalled: a new key.
     agent.kill();
@@ -481,8 +490,13 @@ async fn a_nodes_sealing_key_is_pinned_and_a_changed_one_refused_until_trusted()
     assert!(refused.stderr.contains("pvefleet nodes trust pve1"), "{}", refused.stderr);
     assert_eq!(bed.queued_jobs().await?, queued, "nothing was published");
 
-    let trust = bed.cli.run(&["nodes", "trust", "pve1"]).await?;
-    assert!(trust.ok() && trust.stdout.contains(&pinned) && trust.stdout.contains(&new), "{trust:?}");
+    // Without a fingerprint, `trust` lists the candidates and where each came from, and trusts none.
+    let listed = bed.cli.run(&["nodes", "trust", "pve1"]).await?;
+    assert_eq!(listed.code, Some(2), "{listed:?}");
+    assert!(listed.stdout.contains(&pinned) && listed.stdout.contains("pinned in this store"), "{listed:?}");
+    assert!(listed.stdout.contains(&new) && listed.stdout.contains("heartbeat"), "{listed:?}");
+    assert!(listed.stderr.contains("--print-key"), "{listed:?}");
+    assert_eq!(bed.cli.trust(&agent).await?, new);
     let again = bed.cli.run(&with_password("trusted")).await?;
     assert!(again.ok(), "{again:?}");
     let watch = bed.cli.run(&["watch", again.stdout.trim()]).await?;

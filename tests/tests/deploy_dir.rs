@@ -1,51 +1,15 @@
 //! `deploy/`: every file parses (NATS configs by the real server), the per-agent permissions
 //! hold on a real nats-server, and the 3-node cluster config runs a job through a node's death.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use pvefleet_testbed::agent::{Agent, AgentOptions};
 use pvefleet_testbed::cli::{Pvefleet, TestDb};
 use pvefleet_testbed::fakepve::OSTEMPLATE;
+use pvefleet_testbed::shipped::{PASSWORDS, deploy, env, loopback_config, refused, restricted_client, try_request};
 use pvefleet_testbed::tls::TestCa;
 use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, free_port, init_tracing, tools, wait_until};
-
-const PASSWORDS: [(&str, &str); 4] = [
-    ("PVEFLEET_COORDINATOR_PASSWORD", "coord-pw"),
-    ("PVEFLEET_WATCHER_PASSWORD", "watch-pw"),
-    ("PVEFLEET_AGENT_PVE1_PASSWORD", "pve1-pw"),
-    ("PVEFLEET_AGENT_PVE2_PASSWORD", "pve2-pw"),
-];
-
-fn deploy(rel: &str) -> PathBuf {
-    tools::workspace_root().join("deploy").join(rel)
-}
-
-fn env() -> Vec<(String, String)> {
-    PASSWORDS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-}
-
-/// A deploy/nats config pointed at loopback ports and the test's store, with auth.conf beside it.
-fn loopback_config(dir: &TestDir, file: &str, client: u16, route: Option<(u16, [u16; 3])>) -> anyhow::Result<PathBuf> {
-    let home = dir.sub(&format!("nats-{}", file.trim_end_matches(".conf")));
-    std::fs::copy(deploy("nats/auth.conf"), home.join("auth.conf"))?;
-    let mut text = std::fs::read_to_string(deploy(&format!("nats/{file}")))?
-        .replace("listen: 0.0.0.0:4222", &format!("listen: 127.0.0.1:{client}"))
-        .replace("http: 127.0.0.1:8222", &format!("http: 127.0.0.1:{}", free_port("127.0.0.1")))
-        .replace("store_dir: /var/lib/nats", &format!("store_dir: {:?}", home.join("store")))
-        // The test's own CA and certificate (`TestCa::make`), where the configs expect theirs.
-        .replace("/etc/nats/tls/", &format!("{}/", dir.path().join("tls").display()));
-    if let Some((own, routes)) = route {
-        text = text.replace("listen: 0.0.0.0:6222", &format!("listen: 127.0.0.1:{own}"));
-        for (i, port) in routes.iter().enumerate() {
-            text = text.replace(&format!("nats{}.example.internal:6222", i + 1), &format!("127.0.0.1:{port}"));
-        }
-    }
-    let path = home.join(file);
-    std::fs::write(&path, text)?;
-    Ok(path)
-}
 
 #[test]
 fn every_file_in_deploy_parses() -> anyhow::Result<()> {
@@ -134,43 +98,6 @@ fn the_systemd_units_are_rated_at_most_1_5_by_systemd_analyze() -> anyhow::Resul
         assert!(level <= 1.5, "{unit} is rated {level}, above 1.5:\n{text}");
     }
     Ok(())
-}
-
-/// Collects the server's permission errors for a client.
-async fn restricted_client(
-    url: &str,
-    ca: &TestCa,
-    user: &str,
-    password: &str,
-    inbox: &str,
-) -> anyhow::Result<(async_nats::Client, tokio::sync::mpsc::UnboundedReceiver<String>)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let client = async_nats::ConnectOptions::with_user_and_password(user.into(), password.into())
-        .add_root_certificates(ca.ca.clone())
-        .require_tls(true)
-        .custom_inbox_prefix(inbox)
-        .event_callback(move |event| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(event.to_string());
-            }
-        })
-        .connect(url)
-        .await?;
-    Ok((client, rx))
-}
-
-async fn refused(errors: &mut tokio::sync::mpsc::UnboundedReceiver<String>, what: &str) -> anyhow::Result<()> {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(e) = errors.recv().await {
-            if e.contains("Permissions Violation") && e.contains(what) {
-                return Ok(());
-            }
-        }
-        anyhow::bail!("the error channel closed")
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("the server did not refuse {what}"))?
 }
 
 #[tokio::test]
@@ -356,12 +283,6 @@ async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() 
     assert_eq!(pve.containers().await?.len(), 1);
     dir.pass();
     Ok(())
-}
-
-/// A request that nats-server must refuse, as `who` would send it.
-async fn try_request(client: &async_nats::Client, subject: &str, body: serde_json::Value) {
-    let _ =
-        tokio::time::timeout(Duration::from_secs(2), client.request(subject.to_owned(), body.to_string().into())).await;
 }
 
 #[tokio::test]

@@ -179,9 +179,16 @@ async fn a_resumed_destroy_never_deletes_a_stranger_that_took_its_vmid() -> anyh
     bed.pve.task_secs(serde_json::json!({"shutdown": 10})).await?;
     let destroy = DestroyJob::new(pve1(), DestroyTarget { create_job: Some(job.job_id), vmid: None });
     submit_destroy(&bed.js, &destroy).await?;
-    pvefleet_testbed::wait_until("the destroy to be shutting the container down", JOB_WITHIN, || async {
-        let events = pvefleet_testbed::jobs::events_now(&bed.js, destroy.job_id).await.ok()?;
-        events.iter().any(|e| e.step == Some(Step::Stopping) && e.kind == EventType::Step).then_some(())
+    // Killed once its shutdown has reached PVE: the `stopping` event comes before the call,
+    // and an agent killed between the two leaves a container that never shuts down.
+    pvefleet_testbed::wait_until("the destroy's shutdown call to reach PVE", JOB_WITHIN, || async {
+        let calls = bed.pve.calls().await.ok()?;
+        let shutdowns: u64 = calls
+            .iter()
+            .filter(|(m, p, _)| m == "POST" && p == "/nodes/{node}/lxc/{vmid}/status/shutdown")
+            .map(|(_, _, n)| n)
+            .sum();
+        (shutdowns > 0).then_some(())
     })
     .await?;
     agent.kill();

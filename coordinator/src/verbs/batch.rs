@@ -50,7 +50,8 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
                 let mut again = pvefleet_schemas::Job::decode(existing.spec.as_bytes())
                     .map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
                 if let Some(pw) = &clear_password {
-                    again.container.root_password = Some(seal_for(store, &js, &again.node, pw).await?);
+                    again.container.root_password =
+                        Some(seal_for(store, &js, &again.node, &again.job_id, pw.expose().as_bytes()).await?);
                 }
                 store.set_stream_seq(&again.job_id, publish(&js, &again).await?).await?;
             }
@@ -58,7 +59,8 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
             continue;
         }
         if let Some(pw) = &clear_password {
-            job.container.root_password = Some(seal_for(store, &js, &job.node, pw).await?);
+            job.container.root_password =
+                Some(seal_for(store, &js, &job.node, &job.job_id, pw.expose().as_bytes()).await?);
         }
         let mut public = job.clone();
         public.container.root_password = None;

@@ -51,7 +51,8 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         job.node = place(&js, &job).await?;
     }
     if let Some(pw) = &clear_password {
-        job.container.root_password = Some(seal_for(&store, &js, &job.node, pw).await?);
+        job.container.root_password =
+            Some(seal_for(&store, &js, &job.node, &job.job_id, pw.expose().as_bytes()).await?);
     }
     if let Err(existing) = store.insert_job(&job, args.request_id.as_deref()).await? {
         // A concurrent submit of the same request won the reservation.
@@ -230,7 +231,7 @@ async fn republish(
         Job::decode(existing.spec.as_bytes()).map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
     let js = jetstream::new(crate::bus::connect(cli).await?);
     if let Some(pw) = password(args)? {
-        job.container.root_password = Some(seal_for(store, &js, &job.node, &pw).await?);
+        job.container.root_password = Some(seal_for(store, &js, &job.node, &job.job_id, pw.expose().as_bytes()).await?);
     }
     let seq = publish(&js, &job).await?;
     store.set_stream_seq(&job.job_id, seq).await?;
@@ -301,14 +302,16 @@ fn flags(a: &SubmitArgs) -> toml::Table {
     t
 }
 
-/// Seals `password` to the agent of `node`: to the key pinned for it, or (the first time) to
-/// the key its live agent shows, which is then pinned. A key that changed is refused until
-/// the operator trusts it (`pvefleet nodes trust NODE`).
+/// Seals `secret` to the agent of `node`, bound to job `job`: to the key pinned for it (after an
+/// operator checked it on the node: `pvefleet nodes trust`). The registry's key is never
+/// trusted on sight, since the node's agent user writes it; a key that differs from the pinned
+/// one is refused, naming both.
 pub(crate) async fn seal_for(
     store: &crate::store::Store,
     js: &jetstream::Context,
     node: &NodeName,
-    password: &Secret,
+    job: &JobId,
+    secret: &[u8],
 ) -> Result<pvefleet_schemas::seal::Sealed, Failure> {
     let live = crate::bus::heartbeats(js).await?.into_iter().find(|b| &b.node == node).and_then(|b| b.sealing_key);
     let live: Option<PublicKey> = live
@@ -323,26 +326,25 @@ pub(crate) async fn seal_for(
         (Some(pinned), Some(live)) if pinned != live => {
             return Err(anyhow::anyhow!(
                 "the sealing key of {node}'s agent has changed: pinned {}, the agent now shows {}; nothing was \
-                 sent. If you know why (a reinstalled agent), trust it with `pvefleet nodes trust {node}`",
+                 sent. If you know why (a reinstalled agent), check it on the node (`pvefleet-agent --print-key`) \
+                 and trust it with `pvefleet nodes trust {node} --fingerprint …`",
                 pinned.fingerprint(),
                 live.fingerprint()
             )
             .into());
         }
         (Some(pinned), _) => pinned,
-        (None, Some(live)) => {
-            store.pin_node_key(node.as_str(), &live).await?;
-            eprintln!("pinned the sealing key of {node}'s agent: {}", live.fingerprint());
-            live
-        }
-        (None, None) => {
+        (None, live) => {
+            let shown = live.map(|k| format!(" (its agent shows {} now)", k.fingerprint())).unwrap_or_default();
             return Err(anyhow::anyhow!(
-                "no key to seal the root password to: {node} has no live agent and no pinned key; start its agent first"
+                "no sealing key is trusted for {node} yet{shown}, so nothing secret can be sent to it; nothing was \
+                 published. Run `pvefleet-agent --config /etc/pvefleet/agent.toml --print-key` on {node}, then \
+                 `pvefleet nodes trust {node} --fingerprint SHA256:…` with what it prints"
             )
             .into());
         }
     };
-    Ok(key.seal(password.expose().as_bytes()))
+    Ok(key.seal_for_job(job, secret))
 }
 
 /// The root password the operator gave, checked against PVE's minimum length.
