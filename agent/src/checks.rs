@@ -8,7 +8,8 @@ use pvefleet_schemas::lxc::MountPoint;
 use pvefleet_schemas::source::{CloneFrom, TemplateSource};
 use pvefleet_schemas::{ContainerSpec, ErrorKind, Job, Vmid};
 
-use crate::proxmox::PveClient;
+use crate::config::Allow;
+use crate::proxmox::{Listed, PveClient};
 use crate::runner::StepError;
 
 /// What a check found (`Ok`), or why the job cannot run here.
@@ -148,6 +149,7 @@ pub(crate) async fn source(
     job: &Job,
     has_clone_key: bool,
     known_source: Option<Vmid>,
+    allow: &Allow,
 ) -> Result<(String, Option<Vmid>), StepError> {
     let spec = &job.container;
     if let Some(source) = &spec.template {
@@ -201,7 +203,7 @@ pub(crate) async fn source(
     }
     let source = match known_source {
         Some(vmid) => vmid,
-        None => clone_source(pve, job, &clone.from).await?,
+        None => clone_source(pve, job, &clone.from, allow).await?,
     };
     if Some(source) == spec.vmid {
         return Err(invalid(format!("container.vmid: {source} is the clone's own source")));
@@ -218,38 +220,90 @@ pub(crate) async fn source(
     Ok((format!("a {} clone of {source}", if clone.full { "full" } else { "linked" }), Some(source)))
 }
 
-/// The vmid to clone: the one given (on this node), or the one template of that name here.
-async fn clone_source(pve: &PveClient, job: &Job, from: &CloneFrom) -> Result<Vmid, StepError> {
-    let here = pve.containers().await?;
-    match from {
-        CloneFrom::Vmid(vmid) => {
-            if here.iter().any(|(v, _, _)| v == vmid) {
-                Ok(*vmid)
-            } else {
-                Err(invalid(format!("container.clone.from: there is no container {vmid} on {}", job.node)))
-            }
-        }
+/// The vmid to clone: the one given (on this node), or the one template of that name here; and
+/// only one a job may copy: a template, a container pvefleet made (it carries a marker), or one
+/// the agent's `clone.allow_vmids` / `clone.allow_pools` list. A clone copies its source's
+/// whole disk to an address of the submitter's choosing: a stranger's container is not theirs
+/// to copy.
+async fn clone_source(pve: &PveClient, job: &Job, from: &CloneFrom, allow: &Allow) -> Result<Vmid, StepError> {
+    let here = pve.containers_here().await?;
+    let name_of = |l: &Listed| l.name.clone().unwrap_or_default();
+    let found = match from {
+        CloneFrom::Vmid(vmid) => here
+            .iter()
+            .find(|l| l.vmid == *vmid)
+            .ok_or_else(|| invalid(format!("container.clone.from: there is no container {vmid} on {}", job.node)))?,
         CloneFrom::Name(name) => {
-            let found: Vec<Vmid> =
-                here.iter().filter(|(_, n, template)| *template && n == name).map(|(v, _, _)| *v).collect();
+            let found: Vec<&Listed> = here.iter().filter(|l| l.template && l.name.as_ref() == Some(name)).collect();
             match found.as_slice() {
-                [one] => Ok(*one),
-                [] => Err(invalid(format!(
-                    "container.clone.from: no template called `{name}` on {} (templates here: {})",
-                    job.node,
-                    here.iter()
-                        .filter(|(_, _, t)| *t)
-                        .map(|(v, n, _)| format!("{n} ({v})"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
-                many => Err(invalid(format!(
-                    "container.clone.from: {} templates are called `{name}` on {} ({}); give a vmid",
-                    many.len(),
-                    job.node,
-                    many.iter().map(Vmid::to_string).collect::<Vec<_>>().join(", ")
-                ))),
+                [one] => *one,
+                [] => {
+                    return Err(invalid(format!(
+                        "container.clone.from: no template called `{name}` on {} (templates here: {})",
+                        job.node,
+                        here.iter()
+                            .filter(|l| l.template)
+                            .map(|l| format!("{} ({})", name_of(l), l.vmid))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                many => {
+                    return Err(invalid(format!(
+                        "container.clone.from: {} templates are called `{name}` on {} ({}); give a vmid",
+                        many.len(),
+                        job.node,
+                        many.iter().map(|l| l.vmid.to_string()).collect::<Vec<_>>().join(", ")
+                    )));
+                }
             }
         }
+    };
+    if found.template || found.has_marker() || allow.clone_vmids.contains(&found.vmid) {
+        return Ok(found.vmid);
     }
+    if !allow.clone_pools.is_empty()
+        && let Some(pool) = pve.pool_of(found.vmid).await?
+        && allow.clone_pools.contains(&pool)
+    {
+        return Ok(found.vmid);
+    }
+    Err(invalid(format!(
+        "container.clone.from: {} is neither a template nor a container pvefleet made, so a job may not copy it; \
+         the node's agent.toml lists any other it may ([clone] allow_vmids, allow_pools)",
+        found.vmid
+    )))
+}
+
+/// The vmid that owns volume `volume` by PVE's naming (`local-lvm:vm-100-disk-1`,
+/// `local:subvol-100-disk-0`, `base-100-disk-0`), if its name says.
+fn volume_owner(volume: &str) -> Option<u32> {
+    let name = volume.split_once(':')?.1;
+    let name = name.rsplit('/').next()?;
+    let rest = ["vm-", "subvol-", "base-"].iter().find_map(|p| name.strip_prefix(p))?;
+    rest.split('-').next()?.parse().ok()
+}
+
+/// Every existing volume a job mounts is its own container's (by PVE's naming, the job's
+/// vmid) or one the agent's `mounts.allow_existing` lists: any other guest's disk is not a
+/// job's to mount, and a root@pam login would let it.
+pub(crate) fn volumes(job: &Job, vmid: Option<Vmid>, allow: &Allow) -> Check {
+    let mut n = 0;
+    for (i, mp) in job.container.mounts.iter().enumerate() {
+        let MountPoint::Existing { volume, .. } = mp else { continue };
+        n += 1;
+        if allow.existing_volumes.iter().any(|v| v == volume) {
+            continue;
+        }
+        let owner = volume_owner(volume);
+        if owner.is_some() && owner == vmid.map(|v| v.get()) {
+            continue;
+        }
+        let whose = owner.map_or_else(|| "no guest by its name".to_owned(), |o| format!("guest {o}"));
+        return Err(invalid(format!(
+            "container.mounts[{i}].volume: `{volume}` belongs to {whose}, not to this job's container; the node's \
+             agent.toml lists the volumes jobs may mount ([mounts] allow_existing)"
+        )));
+    }
+    Ok(format!("{n} existing volume(s), each the job's own or allowed"))
 }

@@ -30,6 +30,83 @@ pub struct Config {
     pub nats: NatsConfig,
     pub proxmox: ProxmoxConfig,
     pub ssh: SshConfig,
+    /// What a job may reach beyond its own: containers to clone, volumes to mount, hosts to
+    /// fetch from. Empty by default: templates, pvefleet's own containers, the job's own
+    /// volumes and public addresses only.
+    pub allow: Allow,
+}
+
+/// What the node's operator lets jobs reach that they could not otherwise (`[clone]`,
+/// `[mounts]`, `[fetch]` in `agent.toml`). Whoever may publish a job must not be able to copy
+/// a stranger's container, mount another guest's disk, or make PVE fetch from the node's own
+/// network; these lists are the exceptions the operator chose.
+#[derive(Debug, Clone, Default)]
+pub struct Allow {
+    /// `clone.allow_vmids`: containers a job may clone besides templates and pvefleet's own.
+    pub clone_vmids: Vec<pvefleet_schemas::Vmid>,
+    /// `clone.allow_pools`: every guest of these pools may be cloned.
+    pub clone_pools: Vec<String>,
+    /// `mounts.allow_existing`: volumes a job may mount besides its own container's.
+    pub existing_volumes: Vec<String>,
+    /// `fetch.allow`: hosts and address prefixes downloads and OCI pulls may reach although
+    /// they are loopback, private, link-local or the node's own.
+    pub fetch: Vec<FetchAllow>,
+}
+
+/// One entry of `fetch.allow`: a host name, or an address prefix (`10.1.0.0/16`, `127.0.0.1/32`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchAllow {
+    Host(String),
+    Prefix(std::net::IpAddr, u8),
+}
+
+impl FetchAllow {
+    fn parse(text: &str) -> Result<Self, String> {
+        if let Some((addr, len)) = text.split_once('/') {
+            let addr: std::net::IpAddr = addr.parse().map_err(|_| format!("`{text}`: `{addr}` is not an address"))?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let len: u8 =
+                len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("`{text}`: bad prefix length"))?;
+            return Ok(FetchAllow::Prefix(addr, len));
+        }
+        if let Ok(addr) = text.parse::<std::net::IpAddr>() {
+            return Ok(FetchAllow::Prefix(addr, if addr.is_ipv4() { 32 } else { 128 }));
+        }
+        let ok = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-.".contains(c));
+        if ok {
+            Ok(FetchAllow::Host(text.to_ascii_lowercase()))
+        } else {
+            Err(format!("`{text}` is not a host or a prefix"))
+        }
+    }
+
+    /// Whether this entry lets a fetch reach `host` at `addr`.
+    pub fn allows(&self, host: &str, addr: std::net::IpAddr) -> bool {
+        match self {
+            FetchAllow::Host(h) => h.eq_ignore_ascii_case(host.trim_end_matches('.')),
+            FetchAllow::Prefix(net, len) => in_prefix(addr, *net, *len),
+        }
+    }
+}
+
+/// Whether `addr` lies in `net/len` (an IPv4-mapped IPv6 address counts as its IPv4 one).
+pub fn in_prefix(addr: std::net::IpAddr, net: std::net::IpAddr, len: u8) -> bool {
+    use std::net::IpAddr;
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
+        v4 => v4,
+    };
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
 }
 
 #[derive(Clone)]
@@ -155,6 +232,35 @@ struct Raw {
     proxmox: RawProxmox,
     #[serde(default)]
     ssh: RawSsh,
+    #[serde(default)]
+    clone: RawClone,
+    #[serde(default)]
+    mounts: RawMounts,
+    #[serde(default)]
+    fetch: RawFetch,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawClone {
+    #[serde(default)]
+    allow_vmids: Vec<pvefleet_schemas::Vmid>,
+    #[serde(default)]
+    allow_pools: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawMounts {
+    #[serde(default)]
+    allow_existing: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFetch {
+    #[serde(default)]
+    allow: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -261,6 +367,7 @@ enum Kind {
     Str,
     Int,
     List,
+    IntList,
 }
 
 /// Every key, for the environment overlay (and so for the docs).
@@ -292,6 +399,10 @@ const KEYS: &[(&str, Kind)] = &[
     ("ssh.retry_for", Kind::Str),
     ("ssh.authorized_keys", Kind::Str),
     ("ssh.key_file", Kind::Str),
+    ("clone.allow_vmids", Kind::IntList),
+    ("clone.allow_pools", Kind::List),
+    ("mounts.allow_existing", Kind::List),
+    ("fetch.allow", Kind::List),
 ];
 
 /// `proxmox.token_id` → `PVEFLEET_PROXMOX_TOKEN_ID`.
@@ -363,6 +474,18 @@ impl Config {
                         .filter(|s| !s.is_empty())
                         .map(|s| toml::Value::String(s.to_owned()))
                         .collect(),
+                ),
+                Kind::IntList => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| {
+                            s.parse()
+                                .map(toml::Value::Integer)
+                                .map_err(|_| err("environment", key, format!("{var}: `{s}` is not a number")))
+                        })
+                        .collect::<Result<_, _>>()?,
                 ),
             };
             set(&mut table, key, value);
@@ -540,6 +663,27 @@ impl Config {
                 ));
             }
         };
+        let fetch = raw
+            .fetch
+            .allow
+            .iter()
+            .map(|t| FetchAllow::parse(t.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| err("fetch.allow", e))?;
+        for (i, volume) in raw.mounts.allow_existing.iter().enumerate() {
+            if !volume.split_once(':').is_some_and(|(s, v)| !s.is_empty() && !v.is_empty()) {
+                return Err(err(
+                    "mounts.allow_existing",
+                    format!("entry {i}: `{volume}` is not a volume id like `local-lvm:vm-100-disk-1`"),
+                ));
+            }
+        }
+        let allow = Allow {
+            clone_vmids: raw.clone.allow_vmids,
+            clone_pools: raw.clone.allow_pools,
+            existing_volumes: raw.mounts.allow_existing,
+            fetch,
+        };
         let metrics_listen =
             match &raw.metrics_listen {
                 None => None,
@@ -572,6 +716,7 @@ impl Config {
                 authorized_keys: raw.ssh.authorized_keys,
                 clone_key,
             },
+            allow,
         })
     }
 }

@@ -65,6 +65,7 @@ pub async fn run(job: &Job, claimed: Claimed, env: Env<'_>, cancel: &Cancellatio
         job,
         ssh_config: &env.config.ssh,
         files_dir: &env.config.files_dir,
+        allow: &env.config.allow,
         sealing: env.sealing,
         password: None,
         ssh: None,
@@ -81,6 +82,8 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) ssh_config: &'a SshConfig,
     /// Where `deploy.files[].source` may read from.
     pub(crate) files_dir: &'a std::path::Path,
+    /// What the node's operator lets jobs reach beyond their own.
+    pub(crate) allow: &'a crate::config::Allow,
     /// The agent's own key: opens the root password, seals the job's SSH key.
     pub(crate) sealing: &'a SecretKey,
     /// The root password, opened at validating; held in memory only.
@@ -136,7 +139,8 @@ impl CreateJob<'_> {
         crate::checks::storage(pve, self.job).await?;
         crate::checks::network(pve, self.job).await?;
         let has_clone_key = self.ssh_config.clone_key.is_some();
-        let (_, source) = crate::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source).await?;
+        let allow = &self.allow;
+        let (_, source) = crate::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source, allow).await?;
         self.core.cp.clone_source = source;
         // A clone cannot be given the job's own key: its deploy logs in with `ssh.key_file`.
         if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && self.job.container.clone.is_none() {
@@ -145,6 +149,7 @@ impl CreateJob<'_> {
         if self.core.cp.vmid.is_none() {
             self.choose_vmid().await?;
         }
+        crate::checks::volumes(self.job, self.core.cp.vmid, self.allow)?;
         Ok(())
     }
 

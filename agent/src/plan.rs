@@ -68,12 +68,13 @@ async fn plan(shared: &Shared, job: &Job) -> PlanReply {
     out.push(said("rights", checks::rights(spec, pve.is_root_login())));
     out.push(said("storage", checks::storage(pve, job).await));
     let has_key = shared.config.ssh.clone_key.is_some();
-    let source = checks::source(pve, job, has_key, None).await;
+    let source = checks::source(pve, job, has_key, None, &shared.config.allow).await;
     let clone_source = source.as_ref().ok().and_then(|(_, s)| *s);
     out.push(said("template", source.map(|(detail, _)| detail)));
     out.push(said("network", checks::network(pve, job).await));
     let (vmid, check) = vmid(pve, spec.vmid).await;
     out.push(said("vmid", check));
+    out.push(said("volumes", checks::volumes(job, vmid, &shared.config.allow)));
     out.push(said("memory", memory(pve, job).await));
     out.push(said("permissions", permissions(pve, job, vmid, clone_source).await));
     let calls = match vmid {

@@ -237,7 +237,7 @@ pub fn source_flags(a: &crate::cli::SubmitArgs) -> Result<toml::Table, BadInput>
         }
         for (key, value) in pairs(rest).map_err(|e| BadInput::field(flag, e))? {
             let v = match key {
-                "full" => flag_bool(key, value).map_err(|e| BadInput::field(flag, e))?,
+                "full" | "keep_key" => flag_bool(key, value).map_err(|e| BadInput::field(flag, e))?,
                 k if keys.contains(&k) => value.into(),
                 other => {
                     return Err(BadInput::field(flag, format!("unknown key `{other}` ({})", keys.join(", "))));
@@ -266,7 +266,7 @@ pub fn source_flags(a: &crate::cli::SubmitArgs) -> Result<toml::Table, BadInput>
         t.insert("template".into(), toml::Value::Table(toml::Table::from_iter([("oci".to_owned(), inner.into())])));
     }
     if let Some(text) = &a.clone_from {
-        let mut inner = source("--clone", text, Some("from"), &["full", "snapshot", "storage"])?;
+        let mut inner = source("--clone", text, Some("from"), &["full", "snapshot", "storage", "keep_key"])?;
         if let Some(toml::Value::String(from)) = inner.get("from")
             && let Ok(vmid) = from.parse::<i64>()
         {

@@ -270,6 +270,11 @@ pub struct CloneSpec {
     /// Where a full clone's volumes go (the source's storages by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<String>,
+    /// Keep the key the node's agent reaches clones with (`ssh.key_file`) in the clone's
+    /// authorized keys. By default the deploy puts the job's own key in, removes that shared
+    /// key, and removes the job's key at its end: no key that opens other containers remains.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_key: bool,
 }
 
 impl CloneSpec {
@@ -355,6 +360,7 @@ mod tests {
             full: false,
             snapshot: None,
             storage: Some("fast".into()),
+            keep_key: false,
         };
         assert_eq!(linked.validate().unwrap_err().0[0].field, "storage");
         assert_eq!(env_to_pve(&Env::from([("A".into(), "1".into()), ("B".into(), "x y".into())])), "A=1\0B=x y");

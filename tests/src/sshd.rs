@@ -86,6 +86,14 @@ impl Sshd {
         })
     }
 
+    /// Sets sshd's `LogLevel` before [`Sshd::launch`] (`DEBUG1` logs every authentication
+    /// request with its method, which tests read to prove what a client tried).
+    pub fn log_level(&self, level: &str) -> anyhow::Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        std::fs::write(&self.config, text.replace("LogLevel VERBOSE", &format!("LogLevel {level}")))?;
+        Ok(())
+    }
+
     /// Starts the prepared sshd and waits until it answers with its SSH banner.
     pub async fn launch(&mut self) -> anyhow::Result<()> {
         // sshd insists on its privilege-separation dir, which lives in /run (a tmpfs that a

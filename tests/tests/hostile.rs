@@ -217,3 +217,170 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
     dir.pass();
     Ok(())
 }
+
+/// Hole 6: the root password went to whoever answered first. With no host key announced by
+/// PVE the agent trusted the first key it saw and, its own key refused, tried the password on
+/// it; and a sealed password copied from one job's message into another opened there too. Now
+/// a password goes only to a host key PVE announced or the spec lists, and a sealed secret
+/// opens only in the job it was sealed for.
+#[tokio::test]
+async fn a_root_password_goes_only_to_a_vouched_host_and_only_in_its_own_job() -> anyhow::Result<()> {
+    let bed = Fleet::start("hostile-password", &["pve1"]).await?;
+    let ip = Ipv4Addr::new(127, 0, 0, 33);
+    // A host at the container's address that does not know the job's key (it reads its keys
+    // elsewhere) and logs every authentication method tried.
+    let elsewhere = bed.dir.sub("not-the-containers-keys");
+    let mut sshd = pvefleet_testbed::Sshd::prepare(&bed.dir, ip, &elsewhere)?;
+    sshd.log_level("DEBUG1")?;
+    sshd.launch().await?;
+    let agent =
+        bed.agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
+    let key = agent.sealing_key().await?;
+    let job_with_password = |hostname: &str| {
+        let mut job = create_job("pve1", hostname, ip);
+        job.container.root_password = Some(key.seal_for_job(&job.job_id, b"correct horse"));
+        job.deploy.scripts = vec![pvefleet_schemas::ScriptSpec {
+            name: "hello".into(),
+            body: "echo hello".into(),
+            interpreter: "/bin/sh".into(),
+            timeout: None,
+        }];
+        job.options.timeouts.ssh = pvefleet_schemas::HumanDuration(Duration::from_secs(10));
+        job
+    };
+    let tried_password = |sshd: &pvefleet_testbed::Sshd| sshd.log_text().contains("method password");
+
+    // No host key announced: the key is refused, and the password is not tried.
+    let unvouched = job_with_password("unvouched");
+    submit(&bed.js, &unvouched).await?;
+    let events = events_until_terminal(&bed.js, unvouched.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let error = result_of(&events).error.clone().expect("failed");
+    assert_eq!((error.kind, error.step), (ErrorKind::Ssh, Step::Connecting), "{error:?}");
+    assert!(error.message.contains("root password was not tried"), "{}", error.message);
+    assert!(!tried_password(&sshd), "the password was offered to an unvouched host:\n{}", sshd.log_text());
+
+    // Announced by PVE in the create log: the same host may be offered the password.
+    bed.pve
+        .task_log(
+            "vzcreate",
+            &[
+                "Creating SSH host key 'ssh_host_ed25519_key' - this may take some time ...",
+                &format!("done: {} root@ct", sshd.host_fingerprint()),
+            ],
+        )
+        .await?;
+    let vouched = job_with_password("vouched");
+    submit(&bed.js, &vouched).await?;
+    let events = events_until_terminal(&bed.js, vouched.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(tried_password(&sshd), "the password was not tried on the announced host:\n{}", sshd.log_text());
+
+    // A sealed password copied into another job opens nothing there.
+    let mut copied = create_job("pve1", "copied", Ipv4Addr::new(127, 0, 0, 34));
+    copied.container.root_password = vouched.container.root_password.clone();
+    submit(&bed.js, &copied).await?;
+    let events = events_until_terminal(&bed.js, copied.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    let error = result_of(&events).error.clone().expect("refused");
+    assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{error:?}");
+    assert!(error.message.contains(&format!("sealed for job {}", vouched.job_id)), "{}", error.message);
+    assert!(bed.pve.containers().await?.is_empty(), "nothing is left of the three");
+    bed.dir.pass();
+    Ok(())
+}
+
+/// Makes a tenant's container on pve1 outside pvefleet: no marker, not a template.
+async fn strangers_container(bed: &Fleet, vmid: u32) -> anyhow::Result<()> {
+    let id = vmid.to_string();
+    bed.pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/lxc",
+            &[
+                ("vmid", id.as_str()),
+                ("hostname", "tenant-db"),
+                ("ostemplate", pvefleet_testbed::fakepve::OSTEMPLATE),
+                ("rootfs", "local-lvm:4"),
+                ("tags", "tenant"),
+            ],
+        )
+        .await?;
+    pvefleet_testbed::wait_until("the tenant's container", JOB_WITHIN, || async {
+        let cfg = bed.pve.api_get(&format!("/nodes/pve1/lxc/{id}/config")).await.ok()?;
+        cfg.get("lock").is_none().then_some(())
+    })
+    .await
+}
+
+/// Hole 2: a job cloned any container on the node, a stranger's included (its whole disk,
+/// to an address of the submitter's choosing), and mounted any guest's volume. Now only a
+/// template or a container pvefleet made may be cloned, and only the job's own volumes
+/// mounted, unless the node's agent.toml lists more; refused at validating and in a plan.
+#[tokio::test]
+async fn a_job_cannot_clone_or_mount_a_strangers_container() -> anyhow::Result<()> {
+    use pvefleet_schemas::lxc::MountPoint;
+    use pvefleet_schemas::source::{CloneFrom, CloneSpec};
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    let bed = Fleet::start("hostile-clone", &["pve1"]).await?;
+    let mut agent = bed.agent("pve1")?;
+    strangers_container(&bed, 9100).await?;
+    let clone_of_stranger = |hostname: &str, ip: u8| {
+        let mut job = create_job("pve1", hostname, Ipv4Addr::new(127, 0, 0, ip));
+        job.container.ostemplate = None;
+        job.container.clone = Some(CloneSpec {
+            from: CloneFrom::Vmid(pvefleet_schemas::Vmid::new(9100).expect("a vmid")),
+            full: true,
+            snapshot: None,
+            storage: None,
+            keep_key: false,
+        });
+        job
+    };
+    let refused = |events: &[Event], field: &str| {
+        let error = result_of(events).error.clone().expect("refused");
+        assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{error:?}");
+        assert!(error.message.starts_with(field), "{field}: {}", error.message);
+    };
+    let copy = clone_of_stranger("copy", 35);
+    submit(&bed.js, &copy).await?;
+    let events = events_until_terminal(&bed.js, copy.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    refused(&events, "container.clone.from:");
+
+    let mut mount = create_job("pve1", "mounts", Ipv4Addr::new(127, 0, 0, 36));
+    mount.container.mounts = vec![MountPoint::Existing {
+        volume: "local-lvm:vm-9100-disk-0".into(),
+        path: "/srv/theirs".into(),
+        backup: None,
+        ro: true,
+    }];
+    submit(&bed.js, &mount).await?;
+    let events = events_until_terminal(&bed.js, mount.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    refused(&events, "container.mounts[0].volume:");
+    assert_eq!(bed.pve.containers().await?, vec![9100], "nothing was cloned or mounted");
+
+    // A plan says the same, naming the field.
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    cli.must(&["setup"]).await?;
+    let plan =
+        cli.run(&["plan", "--node", "pve1", "--hostname", "copy", "--clone", "9100", "--ip", "127.0.0.35/32"]).await?;
+    assert_eq!(plan.code, Some(1), "{plan:?}");
+    assert!(plan.stdout.contains("container.clone.from: 9100 is neither a template"), "{}", plan.stdout);
+
+    // The node's operator may list it.
+    agent.kill();
+    let _agent = bed.agent_with(AgentOptions {
+        extra_config: "[clone]\nallow_vmids = [9100]\n[mounts]\nallow_existing = [\"local-lvm:vm-9100-disk-0\"]\n"
+            .into(),
+        ..AgentOptions::node("pve1")
+    })?;
+    let allowed = clone_of_stranger("allowed", 37);
+    submit(&bed.js, &allowed).await?;
+    let events = events_until_terminal(&bed.js, allowed.job_id, JOB_WITHIN).await?;
+    assert!(result_of(&events).success, "{events:#?}");
+    bed.dir.pass();
+    Ok(())
+}

@@ -439,7 +439,7 @@ async fn a_clone_gets_the_spec_and_its_rollback_spares_the_source() -> anyhow::R
     let bed = Fleet::start("spec-clone", &["pve1"]).await?;
     let _agent = bed.agent("pve1")?;
     make_template(&bed, 9000, "tmpl-debian").await?;
-    let clone_of = |from: CloneFrom| CloneSpec { from, full: true, snapshot: None, storage: None };
+    let clone_of = |from: CloneFrom| CloneSpec { from, full: true, snapshot: None, storage: None, keep_key: false };
     let mut job = create_job("pve1", "cloned", Ipv4Addr::new(127, 0, 0, 83));
     let c = &mut job.container;
     c.ostemplate = None;
@@ -508,12 +508,21 @@ async fn a_clone_gets_the_spec_and_its_rollback_spares_the_source() -> anyhow::R
 async fn a_linked_clone_and_a_full_clone_of_a_snapshot_to_a_storage() -> anyhow::Result<()> {
     use pvefleet_schemas::source::{CloneFrom, CloneSpec};
     let bed = Fleet::start("spec-clone-options", &["pve1"]).await?;
-    let _agent = bed.agent("pve1")?;
+    // 9006 is a plain container no pvefleet job made: the node's operator lets jobs clone it.
+    let _agent = bed.agent_with(pvefleet_testbed::agent::AgentOptions {
+        extra_config: "[clone]\nallow_vmids = [9006]\n".into(),
+        ..pvefleet_testbed::agent::AgentOptions::node("pve1")
+    })?;
     make_template(&bed, 9005, "tmpl-linked").await?;
     let mut linked = create_job("pve1", "linked", Ipv4Addr::new(127, 0, 0, 91));
     linked.container.ostemplate = None;
-    linked.container.clone =
-        Some(CloneSpec { from: CloneFrom::Name("tmpl-linked".into()), full: false, snapshot: None, storage: None });
+    linked.container.clone = Some(CloneSpec {
+        from: CloneFrom::Name("tmpl-linked".into()),
+        full: false,
+        snapshot: None,
+        storage: None,
+        keep_key: false,
+    });
     let cfg = created(&bed, linked).await?;
     assert_eq!(cfg["hostname"], "linked");
 
@@ -551,6 +560,7 @@ async fn a_linked_clone_and_a_full_clone_of_a_snapshot_to_a_storage() -> anyhow:
             full: true,
             snapshot: Some(snapshot.into()),
             storage: Some("local-lvm".into()),
+            keep_key: false,
         });
         job
     };
@@ -588,8 +598,13 @@ async fn a_clone_deploys_with_the_key_its_template_trusts_or_is_refused_without_
     let clone_job = |hostname: &str| {
         let mut job = create_job("pve1", hostname, ip);
         job.container.ostemplate = None;
-        job.container.clone =
-            Some(CloneSpec { from: CloneFrom::Name("tmpl-app".into()), full: true, snapshot: None, storage: None });
+        job.container.clone = Some(CloneSpec {
+            from: CloneFrom::Name("tmpl-app".into()),
+            full: true,
+            snapshot: None,
+            storage: None,
+            keep_key: false,
+        });
         job.container.nics = vec![Nic::new("eth0", "vmbr0", Ipv4Setting::Static { addr: ip, prefix: 32 })];
         job.deploy = DeploySpec {
             scripts: vec![ScriptSpec {
@@ -696,8 +711,13 @@ async fn a_clone_whose_checkpoint_is_lost_mid_clone_is_found_by_its_description(
     bed.pve.task_secs(serde_json::json!({"clone": 40})).await?;
     let mut job = create_job("pve1", "forgotten-clone", Ipv4Addr::new(127, 0, 0, 90));
     job.container.ostemplate = None;
-    job.container.clone =
-        Some(CloneSpec { from: CloneFrom::Name("tmpl-forgotten".into()), full: true, snapshot: None, storage: None });
+    job.container.clone = Some(CloneSpec {
+        from: CloneFrom::Name("tmpl-forgotten".into()),
+        full: true,
+        snapshot: None,
+        storage: None,
+        keep_key: false,
+    });
     job.container.nics = vec![Nic::new("eth0", "vmbr0", "127.0.0.90/32".parse().map_err(anyhow::Error::msg)?)];
     submit(&bed.js, &job).await?;
     pvefleet_testbed::wait_until("the clone task to run", JOB_WITHIN, || async {
@@ -743,8 +763,13 @@ async fn an_agent_killed_mid_clone_or_mid_download_resumes_with_one_of_each() ->
 
     let mut clone = create_job("pve1", "slow-clone", Ipv4Addr::new(127, 0, 0, 88));
     clone.container.ostemplate = None;
-    clone.container.clone =
-        Some(CloneSpec { from: CloneFrom::Name("tmpl-slow".into()), full: true, snapshot: None, storage: None });
+    clone.container.clone = Some(CloneSpec {
+        from: CloneFrom::Name("tmpl-slow".into()),
+        full: true,
+        snapshot: None,
+        storage: None,
+        keep_key: false,
+    });
     clone.container.nics = vec![Nic::new("eth0", "vmbr0", "127.0.0.88/32".parse().map_err(anyhow::Error::msg)?)];
     submit(&bed.js, &clone).await?;
     killed_in(clone.job_id, "clone task").await?;

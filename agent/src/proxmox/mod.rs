@@ -303,7 +303,8 @@ impl PveClient {
                     .and_then(|n| u32::try_from(n).ok())
                     .and_then(|n| Vmid::new(n).ok())?;
                 let text = |key: &str| g[key].as_str().map(str::to_owned);
-                Some(Listed { vmid, name: text("name"), tags: text("tags"), lock: text("lock") })
+                let template = g["template"].as_u64() == Some(1) || g["template"].as_str() == Some("1");
+                Some(Listed { vmid, name: text("name"), tags: text("tags"), lock: text("lock"), template })
             })
             .collect())
     }
@@ -462,23 +463,15 @@ impl PveClient {
         self.upid(Method::POST, &path, data)
     }
 
-    /// The containers on this node: `(vmid, name, is a template)`.
-    pub async fn containers(&self) -> Result<Vec<(Vmid, String, bool)>, PveError> {
-        let data = self.call(Method::GET, &self.node_path("/lxc"), &[]).await?;
+    /// The pool guest `vmid` belongs to, if any (`/cluster/resources`).
+    pub async fn pool_of(&self, vmid: Vmid) -> Result<Option<String>, PveError> {
+        let data = self.call(Method::GET, "/cluster/resources", &[("type", "vm".to_owned())]).await?;
         Ok(data
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|c| {
-                let vmid = c["vmid"]
-                    .as_u64()
-                    .or_else(|| c["vmid"].as_str().and_then(|s| s.parse().ok()))
-                    .and_then(|n| u32::try_from(n).ok())
-                    .and_then(|n| Vmid::new(n).ok())?;
-                let template = c["template"].as_u64() == Some(1) || c["template"].as_str() == Some("1");
-                Some((vmid, c["name"].as_str().unwrap_or_default().to_owned(), template))
-            })
-            .collect())
+            .find(|g| g["vmid"].as_u64() == Some(u64::from(vmid.get())))
+            .and_then(|g| g["pool"].as_str().map(str::to_owned)))
     }
 
     /// `POST /lxc/{from}/clone` to `newid` (in `params`).
@@ -531,6 +524,17 @@ pub struct Listed {
     pub tags: Option<String>,
     /// `create` while a create or a clone runs, `backup`, `migrate`, …
     pub lock: Option<String>,
+    /// Whether it is a template (what a clone is made from).
+    pub template: bool,
+}
+
+impl Listed {
+    /// Whether it carries a pvefleet marker tag (`pvefleet-<short job id>`).
+    pub fn has_marker(&self) -> bool {
+        self.tags.as_deref().is_some_and(|tags| {
+            tags.split([';', ',', ' ']).any(|t| t.to_ascii_lowercase().starts_with(pvefleet_schemas::MARKER_TAG_PREFIX))
+        })
+    }
 }
 
 /// An interface of the node a NIC may name, and the VLANs it carries when it is VLAN-aware.
