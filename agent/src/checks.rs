@@ -166,7 +166,7 @@ pub(crate) async fn source(
         }
         let volid = source.volid();
         if pve.template_exists(&volid).await? {
-            return Ok((format!("{volid} is there; it will not be fetched again"), None));
+            return Ok((format!("{volid} is there (fetched again unless this agent fetched it as this)"), None));
         }
         if let TemplateSource::Appliance(a) = source {
             let catalogue = pve.appliances().await?;
@@ -306,4 +306,139 @@ pub(crate) fn volumes(job: &Job, vmid: Option<Vmid>, allow: &Allow) -> Check {
         )));
     }
     Ok(format!("{n} existing volume(s), each the job's own or allowed"))
+}
+
+/// Why PVE must not be sent to fetch from `addr`, if it must not: the node itself (loopback,
+/// its own addresses), the networks behind it (private, shared, unique-local) and link-local
+/// (cloud metadata lives at 169.254.169.254). PVE fetches a template from the node, so a URL
+/// there is a request from inside the operator's network, and its task log comes back to
+/// whoever watches the job.
+pub(crate) fn forbidden_fetch(addr: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    match addr {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                Some("a loopback address")
+            } else if v4.is_unspecified() || o[0] == 0 {
+                Some("an unspecified address")
+            } else if v4.is_link_local() {
+                Some("a link-local address")
+            } else if v4.is_private() {
+                Some("a private address")
+            } else if o[0] == 100 && (64..128).contains(&o[1]) {
+                Some("a shared (carrier-grade NAT) address")
+            } else if v4.is_multicast() || v4.is_broadcast() || o[0] >= 240 {
+                Some("a multicast or reserved address")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return forbidden_fetch(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("a loopback address")
+            } else if v6.is_unspecified() {
+                Some("an unspecified address")
+            } else if first & 0xffc0 == 0xfe80 {
+                Some("a link-local address")
+            } else if first & 0xfe00 == 0xfc00 {
+                Some("a unique-local (private) address")
+            } else if v6.is_multicast() {
+                Some("a multicast address")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// A download URL or an OCI registry reaches only public addresses, not the node itself nor
+/// the networks behind it, unless the node's `fetch.allow` lists the host or the prefix. The
+/// host is resolved here, on the node, as PVE will resolve it; a name that does not resolve
+/// here is left for PVE to fail on. (A name whose answers change between this check and
+/// PVE's fetch, DNS rebinding, is beyond what a check before the fetch can see.)
+pub(crate) async fn fetch_target(pve: &PveClient, job: &Job, allow: &crate::config::Allow) -> Check {
+    let Some(source) = &job.container.template else { return Ok("nothing is fetched".into()) };
+    let (field, host, port) = match source {
+        TemplateSource::Download(d) => {
+            let url = reqwest::Url::parse(&d.url)
+                .map_err(|e| invalid(format!("container.template.download.url: `{}` is not a URL ({e})", d.url)))?;
+            let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
+            ("container.template.download.url", host, url.port_or_known_default().unwrap_or(443))
+        }
+        TemplateSource::Oci(o) => {
+            let (registry, _, _) = o.parts();
+            let (host, port) = match registry.rsplit_once(':') {
+                Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_owned(), p.parse().unwrap_or(443)),
+                _ => (registry, 443),
+            };
+            ("container.template.oci.reference", host, port)
+        }
+        // The catalogue's own URLs, which PVE signs.
+        TemplateSource::Appliance(_) => return Ok("from the appliance catalogue".into()),
+    };
+    let addrs: Vec<std::net::IpAddr> = match host.parse() {
+        Ok(ip) => vec![ip],
+        Err(_) => {
+            let lookup = tokio::net::lookup_host((host.as_str(), port));
+            match tokio::time::timeout(std::time::Duration::from_secs(3), lookup).await {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                _ => return Ok(format!("{host} does not resolve on this node; PVE will try it itself")),
+            }
+        }
+    };
+    let own = pve.node_addresses().await?;
+    for addr in &addrs {
+        if allow.fetch.iter().any(|a| a.allows(&host, *addr)) {
+            continue;
+        }
+        let why = forbidden_fetch(*addr).or_else(|| own.contains(addr).then_some("an address of this node"));
+        if let Some(why) = why {
+            return Err(invalid(format!(
+                "{field}: `{host}` reaches {addr}, {why}; PVE would fetch it from inside the node. The node's \
+                 agent.toml lists the hosts and prefixes fetches may reach ([fetch] allow)"
+            )));
+        }
+    }
+    Ok(format!("{host} reaches {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetches_never_reach_the_node_or_the_networks_behind_it() {
+        for (addr, why) in [
+            ("127.0.0.1", "loopback"),
+            ("10.1.2.3", "private"),
+            ("172.16.0.1", "private"),
+            ("192.168.1.1", "private"),
+            ("169.254.169.254", "link-local"),
+            ("100.64.0.1", "shared"),
+            ("0.0.0.0", "unspecified"),
+            ("::1", "loopback"),
+            ("fe80::1", "link-local"),
+            ("fd00::1", "unique-local"),
+            ("::ffff:127.0.0.1", "loopback"),
+        ] {
+            let found = forbidden_fetch(addr.parse().unwrap());
+            assert!(found.is_some_and(|f| f.contains(why)), "{addr}: {found:?}");
+        }
+        for public in ["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946", "100.128.0.1"] {
+            assert_eq!(forbidden_fetch(public.parse().unwrap()), None, "{public}");
+        }
+    }
+
+    #[test]
+    fn an_existing_volume_names_its_owner() {
+        assert_eq!(volume_owner("local-lvm:vm-100-disk-1"), Some(100));
+        assert_eq!(volume_owner("local:subvol-204-disk-0"), Some(204));
+        assert_eq!(volume_owner("local:100/vm-100-disk-0.raw"), Some(100));
+        assert_eq!(volume_owner("nfs:shared-data"), None);
+    }
 }

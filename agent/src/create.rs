@@ -66,6 +66,7 @@ pub async fn run(job: &Job, claimed: Claimed, env: Env<'_>, cancel: &Cancellatio
         ssh_config: &env.config.ssh,
         files_dir: &env.config.files_dir,
         allow: &env.config.allow,
+        ledger: env.ledger,
         sealing: env.sealing,
         password: None,
         ssh: None,
@@ -84,6 +85,8 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) files_dir: &'a std::path::Path,
     /// What the node's operator lets jobs reach beyond their own.
     pub(crate) allow: &'a crate::config::Allow,
+    /// The templates this agent fetched itself, and as what.
+    pub(crate) ledger: &'a crate::cache::Ledger,
     /// The agent's own key: opens the root password, seals the job's SSH key.
     pub(crate) sealing: &'a SecretKey,
     /// The root password, opened at validating; held in memory only.
@@ -138,9 +141,10 @@ impl CreateJob<'_> {
         crate::checks::rights(&self.job.container, pve.is_root_login())?;
         crate::checks::storage(pve, self.job).await?;
         crate::checks::network(pve, self.job).await?;
+        crate::checks::fetch_target(pve, self.job, self.allow).await?;
         let has_clone_key = self.ssh_config.clone_key.is_some();
-        let allow = &self.allow;
-        let (_, source) = crate::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source, allow).await?;
+        let (_, source) =
+            crate::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source, self.allow).await?;
         self.core.cp.clone_source = source;
         // A clone cannot be given the job's own key: its deploy logs in with `ssh.key_file`.
         if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && self.job.container.clone.is_none() {

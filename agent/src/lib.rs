@@ -10,6 +10,7 @@
 //! - [`runner`]: the one runner of every job kind: lease, step table, checkpoints, events, undo.
 //! - `checks`: what validating (and a plan) checks against the node; read-only.
 //! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
+//! - [`cache`]: the templates this agent fetched itself, and as what (a cache hit is checked).
 //! - [`source`]: the fetching and cloning steps: templates downloaded, from the catalogue,
 //!   pulled from an OCI registry; clones.
 //! - [`destroy`]: the destroy job's step table (finding → stopping → deleting).
@@ -23,6 +24,7 @@
 //! - [`ssh`]: SSH and SFTP into a new container, with host keys checked.
 
 pub mod bus;
+pub mod cache;
 mod checks;
 pub mod claim;
 pub mod config;
@@ -83,6 +85,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         beat_stop.clone(),
     ));
     let instance = format!("{}-{}", config.node, ulid::Ulid::new());
+    let config_state_dir = config.state_dir.clone();
     let shared = Arc::new(worker::Shared {
         config,
         pve,
@@ -91,6 +94,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         stop,
         instance,
         sealing,
+        ledger: cache::Ledger::load(&config_state_dir),
         cancels: Default::default(),
         cancelled: Default::default(),
     });

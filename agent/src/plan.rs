@@ -71,6 +71,7 @@ async fn plan(shared: &Shared, job: &Job) -> PlanReply {
     let source = checks::source(pve, job, has_key, None, &shared.config.allow).await;
     let clone_source = source.as_ref().ok().and_then(|(_, s)| *s);
     out.push(said("template", source.map(|(detail, _)| detail)));
+    out.push(said("fetch", checks::fetch_target(pve, job, &shared.config.allow).await));
     out.push(said("network", checks::network(pve, job).await));
     let (vmid, check) = vmid(pve, spec.vmid).await;
     out.push(said("vmid", check));

@@ -170,6 +170,8 @@ pub struct Env<'a> {
     pub bus: &'a Bus,
     pub config: &'a Config,
     pub sealing: &'a SecretKey,
+    /// The templates this agent fetched itself, and as what.
+    pub ledger: &'a crate::cache::Ledger,
     /// Fires when the agent stops: the job hands back at its next await.
     pub stop: &'a CancellationToken,
 }

@@ -8,7 +8,7 @@
 //!
 //! | step     | does                                                          | undo                                 |
 //! |----------|---------------------------------------------------------------|--------------------------------------|
-//! | fetching | the template onto its storage, skipped when it is there       | none: a verified template is a cache other jobs share |
+//! | fetching | the template onto its storage, skipped when this agent fetched it there as the same thing, unchanged since | none: a verified template is a cache other jobs share |
 //! | cloning  | `POST /lxc/{from}/clone` (the marker in its description), then `PUT config` | destroy, as for creating (the clone, never its source) |
 
 use pvefleet_schemas::source::TemplateSource;
@@ -20,7 +20,9 @@ use crate::proxmox::Upid;
 use crate::runner::{StepError, StepResult};
 
 impl CreateJob<'_> {
-    /// Puts the spec's template on its storage, unless it is there already.
+    /// Puts the spec's template on its storage, unless this agent fetched it there itself as
+    /// the same thing and it is unchanged since ([`crate::cache`]): a file of that name that
+    /// anyone else may have written is fetched again, which PVE verifies.
     pub(crate) async fn fetch(&mut self) -> StepResult {
         let source = self.job.container.template.clone().expect("fetching runs only for a template source");
         // Fetching is the first step that starts a task: a UPID in the checkpoint is its own.
@@ -28,12 +30,25 @@ impl CreateJob<'_> {
             return self.wait_fetch(&source, &upid).await;
         }
         let volid = source.volid();
-        if self.core.pve.template_exists(&volid).await? {
+        if let Some(file) = self.core.pve.template_file(&volid).await? {
+            if self.ledger.vouches(&volid, &crate::cache::identity(&source), file.size, file.ctime) {
+                self.core
+                    .events
+                    .log(
+                        LogStream::Task,
+                        format!("{volid} is on {} already, as this agent fetched it; not fetched again", self.job.node),
+                    )
+                    .await?;
+                return Ok(());
+            }
             self.core
                 .events
-                .log(LogStream::Task, format!("{volid} is on {} already; not fetched again", self.job.node))
+                .warning(format!(
+                    "{volid} is on {} but not as this agent fetched it for this {}; fetching it again",
+                    self.job.node,
+                    source.field()
+                ))
                 .await?;
-            return Ok(());
         }
         let upid = match &source {
             TemplateSource::Download(d) => {
@@ -51,13 +66,17 @@ impl CreateJob<'_> {
         self.wait_fetch(&source, &upid).await
     }
 
-    /// Waits for the fetch task. A checksum PVE refused names the spec's field; a fetch that
-    /// failed while another job put the same file there counts as done.
+    /// Waits for the fetch task, then records the file in the ledger. A checksum PVE refused
+    /// names the spec's field; a fetch that failed while another job of this agent fetched the
+    /// same thing there counts as done.
     async fn wait_fetch(&mut self, source: &TemplateSource, upid: &Upid) -> StepResult {
+        let volid = source.volid();
+        let identity = crate::cache::identity(source);
         match self.core.wait_task(upid).await {
+            Ok(()) => {}
             Err(StepError::Failed { message, .. }) if message.contains("checksum mismatch") => {
                 let TemplateSource::Download(d) = source else { unreachable!("only download-url checks a checksum") };
-                Err(StepError::failed(
+                return Err(StepError::failed(
                     ErrorKind::Validation,
                     format!(
                         "container.template.download.checksum: the file at {} does not have the {} digest the spec \
@@ -66,20 +85,30 @@ impl CreateJob<'_> {
                         d.algorithm.as_str(),
                         message.lines().find(|l| l.contains("checksum mismatch")).unwrap_or_default().trim()
                     ),
-                ))
+                ));
             }
             Err(StepError::Failed { kind: ErrorKind::Task, message }) => {
-                if self.core.pve.template_exists(&source.volid()).await? {
-                    self.core
-                        .events
-                        .warning(format!("fetching failed, but {} is there now: using it", source.volid()))
-                        .await?;
-                    Ok(())
-                } else {
-                    Err(StepError::failed(ErrorKind::Task, message))
+                let file = self.core.pve.template_file(&volid).await?;
+                if file.is_some_and(|f| self.ledger.vouches(&volid, &identity, f.size, f.ctime)) {
+                    self.core.events.warning(format!("fetching failed, but {volid} is there now: using it")).await?;
+                    return Ok(());
                 }
+                return Err(StepError::failed(ErrorKind::Task, message));
             }
-            other => other,
+            Err(other) => return Err(other),
+        }
+        match self.core.pve.template_file(&volid).await? {
+            Some(file) => {
+                if let Err(e) = self.ledger.record(&volid, &identity, file.size, file.ctime) {
+                    // The next job fetches it again, verified: slower, never wrong.
+                    tracing::warn!(error = %e, %volid, "the template ledger could not be written");
+                }
+                Ok(())
+            }
+            None => Err(StepError::failed(
+                ErrorKind::Task,
+                format!("the fetch task ended OK but {volid} is not on its storage"),
+            )),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// The agent's sealing key: opens root passwords, seals per-job SSH keys.
     pub sealing: Arc<pvefleet_schemas::seal::SecretKey>,
+    /// The templates this agent fetched itself ([`crate::cache`]).
+    pub ledger: crate::cache::Ledger,
     /// This agent process's name in job leases (`<node>-<ulid>`), new at every start.
     pub instance: String,
     /// Running jobs' cancel tokens, fired by `pvefleet.control.<node>.cancel`.
@@ -271,6 +273,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         bus: &shared.bus,
         config: &shared.config,
         sealing: &shared.sealing,
+        ledger: &shared.ledger,
         stop: &shared.stop,
     };
     let end = match &job {

@@ -97,7 +97,8 @@ pub struct OciImage {
     pub reference: String,
     #[serde(default = "local")]
     pub storage: String,
-    /// The file name on the storage; by default `<image>_<tag>.tar` (`nginx_1.27.tar`).
+    /// The file name on the storage; by default the whole reference, registry included
+    /// (`docker.io_library_nginx_1.27.tar`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
 }
@@ -206,11 +207,26 @@ impl TemplateSource {
 }
 
 impl OciImage {
-    /// `docker.io/library/nginx:1.27` → `nginx_1.27.tar`.
-    fn default_filename(&self) -> String {
+    /// The registry, the image's path and its tag, as Docker reads a reference: without a
+    /// registry host it is Docker Hub's (`docker.io`), and a one-part path there is under
+    /// `library/` (`nginx:1.27` is `docker.io/library/nginx:1.27`).
+    pub fn parts(&self) -> (String, String, String) {
         let (name, tag) = self.reference.rsplit_once(':').unwrap_or((&self.reference, "latest"));
-        let image = name.rsplit('/').next().unwrap_or(name);
-        format!("{image}_{tag}.tar")
+        let mut path: Vec<&str> = name.split('/').collect();
+        let has_host = path.len() > 1 && (path[0].contains('.') || path[0].contains(':') || path[0] == "localhost");
+        let registry = if has_host { path.remove(0).to_owned() } else { "docker.io".to_owned() };
+        if registry == "docker.io" && path.len() == 1 {
+            path.insert(0, "library");
+        }
+        (registry, path.join("/"), tag.to_owned())
+    }
+
+    /// The whole reference, registry included: `docker.io/library/nginx:1.27` →
+    /// `docker.io_library_nginx_1.27.tar`, so an image of one name from another registry
+    /// (`evil.example/library/nginx:1.27`) is never taken for it.
+    fn default_filename(&self) -> String {
+        let (registry, path, tag) = self.parts();
+        format!("{}_{}_{tag}.tar", registry.replace(':', "_"), path.replace('/', "_"))
     }
 }
 
@@ -334,7 +350,15 @@ mod tests {
             storage: "local".into(),
             filename: None,
         });
-        assert_eq!(oci.volid(), "local:vztmpl/nginx_1.27.tar");
+        assert_eq!(oci.volid(), "local:vztmpl/docker.io_library_nginx_1.27.tar");
+        let evil =
+            OciImage { reference: "evil.example/library/nginx:1.27".into(), storage: "local".into(), filename: None };
+        assert_eq!(evil.default_filename(), "evil.example_library_nginx_1.27.tar");
+        let short = OciImage { reference: "nginx:1.27".into(), storage: "local".into(), filename: None };
+        assert_eq!(short.default_filename(), "docker.io_library_nginx_1.27.tar", "the same image, the same file");
+        let port =
+            OciImage { reference: "registry.lan:5000/app/web:2".into(), storage: "local".into(), filename: None };
+        assert_eq!(port.parts(), ("registry.lan:5000".into(), "app/web".into(), "2".into()));
         oci.validate().unwrap();
         let bad = TemplateSource::Download(Download {
             url: "ftp://example.com/x.tar.zst".into(),

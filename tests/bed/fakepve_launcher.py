@@ -158,7 +158,8 @@ class BedPve(FakePve):
                     # PVE::Tools::download_file_from_url's words; the part file is removed, nothing kept.
                     raise TaskError("checksum mismatch: got '{0}' != expect '{1}'".format(got, expected))
             return len(data)
-        self.download_checks[request.match_info['storage']].append(check)
+        # The stored file is as long as what was fetched (fakepve's own stores `size`, 1 MiB by default).
+        self.download_checks[request.match_info['storage']].append((check, str(p.get('filename', ''))))
         try:
             return await super()._download_url(request)
         except Exception:
@@ -277,8 +278,9 @@ class BedPve(FakePve):
         async def wrapped():
             record = self.tasklog[index]
             record['log'].extend(lines or ())
+            size = None
             if check is not None:
-                size = await check()
+                size = await check[0]()
                 record['log'].append('downloaded {0} bytes'.format(size))
             if error is not None:
                 message, after = error
@@ -288,6 +290,10 @@ class BedPve(FakePve):
                     self._drop(ct)  # PVE removes a container whose create failed
                 raise TaskError(message)
             note = await body()
+            if size is not None:
+                volume = self.storages[tid].get('volumes', {}).get('vztmpl/' + check[1])
+                if volume is not None:
+                    volume['size'] = size
             if keys:
                 self._write_keys(tid, *keys)
             if ttype == 'vzdestroy':

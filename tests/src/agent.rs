@@ -37,6 +37,12 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
+    /// An agent whose downloads may reach the bed's file server on loopback (`fetch.allow`):
+    /// fetches reach only public addresses unless the node's operator allows more.
+    pub fn fetching_from_the_bed(node: &str) -> Self {
+        Self { extra_config: "[fetch]\nallow = [\"127.0.0.1\"]\n".into(), ..Self::node(node) }
+    }
+
     pub fn node(node: &str) -> Self {
         Self {
             node: node.into(),

@@ -511,7 +511,7 @@ async fn a_nodes_sealing_key_is_trusted_only_as_the_node_prints_it_and_a_changed
 async fn the_whole_spec_through_the_cli_from_a_template_a_spec_file_and_flags() -> anyhow::Result<()> {
     use sha2::Digest as _;
     let bed = bed("cli-spec", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
-    let _agent = bed.agent("pve1")?;
+    let _agent = bed.agent_with(pvefleet_testbed::agent::AgentOptions::fetching_from_the_bed("pve1"))?;
     // A template written for the first version of the spec.
     let template = bed.dir.path().join("old.toml");
     std::fs::write(

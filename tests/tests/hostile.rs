@@ -384,3 +384,145 @@ async fn a_job_cannot_clone_or_mount_a_strangers_container() -> anyhow::Result<(
     bed.dir.pass();
     Ok(())
 }
+
+/// Hole 3: a download, appliance or OCI pull was skipped whenever a file of that name was on
+/// the storage, so a file anyone wrote there under that name (another PVE user, a job fetching
+/// other bytes as the same file name) was used unchecked; and an OCI image's default file name
+/// dropped its registry. Now a file is used only as this agent fetched it, with the same
+/// checksum, unchanged since; anything else is fetched again and verified by PVE.
+#[tokio::test]
+async fn a_template_cache_cannot_be_poisoned() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{ChecksumAlgorithm, Download, TemplateSource};
+    use sha2::Digest as _;
+    let bed = Fleet::start("hostile-cache", &["pve1"]).await?;
+    let _agent = bed.agent_with(AgentOptions::fetching_from_the_bed("pve1"))?;
+    let good = b"the real root file system".repeat(1000);
+    let evil = b"a root file system with a backdoor".repeat(1000);
+    let (good_url, evil_url) = (bed.pve.serve_file("good.tar.zst", &good)?, bed.pve.serve_file("evil.tar.zst", &evil)?);
+    let sha = |b: &[u8]| sha2::Sha256::digest(b).iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let fetch = |hostname: &str, ip: u8, url: &str, checksum: String| {
+        let mut job = create_job("pve1", hostname, Ipv4Addr::new(127, 0, 0, ip));
+        job.container.ostemplate = None;
+        job.container.template = Some(TemplateSource::Download(Download {
+            url: url.to_owned(),
+            checksum,
+            algorithm: ChecksumAlgorithm::Sha256,
+            storage: "local".into(),
+            filename: "debian-12-web.tar.zst".into(),
+        }));
+        job
+    };
+    let downloads = || async {
+        let calls = bed.pve.calls().await?;
+        anyhow::Ok(
+            calls
+                .iter()
+                .filter(|(m, p, _)| m == "POST" && p == "/nodes/{node}/storage/{storage}/download-url")
+                .map(|(_, _, n)| n)
+                .sum::<u64>(),
+        )
+    };
+    let js = &bed.js;
+    let run = |job: pvefleet_schemas::Job| async move {
+        submit(js, &job).await?;
+        let events = events_until_terminal(js, job.job_id, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        anyhow::ensure!(result_of(&events).success, "{events:#?}");
+        anyhow::Ok(events)
+    };
+    run(fetch("first", 38, &good_url, sha(&good))).await?;
+    assert_eq!(downloads().await?, 1);
+
+    // A PVE user who may write templates puts other bytes under the same name.
+    bed.pve
+        .api(
+            reqwest::Method::POST,
+            "/nodes/pve1/storage/local/download-url",
+            &[("content", "vztmpl"), ("filename", "debian-12-web.tar.zst"), ("url", evil_url.as_str())],
+        )
+        .await?;
+    let poisoned_size = evil.len() as u64;
+    pvefleet_testbed::wait_until("the other bytes on the storage", JOB_WITHIN, || async {
+        let items = bed.pve.api_get("/nodes/pve1/storage/local/content?content=vztmpl").await.ok()?;
+        items
+            .as_array()?
+            .iter()
+            .any(|i| i["volid"] == "local:vztmpl/debian-12-web.tar.zst" && i["size"] == poisoned_size)
+            .then_some(())
+    })
+    .await?;
+    // A job asking for the real one fetches it again (PVE checks its digest), not the other.
+    let events = run(fetch("second", 39, &good_url, sha(&good))).await?;
+    assert_eq!(downloads().await?, 3, "fetched again: {events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("not as this agent fetched it")), "{events:#?}");
+    // Now it is as this agent fetched it: the next job uses it as it is.
+    let events = run(fetch("third", 40, &good_url, sha(&good))).await?;
+    assert_eq!(downloads().await?, 3, "{events:#?}");
+    // A job fetching other bytes under the same name, with their own digest, does not make
+    // them the real one's: the next job for the real one fetches it again.
+    run(fetch("other", 41, &evil_url, sha(&evil))).await?;
+    run(fetch("fourth", 42, &good_url, sha(&good))).await?;
+    assert_eq!(downloads().await?, 5);
+    bed.dir.pass();
+    Ok(())
+}
+
+/// Hole 9: any download URL or OCI registry was fetched by PVE, from the node itself:
+/// `localhost`, the node's own addresses, the networks behind it and cloud metadata included,
+/// and the task log came back to watchers. Now those are refused at validating, naming the
+/// field, unless the node's agent.toml allows the host or prefix (`[fetch] allow`).
+#[tokio::test]
+async fn pve_is_never_sent_to_fetch_from_the_node_or_the_networks_behind_it() -> anyhow::Result<()> {
+    use pvefleet_schemas::source::{ChecksumAlgorithm, Download, OciImage, TemplateSource};
+    let bed = Fleet::start("hostile-ssrf", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    let served = bed.pve.serve_file("internal.tar.zst", b"an internal file")?;
+    let download = |url: &str| {
+        TemplateSource::Download(Download {
+            url: url.to_owned(),
+            checksum: "ab".repeat(32),
+            algorithm: ChecksumAlgorithm::Sha256,
+            storage: "local".into(),
+            filename: "fetched.tar.zst".into(),
+        })
+    };
+    let cases = [
+        (download(&served), "container.template.download.url", "loopback"),
+        (download("http://localhost:8080/t.tar.zst"), "container.template.download.url", "loopback"),
+        (
+            download("http://169.254.169.254/latest/meta-data/t.tar.zst"),
+            "container.template.download.url",
+            "link-local",
+        ),
+        (download("http://10.0.0.1/t.tar.zst"), "container.template.download.url", "private"),
+        // fakepve's node has 192.0.2.11 on vmbr0.
+        (download("https://192.0.2.11:8006/t.tar.zst"), "container.template.download.url", "an address of this node"),
+        (
+            TemplateSource::Oci(OciImage {
+                reference: "127.0.0.1:5000/internal/app:1".into(),
+                storage: "local".into(),
+                filename: None,
+            }),
+            "container.template.oci.reference",
+            "loopback",
+        ),
+    ];
+    for (i, (source, field, why)) in cases.into_iter().enumerate() {
+        let mut job = create_job("pve1", &format!("fetch-{i}"), Ipv4Addr::new(127, 0, 0, 43));
+        job.container.ostemplate = None;
+        job.container.template = Some(source);
+        submit(&bed.js, &job).await?;
+        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        let error = result_of(&events).error.clone().expect("refused");
+        assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{i}: {error:?}");
+        assert!(error.message.starts_with(field) && error.message.contains(why), "{i}: {}", error.message);
+    }
+    let calls = bed.pve.calls().await?;
+    let fetches =
+        calls.iter().filter(|(m, p, _)| m == "POST" && p.contains("download-url") || p.contains("oci-registry-pull"));
+    assert_eq!(fetches.count(), 0, "PVE was sent to fetch: {calls:?}");
+    assert!(bed.pve.containers().await?.is_empty());
+    bed.dir.pass();
+    Ok(())
+}

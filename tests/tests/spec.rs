@@ -296,7 +296,8 @@ async fn a_downloaded_template_is_fetched_once_and_its_checksum_is_checked() -> 
     use pvefleet_schemas::source::{ChecksumAlgorithm, Download, TemplateSource};
     use sha2::Digest as _;
     let bed = Fleet::start("spec-download", &["pve1"]).await?;
-    let _agent = bed.agent("pve1")?;
+    // The bed serves its templates on loopback, which fetches may reach only when allowed.
+    let _agent = bed.agent_with(pvefleet_testbed::agent::AgentOptions::fetching_from_the_bed("pve1"))?;
     let body = b"not really a root file system, but bytes with a digest".repeat(1000);
     let url = bed.pve.serve_file("custom.tar.zst", &body)?;
     let download = |filename: &str, checksum: String| {
@@ -385,7 +386,7 @@ async fn an_appliance_and_an_oci_image_are_fetched_and_an_unknown_one_refused() 
     for t in [
         "local:vztmpl/alpine-3.22-default_20250617_amd64.tar.xz",
         "local:vztmpl/nginx-stable.tar",
-        "local:vztmpl/alpine_3.22.tar",
+        "local:vztmpl/docker.io_library_alpine_3.22.tar",
     ] {
         assert!(templates.contains(&t.to_owned()), "{t} in {templates:?}");
     }
@@ -746,7 +747,7 @@ async fn an_agent_killed_mid_clone_or_mid_download_resumes_with_one_of_each() ->
     use pvefleet_schemas::source::{ChecksumAlgorithm, CloneFrom, CloneSpec, Download, TemplateSource};
     use sha2::Digest as _;
     let bed = Fleet::start("spec-kill", &["pve1"]).await?;
-    let mut agent = bed.agent("pve1")?;
+    let mut agent = bed.agent_with(pvefleet_testbed::agent::AgentOptions::fetching_from_the_bed("pve1"))?;
     make_template(&bed, 9002, "tmpl-slow").await?;
     bed.pve.time_scale(0.2).await?;
     bed.pve.task_secs(serde_json::json!({"clone": 10})).await?;

@@ -398,16 +398,25 @@ impl PveClient {
 
     /// Whether `volid` (`local:vztmpl/…`) is a container template on this node.
     pub async fn template_exists(&self, volid: &str) -> Result<bool, PveError> {
+        Ok(self.template_file(volid).await?.is_some())
+    }
+
+    /// The template file `volid` (`local:vztmpl/…`) as its storage lists it: its size and
+    /// ctime, which change when anyone writes other bytes under its name.
+    pub async fn template_file(&self, volid: &str) -> Result<Option<StoredFile>, PveError> {
         let storage = volid.split(':').next().unwrap_or_default();
         let path = self.node_path(&format!("/storage/{storage}/content"));
         let data = match self.call(Method::GET, &path, &[("content", "vztmpl".to_owned())]).await {
             Ok(d) => d,
             Err(e) if e.is_missing() || matches!(e, PveError::Api { status: 400..=499, .. }) => {
-                return Ok(false);
+                return Ok(None);
             }
             Err(e) => return Err(e),
         };
-        Ok(data.as_array().is_some_and(|items| items.iter().any(|i| i["volid"].as_str() == Some(volid))))
+        Ok(data.as_array().into_iter().flatten().find(|i| i["volid"].as_str() == Some(volid)).map(|i| StoredFile {
+            size: i["size"].as_u64().unwrap_or_default(),
+            ctime: i["ctime"].as_i64().unwrap_or_default(),
+        }))
     }
 
     /// Active storages on this node that can hold container templates.
@@ -499,7 +508,26 @@ impl PveClient {
             .collect())
     }
 
-    /// The names of this node's network interfaces (bridges among them).
+    /// The node's own addresses: those of its interfaces (`GET /nodes/{node}/network`) and the
+    /// API's host when it is written as an address.
+    pub async fn node_addresses(&self) -> Result<Vec<IpAddr>, PveError> {
+        let path = self.node_path("/network");
+        let data = self.call(Method::GET, &path, &[]).await?;
+        let mut found: Vec<IpAddr> = data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|i| ["address", "address6", "cidr", "cidr6"].map(|k| i[k].as_str().map(str::to_owned)))
+            .flatten()
+            .filter_map(|a| a.split('/').next().and_then(|a| a.parse().ok()))
+            .collect();
+        let host = reqwest::Url::parse(&self.base).ok().and_then(|u| u.host_str().map(str::to_owned));
+        if let Some(ip) = host.and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok()) {
+            found.push(ip);
+        }
+        Ok(found)
+    }
+
     /// The node's interfaces a NIC may name, with their VLAN settings.
     pub async fn bridges(&self) -> Result<Vec<Bridge>, PveError> {
         let path = self.node_path("/network");
@@ -512,6 +540,14 @@ impl PveClient {
             .and_then(|s| s.parse::<Upid>().ok())
             .ok_or_else(|| self.shape(method, path, format!("expected a task UPID, got {data}")))
     }
+}
+
+/// A file on a storage, as its content listing shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredFile {
+    pub size: u64,
+    /// When it was last written (seconds since the epoch).
+    pub ctime: i64,
 }
 
 /// A container as `GET /nodes/{node}/lxc` lists it.
