@@ -146,8 +146,10 @@ impl CreateJob<'_> {
         let (_, source) =
             crate::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source, self.allow).await?;
         self.core.cp.clone_source = source;
-        // A clone cannot be given the job's own key: its deploy logs in with `ssh.key_file`.
-        if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && self.job.container.clone.is_none() {
+        // A clone cannot be given the job's own key at create: its deploy logs in with
+        // `ssh.key_file`, then swaps the job's key in for that shared one.
+        let keeps_shared_key = self.job.container.clone.as_ref().is_some_and(|c| c.keep_key);
+        if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && !keeps_shared_key {
             self.core.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing, &self.job.job_id)?);
         }
         if self.core.cp.vmid.is_none() {

@@ -27,6 +27,9 @@ pub const MAX_JOB_LOG_BYTES: usize = 16 * 1024 * 1024;
 /// Lines kept for an error message.
 const TAIL_LINES: usize = 20;
 
+/// The deploy item that marks a clone's shared key swapped for the job's own.
+const TEMPLATE_KEY_SWAPPED: &str = "template-key-swapped";
+
 /// A fresh ed25519 key for one job, sealed to the agent's own key (for this job only) as the
 /// checkpoint keeps it.
 pub(crate) fn new_job_key(sealing: &SecretKey, job: &JobId) -> Result<Sealed, StepError> {
@@ -100,10 +103,17 @@ impl CreateJob<'_> {
     /// Connects to the container (retrying while its sshd comes up) and keeps the session.
     pub(crate) async fn open_ssh(&mut self) -> StepResult {
         let ip = self.core.cp.ip.expect("connecting found the address");
-        let key = match (&self.core.cp.ssh_key, &self.ssh_config.clone_key) {
-            (Some(sealed), _) => load_key(self.sealing, &self.job.job_id, sealed)?,
-            // A clone: PVE could not give it the job's key (validating made sure there is this).
-            (None, Some(clone_key)) => clone_key.key.clone(),
+        let own =
+            self.core.cp.ssh_key.as_ref().map(|sealed| load_key(self.sealing, &self.job.job_id, sealed)).transpose()?;
+        let shared = self.ssh_config.clone_key.as_ref().map(|k| k.key.clone());
+        // A clone logs in first with the key its template trusts (PVE cannot give a clone the
+        // job's own), until the deploy has swapped the job's key in for it; whichever is
+        // refused, the other is tried (an agent may stop between the swap and its checkpoint).
+        let swapped = self.core.cp.deployed.iter().any(|d| d == TEMPLATE_KEY_SWAPPED);
+        let (key, other) = match (own, shared) {
+            (Some(own), Some(shared)) if self.job.container.clone.is_some() && !swapped => (shared, Some(own)),
+            (Some(own), shared) => (own, shared.filter(|_| self.job.container.clone.is_some())),
+            (None, Some(shared)) => (shared, None),
             (None, None) => {
                 return Err(StepError::failed(ErrorKind::Internal, "the job has no SSH key"));
             }
@@ -132,7 +142,13 @@ impl CreateJob<'_> {
         };
         // The agent's `ssh.retry_for` caps what a job's `timeouts.ssh` may ask.
         let deadline = self.timeouts().ssh.0.min(self.ssh_config.retry_for);
-        let session = match SshSession::connect_with_retry(&target, deadline).await {
+        let mut connected = SshSession::connect_with_retry(&target, deadline).await;
+        if let (Err(SshError::Auth { .. }), Some(other)) = (&connected, other) {
+            connected =
+                SshSession::connect_with_retry(&SshTarget { auth: SshAuth::Key(other), ..target.clone() }, deadline)
+                    .await;
+        }
+        let session = match connected {
             Ok(s) => s,
             // A spec with a root password may log in with it when the key is refused, but only
             // to a host whose key PVE announced or the spec lists: a neighbour on the bridge
@@ -194,6 +210,15 @@ impl CreateJob<'_> {
         let deploy = &self.job.deploy;
         if deploy.is_empty() {
             self.core.events.log(LogStream::Task, "nothing to deploy").await?;
+            if self.job.container.clone.is_some() && self.ssh_config.clone_key.is_some() {
+                self.core
+                    .events
+                    .warning(
+                        "a clone without a deploy is never logged into, so it keeps every key its template trusts \
+                         (ssh.key_file's too, if the template has it); give it a deploy to have that key swapped out",
+                    )
+                    .await?;
+            }
             return Ok(());
         }
         let total = usize::from(!deploy.packages.is_empty()) + deploy.files.len() + deploy.scripts.len();
@@ -203,6 +228,7 @@ impl CreateJob<'_> {
             let percent = 70 + (20 * (index - 1) / total.max(1)) as u8;
             (percent, format!("deploying {index}/{total}: {what}"))
         };
+        self.swap_template_key().await?;
         if !deploy.packages.is_empty() {
             let (percent, message) = progress(format!("packages {}", deploy.packages.join(" ")));
             self.item("packages".into(), percent, message, |job| Box::pin(job.install_packages())).await?;
@@ -219,17 +245,73 @@ impl CreateJob<'_> {
         self.remove_job_key().await
     }
 
+    /// On a clone reached with the key its template trusts (`ssh.key_file`, shared by every
+    /// clone of the node), puts the job's own key into the clone's authorized keys and takes
+    /// that shared key out, in one command; the job's key goes in turn at the deploy's end. So
+    /// no key that opens other containers stays in this one, unless `clone.keep_key` asks.
+    async fn swap_template_key(&mut self) -> StepResult {
+        let Some(clone) = &self.job.container.clone else { return Ok(()) };
+        if clone.keep_key || self.core.cp.deployed.iter().any(|d| d == TEMPLATE_KEY_SWAPPED) {
+            return Ok(());
+        }
+        let (Some(shared), Some(own)) = (&self.ssh_config.clone_key, self.job_public_key()) else {
+            return Ok(());
+        };
+        let shared_blob =
+            shared.key.public_key().to_openssh().map_err(|e| {
+                StepError::failed(ErrorKind::Internal, format!("reading ssh.key_file's public key: {e}"))
+            })?;
+        let shared_blob = shared_blob.split_whitespace().nth(1).unwrap_or_default().to_owned();
+        let file = self.authorized_keys_file();
+        let comment = format!(" pvefleet-job-{}$", self.job.job_id.short());
+        // Idempotent: a second run removes the shared key (gone already) and writes the job's
+        // key once. In place (`cat >`), so the file keeps its owner and mode.
+        let command = format!(
+            "f={file}; t=\"$f.pvefleet-$$\"; {{ grep -v -F -- {blob} \"$f\" | grep -v -- {comment}; echo {own}; }} > \"$t\" \
+             && cat \"$t\" > \"$f\"; s=$?; rm -f \"$t\"; exit $s",
+            file = shell_quote(&file),
+            blob = shell_quote(&shared_blob),
+            comment = shell_quote(&comment),
+            own = shell_quote(&own),
+        );
+        let ssh = self.session().await?;
+        let out = ssh.exec(&command).await?;
+        if !out.status.success() {
+            return Err(StepError::failed(
+                ErrorKind::Deploy,
+                format!(
+                    "swapping the node's clone key (ssh.key_file) for the job's own in {file} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            ));
+        }
+        self.core
+            .events
+            .log(LogStream::Task, format!("replaced the node's clone key with the job's own in {file}"))
+            .await?;
+        self.core.cp.deployed.push(TEMPLATE_KEY_SWAPPED.to_owned());
+        self.core.save().await?;
+        Ok(())
+    }
+
+    /// The container's authorized keys file (`ssh.authorized_keys`, `%a` its address).
+    fn authorized_keys_file(&self) -> String {
+        let ip = self.core.cp.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        self.ssh_config.authorized_keys.replace("%a", &ip)
+    }
+
     /// Takes the job's own public key out of the container's authorized keys (the keys the
     /// spec asked for stay): a copy of its private key, wherever it went, opens nothing.
     async fn remove_job_key(&mut self) -> StepResult {
         const DONE: &str = "job-key-removed";
-        // A clone never had the job's key: it logged in with `ssh.key_file`'s.
-        if self.core.cp.deployed.iter().any(|d| d == DONE) || self.core.cp.ssh_key.is_none() {
+        // A clone that keeps its template's key never had the job's.
+        let never_had = self.job.container.clone.as_ref().is_some_and(|c| c.keep_key);
+        if self.core.cp.deployed.iter().any(|d| d == DONE) || self.core.cp.ssh_key.is_none() || never_had {
             return Ok(());
         }
         let comment = format!(" pvefleet-job-{}", self.job.job_id.short());
-        let ip = self.core.cp.ip.map(|ip| ip.to_string()).unwrap_or_default();
-        let file = self.ssh_config.authorized_keys.replace("%a", &ip);
+        let file = self.authorized_keys_file();
         // In place (`cat >`), so the file keeps its owner and mode; only lines ending with the
         // job's comment go.
         let command = format!(

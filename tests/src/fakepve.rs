@@ -132,6 +132,34 @@ impl FakePve {
         Ok(format!("{}/files/{name}", self.control_url))
     }
 
+    /// Makes container `vmid` on `node` outside pvefleet, as an operator or a tenant would:
+    /// the bed's template, a 4 GB root disk, then `params`; waits for its create to end.
+    pub async fn make_container(&self, node: &str, vmid: u32, params: &[(&str, &str)]) -> anyhow::Result<()> {
+        let id = vmid.to_string();
+        let mut form = vec![("vmid", id.as_str()), ("ostemplate", OSTEMPLATE), ("rootfs", "local-lvm:4")];
+        form.extend_from_slice(params);
+        let upid = self.api(reqwest::Method::POST, &format!("/nodes/{node}/lxc"), &form).await?;
+        anyhow::ensure!(upid.as_str().is_some_and(|u| u.starts_with("UPID:")), "{upid}");
+        wait_until(&format!("container {vmid}'s create"), Duration::from_secs(60), || async {
+            let cfg = self.api_get(&format!("/nodes/{node}/lxc/{id}/config")).await.ok()?;
+            cfg.get("lock").is_none().then_some(())
+        })
+        .await
+    }
+
+    /// Makes a template called `name` as `vmid` on `node` (two DHCP NICs, the tag `golden`).
+    pub async fn make_template(&self, node: &str, vmid: u32, name: &str) -> anyhow::Result<()> {
+        let params = [
+            ("hostname", name),
+            ("net0", "name=eth0,bridge=vmbr0,ip=dhcp"),
+            ("net1", "name=eth1,bridge=vmbr0,ip=dhcp"),
+            ("tags", "golden"),
+        ];
+        self.make_container(node, vmid, &params).await?;
+        self.api(reqwest::Method::POST, &format!("/nodes/{node}/lxc/{vmid}/template"), &[]).await?;
+        Ok(())
+    }
+
     /// The volids of the container templates on `storage` of `node`.
     pub async fn templates(&self, node: &str, storage: &str) -> anyhow::Result<Vec<String>> {
         let items = self.api_get(&format!("/nodes/{node}/storage/{storage}/content?content=vztmpl")).await?;

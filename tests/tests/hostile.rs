@@ -292,25 +292,7 @@ async fn a_root_password_goes_only_to_a_vouched_host_and_only_in_its_own_job() -
 
 /// Makes a tenant's container on pve1 outside pvefleet: no marker, not a template.
 async fn strangers_container(bed: &Fleet, vmid: u32) -> anyhow::Result<()> {
-    let id = vmid.to_string();
-    bed.pve
-        .api(
-            reqwest::Method::POST,
-            "/nodes/pve1/lxc",
-            &[
-                ("vmid", id.as_str()),
-                ("hostname", "tenant-db"),
-                ("ostemplate", pvefleet_testbed::fakepve::OSTEMPLATE),
-                ("rootfs", "local-lvm:4"),
-                ("tags", "tenant"),
-            ],
-        )
-        .await?;
-    pvefleet_testbed::wait_until("the tenant's container", JOB_WITHIN, || async {
-        let cfg = bed.pve.api_get(&format!("/nodes/pve1/lxc/{id}/config")).await.ok()?;
-        cfg.get("lock").is_none().then_some(())
-    })
-    .await
+    bed.pve.make_container("pve1", vmid, &[("hostname", "tenant-db"), ("tags", "tenant")]).await
 }
 
 /// Hole 2: a job cloned any container on the node, a stranger's included (its whole disk,
@@ -523,6 +505,80 @@ async fn pve_is_never_sent_to_fetch_from_the_node_or_the_networks_behind_it() ->
         calls.iter().filter(|(m, p, _)| m == "POST" && p.contains("download-url") || p.contains("oci-registry-pull"));
     assert_eq!(fetches.count(), 0, "PVE was sent to fetch: {calls:?}");
     assert!(bed.pve.containers().await?.is_empty());
+    bed.dir.pass();
+    Ok(())
+}
+
+/// Hole 4: the node's clone key (`ssh.key_file`, the key every clone's template trusts so the
+/// deploy can log in) stayed in every clone, so every agent host kept root into every clone for
+/// ever. Now the deploy swaps the job's own key in for it and removes the job's key at its end:
+/// no key that opens other containers remains (unless `clone.keep_key` asks).
+#[tokio::test]
+async fn no_key_that_opens_other_containers_stays_in_a_clone() -> anyhow::Result<()> {
+    use pvefleet_schemas::lxc::{Ipv4Setting, Nic};
+    use pvefleet_schemas::source::{CloneFrom, CloneSpec};
+    use pvefleet_schemas::{DeploySpec, ScriptSpec};
+    let bed = Fleet::start("hostile-clone-key", &["pve1"]).await?;
+    let ips = [Ipv4Addr::new(127, 0, 0, 44), Ipv4Addr::new(127, 0, 0, 45)];
+    let sshds = [
+        pvefleet_testbed::Sshd::start(&bed.dir, ips[0], &bed.pve.keys_dir).await?,
+        pvefleet_testbed::Sshd::start(&bed.dir, ips[1], &bed.pve.keys_dir).await?,
+    ];
+    bed.pve.make_template("pve1", 9200, "tmpl-fleet").await?;
+    let key = bed.dir.path().join("fleet-clone-key");
+    pvefleet_testbed::sshd::keygen(&key, "fleet-clone-key")?;
+    let fleet_key = std::fs::read_to_string(key.with_extension("pub"))?;
+    let mut agent = bed.agent_with(AgentOptions {
+        ssh: Some((sshds[0].user.clone(), sshds[0].port)),
+        ssh_key_file: Some(key),
+        ..AgentOptions::node("pve1")
+    })?;
+    let clone_job = |hostname: &str, ip: Ipv4Addr, keep_key: bool| {
+        let mut job = create_job("pve1", hostname, ip);
+        job.container.ostemplate = None;
+        job.container.clone = Some(CloneSpec {
+            from: CloneFrom::Name("tmpl-fleet".into()),
+            full: true,
+            snapshot: None,
+            storage: None,
+            keep_key,
+        });
+        job.container.nics = vec![Nic::new("eth0", "vmbr0", Ipv4Setting::Static { addr: ip, prefix: 32 })];
+        job.deploy = DeploySpec {
+            scripts: vec![ScriptSpec {
+                name: "hello".into(),
+                body: "echo deployed".into(),
+                interpreter: "/bin/sh".into(),
+                timeout: None,
+            }],
+            ..DeploySpec::default()
+        };
+        job
+    };
+    // The template trusts the fleet's clone key, and so does each clone made of it.
+    let keys_of = |ip: Ipv4Addr| bed.pve.keys_dir.join(ip.to_string());
+    std::fs::write(keys_of(ips[0]), &fleet_key)?;
+    let job = clone_job("swapped", ips[0], false);
+    submit(&bed.js, &job).await?;
+    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    assert!(result_of(&events).success, "{events:#?}");
+    let left = std::fs::read_to_string(keys_of(ips[0]))?;
+    assert!(!left.contains("fleet-clone-key"), "the fleet's clone key stayed in the clone: {left}");
+    assert!(!left.contains("pvefleet-job-"), "the job's own key stayed in the clone: {left}");
+
+    // Asked to keep it, the clone keeps it (and never gets the job's key).
+    agent.kill();
+    let mut agent =
+        bed.agent_with(AgentOptions { ssh: Some((sshds[1].user.clone(), sshds[1].port)), ..agent.opts.clone() })?;
+    std::fs::write(keys_of(ips[1]), &fleet_key)?;
+    let kept = clone_job("kept", ips[1], true);
+    submit(&bed.js, &kept).await?;
+    let events = events_until_terminal(&bed.js, kept.job_id, JOB_WITHIN).await?;
+    assert!(result_of(&events).success, "{events:#?}");
+    let left = std::fs::read_to_string(keys_of(ips[1]))?;
+    assert!(left.contains("fleet-clone-key") && !left.contains("pvefleet-job-"), "{left}");
+    agent.kill();
     bed.dir.pass();
     Ok(())
 }

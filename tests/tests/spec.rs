@@ -407,31 +407,7 @@ async fn an_appliance_and_an_oci_image_are_fetched_and_an_unknown_one_refused() 
 
 /// Makes container `vmid` called `name` on pve1 from the bed's template, then a template of it.
 async fn make_template(bed: &Fleet, vmid: u32, name: &str) -> anyhow::Result<()> {
-    let vmid = vmid.to_string();
-    let upid = bed
-        .pve
-        .api(
-            reqwest::Method::POST,
-            "/nodes/pve1/lxc",
-            &[
-                ("vmid", vmid.as_str()),
-                ("hostname", name),
-                ("ostemplate", pvefleet_testbed::fakepve::OSTEMPLATE),
-                ("rootfs", "local-lvm:4"),
-                ("net0", "name=eth0,bridge=vmbr0,ip=dhcp"),
-                ("net1", "name=eth1,bridge=vmbr0,ip=dhcp"),
-                ("tags", "golden"),
-            ],
-        )
-        .await?;
-    anyhow::ensure!(upid.as_str().is_some_and(|u| u.starts_with("UPID:")), "{upid}");
-    pvefleet_testbed::wait_until("the template's create", JOB_WITHIN, || async {
-        let cfg = bed.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config")).await.ok()?;
-        cfg.get("lock").is_none().then_some(())
-    })
-    .await?;
-    bed.pve.api(reqwest::Method::POST, &format!("/nodes/pve1/lxc/{vmid}/template"), &[]).await?;
-    Ok(())
+    bed.pve.make_template("pve1", vmid, name).await
 }
 
 #[tokio::test]
