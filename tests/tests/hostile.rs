@@ -582,3 +582,52 @@ async fn no_key_that_opens_other_containers_stays_in_a_clone() -> anyhow::Result
     bed.dir.pass();
     Ok(())
 }
+
+/// Hole 11: what a container printed reached the operator's terminal raw through `watch` and
+/// `submit --watch`, so its escape sequences could retitle the window, clear or rewrite what
+/// the operator reads. Now control characters are shown written out.
+#[tokio::test]
+async fn container_output_cannot_drive_the_operators_terminal() -> anyhow::Result<()> {
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    let bed = Fleet::start("hostile-escapes", &["pve1"]).await?;
+    let ip = Ipv4Addr::new(127, 0, 0, 46);
+    let sshd = pvefleet_testbed::Sshd::start(&bed.dir, ip, &bed.pve.keys_dir).await?;
+    let _agent =
+        bed.agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    cli.must(&["setup"]).await?;
+    let spec = bed.dir.path().join("loud.toml");
+    std::fs::write(
+        &spec,
+        "[[deploy.scripts]]\nname = \"loud\"\nbody = '''printf '\\033]0;pwned\\007\\033[2J\\rfake prompt $ \\n'; echo done'''\n",
+    )?;
+    let run = cli
+        .run(&[
+            "submit",
+            "--spec",
+            &spec.display().to_string(),
+            "--node",
+            "pve1",
+            "--hostname",
+            "loud",
+            "--ostemplate",
+            pvefleet_testbed::fakepve::OSTEMPLATE,
+            "--ip",
+            &format!("{ip}/32"),
+            "--watch",
+        ])
+        .await?;
+    assert!(run.ok(), "{run:?}");
+    let job = run.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    let watch = cli.must(&["watch", &job]).await?;
+    for out in [&run.stdout, &watch.stdout] {
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\r') && !out.contains('\u{7}'),
+            "raw control characters: {out:?}"
+        );
+        assert!(out.contains("\\x1b]0;pwned\\x07\\x1b[2J\\x0dfake prompt"), "{out}");
+    }
+    bed.dir.pass();
+    Ok(())
+}

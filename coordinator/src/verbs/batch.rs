@@ -250,7 +250,11 @@ async fn watch_all(
                 }
                 if let Some(bar) = &bar {
                     bar.set_position(u64::from(event.percent));
-                    bar.set_message(format!("{} {}", event.step.map(|s| s.as_str()).unwrap_or("-"), event.message));
+                    bar.set_message(format!(
+                        "{} {}",
+                        event.step.map(|s| s.as_str()).unwrap_or("-"),
+                        super::watch::printable(&event.message)
+                    ));
                 }
                 if event.is_terminal() {
                     let ok = event.kind == EventType::Complete;
@@ -259,7 +263,7 @@ async fn watch_all(
                         // Without a terminal (a log, a CI job) each job says how it ended as it ends.
                         None if !json => {
                             let how = if ok { "succeeded" } else { "failed" };
-                            println!("{label} ({id}): {how}: {}", event.message);
+                            println!("{label} ({id}): {how}: {}", super::watch::printable(&event.message));
                         }
                         None => {}
                     }
@@ -278,7 +282,7 @@ async fn watch_all(
     if !json {
         println!("{} of {} jobs succeeded, {} failed", ends.len() - failed.len(), ends.len(), failed.len());
         for (_, id, label, _, message) in &failed {
-            println!("  {label} ({id}): {message}");
+            println!("  {label} ({id}): {}", super::watch::printable(message));
         }
     }
     if failed.is_empty() { Ok(()) } else { Err(Failure::Quiet) }

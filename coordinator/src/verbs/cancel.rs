@@ -56,7 +56,7 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     if !reply.ok {
         return Err(anyhow::anyhow!("{}", reply.message).into());
     }
-    println!("{}", reply.message);
+    println!("{}", super::watch::printable(&reply.message));
     let mut feed = EventFeed::open(&client, &js, &id, Some(node.clone())).await?;
     let ended = tokio::time::timeout(WIND_DOWN, async {
         while let Some(e) = feed.next().await? {

@@ -69,10 +69,36 @@ fn show_on_bar(bar: &ProgressBar, e: &Event) {
         // Log lines go above the bar, so the whole output stays readable.
         EventType::Log | EventType::Warning => {
             bar.println(line(e));
-            bar.set_message(e.message.clone());
+            bar.set_message(printable(&e.message));
         }
-        _ => bar.set_message(e.message.clone()),
+        _ => bar.set_message(printable(&e.message)),
     }
+}
+
+/// `text` safe to print on an operator's terminal: control characters (escape sequences that
+/// could move the cursor, retitle the window, rewrite what is shown or answer back) and
+/// Unicode's bidirectional overrides are written out as `\x1b`, `\u{202e}`; newlines and tabs
+/// stay. What a container prints is the container's to say, not to do.
+pub fn printable(text: &str) -> String {
+    let risky = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t') || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(risky) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if risky(c) {
+            if (c as u32) < 0x100 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// One event as a line of text.
@@ -84,11 +110,26 @@ pub fn line(e: &Event) -> String {
         }
         (kind, _) => serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
     };
-    let mut text = format!("{:>4} {:>3}% {step:<12} {what:<8} {}", e.seq, e.percent, e.message);
+    let mut text = format!("{:>4} {:>3}% {step:<12} {what:<8} {}", e.seq, e.percent, printable(&e.message));
     if let Some(r) = &e.result
         && let Some(vmid) = r.vmid
     {
         text.push_str(&format!("  [vmid {vmid}{}]", r.ip.map(|ip| format!(", ip {ip}")).unwrap_or_default()));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn what_a_container_prints_cannot_drive_the_terminal() {
+        assert_eq!(printable("plain text\twith a tab"), "plain text\twith a tab");
+        assert_eq!(printable("\x1b]0;pwned\x07\x1b[2J"), "\\x1b]0;pwned\\x07\\x1b[2J");
+        assert_eq!(printable("over\rwritten"), "over\\x0dwritten");
+        assert_eq!(printable("\u{9b}31m"), "\\x9b31m", "a C1 CSI");
+        assert_eq!(printable("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(printable("two\nlines"), "two\nlines");
+    }
 }
