@@ -120,8 +120,19 @@ impl CreateJob<'_> {
         self.job.options.timeouts
     }
 
-    /// Opens the root password sealed to this agent (every delivery: it is never stored).
+    /// Opens the root password sealed to this agent (every delivery: it is never stored), and
+    /// checks every sealed file opens here too, before anything is made.
     fn open_password(&mut self) -> StepResult {
+        for (i, file) in self.job.deploy.files.iter().enumerate() {
+            if let Some(sealed) = &file.sealed {
+                self.sealing.open_for_job(&self.job.job_id, sealed).map_err(|e| {
+                    StepError::failed(
+                        ErrorKind::Validation,
+                        format!("deploy.files[{i}].sealed: {e}; it cannot be opened here"),
+                    )
+                })?;
+            }
+        }
         if let Some(sealed) = &self.job.container.root_password {
             let pw = self.sealing.open_for_job(&self.job.job_id, sealed).map_err(|e| {
                 StepError::failed(

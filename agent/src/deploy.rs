@@ -409,15 +409,22 @@ impl CreateJob<'_> {
     async fn write_file(&mut self, i: usize) -> StepResult {
         let ssh = self.session().await?;
         let file = &self.job.deploy.files[i];
-        let source = match (&file.content, &file.source) {
-            (Some(text), _) => UploadSource::Bytes(text.clone().into_bytes().into()),
-            (None, Some(source)) => {
+        let source = match (&file.content, &file.source, &file.sealed) {
+            (Some(text), _, _) => UploadSource::Bytes(text.clone().into_bytes().into()),
+            (None, Some(source), _) => {
                 // Checked at validating; checked again, as the file system may have changed.
                 let path = resolve_source(self.files_dir, source)
                     .map_err(|why| StepError::failed(ErrorKind::Deploy, format!("deploy.files[{i}].source: {why}")))?;
                 UploadSource::File(path)
             }
-            (None, None) => unreachable!("validation demands content or source"),
+            (None, None, Some(sealed)) => {
+                let secret = self
+                    .sealing
+                    .open_for_job(&self.job.job_id, sealed)
+                    .map_err(|e| StepError::failed(ErrorKind::Validation, format!("deploy.files[{i}].sealed: {e}")))?;
+                UploadSource::Bytes(secret.expose().as_bytes().to_vec().into())
+            }
+            (None, None, None) => unreachable!("validation demands content, source or sealed"),
         };
         let bytes = ssh.upload(&source, &file.path, file.mode.bits(), file.owner.as_deref()).await?;
         self.core

@@ -204,6 +204,10 @@ pub struct SubmitArgs {
     /// A TOML spec file ([container], [deploy], [options]).
     #[arg(long)]
     pub spec: Option<PathBuf>,
+    /// Where the spec's `deploy.files[].source` files live (by default the spec file's own
+    /// directory); a source outside it, or a dot-file, is refused.
+    #[arg(long, requires = "spec")]
+    pub files_dir: Option<PathBuf>,
     /// Start from this template; the spec file and flags override it.
     #[arg(long)]
     pub template: Option<String>,

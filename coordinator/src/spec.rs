@@ -13,7 +13,8 @@
 //! packages = ["nginx"]
 //! [[deploy.files]]
 //! path = "/etc/nginx/conf.d/site.conf"
-//! source = "site.conf"          # read now, relative to the TOML file
+//! source = "site.conf"          # read now, inside the TOML file's directory (or --files-dir)
+//! # secret = true               # sealed to the node's agent; the store keeps its size and SHA-256
 //! [[deploy.scripts]]
 //! name = "enable"
 //! body = "systemctl enable --now nginx"
@@ -71,9 +72,10 @@ pub struct SpecFile {
 }
 
 impl SpecFile {
-    /// Reads a TOML spec; file `source`s are read now (relative to the file), so what is
-    /// stored or published carries the bytes, not a path on this machine.
-    pub fn read(path: &Path) -> Result<Self, BadInput> {
+    /// Reads a TOML spec; file `source`s are read now (relative to the file, or to
+    /// `files_dir` when given), so what is stored or published carries the bytes, not a path
+    /// on this machine.
+    pub fn read(path: &Path, files_dir: Option<&Path>) -> Result<Self, BadInput> {
         let text =
             std::fs::read_to_string(path).map_err(|e| BadInput(format!("cannot read {}: {e}", path.display())))?;
         let mut spec: SpecFile = toml::from_str(&text).map_err(|e| {
@@ -81,7 +83,8 @@ impl SpecFile {
                 e.span().map(|s| text[..s.start].lines().count()).map(|l| format!(" (line {l})")).unwrap_or_default();
             BadInput(format!("{}{key}: {}", path.display(), e.message()))
         })?;
-        spec.inline_sources(path.parent().unwrap_or(Path::new(".")))?;
+        let own_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        spec.inline_sources(files_dir.unwrap_or(own_dir))?;
         if spec.container.contains_key("root_password") {
             return Err(BadInput::field(
                 "container.root_password",
@@ -94,16 +97,12 @@ impl SpecFile {
     fn inline_sources(&mut self, base: &Path) -> Result<(), BadInput> {
         for (i, file) in self.deploy.files.iter_mut().enumerate() {
             if let Some(source) = file.source.take() {
-                let path = if Path::new(&source).is_absolute() { PathBuf::from(&source) } else { base.join(&source) };
-                let bytes = std::fs::read(&path).map_err(|e| {
-                    BadInput::field(&format!("deploy.files[{i}].source"), format!("{}: {e}", path.display()))
-                })?;
-                let text = String::from_utf8(bytes).map_err(|_| {
-                    BadInput::field(
-                        &format!("deploy.files[{i}].source"),
-                        format!("{} is not UTF-8 text", path.display()),
-                    )
-                })?;
+                let field = format!("deploy.files[{i}].source");
+                let path = source_in(base, &source).map_err(|why| BadInput::field(&field, why))?;
+                let bytes =
+                    std::fs::read(&path).map_err(|e| BadInput::field(&field, format!("{}: {e}", path.display())))?;
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| BadInput::field(&field, format!("{} is not UTF-8 text", path.display())))?;
                 if file.content.is_some() {
                     return Err(BadInput::field(
                         &format!("deploy.files[{i}]"),
@@ -137,6 +136,37 @@ impl SpecFile {
         spec.validate().map_err(|e| prefix(e, "container"))?;
         Ok(())
     }
+}
+
+/// The file `source` names for a spec whose files live in `base` (the spec's own directory, or
+/// `--files-dir`): a path inside it, never `..`, never a dot-file or anything under a dot-
+/// directory (`.ssh`, `.env`, `.git`), and a symlink only if it ends inside it too. Whoever
+/// wrote the spec (a teammate, a repository, a template from elsewhere) must not be able to
+/// ship the operator's `~/.ssh/id_ed25519` or `coordinator.env` into a container.
+pub fn source_in(base: &Path, source: &str) -> Result<PathBuf, String> {
+    let given = Path::new(source);
+    if given.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("`{source}` contains `..`; a source is a file beside the spec (or in --files-dir)"));
+    }
+    let root = base.canonicalize().map_err(|e| format!("{} cannot be read ({e})", base.display()))?;
+    let path = if given.is_absolute() { given.to_path_buf() } else { root.join(given) };
+    let real = path.canonicalize().map_err(|e| format!("`{source}`: {} ({e})", path.display()))?;
+    let inside = real.strip_prefix(&root).map_err(|_| {
+        format!(
+            "`{source}` is outside {}, where this spec's files live (--files-dir names another place)",
+            root.display()
+        )
+    })?;
+    let named = path.strip_prefix(&root).unwrap_or(&path).to_path_buf();
+    for part in [inside, named.as_path()] {
+        if part.components().any(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
+            return Err(format!("`{source}` is a dot-file or lies in a dot-directory; those are never sent"));
+        }
+    }
+    if !real.is_file() {
+        return Err(format!("`{source}` is not a regular file"));
+    }
+    Ok(real)
 }
 
 fn prefix(e: ValidationErrors, parent: &str) -> BadInput {
@@ -447,13 +477,7 @@ mod tests {
     use pvefleet_schemas::{FileSpec, ScriptSpec};
 
     fn file(path: &str, content: &str) -> FileSpec {
-        FileSpec {
-            path: path.into(),
-            content: Some(content.into()),
-            source: None,
-            mode: "0644".parse().unwrap(),
-            owner: None,
-        }
+        FileSpec::new(path, content)
     }
 
     fn script(name: &str, body: &str) -> ScriptSpec {

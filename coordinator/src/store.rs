@@ -383,12 +383,12 @@ impl Store {
         Ok(job::Entity::find_by_id(id.to_string()).one(&self.db).await?)
     }
 
-    /// Records a job about to be published; its spec is stored without the root password.
+    /// Records a job about to be published; its spec is stored without the root password and
+    /// without any secret file's bytes (`Job::public`).
     /// With a request id, the row is the reservation: a second submit of the same request
     /// finds it (the unique index decides between concurrent ones) and publishes nothing.
     pub async fn insert_job(&self, job: &Job, request_id: Option<&str>) -> anyhow::Result<Result<(), job::Model>> {
-        let mut public = job.clone();
-        public.container.root_password = None;
+        let public = job.public();
         let model = job::ActiveModel {
             job_id: Set(job.job_id.to_string()),
             node: Set(job.node.to_string()),

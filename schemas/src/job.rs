@@ -60,6 +60,20 @@ impl Job {
         serde_json::to_vec(self).expect("a job always serializes")
     }
 
+    /// The job as the store keeps it and pages show it: without the root password and without
+    /// any secret file's bytes (which keep their path, size and SHA-256).
+    pub fn public(&self) -> Self {
+        let mut public = self.clone();
+        public.container.root_password = None;
+        for file in &mut public.deploy.files {
+            if file.secret {
+                file.sealed = None;
+                file.content = None;
+            }
+        }
+        public
+    }
+
     /// Every field at fault, under its path in the message (`container.memory`).
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut p = Problems::default();

@@ -44,8 +44,8 @@ pub use job::{DestroyJob, DestroyOptions, DestroyTarget, Job, JobMessageKind};
 pub use message::{DecodeError, Timestamp, V1, VERSION};
 pub use redact::{redact_url, redact_urls};
 pub use spec::{
-    ContainerSpec, DeploySpec, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions, RollbackPolicy, ScriptSpec,
-    Secret, Timeouts,
+    ContainerSpec, DeploySpec, FileDigest, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions, RollbackPolicy,
+    ScriptSpec, Secret, Timeouts,
 };
 pub use state::{Capacity, Checkpoint, Heartbeat, Lease, StorageCapacity, VmidReservation};
 pub use validate::{FieldError, ValidationErrors};

@@ -767,9 +767,51 @@ pub struct FileSpec {
     /// `user` or `user:group`; root's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The file holds a secret (a key, a token, an env file): `pvefleet submit` seals its bytes
+    /// to the node's agent for this job only, like the root password, and no store, log or page
+    /// keeps them: they show its path, size and SHA-256.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    /// A secret file's bytes on the wire, sealed to the job's node's agent for this job (see
+    /// [`crate::seal`]). Exactly one of `content`, `source` and `sealed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::seal::Sealed>,
+    /// What is shown of a secret file instead of its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<FileDigest>,
+}
+
+/// A file's size and SHA-256 (hex): what the store and the pages show of a secret file.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl FileDigest {
+    pub fn of(bytes: &[u8]) -> Self {
+        use sha2::Digest as _;
+        let sha256 = sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+        Self { size: bytes.len() as u64, sha256 }
+    }
 }
 
 impl FileSpec {
+    /// A file of `content` at `path`, mode 0644, root's.
+    pub fn new(path: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            content: Some(content.into()),
+            source: None,
+            mode: defaults::mode(),
+            owner: None,
+            secret: false,
+            sealed: None,
+            digest: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut p = Problems::default();
         p.bytes("path", &self.path, limits::TEXT_BYTES);
@@ -787,9 +829,11 @@ impl FileSpec {
         p.check("path", path_ok, || {
             format!("`{}` is not an absolute file path (starts with `/`, no `..`, not a directory)", self.path)
         });
-        p.check("content", self.content.is_some() != self.source.is_some(), || {
-            "give exactly one of `content` and `source`".into()
+        let given = [self.content.is_some(), self.source.is_some(), self.sealed.is_some()];
+        p.check("content", given.iter().filter(|g| **g).count() == 1, || {
+            "give exactly one of `content` and `source` (`sealed` carries a secret file's bytes)".into()
         });
+        p.check("sealed", self.sealed.is_none() || self.secret, || "only a `secret` file is sealed".into());
         if let Some(owner) = &self.owner {
             let ok = !owner.is_empty()
                 && owner.split(':').count() <= 2
@@ -1072,6 +1116,9 @@ mod tests {
                     source: Some("/tmp/x".into()),
                     mode: FileMode(0o644),
                     owner: Some("a:b:c".into()),
+                    secret: false,
+                    sealed: None,
+                    digest: None,
                 },
                 FileSpec {
                     path: "etc/motd".into(),
@@ -1079,6 +1126,9 @@ mod tests {
                     source: None,
                     mode: FileMode(0o644),
                     owner: None,
+                    secret: false,
+                    sealed: None,
+                    digest: None,
                 },
             ],
             scripts: vec![

@@ -83,6 +83,9 @@ async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::
                 source: None,
                 mode: "0640".parse()?,
                 owner: Some(bed.sshd.user.clone()),
+                secret: false,
+                sealed: None,
+                digest: None,
             },
             FileSpec {
                 path: format!("{}/usr/local/bin/tool", root.display()),
@@ -90,6 +93,9 @@ async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::
                 source: Some(local.display().to_string()),
                 mode: "0755".parse()?,
                 owner: None,
+                secret: false,
+                sealed: None,
+                digest: None,
             },
         ],
         scripts: vec![
@@ -348,6 +354,9 @@ async fn a_source_outside_the_agents_files_dir_is_refused_before_anything_is_mad
             source: Some(source.clone()),
             mode: "0644".parse()?,
             owner: None,
+            secret: false,
+            sealed: None,
+            digest: None,
         }];
         submit(&bed.js, &job).await?;
         let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;

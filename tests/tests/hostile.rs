@@ -631,3 +631,108 @@ async fn container_output_cannot_drive_the_operators_terminal() -> anyhow::Resul
     bed.dir.pass();
     Ok(())
 }
+
+/// Hole 8: `submit --spec` read a `source` from anywhere on the operator's machine, so a spec
+/// written by someone else could ship `~/.ssh/id_ed25519` or `coordinator.env` into a
+/// container (and into the store and the job page); and every file's bytes were kept and shown
+/// in clear. Now a source lies inside the spec's own directory (or `--files-dir`), never a
+/// dot-file; and a `secret = true` file is sealed to the node's agent for its job, the store
+/// keeping only its path, size and SHA-256.
+#[tokio::test]
+async fn a_spec_reads_only_its_own_files_and_secret_files_are_sealed() -> anyhow::Result<()> {
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    let bed = Fleet::start("hostile-sources", &["pve1"]).await?;
+    let ip = Ipv4Addr::new(127, 0, 0, 47);
+    let sshd = pvefleet_testbed::Sshd::start(&bed.dir, ip, &bed.pve.keys_dir).await?;
+    let agent =
+        bed.agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    cli.must(&["setup"]).await?;
+    // The operator's own secrets, next to (not inside) the directory of a spec someone sent.
+    let home = bed.dir.sub("operator-home");
+    std::fs::create_dir_all(home.join(".ssh"))?;
+    std::fs::write(home.join(".ssh/id_ed25519"), "PRIVATE KEY OF THE OPERATOR")?;
+    std::fs::write(home.join("coordinator.env"), "PVEFLEET_NATS_URL=nats://coordinator:hunter2@nats")?;
+    let specs = home.join("specs");
+    std::fs::create_dir_all(&specs)?;
+    std::fs::write(specs.join(".env"), "TOKEN=dot-file")?;
+    std::os::unix::fs::symlink(home.join("coordinator.env"), specs.join("innocent.conf"))?;
+    let submit = |spec: &std::path::Path, extra: &[&str]| {
+        let spec = spec.display().to_string();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let cli = cli.clone();
+        async move {
+            let mut args = vec![
+                "submit".to_owned(),
+                "--spec".into(),
+                spec,
+                "--node".into(),
+                "pve1".into(),
+                "--hostname".into(),
+                "files".into(),
+                "--ostemplate".into(),
+                pvefleet_testbed::fakepve::OSTEMPLATE.into(),
+                "--ip".into(),
+                format!("{ip}/32"),
+            ];
+            args.extend(extra);
+            cli.run(&args.iter().map(String::as_str).collect::<Vec<_>>()).await
+        }
+    };
+    let target = bed.dir.sub("container-root");
+    for source in [
+        home.join(".ssh/id_ed25519").display().to_string(),
+        "../coordinator.env".to_owned(),
+        ".env".to_owned(),
+        "innocent.conf".to_owned(),
+    ] {
+        let spec = specs.join("thief.toml");
+        std::fs::write(
+            &spec,
+            format!("[[deploy.files]]\npath = {:?}\nsource = {source:?}\n", target.join("loot").display().to_string()),
+        )?;
+        let run = submit(&spec, &[]).await?;
+        assert_eq!(run.code, Some(2), "{source}: {run:?}");
+        assert!(run.stderr.contains("deploy.files[0].source"), "{source}: {}", run.stderr);
+    }
+    assert!(!target.join("loot").exists());
+
+    // A secret file: sealed to the trusted agent, written exactly, kept nowhere in clear.
+    cli.trust(&agent).await?;
+    let secret = format!("API_TOKEN=tok-{}-secret\n", std::process::id());
+    std::fs::write(specs.join("app.env"), &secret)?;
+    let spec = specs.join("app.toml");
+    std::fs::write(
+        &spec,
+        format!(
+            "[[deploy.files]]\npath = {:?}\nsource = \"app.env\"\nsecret = true\nmode = \"0600\"\n",
+            target.join("app.env").display().to_string()
+        ),
+    )?;
+    let run = submit(&spec, &["--watch"]).await?;
+    assert!(run.ok(), "{run:?}");
+    assert_eq!(std::fs::read_to_string(target.join("app.env"))?, secret);
+    let job = run.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    let shown: serde_json::Value = serde_json::from_str(&cli.must(&["job", &job, "--json"]).await?.stdout)?;
+    let file = &shown["spec"]["deploy"]["files"][0];
+    assert_eq!(file["secret"], true, "{file}");
+    assert!(file.get("content").is_none() && file.get("sealed").is_none(), "{file}");
+    assert_eq!(file["digest"]["size"], secret.len());
+    assert_eq!(file["digest"]["sha256"], pvefleet_schemas::FileDigest::of(secret.as_bytes()).sha256);
+    let db_bytes = std::fs::read(bed.dir.path().join("pvefleet.db"))?;
+    assert!(!db_bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in the store");
+    // Elsewhere, named with --files-dir: read from there.
+    let elsewhere = bed.dir.sub("shared-files");
+    std::fs::write(elsewhere.join("motd"), "hello from files-dir\n")?;
+    let spec = specs.join("motd.toml");
+    std::fs::write(
+        &spec,
+        format!("[[deploy.files]]\npath = {:?}\nsource = \"motd\"\n", target.join("motd").display().to_string()),
+    )?;
+    let run = submit(&spec, &["--files-dir", &elsewhere.display().to_string(), "--watch"]).await?;
+    assert!(run.ok(), "{run:?}");
+    assert_eq!(std::fs::read_to_string(target.join("motd"))?, "hello from files-dir\n");
+    bed.dir.pass();
+    Ok(())
+}

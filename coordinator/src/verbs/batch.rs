@@ -10,7 +10,7 @@ use async_nats::jetstream;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pvefleet_schemas::{EventType, JobId, NodeName};
 
-use super::submit::{Parts, Placed, password, place_job, publish, seal_for, take_share};
+use super::submit::{Parts, Placed, password, place_job, publish, refill_secrets, seal_secrets, take_share};
 use crate::cli::{Cli, SubmitArgs};
 use crate::spec::{BadInput, container_from};
 use crate::store::Store;
@@ -49,21 +49,15 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
             if existing.stream_seq.is_none() && existing.state == "queued" {
                 let mut again = pvefleet_schemas::Job::decode(existing.spec.as_bytes())
                     .map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
-                if let Some(pw) = &clear_password {
-                    again.container.root_password =
-                        Some(seal_for(store, &js, &again.node, &again.job_id, pw.expose().as_bytes()).await?);
-                }
+                refill_secrets(&mut again, &parts.deploy)?;
+                seal_secrets(store, &js, &mut again, clear_password.as_ref()).await?;
                 store.set_stream_seq(&again.job_id, publish(&js, &again).await?).await?;
             }
             ids.push((existing.job_id.clone(), existing.spec.clone()));
             continue;
         }
-        if let Some(pw) = &clear_password {
-            job.container.root_password =
-                Some(seal_for(store, &js, &job.node, &job.job_id, pw.expose().as_bytes()).await?);
-        }
-        let mut public = job.clone();
-        public.container.root_password = None;
+        seal_secrets(store, &js, &mut job, clear_password.as_ref()).await?;
+        let public = job.public();
         let public = serde_json::to_string(&public).expect("a job serializes");
         if let Err(existing) = store.insert_job(&job, request.as_deref()).await? {
             ids.push((existing.job_id.clone(), existing.spec.clone()));

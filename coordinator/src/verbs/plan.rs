@@ -36,6 +36,12 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     let mut all_ok = true;
     for (i, mut job) in jobs.into_iter().enumerate() {
         place_job(&mut job, parts.node == "auto", &beats, &mut placed, (i + 1, count))?;
+        // A plan changes nothing and needs no secret: a secret file's bytes never leave here.
+        for file in &mut job.deploy.files {
+            if file.secret {
+                file.content = Some(String::new());
+            }
+        }
         let subject = pvefleet_schemas::names::plan_subject(&job.node);
         let payload = serde_json::to_vec(&PlanRequest::new(job.clone())).expect("a plan request serializes");
         let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));

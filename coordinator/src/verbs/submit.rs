@@ -50,10 +50,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     if node_arg == "auto" {
         job.node = place(&js, &job).await?;
     }
-    if let Some(pw) = &clear_password {
-        job.container.root_password =
-            Some(seal_for(&store, &js, &job.node, &job.job_id, pw.expose().as_bytes()).await?);
-    }
+    seal_secrets(&store, &js, &mut job, clear_password.as_ref()).await?;
     if let Err(existing) = store.insert_job(&job, args.request_id.as_deref()).await? {
         // A concurrent submit of the same request won the reservation.
         return finish_existing(cli, args, &existing).await;
@@ -61,9 +58,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     let subject = job_subject(&job.node, JobKind::Create);
     let seq = publish_recorded(&js, &store, subject, job.job_id, job.encode(), args.request_id.as_deref()).await?;
     store.set_stream_seq(&job.job_id, seq).await?;
-    let mut public = job.clone();
-    public.container.root_password = None;
-    finish(cli, args, job.job_id, &serde_json::to_string(&public).expect("a job serializes")).await
+    finish(cli, args, job.job_id, &serde_json::to_string(&job.public()).expect("a job serializes")).await
 }
 
 /// What a submit's template, spec file and flags say, before the container is read.
@@ -103,7 +98,7 @@ pub(crate) async fn gather(args: &SubmitArgs, store: &crate::store::Store) -> Re
     let mut options = None;
     let mut node = None;
     let mut template_name = args.template.clone();
-    let spec_file = args.spec.as_deref().map(SpecFile::read).transpose()?;
+    let spec_file = args.spec.as_deref().map(|s| SpecFile::read(s, args.files_dir.as_deref())).transpose()?;
     if template_name.is_none() {
         template_name = spec_file.as_ref().and_then(|s| s.template.clone());
     }
@@ -230,9 +225,10 @@ async fn republish(
     let mut job =
         Job::decode(existing.spec.as_bytes()).map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
     let js = jetstream::new(crate::bus::connect(cli).await?);
-    if let Some(pw) = password(args)? {
-        job.container.root_password = Some(seal_for(store, &js, &job.node, &job.job_id, pw.expose().as_bytes()).await?);
+    if job.deploy.files.iter().any(|f| f.secret) {
+        refill_secrets(&mut job, &gather(args, store).await?.deploy)?;
     }
+    seal_secrets(store, &js, &mut job, password(args)?.as_ref()).await?;
     let seq = publish(&js, &job).await?;
     store.set_stream_seq(&job.job_id, seq).await?;
     finish_existing(cli, args, existing).await
@@ -302,17 +298,15 @@ fn flags(a: &SubmitArgs) -> toml::Table {
     t
 }
 
-/// Seals `secret` to the agent of `node`, bound to job `job`: to the key pinned for it (after an
-/// operator checked it on the node: `pvefleet nodes trust`). The registry's key is never
+/// The sealing key of `node`'s agent that secrets may be sealed to: the one pinned for it (after
+/// an operator checked it on the node: `pvefleet nodes trust`). The registry's key is never
 /// trusted on sight, since the node's agent user writes it; a key that differs from the pinned
 /// one is refused, naming both.
-pub(crate) async fn seal_for(
+pub(crate) async fn trusted_key(
     store: &crate::store::Store,
     js: &jetstream::Context,
     node: &NodeName,
-    job: &JobId,
-    secret: &[u8],
-) -> Result<pvefleet_schemas::seal::Sealed, Failure> {
+) -> Result<PublicKey, Failure> {
     let live = crate::bus::heartbeats(js).await?.into_iter().find(|b| &b.node == node).and_then(|b| b.sealing_key);
     let live: Option<PublicKey> = live
         .map(|k| k.parse())
@@ -344,7 +338,66 @@ pub(crate) async fn seal_for(
             .into());
         }
     };
-    Ok(key.seal_for_job(job, secret))
+    Ok(key)
+}
+
+/// Seals what a job carries for its agent alone, each for this job only, to the key trusted for
+/// its node: the root password, and every secret file's bytes (which keep their size and
+/// SHA-256 for the store and the pages to show). Nothing secret is left in clear in the job.
+pub(crate) async fn seal_secrets(
+    store: &crate::store::Store,
+    js: &jetstream::Context,
+    job: &mut Job,
+    password: Option<&Secret>,
+) -> Result<(), Failure> {
+    let files = job.deploy.files.iter().any(|f| f.secret && f.content.is_some());
+    if password.is_none() && !files {
+        return Ok(());
+    }
+    let key = trusted_key(store, js, &job.node).await?;
+    if let Some(pw) = password {
+        job.container.root_password = Some(key.seal_for_job(&job.job_id, pw.expose().as_bytes()));
+    }
+    for file in &mut job.deploy.files {
+        if file.secret
+            && let Some(content) = file.content.take()
+        {
+            let content = Secret::new(content);
+            file.digest = Some(pvefleet_schemas::FileDigest::of(content.expose().as_bytes()));
+            file.sealed = Some(key.seal_for_job(&job.job_id, content.expose().as_bytes()));
+        }
+    }
+    Ok(())
+}
+
+/// Gives a recorded job (the store keeps no secret file's bytes) its secret files again, from
+/// what the same command reads now; a file whose bytes changed since is refused, naming it.
+pub(crate) fn refill_secrets(job: &mut Job, now: &DeploySpec) -> Result<(), Failure> {
+    for (i, file) in job.deploy.files.iter_mut().enumerate() {
+        if !file.secret || file.content.is_some() || file.sealed.is_some() {
+            continue;
+        }
+        let again = now.files.iter().find(|f| f.path == file.path && f.secret).and_then(|f| f.content.clone());
+        let Some(content) = again else {
+            return Err(BadInput::field(
+                &format!("deploy.files[{i}]"),
+                format!("the recorded job has the secret file {}, which this command does not give", file.path),
+            )
+            .into());
+        };
+        if file.digest.as_ref() != Some(&pvefleet_schemas::FileDigest::of(content.as_bytes())) {
+            return Err(BadInput::field(
+                &format!("deploy.files[{i}]"),
+                format!(
+                    "the secret file {} has changed since the job was recorded; submit it as a new request",
+                    file.path
+                ),
+            )
+            .into());
+        }
+        file.content = Some(content);
+    }
+    Ok(())
 }
 
 /// The root password the operator gave, checked against PVE's minimum length.

@@ -7,8 +7,14 @@ use crate::spec::SpecFile;
 use crate::{Failure, Outcome};
 
 pub async fn add(cli: &Cli, file: &std::path::Path) -> Outcome {
-    let template = SpecFile::read(file)?;
+    let template = SpecFile::read(file, None)?;
     template.validate_as_template()?;
+    if let Some(i) = template.deploy.files.iter().position(|f| f.secret) {
+        return Err(Failure::Usage(format!(
+            "invalid deploy.files[{i}].secret: a template is stored, and a secret file never is; give it in the \
+             spec file of each submit"
+        )));
+    }
     if template.node.is_some() || template.template.is_some() {
         return Err(Failure::Usage(
             "a template holds container defaults, deploy and options, not `node` or `template`".into(),
