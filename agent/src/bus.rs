@@ -115,7 +115,11 @@ impl Bus {
         let (jobs, events) = ensure_streams(&js).await?;
         let checkpoints = get_or_create_bucket(&js, layout::jobs_bucket(1)).await?;
         let nodes = get_or_create_bucket(&js, layout::nodes_bucket(1, config.heartbeat * 3)).await?;
-        let vmids = get_or_create_bucket(&js, layout::vmids_bucket(1)).await?;
+        get_or_create_stream(&js, layout::vmids_stream(1)).await?;
+        let vmids = js
+            .get_key_value(names::VMIDS_BUCKET)
+            .await
+            .map_err(|e| BusError::nats(format!("KV bucket {}", names::VMIDS_BUCKET), e))?;
         let consumer = get_or_create_consumer(&js, &jobs, config).await?;
         Ok(Self { client, js, events, consumer, checkpoints, nodes, vmids })
     }

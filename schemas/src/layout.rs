@@ -78,17 +78,28 @@ pub fn jobs_bucket(replicas: usize) -> kv::Config {
     }
 }
 
-/// Vmid reservations.
-pub fn vmids_bucket(replicas: usize) -> kv::Config {
-    kv::Config {
-        bucket: names::VMIDS_BUCKET.into(),
-        description: "pvefleet vmids chosen for jobs, so concurrent jobs never pick the same one".into(),
-        history: 1,
+/// Vmid reservations: the KV bucket's stream, made by hand for what a bucket's config cannot
+/// say. Every agent may reserve any id (ids are cluster-wide), so the server itself must keep
+/// one agent from undoing another's reservation: one message per key, and a second is refused
+/// while the first lives (`discard_new_per_subject`), so no put, delete or purge of a live
+/// reservation lands, whoever sends it; no rollup (a purge) at all. A reservation carries its
+/// own TTL (minutes) and is gone when it expires, leaving no marker (a marker would be the key's
+/// one message, refusing the next reservation of the id).
+pub fn vmids_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{}", names::VMIDS_BUCKET),
+        description: Some("pvefleet vmids chosen for jobs, so concurrent jobs never pick the same one".into()),
+        subjects: vec![format!("$KV.{}.>", names::VMIDS_BUCKET)],
+        max_messages_per_subject: 1,
         max_age: VMID_RESERVATION_MAX_AGE,
-        // Reservations carry their own TTL (minutes); an expired one leaves a delete marker
-        // for a minute, so a `create` of the id works again.
-        limit_markers: Some(Duration::from_secs(60)),
         storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
+        allow_rollup: false,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        allow_message_ttl: true,
         num_replicas: replicas,
         ..Default::default()
     }

@@ -736,3 +736,53 @@ async fn a_spec_reads_only_its_own_files_and_secret_files_are_sealed() -> anyhow
     bed.dir.pass();
     Ok(())
 }
+
+/// Hole 7, vmid reservations: any agent may reserve any id (ids are cluster-wide), and with
+/// the same right `agent-pve1` overwrote and purged another node's live reservation. Now the
+/// server keeps one message per key and refuses any second one (put, delete or purge) while
+/// the reservation lives; an expired one's marker makes its id skipped for a minute.
+#[tokio::test]
+async fn an_agent_cannot_undo_another_nodes_vmid_reservation() -> anyhow::Result<()> {
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    use pvefleet_testbed::shipped;
+    pvefleet_testbed::init_tracing();
+    let dir = pvefleet_testbed::TestDir::new("hostile-vmids");
+    let (nats, ca) = shipped::single(&dir).await?;
+    let db = TestDb::sqlite(&dir);
+    Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca).must(&["setup"]).await?;
+    let bucket = |user: &str, pw: &str, inbox: &str| {
+        let (url, ca) = (nats.url(), ca.clone());
+        let (user, pw, inbox) = (user.to_owned(), pw.to_owned(), inbox.to_owned());
+        async move {
+            let (client, _) = shipped::restricted_client(&url, &ca, &user, &pw, &inbox).await?;
+            let js = async_nats::jetstream::new(client);
+            anyhow::Ok(js.get_key_value(pvefleet_schemas::names::VMIDS_BUCKET).await?)
+        }
+    };
+    let pve2 = bucket("agent-pve2", "pve2-pw", "_INBOX_pve2").await?;
+    let pve1 = bucket("agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
+    let theirs = pvefleet_schemas::VmidReservation {
+        v: pvefleet_schemas::V1,
+        vmid: pvefleet_schemas::Vmid::new(150)?,
+        job_id: pvefleet_schemas::JobId::new(),
+        node: pvefleet_schemas::NodeName::new("pve2")?,
+        reserved_at: pvefleet_schemas::Timestamp::now(),
+    };
+    pve2.create_with_ttl("150", theirs.encode().into(), Duration::from_secs(600)).await?;
+    let mine = pvefleet_schemas::VmidReservation { node: pvefleet_schemas::NodeName::new("pve1")?, ..theirs.clone() };
+    assert!(pve1.put("150", mine.encode().into()).await.is_err(), "an overwrite landed");
+    assert!(pve1.delete("150").await.is_err(), "a delete landed");
+    assert!(pve1.purge("150").await.is_err(), "a purge landed");
+    assert!(pve1.create("150", mine.encode().into()).await.is_err(), "a second reservation landed");
+    let held = pvefleet_schemas::VmidReservation::decode(&pve1.get("150").await?.expect("still reserved"))?;
+    assert_eq!((held.job_id, held.node), (theirs.job_id, theirs.node.clone()), "the reservation is pve2's still");
+    // A reservation that expires is gone, and its id may be reserved again.
+    pve1.create_with_ttl("151", mine.encode().into(), Duration::from_secs(1)).await?;
+    pvefleet_testbed::wait_until("the short reservation to expire", Duration::from_secs(30), || async {
+        pve1.get("151").await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    pve2.create_with_ttl("151", theirs.encode().into(), Duration::from_secs(600)).await?;
+    dir.pass();
+    Ok(())
+}
