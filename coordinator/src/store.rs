@@ -537,10 +537,14 @@ impl Store {
     /// nothing; one naming another node than the job's is refused.
     pub async fn record_event(&self, e: &Event) -> anyhow::Result<Recorded> {
         let tx = self.db.begin().await?;
-        if let Some(job) = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await?
-            && job.node != e.node.as_str()
-        {
-            return Ok(Recorded::Refused(format!("job {} runs on {}, the event says {}", e.job_id, job.node, e.node)));
+        let Some(known) = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await? else {
+            // A job no coordinator of this store queued: an agent's user may publish anything
+            // on its own node's subjects, made-up jobs included. Coordinators that should see
+            // each other's jobs share one store (Postgres).
+            return Ok(Recorded::Refused(format!("job {} was never queued through this store", e.job_id)));
+        };
+        if known.node != e.node.as_str() {
+            return Ok(Recorded::Refused(format!("job {} runs on {}, the event says {}", e.job_id, known.node, e.node)));
         }
         let row = event::ActiveModel {
             id: sea_orm::NotSet,
@@ -561,36 +565,7 @@ impl Store {
             tx.commit().await?;
             return Ok(Recorded::Seen);
         }
-        let existing = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await?;
-        let mut model: job::ActiveModel = match existing {
-            Some(m) => m.into(),
-            None => {
-                // Submitted by another coordinator (or before this store existed): learn of it here.
-                job::ActiveModel {
-                    job_id: Set(e.job_id.to_string()),
-                    node: Set(e.node.to_string()),
-                    state: Set("queued".into()),
-                    hostname: Set(String::new()),
-                    spec: Set("null".into()),
-                    template: Set(None),
-                    request_id: Set(None),
-                    vmid: Set(None),
-                    ip: Set(None),
-                    error_kind: Set(None),
-                    error_message: Set(None),
-                    submitted_at: Set(e.timestamp.to_string()),
-                    started_at: Set(None),
-                    finished_at: Set(None),
-                    stream_seq: Set(None),
-                    kind: Set("create".into()),
-                    target_job: Set(None),
-                    destroyed_by: Set(None),
-                }
-                .insert(&tx)
-                .await?
-                .into()
-            }
-        };
+        let mut model: job::ActiveModel = known.into();
         let current = model.state.clone().unwrap();
         let next = state_after(e);
         if rank(next) > rank(&current) {
@@ -772,10 +747,31 @@ mod tests {
         }
     }
 
+    /// Queues job `job` on pve1 in `store`, as `submit` does.
+    async fn queued(store: &Store, job: JobId) {
+        let mut spec = pvefleet_schemas::Job::create(
+            pvefleet_schemas::NodeName::new("pve1").unwrap(),
+            pvefleet_schemas::ContainerSpec::new("web", "local:vztmpl/x.tar.zst"),
+            pvefleet_schemas::DeploySpec::default(),
+        );
+        spec.job_id = job;
+        store.insert_job(&spec, None).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_of_a_job_never_queued_is_refused() {
+        let (_dir, store) = temp_store().await;
+        let phantom = JobId::new();
+        assert!(matches!(store.record_event(&terminal(phantom, 1, true, 100)).await.unwrap(), Recorded::Refused(_)));
+        assert!(store.job(&phantom).await.unwrap().is_none());
+        assert!(store.events(&phantom).await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn a_finished_jobs_result_is_not_overwritten_by_a_later_event() {
         let (_dir, store) = temp_store().await;
         let job = JobId::new();
+        queued(&store, job).await;
         assert_eq!(store.record_event(&terminal(job, 1, true, 100)).await.unwrap(), Recorded::New);
         assert_eq!(store.record_event(&terminal(job, 2, false, 666)).await.unwrap(), Recorded::New);
         let row = store.job(&job).await.unwrap().unwrap();
@@ -786,6 +782,7 @@ mod tests {
     async fn an_event_naming_another_node_than_the_jobs_is_refused() {
         let (_dir, store) = temp_store().await;
         let job = JobId::new();
+        queued(&store, job).await;
         let mut first = terminal(job, 1, true, 100);
         first.kind = EventType::Accepted;
         first.result = None;

@@ -205,8 +205,19 @@ impl World {
                     .jobs
                     .insert(built.job_id, Submitted { index: job.index, node: node.clone(), request_id: None });
                 let js = self.js.clone();
+                let db = self.db.url();
                 let times = if *twice { 2 } else { 1 };
                 self.tasks.spawn(async move {
+                    // Recorded first, as a coordinator sharing the store does: the recorder
+                    // keeps only jobs it saw queued.
+                    let recorded = async {
+                        pvefleet_coordinator::store::Store::open(&db).await?.insert_job(&built, None).await?;
+                        anyhow::Ok(())
+                    };
+                    if let Err(e) = recorded.await {
+                        history.lock().expect("history").unsubmitted.push(format!("job {}: {e:#}", built.job_id));
+                        return;
+                    }
                     for _ in 0..times {
                         if let Err(e) = publish(&js, &built).await {
                             history.lock().expect("history").unsubmitted.push(format!("job {}: {e:#}", built.job_id));
