@@ -544,7 +544,10 @@ impl Store {
             return Ok(Recorded::Refused(format!("job {} was never queued through this store", e.job_id)));
         };
         if known.node != e.node.as_str() {
-            return Ok(Recorded::Refused(format!("job {} runs on {}, the event says {}", e.job_id, known.node, e.node)));
+            return Ok(Recorded::Refused(format!(
+                "job {} runs on {}, the event says {}",
+                e.job_id, known.node, e.node
+            )));
         }
         let row = event::ActiveModel {
             id: sea_orm::NotSet,
