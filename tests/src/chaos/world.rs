@@ -211,7 +211,9 @@ impl World {
                     // Recorded first, as a coordinator sharing the store does: the recorder
                     // keeps only jobs it saw queued.
                     let recorded = async {
-                        pvefleet_coordinator::store::Store::open(&db).await?.insert_job(&built, None).await?;
+                        let store = pvefleet_coordinator::store::Store::open(&db).await?;
+                        // `Err` here is the job recorded before: nothing more to record.
+                        let _recorded_before = store.insert_job(&built, None).await?;
                         anyhow::Ok(())
                     };
                     if let Err(e) = recorded.await {
