@@ -112,7 +112,7 @@ impl Bus {
     /// Existing ones are used as they are, so an agent without rights to create them works.
     pub async fn open(client: async_nats::Client, config: &Config) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
-        let (jobs, events) = ensure_streams(&js).await?;
+        let (jobs, events) = ensure_streams(&js, &config.node).await?;
         let checkpoints = get_or_create_bucket(&js, layout::jobs_bucket(1)).await?;
         let nodes = get_or_create_bucket(&js, layout::nodes_bucket(1, config.heartbeat * 3)).await?;
         get_or_create_stream(&js, layout::vmids_stream(1)).await?;
@@ -152,10 +152,17 @@ async fn last_message(
     .await
 }
 
-/// Finds the jobs and events streams, creating them as the contract sets them when missing.
-pub async fn ensure_streams(js: &jetstream::Context) -> Result<(stream::Stream, stream::Stream), BusError> {
+/// Finds the jobs stream and `node`'s events stream, creating them as the contract sets them
+/// when missing (and when this user may: otherwise `pvefleet setup` or the first submit to
+/// the node makes the node's).
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    node: &NodeName,
+) -> Result<(stream::Stream, stream::Stream), BusError> {
     let jobs = get_or_create_stream(js, layout::jobs_stream(1)).await?;
-    let events = get_or_create_stream(js, layout::events_stream(1)).await?;
+    // The node's stream keeps as many copies as the jobs stream that `pvefleet setup` made.
+    let replicas = jobs.cached_info().config.num_replicas.max(1);
+    let events = get_or_create_stream(js, layout::events_stream(node, replicas)).await?;
     Ok((jobs, events))
 }
 

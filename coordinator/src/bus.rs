@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use pvefleet_schemas::names::{EVENTS_STREAM, NODES_BUCKET, event_subject, job_events_filter};
+use pvefleet_schemas::names::{NODES_BUCKET, event_subject, events_stream, events_stream_node, job_events_filter};
 use pvefleet_schemas::{Event, Heartbeat, JobId, NodeName};
 
 /// The last permissions violation the server reported on this process's connection. NATS
@@ -55,6 +55,33 @@ pub async fn connect(cli: &crate::cli::Cli) -> anyhow::Result<async_nats::Client
         opts = opts.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;
     }
     opts.connect(addrs).await.with_context(|| format!("connecting to NATS at {}", pvefleet_schemas::redact_urls(urls)))
+}
+
+/// Makes `node`'s events stream if it is missing (before a job for the node is queued, so its
+/// agent and the job's watchers find it); a stream there already is left as it is.
+pub async fn ensure_events_stream(js: &jetstream::Context, node: &NodeName) -> anyhow::Result<()> {
+    let name = events_stream(node);
+    if js.get_stream(&name).await.is_ok() {
+        return Ok(());
+    }
+    // As many copies as the jobs stream `pvefleet setup` made.
+    let replicas = match js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await {
+        Ok(jobs) => jobs.cached_info().config.num_replicas.max(1),
+        Err(_) => 1,
+    };
+    match js.create_stream(pvefleet_schemas::layout::events_stream(node, replicas)).await {
+        Ok(_) => Ok(()),
+        Err(e) if pvefleet_schemas::layout::made_meanwhile(&e) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("making the events stream {name} (run `pvefleet setup --node {node}`): {e}")),
+    }
+}
+
+/// The nodes whose events streams exist, from the stream names.
+pub async fn event_stream_nodes(js: &jetstream::Context) -> anyhow::Result<Vec<NodeName>> {
+    use futures::TryStreamExt as _;
+    let names: Vec<String> =
+        js.stream_names().try_collect().await.map_err(|e| anyhow::anyhow!("listing the events streams: {e}"))?;
+    Ok(names.iter().filter_map(|n| events_stream_node(n)).collect())
 }
 
 /// Every live agent's heartbeat in `pvefleet-nodes`, read by direct gets over the bucket's
@@ -113,7 +140,9 @@ pub async fn heartbeats(js: &jetstream::Context) -> anyhow::Result<Vec<Heartbeat
 /// Only events whose subject, `node` and `job_id` agree — and whose node is the job's, when
 /// known — are given out, in `seq` order, each once.
 pub struct EventFeed {
-    stream: jetstream::stream::Stream,
+    /// The job's node's events stream (`None` while the node is unknown and nothing is found).
+    stream: Option<jetstream::stream::Stream<()>>,
+    js: jetstream::Context,
     job: JobId,
     /// The job's node; learnt from its first event when the caller did not know it.
     node: Option<NodeName>,
@@ -166,7 +195,16 @@ impl EventFeed {
         job: &JobId,
         node: Option<NodeName>,
     ) -> anyhow::Result<Self> {
-        let stream = js.get_stream(EVENTS_STREAM).await.context("the events stream (run `pvefleet setup`)")?;
+        // Each node keeps its events in a stream of its own: an unknown node is found by the
+        // stream that holds the job's first event.
+        let node = match node {
+            Some(node) => Some(node),
+            None => Self::find_node(js, job).await?,
+        };
+        let stream = match &node {
+            Some(node) => Some(js.get_stream_no_info(events_stream(node)).await?),
+            None => None,
+        };
         let subject = match &node {
             Some(node) => event_subject(node, job),
             None => job_events_filter(job),
@@ -174,6 +212,7 @@ impl EventFeed {
         let live = client.subscribe(subject.clone()).await.context("following the job's events")?;
         let mut feed = Self {
             stream,
+            js: js.clone(),
             job: *job,
             node,
             subject,
@@ -188,10 +227,25 @@ impl EventFeed {
         Ok(feed)
     }
 
+    /// The node whose events stream holds `job`'s events, if one does.
+    async fn find_node(js: &jetstream::Context, job: &JobId) -> anyhow::Result<Option<NodeName>> {
+        use jetstream::stream::DirectGetErrorKind;
+        for node in event_stream_nodes(js).await? {
+            let stream = js.get_stream_no_info(events_stream(&node)).await?;
+            match stream.direct_get_next_for_subject(event_subject(&node, job), Some(1)).await {
+                Ok(_) => return Ok(Some(node)),
+                Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(anyhow::anyhow!("reading the events of {node}: {e}")),
+            }
+        }
+        Ok(None)
+    }
+
     /// The first message at or after stream sequence `from` on the job's subject.
     async fn direct_get(&self, from: u64) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
         use jetstream::stream::DirectGetErrorKind;
-        match self.stream.direct_get_next_for_subject(self.subject.clone(), Some(from)).await {
+        let Some(stream) = &self.stream else { return Ok(None) };
+        match stream.direct_get_next_for_subject(self.subject.clone(), Some(from)).await {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow::anyhow!("reading the job's events: {e}")),
@@ -222,6 +276,12 @@ impl EventFeed {
     /// The next event, waiting for it as long as it takes; `None` if the connection closed.
     pub async fn next(&mut self) -> anyhow::Result<Option<Event>> {
         loop {
+            // A node learnt from a live event: replay from its stream from now on.
+            if self.stream.is_none()
+                && let Some(node) = &self.node
+            {
+                self.stream = Some(self.js.get_stream_no_info(events_stream(node)).await?);
+            }
             if let Some(event) = self.early.remove(&self.next_seq) {
                 self.next_seq += 1;
                 return Ok(Some(event));

@@ -63,6 +63,15 @@ pub enum Verb {
         /// Replicas for streams and buckets (3 on a production cluster).
         #[arg(long, default_value_t = 1)]
         replicas: usize,
+        /// A node whose events stream to make (repeatable); the nodes of live agents and of the
+        /// store's jobs are made anyway. Agents that may not make their own need it before they
+        /// start (as the shipped per-agent permissions are).
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<String>,
+        /// The size bound of each node's events stream, in MiB (1024 by default): a node's
+        /// oldest events go first when its stream reaches it, another node's never.
+        #[arg(long, value_name = "MIB")]
+        events_max_mib: Option<u32>,
     },
     /// Validate a container spec and queue it for a node's agent; prints the job id.
     #[command(

@@ -62,7 +62,9 @@ pub type Outcome = Result<(), Failure>;
 
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.verb {
-        Verb::Setup { replicas } => verbs::setup::run(&cli, replicas).await,
+        Verb::Setup { replicas, ref nodes, events_max_mib } => {
+            verbs::setup::run(&cli, replicas, nodes, events_max_mib).await
+        }
         Verb::Submit(ref args) => verbs::submit::run(&cli, args).await,
         Verb::Plan(ref args) => verbs::plan::run(&cli, args).await,
         Verb::Watch { ref job, json } => verbs::watch::run(&cli, job, json).await,

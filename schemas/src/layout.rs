@@ -12,10 +12,11 @@ use crate::names;
 pub const JOBS_DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// How long events stay replayable.
 pub const EVENTS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The events stream's size bound: the oldest events go first when it is reached. A job
-/// forwards at most 16 MiB of script output, so this holds hundreds of the worst jobs and
-/// millions of ordinary ones.
-pub const EVENTS_MAX_BYTES: i64 = 10 * 1024 * 1024 * 1024;
+/// Each node's events stream's size bound: that node's oldest events go first when it is
+/// reached (another node's never). JetStream reserves it on disk for every node, so it is a
+/// node's share, not the fleet's: a job forwards at most 16 MiB of script output, so this
+/// holds dozens of the worst jobs and hundreds of thousands of ordinary ones (~2 KiB each).
+pub const EVENTS_MAX_BYTES: i64 = 1024 * 1024 * 1024;
 /// Republished events within this window are absorbed (an agent retrying a publish).
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(2 * 60);
 /// A checkpoint outlives any job by far; a leftover one expires.
@@ -39,11 +40,11 @@ pub fn jobs_stream(replicas: usize) -> stream::Config {
     }
 }
 
-/// Every job's events, replayable for a week.
-pub fn events_stream(replicas: usize) -> stream::Config {
+/// One node's jobs' events, replayable for a week, in a stream of the node's own.
+pub fn events_stream(node: &crate::ids::NodeName, replicas: usize) -> stream::Config {
     stream::Config {
-        name: names::EVENTS_STREAM.into(),
-        subjects: vec![names::EVENTS_SUBJECTS.into()],
+        name: names::events_stream(node),
+        subjects: vec![names::node_events_filter(node)],
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: EVENTS_MAX_AGE,
@@ -166,7 +167,11 @@ mod tests {
 
     #[test]
     fn the_events_stream_is_bounded_in_size_and_age() {
-        let events = events_stream(3);
+        let events = events_stream(&crate::ids::NodeName::new("pve1").unwrap(), 3);
+        assert_eq!(
+            (events.name.as_str(), events.subjects[0].as_str()),
+            ("PVEFLEET_EVENTS_pve1", "pvefleet.events.pve1.>")
+        );
         assert_eq!(events.max_age, EVENTS_MAX_AGE);
         assert_eq!(events.max_bytes, EVENTS_MAX_BYTES);
         assert!(events.max_message_size as usize > crate::event::MAX_EVENT_BYTES);

@@ -6,9 +6,12 @@ use crate::ids::{JobId, NodeName};
 pub const JOBS_STREAM: &str = "PVEFLEET_JOBS";
 /// Subjects the jobs stream holds.
 pub const JOBS_SUBJECTS: &str = "pvefleet.jobs.>";
-/// Every job event, kept for replay.
-pub const EVENTS_STREAM: &str = "PVEFLEET_EVENTS";
-/// Subjects the events stream holds.
+/// What every node's events stream is called, but for the node: `PVEFLEET_EVENTS_<node>`.
+pub const EVENTS_STREAM_PREFIX: &str = "PVEFLEET_EVENTS_";
+/// The one events stream of every node that earlier versions kept; `pvefleet setup` moves its
+/// subjects aside (it stays readable until its events age out) so each node's can be made.
+pub const LEGACY_EVENTS_STREAM: &str = "PVEFLEET_EVENTS";
+/// Subjects of every node's events.
 pub const EVENTS_SUBJECTS: &str = "pvefleet.events.>";
 /// Agent heartbeats, keyed by node.
 pub const NODES_BUCKET: &str = "pvefleet-nodes";
@@ -46,6 +49,18 @@ pub fn node_jobs_filter(node: &NodeName) -> String {
 /// `agent-<node>`: the durable pull consumer a node's agent takes jobs from.
 pub fn agent_consumer(node: &NodeName) -> String {
     format!("agent-{node}")
+}
+
+/// `PVEFLEET_EVENTS_<node>`: the stream that keeps one node's events. A stream of its own per
+/// node, with its own size bound: whoever holds one agent's password can fill only that
+/// node's stream, never evict another node's history.
+pub fn events_stream(node: &NodeName) -> String {
+    format!("{EVENTS_STREAM_PREFIX}{node}")
+}
+
+/// The node whose events stream is `stream`, if it is one.
+pub fn events_stream_node(stream: &str) -> Option<NodeName> {
+    NodeName::new(stream.strip_prefix(EVENTS_STREAM_PREFIX)?).ok()
 }
 
 /// `pvefleet.events.<node>.<job_id>`: where a job's events are published.

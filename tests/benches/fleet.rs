@@ -25,7 +25,10 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use futures::StreamExt as _;
-use pvefleet_schemas::names::{EVENTS_STREAM, JOBS_BUCKET, JobKind, VMIDS_BUCKET, job_subject};
+use pvefleet_schemas::names::{JOBS_BUCKET, JobKind, VMIDS_BUCKET, job_subject};
+
+/// The benchmark's agent's node's events stream.
+const EVENTS_STREAM: &str = "PVEFLEET_EVENTS_pve1";
 use pvefleet_schemas::{Event, EventType, JobId};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
 use pvefleet_testbed::jobs::create_job;
@@ -227,7 +230,7 @@ async fn main() -> anyhow::Result<()> {
     let pve = FakePve::start(&dir, FakePveOptions { nodes: vec!["pve1".into()], ..Default::default() }).await?;
     let client = nats.client().await?;
     let js = jetstream::new(client.clone());
-    pvefleet_testbed::jobs::ensure_streams(&js).await?;
+    pvefleet_testbed::jobs::ensure_streams(&js, &["pve1"]).await?;
     let mut agent = Agent::start(
         &dir,
         &[nats.url()],
@@ -435,7 +438,8 @@ async fn scale_run(parent: &TestDir, jobs: usize) -> anyhow::Result<Scale> {
     let pve = FakePve::start(&dir, FakePveOptions { nodes: nodes.clone(), ..Default::default() }).await?;
     let client = nats.client().await?;
     let js = jetstream::new(client.clone());
-    pvefleet_testbed::jobs::ensure_streams(&js).await?;
+    let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    pvefleet_testbed::jobs::ensure_streams(&js, &names).await?;
     let tracker = Shared::default();
     follow(client, "pvefleet.events.>", tracker.clone()).await?;
     let mut ids = Vec::new();

@@ -24,7 +24,7 @@ impl Fleet {
         )
         .await?;
         let js = nats.jetstream().await?;
-        crate::jobs::ensure_streams(&js).await?;
+        crate::jobs::ensure_streams(&js, nodes).await?;
         Ok(Self { dir, nats, pve, js })
     }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, ensure};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
-use futures::StreamExt as _;
-use pvefleet_schemas::names::{JobKind, job_events_filter, job_subject};
+use futures::{StreamExt as _, TryStreamExt as _};
+use pvefleet_schemas::names::{JobKind, job_subject};
 use pvefleet_schemas::{ContainerSpec, DeploySpec, Event, Job, JobId, NodeName};
 
 use crate::fakepve::OSTEMPLATE;
@@ -19,10 +19,24 @@ pub fn create_job(node: &str, hostname: &str, ip: Ipv4Addr) -> Job {
     Job::create(NodeName::new(node).expect("a node name"), spec, DeploySpec::default())
 }
 
-/// The streams, as an agent or `pvefleet setup` makes them.
-pub async fn ensure_streams(js: &jetstream::Context) -> anyhow::Result<()> {
-    pvefleet_agent::bus::ensure_streams(js).await?;
+/// The jobs stream and each of `nodes`' events streams, as an agent or `pvefleet setup` makes them.
+pub async fn ensure_streams(js: &jetstream::Context, nodes: &[&str]) -> anyhow::Result<()> {
+    for node in nodes {
+        pvefleet_agent::bus::ensure_streams(js, &NodeName::new(*node)?).await?;
+    }
     Ok(())
+}
+
+/// Every node's events stream there is now, with its node.
+pub async fn events_streams(js: &jetstream::Context) -> anyhow::Result<Vec<(NodeName, jetstream::stream::Stream)>> {
+    let names: Vec<String> = js.stream_names().try_collect().await?;
+    let mut streams = Vec::new();
+    for name in names {
+        if let Some(node) = pvefleet_schemas::names::events_stream_node(&name) {
+            streams.push((node, js.get_stream(&name).await?));
+        }
+    }
+    Ok(streams)
 }
 
 /// Publishes `job` as the coordinator does: to its node's subject, deduplicated by its id.
@@ -59,15 +73,20 @@ pub async fn events_until_terminal(
     job: JobId,
     within: Duration,
 ) -> anyhow::Result<Vec<Event>> {
-    let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: job_events_filter(&job),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    // The job's events are in its node's stream; follow each node's, as the job is on one.
+    let mut feeds = Vec::new();
+    for (node, stream) in events_streams(js).await? {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: pvefleet_schemas::names::event_subject(&node, &job),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        feeds.push(consumer.messages().await?.boxed());
+    }
+    anyhow::ensure!(!feeds.is_empty(), "no events stream: make them with ensure_streams or `pvefleet setup`");
+    let mut messages = futures::stream::select_all(feeds);
     let mut events = Vec::new();
     let collect = async {
         while let Some(msg) = messages.next().await {
@@ -97,19 +116,20 @@ pub async fn events_until_terminal(
 
 /// The events of one job so far (no waiting), for checks after the terminal one.
 pub async fn events_now(js: &jetstream::Context, job: JobId) -> anyhow::Result<Vec<Event>> {
-    let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            filter_subject: job_events_filter(&job),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await?;
     let mut events = Vec::new();
-    let mut batch = consumer.fetch().max_messages(10_000).messages().await?;
-    while let Some(msg) = batch.next().await {
-        events.push(Event::decode(&msg.map_err(anyhow::Error::from_boxed)?.payload)?);
+    for (node, stream) in events_streams(js).await? {
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                filter_subject: pvefleet_schemas::names::event_subject(&node, &job),
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await?;
+        let mut batch = consumer.fetch().max_messages(10_000).messages().await?;
+        while let Some(msg) = batch.next().await {
+            events.push(Event::decode(&msg.map_err(anyhow::Error::from_boxed)?.payload)?);
+        }
     }
     Ok(events)
 }

@@ -324,11 +324,12 @@ async fn the_recorder_survives_restarts_and_records_each_event_once() -> anyhow:
     recorder.kill();
 
     // Fed everything again from the start: nothing doubles.
-    bed.js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?.delete_consumer("pvefleet-recorder").await?;
+    let pve1_events = pvefleet_schemas::names::events_stream(&pvefleet_schemas::NodeName::new("pve1")?);
+    bed.js.get_stream(&pve1_events).await?.delete_consumer("pvefleet-recorder").await?;
     let _recorder = bed.cli.recorder("recorder-3")?;
     let js = bed.js.clone();
     wait_until("the replay to be consumed", Duration::from_secs(30), || async {
-        let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await.ok()?;
+        let stream = js.get_stream(&pve1_events).await.ok()?;
         let info = stream.consumer_info("pvefleet-recorder").await.ok()?;
         (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
     })
@@ -410,7 +411,8 @@ async fn the_recorder_ignores_forged_events_and_remakes_its_consumer_when_it_is_
         bed.js.publish(on_pve1.clone(), event.encode().into()).await?.await?;
     }
     // The recorder's consumer is deleted under it.
-    let events_stream = bed.js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
+    let pve2 = pvefleet_schemas::NodeName::new("pve2")?;
+    let events_stream = bed.js.get_stream(pvefleet_schemas::names::events_stream(&pve2)).await?;
     wait_until("the recorder's consumer", Duration::from_secs(20), || async {
         events_stream.consumer_info("pvefleet-recorder").await.ok().map(drop)
     })

@@ -113,7 +113,8 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
         .await?;
     let db = TestDb::sqlite(&dir);
     let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
-    admin.must(&["setup"]).await?;
+    // The agents may not make their own node's events stream: setup makes them.
+    admin.must(&["setup", "--node", "pve1", "--node", "pve2"]).await?;
     // The shipped config speaks only TLS: a client that does not know its CA gets nowhere.
     let plain = async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
         .connection_timeout(Duration::from_secs(3))
@@ -227,7 +228,7 @@ async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() 
     let db = TestDb::sqlite(&dir);
     let admin = Pvefleet::new(&dir, &urls.join(","), &db).with_ca(&ca.ca);
     wait_until("a JetStream leader, then setup with 3 replicas", Duration::from_secs(30), || async {
-        admin.run(&["setup", "--replicas", "3"]).await.ok().filter(|r| r.ok()).map(drop)
+        admin.run(&["setup", "--replicas", "3", "--node", "pve1"]).await.ok().filter(|r| r.ok()).map(drop)
     })
     .await?;
 
@@ -298,7 +299,8 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
         .await?;
     let db = TestDb::sqlite(&dir);
     let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
-    admin.must(&["setup"]).await?;
+    // The agents may not make their own node's events stream: setup makes them.
+    admin.must(&["setup", "--node", "pve1", "--node", "pve2"]).await?;
     let _recorder = admin.recorder("recorder")?;
     let agent = |node: &str, pw: &str| {
         Agent::start(
@@ -321,21 +323,22 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
 
     // The watcher tries what the old permissions let it do.
     let (watcher, mut errors) = restricted_client(&nats.url(), &ca, "watcher", "watch-pw", "_INBOX_watcher").await?;
-    let push_to_cancel = serde_json::json!({"stream_name": "PVEFLEET_EVENTS", "config": {
+    let push_to_cancel = serde_json::json!({"stream_name": "PVEFLEET_EVENTS_pve2", "config": {
         "name": "evil", "deliver_subject": "pvefleet.control.pve2.cancel", "ack_policy": "none", "deliver_policy": "all"}});
-    try_request(&watcher, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS.evil", push_to_cancel.clone()).await;
-    refused(&mut errors, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS.evil").await?;
-    try_request(&watcher, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS", push_to_cancel).await;
-    refused(&mut errors, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS\"").await?;
-    try_request(&watcher, "$JS.API.CONSUMER.DELETE.PVEFLEET_EVENTS.pvefleet-recorder", serde_json::json!({})).await;
-    refused(&mut errors, "CONSUMER.DELETE.PVEFLEET_EVENTS.pvefleet-recorder").await?;
+    try_request(&watcher, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS_pve2.evil", push_to_cancel.clone()).await;
+    refused(&mut errors, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS_pve2.evil").await?;
+    try_request(&watcher, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS_pve2", push_to_cancel).await;
+    refused(&mut errors, "$JS.API.CONSUMER.CREATE.PVEFLEET_EVENTS_pve2\"").await?;
+    try_request(&watcher, "$JS.API.CONSUMER.DELETE.PVEFLEET_EVENTS_pve2.pvefleet-recorder", serde_json::json!({}))
+        .await;
+    refused(&mut errors, "CONSUMER.DELETE.PVEFLEET_EVENTS_pve2.pvefleet-recorder").await?;
     try_request(
         &watcher,
-        "$JS.API.CONSUMER.MSG.NEXT.PVEFLEET_EVENTS.pvefleet-recorder",
+        "$JS.API.CONSUMER.MSG.NEXT.PVEFLEET_EVENTS_pve2.pvefleet-recorder",
         serde_json::json!({"batch": 1}),
     )
     .await;
-    refused(&mut errors, "CONSUMER.MSG.NEXT.PVEFLEET_EVENTS.pvefleet-recorder").await?;
+    refused(&mut errors, "CONSUMER.MSG.NEXT.PVEFLEET_EVENTS_pve2.pvefleet-recorder").await?;
     // Nor a plan, nor a destroy: only the coordinator user may ask an agent anything.
     for subject in [
         "pvefleet.jobs.pve2.create",
@@ -352,18 +355,26 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
 
     // Agent pve1 tries to read pve2's events and to cancel pve2's jobs.
     let (rogue, mut rogue_errors) = restricted_client(&nats.url(), &ca, "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
-    let theirs = format!("$JS.API.DIRECT.GET.PVEFLEET_EVENTS.pvefleet.events.pve2.{job}");
+    let theirs = format!("$JS.API.DIRECT.GET.PVEFLEET_EVENTS_pve2.pvefleet.events.pve2.{job}");
     try_request(&rogue, &theirs, serde_json::json!({})).await;
     refused(&mut rogue_errors, &theirs).await?;
     try_request(
         &rogue,
-        "$JS.API.DIRECT.GET.PVEFLEET_EVENTS",
+        "$JS.API.DIRECT.GET.PVEFLEET_EVENTS_pve2",
         serde_json::json!({"next_by_subj": "pvefleet.events.>", "seq": 1}),
     )
     .await;
-    refused(&mut rogue_errors, "$JS.API.DIRECT.GET.PVEFLEET_EVENTS\"").await?;
-    try_request(&rogue, "$JS.API.STREAM.MSG.GET.PVEFLEET_EVENTS", serde_json::json!({"seq": 1})).await;
-    refused(&mut rogue_errors, "STREAM.MSG.GET.PVEFLEET_EVENTS").await?;
+    refused(&mut rogue_errors, "$JS.API.DIRECT.GET.PVEFLEET_EVENTS_pve2\"").await?;
+    try_request(&rogue, "$JS.API.STREAM.MSG.GET.PVEFLEET_EVENTS_pve2", serde_json::json!({"seq": 1})).await;
+    refused(&mut rogue_errors, "STREAM.MSG.GET.PVEFLEET_EVENTS_pve2").await?;
+    // Nor list which jobs pve2 has: a stream's info with a subject filter names them.
+    try_request(
+        &rogue,
+        "$JS.API.STREAM.INFO.PVEFLEET_EVENTS_pve2",
+        serde_json::json!({"subjects_filter": "pvefleet.events.>"}),
+    )
+    .await;
+    refused(&mut rogue_errors, "STREAM.INFO.PVEFLEET_EVENTS_pve2").await?;
     for subject in ["pvefleet.control.pve2.cancel", "pvefleet.control.pve2.plan", "pvefleet.jobs.pve2.destroy"] {
         let _ = rogue.publish(subject, "{}".into()).await;
         refused(&mut rogue_errors, subject).await?;

@@ -145,7 +145,7 @@ async fn agent_log(
     job: &pvefleet_schemas::Job,
     run: &str,
 ) -> anyhow::Result<pvefleet_agent::bus::EventLog> {
-    let events = bed.js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
+    let events = bed.js.get_stream(pvefleet_schemas::names::events_stream(&job.node)).await?;
     Ok(pvefleet_agent::bus::EventLog::open_on(&bed.js, &events, &job.node, job.job_id, run).await?.0)
 }
 

@@ -94,7 +94,7 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
     .await?;
     let db = TestDb::sqlite(&dir);
     let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
-    admin.must(&["setup"]).await?;
+    admin.must(&["setup", "--node", "pve1", "--node", "pve2"]).await?;
     let secrets = tempfile::tempdir()?;
     let password_file = secrets.path().join("pw");
     std::fs::write(&password_file, "s3cret-root\n")?;
@@ -783,6 +783,95 @@ async fn an_agent_cannot_undo_another_nodes_vmid_reservation() -> anyhow::Result
     })
     .await?;
     pve2.create_with_ttl("151", theirs.encode().into(), Duration::from_secs(600)).await?;
+    dir.pass();
+    Ok(())
+}
+
+/// Hole 7, shared history: every node's events were in one stream with one size bound, so
+/// `agent-pve1` could fill it with events of made-up jobs and evict every other node's history
+/// (and its running jobs' last events); the recorder turned such events into phantom jobs; and
+/// a stream's info listed other nodes' job ids. Now each node's events are in a stream of its
+/// own with its own bound, the recorder keeps only jobs it saw queued, and an agent may read
+/// only its own node's stream.
+#[tokio::test]
+async fn one_node_cannot_evict_anothers_history_nor_make_phantom_jobs() -> anyhow::Result<()> {
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    use pvefleet_testbed::shipped;
+    pvefleet_testbed::init_tracing();
+    let dir = pvefleet_testbed::TestDir::new("hostile-flood");
+    let (nats, ca) = shipped::single(&dir).await?;
+    let pve = pvefleet_testbed::FakePve::start(
+        &dir,
+        pvefleet_testbed::FakePveOptions { nodes: vec!["pve1".into(), "pve2".into()], ..Default::default() },
+    )
+    .await?;
+    let db = TestDb::sqlite(&dir);
+    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
+    // Small streams, so a flood fills one in a moment.
+    admin.must(&["setup", "--node", "pve1", "--node", "pve2", "--events-max-mib", "1"]).await?;
+    let _recorder = admin.recorder("recorder")?;
+    let _pve2 = pvefleet_testbed::agent::Agent::start(
+        &dir,
+        &[nats.url_as("agent-pve2", "pve2-pw")],
+        &pve,
+        AgentOptions {
+            inbox_prefix: Some("_INBOX_pve2".into()),
+            nats_ca: Some(ca.ca.clone()),
+            ..AgentOptions::node("pve2")
+        },
+    )?;
+    let submit = admin
+        .must(&[
+            "submit",
+            "--node",
+            "pve2",
+            "--hostname",
+            "history",
+            "--ostemplate",
+            pvefleet_testbed::fakepve::OSTEMPLATE,
+            "--ip",
+            "127.0.0.48/32",
+            "--watch",
+        ])
+        .await?;
+    let job = submit.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    let js = async_nats::jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+            .add_root_certificates(ca.ca.clone())
+            .require_tls(true)
+            .connect(nats.url())
+            .await?,
+    );
+    let before = pvefleet_testbed::jobs::events_now(&js, job.parse()?).await?;
+    assert!(before.last().is_some_and(|e| e.is_terminal()), "{before:#?}");
+
+    // agent-pve1 floods its own subjects with big events of made-up jobs.
+    let (rogue, _errors) = shipped::restricted_client(&nats.url(), &ca, "agent-pve1", "pve1-pw", "_INBOX_pve1").await?;
+    let rogue_js = async_nats::jetstream::new(rogue.clone());
+    let mut phantoms = Vec::new();
+    for i in 0..40 {
+        let phantom = pvefleet_schemas::JobId::new();
+        phantoms.push(phantom);
+        let event = serde_json::json!({"v": 1, "job_id": phantom, "node": "pve1", "seq": 1, "type": "accepted",
+            "step": "validating", "percent": 0, "message": "x".repeat(100_000), "timestamp": "2026-12-02T00:00:00Z"});
+        let subject = format!("pvefleet.events.pve1.{phantom}");
+        // Past the stream's bound each one evicts pve1's own oldest; a refusal is fine too.
+        if let Ok(ack) = rogue_js.publish(subject, event.to_string().into()).await {
+            let _ = ack.await;
+        }
+        if i % 10 == 0 {
+            rogue.flush().await?;
+        }
+    }
+    let after = pvefleet_testbed::jobs::events_now(&js, job.parse()?).await?;
+    assert_eq!(after.len(), before.len(), "pve2's history was evicted");
+    // Nor did the flood become jobs in the store.
+    pvefleet_testbed::chaos::observe::recorder_caught_up(&js, JOB_WITHIN).await?;
+    let jobs = admin.must(&["jobs", "--json"]).await?;
+    for phantom in &phantoms {
+        assert!(!jobs.stdout.contains(&phantom.to_string()), "a phantom job was recorded: {phantom}");
+    }
+    assert!(jobs.stdout.contains(&job), "{}", jobs.stdout);
     dir.pass();
     Ok(())
 }

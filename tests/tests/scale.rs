@@ -65,15 +65,17 @@ async fn terminal_events(
     ids: &BTreeSet<JobId>,
     within: Duration,
 ) -> anyhow::Result<BTreeMap<JobId, Event>> {
-    let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            filter_subject: "pvefleet.events.>".into(),
-            deliver_policy: consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await?;
-    let mut messages = consumer.messages().await?;
+    let mut feeds = Vec::new();
+    for (_, stream) in pvefleet_testbed::jobs::events_streams(js).await? {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await?;
+        feeds.push(consumer.messages().await?);
+    }
+    let mut messages = futures::stream::select_all(feeds);
     let mut ends = BTreeMap::new();
     let collect = async {
         while ends.len() < ids.len() {
@@ -97,19 +99,20 @@ async fn terminal_events(
 
 /// How many `redelivered; resuming` warnings the stream holds.
 async fn redelivery_warnings(js: &async_nats::jetstream::Context) -> anyhow::Result<usize> {
-    let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            ..Default::default()
-        })
-        .await?;
     let mut count = 0;
-    let mut batch = consumer.fetch().max_messages(1_000_000).messages().await?;
-    while let Some(msg) = batch.next().await {
-        let event = Event::decode(&msg.map_err(anyhow::Error::from_boxed)?.payload)?;
-        count += usize::from(event.kind == EventType::Warning && event.message.contains("redelivered"));
+    for (_, stream) in pvefleet_testbed::jobs::events_streams(js).await? {
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await?;
+        let mut batch = consumer.fetch().max_messages(1_000_000).messages().await?;
+        while let Some(msg) = batch.next().await {
+            let event = Event::decode(&msg.map_err(anyhow::Error::from_boxed)?.payload)?;
+            count += usize::from(event.kind == EventType::Warning && event.message.contains("redelivered"));
+        }
     }
     Ok(count)
 }

@@ -75,7 +75,7 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
 }
 
 async fn last_event(js: &jetstream::Context, node: &NodeName, id: &JobId) -> anyhow::Result<Option<Event>> {
-    let stream = js.get_stream(pvefleet_schemas::names::EVENTS_STREAM).await?;
+    let stream = js.get_stream(pvefleet_schemas::names::events_stream(node)).await?;
     match stream.get_last_raw_message_by_subject(&event_subject(node, id)).await {
         Ok(m) => Ok(Some(Event::decode(&m.payload)?)),
         Err(e) if matches!(e.kind(), jetstream::stream::LastRawMessageErrorKind::NoMessageFound) => Ok(None),

@@ -1,43 +1,87 @@
-//! `pvefleet record`: a durable consumer on `PVEFLEET_EVENTS` writing every event into the
-//! store and moving job states forward. It acks an event only once the store has it, and
-//! recording an event twice changes nothing, so restarts of it or of NATS lose and double
-//! nothing.
+//! `pvefleet record`: a durable consumer on every node's events stream (`PVEFLEET_EVENTS_<node>`,
+//! found as they appear) writing every event into the store and moving job states forward. It
+//! acks an event only once the store has it, and recording an event twice changes nothing, so
+//! restarts of it or of NATS lose and double nothing.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt as _;
-use pvefleet_schemas::Event;
-
-use crate::store::Recorded;
-use pvefleet_schemas::names::EVENTS_STREAM;
+use pvefleet_schemas::{Event, NodeName};
+use tokio::sync::watch;
 
 use crate::Outcome;
 use crate::cli::Cli;
+use crate::store::{Recorded, Store};
 
 pub const CONSUMER: &str = "pvefleet-recorder";
+
+/// How often the recorder looks for the events streams of nodes new since it started.
+const LOOK_FOR_NODES: Duration = Duration::from_secs(5);
 
 pub async fn run(cli: &Cli) -> Outcome {
     let store = crate::open_store(cli).await?;
     let js = jetstream::new(crate::bus::connect(cli).await?);
-    let stream = js
-        .get_stream(EVENTS_STREAM)
-        .await
-        .map_err(|e| anyhow::anyhow!("the events stream (run `pvefleet setup`): {e}"))?;
-    let mut consumer = ensure_consumer(&stream).await?;
     eprintln!("recording events into the store (Ctrl-C to stop)");
+    let (stopping, stopped) = watch::channel(false);
     let stop = shutdown_signal();
     tokio::pin!(stop);
+    let mut recorders = tokio::task::JoinSet::new();
+    let mut watched = BTreeSet::new();
+    loop {
+        match crate::bus::event_stream_nodes(&js).await {
+            Ok(nodes) => {
+                for node in nodes {
+                    if watched.insert(node.clone()) {
+                        recorders.spawn(record_node(js.clone(), store.clone(), node, stopped.clone()));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for the nodes' events streams failed; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LOOK_FOR_NODES) => {}
+            _ = &mut stop => break,
+        }
+    }
+    let _ = stopping.send(true);
     let mut recorded = 0u64;
+    while let Some(done) = recorders.join_next().await {
+        recorded += done.unwrap_or_default();
+    }
+    eprintln!("recorder stopped after recording {recorded} new events");
+    Ok(())
+}
+
+/// Records one node's events stream until `stop`; returns how many events were new.
+async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut stop: watch::Receiver<bool>) -> u64 {
+    let name = pvefleet_schemas::names::events_stream(&node);
+    let mut recorded = 0u64;
+    let (stream, mut consumer) = loop {
+        let made = async {
+            let stream = js.get_stream(&name).await.map_err(|e| anyhow::anyhow!("the events stream {name}: {e}"))?;
+            let consumer = ensure_consumer(&stream).await?;
+            anyhow::Ok((stream, consumer))
+        };
+        match made.await {
+            Ok(both) => break both,
+            Err(e) => tracing::warn!(error = %e, "the recorder's consumer is not ready; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return 0,
+        }
+    };
     loop {
         let batch = tokio::select! {
             b = consumer.fetch().max_messages(500).expires(Duration::from_secs(2)).messages() => b,
-            _ = &mut stop => break,
+            _ = stop.changed() => break,
         };
         let mut batch = match batch {
             Ok(b) => b,
             Err(e) => {
-                tracing::warn!(error = %e, "fetching events failed; retrying");
+                tracing::warn!(error = %e, stream = %name, "fetching events failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 // Deleted or changed by someone else? Then make it as it should be, and say so.
                 match ensure_consumer(&stream).await {
@@ -98,8 +142,7 @@ pub async fn run(cli: &Cli) -> Outcome {
             }
         }
     }
-    eprintln!("recorder stopped after recording {recorded} new events");
-    Ok(())
+    recorded
 }
 
 /// What the recorder's consumer must be: every event, each acked once stored.
@@ -149,7 +192,8 @@ async fn ensure_consumer(
     let made =
         stream.create_consumer(wanted).await.map_err(|e| anyhow::anyhow!("making the recorder's consumer: {e}"))?;
     eprintln!(
-        "the recorder's consumer {CONSUMER} is in place (made now; events are recorded from the first, each once)"
+        "the recorder's consumer {CONSUMER} on {} is in place (made now; events are recorded from the first, each once)",
+        stream.cached_info().config.name
     );
     tracing::info!(consumer = CONSUMER, "made the recorder's consumer");
     Ok(made)

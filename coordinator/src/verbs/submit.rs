@@ -189,6 +189,10 @@ pub(crate) async fn publish_job(
     use async_nats::jetstream::context::PublishErrorKind;
     use backon::{ExponentialBuilder, Retryable as _};
     let payload: bytes::Bytes = payload.into();
+    // The job's events go to its node's events stream: it must be there before the job is.
+    if let Some(node) = subject.split('.').nth(2).and_then(|n| NodeName::new(n).ok()) {
+        crate::bus::ensure_events_stream(js, &node).await?;
+    }
     let retry = ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(200))
         .with_max_delay(std::time::Duration::from_secs(3))

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt as _;
-use pvefleet_schemas::names::EVENTS_STREAM;
 use pvefleet_schemas::{Event, JobId};
 
 use crate::FakePve;
@@ -37,34 +36,36 @@ pub struct Observed {
     pub store: BTreeMap<JobId, Row>,
 }
 
-/// Every event in the stream, grouped by job in stream order.
+/// Every event in every node's events stream, grouped by job in stream order.
 pub async fn events(js: &jetstream::Context) -> anyhow::Result<(BTreeMap<JobId, Vec<Event>>, Vec<String>)> {
-    let stream = js.get_stream(EVENTS_STREAM).await?;
-    let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            deliver_policy: consumer::DeliverPolicy::All,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: Duration::from_secs(60),
-            ..Default::default()
-        })
-        .await?;
     let mut by_job: BTreeMap<JobId, Vec<Event>> = BTreeMap::new();
     let mut unreadable = Vec::new();
-    loop {
-        let mut batch = consumer.fetch().max_messages(5_000).expires(Duration::from_secs(1)).messages().await?;
-        let mut got = 0;
-        while let Some(msg) = batch.next().await {
-            let msg = msg.map_err(anyhow::Error::from_boxed)?;
-            got += 1;
-            match Event::decode(&msg.payload) {
-                Ok(e) => by_job.entry(e.job_id).or_default().push(e),
-                Err(e) => unreadable.push(format!("{}: {e}", msg.subject)),
+    for (_, stream) in crate::jobs::events_streams(js).await? {
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy: consumer::DeliverPolicy::All,
+                ack_policy: consumer::AckPolicy::None,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await?;
+        loop {
+            let mut batch = consumer.fetch().max_messages(5_000).expires(Duration::from_secs(1)).messages().await?;
+            let mut got = 0;
+            while let Some(msg) = batch.next().await {
+                let msg = msg.map_err(anyhow::Error::from_boxed)?;
+                got += 1;
+                match Event::decode(&msg.payload) {
+                    Ok(e) => by_job.entry(e.job_id).or_default().push(e),
+                    Err(e) => unreadable.push(format!("{}: {e}", msg.subject)),
+                }
+            }
+            if got == 0 {
+                break;
             }
         }
-        if got == 0 {
-            return Ok((by_job, unreadable));
-        }
     }
+    Ok((by_job, unreadable))
 }
 
 /// Every guest in the fake cluster.
@@ -97,13 +98,18 @@ fn store_url(db: &str) -> String {
     pvefleet_coordinator::store::database_url(Some(db)).unwrap_or_else(|_| db.to_owned())
 }
 
-/// Waits until the recorder's consumer has nothing left to deliver or acknowledge.
+/// Waits until the recorder's consumer on every node's events stream has nothing left to
+/// deliver or acknowledge.
 pub async fn recorder_caught_up(js: &jetstream::Context, within: Duration) -> anyhow::Result<()> {
     crate::wait_until("the recorder to catch up", within, || async {
-        let stream = js.get_stream(EVENTS_STREAM).await.ok()?;
-        let mut consumer = stream.get_consumer::<consumer::pull::Config>("pvefleet-recorder").await.ok()?;
-        let info = consumer.info().await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        for (_, stream) in crate::jobs::events_streams(js).await.ok()? {
+            let mut consumer = stream.get_consumer::<consumer::pull::Config>("pvefleet-recorder").await.ok()?;
+            let info = consumer.info().await.ok()?;
+            if info.num_pending > 0 || info.num_ack_pending > 0 {
+                return None;
+            }
+        }
+        Some(())
     })
     .await
 }

@@ -31,6 +31,8 @@ pub struct World {
     pub agents: Vec<Agent>,
     pub cli: Pvefleet,
     pub db: TestDb,
+    /// The store, as the coordinator that submits the wire jobs records them in it.
+    store: pvefleet_coordinator::store::Store,
     pub js: jetstream::Context,
     pub nodes: Vec<String>,
     recorder: Option<Proc>,
@@ -65,10 +67,15 @@ impl World {
         let db = TestDb::sqlite(&dir);
         let cli = Pvefleet::new(&dir, &nats.urls().join(","), &db);
         wait_until("a JetStream leader, then setup with 3 replicas", Duration::from_secs(60), || async {
-            cli.run(&["setup", "--replicas", "3"]).await.ok().filter(|r| r.ok()).map(drop)
+            let mut args = vec!["setup", "--replicas", "3"];
+            args.extend(nodes.iter().flat_map(|n| ["--node", n.as_str()]));
+            cli.run(&args).await.ok().filter(|r| r.ok()).map(drop)
         })
         .await?;
         let js = jetstream::new(nats.client().await?);
+        let store =
+            pvefleet_coordinator::store::Store::open(&pvefleet_coordinator::store::database_url(Some(&db.url()))?)
+                .await?;
         let agents = nodes
             .iter()
             .map(|node| {
@@ -92,6 +99,7 @@ impl World {
             agents,
             cli,
             db,
+            store,
             js,
             nodes,
             recorder: None,
@@ -205,13 +213,12 @@ impl World {
                     .jobs
                     .insert(built.job_id, Submitted { index: job.index, node: node.clone(), request_id: None });
                 let js = self.js.clone();
-                let db = self.db.url();
+                let store = self.store.clone();
                 let times = if *twice { 2 } else { 1 };
                 self.tasks.spawn(async move {
                     // Recorded first, as a coordinator sharing the store does: the recorder
                     // keeps only jobs it saw queued.
                     let recorded = async {
-                        let store = pvefleet_coordinator::store::Store::open(&db).await?;
                         // `Err` here is the job recorded before: nothing more to record.
                         let _recorded_before = store.insert_job(&built, None).await?;
                         anyhow::Ok(())
