@@ -57,6 +57,12 @@ pub async fn connect(cli: &crate::cli::Cli) -> anyhow::Result<async_nats::Client
     opts.connect(addrs).await.with_context(|| format!("connecting to NATS at {}", pvefleet_schemas::redact_urls(urls)))
 }
 
+/// Whether a JetStream error is one a cluster gives while it elects a leader or a replica comes
+/// back (a request that timed out, or found no one to answer), which passes.
+fn is_electing(error: &str) -> bool {
+    error.contains("timed out") || error.contains("no responders")
+}
+
 /// Makes `node`'s events stream if it is missing (before a job for the node is queued, so its
 /// agent and the job's watchers find it); a stream there already is left as it is.
 pub async fn ensure_events_stream(js: &jetstream::Context, node: &NodeName) -> anyhow::Result<()> {
@@ -184,7 +190,7 @@ impl EventFeed {
             .without_max_times();
         (|| Self::open_once(client, js, job, node.clone()))
             .retry(retry)
-            .when(|e| format!("{e:#}").contains("timed out"))
+            .when(|e| is_electing(&format!("{e:#}")))
             .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "JetStream not answering; retrying"))
             .await
     }
@@ -243,9 +249,24 @@ impl EventFeed {
 
     /// The first message at or after stream sequence `from` on the job's subject.
     async fn direct_get(&self, from: u64) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
+        use backon::{ExponentialBuilder, Retryable as _};
         use jetstream::stream::DirectGetErrorKind;
         let Some(stream) = &self.stream else { return Ok(None) };
-        match stream.direct_get_next_for_subject(self.subject.clone(), Some(from)).await {
+        let retry = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(3))
+            .with_total_delay(Some(Duration::from_secs(30)))
+            .without_max_times();
+        // While a cluster member that served the stream is gone, its replicas answer again a
+        // moment later: wait for them, as for a leader election.
+        let got = (|| stream.direct_get_next_for_subject(self.subject.clone(), Some(from)))
+            .retry(retry)
+            .when(|e| e.kind() != DirectGetErrorKind::NotFound && is_electing(&e.to_string()))
+            .notify(
+                |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "the events stream is not answering; retrying"),
+            )
+            .await;
+        match got {
             Ok(m) => Ok(Some(m)),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(anyhow::anyhow!("reading the job's events: {e}")),

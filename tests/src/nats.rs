@@ -144,6 +144,11 @@ impl NatsServer {
         self.wait_ready().await
     }
 
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+
     /// The URL with a user and password in it.
     pub fn url_as(&self, user: &str, password: &str) -> String {
         format!("nats://{user}:{password}@127.0.0.1:{}", self.port)

@@ -1,6 +1,6 @@
-//! A certificate authority of the test's own, made with OpenSSL's command line: a CA and one
-//! server certificate for 127.0.0.1 and localhost (serverAuth and clientAuth, so cluster routes
-//! can present it too), for NATS servers run with TLS as the shipped configs do.
+//! Certificate authorities of the test's own, made with OpenSSL's command line: a CA and one
+//! server certificate for 127.0.0.1 and localhost (serverAuth and clientAuth), and a second CA
+//! with a certificate for cluster routes, for NATS servers run with TLS as the shipped configs do.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -64,6 +64,45 @@ impl TestCa {
                 "server.ext",
                 "-out",
                 "server.pem",
+            ],
+            &home,
+        )?;
+        // Cluster routes have a CA of their own (as the shipped cluster configs want), and a
+        // certificate from it for 127.0.0.1.
+        let mut route_ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pvefleet test route CA",
+            "-keyout",
+            "route-ca.key",
+            "-out",
+            "route-ca.pem",
+        ];
+        route_ca.extend(ec);
+        openssl(&route_ca, &home)?;
+        let mut csr = vec!["req", "-subj", "/CN=route", "-keyout", "route.key", "-out", "route.csr"];
+        csr.extend(ec);
+        openssl(&csr, &home)?;
+        openssl(
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "route.csr",
+                "-CA",
+                "route-ca.pem",
+                "-CAkey",
+                "route-ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "route.pem",
             ],
             &home,
         )?;

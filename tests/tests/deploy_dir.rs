@@ -2,6 +2,8 @@
 //! hold on a real nats-server, and the 3-node cluster config runs a job through a node's death.
 
 use std::process::Command;
+
+use futures::StreamExt as _;
 use std::time::Duration;
 
 use pvefleet_testbed::agent::{Agent, AgentOptions};
@@ -33,6 +35,7 @@ fn every_file_in_deploy_parses() -> anyhow::Result<()> {
                 cluster.contains("tls {") && cluster.contains("verify: true"),
                 "{file}: routes without verified TLS"
             );
+            assert!(cluster.contains("route-ca.pem"), "{file}: routes must have a CA of their own, not the clients'");
         }
     }
     let auth = std::fs::read_to_string(deploy("nats/auth.conf"))?;
@@ -445,6 +448,67 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
             }
         }
     }
+    dir.pass();
+    Ok(())
+}
+
+/// Hole 10: routes were trusted on the CA alone, the one clients' certificates come from, so a
+/// host holding an agent's client certificate could join the cluster as a route and bypass
+/// every subject permission. Now routes have a CA of their own: a server presenting a
+/// certificate from the clients' CA is refused as a route and sees nothing.
+#[tokio::test]
+async fn a_host_with_a_client_certificate_cannot_join_the_cluster_as_a_route() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("deploy-route");
+    let ca = TestCa::make(&dir)?;
+    let clients: [u16; 3] = [0, 1, 2].map(|_| free_port("127.0.0.1"));
+    let routes: [u16; 3] = [0, 1, 2].map(|_| free_port("127.0.0.1"));
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let config = loopback_config(&dir, &format!("cluster-{}.conf", i + 1), clients[i], Some((routes[i], routes)))?;
+        nodes.push(NatsServer::from_config(&dir, &format!("nats{}", i + 1), config, clients[i], env())?);
+    }
+    for n in &mut nodes {
+        n.ready().await?;
+    }
+    // The rogue server: a certificate from the clients' CA (as an agent host may hold), routing
+    // to nats1, and a local client listening to everything that would flow over the route.
+    let rogue_port = free_port("127.0.0.1");
+    let rogue_config = dir.path().join("rogue.conf");
+    let tls = dir.path().join("tls");
+    std::fs::write(
+        &rogue_config,
+        format!(
+            "server_name: rogue\nlisten: 127.0.0.1:{rogue_port}\ncluster {{\n  name: pvefleet\n  listen: 127.0.0.1:{}\n  \
+             tls {{\n    cert_file: {:?}\n    key_file: {:?}\n    ca_file: {:?}\n    verify: true\n  }}\n  routes: [nats-route://127.0.0.1:{}]\n}}\n",
+            free_port("127.0.0.1"),
+            tls.join("server.pem"),
+            tls.join("server.key"),
+            tls.join("ca.pem"),
+            routes[0]
+        ),
+    )?;
+    let mut rogue = NatsServer::from_config(&dir, "rogue", rogue_config, rogue_port, vec![])?;
+    rogue.ready().await?;
+    let listener = async_nats::connect(format!("nats://127.0.0.1:{rogue_port}")).await?;
+    let mut overheard = listener.subscribe("pvefleet.>").await?;
+    listener.flush().await?;
+    wait_until("nats1 to refuse the rogue route", Duration::from_secs(30), || {
+        let log = nodes[0].log_text();
+        async move { (log.contains("TLS route handshake error") || log.contains("tls: ")).then_some(()) }
+    })
+    .await?;
+    let coordinator = async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+        .add_root_certificates(ca.ca.clone())
+        .require_tls(true)
+        .connect(nodes[0].url())
+        .await?;
+    for _ in 0..20 {
+        coordinator.publish("pvefleet.jobs.pve1.create", "a job".into()).await?;
+    }
+    coordinator.flush().await?;
+    let heard = tokio::time::timeout(Duration::from_secs(3), overheard.next()).await;
+    assert!(heard.is_err(), "the rogue server heard the cluster's traffic: {heard:?}");
     dir.pass();
     Ok(())
 }
