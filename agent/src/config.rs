@@ -532,9 +532,26 @@ impl Config {
         if raw.ssh.authorized_keys.is_empty() || raw.ssh.authorized_keys.contains(['\'', '\n']) {
             return Err(err("ssh.authorized_keys", "must be a file path without quotes".into()));
         }
+        // Like ssh with its keys: a secret file that group or others may read is refused.
+        let private = |key: &str, path: &Path| -> Result<(), ConfigError> {
+            use std::os::unix::fs::PermissionsExt as _;
+            let meta = std::fs::metadata(path).map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(err(
+                    key,
+                    format!(
+                        "{} may be read by group or others (mode {mode:04o}); it holds a secret: `chmod 600` it",
+                        path.display()
+                    ),
+                ));
+            }
+            Ok(())
+        };
         let clone_key = match &raw.ssh.key_file {
             None => None,
             Some(file) => {
+                private("ssh.key_file", file)?;
                 let text = std::fs::read_to_string(file)
                     .map_err(|e| err("ssh.key_file", format!("cannot read {} ({e})", file.display())))?;
                 let key = russh::keys::PrivateKey::from_openssh(&text).map_err(|e| {
@@ -590,6 +607,7 @@ impl Config {
         reqwest::Url::parse(&raw.proxmox.url)
             .map_err(|e| err("proxmox.url", format!("`{}` is not a URL ({e})", raw.proxmox.url)))?;
         let read_secret = |key: &str, path: &Path| {
+            private(key, path)?;
             let text =
                 std::fs::read_to_string(path).map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
             let text = text.trim();
@@ -744,6 +762,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s3cret\n").unwrap();
+        private(&secret);
         let fp = (0..32).map(|i| format!("{i:02X}")).collect::<Vec<_>>().join(":");
         let path = dir.path().join("agent.toml");
         std::fs::write(
@@ -758,6 +777,21 @@ mod tests {
 
     fn no_env(_: &str) -> Option<String> {
         None
+    }
+
+    fn private(path: &Path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn a_secret_file_others_may_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (dir, path) = fixture("");
+        std::fs::set_permissions(dir.path().join("secret"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::load(Some(&path), no_env).unwrap_err();
+        assert_eq!(e.key, "proxmox.token_secret_file", "{e}");
+        assert!(e.message.contains("mode 0644") && e.message.contains("chmod 600"), "{e}");
     }
 
     #[test]
@@ -782,6 +816,7 @@ mod tests {
         let (dir, path) = fixture("");
         let password = dir.path().join("password");
         std::fs::write(&password, "hunter2\n").unwrap();
+        private(&password);
         let login = |user: &'static str| {
             let password = password.display().to_string();
             move |k: &str| match k {

@@ -163,7 +163,54 @@ async fn permissions(pve: &PveClient, job: &Job, vmid: Option<Vmid>, clone_sourc
             format!("the agent's credential lacks {}", missing.join(", ")),
         ));
     }
-    Ok(format!("{} privileges held", needed.len()))
+    let mut said = format!("{} privileges held", needed.len());
+    if let Some(more) = more_than_needed(&held) {
+        said.push_str(&format!("; but it holds more than it needs: {more}"));
+    }
+    Ok(said)
+}
+
+/// What pvefleet's jobs use, all of it (deploy/README.md's `PVEFleetAgent` role and `VM.Clone`).
+const USED: [&str; 16] = [
+    "VM.Allocate",
+    "VM.Audit",
+    "VM.Clone",
+    "VM.Config.Disk",
+    "VM.Config.CPU",
+    "VM.Config.Memory",
+    "VM.Config.Network",
+    "VM.Config.Options",
+    "VM.PowerMgmt",
+    "Datastore.AllocateSpace",
+    "Datastore.AllocateTemplate",
+    "Datastore.Audit",
+    "SDN.Use",
+    "SDN.Audit",
+    "Sys.Audit",
+    "Pool.Audit",
+];
+
+/// The privileges the credential holds that no job uses, and where: an agent's token should be
+/// able to do what its jobs do and no more (one stolen token must not stop or delete every
+/// guest in the cluster, or change who may do what).
+fn more_than_needed(held: &BTreeMap<String, Vec<String>>) -> Option<String> {
+    let mut extra: Vec<String> = held
+        .iter()
+        .flat_map(|(path, privs)| {
+            privs.iter().filter(|p| !USED.contains(&p.as_str())).map(move |p| format!("{p} on {path}"))
+        })
+        .collect();
+    extra.sort();
+    extra.dedup();
+    if extra.is_empty() {
+        return None;
+    }
+    let shown = extra.len().min(8);
+    let rest = if extra.len() > shown { format!(" and {} more", extra.len() - shown) } else { String::new() };
+    Some(format!(
+        "{}{rest} (deploy/README.md: a role of its own on a `pvefleet` pool, one token per node)",
+        extra[..shown].join(", ")
+    ))
 }
 
 /// Whether `privilege` is held on `path` or on a path above it.

@@ -8,6 +8,8 @@ fn example_agent_toml_parses() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("token-secret");
     std::fs::write(&secret, "00000000-0000-0000-0000-000000000000\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
     let ca = dir.path().join("nats-ca.pem");
     std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
     // The example names files under /etc/pvefleet; the environment overrides them, as it can in production.

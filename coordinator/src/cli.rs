@@ -191,6 +191,10 @@ pub struct DestroyArgs {
     /// The container's vmid (with --node).
     #[arg(long, requires = "node")]
     pub vmid: Option<u32>,
+    /// With --node/--vmid, destroy a container no job in this store made, on its pvefleet
+    /// marker tag alone (any PVE user who may tag guests can forge one).
+    #[arg(long, requires = "vmid")]
+    pub force_marker: bool,
     /// How long a clean shutdown may take before the container is stopped hard.
     #[arg(long, default_value = "60s")]
     pub shutdown_timeout: String,

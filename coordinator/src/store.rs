@@ -514,15 +514,58 @@ impl Store {
         Ok((pages.fetch_page(page).await?, total))
     }
 
-    /// Every job's step, complete and error events in one query, ordered by job and seq: what
-    /// the step durations of `/metrics` are measured from.
-    pub async fn step_marks(&self) -> anyhow::Result<Vec<event::Model>> {
-        Ok(event::Entity::find()
-            .filter(event::Column::Kind.is_in(["step", "complete", "error"]))
-            .order_by_asc(event::Column::JobId)
-            .order_by_asc(event::Column::Seq)
+    /// How many jobs the store holds, by state and node, counted by the database.
+    pub async fn job_counts(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+        use sea_orm::{FromQueryResult, QuerySelect as _};
+        #[derive(FromQueryResult)]
+        struct Count {
+            state: String,
+            node: String,
+            n: i64,
+        }
+        let rows = job::Entity::find()
+            .select_only()
+            .column(job::Column::State)
+            .column(job::Column::Node)
+            .column_as(job::Column::JobId.count(), "n")
+            .group_by(job::Column::State)
+            .group_by(job::Column::Node)
+            .into_model::<Count>()
             .all(&self.db)
-            .await?)
+            .await?;
+        Ok(rows.into_iter().map(|c| (c.state, c.node, c.n)).collect())
+    }
+
+    /// The jobs that finished at or after `since` (every finished one without it), oldest
+    /// end first: what `/metrics` adds to its histograms since its last scrape.
+    pub async fn finished_since(&self, since: Option<&str>) -> anyhow::Result<Vec<job::Model>> {
+        let mut q = job::Entity::find().filter(job::Column::FinishedAt.is_not_null());
+        if let Some(since) = since {
+            q = q.filter(job::Column::FinishedAt.gte(since));
+        }
+        Ok(q.order_by_asc(job::Column::FinishedAt).all(&self.db).await?)
+    }
+
+    /// The step, complete and error events of `jobs`, ordered by job and seq: what their step
+    /// durations are measured from.
+    pub async fn step_marks_of(&self, jobs: &[String]) -> anyhow::Result<Vec<event::Model>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut marks = Vec::new();
+        // Bounded IN lists, whatever the batch.
+        for chunk in jobs.chunks(500) {
+            marks.extend(
+                event::Entity::find()
+                    .filter(event::Column::Kind.is_in(["step", "complete", "error"]))
+                    .filter(event::Column::JobId.is_in(chunk.iter().cloned()))
+                    .order_by_asc(event::Column::JobId)
+                    .order_by_asc(event::Column::Seq)
+                    .all(&self.db)
+                    .await?,
+            );
+        }
+        Ok(marks)
     }
 
     pub async fn events(&self, id: &JobId) -> anyhow::Result<Vec<event::Model>> {

@@ -112,9 +112,10 @@ impl Pvefleet {
         self
     }
 
+    /// The global flags; the NATS URL (which may hold a password) goes in the environment, as
+    /// an operator's `coordinator.env` gives it: never on a command line `ps` shows.
     fn globals(&self) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["--nats-url".into(), self.nats_url.clone().into(), "--db".into(), self.db.clone().into()];
+        let mut args: Vec<std::ffi::OsString> = vec!["--db".into(), self.db.clone().into()];
         if let Some(ca) = &self.nats_ca {
             args.extend(["--nats-ca".into(), ca.clone().into_os_string()]);
         }
@@ -124,7 +125,7 @@ impl Pvefleet {
     pub fn command(&self, args: &[&str]) -> anyhow::Result<tokio::process::Command> {
         let mut cmd = tokio::process::Command::new(tools::workspace_bin("pvefleet")?);
         cmd.args(self.globals()).args(args);
-        cmd.env_remove("PVEFLEET_DB").env_remove("PVEFLEET_NATS_URL").stdin(std::process::Stdio::null());
+        cmd.env_remove("PVEFLEET_DB").env("PVEFLEET_NATS_URL", &self.nats_url).stdin(std::process::Stdio::null());
         // A run whose caller gave up on it (a timeout, a Ctrl-C of the demo) must not outlive it.
         cmd.kill_on_drop(true);
         Ok(cmd)
@@ -162,6 +163,7 @@ impl Pvefleet {
         let port = crate::free_port(host);
         let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);
         cmd.args(self.globals()).args(["serve", "--listen", &format!("{host}:{port}")]).args(args);
+        cmd.env("PVEFLEET_NATS_URL", &self.nats_url);
         let mut proc = Proc::spawn(&self.dir, name, cmd)?;
         let url = format!("http://{}:{port}", if host == "0.0.0.0" { "127.0.0.1" } else { host });
         let probe = format!("{url}/assets/style.css");
@@ -182,7 +184,7 @@ impl Pvefleet {
     /// `pvefleet record` as a background process, its output in the test dir.
     pub fn recorder(&self, name: &str) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);
-        cmd.args(self.globals()).arg("record");
+        cmd.args(self.globals()).arg("record").env("PVEFLEET_NATS_URL", &self.nats_url);
         Proc::spawn(&self.dir, name, cmd)
     }
 }

@@ -80,10 +80,10 @@ impl FakePve {
         let keys_dir = dir.sub("authorized-keys");
         let token_secret = random_secret();
         let token_secret_file = home.join("token-secret");
-        std::fs::write(&token_secret_file, format!("{token_secret}\n"))?;
+        write_private(&token_secret_file, &format!("{token_secret}\n"))?;
         let root_password = random_secret();
         let root_password_file = home.join("root-password");
-        std::fs::write(&root_password_file, format!("{root_password}\n"))?;
+        write_private(&root_password_file, &format!("{root_password}\n"))?;
         let mut cmd = Command::new(python);
         cmd.arg(&launcher)
             .args(["--host", "127.0.0.1", "--port", "0", "--control-port", "0"])
@@ -353,4 +353,17 @@ fn random_secret() -> String {
         out.push_str(&format!("{:016x}", h.finish()));
     }
     format!("{}-{}-{}-{}-{}", &out[0..8], &out[8..12], &out[12..16], &out[16..20], &out[20..32])
+}
+
+/// Writes a secret as an operator would: mode 0600 (the agent refuses one others may read).
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
 }

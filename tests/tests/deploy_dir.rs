@@ -62,6 +62,7 @@ fn every_file_in_deploy_parses() -> anyhow::Result<()> {
             ("ProtectHome", "yes"),
             ("PrivateTmp", "yes"),
             ("Restart", "on-failure"),
+            ("LimitCORE", "0"),
         ] {
             assert!(keys.contains(&(key, value)), "{unit}: {key}={value} missing");
         }

@@ -875,3 +875,75 @@ async fn one_node_cannot_evict_anothers_history_nor_make_phantom_jobs() -> anyho
     dir.pass();
     Ok(())
 }
+
+/// Hole 12, the smaller ones: a marker tag any PVE user who may tag guests can forge made
+/// `destroy --node --vmid` delete a stranger's container; the web view held any number of live
+/// streams for one client; a password in `--nats-url` showed in `ps` without a word; and an
+/// over-privileged token went unremarked. Now a marker-only destroy needs the store's record of
+/// the job that made the container (or `--force-marker`), each client holds at most 32 live
+/// streams, the CLI warns about a password on its command line, and a plan names what the
+/// token holds beyond its needs.
+#[tokio::test]
+async fn forged_markers_stream_floods_and_loud_credentials_are_answered() -> anyhow::Result<()> {
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    let bed = Fleet::start("hostile-smaller", &["pve1"]).await?;
+    let _agent = bed.agent("pve1")?;
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    cli.must(&["setup"]).await?;
+    // A PVE user who may tag guests writes a pvefleet marker on a tenant's container.
+    bed.pve.make_container("pve1", 9400, &[("hostname", "tenant-web"), ("tags", "pvefleet-01m8w7aaaaaa")]).await?;
+    let refused = cli.run(&["destroy", "--node", "pve1", "--vmid", "9400", "--watch"]).await?;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("--force-marker"), "{}", refused.stderr);
+    assert_eq!(bed.pve.containers().await?, vec![9400], "the tenant's container is untouched");
+    let forced = cli.run(&["destroy", "--node", "pve1", "--vmid", "9400", "--force-marker", "--watch"]).await?;
+    assert!(forced.ok() && forced.stderr.contains("on its marker tag alone"), "{forced:?}");
+    assert!(bed.pve.containers().await?.is_empty());
+
+    // A password on the command line is named; one in the environment is not.
+    let port = bed.nats.port();
+    let loud = tokio::process::Command::new(pvefleet_testbed::tools::workspace_bin("pvefleet")?)
+        .args(["--nats-url", &format!("nats://someone:hunter2@127.0.0.1:{port}"), "--db", &db.url(), "jobs"])
+        .env_remove("PVEFLEET_NATS_URL")
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&loud.stderr);
+    assert!(stderr.contains("--nats-url carries a password") && !stderr.contains("hunter2"), "{stderr}");
+    let quiet = cli.must(&["jobs"]).await?;
+    assert!(!quiet.stderr.contains("carries a password"), "{quiet:?}");
+
+    // fakepve's token is root's, with every privilege: the plan says so.
+    let plan = cli
+        .run(&[
+            "plan",
+            "--node",
+            "pve1",
+            "--hostname",
+            "planned",
+            "--ostemplate",
+            pvefleet_testbed::fakepve::OSTEMPLATE,
+            "--ip",
+            "127.0.0.49/32",
+        ])
+        .await?;
+    assert!(plan.stdout.contains("more than it needs") && plan.stdout.contains("Permissions.Modify"), "{plan:?}");
+
+    // One client holds at most 32 live streams of the web view.
+    let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        let resp = reqwest::get(format!("{url}/live/fleet")).await?;
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    let over = reqwest::get(format!("{url}/live/fleet")).await?;
+    assert_eq!(over.status(), 429, "a 33rd stream was served");
+    drop(held.pop());
+    pvefleet_testbed::wait_until("a freed slot", Duration::from_secs(10), || async {
+        (reqwest::get(format!("{url}/live/fleet")).await.ok()?.status() == 200).then_some(())
+    })
+    .await?;
+    bed.dir.pass();
+    Ok(())
+}

@@ -76,6 +76,21 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
                 .into_iter()
                 .filter(|j| j.kind == "create" && j.vmid == Some(i64::from(vmid.get())) && j.state != "destroyed")
                 .max_by(|a, b| a.job_id.cmp(&b.job_id));
+            // The marker alone is a tag any PVE user who may tag guests can write: without the
+            // store's record of the job that made it, only an operator who says so destroys it.
+            if made_by.is_none() {
+                if !args.force_marker {
+                    return Err(Failure::Usage(format!(
+                        "no job in this store made container {vmid} on {node}; its pvefleet marker tag alone proves \
+                         nothing (any PVE user who may tag guests can write one). Destroy it by its create job, or \
+                         give --force-marker if you know it is pvefleet's"
+                    )));
+                }
+                eprintln!(
+                    "warning: destroying container {vmid} on {node} on its marker tag alone (--force-marker); no job \
+                     in this store made it"
+                );
+            }
             let hostname = made_by.as_ref().map_or_else(|| format!("vmid {vmid}"), |j| j.hostname.clone());
             let create_job = made_by.and_then(|j| j.job_id.parse().ok());
             Ok((node, DestroyTarget { create_job, vmid: Some(vmid) }, hostname))

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use futures::stream::{self, Stream};
@@ -14,11 +14,66 @@ use pvefleet_schemas::{JobId, NodeName};
 use super::Web;
 use crate::bus::EventFeed;
 
-fn sse(s: impl Stream<Item = Result<Sse, Infallible>> + Send + 'static) -> Response {
+fn sse(s: impl Stream<Item = Result<Sse, Infallible>> + Send + 'static, slot: Slot) -> Response {
+    use futures::StreamExt as _;
+    // The slot is held as long as the stream is, and given back when the client goes.
+    let s = s.map(move |item| {
+        let _held = &slot;
+        item
+    });
     axum::response::Sse::new(s).keep_alive(KeepAlive::default()).into_response()
 }
 
-pub async fn job_events(State(web): State<Web>, Path(id): Path<String>) -> Response {
+/// Live streams one client address may hold open at once. Each holds a NATS subscription and a
+/// task here; without a cap, one client (or one script gone wrong) could hold them without end.
+/// Behind a reverse proxy every client has the proxy's address: raise it there, or cap there.
+pub const STREAMS_PER_CLIENT: usize = 32;
+
+/// One live stream of one client, counted while it is held.
+#[derive(Debug)]
+pub struct Slot {
+    streams: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    client: std::net::IpAddr,
+}
+
+impl Slot {
+    /// A slot for `client`, or `None` when it holds [`STREAMS_PER_CLIENT`] already.
+    fn take(web: &Web, client: std::net::IpAddr) -> Option<Self> {
+        let mut open = web.streams.lock().expect("the stream counts");
+        let count = open.entry(client).or_default();
+        if *count >= STREAMS_PER_CLIENT {
+            return None;
+        }
+        *count += 1;
+        Some(Self { streams: web.streams.clone(), client })
+    }
+
+    /// The answer to a client that holds all its slots.
+    fn refused(client: std::net::IpAddr) -> Response {
+        let why = format!("{client} holds {STREAMS_PER_CLIENT} live streams already; close one first");
+        (axum::http::StatusCode::TOO_MANY_REQUESTS, why).into_response()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.streams.lock()
+            && let Some(count) = open.get_mut(&self.client)
+        {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
+    }
+}
+
+pub async fn job_events(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Path(id): Path<String>,
+) -> Response {
+    let Some(slot) = Slot::take(&web, peer.ip()) else { return Slot::refused(peer.ip()) };
     let Ok(job_id) = id.parse::<JobId>() else { return super::pages::not_found("not a job id") };
     let row = match web.store.job(&job_id).await {
         Ok(row) => row,
@@ -34,7 +89,7 @@ pub async fn job_events(State(web): State<Web>, Path(id): Path<String>) -> Respo
             // Neither recorded nor with any event: no such job (as `watch` says).
             None => return super::pages::not_found("no such job"),
             // Finished longer ago than the events stream keeps: what the store recorded.
-            Some(r) if !matches!(r.state.as_str(), "queued" | "running") => return recorded(&web, &job_id).await,
+            Some(r) if !matches!(r.state.as_str(), "queued" | "running") => return recorded(&web, &job_id, slot).await,
             Some(_) => {}
         }
     }
@@ -62,11 +117,11 @@ pub async fn job_events(State(web): State<Web>, Path(id): Path<String>) -> Respo
             Feed::Done => None,
         }
     });
-    sse(events)
+    sse(events, slot)
 }
 
 /// A finished job's events as the store recorded them, then `end`.
-async fn recorded(web: &Web, job: &JobId) -> Response {
+async fn recorded(web: &Web, job: &JobId, slot: Slot) -> Response {
     let rows = match web.store.events(job).await {
         Ok(rows) => rows,
         Err(e) => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -82,10 +137,11 @@ async fn recorded(web: &Web, job: &JobId) -> Response {
         })
         .chain(std::iter::once(Ok(Sse::default().event("end").data("end"))))
         .collect();
-    sse(stream::iter(items))
+    sse(stream::iter(items), slot)
 }
 
-pub async fn fleet(State(web): State<Web>) -> Response {
+pub async fn fleet(State(web): State<Web>, ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>) -> Response {
+    let Some(slot) = Slot::take(&web, peer.ip()) else { return Slot::refused(peer.ip()) };
     let ticks = stream::unfold((web, true), |(web, first)| async move {
         if !first {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -96,5 +152,5 @@ pub async fn fleet(State(web): State<Web>) -> Response {
         };
         Some((Ok(Sse::default().event("fleet").data(data)), (web, false)))
     });
-    sse(ticks)
+    sse(ticks, slot)
 }

@@ -1,6 +1,6 @@
-//! `/metrics` of the fleet in the Prometheus text format, built at each scrape from what the
-//! store recorded and what the jobs stream holds: jobs by state and node, job and step
-//! durations as histograms, and the jobs queued per node.
+//! `/metrics` of the fleet in the Prometheus text format: jobs by state and node (counted by the
+//! database at each scrape), job and step durations as histograms (kept up to date: a scrape
+//! adds only the jobs finished since the last), and the jobs queued per node.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -25,7 +25,7 @@ struct NodeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StepLabels {
+pub struct StepLabels {
     step: String,
 }
 
@@ -36,6 +36,69 @@ fn seconds_between(a: &str, b: &str) -> Option<f64> {
     let fmt = time::format_description::well_known::Rfc3339;
     let (a, b) = (time::OffsetDateTime::parse(a, &fmt).ok()?, time::OffsetDateTime::parse(b, &fmt).ok()?);
     Some((b - a).as_seconds_f64().max(0.0))
+}
+
+/// The duration histograms, kept up to date between scrapes: each scrape adds only the jobs
+/// that finished since the last one (a finished job's durations never change), so a scrape
+/// costs what is new, not every job the store has ever held.
+#[derive(Debug)]
+pub struct Durations {
+    jobs: Histogram,
+    steps: Family<StepLabels, Histogram>,
+    /// The latest `finished_at` counted, and the jobs that finished at exactly that instant.
+    since: Option<String>,
+    at_since: std::collections::HashSet<String>,
+}
+
+impl Default for Durations {
+    fn default() -> Self {
+        Self {
+            jobs: Histogram::new(BUCKETS),
+            steps: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
+            since: None,
+            at_since: Default::default(),
+        }
+    }
+}
+
+impl Durations {
+    /// Adds the jobs finished since the last call.
+    async fn catch_up(&mut self, store: &crate::store::Store) -> anyhow::Result<()> {
+        let fresh: Vec<_> = store
+            .finished_since(self.since.as_deref())
+            .await?
+            .into_iter()
+            .filter(|j| !(j.finished_at == self.since && self.at_since.contains(&j.job_id)))
+            .collect();
+        for j in &fresh {
+            if let (Some(start), Some(end)) = (&j.started_at, &j.finished_at)
+                && let Some(s) = seconds_between(start, end)
+            {
+                self.jobs.observe(s);
+            }
+        }
+        let ids: Vec<String> = fresh.iter().map(|j| j.job_id.clone()).collect();
+        // A step lasts from its `step` event to the next one (or the job's end).
+        let marks = store.step_marks_of(&ids).await?;
+        for pair in marks.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if a.job_id == b.job_id
+                && a.kind == "step"
+                && let Some(s) = seconds_between(&a.timestamp, &b.timestamp)
+            {
+                self.steps.get_or_create(&StepLabels { step: a.step.clone().unwrap_or_default() }).observe(s);
+            }
+        }
+        if let Some(last) = fresh.last().and_then(|j| j.finished_at.clone()) {
+            if self.since.as_ref() != Some(&last) {
+                self.at_since.clear();
+            }
+            self.at_since
+                .extend(fresh.iter().filter(|j| j.finished_at.as_ref() == Some(&last)).map(|j| j.job_id.clone()));
+            self.since = Some(last);
+        }
+        Ok(())
+    }
 }
 
 pub async fn metrics(State(web): State<Web>) -> Response {
@@ -50,32 +113,14 @@ async fn render(web: &Web) -> anyhow::Result<String> {
     let mut registry = Registry::with_prefix("pvefleet");
     let jobs = Family::<JobLabels, Gauge>::default();
     let queued = Family::<NodeLabels, Gauge>::default();
-    let job_seconds = Histogram::new(BUCKETS);
-    let steps = Family::<StepLabels, Histogram>::new_with_constructor(|| Histogram::new(BUCKETS));
-    let mut finished = std::collections::HashSet::new();
-    for j in web.store.jobs(None, None).await? {
-        jobs.get_or_create(&JobLabels { state: j.state.clone(), node: j.node.clone() }).inc();
-        if let (Some(start), Some(end)) = (&j.started_at, &j.finished_at)
-            && let Some(s) = seconds_between(start, end)
-        {
-            job_seconds.observe(s);
-        }
-        if j.finished_at.is_some() {
-            finished.insert(j.job_id);
-        }
+    for (state, node, n) in web.store.job_counts().await? {
+        jobs.get_or_create(&JobLabels { state, node }).set(n);
     }
-    // A step of a finished job lasts from its `step` event to the next one (or the job's end).
-    let marks = web.store.step_marks().await?;
-    for pair in marks.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        if a.job_id == b.job_id
-            && a.kind == "step"
-            && finished.contains(&a.job_id)
-            && let Some(s) = seconds_between(&a.timestamp, &b.timestamp)
-        {
-            steps.get_or_create(&StepLabels { step: a.step.clone().unwrap_or_default() }).observe(s);
-        }
-    }
+    let (job_seconds, steps) = {
+        let mut durations = web.durations.lock().await;
+        durations.catch_up(&web.store).await?;
+        (durations.jobs.clone(), durations.steps.clone())
+    };
     if let Ok(stream) = web.js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await
         && let Ok(mut subjects) = stream.info_with_subjects(pvefleet_schemas::names::JOBS_SUBJECTS).await
     {

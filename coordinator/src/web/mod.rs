@@ -40,6 +40,10 @@ pub struct Web {
     pub js: jetstream::Context,
     /// SHA-256 of the bearer token, when one is required.
     token: Option<[u8; 32]>,
+    /// Live streams open now, per client address ([`live::Slot`]).
+    pub streams: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    /// `/metrics`' duration histograms, kept between scrapes.
+    pub durations: Arc<tokio::sync::Mutex<metrics::Durations>>,
 }
 
 const COOKIE: &str = "pvefleet_token";
@@ -72,7 +76,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
     let store = crate::open_store(cli).await?;
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
-    let web = Web { store, client, js, token };
+    let web = Web { store, client, js, token, streams: Default::default(), durations: Default::default() };
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(anyhow::Error::from)?;
@@ -80,7 +84,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
         Some(_) => println!("pvefleet serve: http://{bound}/ (a token is required: open http://{bound}/?token=… once)"),
         None => println!("pvefleet serve: http://{bound}/ (loopback only, no token)"),
     }
-    axum::serve(listener, router(web))
+    axum::serve(listener, router(web).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
