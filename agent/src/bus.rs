@@ -102,7 +102,7 @@ pub struct Bus {
     pub js: jetstream::Context,
     pub events: stream::Stream,
     pub consumer: jetstream::consumer::Consumer<pull::Config>,
-    pub checkpoints: kv::Store,
+    pub checkpoints: crate::checkpoints::Checkpoints,
     pub nodes: kv::Store,
     pub vmids: kv::Store,
 }
@@ -113,7 +113,11 @@ impl Bus {
     pub async fn open(client: async_nats::Client, config: &Config) -> Result<Self, BusError> {
         let js = jetstream::new(client.clone());
         let (jobs, events) = ensure_streams(&js, &config.node).await?;
-        let checkpoints = get_or_create_bucket(&js, layout::jobs_bucket(1)).await?;
+        // Read and written without its stream's info, which would list every node's jobs.
+        let checkpoints = crate::checkpoints::Checkpoints::open(&js).await?;
+        if !checkpoints.exists(&config.node).await {
+            get_or_create_bucket(&js, layout::jobs_bucket(1)).await?;
+        }
         let nodes = get_or_create_bucket(&js, layout::nodes_bucket(1, config.heartbeat * 3)).await?;
         get_or_create_stream(&js, layout::vmids_stream(1)).await?;
         let vmids = js

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::Operation;
 use backon::Retryable as _;
 use pvefleet_schemas::{Checkpoint, JobId, Lease, NodeName, Timestamp, names};
 use time::OffsetDateTime;
@@ -23,11 +23,12 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, nats_retry};
+use crate::checkpoints::{Checkpoints, KvError};
 
 /// A run's hold on one job, through which its checkpoint is written.
 #[derive(Debug)]
 pub struct Claim {
-    kv: kv::Store,
+    kv: Checkpoints,
     key: String,
     owner: String,
     lease: Duration,
@@ -60,7 +61,7 @@ impl Claim {
     /// Takes `job` for the run named `owner` (unique per delivery) for `lease`, unless another
     /// run holds it.
     pub async fn take(
-        kv: &kv::Store,
+        kv: &Checkpoints,
         node: &NodeName,
         job: JobId,
         owner: String,
@@ -109,7 +110,7 @@ impl Claim {
     /// Takes a job that has no checkpoint yet (its first delivery) in one write; `None` if it
     /// has one after all, for [`Claim::take`] to look at.
     pub async fn take_new(
-        kv: &kv::Store,
+        kv: &Checkpoints,
         node: &NodeName,
         job: JobId,
         owner: String,
@@ -259,12 +260,12 @@ enum WriteError {
 
 /// Writes `cp` at `key` if its revision is still `revision` (0: if there is none). A write
 /// whose acknowledgement was lost and is found done when retried counts as done.
-async fn write(kv: &kv::Store, key: &str, cp: &Checkpoint, revision: u64) -> Result<u64, WriteError> {
+async fn write(kv: &Checkpoints, key: &str, cp: &Checkpoint, revision: u64) -> Result<u64, WriteError> {
     let value: bytes::Bytes = cp.encode().into();
     let attempt = || async {
         match kv.update(key, value.clone(), revision).await {
             Ok(rev) => Ok(Ok(rev)),
-            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
+            Err(KvError::WrongLastRevision) => {
                 // Our own earlier attempt may have landed before its answer was lost.
                 match kv.entry(key.to_owned()).await {
                     Ok(Some(entry)) if entry.operation == Operation::Put && entry.value == value => {

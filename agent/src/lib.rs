@@ -5,6 +5,7 @@
 //! - [`config`]: `agent.toml` and its `PVEFLEET_…` overrides, checked at start.
 //! - [`bus`]: NATS: connecting with backoff, streams/buckets/consumer, events, checkpoints.
 //! - [`claim`]: one run at a time per job: the checkpoint, written under a lease.
+//! - [`checkpoints`]: the checkpoints bucket, read and written without its stream's info.
 //! - [`vmid`]: allocating vmids that concurrent jobs never share.
 //! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
 //! - [`runner`]: the one runner of every job kind: lease, step table, checkpoints, events, undo.
@@ -25,6 +26,7 @@
 
 pub mod bus;
 pub mod cache;
+pub mod checkpoints;
 mod checks;
 pub mod claim;
 pub mod config;

@@ -379,6 +379,14 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     )
     .await;
     refused(&mut rogue_errors, "STREAM.INFO.PVEFLEET_EVENTS_pve2").await?;
+    // Nor through the shared checkpoints bucket, whose keys are `<node>.<job>`.
+    try_request(
+        &rogue,
+        "$JS.API.STREAM.INFO.KV_pvefleet-jobs",
+        serde_json::json!({"subjects_filter": "$KV.pvefleet-jobs.>"}),
+    )
+    .await;
+    refused(&mut rogue_errors, "STREAM.INFO.KV_pvefleet-jobs").await?;
     for subject in ["pvefleet.control.pve2.cancel", "pvefleet.control.pve2.plan", "pvefleet.jobs.pve2.destroy"] {
         let _ = rogue.publish(subject, "{}".into()).await;
         refused(&mut rogue_errors, subject).await?;
