@@ -481,9 +481,9 @@ async fn drive<S: Saga>(
         let lost = core.claim.lost().clone();
         let span = tracing::info_span!("step", step = %row.step);
         let began = Instant::now();
-        test_hook_panic(row.step);
+        test_hooks::as_step_begins(row.step);
         let outcome = tokio::select! {
-            r = saga.step(row.step).instrument(span) => r,
+            r = test_hooks::step(saga, row.step).instrument(span) => r,
             // Safe at any await: every step re-checks the world when it is resumed.
             _ = stop.cancelled() => return Ok(JobEnd::Interrupted),
             _ = lost.cancelled() => return Err(BusError::LeaseLost),
@@ -505,6 +505,7 @@ async fn drive<S: Saga>(
                 return fail(saga, ErrorInfo { kind, step: row.step, message }).await;
             }
         }
+        test_hooks::as_step_ends(row.step);
     }
     let result = saga.result(true, None, false);
     let message = saga.completed();
@@ -513,16 +514,48 @@ async fn drive<S: Saga>(
     Ok(JobEnd::Finished { success: true })
 }
 
-/// In debug builds only (the test bed's), `PVEFLEET_TEST_PANIC_IN=<step>` makes a job panic
-/// as that step begins: how the tests prove a bug in a step ends its job once, rolled back,
-/// and never loops. Release builds have no such hook.
-fn test_hook_panic(step: Step) {
+/// Hooks the tests drive the engine with, in debug builds only (the test bed's); release
+/// builds have none. Each names a step in its variable:
+/// - `PVEFLEET_TEST_PANIC_IN`: a panic as the step begins (a bug ends its job once, rolled
+///   back, and never loops);
+/// - `PVEFLEET_TEST_FAIL_IN`: the step fails (kind `internal`) instead of running, so every
+///   step's failure and unwind can be tried in turn;
+/// - `PVEFLEET_TEST_STOP_AFTER`: the agent dies (abort, as in a crash) once the step has ended
+///   and its checkpoint is written, so every step's resumption can be tried in turn.
+mod test_hooks {
+    use pvefleet_schemas::{ErrorKind, Step};
+
+    use super::{Saga, StepError, StepResult};
+
     #[cfg(debug_assertions)]
-    if std::env::var("PVEFLEET_TEST_PANIC_IN").is_ok_and(|s| s == step.to_string()) {
-        panic!("test hook: a panic as step {step} begins");
+    fn named(var: &str, step: Step) -> bool {
+        std::env::var(var).is_ok_and(|s| s == step.to_string())
     }
+
     #[cfg(not(debug_assertions))]
-    let _ = step;
+    fn named(_: &str, _: Step) -> bool {
+        false
+    }
+
+    pub(super) fn as_step_begins(step: Step) {
+        if named("PVEFLEET_TEST_PANIC_IN", step) {
+            panic!("test hook: a panic as step {step} begins");
+        }
+    }
+
+    pub(super) async fn step<S: Saga>(saga: &mut S, step: Step) -> StepResult {
+        if named("PVEFLEET_TEST_FAIL_IN", step) {
+            return Err(StepError::failed(ErrorKind::Internal, format!("test hook: step {step} fails")));
+        }
+        saga.step(step).await
+    }
+
+    pub(super) fn as_step_ends(step: Step) {
+        if named("PVEFLEET_TEST_STOP_AFTER", step) {
+            tracing::error!(%step, "test hook: the agent dies after this step");
+            std::process::abort();
+        }
+    }
 }
 
 /// Records the failure, undoes per the kind and its policy, and ends the job with its error

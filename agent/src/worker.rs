@@ -389,7 +389,9 @@ async fn terminal_error(
 /// The job id of a message, if it has a readable one (even when the rest is not).
 fn job_id_of(payload: &[u8]) -> Option<JobId> {
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    value.get("job_id")?.as_str()?.parse().ok()
+    // A job's own, or the one a plan request carries.
+    let id = value.get("job_id").or_else(|| value.get("job")?.get("job_id"))?;
+    id.as_str()?.parse().ok()
 }
 
 /// Answers the control requests on `subject` until the agent stops: each request's payload
@@ -416,7 +418,11 @@ pub(crate) async fn answer_requests<Fut, R>(
             _ = shared.stop.cancelled() => return,
         };
         let Some(reply) = request.reply.clone() else { continue };
-        let payload = serde_json::to_vec(&answer(request.payload).await).expect("a reply serializes");
+        // One span per request, naming its job when it names one.
+        let job_id = job_id_of(&request.payload).map(|j| j.to_string()).unwrap_or_default();
+        let span = tracing::info_span!("control", request = what, %job_id);
+        let payload = serde_json::to_vec(&tracing::Instrument::instrument(answer(request.payload), span).await)
+            .expect("a reply serializes");
         if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
             tracing::warn!(error = %e, "{what} reply not sent");
         }

@@ -238,6 +238,21 @@ async fn a_server_off_loopback_needs_its_token() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `pvefleet serve` stops on SIGTERM (systemd's stop) as on Ctrl-C: at once, exit 0.
+#[tokio::test]
+async fn serve_stops_gracefully_on_sigterm() -> anyhow::Result<()> {
+    let bed = Fleet::start("web-sigterm", &["pve1"]).await?;
+    let db = TestDb::sqlite(&bed.dir);
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    cli.must(&["setup"]).await?;
+    let (mut serve, _url) = cli.serve("serve", "127.0.0.1", &[]).await?;
+    serve.signal(nix::sys::signal::Signal::SIGTERM)?;
+    let status = serve.wait_exit(Duration::from_secs(10)).await?;
+    assert!(status.success(), "{status}");
+    bed.dir.pass();
+    Ok(())
+}
+
 fn sample(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     scrape
         .samples

@@ -212,7 +212,8 @@ fn agrees(subject: &str, event: &Event) -> Result<(), String> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGTERM (systemd's stop) or Ctrl-C: what `record` and `serve` stop gracefully on.
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {

@@ -85,9 +85,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
         None => println!("pvefleet serve: http://{bound}/ (loopback only, no token)"),
     }
     axum::serve(listener, router(web).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(crate::verbs::record::shutdown_signal())
         .await
         .map_err(|e| anyhow::anyhow!("serving: {e}"))?;
     Ok(())

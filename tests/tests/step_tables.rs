@@ -1,0 +1,215 @@
+//! Every job kind's step table, proved generically (after omicron's saga tests): for each step
+//! a job of the kind runs, fail that step (the job ends once, with the right `rolled_back`, and
+//! its unwind leaves nothing of the job's behind), and kill the agent right after it (the job,
+//! resumed by a new agent, ends as an uninterrupted one does, no step's effect done twice).
+//! The steps come from a reference run of each kind, so a kind's new step is covered at once;
+//! a new kind is covered by adding it to [`Kind::ALL`].
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use pvefleet_schemas::{DeploySpec, DestroyJob, DestroyTarget, ErrorKind, Event, EventType, JobId, ScriptSpec, Step};
+use pvefleet_testbed::agent::{Agent, AgentOptions};
+use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit, submit_destroy};
+use pvefleet_testbed::{Fleet, Sshd};
+
+const JOB_WITHIN: Duration = Duration::from_secs(90);
+
+/// The kinds of job, each with how to make one in the bed and what its end leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Create,
+    Destroy,
+}
+
+impl Kind {
+    const ALL: [Kind; 2] = [Kind::Create, Kind::Destroy];
+}
+
+struct Bed {
+    fleet: Fleet,
+    sshd: Sshd,
+    ip: Ipv4Addr,
+    agent: Agent,
+    /// Where each job's deploy script leaves its mark, one line per run.
+    marks: std::path::PathBuf,
+    jobs: u32,
+}
+
+/// One job of a kind as submitted: its id, and the vmid it acts on (a destroy's target).
+struct Submitted {
+    job: JobId,
+    hostname: String,
+    target: Option<u32>,
+}
+
+impl Bed {
+    async fn start(name: &str, ip: Ipv4Addr) -> anyhow::Result<Self> {
+        let fleet = Fleet::start(name, &["pve1"]).await?;
+        let sshd = Sshd::start(&fleet.dir, ip, &fleet.pve.keys_dir).await?;
+        let agent = fleet
+            .agent_with(AgentOptions { ssh: Some((sshd.user.clone(), sshd.port)), ..AgentOptions::node("pve1") })?;
+        let marks = fleet.dir.sub("marks");
+        Ok(Self { fleet, sshd, ip, agent, marks, jobs: 0 })
+    }
+
+    /// The agent again, with `hooks` (`PVEFLEET_TEST_…`) in its environment.
+    fn agent_with_hooks(&mut self, hooks: &[(&str, Step)]) -> anyhow::Result<()> {
+        self.agent.opts.env = hooks.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect();
+        self.agent.restart()
+    }
+
+    /// A create job with a deploy script that marks each run of it.
+    fn create(&mut self) -> pvefleet_schemas::Job {
+        self.jobs += 1;
+        let hostname = format!("step-{}", self.jobs);
+        let mut job = create_job("pve1", &hostname, self.ip);
+        let mark = self.marks.join(&hostname);
+        job.deploy = DeploySpec {
+            scripts: vec![ScriptSpec {
+                name: "mark".into(),
+                body: format!("echo ran >> '{}'", mark.display()),
+                interpreter: "/bin/sh".into(),
+                timeout: None,
+            }],
+            ..DeploySpec::default()
+        };
+        job
+    }
+
+    /// Makes and submits a job of `kind`; a destroy's container is made first, by a create job.
+    async fn submit(&mut self, kind: Kind) -> anyhow::Result<Submitted> {
+        let create = self.create();
+        let hostname = create.container.hostname.clone();
+        match kind {
+            Kind::Create => {
+                submit(&self.fleet.js, &create).await?;
+                Ok(Submitted { job: create.job_id, hostname, target: None })
+            }
+            Kind::Destroy => {
+                submit(&self.fleet.js, &create).await?;
+                let events = events_until_terminal(&self.fleet.js, create.job_id, JOB_WITHIN).await?;
+                let result = events.last().and_then(|e| e.result.clone()).expect("a result");
+                anyhow::ensure!(result.success, "the destroy's container was not made: {events:#?}");
+                let vmid = result.vmid.expect("a vmid");
+                let destroy = DestroyJob::new(
+                    create.node.clone(),
+                    DestroyTarget { create_job: Some(create.job_id), vmid: Some(vmid) },
+                );
+                submit_destroy(&self.fleet.js, &destroy).await?;
+                Ok(Submitted { job: destroy.job_id, hostname, target: Some(vmid.get()) })
+            }
+        }
+    }
+
+    async fn containers(&self) -> anyhow::Result<Vec<u32>> {
+        self.fleet.pve.containers().await
+    }
+
+    /// How many tasks of `kind` (`vzcreate`, `vzstart`, `vzdestroy`) ran for `vmid`.
+    async fn tasks(&self, vmid: u32, kind: &str) -> anyhow::Result<usize> {
+        let tasks = self.fleet.pve.api_get(&format!("/nodes/pve1/tasks?vmid={vmid}&limit=500")).await?;
+        Ok(tasks.as_array().into_iter().flatten().filter(|t| t["type"] == kind).count())
+    }
+
+    /// How many times the deploy script of the job named `hostname` ran.
+    fn marks(&self, hostname: &str) -> usize {
+        std::fs::read_to_string(self.marks.join(hostname)).map_or(0, |t| t.lines().count())
+    }
+}
+
+fn steps_of(events: &[Event]) -> Vec<Step> {
+    let mut steps: Vec<Step> = events.iter().filter(|e| e.kind == EventType::Step).filter_map(|e| e.step).collect();
+    steps.dedup();
+    steps
+}
+
+fn end_of(events: &[Event]) -> pvefleet_schemas::JobResult {
+    events.last().and_then(|e| e.result.clone()).expect("a terminal event with a result")
+}
+
+/// Every step of `kind`, failed in turn, then interrupted after in turn.
+async fn prove(kind: Kind, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
+    let mut bed = Bed::start(name, ip).await?;
+    // The reference: the steps a job of this kind runs, uninterrupted.
+    let reference = bed.submit(kind).await?;
+    let events = events_until_terminal(&bed.fleet.js, reference.job, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    anyhow::ensure!(end_of(&events).success, "{kind:?}'s reference run failed: {events:#?}");
+    let steps = steps_of(&events);
+    anyhow::ensure!(steps.len() >= 3, "{kind:?} ran {steps:?}");
+
+    for &step in &steps {
+        // The step fails: the job ends once, at that step, and leaves nothing of its own.
+        bed.agent_with_hooks(&[("PVEFLEET_TEST_FAIL_IN", step)])?;
+        let before = bed.containers().await?;
+        let job = bed.submit(kind).await?;
+        let events = events_until_terminal(&bed.fleet.js, job.job, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        let end = end_of(&events);
+        let error = end.error.clone().expect("failed");
+        assert_eq!((error.kind, error.step), (ErrorKind::Internal, step), "{kind:?} failing {step}: {events:#?}");
+        match kind {
+            Kind::Create => {
+                // A container exists once `creating` has run: the rollback destroys it.
+                let made = step > Step::Creating;
+                assert_eq!(end.rolled_back, made, "{kind:?} failing {step}: rolled_back {events:#?}");
+                assert_eq!(bed.containers().await?, before, "{kind:?} failing {step} left a container");
+            }
+            Kind::Destroy => {
+                // A destroy is not undone: failing it leaves the container as it was, untouched.
+                assert!(!end.rolled_back, "{kind:?} failing {step}");
+                let target = job.target.expect("a target");
+                assert!(bed.containers().await?.contains(&target), "{kind:?} failing {step} removed it anyway");
+            }
+        }
+
+        // The agent dies right after the step; a new one resumes the job to the same end.
+        bed.agent_with_hooks(&[("PVEFLEET_TEST_STOP_AFTER", step)])?;
+        let before = bed.containers().await?;
+        let job = bed.submit(kind).await?;
+        pvefleet_testbed::wait_until("the agent to die after the step", JOB_WITHIN, || {
+            let running = bed.agent.is_running();
+            async move { (!running).then_some(()) }
+        })
+        .await?;
+        bed.agent_with_hooks(&[])?;
+        let events = events_until_terminal(&bed.fleet.js, job.job, JOB_WITHIN).await?;
+        check_event_contract(&events)?;
+        let end = end_of(&events);
+        assert!(end.success, "{kind:?} resumed after {step}: {events:#?}");
+        assert!(events.iter().any(|e| e.message.contains("resuming")), "{kind:?} after {step} was not resumed");
+        assert_eq!(steps_of(&events).first(), Some(&steps[0]), "{kind:?} after {step}");
+        match kind {
+            Kind::Create => {
+                let vmid = end.vmid.expect("a vmid").get();
+                let mut now = before.clone();
+                now.push(vmid);
+                now.sort_unstable();
+                assert_eq!(bed.containers().await?, now, "{kind:?} resumed after {step}: one container");
+                assert_eq!(bed.tasks(vmid, "vzcreate").await?, 1, "{kind:?} resumed after {step}: created twice");
+                assert_eq!(bed.tasks(vmid, "vzstart").await?, 1, "{kind:?} resumed after {step}: started twice");
+                assert_eq!(bed.marks(&job.hostname), 1, "{kind:?} resumed after {step}: deployed twice");
+            }
+            Kind::Destroy => {
+                let target = job.target.expect("a target");
+                assert!(!bed.containers().await?.contains(&target), "{kind:?} resumed after {step}: not removed");
+                assert_eq!(bed.tasks(target, "vzdestroy").await?, 1, "{kind:?} resumed after {step}: removed twice");
+            }
+        }
+    }
+    drop(bed.sshd);
+    bed.fleet.dir.pass();
+    Ok(())
+}
+
+/// Each kind in its own bed at once (the beds share nothing but the machine).
+#[tokio::test]
+async fn every_step_of_every_kind_fails_cleanly_and_resumes_once() -> anyhow::Result<()> {
+    let proofs = Kind::ALL.iter().enumerate().map(|(i, &kind)| {
+        let name = format!("steps-{}", format!("{kind:?}").to_ascii_lowercase());
+        async move { prove(kind, &name, Ipv4Addr::new(127, 0, 0, 121 + i as u8)).await }
+    });
+    futures::future::try_join_all(proofs).await?;
+    Ok(())
+}
