@@ -27,13 +27,18 @@ pub enum BusError {
     /// Another run took the job over, or this run's lease ran out.
     #[error("this run no longer holds the job's lease")]
     LeaseLost,
-    #[error("{what}: {message}")]
-    Nats { what: String, message: String },
+    /// The message says what was being done; the cause is kept whole as its source.
+    #[error("{what}")]
+    Nats {
+        what: String,
+        #[source]
+        source: async_nats::Error,
+    },
 }
 
 impl BusError {
-    pub(crate) fn nats(what: impl Into<String>, e: impl std::fmt::Display) -> Self {
-        BusError::Nats { what: what.into(), message: e.to_string() }
+    pub(crate) fn nats(what: impl Into<String>, e: impl Into<async_nats::Error>) -> Self {
+        BusError::Nats { what: what.into(), source: e.into() }
     }
 }
 
@@ -90,7 +95,7 @@ pub async fn connect(
         .without_max_times()
         .with_jitter();
     tokio::select! {
-        r = attempt.retry(retry).notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "NATS unreachable; retrying")) => r,
+        r = attempt.retry(retry).notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "NATS unreachable; retrying")) => r,
         _ = stop.cancelled() => Err(BusError::Stopped),
     }
 }
@@ -239,7 +244,7 @@ async fn get_or_create_consumer(
             if c.max_ack_pending != wanted.max_ack_pending || c.ack_wait != wanted.ack_wait {
                 // Follow the configured concurrency; without the right to, run with what exists.
                 if let Err(e) = js.update_consumer_on_stream(wanted, JOBS_STREAM).await {
-                    tracing::warn!(error = %e, consumer = %name, max_ack_pending = c.max_ack_pending,
+                    tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), consumer = %name, max_ack_pending = c.max_ack_pending,
                         "could not update the consumer to this agent's concurrency; using it as it is");
                 } else {
                     return jobs.get_consumer(&name).await.map_err(|e| BusError::nats(format!("consumer {name}"), e));
@@ -374,7 +379,7 @@ impl EventLog {
         .when(|e: &PublishError| {
             let retry = !matches!(e.kind(), PublishErrorKind::WrongLastSequence | PublishErrorKind::MaxPayloadExceeded);
             if retry {
-                tracing::warn!(error = %e, "publishing an event failed; retrying");
+                tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), "publishing an event failed; retrying");
             }
             retry
         })

@@ -46,7 +46,7 @@ impl Ledger {
         let path = state_dir.join("templates.json");
         let files = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %path.display(), error = %e, "the template ledger cannot be read; starting afresh");
+                tracing::warn!(path = %path.display(), error = %pvefleet_schemas::report::error_chain(&e), "the template ledger cannot be read; starting afresh");
                 BTreeMap::new()
             }),
             Err(_) => BTreeMap::new(),

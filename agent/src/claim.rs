@@ -208,11 +208,11 @@ impl Claim {
                 Err(e) => {
                     let until = self.held.lock().await.until;
                     if OffsetDateTime::now_utc() >= until {
-                        tracing::warn!(error = %e, "the job's lease ran out without renewal; stopping");
+                        tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "the job's lease ran out without renewal; stopping");
                         self.lost.cancel();
                         return;
                     }
-                    tracing::warn!(error = %e, "renewing the job's lease failed; trying again");
+                    tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "renewing the job's lease failed; trying again");
                 }
             }
         }
@@ -249,7 +249,7 @@ impl Claim {
 fn decode(key: &str, bytes: &[u8]) -> Option<Checkpoint> {
     // A checkpoint this build cannot read is treated as absent: the steps re-check the world
     // anyway, and the marker tag keeps them from touching a stranger.
-    Checkpoint::decode(bytes).inspect_err(|e| tracing::warn!(error = %e, %key, "unreadable checkpoint ignored")).ok()
+    Checkpoint::decode(bytes).inspect_err(|e| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), %key, "unreadable checkpoint ignored")).ok()
 }
 
 enum WriteError {
@@ -280,7 +280,7 @@ async fn write(kv: &Checkpoints, key: &str, cp: &Checkpoint, revision: u64) -> R
     };
     match attempt
         .retry(nats_retry())
-        .notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "checkpoint write failed; retrying"))
+        .notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "checkpoint write failed; retrying"))
         .await
     {
         Ok(done) => done,

@@ -27,7 +27,7 @@ use pvefleet_schemas::{ErrorInfo, ErrorKind, Job, JobResult, LogStream, Rollback
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SshConfig;
-use crate::proxmox::PveError;
+use crate::proxmox::{PveError, Refusal};
 use crate::runner::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
 use crate::ssh::SshSession;
 
@@ -336,7 +336,10 @@ impl CreateJob<'_> {
         match self.core.whose(vmid).await? {
             Whose::Ours => return Ok(true),
             Whose::Strangers => self.replace_vmid(vmid).await?,
-            Whose::Nobody if !e.message_contains(&format!("'{}'", self.job.node)) => self.replace_vmid(vmid).await?,
+            // PVE does not say it is on this node: a guest elsewhere, which this node cannot see.
+            Whose::Nobody if !matches!(e.refusal(), Some(Refusal::AlreadyExists { on: Some(on) }) if on == self.job.node.as_str()) => {
+                self.replace_vmid(vmid).await?
+            }
             Whose::Nobody => {
                 *tries += 1;
                 if *tries >= 3 {
@@ -379,7 +382,7 @@ impl CreateJob<'_> {
                     self.core.save().await?;
                     upid
                 }
-                Err(e) if e.message_contains("already running") => return Ok(()),
+                Err(e) if e.refusal() == Some(Refusal::AlreadyRunning) => return Ok(()),
                 Err(e) => return Err(e.into()),
             },
         };

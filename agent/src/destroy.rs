@@ -15,6 +15,7 @@ use pvefleet_schemas::{DestroyJob, ErrorInfo, ErrorKind, JobResult, LogStream, S
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::proxmox::Refusal;
 use crate::runner::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
 
 fn always(_: &DestroyJob) -> bool {
@@ -203,7 +204,7 @@ impl DestroyRun<'_> {
                         }
                     }
                 }
-                Err(e) if e.message_contains("not running") => return Ok(()),
+                Err(e) if e.refusal() == Some(Refusal::NotRunning) => return Ok(()),
                 Err(e) => return Err(e.into()),
             }
             self.core
@@ -217,7 +218,7 @@ impl DestroyRun<'_> {
                 self.core.save().await?;
                 self.core.wait_task(&upid).await
             }
-            Err(e) if e.message_contains("not running") || e.is_missing() => Ok(()),
+            Err(e) if matches!(e.refusal(), Some(Refusal::NotRunning | Refusal::Missing)) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

@@ -69,7 +69,7 @@ pub async fn beat(
             capacity = match self::capacity(&pve).await {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::warn!(error = %e, "heartbeat without capacity: the Proxmox API did not answer");
+                    tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "heartbeat without capacity: the Proxmox API did not answer");
                     None
                 }
             };
@@ -93,7 +93,7 @@ pub async fn beat(
         };
         let payload = serde_json::to_vec(&beat).expect("a heartbeat serializes");
         if let Err(e) = bus.nodes.put(&key, payload.into()).await {
-            tracing::warn!(error = %e, "heartbeat not written");
+            tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "heartbeat not written");
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), bus.nodes.delete(&key)).await;

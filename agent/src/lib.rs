@@ -71,7 +71,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         .with_max_delay(Duration::from_secs(30))
         .without_max_times();
     let bus = tokio::select! {
-        b = open.retry(retry).notify(|e, wait| tracing::warn!(error = %e, retry_in = ?wait, "NATS layout not ready; retrying")) => b?,
+        b = open.retry(retry).notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "NATS layout not ready; retrying")) => b?,
         _ = stop.cancelled() => return Ok(()),
     };
     tracing::info!(node = %config.node, concurrency = config.concurrency, proxmox = %config.proxmox.url, "agent ready");
@@ -114,7 +114,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     beat_stop.cancel();
     let _ = beat.await;
     if let Err(e) = shared.bus.client.drain().await {
-        tracing::warn!(error = %e, "draining the NATS connection failed");
+        tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "draining the NATS connection failed");
     }
     tracing::info!("agent stopped");
     Ok(())

@@ -156,12 +156,12 @@ pub async fn serve(addr: SocketAddr, stop: CancellationToken) {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(error = %e, %addr, "cannot listen for /metrics");
+            tracing::error!(error = %pvefleet_schemas::report::error_chain(&e), %addr, "cannot listen for /metrics");
             return;
         }
     };
     tracing::info!(%addr, "serving /metrics");
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-        tracing::warn!(error = %e, "/metrics stopped");
+        tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "/metrics stopped");
     }
 }

@@ -21,8 +21,8 @@ use tracing::Instrument as _;
 use crate::bus::{Bus, BusError, EventLog};
 use crate::claim::{Claim, Taken};
 use crate::config::Config;
-use crate::proxmox::task::{TaskProgress, TaskWaitError};
-use crate::proxmox::{PveClient, PveError, Upid};
+use crate::proxmox::task::{TaskFailure, TaskProgress, TaskWaitError};
+use crate::proxmox::{PveClient, PveError, Refusal, Upid};
 use crate::vmid::AllocError;
 use pvefleet_schemas::seal::SecretKey;
 
@@ -56,19 +56,34 @@ pub enum JobEnd {
 
 /// Why a step failed.
 pub(crate) enum StepError {
-    Failed { kind: ErrorKind, message: String },
+    /// The job fails: `kind` and `message` for its error event, and the cause as a type when
+    /// code acts on it (a lock to wait out, a checksum to name), never read back from the text.
+    Failed {
+        kind: ErrorKind,
+        message: String,
+        cause: Option<Cause>,
+    },
     Bus(BusError),
+}
+
+/// A failure's cause, as `proxmox` recognised it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// PVE refused the request.
+    Refused(crate::proxmox::Refusal),
+    /// A task PVE ran failed.
+    Task(crate::proxmox::task::TaskFailure),
 }
 
 impl StepError {
     pub(crate) fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
-        StepError::Failed { kind, message: message.into() }
+        StepError::Failed { kind, message: message.into(), cause: None }
     }
 }
 
 impl From<PveError> for StepError {
     fn from(e: PveError) -> Self {
-        StepError::failed(ErrorKind::Proxmox, e.to_string())
+        StepError::Failed { kind: ErrorKind::Proxmox, message: e.to_string(), cause: e.refusal().map(Cause::Refused) }
     }
 }
 
@@ -265,16 +280,17 @@ impl Core {
                 ))
                 .await?;
         }
-        if !outcome.is_ok() {
-            return Err(StepError::failed(
-                ErrorKind::Task,
-                format!(
+        if let Some(failure) = outcome.failure() {
+            return Err(StepError::Failed {
+                kind: ErrorKind::Task,
+                message: format!(
                     "{} task failed: {}\nlast lines of its log:\n{}",
                     upid.kind(),
                     outcome.exitstatus,
                     outcome.tail.join("\n")
                 ),
-            ));
+                cause: Some(Cause::Task(failure)),
+            });
         }
         Ok(())
     }
@@ -330,7 +346,7 @@ impl Core {
         if self.pve.status(vmid).await?.status == "running" {
             match self.pve.stop(vmid).await {
                 Ok(upid) => self.wait_task(&upid).await?,
-                Err(e) if e.message_contains("not running") => {}
+                Err(e) if e.refusal() == Some(Refusal::NotRunning) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -352,7 +368,7 @@ impl Core {
                 Err(e) => Err(e.into()),
             };
             match outcome {
-                Err(StepError::Failed { message, .. }) if attempt < 3 && message.contains("got timeout") => {
+                Err(StepError::Failed { cause: Some(Cause::Task(TaskFailure::LockTimeout)), .. }) if attempt < 3 => {
                     self.events
                         .warning(format!("destroying container {vmid}: the lock was busy; trying again"))
                         .await?;
@@ -456,7 +472,7 @@ async fn drive<S: Saga>(
         // The job had failed and was undoing when its agent stopped.
         return fail(saga, failure).await;
     }
-    if let Err(StepError::Failed { kind, message }) = saga.prepare() {
+    if let Err(StepError::Failed { kind, message, .. }) = saga.prepare() {
         return fail(saga, ErrorInfo { kind, step: first, message }).await;
     }
     let rows = saga.steps();
@@ -501,7 +517,7 @@ async fn drive<S: Saga>(
                 }
             }
             Err(StepError::Bus(e)) => return Err(e),
-            Err(StepError::Failed { kind, message }) => {
+            Err(StepError::Failed { kind, message, .. }) => {
                 return fail(saga, ErrorInfo { kind, step: row.step, message }).await;
             }
         }
@@ -574,7 +590,7 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
         // Stop the Proxmox task the job was waiting on (a no-op if it already ended), and
         // let it end: it holds the container's lock, which the undo needs.
         if let Err(e) = core.pve.stop_task(&upid).await {
-            tracing::info!(error = %e, %upid, "stopping the task on cancel");
+            tracing::info!(error = %pvefleet_schemas::report::error_chain(&e), %upid, "stopping the task on cancel");
         }
         let mut watch = core.pve.watch_task(&upid, core.task_timeout);
         while let Ok(TaskProgress::Lines(_)) = watch.next().await {}

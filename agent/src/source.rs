@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use crate::create::CreateJob;
 use crate::proxmox::Upid;
-use crate::runner::{StepError, StepResult};
+use crate::proxmox::task::TaskFailure;
+use crate::runner::{Cause, StepError, StepResult};
 
 impl CreateJob<'_> {
     /// Puts the spec's template on its storage, unless this agent fetched it there itself as
@@ -74,20 +75,19 @@ impl CreateJob<'_> {
         let identity = crate::cache::identity(source);
         match self.core.wait_task(upid).await {
             Ok(()) => {}
-            Err(StepError::Failed { message, .. }) if message.contains("checksum mismatch") => {
+            Err(StepError::Failed { cause: Some(Cause::Task(TaskFailure::ChecksumMismatch { detail })), .. }) => {
                 let TemplateSource::Download(d) = source else { unreachable!("only download-url checks a checksum") };
                 return Err(StepError::failed(
                     ErrorKind::Validation,
                     format!(
                         "container.template.download.checksum: the file at {} does not have the {} digest the spec \
-                         gives; PVE kept nothing ({})",
+                         gives; PVE kept nothing ({detail})",
                         d.url,
                         d.algorithm.as_str(),
-                        message.lines().find(|l| l.contains("checksum mismatch")).unwrap_or_default().trim()
                     ),
                 ));
             }
-            Err(StepError::Failed { kind: ErrorKind::Task, message }) => {
+            Err(StepError::Failed { kind: ErrorKind::Task, message, .. }) => {
                 let file = self.core.pve.template_file(&volid).await?;
                 if file.is_some_and(|f| self.ledger.vouches(&volid, &identity, f.size, f.ctime)) {
                     self.core.events.warning(format!("fetching failed, but {volid} is there now: using it")).await?;
@@ -101,7 +101,7 @@ impl CreateJob<'_> {
             Some(file) => {
                 if let Err(e) = self.ledger.record(&volid, &identity, file.size, file.ctime) {
                     // The next job fetches it again, verified: slower, never wrong.
-                    tracing::warn!(error = %e, %volid, "the template ledger could not be written");
+                    tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), %volid, "the template ledger could not be written");
                 }
                 Ok(())
             }

@@ -298,7 +298,7 @@ impl SshSession {
             .retry(retry)
             .when(SshError::is_retryable)
             .notify(|e, wait| {
-                tracing::info!(error = %e, retry_in = ?wait, "SSH not ready yet; retrying");
+                tracing::info!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "SSH not ready yet; retrying");
                 *last_error.lock().expect("last") = Some(e.to_string());
             });
         match tokio::time::timeout(deadline, attempts).await {

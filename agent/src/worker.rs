@@ -106,7 +106,7 @@ pub async fn work(shared: Arc<Shared>) {
             }
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?pause, "fetching jobs failed");
+                tracing::warn!(error = %pvefleet_schemas::report::error_chain(e.as_ref()), retry_in = ?pause, "fetching jobs failed");
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shared.stop.cancelled() => break,
@@ -143,7 +143,7 @@ async fn handle(shared: &Shared, msg: Message) {
             loop {
                 tick.tick().await;
                 if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::warn!(error = %e, "progress ack failed");
+                    tracing::warn!(error = %pvefleet_schemas::report::error_chain(e.as_ref()), "progress ack failed");
                 }
             }
         };
@@ -161,7 +161,7 @@ async fn handle(shared: &Shared, msg: Message) {
     if let (JobEnd::Interrupted | JobEnd::Bus(_), Some(claim)) = (&end, &claim) {
         // Handed back: let the next delivery resume at once rather than wait out the lease.
         if let Err(e) = claim.release(false).await {
-            tracing::warn!(error = %e, "could not release the job's lease; the next delivery waits it out");
+            tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "could not release the job's lease; the next delivery waits it out");
         }
     }
     let acked = match delivery {
@@ -174,7 +174,7 @@ async fn handle(shared: &Shared, msg: Message) {
         Delivery::Leave => Ok(()),
     };
     if let Err(e) = acked {
-        tracing::warn!(error = %e, ?delivery, "could not settle the job's message; it will be redelivered");
+        tracing::warn!(error = %pvefleet_schemas::report::error_chain(e.as_ref()), ?delivery, "could not settle the job's message; it will be redelivered");
         return;
     }
     if let JobEnd::Finished { .. } = end {
@@ -187,7 +187,7 @@ async fn handle(shared: &Shared, msg: Message) {
             },
         };
         if let Err(e) = cleared {
-            tracing::warn!(error = %e, "checkpoint not cleared; it expires on its own");
+            tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "checkpoint not cleared; it expires on its own");
         }
     }
 }
@@ -408,7 +408,7 @@ pub(crate) async fn answer_requests<Fut, R>(
     let mut requests = match shared.bus.client.subscribe(subject.clone()).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, %subject, "cannot listen for {what} requests");
+            tracing::error!(error = %pvefleet_schemas::report::error_chain(&e), %subject, "cannot listen for {what} requests");
             return;
         }
     };
@@ -424,7 +424,7 @@ pub(crate) async fn answer_requests<Fut, R>(
         let payload = serde_json::to_vec(&tracing::Instrument::instrument(answer(request.payload), span).await)
             .expect("a reply serializes");
         if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
-            tracing::warn!(error = %e, "{what} reply not sent");
+            tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "{what} reply not sent");
         }
     }
 }

@@ -54,40 +54,75 @@ fn describe(message: &str, errors: &BTreeMap<String, String>) -> String {
     s
 }
 
+/// What PVE refused, told from its words here and only here: code above matches this, never
+/// PVE's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// "CT 101 already exists on node 'pve1'": the node it names, if it names one.
+    AlreadyExists { on: Option<String> },
+    /// The guest (or its config) does not exist.
+    Missing,
+    /// "CT 101 not running".
+    NotRunning,
+    /// "CT 101 already running".
+    AlreadyRunning,
+    /// "can't lock file … - got timeout": another task holds the guest's lock for now.
+    LockTimeout,
+}
+
+impl Refusal {
+    /// PVE's words for each refusal, read once.
+    fn of(message: &str) -> Option<Self> {
+        let m = message.to_ascii_lowercase();
+        if m.contains("got timeout") {
+            Some(Refusal::LockTimeout)
+        } else if m.contains("already exists") {
+            let on =
+                message.split_once("on node '").and_then(|(_, rest)| rest.split_once('\'')).map(|(n, _)| n.to_owned());
+            Some(Refusal::AlreadyExists { on })
+        } else if m.contains("does not exist") || m.contains("no such") {
+            Some(Refusal::Missing)
+        } else if m.contains("not running") {
+            Some(Refusal::NotRunning)
+        } else if m.contains("already running") {
+            Some(Refusal::AlreadyRunning)
+        } else {
+            None
+        }
+    }
+}
+
 impl PveError {
-    /// Whether trying the same request again may succeed: no answer, a 5xx that is not one of
-    /// PVE's statements of fact, or a lock that timed out.
+    /// What PVE refused, when it answered with one of the refusals pvefleet acts on.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            PveError::Api { message, .. } => Refusal::of(message),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same request again may succeed: no answer, a lock that timed out, or
+    /// a 5xx that is not one of PVE's statements of fact.
     pub fn is_transient(&self) -> bool {
         match self {
             PveError::Transport { .. } => true,
             PveError::Tls { .. } | PveError::Shape { .. } => false,
-            PveError::Api { status, message, .. } => {
-                let m = message.to_ascii_lowercase();
-                if m.contains("got timeout") {
-                    return true;
-                }
-                *status >= 500
-                    && !self.is_already_exists()
-                    && !self.is_missing()
-                    && !m.contains("not running")
-                    && !m.contains("already running")
-            }
+            PveError::Api { status, .. } => match self.refusal() {
+                Some(Refusal::LockTimeout) => true,
+                Some(_) => false,
+                None => *status >= 500,
+            },
         }
     }
 
     /// PVE's "CT 101 already exists on node 'pve1'".
     pub fn is_already_exists(&self) -> bool {
-        matches!(self, PveError::Api { message, .. } if message.contains("already exists"))
+        matches!(self.refusal(), Some(Refusal::AlreadyExists { .. }))
     }
 
     /// The guest (or its config) does not exist.
     pub fn is_missing(&self) -> bool {
-        matches!(self, PveError::Api { message, .. }
-            if message.contains("does not exist") || message.contains("no such"))
-    }
-
-    pub fn message_contains(&self, needle: &str) -> bool {
-        matches!(self, PveError::Api { message, .. } if message.contains(needle))
+        self.refusal() == Some(Refusal::Missing)
     }
 }
 
@@ -178,7 +213,7 @@ impl PveClient {
             .when(PveError::is_transient)
             .notify(|e, wait| {
                 crate::metrics::metrics().retry();
-                tracing::warn!(error = %e, retry_in = ?wait, "Proxmox API call failed; retrying");
+                tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "Proxmox API call failed; retrying");
             })
             .await
     }
@@ -712,6 +747,25 @@ mod tests {
             message: message.into(),
             errors: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn refusals_are_told_from_pves_words_once() {
+        assert_eq!(
+            api(500, "CT 101 already exists on node 'pve2'").refusal(),
+            Some(Refusal::AlreadyExists { on: Some("pve2".into()) })
+        );
+        assert_eq!(
+            api(500, "Configuration file 'nodes/pve1/lxc/101.conf' does not exist").refusal(),
+            Some(Refusal::Missing)
+        );
+        assert_eq!(api(500, "CT 101 not running").refusal(), Some(Refusal::NotRunning));
+        assert_eq!(api(500, "CT 101 already running").refusal(), Some(Refusal::AlreadyRunning));
+        assert_eq!(
+            api(500, "can't lock file '/run/lock/lxc/pve-config-101.conf' - got timeout").refusal(),
+            Some(Refusal::LockTimeout)
+        );
+        assert_eq!(api(400, "Parameter verification failed.").refusal(), None);
     }
 
     #[test]

@@ -70,7 +70,34 @@ pub struct TaskOutcome {
     pub tail: Vec<String>,
 }
 
+/// Why a task failed, told from its exit status and log here and only here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskFailure {
+    /// A download whose file did not have the digest asked (`checksum mismatch: got … != expect …`).
+    ChecksumMismatch { detail: String },
+    /// Another task held the guest's lock (`… - got timeout`).
+    LockTimeout,
+    /// Anything else.
+    Other,
+}
+
 impl TaskOutcome {
+    /// Why the task failed (`None` when it did not).
+    pub fn failure(&self) -> Option<TaskFailure> {
+        if self.is_ok() {
+            return None;
+        }
+        let lines = std::iter::once(&self.exitstatus).chain(&self.tail);
+        if let Some(line) = lines.clone().find(|l| l.contains("checksum mismatch")) {
+            let detail = line.trim_start_matches("TASK ERROR: ").trim().to_owned();
+            return Some(TaskFailure::ChecksumMismatch { detail });
+        }
+        if lines.clone().any(|l| l.contains("got timeout")) {
+            return Some(TaskFailure::LockTimeout);
+        }
+        Some(TaskFailure::Other)
+    }
+
     pub fn is_ok(&self) -> bool {
         self.exitstatus == "OK" || self.has_warnings()
     }
@@ -220,6 +247,23 @@ fn remember(tail: &mut Vec<String>, lines: &[String]) {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_tasks_failure_is_told_from_its_words_once() {
+        let outcome = |status: &str, tail: &[&str]| TaskOutcome {
+            exitstatus: status.into(),
+            tail: tail.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        assert_eq!(outcome("OK", &[]).failure(), None);
+        assert_eq!(outcome("WARNINGS: 1", &[]).failure(), None);
+        assert_eq!(
+            outcome("download task failed", &["TASK ERROR: checksum mismatch: got 'a' != expect 'b'"]).failure(),
+            Some(TaskFailure::ChecksumMismatch { detail: "checksum mismatch: got 'a' != expect 'b'".into() })
+        );
+        assert_eq!(outcome("can't lock file - got timeout", &[]).failure(), Some(TaskFailure::LockTimeout));
+        assert_eq!(outcome("unable to create CT 101", &[]).failure(), Some(TaskFailure::Other));
+    }
+
     use super::*;
 
     #[test]
