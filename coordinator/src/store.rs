@@ -35,14 +35,102 @@ pub mod template {
 pub mod job {
     use sea_orm::entity::prelude::*;
 
+    /// Where a job stands: queued → running → succeeded | failed | cancelled, and a create job
+    /// whose container a destroy job removed → destroyed; only ever forward. Stored as its
+    /// name: a row holding any other text fails to decode, never passes for a state.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, serde::Serialize)]
+    #[sea_orm(rs_type = "String", db_type = "Text")]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobState {
+        #[sea_orm(string_value = "queued")]
+        Queued,
+        #[sea_orm(string_value = "running")]
+        Running,
+        #[sea_orm(string_value = "succeeded")]
+        Succeeded,
+        #[sea_orm(string_value = "failed")]
+        Failed,
+        #[sea_orm(string_value = "cancelled")]
+        Cancelled,
+        #[sea_orm(string_value = "destroyed")]
+        Destroyed,
+    }
+
+    impl JobState {
+        pub const ALL: [JobState; 6] = [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Destroyed,
+        ];
+
+        pub fn as_str(self) -> &'static str {
+            match self {
+                JobState::Queued => "queued",
+                JobState::Running => "running",
+                JobState::Succeeded => "succeeded",
+                JobState::Failed => "failed",
+                JobState::Cancelled => "cancelled",
+                JobState::Destroyed => "destroyed",
+            }
+        }
+
+        /// The state named `text`, if it is one.
+        pub fn parse(text: &str) -> Option<Self> {
+            Self::ALL.into_iter().find(|s| s.as_str() == text)
+        }
+
+        /// Whether the job has not ended yet.
+        pub fn is_live(self) -> bool {
+            matches!(self, JobState::Queued | JobState::Running)
+        }
+
+        /// How far along the job is: a state moves only to one of higher rank.
+        pub(crate) fn rank(self) -> u8 {
+            match self {
+                JobState::Queued => 0,
+                JobState::Running => 1,
+                JobState::Succeeded | JobState::Failed | JobState::Cancelled => 2,
+                JobState::Destroyed => 3,
+            }
+        }
+    }
+
+    impl std::fmt::Display for JobState {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.as_str())
+        }
+    }
+
+    /// What a job does. Stored as its name, decoded strictly like [`JobState`].
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EnumIter, DeriveActiveEnum, serde::Serialize)]
+    #[sea_orm(rs_type = "String", db_type = "Text")]
+    #[serde(rename_all = "snake_case")]
+    pub enum JobKind {
+        #[sea_orm(string_value = "create")]
+        Create,
+        #[sea_orm(string_value = "destroy")]
+        Destroy,
+    }
+
+    impl std::fmt::Display for JobKind {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(match self {
+                JobKind::Create => "create",
+                JobKind::Destroy => "destroy",
+            })
+        }
+    }
+
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "jobs")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub job_id: String,
         pub node: String,
-        /// queued → running → succeeded | failed | cancelled, only ever forward.
-        pub state: String,
+        pub state: JobState,
         pub hostname: String,
         /// The job as published, without its root password.
         #[sea_orm(column_type = "Text")]
@@ -60,8 +148,7 @@ pub mod job {
         pub finished_at: Option<String>,
         /// The job message's sequence in PVEFLEET_JOBS (to remove it while queued).
         pub stream_seq: Option<i64>,
-        /// `create` or `destroy`.
-        pub kind: String,
+        pub kind: JobKind,
         /// For a destroy job: the create job whose container it removes, if named by one.
         pub target_job: Option<String>,
         /// For a create job: the destroy job that removed its container.
@@ -129,28 +216,17 @@ pub enum Recorded {
     Refused(String),
 }
 
-/// Job states, in the only order they may move: queued → running → succeeded | failed |
-/// cancelled, and a create job whose container a destroy job removed → destroyed.
-pub const STATES: [&str; 6] = ["queued", "running", "succeeded", "failed", "cancelled", "destroyed"];
-
-fn rank(state: &str) -> usize {
-    match state {
-        "queued" => 0,
-        "running" => 1,
-        "destroyed" => 3,
-        _ => 2,
-    }
-}
+pub use job::{JobKind, JobState};
 
 /// The state an event moves its job to.
-fn state_after(event: &Event) -> &'static str {
+fn state_after(event: &Event) -> JobState {
     match event.kind {
-        EventType::Complete => "succeeded",
+        EventType::Complete => JobState::Succeeded,
         EventType::Error => match event.result.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.kind) {
-            Some(pvefleet_schemas::ErrorKind::Cancelled) => "cancelled",
-            _ => "failed",
+            Some(pvefleet_schemas::ErrorKind::Cancelled) => JobState::Cancelled,
+            _ => JobState::Failed,
         },
-        _ => "running",
+        _ => JobState::Running,
     }
 }
 
@@ -392,7 +468,7 @@ impl Store {
         let model = job::ActiveModel {
             job_id: Set(job.job_id.to_string()),
             node: Set(job.node.to_string()),
-            state: Set("queued".into()),
+            state: Set(JobState::Queued),
             hostname: Set(job.container.hostname.clone()),
             spec: Set(serde_json::to_string(&public)?),
             template: Set(job.template.clone()),
@@ -405,7 +481,7 @@ impl Store {
             started_at: Set(None),
             finished_at: Set(None),
             stream_seq: Set(None),
-            kind: Set("create".into()),
+            kind: Set(JobKind::Create),
             target_job: Set(None),
             destroyed_by: Set(None),
         };
@@ -422,7 +498,7 @@ impl Store {
         let model = job::ActiveModel {
             job_id: Set(job.job_id.to_string()),
             node: Set(job.node.to_string()),
-            state: Set("queued".into()),
+            state: Set(JobState::Queued),
             hostname: Set(hostname.to_owned()),
             spec: Set(serde_json::to_string(job)?),
             template: Set(None),
@@ -435,7 +511,7 @@ impl Store {
             started_at: Set(None),
             finished_at: Set(None),
             stream_seq: Set(None),
-            kind: Set("destroy".into()),
+            kind: Set(JobKind::Destroy),
             target_job: Set(job.target.create_job.map(|j| j.to_string())),
             destroyed_by: Set(None),
         };
@@ -475,7 +551,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn jobs(&self, node: Option<&str>, state: Option<&str>) -> anyhow::Result<Vec<job::Model>> {
+    pub async fn jobs(&self, node: Option<&str>, state: Option<JobState>) -> anyhow::Result<Vec<job::Model>> {
         let mut q = job::Entity::find().order_by_asc(job::Column::JobId);
         if let Some(node) = node {
             q = q.filter(job::Column::Node.eq(node));
@@ -612,17 +688,17 @@ impl Store {
             return Ok(Recorded::Seen);
         }
         let mut model: job::ActiveModel = known.into();
-        let current = model.state.clone().unwrap();
+        let current = *model.state.as_ref();
         let next = state_after(e);
-        if rank(next) > rank(&current) {
-            model.state = Set(next.to_owned());
+        if next.rank() > current.rank() {
+            model.state = Set(next);
         }
         if model.started_at.as_ref().is_none() && e.kind != EventType::Error {
             model.started_at = Set(Some(e.timestamp.to_string()));
         }
         // The first terminal event is the job's end; a later one (a forgery, a second writer)
         // changes nothing.
-        let finished = rank(&current) >= 2;
+        let finished = !current.is_live();
         if let Some(result) = e.result.as_ref().filter(|_| !finished) {
             model.vmid = Set(result.vmid.map(|v| i64::from(v.get())));
             model.ip = Set(result.ip.map(|ip| ip.to_string()));
@@ -634,13 +710,13 @@ impl Store {
         }
         let job = model.update(&tx).await?;
         // A destroy job that succeeded: the create job it names no longer has a container.
-        if job.kind == "destroy"
+        if job.kind == JobKind::Destroy
             && !finished
             && e.kind == EventType::Complete
             && let Some(target) = &job.target_job
         {
             job::Entity::update_many()
-                .col_expr(job::Column::State, sea_orm::sea_query::Expr::value("destroyed"))
+                .col_expr(job::Column::State, sea_orm::sea_query::Expr::value(JobState::Destroyed.as_str()))
                 .col_expr(job::Column::DestroyedBy, sea_orm::sea_query::Expr::value(job.job_id.clone()))
                 .filter(job::Column::JobId.eq(target.clone()))
                 .filter(job::Column::Node.eq(job.node.clone()))
@@ -721,12 +797,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn states_only_move_forward() {
-        assert!(rank("running") > rank("queued"));
-        assert!(rank("failed") > rank("running"));
-        assert_eq!(rank("succeeded"), rank("cancelled"));
-        assert!(rank("destroyed") > rank("succeeded") && rank("destroyed") > rank("failed"));
-        assert_eq!(STATES.len(), 6);
+    fn states_only_move_forward_and_every_name_reads_back() {
+        use JobState::*;
+        assert!(Running.rank() > Queued.rank());
+        assert!(Failed.rank() > Running.rank());
+        assert_eq!(Succeeded.rank(), Cancelled.rank());
+        assert!(Destroyed.rank() > Succeeded.rank() && Destroyed.rank() > Failed.rank());
+        for state in JobState::ALL {
+            assert_eq!(JobState::parse(state.as_str()), Some(state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert_eq!(JobState::parse("finished"), None, "a mistyped state is no state");
+    }
+
+    #[tokio::test]
+    async fn a_row_with_a_mistyped_state_fails_to_decode_rather_than_pass_as_finished() {
+        use sea_orm::ConnectionTrait as _;
+        let (_dir, store) = temp_store().await;
+        let job = JobId::new();
+        queued(&store, job).await;
+        store
+            .db
+            .execute_unprepared(&format!("UPDATE jobs SET state = 'finishd' WHERE job_id = '{job}'"))
+            .await
+            .unwrap();
+        assert!(store.job(&job).await.is_err(), "a mistyped state was read as a state");
     }
 
     async fn temp_store() -> (tempfile::TempDir, Store) {
@@ -821,7 +916,7 @@ mod tests {
         assert_eq!(store.record_event(&terminal(job, 1, true, 100)).await.unwrap(), Recorded::New);
         assert_eq!(store.record_event(&terminal(job, 2, false, 666)).await.unwrap(), Recorded::New);
         let row = store.job(&job).await.unwrap().unwrap();
-        assert_eq!((row.state.as_str(), row.vmid, row.error_kind), ("succeeded", Some(100), None));
+        assert_eq!((row.state, row.vmid, row.error_kind), (JobState::Succeeded, Some(100), None));
     }
 
     #[tokio::test]
@@ -836,7 +931,7 @@ mod tests {
         let mut forged = terminal(job, 2, true, 100);
         forged.node = pvefleet_schemas::NodeName::new("pve2").unwrap();
         assert!(matches!(store.record_event(&forged).await.unwrap(), Recorded::Refused(_)));
-        assert_eq!(store.job(&job).await.unwrap().unwrap().state, "running");
+        assert_eq!(store.job(&job).await.unwrap().unwrap().state, JobState::Running);
         assert_eq!(store.events(&job).await.unwrap().len(), 1);
     }
 

@@ -46,7 +46,7 @@ pub(crate) async fn run(cli: &Cli, args: &SubmitArgs, store: &Store, parts: Part
         let n = i + 1;
         if let (Some(key), Some(existing)) = (&request, existing) {
             eprintln!("request {key} was submitted before as job {}", existing.job_id);
-            if existing.stream_seq.is_none() && existing.state == "queued" {
+            if existing.stream_seq.is_none() && existing.state == crate::store::JobState::Queued {
                 let mut again = pvefleet_schemas::Job::decode(existing.spec.as_bytes())
                     .map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
                 refill_secrets(&mut again, &parts.deploy)?;

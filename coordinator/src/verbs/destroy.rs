@@ -15,7 +15,7 @@ pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
     if let Some(key) = &args.request_id
         && let Some(existing) = store.job_by_request(key).await?
     {
-        if existing.kind != "destroy" {
+        if existing.kind != crate::store::JobKind::Destroy {
             return Err(BadInput::field(
                 "--request-id",
                 format!("`{key}` is the request of create job {}", existing.job_id),
@@ -23,7 +23,7 @@ pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
             .into());
         }
         eprintln!("request {key} was submitted before as job {}", existing.job_id);
-        if existing.stream_seq.is_none() && existing.state == "queued" {
+        if existing.stream_seq.is_none() && existing.state == crate::store::JobState::Queued {
             // Recorded, but its publish was never confirmed: publish that same job again.
             let job = DestroyJob::decode(existing.spec.as_bytes())
                 .map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
@@ -52,10 +52,10 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
             let Some(row) = store.job(&id).await? else {
                 return Err(Failure::Usage(format!("unknown job {id} (see `pvefleet jobs`)")));
             };
-            if row.kind != "create" {
+            if row.kind != crate::store::JobKind::Create {
                 return Err(Failure::Usage(format!("job {id} is a {} job, not one that made a container", row.kind)));
             }
-            if matches!(row.state.as_str(), "queued" | "running") {
+            if row.state.is_live() {
                 return Err(Failure::Failed(anyhow::anyhow!(
                     "the store has job {id} as still {}: cancel it first (`pvefleet cancel {id}`, which rolls it \
                      back), or, if it has ended, let `pvefleet record` (which tells the store) catch up",
@@ -74,7 +74,11 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
                 .jobs(Some(node.as_str()), None)
                 .await?
                 .into_iter()
-                .filter(|j| j.kind == "create" && j.vmid == Some(i64::from(vmid.get())) && j.state != "destroyed")
+                .filter(|j| {
+                    j.kind == crate::store::JobKind::Create
+                        && j.vmid == Some(i64::from(vmid.get()))
+                        && j.state != crate::store::JobState::Destroyed
+                })
                 .max_by(|a, b| a.job_id.cmp(&b.job_id));
             // The marker alone is a tag any PVE user who may tag guests can write: without the
             // store's record of the job that made it, only an operator who says so destroys it.

@@ -4,7 +4,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
 
 use crate::cli::Cli;
-use crate::store::{STATES, job};
+use crate::store::{JobState, job};
 use crate::{Failure, Outcome};
 
 fn as_json(j: &job::Model) -> serde_json::Value {
@@ -19,13 +19,15 @@ fn as_json(j: &job::Model) -> serde_json::Value {
 }
 
 pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, json: bool) -> Outcome {
-    if let Some(s) = state
-        && !STATES.contains(&s)
-    {
-        return Err(Failure::Usage(format!("--state `{s}` is not one of {}", STATES.join(", "))));
-    }
+    let wanted = match state {
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            let all: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            Failure::Usage(format!("--state `{s}` is not one of {}", all.join(", ")))
+        })?),
+        None => None,
+    };
     let store = crate::open_store(cli).await?;
-    let jobs = store.jobs(node, state).await?;
+    let jobs = store.jobs(node, wanted).await?;
     if json {
         println!("{}", serde_json::Value::Array(jobs.iter().map(as_json).collect()));
         return Ok(());
@@ -59,9 +61,9 @@ pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, json: bool
     for j in &jobs {
         table.add_row([
             j.job_id.clone(),
-            j.kind.clone(),
+            j.kind.to_string(),
             j.node.clone(),
-            j.state.clone(),
+            j.state.to_string(),
             j.hostname.clone(),
             j.vmid.map(|v| v.to_string()).unwrap_or_default(),
             j.ip.clone().unwrap_or_default(),
@@ -91,9 +93,9 @@ pub async fn show(cli: &Cli, job: &str, json: bool) -> Outcome {
     table.load_style(UTF8_FULL_CONDENSED);
     let rows: Vec<(&str, String)> = vec![
         ("job", j.job_id.clone()),
-        ("kind", j.kind.clone()),
+        ("kind", j.kind.to_string()),
         ("node", j.node.clone()),
-        ("state", j.state.clone()),
+        ("state", j.state.to_string()),
         ("hostname", j.hostname.clone()),
         ("template", j.template.clone().unwrap_or_default()),
         ("vmid", j.vmid.map(|v| v.to_string()).unwrap_or_default()),

@@ -31,7 +31,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     {
         // The same request again: the same job, never a second one.
         eprintln!("request {key} was submitted before as job {}", existing.job_id);
-        if existing.stream_seq.is_none() && existing.state == "queued" {
+        if existing.stream_seq.is_none() && existing.state == crate::store::JobState::Queued {
             // Recorded, but its publish was never confirmed (an error, a lost ack, a crash):
             // publish that same job again; the stream drops it if it had landed after all.
             return republish(cli, args, &store, &existing).await;

@@ -89,7 +89,7 @@ pub async fn job_events(
             // Neither recorded nor with any event: no such job (as `watch` says).
             None => return super::pages::not_found("no such job"),
             // Finished longer ago than the events stream keeps: what the store recorded.
-            Some(r) if !matches!(r.state.as_str(), "queued" | "running") => return recorded(&web, &job_id, slot).await,
+            Some(r) if !r.state.is_live() => return recorded(&web, &job_id, slot).await,
             Some(_) => {}
         }
     }

@@ -10,7 +10,7 @@ use pvefleet_schemas::{Heartbeat, JobId};
 use serde::Deserialize;
 
 use super::Web;
-use crate::store::STATES;
+use crate::store::JobState;
 
 const PER_PAGE: u64 = 50;
 
@@ -155,7 +155,7 @@ pub async fn jobs(State(web): State<Web>, Query(q): Query<JobsQuery>) -> Respons
                 label { "node " input name="node" value=(node.unwrap_or_default()); }
                 label { "state " select name="state" {
                     option value="" { "any" }
-                    @for s in STATES { option value=(s) selected[state == Some(s)] { (s) } }
+                    @for s in JobState::ALL { option value=(s) selected[state == Some(s.as_str())] { (s) } }
                 } }
                 label { "hostname " input name="hostname" value=(hostname.unwrap_or_default()); }
                 button type="submit" { "Filter" }

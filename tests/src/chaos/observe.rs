@@ -89,7 +89,7 @@ pub async fn store(url: &str) -> anyhow::Result<BTreeMap<JobId, Row>> {
     let mut rows = BTreeMap::new();
     for job in store.jobs(None, None).await? {
         let id: JobId = job.job_id.parse().map_err(|e| anyhow::anyhow!("stored job id {}: {e}", job.job_id))?;
-        rows.insert(id, Row { state: job.state, vmid: job.vmid, request_id: job.request_id });
+        rows.insert(id, Row { state: job.state.to_string(), vmid: job.vmid, request_id: job.request_id });
     }
     Ok(rows)
 }
