@@ -7,7 +7,7 @@ use std::time::Duration;
 use pvefleet_schemas::{HumanDuration, NodeName};
 use serde::Deserialize;
 
-use crate::proxmox::tls::{Fingerprint, Trust};
+use crate::tls::{Fingerprint, Trust};
 
 /// Everything the agent runs with, checked.
 #[derive(Debug, Clone)]

@@ -54,7 +54,7 @@ pub async fn beat(
     let key = names::heartbeat_key(&config.node);
     // A beat reports what the API says now; retrying inside a beat would only delay it (and
     // let the entry expire while the API is down, which is right: the node cannot take jobs).
-    let pve = pve.with_retry(backon::ExponentialBuilder::default().with_max_times(0));
+    let pve = pve.with_retry(crate::retry::none());
     let started_at = Timestamp::now();
     let mut tick = tokio::time::interval(config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

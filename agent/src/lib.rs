@@ -1,54 +1,43 @@
-//! pvefleet-agent: one per Proxmox node. It takes the node's create jobs from the JetStream
-//! work queue, drives the node's Proxmox API, and publishes every step as an event.
+//! pvefleet-agent: one per Proxmox node. It takes the node's jobs from the JetStream work
+//! queue, drives the node's Proxmox API, and publishes every step as an event.
 //!
 //! # Layout
-//! - [`config`]: `agent.toml` and its `PVEFLEET_…` overrides, checked at start.
-//! - [`bus`]: NATS: connecting with backoff, streams/buckets/consumer, events, checkpoints.
-//! - [`claim`]: one run at a time per job: the checkpoint, written under a lease.
-//! - [`checkpoints`]: the checkpoints bucket, read and written without its stream's info.
-//! - [`vmid`]: allocating vmids that concurrent jobs never share.
-//! - [`worker`]: taking jobs one free slot at a time, keeping them alive, settling them.
-//! - [`runner`]: the one runner of every job kind: lease, step table, checkpoints, events, undo.
-//! - `checks`: what validating (and a plan) checks against the node; read-only.
-//! - [`create`]: the create job's step table (validating → … → finalizing) and rollback.
-//! - [`cache`]: the templates this agent fetched itself, and as what (a cache hit is checked).
-//! - [`source`]: the fetching and cloning steps: templates downloaded, from the catalogue,
-//!   pulled from an OCI registry; clones.
-//! - [`destroy`]: the destroy job's step table (finding → stopping → deleting).
-//! - [`deploy`]: the deploying step: packages, files and scripts over one SSH connection.
-//! - [`metrics`]: the agent's counters and histograms, and `/metrics` on `metrics_listen`.
-//! - [`plan`]: plan requests: the validating checks and the calls a create would make, changing nothing.
-//! - [`policy`]: what a job's end means for its message (ack, term, nak).
-//! - [`heartbeat`]: the node's entry in `pvefleet-nodes`.
-//! - [`proxmox`]: the Proxmox API client, its tasks, and pinned TLS.
-//! - [`sealing`]: the agent's own key pair, that root passwords are sealed to.
-//! - [`ssh`]: SSH and SFTP into a new container, with host keys checked.
+//! Each layer uses only the layers below it (`cargo test -p pvefleet-testbed --test layout`
+//! proves there is no circle and prints the layers):
+//! - the agent: [`run`] here; [`intake`] takes job messages one free slot at a time, keeps
+//!   them alive and settles them ([`intake::policy`]), its [`intake::Incoming`] the table of
+//!   job kinds; [`control`] answers cancel and plan requests; [`heartbeat`] writes the node's
+//!   entry in `pvefleet-nodes`; [`shared`] is what their tasks share.
+//! - [`jobs`]: the job kinds, siblings: [`jobs::create`] (its whole story in its folder:
+//!   step table, parameters, vmid, template or clone, keys, deploy), [`jobs::destroy`],
+//!   [`jobs::plan`]; below them [`jobs::checks`] (read-only validating checks) and
+//!   [`jobs::container`] (whose a container is; stop and delete); and under those the engine,
+//!   `jobs/mod.rs`: lease, step table, checkpoints, events, undo, written once.
+//! - the parts: [`bus`] (NATS: connecting, streams, event logs, checkpoints, claims and
+//!   leases, vmid reservations), [`proxmox`] (the API client, its tasks, PVE's refusals told
+//!   once), [`ssh`] (SSH and SFTP into a container, host keys checked), [`cache`] (the
+//!   templates this agent fetched itself), [`sealing`] (the agent's own key pair).
+//! - the ground: [`config`] (`agent.toml` and its `PVEFLEET_…` overrides, checked at start),
+//!   [`tls`] (the pinned Proxmox certificate), [`retry`] (every retry and backoff number, and
+//!   which errors are retried where), [`metrics`].
 
 pub mod bus;
 pub mod cache;
-pub mod checkpoints;
-mod checks;
-pub mod claim;
 pub mod config;
-pub mod create;
-pub mod deploy;
-pub mod destroy;
+pub mod control;
 pub mod heartbeat;
+pub mod intake;
+pub mod jobs;
 pub mod metrics;
-pub mod plan;
-pub mod policy;
 pub mod proxmox;
-pub mod runner;
+pub mod retry;
 pub mod sealing;
-pub mod source;
+pub mod shared;
 pub mod ssh;
-pub mod vmid;
-pub mod worker;
+pub mod tls;
 
+use backon::Retryable as _;
 use std::sync::Arc;
-use std::time::Duration;
-
-use backon::{ExponentialBuilder, Retryable as _};
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusError};
@@ -66,12 +55,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         Err(e) => return Err(e.into()),
     };
     let open = || Bus::open(client.clone(), &config);
-    let retry = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times();
     let bus = tokio::select! {
-        b = open.retry(retry).notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "NATS layout not ready; retrying")) => b?,
+        b = open.retry(retry::nats_layout()).notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "NATS layout not ready; retrying")) => b?,
         _ = stop.cancelled() => return Ok(()),
     };
     tracing::info!(node = %config.node, concurrency = config.concurrency, proxmox = %config.proxmox.url, "agent ready");
@@ -88,7 +73,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     ));
     let instance = format!("{}-{}", config.node, ulid::Ulid::new());
     let config_state_dir = config.state_dir.clone();
-    let shared = Arc::new(worker::Shared {
+    let shared = Arc::new(shared::Shared {
         config,
         pve,
         bus,
@@ -100,11 +85,11 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         cancels: Default::default(),
         cancelled: Default::default(),
     });
-    let control = tokio::spawn(worker::serve_cancels(shared.clone()));
-    let plans = tokio::spawn(plan::serve_plans(shared.clone()));
+    let control = tokio::spawn(control::serve_cancels(shared.clone()));
+    let plans = tokio::spawn(control::serve_plans(shared.clone()));
     let metrics_stop = CancellationToken::new();
     let metrics = shared.config.metrics_listen.map(|addr| tokio::spawn(metrics::serve(addr, metrics_stop.clone())));
-    worker::work(shared.clone()).await;
+    intake::work(shared.clone()).await;
     control.abort();
     plans.abort();
     metrics_stop.cancel();

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::Retryable as _;
 use bytes::Bytes;
 use pvefleet_schemas::{LogStream, Secret};
 use russh::client::{self, Handle, Msg};
@@ -288,11 +288,7 @@ impl SshSession {
     /// stops at once on a host-key mismatch or refused credentials.
     pub async fn connect_with_retry(target: &SshTarget, deadline: Duration) -> Result<Self, SshError> {
         let first_seen = Arc::new(Mutex::new(None));
-        let retry = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(200))
-            .with_max_delay(Duration::from_secs(5))
-            .without_max_times()
-            .with_jitter();
+        let retry = crate::retry::ssh_connect();
         let last_error = Arc::new(Mutex::new(None::<String>));
         let attempts = (|| Self::connect_remembering(target, &first_seen))
             .retry(retry)

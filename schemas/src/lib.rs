@@ -12,6 +12,7 @@
 //! - [`report`]: error chains as people read them, each cause once.
 //! - [`redact`]: URLs with their passwords replaced by `***`, for every log and error.
 //! - [`seal`]: secrets sealed to one agent's key (its root passwords, its own SSH keys).
+//! - [`secret`]: a secret in memory (a password): never in a log line, wiped when dropped.
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
 //! - [`validate`]: field errors that name the field at fault.
 //! - [`limits`]: the largest duration, count and size each field of a job may take.
@@ -30,6 +31,7 @@ pub mod redact;
 pub mod report;
 pub mod schema;
 pub mod seal;
+pub mod secret;
 pub mod source;
 pub mod spec;
 pub mod state;
@@ -45,8 +47,9 @@ pub use message::{DecodeError, Timestamp, V1, VERSION};
 pub use redact::{redact_url, redact_urls};
 pub use spec::{
     ContainerSpec, DeploySpec, FileDigest, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions, RollbackPolicy,
-    ScriptSpec, Secret, Timeouts,
+    ScriptSpec, Timeouts,
 };
+pub use secret::Secret;
 pub use state::{Capacity, Checkpoint, Heartbeat, Lease, StorageCapacity, VmidReservation};
 pub use validate::{FieldError, ValidationErrors};
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
 use crate::ids::JobId;
-use crate::spec::Secret;
+use crate::secret::Secret;
 
 /// An agent's public sealing key, written as base64 of its 32 bytes.
 #[derive(Clone, PartialEq, Eq)]

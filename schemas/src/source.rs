@@ -278,7 +278,7 @@ impl std::fmt::Display for CloneFrom {
 pub struct CloneSpec {
     pub from: CloneFrom,
     /// A full copy (the default); `false` makes a linked clone of a template.
-    #[serde(default = "crate::spec::defaults::yes")]
+    #[serde(default = "yes")]
     pub full: bool,
     /// Clone from this snapshot of the source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,6 +337,10 @@ pub(crate) fn check_env(p: &mut Problems, env: &Env) {
             "the value holds a control character (a newline?)".into()
         });
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[cfg(test)]

@@ -16,37 +16,6 @@ use crate::ids::Vmid;
 use crate::limits;
 use crate::validate::{FieldError, Problems, ValidationErrors, config_id, dns_name, pve_tag};
 
-/// A secret value (the root password). Its `Debug` never shows it and it has no `Display`, so
-/// it cannot reach a log line by accident; only the job message itself carries it. It is wiped
-/// from memory when dropped.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value, for the one place that must send it (the PVE create call).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Drop for Secret {
-    /// Wiped, so a core dump or a reused allocation shows no trace of it.
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.0);
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
-}
-
 /// How the container's `eth0` gets its IPv4 address.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum IpConfig {
@@ -1023,6 +992,7 @@ impl JobOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn spec() -> ContainerSpec {
         ContainerSpec::new("web", "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst")

@@ -155,9 +155,9 @@ const FLOOR_CALLS: [(&str, &str); 11] = [
 
 /// One job's Proxmox calls, in the agent's order, made back to back on one connection.
 async fn pve_floor(pve: &FakePve, vmid: u32) -> anyhow::Result<Duration> {
-    let trust = pvefleet_agent::proxmox::tls::Trust::Fingerprint(pve.fingerprint.parse()?);
+    let trust = pvefleet_agent::tls::Trust::Fingerprint(pve.fingerprint.parse()?);
     let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(pvefleet_agent::proxmox::tls::client_config(&trust)?)
+        .tls_backend_preconfigured(pvefleet_agent::tls::client_config(&trust)?)
         .pool_max_idle_per_host(1)
         .build()?;
     let base = format!("{}/api2/json", pve.url);

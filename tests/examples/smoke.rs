@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use pvefleet_agent::config::{Credential, ProxmoxConfig};
 use pvefleet_agent::proxmox::PveClient;
-use pvefleet_agent::proxmox::tls::Trust;
+use pvefleet_agent::tls::Trust;
 use pvefleet_testbed::cli::{Pvefleet, TestDb};
 use pvefleet_testbed::process::Proc;
 use pvefleet_testbed::{NatsServer, TestDir, tools, wait_until};

@@ -173,9 +173,9 @@ impl FakePve {
 
     /// Any call on the PVE API with the token and the pinned certificate; returns `data`.
     pub async fn api(&self, method: reqwest::Method, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Value> {
-        let trust = pvefleet_agent::proxmox::tls::Trust::Fingerprint(self.fingerprint.parse()?);
+        let trust = pvefleet_agent::tls::Trust::Fingerprint(self.fingerprint.parse()?);
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(pvefleet_agent::proxmox::tls::client_config(&trust)?)
+            .tls_backend_preconfigured(pvefleet_agent::tls::client_config(&trust)?)
             .build()?;
         let resp = client
             .request(method.clone(), format!("{}/api2/json{path}", self.url))

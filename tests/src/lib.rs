@@ -14,6 +14,7 @@
 //! - [`chaos`]: the fault harness: generated faults against a whole fleet, and a checker.
 //! - [`cli`]: the `pvefleet` CLI with a store on SQLite or the machine's Postgres.
 //! - [`fleet`]: the usual start of a test: dir, nats-server with the streams, fakepve, agents.
+//! - [`imports`]: the import graph of a crate, drawn from its sources, its circles and layers.
 //! - [`jobs`]: building and publishing jobs, reading their events back, the event contract.
 //! - [`shipped`]: the shipped `deploy/nats` configs on loopback, and clients logged in as their users.
 //! - [`tls`]: a CA of the test's own and a server certificate, for NATS over TLS.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod dir;
 pub mod fakepve;
 pub mod fleet;
+pub mod imports;
 pub mod jobs;
 pub mod nats;
 pub mod process;

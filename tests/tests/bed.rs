@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, stream};
 use futures::StreamExt as _;
-use pvefleet_agent::proxmox::tls::{Fingerprint, Trust, client_config};
+use pvefleet_agent::tls::{Fingerprint, Trust, client_config};
 use pvefleet_testbed::{
     FakePve, FakePveOptions, NatsCluster, NatsServer, Sshd, TestDir, sshd::keygen, tools, wait_until,
 };

@@ -238,7 +238,7 @@ async fn endless_output_is_capped_and_said_so() -> anyhow::Result<()> {
     let ip = Ipv4Addr::new(127, 0, 0, 104);
     let bed = bed("deploy-flood", ip).await?;
     let mut job = create_job("pve1", "chatty", ip);
-    let cap = pvefleet_agent::deploy::MAX_SCRIPT_LINES;
+    let cap = pvefleet_agent::jobs::create::deploy::MAX_SCRIPT_LINES;
     job.deploy.scripts = vec![script("chatty", &format!("seq 1 {}", cap + 2500))];
     submit(&bed.js, &job).await?;
     let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
@@ -329,8 +329,8 @@ async fn a_jobs_output_is_capped_in_bytes_too() -> anyhow::Result<()> {
     check_event_contract(&events)?;
     assert!(result_of(&events).success);
     let bytes: usize = logs(&events, LogStream::Stdout).iter().map(String::len).sum();
-    assert!(bytes <= pvefleet_agent::deploy::MAX_JOB_LOG_BYTES, "{bytes} bytes forwarded");
-    assert!(bytes > pvefleet_agent::deploy::MAX_JOB_LOG_BYTES - 16_000);
+    assert!(bytes <= pvefleet_agent::jobs::create::deploy::MAX_JOB_LOG_BYTES, "{bytes} bytes forwarded");
+    assert!(bytes > pvefleet_agent::jobs::create::deploy::MAX_JOB_LOG_BYTES - 16_000);
     assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("reached 16 MiB")), "no warning");
     assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("more lines were not forwarded")));
     bed.dir.pass();

@@ -9,7 +9,7 @@ use pvefleet_schemas::Secret;
 use reqwest::{Method, RequestBuilder};
 use serde_json::Value;
 
-use super::PveError;
+use super::error::{PveError, transport_error};
 use crate::config::Credential;
 
 /// PVE's tickets last two hours; one is renewed after half of that.
@@ -90,7 +90,7 @@ impl Login {
             .form(&form)
             .send()
             .await
-            .map_err(|source| super::transport_error(Method::POST, path, source))?;
+            .map_err(|source| transport_error(Method::POST, path, source))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         let data = &body["data"];

@@ -155,7 +155,7 @@ impl PveClient {
             within,
             next_line: 0,
             tail: Vec::new(),
-            pause: Duration::from_millis(50),
+            pause: crate::retry::TASK_LOG.first,
             polls: 0,
             first: true,
             ended: None,
@@ -178,7 +178,7 @@ impl TaskWatch<'_> {
                     return Err(TaskWaitError::Timeout { upid: self.upid.clone(), after: self.within });
                 }
                 tokio::time::sleep(self.pause).await;
-                self.pause = self.pause.mul_f32(1.5).min(Duration::from_secs(2));
+                self.pause = crate::retry::TASK_LOG.after(self.pause);
             }
             let mut lines = self.read_log().await?;
             self.polls += 1;

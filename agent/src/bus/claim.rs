@@ -22,8 +22,8 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{BusError, nats_retry};
-use crate::checkpoints::{Checkpoints, KvError};
+use super::checkpoints::{Checkpoints, KvError};
+use super::error::BusError;
 
 /// A run's hold on one job, through which its checkpoint is written.
 #[derive(Debug)]
@@ -70,7 +70,7 @@ impl Claim {
         let key = names::checkpoint_key(node, &job);
         loop {
             let entry = (|| kv.entry(key.clone()))
-                .retry(nats_retry())
+                .retry(crate::retry::nats_request())
                 .await
                 .map_err(|e| BusError::nats(format!("reading checkpoint {key}"), e))?;
             let (revision, found) = match entry {
@@ -228,7 +228,7 @@ impl Claim {
         if finished {
             let revision = held.revision;
             return (|| self.kv.purge_expect_revision(self.key.clone(), Some(revision)))
-                .retry(nats_retry())
+                .retry(crate::retry::nats_request())
                 .await
                 .map_err(|e| BusError::nats(format!("clearing checkpoint {}", self.key), e));
         }
@@ -279,7 +279,7 @@ async fn write(kv: &Checkpoints, key: &str, cp: &Checkpoint, revision: u64) -> R
         }
     };
     match attempt
-        .retry(nats_retry())
+        .retry(crate::retry::nats_request())
         .notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "checkpoint write failed; retrying"))
         .await
     {

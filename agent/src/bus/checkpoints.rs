@@ -13,7 +13,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use pvefleet_schemas::names::JOBS_BUCKET;
 
-use crate::bus::BusError;
+use super::error::BusError;
 
 /// One key's last message.
 #[derive(Debug, Clone)]

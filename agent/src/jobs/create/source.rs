@@ -12,13 +12,14 @@
 //! | cloning  | `POST /lxc/{from}/clone` (the marker in its description), then `PUT config` | destroy, as for creating (the clone, never its source) |
 
 use pvefleet_schemas::source::TemplateSource;
-use pvefleet_schemas::{ErrorKind, Job, LogStream, Vmid};
+use pvefleet_schemas::{ErrorKind, LogStream};
 use serde_json::Value;
 
-use crate::create::CreateJob;
+use super::CreateJob;
+use super::params::{clone_config, clone_params};
+use crate::jobs::{Cause, StepError, StepResult};
 use crate::proxmox::Upid;
 use crate::proxmox::task::TaskFailure;
-use crate::runner::{Cause, StepError, StepResult};
 
 impl CreateJob<'_> {
     /// Puts the spec's template on its storage, unless this agent fetched it there itself as
@@ -153,60 +154,4 @@ impl CreateJob<'_> {
         self.core.events.log(LogStream::Task, format!("the spec applied to clone {vmid} of {source}")).await?;
         Ok(())
     }
-}
-
-/// What the clone call itself takes. Its description carries the marker: tags are copied
-/// from the source, and the clone's own are set only once it exists.
-pub(crate) fn clone_params(job: &Job, vmid: Vmid, marker: &str) -> Vec<(&'static str, String)> {
-    let spec = &job.container;
-    let clone = spec.clone.as_ref().expect("a clone job");
-    let mut description = spec.description.clone().map(|d| format!("{d}\n\n")).unwrap_or_default();
-    description.push_str(&format!("Cloned by pvefleet job {} ({})", job.job_id, marker));
-    let mut params = vec![
-        ("newid", vmid.to_string()),
-        ("hostname", spec.hostname.clone()),
-        ("full", u8::from(clone.full).to_string()),
-        ("description", description),
-    ];
-    if let Some(snap) = &clone.snapshot {
-        params.push(("snapname", snap.clone()));
-    }
-    if let Some(storage) = &clone.storage {
-        params.push(("storage", storage.clone()));
-    }
-    if let Some(pool) = &spec.pool {
-        params.push(("pool", pool.clone()));
-    }
-    params
-}
-
-/// The rest of the spec as a config update of the clone: the create's parameters but for
-/// those PVE sets only at create, the source's extra NICs deleted, and mount points added
-/// after the source's own (each only once: a mount point already there is this job's).
-pub(crate) fn clone_config(
-    create: Vec<(String, String)>,
-    job: &Job,
-    cfg: &Value,
-    source: &Value,
-) -> Vec<(String, String)> {
-    const CREATE_ONLY: [&str; 8] =
-        ["vmid", "ostemplate", "rootfs", "unprivileged", "ssh-public-keys", "password", "pool", "hostname"];
-    let mut params: Vec<(String, String)> =
-        create.into_iter().filter(|(k, _)| !CREATE_ONLY.contains(&k.as_str()) && !k.starts_with("mp")).collect();
-    let nics = job.container.effective_nics().len();
-    let has = |key: &str| cfg.get(key).is_some_and(|v| !v.is_null());
-    let extra: Vec<String> = (nics..32).map(|i| format!("net{i}")).filter(|k| has(k)).collect();
-    if !extra.is_empty() {
-        params.push(("delete".into(), extra.join(",")));
-    }
-    // The source's mount points keep their numbers; the spec's follow the highest of them.
-    let first =
-        (0..256).rev().find(|i| source.get(format!("mp{i}")).is_some_and(|v| !v.is_null())).map_or(0, |i| i + 1);
-    for (i, mp) in job.container.mounts.iter().enumerate() {
-        let key = format!("mp{}", first + i);
-        if !has(&key) {
-            params.push((key, mp.to_pve()));
-        }
-    }
-    params
 }

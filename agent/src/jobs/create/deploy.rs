@@ -3,17 +3,15 @@
 //! item checkpointed so a redelivered job does not redo what already succeeded.
 
 use std::net::SocketAddr;
-use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pvefleet_schemas::seal::{Sealed, SecretKey};
-use pvefleet_schemas::{ErrorKind, JobId, LogStream, ScriptSpec, Step};
-use russh::keys::PrivateKey;
-use russh::keys::ssh_key::LineEnding;
+use pvefleet_schemas::{ErrorKind, LogStream, ScriptSpec, Step};
 
-use crate::create::CreateJob;
-use crate::runner::{StepError, StepResult};
+use super::CreateJob;
+use super::keys::load_key;
+use crate::jobs::checks::resolve_source;
+use crate::jobs::{StepError, StepResult};
 use crate::ssh::{ExitStatus, HostKeyTrust, SshAuth, SshError, SshSession, SshTarget, UploadSource, shell_quote};
 
 /// A script's lines forwarded as events, at most; the rest is counted, not sent, so a script
@@ -29,55 +27,6 @@ const TAIL_LINES: usize = 20;
 
 /// The deploy item that marks a clone's shared key swapped for the job's own.
 const TEMPLATE_KEY_SWAPPED: &str = "template-key-swapped";
-
-/// A fresh ed25519 key for one job, sealed to the agent's own key (for this job only) as the
-/// checkpoint keeps it.
-pub(crate) fn new_job_key(sealing: &SecretKey, job: &JobId) -> Result<Sealed, StepError> {
-    let key = crate::ssh::job_key();
-    let pem = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| StepError::failed(ErrorKind::Internal, format!("encoding the job's SSH key: {e}")))?;
-    Ok(sealing.public().seal_for_job(job, pem.as_bytes()))
-}
-
-fn load_key(sealing: &SecretKey, job: &JobId, sealed: &Sealed) -> Result<Arc<PrivateKey>, StepError> {
-    // A key sealed by an older agent, before keys were bound to their job, still opens.
-    let pem = match sealing.open_for_job(job, sealed) {
-        Err(pvefleet_schemas::seal::OpenError::Unbound) => sealing.open(sealed),
-        other => other,
-    }
-    .map_err(|e| StepError::failed(ErrorKind::Internal, format!("opening the job's SSH key: {e}")))?;
-    PrivateKey::from_openssh(pem.expose())
-        .map(Arc::new)
-        .map_err(|e| StepError::failed(ErrorKind::Internal, format!("reading the job's SSH key: {e}")))
-}
-
-/// The file `source` names inside `files_dir`, the one directory a job may copy files from:
-/// a relative source is taken inside it, an absolute one must lie inside it, `..` is refused,
-/// and a symlink is followed only if it ends inside it. Anything else would let whoever may
-/// publish a job copy the agent's own secrets (its API token, its NATS password) into a
-/// container of their choosing.
-pub fn resolve_source(files_dir: &Path, source: &str) -> Result<PathBuf, String> {
-    let given = Path::new(source);
-    if given.components().any(|c| matches!(c, Component::ParentDir)) {
-        return Err(format!("`{source}` contains `..`; sources are files inside the agent's files_dir"));
-    }
-    let path = if given.is_absolute() { given.to_path_buf() } else { files_dir.join(given) };
-    let root = files_dir
-        .canonicalize()
-        .map_err(|e| format!("the agent's files_dir {} cannot be read ({e})", files_dir.display()))?;
-    let real = path.canonicalize().map_err(|e| format!("`{source}` is not a file in {} ({e})", files_dir.display()))?;
-    if !real.starts_with(&root) {
-        return Err(format!(
-            "`{source}` is outside the agent's files_dir {}; only files there may be copied",
-            files_dir.display()
-        ));
-    }
-    if !real.is_file() {
-        return Err(format!("`{source}` is not a regular file"));
-    }
-    Ok(real)
-}
 
 impl From<SshError> for StepError {
     fn from(e: SshError) -> Self {

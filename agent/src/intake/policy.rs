@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::runner::JobEnd;
+use crate::jobs::JobEnd;
 
 /// What to tell JetStream about a job's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,7 +31,7 @@ pub fn decide(end: &JobEnd) -> Delivery {
         JobEnd::Interrupted => Delivery::Nak(None),
         JobEnd::Bus(_) => Delivery::Nak(Some(BUS_RETRY_DELAY)),
         // Running elsewhere: come back once its lease can have run out.
-        JobEnd::Busy { until } => Delivery::Nak(Some(until_then(until.0) + crate::claim::TAKEOVER_GRACE)),
+        JobEnd::Busy { until } => Delivery::Nak(Some(until_then(until.0) + crate::bus::TAKEOVER_GRACE)),
         JobEnd::LeaseLost => Delivery::Leave,
     }
 }
@@ -55,6 +55,6 @@ mod tests {
         assert_eq!(decide(&JobEnd::LeaseLost), Delivery::Leave);
         let until = pvefleet_schemas::Timestamp(time::OffsetDateTime::now_utc() + Duration::from_secs(20));
         let Delivery::Nak(Some(delay)) = decide(&JobEnd::Busy { until }) else { panic!("a busy job is handed back") };
-        assert!(delay > Duration::from_secs(19) && delay <= Duration::from_secs(20) + crate::claim::TAKEOVER_GRACE);
+        assert!(delay > Duration::from_secs(19) && delay <= Duration::from_secs(20) + crate::bus::TAKEOVER_GRACE);
     }
 }

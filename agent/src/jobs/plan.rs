@@ -1,40 +1,25 @@
-//! Plans: `pvefleet.control.<node>.plan` requests answered with what a create job would find
-//! on this node and what it would send, without changing anything in PVE. A plan runs the
-//! validating step's checks ([`crate::checks`]) and a few only a plan needs (the vmid it would
+//! Plans: what a create job would find on this node and what it would send, without changing
+//! anything in PVE (`control` answers the requests). A plan runs the validating step's checks
+//! ([`super::checks`]) and a few only a plan needs (the vmid it would
 //! take, free memory, the credential's privileges), all of them reads; it reserves no vmid and
 //! makes no key.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use pvefleet_schemas::source::TemplateSource;
-use pvefleet_schemas::{Job, PlanCheck, PlanReply, PlanRequest, PlannedCall, V1, Vmid};
+use pvefleet_schemas::{Job, PlanCheck, PlanReply, PlannedCall, V1, Vmid};
 use serde_json::Value;
 
-use crate::checks::{self, Check};
+use crate::config::Config;
+use crate::jobs::StepError;
+use crate::jobs::checks::{self, Check};
 use crate::proxmox::PveClient;
-use crate::runner::StepError;
-use crate::worker::Shared;
 
-/// Answers plan requests until the agent stops.
-pub async fn serve_plans(shared: Arc<Shared>) {
-    let subject = pvefleet_schemas::names::plan_subject(&shared.config.node);
-    crate::worker::answer_requests(&shared, subject, "plan", |payload| {
-        let shared = &shared;
-        async move {
-            match PlanRequest::decode(&payload) {
-                Ok(req) => plan(shared, &req.job).await,
-                Err(e) => refused(shared, format!("unreadable plan request: {e}")),
-            }
-        }
-    })
-    .await
-}
-
-fn refused(shared: &Shared, why: String) -> PlanReply {
+/// A plan that could not be made, and why.
+pub fn refused(node: &pvefleet_schemas::NodeName, why: String) -> PlanReply {
     PlanReply {
         v: V1,
-        node: shared.config.node.clone(),
+        node: node.clone(),
         ok: false,
         checks: vec![PlanCheck { check: "request".into(), ok: false, detail: why }],
         vmid: None,
@@ -51,12 +36,11 @@ fn said(check: &str, outcome: Check) -> PlanCheck {
 }
 
 /// Every check of `job` against this node, and the calls its create would make.
-async fn plan(shared: &Shared, job: &Job) -> PlanReply {
-    let pve = &shared.pve;
+pub async fn plan(pve: &PveClient, config: &Config, job: &Job) -> PlanReply {
     let spec = &job.container;
     let mut out = Vec::new();
-    if job.node != shared.config.node {
-        return refused(shared, format!("the plan is for node {}, this agent runs {}", job.node, shared.config.node));
+    if job.node != config.node {
+        return refused(&config.node, format!("the plan is for node {}, this agent runs {}", job.node, config.node));
     }
     out.push(said(
         "spec",
@@ -64,25 +48,25 @@ async fn plan(shared: &Shared, job: &Job) -> PlanReply {
             .map(|()| "valid".into())
             .map_err(|e| StepError::failed(pvefleet_schemas::ErrorKind::Validation, e.to_string())),
     ));
-    out.push(said("files", checks::files(job, &shared.config.files_dir)));
+    out.push(said("files", checks::files(job, &config.files_dir)));
     out.push(said("rights", checks::rights(spec, pve.is_root_login())));
     out.push(said("storage", checks::storage(pve, job).await));
-    let has_key = shared.config.ssh.clone_key.is_some();
-    let source = checks::source(pve, job, has_key, None, &shared.config.allow).await;
+    let has_key = config.ssh.clone_key.is_some();
+    let source = checks::source(pve, job, has_key, None, &config.allow).await;
     let clone_source = source.as_ref().ok().and_then(|(_, s)| *s);
     out.push(said("template", source.map(|(detail, _)| detail)));
-    out.push(said("fetch", checks::fetch_target(pve, job, &shared.config.allow).await));
+    out.push(said("fetch", checks::fetch_target(pve, job, &config.allow).await));
     out.push(said("network", checks::network(pve, job).await));
     let (vmid, check) = vmid(pve, spec.vmid).await;
     out.push(said("vmid", check));
-    out.push(said("volumes", checks::volumes(job, vmid, &shared.config.allow)));
+    out.push(said("volumes", checks::volumes(job, vmid, &config.allow)));
     out.push(said("memory", memory(pve, job).await));
     out.push(said("permissions", permissions(pve, job, vmid, clone_source).await));
     let calls = match vmid {
         Some(vmid) => calls(pve, job, vmid, clone_source).await,
         None => Vec::new(),
     };
-    PlanReply { v: V1, node: shared.config.node.clone(), ok: out.iter().all(|c| c.ok), checks: out, vmid, calls }
+    PlanReply { v: V1, node: config.node.clone(), ok: out.iter().all(|c| c.ok), checks: out, vmid, calls }
 }
 
 /// The vmid the job would take: the spec's, if it is free, or the next free one now.
@@ -265,17 +249,17 @@ async fn calls(pve: &PveClient, job: &Job, vmid: Vmid, clone_source: Option<Vmid
     // The job's own key is made at validating; its public half joins the spec's keys.
     let job_key = (!job.deploy.is_empty() && spec.clone.is_none()).then(|| "<the job's own ed25519 key>".to_owned());
     let password = spec.root_password.as_ref().map(|_| "********".to_owned());
-    let create = crate::create::create_params(job, vmid, &marker, job_key, password);
+    let create = crate::jobs::create::params::create_params(job, vmid, &marker, job_key, password);
     match clone_source {
         Some(from) => {
             calls.push(call(
                 format!("POST /nodes/{node}/lxc/{from}/clone"),
-                own(&crate::source::clone_params(job, vmid, &marker)),
+                own(&crate::jobs::create::params::clone_params(job, vmid, &marker)),
             ));
             let source_cfg = pve.container_config(from).await.ok().flatten().unwrap_or(Value::Null);
             calls.push(call(
                 format!("PUT /nodes/{node}/lxc/{vmid}/config"),
-                crate::source::clone_config(create, job, &source_cfg, &source_cfg),
+                crate::jobs::create::params::clone_config(create, job, &source_cfg, &source_cfg),
             ));
         }
         None => calls.push(call(format!("POST /nodes/{node}/lxc"), create)),

@@ -12,36 +12,13 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, EventLog};
-use crate::claim::Claim;
-use crate::config::Config;
-use crate::create;
-use crate::heartbeat::Running;
-use crate::policy::{self, Delivery};
-use crate::proxmox::PveClient;
-use crate::runner::{self, JobEnd};
+pub mod policy;
 
-/// What every job task shares.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    pub pve: PveClient,
-    pub bus: Bus,
-    pub running: Running,
-    /// Fires on SIGTERM: running jobs stop at their next await and are handed back.
-    pub stop: CancellationToken,
-    /// The agent's sealing key: opens root passwords, seals per-job SSH keys.
-    pub sealing: Arc<pvefleet_schemas::seal::SecretKey>,
-    /// The templates this agent fetched itself ([`crate::cache`]).
-    pub ledger: crate::cache::Ledger,
-    /// This agent process's name in job leases (`<node>-<ulid>`), new at every start.
-    pub instance: String,
-    /// Running jobs' cancel tokens, fired by `pvefleet.control.<node>.cancel`.
-    pub cancels: std::sync::Mutex<std::collections::HashMap<JobId, CancellationToken>>,
-    /// Jobs cancelled between two deliveries (handed back, waiting out a lease): each is
-    /// cancelled as soon as its next delivery starts.
-    pub cancelled: std::sync::Mutex<std::collections::BTreeSet<JobId>>,
-}
+use self::policy::Delivery;
+use crate::bus::{Bus, Claim, EventLog};
+use crate::jobs::{self, JobEnd};
+use crate::jobs::{create, destroy};
+use crate::shared::{Shared, job_id_of};
 
 /// A job delivered this often without ending is given up: its error event (kind `internal`)
 /// ends it, whatever keeps it from ending, so no message can loop for ever.
@@ -83,7 +60,8 @@ impl Drop for RunningGuard<'_> {
 pub async fn work(shared: Arc<Shared>) {
     let slots = Arc::new(Semaphore::new(shared.config.concurrency as usize));
     let mut jobs = JoinSet::new();
-    let mut pause = Duration::from_millis(100);
+    let pace = crate::retry::FETCH_JOBS;
+    let mut pause = pace.first;
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
@@ -97,7 +75,7 @@ pub async fn work(shared: Arc<Shared>) {
         };
         match fetched {
             Ok(Some(msg)) => {
-                pause = Duration::from_millis(100);
+                pause = pace.first;
                 let shared = shared.clone();
                 jobs.spawn(async move {
                     handle(&shared, msg).await;
@@ -111,7 +89,7 @@ pub async fn work(shared: Arc<Shared>) {
                     _ = tokio::time::sleep(pause) => {}
                     _ = shared.stop.cancelled() => break,
                 }
-                pause = (pause * 2).min(Duration::from_secs(10));
+                pause = pace.after(pause);
             }
         }
     }
@@ -255,7 +233,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         crate::metrics::metrics().redelivered();
     }
     let job_id = job.job_id();
-    let claimed = match runner::claim(job_id, node, &shared.bus, owner, shared.config.ack_wait, first).await {
+    let claimed = match jobs::claim(job_id, node, &shared.bus, owner, shared.config.ack_wait, first).await {
         Ok(c) => c,
         Err(end) => return (end, None),
     };
@@ -268,7 +246,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         return (give_up(shared, job_id, ErrorKind::Internal, why, owner).await, Some(claim));
     }
     let (_running, cancel) = RunningGuard::enter(shared, job_id);
-    let env = runner::Env {
+    let env = jobs::Env {
         pve: &shared.pve,
         bus: &shared.bus,
         config: &shared.config,
@@ -278,7 +256,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
     };
     let end = match &job {
         Incoming::Create(job) => create::run(job, claimed, env, &cancel).await,
-        Incoming::Destroy(job) => crate::destroy::run(job, claimed, env, &cancel).await,
+        Incoming::Destroy(job) => destroy::run(job, claimed, env, &cancel).await,
     };
     (end, Some(claim))
 }
@@ -301,10 +279,9 @@ async fn after_panic(shared: &Shared, msg: &Message, owner: &str, panic: String)
     let Some(job_id) = job_id_of(&msg.payload) else { return JobEnd::Rejected };
     let node = &shared.config.node;
     let message = format!("the agent hit an internal error: {panic}");
-    match crate::claim::Claim::take(&shared.bus.checkpoints, node, job_id, owner.to_owned(), shared.config.ack_wait)
-        .await
+    match crate::bus::Claim::take(&shared.bus.checkpoints, node, job_id, owner.to_owned(), shared.config.ack_wait).await
     {
-        Ok(crate::claim::Taken::Mine(mine)) => {
+        Ok(crate::bus::Taken::Mine(mine)) => {
             let (claim, mut cp) = *mine;
             if cp.failure.is_none() {
                 // Where the job stood: the step of its last event.
@@ -321,7 +298,7 @@ async fn after_panic(shared: &Shared, msg: &Message, owner: &str, panic: String)
             let why = format!("{message} (again, while failing); whatever it made is left as it is");
             give_up(shared, job_id, ErrorKind::Internal, why, owner).await
         }
-        Ok(crate::claim::Taken::Busy { until, .. }) => JobEnd::Busy { until },
+        Ok(crate::bus::Taken::Busy { until, .. }) => JobEnd::Busy { until },
         Err(e) => JobEnd::Bus(e),
     }
 }
@@ -384,106 +361,4 @@ async fn terminal_error(
         host_key: None,
     };
     events.emit(EventType::Error, Some(step), None, message, None, Some(result)).await
-}
-
-/// The job id of a message, if it has a readable one (even when the rest is not).
-fn job_id_of(payload: &[u8]) -> Option<JobId> {
-    let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
-    // A job's own, or the one a plan request carries.
-    let id = value.get("job_id").or_else(|| value.get("job")?.get("job_id"))?;
-    id.as_str()?.parse().ok()
-}
-
-/// Answers the control requests on `subject` until the agent stops: each request's payload
-/// goes to `answer`, whose reply is sent back (a request without a reply subject is dropped).
-pub(crate) async fn answer_requests<Fut, R>(
-    shared: &Shared,
-    subject: String,
-    what: &str,
-    answer: impl Fn(bytes::Bytes) -> Fut,
-) where
-    Fut: std::future::Future<Output = R>,
-    R: serde::Serialize,
-{
-    let mut requests = match shared.bus.client.subscribe(subject.clone()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %pvefleet_schemas::report::error_chain(&e), %subject, "cannot listen for {what} requests");
-            return;
-        }
-    };
-    loop {
-        let request = tokio::select! {
-            r = requests.next() => match r { Some(r) => r, None => return },
-            _ = shared.stop.cancelled() => return,
-        };
-        let Some(reply) = request.reply.clone() else { continue };
-        // One span per request, naming its job when it names one.
-        let job_id = job_id_of(&request.payload).map(|j| j.to_string()).unwrap_or_default();
-        let span = tracing::info_span!("control", request = what, %job_id);
-        let payload = serde_json::to_vec(&tracing::Instrument::instrument(answer(request.payload), span).await)
-            .expect("a reply serializes");
-        if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
-            tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "{what} reply not sent");
-        }
-    }
-}
-
-/// Answers `pvefleet.control.<node>.cancel` requests: `{"job_id": …}` → `{"ok": bool, "message": …}`.
-pub async fn serve_cancels(shared: Arc<Shared>) {
-    let subject = pvefleet_schemas::names::cancel_subject(&shared.config.node);
-    answer_requests(&shared, subject, "cancel", |payload| {
-        let shared = &shared;
-        async move {
-            match pvefleet_schemas::CancelRequest::decode(&payload) {
-                Err(e) => {
-                    pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") }
-                }
-                Ok(req) => {
-                    let running = shared.cancels.lock().expect("cancels").get(&req.job_id).cloned();
-                    match running {
-                        Some(token) => {
-                            token.cancel();
-                            tracing::info!(job_id = %req.job_id, "cancel requested");
-                            pvefleet_schemas::CancelReply {
-                                ok: true,
-                                message: format!("job {} is being cancelled", req.job_id),
-                            }
-                        }
-                        None => cancel_between_deliveries(shared, req.job_id).await,
-                    }
-                }
-            }
-        }
-    })
-    .await
-}
-
-/// A cancel for a job this agent is not running now: one that has begun here (it has a
-/// checkpoint) and is waiting for its next delivery is cancelled when that delivery starts.
-async fn cancel_between_deliveries(shared: &Shared, job_id: JobId) -> pvefleet_schemas::CancelReply {
-    let node = &shared.config.node;
-    let key = pvefleet_schemas::names::checkpoint_key(node, &job_id);
-    match shared.bus.checkpoints.get(&key).await {
-        Ok(Some(_)) => {
-            let mut cancelled = shared.cancelled.lock().expect("cancelled");
-            // Bounded: a flood of cancels for made-up jobs cannot grow it without end.
-            if cancelled.len() >= 10_000 {
-                cancelled.pop_first();
-            }
-            cancelled.insert(job_id);
-            tracing::info!(%job_id, "cancel requested between deliveries");
-            pvefleet_schemas::CancelReply {
-                ok: true,
-                message: format!("job {job_id} is between deliveries on {node}; it is cancelled when it resumes"),
-            }
-        }
-        Ok(None) => {
-            pvefleet_schemas::CancelReply { ok: false, message: format!("job {job_id} is not running on {node}") }
-        }
-        Err(e) => pvefleet_schemas::CancelReply {
-            ok: false,
-            message: format!("job {job_id}: its checkpoint could not be read on {node} ({e})"),
-        },
-    }
 }

@@ -2,15 +2,15 @@
 //! and by a plan ([`crate::plan`]). Every check only reads: it says what it found, or why
 //! the spec does not fit (naming the spec's field), and changes nothing in PVE.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use pvefleet_schemas::lxc::MountPoint;
 use pvefleet_schemas::source::{CloneFrom, TemplateSource};
 use pvefleet_schemas::{ContainerSpec, ErrorKind, Job, Vmid};
 
 use crate::config::Allow;
+use crate::jobs::StepError;
 use crate::proxmox::{Listed, PveClient};
-use crate::runner::StepError;
 
 /// What a check found (`Ok`), or why the job cannot run here.
 pub(crate) type Check = Result<String, StepError>;
@@ -24,8 +24,7 @@ pub(crate) fn files(job: &Job, files_dir: &Path) -> Check {
     let mut n = 0;
     for (i, file) in job.deploy.files.iter().enumerate() {
         if let Some(source) = &file.source {
-            crate::deploy::resolve_source(files_dir, source)
-                .map_err(|why| invalid(format!("deploy.files[{i}].source: {why}")))?;
+            resolve_source(files_dir, source).map_err(|why| invalid(format!("deploy.files[{i}].source: {why}")))?;
             n += 1;
         }
     }
@@ -405,6 +404,33 @@ pub(crate) async fn fetch_target(pve: &PveClient, job: &Job, allow: &crate::conf
         }
     }
     Ok(format!("{host} reaches {}", addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")))
+}
+
+/// The file `source` names inside `files_dir`, the one directory a job may copy files from:
+/// a relative source is taken inside it, an absolute one must lie inside it, `..` is refused,
+/// and a symlink is followed only if it ends inside it. Anything else would let whoever may
+/// publish a job copy the agent's own secrets (its API token, its NATS password) into a
+/// container of their choosing.
+pub fn resolve_source(files_dir: &Path, source: &str) -> Result<PathBuf, String> {
+    let given = Path::new(source);
+    if given.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!("`{source}` contains `..`; sources are files inside the agent's files_dir"));
+    }
+    let path = if given.is_absolute() { given.to_path_buf() } else { files_dir.join(given) };
+    let root = files_dir
+        .canonicalize()
+        .map_err(|e| format!("the agent's files_dir {} cannot be read ({e})", files_dir.display()))?;
+    let real = path.canonicalize().map_err(|e| format!("`{source}` is not a file in {} ({e})", files_dir.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "`{source}` is outside the agent's files_dir {}; only files there may be copied",
+            files_dir.display()
+        ));
+    }
+    if !real.is_file() {
+        return Err(format!("`{source}` is not a regular file"));
+    }
+    Ok(real)
 }
 
 #[cfg(test)]

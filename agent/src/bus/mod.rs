@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::header::NATS_MESSAGE_ID;
 use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, consumer::pull, kv, message::PublishMessage, stream};
-use backon::{ExponentialBuilder, Retryable as _};
+use backon::Retryable as _;
 use pvefleet_schemas::event::MAX_EVENT_BYTES;
 use pvefleet_schemas::layout;
 use pvefleet_schemas::names::{self, JOBS_STREAM};
@@ -15,32 +15,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, NatsConfig};
 
-/// A NATS failure the agent could not ride out with its retries.
-#[derive(Debug, thiserror::Error)]
-pub enum BusError {
-    #[error("stopped while connecting to NATS")]
-    Stopped,
-    /// The job's event log was written by someone else: a cancel of the queued job, or
-    /// another run of the job.
-    #[error("the job's events were written by someone else")]
-    Superseded,
-    /// Another run took the job over, or this run's lease ran out.
-    #[error("this run no longer holds the job's lease")]
-    LeaseLost,
-    /// The message says what was being done; the cause is kept whole as its source.
-    #[error("{what}")]
-    Nats {
-        what: String,
-        #[source]
-        source: async_nats::Error,
-    },
-}
+mod checkpoints;
+mod claim;
+mod error;
+mod vmids;
 
-impl BusError {
-    pub(crate) fn nats(what: impl Into<String>, e: impl Into<async_nats::Error>) -> Self {
-        BusError::Nats { what: what.into(), source: e.into() }
-    }
-}
+pub use checkpoints::{Checkpoints, Entry, KvError};
+pub use claim::{Claim, TAKEOVER_GRACE, Taken};
+pub use error::BusError;
+pub use vmids::{Reserve, reserve};
 
 /// Connects, retrying with backoff (logged) until it succeeds or `stop` fires.
 pub async fn connect(
@@ -89,11 +72,7 @@ pub async fn connect(
             BusError::nats(format!("connecting to {}", pvefleet_schemas::redact_urls(&config.urls.join(","))), e)
         })
     };
-    let retry = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(250))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times()
-        .with_jitter();
+    let retry = crate::retry::nats_connect();
     tokio::select! {
         r = attempt.retry(retry).notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "NATS unreachable; retrying")) => r,
         _ = stop.cancelled() => Err(BusError::Stopped),
@@ -107,7 +86,7 @@ pub struct Bus {
     pub js: jetstream::Context,
     pub events: stream::Stream,
     pub consumer: jetstream::consumer::Consumer<pull::Config>,
-    pub checkpoints: crate::checkpoints::Checkpoints,
+    pub checkpoints: checkpoints::Checkpoints,
     pub nodes: kv::Store,
     pub vmids: kv::Store,
 }
@@ -119,7 +98,7 @@ impl Bus {
         let js = jetstream::new(client.clone());
         let (jobs, events) = ensure_streams(&js, &config.node).await?;
         // Read and written without its stream's info, which would list every node's jobs.
-        let checkpoints = crate::checkpoints::Checkpoints::open(&js).await?;
+        let checkpoints = checkpoints::Checkpoints::open(&js).await?;
         if !checkpoints.exists(&config.node).await {
             get_or_create_bucket(&js, layout::jobs_bucket(1)).await?;
         }
@@ -137,7 +116,7 @@ impl Bus {
     pub async fn forget_checkpoint(&self, node: &NodeName, job: &JobId) -> Result<(), BusError> {
         let key = names::checkpoint_key(node, job);
         (|| self.checkpoints.purge(key.clone()))
-            .retry(nats_retry())
+            .retry(crate::retry::nats_request())
             .await
             .map_err(|e| BusError::nats(format!("clearing checkpoint {key}"), e))
     }
@@ -157,7 +136,7 @@ async fn last_message(
             Err(e) => Err(e),
         }
     })
-    .retry(nats_retry())
+    .retry(crate::retry::nats_request())
     .await
 }
 
@@ -173,15 +152,6 @@ pub async fn ensure_streams(
     let replicas = jobs.cached_info().config.num_replicas.max(1);
     let events = get_or_create_stream(js, layout::events_stream(node, replicas)).await?;
     Ok((jobs, events))
-}
-
-/// Retries for one NATS operation: about a minute, enough for a cluster to elect a leader.
-pub(crate) fn nats_retry() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
-        .with_max_times(15)
-        .with_jitter()
 }
 
 async fn get_or_create_stream(js: &jetstream::Context, config: stream::Config) -> Result<stream::Stream, BusError> {
@@ -375,7 +345,7 @@ impl EventLog {
                 .expected_last_subject_sequence(expected);
             self.js.send_publish(self.subject.clone(), publish).await?.await
         })
-        .retry(nats_retry())
+        .retry(crate::retry::nats_request())
         .when(|e: &PublishError| {
             let retry = !matches!(e.kind(), PublishErrorKind::WrongLastSequence | PublishErrorKind::MaxPayloadExceeded);
             if retry {

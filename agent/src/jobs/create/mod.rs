@@ -1,4 +1,4 @@
-//! The create job, as a table of steps read top to bottom, run by [`crate::runner`]. Each step
+//! The create job, as a table of steps read top to bottom, run by the engine in [`crate::jobs`]. Each step
 //! is idempotent: it checks the world before acting and records its outputs (vmid, UPID, IP)
 //! in the job's checkpoint before the next step starts, so a redelivered job resumes where the
 //! last agent stopped. Ownership is proven by the marker tag `pvefleet-<short job id>`: a
@@ -20,15 +20,22 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pvefleet_schemas::seal::SecretKey;
 use pvefleet_schemas::{ErrorInfo, ErrorKind, Job, JobResult, LogStream, RollbackPolicy, Step, Vmid};
 use tokio_util::sync::CancellationToken;
 
+pub mod deploy;
+mod keys;
+pub(crate) mod params;
+mod source;
+mod vmid;
+
 use crate::config::SshConfig;
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
 use crate::proxmox::{PveError, Refusal};
-use crate::runner::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
+use crate::retry::{self, Wait};
 use crate::ssh::SshSession;
 
 fn always(_: &Job) -> bool {
@@ -60,8 +67,10 @@ const STEPS: [StepRow<Job>; 8] = [
 
 /// Runs (or resumes) a claimed create job to its end.
 pub async fn run(job: &Job, claimed: Claimed, env: Env<'_>, cancel: &CancellationToken) -> JobEnd {
+    let mut core = Core::new(job.job_id, &job.node, claimed, env, job.job_id.marker_tag(), job.options.timeouts.task.0);
+    core.reads_task_logs = Some(host_keys_in_log);
     let mut saga = CreateJob {
-        core: Core::new(job.job_id, &job.node, claimed, env, job.job_id.marker_tag(), job.options.timeouts.task.0),
+        core,
         job,
         ssh_config: &env.config.ssh,
         files_dir: &env.config.files_dir,
@@ -73,7 +82,18 @@ pub async fn run(job: &Job, claimed: Claimed, env: Env<'_>, cancel: &Cancellatio
         remote_tmp: None,
         log_bytes: 0,
     };
-    crate::runner::run_in_span(&mut saga, env.stop, cancel, "create").await
+    crate::jobs::run_in_span(&mut saga, env.stop, cancel, "create").await
+}
+
+/// PVE prints the new container's host keys in its create task's log: only those are trusted.
+fn host_keys_in_log(upid: &crate::proxmox::Upid, line: &str, cp: &mut pvefleet_schemas::Checkpoint) {
+    if upid.kind() == "vzcreate" {
+        for fp in crate::ssh::fingerprints_in(line) {
+            if !cp.announced_host_keys.contains(&fp) {
+                cp.announced_host_keys.push(fp);
+            }
+        }
+    }
 }
 
 pub(crate) struct CreateJob<'a> {
@@ -148,25 +168,25 @@ impl CreateJob<'_> {
     /// Checks the spec against this node and chooses the vmid.
     async fn validate(&mut self) -> StepResult {
         let pve = &self.core.pve;
-        crate::checks::files(self.job, self.files_dir)?;
-        crate::checks::rights(&self.job.container, pve.is_root_login())?;
-        crate::checks::storage(pve, self.job).await?;
-        crate::checks::network(pve, self.job).await?;
-        crate::checks::fetch_target(pve, self.job, self.allow).await?;
+        crate::jobs::checks::files(self.job, self.files_dir)?;
+        crate::jobs::checks::rights(&self.job.container, pve.is_root_login())?;
+        crate::jobs::checks::storage(pve, self.job).await?;
+        crate::jobs::checks::network(pve, self.job).await?;
+        crate::jobs::checks::fetch_target(pve, self.job, self.allow).await?;
         let has_clone_key = self.ssh_config.clone_key.is_some();
         let (_, source) =
-            crate::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source, self.allow).await?;
+            crate::jobs::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source, self.allow).await?;
         self.core.cp.clone_source = source;
         // A clone cannot be given the job's own key at create: its deploy logs in with
         // `ssh.key_file`, then swaps the job's key in for that shared one.
         let keeps_shared_key = self.job.container.clone.as_ref().is_some_and(|c| c.keep_key);
         if !self.job.deploy.is_empty() && self.core.cp.ssh_key.is_none() && !keeps_shared_key {
-            self.core.cp.ssh_key = Some(crate::deploy::new_job_key(self.sealing, &self.job.job_id)?);
+            self.core.cp.ssh_key = Some(keys::new_job_key(self.sealing, &self.job.job_id)?);
         }
         if self.core.cp.vmid.is_none() {
             self.choose_vmid().await?;
         }
-        crate::checks::volumes(self.job, self.core.cp.vmid, self.allow)?;
+        crate::jobs::checks::volumes(self.job, self.core.cp.vmid, self.allow)?;
         Ok(())
     }
 
@@ -223,14 +243,13 @@ impl CreateJob<'_> {
             .filter(|l| l.lock.as_deref() == Some("create") || (clone && l.name.as_ref() == Some(hostname)))
             .map(|l| l.vmid)
             .collect();
-        let within = self.core.task_timeout;
-        let deadline = Instant::now() + within;
-        let (mut pause, mut said) = (Duration::from_millis(200), false);
+        let mut wait = Wait::new(retry::LOST_CHECKPOINT, self.core.task_timeout);
+        let mut said = false;
         while !pending.is_empty() {
             let mut still = Vec::new();
             for vmid in pending {
                 let Some(cfg) = self.core.pve.container_config(vmid).await? else { continue };
-                if crate::runner::is_ours(&cfg, &marker) {
+                if crate::jobs::is_ours(&cfg, &marker) {
                     return Ok(Some(vmid));
                 }
                 if cfg.get("lock").and_then(serde_json::Value::as_str) == Some("create") {
@@ -240,16 +259,6 @@ impl CreateJob<'_> {
             pending = still;
             if pending.is_empty() {
                 break;
-            }
-            if Instant::now() >= deadline {
-                return Err(StepError::failed(
-                    ErrorKind::Timeout,
-                    format!(
-                        "the job's checkpoint was lost and container(s) {pending:?} on {} are still being created after \
-                         {within:?}; one may be this job's, so no other is made",
-                        self.job.node
-                    ),
-                ));
             }
             if !said {
                 self.core
@@ -261,8 +270,16 @@ impl CreateJob<'_> {
                     .await?;
                 said = true;
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
+            if !wait.pause().await {
+                return Err(StepError::failed(
+                    ErrorKind::Timeout,
+                    format!(
+                        "the job's checkpoint was lost and container(s) {pending:?} on {} are still being created after \
+                         {:?}; one may be this job's, so no other is made",
+                        self.job.node, wait.within
+                    ),
+                ));
+            }
         }
         for (node, vmid) in self.core.pve.guests_tagged(&marker).await? {
             if node == self.job.node.as_str() {
@@ -275,8 +292,7 @@ impl CreateJob<'_> {
 
     async fn allocate(&self) -> Result<Vmid, StepError> {
         let deadline = Instant::now() + self.timeouts().task.0;
-        Ok(crate::vmid::allocate(&self.core.pve, &self.core.bus.vmids, self.job.job_id, &self.job.node, deadline)
-            .await?)
+        Ok(vmid::allocate(&self.core.pve, &self.core.bus.vmids, self.job.job_id, &self.job.node, deadline).await?)
     }
 
     fn conflict(&self, vmid: Vmid) -> StepError {
@@ -342,10 +358,10 @@ impl CreateJob<'_> {
             }
             Whose::Nobody => {
                 *tries += 1;
-                if *tries >= 3 {
+                if *tries >= retry::ALREADY_EXISTS_LOOKS {
                     self.replace_vmid(vmid).await?;
                 } else {
-                    tokio::time::sleep(Duration::from_millis(200) * *tries).await;
+                    tokio::time::sleep(retry::ALREADY_EXISTS_PAUSE * *tries).await;
                 }
             }
         }
@@ -367,7 +383,7 @@ impl CreateJob<'_> {
     /// PVE's create parameters for the spec, with the job's key and the opened password.
     pub(crate) fn create_params(&self) -> Vec<(String, String)> {
         let password = self.password.as_ref().map(|p| p.expose().to_owned());
-        create_params(self.job, self.core.vmid(), &self.core.marker, self.job_public_key(), password)
+        params::create_params(self.job, self.core.vmid(), &self.core.marker, self.job_public_key(), password)
     }
 
     /// Starts the container and waits for its start task: a start whose task ended OK has a
@@ -411,18 +427,17 @@ impl CreateJob<'_> {
                 v4.into_iter().chain(v6)
             })
             .collect();
-        let within = self.timeouts().ip.0;
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(100);
+        let mut wait = Wait::new(retry::ADDRESS, self.timeouts().ip.0);
         let ip: IpAddr = loop {
             if let Some(ip) = self.core.pve.container_ip(vmid, &nic, &configured).await? {
                 break ip;
             }
-            if Instant::now() >= deadline {
+            if !wait.pause().await {
                 return Err(StepError::failed(
                     ErrorKind::Timeout,
                     format!(
-                        "container {vmid} has no address on {nic} after {within:?} ({}); is DHCP serving its bridge?",
+                        "container {vmid} has no address on {nic} after {:?} ({}); is DHCP serving its bridge?",
+                        wait.within,
                         self.job
                             .container
                             .effective_nics()
@@ -433,8 +448,6 @@ impl CreateJob<'_> {
                     ),
                 ));
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(3));
         };
         self.core.cp.ip = Some(ip);
         self.core.events.log(LogStream::Task, format!("container {vmid} has address {ip}")).await?;
@@ -534,75 +547,6 @@ impl Saga for CreateJob<'_> {
             self.close_ssh(ssh).await;
         }
     }
-}
-
-/// PVE's create parameters for `job` as container `vmid`: every field the spec sets, in PVE's
-/// formats (`pvefleet_schemas::lxc` builds each string), plus the marker tag, the job's own
-/// public key and the root password when given (a plan passes a mask for it).
-pub(crate) fn create_params(
-    job: &Job,
-    vmid: Vmid,
-    marker: &str,
-    job_key: Option<String>,
-    password: Option<String>,
-) -> Vec<(String, String)> {
-    let spec = &job.container;
-    let mut tags: Vec<String> = spec.tags.iter().map(|t| t.to_ascii_lowercase()).collect();
-    tags.push(marker.to_owned());
-    let mut params: Vec<(String, String)> = vec![
-        ("vmid".into(), vmid.to_string()),
-        ("hostname".into(), spec.hostname.clone()),
-        ("ostemplate".into(), spec.effective_ostemplate().unwrap_or_default()),
-        ("memory".into(), spec.memory.to_string()),
-        ("swap".into(), spec.swap.to_string()),
-        ("cores".into(), spec.cores.to_string()),
-        ("rootfs".into(), spec.effective_rootfs().to_pve()),
-        // Always explicit: the schema's default is 0, while PVE makes unprivileged ones when
-        // it is left out.
-        ("unprivileged".into(), u8::from(spec.unprivileged).to_string()),
-        ("tags".into(), tags.join(";")),
-    ];
-    for (i, nic) in spec.effective_nics().iter().enumerate() {
-        params.push((format!("net{i}"), nic.to_pve()));
-    }
-    for (i, mp) in spec.mounts.iter().enumerate() {
-        params.push((format!("mp{i}"), mp.to_pve()));
-    }
-    let features = spec.effective_features();
-    if !features.is_empty() {
-        params.push(("features".into(), features.to_pve()));
-    }
-    let mut put = |key: &str, value: Option<String>| {
-        if let Some(v) = value {
-            params.push((key.into(), v));
-        }
-    };
-    put("nameserver", spec.effective_nameserver());
-    put("searchdomain", spec.searchdomain.clone());
-    put("description", spec.description.clone());
-    put("pool", spec.pool.clone());
-    put("protection", spec.protection.then(|| "1".into()));
-    put("cpulimit", spec.cpulimit.map(|c| c.to_string()));
-    put("cpuunits", spec.cpuunits.map(|c| c.to_string()));
-    put("onboot", spec.onboot.then(|| "1".into()));
-    put("startup", spec.startup.as_ref().map(|s| s.to_pve()).filter(|s| !s.is_empty()));
-    put("timezone", spec.timezone.clone());
-    put("arch", spec.arch.clone());
-    put("ostype", spec.ostype.clone());
-    put("console", spec.console.map(|c| u8::from(c).to_string()));
-    put("tty", spec.tty.map(|t| t.to_string()));
-    put("cmode", spec.cmode.clone());
-    put("entrypoint", spec.entrypoint.clone());
-    put("env", (!spec.env.is_empty()).then(|| pvefleet_schemas::source::env_to_pve(&spec.env)));
-    let mut keys = spec.ssh_public_keys.clone();
-    keys.extend(job_key);
-    if !keys.is_empty() {
-        params.push(("ssh-public-keys".into(), keys.join("\n")));
-    }
-    if let Some(pw) = password {
-        params.push(("password".into(), pw));
-    }
-    params
 }
 
 #[cfg(test)]

@@ -15,8 +15,8 @@ use pvefleet_schemas::{DestroyJob, ErrorInfo, ErrorKind, JobResult, LogStream, S
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
 use crate::proxmox::Refusal;
-use crate::runner::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
 
 fn always(_: &DestroyJob) -> bool {
     true
@@ -37,7 +37,7 @@ pub async fn run(job: &DestroyJob, claimed: Claimed, env: Env<'_>, cancel: &Canc
         job,
         gone: None,
     };
-    crate::runner::run_in_span(&mut saga, env.stop, cancel, "destroy").await
+    crate::jobs::run_in_span(&mut saga, env.stop, cancel, "destroy").await
 }
 
 struct DestroyRun<'a> {
@@ -111,7 +111,7 @@ impl DestroyRun<'_> {
         let (whose, cfg) =
             self.core
                 .owner_of(vmid, |cfg| {
-                    if marker.is_empty() { has_any_marker(cfg) } else { crate::runner::is_ours(cfg, &marker) }
+                    if marker.is_empty() { has_any_marker(cfg) } else { crate::jobs::is_ours(cfg, &marker) }
                 })
                 .await?;
         match whose {
@@ -156,7 +156,7 @@ impl DestroyRun<'_> {
         let (whose, _) =
             self.core
                 .owner_of(vmid, |cfg| {
-                    if marker.is_empty() { has_any_marker(cfg) } else { crate::runner::is_ours(cfg, &marker) }
+                    if marker.is_empty() { has_any_marker(cfg) } else { crate::jobs::is_ours(cfg, &marker) }
                 })
                 .await?;
         match whose {

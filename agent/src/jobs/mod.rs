@@ -1,12 +1,30 @@
-//! The one runner every job kind shares: it takes the job's lease, walks the kind's step table
-//! top to bottom, writes the checkpoint a redelivered job resumes from, turns a failure into
-//! the kind's undo and exactly one `error` event, and ends a job that succeeded with exactly
-//! one `complete` event. A job kind ([`crate::create`], [`crate::destroy`]) is its step table,
-//! its steps and its undo; the machinery here is written once.
+//! The jobs: the one engine every job kind runs on, and the kinds, siblings above it.
 //!
-//! Ownership is proven by a marker tag (`pvefleet-<short job id>`): [`Core::owner_of`] waits
-//! out a container's create before it reads the marker, and a container without it is never
-//! touched.
+//! The engine (this file) takes the job's lease, walks the kind's step table top to bottom,
+//! writes the checkpoint a redelivered job resumes from, turns a failure into the kind's undo
+//! and exactly one `error` event, and ends a job that succeeded with exactly one `complete`
+//! event. It knows no kind: a kind is its step table ([`StepRow`]s), its steps and its undo,
+//! behind [`Saga`].
+//!
+//! - [`container`]: a container as every kind handles it: whose it is, by the job's marker;
+//!   stopping and deleting one proven its own.
+//! - [`checks`]: what validating (and a plan) checks against the node; read-only.
+//! - [`create`]: the create job's whole story: its step table and undo (`mod.rs`), the
+//!   parameters it sends (`params`), its vmid (`vmid`), its template or clone (`source`), its
+//!   keys (`keys`) and its deploy over SSH (`deploy`).
+//! - [`destroy`]: the destroy job (finding → stopping → deleting).
+//! - [`plan`]: what a create would find and send, changing nothing.
+//!
+//! A new job kind is a file (or folder) here with its step table and its `Saga`, plus its line
+//! in `intake`'s table of kinds.
+
+pub mod checks;
+pub(crate) mod container;
+pub mod create;
+pub mod destroy;
+pub mod plan;
+
+pub(crate) use container::{Whose, is_ours};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,16 +32,14 @@ use std::time::{Duration, Instant};
 use pvefleet_schemas::{
     Checkpoint, ErrorInfo, ErrorKind, EventType, JobId, JobResult, LogStream, NodeName, Step, Vmid,
 };
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::bus::{Bus, BusError, EventLog};
-use crate::claim::{Claim, Taken};
+use crate::bus::{Claim, Taken};
 use crate::config::Config;
-use crate::proxmox::task::{TaskFailure, TaskProgress, TaskWaitError};
-use crate::proxmox::{PveClient, PveError, Refusal, Upid};
-use crate::vmid::AllocError;
+use crate::proxmox::task::{TaskProgress, TaskWaitError};
+use crate::proxmox::{PveClient, PveError, Upid};
 use pvefleet_schemas::seal::SecretKey;
 
 /// One row of a job kind's step table.
@@ -36,7 +52,7 @@ pub(crate) struct StepRow<M> {
     pub runs: fn(&M) -> bool,
 }
 
-/// How a job's run ended, for the delivery decision (see [`crate::policy`]).
+/// How a job's run ended, for the delivery decision (see `intake::policy`).
 #[derive(Debug)]
 pub enum JobEnd {
     /// Its terminal event is published (now or by an earlier delivery).
@@ -90,19 +106,6 @@ impl From<PveError> for StepError {
 impl From<BusError> for StepError {
     fn from(e: BusError) -> Self {
         StepError::Bus(e)
-    }
-}
-
-impl From<AllocError> for StepError {
-    fn from(e: AllocError) -> Self {
-        match e {
-            AllocError::Pve(e) => e.into(),
-            AllocError::Bus(e) => StepError::Bus(e),
-            e @ AllocError::Deadline { .. } => StepError::failed(ErrorKind::Timeout, format!("allocating a vmid: {e}")),
-            e @ AllocError::Exhausted { .. } => {
-                StepError::failed(ErrorKind::Proxmox, format!("allocating a vmid: {e}"))
-            }
-        }
     }
 }
 
@@ -208,6 +211,9 @@ pub(crate) struct Core {
     pub(crate) marker: String,
     /// How long one Proxmox task may take.
     pub(crate) task_timeout: Duration,
+    /// What the kind reads in its tasks' logs into its checkpoint, line by line (a create
+    /// keeps the host keys PVE prints for the new container).
+    pub(crate) reads_task_logs: Option<fn(&Upid, &str, &mut Checkpoint)>,
 }
 
 impl Core {
@@ -231,6 +237,7 @@ impl Core {
             resumed,
             marker,
             task_timeout,
+            reads_task_logs: None,
         }
     }
 
@@ -256,13 +263,8 @@ impl Core {
             match watch.next().await? {
                 TaskProgress::Lines(lines) => {
                     for line in lines {
-                        if upid.kind() == "vzcreate" {
-                            // PVE prints the new container's host keys; only those will be trusted.
-                            for fp in crate::ssh::fingerprints_in(&line) {
-                                if !self.cp.announced_host_keys.contains(&fp) {
-                                    self.cp.announced_host_keys.push(fp);
-                                }
-                            }
+                        if let Some(read) = self.reads_task_logs {
+                            read(upid, &line, &mut self.cp);
                         }
                         self.events.log(LogStream::Task, line).await?;
                     }
@@ -294,101 +296,6 @@ impl Core {
         }
         Ok(())
     }
-
-    /// Who a vmid belongs to on this node, `ours` telling from its config, with that config.
-    /// A container still being created carries no tags yet (PVE writes its config, marker
-    /// included, only when the create task has unpacked the template), so its create is
-    /// waited out before it is judged: the create may be this job's own, sent by an attempt
-    /// whose answer was lost.
-    pub(crate) async fn owner_of(
-        &mut self,
-        vmid: Vmid,
-        ours: impl Fn(&Value) -> bool,
-    ) -> Result<(Whose, Option<Value>), StepError> {
-        let within = self.task_timeout;
-        let deadline = Instant::now() + within;
-        let mut pause = Duration::from_millis(100);
-        let mut said = false;
-        loop {
-            let Some(cfg) = self.pve.container_config(vmid).await? else {
-                return Ok((Whose::Nobody, None));
-            };
-            if cfg.get("lock").and_then(Value::as_str) != Some("create") {
-                let whose = if ours(&cfg) { Whose::Ours } else { Whose::Strangers };
-                return Ok((whose, Some(cfg)));
-            }
-            if !said {
-                self.events
-                    .log(LogStream::Task, format!("container {vmid} is being created; waiting for its create to end"))
-                    .await?;
-                said = true;
-            }
-            if Instant::now() >= deadline {
-                return Err(StepError::failed(
-                    ErrorKind::Timeout,
-                    format!("container {vmid} still being created (lock: create) after {within:?}"),
-                ));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
-    }
-
-    /// Who a vmid belongs to, judged by this job's marker.
-    pub(crate) async fn whose(&mut self, vmid: Vmid) -> Result<Whose, StepError> {
-        let marker = self.marker.clone();
-        Ok(self.owner_of(vmid, |cfg| is_ours(cfg, &marker)).await?.0)
-    }
-
-    /// Stops container `vmid` if it runs, then deletes it with its disks and every reference
-    /// to it. Already gone is success. The caller has proven the container is its own.
-    pub(crate) async fn stop_and_delete(&mut self, vmid: Vmid) -> StepResult {
-        if self.pve.status(vmid).await?.status == "running" {
-            match self.pve.stop(vmid).await {
-                Ok(upid) => self.wait_task(&upid).await?,
-                Err(e) if e.refusal() == Some(Refusal::NotRunning) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.delete(vmid).await
-    }
-
-    /// Deletes a stopped container with `purge` and `destroy-unreferenced-disks`; a delete
-    /// that loses the race for the container's lock ("got timeout") is tried again.
-    pub(crate) async fn delete(&mut self, vmid: Vmid) -> StepResult {
-        for attempt in 1..=3 {
-            let outcome = match self.pve.destroy(vmid).await {
-                Ok(upid) => {
-                    // Checkpointed, so a redelivery waits on this delete instead of sending another.
-                    self.cp.upid = Some(upid.to_string());
-                    self.save().await?;
-                    self.wait_task(&upid).await
-                }
-                Err(e) if e.is_missing() => Ok(()),
-                Err(e) => Err(e.into()),
-            };
-            match outcome {
-                Err(StepError::Failed { cause: Some(Cause::Task(TaskFailure::LockTimeout)), .. }) if attempt < 3 => {
-                    self.events
-                        .warning(format!("destroying container {vmid}: the lock was busy; trying again"))
-                        .await?;
-                }
-                other => return other,
-            }
-        }
-        unreachable!("the last attempt returns")
-    }
-}
-
-/// Who holds a vmid on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Whose {
-    /// No container has it here.
-    Nobody,
-    /// A container with the job's marker.
-    Ours,
-    /// A container without it: never touched.
-    Strangers,
 }
 
 /// What an undo did.
@@ -397,15 +304,6 @@ pub(crate) enum Undone {
     Destroyed(Vmid),
     /// Nothing destroyed (never made, already gone, not ours, or kept by policy), and why.
     Nothing(Option<String>),
-}
-
-/// Whether a container's config carries `marker`: as a tag, or, on a clone whose tags are
-/// still its source's, in the description the clone call gave it (`(<marker>)`).
-pub(crate) fn is_ours(cfg: &Value, marker: &str) -> bool {
-    cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| crate::proxmox::has_tag(tags, marker))
-        || cfg.get("description").and_then(Value::as_str).is_some_and(|d| {
-            d.lines().any(|l| l.starts_with("Cloned by pvefleet job ") && l.ends_with(&format!("({marker})")))
-        })
 }
 
 /// A job kind: its step table, its steps, what undoing them means, and what its result says.
@@ -541,7 +439,7 @@ async fn drive<S: Saga>(
 mod test_hooks {
     use pvefleet_schemas::{ErrorKind, Step};
 
-    use super::{Saga, StepError, StepResult};
+    use crate::jobs::{Saga, StepError, StepResult};
 
     #[cfg(debug_assertions)]
     fn named(var: &str, step: Step) -> bool {
@@ -637,20 +535,4 @@ pub(crate) async fn run_in_span<S: Saga>(
     let core = saga.core();
     let span = tracing::info_span!("job", job_id = %core.job_id, node = %core.node, kind);
     run(saga, stop, cancel).instrument(span).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ownership_is_the_marker_tag() {
-        let cfg = serde_json::json!({"tags": "prod;pvefleet-abc123;web"});
-        assert!(is_ours(&cfg, "pvefleet-abc123"));
-        assert!(!is_ours(&cfg, "pvefleet-abc12"));
-        assert!(!is_ours(&serde_json::json!({}), "pvefleet-abc123"));
-        let cloning = serde_json::json!({"tags": "template", "description": "web\n\nCloned by pvefleet job 01J (pvefleet-abc123)"});
-        assert!(is_ours(&cloning, "pvefleet-abc123"));
-        assert!(!is_ours(&serde_json::json!({"description": "see pvefleet-abc123"}), "pvefleet-abc123"));
-    }
 }
