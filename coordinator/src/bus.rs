@@ -18,6 +18,42 @@ pub fn refused() -> Option<String> {
     REFUSED.lock().ok()?.clone()
 }
 
+/// NATS for one verb, connected at its first use: a verb that turns out to need none (a
+/// request answered from the store) never dials it.
+pub struct Nats<'a> {
+    cli: &'a crate::cli::Cli,
+    conn: tokio::sync::OnceCell<(async_nats::Client, jetstream::Context)>,
+}
+
+impl std::fmt::Debug for Nats<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Nats").field("connected", &self.conn.initialized()).finish_non_exhaustive()
+    }
+}
+
+impl<'a> Nats<'a> {
+    pub fn new(cli: &'a crate::cli::Cli) -> Self {
+        Self { cli, conn: tokio::sync::OnceCell::new() }
+    }
+
+    async fn conn(&self) -> anyhow::Result<&(async_nats::Client, jetstream::Context)> {
+        self.conn
+            .get_or_try_init(|| async {
+                let client = connect(self.cli).await?;
+                anyhow::Ok((client.clone(), jetstream::new(client)))
+            })
+            .await
+    }
+
+    pub async fn client(&self) -> anyhow::Result<&async_nats::Client> {
+        Ok(&self.conn().await?.0)
+    }
+
+    pub async fn js(&self) -> anyhow::Result<&jetstream::Context> {
+        Ok(&self.conn().await?.1)
+    }
+}
+
 /// Connects once (a CLI should fail fast, with the URL in the message).
 pub async fn connect(cli: &crate::cli::Cli) -> anyhow::Result<async_nats::Client> {
     let (urls, creds) = (cli.nats_url.as_str(), cli.nats_creds.as_deref());

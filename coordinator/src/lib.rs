@@ -2,63 +2,47 @@
 //! cancel container jobs, manage templates, see the fleet, and record events into a store.
 //!
 //! # Layout
-//! - [`cli`]: the command line.
-//! - [`spec`]: building a job from a template, a spec file and flags.
-//! - [`store`]: the sea-orm store (SQLite or Postgres) and its migration.
-//! - [`bus`]: NATS: connecting, and reading a job's events.
-//! - [`verbs`]: one file per verb.
+//! Each verb is a thin file in [`verbs`] (and [`web`] for `serve`); what verbs share is a
+//! library module below them, and no verb uses another
+//! (`cargo test -p pvefleet-testbed --test layout` proves there is no circle):
+//! - [`verbs`]: one file per verb: read the arguments, call the library, print.
 //! - [`web`]: `pvefleet serve`: the pages, their live events and `/metrics`.
+//! - [`batch`]: `submit --count N`: N jobs, all placed before any is published.
+//! - [`requests`]: a create request from a template, a spec file and flags: the job(s) it
+//!   makes, validated, and the root password given.
+//! - [`placement`]: `--node auto`: the freest live node that fits, counting earlier placements.
+//! - [`secrets`]: sealing a job's secrets to the key trusted for its node, and only that key.
+//! - [`publishing`]: a job on the work queue once per request id: recorded, published with its
+//!   id as the dedup id, published again (never twice) when its publish was not confirmed.
+//! - [`follow`]: a job's events replayed and followed to its end, printed safely.
+//! - [`recorder`]: every node's events into the store, each once, job states moved forward.
+//! - [`spec`]: building the container spec from a template, a spec file and flags.
+//! - [`store`]: the sea-orm store (SQLite or Postgres): entities, migrations, queries.
+//! - [`bus`]: NATS: connecting, the registry, and reading a job's events.
+//! - [`failure`]: how a verb ends, and the exit code; [`shutdown`]: the signals that stop
+//!   `record` and `serve`; [`cli`]: the command line.
 
+pub mod batch;
 pub mod bus;
 pub mod cli;
+pub mod failure;
+pub mod follow;
+pub mod placement;
+pub mod publishing;
+pub mod recorder;
+pub mod requests;
+pub mod secrets;
+pub mod shutdown;
 pub mod spec;
 pub mod store;
 pub mod verbs;
 pub mod web;
 
+pub use failure::{Failure, Outcome, job_id, open_store};
+
 use std::process::ExitCode;
 
 use cli::{Cli, TemplateVerb, Verb};
-
-/// How a verb ended, for the exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// Bad input or an unknown job: exit 2, nothing done.
-    #[error("{0}")]
-    Usage(String),
-    /// The verb ran and failed (or its job failed): exit 1.
-    #[error("{0:#}")]
-    Failed(anyhow::Error),
-    /// The verb already said why (e.g. a watched job's error): exit 1 quietly.
-    #[error("")]
-    Quiet,
-}
-
-impl From<spec::BadInput> for Failure {
-    fn from(e: spec::BadInput) -> Self {
-        Failure::Usage(e.0)
-    }
-}
-
-impl From<pvefleet_schemas::FieldError> for Failure {
-    fn from(e: pvefleet_schemas::FieldError) -> Self {
-        Failure::Usage(format!("invalid {e}"))
-    }
-}
-
-impl From<pvefleet_schemas::ValidationErrors> for Failure {
-    fn from(e: pvefleet_schemas::ValidationErrors) -> Self {
-        Failure::Usage(e.to_string())
-    }
-}
-
-impl From<anyhow::Error> for Failure {
-    fn from(e: anyhow::Error) -> Self {
-        Failure::Failed(e)
-    }
-}
-
-pub type Outcome = Result<(), Failure>;
 
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.verb {
@@ -99,17 +83,4 @@ pub async fn run(cli: Cli) -> ExitCode {
         }
         Err(Failure::Quiet) => ExitCode::FAILURE,
     }
-}
-
-/// Opens the store named by `--db`.
-pub async fn open_store(cli: &Cli) -> Result<store::Store, Failure> {
-    let url = store::database_url(cli.db.as_deref())?;
-    Ok(store::Store::open(&url).await?)
-}
-
-/// Parses a job id argument (exit 2 when it is not one).
-pub fn job_id(text: &str) -> Result<pvefleet_schemas::JobId, Failure> {
-    text.trim()
-        .parse()
-        .map_err(|e: pvefleet_schemas::FieldError| Failure::Usage(format!("`{text}` is not a job id: {}", e.problem)))
 }

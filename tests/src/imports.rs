@@ -104,7 +104,12 @@ fn paths(s: &str) -> Vec<Vec<String>> {
                     *i += 1;
                     return all;
                 }
+                let before = *i;
                 all.extend(tree(s, i));
+                if *i == before {
+                    // `*`, `as`, or anything else that names no module: step over it.
+                    *i += 1;
+                }
                 while *i < s.len() && (s[*i].is_whitespace() || s[*i] == ',') {
                     *i += 1;
                 }
@@ -129,14 +134,78 @@ fn paths(s: &str) -> Vec<Vec<String>> {
     tree(&chars, &mut 0)
 }
 
-/// The deepest module of `files` that `path` reaches.
-fn resolve(files: &BTreeMap<ModPath, PathBuf>, path: &[String]) -> ModPath {
-    (0..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| files.contains_key(p)).unwrap_or_default()
+/// What a module re-exports (`pub use a::b::Item;`): each name, and the path it stands for
+/// (relative paths taken from the module itself).
+fn reexports(module: &ModPath, text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let mut statement = String::new();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.starts_with("#[cfg(test)]") {
+            break;
+        }
+        if statement.is_empty() && !(t.starts_with("pub") && t.contains("use ")) {
+            continue;
+        }
+        statement.push_str(t);
+        statement.push(' ');
+        if !t.contains(';') {
+            continue;
+        }
+        let tree = statement.split_once("use ").map_or("", |(_, rest)| rest).to_owned();
+        statement.clear();
+        for leaf in paths(&tree) {
+            let Some(name) = leaf.last().cloned() else { continue };
+            let mut full = match leaf.first().map(String::as_str) {
+                Some("crate") => vec![],
+                Some("super") => module[..module.len().saturating_sub(1)].to_vec(),
+                Some("self") => module.clone(),
+                _ => {
+                    let mut m = module.clone();
+                    m.push(String::new());
+                    m
+                }
+            };
+            if full.last().is_some_and(String::is_empty) {
+                full.pop();
+                full.extend(leaf);
+            } else {
+                full.extend(leaf.into_iter().skip(1));
+            }
+            out.insert(name, full);
+        }
+    }
+    out
+}
+
+/// The deepest module of `files` that `path` reaches, seeing through re-exports.
+fn resolve(
+    files: &BTreeMap<ModPath, PathBuf>,
+    exported: &BTreeMap<ModPath, BTreeMap<String, Vec<String>>>,
+    path: &[String],
+) -> ModPath {
+    let module = (0..=path.len()).rev().map(|n| path[..n].to_vec()).find(|p| files.contains_key(p)).unwrap_or_default();
+    let through = path.get(module.len()).and_then(|item| exported.get(&module)?.get(item));
+    match through {
+        Some(target) if target.as_slice() != path => {
+            let module2 = (0..=target.len())
+                .rev()
+                .map(|n| target[..n].to_vec())
+                .find(|p| files.contains_key(p))
+                .unwrap_or_default();
+            if module2 == module { module } else { module2 }
+        }
+        _ => module,
+    }
 }
 
 /// The import graph of the library under `src`.
 pub fn graph(src: &Path) -> anyhow::Result<Graph> {
     let files = modules(src)?;
+    let mut exported = BTreeMap::new();
+    for (module, file) in &files {
+        exported.insert(module.clone(), reexports(module, &std::fs::read_to_string(file)?));
+    }
     let mut edges: BTreeMap<ModPath, BTreeSet<ModPath>> = BTreeMap::new();
     for (module, file) in &files {
         let code = code_of(&std::fs::read_to_string(file)?);
@@ -172,7 +241,7 @@ pub fn graph(src: &Path) -> anyhow::Result<Graph> {
                         full.pop();
                     }
                     full.extend(leaf);
-                    let to = resolve(&files, &full);
+                    let to = resolve(&files, &exported, &full);
                     if &to != module {
                         out.insert(to);
                     }
@@ -293,6 +362,7 @@ mod tests {
 
     #[test]
     fn use_trees_expand_to_their_leaves() {
+        assert!(paths("a::{b::*, c}").contains(&vec!["a".to_owned(), "c".to_owned()]), "a glob ends");
         let got = paths("a::{b::c, d::{e, f}}, g;");
         let want: Vec<Vec<String>> = [vec!["a", "b", "c"], vec!["a", "d", "e"], vec!["a", "d", "f"]]
             .iter()
@@ -315,6 +385,12 @@ mod tests {
         let g = graph(src).expect("graph");
         assert!(g.circles().is_empty(), "{:?}", g.edges);
         assert_eq!(g.layers().len(), 3, "{:?}", g.layers());
+        // A path through a re-export is an edge to where the item lives.
+        std::fs::write(src.join("lib.rs"), "pub mod a;\npub mod b;\npub mod k;\npub use k::w::G;\n").expect("write");
+        std::fs::write(src.join("a.rs"), "fn f() -> crate::G { todo!() }\n").expect("write");
+        let g = graph(src).expect("graph");
+        assert!(g.edges[&vec!["a".to_owned()]].contains(&vec!["k".to_owned(), "w".to_owned()]), "{:?}", g.edges);
+        std::fs::write(src.join("a.rs"), "use crate::b::X;\n").expect("write");
         std::fs::write(src.join("k/w.rs"), "fn g() { super::super::a::f() }\n").expect("write");
         let g = graph(src).expect("graph");
         let circles = g.circles();

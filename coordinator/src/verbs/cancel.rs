@@ -56,7 +56,7 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     if !reply.ok {
         return Err(anyhow::anyhow!("{}", reply.message).into());
     }
-    println!("{}", super::watch::printable(&reply.message));
+    println!("{}", crate::follow::printable(&reply.message));
     let mut feed = EventFeed::open(&client, &js, &id, Some(node.clone())).await?;
     let ended = tokio::time::timeout(WIND_DOWN, async {
         while let Some(e) = feed.next().await? {
@@ -68,7 +68,7 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     })
     .await
     .map_err(|_| anyhow::anyhow!("the job did not end within {WIND_DOWN:?} of the cancel"))??;
-    println!("{}", super::watch::line(&ended));
+    println!("{}", crate::follow::line(&ended));
     let cancelled =
         ended.result.as_ref().and_then(|r| r.error.as_ref()).is_some_and(|e| e.kind == ErrorKind::Cancelled);
     if cancelled { Ok(()) } else { Err(Failure::Quiet) }

@@ -1,35 +1,36 @@
 //! `pvefleet destroy`: a destroy job for the container a create job made (or a vmid on a
 //! node), published like a create job (dedup id, `--request-id`), recorded, followed.
 
-use async_nats::jetstream;
-use pvefleet_schemas::names::{JobKind, job_subject};
 use pvefleet_schemas::{DestroyJob, DestroyTarget, HumanDuration, NodeName, Vmid};
 
+use crate::bus::Nats;
 use crate::cli::{Cli, DestroyArgs};
+use crate::publishing::{self, Outgoing};
 use crate::spec::BadInput;
 use crate::store::Store;
-use crate::{Failure, Outcome};
+use crate::{Failure, Outcome, follow};
 
 pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
     let store = crate::open_store(cli).await?;
-    if let Some(key) = &args.request_id
-        && let Some(existing) = store.job_by_request(key).await?
-    {
-        if existing.kind != crate::store::JobKind::Destroy {
+    let nats = Nats::new(cli);
+    if let Some(key) = &args.request_id {
+        if let Some(row) = store.job_by_request(key).await?
+            && row.kind != crate::store::JobKind::Destroy
+        {
             return Err(BadInput::field(
                 "--request-id",
-                format!("`{key}` is the request of create job {}", existing.job_id),
+                format!("`{key}` is the request of create job {}", row.job_id),
             )
             .into());
         }
-        eprintln!("request {key} was submitted before as job {}", existing.job_id);
-        if existing.stream_seq.is_none() && existing.state == crate::store::JobState::Queued {
-            // Recorded, but its publish was never confirmed: publish that same job again.
-            let job = DestroyJob::decode(existing.spec.as_bytes())
-                .map_err(|e| anyhow::anyhow!("stored job {}: {e}", existing.job_id))?;
-            publish(cli, &store, &job, args).await?;
+        let again = async |row: &crate::store::job::Model, _: &async_nats::jetstream::Context| {
+            let job = DestroyJob::decode(row.spec.as_bytes())
+                .map_err(|e| anyhow::anyhow!("stored job {}: {e}", row.job_id))?;
+            Ok(Outgoing::destroy(&job))
+        };
+        if let Some(row) = publishing::earlier(&store, &nats, key, again).await? {
+            return finish(cli, args, &row.job_id, &row.spec).await;
         }
-        return finish(cli, args, &existing.job_id, &existing.spec).await;
     }
     let (node, target, hostname) = target(&store, args).await?;
     let shutdown_timeout: HumanDuration =
@@ -40,7 +41,8 @@ pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
     if let Err(existing) = store.insert_destroy_job(&job, &hostname, args.request_id.as_deref()).await? {
         return finish(cli, args, &existing.job_id, &existing.spec).await;
     }
-    publish(cli, &store, &job, args).await?;
+    publishing::publish_recorded(&store, nats.js().await?, &Outgoing::destroy(&job), args.request_id.as_deref())
+        .await?;
     finish(cli, args, &job.job_id.to_string(), &serde_json::to_string(&job).expect("a job serializes")).await
 }
 
@@ -103,15 +105,6 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
     }
 }
 
-async fn publish(cli: &Cli, store: &Store, job: &DestroyJob, args: &DestroyArgs) -> Outcome {
-    let js = jetstream::new(crate::bus::connect(cli).await?);
-    let subject = job_subject(&job.node, JobKind::Destroy);
-    let seq =
-        super::submit::publish_recorded(&js, store, subject, job.job_id, job.encode(), args.request_id.as_deref())
-            .await?;
-    Ok(store.set_stream_seq(&job.job_id, seq).await?)
-}
-
 async fn finish(cli: &Cli, args: &DestroyArgs, job_id: &str, json: &str) -> Outcome {
     if args.json {
         println!("{json}");
@@ -119,7 +112,7 @@ async fn finish(cli: &Cli, args: &DestroyArgs, job_id: &str, json: &str) -> Outc
         println!("{job_id}");
     }
     if args.watch {
-        return super::watch::run(cli, job_id, args.json).await;
+        return follow::follow(cli, crate::job_id(job_id)?, args.json).await;
     }
     Ok(())
 }

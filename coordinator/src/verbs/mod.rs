@@ -1,6 +1,5 @@
 //! One file per verb.
 
-pub mod batch;
 pub mod cancel;
 pub mod destroy;
 pub mod jobs;

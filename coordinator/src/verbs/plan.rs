@@ -9,8 +9,8 @@ use async_nats::jetstream;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use pvefleet_schemas::{PlanReply, PlanRequest};
 
-use super::submit::{Placed, place_job};
 use crate::cli::{Cli, SubmitArgs};
+use crate::placement::{Placed, place_job};
 use crate::spec::BadInput;
 use crate::{Failure, Outcome};
 
@@ -26,9 +26,9 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         .into());
     }
     let store = crate::open_store(cli).await?;
-    let parts = super::submit::gather(args, &store).await?;
+    let parts = crate::requests::gather(args, &store).await?;
     let count = args.count.unwrap_or(1);
-    let jobs = super::batch::build_jobs(&parts, count)?;
+    let jobs = crate::requests::build_jobs(&parts, count)?;
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
     let beats = if parts.node == "auto" { crate::bus::heartbeats(&js).await? } else { Vec::new() };

@@ -11,9 +11,13 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - `assets/`: the page script and style, embedded in the binary.
 
+mod durations;
 pub mod live;
 pub mod metrics;
 pub mod pages;
+mod state;
+
+pub use state::Web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,22 +33,7 @@ use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
 use crate::cli::{Cli, ServeArgs};
-use crate::store::Store;
 use crate::{Failure, Outcome};
-
-/// What every handler reads from.
-#[derive(Clone, Debug)]
-pub struct Web {
-    pub store: Store,
-    pub client: async_nats::Client,
-    pub js: jetstream::Context,
-    /// SHA-256 of the bearer token, when one is required.
-    token: Option<[u8; 32]>,
-    /// Live streams open now, per client address ([`live::Slot`]).
-    pub streams: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    /// `/metrics`' duration histograms, kept between scrapes.
-    pub durations: Arc<tokio::sync::Mutex<metrics::Durations>>,
-}
 
 const COOKIE: &str = "pvefleet_token";
 
@@ -85,7 +74,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
         None => println!("pvefleet serve: http://{bound}/ (loopback only, no token)"),
     }
     axum::serve(listener, router(web).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(crate::verbs::record::shutdown_signal())
+        .with_graceful_shutdown(crate::shutdown::shutdown_signal())
         .await
         .map_err(|e| anyhow::anyhow!("serving: {e}"))?;
     Ok(())

@@ -1,0 +1,223 @@
+//! The recorder (`pvefleet record`): a durable consumer on every node's events stream (`PVEFLEET_EVENTS_<node>`,
+//! found as they appear) writing every event into the store and moving job states forward. It
+//! acks an event only once the store has it, and recording an event twice changes nothing, so
+//! restarts of it or of NATS lose and double nothing.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt as _;
+use pvefleet_schemas::{Event, NodeName};
+use tokio::sync::watch;
+
+use crate::store::{Recorded, Store};
+
+pub const CONSUMER: &str = "pvefleet-recorder";
+
+/// How often the recorder looks for the events streams of nodes new since it started.
+const LOOK_FOR_NODES: Duration = Duration::from_secs(5);
+
+/// Records every node's events into `store` until `stop` resolves, following the events
+/// streams of nodes that appear meanwhile; returns how many events were new.
+pub async fn record(js: jetstream::Context, store: Store, stop: impl std::future::Future<Output = ()>) -> u64 {
+    let (stopping, stopped) = watch::channel(false);
+    tokio::pin!(stop);
+    let mut recorders = tokio::task::JoinSet::new();
+    let mut watched = BTreeSet::new();
+    loop {
+        match crate::bus::event_stream_nodes(&js).await {
+            Ok(nodes) => {
+                for node in nodes {
+                    if watched.insert(node.clone()) {
+                        recorders.spawn(record_node(js.clone(), store.clone(), node, stopped.clone()));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "looking for the nodes' events streams failed; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LOOK_FOR_NODES) => {}
+            _ = &mut stop => break,
+        }
+    }
+    let _ = stopping.send(true);
+    let mut recorded = 0u64;
+    while let Some(done) = recorders.join_next().await {
+        recorded += done.unwrap_or_default();
+    }
+    recorded
+}
+
+/// Records one node's events stream until `stop`; returns how many events were new.
+async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut stop: watch::Receiver<bool>) -> u64 {
+    let name = pvefleet_schemas::names::events_stream(&node);
+    let mut recorded = 0u64;
+    let (stream, mut consumer) = loop {
+        let made = async {
+            let stream = js.get_stream(&name).await.map_err(|e| anyhow::anyhow!("the events stream {name}: {e}"))?;
+            let consumer = ensure_consumer(&stream).await?;
+            anyhow::Ok((stream, consumer))
+        };
+        match made.await {
+            Ok(both) => break both,
+            Err(e) => tracing::warn!(error = %e, "the recorder's consumer is not ready; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return 0,
+        }
+    };
+    loop {
+        let batch = tokio::select! {
+            b = consumer.fetch().max_messages(500).expires(Duration::from_secs(2)).messages() => b,
+            _ = stop.changed() => break,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, stream = %name, "fetching events failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => break,
+                }
+                // Deleted or changed by someone else? Then make it as it should be, and say so.
+                match ensure_consumer(&stream).await {
+                    Ok(c) => consumer = c,
+                    Err(e) => tracing::warn!(error = %e, "checking the recorder's consumer failed"),
+                }
+                continue;
+            }
+        };
+        let (mut got, mut broken, mut stopping) = (0usize, false, false);
+        loop {
+            // A batch on a consumer deleted meanwhile may never end: give it its expiry and a
+            // margin. A stop is heard between any two events, not only between batches.
+            let next = tokio::select! {
+                next = tokio::time::timeout(Duration::from_secs(5), batch.next()) => next,
+                _ = stop.changed() => {
+                    stopping = true;
+                    break;
+                }
+            };
+            let Ok(Some(msg)) = next else { break };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading events failed");
+                    broken = true;
+                    break;
+                }
+            };
+            got += 1;
+            let event = match Event::decode(&msg.payload) {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::error!(error = %e, subject = %msg.subject, "an unreadable event; skipped");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                    continue;
+                }
+            };
+            if let Err(why) = agrees(&msg.subject, &event) {
+                tracing::error!(subject = %msg.subject, job_id = %event.job_id, node = %event.node, %why, "an event whose subject, node and job disagree; ignored");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+            match store.record_event(&event).await {
+                Ok(Recorded::Refused(why)) => {
+                    tracing::error!(subject = %msg.subject, job_id = %event.job_id, %why, "an event the store refuses; ignored");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
+                Ok(recorded_now) => {
+                    recorded += u64::from(recorded_now == Recorded::New);
+                    if let Err(e) = msg.ack().await {
+                        tracing::warn!(error = %e, "ack lost; the event comes again and is recorded once");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, job_id = %event.job_id, seq = event.seq, "storing an event failed; it comes again");
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                }
+            }
+        }
+        if stopping {
+            break;
+        }
+        if got == 0 || broken {
+            // Quiet, or a consumer that no longer exists (a fetch on a deleted consumer just
+            // comes back empty): look, and make it again if it is gone.
+            match ensure_consumer(&stream).await {
+                Ok(c) => consumer = c,
+                Err(e) => tracing::warn!(error = %e, "checking the recorder's consumer failed"),
+            }
+        }
+    }
+    recorded
+}
+
+/// What the recorder's consumer must be: every event, each acked once stored.
+fn consumer_config() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(CONSUMER.into()),
+        description: Some("pvefleet record: events into the store".into()),
+        ack_policy: consumer::AckPolicy::Explicit,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_wait: Duration::from_secs(10),
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// The recorder's consumer, made (again) if it is missing or not what it must be. Recording an
+/// event twice changes nothing, so starting over from the first event loses and doubles nothing.
+async fn ensure_consumer(
+    stream: &jetstream::stream::Stream,
+) -> anyhow::Result<consumer::Consumer<consumer::pull::Config>> {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind;
+    let wanted = consumer_config();
+    match stream.consumer_info(CONSUMER).await {
+        Ok(info) => {
+            let c = &info.config;
+            let sound = c.filter_subject.is_empty()
+                && c.filter_subjects.is_empty()
+                && c.deliver_subject.is_none()
+                && c.ack_policy == consumer::AckPolicy::Explicit
+                && c.deliver_policy == consumer::DeliverPolicy::All;
+            if sound {
+                return stream
+                    .get_consumer(CONSUMER)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the recorder's consumer: {e}"));
+            }
+            eprintln!("the recorder's consumer {CONSUMER} was changed by someone else; making it again");
+            tracing::warn!(consumer = CONSUMER, "the recorder's consumer was changed; making it again");
+            stream
+                .delete_consumer(CONSUMER)
+                .await
+                .map_err(|e| anyhow::anyhow!("removing the changed consumer: {e}"))?;
+        }
+        Err(e) if e.kind() == ConsumerInfoErrorKind::NotFound => {}
+        Err(e) => return Err(anyhow::anyhow!("the recorder's consumer: {e}")),
+    }
+    let made =
+        stream.create_consumer(wanted).await.map_err(|e| anyhow::anyhow!("making the recorder's consumer: {e}"))?;
+    eprintln!(
+        "the recorder's consumer {CONSUMER} on {} is in place (made now; events are recorded from the first, each once)",
+        stream.cached_info().config.name
+    );
+    tracing::info!(consumer = CONSUMER, "made the recorder's consumer");
+    Ok(made)
+}
+
+/// Whether an event's subject, `node` and `job_id` say the same: an agent may only publish
+/// on its own node's subjects, so an event naming another node (or another job) is forged.
+fn agrees(subject: &str, event: &Event) -> Result<(), String> {
+    let expected = pvefleet_schemas::names::event_subject(&event.node, &event.job_id);
+    if subject != expected {
+        return Err(format!("published on {subject}, but the event says {expected}"));
+    }
+    if event.result.as_ref().is_some_and(|r| r.job_id != event.job_id || r.node != event.node) {
+        return Err("its result names another job or node".into());
+    }
+    Ok(())
+}

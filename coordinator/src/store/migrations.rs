@@ -1,0 +1,184 @@
+//! Every schema change of the store, in order, each written out column by column (a
+//! migration must make the same tables for ever, whatever the entities become), and running
+//! them safely when several processes open a new store at once.
+
+use sea_orm::sea_query::{Alias, ColumnDef, Index, Table};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
+use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager, async_trait};
+
+struct Init;
+
+impl MigrationName for Init {
+    fn name(&self) -> &str {
+        "m20261127_000001_init"
+    }
+}
+
+/// The first schema, written out column by column: a migration must create the same tables
+/// whatever the entities above say later. A change of an entity is a new migration.
+#[async_trait::async_trait]
+impl MigrationTrait for Init {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("templates"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("name")).string().not_null().primary_key())
+                    .col(ColumnDef::new(Alias::new("spec")).text().not_null())
+                    .col(ColumnDef::new(Alias::new("created_at")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("updated_at")).string().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("jobs"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("job_id")).string().not_null().primary_key())
+                    .col(ColumnDef::new(Alias::new("node")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("state")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("hostname")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("spec")).text().not_null())
+                    .col(ColumnDef::new(Alias::new("template")).string())
+                    .col(ColumnDef::new(Alias::new("request_id")).string().unique_key())
+                    .col(ColumnDef::new(Alias::new("vmid")).big_integer())
+                    .col(ColumnDef::new(Alias::new("ip")).string())
+                    .col(ColumnDef::new(Alias::new("error_kind")).string())
+                    .col(ColumnDef::new(Alias::new("error_message")).text())
+                    .col(ColumnDef::new(Alias::new("submitted_at")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("started_at")).string())
+                    .col(ColumnDef::new(Alias::new("finished_at")).string())
+                    .col(ColumnDef::new(Alias::new("stream_seq")).big_integer())
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("events"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("id")).big_integer().not_null().auto_increment().primary_key())
+                    .col(ColumnDef::new(Alias::new("job_id")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("seq")).big_integer().not_null())
+                    .col(ColumnDef::new(Alias::new("kind")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("step")).string())
+                    .col(ColumnDef::new(Alias::new("percent")).integer().not_null())
+                    .col(ColumnDef::new(Alias::new("message")).text().not_null())
+                    .col(ColumnDef::new(Alias::new("stream")).string())
+                    .col(ColumnDef::new(Alias::new("timestamp")).string().not_null())
+                    .to_owned(),
+            )
+            .await?;
+        // Recording an event twice changes nothing.
+        manager
+            .create_index(
+                Index::create()
+                    .name("events_job_seq")
+                    .table(Alias::new("events"))
+                    .col(Alias::new("job_id"))
+                    .col(Alias::new("seq"))
+                    .unique()
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("jobs_node_state")
+                    .table(Alias::new("jobs"))
+                    .col(Alias::new("node"))
+                    .col(Alias::new("state"))
+                    .if_not_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// The pinned sealing keys of the nodes' agents.
+struct NodeKeys;
+
+impl MigrationName for NodeKeys {
+    fn name(&self) -> &str {
+        "m20261127_000002_node_keys"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for NodeKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("node_keys"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("node")).string().not_null().primary_key())
+                    .col(ColumnDef::new(Alias::new("public_key")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("fingerprint")).string().not_null())
+                    .col(ColumnDef::new(Alias::new("pinned_at")).string().not_null())
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Destroy jobs: a job's kind, what a destroy targets, and which destroy removed a create
+/// job's container. One column per statement: SQLite alters one at a time.
+struct JobKinds;
+
+impl MigrationName for JobKinds {
+    fn name(&self) -> &str {
+        "m20261201_000003_job_kinds"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for JobKinds {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let jobs = || Table::alter().table(Alias::new("jobs")).to_owned();
+        manager
+            .alter_table(
+                jobs().add_column(ColumnDef::new(Alias::new("kind")).string().not_null().default("create")).to_owned(),
+            )
+            .await?;
+        manager.alter_table(jobs().add_column(ColumnDef::new(Alias::new("target_job")).string()).to_owned()).await?;
+        manager.alter_table(jobs().add_column(ColumnDef::new(Alias::new("destroyed_by")).string()).to_owned()).await
+    }
+}
+
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds)]
+    }
+}
+
+/// Brings the schema up to date. Several `pvefleet` processes may open a new store at once
+/// (the recorder and a submit): on Postgres an advisory lock serializes them; on SQLite the
+/// loser of a race finds the migration applied when it tries again.
+pub(super) async fn migrate(db: &DatabaseConnection) -> anyhow::Result<()> {
+    let mut last = None;
+    for attempt in 0..10u32 {
+        let tx = db.begin().await?;
+        if db.get_database_backend() == sea_orm::DatabaseBackend::Postgres {
+            tx.execute_unprepared("SELECT pg_advisory_xact_lock(7301146612)").await?;
+        }
+        match Migrator::up(&tx, None).await {
+            Ok(()) => {
+                tx.commit().await?;
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt + 1))).await;
+            }
+        }
+    }
+    Err(anyhow::anyhow!("migrating the store: {}", last.map(|e| e.to_string()).unwrap_or_default()))
+}

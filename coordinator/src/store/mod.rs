@@ -1,0 +1,224 @@
+//! The coordinator's store (sea-orm): templates, jobs and their event log, on SQLite by
+//! default or Postgres by URL, with the same code and migrations. Secrets are never stored:
+//! a job's spec is kept without its root password.
+//!
+//! - [`entities`]: the tables, one module each, and the job's state and kind as enums.
+//! - `migrations`: every schema change, in order, written out column by column.
+//! - `queries`: what the verbs, the recorder and the web view ask of it.
+
+pub mod entities;
+mod migrations;
+mod queries;
+
+use sea_orm::{Database, DatabaseConnection};
+
+pub use entities::job::{JobKind, JobState};
+pub use entities::{event, job, node_key, template};
+
+/// What recording an event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// Recorded before: nothing changed.
+    Seen,
+    /// Not this job's: nothing changed, and why.
+    Refused(String),
+}
+
+/// The store, migrated on open.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) db: DatabaseConnection,
+}
+
+impl Store {
+    pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let mut opts = sea_orm::ConnectOptions::new(url.to_owned());
+        opts.sqlx_logging(false).max_connections(4);
+        let db = Database::connect(opts)
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the store {}: {e}", pvefleet_schemas::redact_url(url)))?;
+        migrations::migrate(&db).await?;
+        Ok(Self { db })
+    }
+}
+
+/// `--db` as given: a Postgres URL, a `sqlite:` URL, or a path to a SQLite file; none means
+/// the SQLite file in the user's data directory.
+pub fn database_url(db: Option<&str>) -> anyhow::Result<String> {
+    match db {
+        Some(url)
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:") =>
+        {
+            Ok(url.to_owned())
+        }
+        Some(path) => sqlite_url(std::path::Path::new(path)),
+        None => {
+            let dir = dirs::data_dir()
+                .ok_or_else(|| anyhow::anyhow!("no data directory for this user; give --db or PVEFLEET_DB"))?
+                .join("pvefleet");
+            sqlite_url(&dir.join("pvefleet.db"))
+        }
+    }
+}
+
+fn sqlite_url(path: &std::path::Path) -> anyhow::Result<String> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| anyhow::anyhow!("creating {} for the store: {e}", parent.display()))?;
+    }
+    Ok(format!("sqlite://{}?mode=rwc", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use pvefleet_schemas::{Event, EventType, JobId};
+    use sea_orm::ConnectionTrait as _;
+
+    use super::*;
+
+    #[test]
+    fn states_only_move_forward_and_every_name_reads_back() {
+        use JobState::*;
+        assert!(Running.rank() > Queued.rank());
+        assert!(Failed.rank() > Running.rank());
+        assert_eq!(Succeeded.rank(), Cancelled.rank());
+        assert!(Destroyed.rank() > Succeeded.rank() && Destroyed.rank() > Failed.rank());
+        for state in JobState::ALL {
+            assert_eq!(JobState::parse(state.as_str()), Some(state));
+            assert_eq!(serde_json::to_value(state).unwrap(), state.as_str());
+        }
+        assert_eq!(JobState::parse("finished"), None, "a mistyped state is no state");
+    }
+
+    #[tokio::test]
+    async fn a_row_with_a_mistyped_state_fails_to_decode_rather_than_pass_as_finished() {
+        use sea_orm::ConnectionTrait as _;
+        let (_dir, store) = temp_store().await;
+        let job = JobId::new();
+        queued(&store, job).await;
+        store
+            .db
+            .execute_unprepared(&format!("UPDATE jobs SET state = 'finishd' WHERE job_id = '{job}'"))
+            .await
+            .unwrap();
+        assert!(store.job(&job).await.is_err(), "a mistyped state was read as a state");
+    }
+
+    async fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = sqlite_url(&dir.path().join("store.db")).unwrap();
+        let store = Store::open(&url).await.unwrap();
+        (dir, store)
+    }
+
+    /// The migrations' tables, as SQLite holds them: frozen, whatever the entities say.
+    #[tokio::test]
+    async fn the_migrations_make_the_same_tables_for_ever() {
+        let (_dir, store) = temp_store().await;
+        let rows = store
+            .db
+            .query_all(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' AND name != 'seaql_migrations' ORDER BY name",
+            ))
+            .await
+            .unwrap();
+        let sql: Vec<String> = rows.iter().map(|r| r.try_get::<String>("", "sql").unwrap()).collect();
+        assert_eq!(
+            sql,
+            [
+                r#"CREATE TABLE "events" ( "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "job_id" varchar NOT NULL, "seq" bigint NOT NULL, "kind" varchar NOT NULL, "step" varchar, "percent" integer NOT NULL, "message" text NOT NULL, "stream" varchar, "timestamp" varchar NOT NULL )"#,
+                r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
+                r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar)"#,
+                r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
+                r#"CREATE TABLE "node_keys" ( "node" varchar NOT NULL PRIMARY KEY, "public_key" varchar NOT NULL, "fingerprint" varchar NOT NULL, "pinned_at" varchar NOT NULL )"#,
+                r#"CREATE TABLE "templates" ( "name" varchar NOT NULL PRIMARY KEY, "spec" text NOT NULL, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,
+            ]
+        );
+    }
+
+    fn terminal(job: JobId, seq: u64, success: bool, vmid: u32) -> Event {
+        let node = pvefleet_schemas::NodeName::new("pve1").unwrap();
+        let error = (!success).then(|| pvefleet_schemas::ErrorInfo {
+            kind: pvefleet_schemas::ErrorKind::Task,
+            step: pvefleet_schemas::Step::Creating,
+            message: "boom".into(),
+        });
+        Event {
+            v: pvefleet_schemas::V1,
+            job_id: job,
+            node: node.clone(),
+            seq,
+            kind: if success { EventType::Complete } else { EventType::Error },
+            step: None,
+            percent: 100,
+            message: "end".into(),
+            timestamp: pvefleet_schemas::Timestamp::now(),
+            stream: None,
+            result: Some(pvefleet_schemas::JobResult {
+                success,
+                job_id: job,
+                node,
+                vmid: Some(pvefleet_schemas::Vmid::new(vmid).unwrap()),
+                ip: None,
+                error,
+                rolled_back: false,
+                host_key: None,
+            }),
+        }
+    }
+
+    /// Queues job `job` on pve1 in `store`, as `submit` does.
+    async fn queued(store: &Store, job: JobId) {
+        let mut spec = pvefleet_schemas::Job::create(
+            pvefleet_schemas::NodeName::new("pve1").unwrap(),
+            pvefleet_schemas::ContainerSpec::new("web", "local:vztmpl/x.tar.zst"),
+            pvefleet_schemas::DeploySpec::default(),
+        );
+        spec.job_id = job;
+        store.insert_job(&spec, None).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_event_of_a_job_never_queued_is_refused() {
+        let (_dir, store) = temp_store().await;
+        let phantom = JobId::new();
+        assert!(matches!(store.record_event(&terminal(phantom, 1, true, 100)).await.unwrap(), Recorded::Refused(_)));
+        assert!(store.job(&phantom).await.unwrap().is_none());
+        assert!(store.events(&phantom).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_finished_jobs_result_is_not_overwritten_by_a_later_event() {
+        let (_dir, store) = temp_store().await;
+        let job = JobId::new();
+        queued(&store, job).await;
+        assert_eq!(store.record_event(&terminal(job, 1, true, 100)).await.unwrap(), Recorded::New);
+        assert_eq!(store.record_event(&terminal(job, 2, false, 666)).await.unwrap(), Recorded::New);
+        let row = store.job(&job).await.unwrap().unwrap();
+        assert_eq!((row.state, row.vmid, row.error_kind), (JobState::Succeeded, Some(100), None));
+    }
+
+    #[tokio::test]
+    async fn an_event_naming_another_node_than_the_jobs_is_refused() {
+        let (_dir, store) = temp_store().await;
+        let job = JobId::new();
+        queued(&store, job).await;
+        let mut first = terminal(job, 1, true, 100);
+        first.kind = EventType::Accepted;
+        first.result = None;
+        assert_eq!(store.record_event(&first).await.unwrap(), Recorded::New);
+        let mut forged = terminal(job, 2, true, 100);
+        forged.node = pvefleet_schemas::NodeName::new("pve2").unwrap();
+        assert!(matches!(store.record_event(&forged).await.unwrap(), Recorded::Refused(_)));
+        assert_eq!(store.job(&job).await.unwrap().unwrap().state, JobState::Running);
+        assert_eq!(store.events(&job).await.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(database_url(Some("postgres://u@h/db")).unwrap(), "postgres://u@h/db");
+        assert!(database_url(Some("/tmp/pvefleet-test-store/x.db")).unwrap().starts_with("sqlite:///tmp/"));
+    }
+}

@@ -1,0 +1,333 @@
+//! What the verbs, the recorder and the web view ask of the store.
+
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait};
+
+use pvefleet_schemas::{Event, EventType, Job, JobId};
+
+use super::{JobKind, JobState, Recorded, Store, event, job, node_key, template};
+
+/// The state an event moves its job to.
+fn state_after(event: &Event) -> JobState {
+    match event.kind {
+        EventType::Complete => JobState::Succeeded,
+        EventType::Error => match event.result.as_ref().and_then(|r| r.error.as_ref()).map(|e| e.kind) {
+            Some(pvefleet_schemas::ErrorKind::Cancelled) => JobState::Cancelled,
+            _ => JobState::Failed,
+        },
+        _ => JobState::Running,
+    }
+}
+
+impl Store {
+    pub async fn job_by_request(&self, request_id: &str) -> anyhow::Result<Option<job::Model>> {
+        Ok(job::Entity::find().filter(job::Column::RequestId.eq(request_id)).one(&self.db).await?)
+    }
+
+    pub async fn job(&self, id: &JobId) -> anyhow::Result<Option<job::Model>> {
+        Ok(job::Entity::find_by_id(id.to_string()).one(&self.db).await?)
+    }
+
+    /// Records a job about to be published; its spec is stored without the root password and
+    /// without any secret file's bytes (`Job::public`).
+    /// With a request id, the row is the reservation: a second submit of the same request
+    /// finds it (the unique index decides between concurrent ones) and publishes nothing.
+    pub async fn insert_job(&self, job: &Job, request_id: Option<&str>) -> anyhow::Result<Result<(), job::Model>> {
+        let public = job.public();
+        let mut model = job::ActiveModel::queued(JobKind::Create, job.job_id, &job.node, &job.container.hostname);
+        model.spec = Set(serde_json::to_string(&public)?);
+        model.template = Set(job.template.clone());
+        model.request_id = Set(request_id.map(str::to_owned));
+        model.submitted_at = Set(job.submitted_at.to_string());
+        self.reserve(model, request_id).await
+    }
+
+    /// Records a destroy job about to be published, under `hostname` (its target's, if known).
+    pub async fn insert_destroy_job(
+        &self,
+        job: &pvefleet_schemas::DestroyJob,
+        hostname: &str,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<Result<(), job::Model>> {
+        let mut model = job::ActiveModel::queued(JobKind::Destroy, job.job_id, &job.node, hostname);
+        model.spec = Set(serde_json::to_string(job)?);
+        model.request_id = Set(request_id.map(str::to_owned));
+        model.vmid = Set(job.target.vmid.map(|v| i64::from(v.get())));
+        model.submitted_at = Set(job.submitted_at.to_string());
+        model.target_job = Set(job.target.create_job.map(|j| j.to_string()));
+        self.reserve(model, request_id).await
+    }
+
+    /// Inserts a job's row; with a request id already taken, answers with the job that has it.
+    async fn reserve(
+        &self,
+        model: job::ActiveModel,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<Result<(), job::Model>> {
+        match job::Entity::insert(model).exec_without_returning(&self.db).await {
+            Ok(_) => Ok(Ok(())),
+            Err(e) => match request_id {
+                Some(key) => match self.job_by_request(key).await? {
+                    Some(existing) => Ok(Err(existing)),
+                    None => Err(e.into()),
+                },
+                None => Err(e.into()),
+            },
+        }
+    }
+
+    pub async fn set_stream_seq(&self, id: &JobId, seq: u64) -> anyhow::Result<()> {
+        job::Entity::update_many()
+            .col_expr(job::Column::StreamSeq, sea_orm::sea_query::Expr::value(seq as i64))
+            .filter(job::Column::JobId.eq(id.to_string()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets a job whose publish failed.
+    pub async fn delete_job(&self, id: &JobId) -> anyhow::Result<()> {
+        job::Entity::delete_by_id(id.to_string()).exec(&self.db).await?;
+        Ok(())
+    }
+
+    pub async fn jobs(&self, node: Option<&str>, state: Option<JobState>) -> anyhow::Result<Vec<job::Model>> {
+        let mut q = job::Entity::find().order_by_asc(job::Column::JobId);
+        if let Some(node) = node {
+            q = q.filter(job::Column::Node.eq(node));
+        }
+        if let Some(state) = state {
+            q = q.filter(job::Column::State.eq(state));
+        }
+        Ok(q.all(&self.db).await?)
+    }
+
+    /// One page of jobs, newest first, filtered by node, state and a part of the hostname;
+    /// with how many match in all.
+    pub async fn jobs_page(
+        &self,
+        node: Option<&str>,
+        state: Option<&str>,
+        hostname: Option<&str>,
+        page: u64,
+        per_page: u64,
+    ) -> anyhow::Result<(Vec<job::Model>, u64)> {
+        use sea_orm::PaginatorTrait as _;
+        let mut q = job::Entity::find().order_by_desc(job::Column::JobId);
+        if let Some(node) = node {
+            q = q.filter(job::Column::Node.eq(node));
+        }
+        if let Some(state) = state {
+            q = q.filter(job::Column::State.eq(state));
+        }
+        if let Some(part) = hostname {
+            q = q.filter(job::Column::Hostname.contains(part));
+        }
+        let pages = q.paginate(&self.db, per_page);
+        let total = pages.num_items().await?;
+        // Past the last page is the last page (and no offset that overflows).
+        let page = page.min(total.div_ceil(per_page.max(1)).saturating_sub(1));
+        Ok((pages.fetch_page(page).await?, total))
+    }
+
+    /// How many jobs the store holds, by state and node, counted by the database.
+    pub async fn job_counts(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+        use sea_orm::{FromQueryResult, QuerySelect as _};
+        #[derive(FromQueryResult)]
+        struct Count {
+            state: String,
+            node: String,
+            n: i64,
+        }
+        let rows = job::Entity::find()
+            .select_only()
+            .column(job::Column::State)
+            .column(job::Column::Node)
+            .column_as(job::Column::JobId.count(), "n")
+            .group_by(job::Column::State)
+            .group_by(job::Column::Node)
+            .into_model::<Count>()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|c| (c.state, c.node, c.n)).collect())
+    }
+
+    /// The jobs that finished at or after `since` (every finished one without it), oldest
+    /// end first: what `/metrics` adds to its histograms since its last scrape.
+    pub async fn finished_since(&self, since: Option<&str>) -> anyhow::Result<Vec<job::Model>> {
+        let mut q = job::Entity::find().filter(job::Column::FinishedAt.is_not_null());
+        if let Some(since) = since {
+            q = q.filter(job::Column::FinishedAt.gte(since));
+        }
+        Ok(q.order_by_asc(job::Column::FinishedAt).all(&self.db).await?)
+    }
+
+    /// The step, complete and error events of `jobs`, ordered by job and seq: what their step
+    /// durations are measured from.
+    pub async fn step_marks_of(&self, jobs: &[String]) -> anyhow::Result<Vec<event::Model>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut marks = Vec::new();
+        // Bounded IN lists, whatever the batch.
+        for chunk in jobs.chunks(500) {
+            marks.extend(
+                event::Entity::find()
+                    .filter(event::Column::Kind.is_in(["step", "complete", "error"]))
+                    .filter(event::Column::JobId.is_in(chunk.iter().cloned()))
+                    .order_by_asc(event::Column::JobId)
+                    .order_by_asc(event::Column::Seq)
+                    .all(&self.db)
+                    .await?,
+            );
+        }
+        Ok(marks)
+    }
+
+    pub async fn events(&self, id: &JobId) -> anyhow::Result<Vec<event::Model>> {
+        Ok(event::Entity::find()
+            .filter(event::Column::JobId.eq(id.to_string()))
+            .order_by_asc(event::Column::Seq)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Records one event and moves its job's state forward. An event recorded before changes
+    /// nothing; one naming another node than the job's is refused.
+    pub async fn record_event(&self, e: &Event) -> anyhow::Result<Recorded> {
+        let tx = self.db.begin().await?;
+        let Some(known) = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await? else {
+            // A job no coordinator of this store queued: an agent's user may publish anything
+            // on its own node's subjects, made-up jobs included. Coordinators that should see
+            // each other's jobs share one store (Postgres).
+            return Ok(Recorded::Refused(format!("job {} was never queued through this store", e.job_id)));
+        };
+        if known.node != e.node.as_str() {
+            return Ok(Recorded::Refused(format!(
+                "job {} runs on {}, the event says {}",
+                e.job_id, known.node, e.node
+            )));
+        }
+        let row = event::ActiveModel {
+            id: sea_orm::NotSet,
+            job_id: Set(e.job_id.to_string()),
+            seq: Set(e.seq as i64),
+            kind: Set(enum_text(&e.kind)),
+            step: Set(e.step.map(|s| s.as_str().to_owned())),
+            percent: Set(i32::from(e.percent)),
+            message: Set(e.message.clone()),
+            stream: Set(e.stream.as_ref().map(enum_text)),
+            timestamp: Set(e.timestamp.to_string()),
+        };
+        let inserted = event::Entity::insert(row)
+            .on_conflict(OnConflict::columns([event::Column::JobId, event::Column::Seq]).do_nothing().to_owned())
+            .exec_without_returning(&tx)
+            .await?;
+        if inserted == 0 {
+            tx.commit().await?;
+            return Ok(Recorded::Seen);
+        }
+        let mut model: job::ActiveModel = known.into();
+        let current = *model.state.as_ref();
+        let next = state_after(e);
+        if next.rank() > current.rank() {
+            model.state = Set(next);
+        }
+        if model.started_at.as_ref().is_none() && e.kind != EventType::Error {
+            model.started_at = Set(Some(e.timestamp.to_string()));
+        }
+        // The first terminal event is the job's end; a later one (a forgery, a second writer)
+        // changes nothing.
+        let finished = !current.is_live();
+        if let Some(result) = e.result.as_ref().filter(|_| !finished) {
+            model.vmid = Set(result.vmid.map(|v| i64::from(v.get())));
+            model.ip = Set(result.ip.map(|ip| ip.to_string()));
+            if let Some(err) = &result.error {
+                model.error_kind = Set(Some(enum_text(&err.kind)));
+                model.error_message = Set(Some(e.message.clone()));
+            }
+            model.finished_at = Set(Some(e.timestamp.to_string()));
+        }
+        let job = model.update(&tx).await?;
+        // A destroy job that succeeded: the create job it names no longer has a container.
+        if job.kind == JobKind::Destroy
+            && !finished
+            && e.kind == EventType::Complete
+            && let Some(target) = &job.target_job
+        {
+            job::Entity::update_many()
+                .col_expr(job::Column::State, sea_orm::sea_query::Expr::value(JobState::Destroyed.as_str()))
+                .col_expr(job::Column::DestroyedBy, sea_orm::sea_query::Expr::value(job.job_id.clone()))
+                .filter(job::Column::JobId.eq(target.clone()))
+                .filter(job::Column::Node.eq(job.node.clone()))
+                .exec(&tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Recorded::New)
+    }
+
+    /// The sealing key pinned for `node`, if any.
+    pub async fn node_key(&self, node: &str) -> anyhow::Result<Option<node_key::Model>> {
+        Ok(node_key::Entity::find_by_id(node.to_owned()).one(&self.db).await?)
+    }
+
+    /// Pins `key` for `node`, replacing any key pinned before.
+    pub async fn pin_node_key(&self, node: &str, key: &pvefleet_schemas::seal::PublicKey) -> anyhow::Result<()> {
+        let model = node_key::ActiveModel {
+            node: Set(node.to_owned()),
+            public_key: Set(key.to_string()),
+            fingerprint: Set(key.fingerprint()),
+            pinned_at: Set(pvefleet_schemas::Timestamp::now().to_string()),
+        };
+        node_key::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(node_key::Column::Node)
+                    .update_columns([
+                        node_key::Column::PublicKey,
+                        node_key::Column::Fingerprint,
+                        node_key::Column::PinnedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn put_template(&self, name: &str, spec: &serde_json::Value) -> anyhow::Result<()> {
+        let now = pvefleet_schemas::Timestamp::now().to_string();
+        let model = template::ActiveModel {
+            name: Set(name.to_owned()),
+            spec: Set(spec.to_string()),
+            created_at: Set(now.clone()),
+            updated_at: Set(now),
+        };
+        template::Entity::insert(model)
+            .on_conflict(
+                OnConflict::column(template::Column::Name)
+                    .update_columns([template::Column::Spec, template::Column::UpdatedAt])
+                    .to_owned(),
+            )
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn template(&self, name: &str) -> anyhow::Result<Option<template::Model>> {
+        Ok(template::Entity::find_by_id(name.to_owned()).one(&self.db).await?)
+    }
+
+    pub async fn templates(&self) -> anyhow::Result<Vec<template::Model>> {
+        Ok(template::Entity::find().order_by_asc(template::Column::Name).all(&self.db).await?)
+    }
+
+    pub async fn remove_template(&self, name: &str) -> anyhow::Result<bool> {
+        Ok(template::Entity::delete_by_id(name.to_owned()).exec(&self.db).await?.rows_affected > 0)
+    }
+}
+
+/// A serde enum's wire name (`deploy`, `stdout`).
+fn enum_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
