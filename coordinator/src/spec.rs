@@ -24,6 +24,8 @@
 
 use std::path::{Path, PathBuf};
 
+use pvefleet_schemas::lxc::{Features, MountPoint, Nic, RootFs, Startup};
+use pvefleet_schemas::pve_string::PropertyString;
 use pvefleet_schemas::{ContainerSpec, DeploySpec, FieldError, JobOptions, ValidationErrors};
 use serde::{Deserialize, Serialize};
 
@@ -198,7 +200,8 @@ pub fn overlay(base: &mut toml::Table, top: toml::Table) {
 }
 
 /// The container fields given in PVE's own `key=value,…` form (`--net`, `--mp`, `--startup`,
-/// `--rootfs`), as a table to overlay; a malformed one names its flag.
+/// `--rootfs`), as a table to overlay. Each is read by its type's `from_pve` in schemas, beside
+/// the `to_pve` that writes it for PVE; a malformed one names its flag.
 pub fn pve_flags(
     nets: &[String],
     mps: &[String],
@@ -207,35 +210,38 @@ pub fn pve_flags(
 ) -> Result<toml::Table, BadInput> {
     let mut t = toml::Table::new();
     if let Some(r) = rootfs {
-        t.insert("rootfs".into(), rootfs_flag(r).map_err(|e| BadInput::field("--rootfs", e))?);
+        t.insert("rootfs".into(), pve_flag("--rootfs", r, RootFs::from_pve)?);
     }
     if !nets.is_empty() {
-        let nics = nets
-            .iter()
-            .enumerate()
-            .map(|(i, n)| net_flag(n).map_err(|e| BadInput::field(&format!("--net #{}", i + 1), e)));
-        t.insert("nics".into(), toml::Value::Array(nics.collect::<Result<_, _>>()?));
+        t.insert("nics".into(), pve_flag_each("--net", nets, Nic::from_pve)?);
     }
     if !mps.is_empty() {
-        let mounts = mps
-            .iter()
-            .enumerate()
-            .map(|(i, m)| mp_flag(m).map_err(|e| BadInput::field(&format!("--mp #{}", i + 1), e)));
-        t.insert("mounts".into(), toml::Value::Array(mounts.collect::<Result<_, _>>()?));
+        t.insert("mounts".into(), pve_flag_each("--mp", mps, MountPoint::from_pve)?);
     }
     if let Some(s) = startup {
-        let mut table = toml::Table::new();
-        for (key, value) in pairs(s).map_err(|e| BadInput::field("--startup", e))? {
-            let n: i64 =
-                value.parse().map_err(|_| BadInput::field("--startup", format!("`{key}={value}` is not a number")))?;
-            match key {
-                "order" | "up" | "down" => table.insert(key.into(), n.into()),
-                other => return Err(BadInput::field("--startup", format!("unknown key `{other}` (order, up, down)"))),
-            };
-        }
-        t.insert("startup".into(), toml::Value::Table(table));
+        t.insert("startup".into(), pve_flag("--startup", s, Startup::from_pve)?);
     }
     Ok(t)
+}
+
+/// One flag's value read by `from_pve`, as the table a spec file would hold for it.
+fn pve_flag<T: Serialize>(
+    flag: &str,
+    text: &str,
+    from_pve: fn(&str) -> Result<T, String>,
+) -> Result<toml::Value, BadInput> {
+    let value = from_pve(text).map_err(|e| BadInput::field(flag, e))?;
+    toml::Value::try_from(value).map_err(|e| BadInput::field(flag, e))
+}
+
+/// A repeated flag (`--net`, `--mp`) as an array; a bad one is named by its place (`--net #2`).
+fn pve_flag_each<T: Serialize>(
+    flag: &str,
+    texts: &[String],
+    from_pve: fn(&str) -> Result<T, String>,
+) -> Result<toml::Value, BadInput> {
+    let values = texts.iter().enumerate().map(|(i, text)| pve_flag(&format!("{flag} #{}", i + 1), text, from_pve));
+    Ok(toml::Value::Array(values.collect::<Result<_, _>>()?))
 }
 
 /// The template source (`--download`, `--appliance`, `--oci`, `--clone`), `--features` and
@@ -256,47 +262,26 @@ pub fn source_flags(a: &crate::cli::SubmitArgs) -> Result<toml::Table, BadInput>
     if given.len() > 1 {
         return Err(BadInput::field(given[1], format!("give one template source, not {}", given.join(" and "))));
     }
-    let source = |flag: &str, text: &str, first: Option<&str>, keys: &[&str]| {
-        let (head, rest) = match first {
-            Some(_) => text.split_once(',').unwrap_or((text, "")),
-            None => ("", text),
-        };
-        let mut inner = toml::Table::new();
-        if let Some(key) = first {
-            inner.insert(key.into(), head.into());
-        }
-        for (key, value) in pairs(rest).map_err(|e| BadInput::field(flag, e))? {
-            let v = match key {
-                "full" | "keep_key" => flag_bool(key, value).map_err(|e| BadInput::field(flag, e))?,
-                k if keys.contains(&k) => value.into(),
-                other => {
-                    return Err(BadInput::field(flag, format!("unknown key `{other}` ({})", keys.join(", "))));
-                }
-            };
-            inner.insert(key.into(), v);
-        }
-        Ok::<_, BadInput>(inner)
-    };
     if let Some(text) = &a.download {
-        let inner = source("--download", text, None, &["url", "checksum", "algorithm", "storage", "filename"])?;
+        let inner = source_flag("--download", text, None, &["url", "checksum", "algorithm", "storage", "filename"])?;
         t.insert(
             "template".into(),
             toml::Value::Table(toml::Table::from_iter([("download".to_owned(), inner.into())])),
         );
     }
     if let Some(text) = &a.appliance {
-        let inner = source("--appliance", text, Some("name"), &["storage"])?;
+        let inner = source_flag("--appliance", text, Some("name"), &["storage"])?;
         t.insert(
             "template".into(),
             toml::Value::Table(toml::Table::from_iter([("appliance".to_owned(), inner.into())])),
         );
     }
     if let Some(text) = &a.oci {
-        let inner = source("--oci", text, Some("reference"), &["storage", "filename"])?;
+        let inner = source_flag("--oci", text, Some("reference"), &["storage", "filename"])?;
         t.insert("template".into(), toml::Value::Table(toml::Table::from_iter([("oci".to_owned(), inner.into())])));
     }
     if let Some(text) = &a.clone_from {
-        let mut inner = source("--clone", text, Some("from"), &["full", "snapshot", "storage", "keep_key"])?;
+        let mut inner = source_flag("--clone", text, Some("from"), &["full", "snapshot", "storage", "keep_key"])?;
         if let Some(toml::Value::String(from)) = inner.get("from")
             && let Ok(vmid) = from.parse::<i64>()
         {
@@ -305,27 +290,12 @@ pub fn source_flags(a: &crate::cli::SubmitArgs) -> Result<toml::Table, BadInput>
         t.insert("clone".into(), toml::Value::Table(inner));
     }
     if let Some(text) = &a.features {
-        let mut features = toml::Table::new();
-        for (key, value) in pairs(text).map_err(|e| BadInput::field("--features", e))? {
-            let v = match key {
-                "nesting" | "keyctl" | "fuse" | "mknod" | "force_rw_sys" => {
-                    flag_bool(key, value).map_err(|e| BadInput::field("--features", e))?
-                }
-                "mount" => toml::Value::Array(value.split(';').map(toml::Value::from).collect()),
-                other => {
-                    return Err(BadInput::field(
-                        "--features",
-                        format!("unknown key `{other}` (nesting, keyctl, fuse, mknod, mount, force_rw_sys)"),
-                    ));
-                }
-            };
-            features.insert(key.into(), v);
-        }
-        t.insert("features".into(), toml::Value::Table(features));
+        t.insert("features".into(), pve_flag("--features", text, Features::from_pve)?);
     }
     if !a.envs.is_empty() {
         let mut env = toml::Table::new();
         for (i, pair) in a.envs.iter().enumerate() {
+            // One variable, not a property string: its value may hold commas.
             let (k, v) = pair
                 .split_once('=')
                 .ok_or_else(|| BadInput::field(&format!("--env #{}", i + 1), format!("`{pair}` is not KEY=VALUE")))?;
@@ -336,45 +306,29 @@ pub fn source_flags(a: &crate::cli::SubmitArgs) -> Result<toml::Table, BadInput>
     Ok(t)
 }
 
-/// `a=1,b=2` as pairs.
-fn pairs(s: &str) -> Result<Vec<(&str, &str)>, String> {
-    s.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').ok_or_else(|| format!("`{p}` is not key=value")))
-        .collect()
-}
-
-fn flag_bool(key: &str, value: &str) -> Result<toml::Value, String> {
-    match value {
-        "1" | "true" | "yes" => Ok(true.into()),
-        "0" | "false" | "no" => Ok(false.into()),
-        _ => Err(format!("`{key}={value}` is not 0 or 1")),
+/// A template source flag (`9000,full=0,snapshot=base`) as its table: the bare value first,
+/// under `first`, for the sources that have one; then the `keys` it takes.
+fn source_flag(flag: &str, text: &str, first: Option<&str>, keys: &[&str]) -> Result<toml::Table, BadInput> {
+    let bad = |e: String| BadInput::field(flag, e);
+    let p = match first {
+        Some(_) => PropertyString::parse(text),
+        None => PropertyString::parse_keyed(text),
     }
-}
-
-fn flag_int(key: &str, value: &str) -> Result<toml::Value, String> {
-    value.parse::<i64>().map(Into::into).map_err(|_| format!("`{key}={value}` is not a number"))
-}
-
-/// `name=eth0,bridge=vmbr0,ip=…` → a NIC table.
-fn net_flag(s: &str) -> Result<toml::Value, String> {
-    let mut t = toml::Table::new();
-    for (key, value) in pairs(s)? {
+    .map_err(bad)?;
+    let mut inner = toml::Table::new();
+    if let Some(key) = first {
+        let head = p.head().ok_or_else(|| bad(format!("start with the `{key}` value, then any key=value")))?;
+        inner.insert(key.into(), head.into());
+    }
+    p.only(keys).map_err(bad)?;
+    for (key, value) in p.pairs() {
         let v = match key {
-            "name" | "bridge" | "ip" | "gw" | "ip6" | "gw6" | "hwaddr" => value.into(),
-            "tag" | "mtu" => flag_int(key, value)?,
-            "rate" => value.parse::<f64>().map(Into::into).map_err(|_| format!("`rate={value}` is not a number"))?,
-            "firewall" | "link_down" => flag_bool(key, value)?,
-            "trunks" => toml::Value::Array(value.split(';').map(|v| flag_int(key, v)).collect::<Result<_, _>>()?),
-            other => {
-                return Err(format!(
-                    "unknown key `{other}` (name, bridge, ip, gw, ip6, gw6, tag, trunks, mtu, firewall, hwaddr, rate, link_down)"
-                ));
-            }
+            "full" | "keep_key" => p.switch(key).map_err(bad)?.into(),
+            _ => value.into(),
         };
-        t.insert(key.into(), v);
+        inner.insert(key.into(), v);
     }
-    Ok(toml::Value::Table(t))
+    Ok(inner)
 }
 
 /// `--disk`/`--storage` over a template or spec file that gives a whole `rootfs` change that
@@ -388,64 +342,6 @@ pub fn disk_flags_onto_rootfs(container: &mut toml::Table, disk: Option<u32>, st
             rootfs.insert("storage".into(), storage.into());
         }
     }
-}
-
-/// `local-lvm:8,acl=1,quota=1,replicate=0,mountoptions=noatime;nodev` → a root disk table.
-fn rootfs_flag(s: &str) -> Result<toml::Value, String> {
-    let (volume, rest) = s.split_once(',').unwrap_or((s, ""));
-    let (storage, size) = volume
-        .split_once(':')
-        .filter(|(storage, size)| !storage.is_empty() && !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()))
-        .ok_or_else(|| format!("`{volume}` is not STORAGE:GB (a new root disk, like local-lvm:8)"))?;
-    let mut t = toml::Table::new();
-    t.insert("storage".into(), storage.into());
-    t.insert("size".into(), flag_int("size", size)?);
-    for (key, value) in pairs(rest)? {
-        let v = match key {
-            "acl" | "quota" | "replicate" => flag_bool(key, value)?,
-            "mountoptions" => toml::Value::Array(value.split(';').map(toml::Value::from).collect()),
-            other => return Err(format!("unknown key `{other}` (acl, quota, replicate, mountoptions)")),
-        };
-        t.insert(key.into(), v);
-    }
-    Ok(toml::Value::Table(t))
-}
-
-/// `local-lvm:4,mp=/srv,backup=1` (new volume), `local-lvm:vm-1-disk-1,mp=/srv` (existing),
-/// `/host/dir,mp=/srv` (bind) → a mount point table.
-fn mp_flag(s: &str) -> Result<toml::Value, String> {
-    let (volume, rest) = s.split_once(',').unwrap_or((s, ""));
-    let mut t = toml::Table::new();
-    if volume.starts_with('/') {
-        t.insert("kind".into(), "bind".into());
-        t.insert("host_path".into(), volume.into());
-    } else if let Some((storage, size)) =
-        volume.split_once(':').filter(|(_, size)| size.chars().all(|c| c.is_ascii_digit()) && !size.is_empty())
-    {
-        t.insert("kind".into(), "volume".into());
-        t.insert("storage".into(), storage.into());
-        t.insert("size".into(), flag_int("size", size)?);
-    } else {
-        t.insert("kind".into(), "existing".into());
-        t.insert("volume".into(), volume.into());
-    }
-    for (key, value) in pairs(rest)? {
-        let v = match key {
-            "mp" => {
-                t.insert("path".into(), value.into());
-                continue;
-            }
-            "backup" | "ro" | "acl" | "quota" | "replicate" | "shared" => flag_bool(key, value)?,
-            "mountoptions" => toml::Value::Array(value.split(';').map(toml::Value::from).collect()),
-            other => {
-                return Err(format!(
-                    "unknown key `{other}` (mp, backup, ro, acl, quota, replicate, shared, mountoptions)"
-                ));
-            }
-        };
-        t.insert(key.into(), v);
-    }
-    Ok(toml::Value::Table(t))
 }
 
 /// Adds `more`'s packages, files and scripts to `base`'s. A file at a path `base` already
@@ -519,6 +415,26 @@ mod tests {
         assert!(bad.to_string().contains("--rootfs") && bad.to_string().contains("STORAGE:GB"), "{bad}");
         let bad = pve_flags(&[], &[], None, Some("local-lvm:vm-100-disk-0")).unwrap_err();
         assert!(bad.to_string().contains("`local-lvm:vm-100-disk-0` is not STORAGE:GB"), "{bad}");
+    }
+
+    #[test]
+    fn a_bad_pve_flag_names_the_flag_and_the_part() {
+        let err = |nets: &[&str], mps: &[&str], startup| {
+            let owned = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+            pve_flags(&owned(nets), &owned(mps), startup, None).unwrap_err().to_string()
+        };
+        assert_eq!(err(&["eth0,bridge=vmbr0"], &[], None), "invalid --net #1: `eth0` is not key=value");
+        assert_eq!(
+            err(&[], &["local-lvm:4,mp=/a", "/srv,mp=/b,acl=1"], None),
+            "invalid --mp #2: `acl` does not apply to a host directory"
+        );
+        assert_eq!(err(&[], &[], Some("order=1,order=2")), "invalid --startup: `order` is given twice");
+        let features = submit_args(["submit", "--features", "nesting=2"]);
+        let bad = source_flags(&features).unwrap_err().to_string();
+        assert_eq!(bad, "invalid --features: `nesting=2` is not 0 or 1");
+        let clone = submit_args(["submit", "--clone", "full=0"]);
+        let bad = source_flags(&clone).unwrap_err().to_string();
+        assert_eq!(bad, "invalid --clone: start with the `from` value, then any key=value");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`ids`]: `JobId`, `NodeName`, `Vmid`, each checked when made or decoded.
 //! - [`lxc`]: the rest of PVE's LXC create API (NICs, mounts, features, boot order).
+//! - [`pve_string`]: PVE's `key=value,…` property strings, read and written in one place.
 //! - [`source`]: template sources (download, appliance, OCI image) and clones.
 //! - [`spec`]: what people write (container, deploy, options); unknown fields are errors.
 //! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod lxc;
 pub mod message;
 pub mod names;
+pub mod pve_string;
 pub mod redact;
 pub mod report;
 pub mod schema;
@@ -45,11 +47,11 @@ pub use ids::{JobId, NodeName, Vmid};
 pub use job::{DestroyJob, DestroyOptions, DestroyTarget, Job, JobMessageKind};
 pub use message::{DecodeError, Timestamp, V1, VERSION};
 pub use redact::{redact_url, redact_urls};
+pub use secret::Secret;
 pub use spec::{
     ContainerSpec, DeploySpec, FileDigest, FileMode, FileSpec, HumanDuration, IpConfig, JobOptions, RollbackPolicy,
     ScriptSpec, Timeouts,
 };
-pub use secret::Secret;
 pub use state::{Capacity, Checkpoint, Heartbeat, Lease, StorageCapacity, VmidReservation};
 pub use validate::{FieldError, ValidationErrors};
 

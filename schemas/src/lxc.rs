@@ -1,7 +1,9 @@
 //! The rest of PVE's LXC create API, as people write it: network interfaces (IPv4 and IPv6,
 //! VLANs, MTU), the root disk and mount points, features, boot order. Each type turns itself
 //! into the parameter string PVE takes (`net0`, `mp0`, `rootfs`, `features`, `startup`), so the
-//! agent sends exactly what the spec says and tests can read it back from PVE.
+//! agent sends exactly what the spec says and tests can read it back from PVE; and reads itself
+//! back from one (the coordinator's `--net`, `--mp`, … flags), through the one parser and writer
+//! in [`crate::pve_string`], so the two directions cannot drift apart.
 //!
 //! PVE's formats are those of its API schema (`pve-api.json`, `/nodes/{node}/lxc` POST).
 
@@ -13,6 +15,7 @@ use std::str::FromStr;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::pve_string::PropertyString;
 use crate::validate::{FieldError, Problems, ValidationErrors, config_id};
 
 /// A string-typed setting: serialized with `Display`, read with `FromStr`.
@@ -233,27 +236,43 @@ impl Nic {
 
     /// PVE's `netN` string: `name=eth0,bridge=vmbr0,ip=…,gw=…,ip6=…,tag=…,…`.
     pub fn to_pve(&self) -> String {
-        let mut s = format!("name={},bridge={}", self.name, self.bridge);
-        let mut put = |k: &str, v: Option<String>| {
-            if let Some(v) = v {
-                s.push_str(&format!(",{k}={v}"));
-            }
-        };
-        put("ip", self.ip.map(|i| i.to_string()));
-        put("gw", self.gw.map(|g| g.to_string()));
-        put("ip6", self.ip6.map(|i| i.to_string()));
-        put("gw6", self.gw6.map(|g| g.to_string()));
-        put("tag", self.tag.map(|t| t.to_string()));
-        put(
-            "trunks",
-            (!self.trunks.is_empty()).then(|| self.trunks.iter().map(u16::to_string).collect::<Vec<_>>().join(";")),
-        );
-        put("mtu", self.mtu.map(|m| m.to_string()));
-        put("firewall", self.firewall.then(|| "1".into()));
-        put("hwaddr", self.hwaddr.clone());
-        put("rate", self.rate.map(|r| r.to_string()));
-        put("link_down", self.link_down.then(|| "1".into()));
-        s
+        PropertyString::new()
+            .with("name", &self.name)
+            .with("bridge", &self.bridge)
+            .with_opt("ip", self.ip)
+            .with_opt("gw", self.gw)
+            .with_opt("ip6", self.ip6)
+            .with_opt("gw6", self.gw6)
+            .with_opt("tag", self.tag)
+            .with_list("trunks", &self.trunks)
+            .with_opt("mtu", self.mtu)
+            .with_switch("firewall", self.firewall)
+            .with_opt("hwaddr", self.hwaddr.as_ref())
+            .with_opt("rate", self.rate)
+            .with_switch("link_down", self.link_down)
+            .to_string()
+    }
+
+    /// Reads a `netN` string (as `--net` takes it), its keys in any order. Only its form is
+    /// checked here; [`validate`](Self::validate) judges the values.
+    pub fn from_pve(s: &str) -> Result<Self, String> {
+        let p = PropertyString::parse_keyed(s)?;
+        p.only(&NIC_KEYS)?;
+        Ok(Self {
+            name: p.required("name")?,
+            bridge: p.required("bridge")?,
+            ip: p.value("ip")?,
+            gw: p.value("gw")?,
+            ip6: p.value("ip6")?,
+            gw6: p.value("gw6")?,
+            tag: p.number("tag")?,
+            trunks: p.numbers("trunks")?,
+            mtu: p.number("mtu")?,
+            firewall: p.switch("firewall")?,
+            hwaddr: p.get("hwaddr").map(str::to_owned),
+            rate: p.number("rate")?,
+            link_down: p.switch("link_down")?,
+        })
     }
 
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -311,6 +330,10 @@ impl Nic {
     }
 }
 
+/// The keys of a `netN` string, in the order [`Nic::to_pve`] writes them.
+const NIC_KEYS: [&str; 13] =
+    ["name", "bridge", "ip", "gw", "ip6", "gw6", "tag", "trunks", "mtu", "firewall", "hwaddr", "rate", "link_down"];
+
 /// The root disk, when more than a storage and a size is wanted.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -329,20 +352,15 @@ pub struct RootFs {
     pub replicate: Option<bool>,
 }
 
-fn flag(b: bool) -> &'static str {
-    if b { "1" } else { "0" }
+/// `local-lvm:8` as its storage and its size in GB (still text): how PVE is asked for a new
+/// volume, told from an existing one (`local-lvm:vm-100-disk-1`) by the digits.
+fn new_volume(head: &str) -> Option<(&str, &str)> {
+    head.split_once(':')
+        .filter(|(storage, size)| !storage.is_empty() && !size.is_empty() && size.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// `,key=1` / `,key=0` for the options a mount carries.
-fn volume_options(out: &mut String, mountoptions: &[String], flags: &[(&str, Option<bool>)]) {
-    for (key, value) in flags {
-        if let Some(v) = value {
-            out.push_str(&format!(",{key}={}", flag(*v)));
-        }
-    }
-    if !mountoptions.is_empty() {
-        out.push_str(&format!(",mountoptions={}", mountoptions.join(";")));
-    }
+fn size_gb(size: &str) -> Result<u32, String> {
+    size.parse().map_err(|_| format!("{size} GB is out of range"))
 }
 
 const MOUNT_OPTIONS: [&str; 6] = ["discard", "lazytime", "noatime", "nodev", "noexec", "nosuid"];
@@ -356,15 +374,31 @@ fn check_mountoptions(p: &mut Problems, options: &[String]) {
 }
 
 impl RootFs {
-    /// PVE's `rootfs` string: `local-lvm:8,mountoptions=noatime,acl=1`.
+    /// PVE's `rootfs` string: `local-lvm:8,acl=1,mountoptions=noatime`.
     pub fn to_pve(&self) -> String {
-        let mut s = format!("{}:{}", self.storage, self.size);
-        volume_options(
-            &mut s,
-            &self.mountoptions,
-            &[("acl", self.acl), ("quota", self.quota), ("replicate", self.replicate)],
-        );
-        s
+        PropertyString::headed(format_args!("{}:{}", self.storage, self.size))
+            .with_flag("acl", self.acl)
+            .with_flag("quota", self.quota)
+            .with_flag("replicate", self.replicate)
+            .with_list("mountoptions", &self.mountoptions)
+            .to_string()
+    }
+
+    /// Reads a `rootfs` string for a new root disk (as `--rootfs` takes it): `STORAGE:GB` first.
+    pub fn from_pve(s: &str) -> Result<Self, String> {
+        let p = PropertyString::parse(s)?;
+        let like = "a new root disk, like local-lvm:8";
+        let head = p.head().ok_or_else(|| format!("no STORAGE:GB first ({like})"))?;
+        let (storage, size) = new_volume(head).ok_or_else(|| format!("`{head}` is not STORAGE:GB ({like})"))?;
+        p.only(&["acl", "quota", "replicate", "mountoptions"])?;
+        Ok(Self {
+            storage: storage.to_owned(),
+            size: size_gb(size)?,
+            mountoptions: p.list("mountoptions"),
+            acl: p.flag("acl")?,
+            quota: p.flag("quota")?,
+            replicate: p.flag("replicate")?,
+        })
     }
 
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -434,32 +468,55 @@ impl MountPoint {
 
     /// PVE's `mpN` string: `local-lvm:4,mp=/srv/data,backup=1`.
     pub fn to_pve(&self) -> String {
-        match self {
+        let p = match self {
             MountPoint::Volume { storage, size, path, backup, ro, acl, quota, replicate, mountoptions } => {
-                let mut s = format!("{storage}:{size},mp={path}");
-                volume_options(
-                    &mut s,
-                    mountoptions,
-                    &[
-                        ("backup", *backup),
-                        ("ro", ro.then_some(true)),
-                        ("acl", *acl),
-                        ("quota", *quota),
-                        ("replicate", *replicate),
-                    ],
-                );
-                s
+                PropertyString::headed(format_args!("{storage}:{size}"))
+                    .with("mp", path)
+                    .with_flag("backup", *backup)
+                    .with_switch("ro", *ro)
+                    .with_flag("acl", *acl)
+                    .with_flag("quota", *quota)
+                    .with_flag("replicate", *replicate)
+                    .with_list("mountoptions", mountoptions)
             }
             MountPoint::Existing { volume, path, backup, ro } => {
-                let mut s = format!("{volume},mp={path}");
-                volume_options(&mut s, &[], &[("backup", *backup), ("ro", ro.then_some(true))]);
-                s
+                PropertyString::headed(volume).with("mp", path).with_flag("backup", *backup).with_switch("ro", *ro)
             }
             MountPoint::Bind { host_path, path, ro, shared } => {
-                let mut s = format!("{host_path},mp={path}");
-                volume_options(&mut s, &[], &[("ro", ro.then_some(true)), ("shared", shared.then_some(true))]);
-                s
+                PropertyString::headed(host_path).with("mp", path).with_switch("ro", *ro).with_switch("shared", *shared)
             }
+        };
+        p.to_string()
+    }
+
+    /// Reads an `mpN` string (as `--mp` takes it). What comes first says the kind: a host
+    /// directory (`/srv/media`), a new volume (`local-lvm:4`) or an existing one
+    /// (`local-lvm:vm-100-disk-1`); a key that kind does not take is refused by name.
+    pub fn from_pve(s: &str) -> Result<Self, String> {
+        let p = PropertyString::parse(s)?;
+        let head = p.head().ok_or("no volume first (`local-lvm:4`, `local-lvm:vm-100-disk-1` or a host directory)")?;
+        p.only(&["mp", "backup", "ro", "acl", "quota", "replicate", "shared", "mountoptions"])?;
+        let path = p.required("mp")?;
+        let ro = p.switch("ro")?;
+        if head.starts_with('/') {
+            refuse(&p, "a host directory", &["backup", "acl", "quota", "replicate", "mountoptions"])?;
+            Ok(MountPoint::Bind { host_path: head.to_owned(), path, ro, shared: p.switch("shared")? })
+        } else if let Some((storage, size)) = new_volume(head) {
+            refuse(&p, "a new volume", &["shared"])?;
+            Ok(MountPoint::Volume {
+                storage: storage.to_owned(),
+                size: size_gb(size)?,
+                path,
+                backup: p.flag("backup")?,
+                ro,
+                acl: p.flag("acl")?,
+                quota: p.flag("quota")?,
+                replicate: p.flag("replicate")?,
+                mountoptions: p.list("mountoptions"),
+            })
+        } else {
+            refuse(&p, "an existing volume", &["acl", "quota", "replicate", "shared", "mountoptions"])?;
+            Ok(MountPoint::Existing { volume: head.to_owned(), path, backup: p.flag("backup")?, ro })
         }
     }
 
@@ -495,6 +552,14 @@ impl MountPoint {
             }
         }
         p.finish()
+    }
+}
+
+/// Refuses the first of `keys` that `p` gives: they do not apply to `kind` of mount.
+fn refuse(p: &PropertyString, kind: &str, keys: &[&str]) -> Result<(), String> {
+    match keys.iter().find(|key| p.get(key).is_some()) {
+        Some(key) => Err(format!("`{key}` does not apply to {kind}")),
+        None => Ok(()),
     }
 }
 
@@ -541,26 +606,28 @@ impl Features {
 
     /// PVE's `features` string, keys as PVE writes them back (sorted): `keyctl=1,nesting=1`.
     pub fn to_pve(&self) -> String {
-        let mut parts = Vec::new();
-        if self.force_rw_sys {
-            parts.push("force_rw_sys=1".to_owned());
-        }
-        if self.fuse {
-            parts.push("fuse=1".to_owned());
-        }
-        if self.keyctl {
-            parts.push("keyctl=1".to_owned());
-        }
-        if self.mknod {
-            parts.push("mknod=1".to_owned());
-        }
-        if !self.mount.is_empty() {
-            parts.push(format!("mount={}", self.mount.join(";")));
-        }
-        if self.nesting {
-            parts.push("nesting=1".to_owned());
-        }
-        parts.join(",")
+        PropertyString::new()
+            .with_switch("force_rw_sys", self.force_rw_sys)
+            .with_switch("fuse", self.fuse)
+            .with_switch("keyctl", self.keyctl)
+            .with_switch("mknod", self.mknod)
+            .with_list("mount", &self.mount)
+            .with_switch("nesting", self.nesting)
+            .to_string()
+    }
+
+    /// Reads a `features` string (as `--features` takes it): `nesting=1,mount=nfs;cifs`.
+    pub fn from_pve(s: &str) -> Result<Self, String> {
+        let p = PropertyString::parse_keyed(s)?;
+        p.only(&["nesting", "keyctl", "fuse", "mknod", "mount", "force_rw_sys"])?;
+        Ok(Self {
+            nesting: p.switch("nesting")?,
+            keyctl: p.switch("keyctl")?,
+            fuse: p.switch("fuse")?,
+            mknod: p.switch("mknod")?,
+            mount: p.list("mount"),
+            force_rw_sys: p.switch("force_rw_sys")?,
+        })
     }
 
     pub fn validate(&self) -> Result<(), ValidationErrors> {
@@ -591,11 +658,18 @@ pub struct Startup {
 impl Startup {
     /// PVE's `startup` string: `order=1,up=30,down=60`.
     pub fn to_pve(&self) -> String {
-        [("order", self.order), ("up", self.up), ("down", self.down)]
-            .iter()
-            .filter_map(|(k, v)| v.map(|v| format!("{k}={v}")))
-            .collect::<Vec<_>>()
-            .join(",")
+        PropertyString::new()
+            .with_opt("order", self.order)
+            .with_opt("up", self.up)
+            .with_opt("down", self.down)
+            .to_string()
+    }
+
+    /// Reads a `startup` string (as `--startup` takes it).
+    pub fn from_pve(s: &str) -> Result<Self, String> {
+        let p = PropertyString::parse_keyed(s)?;
+        p.only(&["order", "up", "down"])?;
+        Ok(Self { order: p.number("order")?, up: p.number("up")?, down: p.number("down")? })
     }
 }
 
@@ -657,5 +731,20 @@ mod tests {
         let bad = MountPoint::Existing { volume: "nope".into(), path: "relative".into(), backup: None, ro: false };
         let fields: Vec<String> = bad.validate().unwrap_err().0.into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["path", "volume"]);
+    }
+
+    #[test]
+    fn pve_strings_read_back_naming_what_is_wrong() {
+        let old = MountPoint::from_pve("local-lvm:vm-100-disk-1,mp=/srv/old,backup=0").unwrap();
+        assert_eq!(old.to_pve(), "local-lvm:vm-100-disk-1,mp=/srv/old,backup=0");
+        let bind = MountPoint::from_pve("/mnt/media,mp=/media,backup=1").unwrap_err();
+        assert_eq!(bind, "`backup` does not apply to a host directory");
+        assert_eq!(MountPoint::from_pve("local-lvm:4").unwrap_err(), "`mp=` is missing");
+        assert_eq!(Nic::from_pve("name=eth0,ip=dhcp").unwrap_err(), "`bridge=` is missing");
+        let ip = Nic::from_pve("name=eth0,bridge=vmbr0,ip=10.0.0.5").unwrap_err();
+        assert!(ip.starts_with("ip: `10.0.0.5` is not `dhcp`"), "{ip}");
+        assert_eq!(Startup::from_pve("order=first").unwrap_err(), "`order=first` is not a number");
+        assert_eq!(RootFs::from_pve("acl=1").unwrap_err(), "no STORAGE:GB first (a new root disk, like local-lvm:8)");
+        assert_eq!(Features::from_pve("nesting").unwrap_err(), "`nesting` is not key=value");
     }
 }
