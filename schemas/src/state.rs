@@ -91,14 +91,11 @@ pub struct Checkpoint {
     pub v: V1,
     pub job_id: JobId,
     pub node: NodeName,
-    /// The last step whose outputs are all recorded here.
+    /// The last step whose outputs are all recorded here. (A checkpoint written before 0.2
+    /// also carries `current` and `vmid_allocated`; they were never needed, and unknown fields
+    /// are ignored, so it still resumes.)
     pub done: Option<Step>,
-    /// The step under way when this was written (its outputs may be partial).
-    pub current: Step,
     pub vmid: Option<Vmid>,
-    /// Whether the vmid came from `/cluster/nextid` (so another may be taken if it is lost to a race).
-    #[serde(default)]
-    pub vmid_allocated: bool,
     /// The container a clone job copies, once validating has found it (a name is resolved once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clone_source: Option<Vmid>,
@@ -165,9 +162,7 @@ impl Checkpoint {
             job_id,
             node,
             done: None,
-            current: Step::Validating,
             vmid: None,
-            vmid_allocated: false,
             clone_source: None,
             upid: None,
             ip: None,
@@ -187,5 +182,24 @@ impl Checkpoint {
 
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a checkpoint always serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_written_by_the_previous_build_still_reads() {
+        // As 0.1 wrote it, with the two fields this build no longer keeps.
+        let old = r#"{"v":1,"job_id":"01JDQZ3K6X0000000000000000","node":"pve1","done":"creating",
+            "current":"starting","vmid":105,"vmid_allocated":true,"upid":null,"ip":null,
+            "announced_host_keys":["SHA256:abc"],"deployed":[]}"#;
+        let cp = Checkpoint::decode(old.as_bytes()).expect("an old checkpoint decodes");
+        assert_eq!(cp.done, Some(Step::Creating));
+        assert_eq!(cp.vmid.map(|v| v.get()), Some(105));
+        assert_eq!(cp.announced_host_keys, ["SHA256:abc"]);
+        let again = serde_json::to_value(&cp).expect("serializes");
+        assert!(again.get("current").is_none() && again.get("vmid_allocated").is_none(), "{again}");
     }
 }

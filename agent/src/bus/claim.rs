@@ -154,8 +154,8 @@ impl Claim {
         let held = self.held.lock().await;
         let mut a = cp.clone();
         let mut b = held.saved.clone();
-        (a.done, a.current, a.lease) = (None, pvefleet_schemas::Step::Validating, None);
-        (b.done, b.current, b.lease) = (None, pvefleet_schemas::Step::Validating, None);
+        (a.done, a.lease) = (None, None);
+        (b.done, b.lease) = (None, None);
         a != b
     }
 

@@ -1,4 +1,4 @@
-//! The destroy job, as a table of steps read top to bottom, run by [`crate::runner`] like the
+//! The destroy job, as a table of steps read top to bottom, run by the engine in [`crate::jobs`] like the
 //! create job: each step idempotent and checkpointed, its events on the job's subject, exactly
 //! one terminal event, resumed after an agent dies. It only ever removes a container that
 //! carries a pvefleet marker: the create job's own when named by it, any pvefleet marker when
@@ -274,9 +274,9 @@ impl Saga for DestroyRun<'_> {
         Ok(Undone::Nothing(None))
     }
 
-    fn result(&mut self, success: bool, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
+    fn result(&mut self, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
         JobResult {
-            success,
+            success: error.is_none(),
             job_id: self.job.job_id,
             node: self.job.node.clone(),
             vmid: self.core.cp.vmid,

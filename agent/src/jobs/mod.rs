@@ -325,7 +325,8 @@ pub(crate) trait Saga: Send {
     /// Undoes what the steps made, after a failure (the job's rollback policy decides).
     fn undo(&mut self) -> impl Future<Output = Result<Undone, StepError>> + Send;
 
-    fn result(&mut self, success: bool, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult;
+    /// The job's result: it succeeded when it has no error.
+    fn result(&mut self, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult;
 
     /// The `complete` event's message.
     fn completed(&mut self) -> String;
@@ -389,9 +390,8 @@ async fn drive<S: Saga>(
         }
         let core = saga.core();
         core.events.step_event(row.step, row.percent, row.what).await?;
-        // The step under way is written with the step's first output (a vmid, a UPID), not
-        // on its own: a resumed job acts on what is done, and re-checks the rest.
-        core.cp.current = row.step;
+        // A step's outputs (a vmid, a UPID) are written as it makes them: a resumed job acts on
+        // what is done, and re-checks the rest.
         let lost = core.claim.lost().clone();
         let span = tracing::info_span!("step", step = %row.step);
         let began = Instant::now();
@@ -421,7 +421,7 @@ async fn drive<S: Saga>(
         }
         test_hooks::as_step_ends(row.step);
     }
-    let result = saga.result(true, None, false);
+    let result = saga.result(None, false);
     let message = saga.completed();
     saga.core().events.emit(EventType::Complete, Some(last), Some(100), message, None, Some(result)).await?;
     crate::metrics::metrics().job_finished(None);
@@ -503,7 +503,7 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
     if let Some(note) = note {
         message.push_str(&format!("; {note}"));
     }
-    let result = saga.result(false, Some(failure.clone()), rolled_back);
+    let result = saga.result(Some(failure.clone()), rolled_back);
     saga.core().events.emit(EventType::Error, Some(failure.step), None, message, None, Some(result)).await?;
     crate::metrics::metrics().job_finished(Some(failure.kind));
     Ok(JobEnd::Finished { success: false })

@@ -201,7 +201,6 @@ impl CreateJob<'_> {
                 .warning(format!("the job's checkpoint was lost; found its container {vmid} by its marker"))
                 .await?;
             self.core.cp.vmid = Some(vmid);
-            self.core.cp.vmid_allocated = self.job.container.vmid.is_none();
             return Ok(());
         }
         match self.job.container.vmid {
@@ -216,7 +215,6 @@ impl CreateJob<'_> {
             }
             None => {
                 self.core.cp.vmid = Some(self.allocate().await?);
-                self.core.cp.vmid_allocated = true;
             }
         }
         Ok(())
@@ -370,7 +368,7 @@ impl CreateJob<'_> {
 
     /// An allocated vmid lost to a stranger is replaced; a vmid the spec fixed is a conflict.
     pub(crate) async fn replace_vmid(&mut self, vmid: Vmid) -> StepResult {
-        if !self.core.cp.vmid_allocated {
+        if self.job.container.vmid.is_some() {
             return Err(self.conflict(vmid));
         }
         let next = self.allocate().await?;
@@ -523,10 +521,10 @@ impl Saga for CreateJob<'_> {
         self.rollback().await
     }
 
-    fn result(&mut self, success: bool, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
+    fn result(&mut self, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
         let cp = &self.core.cp;
         JobResult {
-            success,
+            success: error.is_none(),
             job_id: self.job.job_id,
             node: self.job.node.clone(),
             vmid: cp.vmid,
