@@ -29,15 +29,25 @@ pub fn load_or_create(state_dir: &Path) -> anyhow::Result<SecretKey> {
     let path = state_dir.join("sealing.key");
     std::fs::create_dir_all(state_dir).map_err(|e| anyhow::anyhow!("making {}: {e}", state_dir.display()))?;
     let key = SecretKey::generate();
-    // create_new: two agents starting at once cannot both write a key and use different ones.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    writeln!(file, "{}", key.to_text().expose()).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    file.sync_all()?;
+    // Written whole to a file of its own, then linked into place, which fails if a key is
+    // there already: nobody (a second agent starting at once, `--print-key`) ever reads a
+    // half-written key, a crash mid-write leaves no empty key behind, and two agents starting
+    // at once cannot both make one.
+    let tmp = state_dir.join(format!(".sealing.key.{}", std::process::id()));
+    let written = (|| {
+        let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        writeln!(file, "{}", key.to_text().expose())?;
+        file.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return load(state_dir)?.ok_or_else(|| anyhow::anyhow!("{} vanished as it was made", path.display()));
+        }
+        Err(e) => return Err(anyhow::anyhow!("writing {}: {e}", path.display())),
+    }
     tracing::info!(path = %path.display(), fingerprint = %key.public().fingerprint(), "made this agent's sealing key");
     Ok(key)
 }
@@ -56,6 +66,8 @@ mod tests {
         let mode = std::fs::metadata(state.join("sealing.key")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(load_or_create(&state).unwrap().public(), first.public());
+        let names: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["sealing.key"], "no file but the key is left");
         std::fs::write(state.join("sealing.key"), "nonsense").unwrap();
         assert!(load_or_create(&state).unwrap_err().to_string().contains("not a sealing key"));
     }

@@ -146,12 +146,12 @@ impl Agent {
     /// passwords are sealed to.
     pub async fn sealing_key(&self) -> anyhow::Result<pvefleet_schemas::seal::PublicKey> {
         let path = self.dir.path().join(format!("agent-state-{}", self.opts.node)).join("sealing.key");
-        let text = crate::wait_until("the agent's sealing key", Duration::from_secs(20), || {
-            let text = std::fs::read_to_string(&path).ok();
-            async move { text }
+        let key = crate::wait_until("the agent's sealing key", Duration::from_secs(20), || {
+            let key = std::fs::read_to_string(&path).ok().map(|t| pvefleet_schemas::seal::SecretKey::from_text(&t));
+            async move { key }
         })
-        .await?;
-        let key = pvefleet_schemas::seal::SecretKey::from_text(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        .await?
+        .map_err(|e| anyhow::anyhow!("{} is not a sealing key: {e}", path.display()))?;
         Ok(key.public())
     }
 
