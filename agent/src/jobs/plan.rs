@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 
-use pvefleet_schemas::source::TemplateSource;
 use pvefleet_schemas::{Job, PlanCheck, PlanReply, PlannedCall, V1, Vmid};
 use serde_json::Value;
 
@@ -225,26 +224,8 @@ async fn calls(pve: &PveClient, job: &Job, vmid: Vmid, clone_source: Option<Vmid
     if let Some(source) = &spec.template
         && !pve.template_exists(&source.volid()).await.unwrap_or(false)
     {
-        calls.push(match source {
-            TemplateSource::Download(d) => call(
-                format!("POST /nodes/{node}/storage/{}/download-url", d.storage),
-                own(&[
-                    ("content", "vztmpl".into()),
-                    ("filename", d.filename.clone()),
-                    ("url", d.url.clone()),
-                    ("checksum", d.checksum.to_ascii_lowercase()),
-                    ("checksum-algorithm", d.algorithm.as_str().into()),
-                ]),
-            ),
-            TemplateSource::Appliance(a) => call(
-                format!("POST /nodes/{node}/aplinfo"),
-                own(&[("storage", a.storage.clone()), ("template", a.name.clone())]),
-            ),
-            TemplateSource::Oci(o) => call(
-                format!("POST /nodes/{node}/storage/{}/oci-registry-pull", o.storage),
-                own(&[("reference", o.reference.clone()), ("filename", source.filename())]),
-            ),
-        });
+        let fetch = crate::proxmox::Fetch::of(source);
+        calls.push(call(format!("POST /nodes/{node}{}", fetch.path), own(&fetch.params)));
     }
     // The job's own key is made at validating; its public half joins the spec's keys.
     let job_key = (!job.deploy.is_empty() && spec.clone.is_none()).then(|| "<the job's own ed25519 key>".to_owned());

@@ -213,10 +213,7 @@ impl PveClient {
             .into_iter()
             .flatten()
             .filter(|g| g["tags"].as_str().is_some_and(|tags| has_tag(tags, tag)))
-            .filter_map(|g| {
-                let vmid = g["vmid"].as_u64().and_then(|n| u32::try_from(n).ok()).and_then(|n| Vmid::new(n).ok())?;
-                Some((g["node"].as_str()?.to_owned(), vmid))
-            })
+            .filter_map(|g| Some((g["node"].as_str()?.to_owned(), vmid_in(g)?)))
             .collect())
     }
 
@@ -230,11 +227,7 @@ impl PveClient {
             .into_iter()
             .flatten()
             .filter_map(|g| {
-                let vmid = g["vmid"]
-                    .as_u64()
-                    .or_else(|| g["vmid"].as_str().and_then(|v| v.parse().ok()))
-                    .and_then(|n| u32::try_from(n).ok())
-                    .and_then(|n| Vmid::new(n).ok())?;
+                let vmid = vmid_in(g)?;
                 let text = |key: &str| g[key].as_str().map(str::to_owned);
                 let template = g["template"].as_u64() == Some(1) || g["template"].as_str() == Some("1");
                 Some(Listed { vmid, name: text("name"), tags: text("tags"), lock: text("lock"), template })
@@ -253,8 +246,7 @@ impl PveClient {
 
     pub async fn create_container(&self, params: &[(&str, String)]) -> Result<Upid, PveError> {
         let path = self.node_path("/lxc");
-        let data = self.call(Method::POST, &path, params).await?;
-        self.upid(Method::POST, &path, data)
+        self.task(Method::POST, &path, params).await
     }
 
     pub async fn status(&self, vmid: Vmid) -> Result<ContainerStatus, PveError> {
@@ -265,29 +257,25 @@ impl PveClient {
 
     pub async fn start(&self, vmid: Vmid) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}/status/start"));
-        let data = self.call(Method::POST, &path, &[]).await?;
-        self.upid(Method::POST, &path, data)
+        self.task(Method::POST, &path, &[]).await
     }
 
     /// A clean shutdown, given `within` to finish (PVE's task fails if it does not).
     pub async fn shutdown(&self, vmid: Vmid, within: Duration) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}/status/shutdown"));
-        let data = self.call(Method::POST, &path, &[("timeout", within.as_secs().max(1).to_string())]).await?;
-        self.upid(Method::POST, &path, data)
+        self.task(Method::POST, &path, &[("timeout", within.as_secs().max(1).to_string())]).await
     }
 
     pub async fn stop(&self, vmid: Vmid) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}/status/stop"));
-        let data = self.call(Method::POST, &path, &[]).await?;
-        self.upid(Method::POST, &path, data)
+        self.task(Method::POST, &path, &[]).await
     }
 
     /// Deletes the container with its disks and every reference to it (jobs, HA, replication).
     pub async fn destroy(&self, vmid: Vmid) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}"));
         let params = [("purge", "1".to_owned()), ("destroy-unreferenced-disks", "1".to_owned())];
-        let data = self.call(Method::DELETE, &path, &params).await?;
-        self.upid(Method::DELETE, &path, data)
+        self.task(Method::DELETE, &path, &params).await
     }
 
     /// Stops a running task (PVE's `DELETE /nodes/{node}/tasks/{upid}`).
@@ -361,48 +349,15 @@ impl PveClient {
         Ok(all.into_iter().filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == "vztmpl")).collect())
     }
 
-    /// `download-url`: PVE fetches `url` onto `storage` as a `vztmpl` file and checks the
-    /// checksum before it keeps it.
-    pub async fn download_template(
-        &self,
-        storage: &str,
-        filename: &str,
-        url: &str,
-        checksum: &str,
-        algorithm: &str,
-    ) -> Result<Upid, PveError> {
-        let path = self.node_path(&format!("/storage/{storage}/download-url"));
-        let params = [
-            ("content", "vztmpl".to_owned()),
-            ("filename", filename.to_owned()),
-            ("url", url.to_owned()),
-            ("checksum", checksum.to_ascii_lowercase()),
-            ("checksum-algorithm", algorithm.to_owned()),
-        ];
-        let data = self.call(Method::POST, &path, &params).await?;
-        self.upid(Method::POST, &path, data)
+    /// Fetches a template onto its storage as `fetch` says (see [`Fetch`]).
+    pub async fn fetch(&self, fetch: &Fetch) -> Result<Upid, PveError> {
+        self.task(Method::POST, &self.node_path(&fetch.path), &fetch.params).await
     }
 
     /// The template names in this node's appliance catalogue (`pveam available`).
     pub async fn appliances(&self) -> Result<Vec<String>, PveError> {
         let data = self.call(Method::GET, &self.node_path("/aplinfo"), &[]).await?;
         Ok(data.as_array().into_iter().flatten().filter_map(|a| a["template"].as_str().map(str::to_owned)).collect())
-    }
-
-    /// Downloads the catalogue's template `name` onto `storage` (`pveam download`).
-    pub async fn download_appliance(&self, storage: &str, name: &str) -> Result<Upid, PveError> {
-        let path = self.node_path("/aplinfo");
-        let data =
-            self.call(Method::POST, &path, &[("storage", storage.to_owned()), ("template", name.to_owned())]).await?;
-        self.upid(Method::POST, &path, data)
-    }
-
-    /// Pulls an OCI image onto `storage` as the template `filename`.
-    pub async fn pull_oci(&self, storage: &str, reference: &str, filename: &str) -> Result<Upid, PveError> {
-        let path = self.node_path(&format!("/storage/{storage}/oci-registry-pull"));
-        let params = [("reference", reference.to_owned()), ("filename", filename.to_owned())];
-        let data = self.call(Method::POST, &path, &params).await?;
-        self.upid(Method::POST, &path, data)
     }
 
     /// The pool guest `vmid` belongs to, if any (`/cluster/resources`).
@@ -412,15 +367,14 @@ impl PveClient {
             .as_array()
             .into_iter()
             .flatten()
-            .find(|g| g["vmid"].as_u64() == Some(u64::from(vmid.get())))
+            .find(|g| vmid_in(g) == Some(vmid))
             .and_then(|g| g["pool"].as_str().map(str::to_owned)))
     }
 
     /// `POST /lxc/{from}/clone` to `newid` (in `params`).
     pub async fn clone_container(&self, from: Vmid, params: &[(&str, String)]) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{from}/clone"));
-        let data = self.call(Method::POST, &path, params).await?;
-        self.upid(Method::POST, &path, data)
+        self.task(Method::POST, &path, params).await
     }
 
     /// The privileges the agent's credential holds, by path (`GET /access/permissions`).
@@ -468,10 +422,49 @@ impl PveClient {
         Ok(data.as_array().into_iter().flatten().filter_map(Bridge::from_iface).collect())
     }
 
-    fn upid(&self, method: Method, path: &str, data: Value) -> Result<Upid, PveError> {
+    /// Sends a request that starts a task, and reads the task's UPID from PVE's answer.
+    async fn task(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Upid, PveError> {
+        let data = self.call(method.clone(), path, params).await?;
         data.as_str()
             .and_then(|s| s.parse::<Upid>().ok())
             .ok_or_else(|| self.shape(method, path, format!("expected a task UPID, got {data}")))
+    }
+}
+
+/// A template fetch as PVE takes it: what the client sends and what a plan shows, written
+/// once. `download-url` fetches a URL onto the storage and checks its checksum before it keeps
+/// it; `aplinfo` downloads from the node's appliance catalogue (`pveam download`);
+/// `oci-registry-pull` pulls an OCI image as a template file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    /// The path under `/nodes/{node}` (always a `POST`).
+    pub path: String,
+    pub params: Vec<(&'static str, String)>,
+}
+
+impl Fetch {
+    pub fn of(source: &pvefleet_schemas::source::TemplateSource) -> Self {
+        use pvefleet_schemas::source::TemplateSource;
+        match source {
+            TemplateSource::Download(d) => Fetch {
+                path: format!("/storage/{}/download-url", d.storage),
+                params: vec![
+                    ("content", "vztmpl".to_owned()),
+                    ("filename", d.filename.clone()),
+                    ("url", d.url.clone()),
+                    ("checksum", d.checksum.to_ascii_lowercase()),
+                    ("checksum-algorithm", d.algorithm.as_str().to_owned()),
+                ],
+            },
+            TemplateSource::Appliance(a) => Fetch {
+                path: "/aplinfo".to_owned(),
+                params: vec![("storage", a.storage.clone()), ("template", a.name.clone())],
+            },
+            TemplateSource::Oci(o) => Fetch {
+                path: format!("/storage/{}/oci-registry-pull", o.storage),
+                params: vec![("reference", o.reference.clone()), ("filename", source.filename())],
+            },
+        }
     }
 }
 
@@ -546,6 +539,12 @@ impl Bridge {
     pub fn takes_trunks(&self) -> bool {
         self.vids.is_some() || self.kind != "bridge"
     }
+}
+
+/// A guest's vmid in a listing, which PVE writes as a number (or, in some listings, a string).
+fn vmid_in(guest: &Value) -> Option<Vmid> {
+    let n = guest["vmid"].as_u64().or_else(|| guest["vmid"].as_str().and_then(|v| v.parse().ok()))?;
+    Vmid::new(u32::try_from(n).ok()?).ok()
 }
 
 /// Whether PVE's tag list (`a;b`, also split on `,` and spaces) holds `tag`, as PVE compares

@@ -52,16 +52,7 @@ impl CreateJob<'_> {
                 ))
                 .await?;
         }
-        let upid = match &source {
-            TemplateSource::Download(d) => {
-                self.core
-                    .pve
-                    .download_template(&d.storage, &d.filename, &d.url, &d.checksum, d.algorithm.as_str())
-                    .await?
-            }
-            TemplateSource::Appliance(a) => self.core.pve.download_appliance(&a.storage, &a.name).await?,
-            TemplateSource::Oci(o) => self.core.pve.pull_oci(&o.storage, &o.reference, &source.filename()).await?,
-        };
+        let upid = self.core.pve.fetch(&crate::proxmox::Fetch::of(&source)).await?;
         self.core.cp.upid = Some(upid.to_string());
         self.core.save().await?;
         self.core.events.log(LogStream::Task, format!("fetching {volid}: task {upid}")).await?;
