@@ -513,202 +513,22 @@ impl Config {
     }
 
     fn check(raw: Raw, file: &str) -> Result<Self, ConfigError> {
-        let err =
-            |key: &str, message: String| ConfigError { source_name: file.to_owned(), key: key.to_owned(), message };
-        if raw.concurrency == 0 || raw.concurrency > 256 {
-            return Err(err("concurrency", format!("{} is outside 1..=256", raw.concurrency)));
-        }
-        if raw.heartbeat.0 < Duration::from_millis(100) {
-            return Err(err("heartbeat", "must be at least 100ms".into()));
-        }
-        if raw.ack_wait.0 < Duration::from_secs(1) {
-            return Err(err("ack_wait", "must be at least 1s".into()));
-        }
-        for (key, dir) in [("files_dir", &raw.files_dir), ("state_dir", &raw.state_dir)] {
-            if !dir.is_absolute() {
-                return Err(err(key, format!("`{}` must be an absolute path", dir.display())));
-            }
-        }
-        if raw.ssh.authorized_keys.is_empty() || raw.ssh.authorized_keys.contains(['\'', '\n']) {
-            return Err(err("ssh.authorized_keys", "must be a file path without quotes".into()));
-        }
-        // Like ssh with its keys: a secret file that group or others may read is refused.
-        let private = |key: &str, path: &Path| -> Result<(), ConfigError> {
-            use std::os::unix::fs::PermissionsExt as _;
-            let meta = std::fs::metadata(path).map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
-            let mode = meta.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(err(
-                    key,
-                    format!(
-                        "{} may be read by group or others (mode {mode:04o}); it holds a secret: `chmod 600` it",
-                        path.display()
-                    ),
-                ));
-            }
-            Ok(())
-        };
-        let clone_key = match &raw.ssh.key_file {
-            None => None,
-            Some(file) => {
-                private("ssh.key_file", file)?;
-                let text = std::fs::read_to_string(file)
-                    .map_err(|e| err("ssh.key_file", format!("cannot read {} ({e})", file.display())))?;
-                let key = russh::keys::PrivateKey::from_openssh(&text).map_err(|e| {
-                    err("ssh.key_file", format!("{} is not an unencrypted OpenSSH private key ({e})", file.display()))
-                })?;
-                if key.is_encrypted() {
-                    return Err(err(
-                        "ssh.key_file",
-                        format!("{} is encrypted; the agent cannot ask for its passphrase", file.display()),
-                    ));
-                }
-                Some(CloneKey { file: file.clone(), key: std::sync::Arc::new(key) })
-            }
-        };
-        if raw.nats.urls.is_empty() {
-            return Err(err("nats.urls", "needs at least one server URL".into()));
-        }
-        for url in &raw.nats.urls {
-            url.parse::<async_nats::ServerAddr>().map_err(|e| {
-                err("nats.urls", format!("`{}` is not a NATS URL ({e})", pvefleet_schemas::redact_url(url)))
-            })?;
-        }
-        if let Some(prefix) = &raw.nats.inbox_prefix {
-            let ok =
-                !prefix.is_empty() && !prefix.contains(['*', '>', ' ']) && prefix.split('.').all(|t| !t.is_empty());
-            if !ok {
-                return Err(err("nats.inbox_prefix", format!("`{prefix}` is not a subject prefix")));
-            }
-        }
-        for (key, file) in [
-            ("nats.ca_file", &raw.nats.ca_file),
-            ("nats.cert_file", &raw.nats.cert_file),
-            ("nats.key_file", &raw.nats.key_file),
-        ] {
-            if let Some(file) = file
-                && !file.is_file()
-            {
-                return Err(err(key, format!("{} is not a file", file.display())));
-            }
-        }
-        let client_cert = match (&raw.nats.cert_file, &raw.nats.key_file) {
-            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
-            (None, None) => None,
-            (Some(_), None) => return Err(err("nats.key_file", "is required with nats.cert_file".into())),
-            (None, Some(_)) => return Err(err("nats.cert_file", "is required with nats.key_file".into())),
-        };
-        if !raw.proxmox.url.starts_with("https://") {
-            return Err(err(
-                "proxmox.url",
-                format!("`{}` must be an https:// URL (the API is only served over TLS)", raw.proxmox.url),
-            ));
-        }
-        reqwest::Url::parse(&raw.proxmox.url)
-            .map_err(|e| err("proxmox.url", format!("`{}` is not a URL ({e})", raw.proxmox.url)))?;
-        let read_secret = |key: &str, path: &Path| {
-            private(key, path)?;
-            let text =
-                std::fs::read_to_string(path).map_err(|e| err(key, format!("cannot read {}: {e}", path.display())))?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(err(key, format!("{} is empty", path.display())));
-            }
-            Ok(pvefleet_schemas::Secret::new(text))
-        };
-        let p = &raw.proxmox;
-        let credential = match (&p.token_id, &p.token_secret_file, &p.user, &p.password_file) {
-            (Some(id), Some(file), None, None) => {
-                let token_ok = id.split_once('!').is_some_and(|(user, name)| user.contains('@') && !name.is_empty());
-                if !token_ok {
-                    return Err(err(
-                        "proxmox.token_id",
-                        format!("`{id}` is not an API token id like `pvefleet@pve!agent`"),
-                    ));
-                }
-                Credential::Token { id: id.clone(), secret: read_secret("proxmox.token_secret_file", file)? }
-            }
-            (None, None, Some(user), Some(file)) => {
-                if !user.contains('@') || user.contains('!') {
-                    return Err(err("proxmox.user", format!("`{user}` is not a user like `root@pam`")));
-                }
-                Credential::Login { user: user.clone(), password: read_secret("proxmox.password_file", file)? }
-            }
-            (Some(_), None, _, _) => {
-                return Err(err("proxmox.token_secret_file", "is required with proxmox.token_id".into()));
-            }
-            (None, Some(_), _, _) => {
-                return Err(err("proxmox.token_id", "is required with proxmox.token_secret_file".into()));
-            }
-            (_, _, Some(_), None) => {
-                return Err(err("proxmox.password_file", "is required with proxmox.user".into()));
-            }
-            (_, _, None, Some(_)) => return Err(err("proxmox.user", "is required with proxmox.password_file".into())),
-            (Some(_), Some(_), Some(_), Some(_)) => {
-                return Err(err(
-                    "proxmox.user",
-                    "give an API token (token_id, token_secret_file) or a login (user, password_file), not both".into(),
-                ));
-            }
-            (None, None, None, None) => {
-                return Err(err(
-                    "proxmox.token_id",
-                    format!(
-                        "is required (or set {}), with proxmox.token_secret_file; or sign in as a user with \
-                         proxmox.user and proxmox.password_file",
-                        env_name("proxmox.token_id")
-                    ),
-                ));
-            }
-        };
-        let trust = match (&raw.proxmox.fingerprint, &raw.proxmox.ca_file) {
-            (Some(fp), None) => {
-                Trust::Fingerprint(fp.parse::<Fingerprint>().map_err(|e| err("proxmox.fingerprint", e.to_string()))?)
-            }
-            (None, Some(ca)) => {
-                if !ca.is_file() {
-                    return Err(err("proxmox.ca_file", format!("{} is not a file", ca.display())));
-                }
-                Trust::CaFile(ca.clone())
-            }
-            (Some(_), Some(_)) => {
-                return Err(err("proxmox.fingerprint", "give either `fingerprint` or `ca_file`, not both".into()));
-            }
-            (None, None) => {
-                return Err(err(
-                    "proxmox.fingerprint",
-                    "one of `fingerprint` (the API certificate's SHA-256) or `ca_file` is required; certificate checks are never switched off".into(),
-                ));
-            }
-        };
-        let fetch = raw
-            .fetch
-            .allow
-            .iter()
-            .map(|t| FetchAllow::parse(t.trim()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| err("fetch.allow", e))?;
-        for (i, volume) in raw.mounts.allow_existing.iter().enumerate() {
-            if !volume.split_once(':').is_some_and(|(s, v)| !s.is_empty() && !v.is_empty()) {
-                return Err(err(
-                    "mounts.allow_existing",
-                    format!("entry {i}: `{volume}` is not a volume id like `local-lvm:vm-100-disk-1`"),
-                ));
-            }
-        }
-        let allow = Allow {
-            clone_vmids: raw.clone.allow_vmids,
-            clone_pools: raw.clone.allow_pools,
-            existing_volumes: raw.mounts.allow_existing,
-            fetch,
-        };
-        let metrics_listen =
-            match &raw.metrics_listen {
-                None => None,
-                Some(addr) => Some(addr.parse::<std::net::SocketAddr>().map_err(|e| {
-                    err("metrics_listen", format!("`{addr}` is not an address like 127.0.0.1:9464 ({e})"))
-                })?),
-            };
+        let cx = Errs { file };
+        check_limits(&raw, &cx)?;
+        let clone_key = clone_key(&raw, &cx)?;
+        let client_cert = check_nats(&raw, &cx)?;
+        let credential = credential(&raw, &cx)?;
+        let trust = trust(&raw, &cx)?;
+        let allow = allow(raw.clone, raw.mounts, &raw.fetch, &cx)?;
+        let metrics_listen = raw
+            .metrics_listen
+            .as_deref()
+            .map(|addr| {
+                addr.parse::<std::net::SocketAddr>().map_err(|e| {
+                    cx.at("metrics_listen", format!("`{addr}` is not an address like 127.0.0.1:9464 ({e})"))
+                })
+            })
+            .transpose()?;
         Ok(Config {
             metrics_listen,
             node: raw.node,
@@ -752,6 +572,227 @@ fn set(table: &mut toml::Table, key: &str, value: toml::Value) {
             table.insert(key.to_owned(), value);
         }
     }
+}
+
+/// Where a setting's error is reported: the file (or environment) it came from, and its key.
+struct Errs<'a> {
+    file: &'a str,
+}
+
+impl Errs<'_> {
+    fn at(&self, key: &str, message: String) -> ConfigError {
+        ConfigError { source_name: self.file.to_owned(), key: key.to_owned(), message }
+    }
+
+    /// Like ssh with its keys: a secret file that group or others may read is refused.
+    fn private(&self, key: &str, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path).map_err(|e| self.at(key, format!("cannot read {}: {e}", path.display())))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(self.at(
+                key,
+                format!(
+                    "{} may be read by group or others (mode {mode:04o}); it holds a secret: `chmod 600` it",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The agent's own numbers and directories, in range.
+fn check_limits(raw: &Raw, cx: &Errs<'_>) -> Result<(), ConfigError> {
+    if raw.concurrency == 0 || raw.concurrency > 256 {
+        return Err(cx.at("concurrency", format!("{} is outside 1..=256", raw.concurrency)));
+    }
+    if raw.heartbeat.0 < Duration::from_millis(100) {
+        return Err(cx.at("heartbeat", "must be at least 100ms".into()));
+    }
+    if raw.ack_wait.0 < Duration::from_secs(1) {
+        return Err(cx.at("ack_wait", "must be at least 1s".into()));
+    }
+    for (key, dir) in [("files_dir", &raw.files_dir), ("state_dir", &raw.state_dir)] {
+        if !dir.is_absolute() {
+            return Err(cx.at(key, format!("`{}` must be an absolute path", dir.display())));
+        }
+    }
+    if raw.ssh.authorized_keys.is_empty() || raw.ssh.authorized_keys.contains(['\'', '\n']) {
+        return Err(cx.at("ssh.authorized_keys", "must be a file path without quotes".into()));
+    }
+    Ok(())
+}
+
+/// `ssh.key_file`: the key a clone's source container accepts, read and checked now.
+fn clone_key(raw: &Raw, cx: &Errs<'_>) -> Result<Option<CloneKey>, ConfigError> {
+    Ok(match &raw.ssh.key_file {
+        None => None,
+        Some(file) => {
+            cx.private("ssh.key_file", file)?;
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| cx.at("ssh.key_file", format!("cannot read {} ({e})", file.display())))?;
+            let key = russh::keys::PrivateKey::from_openssh(&text).map_err(|e| {
+                cx.at("ssh.key_file", format!("{} is not an unencrypted OpenSSH private key ({e})", file.display()))
+            })?;
+            if key.is_encrypted() {
+                return Err(cx.at(
+                    "ssh.key_file",
+                    format!("{} is encrypted; the agent cannot ask for its passphrase", file.display()),
+                ));
+            }
+            Some(CloneKey { file: file.clone(), key: std::sync::Arc::new(key) })
+        }
+    })
+}
+
+/// The NATS settings (URLs, inbox prefix, TLS files), and the client certificate if any.
+fn check_nats(raw: &Raw, cx: &Errs<'_>) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    if raw.nats.urls.is_empty() {
+        return Err(cx.at("nats.urls", "needs at least one server URL".into()));
+    }
+    for url in &raw.nats.urls {
+        url.parse::<async_nats::ServerAddr>().map_err(|e| {
+            cx.at("nats.urls", format!("`{}` is not a NATS URL ({e})", pvefleet_schemas::redact_url(url)))
+        })?;
+    }
+    if let Some(prefix) = &raw.nats.inbox_prefix {
+        let ok = !prefix.is_empty() && !prefix.contains(['*', '>', ' ']) && prefix.split('.').all(|t| !t.is_empty());
+        if !ok {
+            return Err(cx.at("nats.inbox_prefix", format!("`{prefix}` is not a subject prefix")));
+        }
+    }
+    for (key, file) in [
+        ("nats.ca_file", &raw.nats.ca_file),
+        ("nats.cert_file", &raw.nats.cert_file),
+        ("nats.key_file", &raw.nats.key_file),
+    ] {
+        if let Some(file) = file
+            && !file.is_file()
+        {
+            return Err(cx.at(key, format!("{} is not a file", file.display())));
+        }
+    }
+    Ok(match (&raw.nats.cert_file, &raw.nats.key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        (Some(_), None) => return Err(cx.at("nats.key_file", "is required with nats.cert_file".into())),
+        (None, Some(_)) => return Err(cx.at("nats.cert_file", "is required with nats.key_file".into())),
+    })
+}
+
+/// The Proxmox API's URL, and the credential the agent signs in with (an API token or a login).
+fn credential(raw: &Raw, cx: &Errs<'_>) -> Result<Credential, ConfigError> {
+    if !raw.proxmox.url.starts_with("https://") {
+        return Err(cx.at(
+            "proxmox.url",
+            format!("`{}` must be an https:// URL (the API is only served over TLS)", raw.proxmox.url),
+        ));
+    }
+    reqwest::Url::parse(&raw.proxmox.url)
+        .map_err(|e| cx.at("proxmox.url", format!("`{}` is not a URL ({e})", raw.proxmox.url)))?;
+    let read_secret = |key: &str, path: &Path| {
+        cx.private(key, path)?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| cx.at(key, format!("cannot read {}: {e}", path.display())))?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(cx.at(key, format!("{} is empty", path.display())));
+        }
+        Ok(pvefleet_schemas::Secret::new(text))
+    };
+    let p = &raw.proxmox;
+    Ok(match (&p.token_id, &p.token_secret_file, &p.user, &p.password_file) {
+        (Some(id), Some(file), None, None) => {
+            let token_ok = id.split_once('!').is_some_and(|(user, name)| user.contains('@') && !name.is_empty());
+            if !token_ok {
+                return Err(
+                    cx.at("proxmox.token_id", format!("`{id}` is not an API token id like `pvefleet@pve!agent`"))
+                );
+            }
+            Credential::Token { id: id.clone(), secret: read_secret("proxmox.token_secret_file", file)? }
+        }
+        (None, None, Some(user), Some(file)) => {
+            if !user.contains('@') || user.contains('!') {
+                return Err(cx.at("proxmox.user", format!("`{user}` is not a user like `root@pam`")));
+            }
+            Credential::Login { user: user.clone(), password: read_secret("proxmox.password_file", file)? }
+        }
+        (Some(_), None, _, _) => {
+            return Err(cx.at("proxmox.token_secret_file", "is required with proxmox.token_id".into()));
+        }
+        (None, Some(_), _, _) => {
+            return Err(cx.at("proxmox.token_id", "is required with proxmox.token_secret_file".into()));
+        }
+        (_, _, Some(_), None) => {
+            return Err(cx.at("proxmox.password_file", "is required with proxmox.user".into()));
+        }
+        (_, _, None, Some(_)) => return Err(cx.at("proxmox.user", "is required with proxmox.password_file".into())),
+        (Some(_), Some(_), Some(_), Some(_)) => {
+            return Err(cx.at(
+                "proxmox.user",
+                "give an API token (token_id, token_secret_file) or a login (user, password_file), not both".into(),
+            ));
+        }
+        (None, None, None, None) => {
+            return Err(cx.at(
+                "proxmox.token_id",
+                format!(
+                    "is required (or set {}), with proxmox.token_secret_file; or sign in as a user with \
+                     proxmox.user and proxmox.password_file",
+                    env_name("proxmox.token_id")
+                ),
+            ));
+        }
+    })
+}
+
+/// How the Proxmox API's certificate is checked: its SHA-256 or a CA file, never not at all.
+fn trust(raw: &Raw, cx: &Errs<'_>) -> Result<Trust, ConfigError> {
+    Ok(match (&raw.proxmox.fingerprint, &raw.proxmox.ca_file) {
+        (Some(fp), None) => {
+            Trust::Fingerprint(fp.parse::<Fingerprint>().map_err(|e| cx.at("proxmox.fingerprint", e.to_string()))?)
+        }
+        (None, Some(ca)) => {
+            if !ca.is_file() {
+                return Err(cx.at("proxmox.ca_file", format!("{} is not a file", ca.display())));
+            }
+            Trust::CaFile(ca.clone())
+        }
+        (Some(_), Some(_)) => {
+            return Err(cx.at("proxmox.fingerprint", "give either `fingerprint` or `ca_file`, not both".into()));
+        }
+        (None, None) => {
+            return Err(cx.at(
+                "proxmox.fingerprint",
+                "one of `fingerprint` (the API certificate's SHA-256) or `ca_file` is required; certificate checks are never switched off".into(),
+            ));
+        }
+    })
+}
+
+/// What the node's operator lets jobs reach beyond their own.
+fn allow(clone: RawClone, mounts: RawMounts, fetch: &RawFetch, cx: &Errs<'_>) -> Result<Allow, ConfigError> {
+    let fetch = fetch
+        .allow
+        .iter()
+        .map(|t| FetchAllow::parse(t.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| cx.at("fetch.allow", e))?;
+    for (i, volume) in mounts.allow_existing.iter().enumerate() {
+        if !volume.split_once(':').is_some_and(|(s, v)| !s.is_empty() && !v.is_empty()) {
+            return Err(cx.at(
+                "mounts.allow_existing",
+                format!("entry {i}: `{volume}` is not a volume id like `local-lvm:vm-100-disk-1`"),
+            ));
+        }
+    }
+    Ok(Allow {
+        clone_vmids: clone.allow_vmids,
+        clone_pools: clone.allow_pools,
+        existing_volumes: mounts.allow_existing,
+        fetch,
+    })
 }
 
 #[cfg(test)]
