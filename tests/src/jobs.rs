@@ -1,5 +1,8 @@
 //! Jobs and events as a test sees them: building a create job, publishing it as the
-//! coordinator would, and reading a job's events back from the stream.
+//! coordinator would, reading a job's events back from the stream, and what tests repeat:
+//! run a job to its end with the event contract checked ([`run_to_end`], [`wait_end`]), wait
+//! for one of its events ([`wait_for_event`]), lose its checkpoint under a dead agent
+//! ([`lose_checkpoint`]).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -8,9 +11,13 @@ use anyhow::{Context as _, ensure};
 use async_nats::jetstream::{self, consumer, message::PublishMessage};
 use futures::{StreamExt as _, TryStreamExt as _};
 use pvefleet_schemas::names::{JobKind, job_subject};
-use pvefleet_schemas::{ContainerSpec, DeploySpec, Event, Job, JobId, NodeName};
+use pvefleet_schemas::{ContainerSpec, DeploySpec, Event, Job, JobId, JobResult, NodeName};
 
+use crate::agent::Agent;
 use crate::fakepve::OSTEMPLATE;
+
+/// How long a test's job may take, from its publish to its terminal event.
+pub const JOB_WITHIN: Duration = Duration::from_secs(90);
 
 /// A create job for `node` with a static `ip/32` (so fakepve reports it from `/interfaces`).
 pub fn create_job(node: &str, hostname: &str, ip: Ipv4Addr) -> Job {
@@ -112,6 +119,49 @@ pub async fn events_until_terminal(
         ),
     }
     Ok(events)
+}
+
+/// The result a job's terminal event carries.
+pub fn result_of(events: &[Event]) -> &JobResult {
+    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
+}
+
+/// Publishes `job` and follows it to its end: its events, the event contract checked.
+pub async fn run_to_end(js: &jetstream::Context, job: &Job) -> anyhow::Result<Vec<Event>> {
+    submit(js, job).await?;
+    wait_end(js, job.job_id).await
+}
+
+/// Follows a published job to its end (within [`JOB_WITHIN`]): its events, the event
+/// contract checked.
+pub async fn wait_end(js: &jetstream::Context, job: JobId) -> anyhow::Result<Vec<Event>> {
+    let events = events_until_terminal(js, job, JOB_WITHIN).await?;
+    check_event_contract(&events)?;
+    Ok(events)
+}
+
+/// Waits until one of `job`'s events is `what` says (`matches`), and returns it.
+pub async fn wait_for_event(
+    js: &jetstream::Context,
+    job: JobId,
+    what: &str,
+    within: Duration,
+    matches: impl Fn(&Event) -> bool,
+) -> anyhow::Result<Event> {
+    crate::wait_until(what, within, || {
+        let matches = &matches;
+        async move { events_now(js, job).await.ok()?.into_iter().find(|e| matches(e)) }
+    })
+    .await
+}
+
+/// Kills `agent`, loses `job`'s checkpoint as an expired entry or a bucket made anew would,
+/// and starts the agent again: only what PVE holds (the job's marker) is left to resume from.
+pub async fn lose_checkpoint(agent: &mut Agent, js: &jetstream::Context, job: &Job) -> anyhow::Result<()> {
+    agent.kill();
+    let kv = js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
+    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
+    agent.restart()
 }
 
 /// The events of one job so far (no waiting), for checks after the terminal one.

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use pvefleet_schemas::{ErrorKind, EventType, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
-use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
+use pvefleet_testbed::jobs::{
+    JOB_WITHIN, check_event_contract, create_job, events_until_terminal, result_of, run_to_end, submit, wait_end,
+};
 use pvefleet_testbed::{FakePve, FakePveOptions, NatsServer, TestDir, init_tracing};
-
-const JOB_WITHIN: Duration = Duration::from_secs(60);
 
 type Bed = pvefleet_testbed::Fleet;
 
@@ -36,10 +36,7 @@ async fn creates_a_container_with_every_field_and_reports_each_step() -> anyhow:
     spec.ssh_public_keys =
         vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKeyOpsKey ops@example".into()];
     spec.root_password = Some(sealing_key.seal_for_job(&job.job_id, b"correct horse"));
-    submit(&bed.js, &job).await?;
-
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     assert_eq!(events[0].kind, EventType::Accepted);
     let steps: Vec<Step> = events.iter().filter(|e| e.kind == EventType::Step).filter_map(|e| e.step).collect();
     assert_eq!(
@@ -99,10 +96,6 @@ async fn allocates_a_vmid_when_the_spec_has_none() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn result_of(events: &[pvefleet_schemas::Event]) -> &pvefleet_schemas::JobResult {
-    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
-}
-
 #[tokio::test]
 async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() -> anyhow::Result<()> {
     let bed = bed("agent-nodes", &["pve1", "pve2", "pve3"]).await?;
@@ -130,8 +123,7 @@ async fn each_agent_takes_only_its_nodes_jobs_and_a_job_waits_for_its_agent() ->
     assert_eq!(bed.pve.api_get("/nodes/pve3/lxc").await?, serde_json::json!([]));
 
     let _a3 = bed.agent("pve3")?;
-    let e3 = events_until_terminal(&bed.js, j3.job_id, JOB_WITHIN).await?;
-    check_event_contract(&e3)?;
+    let e3 = wait_end(&bed.js, j3.job_id).await?;
     assert!(result_of(&e3).success && e3.iter().all(|e| e.node.as_str() == "pve3"));
     bed.dir.pass();
     Ok(())
@@ -143,9 +135,7 @@ async fn a_create_that_fails_twice_with_500_is_retried_into_one_container() -> a
     bed.pve.fail("POST", "/nodes/pve1/lxc", 2, 500, "proxy loop detected").await?;
     let agent = bed.agent("pve1")?;
     let job = create_job("pve1", "retry", Ipv4Addr::new(127, 0, 0, 51));
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?.len(), 1);
     assert_eq!(agent.log_text().matches("Proxmox API call failed; retrying").count(), 2, "{}", agent.log_text());
@@ -160,9 +150,7 @@ async fn a_failed_create_task_reports_its_log_and_leaves_nothing() -> anyhow::Re
     bed.pve.task_error("vzcreate", "unable to create CT 100 - no space left on device").await?;
     let _agent = bed.agent("pve1")?;
     let job = create_job("pve1", "doomed", Ipv4Addr::new(127, 0, 0, 52));
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     let error = result.error.as_ref().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Task, Step::Creating));
@@ -187,9 +175,7 @@ async fn a_parameter_error_is_not_retried_and_names_the_field() -> anyhow::Resul
     bed.pve.fail_with_pve_error("POST", "/nodes/pve1/lxc", 2, "param_storage_storage_does_not").await?;
     let _agent = bed.agent("pve1")?;
     let job = create_job("pve1", "param", Ipv4Addr::new(127, 0, 0, 53));
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let error = result_of(&events).error.clone().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Proxmox, Step::Creating));
     assert!(error.message.contains("400 Parameter verification failed.; storage:"), "{}", error.message);
@@ -310,8 +296,7 @@ async fn a_killed_agent_is_replaced_and_the_job_resumes_into_one_container() -> 
     agent.kill(); // SIGKILL, mid-start
     agent.restart()?; // a new process; the job comes back after ack_wait
 
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert!(events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("redelivered")));
@@ -339,8 +324,7 @@ async fn sigterm_hands_the_job_back_and_a_restart_completes_it() -> anyhow::Resu
     assert!(agent.log_text().contains("agent stopped"));
 
     agent.restart()?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?.len(), 1);
     bed.dir.pass();
@@ -453,9 +437,7 @@ async fn an_agent_without_rights_to_create_streams_uses_the_existing_ones() -> a
     admin.kill();
     let _agent = Agent::start(&dir, &[nats.url_as("agent", "agent")], &pve, AgentOptions::node("pve1"))?;
     let job = create_job("pve1", "restricted", Ipv4Addr::new(127, 0, 0, 63));
-    submit(&js, &job).await?;
-    let events = events_until_terminal(&js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&js, &job).await?;
     assert!(result_of(&events).success);
     dir.pass();
     Ok(())
@@ -479,8 +461,7 @@ async fn long_jobs_are_kept_alive_and_queued_ones_wait_in_the_stream() -> anyhow
         submit(&bed.js, job).await?;
     }
     for job in &jobs {
-        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = wait_end(&bed.js, job.job_id).await?;
         assert!(result_of(&events).success);
         // The third job waited in the stream, not in the agent, so its ack timer never ran out.
         assert!(!events.iter().any(|e| e.message.contains("redelivered")), "{events:#?}");
@@ -506,9 +487,7 @@ async fn a_failure_after_start_rolls_back_a_running_container_or_keeps_it() -> a
     keep.job_id = pvefleet_schemas::JobId::new();
     keep.options.rollback = pvefleet_schemas::RollbackPolicy::Keep;
 
-    submit(&bed.js, &destroy).await?;
-    let events = events_until_terminal(&bed.js, destroy.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &destroy).await?;
     let result = result_of(&events);
     let error = result.error.as_ref().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Timeout, Step::Connecting));
@@ -545,9 +524,7 @@ async fn a_vmid_held_by_a_stranger_is_never_touched() -> anyhow::Result<()> {
     let _agent = bed.agent("pve1")?;
     let mut job = create_job("pve1", "mine", Ipv4Addr::new(127, 0, 0, 81));
     job.container.vmid = Some(pvefleet_schemas::Vmid::new(300)?);
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let error = result_of(&events).error.clone().unwrap();
     assert_eq!(error.kind, ErrorKind::Conflict);
     assert!(error.message.contains("pvefleet did not create"), "{}", error.message);
@@ -565,9 +542,7 @@ async fn a_password_sealed_for_another_nodes_agent_cannot_be_opened() -> anyhow:
     let _pve2 = bed.agent("pve2")?;
     let mut job = create_job("pve2", "misdirected", Ipv4Addr::new(127, 0, 0, 34));
     job.container.root_password = Some(pve1.sealing_key().await?.seal_for_job(&job.job_id, b"for pve1 only"));
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let error = result_of(&events).error.clone().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating));
     assert!(error.message.starts_with("container.root_password: sealed to the key SHA256:"), "{}", error.message);
@@ -611,8 +586,7 @@ async fn a_burst_of_garbage_does_not_stop_the_agent_running_jobs() -> anyhow::Re
     }
     assert_eq!(real.len(), 3);
     for id in real {
-        let events = events_until_terminal(&bed.js, id, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = wait_end(&bed.js, id).await?;
         assert!(result_of(&events).success, "{events:#?}");
     }
     assert!(agent.is_running(), "the agent died: {}", agent.log_text());

@@ -7,10 +7,8 @@ use std::time::Duration;
 
 use pvefleet_schemas::{DeploySpec, ErrorKind, Event, EventType, FileSpec, Job, LogStream, ScriptSpec, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
-use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
+use pvefleet_testbed::jobs::{JOB_WITHIN, create_job, events_until_terminal, result_of, run_to_end, submit, wait_end};
 use pvefleet_testbed::{Fleet, Sshd};
-
-const JOB_WITHIN: Duration = Duration::from_secs(90);
 
 /// A fleet, an sshd on `ip` reading the keys fakepve records (it plays the containers), and
 /// an agent that deploys over SSH to it.
@@ -57,10 +55,6 @@ fn script(name: &str, body: &str) -> ScriptSpec {
 
 fn logs(events: &[Event], stream: LogStream) -> Vec<String> {
     events.iter().filter(|e| e.kind == EventType::Log && e.stream == Some(stream)).map(|e| e.message.clone()).collect()
-}
-
-fn result_of(events: &[Event]) -> &pvefleet_schemas::JobResult {
-    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
 }
 
 #[tokio::test]
@@ -110,9 +104,7 @@ async fn deploys_packages_files_and_scripts_into_the_new_container() -> anyhow::
             ),
         ],
     };
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(result.host_key.as_deref(), Some(bed.sshd.host_fingerprint().as_str()));
@@ -160,9 +152,7 @@ async fn the_deploy_connects_through_the_nic_ssh_nic_names() -> anyhow::Result<(
     ];
     job.container.ssh_nic = Some("eth1".into());
     job.deploy.scripts = vec![script("where", "echo deployed through eth1")];
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(result.ip.map(|a| a.to_string()).as_deref(), Some("127.0.0.110"), "{result:?}");
@@ -182,9 +172,7 @@ async fn a_failing_script_fails_the_job_and_the_container_is_rolled_back() -> an
         script("broken", "echo working on it\necho 'curl: (7) Failed to connect' >&2\nexit 7"),
         script("never-runs", "echo should not run"),
     ];
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     let error = result.error.as_ref().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Deploy, Step::Deploying));
@@ -240,9 +228,7 @@ async fn endless_output_is_capped_and_said_so() -> anyhow::Result<()> {
     let mut job = create_job("pve1", "chatty", ip);
     let cap = pvefleet_agent::jobs::create::deploy::MAX_SCRIPT_LINES;
     job.deploy.scripts = vec![script("chatty", &format!("seq 1 {}", cap + 2500))];
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     assert!(result_of(&events).success);
     let lines = logs(&events, LogStream::Stdout);
     assert_eq!(lines.len(), cap);
@@ -278,8 +264,7 @@ async fn a_redelivered_deploy_does_not_rerun_what_succeeded() -> anyhow::Result<
     .await?;
     bed.agent.kill();
     bed.agent.restart()?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert!(events.iter().any(|e| e.message.contains("script `count`: done by an earlier delivery")), "{events:#?}");
     assert_eq!(std::fs::read_to_string(&counter)?, "run\n", "the first script ran once");
@@ -300,9 +285,7 @@ async fn a_failure_whose_message_is_bigger_than_nats_allows_still_ends_the_job()
         "noisy",
         "i=0; while [ $i -lt 20 ]; do head -c 16000 /dev/zero | tr '\\000' '\\001'; echo; i=$((i+1)); done; exit 3",
     )];
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let last = events.last().unwrap();
     let error = result_of(&events).error.as_ref().unwrap();
     assert_eq!((error.kind, error.step), (ErrorKind::Deploy, Step::Deploying));
@@ -324,9 +307,7 @@ async fn a_jobs_output_is_capped_in_bytes_too() -> anyhow::Result<()> {
         "wide",
         "i=0; while [ $i -lt 1200 ]; do head -c 16000 /dev/zero | tr '\\000' x; echo; i=$((i+1)); done",
     )];
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     assert!(result_of(&events).success);
     let bytes: usize = logs(&events, LogStream::Stdout).iter().map(String::len).sum();
     assert!(bytes <= pvefleet_agent::jobs::create::deploy::MAX_JOB_LOG_BYTES, "{bytes} bytes forwarded");
@@ -358,9 +339,7 @@ async fn a_source_outside_the_agents_files_dir_is_refused_before_anything_is_mad
             sealed: None,
             digest: None,
         }];
-        submit(&bed.js, &job).await?;
-        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = run_to_end(&bed.js, &job).await?;
         let error = result_of(&events).error.clone().expect("refused");
         assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{source}: {error:?}");
         assert!(error.message.starts_with("deploy.files[0].source:"), "{}", error.message);

@@ -5,15 +5,11 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use pvefleet_schemas::{DestroyJob, DestroyTarget, ErrorKind, Event, EventType, Job, JobResult, NodeName, Step, Vmid};
+use pvefleet_schemas::{DestroyJob, DestroyTarget, ErrorKind, Event, EventType, Job, NodeName, Step, Vmid};
 use pvefleet_testbed::Fleet;
-use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit, submit_destroy};
-
-const JOB_WITHIN: Duration = Duration::from_secs(60);
-
-fn result_of(events: &[Event]) -> &JobResult {
-    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
-}
+use pvefleet_testbed::jobs::{
+    JOB_WITHIN, create_job, events_until_terminal, result_of, submit, submit_destroy, wait_end, wait_for_event,
+};
 
 fn pve1() -> NodeName {
     NodeName::new("pve1").expect("a node name")
@@ -31,8 +27,7 @@ async fn created(bed: &Fleet, job: &Job) -> anyhow::Result<Vmid> {
 async fn destroyed(bed: &Fleet, target: DestroyTarget) -> anyhow::Result<Vec<Event>> {
     let job = DestroyJob::new(pve1(), target);
     submit_destroy(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     Ok(events)
 }
 
@@ -127,8 +122,7 @@ async fn a_container_that_will_not_shut_down_is_stopped_then_deleted() -> anyhow
     let mut destroy = DestroyJob::new(pve1(), DestroyTarget { create_job: Some(job.job_id), vmid: Some(vmid) });
     destroy.options.shutdown_timeout = pvefleet_schemas::HumanDuration(Duration::from_secs(1));
     submit_destroy(&bed.js, &destroy).await?;
-    let events = events_until_terminal(&bed.js, destroy.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, destroy.job_id).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert!(
         events.iter().any(|e| e.kind == EventType::Warning && e.message.contains("did not shut down")),
@@ -150,15 +144,13 @@ async fn an_agent_killed_mid_destroy_ends_it_once_with_the_container_gone() -> a
     bed.pve.task_secs(serde_json::json!({"shutdown": 10, "destroy": 10})).await?;
     let destroy = DestroyJob::new(pve1(), DestroyTarget { create_job: Some(job.job_id), vmid: None });
     submit_destroy(&bed.js, &destroy).await?;
-    pvefleet_testbed::wait_until("the destroy to be stopping the container", JOB_WITHIN, || async {
-        let events = pvefleet_testbed::jobs::events_now(&bed.js, destroy.job_id).await.ok()?;
-        events.iter().any(|e| e.step == Some(Step::Stopping) && e.kind == EventType::Step).then_some(())
+    wait_for_event(&bed.js, destroy.job_id, "the destroy to be stopping the container", JOB_WITHIN, |e| {
+        e.step == Some(Step::Stopping) && e.kind == EventType::Step
     })
     .await?;
     agent.kill();
     agent.restart()?;
-    let events = events_until_terminal(&bed.js, destroy.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, destroy.job_id).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert_eq!(result_of(&events).vmid, Some(vmid));
     assert!(events.iter().any(|e| e.message.contains("resuming")), "it was redelivered and resumed: {events:#?}");
@@ -223,8 +215,7 @@ async fn a_resumed_destroy_never_deletes_a_stranger_that_took_its_vmid() -> anyh
     })
     .await?;
     agent.restart()?;
-    let events = events_until_terminal(&bed.js, destroy.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, destroy.job_id).await?;
     let error = result_of(&events).error.clone().expect("refused");
     assert_eq!(error.kind, ErrorKind::Conflict, "{events:#?}");
     assert_eq!(bed.pve.containers().await?, vec![vmid.get()], "the stranger's container is untouched");

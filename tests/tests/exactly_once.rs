@@ -6,15 +6,12 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use pvefleet_schemas::{ErrorKind, Event, EventType, JobResult, Vmid};
-use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
+use pvefleet_schemas::{ErrorKind, EventType, Vmid};
+use pvefleet_testbed::jobs::{
+    JOB_WITHIN, check_event_contract, create_job, events_until_terminal, lose_checkpoint, result_of, run_to_end,
+    submit, wait_end, wait_for_event,
+};
 use pvefleet_testbed::{Fleet, LostAnswer, wait_until};
-
-const JOB_WITHIN: Duration = Duration::from_secs(90);
-
-fn result_of(events: &[Event]) -> &JobResult {
-    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
-}
 
 /// Makes container creates take `secs` real seconds, so a new container stays locked
 /// (`lock: create`, no tags yet) while the agent looks at it.
@@ -35,9 +32,7 @@ async fn a_create_whose_answer_is_lost_makes_one_container() -> anyhow::Result<(
         bed.pve.lose_answer("POST", "/nodes/pve1/lxc", 1, how).await?;
         let mut job = create_job("pve1", &format!("lost-{host}"), Ipv4Addr::new(127, 0, 0, host));
         job.container.vmid = vmid.map(Vmid::new).transpose()?;
-        submit(&bed.js, &job).await?;
-        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = run_to_end(&bed.js, &job).await?;
         let result = result_of(&events);
         assert!(result.success, "{how:?}: {events:#?}");
         if let Some(v) = vmid {
@@ -69,8 +64,7 @@ async fn an_agent_killed_between_its_create_and_the_checkpoint_resumes_into_one_
     bed.pve.reset().await?;
     slow_creates(&bed, 12).await?;
     agent.restart()?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?, vec![result.vmid.unwrap().get()], "exactly one container");
@@ -97,8 +91,7 @@ async fn a_create_cancelled_before_its_answer_is_rolled_back_and_says_so() -> an
     assert!(reply.ok, "{}", reply.message);
     bed.pve.reset().await?;
 
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     let result = result_of(&events);
     assert_eq!(result.error.as_ref().map(|e| e.kind), Some(ErrorKind::Cancelled), "{events:#?}");
     assert_eq!(bed.pve.containers().await?, Vec::<u32>::new(), "the half-made container is ours: destroyed");
@@ -113,9 +106,7 @@ async fn rolled_back_is_only_said_when_something_was_destroyed() -> anyhow::Resu
     let _agent = bed.agent("pve1")?;
     let mut job = create_job("pve1", "bad-storage", Ipv4Addr::new(127, 0, 0, 55));
     job.container.storage = "nowhere".into();
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     assert_eq!(result.error.as_ref().map(|e| e.kind), Some(ErrorKind::Validation));
     assert!(!result.rolled_back, "nothing was made, so nothing was rolled back: {events:#?}");
@@ -243,9 +234,7 @@ async fn a_job_redelivered_while_its_run_is_alive_is_not_run_twice() -> anyhow::
     .await?;
     slow_creates(&bed, 8).await?;
     let job = create_job("pve1", "redelivered-alive", Ipv4Addr::new(127, 0, 0, 59));
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(events.iter().filter(|e| e.kind == EventType::Accepted).count(), 1);
@@ -268,18 +257,13 @@ async fn a_job_whose_checkpoint_is_lost_finds_its_container_by_its_marker() -> a
     bed.pve.task_secs(serde_json::json!({"start": 4})).await?;
     let job = create_job("pve1", "forgetful", Ipv4Addr::new(127, 0, 0, 60));
     submit(&bed.js, &job).await?;
-    wait_until("the job to be starting its container", Duration::from_secs(30), || async {
-        let events = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await.ok()?;
-        events.iter().any(|e| e.step == Some(pvefleet_schemas::Step::Starting)).then_some(())
+    wait_for_event(&bed.js, job.job_id, "the job to be starting its container", Duration::from_secs(30), |e| {
+        e.step == Some(pvefleet_schemas::Step::Starting)
     })
     .await?;
-    agent.kill();
     // The checkpoint is gone (expired, or its bucket made anew): only the marker is left.
-    let kv = bed.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
-    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
-    agent.restart()?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    lose_checkpoint(&mut agent, &bed.js, &job).await?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?, vec![result.vmid.unwrap().get()], "no second container");
@@ -300,17 +284,13 @@ async fn a_job_whose_checkpoint_is_lost_mid_create_waits_for_it_and_finds_it() -
     bed.pve.task_secs(serde_json::json!({"create": 60})).await?;
     let job = create_job("pve1", "forgetful-early", Ipv4Addr::new(127, 0, 0, 63));
     submit(&bed.js, &job).await?;
-    wait_until("the create task to run", Duration::from_secs(30), || async {
-        let events = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await.ok()?;
-        events.iter().any(|e| e.message.contains("create task")).then_some(())
+    wait_for_event(&bed.js, job.job_id, "the create task to run", Duration::from_secs(30), |e| {
+        e.message.contains("create task")
     })
     .await?;
-    agent.kill();
-    let kv = bed.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
-    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
-    agent.restart()?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    // The checkpoint is gone (expired, or its bucket made anew): only the marker is left.
+    lose_checkpoint(&mut agent, &bed.js, &job).await?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?, vec![result.vmid.unwrap().get()], "no second container");
@@ -335,8 +315,7 @@ async fn a_huge_malformed_message_still_gets_its_error_event_and_the_agent_goes_
     let payload = serde_json::to_vec(&value)?;
     assert!(payload.len() < 1024 * 1024 && payload.len() > 500_000);
     pvefleet_testbed::jobs::submit_raw(&bed.js, &job.node, &job.job_id.to_string(), payload).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     assert_eq!(result_of(&events).error.as_ref().map(|e| e.kind), Some(ErrorKind::InvalidMessage));
     // And it goes on with the next job.
     let next = create_job("pve1", "after-poison", Ipv4Addr::new(127, 0, 0, 62));

@@ -4,16 +4,12 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use pvefleet_schemas::{ErrorKind, Event, JobResult, Step};
+use pvefleet_schemas::{ErrorKind, Event, Step};
 use pvefleet_testbed::Fleet;
 use pvefleet_testbed::agent::AgentOptions;
-use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
-
-const JOB_WITHIN: Duration = Duration::from_secs(60);
-
-fn result_of(events: &[Event]) -> &JobResult {
-    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
-}
+use pvefleet_testbed::jobs::{
+    JOB_WITHIN, check_event_contract, create_job, events_until_terminal, result_of, run_to_end, submit,
+};
 
 /// The node's running jobs, as its heartbeat shows them.
 async fn running_jobs(bed: &Fleet, node: &str) -> Option<Vec<pvefleet_schemas::JobId>> {
@@ -36,9 +32,7 @@ async fn a_poison_job_is_refused_and_a_panicking_job_ends_once_rolled_back() -> 
     let mut poison = create_job("pve1", "poison", Ipv4Addr::new(127, 0, 0, 30));
     poison.options.timeouts.task = pvefleet_schemas::HumanDuration(Duration::from_secs(u64::MAX));
     poison.deploy.packages = (0..501).map(|i| format!("pkg{i}")).collect();
-    submit(&bed.js, &poison).await?;
-    let events = events_until_terminal(&bed.js, poison.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &poison).await?;
     let error = result_of(&events).error.clone().expect("refused");
     assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{error:?}");
     for field in ["options.timeouts.task", "deploy.packages"] {
@@ -49,9 +43,7 @@ async fn a_poison_job_is_refused_and_a_panicking_job_ends_once_rolled_back() -> 
     // A bug that panics as the job reaches `connecting`, after its container was made and
     // started: the job ends once, with kind `internal`, its container rolled back.
     let bug = create_job("pve1", "panics", Ipv4Addr::new(127, 0, 0, 31));
-    submit(&bed.js, &bug).await?;
-    let events = events_until_terminal(&bed.js, bug.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &bug).await?;
     let result = result_of(&events);
     let error = result.error.clone().expect("failed");
     assert_eq!((error.kind, error.step), (ErrorKind::Internal, Step::Connecting), "{events:#?}");
@@ -252,9 +244,7 @@ async fn a_root_password_goes_only_to_a_vouched_host_and_only_in_its_own_job() -
 
     // No host key announced: the key is refused, and the password is not tried.
     let unvouched = job_with_password("unvouched");
-    submit(&bed.js, &unvouched).await?;
-    let events = events_until_terminal(&bed.js, unvouched.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &unvouched).await?;
     let error = result_of(&events).error.clone().expect("failed");
     assert_eq!((error.kind, error.step), (ErrorKind::Ssh, Step::Connecting), "{error:?}");
     assert!(error.message.contains("root password was not tried"), "{}", error.message);
@@ -271,17 +261,13 @@ async fn a_root_password_goes_only_to_a_vouched_host_and_only_in_its_own_job() -
         )
         .await?;
     let vouched = job_with_password("vouched");
-    submit(&bed.js, &vouched).await?;
-    let events = events_until_terminal(&bed.js, vouched.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    run_to_end(&bed.js, &vouched).await?;
     assert!(tried_password(&sshd), "the password was not tried on the announced host:\n{}", sshd.log_text());
 
     // A sealed password copied into another job opens nothing there.
     let mut copied = create_job("pve1", "copied", Ipv4Addr::new(127, 0, 0, 34));
     copied.container.root_password = vouched.container.root_password.clone();
-    submit(&bed.js, &copied).await?;
-    let events = events_until_terminal(&bed.js, copied.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &copied).await?;
     let error = result_of(&events).error.clone().expect("refused");
     assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{error:?}");
     assert!(error.message.contains(&format!("sealed for job {}", vouched.job_id)), "{}", error.message);
@@ -325,9 +311,7 @@ async fn a_job_cannot_clone_or_mount_a_strangers_container() -> anyhow::Result<(
         assert!(error.message.starts_with(field), "{field}: {}", error.message);
     };
     let copy = clone_of_stranger("copy", 35);
-    submit(&bed.js, &copy).await?;
-    let events = events_until_terminal(&bed.js, copy.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &copy).await?;
     refused(&events, "container.clone.from:");
 
     let mut mount = create_job("pve1", "mounts", Ipv4Addr::new(127, 0, 0, 36));
@@ -337,9 +321,7 @@ async fn a_job_cannot_clone_or_mount_a_strangers_container() -> anyhow::Result<(
         backup: None,
         ro: true,
     }];
-    submit(&bed.js, &mount).await?;
-    let events = events_until_terminal(&bed.js, mount.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &mount).await?;
     refused(&events, "container.mounts[0].volume:");
     assert_eq!(bed.pve.containers().await?, vec![9100], "nothing was cloned or mounted");
 
@@ -493,9 +475,7 @@ async fn pve_is_never_sent_to_fetch_from_the_node_or_the_networks_behind_it() ->
         let mut job = create_job("pve1", &format!("fetch-{i}"), Ipv4Addr::new(127, 0, 0, 43));
         job.container.ostemplate = None;
         job.container.template = Some(source);
-        submit(&bed.js, &job).await?;
-        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = run_to_end(&bed.js, &job).await?;
         let error = result_of(&events).error.clone().expect("refused");
         assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{i}: {error:?}");
         assert!(error.message.starts_with(field) && error.message.contains(why), "{i}: {}", error.message);
@@ -559,9 +539,7 @@ async fn no_key_that_opens_other_containers_stays_in_a_clone() -> anyhow::Result
     let keys_of = |ip: Ipv4Addr| bed.pve.keys_dir.join(ip.to_string());
     std::fs::write(keys_of(ips[0]), &fleet_key)?;
     let job = clone_job("swapped", ips[0], false);
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     assert!(result_of(&events).success, "{events:#?}");
     let left = std::fs::read_to_string(keys_of(ips[0]))?;
     assert!(!left.contains("fleet-clone-key"), "the fleet's clone key stayed in the clone: {left}");

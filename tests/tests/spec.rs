@@ -6,22 +6,17 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use pvefleet_schemas::lxc::{Features, Ipv4Setting, MountPoint, Nic, RootFs, Startup};
-use pvefleet_schemas::{ErrorKind, Event, JobResult, Step};
+use pvefleet_schemas::{ErrorKind, Event, Step};
 use pvefleet_testbed::Fleet;
-use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit};
+use pvefleet_testbed::jobs::{
+    JOB_WITHIN, create_job, events_until_terminal, lose_checkpoint, result_of, run_to_end, submit, wait_end,
+    wait_for_event,
+};
 use serde_json::Value;
-
-const JOB_WITHIN: Duration = Duration::from_secs(60);
-
-fn result_of(events: &[Event]) -> &JobResult {
-    events.last().and_then(|e| e.result.as_ref()).expect("a terminal event with a result")
-}
 
 /// Runs `job` to its end and returns the container's config as PVE holds it.
 async fn created(bed: &Fleet, job: pvefleet_schemas::Job) -> anyhow::Result<Value> {
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     anyhow::ensure!(result.success, "{events:#?}");
     let vmid = result.vmid.expect("a vmid");
@@ -240,9 +235,7 @@ async fn a_protected_container_of_a_failed_job_is_still_rolled_back() -> anyhow:
     // DHCP never answers in fakepve: the connecting step times out after the container runs.
     job.container.nics = vec![Nic::new("eth0", "vmbr0", Ipv4Setting::Dhcp)];
     job.options.timeouts.ip = pvefleet_schemas::HumanDuration(Duration::from_millis(300));
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     assert_eq!(result.error.as_ref().map(|e| e.kind), Some(ErrorKind::Timeout), "{events:#?}");
     assert!(result.rolled_back, "{events:#?}");
@@ -267,9 +260,7 @@ async fn what_pve_refuses_an_api_token_is_refused_at_validating() -> anyhow::Res
         (keyctl, "container.features", "only `nesting`"),
         (bridge, "container.nics[0].bridge", "`vmbr9` does not exist"),
     ] {
-        submit(&bed.js, &job).await?;
-        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = run_to_end(&bed.js, &job).await?;
         let error = result_of(&events).error.clone().expect("refused");
         assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Validating), "{error:?}");
         assert!(error.message.starts_with(field) && error.message.contains(words), "{}", error.message);
@@ -313,9 +304,7 @@ async fn a_downloaded_template_is_fetched_once_and_its_checksum_is_checked() -> 
     let mut first = create_job("pve1", "fetched-1", Ipv4Addr::new(127, 0, 0, 77));
     first.container.ostemplate = None;
     first.container.template = Some(download("custom-1_amd64.tar.zst", good.clone()));
-    submit(&bed.js, &first).await?;
-    let events = events_until_terminal(&bed.js, first.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &first).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert_eq!(steps_of(&events)[..3], [Step::Validating, Step::Fetching, Step::Creating]);
     assert!(bed.pve.templates("pve1", "local").await?.contains(&"local:vztmpl/custom-1_amd64.tar.zst".to_owned()));
@@ -336,9 +325,7 @@ async fn a_downloaded_template_is_fetched_once_and_its_checksum_is_checked() -> 
     wrong.container.ostemplate = None;
     wrong.container.template = Some(download("custom-3_amd64.tar.zst", "ab".repeat(64)));
     let before = bed.pve.containers().await?;
-    submit(&bed.js, &wrong).await?;
-    let events = events_until_terminal(&bed.js, wrong.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &wrong).await?;
     let error = result_of(&events).error.clone().expect("refused");
     assert_eq!((error.kind, error.step), (ErrorKind::Validation, Step::Fetching), "{error:?}");
     assert!(error.message.starts_with("container.template.download.checksum:"), "{}", error.message);
@@ -441,9 +428,7 @@ async fn a_clone_gets_the_spec_and_its_rollback_spares_the_source() -> anyhow::R
     // The clone is made but its answer is lost: the retry finds it by the marker in its
     // description and goes on with it, never a second clone.
     bed.pve.lose_answer("POST", "/nodes/pve1/lxc/9000/clone", 1, pvefleet_testbed::LostAnswer::Error).await?;
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(steps_of(&events)[..3], [Step::Validating, Step::Cloning, Step::Starting]);
@@ -467,9 +452,7 @@ async fn a_clone_gets_the_spec_and_its_rollback_spares_the_source() -> anyhow::R
     failing.container.clone = Some(clone_of(CloneFrom::Vmid(pvefleet_schemas::Vmid::new(9000)?)));
     failing.container.nics = vec![Nic::new("eth0", "vmbr0", Ipv4Setting::Dhcp)];
     failing.options.timeouts.ip = pvefleet_schemas::HumanDuration(Duration::from_millis(300));
-    submit(&bed.js, &failing).await?;
-    let events = events_until_terminal(&bed.js, failing.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &failing).await?;
     let result = result_of(&events);
     assert!(result.rolled_back && !result.success, "{events:#?}");
     let left = bed.pve.containers().await?;
@@ -553,9 +536,7 @@ async fn a_linked_clone_and_a_full_clone_of_a_snapshot_to_a_storage() -> anyhow:
     linked_to_plain.container.clone.as_mut().expect("a clone").storage = None;
     for (job, words) in [(of_snapshot("no-snapshot", 93, "nope"), "nope"), (linked_to_plain, "Linked clone feature")] {
         let before = bed.pve.containers().await?;
-        submit(&bed.js, &job).await?;
-        let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = run_to_end(&bed.js, &job).await?;
         let error = result_of(&events).error.clone().expect("refused");
         assert!(error.message.contains(words), "{words}: {error:?}");
         assert_eq!(bed.pve.containers().await?, before, "no clone left");
@@ -626,9 +607,7 @@ async fn a_clone_deploys_with_the_key_its_template_trusts_or_is_refused_without_
         ..pvefleet_testbed::agent::AgentOptions::node("pve1")
     })?;
     let job = clone_job("with-key");
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = run_to_end(&bed.js, &job).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert!(
         events
@@ -697,17 +676,11 @@ async fn a_clone_whose_checkpoint_is_lost_mid_clone_is_found_by_its_description(
     });
     job.container.nics = vec![Nic::new("eth0", "vmbr0", "127.0.0.90/32".parse().map_err(anyhow::Error::msg)?)];
     submit(&bed.js, &job).await?;
-    pvefleet_testbed::wait_until("the clone task to run", JOB_WITHIN, || async {
-        let events = pvefleet_testbed::jobs::events_now(&bed.js, job.job_id).await.ok()?;
-        events.iter().any(|e| e.message.contains("clone task")).then_some(())
-    })
-    .await?;
-    agent.kill();
-    let kv = bed.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
-    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
-    agent.restart()?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    wait_for_event(&bed.js, job.job_id, "the clone task to run", JOB_WITHIN, |e| e.message.contains("clone task"))
+        .await?;
+    // The checkpoint is gone (expired, or its bucket made anew): only the marker is left.
+    lose_checkpoint(&mut agent, &bed.js, &job).await?;
+    let events = wait_end(&bed.js, job.job_id).await?;
     let result = result_of(&events);
     assert!(result.success, "{events:#?}");
     assert_eq!(bed.pve.containers().await?, vec![result.vmid.expect("a vmid").get(), 9003], "one clone");
@@ -752,8 +725,7 @@ async fn an_agent_killed_mid_clone_or_mid_download_resumes_with_one_of_each() ->
     killed_in(clone.job_id, "clone task").await?;
     agent.kill();
     agent.restart()?;
-    let events = events_until_terminal(&bed.js, clone.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, clone.job_id).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert!(events.iter().any(|e| e.message.contains("resuming")), "{events:#?}");
     let made = result_of(&events).vmid.expect("a vmid").get();
@@ -775,8 +747,7 @@ async fn an_agent_killed_mid_clone_or_mid_download_resumes_with_one_of_each() ->
     killed_in(fetch.job_id, "fetching local:vztmpl/slow.tar.zst: task").await?;
     agent.kill();
     agent.restart()?;
-    let events = events_until_terminal(&bed.js, fetch.job_id, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.js, fetch.job_id).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert_eq!(
         calls_to(&bed.pve.calls().await?, "POST", "/nodes/{node}/storage/{storage}/download-url"),

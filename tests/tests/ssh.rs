@@ -150,24 +150,25 @@ async fn retry_waits_for_a_late_sshd_and_gives_up_at_its_deadline() -> anyhow::R
     let mut late = Sshd::prepare(&dir, Ipv4Addr::new(127, 0, 0, 95), &keys)?;
     let key = authorize(&dir, &late, "ed25519")?;
     let t = target(&late, &key);
-    let started = Instant::now();
     let connecting = tokio::spawn(async move { SshSession::connect_with_retry(&t, Duration::from_secs(30)).await });
     // The scenario itself, not a wait for a condition: sshd comes up 3 s late.
     let late_by = Duration::from_secs(3);
     tokio::time::sleep(late_by).await;
+    // Still trying, not given up at the first refusal.
+    assert!(!connecting.is_finished(), "connect_with_retry ended before sshd came up: {:?}", connecting.await?.err());
     late.launch().await?;
     let ssh = connecting.await??;
-    assert!(started.elapsed() >= late_by);
     assert!(ssh.exec("true").await?.status.success());
+    assert_eq!(late.log_text().matches("Accepted publickey").count(), 1, "{}", late.log_text());
 
     // Nothing ever listens here: it gives up at the deadline, naming the last failure.
     let never = Sshd::prepare(&dir, Ipv4Addr::new(127, 0, 0, 96), &keys)?;
     let started = Instant::now();
     let err = SshSession::connect_with_retry(&target(&never, &key), Duration::from_secs(2)).await.unwrap_err();
     let took = started.elapsed();
-    assert!(matches!(err, SshError::GaveUp { .. }), "{err}");
     assert!(took >= Duration::from_secs(2) && took < Duration::from_secs(4), "{took:?}");
-    assert!(err.to_string().contains("Connection refused") || err.to_string().contains("connecting"), "{err}");
+    // It names the last attempt's failure, not only that it gave up.
+    assert!(matches!(&err, SshError::GaveUp { last, .. } if last.contains("Connection refused")), "{err}");
     dir.pass();
     Ok(())
 }

@@ -6,14 +6,11 @@
 //! a new kind is covered by adding it to [`Kind::ALL`].
 
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use pvefleet_schemas::{DeploySpec, DestroyJob, DestroyTarget, ErrorKind, Event, EventType, JobId, ScriptSpec, Step};
 use pvefleet_testbed::agent::{Agent, AgentOptions};
-use pvefleet_testbed::jobs::{check_event_contract, create_job, events_until_terminal, submit, submit_destroy};
+use pvefleet_testbed::jobs::{JOB_WITHIN, create_job, events_until_terminal, submit, submit_destroy, wait_end};
 use pvefleet_testbed::{Fleet, Sshd};
-
-const JOB_WITHIN: Duration = Duration::from_secs(90);
 
 /// The kinds of job, each with how to make one in the bed and what its end leaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,8 +130,7 @@ async fn prove(kind: Kind, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
     let mut bed = Bed::start(name, ip).await?;
     // The reference: the steps a job of this kind runs, uninterrupted.
     let reference = bed.submit(kind).await?;
-    let events = events_until_terminal(&bed.fleet.js, reference.job, JOB_WITHIN).await?;
-    check_event_contract(&events)?;
+    let events = wait_end(&bed.fleet.js, reference.job).await?;
     anyhow::ensure!(end_of(&events).success, "{kind:?}'s reference run failed: {events:#?}");
     let steps = steps_of(&events);
     anyhow::ensure!(steps.len() >= 3, "{kind:?} ran {steps:?}");
@@ -144,8 +140,7 @@ async fn prove(kind: Kind, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
         bed.agent_with_hooks(&[("PVEFLEET_TEST_FAIL_IN", step)])?;
         let before = bed.containers().await?;
         let job = bed.submit(kind).await?;
-        let events = events_until_terminal(&bed.fleet.js, job.job, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = wait_end(&bed.fleet.js, job.job).await?;
         let end = end_of(&events);
         let error = end.error.clone().expect("failed");
         assert_eq!((error.kind, error.step), (ErrorKind::Internal, step), "{kind:?} failing {step}: {events:#?}");
@@ -174,8 +169,7 @@ async fn prove(kind: Kind, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
         })
         .await?;
         bed.agent_with_hooks(&[])?;
-        let events = events_until_terminal(&bed.fleet.js, job.job, JOB_WITHIN).await?;
-        check_event_contract(&events)?;
+        let events = wait_end(&bed.fleet.js, job.job).await?;
         let end = end_of(&events);
         assert!(end.success, "{kind:?} resumed after {step}: {events:#?}");
         assert!(events.iter().any(|e| e.message.contains("resuming")), "{kind:?} after {step} was not resumed");
@@ -211,5 +205,44 @@ async fn every_step_of_every_kind_fails_cleanly_and_resumes_once() -> anyhow::Re
         async move { prove(kind, &name, Ipv4Addr::new(127, 0, 0, 121 + i as u8)).await }
     });
     futures::future::try_join_all(proofs).await?;
+    Ok(())
+}
+
+/// A checkpoint as the previous build wrote it (with `current` and `vmid_allocated`, which
+/// this build no longer keeps) still resumes its job to the same end: one container, one
+/// create, one start, one deploy.
+#[tokio::test]
+async fn a_checkpoint_written_by_the_previous_build_still_resumes() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut bed = Bed::start("steps-old-checkpoint", Ipv4Addr::new(127, 0, 0, 124)).await?;
+    bed.agent_with_hooks(&[("PVEFLEET_TEST_STOP_AFTER", Step::Creating)])?;
+    let job = bed.submit(Kind::Create).await?;
+    pvefleet_testbed::wait_until("the agent to die after creating", JOB_WITHIN, || {
+        let running = bed.agent.is_running();
+        async move { (!running).then_some(()) }
+    })
+    .await?;
+    let kv = bed.fleet.js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
+    let key = pvefleet_schemas::names::checkpoint_key(&pvefleet_schemas::NodeName::new("pve1")?, &job.job);
+    let mut cp: serde_json::Value = serde_json::from_slice(&kv.get(&key).await?.context("the job's checkpoint")?)?;
+    // The create's outputs are in it (a step that only moved the job on is not written).
+    anyhow::ensure!(cp["vmid"].is_u64() && cp["upid"].as_str().is_some_and(|u| u.contains(":vzcreate:")), "{cp}");
+    cp["current"] = "starting".into();
+    cp["vmid_allocated"] = true.into();
+    kv.put(&key, serde_json::to_vec(&cp)?.into()).await?;
+
+    bed.agent_with_hooks(&[])?;
+    let events = wait_end(&bed.fleet.js, job.job).await?;
+    let end = end_of(&events);
+    assert!(end.success, "{events:#?}");
+    assert!(events.iter().any(|e| e.message.contains("resuming after")), "{events:#?}");
+    let vmid = end.vmid.expect("a vmid").get();
+    assert_eq!(Some(u64::from(vmid)), cp["vmid"].as_u64(), "the checkpoint's container, not another");
+    assert_eq!(bed.containers().await?, [vmid]);
+    assert_eq!(bed.tasks(vmid, "vzcreate").await?, 1, "created twice");
+    assert_eq!(bed.tasks(vmid, "vzstart").await?, 1, "started twice");
+    assert_eq!(bed.marks(&job.hostname), 1, "deployed twice");
+    drop(bed.sshd);
+    bed.fleet.dir.pass();
     Ok(())
 }
