@@ -61,9 +61,11 @@ pub async fn beat(
     let mut capacity = None;
     loop {
         let full = tokio::select! {
+            // A stop wins over a beat that is due at the same moment.
+            biased;
+            _ = stop.cancelled() => break,
             _ = tick.tick() => true,
             () = running.changed.notified() => false,
-            _ = stop.cancelled() => break,
         };
         if full {
             capacity = match self::capacity(&pve).await {
@@ -92,11 +94,19 @@ pub async fn beat(
             sealing_key: Some(sealing_key.to_string()),
         };
         let payload = serde_json::to_vec(&beat).expect("a heartbeat serializes");
-        if let Err(e) = bus.nodes.put(&key, payload.into()).await {
-            tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "heartbeat not written");
+        // A put waits up to its ack timeout while NATS is away: a stop does not wait with it.
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            put = bus.nodes.put(&key, payload.into()) => if let Err(e) = put {
+                tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "heartbeat not written");
+            },
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(2), bus.nodes.delete(&key)).await;
+    // With NATS away the entry cannot be removed: it expires on its own.
+    if bus.client.connection_state() == async_nats::connection::State::Connected {
+        let _ = tokio::time::timeout(Duration::from_secs(2), bus.nodes.delete(&key)).await;
+    }
 }
 
 async fn capacity(pve: &PveClient) -> Result<Capacity, crate::proxmox::PveError> {

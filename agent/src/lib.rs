@@ -38,11 +38,15 @@ pub mod tls;
 
 use backon::Retryable as _;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Bus, BusError};
 use crate::config::Config;
 use crate::proxmox::PveClient;
+
+/// How long a stopping agent waits for its NATS connection to drain.
+const DRAIN_WITHIN: Duration = Duration::from_secs(2);
 
 /// Runs the agent until `stop` fires, then hands running jobs back and drains the connection.
 pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
@@ -98,8 +102,15 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     }
     beat_stop.cancel();
     let _ = beat.await;
-    if let Err(e) = shared.bus.client.drain().await {
-        tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "draining the NATS connection failed");
+    // Draining flushes what is buffered; with NATS away it would wait for its return, and
+    // there is nothing it could flush.
+    let connected = shared.bus.client.connection_state() == async_nats::connection::State::Connected;
+    match tokio::time::timeout(if connected { DRAIN_WITHIN } else { Duration::ZERO }, shared.bus.client.drain()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "draining the NATS connection failed")
+        }
+        Err(_) => tracing::warn!("NATS did not drain (it is away, or slow); stopping anyway"),
     }
     tracing::info!("agent stopped");
     Ok(())
