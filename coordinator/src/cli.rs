@@ -31,8 +31,25 @@ pub struct Cli {
     /// the user's data directory].
     #[arg(long, env = "PVEFLEET_DB", global = true)]
     pub db: Option<String>,
+    /// Your signing identity, an ed25519 key file that `pvefleet identity new` makes [default:
+    /// `identity` in the user's config directory, e.g. ~/.config/pvefleet/identity].
+    #[arg(long, env = "PVEFLEET_IDENTITY", global = true)]
+    pub identity: Option<PathBuf>,
     #[command(subcommand)]
     pub verb: Verb,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IdentityVerb {
+    /// Make a new signing identity (mode 0600) and print its public key and key id.
+    #[command(after_help = "Example:\n  pvefleet identity new\n  pvefleet --identity ci.key identity new")]
+    New {
+        /// Replace an identity already there (its old key then signs nothing more).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the identity's public key and key id (what an admin's policy names).
+    Show,
 }
 
 #[derive(Subcommand, Debug)]
@@ -140,6 +157,17 @@ pub enum Verb {
     /// Manage templates: container defaults plus packages, files and scripts.
     #[command(subcommand)]
     Template(TemplateVerb),
+    /// Your signing identity: make one, or show its public key and key id.
+    #[command(subcommand)]
+    Identity(IdentityVerb),
+    /// Sign a job or request (JSON on standard input) with your identity and print it signed,
+    /// for scripts and CI; the format is in schemas/SIGNING.md.
+    #[command(after_help = "Example:\n  pvefleet sign --valid 30 < job.json > signed.json")]
+    Sign {
+        /// How many minutes the signed request stays valid (1 to 1440).
+        #[arg(long, default_value_t = 60)]
+        valid: u32,
+    },
     /// The fleet and every job's live progress in a browser, and /metrics (read-only).
     /// Loopback by default; any other address needs --token-file.
     #[command(

@@ -15,6 +15,7 @@
 //! - [`publishing`]: a job on the work queue once per request id: recorded, published with its
 //!   id as the dedup id, published again (never twice) when its publish was not confirmed.
 //! - [`follow`]: a job's events replayed and followed to its end, printed safely.
+//! - [`identity`]: the operator's signing key on disk: made once (0600), read only when private.
 //! - [`recorder`]: every node's events into the store, each once, job states moved forward.
 //! - [`spec`]: building the container spec from a template, a spec file and flags.
 //! - [`store`]: the sea-orm store (SQLite or Postgres): entities, migrations, queries.
@@ -27,6 +28,7 @@ pub mod bus;
 pub mod cli;
 pub mod failure;
 pub mod follow;
+pub mod identity;
 pub mod placement;
 pub mod publishing;
 pub mod recorder;
@@ -42,7 +44,7 @@ pub use failure::{Failure, Outcome, job_id, open_store};
 
 use std::process::ExitCode;
 
-use cli::{Cli, TemplateVerb, Verb};
+use cli::{Cli, IdentityVerb, TemplateVerb, Verb};
 
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.verb {
@@ -68,6 +70,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             TemplateVerb::Rm { name } => verbs::template::rm(&cli, name).await,
         },
         Verb::Record => verbs::record::run(&cli).await,
+        Verb::Identity(IdentityVerb::New { force }) => verbs::identity::new(&cli, force),
+        Verb::Identity(IdentityVerb::Show) => verbs::identity::show(&cli),
+        Verb::Sign { valid } => verbs::identity::sign(&cli, valid),
         Verb::Serve(ref args) => web::run(&cli, args).await,
         Verb::Destroy(ref args) => verbs::destroy::run(&cli, args).await,
     };

@@ -39,6 +39,7 @@ impl Parts {
             deploy: self.deploy.clone(),
             template: self.template.clone(),
             options: self.options,
+            auth: None,
         };
         job.validate()?;
         Ok(job)

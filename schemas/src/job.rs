@@ -34,6 +34,10 @@ pub struct Job {
     pub template: Option<String>,
     #[serde(default)]
     pub options: JobOptions,
+    /// Who asked, until when, and the signature over the rest (`signing`, schemas/SIGNING.md);
+    /// absent on an unsigned request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::signing::RequestAuth>,
 }
 
 impl Job {
@@ -48,6 +52,7 @@ impl Job {
             deploy,
             template: None,
             options: JobOptions::default(),
+            auth: None,
         }
     }
 
@@ -135,6 +140,10 @@ pub struct DestroyJob {
     pub target: DestroyTarget,
     #[serde(default)]
     pub options: DestroyOptions,
+    /// Who asked, until when, and the signature over the rest (`signing`, schemas/SIGNING.md);
+    /// absent on an unsigned request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::signing::RequestAuth>,
 }
 
 impl DestroyJob {
@@ -147,6 +156,7 @@ impl DestroyJob {
             submitted_at: Timestamp::now(),
             target,
             options: DestroyOptions::default(),
+            auth: None,
         }
     }
 

@@ -13,6 +13,8 @@
 //! - [`report`]: error chains as people read them, each cause once.
 //! - [`redact`]: URLs with their passwords replaced by `***`, for every log and error.
 //! - [`seal`]: secrets sealed to one agent's key (its root passwords, its own SSH keys).
+//! - [`signing`]: who asked: ed25519 identities, signed requests over RFC 8785 canonical JSON
+//!   (the format for any client is in `schemas/SIGNING.md`).
 //! - [`secret`]: a secret in memory (a password): never in a log line, wiped when dropped.
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
 //! - [`validate`]: field errors that name the field at fault.
@@ -34,6 +36,7 @@ pub mod report;
 pub mod schema;
 pub mod seal;
 pub mod secret;
+pub mod signing;
 pub mod source;
 pub mod spec;
 pub mod state;

