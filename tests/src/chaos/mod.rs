@@ -58,7 +58,17 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     let ids: Vec<pvefleet_schemas::JobId> = history.lock().expect("history").jobs.keys().copied().collect();
     let deadline = Instant::now() + settle;
     loop {
-        let (events, _) = observe::events(&world.js).await?;
+        // The cluster may still be electing a stream's leader after the last fault: a read
+        // that times out is tried again, up to the deadline.
+        let events = match observe::events(&world.js).await {
+            Ok((events, _)) => events,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("chaos: reading the events failed ({e:#}); trying again");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let left = world::unfinished(&events, &ids);
         if left == 0 || Instant::now() >= deadline {
             break;
@@ -67,7 +77,10 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     }
     observe::recorder_caught_up(&world.js, Duration::from_secs(120)).await?;
 
-    let (events, unreadable) = observe::events(&world.js).await?;
+    let (events, unreadable) = crate::wait_until("the events, read whole", Duration::from_secs(60), || async {
+        observe::events(&world.js).await.inspect_err(|e| eprintln!("chaos: reading the events failed ({e:#})")).ok()
+    })
+    .await?;
     let seen = observe::Observed {
         events,
         unreadable,
