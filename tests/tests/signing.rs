@@ -12,10 +12,10 @@ use pvefleet_testbed::TestDir;
 use pvefleet_testbed::jobs::create_job;
 use pvefleet_testbed::tools::{pynacl_python, workspace_bin};
 
-/// SIGNING.md's Python, as a client in another language would write it.
-const PYTHON_SIGNER: &str = r#"
-import base64, hashlib, json, sys
-from nacl.signing import SigningKey
+/// RFC 8785 for what pvefleet sends, in Python: SIGNING.md's, as a client in another language
+/// would write it.
+const PYTHON_CANONICAL: &str = r#"
+import json
 
 def canonical(v):
     if isinstance(v, float) and v.is_integer():
@@ -26,6 +26,13 @@ def canonical(v):
     if isinstance(v, list):
         return "[" + ",".join(canonical(x) for x in v) + "]"
     return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+"#;
+
+/// Signs the job on standard input with a new key; prints the key and the signed job.
+const PYTHON_SIGNER: &str = r#"
+import base64, hashlib, json, sys
+from nacl.signing import SigningKey
+
 
 job = json.load(sys.stdin)
 key = SigningKey.generate()
@@ -37,20 +44,12 @@ job["auth"]["signature"] = base64.b64encode(key.sign(data).signature).decode()
 print(json.dumps({"public": "ed25519:" + base64.b64encode(public).decode(), "signed": job}))
 "#;
 
+/// Verifies the job on standard input against the public key in its argument.
 const PYTHON_VERIFIER: &str = r#"
 import base64, json, sys
 from nacl.signing import VerifyKey
 from nacl.exceptions import BadSignatureError
 
-def canonical(v):
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    if isinstance(v, dict):
-        items = sorted(v.items(), key=lambda kv: kv[0].encode("utf-16-be"))
-        return "{" + ",".join(canonical(k) + ":" + canonical(x) for k, x in items) + "}"
-    if isinstance(v, list):
-        return "[" + ",".join(canonical(x) for x in v) + "]"
-    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
 
 public = base64.b64decode(sys.argv[1].removeprefix("ed25519:"))
 job = json.load(sys.stdin)
@@ -85,7 +84,11 @@ fn job() -> anyhow::Result<serde_json::Value> {
 fn a_job_signed_in_python_verifies_here_and_one_signed_here_verifies_in_python() -> anyhow::Result<()> {
     let python = pynacl_python()?;
     let not_after = pvefleet_schemas::Timestamp(time::OffsetDateTime::now_utc() + time::Duration::minutes(30));
-    let out = run(&python, &["-c", PYTHON_SIGNER, &not_after.to_string()], &job()?.to_string())?;
+    let out = run(
+        &python,
+        &["-c", &format!("{PYTHON_CANONICAL}{PYTHON_SIGNER}"), &not_after.to_string()],
+        &job()?.to_string(),
+    )?;
     let out: serde_json::Value = serde_json::from_str(&out)?;
     let key: SignerKey = out["public"].as_str().expect("a key").parse().map_err(anyhow::Error::msg)?;
     let signed = out["signed"].clone();
@@ -108,10 +111,16 @@ fn a_job_signed_in_python_verifies_here_and_one_signed_here_verifies_in_python()
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(identity)?.permissions());
     assert_eq!(mode & 0o777, 0o600);
     let signed = run(&pvefleet, &["--identity", identity, "sign", "--valid", "5"], &job()?.to_string())?;
-    assert_eq!(run(&python, &["-c", PYTHON_VERIFIER, &public], &signed)?.trim(), "verified");
+    assert_eq!(
+        run(&python, &["-c", &format!("{PYTHON_CANONICAL}{PYTHON_VERIFIER}"), &public], &signed)?.trim(),
+        "verified"
+    );
     let tampered = signed.replace("\"pve1\"", "\"pve2\"");
     assert_ne!(tampered, signed);
-    assert_eq!(run(&python, &["-c", PYTHON_VERIFIER, &public], &tampered)?.trim(), "refused");
+    assert_eq!(
+        run(&python, &["-c", &format!("{PYTHON_CANONICAL}{PYTHON_VERIFIER}"), &public], &tampered)?.trim(),
+        "refused"
+    );
     dir.pass();
     Ok(())
 }
