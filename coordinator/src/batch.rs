@@ -4,6 +4,7 @@
 //! `K-<n>`, so running the same command again makes no job twice; `--node auto` places them
 //! one by one, counting what the earlier ones take; `--watch` follows them all at once.
 
+use pvefleet_schemas::signing::Identity;
 use pvefleet_schemas::{Job, JobId};
 
 use crate::bus::Nats;
@@ -15,7 +16,14 @@ use crate::secrets::{refill_secrets, seal_secrets};
 use crate::store::Store;
 use crate::{Outcome, follow};
 
-pub async fn submit(nats: &Nats<'_>, args: &SubmitArgs, store: &Store, parts: Parts, count: u32) -> Outcome {
+pub async fn submit(
+    nats: &Nats<'_>,
+    args: &SubmitArgs,
+    store: &Store,
+    parts: Parts,
+    count: u32,
+    signer: Option<&Identity>,
+) -> Outcome {
     let jobs = build_jobs(&parts, count)?;
     let clear_password = password(args)?;
     let js = nats.js().await?;
@@ -44,7 +52,7 @@ pub async fn submit(nats: &Nats<'_>, args: &SubmitArgs, store: &Store, parts: Pa
                     Job::decode(row.spec.as_bytes()).map_err(|e| anyhow::anyhow!("stored job {}: {e}", row.job_id))?;
                 refill_secrets(&mut again, &parts.deploy)?;
                 seal_secrets(store, js, &mut again, clear_password.as_ref()).await?;
-                Ok(Outgoing::create(&again))
+                Outgoing::create(&again, signer)
             };
             if let Some(row) = publishing::earlier(store, nats, key, again).await? {
                 ids.push((row.job_id.clone(), row.spec.clone()));
@@ -57,7 +65,9 @@ pub async fn submit(nats: &Nats<'_>, args: &SubmitArgs, store: &Store, parts: Pa
             ids.push((earlier.job_id.clone(), earlier.spec.clone()));
             continue;
         }
-        if let Err(e) = publishing::publish_recorded(store, js, &Outgoing::create(&job), request.as_deref()).await {
+        if let Err(e) =
+            publishing::publish_recorded(store, js, &Outgoing::create(&job, signer)?, request.as_deref()).await
+        {
             for (id, _) in &ids {
                 println!("{id}");
             }

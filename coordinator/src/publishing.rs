@@ -6,6 +6,7 @@
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use pvefleet_schemas::names::{JobKind, job_subject};
+use pvefleet_schemas::signing::Identity;
 use pvefleet_schemas::{DestroyJob, Job, JobId, NodeName};
 
 use crate::Failure;
@@ -20,14 +21,32 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
+/// How long a job signed here stays valid: long enough to wait in the queue for its agent.
+pub const SIGNED_FOR_MINUTES: u32 = 60;
+
 impl Outgoing {
-    pub fn create(job: &Job) -> Self {
-        Self { job_id: job.job_id, subject: job_subject(&job.node, JobKind::Create), payload: job.encode() }
+    /// A create job as it goes on the wire, signed by `signer` when there is one (after its
+    /// secrets are sealed, so the signature covers them as sealed).
+    pub fn create(job: &Job, signer: Option<&Identity>) -> Result<Self, Failure> {
+        Ok(Self { job_id: job.job_id, subject: job_subject(&job.node, JobKind::Create), payload: signed(job, signer)? })
     }
 
-    pub fn destroy(job: &DestroyJob) -> Self {
-        Self { job_id: job.job_id, subject: job_subject(&job.node, JobKind::Destroy), payload: job.encode() }
+    pub fn destroy(job: &DestroyJob, signer: Option<&Identity>) -> Result<Self, Failure> {
+        Ok(Self {
+            job_id: job.job_id,
+            subject: job_subject(&job.node, JobKind::Destroy),
+            payload: signed(job, signer)?,
+        })
     }
+}
+
+/// The message's bytes, with `auth` when a signer signs it (schemas/SIGNING.md).
+fn signed(message: &impl serde::Serialize, signer: Option<&Identity>) -> Result<Vec<u8>, Failure> {
+    let mut value = serde_json::to_value(message).expect("a message serializes");
+    if let Some(me) = signer {
+        me.sign(&mut value, SIGNED_FOR_MINUTES).map_err(|e| anyhow::anyhow!("signing the job: {e}"))?;
+    }
+    Ok(serde_json::to_vec(&value).expect("JSON serializes"))
 }
 
 /// The job recorded before for request `key`, if any. When that job's publish was never

@@ -968,3 +968,46 @@ async fn plan_checks_on_the_node_and_changes_nothing() -> anyhow::Result<()> {
     bed.dir.pass();
     Ok(())
 }
+
+/// With an identity, `submit` signs the job it publishes (schemas/SIGNING.md): the message on
+/// the queue verifies with the identity's public key, names it as signer, and an agent still
+/// runs it. Without one, jobs go unsigned, as before.
+#[tokio::test]
+async fn submit_signs_its_job_with_the_operators_identity() -> anyhow::Result<()> {
+    let bed = bed("cli-signed", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let identity = bed.dir.path().join("operator.key").display().to_string();
+    let made = bed.cli.run(&["--identity", &identity, "identity", "new"]).await?;
+    assert!(made.ok(), "{made:?}");
+    let public: pvefleet_schemas::signing::SignerKey = made
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public key: "))
+        .expect("the public key")
+        .trim()
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let mut args = vec!["--identity", identity.as_str()];
+    args.extend(submit_args("pve1", "signed", "127.0.0.11/32"));
+    let submit = bed.cli.run(&args).await?;
+    assert!(submit.ok(), "{submit:?}");
+    let job: pvefleet_schemas::JobId = submit.stdout.trim().parse()?;
+
+    // No agent yet: the job waits on the queue as it was published.
+    let stream = bed.js.get_stream(JOBS_STREAM).await?;
+    let subject = pvefleet_schemas::names::job_subject(
+        &pvefleet_schemas::NodeName::new("pve1")?,
+        pvefleet_schemas::names::JobKind::Create,
+    );
+    let queued = stream.get_last_raw_message_by_subject(&subject).await?;
+    let message: serde_json::Value = serde_json::from_slice(&queued.payload)?;
+    assert_eq!(message["job_id"], job.to_string());
+    let known = |id: &pvefleet_schemas::signing::SignerId| (id == &public.id()).then_some(public);
+    let signer = pvefleet_schemas::signing::verify(&message, known, time::OffsetDateTime::now_utc());
+    assert_eq!(signer, Ok(public), "{message}");
+
+    let _agent = bed.agent("pve1")?;
+    let watch = bed.cli.run(&["watch", &job.to_string()]).await?;
+    assert_eq!(watch.code, Some(0), "{watch:?}");
+    bed.dir.pass();
+    Ok(())
+}

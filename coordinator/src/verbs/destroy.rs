@@ -12,6 +12,8 @@ use crate::{Failure, Outcome, follow};
 
 pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
     let store = crate::open_store(cli).await?;
+    let signer = crate::identity::signer(cli)?;
+    let signer = signer.as_ref();
     let nats = Nats::new(cli);
     if let Some(key) = &args.request_id {
         if let Some(row) = store.job_by_request(key).await?
@@ -26,7 +28,7 @@ pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
         let again = async |row: &crate::store::job::Model, _: &async_nats::jetstream::Context| {
             let job = DestroyJob::decode(row.spec.as_bytes())
                 .map_err(|e| anyhow::anyhow!("stored job {}: {e}", row.job_id))?;
-            Ok(Outgoing::destroy(&job))
+            Outgoing::destroy(&job, signer)
         };
         if let Some(row) = publishing::earlier(&store, &nats, key, again).await? {
             return finish(cli, args, &row.job_id, &row.spec).await;
@@ -41,8 +43,13 @@ pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
     if let Err(existing) = store.insert_destroy_job(&job, &hostname, args.request_id.as_deref()).await? {
         return finish(cli, args, &existing.job_id, &existing.spec).await;
     }
-    publishing::publish_recorded(&store, nats.js().await?, &Outgoing::destroy(&job), args.request_id.as_deref())
-        .await?;
+    publishing::publish_recorded(
+        &store,
+        nats.js().await?,
+        &Outgoing::destroy(&job, signer)?,
+        args.request_id.as_deref(),
+    )
+    .await?;
     finish(cli, args, &job.job_id.to_string(), &serde_json::to_string(&job).expect("a job serializes")).await
 }
 

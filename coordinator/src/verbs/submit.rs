@@ -20,11 +20,13 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         .into());
     }
     let store = crate::open_store(cli).await?;
+    let signer = crate::identity::signer(cli)?;
+    let signer = signer.as_ref();
     let nats = Nats::new(cli);
     if let Some(count) = args.count {
         // Each of the N jobs has its own request id (`<request-id>-<n>`).
         let parts = gather(args, &store).await?;
-        return batch::submit(&nats, args, &store, parts, count).await;
+        return batch::submit(&nats, args, &store, parts, count, signer).await;
     }
     if let Some(key) = &args.request_id {
         // The same request again: the same job, never a second one.
@@ -35,7 +37,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
                 refill_secrets(&mut job, &gather(args, &store).await?.deploy)?;
             }
             seal_secrets(&store, js, &mut job, password(args)?.as_ref()).await?;
-            Ok(Outgoing::create(&job))
+            Outgoing::create(&job, signer)
         };
         if let Some(row) = publishing::earlier(&store, &nats, key, again).await? {
             return finish(cli, args, &row.job_id, &row.spec).await;
@@ -55,7 +57,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         // A concurrent submit of the same request won the reservation.
         return finish(cli, args, &earlier.job_id, &earlier.spec).await;
     }
-    publishing::publish_recorded(&store, js, &Outgoing::create(&job), args.request_id.as_deref()).await?;
+    publishing::publish_recorded(&store, js, &Outgoing::create(&job, signer)?, args.request_id.as_deref()).await?;
     finish(cli, args, &job.job_id.to_string(), &serde_json::to_string(&job.public()).expect("a job serializes")).await
 }
 
