@@ -54,14 +54,23 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// A free TCP port on `ip`, for servers that must be told their port before they start
-/// (cluster routes, sshd). The listener is closed at once; on loopback the window in which
-/// another process could take the port is negligible.
+/// A port free on `ip` now, for a server the test starts. It is taken below Linux's ephemeral
+/// range (32768–60999), where the kernel never picks the source port of an outgoing
+/// connection, and never handed out twice by this process: a port from `bind(0)` could be
+/// taken by some other test's outgoing connection before the server binds it ("address
+/// already in use", seen once in the route test).
 pub fn free_port(ip: &str) -> u16 {
-    std::net::TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+    use std::sync::Mutex;
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> = Mutex::new(std::collections::BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_768u16);
+        if !given.contains(&port) && std::net::TcpListener::bind((ip, port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free port on {ip} in 20000..32768 after 1000 tries")
 }
 
 /// `len` bytes of xorshift output: incompressible, so nothing along the way (SSH compression,
