@@ -85,6 +85,7 @@ impl Job {
         p.nest("container", self.container.validate());
         p.nest("deploy", self.deploy.validate());
         p.nest("options", self.options.validate());
+        check_auth(&mut p, self.auth.as_ref());
         p.finish()
     }
 }
@@ -175,6 +176,17 @@ impl DestroyJob {
         });
         p.duration("options.shutdown_timeout", self.options.shutdown_timeout.0, crate::limits::SHUTDOWN);
         p.duration("options.task_timeout", self.options.task_timeout.0, crate::limits::TASK);
+        check_auth(&mut p, self.auth.as_ref());
         p.finish()
+    }
+}
+
+/// A request's `auth`, bounded: a key id and a signature are short, whoever sent them.
+fn check_auth(p: &mut Problems, auth: Option<&crate::signing::RequestAuth>) {
+    if let Some(auth) = auth {
+        p.check("auth.signer", auth.signer.starts_with("SHA256:") && auth.signer.len() <= 64, || {
+            "is not a key id like `SHA256:…` (at most 64 characters)".into()
+        });
+        p.check("auth.signature", auth.signature.len() <= 100, || "is longer than an ed25519 signature".into());
     }
 }

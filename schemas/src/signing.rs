@@ -338,6 +338,20 @@ mod tests {
     }
 
     #[test]
+    fn a_jobs_auth_is_bounded_at_validating() {
+        let mut job: crate::Job = serde_json::from_value(super::tests::job_message()).unwrap();
+        job.auth =
+            Some(RequestAuth { signer: "x".repeat(70), not_after: Timestamp::now(), signature: "y".repeat(200) });
+        let err = job.validate().unwrap_err().to_string();
+        assert!(err.contains("auth.signer") && err.contains("auth.signature"), "{err}");
+    }
+
+    fn job_message() -> Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join("job-create.json");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    #[test]
     fn an_identity_reads_back_and_names_its_key() {
         let me = Identity::generate();
         let again = Identity::from_text(me.to_text().expose()).unwrap();

@@ -271,8 +271,12 @@ async fn sigterm_stops_the_agent_in_time_even_while_nats_is_down() -> anyhow::Re
     })?;
     job_in_its_start_step(&bed, "stranded", Ipv4Addr::new(127, 0, 0, 64), 30).await?;
     bed.nats.kill();
-    // Let its heartbeat and its job find NATS gone.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Once the agent has seen NATS go away.
+    pvefleet_testbed::wait_until("the agent to see NATS gone", Duration::from_secs(10), || {
+        let seen = agent.log_text().contains("event=disconnected");
+        async move { seen.then_some(()) }
+    })
+    .await?;
     let asked = std::time::Instant::now();
     agent.proc().signal(nix::sys::signal::Signal::SIGTERM)?;
     agent.proc().wait_exit(Duration::from_secs(30)).await?;
