@@ -50,8 +50,9 @@ demo:
 
 # Benchmarks (release build), printing their figures: the fleet (latency, throughput, CPU,
 # memory, calls per job, each against the floor measured in the same run), and SFTP upload
-# against OpenSSH's sftp.
+# against OpenSSH's sftp, and what signing and deciding on a job cost.
 bench:
     cargo build --release --workspace --bins --locked
     cargo bench -p pvefleet-testbed --bench fleet --locked
     cargo bench -p pvefleet-testbed --bench sftp --locked
+    cargo bench -p pvefleet-testbed --bench trust --locked

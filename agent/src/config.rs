@@ -34,6 +34,9 @@ pub struct Config {
     /// fetch from. Empty by default: templates, pvefleet's own containers, the job's own
     /// volumes and public addresses only.
     pub allow: Allow,
+    /// `trust.admin_keys`: the admin keys whose signatures make a policy or an enrollment
+    /// count (`ed25519:…`). None: the agent refuses every request, and says how to fix it.
+    pub admin_keys: Vec<pvefleet_schemas::signing::SignerKey>,
 }
 
 /// What the node's operator lets jobs reach that they could not otherwise (`[clone]`,
@@ -238,6 +241,15 @@ struct Raw {
     mounts: RawMounts,
     #[serde(default)]
     fetch: RawFetch,
+    #[serde(default)]
+    trust: RawTrust,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTrust {
+    #[serde(default)]
+    admin_keys: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -403,6 +415,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("clone.allow_pools", Kind::List),
     ("mounts.allow_existing", Kind::List),
     ("fetch.allow", Kind::List),
+    ("trust.admin_keys", Kind::List),
 ];
 
 /// `proxmox.token_id` → `PVEFLEET_PROXMOX_TOKEN_ID`.
@@ -520,6 +533,13 @@ impl Config {
         let credential = credential(&raw, &cx)?;
         let trust = trust(&raw, &cx)?;
         let allow = allow(raw.clone, raw.mounts, &raw.fetch, &cx)?;
+        let admin_keys = raw
+            .trust
+            .admin_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| k.parse().map_err(|e| cx.at(&format!("trust.admin_keys[{i}]"), format!("`{k}`: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         let metrics_listen = raw
             .metrics_listen
             .as_deref()
@@ -555,6 +575,7 @@ impl Config {
                 clone_key,
             },
             allow,
+            admin_keys,
         })
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
+use pvefleet_schemas::trust::Action;
 use pvefleet_schemas::{JobId, PlanRequest};
 
 use crate::jobs::plan;
@@ -15,13 +16,50 @@ pub async fn serve_plans(shared: Arc<Shared>) {
     answer_requests(&shared, subject, "plan", |payload| {
         let shared = &shared;
         async move {
-            match PlanRequest::decode(&payload) {
-                Ok(req) => plan::plan(&shared.pve, &shared.config, &req.job).await,
-                Err(e) => plan::refused(&shared.config.node, format!("unreadable plan request: {e}")),
+            let node = &shared.config.node;
+            let req = match PlanRequest::decode(&payload) {
+                Ok(req) => req,
+                Err(e) => return plan::refused(node, format!("unreadable plan request: {e}")),
+            };
+            match admit(shared, &payload, Action::Plan, Some(req.job.job_id)).await {
+                Ok(admitted) => plan::plan(&shared.pve, &shared.config, &req.job, &admitted.grant).await,
+                Err(why) => plan::refused(node, why),
             }
         }
     })
     .await
+}
+
+/// Checks a control request's signature, expiry and its signer's right to `action` on this
+/// node, and stores the decision in the audit stream; the refusal's sentence when refused (or
+/// when the decision could not be stored: nothing is done that is not audited).
+async fn admit(
+    shared: &Shared,
+    payload: &[u8],
+    action: Action,
+    job_id: Option<JobId>,
+) -> Result<crate::trust::Admitted, String> {
+    let node = &shared.config.node;
+    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| format!("unreadable request: {e}"))?;
+    let mut admitted = shared.trust.admit(&value, action, node, true);
+    if admitted.is_err() && crate::trust::refresh(&shared.trust, &shared.bus.trust).await {
+        admitted = shared.trust.admit(&value, action, node, true);
+    }
+    let record = crate::trust::record(
+        node,
+        action.as_str(),
+        job_id,
+        &value,
+        admitted.as_ref().ok().map(|a| &a.grant),
+        admitted.as_ref().err(),
+    );
+    crate::trust::audit(&shared.bus.js, node, &record, None)
+        .await
+        .map_err(|e| format!("the request was not acted on: its audit record could not be stored ({e})"))?;
+    admitted.map_err(|refusal| {
+        tracing::warn!(%refusal, request = action.as_str(), "refused a control request");
+        refusal.to_string()
+    })
 }
 
 /// Answers the control requests on `subject` until the agent stops: each request's payload
@@ -65,7 +103,14 @@ pub async fn serve_cancels(shared: Arc<Shared>) {
                 Err(e) => {
                     pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") }
                 }
+                Ok(req) if req.node != shared.config.node => pvefleet_schemas::CancelReply {
+                    ok: false,
+                    message: format!("the cancel is for node {}, this agent runs {}", req.node, shared.config.node),
+                },
                 Ok(req) => {
+                    if let Err(why) = admit(shared, &payload, Action::Cancel, Some(req.job_id)).await {
+                        return pvefleet_schemas::CancelReply { ok: false, message: why };
+                    }
                     let running = shared.cancels.lock().expect("cancels").get(&req.job_id).cloned();
                     match running {
                         Some(token) => {

@@ -1,5 +1,6 @@
 //! The heartbeat: every few seconds the agent writes what it is and what its node can still
-//! take into `pvefleet-nodes`; the bucket's max age drops an agent that stops beating.
+//! take into `pvefleet-nodes`, signed with its identity; the bucket's max age drops an agent
+//! that stops beating.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,7 @@ pub async fn beat(
     bus: Bus,
     running: Running,
     sealing_key: pvefleet_schemas::seal::PublicKey,
+    identity: pvefleet_schemas::signing::Identity,
     stop: CancellationToken,
 ) {
     let key = names::heartbeat_key(&config.node);
@@ -82,7 +84,7 @@ pub async fn beat(
                 _ = stop.cancelled() => break,
             }
         }
-        let beat = Heartbeat {
+        let mut beat = Heartbeat {
             v: V1,
             node: config.node.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -92,7 +94,11 @@ pub async fn beat(
             started_at,
             last_seen: Timestamp::now(),
             sealing_key: Some(sealing_key.to_string()),
+            identity_key: None,
+            signature: None,
         };
+        // Signed by the key an admin enrolled: readers believe no other beat for this node.
+        pvefleet_schemas::trust::sign_heartbeat(&mut beat, &identity);
         let payload = serde_json::to_vec(&beat).expect("a heartbeat serializes");
         // A put waits up to its ack timeout while NATS is away: a stop does not wait with it.
         tokio::select! {

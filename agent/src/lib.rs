@@ -16,7 +16,8 @@
 //! - the parts: [`bus`] (NATS: connecting, streams, event logs, checkpoints, claims and
 //!   leases, vmid reservations), [`proxmox`] (the API client, its tasks, PVE's refusals told
 //!   once), [`ssh`] (SSH and SFTP into a container, host keys checked), [`cache`] (the
-//!   templates this agent fetched itself), [`sealing`] (the agent's own key pair).
+//!   templates this agent fetched itself), [`sealing`] (the agent's own key pair), [`trust`]
+//!   (the admin-signed policy, each request's signature, expiry, job id and rights, the audit).
 //! - the ground: [`config`] (`agent.toml` and its `PVEFLEET_…` overrides, checked at start),
 //!   [`tls`] (the pinned Proxmox certificate), [`retry`] (every retry and backoff number, and
 //!   which errors are retried where), [`metrics`].
@@ -35,6 +36,7 @@ pub mod sealing;
 pub mod shared;
 pub mod ssh;
 pub mod tls;
+pub mod trust;
 
 use backon::Retryable as _;
 use std::sync::Arc;
@@ -52,6 +54,7 @@ const DRAIN_WITHIN: Duration = Duration::from_secs(2);
 pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> {
     let pve = PveClient::new(&config.proxmox, config.node.clone())?;
     let sealing = Arc::new(sealing::load_or_create(&config.state_dir)?);
+    let identity = sealing::load_or_create_identity(&config.state_dir)?;
     let name = format!("pvefleet-agent-{}", config.node);
     let client = match bus::connect(&config.nats, &name, &stop).await {
         Ok(c) => c,
@@ -63,6 +66,15 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         b = open.retry(retry::nats_layout()).notify(|e, wait| tracing::warn!(error = %pvefleet_schemas::report::error_chain(e), retry_in = ?wait, "NATS layout not ready; retrying")) => b?,
         _ = stop.cancelled() => return Ok(()),
     };
+    let trust = Arc::new(trust::Trust::load(config.admin_keys.clone(), &config.state_dir));
+    // Before any job is taken, so none is refused for want of a policy the bucket holds.
+    let read = || trust::read_policy(&trust, &bus.trust);
+    tokio::select! {
+        r = read.retry(retry::nats_layout()) => r?,
+        _ = stop.cancelled() => return Ok(()),
+    }
+    let policy_stop = CancellationToken::new();
+    let policy = tokio::spawn(trust::follow_policy(trust.clone(), bus.trust.clone(), policy_stop.clone()));
     tracing::info!(node = %config.node, concurrency = config.concurrency, proxmox = %config.proxmox.url, "agent ready");
 
     let running = heartbeat::Running::default();
@@ -73,6 +85,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         bus.clone(),
         running.clone(),
         sealing.public(),
+        identity,
         beat_stop.clone(),
     ));
     let instance = format!("{}-{}", config.node, ulid::Ulid::new());
@@ -85,6 +98,7 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         stop,
         instance,
         sealing,
+        trust,
         ledger: cache::Ledger::load(&config_state_dir),
         cancels: Default::default(),
         cancelled: Default::default(),
@@ -96,6 +110,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     intake::work(shared.clone()).await;
     control.abort();
     plans.abort();
+    policy_stop.cancel();
+    let _ = policy.await;
     metrics_stop.cancel();
     if let Some(m) = metrics {
         let _ = m.await;

@@ -52,16 +52,19 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     if args.print_key {
-        return match pvefleet_agent::sealing::load(&config.state_dir) {
-            Ok(Some(key)) => {
-                let public = key.public();
+        let keys = pvefleet_agent::sealing::load(&config.state_dir)
+            .and_then(|s| Ok(s.zip(pvefleet_agent::sealing::load_identity(&config.state_dir)?)));
+        return match keys {
+            Ok(Some((sealing, identity))) => {
+                let (sealing, identity) = (sealing.public().to_string(), identity.public().to_string());
+                let fingerprint = pvefleet_schemas::trust::enrollment_fingerprint(&identity, &sealing);
                 println!("node {}", config.node);
-                println!("sealing key {public}");
-                println!("fingerprint {}", public.fingerprint());
+                println!("identity key {identity}");
+                println!("sealing key {sealing}");
+                println!("fingerprint {fingerprint}");
                 println!(
-                    "\nOn the coordinator, after comparing: pvefleet nodes trust {} --fingerprint {}",
+                    "\nOn the coordinator, after comparing, an admin enrolls this agent:\n  pvefleet nodes enroll {} --fingerprint {fingerprint}",
                     config.node,
-                    public.fingerprint()
                 );
                 ExitCode::SUCCESS
             }

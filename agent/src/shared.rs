@@ -22,6 +22,8 @@ pub struct Shared {
     pub stop: CancellationToken,
     /// The agent's sealing key: opens root passwords, seals per-job SSH keys.
     pub sealing: Arc<pvefleet_schemas::seal::SecretKey>,
+    /// The admin keys and the policy they signed: who may ask for what.
+    pub trust: Arc<crate::trust::Trust>,
     /// The templates this agent fetched itself ([`crate::cache`]).
     pub ledger: crate::cache::Ledger,
     /// This agent process's name in job leases (`<node>-<ulid>`), new at every start.

@@ -22,7 +22,7 @@ pub async fn submit(
     store: &Store,
     parts: Parts,
     count: u32,
-    signer: Option<&Identity>,
+    signer: &Identity,
 ) -> Outcome {
     let jobs = build_jobs(&parts, count)?;
     let clear_password = password(args)?;

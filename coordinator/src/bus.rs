@@ -126,15 +126,30 @@ pub async fn event_stream_nodes(js: &jetstream::Context) -> anyhow::Result<Vec<N
     Ok(names.iter().filter_map(|n| events_stream_node(n)).collect())
 }
 
-/// Every live agent's heartbeat in `pvefleet-nodes`, read by direct gets over the bucket's
-/// stream: like the event feed, this needs no consumer, so the read-only watcher may run it.
+/// The live agents the registry shows, and the beats it does not believe, each with why.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub beats: Vec<Heartbeat>,
+    pub ignored: Vec<(String, String)>,
+}
+
+/// Every live, enrolled agent's heartbeat in `pvefleet-nodes` (see [`registry`]).
 pub async fn heartbeats(js: &jetstream::Context) -> anyhow::Result<Vec<Heartbeat>> {
+    Ok(registry(js).await?.beats)
+}
+
+/// Every heartbeat in `pvefleet-nodes`, read by direct gets over the bucket's stream (like the
+/// event feed, this needs no consumer, so the read-only watcher may run it), believed only when
+/// it is signed by the identity key an admin enrolled for its node, under its node's own key:
+/// an agent's password, or an agent's key, cannot speak for another node, and an agent nobody
+/// enrolled is not trusted on sight.
+pub async fn registry(js: &jetstream::Context) -> anyhow::Result<Registry> {
     use jetstream::stream::DirectGetErrorKind;
     let bucket = format!("KV_{NODES_BUCKET}");
     let stream =
         js.get_stream(&bucket).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
     let keys = format!("$KV.{NODES_BUCKET}.>");
-    let (mut beats, mut from) = (Vec::new(), 1);
+    let (mut registry, mut from) = (Registry::default(), 1);
     loop {
         let msg = match stream.direct_get_next_for_subject(keys.clone(), Some(from)).await {
             Ok(m) => m,
@@ -147,29 +162,52 @@ pub async fn heartbeats(js: &jetstream::Context) -> anyhow::Result<Vec<Heartbeat
         if deleted {
             continue;
         }
-        let mut beat = match Heartbeat::decode(&msg.payload) {
-            Ok(beat) => beat,
-            Err(e) => {
-                tracing::warn!(subject = %msg.subject, error = %e, "an unreadable heartbeat; ignored");
-                continue;
+        let key = msg.subject.as_str().strip_prefix(&format!("$KV.{NODES_BUCKET}.")).unwrap_or_default().to_owned();
+        match believed(js, &key, &msg.payload).await {
+            Ok(beat) => registry.beats.push(beat),
+            Err(why) => {
+                tracing::warn!(%key, %why, "a heartbeat not believed; ignored");
+                registry.ignored.push((key, why));
             }
-        };
-        // The key is what the server's permissions guard (an agent may write only its own
-        // node's); the payload is whatever that agent says. A beat speaking for another node
-        // is an agent impersonating it.
-        let key = msg.subject.as_str().strip_prefix(&format!("$KV.{NODES_BUCKET}.")).unwrap_or_default();
-        if key != beat.node.as_str() {
-            tracing::warn!(%key, claimed = %beat.node, "a heartbeat under one node's key speaking for another; ignored");
-            continue;
         }
-        if let Some(why) = beat.capacity.as_ref().and_then(|c| c.insanity()) {
-            tracing::warn!(node = %beat.node, %why, "a heartbeat whose capacity cannot be true; its capacity is ignored");
-            beat.capacity = None;
-        }
-        beats.push(beat);
     }
-    beats.sort_by(|a, b| a.node.cmp(&b.node));
-    Ok(beats)
+    registry.beats.sort_by(|a, b| a.node.cmp(&b.node));
+    Ok(registry)
+}
+
+/// The beat under registry key `key`, when it is believed (see [`registry`]).
+async fn believed(js: &jetstream::Context, key: &str, payload: &[u8]) -> Result<Heartbeat, String> {
+    let (mut beat, signer) = pvefleet_schemas::trust::open_heartbeat(payload)?;
+    // The key is what the server's permissions guard (an agent may write only its own node's);
+    // the payload is whatever that agent says. A beat speaking for another node is an agent
+    // impersonating it.
+    if key != beat.node.as_str() {
+        return Err(format!("it speaks for {} under the key of {key}", beat.node));
+    }
+    let enrolled = crate::trust::enrollment(js, &beat.node)
+        .await?
+        .ok_or_else(|| format!("{} is not enrolled: `pvefleet nodes enroll {}` (admin)", beat.node, beat.node))?;
+    if enrolled.identity_key != signer.to_string() {
+        return Err(format!("signed by {}, not by the key enrolled for {}", signer.id(), beat.node));
+    }
+    if let Some(why) = beat.capacity.as_ref().and_then(|c| c.insanity()) {
+        tracing::warn!(node = %beat.node, %why, "a heartbeat whose capacity cannot be true; its capacity is ignored");
+        beat.capacity = None;
+    }
+    if beat.sealing_key.as_deref() != Some(enrolled.sealing_key.as_str()) {
+        return Err(format!(
+            "{} shows a sealing key other than the one enrolled: check it on the node (`pvefleet-agent --print-key`) \
+             and enroll it again",
+            beat.node
+        ));
+    }
+    Ok(beat)
+}
+
+/// `node`'s heartbeat as it is in the registry, unchecked (what `nodes enroll` checks).
+pub async fn raw_heartbeat(js: &jetstream::Context, node: &NodeName) -> anyhow::Result<Option<bytes::Bytes>> {
+    let kv = js.get_key_value(NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("the node registry: {e}"))?;
+    kv.get(node.as_str()).await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))
 }
 
 /// A job's events from the first, then as they come, without any consumer: replayed by

@@ -31,6 +31,10 @@ pub struct Cli {
     /// the user's data directory].
     #[arg(long, env = "PVEFLEET_DB", global = true)]
     pub db: Option<String>,
+    /// The admin public keys (`ed25519:…`, comma separated) whose signatures make an agent's
+    /// enrollment count here: without one, no agent is believed and nothing is sealed.
+    #[arg(long, env = "PVEFLEET_ADMIN_KEYS", global = true)]
+    pub admin_keys: Option<String>,
     /// Your signing identity, an ed25519 key file that `pvefleet identity new` makes [default:
     /// `identity` in the user's config directory, e.g. ~/.config/pvefleet/identity].
     #[arg(long, env = "PVEFLEET_IDENTITY", global = true)]
@@ -53,22 +57,46 @@ pub enum IdentityVerb {
 }
 
 #[derive(Subcommand, Debug)]
-pub enum NodesVerb {
-    /// Trust a node's sealing key (what its root passwords are sealed to), once checked on the
-    /// node itself: `pvefleet-agent --config … --print-key` there prints the fingerprint to
-    /// give. Without --fingerprint or --key it lists the candidate keys and where each came from.
-    #[command(after_help = "Example (on pve1: pvefleet-agent --config /etc/pvefleet/agent.toml --print-key):\n  \
-                            pvefleet nodes trust pve1 --fingerprint SHA256:3q2+7w…")]
-    Trust {
-        node: String,
-        /// The fingerprint `pvefleet-agent --print-key` printed on the node; the key its live
-        /// agent shows must have it.
-        #[arg(long, conflicts_with = "key")]
-        fingerprint: Option<String>,
-        /// The public key `pvefleet-agent --print-key` printed (base64), pinned as it is, even
-        /// before the agent beats.
+pub enum PolicyVerb {
+    /// Print the policy agents follow, and the key that signed it.
+    #[command(after_help = "Example:\n  pvefleet policy show")]
+    Show {
+        /// The policy as JSON.
         #[arg(long)]
-        key: Option<String>,
+        json: bool,
+    },
+    /// Sign FILE (TOML: one [[signer]] per operator, with its rights) with your identity, the
+    /// admin key, and give it to every agent through the trust bucket. Its serial is counted
+    /// up from the one there; agents never go back to a lower one.
+    #[command(
+        after_help = "Example (policy.toml):\n  [[signer]]\n  name = \"alice\"\n  key = \"ed25519:…\"   # pvefleet identity show\n  nodes = [\"pve1\", \"pve2\"]\n  scripts = true\n\n  pvefleet --identity admin.key policy set policy.toml"
+    )]
+    Set { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodesVerb {
+    /// Admin: certify a node's agent (its identity key, which signs its heartbeats, and its
+    /// sealing key, which secrets are sealed to), once checked on the node itself:
+    /// `pvefleet-agent --config … --print-key` there prints the fingerprint to give. The
+    /// enrollment is signed with your (admin) identity into the trust bucket, where every
+    /// operator's CLI and the web view read it. Without --fingerprint it shows what the live
+    /// agent shows.
+    #[command(after_help = "Example (on pve1: pvefleet-agent --config /etc/pvefleet/agent.toml --print-key):\n  \
+                            pvefleet --identity admin.key nodes enroll pve1 --fingerprint SHA256:3q2+7w…")]
+    Enroll {
+        node: String,
+        /// The fingerprint `pvefleet-agent --print-key` printed on the node; the keys its live
+        /// agent shows must have it.
+        #[arg(long, conflicts_with = "identity_key")]
+        fingerprint: Option<String>,
+        /// The identity key `--print-key` printed, enrolled as it is, even before the agent
+        /// first runs (with --sealing-key).
+        #[arg(long, requires = "sealing_key")]
+        identity_key: Option<String>,
+        /// The sealing key `--print-key` printed.
+        #[arg(long, requires = "identity_key")]
+        sealing_key: Option<String>,
     },
 }
 
@@ -167,6 +195,31 @@ pub enum Verb {
         /// How many minutes the signed request stays valid (1 to 1440).
         #[arg(long, default_value_t = 60)]
         valid: u32,
+    },
+    /// Your identity and what the policy lets it do.
+    #[command(after_help = "Example:\n  pvefleet whoami")]
+    Whoami,
+    /// The admin-signed policy: who may ask agents for what (admin key needed to set it).
+    #[command(subcommand)]
+    Policy(PolicyVerb),
+    /// The audit trail: every decision an agent made on a request, every admin action,
+    /// oldest first.
+    #[command(
+        after_help = "Examples:\n  pvefleet audit --node pve1 --since 2h\n  pvefleet audit --signer alice --json"
+    )]
+    Audit {
+        /// Only this signer's (a key id, its beginning, or its name in the policy).
+        #[arg(long)]
+        signer: Option<String>,
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only since then: RFC 3339, or a time back from now (`30m`, `2h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// One record per line as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// The fleet and every job's live progress in a browser, and /metrics (read-only).
     /// Loopback by default; any other address needs --token-file.

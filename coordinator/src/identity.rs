@@ -47,16 +47,6 @@ pub fn create(path: &Path, force: bool) -> Result<Identity, Failure> {
     Ok(me)
 }
 
-/// The identity jobs are signed with, if there is one: the one `--identity` names (which must
-/// be there), else the default one if it has been made. Without one, jobs go unsigned (agents
-/// do not yet require signatures).
-pub fn signer(cli: &Cli) -> Result<Option<Identity>, Failure> {
-    if cli.identity.is_none() && !path(cli).is_ok_and(|p| p.exists()) {
-        return Ok(None);
-    }
-    load(cli).map(|(_, me)| Some(me))
-}
-
 /// The identity this command signs with; a missing one says how to make it, and one that group
 /// or others may read is refused.
 pub fn load(cli: &Cli) -> Result<(PathBuf, Identity), Failure> {

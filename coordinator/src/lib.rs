@@ -16,6 +16,8 @@
 //!   id as the dedup id, published again (never twice) when its publish was not confirmed.
 //! - [`follow`]: a job's events replayed and followed to its end, printed safely.
 //! - [`identity`]: the operator's signing key on disk: made once (0600), read only when private.
+//! - [`trust`]: the admin-signed policy in the trust bucket, admin actions recorded, and the
+//!   audit stream read back.
 //! - [`recorder`]: every node's events into the store, each once, job states moved forward.
 //! - [`spec`]: building the container spec from a template, a spec file and flags.
 //! - [`store`]: the sea-orm store (SQLite or Postgres): entities, migrations, queries.
@@ -37,6 +39,7 @@ pub mod secrets;
 pub mod shutdown;
 pub mod spec;
 pub mod store;
+pub mod trust;
 pub mod verbs;
 pub mod web;
 
@@ -44,37 +47,15 @@ pub use failure::{Failure, Outcome, job_id, open_store};
 
 use std::process::ExitCode;
 
-use cli::{Cli, IdentityVerb, TemplateVerb, Verb};
+use cli::{Cli, IdentityVerb, PolicyVerb, TemplateVerb, Verb};
 
 pub async fn run(cli: Cli) -> ExitCode {
-    let outcome = match cli.verb {
-        Verb::Setup { replicas, ref nodes, events_max_mib } => {
-            verbs::setup::run(&cli, replicas, nodes, events_max_mib).await
+    let outcome = match trust::parse_admin_keys(cli.admin_keys.as_deref().unwrap_or_default()) {
+        Ok(keys) => {
+            trust::set_admin_keys(keys);
+            dispatch(&cli).await
         }
-        Verb::Submit(ref args) => verbs::submit::run(&cli, args).await,
-        Verb::Plan(ref args) => verbs::plan::run(&cli, args).await,
-        Verb::Watch { ref job, json } => verbs::watch::run(&cli, job, json).await,
-        Verb::Jobs { ref node, ref state, json } => {
-            verbs::jobs::list(&cli, node.as_deref(), state.as_deref(), json).await
-        }
-        Verb::Job { ref job, json } => verbs::jobs::show(&cli, job, json).await,
-        Verb::Cancel { ref job } => verbs::cancel::run(&cli, job).await,
-        Verb::Nodes { action: None, json } => verbs::nodes::run(&cli, json).await,
-        Verb::Nodes { action: Some(cli::NodesVerb::Trust { ref node, ref fingerprint, ref key }), .. } => {
-            verbs::nodes::trust(&cli, node, fingerprint.as_deref(), key.as_deref()).await
-        }
-        Verb::Template(ref t) => match t {
-            TemplateVerb::Add { file } => verbs::template::add(&cli, file).await,
-            TemplateVerb::List { json } => verbs::template::list(&cli, *json).await,
-            TemplateVerb::Show { name } => verbs::template::show(&cli, name).await,
-            TemplateVerb::Rm { name } => verbs::template::rm(&cli, name).await,
-        },
-        Verb::Record => verbs::record::run(&cli).await,
-        Verb::Identity(IdentityVerb::New { force }) => verbs::identity::new(&cli, force),
-        Verb::Identity(IdentityVerb::Show) => verbs::identity::show(&cli),
-        Verb::Sign { valid } => verbs::identity::sign(&cli, valid),
-        Verb::Serve(ref args) => web::run(&cli, args).await,
-        Verb::Destroy(ref args) => verbs::destroy::run(&cli, args).await,
+        Err(e) => Err(Failure::Usage(format!("--admin-keys: {e}"))),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -87,5 +68,47 @@ pub async fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(Failure::Quiet) => ExitCode::FAILURE,
+    }
+}
+
+async fn dispatch(cli: &Cli) -> Outcome {
+    match cli.verb {
+        Verb::Setup { replicas, ref nodes, events_max_mib } => {
+            verbs::setup::run(cli, replicas, nodes, events_max_mib).await
+        }
+        Verb::Submit(ref args) => verbs::submit::run(cli, args).await,
+        Verb::Plan(ref args) => verbs::plan::run(cli, args).await,
+        Verb::Watch { ref job, json } => verbs::watch::run(cli, job, json).await,
+        Verb::Jobs { ref node, ref state, json } => {
+            verbs::jobs::list(cli, node.as_deref(), state.as_deref(), json).await
+        }
+        Verb::Job { ref job, json } => verbs::jobs::show(cli, job, json).await,
+        Verb::Cancel { ref job } => verbs::cancel::run(cli, job).await,
+        Verb::Nodes { action: None, json } => verbs::nodes::run(cli, json).await,
+        Verb::Nodes {
+            action: Some(cli::NodesVerb::Enroll { ref node, ref fingerprint, ref identity_key, ref sealing_key }),
+            ..
+        } => {
+            let keys = identity_key.as_deref().zip(sealing_key.as_deref());
+            verbs::nodes::enroll(cli, node, fingerprint.as_deref(), keys).await
+        }
+        Verb::Template(ref t) => match t {
+            TemplateVerb::Add { file } => verbs::template::add(cli, file).await,
+            TemplateVerb::List { json } => verbs::template::list(cli, *json).await,
+            TemplateVerb::Show { name } => verbs::template::show(cli, name).await,
+            TemplateVerb::Rm { name } => verbs::template::rm(cli, name).await,
+        },
+        Verb::Record => verbs::record::run(cli).await,
+        Verb::Identity(IdentityVerb::New { force }) => verbs::identity::new(cli, force),
+        Verb::Identity(IdentityVerb::Show) => verbs::identity::show(cli),
+        Verb::Sign { valid } => verbs::identity::sign(cli, valid),
+        Verb::Whoami => verbs::trust::whoami(cli).await,
+        Verb::Policy(PolicyVerb::Show { json }) => verbs::trust::policy_show(cli, json).await,
+        Verb::Policy(PolicyVerb::Set { ref file }) => verbs::trust::policy_set(cli, file).await,
+        Verb::Audit { ref signer, ref node, ref since, json } => {
+            verbs::trust::audit(cli, signer.clone(), node.clone(), since.clone(), json).await
+        }
+        Verb::Serve(ref args) => web::run(cli, args).await,
+        Verb::Destroy(ref args) => verbs::destroy::run(cli, args).await,
     }
 }

@@ -25,13 +25,13 @@ pub struct Outgoing {
 pub const SIGNED_FOR_MINUTES: u32 = 60;
 
 impl Outgoing {
-    /// A create job as it goes on the wire, signed by `signer` when there is one (after its
-    /// secrets are sealed, so the signature covers them as sealed).
-    pub fn create(job: &Job, signer: Option<&Identity>) -> Result<Self, Failure> {
+    /// A create job as it goes on the wire, signed by `signer` (after its secrets are sealed,
+    /// so the signature covers them as sealed).
+    pub fn create(job: &Job, signer: &Identity) -> Result<Self, Failure> {
         Ok(Self { job_id: job.job_id, subject: job_subject(&job.node, JobKind::Create), payload: signed(job, signer)? })
     }
 
-    pub fn destroy(job: &DestroyJob, signer: Option<&Identity>) -> Result<Self, Failure> {
+    pub fn destroy(job: &DestroyJob, signer: &Identity) -> Result<Self, Failure> {
         Ok(Self {
             job_id: job.job_id,
             subject: job_subject(&job.node, JobKind::Destroy),
@@ -40,14 +40,20 @@ impl Outgoing {
     }
 }
 
-/// The message's bytes, with `auth` when a signer signs it (schemas/SIGNING.md).
-fn signed(message: &impl serde::Serialize, signer: Option<&Identity>) -> Result<Vec<u8>, Failure> {
+/// The message's bytes with its `auth` (schemas/SIGNING.md), valid `minutes`.
+pub fn signed_for(message: &impl serde::Serialize, signer: &Identity, minutes: u32) -> Result<Vec<u8>, Failure> {
     let mut value = serde_json::to_value(message).expect("a message serializes");
-    if let Some(me) = signer {
-        me.sign(&mut value, SIGNED_FOR_MINUTES).map_err(|e| anyhow::anyhow!("signing the job: {e}"))?;
-    }
+    signer.sign(&mut value, minutes).map_err(|e| anyhow::anyhow!("signing the request: {e}"))?;
     Ok(serde_json::to_vec(&value).expect("JSON serializes"))
 }
+
+fn signed(message: &impl serde::Serialize, signer: &Identity) -> Result<Vec<u8>, Failure> {
+    signed_for(message, signer, SIGNED_FOR_MINUTES)
+}
+
+/// How long a control request (a cancel, a plan) signed here stays valid: it is answered at
+/// once or not at all.
+pub const CONTROL_SIGNED_FOR_MINUTES: u32 = 5;
 
 /// The job recorded before for request `key`, if any. When that job's publish was never
 /// confirmed (an error, a lost ack, a crash), it is published again first (the stream drops it

@@ -24,6 +24,7 @@ pub async fn record(js: jetstream::Context, store: Store, stop: impl std::future
     let (stopping, stopped) = watch::channel(false);
     tokio::pin!(stop);
     let mut recorders = tokio::task::JoinSet::new();
+    recorders.spawn(record_audit(js.clone(), store.clone(), stopped.clone()));
     let mut watched = BTreeSet::new();
     loop {
         match crate::bus::event_stream_nodes(&js).await {
@@ -153,6 +154,67 @@ async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut s
         }
     }
     recorded
+}
+
+/// Records the audit trail (`PVEFLEET_AUDIT`) into the store until `stop`, each record once
+/// (by its stream sequence), for the web view's audit page; `pvefleet audit` reads the stream
+/// itself. Returns 0 (its records are not events).
+async fn record_audit(js: jetstream::Context, store: Store, mut stop: watch::Receiver<bool>) -> u64 {
+    let name = pvefleet_schemas::names::AUDIT_STREAM;
+    let mut consumer = loop {
+        let made = async {
+            let stream = js.get_stream(name).await.map_err(|e| anyhow::anyhow!("the audit stream {name}: {e}"))?;
+            ensure_consumer(&stream).await
+        };
+        match made.await {
+            Ok(c) => break c,
+            Err(e) => tracing::warn!(error = %e, "the recorder's audit consumer is not ready; retrying"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return 0,
+        }
+    };
+    loop {
+        let batch = tokio::select! {
+            b = consumer.fetch().max_messages(500).expires(Duration::from_secs(2)).messages() => b,
+            _ = stop.changed() => return 0,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching audit records failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return 0,
+                }
+                if let Ok(stream) = js.get_stream(name).await
+                    && let Ok(c) = ensure_consumer(&stream).await
+                {
+                    consumer = c;
+                }
+                continue;
+            }
+        };
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), batch.next()).await {
+            let seq = msg.info().map(|i| i.stream_sequence).unwrap_or_default();
+            match serde_json::from_slice::<pvefleet_schemas::trust::AuditRecord>(&msg.payload) {
+                Ok(record) => match store.record_audit(seq, &record).await {
+                    Ok(()) => {
+                        let _ = msg.ack().await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, seq, "storing an audit record failed; it comes again");
+                        let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+                    }
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, subject = %msg.subject, "an unreadable audit record; skipped");
+                    let _ = msg.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+    }
 }
 
 /// What the recorder's consumer must be: every event, each acked once stored.

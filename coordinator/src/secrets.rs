@@ -10,43 +10,27 @@ use crate::Failure;
 use crate::spec::BadInput;
 use crate::store::Store;
 
-/// The sealing key of `node`'s agent that secrets may be sealed to: the one pinned for it (after
-/// an operator checked it on the node: `pvefleet nodes trust`). The registry's key is never
-/// trusted on sight, since the node's agent user writes it; a key that differs from the pinned
-/// one is refused, naming both.
-pub async fn trusted_key(store: &Store, js: &jetstream::Context, node: &NodeName) -> Result<PublicKey, Failure> {
-    let live = crate::bus::heartbeats(js).await?.into_iter().find(|b| &b.node == node).and_then(|b| b.sealing_key);
-    let live: Option<PublicKey> = live
-        .map(|k| k.parse())
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("the agent of {node} shows a sealing key that cannot be read: {e}"))?;
-    let pinned: Option<PublicKey> = match store.node_key(node.as_str()).await? {
-        Some(row) => Some(row.public_key.parse().map_err(|e| anyhow::anyhow!("the key pinned for {node}: {e}"))?),
-        None => None,
-    };
-    let key = match (pinned, live) {
-        (Some(pinned), Some(live)) if pinned != live => {
-            return Err(anyhow::anyhow!(
-                "the sealing key of {node}'s agent has changed: pinned {}, the agent now shows {}; nothing was \
-                 sent. If you know why (a reinstalled agent), check it on the node (`pvefleet-agent --print-key`) \
-                 and trust it with `pvefleet nodes trust {node} --fingerprint …`",
-                pinned.fingerprint(),
-                live.fingerprint()
-            )
-            .into());
-        }
-        (Some(pinned), _) => pinned,
-        (None, live) => {
-            let shown = live.map(|k| format!(" (its agent shows {} now)", k.fingerprint())).unwrap_or_default();
-            return Err(anyhow::anyhow!(
-                "no sealing key is trusted for {node} yet{shown}, so nothing secret can be sent to it; nothing was \
-                 published. Run `pvefleet-agent --config /etc/pvefleet/agent.toml --print-key` on {node}, then \
-                 `pvefleet nodes trust {node} --fingerprint SHA256:…` with what it prints"
-            )
-            .into());
-        }
-    };
-    Ok(key)
+/// The sealing key of `node`'s agent that secrets may be sealed to: the one an admin enrolled
+/// for it (`pvefleet nodes enroll`, after checking the fingerprint on the node), signed in the
+/// trust bucket where every operator's CLI reads it, and shown by a live agent whose beat is
+/// signed by the enrolled identity. A key seen only in the registry is never trusted on sight.
+pub async fn trusted_key(_store: &Store, js: &jetstream::Context, node: &NodeName) -> Result<PublicKey, Failure> {
+    let registry = crate::bus::registry(js).await?;
+    if let Some(beat) = registry.beats.iter().find(|b| &b.node == node) {
+        let key = beat.sealing_key.as_deref().unwrap_or_default();
+        return Ok(key.parse().map_err(|e| anyhow::anyhow!("the sealing key enrolled for {node}: {e}"))?);
+    }
+    let why = registry
+        .ignored
+        .iter()
+        .find(|(key, _)| key == node.as_str())
+        .map_or_else(|| format!("no live agent for {node}"), |(_, why)| why.clone());
+    Err(anyhow::anyhow!(
+        "nothing secret can be sent to {node}: {why}; nothing was published. An admin checks the agent's keys on \
+         the node (`pvefleet-agent --config /etc/pvefleet/agent.toml --print-key`) and runs `pvefleet nodes enroll \
+         {node} --fingerprint SHA256:…` with what it prints"
+    )
+    .into())
 }
 
 /// Seals what a job carries for its agent alone, each for this job only, to the key trusted for

@@ -113,6 +113,9 @@ pub enum ErrorKind {
     Cancelled,
     /// A failure inside the agent.
     Internal,
+    /// The request is not signed, not signed by a signer the policy knows, expired, replayed,
+    /// or asks for more than its signer may; the message names the rule.
+    Unauthorized,
 }
 
 /// The failure in a failed job's result.
@@ -249,12 +252,18 @@ pub enum ControlKind {
 pub struct CancelRequest {
     pub v: V1,
     pub kind: ControlKind,
+    /// The node whose agent is asked (signed with the rest, so a cancel cannot be replayed
+    /// to another node).
+    pub node: NodeName,
     pub job_id: JobId,
+    /// Who asked (`signing`, schemas/SIGNING.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::signing::RequestAuth>,
 }
 
 impl CancelRequest {
-    pub fn new(job_id: JobId) -> Self {
-        Self { v: V1, kind: ControlKind::Cancel, job_id }
+    pub fn new(node: NodeName, job_id: JobId) -> Self {
+        Self { v: V1, kind: ControlKind::Cancel, node, job_id, auth: None }
     }
 
     /// Reads a cancel request, with a clear error for anything else.
@@ -272,12 +281,16 @@ pub struct PlanRequest {
     pub v: V1,
     pub kind: ControlKind,
     pub job: crate::Job,
+    /// Who asked, over the whole request, the job in it included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::signing::RequestAuth>,
 }
 
 impl PlanRequest {
     pub fn new(mut job: crate::Job) -> Self {
         job.container.root_password = None;
-        Self { v: V1, kind: ControlKind::Plan, job }
+        job.auth = None;
+        Self { v: V1, kind: ControlKind::Plan, job, auth: None }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
@@ -357,14 +370,14 @@ mod tests {
     #[test]
     fn only_a_cancel_request_passes_for_one() {
         let job = JobId::new();
-        let good = serde_json::to_vec(&CancelRequest::new(job)).unwrap();
+        let good = serde_json::to_vec(&CancelRequest::new(NodeName::new("pve1").unwrap(), job)).unwrap();
         assert_eq!(CancelRequest::decode(&good).unwrap().job_id, job);
         // What a push consumer would deliver to the cancel subject: events.
         let event = error_event("boom".into()).encode();
         assert!(CancelRequest::decode(&event).unwrap_err().to_string().contains("unknown control kind `error`"));
         let bare = format!(r#"{{"job_id":"{job}"}}"#);
         assert!(CancelRequest::decode(bare.as_bytes()).unwrap_err().to_string().contains("no `v` field"));
-        let extra = format!(r#"{{"v":1,"kind":"cancel","job_id":"{job}","seq":1}}"#);
+        let extra = format!(r#"{{"v":1,"kind":"cancel","node":"pve1","job_id":"{job}","seq":1}}"#);
         assert!(CancelRequest::decode(extra.as_bytes()).unwrap_err().to_string().contains("unknown field `seq`"));
     }
 

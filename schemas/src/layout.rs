@@ -56,6 +56,10 @@ pub fn events_stream(node: &crate::ids::NodeName, replicas: usize) -> stream::Co
         // Agents cut every event to fit; anything bigger is not one of theirs.
         max_message_size: events_max_message_size(),
         duplicate_window: EVENTS_DUPLICATE_WINDOW,
+        // History is kept whoever asks: no message of it is deleted and the stream never
+        // purged, by any user (only an admin may delete the whole stream).
+        deny_delete: true,
+        deny_purge: true,
         num_replicas: replicas,
         ..Default::default()
     }
@@ -101,6 +105,58 @@ pub fn vmids_stream(replicas: usize) -> stream::Config {
         deny_purge: true,
         allow_direct: true,
         allow_message_ttl: true,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// How long a job id's entry in the requests bucket is kept: longer than any signed request
+/// can be valid, so a replay of one always finds its id taken.
+pub const REQUESTS_MAX_AGE: Duration = Duration::from_secs((crate::signing::MAX_VALIDITY_MINUTES as u64 + 60) * 60);
+
+/// How long audit records are kept.
+pub const AUDIT_MAX_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
+
+/// The admin-signed policy and enrolled agents. History is kept (a few revisions) so an
+/// operator can see what a change replaced.
+pub fn trust_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: names::TRUST_BUCKET.into(),
+        description: "pvefleet admin-signed policy and enrolled agents; nothing counts unless it verifies".into(),
+        history: 10,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Job ids taken, each with the stream message that carried it.
+pub fn requests_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: names::REQUESTS_BUCKET.into(),
+        description: "pvefleet job ids taken by agents: one message per job id, replays refused".into(),
+        history: 1,
+        max_age: REQUESTS_MAX_AGE,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// The audit trail: nobody deletes a record or purges the stream (`deny_delete`,
+/// `deny_purge`); records age out after [`AUDIT_MAX_AGE`].
+pub fn audit_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: names::AUDIT_STREAM.into(),
+        description: Some("pvefleet audit: every decision on a request, every admin action".into()),
+        subjects: vec![names::AUDIT_SUBJECTS.into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: AUDIT_MAX_AGE,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        duplicate_window: EVENTS_DUPLICATE_WINDOW,
         num_replicas: replicas,
         ..Default::default()
     }

@@ -15,6 +15,8 @@
 //! - [`seal`]: secrets sealed to one agent's key (its root passwords, its own SSH keys).
 //! - [`signing`]: who asked: ed25519 identities, signed requests over RFC 8785 canonical JSON
 //!   (the format for any client is in `schemas/SIGNING.md`).
+//! - [`trust`]: the admin-signed policy (who may ask for what) and enrolled agents, and the
+//!   audit record of every decision.
 //! - [`secret`]: a secret in memory (a password): never in a log line, wiped when dropped.
 //! - [`message`]: the `"v": 1` version, timestamps, and decoding with precise errors.
 //! - [`validate`]: field errors that name the field at fault.
@@ -40,6 +42,7 @@ pub mod signing;
 pub mod source;
 pub mod spec;
 pub mod state;
+pub mod trust;
 pub mod validate;
 
 pub use event::{

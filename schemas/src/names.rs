@@ -20,6 +20,31 @@ pub const JOBS_BUCKET: &str = "pvefleet-jobs";
 /// Vmids chosen for jobs and not yet created, keyed by vmid.
 pub const VMIDS_BUCKET: &str = "pvefleet-vmids";
 
+/// The admin-signed policy and enrolled agents' keys (`trust`).
+pub const TRUST_BUCKET: &str = "pvefleet-trust";
+/// Each job id an agent took, with the stream message that carried it, kept while a signed
+/// request can still be valid: a job id is taken by one message only (replays are refused).
+pub const REQUESTS_BUCKET: &str = "pvefleet-requests";
+/// The audit trail: every decision on a request, every admin action.
+pub const AUDIT_STREAM: &str = "PVEFLEET_AUDIT";
+/// Subjects the audit stream holds.
+pub const AUDIT_SUBJECTS: &str = "pvefleet.audit.>";
+
+/// `pvefleet.audit.node.<node>`: where `node`'s agent records its decisions.
+pub fn audit_subject(node: &NodeName) -> String {
+    format!("pvefleet.audit.node.{node}")
+}
+
+/// `pvefleet.audit.admin.<action>`: where admin actions are recorded.
+pub fn admin_audit_subject(action: &str) -> String {
+    format!("pvefleet.audit.admin.{action}")
+}
+
+/// `<node>.<job_id>`: a job id's entry in the requests bucket.
+pub fn request_key(node: &NodeName, job: &JobId) -> String {
+    format!("{node}.{job}")
+}
+
 /// The kinds of job an agent takes, as the last token of the job subject.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum JobKind {

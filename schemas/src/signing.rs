@@ -86,6 +86,11 @@ impl Identity {
         SignerKey(self.0.verifying_key())
     }
 
+    /// The ed25519 signature of `bytes` (for [`crate::trust::SignedDoc`], which has its own domain).
+    pub fn sign_bytes(&self, bytes: &[u8]) -> [u8; 64] {
+        self.0.sign(bytes).to_bytes()
+    }
+
     /// Signs `message` (a JSON object): sets its `auth` to this signer, valid for `minutes`
     /// from now, with the signature over its canonical bytes.
     pub fn sign(&self, message: &mut Value, minutes: u32) -> Result<(), SignError> {
@@ -135,6 +140,11 @@ impl FromStr for SignerKey {
 
 impl SignerKey {
     /// `SHA256:` and the unpadded base64 of the SHA-256 of the 32-byte key.
+    /// Whether `signature` is this key's over `bytes`.
+    pub fn verify_bytes(&self, bytes: &[u8], signature: &[u8; 64]) -> bool {
+        self.0.verify(bytes, &ed25519_dalek::Signature::from_bytes(signature)).is_ok()
+    }
+
     pub fn id(&self) -> SignerId {
         SignerId(format!("SHA256:{}", B64_NO_PAD.encode(sha2::Sha256::digest(self.0.as_bytes()))))
     }

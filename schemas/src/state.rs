@@ -44,6 +44,14 @@ pub struct Heartbeat {
     /// to, once an operator has trusted it (`pvefleet nodes trust`), checked on the node.
     #[serde(default)]
     pub sealing_key: Option<String>,
+    /// The agent's signing key (`ed25519:…`): an admin enrolls it (`pvefleet nodes enroll`),
+    /// and a beat counts only when signed by its node's enrolled key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_key: Option<String>,
+    /// Base64 of the ed25519 signature over [`crate::trust::HEARTBEAT_DOMAIN`] and the beat's
+    /// canonical JSON without this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The most a heartbeat may claim before its figures count as a lie: a node with more is not

@@ -43,7 +43,21 @@ async fn demo(dir: &TestDir) -> anyhow::Result<()> {
     println!("OpenSSH sshd playing the containers on {SSH_IP}:{}", sshd.port);
     let db = TestDb::sqlite(dir);
     let cli = Pvefleet::new(dir, &nats.url(), &db);
-    anyhow::ensure!(show(&cli, &["setup"]).await? == 0, "pvefleet setup failed");
+    anyhow::ensure!(show(&cli, &["setup", "--node", "pve1", "--node", "pve2"]).await? == 0, "pvefleet setup failed");
+    // The admin's key signs the policy the agents follow (their agent.toml trusts it); the
+    // demo's operator, whose identity signs every job below, may do everything.
+    let admin = pvefleet_testbed::trust::identity_file(dir.path(), "admin.identity", pvefleet_testbed::trust::admin())?;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        toml::to_string(&pvefleet_testbed::trust::everything()).map_err(|e| anyhow::anyhow!("{e}"))?,
+    )?;
+    let (admin, policy) = (admin.display().to_string(), policy.display().to_string());
+    anyhow::ensure!(
+        show(&cli, &["--identity", &admin, "policy", "set", &policy]).await? == 0,
+        "pvefleet policy set failed"
+    );
+    anyhow::ensure!(show(&cli, &["whoami"]).await? == 0, "pvefleet whoami failed");
     let agents: Vec<Agent> = ["pve1", "pve2"]
         .into_iter()
         .map(|node| {
@@ -63,6 +77,16 @@ async fn demo(dir: &TestDir) -> anyhow::Result<()> {
     })
     .await?;
     println!("agents for pve1 and pve2 are up; the recorder is writing events to {}", db.url());
+    // No agent is trusted on sight: the admin checks each one's keys as the node prints them
+    // (`pvefleet-agent --print-key`) and enrolls it.
+    for agent in &agents {
+        let fingerprint = agent.print_key().await?;
+        let node = agent.opts.node.clone();
+        anyhow::ensure!(
+            show(&cli, &["--identity", &admin, "nodes", "enroll", &node, "--fingerprint", &fingerprint]).await? == 0,
+            "pvefleet nodes enroll {node} failed"
+        );
+    }
     let (_serve, web) = cli.serve("serve", "127.0.0.1", &[]).await?;
     println!("the web view: {web}/ (the fleet), {web}/jobs (every job, live) and {web}/metrics, while the demo runs");
 

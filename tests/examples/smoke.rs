@@ -82,6 +82,17 @@ async fn smoke(dir: &TestDir) -> anyhow::Result<()> {
     let db = TestDb::sqlite(dir);
     let cli = Pvefleet::new(dir, &nats.url(), &db);
     anyhow::ensure!(cli.run(&["setup"]).await?.ok(), "pvefleet setup failed");
+    // As an admin would: the policy (the smoke run's operator with the default rights),
+    // signed with the admin key its agent trusts.
+    let admin = pvefleet_testbed::trust::identity_file(dir.path(), "admin.identity", pvefleet_testbed::trust::admin())?;
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[signer]]\nname = \"smoke\"\nkey = \"{}\"\n", pvefleet_testbed::trust::operator().public()),
+    )?;
+    let set =
+        cli.run(&["--identity", &admin.display().to_string(), "policy", "set", &policy.display().to_string()]).await?;
+    anyhow::ensure!(set.ok(), "pvefleet policy set failed: {set:?}");
     let _agent = start_agent(dir, &nats.url(), &node)?;
     // The store learns each job's end from the recorder, as in any fleet.
     let _recorder = cli.recorder("recorder")?;
@@ -172,7 +183,8 @@ fn start_agent(dir: &TestDir, nats_url: &str, node: &str) -> anyhow::Result<Proc
         format!(
             "node = {node:?}\nfiles_dir = {files:?}\nstate_dir = {state:?}\n\n[nats]\nurls = [{nats_url:?}]\n\n\
              [proxmox]\nurl = {url:?}\ntoken_id = {token:?}\ntoken_secret_file = {secret:?}\nfingerprint = {fp:?}\n\n\
-             [ssh]\nuser = {user:?}\nport = {port}\nauthorized_keys = {keys:?}\n",
+             [ssh]\nuser = {user:?}\nport = {port}\nauthorized_keys = {keys:?}\n\n{trust}",
+            trust = pvefleet_testbed::trust::agent_section(),
             files = dir.sub("files"),
             state = dir.path().join("agent-state"),
             url = var("PVEFLEET_SMOKE_URL").expect("checked"),

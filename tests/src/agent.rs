@@ -108,7 +108,11 @@ impl Agent {
                 ssh_user = opts.ssh.as_ref().map_or("root", |s| s.0.as_str()),
                 ssh_port = opts.ssh.as_ref().map_or(22, |s| s.1),
                 key_file = opts.ssh_key_file.as_ref().map(|k| format!("key_file = {k:?}\n")).unwrap_or_default(),
-                extra = opts.extra_config,
+                extra = if opts.extra_config.contains("[trust]") {
+                    opts.extra_config.clone()
+                } else {
+                    format!("{}\n{}", opts.extra_config, crate::trust::agent_section())
+                },
             ),
         )?;
         let mut agent = Self { opts, config, dir: dir.clone(), proc: None, starts: 0 };

@@ -126,14 +126,52 @@ impl Pvefleet {
         let mut cmd = tokio::process::Command::new(tools::workspace_bin("pvefleet")?);
         cmd.args(self.globals()).args(args);
         cmd.env_remove("PVEFLEET_DB").env("PVEFLEET_NATS_URL", &self.nats_url).stdin(std::process::Stdio::null());
+        cmd.env("PVEFLEET_IDENTITY", crate::trust::operator_file(self.dir.path())?);
+        cmd.env("PVEFLEET_ADMIN_KEYS", crate::trust::admin().public().to_string());
         // A run whose caller gave up on it (a timeout, a Ctrl-C of the demo) must not outlive it.
         cmd.kill_on_drop(true);
         Ok(cmd)
     }
 
-    /// Runs to the end and returns what it printed.
+    /// Runs to the end and returns what it printed. After a `setup` that worked, the bed's
+    /// admin sets the bed's policy (its operator may do everything), as an admin does after
+    /// setting a fleet up, so the agents take the bed's signed jobs.
     pub async fn run(&self, args: &[&str]) -> anyhow::Result<Run> {
-        Ok(self.command(args)?.output().await?.into())
+        let run: Run = self.command(args)?.output().await?.into();
+        if args.first() == Some(&"setup") && run.ok() {
+            self.set_bed_policy().await?;
+            let named = args.windows(2).filter(|w| w[0] == "--node").map(|w| w[1]);
+            let mut nodes: Vec<&str> = crate::trust::BED_NODES.to_vec();
+            nodes.extend(named.filter(|n| !crate::trust::BED_NODES.contains(n)));
+            for node in nodes {
+                self.enroll_bed_agent(node).await?;
+            }
+        }
+        Ok(run)
+    }
+
+    /// `pvefleet nodes enroll NODE --identity-key … --sealing-key …` as the bed's admin, for
+    /// the keys made in the bed agent's state dir (as an admin copies them from `--print-key`).
+    pub async fn enroll_bed_agent(&self, node: &str) -> anyhow::Result<()> {
+        let (identity, sealing) = crate::trust::agent_keys(self.dir.path(), node)?;
+        let admin = crate::trust::identity_file(self.dir.path(), "admin.identity", crate::trust::admin())?;
+        let admin = admin.display().to_string();
+        let args =
+            ["--identity", &admin, "nodes", "enroll", node, "--identity-key", &identity, "--sealing-key", &sealing];
+        let run: Run = self.command(&args)?.output().await?.into();
+        anyhow::ensure!(run.ok(), "`pvefleet nodes enroll {node}` (the bed's agent) failed: {run:?}");
+        Ok(())
+    }
+
+    /// `pvefleet policy set` with the bed's admin key and policy.
+    pub async fn set_bed_policy(&self) -> anyhow::Result<()> {
+        let admin = crate::trust::identity_file(self.dir.path(), "admin.identity", crate::trust::admin())?;
+        let policy = self.dir.path().join("bed-policy.toml");
+        std::fs::write(&policy, toml::to_string(&crate::trust::everything())?)?;
+        let (admin, policy) = (admin.display().to_string(), policy.display().to_string());
+        let set: Run = self.command(&["--identity", &admin, "policy", "set", &policy])?.output().await?.into();
+        anyhow::ensure!(set.ok(), "`pvefleet policy set` (the bed's policy) failed: {set:?}");
+        Ok(())
     }
 
     /// Runs `args` and fails with the command's whole output unless it exits 0.
@@ -143,16 +181,25 @@ impl Pvefleet {
         Ok(run)
     }
 
-    /// Trusts `agent`'s sealing key as an operator would: reads its fingerprint with
-    /// `pvefleet-agent --print-key` (on the node), then `pvefleet nodes trust NODE
-    /// --fingerprint …`; waits for the agent's first start to have made its key and beaten.
-    pub async fn trust(&self, agent: &crate::agent::Agent) -> anyhow::Result<String> {
+    /// Enrolls `agent` as an admin would: reads its fingerprint with `pvefleet-agent
+    /// --print-key` (on the node), then `pvefleet nodes enroll NODE --fingerprint …` with the
+    /// bed's admin key, once the live agent shows those keys.
+    pub async fn enroll(&self, agent: &crate::agent::Agent) -> anyhow::Result<String> {
         let fingerprint = agent.print_key().await?;
         let node = agent.opts.node.clone();
-        crate::wait_until("the agent's key in the registry, then trusted", std::time::Duration::from_secs(30), || {
-            let (node, fingerprint) = (node.clone(), fingerprint.clone());
-            async move { self.run(&["nodes", "trust", &node, "--fingerprint", &fingerprint]).await.ok().filter(Run::ok) }
-        })
+        let admin = crate::trust::identity_file(self.dir.path(), "admin.identity", crate::trust::admin())?;
+        let admin = admin.display().to_string();
+        crate::wait_until(
+            "the agent's keys in the registry, then enrolled",
+            std::time::Duration::from_secs(30),
+            || {
+                let (node, fingerprint, admin) = (node.clone(), fingerprint.clone(), admin.clone());
+                async move {
+                    let args = ["--identity", &admin, "nodes", "enroll", &node, "--fingerprint", &fingerprint];
+                    self.run(&args).await.ok().filter(Run::ok)
+                }
+            },
+        )
         .await?;
         Ok(fingerprint)
     }
@@ -164,6 +211,7 @@ impl Pvefleet {
         let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);
         cmd.args(self.globals()).args(["serve", "--listen", &format!("{host}:{port}")]).args(args);
         cmd.env("PVEFLEET_NATS_URL", &self.nats_url);
+        cmd.env("PVEFLEET_ADMIN_KEYS", crate::trust::admin().public().to_string());
         let mut proc = Proc::spawn(&self.dir, name, cmd)?;
         let url = format!("http://{}:{port}", if host == "0.0.0.0" { "127.0.0.1" } else { host });
         let probe = format!("{url}/assets/style.css");
@@ -185,6 +233,7 @@ impl Pvefleet {
     pub fn recorder(&self, name: &str) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(tools::workspace_bin("pvefleet")?);
         cmd.args(self.globals()).arg("record").env("PVEFLEET_NATS_URL", &self.nats_url);
+        cmd.env("PVEFLEET_ADMIN_KEYS", crate::trust::admin().public().to_string());
         Proc::spawn(&self.dir, name, cmd)
     }
 }

@@ -25,6 +25,9 @@ impl Fleet {
         .await?;
         let js = nats.jetstream().await?;
         crate::jobs::ensure_streams(&js, nodes).await?;
+        let mut enrolled: Vec<&str> = crate::trust::BED_NODES.to_vec();
+        enrolled.extend(nodes.iter().filter(|n| !crate::trust::BED_NODES.contains(n)));
+        crate::trust::enroll(&js, dir.path(), &enrolled).await?;
         Ok(Self { dir, nats, pve, js })
     }
 

@@ -31,7 +31,7 @@ pub async fn ensure_streams(js: &jetstream::Context, nodes: &[&str]) -> anyhow::
     for node in nodes {
         pvefleet_agent::bus::ensure_streams(js, &NodeName::new(*node)?).await?;
     }
-    Ok(())
+    crate::trust::put_policy(js, &crate::trust::everything(), crate::trust::admin()).await
 }
 
 /// Every node's events stream there is now, with its node.
@@ -46,18 +46,30 @@ pub async fn events_streams(js: &jetstream::Context) -> anyhow::Result<Vec<(Node
     Ok(streams)
 }
 
-/// Publishes `job` as the coordinator does: to its node's subject, deduplicated by its id.
+/// Publishes `job` as the coordinator does: signed by the bed's operator, to its node's
+/// subject, deduplicated by its id.
 pub async fn submit(js: &jetstream::Context, job: &Job) -> anyhow::Result<()> {
-    submit_raw(js, &job.node, &job.job_id.to_string(), job.encode()).await
+    submit_unsigned(js, &job.node, &job.job_id.to_string(), crate::trust::signed(job)).await
 }
 
-/// Publishes a destroy job as the coordinator does.
+/// Publishes a destroy job as the coordinator does (signed by the bed's operator).
 pub async fn submit_destroy(js: &jetstream::Context, job: &pvefleet_schemas::DestroyJob) -> anyhow::Result<()> {
-    publish(js, job_subject(&job.node, JobKind::Destroy), &job.job_id.to_string(), job.encode()).await
+    publish(js, job_subject(&job.node, JobKind::Destroy), &job.job_id.to_string(), crate::trust::signed(job)).await
 }
 
-/// Publishes any bytes as a create job for `node` (for poison-message tests).
+/// Publishes any bytes as a create job for `node` (for poison-message tests), signed by the
+/// bed's operator when they are a JSON object, so they reach the decoding they test.
 pub async fn submit_raw(
+    js: &jetstream::Context,
+    node: &NodeName,
+    msg_id: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<()> {
+    submit_unsigned(js, node, msg_id, crate::trust::signed_raw(payload)).await
+}
+
+/// Publishes these exact bytes as a create job for `node`.
+pub async fn submit_unsigned(
     js: &jetstream::Context,
     node: &NodeName,
     msg_id: &str,

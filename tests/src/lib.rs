@@ -17,6 +17,7 @@
 //! - [`imports`]: the import graph of a crate, drawn from its sources, its circles and layers.
 //! - [`jobs`]: building and publishing jobs, reading their events back, the event contract.
 //! - [`shipped`]: the shipped `deploy/nats` configs on loopback, and clients logged in as their users.
+//! - [`trust`]: the bed's admin and operator keys, its allow-all policy, jobs signed as the operator.
 //! - [`tls`]: a CA of the test's own and a server certificate, for NATS over TLS.
 //! - [`sshd`]: OpenSSH's sshd on a chosen `127.0.0.x`, playing the containers.
 
@@ -35,6 +36,7 @@ pub mod shipped;
 pub mod sshd;
 pub mod tls;
 pub mod tools;
+pub mod trust;
 pub mod wait;
 
 pub use dir::TestDir;

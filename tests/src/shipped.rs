@@ -12,7 +12,10 @@ use crate::tls::TestCa;
 use crate::{free_port, tools};
 
 /// The passwords `deploy/nats/auth.conf` reads from nats-server's environment.
-pub const PASSWORDS: [(&str, &str); 5] = [
+pub const PASSWORDS: [(&str, &str); 8] = [
+    ("PVEFLEET_ADMIN_PASSWORD", "admin-pw"),
+    ("PVEFLEET_RECORDER_PASSWORD", "recorder-pw"),
+    ("PVEFLEET_WEB_PASSWORD", "web-pw"),
     ("PVEFLEET_COORDINATOR_PASSWORD", "coord-pw"),
     ("PVEFLEET_WATCHER_PASSWORD", "watch-pw"),
     ("PVEFLEET_AGENT_PVE1_PASSWORD", "pve1-pw"),

@@ -464,6 +464,8 @@ async fn an_agent_without_rights_to_create_streams_uses_the_existing_ones() -> a
     })
     .await?;
     admin.kill();
+    pvefleet_testbed::trust::put_policy(&js, &pvefleet_testbed::trust::everything(), pvefleet_testbed::trust::admin())
+        .await?;
     let _agent = Agent::start(&dir, &[nats.url_as("agent", "agent")], &pve, AgentOptions::node("pve1"))?;
     let job = create_job("pve1", "restricted", Ipv4Addr::new(127, 0, 0, 63));
     let events = run_to_end(&js, &job).await?;

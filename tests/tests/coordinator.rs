@@ -443,9 +443,15 @@ async fn the_recorder_ignores_forged_events_and_remakes_its_consumer_when_it_is_
     Ok(())
 }
 
+/// No agent is trusted on sight (issue 20): an agent's beat counts, and its sealing key gets
+/// secrets, only once an admin enrolled its keys as the node prints them; a reinstalled agent
+/// (new keys) is ignored and sealed to never, until it is enrolled again.
 #[tokio::test]
-async fn a_nodes_sealing_key_is_trusted_only_as_the_node_prints_it_and_a_changed_one_refused() -> anyhow::Result<()> {
-    let bed = bed("cli-trust", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+async fn an_agent_counts_only_once_enrolled_as_the_node_prints_it_and_a_changed_one_is_refused() -> anyhow::Result<()> {
+    let bed = bed("cli-enroll", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    // The bed enrolls its agents ahead; this test starts from an agent nobody enrolled.
+    let trust = bed.js.get_key_value(pvefleet_schemas::names::TRUST_BUCKET).await?;
+    trust.purge(pvefleet_schemas::trust::enrollment_key(&pvefleet_schemas::NodeName::new("pve1")?)).await?;
     let mut agent = bed.agent("pve1")?;
     let secrets = tempfile::tempdir()?;
     let password_file = secrets.path().join("pw");
@@ -456,53 +462,65 @@ async fn a_nodes_sealing_key_is_trusted_only_as_the_node_prints_it_and_a_changed
         args.extend(["--password-file", password_file.as_str()]);
         args
     };
-    let beat =
-        || async { bed.cli.run(&["nodes", "--json"]).await.ok().filter(|r| r.stdout.contains("\"pve1\"")).map(drop) };
-    wait_until("the agent's heartbeat", Duration::from_secs(30), beat).await?;
+    let ignored = |why: &'static str| {
+        let cli = &bed.cli;
+        async move {
+            wait_until("the agent's beat, ignored", Duration::from_secs(30), || async {
+                let run = cli.run(&["nodes", "--json"]).await.ok()?;
+                (run.stdout.trim() == "[]" && run.stderr.contains(why)).then_some(run)
+            })
+            .await
+        }
+    };
     // Nothing is trusted on sight: the registry is written by the agent's NATS user.
+    ignored("pve1 is not enrolled").await?;
     let untrusted = bed.cli.run(&with_password("first")).await?;
     assert_eq!(untrusted.code, Some(1), "{untrusted:?}");
-    assert!(untrusted.stderr.contains("no sealing key is trusted for pve1"), "{}", untrusted.stderr);
+    assert!(untrusted.stderr.contains("nothing secret can be sent to pve1: pve1 is not enrolled"), "{untrusted:?}");
     assert!(untrusted.stderr.contains("--print-key"), "{}", untrusted.stderr);
     assert_eq!(bed.queued_jobs().await?, 0, "nothing was published");
-    // A fingerprint that is not the node's trusts nothing.
-    let wrong = bed.cli.run(&["nodes", "trust", "pve1", "--fingerprint", "SHA256:not-the-nodes"]).await?;
+    // A fingerprint that is not the node's enrolls nothing.
+    let admin =
+        pvefleet_testbed::trust::identity_file(bed.dir.path(), "admin.identity", pvefleet_testbed::trust::admin())?;
+    let admin = admin.display().to_string();
+    let wrong = bed
+        .cli
+        .run(&["--identity", &admin, "nodes", "enroll", "pve1", "--fingerprint", "SHA256:not-the-nodes"])
+        .await?;
     assert_eq!(wrong.code, Some(1), "{wrong:?}");
-    let pinned = bed.cli.trust(&agent).await?;
+    // Nor does an operator's key: the CLI believes enrollments signed by an admin key only.
+    let by_operator = bed.cli.run(&["nodes", "enroll", "pve1", "--fingerprint", &agent.print_key().await?]).await?;
+    assert!(by_operator.stderr.contains("not among this CLI's --admin-keys"), "{by_operator:?}");
+    ignored("its enrollment: signed by").await?;
+    let enrolled = bed.cli.enroll(&agent).await?;
     let first = bed.cli.run(&with_password("first")).await?;
     assert!(first.ok(), "{first:?}");
 
-    // The agent is reinstalled: a new key.
+    // The agent is reinstalled: new keys.
     agent.kill();
     std::fs::remove_dir_all(bed.dir.path().join("agent-state-pve1"))?;
     agent.restart()?;
-    let new = agent.sealing_key().await?.fingerprint();
-    assert_ne!(new, pinned);
-    wait_until("the new key in the registry", Duration::from_secs(30), || async {
-        let run = bed.cli.run(&["nodes", "--json"]).await.ok()?;
-        let beats: Vec<pvefleet_schemas::Heartbeat> = serde_json::from_str(&run.stdout).ok()?;
-        let shown: pvefleet_schemas::seal::PublicKey = beats.first()?.sealing_key.as_ref()?.parse().ok()?;
-        (shown.fingerprint() == new).then_some(())
-    })
-    .await?;
+    let new = agent.print_key().await?;
+    assert_ne!(new, enrolled);
+    ignored("not by the key enrolled for pve1").await?;
     let queued = bed.queued_jobs().await?;
     let refused = bed.cli.run(&with_password("refused")).await?;
     assert_eq!(refused.code, Some(1), "{refused:?}");
-    assert!(refused.stderr.contains(&pinned) && refused.stderr.contains(&new), "{}", refused.stderr);
-    assert!(refused.stderr.contains("pvefleet nodes trust pve1"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("nodes enroll pve1"), "{}", refused.stderr);
     assert_eq!(bed.queued_jobs().await?, queued, "nothing was published");
 
-    // Without a fingerprint, `trust` lists the candidates and where each came from, and trusts none.
-    let listed = bed.cli.run(&["nodes", "trust", "pve1"]).await?;
+    // Without a fingerprint, `enroll` shows what the live agent shows, and enrolls nothing.
+    let listed = bed.cli.run(&["--identity", &admin, "nodes", "enroll", "pve1"]).await?;
     assert_eq!(listed.code, Some(2), "{listed:?}");
-    assert!(listed.stdout.contains(&pinned) && listed.stdout.contains("pinned in this store"), "{listed:?}");
-    assert!(listed.stdout.contains(&new) && listed.stdout.contains("heartbeat"), "{listed:?}");
+    assert!(listed.stdout.contains(&new) && listed.stdout.contains("identity key"), "{listed:?}");
     assert!(listed.stderr.contains("--print-key"), "{listed:?}");
-    assert_eq!(bed.cli.trust(&agent).await?, new);
+    assert_eq!(bed.cli.enroll(&agent).await?, new);
     let again = bed.cli.run(&with_password("trusted")).await?;
     assert!(again.ok(), "{again:?}");
     let watch = bed.cli.run(&["watch", again.stdout.trim()]).await?;
     assert_eq!(watch.code, Some(0), "{watch:?}");
+    let audit = bed.cli.run(&["audit", "--json"]).await?;
+    assert!(audit.stdout.matches("\"action\":\"enroll\"").count() >= 2, "{audit:?}");
     bed.dir.pass();
     Ok(())
 }
@@ -1005,9 +1023,64 @@ async fn submit_signs_its_job_with_the_operators_identity() -> anyhow::Result<()
     let signer = pvefleet_schemas::signing::verify(&message, known, time::OffsetDateTime::now_utc());
     assert_eq!(signer, Ok(public), "{message}");
 
+    // A key the policy does not name: its job is refused, naming the rule, and whoami says why.
     let _agent = bed.agent("pve1")?;
     let watch = bed.cli.run(&["watch", &job.to_string()]).await?;
-    assert_eq!(watch.code, Some(0), "{watch:?}");
+    assert_eq!(watch.code, Some(1), "{watch:?}");
+    assert!(watch.stdout.contains("refused by rule `signer`"), "{watch:?}");
+    let whoami = bed.cli.run(&["--identity", &identity, "whoami"]).await?;
+    assert!(whoami.ok() && whoami.stdout.contains("not in the policy"), "{whoami:?}");
+
+    // An admin names it in the policy, on pve1 only, without scripts: its next job runs, and
+    // whoami shows those rights.
+    let admin =
+        pvefleet_testbed::trust::identity_file(bed.dir.path(), "admin.identity", pvefleet_testbed::trust::admin())?;
+    let policy = bed.dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!("[[signer]]\nname = \"carol\"\nkey = \"{public}\"\nnodes = [\"pve1\"]\nscripts = false\n"),
+    )?;
+    let set = bed
+        .cli
+        .run(&["--identity", &admin.display().to_string(), "policy", "set", &policy.display().to_string()])
+        .await?;
+    assert!(set.ok() && set.stdout.contains("policy serial "), "{set:?}");
+    let whoami = bed.cli.run(&["--identity", &identity, "whoami"]).await?;
+    assert!(whoami.stdout.contains("name:       carol") && whoami.stdout.contains("on nodes:   pve1"), "{whoami:?}");
+    assert!(whoami.stdout.contains("scripts no"), "{whoami:?}");
+    let mut args = vec!["--identity", identity.as_str()];
+    args.extend(submit_args("pve1", "signed-2", "127.0.0.12/32"));
+    args.push("--watch");
+    let second = bed.cli.run(&args).await?;
+    assert!(second.ok(), "{second:?}");
+    let shown = bed.cli.run(&["policy", "show"]).await?;
+    assert!(shown.stdout.contains("carol") && shown.stdout.contains(&pvefleet_testbed::trust::admin().public().id().0));
     bed.dir.pass();
+    Ok(())
+}
+
+/// An existing fleet upgraded: `pvefleet setup` gives the events streams made before (without
+/// them) `deny_delete` and `deny_purge`, and makes the audit stream and the trust buckets.
+#[tokio::test]
+async fn setup_protects_the_history_of_streams_made_before() -> anyhow::Result<()> {
+    pvefleet_testbed::init_tracing();
+    let dir = TestDir::new("cli-setup-history");
+    let nats = pvefleet_testbed::NatsServer::start(&dir).await?;
+    let js = nats.jetstream().await?;
+    let node = pvefleet_schemas::NodeName::new("pve1")?;
+    let mut old = pvefleet_schemas::layout::events_stream(&node, 1);
+    (old.deny_delete, old.deny_purge) = (false, false);
+    js.create_stream(old).await?;
+    let cli = Pvefleet::new(&dir, &nats.url(), &TestDb::sqlite(&dir));
+    let setup = cli.run(&["setup", "--node", "pve1"]).await?;
+    assert!(setup.ok(), "{setup:?}");
+    for stream in [pvefleet_schemas::names::events_stream(&node), pvefleet_schemas::names::AUDIT_STREAM.to_owned()] {
+        let config = js.get_stream(&stream).await?.info().await?.config.clone();
+        assert!(config.deny_delete && config.deny_purge, "{stream}: {config:?}");
+    }
+    for bucket in [pvefleet_schemas::names::TRUST_BUCKET, pvefleet_schemas::names::REQUESTS_BUCKET] {
+        js.get_key_value(bucket).await?;
+    }
+    dir.pass();
     Ok(())
 }

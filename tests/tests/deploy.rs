@@ -382,7 +382,7 @@ async fn a_root_password_and_the_jobs_own_key_are_never_in_clear_and_the_key_is_
     cli.must(&["setup"]).await?;
     let _recorder = cli.recorder("recorder")?;
     // The operator trusts the node's key as the node prints it: only then is a password sealed.
-    cli.trust(&bed.agent).await?;
+    cli.enroll(&bed.agent).await?;
     // The password lives in one file of its own, outside the test dir the grep looks at.
     let secrets = tempfile::tempdir()?;
     let password = format!("zebra-{}-horse", std::process::id());

@@ -39,7 +39,7 @@ fn every_file_in_deploy_parses() -> anyhow::Result<()> {
         }
     }
     let auth = std::fs::read_to_string(deploy("nats/auth.conf"))?;
-    for user in ["coordinator", "watcher", "agent-pve1", "agent-pve2"] {
+    for user in ["admin", "coordinator", "recorder", "web", "watcher", "agent-pve1", "agent-pve2"] {
         assert!(auth.contains(&format!("user: {user}")), "auth.conf lacks {user}");
     }
 
@@ -116,7 +116,7 @@ async fn per_agent_permissions_hold_on_a_real_server() -> anyhow::Result<()> {
     let pve = FakePve::start(&dir, FakePveOptions { nodes: vec!["pve1".into(), "pve2".into()], ..Default::default() })
         .await?;
     let db = TestDb::sqlite(&dir);
-    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
+    let admin = Pvefleet::new(&dir, &nats.url_as("admin", "admin-pw"), &db).with_ca(&ca.ca);
     // The agents may not make their own node's events stream: setup makes them.
     admin.must(&["setup", "--node", "pve1", "--node", "pve2"]).await?;
     // The shipped config speaks only TLS: a client that does not know its CA gets nowhere.
@@ -228,7 +228,7 @@ async fn the_cluster_config_runs_a_job_through_the_death_of_the_agents_server() 
     for n in &mut nodes {
         n.ready().await?;
     }
-    let urls: Vec<String> = nodes.iter().map(|n| n.url_as("coordinator", "coord-pw")).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url_as("admin", "admin-pw")).collect();
     let db = TestDb::sqlite(&dir);
     let admin = Pvefleet::new(&dir, &urls.join(","), &db).with_ca(&ca.ca);
     wait_until("a JetStream leader, then setup with 3 replicas", Duration::from_secs(30), || async {
@@ -302,7 +302,7 @@ async fn a_hostile_watcher_or_agent_is_refused_and_forgeries_are_ignored() -> an
     let pve = FakePve::start(&dir, FakePveOptions { nodes: vec!["pve1".into(), "pve2".into()], ..Default::default() })
         .await?;
     let db = TestDb::sqlite(&dir);
-    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
+    let admin = Pvefleet::new(&dir, &nats.url_as("admin", "admin-pw"), &db).with_ca(&ca.ca);
     // The agents may not make their own node's events stream: setup makes them.
     admin.must(&["setup", "--node", "pve1", "--node", "pve2"]).await?;
     let _recorder = admin.recorder("recorder")?;
@@ -518,6 +518,123 @@ async fn a_host_with_a_client_certificate_cannot_join_the_cluster_as_a_route() -
     coordinator.flush().await?;
     let heard = tokio::time::timeout(Duration::from_secs(3), overheard.next()).await;
     assert!(heard.is_err(), "the rogue server heard the cluster's traffic: {heard:?}");
+    dir.pass();
+    Ok(())
+}
+
+/// One user per role (issue 20), on a real server with the shipped auth.conf: the recorder and
+/// the web view cannot publish a job or a control request; nobody but the admin may change or
+/// remove the events and audit streams, and nobody at all, the admin included, may delete a
+/// record from them or purge them (the streams refuse it). Each role still does its own part:
+/// the recorder records, the operators' user submits a signed job that runs.
+#[tokio::test]
+async fn each_role_does_its_own_part_and_no_more_on_the_shipped_config() -> anyhow::Result<()> {
+    init_tracing();
+    let dir = TestDir::new("deploy-roles");
+    let ca = TestCa::make(&dir)?;
+    let port = free_port("127.0.0.1");
+    let config = loopback_config(&dir, "single.conf", port, None)?;
+    let mut nats = NatsServer::from_config(&dir, "nats-single", config, port, env())?;
+    nats.ready().await?;
+    let pve = FakePve::start(&dir, FakePveOptions::default()).await?;
+    let db = TestDb::sqlite(&dir);
+    let admin = Pvefleet::new(&dir, &nats.url_as("admin", "admin-pw"), &db).with_ca(&ca.ca);
+    admin.must(&["setup", "--node", "pve1", "--node", "pve2"]).await?;
+    let operator = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
+    // The operators' user may not run setup (it changes streams) nor enroll (the trust bucket).
+    let setup = operator.command(&["setup"])?.output().await?;
+    assert!(!setup.status.success(), "{setup:?}");
+    let recorder_db = TestDb::sqlite(&dir);
+    let recorder = Pvefleet::new(&dir, &nats.url_as("recorder", "recorder-pw"), &recorder_db).with_ca(&ca.ca);
+    let mut recording = {
+        let mut cmd = recorder.command(&["record", "--nats-inbox-prefix", "_INBOX_recorder"])?;
+        cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn()?
+    };
+    let _agent = Agent::start(
+        &dir,
+        &[nats.url_as("agent-pve1", "pve1-pw")],
+        &pve,
+        AgentOptions {
+            inbox_prefix: Some("_INBOX_pve1".into()),
+            nats_ca: Some(ca.ca.clone()),
+            ..AgentOptions::node("pve1")
+        },
+    )?;
+    let submit = operator
+        .run(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--hostname",
+            "roles",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            "127.0.0.13/32",
+            "--watch",
+        ])
+        .await?;
+    assert!(submit.ok(), "the operators' user submits a signed job that runs: {submit:?}");
+
+    for (user, password, inbox) in [
+        ("recorder", "recorder-pw", "_INBOX_recorder"),
+        ("web", "web-pw", "_INBOX_web"),
+        ("watcher", "watch-pw", "_INBOX_watcher"),
+    ] {
+        let (client, mut errors) = restricted_client(&nats.url(), &ca, user, password, inbox).await?;
+        for subject in ["pvefleet.jobs.pve1.create", "pvefleet.jobs.pve1.destroy", "pvefleet.control.pve1.cancel"] {
+            let _ = client.publish(subject, "{}".into()).await;
+            refused(&mut errors, subject).await.map_err(|e| anyhow::anyhow!("{user}: {e}"))?;
+        }
+    }
+    let history = ["PVEFLEET_AUDIT", "PVEFLEET_EVENTS_pve1"];
+    for (user, password, inbox) in [
+        ("coordinator", "coord-pw", "_INBOX_coord"),
+        ("recorder", "recorder-pw", "_INBOX_recorder"),
+        ("web", "web-pw", "_INBOX_web"),
+        ("agent-pve1", "pve1-pw", "_INBOX_pve1"),
+    ] {
+        let (client, mut errors) = restricted_client(&nats.url(), &ca, user, password, inbox).await?;
+        for stream in history {
+            for op in ["DELETE", "PURGE", "UPDATE"] {
+                let subject = format!("$JS.API.STREAM.{op}.{stream}");
+                try_request(&client, &subject, serde_json::json!({"name": stream})).await;
+                refused(&mut errors, &subject).await.map_err(|e| anyhow::anyhow!("{user}: {e}"))?;
+            }
+        }
+        if user != "coordinator" {
+            let subject = "$JS.API.STREAM.MSG.DELETE.PVEFLEET_AUDIT";
+            try_request(&client, subject, serde_json::json!({"seq": 1})).await;
+            refused(&mut errors, subject).await.map_err(|e| anyhow::anyhow!("{user}: {e}"))?;
+        }
+    }
+    // The admin may manage streams, but the history streams refuse a purge or a deleted
+    // record from anyone.
+    let js = async_nats::jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "admin-pw".into())
+            .add_root_certificates(ca.ca.clone())
+            .require_tls(true)
+            .connect(nats.url())
+            .await?,
+    );
+    for stream in history {
+        let mut s = js.get_stream(stream).await?;
+        let before = s.info().await?.state.messages;
+        assert!(before > 0, "{stream} holds this run's records");
+        assert!(s.purge().await.is_err(), "{stream} refuses a purge");
+        let first = s.info().await?.state.first_sequence;
+        assert!(s.delete_message(first).await.is_err(), "{stream} refuses a delete");
+        assert_eq!(s.info().await?.state.messages, before, "{stream} keeps every record");
+    }
+    // The recorder recorded the trail with its own user.
+    let recorded =
+        pvefleet_coordinator::store::Store::open(&pvefleet_coordinator::store::database_url(Some(&recorder_db.url()))?)
+            .await?;
+    wait_until("the recorder to keep the audit trail", Duration::from_secs(20), || async {
+        recorded.audit(10).await.ok().filter(|r| !r.is_empty()).map(drop)
+    })
+    .await?;
+    let _ = recording.kill().await;
     dir.pass();
     Ok(())
 }

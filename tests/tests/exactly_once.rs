@@ -85,7 +85,7 @@ async fn a_create_cancelled_before_its_answer_is_rolled_back_and_says_so() -> an
     })
     .await?;
     let client = bed.nats.client().await?;
-    let request = serde_json::to_vec(&pvefleet_schemas::CancelRequest::new(job.job_id))?;
+    let request = pvefleet_testbed::trust::signed(&pvefleet_schemas::CancelRequest::new(job.node.clone(), job.job_id));
     let reply = client.request(pvefleet_schemas::names::cancel_subject(&job.node), request.into()).await?;
     let reply: pvefleet_schemas::CancelReply = serde_json::from_slice(&reply.payload)?;
     assert!(reply.ok, "{}", reply.message);

@@ -85,7 +85,7 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
     )
     .await?;
     let db = TestDb::sqlite(&dir);
-    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
+    let admin = Pvefleet::new(&dir, &nats.url_as("admin", "admin-pw"), &db).with_ca(&ca.ca);
     admin.must(&["setup", "--node", "pve1", "--node", "pve2"]).await?;
     let secrets = tempfile::tempdir()?;
     let password_file = secrets.path().join("pw");
@@ -112,6 +112,8 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
         started_at: Timestamp::now(),
         last_seen: Timestamp::now(),
         sealing_key: Some(evil.public().to_string()),
+        identity_key: None,
+        signature: None,
     };
     // Under its own key, speaking for pve2.
     let put = |beat: Heartbeat| {
@@ -128,8 +130,27 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
     let nodes = admin.must(&["nodes", "--json"]).await?;
     let beats: Vec<Heartbeat> = serde_json::from_str(&nodes.stdout)?;
     assert!(beats.iter().all(|b| b.node.as_str() != "pve2"), "pve2 is impersonated: {beats:?}");
-    let trust = admin.run(&["nodes", "trust", "pve2"]).await?;
+    let trust = admin.run(&["nodes", "enroll", "pve2"]).await?;
     assert!(!trust.ok(), "{trust:?}");
+    // Signed with pve1's own enrolled key (stolen from its host), speaking for pve2: under
+    // pve1's registry key, and under pve2's (written with a password that may), both ignored.
+    let pve1_key = pvefleet_agent::sealing::load_identity(&pvefleet_testbed::trust::state_dir(dir.path(), "pve1"))?
+        .expect("the bed made pve1's identity");
+    let mut signed_lie = lie("pve2", 32 << 40);
+    pvefleet_schemas::trust::sign_heartbeat(&mut signed_lie, &pve1_key);
+    put(signed_lie.clone()).await?;
+    let coordinator = async_nats::jetstream::new(
+        async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
+            .add_root_certificates(ca.ca.clone())
+            .require_tls(true)
+            .connect(nats.url())
+            .await?,
+    );
+    coordinator.publish("$KV.pvefleet-nodes.pve2", serde_json::to_vec(&signed_lie)?.into()).await?.await?;
+    let nodes = admin.must(&["nodes", "--json"]).await?;
+    let beats: Vec<Heartbeat> = serde_json::from_str(&nodes.stdout)?;
+    assert!(beats.iter().all(|b| b.node.as_str() != "pve2"), "pve2 is impersonated: {beats:?}");
+    assert!(nodes.stderr.contains("not by the key enrolled for pve2"), "{nodes:?}");
     let auto = admin
         .run(&[
             "submit",
@@ -146,8 +167,11 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
     assert!(!auto.ok(), "a job was placed on the impersonated node: {auto:?}");
 
     // Under its own key for its own node, with figures no node has (more free than in all)
-    // and the attacker's key: not placed, and its key is not trusted on sight.
-    put(lie("pve1", 64 << 40)).await?;
+    // and the attacker's key, signed by a key of the attacker's: not believed at all, and its
+    // sealing key is never sealed to.
+    let mut own = lie("pve1", 64 << 40);
+    pvefleet_schemas::trust::sign_heartbeat(&mut own, &pvefleet_schemas::signing::Identity::generate());
+    put(own).await?;
     let nodes = admin.must(&["nodes", "--json"]).await?;
     let beats: Vec<Heartbeat> = serde_json::from_str(&nodes.stdout)?;
     assert!(beats.iter().all(|b| b.capacity.is_none()), "an impossible capacity was believed: {beats:?}");
@@ -165,7 +189,8 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
         ])
         .await?;
     assert_eq!(sealed.code, Some(1), "{sealed:?}");
-    assert!(sealed.stderr.contains("no sealing key is trusted for pve1"), "{sealed:?}");
+    assert!(sealed.stderr.contains("nothing secret can be sent to pve1"), "{sealed:?}");
+    assert!(sealed.stderr.contains("not by the key enrolled for pve1"), "{sealed:?}");
     let js = async_nats::jetstream::new(
         async_nats::ConnectOptions::with_user_and_password("coordinator".into(), "coord-pw".into())
             .add_root_certificates(ca.ca.clone())
@@ -187,7 +212,7 @@ async fn an_agents_password_cannot_pass_for_another_node_nor_get_a_password_seal
             ..AgentOptions::node("pve1")
         },
     )?;
-    let fingerprint = admin.trust(&agent).await?;
+    let fingerprint = admin.enroll(&agent).await?;
     assert_ne!(fingerprint, evil.public().fingerprint());
     let submit = admin
         .run(&[
@@ -677,7 +702,7 @@ async fn a_spec_reads_only_its_own_files_and_secret_files_are_sealed() -> anyhow
     assert!(!target.join("loot").exists());
 
     // A secret file: sealed to the trusted agent, written exactly, kept nowhere in clear.
-    cli.trust(&agent).await?;
+    cli.enroll(&agent).await?;
     let secret = format!("API_TOKEN=tok-{}-secret\n", std::process::id());
     std::fs::write(specs.join("app.env"), &secret)?;
     let spec = specs.join("app.toml");
@@ -727,7 +752,7 @@ async fn an_agent_cannot_undo_another_nodes_vmid_reservation() -> anyhow::Result
     let dir = pvefleet_testbed::TestDir::new("hostile-vmids");
     let (nats, ca) = shipped::single(&dir).await?;
     let db = TestDb::sqlite(&dir);
-    Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca).must(&["setup"]).await?;
+    Pvefleet::new(&dir, &nats.url_as("admin", "admin-pw"), &db).with_ca(&ca.ca).must(&["setup"]).await?;
     let bucket = |user: &str, pw: &str, inbox: &str| {
         let (url, ca) = (nats.url(), ca.clone());
         let (user, pw, inbox) = (user.to_owned(), pw.to_owned(), inbox.to_owned());
@@ -784,7 +809,7 @@ async fn one_node_cannot_evict_anothers_history_nor_make_phantom_jobs() -> anyho
     )
     .await?;
     let db = TestDb::sqlite(&dir);
-    let admin = Pvefleet::new(&dir, &nats.url_as("coordinator", "coord-pw"), &db).with_ca(&ca.ca);
+    let admin = Pvefleet::new(&dir, &nats.url_as("admin", "admin-pw"), &db).with_ca(&ca.ca);
     // Small streams, so a flood fills one in a moment.
     admin.must(&["setup", "--node", "pve1", "--node", "pve2", "--events-max-mib", "1"]).await?;
     let _recorder = admin.recorder("recorder")?;

@@ -124,3 +124,33 @@ fn a_job_signed_in_python_verifies_here_and_one_signed_here_verifies_in_python()
     dir.pass();
     Ok(())
 }
+
+/// The issue's own words: a job signed with another language's library, its key named in the
+/// admin's policy, is taken by a real agent and runs to its end.
+#[tokio::test]
+async fn an_agent_runs_a_job_signed_in_python() -> anyhow::Result<()> {
+    let python = pynacl_python()?;
+    let bed = pvefleet_testbed::Fleet::start("signing-python", &["pve1"]).await?;
+    let not_after = pvefleet_schemas::Timestamp(time::OffsetDateTime::now_utc() + time::Duration::minutes(30));
+    let job = create_job("pve1", "from-python", Ipv4Addr::new(127, 0, 0, 8));
+    let out = run(
+        &python,
+        &["-c", &format!("{PYTHON_CANONICAL}{PYTHON_SIGNER}"), &not_after.to_string()],
+        &serde_json::to_string(&job)?,
+    )?;
+    let out: serde_json::Value = serde_json::from_str(&out)?;
+    let key: SignerKey = out["public"].as_str().expect("a key").parse().map_err(anyhow::Error::msg)?;
+    let policy = pvefleet_schemas::trust::Policy {
+        serial: 2,
+        signer: vec![pvefleet_schemas::trust::Grant::new("python-client", &key)],
+    };
+    pvefleet_testbed::trust::put_policy(&bed.js, &policy, pvefleet_testbed::trust::admin()).await?;
+    let _agent = bed.agent("pve1")?;
+    let payload = serde_json::to_vec(&out["signed"])?;
+    pvefleet_testbed::jobs::submit_unsigned(&bed.js, &job.node, &job.job_id.to_string(), payload).await?;
+    let events = pvefleet_testbed::jobs::wait_end(&bed.js, job.job_id).await?;
+    let result = pvefleet_testbed::jobs::result_of(&events);
+    assert!(result.success, "{events:#?}");
+    bed.dir.pass();
+    Ok(())
+}

@@ -89,6 +89,10 @@ pub struct Bus {
     pub checkpoints: checkpoints::Checkpoints,
     pub nodes: kv::Store,
     pub vmids: kv::Store,
+    /// The admin-signed policy and enrollments.
+    pub trust: kv::Store,
+    /// Job ids taken, one message each.
+    pub requests: kv::Store,
 }
 
 impl Bus {
@@ -108,8 +112,11 @@ impl Bus {
             .get_key_value(names::VMIDS_BUCKET)
             .await
             .map_err(|e| BusError::nats(format!("KV bucket {}", names::VMIDS_BUCKET), e))?;
+        let trust = get_or_create_bucket(&js, layout::trust_bucket(1)).await?;
+        let requests = get_or_create_bucket(&js, layout::requests_bucket(1)).await?;
+        get_or_create_stream(&js, layout::audit_stream(1)).await?;
         let consumer = get_or_create_consumer(&js, &jobs, config).await?;
-        Ok(Self { client, js, events, consumer, checkpoints, nodes, vmids })
+        Ok(Self { client, js, events, consumer, checkpoints, nodes, vmids, trust, requests })
     }
 
     /// Removes a finished job's checkpoint, whoever left it.

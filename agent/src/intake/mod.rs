@@ -203,6 +203,24 @@ impl Incoming {
         }
     }
 
+    /// The policy's action for a job subject's kind.
+    fn action(kind: &str) -> Option<pvefleet_schemas::trust::Action> {
+        use pvefleet_schemas::trust::Action;
+        match kind {
+            "create" => Some(Action::Create),
+            "destroy" => Some(Action::Destroy),
+            _ => None,
+        }
+    }
+
+    /// Whether the signer's grant covers what this job asks for.
+    fn allowed(&self, grant: &pvefleet_schemas::trust::Grant) -> Result<(), pvefleet_schemas::trust::Refusal> {
+        match self {
+            Incoming::Create(j) => grant.allows_create(j),
+            Incoming::Destroy(j) => grant.allows_destroy(j),
+        }
+    }
+
     fn validate(&self) -> Result<(), pvefleet_schemas::ValidationErrors> {
         match self {
             Incoming::Create(j) => j.validate(),
@@ -211,12 +229,76 @@ impl Incoming {
     }
 }
 
-/// Decodes, checks, claims and runs one job; returns how it ended and this run's claim, if
-/// it took one.
+/// Checks, claims and runs one job; returns how it ended and this run's claim, if it took one.
+///
+/// The order is the trust rules': the message's job id is taken for this message (a job id
+/// another message took is a replay: refused, and that job's events are not touched); then
+/// its signature, expiry (only when first taken: a redelivery of a request taken while valid
+/// resumes) and its signer's rights; the decision is stored in the audit stream before
+/// anything more happens. Only then is it decoded, checked and run.
 async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option<Arc<Claim>>) {
     let node = &shared.config.node;
     let kind = msg.subject.rsplit('.').next().unwrap_or_default();
-    let job = match Incoming::decode(kind, &msg.payload) {
+    let value: serde_json::Value = match serde_json::from_slice(&msg.payload) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => {
+            let why = "unreadable job message: not a JSON object".to_owned();
+            return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
+        }
+    };
+    let Some(job_id) = job_id_of(&msg.payload) else {
+        let why = "unreadable job message: no readable `job_id`".to_owned();
+        return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
+    };
+    let seq = msg.info().map_or(0, |info| info.stream_sequence);
+    let taken = match crate::trust::take_job_id(&shared.bus.requests, node, job_id, seq).await {
+        Ok(t) => t,
+        Err(e) => return (JobEnd::Bus(e), None),
+    };
+    if let crate::trust::Taken::ByOther(by) = taken {
+        let refusal = pvefleet_schemas::trust::Refusal::new(
+            "replay",
+            format!(
+                "job id {job_id} was already taken by another message (stream sequence {by}); this one is refused and that job is left as it is"
+            ),
+        );
+        let record = crate::trust::record(node, kind, Some(job_id), &value, None, Some(&refusal));
+        if let Err(e) = crate::trust::audit(&shared.bus.js, node, &record, Some(seq)).await {
+            return (JobEnd::Bus(e), None);
+        }
+        tracing::error!(%job_id, %refusal, "refused a replayed job id");
+        crate::metrics::metrics().job_finished(Some(ErrorKind::Unauthorized));
+        return (JobEnd::Rejected, None);
+    }
+    let first_take = taken == crate::trust::Taken::New;
+    let admit = || match Incoming::action(kind) {
+        Some(action) => shared.trust.admit(&value, action, node, first_take),
+        None => Err(pvefleet_schemas::trust::Refusal::new("kinds", format!("`{kind}` is not a job kind"))),
+    };
+    let mut admitted = admit();
+    if admitted.is_err() && crate::trust::refresh(&shared.trust, &shared.bus.trust).await {
+        admitted = admit();
+    }
+    let grant = admitted.as_ref().ok().map(|a| &a.grant);
+    let refusal = match &admitted {
+        Ok(_) => None,
+        Err(r) => Some(r.clone()),
+    };
+    // The job's own rules (scripts, host paths…) need the typed job: decoded only now.
+    let job = Incoming::decode(kind, &msg.payload);
+    let refusal = refusal.or_else(|| match (&job, grant) {
+        (Ok(job), Some(grant)) => job.allowed(grant).err(),
+        _ => None,
+    });
+    let record = crate::trust::record(node, kind, Some(job_id), &value, grant, refusal.as_ref());
+    if let Err(e) = crate::trust::audit(&shared.bus.js, node, &record, Some(seq)).await {
+        return (JobEnd::Bus(e), None);
+    }
+    if let Some(refusal) = refusal {
+        return (reject(shared, &msg.payload, ErrorKind::Unauthorized, refusal.to_string(), owner).await, None);
+    }
+    let grant = grant.expect("an admitted request has its grant").clone();
+    let job = match job {
         Ok(job) => job,
         Err(why) => return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None),
     };
@@ -253,6 +335,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         sealing: &shared.sealing,
         ledger: &shared.ledger,
         stop: &shared.stop,
+        grant: &grant,
     };
     let end = match &job {
         Incoming::Create(job) => create::run(job, claimed, env, &cancel).await,

@@ -2,6 +2,7 @@
 //! and by a plan ([`crate::plan`]). Every check only reads: it says what it found, or why
 //! the spec does not fit (naming the spec's field), and changes nothing in PVE.
 
+use pvefleet_schemas::trust::CloneFrom as CloneRight;
 use std::path::{Component, Path, PathBuf};
 
 use pvefleet_schemas::lxc::MountPoint;
@@ -149,6 +150,7 @@ pub(crate) async fn source(
     has_clone_key: bool,
     known_source: Option<Vmid>,
     allow: &Allow,
+    clone_right: CloneRight,
 ) -> Result<(String, Option<Vmid>), StepError> {
     let spec = &job.container;
     if let Some(source) = &spec.template {
@@ -202,7 +204,7 @@ pub(crate) async fn source(
     }
     let source = match known_source {
         Some(vmid) => vmid,
-        None => clone_source(pve, job, &clone.from, allow).await?,
+        None => clone_source(pve, job, &clone.from, allow, clone_right).await?,
     };
     if Some(source) == spec.vmid {
         return Err(invalid(format!("container.vmid: {source} is the clone's own source")));
@@ -224,7 +226,13 @@ pub(crate) async fn source(
 /// the agent's `clone.allow_vmids` / `clone.allow_pools` list. A clone copies its source's
 /// whole disk to an address of the submitter's choosing: a stranger's container is not theirs
 /// to copy.
-async fn clone_source(pve: &PveClient, job: &Job, from: &CloneFrom, allow: &Allow) -> Result<Vmid, StepError> {
+async fn clone_source(
+    pve: &PveClient,
+    job: &Job,
+    from: &CloneFrom,
+    allow: &Allow,
+    clone_right: CloneRight,
+) -> Result<Vmid, StepError> {
     let here = pve.containers_here().await?;
     let name_of = |l: &Listed| l.name.clone().unwrap_or_default();
     let found = match from {
@@ -258,6 +266,16 @@ async fn clone_source(pve: &PveClient, job: &Job, from: &CloneFrom, allow: &Allo
             }
         }
     };
+    if !found.template && clone_right == CloneRight::Templates {
+        return Err(StepError::failed(
+            ErrorKind::Unauthorized,
+            format!(
+                "refused by rule `clone_from`: {} is not a template, and the job's signer may clone templates only \
+                 (`clone_from = \"node\"` in the policy lets it clone what the node allows)",
+                found.vmid
+            ),
+        ));
+    }
     if found.template || found.has_marker() || allow.clone_vmids.contains(&found.vmid) {
         return Ok(found.vmid);
     }

@@ -192,6 +192,9 @@ pub struct Env<'a> {
     pub ledger: &'a crate::cache::Ledger,
     /// Fires when the agent stops: the job hands back at its next await.
     pub stop: &'a CancellationToken,
+    /// What the job's signer may do (the policy's grant): the checks that need the node's
+    /// facts (a clone's source) apply it.
+    pub grant: &'a pvefleet_schemas::trust::Grant,
 }
 
 /// What every job kind's run holds: its events, its checkpoint under its lease, the Proxmox

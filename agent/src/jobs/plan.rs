@@ -35,7 +35,7 @@ fn said(check: &str, outcome: Check) -> PlanCheck {
 }
 
 /// Every check of `job` against this node, and the calls its create would make.
-pub async fn plan(pve: &PveClient, config: &Config, job: &Job) -> PlanReply {
+pub async fn plan(pve: &PveClient, config: &Config, job: &Job, grant: &pvefleet_schemas::trust::Grant) -> PlanReply {
     let spec = &job.container;
     let mut out = Vec::new();
     if job.node != config.node {
@@ -47,11 +47,19 @@ pub async fn plan(pve: &PveClient, config: &Config, job: &Job) -> PlanReply {
             .map(|()| "valid".into())
             .map_err(|e| StepError::failed(pvefleet_schemas::ErrorKind::Validation, e.to_string())),
     ));
+    out.push(PlanCheck {
+        check: "policy".into(),
+        ok: grant.allows_create(job).is_ok(),
+        detail: match grant.allows_create(job) {
+            Ok(()) => format!("{} may ask for this", grant.name),
+            Err(refusal) => refusal.to_string(),
+        },
+    });
     out.push(said("files", checks::files(job, &config.files_dir)));
     out.push(said("rights", checks::rights(spec, pve.is_root_login())));
     out.push(said("storage", checks::storage(pve, job).await));
     let has_key = config.ssh.clone_key.is_some();
-    let source = checks::source(pve, job, has_key, None, &config.allow).await;
+    let source = checks::source(pve, job, has_key, None, &config.allow, grant.clone_from).await;
     let clone_source = source.as_ref().ok().and_then(|(_, s)| *s);
     out.push(said("template", source.map(|(detail, _)| detail)));
     out.push(said("fetch", checks::fetch_target(pve, job, &config.allow).await));

@@ -204,6 +204,33 @@ pub mod node_key {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod audit {
+    use sea_orm::entity::prelude::*;
+
+    /// One audit record (`PVEFLEET_AUDIT`), by its stream sequence.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "audit")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub seq: i64,
+        pub at: String,
+        pub node: Option<String>,
+        pub action: String,
+        pub job_id: Option<String>,
+        pub signer: Option<String>,
+        pub signer_name: Option<String>,
+        pub decision: String,
+        pub rule: Option<String>,
+        #[sea_orm(column_type = "Text")]
+        pub message: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod event {
     use sea_orm::entity::prelude::*;
 

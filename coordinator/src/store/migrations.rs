@@ -149,12 +149,47 @@ impl MigrationTrait for JobKinds {
     }
 }
 
+/// The audit trail as the recorder keeps it, one row per record of `PVEFLEET_AUDIT`, keyed by
+/// its stream sequence (so a record delivered again is kept once).
+struct Audit;
+
+impl MigrationName for Audit {
+    fn name(&self) -> &str {
+        "m20261203_000004_audit"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Audit {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let text = |name: &str| ColumnDef::new(Alias::new(name)).string().to_owned();
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("audit"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("seq")).big_integer().not_null().primary_key())
+                    .col(text("at").not_null())
+                    .col(text("node"))
+                    .col(text("action").not_null())
+                    .col(text("job_id"))
+                    .col(text("signer"))
+                    .col(text("signer_name"))
+                    .col(text("decision").not_null())
+                    .col(text("rule"))
+                    .col(ColumnDef::new(Alias::new("message")).text().not_null())
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
 #[derive(Debug)]
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds)]
+        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds), Box::new(Audit)]
     }
 }
 

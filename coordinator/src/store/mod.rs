@@ -13,7 +13,7 @@ mod queries;
 use sea_orm::{Database, DatabaseConnection};
 
 pub use entities::job::{JobKind, JobState};
-pub use entities::{event, job, node_key, template};
+pub use entities::{audit, event, job, node_key, template};
 
 /// What recording an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +128,7 @@ mod tests {
         assert_eq!(
             sql,
             [
+                r#"CREATE TABLE "audit" ( "seq" bigint NOT NULL PRIMARY KEY, "at" varchar NOT NULL, "node" varchar, "action" varchar NOT NULL, "job_id" varchar, "signer" varchar, "signer_name" varchar, "decision" varchar NOT NULL, "rule" varchar, "message" text NOT NULL )"#,
                 r#"CREATE TABLE "events" ( "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "job_id" varchar NOT NULL, "seq" bigint NOT NULL, "kind" varchar NOT NULL, "step" varchar, "percent" integer NOT NULL, "message" text NOT NULL, "stream" varchar, "timestamp" varchar NOT NULL )"#,
                 r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
                 r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar)"#,

@@ -5,7 +5,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 
 use pvefleet_schemas::{Event, EventType, Job, JobId};
 
-use super::{JobKind, JobState, Recorded, Store, event, job, node_key, template};
+use super::{JobKind, JobState, Recorded, Store, audit, event, job, node_key, template};
 
 /// The state an event moves its job to.
 fn state_after(event: &Event) -> JobState {
@@ -20,6 +20,33 @@ fn state_after(event: &Event) -> JobState {
 }
 
 impl Store {
+    /// Keeps one audit record, by its stream sequence; kept before, it changes nothing.
+    pub async fn record_audit(&self, seq: u64, r: &pvefleet_schemas::trust::AuditRecord) -> anyhow::Result<()> {
+        let row = audit::ActiveModel {
+            seq: Set(seq as i64),
+            at: Set(r.at.to_string()),
+            node: Set(r.node.as_ref().map(|n| n.to_string())),
+            action: Set(r.action.clone()),
+            job_id: Set(r.job_id.map(|j| j.to_string())),
+            signer: Set(r.signer.clone()),
+            signer_name: Set(r.signer_name.clone()),
+            decision: Set(enum_text(&r.decision)),
+            rule: Set(r.rule.clone()),
+            message: Set(r.message.clone()),
+        };
+        audit::Entity::insert(row)
+            .on_conflict(OnConflict::column(audit::Column::Seq).do_nothing().to_owned())
+            .exec_without_returning(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// The latest `limit` audit records, newest first.
+    pub async fn audit(&self, limit: u64) -> anyhow::Result<Vec<audit::Model>> {
+        use sea_orm::QuerySelect as _;
+        Ok(audit::Entity::find().order_by_desc(audit::Column::Seq).limit(limit).all(&self.db).await?)
+    }
+
     pub async fn job_by_request(&self, request_id: &str) -> anyhow::Result<Option<job::Model>> {
         Ok(job::Entity::find().filter(job::Column::RequestId.eq(request_id)).one(&self.db).await?)
     }

@@ -46,7 +46,12 @@ pub async fn run(cli: &Cli, job: &str) -> Outcome {
     }
 
     // Running (or just taken by its agent): ask the agent.
-    let request = serde_json::to_vec(&CancelRequest::new(id)).expect("serializes");
+    let (_, me) = crate::identity::load(cli)?;
+    let request = crate::publishing::signed_for(
+        &CancelRequest::new(node.clone(), id),
+        &me,
+        crate::publishing::CONTROL_SIGNED_FOR_MINUTES,
+    )?;
     let reply = tokio::time::timeout(Duration::from_secs(10), client.request(cancel_subject(&node), request.into()))
         .await
         .map_err(|_| anyhow::anyhow!("the agent of {node} did not answer the cancel request"))?

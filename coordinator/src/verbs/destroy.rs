@@ -12,8 +12,8 @@ use crate::{Failure, Outcome, follow};
 
 pub async fn run(cli: &Cli, args: &DestroyArgs) -> Outcome {
     let store = crate::open_store(cli).await?;
-    let signer = crate::identity::signer(cli)?;
-    let signer = signer.as_ref();
+    let (_, signer) = crate::identity::load(cli)?;
+    let signer = &signer;
     let nats = Nats::new(cli);
     if let Some(key) = &args.request_id {
         if let Some(row) = store.job_by_request(key).await?

@@ -10,4 +10,5 @@ pub mod record;
 pub mod setup;
 pub mod submit;
 pub mod template;
+pub mod trust;
 pub mod watch;

@@ -8,7 +8,8 @@ use crate::cli::Cli;
 
 pub async fn run(cli: &Cli, json: bool) -> Outcome {
     let js = jetstream::new(crate::bus::connect(cli).await?);
-    let beats = crate::bus::heartbeats(&js).await?;
+    let registry = crate::bus::registry(&js).await?;
+    let beats = registry.beats;
     if json {
         println!("{}", serde_json::to_string(&beats).expect("heartbeats serialize"));
         return Ok(());
@@ -49,86 +50,61 @@ pub async fn run(cli: &Cli, json: bool) -> Outcome {
     if beats.is_empty() {
         eprintln!("no live agents");
     }
+    for (node, why) in &registry.ignored {
+        eprintln!("ignored a heartbeat under {node}: {why}");
+    }
     Ok(())
 }
 
-/// `pvefleet nodes trust NODE --fingerprint FP | --key KEY`: pins the sealing key root
-/// passwords for NODE are sealed to, once the operator has read it on the node itself
-/// (`pvefleet-agent --print-key`). The registry alone is never enough: it is written by the
-/// node's agent user, whose password may be stolen, so a key is trusted only when the
-/// operator names it. Without either flag it lists the candidates and where each came from.
-pub async fn trust(cli: &Cli, node: &str, fingerprint: Option<&str>, key: Option<&str>) -> Outcome {
-    use pvefleet_schemas::seal::PublicKey;
+/// `pvefleet nodes enroll NODE --fingerprint FP` (admin): certifies the agent's identity and
+/// sealing keys as its live heartbeat shows them, once they match the fingerprint its
+/// operator read on the node; without `--fingerprint`, shows what the agent shows to compare.
+pub async fn enroll(cli: &Cli, node: &str, fingerprint: Option<&str>, keys: Option<(&str, &str)>) -> Outcome {
     let node = pvefleet_schemas::NodeName::new(node).map_err(|e| crate::Failure::Usage(format!("NODE: {e}")))?;
-    let store = crate::open_store(cli).await?;
-    let pinned = match store.node_key(node.as_str()).await? {
-        Some(row) => Some((
-            row.public_key.parse::<PublicKey>().map_err(|e| anyhow::anyhow!("the key pinned for {node}: {e}"))?,
-            row.pinned_at,
-        )),
-        None => None,
-    };
-    let chosen = match key {
-        Some(text) => text
-            .parse::<PublicKey>()
-            .map_err(|e| crate::Failure::Usage(format!("invalid --key: `{text}` is not a sealing key ({e})")))?,
-        None => {
-            let js = jetstream::new(crate::bus::connect(cli).await?);
-            let live = crate::bus::heartbeats(&js).await?.into_iter().find(|b| b.node == node);
-            let shown: Option<PublicKey> = live
-                .and_then(|b| b.sealing_key)
-                .map(|k| {
-                    k.parse().map_err(|e| anyhow::anyhow!("the agent of {node} shows a key that cannot be read: {e}"))
-                })
-                .transpose()?;
-            let Some(fingerprint) = fingerprint else {
-                println!("{node}: candidate sealing keys");
-                match &pinned {
-                    Some((k, at)) => println!("  {}  pinned in this store at {at}", k.fingerprint()),
-                    None => println!("  (none pinned in this store)"),
-                }
-                match &shown {
-                    Some(k) => println!(
-                        "  {}  shown now by the heartbeat under `{node}` in pvefleet-nodes (written by the NATS user of {node}'s agent)",
-                        k.fingerprint()
-                    ),
-                    None => println!("  (no live agent of {node} shows a key)"),
-                }
-                return Err(crate::Failure::Usage(format!(
-                    "nodes trust: give the key's fingerprint as the node prints it: run `pvefleet-agent --config \
-                     /etc/pvefleet/agent.toml --print-key` on {node}, compare, then `pvefleet nodes trust {node} \
-                     --fingerprint SHA256:…` (or `--key` with the key it prints)"
-                )));
-            };
-            match shown {
-                Some(k) if k.fingerprint() == fingerprint.trim() => k,
-                Some(k) => {
-                    return Err(anyhow::anyhow!(
-                        "the agent of {node} shows {}, not {fingerprint}: nothing trusted. If {fingerprint} is what \
-                         the node printed, the key in the registry is not its agent's",
-                        k.fingerprint()
-                    )
-                    .into());
-                }
-                None => {
-                    return Err(anyhow::anyhow!(
-                        "{node} has no live agent showing a sealing key: start it, or trust the key the node prints \
-                         with --key"
-                    )
-                    .into());
-                }
-            }
-        }
-    };
-    match &pinned {
-        Some((k, _)) if *k == chosen => {
-            println!("{node}: already trusted, {}", k.fingerprint());
-            return Ok(());
-        }
-        Some((k, at)) => println!("{node}: was pinned {} (at {at})", k.fingerprint()),
-        None => println!("{node}: nothing pinned before"),
+    let js = jetstream::new(crate::bus::connect(cli).await?);
+    if let Some((identity, sealing)) = keys {
+        let identity: pvefleet_schemas::signing::SignerKey =
+            identity.parse().map_err(|e| crate::Failure::Usage(format!("--identity-key: {e}")))?;
+        let sealing: pvefleet_schemas::seal::PublicKey =
+            sealing.parse().map_err(|e| crate::Failure::Usage(format!("--sealing-key: {e}")))?;
+        let (_, admin) = crate::identity::load(cli)?;
+        crate::trust::put_enrollment(&js, &admin, &node, identity.to_string(), sealing.to_string()).await?;
+        println!("{node} enrolled: identity {identity}, signed by {}", admin.public().id());
+        return Ok(());
     }
-    store.pin_node_key(node.as_str(), &chosen).await?;
-    println!("{node}: now trusted {}", chosen.fingerprint());
+    let Some(fingerprint) = fingerprint else {
+        let raw = crate::bus::raw_heartbeat(&js, &node).await?;
+        let shown = raw.as_deref().map(pvefleet_schemas::trust::open_heartbeat);
+        match shown {
+            Some(Ok((beat, key))) => {
+                let sealing = beat.sealing_key.unwrap_or_default();
+                println!("the live agent of {node} shows:");
+                println!("  identity key {key}");
+                println!("  sealing key  {sealing}");
+                println!(
+                    "  fingerprint  {}",
+                    pvefleet_schemas::trust::enrollment_fingerprint(&key.to_string(), &sealing)
+                );
+            }
+            Some(Err(why)) => println!("the agent of {node} shows a heartbeat that does not verify: {why}"),
+            None => println!("no live agent for {node}"),
+        }
+        return Err(crate::Failure::Usage(format!(
+            "compare with `pvefleet-agent --config /etc/pvefleet/agent.toml --print-key` on {node}, then run \
+             `pvefleet nodes enroll {node} --fingerprint SHA256:…` with what it prints"
+        )));
+    };
+    let (_, admin) = crate::identity::load(cli)?;
+    let beat = crate::bus::raw_heartbeat(&js, &node)
+        .await?
+        .ok_or_else(|| crate::Failure::Usage(format!("no live agent for {node}: start it, then enroll it")))?;
+    let enrolled = crate::trust::enroll(&js, &admin, &node, &beat, fingerprint).await?;
+    println!("{node} enrolled: identity {}, signed by {}", enrolled.identity_key, admin.public().id());
+    if !crate::trust::admin_keys().contains(&admin.public()) {
+        eprintln!(
+            "note: your key is not among this CLI's --admin-keys (PVEFLEET_ADMIN_KEYS), so it will not believe this \
+             enrollment until it is"
+        );
+    }
     Ok(())
 }

@@ -26,6 +26,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         .into());
     }
     let store = crate::open_store(cli).await?;
+    let (_, me) = crate::identity::load(cli)?;
     let parts = crate::requests::gather(args, &store).await?;
     let count = args.count.unwrap_or(1);
     let jobs = crate::requests::build_jobs(&parts, count)?;
@@ -43,7 +44,11 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
             }
         }
         let subject = pvefleet_schemas::names::plan_subject(&job.node);
-        let payload = serde_json::to_vec(&PlanRequest::new(job.clone())).expect("a plan request serializes");
+        let payload = crate::publishing::signed_for(
+            &PlanRequest::new(job.clone()),
+            &me,
+            crate::publishing::CONTROL_SIGNED_FOR_MINUTES,
+        )?;
         let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));
         let answer = client.send_request(subject, request).await.map_err(|e| match e.kind() {
             async_nats::RequestErrorKind::TimedOut => {

@@ -26,7 +26,8 @@ pub async fn run(cli: &crate::cli::Cli, replicas: usize, nodes: &[String], event
             nodes.extend(NodeName::new(&job.node).ok());
         }
     }
-    let mut streams = vec![layout::jobs_stream(replicas), layout::vmids_stream(replicas)];
+    let mut streams =
+        vec![layout::jobs_stream(replicas), layout::vmids_stream(replicas), layout::audit_stream(replicas)];
     streams.extend(nodes.iter().map(|n| {
         let mut events = layout::events_stream(n, replicas);
         if let Some(mib) = events_max_mib {
@@ -44,7 +45,12 @@ pub async fn run(cli: &crate::cli::Cli, replicas: usize, nodes: &[String], event
         .map_err(|e| anyhow::anyhow!("stream {name}: {e}"))?;
         println!("stream {name}: ready ({replicas} replica{})", if replicas == 1 { "" } else { "s" });
     }
-    for config in [layout::jobs_bucket(replicas), layout::nodes_bucket(replicas, layout::DEFAULT_HEARTBEAT_TTL)] {
+    for config in [
+        layout::jobs_bucket(replicas),
+        layout::nodes_bucket(replicas, layout::DEFAULT_HEARTBEAT_TTL),
+        layout::trust_bucket(replicas),
+        layout::requests_bucket(replicas),
+    ] {
         let name = config.bucket.clone();
         match js.create_or_update_key_value(config.clone()).await {
             Err(e) if layout::made_meanwhile(&e) => js.create_or_update_key_value(config).await,

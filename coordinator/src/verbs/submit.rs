@@ -20,8 +20,8 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
         .into());
     }
     let store = crate::open_store(cli).await?;
-    let signer = crate::identity::signer(cli)?;
-    let signer = signer.as_ref();
+    let (_, signer) = crate::identity::load(cli)?;
+    let signer = &signer;
     let nats = Nats::new(cli);
     if let Some(count) = args.count {
         // Each of the N jobs has its own request id (`<request-id>-<n>`).

@@ -28,7 +28,7 @@ fn layout(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/" { "pvefleet" }
-                    nav { a href="/" { "Fleet" } " " a href="/jobs" { "Jobs" } }
+                    nav { a href="/" { "Fleet" } " " a href="/jobs" { "Jobs" } " " a href="/audit" { "Audit" } }
                 }
                 main { (body) }
             }
@@ -178,6 +178,39 @@ pub async fn jobs(State(web): State<Web>, Query(q): Query<JobsQuery>) -> Respons
                 @if page_no > 1 { a rel="prev" href=(link(page_no - 1)) { "← newer" } " " }
                 "page " (page_no) " of " (pages)
                 @if page_no < pages { " " a rel="next" href=(link(page_no + 1)) { "older →" } }
+            }
+        },
+    )
+}
+
+/// The audit trail as the recorder keeps it: every decision on a request and every admin
+/// action, newest first, with who signed it and the rule that refused it.
+pub async fn audit(State(web): State<Web>) -> Response {
+    let records = match web.store.audit(500).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    page(
+        StatusCode::OK,
+        "Audit",
+        html! {
+            h1 { "Audit" }
+            p { "Every decision an agent made on a request, and every admin action (the latest " (records.len()) "; `pvefleet audit` reads them all)." }
+            table #audit {
+                thead { tr { th { "at" } th { "node" } th { "action" } th { "decision" } th { "job" } th { "signer" } th { "rule" } th { "message" } } }
+                tbody {
+                    @for r in &records {
+                        tr.audit data-decision=(r.decision) {
+                            td { (r.at) } td { (r.node.clone().unwrap_or_default()) } td { (r.action) }
+                            td { span.decision { (r.decision) } }
+                            td { @if let Some(j) = &r.job_id { a href=(format!("/jobs/{j}")) { (j) } } }
+                            td.signer title=(r.signer.clone().unwrap_or_default()) {
+                                (r.signer_name.clone().or_else(|| r.signer.clone()).unwrap_or_else(|| "unsigned".into()))
+                            }
+                            td { (r.rule.clone().unwrap_or_default()) } td { (r.message) }
+                        }
+                    }
+                }
             }
         },
     )

@@ -296,11 +296,13 @@ impl World {
 /// Publishes a job as the coordinator does, through outages, with its id as the dedup id.
 async fn publish(js: &jetstream::Context, job: &pvefleet_schemas::Job) -> anyhow::Result<()> {
     let deadline = Instant::now() + SUBMIT_FOR;
+    // Signed once, as the coordinator signs it: every try is the same message.
+    let payload = bytes::Bytes::from(crate::trust::signed(job));
     loop {
         let sent = async {
             js.send_publish(
                 job_subject(&job.node, JobKind::Create),
-                PublishMessage::build().payload(job.encode().into()).message_id(job.job_id.to_string()),
+                PublishMessage::build().payload(payload.clone()).message_id(job.job_id.to_string()),
             )
             .await?
             .await?;

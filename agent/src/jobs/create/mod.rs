@@ -75,6 +75,7 @@ pub async fn run(job: &Job, claimed: Claimed, env: Env<'_>, cancel: &Cancellatio
         ssh_config: &env.config.ssh,
         files_dir: &env.config.files_dir,
         allow: &env.config.allow,
+        clone_right: env.grant.clone_from,
         ledger: env.ledger,
         sealing: env.sealing,
         password: None,
@@ -105,6 +106,8 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) files_dir: &'a std::path::Path,
     /// What the node's operator lets jobs reach beyond their own.
     pub(crate) allow: &'a crate::config::Allow,
+    /// Which containers the job's signer may clone.
+    pub(crate) clone_right: pvefleet_schemas::trust::CloneFrom,
     /// The templates this agent fetched itself, and as what.
     pub(crate) ledger: &'a crate::cache::Ledger,
     /// The agent's own key: opens the root password, seals the job's SSH key.
@@ -174,8 +177,15 @@ impl CreateJob<'_> {
         crate::jobs::checks::network(pve, self.job).await?;
         crate::jobs::checks::fetch_target(pve, self.job, self.allow).await?;
         let has_clone_key = self.ssh_config.clone_key.is_some();
-        let (_, source) =
-            crate::jobs::checks::source(pve, self.job, has_clone_key, self.core.cp.clone_source, self.allow).await?;
+        let (_, source) = crate::jobs::checks::source(
+            pve,
+            self.job,
+            has_clone_key,
+            self.core.cp.clone_source,
+            self.allow,
+            self.clone_right,
+        )
+        .await?;
         self.core.cp.clone_source = source;
         // A clone cannot be given the job's own key at create: its deploy logs in with
         // `ssh.key_file`, then swaps the job's key in for that shared one.
