@@ -76,6 +76,7 @@ pub async fn run(job: &Job, claimed: Claimed, env: Env<'_>, cancel: &Cancellatio
         files_dir: &env.config.files_dir,
         allow: &env.config.allow,
         clone_right: env.grant.clone_from,
+        signer_name: env.grant.name.clone(),
         ledger: env.ledger,
         sealing: env.sealing,
         password: None,
@@ -108,6 +109,8 @@ pub(crate) struct CreateJob<'a> {
     pub(crate) allow: &'a crate::config::Allow,
     /// Which containers the job's signer may clone.
     pub(crate) clone_right: pvefleet_schemas::trust::CloneFrom,
+    /// Who signed the job, as the policy names them (for the audit trail).
+    pub(crate) signer_name: String,
     /// The templates this agent fetched itself, and as what.
     pub(crate) ledger: &'a crate::cache::Ledger,
     /// The agent's own key: opens the root password, seals the job's SSH key.
@@ -177,7 +180,7 @@ impl CreateJob<'_> {
         crate::jobs::checks::network(pve, self.job).await?;
         crate::jobs::checks::fetch_target(pve, self.job, self.allow).await?;
         let has_clone_key = self.ssh_config.clone_key.is_some();
-        let (_, source) = crate::jobs::checks::source(
+        let source = crate::jobs::checks::source(
             pve,
             self.job,
             has_clone_key,
@@ -185,7 +188,24 @@ impl CreateJob<'_> {
             self.allow,
             self.clone_right,
         )
-        .await?;
+        .await;
+        if let Err(StepError::Failed { kind: ErrorKind::Unauthorized, message, .. }) = &source {
+            // The policy's one rule decided where the source is found: in the trail as well.
+            let record = pvefleet_schemas::trust::AuditRecord {
+                v: pvefleet_schemas::V1,
+                at: pvefleet_schemas::Timestamp::now(),
+                node: Some(self.core.node.clone()),
+                action: "create".into(),
+                job_id: Some(self.job.job_id),
+                signer: self.job.auth.as_ref().map(|a| a.signer.clone()),
+                signer_name: Some(self.signer_name.clone()),
+                decision: pvefleet_schemas::trust::Decision::Refused,
+                rule: Some("clone_from".into()),
+                message: message.clone(),
+            };
+            crate::trust::audit(&self.core.bus.js, &self.core.node, &record, None).await?;
+        }
+        let (_, source) = source?;
         self.core.cp.clone_source = source;
         // A clone cannot be given the job's own key at create: its deploy logs in with
         // `ssh.key_file`, then swaps the job's key in for that shared one.
