@@ -19,31 +19,56 @@ pub async fn serve_plans(shared: Arc<Shared>) {
             let node = &shared.config.node;
             let req = match PlanRequest::decode(&payload) {
                 Ok(req) => req,
-                Err(e) => return plan::refused(node, format!("unreadable plan request: {e}")),
+                Err(e) => return Some(plan::refused(node, format!("unreadable plan request: {e}"))),
             };
             match admit(shared, &payload, Action::Plan, Some(req.job.job_id)).await {
-                Ok(admitted) => plan::plan(&shared.pve, &shared.config, &req.job, &admitted.grant).await,
-                Err(why) => plan::refused(node, why),
+                Ok(admitted) => Some(plan::plan(&shared.pve, &shared.config, &req.job, &admitted.grant).await),
+                Err(Denied::Say(why)) => Some(plan::refused(node, why)),
+                Err(Denied::Silent) => None,
             }
         }
     })
     .await
 }
 
-/// Checks a control request's signature, expiry and its signer's right to `action` on this
-/// node, and stores the decision in the audit stream; the refusal's sentence when refused (or
-/// when the decision could not be stored: nothing is done that is not audited).
+/// Why a control request is not acted on: said in its reply, or not answered at all (a replay:
+/// whoever sent it again gets nothing, and while two agents of a node overlap in a restart,
+/// the other's answer is the one its sender reads).
+enum Denied {
+    Say(String),
+    Silent,
+}
+
+/// Checks a control request's signature, expiry, its signer's right to `action` on this node,
+/// and that the same signed request was not received before; stores the decision in the audit
+/// stream (nothing is done that is not audited).
 async fn admit(
     shared: &Shared,
     payload: &[u8],
     action: Action,
     job_id: Option<JobId>,
-) -> Result<crate::trust::Admitted, String> {
+) -> Result<crate::trust::Admitted, Denied> {
     let node = &shared.config.node;
-    let value: serde_json::Value = serde_json::from_slice(payload).map_err(|e| format!("unreadable request: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| Denied::Say(format!("unreadable request: {e}")))?;
     let mut admitted = shared.trust.admit(&value, action, node, true);
     if admitted.is_err() && crate::trust::refresh(&shared.trust, &shared.bus.trust).await {
         admitted = shared.trust.admit(&value, action, node, true);
+    }
+    // Each signed request is acted on once: the same bytes again (captured and replayed while
+    // still valid) are refused.
+    if admitted.is_ok() {
+        let signature = value.pointer("/auth/signature").and_then(serde_json::Value::as_str).unwrap_or_default();
+        match crate::trust::take_request(&shared.bus.requests, node, signature).await {
+            Ok(true) => {}
+            Ok(false) => {
+                admitted = Err(pvefleet_schemas::trust::Refusal::new(
+                    "replay",
+                    "this signed request was already received once; sign a new one".into(),
+                ))
+            }
+            Err(e) => return Err(Denied::Say(format!("the request was not acted on: {e}"))),
+        }
     }
     let record = crate::trust::record(
         node,
@@ -53,20 +78,21 @@ async fn admit(
         admitted.as_ref().ok().map(|a| &a.grant),
         admitted.as_ref().err(),
     );
-    crate::trust::audit(&shared.bus.js, node, &record, None)
-        .await
-        .map_err(|e| format!("the request was not acted on: its audit record could not be stored ({e})"))?;
+    crate::trust::audit(&shared.bus.js, node, &record, None).await.map_err(|e| {
+        Denied::Say(format!("the request was not acted on: its audit record could not be stored ({e})"))
+    })?;
     admitted.map_err(|refusal| {
         tracing::warn!(%refusal, request = action.as_str(), "refused a control request");
-        refusal.to_string()
+        if refusal.rule == "replay" { Denied::Silent } else { Denied::Say(refusal.to_string()) }
     })
 }
 
 /// Answers the control requests on `subject` until the agent stops: each request's payload
-/// goes to `answer`, whose reply is sent back (a request without a reply subject is dropped).
+/// goes to `answer`, whose reply is sent back (a request without a reply subject is dropped;
+/// one `answer` gives none for is not answered).
 async fn answer_requests<Fut, R>(shared: &Shared, subject: String, what: &str, answer: impl Fn(bytes::Bytes) -> Fut)
 where
-    Fut: std::future::Future<Output = R>,
+    Fut: std::future::Future<Output = Option<R>>,
     R: serde::Serialize,
 {
     let mut requests = match shared.bus.client.subscribe(subject.clone()).await {
@@ -85,8 +111,8 @@ where
         // One span per request, naming its job when it names one.
         let job_id = job_id_of(&request.payload).map(|j| j.to_string()).unwrap_or_default();
         let span = tracing::info_span!("control", request = what, %job_id);
-        let payload = serde_json::to_vec(&tracing::Instrument::instrument(answer(request.payload), span).await)
-            .expect("a reply serializes");
+        let Some(answered) = tracing::Instrument::instrument(answer(request.payload), span).await else { continue };
+        let payload = serde_json::to_vec(&answered).expect("a reply serializes");
         if let Err(e) = shared.bus.client.publish(reply, payload.into()).await {
             tracing::warn!(error = %pvefleet_schemas::report::error_chain(&e), "{what} reply not sent");
         }
@@ -99,7 +125,7 @@ pub async fn serve_cancels(shared: Arc<Shared>) {
     answer_requests(&shared, subject, "cancel", |payload| {
         let shared = &shared;
         async move {
-            match pvefleet_schemas::CancelRequest::decode(&payload) {
+            Some(match pvefleet_schemas::CancelRequest::decode(&payload) {
                 Err(e) => {
                     pvefleet_schemas::CancelReply { ok: false, message: format!("unreadable cancel request: {e}") }
                 }
@@ -108,8 +134,12 @@ pub async fn serve_cancels(shared: Arc<Shared>) {
                     message: format!("the cancel is for node {}, this agent runs {}", req.node, shared.config.node),
                 },
                 Ok(req) => {
-                    if let Err(why) = admit(shared, &payload, Action::Cancel, Some(req.job_id)).await {
-                        return pvefleet_schemas::CancelReply { ok: false, message: why };
+                    match admit(shared, &payload, Action::Cancel, Some(req.job_id)).await {
+                        Ok(_) => {}
+                        Err(Denied::Say(why)) => {
+                            return Some(pvefleet_schemas::CancelReply { ok: false, message: why });
+                        }
+                        Err(Denied::Silent) => return None,
                     }
                     let running = shared.cancels.lock().expect("cancels").get(&req.job_id).cloned();
                     match running {
@@ -124,7 +154,7 @@ pub async fn serve_cancels(shared: Arc<Shared>) {
                         None => cancel_between_deliveries(shared, req.job_id).await,
                     }
                 }
-            }
+            })
         }
     })
     .await

@@ -290,6 +290,19 @@ pub async fn take_job_id(store: &kv::Store, node: &NodeName, job_id: JobId, seq:
     Err(BusError::nats(format!("taking job id {job_id}"), "its entry keeps changing"))
 }
 
+/// Takes a signed control request once, by its signature: `false` when it was taken before (a
+/// replay). Kept as long as a job id, so for longer than any request is valid.
+pub async fn take_request(store: &kv::Store, node: &NodeName, signature: &str) -> Result<bool, BusError> {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(signature.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    match store.create(format!("{node}.control.{hex}"), bytes::Bytes::new()).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(BusError::nats("recording a control request", e)),
+    }
+}
+
 /// Stores one decision in the audit stream, waiting for the stream's acknowledgement: a
 /// request is acted on only once its record is kept. `message` names the request's message
 /// (a job's stream sequence): the same decision on the same message (a redelivery) within the

@@ -246,8 +246,23 @@ async fn control_requests_are_signed_and_checked_too() -> anyhow::Result<()> {
     assert!(!unsigned.ok && unsigned.message.contains("`signature`"), "{unsigned:?}");
     let stranger = ask(signed_by(&request, &Identity::generate())).await?;
     assert!(!stranger.ok && stranger.message.contains("`signer`"), "{stranger:?}");
-    let signed = ask(trust::signed(&request)).await?;
+    let bytes = trust::signed(&request);
+    let signed = ask(bytes.clone()).await?;
     assert!(signed.message.contains("not running"), "checked, then answered: {signed:?}");
+    // The same signed request again, as whoever captured it would send it: not acted on, not
+    // answered, and in the audit trail.
+    let replayed = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.request(pvefleet_schemas::names::cancel_subject(&node), bytes.into()),
+    )
+    .await;
+    assert!(!matches!(replayed, Ok(Ok(_))), "a replayed cancel is not answered: {replayed:?}");
+    let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &TestDb::sqlite(&bed.dir));
+    wait_until("the replay in the audit trail", Duration::from_secs(20), || async {
+        let records = audit(&cli).await.ok()?;
+        records.iter().any(|r| r.action == "cancel" && r.rule.as_deref() == Some("replay")).then_some(())
+    })
+    .await?;
     bed.dir.pass();
     Ok(())
 }
