@@ -62,10 +62,13 @@ pub async fn connect(cli: &crate::cli::Cli) -> anyhow::Result<async_nats::Client
         .map(|u| u.trim().parse())
         .collect::<Result<_, _>>()
         .with_context(|| format!("--nats-url `{}`", pvefleet_schemas::redact_urls(urls)))?;
-    let mut opts = async_nats::ConnectOptions::new()
-        .name("pvefleet")
-        .connection_timeout(Duration::from_secs(5))
-        .event_callback(|event| async move {
+    // A `.creds` file is read again at every reconnect (`record` and `serve` run for long).
+    let base = match creds {
+        Some(creds) => pvefleet_schemas::creds::options(creds).map_err(|e| anyhow::anyhow!("--nats-creds: {e}"))?,
+        None => async_nats::ConnectOptions::new(),
+    };
+    let mut opts =
+        base.name("pvefleet").connection_timeout(Duration::from_secs(5)).event_callback(|event| async move {
             if let async_nats::Event::ServerError(async_nats::ServerError::Other(message)) = &event
                 && message.to_ascii_lowercase().contains("permissions violation")
                 && let Ok(mut refused) = REFUSED.lock()
@@ -86,9 +89,6 @@ pub async fn connect(cli: &crate::cli::Cli) -> anyhow::Result<async_nats::Client
     }
     if let (Some(cert), Some(key)) = (&cli.nats_cert, &cli.nats_key) {
         opts = opts.add_client_certificate(cert.clone(), key.clone());
-    }
-    if let Some(creds) = creds {
-        opts = opts.credentials_file(creds).await.with_context(|| format!("reading {}", creds.display()))?;
     }
     opts.connect(addrs).await.with_context(|| format!("connecting to NATS at {}", pvefleet_schemas::redact_urls(urls)))
 }

@@ -23,6 +23,8 @@
 //! - [`limits`]: the largest duration, count and size each field of a job may take.
 //! - [`schema`]: the JSON Schemas checked in under `schemas/json-schema/`.
 
+#[cfg(feature = "nats")]
+pub mod creds;
 pub mod event;
 pub mod ids;
 pub mod job;

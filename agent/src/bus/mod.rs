@@ -35,7 +35,13 @@ pub async fn connect(
         config.urls.iter().map(|u| u.parse()).collect::<Result<_, _>>().map_err(|e| BusError::nats("nats.urls", e))?;
     tracing::info!(urls = %pvefleet_schemas::redact_urls(&config.urls.join(",")), "connecting to NATS");
     let attempt = || async {
-        let mut opts = async_nats::ConnectOptions::new()
+        // A `.creds` file is read again at every reconnect (a rotated one is taken at once).
+        let base = match &config.creds {
+            Some(creds) => pvefleet_schemas::creds::options(creds)
+                .map_err(|e| BusError::nats(format!("nats.creds {}", creds.display()), e))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        let mut opts = base
             .name(name)
             .connection_timeout(Duration::from_secs(5))
             // Once connected, ride out server restarts without giving up.
@@ -46,12 +52,6 @@ pub async fn connect(
                 }
                 tracing::info!(%event, "NATS connection event");
             });
-        if let Some(creds) = &config.creds {
-            opts = opts
-                .credentials_file(creds)
-                .await
-                .map_err(|e| BusError::nats(format!("reading nats.creds {}", creds.display()), e))?;
-        }
         // async-nats does not take credentials from the URL by itself.
         if let Some(addr) = addrs.iter().find(|a| a.username().is_some()) {
             opts = opts.user_and_password(
