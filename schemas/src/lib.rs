@@ -9,6 +9,7 @@
 //! - [`spec`]: what people write (container, deploy, options); unknown fields are errors.
 //! - [`job`], [`event`], [`state`]: the messages on the streams and in the KV buckets.
 //! - `layout` (feature `nats`): the streams' and buckets' settings as async-nats configs.
+//! - `creds` (feature `nats`): signing in with a `.creds` file, read again at every reconnect.
 //! - [`names`]: streams, buckets, consumers and one function per subject.
 //! - [`report`]: error chains as people read them, each cause once.
 //! - [`redact`]: URLs with their passwords replaced by `***`, for every log and error.
