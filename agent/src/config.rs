@@ -21,6 +21,8 @@ pub struct Config {
     pub ack_wait: Duration,
     /// How long a stopping agent waits for running jobs to reach a checkpoint.
     pub shutdown_grace: Duration,
+    /// How often the inventory is read again when no job has run (`pvefleet-inventory`).
+    pub inventory_interval: Duration,
     /// The only directory `deploy.files[].source` may read from.
     pub files_dir: PathBuf,
     /// What the agent keeps: its sealing key (`sealing.key`, mode 0600).
@@ -223,6 +225,8 @@ struct Raw {
     heartbeat: HumanDuration,
     #[serde(default = "default_grace")]
     shutdown_grace: HumanDuration,
+    #[serde(default = "default_inventory_interval")]
+    inventory_interval: HumanDuration,
     #[serde(default = "default_ack_wait")]
     ack_wait: HumanDuration,
     #[serde(default = "default_files_dir")]
@@ -345,6 +349,9 @@ fn default_concurrency() -> u32 {
 fn default_heartbeat() -> HumanDuration {
     HumanDuration::secs(5)
 }
+fn default_inventory_interval() -> HumanDuration {
+    HumanDuration::secs(60)
+}
 fn default_grace() -> HumanDuration {
     HumanDuration::secs(30)
 }
@@ -388,6 +395,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("concurrency", Kind::Int),
     ("heartbeat", Kind::Str),
     ("shutdown_grace", Kind::Str),
+    ("inventory_interval", Kind::Str),
     ("ack_wait", Kind::Str),
     ("files_dir", Kind::Str),
     ("state_dir", Kind::Str),
@@ -556,6 +564,7 @@ impl Config {
             heartbeat: raw.heartbeat.0,
             ack_wait: raw.ack_wait.0,
             shutdown_grace: raw.shutdown_grace.0,
+            inventory_interval: raw.inventory_interval.0,
             files_dir: raw.files_dir,
             state_dir: raw.state_dir,
             nats: NatsConfig {

@@ -27,6 +27,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod heartbeat;
+pub mod inventory;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
@@ -100,11 +101,14 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
         sealing,
         trust,
         ledger: cache::Ledger::load(&config_state_dir),
+        inventory: Arc::new(inventory::Inventory::load(&config_state_dir)),
         cancels: Default::default(),
         cancelled: Default::default(),
     });
     let control = tokio::spawn(control::serve_cancels(shared.clone()));
     let plans = tokio::spawn(control::serve_plans(shared.clone()));
+    let inventory_stop = CancellationToken::new();
+    let inventory = tokio::spawn(inventory::keep(shared.clone(), inventory_stop.clone()));
     let metrics_stop = CancellationToken::new();
     let metrics = shared.config.metrics_listen.map(|addr| tokio::spawn(metrics::serve(addr, metrics_stop.clone())));
     intake::work(shared.clone()).await;
@@ -112,6 +116,8 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     plans.abort();
     policy_stop.cancel();
     let _ = policy.await;
+    inventory_stop.cancel();
+    let _ = inventory.await;
     metrics_stop.cancel();
     if let Some(m) = metrics {
         let _ = m.await;

@@ -24,6 +24,8 @@ pub struct Shared {
     pub sealing: Arc<pvefleet_schemas::seal::SecretKey>,
     /// The admin keys and the policy they signed: who may ask for what.
     pub trust: Arc<crate::trust::Trust>,
+    /// The node's containers as last published ([`crate::inventory`]).
+    pub inventory: Arc<crate::inventory::Inventory>,
     /// The templates this agent fetched itself ([`crate::cache`]).
     pub ledger: crate::cache::Ledger,
     /// This agent process's name in job leases (`<node>-<ulid>`), new at every start.

@@ -138,6 +138,42 @@ pub enum Verb {
         after_help = "Examples:\n  pvefleet destroy 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --watch\n  pvefleet destroy --node pve1 --vmid 201 --request-id rm-201"
     )]
     Destroy(DestroyArgs),
+    /// The containers pvefleet made, where each really is (from the agents' inventory): its
+    /// node, vmid, state, address, the job that made it and the last that changed it, and
+    /// whether it was changed outside pvefleet since (drift).
+    #[command(after_help = "Examples:\n  pvefleet ls\n  pvefleet ls --select tag=web,hostname=web-* --json")]
+    Ls {
+        /// Only this node's.
+        #[arg(long)]
+        node: Option<String>,
+        /// Only those matching: `tag=T,node=N,hostname=GLOB`.
+        #[arg(long)]
+        select: Option<String>,
+        /// The containers as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a container's settings (only what is given); PVE applies most at once, and what
+    /// it leaves pending waits for a restart per --restart.
+    #[command(
+        after_help = "Examples:\n  pvefleet update web-01 --memory 2048 --cores 4 --watch\n  pvefleet update --select tag=web --memory 1024 --max-parallel 4 --canary 1 --request-id mem-1"
+    )]
+    Update(Box<UpdateArgs>),
+    /// Grow a container's disk to an absolute size (`rootfs=20G`, `mp0=100G`); never shrinks.
+    #[command(after_help = "Example:\n  pvefleet resize web-01 rootfs=20G --watch")]
+    Resize(ResizeArgs),
+    /// Start a container (already running is success).
+    #[command(after_help = "Example:\n  pvefleet start web-01 --watch")]
+    Start(PowerArgs),
+    /// Shut a container down cleanly within --timeout; then stop it hard only with --force.
+    #[command(after_help = "Example:\n  pvefleet shutdown web-01 --timeout 2m --force")]
+    Shutdown(PowerArgs),
+    /// Stop a container hard (already stopped is success).
+    #[command(after_help = "Example:\n  pvefleet stop --node pve1 --vmid 101")]
+    Stop(PowerArgs),
+    /// Reboot a running container (once, whatever happens to the request's answer).
+    #[command(after_help = "Example:\n  pvefleet reboot --select tag=web --max-parallel 2")]
+    Reboot(PowerArgs),
     /// Replay a job's events from the first, then follow it to its end (exit 0 on complete,
     /// 1 on error, 2 for an unknown job).
     #[command(after_help = "Example:\n  pvefleet watch 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --json")]
@@ -288,6 +324,126 @@ pub struct DestroyArgs {
     /// Print the job as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How a day-two verb names its container(s), and how it runs.
+#[derive(Args, Debug, Default, Clone)]
+pub struct TargetArgs {
+    /// The container: its create job's id, or its hostname (unique among pvefleet's).
+    pub target: Option<String>,
+    /// The container's node (with --vmid, instead of TARGET).
+    #[arg(long, requires = "vmid", conflicts_with = "select")]
+    pub node: Option<String>,
+    /// The container's vmid (with --node).
+    #[arg(long, requires = "node")]
+    pub vmid: Option<u32>,
+    /// Many containers from the inventory instead of one: `tag=T,node=N,hostname=GLOB`.
+    #[arg(long)]
+    pub select: Option<String>,
+    /// With --select: list the containers it matches and stop.
+    #[arg(long, requires = "select")]
+    pub dry_run: bool,
+    /// With --select: this many jobs at a time.
+    #[arg(long, default_value_t = 1, requires = "select")]
+    pub max_parallel: usize,
+    /// With --select: the first K must succeed before the rest start.
+    #[arg(long, default_value_t = 0, requires = "select")]
+    pub canary: usize,
+    /// With --select: go on past a failure (by default no new job starts after one fails).
+    #[arg(long, requires = "select")]
+    pub keep_going: bool,
+    /// Act on a container no job in this store made, on its pvefleet marker tag alone (any
+    /// PVE user who may tag guests can forge one).
+    #[arg(long)]
+    pub force_marker: bool,
+    /// Makes re-running the same command safe: the same key gives the same job (with
+    /// --select, each container its own, so a rerun redoes only what did not finish).
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Follow the job after submitting it.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the job as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// How long each Proxmox task may take.
+    #[arg(long, default_value = "10m")]
+    pub task_timeout: String,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Memory in MB.
+    #[arg(long)]
+    pub memory: Option<u32>,
+    /// Swap in MB.
+    #[arg(long)]
+    pub swap: Option<u32>,
+    /// CPU cores.
+    #[arg(long)]
+    pub cores: Option<u32>,
+    /// CPU limit in cores (0: none).
+    #[arg(long)]
+    pub cpulimit: Option<f64>,
+    /// CPU weight, 1..=262144.
+    #[arg(long)]
+    pub cpuunits: Option<u32>,
+    /// A NIC to set, `net0=name=eth0,bridge=vmbr0,ip=dhcp`, or to remove, `net1=none` (repeatable).
+    #[arg(long = "net", value_name = "netN=SPEC")]
+    pub nets: Vec<String>,
+    /// DNS servers, comma separated (`none`: the node's).
+    #[arg(long)]
+    pub nameservers: Option<String>,
+    /// The container's tags, comma separated, replacing its others (its pvefleet marker stays).
+    #[arg(long)]
+    pub tags: Option<String>,
+    /// PVE's notes for it (replacing them).
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Start at the node's boot: true or false.
+    #[arg(long)]
+    pub onboot: Option<bool>,
+    /// Protection from removal: true or false.
+    #[arg(long)]
+    pub protection: Option<bool>,
+    /// Boot order, `order=1,up=30,down=60`.
+    #[arg(long)]
+    pub startup: Option<String>,
+    /// Features in full, `nesting=1,keyctl=1` (what the policy lets you set).
+    #[arg(long)]
+    pub features: Option<String>,
+    /// A mount point to add, `mp0=local-lvm:8,mp=/srv` (repeatable).
+    #[arg(long = "mount", value_name = "mpN=SPEC")]
+    pub mounts: Vec<String>,
+    /// When to restart it: never, if-needed (only when PVE left changes pending), always.
+    #[arg(long, default_value = "if-needed")]
+    pub restart: String,
+    /// How long the clean shutdown inside a reboot may take.
+    #[arg(long, default_value = "60s")]
+    pub shutdown_timeout: String,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ResizeArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The disk and its new size: `rootfs=20G`, `mp0=100G` (absolute; growing only).
+    #[arg(value_name = "DISK=SIZE")]
+    pub size: Option<String>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct PowerArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// How long a clean shutdown (of a shutdown or a reboot) may take.
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+    /// A shutdown that does not end in time is followed by a hard stop.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug, Default)]

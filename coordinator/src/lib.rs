@@ -31,10 +31,12 @@ pub mod cli;
 pub mod failure;
 pub mod follow;
 pub mod identity;
+pub mod inventory;
 pub mod placement;
 pub mod publishing;
 pub mod recorder;
 pub mod requests;
+pub mod rollout;
 pub mod secrets;
 pub mod shutdown;
 pub mod spec;
@@ -110,5 +112,12 @@ async fn dispatch(cli: &Cli) -> Outcome {
         }
         Verb::Serve(ref args) => web::run(cli, args).await,
         Verb::Destroy(ref args) => verbs::destroy::run(cli, args).await,
+        Verb::Ls { ref node, ref select, json } => verbs::ls::run(cli, node.as_deref(), select.as_deref(), json).await,
+        Verb::Update(ref args) => verbs::day_two::update(cli, args).await,
+        Verb::Resize(ref args) => verbs::day_two::resize(cli, args).await,
+        Verb::Start(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Start).await,
+        Verb::Shutdown(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Shutdown).await,
+        Verb::Stop(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Stop).await,
+        Verb::Reboot(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Reboot).await,
     }
 }

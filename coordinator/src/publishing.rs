@@ -31,6 +31,17 @@ impl Outgoing {
         Ok(Self { job_id: job.job_id, subject: job_subject(&job.node, JobKind::Create), payload: signed(job, signer)? })
     }
 
+    /// A day-two job (`update`, `resize`, `power`) as it goes on the wire, signed.
+    pub fn day_two(
+        job_id: JobId,
+        node: &NodeName,
+        kind: JobKind,
+        message: &impl serde::Serialize,
+        signer: &Identity,
+    ) -> Result<Self, Failure> {
+        Ok(Self { job_id, subject: job_subject(node, kind), payload: signed(message, signer)? })
+    }
+
     pub fn destroy(job: &DestroyJob, signer: &Identity) -> Result<Self, Failure> {
         Ok(Self {
             job_id: job.job_id,

@@ -33,7 +33,9 @@ impl EventType {
 
 /// The steps of a job, in order; `RollingBack` only after a failure. A create job runs
 /// `Validating` to `Finalizing` (`Fetching` only for a template that is fetched first,
-/// `Cloning` instead of `Creating` for a clone); a destroy job `Finding`, `Stopping`, `Deleting`.
+/// `Cloning` instead of `Creating` for a clone); a destroy job `Finding`, `Stopping`, `Deleting`;
+/// the day-two kinds `Finding` then theirs: an update `Configuring`, `Restarting`, `Verifying`,
+/// a resize `Resizing`, a power job `Powering`. (Each table's steps are in this order.)
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
@@ -49,6 +51,11 @@ pub enum Step {
     Stopping,
     Deleting,
     RollingBack,
+    Configuring,
+    Resizing,
+    Restarting,
+    Powering,
+    Verifying,
 }
 
 impl Step {
@@ -66,6 +73,11 @@ impl Step {
             Step::Stopping => "stopping",
             Step::Deleting => "deleting",
             Step::RollingBack => "rolling_back",
+            Step::Configuring => "configuring",
+            Step::Resizing => "resizing",
+            Step::Restarting => "restarting",
+            Step::Powering => "powering",
+            Step::Verifying => "verifying",
         }
     }
 }
@@ -116,6 +128,9 @@ pub enum ErrorKind {
     /// The request is not signed, not signed by a signer the policy knows, expired, replayed,
     /// or asks for more than its signer may; the message names the rule.
     Unauthorized,
+    /// The container is no longer on the job's node (HA or an operator moved it); the message
+    /// names the node it is on now.
+    Moved,
 }
 
 /// The failure in a failed job's result.

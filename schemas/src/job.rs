@@ -1,5 +1,5 @@
 //! The jobs: what the coordinator publishes on `pvefleet.jobs.<node>.create` and
-//! `pvefleet.jobs.<node>.destroy`.
+//! `pvefleet.jobs.<node>.destroy` (the day-two kinds are in [`crate::day_two`]).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,9 @@ use crate::validate::{Problems, ValidationErrors};
 pub enum JobMessageKind {
     Create,
     Destroy,
+    Update,
+    Resize,
+    Power,
 }
 
 /// A request to create one container and deploy into it.
@@ -182,7 +185,7 @@ impl DestroyJob {
 }
 
 /// A request's `auth`, bounded: a key id and a signature are short, whoever sent them.
-fn check_auth(p: &mut Problems, auth: Option<&crate::signing::RequestAuth>) {
+pub(crate) fn check_auth(p: &mut Problems, auth: Option<&crate::signing::RequestAuth>) {
     if let Some(auth) = auth {
         p.check("auth.signer", auth.signer.starts_with("SHA256:") && auth.signer.len() <= 64, || {
             "is not a key id like `SHA256:…` (at most 64 characters)".into()

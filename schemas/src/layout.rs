@@ -143,6 +143,19 @@ pub fn requests_bucket(replicas: usize) -> kv::Config {
     }
 }
 
+/// Every container with a pvefleet marker, as its node's agent last saw it: the last value
+/// per key only.
+pub fn inventory_bucket(replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: names::INVENTORY_BUCKET.into(),
+        description: "pvefleet inventory: each node's containers with a pvefleet marker, under <node>.<vmid>".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// The audit trail: nobody deletes a record or purges the stream (`deny_delete`,
 /// `deny_purge`); records age out after [`AUDIT_MAX_AGE`].
 pub fn audit_stream(replicas: usize) -> stream::Config {

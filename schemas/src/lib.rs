@@ -26,6 +26,7 @@
 
 #[cfg(feature = "nats")]
 pub mod creds;
+pub mod day_two;
 pub mod event;
 pub mod ids;
 pub mod job;
@@ -51,6 +52,10 @@ pub mod validate;
 pub use event::{
     CancelReply, CancelRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, PlanCheck,
     PlanReply, PlanRequest, PlannedCall, Step,
+};
+pub use day_two::{
+    ConfigChange, ContainerTarget, DayTwoOptions, InventoryEntry, PowerAction, PowerJob, ResizeJob, RestartPolicy,
+    UpdateJob,
 };
 pub use ids::{JobId, NodeName, Vmid};
 pub use job::{DestroyJob, DestroyOptions, DestroyTarget, Job, JobMessageKind};

@@ -25,6 +25,9 @@ pub const TRUST_BUCKET: &str = "pvefleet-trust";
 /// Each job id an agent took, with the stream message that carried it, kept while a signed
 /// request can still be valid: a job id is taken by one message only (replays are refused).
 pub const REQUESTS_BUCKET: &str = "pvefleet-requests";
+/// KV: every container carrying a pvefleet marker, as its node's agent last saw it, under
+/// `<node>.<vmid>` ([`inventory_key`]).
+pub const INVENTORY_BUCKET: &str = "pvefleet-inventory";
 /// The audit trail: every decision on a request, every admin action.
 pub const AUDIT_STREAM: &str = "PVEFLEET_AUDIT";
 /// Subjects the audit stream holds.
@@ -50,6 +53,9 @@ pub fn request_key(node: &NodeName, job: &JobId) -> String {
 pub enum JobKind {
     Create,
     Destroy,
+    Update,
+    Resize,
+    Power,
 }
 
 impl JobKind {
@@ -57,6 +63,9 @@ impl JobKind {
         match self {
             JobKind::Create => "create",
             JobKind::Destroy => "destroy",
+            JobKind::Update => "update",
+            JobKind::Resize => "resize",
+            JobKind::Power => "power",
         }
     }
 }
@@ -121,6 +130,11 @@ pub fn checkpoint_key(node: &NodeName, job: &JobId) -> String {
 /// `<vmid>`: a vmid's reservation key in [`VMIDS_BUCKET`].
 pub fn vmid_key(vmid: crate::ids::Vmid) -> String {
     vmid.to_string()
+}
+
+/// `<node>.<vmid>`: a container's key in [`INVENTORY_BUCKET`].
+pub fn inventory_key(node: &NodeName, vmid: crate::Vmid) -> String {
+    format!("{node}.{vmid}")
 }
 
 /// `<node>`: a node's heartbeat key in [`NODES_BUCKET`].

@@ -1,7 +1,7 @@
 //! JSON Schemas of the job and event messages, generated from the types so they cannot drift;
 //! a test fails when the checked-in copies under `schemas/json-schema/` are stale.
 
-use crate::{DestroyJob, Event, Job};
+use crate::{DestroyJob, Event, InventoryEntry, Job, PowerJob, ResizeJob, UpdateJob};
 
 /// The JSON Schema of a job message, pretty-printed with a trailing newline.
 pub fn job_schema() -> String {
@@ -11,6 +11,16 @@ pub fn job_schema() -> String {
 /// The JSON Schema of a destroy job message.
 pub fn destroy_job_schema() -> String {
     pretty(schemars::schema_for!(DestroyJob))
+}
+
+/// The JSON Schemas of the day-two job messages, and of an inventory entry, by file name.
+pub fn day_two_schemas() -> [(&'static str, String); 4] {
+    [
+        ("update-job.json", pretty(schemars::schema_for!(UpdateJob))),
+        ("resize-job.json", pretty(schemars::schema_for!(ResizeJob))),
+        ("power-job.json", pretty(schemars::schema_for!(PowerJob))),
+        ("inventory-entry.json", pretty(schemars::schema_for!(InventoryEntry))),
+    ]
 }
 
 /// The JSON Schema of an event message, pretty-printed with a trailing newline.

@@ -127,6 +127,11 @@ pub struct Checkpoint {
     /// Set when the job has failed: a redelivery goes on with the rollback, not the steps.
     #[serde(default)]
     pub failure: Option<ErrorInfo>,
+    /// When the job sent a request that must never be sent twice (a reboot) and whose UPID
+    /// it does not know yet: a redelivery, or a lost answer, looks for that task in the
+    /// node's task list begun since, instead of sending it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_at: Option<Timestamp>,
     /// The run that may act on the job, until when. Every write of the checkpoint is a
     /// compare-and-set on its revision, so a run that lost its lease cannot write it back.
     #[serde(default)]
@@ -179,6 +184,7 @@ impl Checkpoint {
             host_key: None,
             deployed: Vec::new(),
             failure: None,
+            asked_at: None,
             lease: None,
         }
     }

@@ -173,10 +173,21 @@ pub enum Action {
     Destroy,
     Cancel,
     Plan,
+    Update,
+    Resize,
+    Power,
 }
 
 impl Action {
-    pub const ALL: [Action; 4] = [Action::Create, Action::Destroy, Action::Cancel, Action::Plan];
+    pub const ALL: [Action; 7] = [
+        Action::Create,
+        Action::Destroy,
+        Action::Cancel,
+        Action::Plan,
+        Action::Update,
+        Action::Resize,
+        Action::Power,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -184,6 +195,9 @@ impl Action {
             Action::Destroy => "destroy",
             Action::Cancel => "cancel",
             Action::Plan => "plan",
+            Action::Update => "update",
+            Action::Resize => "resize",
+            Action::Power => "power",
         }
     }
 }
@@ -355,39 +369,9 @@ impl Grant {
                 format!("{who} may not make a privileged container (container.unprivileged = false)"),
             ));
         }
-        for (i, mount) in spec.mounts.iter().enumerate() {
-            match mount {
-                MountPoint::Bind { host_path, .. } if !self.host_paths => {
-                    return Err(Refusal::new(
-                        "host_paths",
-                        format!("{who} may not bind-mount a host path (container.mounts[{i}]: {host_path})"),
-                    ));
-                }
-                MountPoint::Existing { volume, .. } if !self.existing_volumes => {
-                    return Err(Refusal::new(
-                        "existing_volumes",
-                        format!("{who} may not mount an existing volume (container.mounts[{i}]: {volume})"),
-                    ));
-                }
-                _ => {}
-            }
-        }
-        let f = &spec.features;
-        let asked = [
-            ("keyctl", f.keyctl),
-            ("fuse", f.fuse),
-            ("mknod", f.mknod),
-            ("mount", !f.mount.is_empty()),
-            ("force_rw_sys", f.force_rw_sys),
-        ];
-        for (feature, on) in asked {
-            if on && !self.features.iter().any(|g| g == feature) {
-                return Err(Refusal::new(
-                    "features",
-                    format!("{who} may not turn on feature `{feature}` (container.features; only nesting by default)"),
-                ));
-            }
-        }
+        let mounts = spec.mounts.iter().enumerate().map(|(i, m)| (format!("container.mounts[{i}]"), m));
+        self.allows_mounts(mounts)?;
+        self.allows_features(&spec.features, "container.features")?;
         match &spec.template {
             Some(TemplateSource::Download(d)) => {
                 let host = url_host(&d.url);
@@ -414,6 +398,68 @@ impl Grant {
 
     pub fn allows_destroy(&self, job: &DestroyJob) -> Result<(), Refusal> {
         self.may(Action::Destroy, &job.node)
+    }
+
+    /// An update adds mount points and sets features under the same rules as a create.
+    pub fn allows_update(&self, job: &crate::day_two::UpdateJob) -> Result<(), Refusal> {
+        self.may(Action::Update, &job.node)?;
+        let mounts = job.change.mounts.iter().map(|(key, m)| (format!("change.mounts.{key}"), m));
+        self.allows_mounts(mounts)?;
+        if let Some(f) = &job.change.features {
+            self.allows_features(f, "change.features")?;
+        }
+        Ok(())
+    }
+
+    pub fn allows_resize(&self, job: &crate::day_two::ResizeJob) -> Result<(), Refusal> {
+        self.may(Action::Resize, &job.node)
+    }
+
+    pub fn allows_power(&self, job: &crate::day_two::PowerJob) -> Result<(), Refusal> {
+        self.may(Action::Power, &job.node)
+    }
+
+    /// Bind mounts of host paths and existing volumes, each only when granted.
+    fn allows_mounts<'m>(&self, mounts: impl Iterator<Item = (String, &'m MountPoint)>) -> Result<(), Refusal> {
+        let who = &self.name;
+        for (field, mount) in mounts {
+            match mount {
+                MountPoint::Bind { host_path, .. } if !self.host_paths => {
+                    return Err(Refusal::new(
+                        "host_paths",
+                        format!("{who} may not bind-mount a host path ({field}: {host_path})"),
+                    ));
+                }
+                MountPoint::Existing { volume, .. } if !self.existing_volumes => {
+                    return Err(Refusal::new(
+                        "existing_volumes",
+                        format!("{who} may not mount an existing volume ({field}: {volume})"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Features beyond nesting, each only when granted.
+    fn allows_features(&self, f: &crate::lxc::Features, field: &str) -> Result<(), Refusal> {
+        let asked = [
+            ("keyctl", f.keyctl),
+            ("fuse", f.fuse),
+            ("mknod", f.mknod),
+            ("mount", !f.mount.is_empty()),
+            ("force_rw_sys", f.force_rw_sys),
+        ];
+        for (feature, on) in asked {
+            if on && !self.features.iter().any(|g| g == feature) {
+                return Err(Refusal::new(
+                    "features",
+                    format!("{} may not turn on feature `{feature}` ({field}; only nesting by default)", self.name),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

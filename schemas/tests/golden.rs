@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use pvefleet_schemas::schema::{destroy_job_schema, event_schema, job_schema};
+use pvefleet_schemas::schema::{day_two_schemas, destroy_job_schema, event_schema, job_schema};
 use pvefleet_schemas::{DecodeError, ErrorKind, Event, EventType, Job, Step};
 use serde_json::Value;
 
@@ -49,6 +49,32 @@ fn destroy_job_example_round_trips_unchanged_and_is_valid() {
 }
 
 #[test]
+fn day_two_examples_round_trip_unchanged_and_are_valid() {
+    use pvefleet_schemas::{PowerJob, ResizeJob, UpdateJob};
+    let update = read("examples/job-update.json");
+    let job = UpdateJob::decode(&update).unwrap();
+    assert_eq!(json(&job.encode()), json(&update));
+    job.validate().unwrap();
+    let resize = read("examples/job-resize.json");
+    let job = ResizeJob::decode(&resize).unwrap();
+    assert_eq!((json(&job.encode()), job.size_text()), (json(&resize), "20G".to_owned()));
+    job.validate().unwrap();
+    let power = read("examples/job-power.json");
+    let job = PowerJob::decode(&power).unwrap();
+    assert_eq!(json(&job.encode()), json(&power));
+    job.validate().unwrap();
+    for (example, schema) in [
+        ("examples/job-update.json", "json-schema/update-job.json"),
+        ("examples/job-resize.json", "json-schema/resize-job.json"),
+        ("examples/job-power.json", "json-schema/power-job.json"),
+    ] {
+        let validator = jsonschema::validator_for(&json(&read(schema))).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&json(&read(example))).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{example}: {errors:?}");
+    }
+}
+
+#[test]
 fn event_examples_round_trip_unchanged() {
     let mut kinds = Vec::new();
     for rel in EVENTS {
@@ -65,11 +91,16 @@ fn event_examples_round_trip_unchanged() {
 
 #[test]
 fn checked_in_schemas_are_current() {
+    let day_two = day_two_schemas().map(|(name, schema)| (format!("json-schema/{name}"), schema));
     for (rel, fresh) in [
-        ("json-schema/job.json", job_schema()),
-        ("json-schema/destroy-job.json", destroy_job_schema()),
-        ("json-schema/event.json", event_schema()),
-    ] {
+        ("json-schema/job.json".to_owned(), job_schema()),
+        ("json-schema/destroy-job.json".to_owned(), destroy_job_schema()),
+        ("json-schema/event.json".to_owned(), event_schema()),
+    ]
+    .into_iter()
+    .chain(day_two)
+    {
+        let rel = rel.as_str();
         if std::env::var_os("PVEFLEET_BLESS").is_some() {
             std::fs::write(path(rel), &fresh).unwrap();
         }

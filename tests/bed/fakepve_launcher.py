@@ -80,6 +80,11 @@ class BedPve(FakePve):
         # then its answer is lost, as when pveproxy times out while the worker runs on.
         self.lost_answers = {}
         self.answers_lost = 0
+        # (method, path) -> {'skip': n, 'times': n or None, 'vmid': n, 'set': {...}, 'delete': [...]}: once a
+        # matching request (after the first `skip`) is answered, another PVE user edits that container's
+        # config (a concurrent edit); `{n}` in a value is the edit's number, so each edit changes something.
+        self.edits_after = {}
+        self.edits_made = 0
         # (method, schema path template) -> count: what a benchmark reads as "calls per job".
         self.bed_calls = collections.Counter()
         # storage -> checks of the download-url requests whose tasks are about to run (see _download_url).
@@ -94,6 +99,7 @@ class BedPve(FakePve):
             ct.start_secs = ct.stop_secs = ct.shutdown_secs = 0
         self.failures.clear()
         self.lost_answers.clear()
+        self.edits_after.clear()
         self.flaky_network()
         self.effects.clear()
         self.delay = 0.0
@@ -110,6 +116,7 @@ class BedPve(FakePve):
         if self.delay:
             await asyncio.sleep(self.delay)
         response = await super()._middleware(request, handler)
+        await self._edit_after(request, response)
         how = self._lose_answer(request, response)
         if how == 'drop':
             request.transport.close()
@@ -203,6 +210,31 @@ class BedPve(FakePve):
             self.store_file(storage, filename, 48 * 1024 ** 2, 'vztmpl')
         return await self.task(node, 'download', filename, user, body,
                                log=['pulling {0} to {1}:vztmpl/{2}'.format(reference, storage, filename)])
+
+    async def _edit_after(self, request, response):
+        """Another user's config edit, made once this request has its answer (an /edit-after rule).
+
+        The edit goes through fakepve's own config update (pending and hotplug rules, a new digest), as a
+        `PUT …/config` by root@pam would, so the client's next write with the digest it read is refused.
+        """
+        if response.status >= 400:
+            return
+        for key, rule in list(self.edits_after.items()):
+            if request.method != key[0] or not self._failure_matches(request, None, key[1]):
+                continue
+            if rule['skip'] > 0:
+                rule['skip'] -= 1
+                continue
+            if rule['times'] is not None:
+                rule['times'] -= 1
+                if rule['times'] <= 0:
+                    del self.edits_after[key]
+            ct = self.ct(rule['vmid'])
+            if ct is not None:
+                n = str(self.edits_made + 1)
+                values = {k: v.replace('{n}', n) for k, v in rule['set'].items()}
+                await self._update_config(ct, 'root@pam', values, list(rule['delete']), [])
+                self.edits_made += 1
 
     def _lose_answer(self, request, response):
         """How this request's answer is lost ('500', 'drop'), if a /lose-answer rule matches it.
@@ -378,7 +410,7 @@ def control_app(pve, initial_scale):
     async def health(request):
         return web.json_response({
             'ok': True, 'url': pve.url, 'time_scale': pve.time_scale, 'delay': pve.delay,
-            'requests': pve.bed_requests, 'answers_lost': pve.answers_lost,
+            'requests': pve.bed_requests, 'answers_lost': pve.answers_lost, 'edits_made': pve.edits_made,
             'nodes': {n: s.get('online', True) for n, s in sorted(pve.nodes.items())},
             'failures': [{'method': m, 'path': p, 'times': r['times']} for (m, p), r in pve.failures.items()],
             'containers': sorted(ct.vmid for ct in pve.cts)})
@@ -425,6 +457,23 @@ def control_app(pve, initial_scale):
         if how not in ('500', 'drop'):
             raise refuse("'how' must be '500' or 'drop'")
         pve.lost_answers[method, path] = {'times': field(data, 'times', int, 1) or None, 'how': how}
+
+    @post('/edit-after')
+    def edit_after(data):
+        # Once the next matching request is answered, another user changes container `vmid`'s config.
+        method, path = field(data, 'method', str).upper(), field(data, 'path', str)
+        path = path[len('/api2/json'):] if path.startswith('/api2/json/') else path
+        if not path.startswith('/'):
+            raise refuse("'path' must start with / (relative to /api2/json)")
+        changes = data.get('set') or {}
+        if not isinstance(changes, dict):
+            raise refuse("'set' must be an object of config keys")
+        deletes = data.get('delete') or []
+        if not isinstance(deletes, list):
+            raise refuse("'delete' must be a list of config keys")
+        pve.edits_after[method, path] = {'skip': field(data, 'skip', int, 0),
+                                         'times': field(data, 'times', int, 1) or None, 'vmid': field(data, 'vmid', int),
+                                         'set': {k: str(v) for k, v in changes.items()}, 'delete': deletes}
 
     @post('/flaky')
     def flaky(data):

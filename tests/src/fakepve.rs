@@ -242,6 +242,24 @@ impl FakePve {
             .map(drop)
     }
 
+    /// Another PVE user's edit of container `vmid`'s config (`set`: keys to values; `{n}` in a
+    /// value is the edit's number, so each edit changes something), made right after each of
+    /// the next `times` requests matching `method` and `path` is answered, once the first `skip`
+    /// have passed (`times` 0: each until [`FakePve::reset`]): a concurrent edit at the worst
+    /// moment, between a client's read and its write.
+    pub async fn edit_after(
+        &self,
+        method: &str,
+        path: &str,
+        skip: u32,
+        times: u32,
+        vmid: u32,
+        set: Value,
+    ) -> anyhow::Result<()> {
+        let rule = json!({"method": method, "path": path, "skip": skip, "times": times, "vmid": vmid, "set": set});
+        self.control("/edit-after", rule).await.map(drop)
+    }
+
     /// A flaky network: this share of requests is dropped before fakepve acts on it, and this
     /// share hangs for `hang_secs` (PVE seconds) first. All zero clears it.
     pub async fn flaky(&self, drop_rate: f64, hang_rate: f64, hang_secs: f64, seed: u64) -> anyhow::Result<()> {

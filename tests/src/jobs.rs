@@ -57,6 +57,18 @@ pub async fn submit_destroy(js: &jetstream::Context, job: &pvefleet_schemas::Des
     publish(js, job_subject(&job.node, JobKind::Destroy), &job.job_id.to_string(), crate::trust::signed(job)).await
 }
 
+/// Publishes a job of any kind as the coordinator does: signed by the bed's operator, to
+/// `pvefleet.jobs.<node>.<kind>`, deduplicated by `job_id`.
+pub async fn submit_kind(
+    js: &jetstream::Context,
+    node: &NodeName,
+    kind: JobKind,
+    job_id: JobId,
+    message: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    publish(js, job_subject(node, kind), &job_id.to_string(), crate::trust::signed(message)).await
+}
+
 /// Publishes any bytes as a create job for `node` (for poison-message tests), signed by the
 /// bed's operator when they are a JSON object, so they reach the decoding they test.
 pub async fn submit_raw(

@@ -93,6 +93,8 @@ pub struct Bus {
     pub trust: kv::Store,
     /// Job ids taken, one message each.
     pub requests: kv::Store,
+    /// Every container with a pvefleet marker, by node ([`crate::inventory`]).
+    pub inventory: kv::Store,
 }
 
 impl Bus {
@@ -114,9 +116,10 @@ impl Bus {
             .map_err(|e| BusError::nats(format!("KV bucket {}", names::VMIDS_BUCKET), e))?;
         let trust = get_or_create_bucket(&js, layout::trust_bucket(1)).await?;
         let requests = get_or_create_bucket(&js, layout::requests_bucket(1)).await?;
+        let inventory = get_or_create_bucket(&js, layout::inventory_bucket(1)).await?;
         get_or_create_stream(&js, layout::audit_stream(1)).await?;
         let consumer = get_or_create_consumer(&js, &jobs, config).await?;
-        Ok(Self { client, js, events, consumer, checkpoints, nodes, vmids, trust, requests })
+        Ok(Self { client, js, events, consumer, checkpoints, nodes, vmids, trust, requests, inventory })
     }
 
     /// Removes a finished job's checkpoint, whoever left it.

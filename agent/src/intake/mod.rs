@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
-use pvefleet_schemas::{DestroyJob, ErrorInfo, ErrorKind, EventType, Job, JobId, JobResult, NodeName, Step};
+use pvefleet_schemas::{
+    DestroyJob, ErrorInfo, ErrorKind, EventType, Job, JobId, JobResult, NodeName, PowerJob, ResizeJob, Step, UpdateJob,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -17,6 +19,7 @@ pub mod policy;
 use self::policy::Delivery;
 use crate::bus::{Bus, Claim, EventLog};
 use crate::jobs::{self, JobEnd};
+use crate::jobs::day_two::{power, resize, update};
 use crate::jobs::{create, destroy};
 use crate::shared::{Shared, job_id_of};
 
@@ -134,6 +137,9 @@ async fn handle(shared: &Shared, msg: Message) {
             () = keep_alive => unreachable!("the keep-alive loop never ends"),
         }
     };
+    if let JobEnd::Finished { .. } = end {
+        shared.inventory.poke();
+    }
     let delivery = policy::decide(&end);
     tracing::debug!(?end, ?delivery, "job ended");
     if let (JobEnd::Interrupted | JobEnd::Bus(_), Some(claim)) = (&end, &claim) {
@@ -170,29 +176,35 @@ async fn handle(shared: &Shared, msg: Message) {
     }
 }
 
-/// A job message of either kind, as read from its subject's last token.
+/// A job message of any kind, as read from its subject's last token: the table of kinds.
 enum Incoming {
     Create(Box<Job>),
     Destroy(DestroyJob),
+    Update(Box<UpdateJob>),
+    Resize(ResizeJob),
+    Power(PowerJob),
 }
 
 impl Incoming {
     fn decode(kind: &str, payload: &[u8]) -> Result<Self, String> {
         match kind {
-            "create" => Job::decode(payload)
-                .map(|j| Incoming::Create(Box::new(j)))
-                .map_err(|e| format!("unreadable job message: {e}")),
-            "destroy" => {
-                DestroyJob::decode(payload).map(Incoming::Destroy).map_err(|e| format!("unreadable job message: {e}"))
-            }
-            other => Err(format!("unknown job kind `{other}` in the subject")),
+            "create" => Job::decode(payload).map(|j| Incoming::Create(Box::new(j))),
+            "destroy" => DestroyJob::decode(payload).map(Incoming::Destroy),
+            "update" => UpdateJob::decode(payload).map(|j| Incoming::Update(Box::new(j))),
+            "resize" => ResizeJob::decode(payload).map(Incoming::Resize),
+            "power" => PowerJob::decode(payload).map(Incoming::Power),
+            other => return Err(format!("unknown job kind `{other}` in the subject")),
         }
+        .map_err(|e| format!("unreadable job message: {e}"))
     }
 
     fn job_id(&self) -> JobId {
         match self {
             Incoming::Create(j) => j.job_id,
             Incoming::Destroy(j) => j.job_id,
+            Incoming::Update(j) => j.job_id,
+            Incoming::Resize(j) => j.job_id,
+            Incoming::Power(j) => j.job_id,
         }
     }
 
@@ -200,6 +212,9 @@ impl Incoming {
         match self {
             Incoming::Create(j) => &j.node,
             Incoming::Destroy(j) => &j.node,
+            Incoming::Update(j) => &j.node,
+            Incoming::Resize(j) => &j.node,
+            Incoming::Power(j) => &j.node,
         }
     }
 
@@ -209,6 +224,9 @@ impl Incoming {
         match kind {
             "create" => Some(Action::Create),
             "destroy" => Some(Action::Destroy),
+            "update" => Some(Action::Update),
+            "resize" => Some(Action::Resize),
+            "power" => Some(Action::Power),
             _ => None,
         }
     }
@@ -218,6 +236,9 @@ impl Incoming {
         match self {
             Incoming::Create(j) => grant.allows_create(j),
             Incoming::Destroy(j) => grant.allows_destroy(j),
+            Incoming::Update(j) => grant.allows_update(j),
+            Incoming::Resize(j) => grant.allows_resize(j),
+            Incoming::Power(j) => grant.allows_power(j),
         }
     }
 
@@ -225,6 +246,9 @@ impl Incoming {
         match self {
             Incoming::Create(j) => j.validate(),
             Incoming::Destroy(j) => j.validate(),
+            Incoming::Update(j) => j.validate(),
+            Incoming::Resize(j) => j.validate(),
+            Incoming::Power(j) => j.validate(),
         }
     }
 }
@@ -334,12 +358,16 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         config: &shared.config,
         sealing: &shared.sealing,
         ledger: &shared.ledger,
+        inventory: &shared.inventory,
         stop: &shared.stop,
         grant: &grant,
     };
     let end = match &job {
         Incoming::Create(job) => create::run(job, claimed, env, &cancel).await,
         Incoming::Destroy(job) => destroy::run(job, claimed, env, &cancel).await,
+        Incoming::Update(job) => update::run(job, claimed, env, &cancel).await,
+        Incoming::Resize(job) => resize::run(job, claimed, env, &cancel).await,
+        Incoming::Power(job) => power::run(job, claimed, env, &cancel).await,
     };
     (end, Some(claim))
 }

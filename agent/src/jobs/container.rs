@@ -97,6 +97,81 @@ impl Core {
     }
 }
 
+impl Core {
+    /// Reboots container `vmid` once, whatever happens to the request: the time it is sent is
+    /// checkpointed first, and a redelivery or a lost answer looks for the reboot task begun
+    /// since in the node's task list before it sends another (a second reboot would cut off
+    /// the work the first let start). `Ok(false)` when it was not running (nothing rebooted).
+    pub(crate) async fn reboot_once(&mut self, vmid: Vmid, within: std::time::Duration) -> Result<bool, StepError> {
+        if let Some(upid) = self.pending_task("vzreboot") {
+            self.wait_task(&upid).await?;
+            return Ok(true);
+        }
+        if let Some(asked) = self.cp.asked_at.as_ref().map(|t| t.0.unix_timestamp()) {
+            let since = u64::try_from(asked).unwrap_or_default().saturating_sub(2);
+            if let Some(upid) = self.pve.task_since(vmid, "vzreboot", since).await? {
+                self.events.log(LogStream::Task, format!("the reboot sent earlier is task {upid}")).await?;
+                return self.wait_reboot(upid).await;
+            }
+        }
+        self.cp.asked_at = Some(pvefleet_schemas::Timestamp::now());
+        self.save().await?;
+        let since = u64::try_from(self.cp.asked_at.as_ref().map_or(0, |t| t.0.unix_timestamp())).unwrap_or_default();
+        match self.pve.reboot_once(vmid, within).await {
+            Ok(upid) => self.wait_reboot(upid).await,
+            Err(e) if e.refusal() == Some(Refusal::NotRunning) => Ok(false),
+            Err(e) if e.is_transient() => match self.pve.task_since(vmid, "vzreboot", since.saturating_sub(2)).await? {
+                // Sent, and its answer lost: that task is the reboot.
+                Some(upid) => self.wait_reboot(upid).await,
+                // Not carried out: a redelivery may send it (its time is checkpointed).
+                None => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn wait_reboot(&mut self, upid: crate::proxmox::Upid) -> Result<bool, StepError> {
+        self.cp.upid = Some(upid.to_string());
+        self.cp.asked_at = None;
+        self.save().await?;
+        self.wait_task(&upid).await?;
+        Ok(true)
+    }
+
+    /// Reads container `vmid`'s config and proves it is still the job's (by `marker`, or any
+    /// pvefleet marker when it is empty): a day-two job writes nothing else.
+    pub(crate) async fn config_of_ours(&mut self, vmid: Vmid, marker: &str) -> Result<Value, StepError> {
+        let marker = marker.to_owned();
+        let (whose, cfg) = self.owner_of(vmid, |cfg| carries_marker(cfg, &marker)).await?;
+        match (whose, cfg) {
+            (Whose::Ours, Some(cfg)) => Ok(cfg),
+            (Whose::Nobody, _) | (Whose::Ours, None) => {
+                Err(StepError::failed(ErrorKind::Conflict, format!("container {vmid} is gone from {}", self.node)))
+            }
+            (Whose::Strangers, _) => Err(StepError::failed(
+                ErrorKind::Conflict,
+                format!(
+                    "container {vmid} on {} no longer carries {}: pvefleet writes only to its own; left untouched",
+                    self.node,
+                    if marker.is_empty() { "a pvefleet marker".to_owned() } else { format!("the marker {marker}") }
+                ),
+            )),
+        }
+    }
+}
+
+/// Whether a container carries `marker`, or any pvefleet marker when `marker` is empty.
+pub(crate) fn carries_marker(cfg: &Value, marker: &str) -> bool {
+    if marker.is_empty() { has_any_marker(cfg) } else { is_ours(cfg, marker) }
+}
+
+/// Whether a container carries any pvefleet marker tag.
+pub(crate) fn has_any_marker(cfg: &Value) -> bool {
+    cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| {
+        tags.split([';', ',', ' ']).any(|t| t.to_ascii_lowercase().starts_with(pvefleet_schemas::MARKER_TAG_PREFIX))
+    })
+}
+
 /// Who holds a vmid on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Whose {
@@ -120,6 +195,15 @@ pub(crate) fn is_ours(cfg: &Value, marker: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_pvefleet_marker_counts_when_named_by_vmid() {
+        assert!(has_any_marker(&serde_json::json!({"tags": "web;pvefleet-01jdq8z3"})));
+        assert!(!has_any_marker(&serde_json::json!({"tags": "web;fleet"})));
+        assert!(!has_any_marker(&serde_json::json!({})));
+        assert!(carries_marker(&serde_json::json!({"tags": "pvefleet-x"}), ""));
+        assert!(!carries_marker(&serde_json::json!({"tags": "pvefleet-x"}), "pvefleet-y"));
+    }
 
     #[test]
     fn ownership_is_the_marker_tag() {

@@ -12,7 +12,6 @@
 //! | deleting | delete with `purge` and `destroy-unreferenced-disks`; already gone is success | none           |
 
 use pvefleet_schemas::{DestroyJob, ErrorInfo, ErrorKind, JobResult, LogStream, Step, Vmid};
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
@@ -45,13 +44,6 @@ struct DestroyRun<'a> {
     job: &'a DestroyJob,
     /// Why there was nothing to destroy, when finding found it gone.
     gone: Option<String>,
-}
-
-/// Whether a container carries any pvefleet marker tag.
-fn has_any_marker(cfg: &Value) -> bool {
-    cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| {
-        tags.split([';', ',', ' ']).any(|t| t.to_ascii_lowercase().starts_with(pvefleet_schemas::MARKER_TAG_PREFIX))
-    })
 }
 
 impl DestroyRun<'_> {
@@ -110,9 +102,7 @@ impl DestroyRun<'_> {
         let marker = self.core.marker.clone();
         let (whose, cfg) =
             self.core
-                .owner_of(vmid, |cfg| {
-                    if marker.is_empty() { has_any_marker(cfg) } else { crate::jobs::is_ours(cfg, &marker) }
-                })
+                .owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker))
                 .await?;
         match whose {
             Whose::Nobody => {
@@ -155,9 +145,7 @@ impl DestroyRun<'_> {
         let marker = self.core.marker.clone();
         let (whose, _) =
             self.core
-                .owner_of(vmid, |cfg| {
-                    if marker.is_empty() { has_any_marker(cfg) } else { crate::jobs::is_ours(cfg, &marker) }
-                })
+                .owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker))
                 .await?;
         match whose {
             Whose::Ours => Ok(true),
@@ -299,13 +287,6 @@ impl Saga for DestroyRun<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn any_pvefleet_marker_counts_when_named_by_vmid() {
-        assert!(has_any_marker(&serde_json::json!({"tags": "web;pvefleet-01jdq8z3"})));
-        assert!(!has_any_marker(&serde_json::json!({"tags": "web;fleet"})));
-        assert!(!has_any_marker(&serde_json::json!({})));
-    }
 
     #[test]
     fn the_step_table_finds_then_stops_then_deletes() {

@@ -13,6 +13,7 @@
 //!   parameters it sends (`params`), its vmid (`vmid`), its template or clone (`source`), its
 //!   keys (`keys`) and its deploy over SSH (`deploy`).
 //! - [`destroy`]: the destroy job (finding → stopping → deleting).
+//! - [`day_two`]: the kinds on a container pvefleet made: update, resize, power.
 //! - [`plan`]: what a create would find and send, changing nothing.
 //!
 //! A new job kind is a file (or folder) here with its step table and its `Saga`, plus its line
@@ -21,6 +22,7 @@
 pub mod checks;
 pub(crate) mod container;
 pub mod create;
+pub mod day_two;
 pub mod destroy;
 pub mod plan;
 
@@ -190,6 +192,8 @@ pub struct Env<'a> {
     pub sealing: &'a SecretKey,
     /// The templates this agent fetched itself, and as what.
     pub ledger: &'a crate::cache::Ledger,
+    /// Told which container each job that succeeded wrote to.
+    pub inventory: &'a Arc<crate::inventory::Inventory>,
     /// Fires when the agent stops: the job hands back at its next await.
     pub stop: &'a CancellationToken,
     /// What the job's signer may do (the policy's grant): the checks that need the node's
@@ -217,6 +221,7 @@ pub(crate) struct Core {
     /// What the kind reads in its tasks' logs into its checkpoint, line by line (a create
     /// keeps the host keys PVE prints for the new container).
     pub(crate) reads_task_logs: Option<fn(&Upid, &str, &mut Checkpoint)>,
+    inventory: Arc<crate::inventory::Inventory>,
 }
 
 impl Core {
@@ -241,6 +246,7 @@ impl Core {
             marker,
             task_timeout,
             reads_task_logs: None,
+            inventory: env.inventory.clone(),
         }
     }
 
@@ -426,7 +432,11 @@ async fn drive<S: Saga>(
     }
     let result = saga.result(None, false);
     let message = saga.completed();
-    saga.core().events.emit(EventType::Complete, Some(last), Some(100), message, None, Some(result)).await?;
+    let core = saga.core();
+    core.events.emit(EventType::Complete, Some(last), Some(100), message, None, Some(result)).await?;
+    if let Some(vmid) = core.cp.vmid {
+        core.inventory.touched(vmid, core.job_id);
+    }
     crate::metrics::metrics().job_finished(None);
     Ok(JobEnd::Finished { success: true })
 }

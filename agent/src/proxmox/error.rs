@@ -48,6 +48,13 @@ pub enum Refusal {
     AlreadyRunning,
     /// "can't lock file … - got timeout": another task holds the guest's lock for now.
     LockTimeout,
+    /// "detected modified configuration - file changed by other user? Try again.": the
+    /// config's digest is not the one the change was made against.
+    DigestChanged,
+    /// "disk is already at specified size".
+    AlreadyAtSize,
+    /// "unable to shrink disk size".
+    CannotShrink,
 }
 
 impl Refusal {
@@ -56,6 +63,12 @@ impl Refusal {
         let m = message.to_ascii_lowercase();
         if m.contains("got timeout") {
             Some(Refusal::LockTimeout)
+        } else if m.contains("detected modified configuration") {
+            Some(Refusal::DigestChanged)
+        } else if m.contains("already at specified size") {
+            Some(Refusal::AlreadyAtSize)
+        } else if m.contains("unable to shrink disk") {
+            Some(Refusal::CannotShrink)
         } else if m.contains("already exists") {
             let on =
                 message.split_once("on node '").and_then(|(_, rest)| rest.split_once('\'')).map(|(n, _)| n.to_owned());

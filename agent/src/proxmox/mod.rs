@@ -217,6 +217,17 @@ impl PveClient {
             .collect())
     }
 
+    /// The node guest `vmid` is on, from `/cluster/resources`, if it is anywhere.
+    pub async fn guest_node(&self, vmid: Vmid) -> Result<Option<String>, PveError> {
+        let data = self.call(Method::GET, "/cluster/resources", &[("type", "vm".to_owned())]).await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|g| vmid_in(g) == Some(vmid))
+            .and_then(|g| g["node"].as_str().map(str::to_owned)))
+    }
+
     /// The containers on this node as `GET /nodes/{node}/lxc` lists them: read from their
     /// configs at the call (unlike `/cluster/resources`, whose names come from pvestatd's
     /// figures, seconds late), so a container's name, tags and lock agree.
@@ -286,6 +297,62 @@ impl PveClient {
 
     pub async fn set_config(&self, vmid: Vmid, params: &[(&str, String)]) -> Result<(), PveError> {
         self.call(Method::PUT, &self.node_path(&format!("/lxc/{vmid}/config")), params).await.map(drop)
+    }
+
+    /// A config change made only if the config is still the one read (its `digest`): PVE
+    /// refuses it otherwise ([`Refusal::DigestChanged`]). Sent once, never retried: a change
+    /// whose answer was lost is found by reading the config again.
+    pub async fn put_config(&self, vmid: Vmid, params: &[(&str, String)]) -> Result<(), PveError> {
+        self.call_once(Method::PUT, &self.node_path(&format!("/lxc/{vmid}/config")), params).await.map(drop)
+    }
+
+    /// The keys PVE keeps pending for the container's next start (`GET …/pending`).
+    pub async fn pending(&self, vmid: Vmid) -> Result<Vec<String>, PveError> {
+        let data = self.call(Method::GET, &self.node_path(&format!("/lxc/{vmid}/pending")), &[]).await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|item| item.get("pending").is_some() || item.get("delete").is_some_and(|d| d != 0))
+            .filter_map(|item| item["key"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Grows a disk to `size` (PVE's spelling, `20G`).
+    pub async fn resize(&self, vmid: Vmid, disk: &str, size: &str) -> Result<Upid, PveError> {
+        let path = self.node_path(&format!("/lxc/{vmid}/resize"));
+        self.task(Method::PUT, &path, &[("disk", disk.to_owned()), ("size", size.to_owned())]).await
+    }
+
+    /// A reboot (a clean shutdown within `within`, then a start), sent once: sending it again
+    /// after a lost answer would reboot twice, so a lost answer is looked for in the node's
+    /// task list first ([`Self::task_since`]).
+    pub async fn reboot_once(&self, vmid: Vmid, within: Duration) -> Result<Upid, PveError> {
+        let path = self.node_path(&format!("/lxc/{vmid}/status/reboot"));
+        let data = self.call_once(Method::POST, &path, &[("timeout", within.as_secs().max(1).to_string())]).await?;
+        data.as_str()
+            .and_then(|s| s.parse::<Upid>().ok())
+            .ok_or_else(|| self.shape(Method::POST, &path, format!("expected a task UPID, got {data}")))
+    }
+
+    /// The newest task of `kind` for `vmid` on this node begun at or after `since` (seconds
+    /// since the epoch): how a request whose answer was lost is found to have been carried out.
+    pub async fn task_since(&self, vmid: Vmid, kind: &str, since: u64) -> Result<Option<Upid>, PveError> {
+        let params = [("vmid", vmid.to_string()), ("limit", "50".to_owned())];
+        let data = self.call(Method::GET, &self.node_path("/tasks"), &params).await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["upid"].as_str()?.parse::<Upid>().ok())
+            .filter(|u| u.kind() == kind && u.id() == vmid.to_string() && u.started().is_some_and(|s| s >= since))
+            .max_by_key(|u| u.started()))
+    }
+
+    /// `GET /nodes/{node}/lxc` as PVE answers it: one object per container on the node.
+    pub async fn containers_listed(&self) -> Result<Vec<Value>, PveError> {
+        let data = self.call(Method::GET, &self.node_path("/lxc"), &[]).await?;
+        Ok(data.as_array().cloned().unwrap_or_default())
     }
 
     /// The address of the container's interface `nic` (IPv4 first, else a global IPv6), if

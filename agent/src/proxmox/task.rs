@@ -35,6 +35,16 @@ impl Upid {
     pub fn kind(&self) -> &str {
         self.field(5)
     }
+
+    /// The guest the task is about (its id field), if it names one.
+    pub fn id(&self) -> &str {
+        self.field(6)
+    }
+
+    /// When the task began, in seconds since the epoch (its fifth field, hex).
+    pub fn started(&self) -> Option<u64> {
+        u64::from_str_radix(self.field(4), 16).ok()
+    }
 }
 
 impl fmt::Display for Upid {

@@ -103,6 +103,12 @@ pub mod job {
         Create,
         #[sea_orm(string_value = "destroy")]
         Destroy,
+        #[sea_orm(string_value = "update")]
+        Update,
+        #[sea_orm(string_value = "resize")]
+        Resize,
+        #[sea_orm(string_value = "power")]
+        Power,
     }
 
     impl std::fmt::Display for JobKind {
@@ -110,6 +116,9 @@ pub mod job {
             f.write_str(match self {
                 JobKind::Create => "create",
                 JobKind::Destroy => "destroy",
+                JobKind::Update => "update",
+                JobKind::Resize => "resize",
+                JobKind::Power => "power",
             })
         }
     }
@@ -139,7 +148,7 @@ pub mod job {
         /// The job message's sequence in PVEFLEET_JOBS (to remove it while queued).
         pub stream_seq: Option<i64>,
         pub kind: JobKind,
-        /// For a destroy job: the create job whose container it removes, if named by one.
+        /// For a destroy or day-two job: the create job whose container it acts on, if named by one.
         pub target_job: Option<String>,
         /// For a create job: the destroy job that removed its container.
         pub destroyed_by: Option<String>,

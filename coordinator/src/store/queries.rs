@@ -85,6 +85,28 @@ impl Store {
         self.reserve(model, request_id).await
     }
 
+    /// Records a day-two job (update, resize, power) about to be published: `spec` is its
+    /// message as JSON, under its target's hostname.
+    pub async fn insert_day_two_job(
+        &self,
+        kind: JobKind,
+        job_id: pvefleet_schemas::JobId,
+        node: &pvefleet_schemas::NodeName,
+        target: &pvefleet_schemas::ContainerTarget,
+        spec: String,
+        submitted_at: &pvefleet_schemas::Timestamp,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<Result<(), job::Model>> {
+        let hostname = target.hostname.clone().unwrap_or_else(|| format!("vmid {}", target.vmid));
+        let mut model = job::ActiveModel::queued(kind, job_id, node, &hostname);
+        model.spec = Set(spec);
+        model.request_id = Set(request_id.map(str::to_owned));
+        model.vmid = Set(Some(i64::from(target.vmid.get())));
+        model.submitted_at = Set(submitted_at.to_string());
+        model.target_job = Set(target.create_job.map(|j| j.to_string()));
+        self.reserve(model, request_id).await
+    }
+
     /// Inserts a job's row; with a request id already taken, answers with the job that has it.
     async fn reserve(
         &self,

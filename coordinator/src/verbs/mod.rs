@@ -1,9 +1,11 @@
 //! One file per verb.
 
 pub mod cancel;
+pub mod day_two;
 pub mod destroy;
 pub mod identity;
 pub mod jobs;
+pub mod ls;
 pub mod nodes;
 pub mod plan;
 pub mod record;

@@ -50,6 +50,7 @@ pub async fn run(cli: &crate::cli::Cli, replicas: usize, nodes: &[String], event
         layout::nodes_bucket(replicas, layout::DEFAULT_HEARTBEAT_TTL),
         layout::trust_bucket(replicas),
         layout::requests_bucket(replicas),
+        layout::inventory_bucket(replicas),
     ] {
         let name = config.bucket.clone();
         match js.create_or_update_key_value(config.clone()).await {

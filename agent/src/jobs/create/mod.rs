@@ -136,9 +136,7 @@ impl CreateJob<'_> {
             Step::Connecting => self.connect().await,
             Step::Deploying => self.deploy().await,
             Step::Finalizing => self.finalize().await,
-            Step::RollingBack | Step::Finding | Step::Stopping | Step::Deleting => {
-                unreachable!("{step} is not a step of a create job")
-            }
+            other => unreachable!("{other} is not a step of a create job"),
         }
     }
 

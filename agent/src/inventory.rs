@@ -1,0 +1,215 @@
+//! The inventory: every container on this node carrying a pvefleet marker, written to KV
+//! `pvefleet-inventory` under `<node>.<vmid>`, at start, after each job and every
+//! `inventory_interval`. One `GET /nodes/{node}/lxc`, then the config of each marked
+//! container. A container gone from the node (deleted, or moved: its new node's agent writes
+//! it under its own key) has its key deleted.
+//!
+//! What the agent keeps between starts (`state_dir/inventory.json`): the keys it wrote (so a
+//! container deleted while the agent was down is still taken out) and, per container, the last
+//! job that wrote to it and the config digest that job left (a different digest now is drift).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use pvefleet_schemas::{InventoryEntry, JobId, Timestamp, V1, Vmid, names};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::shared::Shared;
+
+/// What the inventory remembers.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Kept {
+    published: BTreeSet<u32>,
+    /// vmid → the last job of this agent that wrote to it, and the digest it left (once read).
+    applied: BTreeMap<u32, Applied>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Applied {
+    job: JobId,
+    digest: Option<String>,
+}
+
+/// The inventory's shared state: a poke after each job, and what it keeps.
+#[derive(Debug)]
+pub struct Inventory {
+    poke: Notify,
+    path: std::path::PathBuf,
+    kept: Mutex<Kept>,
+}
+
+impl Inventory {
+    pub fn load(state_dir: &std::path::Path) -> Self {
+        let path = state_dir.join("inventory.json");
+        let kept = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Self { poke: Notify::new(), path, kept: Mutex::new(kept) }
+    }
+
+    /// Job `job` wrote to container `vmid`: the next sweep (at once) reads what it left.
+    pub fn touched(&self, vmid: Vmid, job: JobId) {
+        self.kept.lock().expect("inventory").applied.insert(vmid.get(), Applied { job, digest: None });
+        self.poke.notify_one();
+    }
+
+    /// A job ended: sweep now.
+    pub fn poke(&self) {
+        self.poke.notify_one();
+    }
+
+    fn save(&self, kept: &Kept) {
+        let text = serde_json::to_vec(kept).expect("the inventory state serializes");
+        let tmp = self.path.with_extension("json.tmp");
+        if let Err(e) = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &self.path)) {
+            tracing::warn!(error = %e, path = %self.path.display(), "could not keep the inventory state");
+        }
+    }
+}
+
+/// Sweeps at start, when poked, and every `inventory_interval`, until `stop`.
+pub async fn keep(shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        if let Err(e) = sweep(&shared).await {
+            tracing::warn!(error = %e, "inventory sweep failed; trying again at the next");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(shared.config.inventory_interval) => {}
+            () = shared.inventory.poke.notified() => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// The job id in a description the agent wrote (`Created by pvefleet job <id>`, `Cloned by
+/// pvefleet job <id> (<marker>)`), if its marker is among `markers`.
+fn made_by(description: &str, markers: &[String]) -> Option<JobId> {
+    description.lines().find_map(|line| {
+        let rest = line.strip_prefix("Created by pvefleet job ").or_else(|| line.strip_prefix("Cloned by pvefleet job "))?;
+        let id: JobId = rest.split_whitespace().next()?.parse().ok()?;
+        markers.contains(&id.marker_tag()).then_some(id)
+    })
+}
+
+fn text(v: &Value, key: &str) -> Option<String> {
+    match v.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        other => Some(other.to_string()),
+    }
+}
+
+/// One container's entry, from its listing and its config.
+fn entry(node: &pvefleet_schemas::NodeName, vmid: Vmid, listed: &Value, cfg: &Value, kept: &Kept) -> InventoryEntry {
+    let tags: Vec<String> = text(cfg, "tags")
+        .unwrap_or_default()
+        .split([';', ',', ' '])
+        .filter(|t| !t.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let markers: Vec<String> =
+        tags.iter().filter(|t| t.starts_with(pvefleet_schemas::MARKER_TAG_PREFIX)).cloned().collect();
+    let create_job = made_by(&text(cfg, "description").unwrap_or_default(), &markers);
+    let ip = text(cfg, "net0").and_then(|n| {
+        n.split(',').find_map(|p| p.strip_prefix("ip=")).filter(|ip| ip.contains('/')).map(str::to_owned)
+    });
+    let disk = text(cfg, "rootfs").and_then(|r| r.split(',').find_map(|p| p.strip_prefix("size=")).map(str::to_owned));
+    let applied = kept.applied.get(&vmid.get());
+    InventoryEntry {
+        v: V1,
+        node: node.clone(),
+        vmid,
+        hostname: text(cfg, "hostname").unwrap_or_default(),
+        status: text(listed, "status").unwrap_or_else(|| "unknown".into()),
+        tags,
+        create_job,
+        markers,
+        digest: text(cfg, "digest").unwrap_or_default(),
+        memory_mb: text(cfg, "memory").and_then(|m| m.parse().ok()),
+        cores: text(cfg, "cores").and_then(|m| m.parse().ok()),
+        disk,
+        ip,
+        lock: text(cfg, "lock"),
+        last_job: applied.map(|a| a.job),
+        applied_digest: applied.and_then(|a| a.digest.clone()),
+        last_seen: Timestamp::now(),
+    }
+}
+
+async fn sweep(shared: &Shared) -> anyhow::Result<()> {
+    let node = &shared.config.node;
+    // The containers whose last job's digest is still to be read: only a config read after
+    // the job ended tells it (a job ending during this sweep is read at the next, which its
+    // end pokes).
+    let unread: BTreeSet<u32> = {
+        let kept = shared.inventory.kept.lock().expect("inventory");
+        kept.applied.iter().filter(|(_, a)| a.digest.is_none()).map(|(v, _)| *v).collect()
+    };
+    let listed = shared.pve.containers_listed().await?;
+    let mut seen = BTreeMap::new();
+    for item in &listed {
+        let Some(vmid) = item["vmid"].as_u64().and_then(|v| u32::try_from(v).ok()).and_then(|v| Vmid::new(v).ok())
+        else {
+            continue;
+        };
+        let marked = text(item, "tags").is_some_and(|t| {
+            t.split([';', ',', ' ']).any(|t| t.to_ascii_lowercase().starts_with(pvefleet_schemas::MARKER_TAG_PREFIX))
+        });
+        let template = text(item, "template").is_some_and(|t| t == "1");
+        if !marked || template {
+            continue;
+        }
+        let Some(cfg) = shared.pve.container_config(vmid).await? else { continue };
+        seen.insert(vmid, (item, cfg));
+    }
+    let mut entries = Vec::new();
+    {
+        let mut kept = shared.inventory.kept.lock().expect("inventory");
+        for (vmid, (item, cfg)) in &seen {
+            if let Some(applied) = kept.applied.get_mut(&vmid.get())
+                && applied.digest.is_none()
+                && unread.contains(&vmid.get())
+            {
+                // The first read after the job that wrote it: what that job left.
+                applied.digest = text(cfg, "digest");
+            }
+            entries.push(entry(node, *vmid, item, cfg, &kept));
+        }
+    }
+    for e in &entries {
+        let key = names::inventory_key(node, e.vmid);
+        let bytes = serde_json::to_vec(e).expect("an inventory entry serializes");
+        shared.bus.inventory.put(key, bytes.into()).await?;
+    }
+    let gone: Vec<u32> = {
+        let kept = shared.inventory.kept.lock().expect("inventory");
+        kept.published.iter().copied().filter(|v| !seen.keys().any(|s| s.get() == *v)).collect()
+    };
+    for vmid in &gone {
+        let key = format!("{node}.{vmid}");
+        shared.bus.inventory.delete(&key).await?;
+        tracing::info!(vmid, "a container left this node (deleted or moved): taken out of the inventory");
+    }
+    let mut kept = shared.inventory.kept.lock().expect("inventory");
+    let published: BTreeSet<u32> = seen.keys().map(|v| v.get()).collect();
+    kept.applied.retain(|v, _| published.contains(v));
+    kept.published = published;
+    shared.inventory.save(&kept);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_create_job_is_read_from_the_note_and_proven_by_its_marker() {
+        let job = JobId::new();
+        let markers = vec![job.marker_tag()];
+        assert_eq!(made_by(&format!("web\n\nCreated by pvefleet job {job}"), &markers), Some(job));
+        assert_eq!(made_by(&format!("Cloned by pvefleet job {job} ({})", job.marker_tag()), &markers), Some(job));
+        // A note naming a job whose marker the container does not carry proves nothing.
+        assert_eq!(made_by(&format!("Created by pvefleet job {}", JobId::new()), &markers), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! The day-two kinds, on the same engine as create and destroy: `update` (a config change,
+//! then the restart its policy asks for), `resize` (a disk grown to an absolute size) and
+//! `power` (start, shutdown, stop, reboot). Each begins with the same `finding` step here: the
+//! container named by the job is on this node and carries its marker, or the job ends
+//! (`moved` naming the node it is on now, `conflict` for a stranger's); every later step reads
+//! the container again and writes only to one still carrying the marker.
+//!
+//! - [`update`]: finding → configuring → restarting → verifying.
+//! - [`resize`]: finding → resizing.
+//! - [`power`]: finding → powering.
+
+pub mod power;
+pub mod resize;
+pub mod update;
+
+use pvefleet_schemas::{ContainerTarget, ErrorInfo, ErrorKind, JobId, JobResult, LogStream, NodeName};
+use serde_json::Value;
+
+use crate::jobs::{Core, StepError, Whose};
+
+/// The marker a day-two job's container must carry: its create job's, or (empty) any.
+pub(crate) fn marker_of(target: &ContainerTarget) -> String {
+    target.create_job.map(|j| j.marker_tag()).unwrap_or_default()
+}
+
+/// The `finding` step every day-two kind begins with: the container is here and carries the
+/// marker. Its config is returned; its vmid is checkpointed.
+pub(crate) async fn find(core: &mut Core, target: &ContainerTarget) -> Result<Value, StepError> {
+    let vmid = target.vmid;
+    let node = core.node.clone();
+    let marker = core.marker.clone();
+    let (whose, cfg) = core.owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker)).await?;
+    match (whose, cfg) {
+        (Whose::Ours, Some(cfg)) => {
+            core.cp.vmid = Some(vmid);
+            let name = cfg.get("hostname").and_then(Value::as_str).unwrap_or("?").to_owned();
+            core.events.log(LogStream::Task, format!("found container {vmid} ({name}) on {node}")).await?;
+            Ok(cfg)
+        }
+        (Whose::Strangers, _) => Err(StepError::failed(
+            ErrorKind::Conflict,
+            format!(
+                "container {vmid} on {node} does not carry {}: pvefleet did not make it; left untouched",
+                if marker.is_empty() { "a pvefleet marker".to_owned() } else { format!("the marker {marker}") }
+            ),
+        )),
+        (Whose::Nobody, _) | (Whose::Ours, None) => Err(elsewhere(core, target).await),
+    }
+}
+
+/// Why a container is not on this node: moved to another (by HA or by hand), or gone.
+async fn elsewhere(core: &mut Core, target: &ContainerTarget) -> StepError {
+    let vmid = target.vmid;
+    let node = core.node.clone();
+    // By its marker first (the vmid stays the same on a migration, but a create job's marker
+    // proves it is the same container).
+    let found = if core.marker.is_empty() {
+        core.pve.guest_node(vmid).await.map(|n| n.map(|n| (n, vmid)))
+    } else {
+        core.pve.guests_tagged(&core.marker).await.map(|g| g.into_iter().find(|(n, _)| *n != node.as_str()))
+    };
+    match found {
+        Ok(Some((other, at))) if other != node.as_str() => StepError::failed(
+            ErrorKind::Moved,
+            format!(
+                "container {vmid} is on {other} now (as {at}), not on {node}: nothing was touched; send the job to \
+                 {other} (the coordinator routes by the inventory)"
+            ),
+        ),
+        Ok(_) => StepError::failed(
+            ErrorKind::Conflict,
+            format!("container {vmid} does not exist on {node} or any other node of the cluster: it is gone"),
+        ),
+        Err(e) => e.into(),
+    }
+}
+
+/// The result every day-two kind ends with.
+pub(crate) fn result(job_id: JobId, node: &NodeName, core: &Core, error: Option<ErrorInfo>) -> JobResult {
+    JobResult {
+        success: error.is_none(),
+        job_id,
+        node: node.clone(),
+        vmid: core.cp.vmid,
+        ip: None,
+        error,
+        rolled_back: false,
+        host_key: None,
+    }
+}

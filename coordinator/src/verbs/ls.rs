@@ -1,0 +1,62 @@
+//! `pvefleet ls`: the containers pvefleet made, as the agents' inventory has them now.
+
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::json;
+
+use crate::bus::Nats;
+use crate::cli::Cli;
+use crate::inventory::{self, Selection};
+use crate::{Failure, Outcome};
+
+pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, json: bool) -> Outcome {
+    let selection: Option<Selection> =
+        select.map(|s| s.parse().map_err(|e: String| Failure::Usage(format!("--select: {e}")))).transpose()?;
+    let nats = Nats::new(cli);
+    let entries: Vec<_> = inventory::read(nats.js().await?)
+        .await?
+        .into_iter()
+        .filter(|e| node.is_none_or(|n| e.node.as_str() == n))
+        .filter(|e| selection.as_ref().is_none_or(|s| s.matches(e)))
+        .collect();
+    if json {
+        let rows: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(e).expect("an entry serializes");
+                v["drift"] = json!(e.drifted());
+                v
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if entries.is_empty() {
+        println!(
+            "No containers{}. The agents list their node's containers with a pvefleet marker at start, after each \
+             job and every inventory_interval; `pvefleet submit` makes one.",
+            if node.is_some() || select.is_some() { " match" } else { " yet" }
+        );
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_style(UTF8_FULL_CONDENSED).set_header([
+        "HOSTNAME", "NODE", "VMID", "STATUS", "IP", "MEMORY", "CORES", "DISK", "MADE BY", "LAST JOB", "DRIFT",
+    ]);
+    for e in &entries {
+        table.add_row([
+            e.hostname.clone(),
+            e.node.to_string(),
+            e.vmid.to_string(),
+            e.lock.as_ref().map_or_else(|| e.status.clone(), |l| format!("{} (lock: {l})", e.status)),
+            e.ip.clone().unwrap_or_else(|| "-".into()),
+            e.memory_mb.map_or_else(|| "-".into(), |m| format!("{m} MB")),
+            e.cores.map_or_else(|| "-".into(), |c| c.to_string()),
+            e.disk.clone().unwrap_or_else(|| "-".into()),
+            e.create_job.map_or_else(|| "?".into(), |j| j.to_string()),
+            e.last_job.map_or_else(|| "-".into(), |j| j.to_string()),
+            if e.drifted() { "changed outside pvefleet".into() } else { String::new() },
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
