@@ -204,6 +204,18 @@ async fn believed(js: &jetstream::Context, key: &str, payload: &[u8]) -> Result<
     Ok(beat)
 }
 
+/// The last event of job `job` on `node`, if it has any: how a job's end is known without the
+/// recorder (a direct get by the job's own subject, as the watcher may make).
+pub async fn last_event(js: &jetstream::Context, node: &NodeName, job: &JobId) -> anyhow::Result<Option<Event>> {
+    use jetstream::stream::DirectGetErrorKind;
+    let stream = js.get_stream_no_info(pvefleet_schemas::names::events_stream(node)).await?;
+    match stream.direct_get_last_for_subject(pvefleet_schemas::names::event_subject(node, job)).await {
+        Ok(msg) => Ok(Event::decode(&msg.payload).ok().filter(|e| e.job_id == *job && e.node == *node)),
+        Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("reading job {job}'s events: {e}")),
+    }
+}
+
 /// `node`'s heartbeat as it is in the registry, unchecked (what `nodes enroll` checks).
 pub async fn raw_heartbeat(js: &jetstream::Context, node: &NodeName) -> anyhow::Result<Option<bytes::Bytes>> {
     let kv = js.get_key_value(NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("the node registry: {e}"))?;

@@ -70,7 +70,7 @@ pub async fn run(
     if plan.dry_run {
         return Ok(());
     }
-    let items = build(store, &chosen, plan, ask, options).await?;
+    let items = build(store, js, &chosen, plan, ask, options).await?;
     let parallel = plan.max_parallel.max(1);
     let mut ends: Vec<End> = (0..items.len()).map(|_| End::NotStarted).collect();
     let canary = plan.canary.min(items.len());
@@ -91,6 +91,7 @@ pub async fn run(
 /// make (without `--force-marker`), or a bad change, publishes nothing.
 async fn build(
     store: &Store,
+    store_js: &jetstream::Context,
     chosen: &[InventoryEntry],
     plan: &Rollout,
     ask: &Ask,
@@ -108,7 +109,21 @@ async fn build(
             let mut attempt = 1;
             loop {
                 let name = if attempt == 1 { base.clone() } else { format!("{base}/{attempt}") };
-                match store.job_by_request(&name).await? {
+                let row = match store.job_by_request(&name).await? {
+                    // The store learns a job's end from the recorder; without it, its events say.
+                    Some(mut row) if row.state.is_live() => {
+                        if let (Ok(node), Ok(id)) = (NodeName::new(&row.node), row.job_id.parse::<JobId>())
+                            && let Some(last) = crate::bus::last_event(store_js, &node, &id).await?
+                            && last.is_terminal()
+                        {
+                            row.state =
+                                if last.kind == EventType::Complete { JobState::Succeeded } else { JobState::Failed };
+                        }
+                        Some(row)
+                    }
+                    other => other,
+                };
+                match row {
                     Some(row) if row.state == JobState::Succeeded => {
                         done_before = Some(row.job_id.clone());
                         request = Some(name);
