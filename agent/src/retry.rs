@@ -79,6 +79,14 @@ pub fn none() -> ExponentialBuilder {
 /// How often a delete that lost the race for its container's lock is sent.
 pub const DELETE_ATTEMPTS: u32 = 3;
 
+/// How often a reboot is sent while no answer comes and the node's task list shows none
+/// begun since (each time only after [`REBOOT_SETTLE`]): a reboot is never sent twice
+/// knowingly, so its answer's loss is looked up rather than retried blindly.
+pub const REBOOT_ATTEMPTS: u32 = 4;
+/// How long a reboot whose answer never came is given to show up in the task list (a request
+/// that hung on its way may still start its task) before the list is read.
+pub const REBOOT_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How often an "already exists" for a vmid that no container on this node holds is looked
 /// at again (a create whose answer is still on its way) before another vmid is taken, and the
 /// pause before each look, times the look's number.

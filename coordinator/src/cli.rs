@@ -149,6 +149,9 @@ pub enum Verb {
         /// Only those matching: `tag=T,node=N,hostname=GLOB`.
         #[arg(long)]
         select: Option<String>,
+        /// Also those gone (deleted, outside pvefleet or not), as the store keeps them.
+        #[arg(long)]
+        all: bool,
         /// The containers as a JSON array.
         #[arg(long)]
         json: bool,

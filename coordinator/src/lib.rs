@@ -112,7 +112,9 @@ async fn dispatch(cli: &Cli) -> Outcome {
         }
         Verb::Serve(ref args) => web::run(cli, args).await,
         Verb::Destroy(ref args) => verbs::destroy::run(cli, args).await,
-        Verb::Ls { ref node, ref select, json } => verbs::ls::run(cli, node.as_deref(), select.as_deref(), json).await,
+        Verb::Ls { ref node, ref select, all, json } => {
+            verbs::ls::run(cli, node.as_deref(), select.as_deref(), all, json).await
+        }
         Verb::Update(ref args) => verbs::day_two::update(cli, args).await,
         Verb::Resize(ref args) => verbs::day_two::resize(cli, args).await,
         Verb::Start(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Start).await,

@@ -1,7 +1,9 @@
 //! The recorder (`pvefleet record`): a durable consumer on every node's events stream (`PVEFLEET_EVENTS_<node>`,
 //! found as they appear) writing every event into the store and moving job states forward. It
 //! acks an event only once the store has it, and recording an event twice changes nothing, so
-//! restarts of it or of NATS lose and double nothing.
+//! restarts of it or of NATS lose and double nothing. Beside the events it keeps the audit
+//! trail, and the containers of the agents' inventory (a container no agent lists any more is
+//! kept, marked `gone`).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,6 +20,9 @@ pub const CONSUMER: &str = "pvefleet-recorder";
 /// How often the recorder looks for the events streams of nodes new since it started.
 const LOOK_FOR_NODES: Duration = Duration::from_secs(5);
 
+/// How often the recorder reads the inventory (by direct gets: no consumer) into the store.
+const READ_INVENTORY: Duration = Duration::from_secs(2);
+
 /// Records every node's events into `store` until `stop` resolves, following the events
 /// streams of nodes that appear meanwhile; returns how many events were new.
 pub async fn record(js: jetstream::Context, store: Store, stop: impl std::future::Future<Output = ()>) -> u64 {
@@ -25,6 +30,7 @@ pub async fn record(js: jetstream::Context, store: Store, stop: impl std::future
     tokio::pin!(stop);
     let mut recorders = tokio::task::JoinSet::new();
     recorders.spawn(record_audit(js.clone(), store.clone(), stopped.clone()));
+    recorders.spawn(record_inventory(js.clone(), store.clone(), stopped.clone()));
     let mut watched = BTreeSet::new();
     loop {
         match crate::bus::event_stream_nodes(&js).await {
@@ -48,6 +54,29 @@ pub async fn record(js: jetstream::Context, store: Store, stop: impl std::future
         recorded += done.unwrap_or_default();
     }
     recorded
+}
+
+/// Keeps the store's containers as the inventory has them, until `stop`; returns 0 (it
+/// records no events).
+async fn record_inventory(js: jetstream::Context, store: Store, mut stop: watch::Receiver<bool>) -> u64 {
+    loop {
+        match crate::inventory::read(&js).await {
+            Ok(entries) => match store.sync_containers(&entries).await {
+                Ok(went) => {
+                    for row in went {
+                        tracing::info!(vmid = row.vmid, node = %row.node, hostname = %row.hostname, "a container is gone");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "recording the inventory failed; retrying"),
+            },
+            // No bucket yet (no agent has started since `setup`): nothing to keep.
+            Err(e) => tracing::debug!(error = %e, "the inventory cannot be read yet"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(READ_INVENTORY) => {}
+            _ = stop.changed() => return 0,
+        }
+    }
 }
 
 /// Records one node's events stream until `stop`; returns how many events were new.

@@ -116,6 +116,28 @@ async fn a_container_is_named_by_hostname_job_or_vmid_and_its_jobs_follow_it_to_
     bed.listed(2).await?;
     let twice = bed.cli.run(&["stop", "app"]).await?;
     assert!(twice.code == Some(2) && twice.stderr.contains("2 containers are named `app`"), "{twice:?}");
+
+    // Deleted in PVE's own UI: gone from `ls`, kept as gone in the store and on the web view.
+    let _recorder = bed.cli.recorder("recorder")?;
+    bed.fleet.pve.api(reqwest::Method::POST, &format!("/nodes/pve2/lxc/{vmid}/status/stop"), &[]).await?;
+    wait_until("the stop", Duration::from_secs(20), || async {
+        let s = bed.fleet.pve.api_get(&format!("/nodes/pve2/lxc/{vmid}/status/current")).await.ok()?;
+        (s["status"] == "stopped").then_some(())
+    })
+    .await?;
+    bed.fleet.pve.api(reqwest::Method::DELETE, &format!("/nodes/pve2/lxc/{vmid}"), &[]).await?;
+    bed.listed(1).await?;
+    let all = wait_until("`ls --all` to show the deleted one as gone", Duration::from_secs(30), || async {
+        let run = bed.cli.run(&["ls", "--all", "--json"]).await.ok()?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).ok()?;
+        rows.iter().any(|r| r["vmid"] == vmid && r["state"] == "gone").then_some(rows)
+    })
+    .await?;
+    assert_eq!(all.len(), 2, "{all:#?}");
+    let (_serve, url) = bed.cli.serve("serve", "127.0.0.1", &[]).await?;
+    let page = reqwest::get(format!("{url}/containers")).await?.text().await?;
+    assert!(page.contains(&format!(r#"data-state="gone" data-vmid="{vmid}""#)), "{page}");
+    assert!(page.contains(r#"data-state="present""#), "{page}");
     bed.fleet.dir.pass();
     Ok(())
 }

@@ -117,16 +117,23 @@ impl Core {
         self.cp.asked_at = Some(pvefleet_schemas::Timestamp::now());
         self.save().await?;
         let since = u64::try_from(self.cp.asked_at.as_ref().map_or(0, |t| t.0.unix_timestamp())).unwrap_or_default();
-        match self.pve.reboot_once(vmid, within).await {
-            Ok(upid) => self.wait_reboot(upid).await,
-            Err(e) if e.refusal() == Some(Refusal::NotRunning) => Ok(false),
-            Err(e) if e.is_transient() => match self.pve.task_since(vmid, "vzreboot", since.saturating_sub(2)).await? {
-                // Sent, and its answer lost: that task is the reboot.
-                Some(upid) => self.wait_reboot(upid).await,
-                // Not carried out: a redelivery may send it (its time is checkpointed).
-                None => Err(e.into()),
-            },
-            Err(e) => Err(e.into()),
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.pve.reboot_once(vmid, within).await {
+                Ok(upid) => return self.wait_reboot(upid).await,
+                Err(e) if e.refusal() == Some(Refusal::NotRunning) => return Ok(false),
+                Err(e) if e.is_transient() && tries < retry::REBOOT_ATTEMPTS => {
+                    // Carried out and its answer lost, or never carried out: the task list says
+                    // which, once a request still on its way has had time to start its task.
+                    tokio::time::sleep(retry::REBOOT_SETTLE).await;
+                    if let Some(upid) = self.pve.task_since(vmid, "vzreboot", since.saturating_sub(2)).await? {
+                        return self.wait_reboot(upid).await;
+                    }
+                    tracing::warn!(error = %e, "the reboot was not carried out; sending it again");
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 

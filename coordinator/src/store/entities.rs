@@ -240,6 +240,41 @@ pub mod audit {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
+pub mod container {
+    use sea_orm::entity::prelude::*;
+
+    /// A container pvefleet made, as the recorder last read it from the agents' inventory: one
+    /// row per vmid and marker (a vmid a later container reuses is another row), kept after
+    /// the container is gone (`state` `gone`) so the store says what became of it.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "containers")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub vmid: i64,
+        /// Its pvefleet marker tag (the first, if it has several).
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub marker: String,
+        pub node: String,
+        pub hostname: String,
+        /// `present` while an agent lists it, `gone` once none does.
+        pub state: String,
+        /// PVE's status when last seen (`running`, `stopped`).
+        pub status: String,
+        pub ip: Option<String>,
+        pub create_job: Option<String>,
+        pub last_job: Option<String>,
+        /// Changed outside pvefleet since its last job.
+        pub drift: bool,
+        pub seen_at: String,
+        pub gone_at: Option<String>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 pub mod event {
     use sea_orm::entity::prelude::*;
 

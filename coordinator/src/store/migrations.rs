@@ -184,12 +184,50 @@ impl MigrationTrait for Audit {
     }
 }
 
+/// The containers pvefleet made, as the recorder reads them from the agents' inventory, kept
+/// once gone.
+struct Containers;
+
+impl MigrationName for Containers {
+    fn name(&self) -> &str {
+        "m20261204_000005_containers"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Containers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let text = |name: &str| ColumnDef::new(Alias::new(name)).string().to_owned();
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("containers"))
+                    .if_not_exists()
+                    .col(ColumnDef::new(Alias::new("vmid")).big_integer().not_null())
+                    .col(text("marker").not_null())
+                    .col(text("node").not_null())
+                    .col(text("hostname").not_null())
+                    .col(text("state").not_null())
+                    .col(text("status").not_null())
+                    .col(text("ip"))
+                    .col(text("create_job"))
+                    .col(text("last_job"))
+                    .col(ColumnDef::new(Alias::new("drift")).boolean().not_null().default(false))
+                    .col(text("seen_at").not_null())
+                    .col(text("gone_at"))
+                    .primary_key(Index::create().col(Alias::new("vmid")).col(Alias::new("marker")))
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
 #[derive(Debug)]
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds), Box::new(Audit)]
+        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds), Box::new(Audit), Box::new(Containers)]
     }
 }
 

@@ -13,7 +13,7 @@ mod queries;
 use sea_orm::{Database, DatabaseConnection};
 
 pub use entities::job::{JobKind, JobState};
-pub use entities::{audit, event, job, node_key, template};
+pub use entities::{audit, container, event, job, node_key, template};
 
 /// What recording an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]

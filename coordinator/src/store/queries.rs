@@ -5,7 +5,7 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 
 use pvefleet_schemas::{Event, EventType, Job, JobId};
 
-use super::{JobKind, JobState, Recorded, Store, audit, event, job, node_key, template};
+use super::{JobKind, JobState, Recorded, Store, audit, container, event, job, node_key, template};
 
 /// The state an event moves its job to.
 fn state_after(event: &Event) -> JobState {
@@ -45,6 +45,85 @@ impl Store {
     pub async fn audit(&self, limit: u64) -> anyhow::Result<Vec<audit::Model>> {
         use sea_orm::QuerySelect as _;
         Ok(audit::Entity::find().order_by_desc(audit::Column::Seq).limit(limit).all(&self.db).await?)
+    }
+
+    /// Every container the store knows, present first, then by node and vmid.
+    pub async fn containers(&self) -> anyhow::Result<Vec<container::Model>> {
+        Ok(container::Entity::find()
+            .order_by_desc(container::Column::State)
+            .order_by_asc(container::Column::Node)
+            .order_by_asc(container::Column::Vmid)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The inventory as read now: each entry's row written (present) when it changed, and
+    /// every row present before but not in it marked gone. Returns the rows that went.
+    /// Unchanged rows are not written: the recorder reads the inventory every few seconds.
+    pub async fn sync_containers(
+        &self,
+        entries: &[pvefleet_schemas::InventoryEntry],
+    ) -> anyhow::Result<Vec<container::Model>> {
+        let now = pvefleet_schemas::Timestamp::now().to_string();
+        let known: std::collections::BTreeMap<(i64, String), container::Model> = container::Entity::find()
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|row| ((row.vmid, row.marker.clone()), row))
+            .collect();
+        let mut listed = std::collections::BTreeSet::new();
+        let mut writes = Vec::new();
+        for e in entries {
+            let Some(marker) = e.markers.first() else { continue };
+            let key = (i64::from(e.vmid.get()), marker.clone());
+            let row = container::Model {
+                vmid: key.0,
+                marker: marker.clone(),
+                node: e.node.to_string(),
+                hostname: e.hostname.clone(),
+                state: "present".into(),
+                status: e.status.clone(),
+                ip: e.ip.clone(),
+                create_job: e.create_job.map(|j| j.to_string()),
+                last_job: e.last_job.map(|j| j.to_string()),
+                drift: e.drifted(),
+                seen_at: now.clone(),
+                gone_at: None,
+            };
+            let same = known.get(&key).is_some_and(|k| container::Model { seen_at: now.clone(), ..k.clone() } == row);
+            if !same {
+                writes.push((known.contains_key(&key), row));
+            }
+            listed.insert(key);
+        }
+        let went: Vec<container::Model> = known
+            .iter()
+            .filter(|(key, row)| row.state == "present" && !listed.contains(key))
+            .map(|(_, row)| container::Model { state: "gone".into(), gone_at: Some(now.clone()), ..row.clone() })
+            .collect();
+        if writes.is_empty() && went.is_empty() {
+            return Ok(went);
+        }
+        let tx = self.db.begin().await?;
+        for (exists, row) in writes {
+            let model: container::ActiveModel = row.into();
+            if exists {
+                let mut model = model.reset_all();
+                model.vmid = sea_orm::ActiveValue::Unchanged(model.vmid.take().expect("set"));
+                model.marker = sea_orm::ActiveValue::Unchanged(model.marker.take().expect("set"));
+                model.update(&tx).await?;
+            } else {
+                container::Entity::insert(model).exec_without_returning(&tx).await?;
+            }
+        }
+        for row in &went {
+            let mut gone: container::ActiveModel = row.clone().into();
+            gone.state = Set("gone".into());
+            gone.gone_at = Set(row.gone_at.clone());
+            gone.update(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(went)
     }
 
     pub async fn job_by_request(&self, request_id: &str) -> anyhow::Result<Option<job::Model>> {

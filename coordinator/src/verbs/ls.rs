@@ -1,4 +1,5 @@
-//! `pvefleet ls`: the containers pvefleet made, as the agents' inventory has them now.
+//! `pvefleet ls`: the containers pvefleet made, as the agents' inventory has them now (and,
+//! with `--all`, those gone, as the recorder kept them in the store).
 
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
@@ -8,7 +9,7 @@ use crate::cli::Cli;
 use crate::inventory::{self, Selection};
 use crate::{Failure, Outcome};
 
-pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, json: bool) -> Outcome {
+pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, all: bool, json: bool) -> Outcome {
     let selection: Option<Selection> =
         select.map(|s| s.parse().map_err(|e: String| Failure::Usage(format!("--select: {e}")))).transpose()?;
     let nats = Nats::new(cli);
@@ -18,19 +19,39 @@ pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, json: bool
         .filter(|e| node.is_none_or(|n| e.node.as_str() == n))
         .filter(|e| selection.as_ref().is_none_or(|s| s.matches(e)))
         .collect();
+    let gone: Vec<_> = if all {
+        let store = crate::open_store(cli).await?;
+        store
+            .containers()
+            .await?
+            .into_iter()
+            .filter(|c| c.state == "gone" && node.is_none_or(|n| c.node == n))
+            .filter(|c| !entries.iter().any(|e| i64::from(e.vmid.get()) == c.vmid && e.markers.contains(&c.marker)))
+            .collect()
+    } else {
+        Vec::new()
+    };
     if json {
-        let rows: Vec<serde_json::Value> = entries
+        let mut rows: Vec<serde_json::Value> = entries
             .iter()
             .map(|e| {
                 let mut v = serde_json::to_value(e).expect("an entry serializes");
                 v["drift"] = json!(e.drifted());
+                v["state"] = json!("present");
                 v
             })
             .collect();
+        rows.extend(gone.iter().map(|c| {
+            json!({
+                "node": c.node, "vmid": c.vmid, "hostname": c.hostname, "state": "gone", "gone_at": c.gone_at,
+                "status": c.status, "ip": c.ip, "create_job": c.create_job, "last_job": c.last_job,
+                "markers": [c.marker],
+            })
+        }));
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    if entries.is_empty() {
+    if entries.is_empty() && gone.is_empty() {
         println!(
             "No containers{}. The agents list their node's containers with a pvefleet marker at start, after each \
              job and every inventory_interval; `pvefleet submit` makes one.",
@@ -55,6 +76,21 @@ pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, json: bool
             e.create_job.map_or_else(|| "?".into(), |j| j.to_string()),
             e.last_job.map_or_else(|| "-".into(), |j| j.to_string()),
             if e.drifted() { "changed outside pvefleet".into() } else { String::new() },
+        ]);
+    }
+    for c in &gone {
+        table.add_row([
+            c.hostname.clone(),
+            c.node.clone(),
+            c.vmid.to_string(),
+            format!("gone since {}", c.gone_at.clone().unwrap_or_default()),
+            c.ip.clone().unwrap_or_else(|| "-".into()),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+            c.create_job.clone().unwrap_or_else(|| "?".into()),
+            c.last_job.clone().unwrap_or_else(|| "-".into()),
+            String::new(),
         ]);
     }
     println!("{table}");

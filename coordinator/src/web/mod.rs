@@ -86,6 +86,7 @@ pub fn router(web: Web) -> Router {
         .route("/", get(pages::fleet))
         .route("/jobs", get(pages::jobs))
         .route("/audit", get(pages::audit))
+        .route("/containers", get(pages::containers))
         .route("/jobs/{id}", get(pages::job))
         .route("/jobs/{id}/events", get(live::job_events))
         .route("/live/fleet", get(live::fleet))

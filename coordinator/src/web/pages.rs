@@ -28,7 +28,7 @@ fn layout(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/" { "pvefleet" }
-                    nav { a href="/" { "Fleet" } " " a href="/jobs" { "Jobs" } " " a href="/audit" { "Audit" } }
+                    nav { a href="/" { "Fleet" } " " a href="/containers" { "Containers" } " " a href="/jobs" { "Jobs" } " " a href="/audit" { "Audit" } }
                 }
                 main { (body) }
             }
@@ -178,6 +178,39 @@ pub async fn jobs(State(web): State<Web>, Query(q): Query<JobsQuery>) -> Respons
                 @if page_no > 1 { a rel="prev" href=(link(page_no - 1)) { "← newer" } " " }
                 "page " (page_no) " of " (pages)
                 @if page_no < pages { " " a rel="next" href=(link(page_no + 1)) { "older →" } }
+            }
+        },
+    )
+}
+
+/// The containers pvefleet made, as the recorder keeps them from the agents' inventory: where
+/// each is, its state (`gone` once no agent lists it), the job that made it and the last one
+/// that wrote to it, and whether it was changed outside pvefleet since.
+pub async fn containers(State(web): State<Web>) -> Response {
+    let rows = match web.store.containers().await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    let job = |id: &Option<String>| html! { @if let Some(j) = id { a href=(format!("/jobs/{j}")) { (j) } } @else { "-" } };
+    page(
+        StatusCode::OK,
+        "Containers",
+        html! {
+            h1 { "Containers" }
+            p { "Every container pvefleet made, as the agents list them (`pvefleet ls`); one no agent lists any more is kept as gone." }
+            table #containers {
+                thead { tr { th { "hostname" } th { "node" } th { "vmid" } th { "state" } th { "status" } th { "ip" } th { "made by" } th { "last job" } th { "drift" } } }
+                tbody {
+                    @for c in &rows {
+                        tr.container data-state=(c.state) data-vmid=(c.vmid) {
+                            td { (c.hostname) } td { (c.node) } td { (c.vmid) }
+                            td { span.state { (c.state) } @if let Some(at) = &c.gone_at { " since " (at) } }
+                            td { (c.status) } td { (c.ip.clone().unwrap_or_default()) }
+                            td { (job(&c.create_job)) } td { (job(&c.last_job)) }
+                            td { @if c.drift { "changed outside pvefleet" } }
+                        }
+                    }
+                }
             }
         },
     )

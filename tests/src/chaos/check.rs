@@ -4,15 +4,20 @@
 //! Per job: exactly one terminal event, last; `seq` 1..n; percent never down; a completed job
 //! has exactly one container with its marker, with the vmid its result names, on its node; a
 //! failed or cancelled one has none; it did not fail for a transient fault; the store agrees.
-//! Across jobs: no guest belongs to no job; a cancel that printed success ended its job as
-//! cancelled; every run of one request printed the same job; nothing submitted was lost.
+//! A day-two job: its events as any job's; completed, its container is as it asked (an
+//! update's memory and nameservers, a resize's size, a power job's state) and was rebooted or
+//! resized at most once; one aimed at the stranger's container was refused (`conflict`).
+//! Across jobs: no guest belongs to no job (but the stranger's, which nothing wrote to); a
+//! cancel that printed success ended its job as cancelled; every run of one request printed
+//! the same job; nothing submitted was lost.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use pvefleet_schemas::{ErrorKind, Event, EventType, JobId};
 
-use super::history::History;
-use super::observe::{Guest, Observed};
+use super::history::{DayTwo, History};
+use super::observe::{Container, Guest, Observed};
+use super::plan::{STRANGER_VMID, Then};
 
 /// One broken promise.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +45,7 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
     let ids: BTreeSet<JobId> =
         history.jobs.keys().chain(seen.events.keys()).chain(seen.store.keys()).copied().collect();
     let mut guests_of: BTreeMap<JobId, Vec<&Guest>> = BTreeMap::new();
-    for guest in &seen.guests {
+    for guest in seen.guests.iter().filter(|g| g.vmid != STRANGER_VMID) {
         match ids.iter().find(|id| guest.tags.iter().any(|t| t.eq_ignore_ascii_case(&id.marker_tag()))) {
             Some(id) => guests_of.entry(*id).or_default().push(guest),
             None => v.push(Violation {
@@ -60,6 +65,14 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
             && events.iter().any(|e| e.node.as_str() != submitted.node)
         {
             bad("wrong_node", format!("events from another node than {}", submitted.node));
+        }
+        if let Some(day_two) = history.jobs.get(id).and_then(|s| s.day_two) {
+            if let Some(end) = end {
+                let container = seen.containers.get(&day_two.vmid);
+                check_day_two(day_two, end, container, &mut outcomes, &mut bad);
+                check_store(seen, id, end, &mut bad);
+            }
+            continue;
         }
         let Some(end) = end else {
             if !guests.is_empty() {
@@ -101,23 +114,19 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
                 }
             }
         }
-        match seen.store.get(id) {
-            None => bad("store_missing", "the store has no such job".into()),
-            Some(row) => {
-                let state = match (end.kind, result.and_then(|r| r.error.as_ref()).map(|e| e.kind)) {
-                    (EventType::Complete, _) => "succeeded",
-                    (_, Some(ErrorKind::Cancelled)) => "cancelled",
-                    _ => "failed",
-                };
-                let vmid = result.and_then(|r| r.vmid).map(|v| i64::from(v.get()));
-                if row.state != state || row.vmid != vmid {
-                    bad(
-                        "store_disagrees",
-                        format!("store: {} vmid {:?}; events: {state} vmid {vmid:?}", row.state, row.vmid),
-                    );
-                }
-            }
-        }
+        check_store(seen, id, end, &mut bad);
+    }
+    match seen.containers.get(&STRANGER_VMID) {
+        Some(c) if c.config["digest"].as_str() == Some(seen.stranger_digest_before.as_str()) => {}
+        other => v.push(Violation {
+            kind: "stranger_written",
+            job: None,
+            detail: format!(
+                "the stranger's container {STRANGER_VMID} changed (digest {} at the start): {:?}",
+                seen.stranger_digest_before,
+                other.map(|c| &c.config)
+            ),
+        }),
     }
     for cancel in history.cancels.iter().filter(|c| c.code == Some(0)) {
         let end = seen.events.get(&cancel.job).and_then(|e| e.iter().rev().find(|e| e.is_terminal()));
@@ -149,6 +158,96 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
         v.push(Violation { kind: "unreadable_event", job: None, detail: what.clone() });
     }
     (outcomes, v)
+}
+
+/// The store's row of a job agrees with how its events ended.
+fn check_store(seen: &Observed, id: &JobId, end: &Event, bad: &mut impl FnMut(&'static str, String)) {
+    let result = end.result.as_ref();
+    match seen.store.get(id) {
+        None => bad("store_missing", "the store has no such job".into()),
+        Some(row) => {
+            let state = match (end.kind, result.and_then(|r| r.error.as_ref()).map(|e| e.kind)) {
+                (EventType::Complete, _) => "succeeded",
+                (_, Some(ErrorKind::Cancelled)) => "cancelled",
+                _ => "failed",
+            };
+            let vmid = result.and_then(|r| r.vmid).map(|v| i64::from(v.get()));
+            if row.state != state || row.vmid != vmid {
+                bad("store_disagrees", format!("store: {} vmid {:?}; events: {state} vmid {vmid:?}", row.state, row.vmid));
+            }
+        }
+    }
+}
+
+/// A day-two job's end against its container as PVE has it at the end.
+fn check_day_two(
+    job: DayTwo,
+    end: &Event,
+    container: Option<&Container>,
+    outcomes: &mut Outcomes,
+    bad: &mut impl FnMut(&'static str, String),
+) {
+    let error = end.result.as_ref().and_then(|r| r.error.as_ref());
+    let Some(then) = job.then else {
+        // Aimed at the stranger's container: refused, whatever else happened.
+        match error {
+            Some(e) if e.kind == ErrorKind::Conflict || e.kind == ErrorKind::Cancelled => {
+                *outcomes.failed.entry(wire(&e.kind)).or_default() += 1;
+            }
+            _ => bad("stranger_job_not_refused", format!("{:?}: {}", end.kind, end.message)),
+        }
+        return;
+    };
+    if let Some(c) = container {
+        if c.reboots > 1 {
+            bad("rebooted_twice", format!("container {} rebooted {} times", job.vmid, c.reboots));
+        }
+        if c.resizes > 1 {
+            bad("resized_twice", format!("container {} resized {} times", job.vmid, c.resizes));
+        }
+    }
+    if let Some(e) = error {
+        *outcomes.failed.entry(wire(&e.kind)).or_default() += 1;
+        let caused = EXPECTED_FAILURES.contains(&e.kind) && (e.kind != ErrorKind::Task || e.message.contains("injected failure"));
+        if !caused {
+            bad("failed_by_transient_fault", format!("{}: {}", wire(&e.kind), end.message));
+        }
+        return;
+    }
+    outcomes.completed += 1;
+    let Some(c) = container else {
+        bad("missing_container", format!("completed, but container {} is gone", job.vmid));
+        return;
+    };
+    let cfg = &c.config;
+    let number = |key: &str| cfg[key].as_u64().or_else(|| cfg[key].as_str().and_then(|s| s.parse().ok()));
+    match then {
+        Then::Update { memory, .. } => {
+            let ns = cfg["nameserver"].as_str().unwrap_or_default();
+            if number("memory") != Some(u64::from(memory)) || ns != "9.9.9.9" {
+                bad("update_not_as_asked", format!("asked memory {memory}, nameserver 9.9.9.9; has {cfg}"));
+            }
+        }
+        Then::Resize { gib } => {
+            let rootfs = cfg["rootfs"].as_str().unwrap_or_default();
+            if !rootfs.split(',').any(|p| p == format!("size={gib}G")) {
+                bad("resize_not_as_asked", format!("asked {gib}G; rootfs {rootfs}"));
+            }
+        }
+        Then::Power(action) => {
+            use pvefleet_schemas::PowerAction;
+            let want = match action {
+                PowerAction::Start | PowerAction::Reboot => "running",
+                PowerAction::Stop | PowerAction::Shutdown => "stopped",
+            };
+            if c.status != want {
+                bad("power_not_as_asked", format!("{action} completed; the container is {}", c.status));
+            }
+            if action == PowerAction::Reboot && c.reboots != 1 {
+                bad("reboot_not_once", format!("a reboot completed; {} reboot tasks ran", c.reboots));
+            }
+        }
+    }
 }
 
 /// Checks one job's events in stream order and returns its terminal event, if it has one.
@@ -230,12 +329,15 @@ mod tests {
 
     fn world(job: JobId, events: Vec<Event>, guests: Vec<u32>, state: &str) -> (History, Observed) {
         let mut history = History::default();
-        history.jobs.insert(job, Submitted { index: 0, node: "pve1".into(), request_id: None });
+        history.jobs.insert(job, Submitted { index: 0, node: "pve1".into(), request_id: None, day_two: None });
         let mut seen = Observed::default();
         seen.events.insert(job, events);
         seen.guests =
             guests.into_iter().map(|vmid| Guest { vmid, node: "pve1".into(), tags: vec![job.marker_tag()] }).collect();
         seen.store.insert(job, Row { state: state.into(), vmid: Some(100), request_id: None });
+        seen.stranger_digest_before = "d0".into();
+        let stranger = Container { config: serde_json::json!({"digest": "d0"}), ..Container::default() };
+        seen.containers.insert(STRANGER_VMID, stranger);
         (history, seen)
     }
 
@@ -293,6 +395,37 @@ mod tests {
         let (outcomes, violations) = check(&history, &seen);
         assert_eq!(kinds(&violations), ["left_behind", "failed_by_transient_fault"]);
         assert_eq!(outcomes.failed.get("timeout"), Some(&1));
+    }
+
+    #[test]
+    fn a_day_two_job_is_held_to_what_it_asked_and_the_stranger_to_being_untouched() {
+        let create = JobId::new();
+        let events = vec![
+            event(create, 1, EventType::Accepted, None),
+            event(create, 2, EventType::Complete, Some(result(create, 100, None))),
+        ];
+        let (mut history, mut seen) = world(create, events, vec![100], "succeeded");
+        let (update, stranger) = (JobId::new(), JobId::new());
+        let asked = DayTwo { vmid: 100, then: Some(Then::Update { memory: 768, concurrent_edit: false }) };
+        let aimed = DayTwo { vmid: STRANGER_VMID, then: None };
+        for (id, day_two) in [(update, asked), (stranger, aimed)] {
+            let submitted = Submitted { index: 0, node: "pve1".into(), request_id: None, day_two: Some(day_two) };
+            history.jobs.insert(id, submitted);
+            let done = vec![event(id, 1, EventType::Accepted, None), event(id, 2, EventType::Complete, Some(result(id, 100, None)))];
+            seen.events.insert(id, done);
+            seen.store.insert(id, Row { state: "succeeded".into(), vmid: Some(100), request_id: None });
+        }
+        let config = serde_json::json!({"memory": 512, "nameserver": "9.9.9.9"});
+        seen.containers.insert(100, Container { config, status: "running".into(), reboots: 2, resizes: 0 });
+        seen.containers.get_mut(&STRANGER_VMID).unwrap().config["digest"] = "d1".into();
+        let (_, violations) = check(&history, &seen);
+        let mut found = kinds(&violations);
+        found.sort_unstable();
+        assert_eq!(
+            found,
+            ["rebooted_twice", "stranger_job_not_refused", "stranger_written", "update_not_as_asked"],
+            "{violations:#?}"
+        );
     }
 
     #[test]

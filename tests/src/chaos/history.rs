@@ -14,6 +14,16 @@ pub struct Submitted {
     pub node: String,
     /// The request id, for a job submitted through `pvefleet submit`.
     pub request_id: Option<String>,
+    /// A day-two job: on which container, asking what. None for a create.
+    pub day_two: Option<DayTwo>,
+}
+
+/// A day-two job the harness submitted.
+#[derive(Debug, Clone, Copy)]
+pub struct DayTwo {
+    pub vmid: u32,
+    /// What it asks; None for one aimed at the stranger's container (it must be refused).
+    pub then: Option<super::plan::Then>,
 }
 
 /// One `pvefleet cancel` run.

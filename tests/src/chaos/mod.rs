@@ -81,13 +81,18 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
         observe::events(&world.js).await.inspect_err(|e| eprintln!("chaos: reading the events failed ({e:#})")).ok()
     })
     .await?;
+    let history = std::mem::take(&mut *history.lock().expect("history"));
+    let guests = observe::guests(&world.pve).await?;
+    let vmids = history.jobs.values().filter_map(|j| j.day_two.map(|d| d.vmid)).chain([plan::STRANGER_VMID]);
+    let containers = observe::containers(&world.pve, &guests, vmids).await?;
     let seen = observe::Observed {
         events,
         unreadable,
-        guests: observe::guests(&world.pve).await?,
+        guests,
         store: observe::store(&world.db.url()).await?,
+        containers,
+        stranger_digest_before: world.stranger_digest.clone(),
     };
-    let history = std::mem::take(&mut *history.lock().expect("history"));
     let (outcomes, violations) = check::check(&history, &seen);
     let report = Report::new(opts, &history, &seen, outcomes, violations, started.elapsed().as_secs_f64());
     if report.ok() {

@@ -27,6 +27,17 @@ pub struct Row {
     pub request_id: Option<String>,
 }
 
+/// A container a day-two job acted on (or the stranger's), as PVE has it at the end.
+#[derive(Debug, Clone, Default)]
+pub struct Container {
+    /// Its config with what is pending (what an update is checked against).
+    pub config: serde_json::Value,
+    pub status: String,
+    /// How many reboot and resize tasks ran on it.
+    pub reboots: usize,
+    pub resizes: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct Observed {
     pub events: BTreeMap<JobId, Vec<Event>>,
@@ -34,6 +45,37 @@ pub struct Observed {
     pub unreadable: Vec<String>,
     pub guests: Vec<Guest>,
     pub store: BTreeMap<JobId, Row>,
+    /// By vmid: the containers day-two jobs acted on, and the stranger's.
+    pub containers: BTreeMap<u32, Container>,
+    /// The stranger's config digest when the run began.
+    pub stranger_digest_before: String,
+}
+
+/// Each of `vmids` that still exists, wherever it is, with its task counts.
+pub async fn containers(
+    pve: &FakePve,
+    guests: &[Guest],
+    vmids: impl IntoIterator<Item = u32>,
+) -> anyhow::Result<BTreeMap<u32, Container>> {
+    let mut out = BTreeMap::new();
+    for vmid in vmids {
+        let Some(guest) = guests.iter().find(|g| g.vmid == vmid) else { continue };
+        let node = &guest.node;
+        let config = pve.api_get(&format!("/nodes/{node}/lxc/{vmid}/config")).await?;
+        let status = pve.api_get(&format!("/nodes/{node}/lxc/{vmid}/status/current")).await?;
+        let tasks = pve.api_get(&format!("/nodes/{node}/tasks?vmid={vmid}&limit=1000")).await?;
+        let count = |kind: &str| tasks.as_array().into_iter().flatten().filter(|t| t["type"] == kind).count();
+        out.insert(
+            vmid,
+            Container {
+                status: status["status"].as_str().unwrap_or_default().to_owned(),
+                reboots: count("vzreboot"),
+                resizes: count("resize"),
+                config,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Every event in every node's events stream, grouped by job in stream order.

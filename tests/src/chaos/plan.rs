@@ -12,6 +12,8 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom as _;
 use rand::{RngExt as _, SeedableRng as _};
 
+use pvefleet_schemas::PowerAction;
+
 use super::Options;
 
 /// How one job is submitted.
@@ -23,6 +25,17 @@ pub enum Via {
     Cli { request_id: String, runs: u8 },
 }
 
+/// A day-two job on a create job's container, submitted once the create has succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Memory (applied at once) and nameservers (left pending, so one reboot); with
+    /// `concurrent_edit`, another PVE user edits the container's description while it runs.
+    Update { memory: u32, concurrent_edit: bool },
+    /// The root disk grown to this many GiB (from 8).
+    Resize { gib: u32 },
+    Power(PowerAction),
+}
+
 /// One job of the run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobPlan {
@@ -32,13 +45,21 @@ pub struct JobPlan {
     /// A vmid fixed by the spec; otherwise the agent allocates one.
     pub vmid: Option<u32>,
     pub ip: Ipv4Addr,
+    /// The day-two job on its container, if any.
+    pub then: Option<Then>,
 }
+
+/// The container pvefleet did not make (no marker): day-two jobs aimed at it must be refused
+/// and it must never be written to.
+pub const STRANGER_VMID: u32 = 9000;
 
 /// A Proxmox request, as fakepve's fault rules name it (a schema path template).
 pub type Request = (&'static str, &'static str);
 
 /// Requests a 5xx may hit before fakepve acts on them.
-const FAILABLE: [Request; 7] = [
+const FAILABLE: [Request; 9] = [
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config"),
+    ("PUT", "/nodes/{node}/lxc/{vmid}/resize"),
     ("POST", "/nodes/{node}/lxc"),
     ("POST", "/nodes/{node}/lxc/{vmid}/status/start"),
     ("GET", "/nodes/{node}/lxc/{vmid}/config"),
@@ -49,7 +70,10 @@ const FAILABLE: [Request; 7] = [
 ];
 
 /// Requests whose answer may be lost after fakepve carried them out.
-const LOSABLE: [Request; 3] = [
+const LOSABLE: [Request; 6] = [
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config"),
+    ("PUT", "/nodes/{node}/lxc/{vmid}/resize"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/reboot"),
     ("POST", "/nodes/{node}/lxc"),
     ("POST", "/nodes/{node}/lxc/{vmid}/status/start"),
     ("DELETE", "/nodes/{node}/lxc/{vmid}"),
@@ -59,6 +83,8 @@ const LOSABLE: [Request; 3] = [
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Submit(usize),
+    /// A day-two job (an update) aimed at the stranger's container by vmid.
+    Stranger(usize),
     /// SIGKILL an agent; `StartAgent` brings it back.
     KillAgent(usize),
     /// SIGTERM an agent (it hands its jobs back); `StartAgent` brings it back.
@@ -165,11 +191,22 @@ impl Plan {
             };
             let vmid = rng.random_bool(0.1).then(|| 5000 + index as u32);
             let ip = Ipv4Addr::new(10, 77, (index / 250) as u8, (index % 250) as u8 + 1);
-            jobs.push(JobPlan { index, node: rng.random_range(0..opts.nodes), via, vmid, ip });
+            let then = rng.random_bool(0.5).then(|| match rng.random_range(0..10) {
+                0..=3 => Then::Update { memory: 256 * rng.random_range(3..=5), concurrent_edit: rng.random_bool(0.3) },
+                4..=6 => Then::Resize { gib: rng.random_range(9..=12) },
+                7 => Then::Power(PowerAction::Stop),
+                8 => Then::Power(PowerAction::Shutdown),
+                _ => Then::Power(PowerAction::Reboot),
+            });
+            jobs.push(JobPlan { index, node: rng.random_range(0..opts.nodes), via, vmid, ip, then });
             let at = submit_until.mul_f64(index as f64 / opts.jobs.max(1) as f64);
             actions.push(Timed { at, action: Action::Submit(index) });
         }
 
+        for k in 0..3 {
+            let at = submit_until.mul_f64(rng.random_range(0.1..1.0));
+            actions.push(Timed { at, action: Action::Stranger(k) });
+        }
         let mut busy = Busy { agents: vec![Duration::ZERO; opts.nodes], ..Default::default() };
         if opts.seconds >= 30 {
             // One whole-cluster blackout, longer than the agents' ack_wait, mid-run.
@@ -302,8 +339,11 @@ mod tests {
         assert_eq!(count(&|a| matches!(a, Action::KillNats(_))), count(&|a| matches!(a, Action::StartNats(_))));
         assert_eq!(count(&|a| matches!(a, Action::Blackout)), 1);
         assert!(plan.actions.windows(2).all(|w| w[0].at <= w[1].at));
-        // Every class turns up in a run this long.
-        let classes: std::collections::BTreeSet<_> = plan.actions.iter().filter_map(|t| t.action.class()).collect();
+        // Every class turns up in a few runs this long.
+        let classes: std::collections::BTreeSet<_> = (7..10)
+            .flat_map(|seed| Plan::generate(&Options { seed, ..opts.clone() }).actions)
+            .filter_map(|t| t.action.class())
+            .collect();
         assert_eq!(classes.len(), FAULT_WEIGHTS.len() + 1, "{classes:?}");
     }
 }

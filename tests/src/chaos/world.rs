@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use async_nats::jetstream::{self, message::PublishMessage};
 use pvefleet_schemas::names::{JobKind, job_subject};
-use pvefleet_schemas::{JobId, Vmid};
+use pvefleet_schemas::{ContainerTarget, JobId, Vmid};
 use serde_json::json;
 use tokio::task::JoinSet;
 
 use super::Options;
-use super::history::{CancelRun, Shared, Submitted};
-use super::plan::{Action, JobPlan, Via};
+use super::history::{CancelRun, DayTwo, Shared, Submitted};
+use super::plan::{Action, JobPlan, STRANGER_VMID, Then, Via};
 use crate::agent::{Agent, AgentOptions};
 use crate::cli::{Pvefleet, TestDb};
 use crate::fakepve::{LostAnswer, OSTEMPLATE};
@@ -27,7 +27,7 @@ const SUBMIT_FOR: Duration = Duration::from_secs(120);
 pub struct World {
     pub dir: TestDir,
     pub nats: NatsCluster,
-    pub pve: FakePve,
+    pub pve: std::sync::Arc<FakePve>,
     pub agents: Vec<Agent>,
     pub cli: Pvefleet,
     pub db: TestDb,
@@ -41,6 +41,8 @@ pub struct World {
     pub tasks: JoinSet<()>,
     pub history: Shared,
     opts: Options,
+    /// The stranger's config digest at the start: it must be the same at the end.
+    pub stranger_digest: String,
 }
 
 impl std::fmt::Debug for World {
@@ -62,6 +64,12 @@ impl World {
         let nats = NatsCluster::start(&dir).await?;
         let nodes: Vec<String> = (1..=opts.nodes).map(|i| format!("pve{i}")).collect();
         let pve = FakePve::start(&dir, FakePveOptions { nodes: nodes.clone(), ..Default::default() }).await?;
+        // A container pvefleet did not make: day-two jobs aimed at it are refused, and
+        // nothing may ever write to it.
+        pve.make_container(&nodes[0], STRANGER_VMID, &[("hostname", "stranger"), ("tags", "theirs")]).await?;
+        let stranger = pve.api_get(&format!("/nodes/{}/lxc/{STRANGER_VMID}/config", nodes[0])).await?;
+        let stranger_digest = stranger["digest"].as_str().unwrap_or_default().to_owned();
+        let pve = std::sync::Arc::new(pve);
         pve.time_scale(1.0).await?;
         pve.task_secs(task_secs()).await?;
         let db = TestDb::sqlite(&dir);
@@ -107,6 +115,7 @@ impl World {
             tasks: JoinSet::new(),
             history,
             opts: opts.clone(),
+            stranger_digest,
         };
         world.start_recorder()?;
         Ok(world)
@@ -125,6 +134,7 @@ impl World {
         }
         match action {
             Action::Submit(i) => self.submit(&plan_jobs[*i]),
+            Action::Stranger(k) => self.stranger(*k),
             Action::KillAgent(n) => self.agents[*n].kill(),
             Action::TermAgent(n) => {
                 if self.agents[*n].is_running() {
@@ -207,14 +217,14 @@ impl World {
             Via::Wire { twice } => {
                 let mut built = crate::jobs::create_job(&node, &hostname, job.ip);
                 built.container.vmid = job.vmid.map(|v| Vmid::new(v).expect("a valid vmid"));
-                history
-                    .lock()
-                    .expect("history")
-                    .jobs
-                    .insert(built.job_id, Submitted { index: job.index, node: node.clone(), request_id: None });
+                history.lock().expect("history").jobs.insert(
+                    built.job_id,
+                    Submitted { index: job.index, node: node.clone(), request_id: None, day_two: None },
+                );
                 let js = self.js.clone();
                 let store = self.store.clone();
                 let times = if *twice { 2 } else { 1 };
+                let after = self.follow_up(job, &node, &hostname);
                 self.tasks.spawn(async move {
                     // Recorded first, as a coordinator sharing the store does: the recorder
                     // keeps only jobs it saw queued.
@@ -232,6 +242,9 @@ impl World {
                             history.lock().expect("history").unsubmitted.push(format!("job {}: {e:#}", built.job_id));
                             return;
                         }
+                    }
+                    if let Some(after) = after {
+                        after.run(built.job_id).await;
                     }
                 });
             }
@@ -256,16 +269,24 @@ impl World {
                     args.extend(["--vmid".into(), vmid.to_string()]);
                 }
                 // A repeated request runs at the same time as the first.
-                for _ in 0..*runs {
+                for run in 0..*runs {
                     let (cli, args, history) = (self.cli.clone(), args.clone(), history.clone());
                     let (index, node, request_id) = (job.index, node.clone(), request_id.clone());
+                    let after = if run == 0 { self.follow_up(job, &node, &hostname) } else { None };
                     self.tasks.spawn(async move {
                         let args: Vec<&str> = args.iter().map(String::as_str).collect();
                         match submit_until_taken(&cli, &args).await {
                             Ok(id) => {
-                                let mut h = history.lock().expect("history");
-                                h.requests.entry(request_id.clone()).or_default().push(id);
-                                h.jobs.entry(id).or_insert(Submitted { index, node, request_id: Some(request_id) });
+                                {
+                                    let mut h = history.lock().expect("history");
+                                    h.requests.entry(request_id.clone()).or_default().push(id);
+                                    let submitted =
+                                        Submitted { index, node, request_id: Some(request_id), day_two: None };
+                                    h.jobs.entry(id).or_insert(submitted);
+                                }
+                                if let Some(after) = after {
+                                    after.run(id).await;
+                                }
                             }
                             Err(e) => history.lock().expect("history").unsubmitted.push(format!("{request_id}: {e:#}")),
                         }
@@ -273,6 +294,53 @@ impl World {
                 }
             }
         }
+    }
+
+    /// What submits `job`'s day-two job once its create has succeeded, if it has one.
+    fn follow_up(&self, job: &JobPlan, node: &str, hostname: &str) -> Option<FollowUp> {
+        Some(FollowUp {
+            then: job.then?,
+            index: job.index,
+            node: node.to_owned(),
+            hostname: hostname.to_owned(),
+            js: self.js.clone(),
+            store: self.store.clone(),
+            pve: self.pve.clone(),
+            history: self.history.clone(),
+        })
+    }
+
+    /// An update aimed at the stranger's container by vmid (any pvefleet marker would do; it
+    /// has none): it must be refused, and the container left untouched.
+    fn stranger(&mut self, k: usize) {
+        let node = pvefleet_schemas::NodeName::new(&self.nodes[0]).expect("a node name");
+        let target = ContainerTarget { vmid: Vmid::new(STRANGER_VMID).expect("a vmid"), create_job: None, hostname: None };
+        let change = pvefleet_schemas::ConfigChange { memory: Some(128 + k as u32), ..Default::default() };
+        let job = pvefleet_schemas::UpdateJob::new(node.clone(), target.clone(), change);
+        let day_two = DayTwo { vmid: STRANGER_VMID, then: None };
+        let submitted = Submitted { index: usize::MAX - k, node: node.to_string(), request_id: None, day_two: Some(day_two) };
+        self.history.lock().expect("history").jobs.insert(job.job_id, submitted);
+        let (js, store, history) = (self.js.clone(), self.store.clone(), self.history.clone());
+        self.tasks.spawn(async move {
+            let recorded = store
+                .insert_day_two_job(
+                    pvefleet_coordinator::store::JobKind::Update,
+                    job.job_id,
+                    &node,
+                    &target,
+                    serde_json::to_string(&job).expect("a job serializes"),
+                    &job.submitted_at,
+                    None,
+                )
+                .await;
+            let sent = match recorded {
+                Ok(_) => publish_kind(&js, &node, JobKind::Update, job.job_id, &job).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                history.lock().expect("history").unsubmitted.push(format!("stranger job {}: {e:#}", job.job_id));
+            }
+        });
     }
 
     fn cancel(&mut self, job: &JobPlan) {
@@ -293,16 +361,106 @@ impl World {
     }
 }
 
+/// A create job's day-two job, submitted (recorded, then published, as the coordinator does)
+/// once the create has succeeded; none if it did not.
+struct FollowUp {
+    then: Then,
+    index: usize,
+    node: String,
+    hostname: String,
+    js: jetstream::Context,
+    store: pvefleet_coordinator::store::Store,
+    pve: std::sync::Arc<FakePve>,
+    history: Shared,
+}
+
+impl FollowUp {
+    async fn run(self, create: JobId) {
+        if let Err(e) = self.submit(create).await {
+            self.history.lock().expect("history").unsubmitted.push(format!("day-two job after {create}: {e:#}"));
+        }
+    }
+
+    async fn submit(&self, create: JobId) -> anyhow::Result<()> {
+        use pvefleet_coordinator::store::JobKind as Stored;
+        // The create's end, through outages.
+        let deadline = Instant::now() + Duration::from_secs(900);
+        let events = loop {
+            match crate::jobs::events_until_terminal(&self.js, create, Duration::from_secs(60)).await {
+                Ok(events) => break events,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_secs(1)).await,
+                Err(e) => return Err(e),
+            }
+        };
+        let Some(result) = events.last().and_then(|e| e.result.clone()).filter(|r| r.success) else { return Ok(()) };
+        let vmid = result.vmid.context("a completed create names its vmid")?;
+        let node = pvefleet_schemas::NodeName::new(&self.node)?;
+        let target = ContainerTarget { vmid, create_job: Some(create), hostname: Some(self.hostname.clone()) };
+        let (id, kind, stored, json) = match self.then {
+            Then::Update { memory, concurrent_edit } => {
+                let change = pvefleet_schemas::ConfigChange {
+                    memory: Some(memory),
+                    nameservers: Some(vec!["9.9.9.9".parse()?]),
+                    ..Default::default()
+                };
+                let job = pvefleet_schemas::UpdateJob::new(node.clone(), target.clone(), change);
+                if concurrent_edit {
+                    // Another PVE user edits the description right after a read of this
+                    // container's config (the update's own, often): its write must not
+                    // overwrite the edit, nor fail for it.
+                    let path = format!("/nodes/{node}/lxc/{vmid}/config");
+                    let edit = json!({"description": "edited by another user ({n})"});
+                    self.pve.edit_after("GET", &path, 1, 1, vmid.get(), edit).await?;
+                }
+                (job.job_id, JobKind::Update, Stored::Update, serde_json::to_value(&job)?)
+            }
+            Then::Resize { gib } => {
+                let job = pvefleet_schemas::ResizeJob::new(node.clone(), target.clone(), "rootfs", u64::from(gib) << 30);
+                (job.job_id, JobKind::Resize, Stored::Resize, serde_json::to_value(&job)?)
+            }
+            Then::Power(action) => {
+                let job = pvefleet_schemas::PowerJob::new(node.clone(), target.clone(), action);
+                (job.job_id, JobKind::Power, Stored::Power, serde_json::to_value(&job)?)
+            }
+        };
+        let day_two = DayTwo { vmid: vmid.get(), then: Some(self.then) };
+        let submitted = Submitted { index: self.index, node: self.node.clone(), request_id: None, day_two: Some(day_two) };
+        self.history.lock().expect("history").jobs.insert(id, submitted);
+        let submitted_at = pvefleet_schemas::Timestamp::now();
+        let record = || self.store.insert_day_two_job(stored, id, &node, &target, json.to_string(), &submitted_at, None);
+        let deadline = Instant::now() + SUBMIT_FOR;
+        loop {
+            match record().await {
+                Ok(_) => break,
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(e) => return Err(e),
+            }
+        }
+        publish_kind(&self.js, &node, kind, id, &json).await
+    }
+}
+
 /// Publishes a job as the coordinator does, through outages, with its id as the dedup id.
 async fn publish(js: &jetstream::Context, job: &pvefleet_schemas::Job) -> anyhow::Result<()> {
+    publish_kind(js, &job.node, JobKind::Create, job.job_id, job).await
+}
+
+/// Publishes a job of `kind`, signed once as the coordinator signs it, through outages.
+async fn publish_kind(
+    js: &jetstream::Context,
+    node: &pvefleet_schemas::NodeName,
+    kind: JobKind,
+    id: JobId,
+    message: &impl serde::Serialize,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + SUBMIT_FOR;
     // Signed once, as the coordinator signs it: every try is the same message.
-    let payload = bytes::Bytes::from(crate::trust::signed(job));
+    let payload = bytes::Bytes::from(crate::trust::signed(message));
     loop {
         let sent = async {
             js.send_publish(
-                job_subject(&job.node, JobKind::Create),
-                PublishMessage::build().payload(payload.clone()).message_id(job.job_id.to_string()),
+                job_subject(node, kind),
+                PublishMessage::build().payload(payload.clone()).message_id(id.to_string()),
             )
             .await?
             .await?;
