@@ -23,6 +23,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// How often the inventory is read again when no job has run (`pvefleet-inventory`).
     pub inventory_interval: Duration,
+    /// Whether `plan` lets a container's memory exceed what the node has free (PVE does):
+    /// a warning when true (the default), a failed check when false.
+    pub overcommit_memory: bool,
     /// The only directory `deploy.files[].source` may read from.
     pub files_dir: PathBuf,
     /// What the agent keeps: its sealing key (`sealing.key`, mode 0600).
@@ -227,6 +230,8 @@ struct Raw {
     shutdown_grace: HumanDuration,
     #[serde(default = "default_inventory_interval")]
     inventory_interval: HumanDuration,
+    #[serde(default = "yes")]
+    overcommit_memory: bool,
     #[serde(default = "default_ack_wait")]
     ack_wait: HumanDuration,
     #[serde(default = "default_files_dir")]
@@ -349,6 +354,9 @@ fn default_concurrency() -> u32 {
 fn default_heartbeat() -> HumanDuration {
     HumanDuration::secs(5)
 }
+fn yes() -> bool {
+    true
+}
 fn default_inventory_interval() -> HumanDuration {
     HumanDuration::secs(60)
 }
@@ -385,6 +393,7 @@ fn default_retry_for() -> HumanDuration {
 enum Kind {
     Str,
     Int,
+    Bool,
     List,
     IntList,
 }
@@ -396,6 +405,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("heartbeat", Kind::Str),
     ("shutdown_grace", Kind::Str),
     ("inventory_interval", Kind::Str),
+    ("overcommit_memory", Kind::Bool),
     ("ack_wait", Kind::Str),
     ("files_dir", Kind::Str),
     ("state_dir", Kind::Str),
@@ -488,6 +498,11 @@ impl Config {
                         .parse()
                         .map_err(|_| err("environment", key, format!("{var}=`{value}` is not a number")))?,
                 ),
+                Kind::Bool => toml::Value::Boolean(match value.trim() {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(err("environment", key, format!("{var}=`{value}` is not true or false"))),
+                }),
                 Kind::List => toml::Value::Array(
                     value
                         .split(',')
@@ -565,6 +580,7 @@ impl Config {
             ack_wait: raw.ack_wait.0,
             shutdown_grace: raw.shutdown_grace.0,
             inventory_interval: raw.inventory_interval.0,
+            overcommit_memory: raw.overcommit_memory,
             files_dir: raw.files_dir,
             state_dir: raw.state_dir,
             nats: NatsConfig {

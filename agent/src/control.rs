@@ -17,6 +17,22 @@ pub async fn serve_plans(shared: Arc<Shared>) {
         let shared = &shared;
         async move {
             let node = &shared.config.node;
+            let kind = serde_json::from_slice::<serde_json::Value>(&payload)
+                .ok()
+                .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned));
+            if kind.as_deref() == Some("plan_change") {
+                let req = match pvefleet_schemas::ChangePlanRequest::decode(&payload) {
+                    Ok(req) => req,
+                    Err(e) => return Some(plan::refused(node, format!("unreadable plan request: {e}"))),
+                };
+                return match admit(shared, &payload, Action::Plan, Some(req.job.job_id())).await {
+                    Ok(admitted) => Some(
+                        crate::jobs::day_two::plan::plan(&shared.pve, &shared.config, &req.job, &admitted.grant).await,
+                    ),
+                    Err(Denied::Say(why)) => Some(plan::refused(node, why)),
+                    Err(Denied::Silent) => None,
+                };
+            }
             let req = match PlanRequest::decode(&payload) {
                 Ok(req) => req,
                 Err(e) => return Some(plan::refused(node, format!("unreadable plan request: {e}"))),

@@ -86,7 +86,8 @@ pub async fn keep(shared: Arc<Shared>, stop: CancellationToken) {
 /// pvefleet job <id> (<marker>)`), if its marker is among `markers`.
 fn made_by(description: &str, markers: &[String]) -> Option<JobId> {
     description.lines().find_map(|line| {
-        let rest = line.strip_prefix("Created by pvefleet job ").or_else(|| line.strip_prefix("Cloned by pvefleet job "))?;
+        let rest =
+            line.strip_prefix("Created by pvefleet job ").or_else(|| line.strip_prefix("Cloned by pvefleet job "))?;
         let id: JobId = rest.split_whitespace().next()?.parse().ok()?;
         markers.contains(&id.marker_tag()).then_some(id)
     })

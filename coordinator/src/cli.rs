@@ -177,6 +177,14 @@ pub enum Verb {
     /// Reboot a running container (once, whatever happens to the request's answer).
     #[command(after_help = "Example:\n  pvefleet reboot --select tag=web --max-parallel 2")]
     Reboot(PowerArgs),
+    /// Try a failed (or cancelled) job again as a new job, linked to it: the same request, its
+    /// container found again by the inventory for a day-two job. Anything secret is asked for
+    /// again (the store keeps none of it). The same --request-id replays a failure by design;
+    /// this is how to try again.
+    #[command(
+        after_help = "Examples:\n  pvefleet retry 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --password-file ~/.pvefleet-root --watch\n  pvefleet retry 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --secret-file /etc/app/token=./token"
+    )]
+    Retry(RetryArgs),
     /// Replay a job's events from the first, then follow it to its end (exit 0 on complete,
     /// 1 on error, 2 for an unknown job).
     #[command(after_help = "Example:\n  pvefleet watch 01JDQ8Z3M4X6T2E9R5W7Y1K0AB --json")]
@@ -346,6 +354,11 @@ pub struct TargetArgs {
     /// With --select: list the containers it matches and stop.
     #[arg(long, requires = "select")]
     pub dry_run: bool,
+    /// Show what the job would find and send (the diff, the restart, the exact PVE calls),
+    /// asked of the container's agent, changing nothing; exit 1 if a check fails. With
+    /// --select, for each container.
+    #[arg(long, conflicts_with_all = ["watch", "request_id"])]
+    pub plan: bool,
     /// With --select: this many jobs at a time.
     #[arg(long, default_value_t = 1, requires = "select")]
     pub max_parallel: usize,
@@ -426,6 +439,34 @@ pub struct UpdateArgs {
     /// How long the clean shutdown inside a reboot may take.
     #[arg(long, default_value = "60s")]
     pub shutdown_timeout: String,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RetryArgs {
+    /// The failed job.
+    pub job: String,
+    /// A create job's root password, from this file (first line).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// A create job's root password, from this environment variable.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// Ask for a create job's root password on the terminal.
+    #[arg(long)]
+    pub ask_password: bool,
+    /// A secret file of the job (its path in the container) and where to read it now:
+    /// `/etc/app/token=./token` (repeatable; its bytes must be those the job was made with).
+    #[arg(long = "secret-file", value_name = "PATH=LOCAL")]
+    pub secret_files: Vec<String>,
+    /// Makes re-running the same retry safe: the same key gives the same new job.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Follow the new job.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the new job as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Default)]

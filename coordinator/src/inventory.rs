@@ -162,9 +162,9 @@ pub fn find<'e>(entries: &'e [InventoryEntry], naming: &Naming) -> Result<&'e In
                 ))),
             }
         }
-        _ => Err(usage(
-            "name the container: TARGET (its create job or hostname), or --node NODE --vmid VMID".to_owned(),
-        )),
+        _ => {
+            Err(usage("name the container: TARGET (its create job or hostname), or --node NODE --vmid VMID".to_owned()))
+        }
     }
 }
 

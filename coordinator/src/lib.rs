@@ -115,6 +115,7 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Verb::Ls { ref node, ref select, all, json } => {
             verbs::ls::run(cli, node.as_deref(), select.as_deref(), all, json).await
         }
+        Verb::Retry(ref args) => verbs::retry::run(cli, args).await,
         Verb::Update(ref args) => verbs::day_two::update(cli, args).await,
         Verb::Resize(ref args) => verbs::day_two::resize(cli, args).await,
         Verb::Start(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Start).await,

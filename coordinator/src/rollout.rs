@@ -80,9 +80,19 @@ pub async fn run(
     if stopped {
         eprintln!("a canary failed: the other {} containers were not touched", items.len() - canary);
     } else {
-        stopped =
-            run_wave(store, nats, client, js, signer, &items, canary..items.len(), parallel, plan.keep_going, &mut ends)
-                .await?;
+        stopped = run_wave(
+            store,
+            nats,
+            client,
+            js,
+            signer,
+            &items,
+            canary..items.len(),
+            parallel,
+            plan.keep_going,
+            &mut ends,
+        )
+        .await?;
     }
     summary(&items, &ends, plan.json, stopped)
 }
@@ -204,7 +214,12 @@ async fn run_wave(
 }
 
 /// Follows job `id` to its end.
-async fn end_of(client: &async_nats::Client, js: &jetstream::Context, id: JobId, node: NodeName) -> anyhow::Result<End> {
+async fn end_of(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    id: JobId,
+    node: NodeName,
+) -> anyhow::Result<End> {
     let mut feed = crate::bus::EventFeed::open(client, js, &id, Some(node)).await?;
     while let Some(event) = feed.next().await? {
         if event.is_terminal() {

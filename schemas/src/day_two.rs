@@ -177,9 +177,11 @@ impl ConfigChange {
                 if let Err(e) = crate::validate::pve_tag(tag) {
                     p.check(&format!("tags[{i}]"), false, || e);
                 } else {
-                    p.check(&format!("tags[{i}]"), !tag.to_ascii_lowercase().starts_with(crate::MARKER_TAG_PREFIX), || {
-                        format!("`{tag}`: the `{}` prefix is kept for pvefleet's markers", crate::MARKER_TAG_PREFIX)
-                    });
+                    p.check(
+                        &format!("tags[{i}]"),
+                        !tag.to_ascii_lowercase().starts_with(crate::MARKER_TAG_PREFIX),
+                        || format!("`{tag}`: the `{}` prefix is kept for pvefleet's markers", crate::MARKER_TAG_PREFIX),
+                    );
                 }
             }
         }
@@ -293,6 +295,80 @@ pub struct PowerJob {
     pub options: DayTwoOptions,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<crate::signing::RequestAuth>,
+}
+
+/// A day-two job of any kind (as a plan request carries it).
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum DayTwoJob {
+    Update(Box<UpdateJob>),
+    Resize(ResizeJob),
+    Power(PowerJob),
+}
+
+impl DayTwoJob {
+    pub fn job_id(&self) -> JobId {
+        match self {
+            DayTwoJob::Update(j) => j.job_id,
+            DayTwoJob::Resize(j) => j.job_id,
+            DayTwoJob::Power(j) => j.job_id,
+        }
+    }
+
+    pub fn node(&self) -> &NodeName {
+        match self {
+            DayTwoJob::Update(j) => &j.node,
+            DayTwoJob::Resize(j) => &j.node,
+            DayTwoJob::Power(j) => &j.node,
+        }
+    }
+
+    pub fn target(&self) -> &ContainerTarget {
+        match self {
+            DayTwoJob::Update(j) => &j.target,
+            DayTwoJob::Resize(j) => &j.target,
+            DayTwoJob::Power(j) => &j.target,
+        }
+    }
+
+    pub fn kind(&self) -> JobMessageKind {
+        match self {
+            DayTwoJob::Update(_) => JobMessageKind::Update,
+            DayTwoJob::Resize(_) => JobMessageKind::Resize,
+            DayTwoJob::Power(_) => JobMessageKind::Power,
+        }
+    }
+
+    pub fn submitted_at(&self) -> &Timestamp {
+        match self {
+            DayTwoJob::Update(j) => &j.submitted_at,
+            DayTwoJob::Resize(j) => &j.submitted_at,
+            DayTwoJob::Power(j) => &j.submitted_at,
+        }
+    }
+
+    /// The message as it is published (and stored).
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a day-two job always serializes")
+    }
+
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        match self {
+            DayTwoJob::Update(j) => j.validate(),
+            DayTwoJob::Resize(j) => j.validate(),
+            DayTwoJob::Power(j) => j.validate(),
+        }
+    }
+
+    /// Without its own `auth` (a plan request is signed as a whole).
+    pub fn unsigned(mut self) -> Self {
+        match &mut self {
+            DayTwoJob::Update(j) => j.auth = None,
+            DayTwoJob::Resize(j) => j.auth = None,
+            DayTwoJob::Power(j) => j.auth = None,
+        }
+        self
+    }
 }
 
 /// The largest disk a resize may ask for: the create limit.

@@ -258,6 +258,8 @@ impl Event {
 pub enum ControlKind {
     Cancel,
     Plan,
+    /// A plan of a day-two job ([`ChangePlanRequest`]), on the plan subject.
+    PlanChange,
 }
 
 /// A request on `pvefleet.control.<node>.cancel`. Unknown fields are refused, so no other
@@ -310,6 +312,28 @@ impl PlanRequest {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         decode(bytes, "control kind", &["plan"])
+    }
+}
+
+/// A request on `pvefleet.control.<node>.plan` for what a day-two job would find and send,
+/// changing nothing; answered with a [`PlanReply`].
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePlanRequest {
+    pub v: V1,
+    pub kind: ControlKind,
+    pub job: crate::day_two::DayTwoJob,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::signing::RequestAuth>,
+}
+
+impl ChangePlanRequest {
+    pub fn new(job: crate::day_two::DayTwoJob) -> Self {
+        Self { v: V1, kind: ControlKind::PlanChange, job: job.unsigned(), auth: None }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode(bytes, "control kind", &["plan_change"])
     }
 }
 

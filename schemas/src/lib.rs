@@ -49,13 +49,13 @@ pub mod state;
 pub mod trust;
 pub mod validate;
 
-pub use event::{
-    CancelReply, CancelRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult, LogStream, PlanCheck,
-    PlanReply, PlanRequest, PlannedCall, Step,
-};
 pub use day_two::{
-    ConfigChange, ContainerTarget, DayTwoOptions, InventoryEntry, PowerAction, PowerJob, ResizeJob, RestartPolicy,
-    UpdateJob,
+    ConfigChange, ContainerTarget, DayTwoJob, DayTwoOptions, InventoryEntry, PowerAction, PowerJob, ResizeJob,
+    RestartPolicy, UpdateJob,
+};
+pub use event::{
+    CancelReply, CancelRequest, ChangePlanRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult,
+    LogStream, PlanCheck, PlanReply, PlanRequest, PlannedCall, Step,
 };
 pub use ids::{JobId, NodeName, Vmid};
 pub use job::{DestroyJob, DestroyOptions, DestroyTarget, Job, JobMessageKind};

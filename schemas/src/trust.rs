@@ -179,15 +179,8 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 7] = [
-        Action::Create,
-        Action::Destroy,
-        Action::Cancel,
-        Action::Plan,
-        Action::Update,
-        Action::Resize,
-        Action::Power,
-    ];
+    pub const ALL: [Action; 7] =
+        [Action::Create, Action::Destroy, Action::Cancel, Action::Plan, Action::Update, Action::Resize, Action::Power];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -813,11 +813,16 @@ async fn count_makes_n_jobs_spread_by_capacity_once_and_all_or_none() -> anyhow:
 
 /// `pvefleet plan` asks the node's agent to check a spec against its Proxmox API: a good one
 /// passes showing the exact parameters; a missing template, a missing bridge, a taken vmid and
-/// too little memory each fail with their reason; not one write request reaches fakepve.
+/// too little memory (on an agent that does not overcommit; elsewhere a warning) each fail with
+/// their reason; not one write request reaches fakepve.
 #[tokio::test]
 async fn plan_checks_on_the_node_and_changes_nothing() -> anyhow::Result<()> {
     let bed = bed("cli-plan", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
-    let _agent = bed.agent("pve1")?;
+    let strict = pvefleet_testbed::agent::AgentOptions {
+        env: vec![("PVEFLEET_OVERCOMMIT_MEMORY".into(), "false".into())],
+        ..pvefleet_testbed::agent::AgentOptions::node("pve1")
+    };
+    let mut agent = bed.agent_with(strict)?;
     // A stranger's container holds vmid 150.
     bed.pve
         .api(
@@ -881,6 +886,18 @@ async fn plan_checks_on_the_node_and_changes_nothing() -> anyhow::Result<()> {
         assert_eq!(failed[0].check, check, "{failed:?}");
         assert!(failed[0].detail.contains(words), "{}", failed[0].detail);
     }
+    // PVE lets container memory overcommit: on an agent left to its default, too much memory
+    // is a warning, and the plan passes.
+    agent.opts.env.clear();
+    agent.restart()?;
+    let over = wait_until("the restarted agent to answer the plan", Duration::from_secs(20), || async {
+        let run = bed.cli.run(&plan_args(&["--memory", "65536", "--json"])).await.ok()?;
+        serde_json::from_str::<pvefleet_schemas::PlanReply>(run.stdout.trim()).ok().map(|r| (run.code, r))
+    })
+    .await?;
+    let memory = over.1.checks.iter().find(|c| c.check == "memory").expect("a memory check");
+    assert!(over.0 == Some(0) && memory.ok, "{over:?}");
+    assert!(memory.detail.starts_with("warning: 65536 MB asked") && memory.detail.contains("overcommit"), "{memory:?}");
     // --count with --node auto: each job placed and planned, numbered; one that fits nowhere
     // is bad input naming which of the N it is, and no agent is asked.
     let batch = bed

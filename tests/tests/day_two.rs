@@ -30,7 +30,13 @@ async fn made(bed: &Fleet, on: &str, hostname: &str, ip: Ipv4Addr) -> anyhow::Re
     Ok(ContainerTarget { vmid, create_job: Some(job.job_id), hostname: Some(hostname.into()) })
 }
 
-async fn run(bed: &Fleet, on: &str, kind: JobKind, id: JobId, message: &impl serde::Serialize) -> anyhow::Result<Vec<Event>> {
+async fn run(
+    bed: &Fleet,
+    on: &str,
+    kind: JobKind,
+    id: JobId,
+    message: &impl serde::Serialize,
+) -> anyhow::Result<Vec<Event>> {
     submit_kind(&bed.js, &node(on), kind, id, message).await?;
     wait_end(&bed.js, id).await
 }
@@ -89,7 +95,9 @@ async fn power_jobs_reach_the_asked_state_and_already_there_is_success() -> anyh
 
     // A reboot whose answer is lost is found in the task list, not sent again.
     bed.pve.reset_calls().await?;
-    bed.pve.lose_answer("POST", "/nodes/pve1/lxc/{vmid}/status/reboot", 1, pvefleet_testbed::fakepve::LostAnswer::Error).await?;
+    bed.pve
+        .lose_answer("POST", "/nodes/pve1/lxc/{vmid}/status/reboot", 1, pvefleet_testbed::fakepve::LostAnswer::Error)
+        .await?;
     let reboot = power(&bed, &target, PowerAction::Reboot).await?;
     assert!(result_of(&reboot).success, "{reboot:#?}");
     assert_eq!(calls(&bed, "POST", "/nodes/{node}/lxc/{vmid}/status/reboot").await?, 1, "rebooted twice");
@@ -118,8 +126,13 @@ async fn an_update_sends_only_what_differs_and_reboots_only_for_what_pve_left_pe
     assert!(last_message(&never).contains("pending until its next restart: nameserver"), "{never:#?}");
     assert_eq!(calls(&bed, "POST", reboots).await?, 0, "`never` rebooted");
     let pending = bed.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/pending")).await?;
-    let waiting: Vec<&str> =
-        pending.as_array().into_iter().flatten().filter(|p| p.get("pending").is_some()).filter_map(|p| p["key"].as_str()).collect();
+    let waiting: Vec<&str> = pending
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("pending").is_some())
+        .filter_map(|p| p["key"].as_str())
+        .collect();
     assert_eq!(waiting, ["nameserver"], "{pending}");
     let cfg = bed.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config?current=1")).await?;
     assert_eq!(cfg["memory"].as_u64(), Some(1024), "memory is applied at once: {cfg}");
@@ -238,7 +251,8 @@ async fn a_strangers_container_is_never_written_to() -> anyhow::Result<()> {
     bed.pve.reset_calls().await?;
     // Named by vmid only: any pvefleet marker would do, and it has none.
     let anyone = ContainerTarget { vmid: Vmid::new(900)?, create_job: None, hostname: None };
-    let events = update(&bed, &anyone, ConfigChange { memory: Some(64), ..Default::default() }, RestartPolicy::Never).await?;
+    let events =
+        update(&bed, &anyone, ConfigChange { memory: Some(64), ..Default::default() }, RestartPolicy::Never).await?;
     let error = result_of(&events).error.clone().expect("refused");
     assert!(error.kind == ErrorKind::Conflict && error.message.contains("did not make it"), "{events:#?}");
     // Named as made by our job, but it is our job's vmid that is ours, not 900.

@@ -56,9 +56,21 @@ fn row<'a>(rows: &'a [serde_json::Value], hostname: &str) -> &'a serde_json::Val
 #[tokio::test]
 async fn a_container_is_named_by_hostname_job_or_vmid_and_its_jobs_follow_it_to_its_new_node() -> anyhow::Result<()> {
     let bed = bed("cli-day-two", &["pve1", "pve2"]).await?;
+    let _recorder = bed.cli.recorder("recorder")?;
     let made = bed
         .cli
-        .must(&["submit", "--node", "pve1", "--hostname", "app", "--ostemplate", OSTEMPLATE, "--ip", "127.0.0.190/32", "--watch"])
+        .must(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--hostname",
+            "app",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            "127.0.0.190/32",
+            "--watch",
+        ])
         .await?;
     let create = made.stdout.lines().next().unwrap_or_default().trim().to_owned();
     let rows = bed.listed(1).await?;
@@ -81,6 +93,53 @@ async fn a_container_is_named_by_hostname_job_or_vmid_and_its_jobs_follow_it_to_
     let smaller = bed.cli.run(&["resize", "app", "rootfs=4G", "--watch"]).await?;
     assert_eq!(smaller.code, Some(1), "{smaller:?}");
     assert!(smaller.stdout.contains("size_bytes") && smaller.stdout.contains("only grows"), "{smaller:?}");
+    // A plan shows the diff, the restart and the exact calls, and changes nothing.
+    bed.fleet.pve.reset_calls().await?;
+    let plan = bed.cli.run(&["update", "app", "--memory", "1536", "--nameservers", "9.9.9.9", "--plan"]).await?;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    for words in [
+        "memory: 1024 → 1536",
+        "nameserver: (unset) → 9.9.9.9",
+        "nameserver would wait for a restart: one reboot (if-needed)",
+        &format!("PUT /nodes/pve1/lxc/{vmid}/config"),
+        "memory=1536",
+        &format!("POST /nodes/pve1/lxc/{vmid}/status/reboot"),
+    ] {
+        assert!(plan.stdout.contains(words), "{words:?} in {}", plan.stdout);
+    }
+    let smaller = bed.cli.run(&["resize", "app", "rootfs=4G", "--plan"]).await?;
+    assert!(smaller.code == Some(1) && smaller.stdout.contains("only grows"), "{smaller:?}");
+    let running = bed.cli.run(&["start", "app", "--plan"]).await?;
+    assert!(
+        running.code == Some(0) && running.stdout.contains("already running: nothing would be sent"),
+        "{running:?}"
+    );
+    let writes: u64 = bed.fleet.pve.calls().await?.iter().filter(|(m, _, _)| m != "GET").map(|(_, _, n)| n).sum();
+    assert_eq!(writes, 0, "a plan writes nothing");
+
+    // A job that failed is tried again as a new job, linked to it.
+    let config_path = format!("/nodes/pve1/lxc/{vmid}/config");
+    bed.fleet.pve.fail("PUT", &config_path, 1, 400, "refused once by the test").await?;
+    let failed = bed.cli.run(&["update", "app", "--cores", "3", "--watch"]).await?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    let failed_id = failed.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    wait_until("the store to have the failure", Duration::from_secs(20), || async {
+        let run = bed.cli.run(&["job", &failed_id, "--json"]).await.ok()?;
+        (serde_json::from_str::<serde_json::Value>(&run.stdout).ok()?["state"] == "failed").then_some(())
+    })
+    .await?;
+    let retried = bed.cli.must(&["retry", &failed_id, "--watch"]).await?;
+    let retry_id = retried.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    assert_ne!(retry_id, failed_id);
+    let shown: serde_json::Value = serde_json::from_str(&bed.cli.must(&["job", &retry_id, "--json"]).await?.stdout)?;
+    assert_eq!(shown["retry_of"].as_str(), Some(failed_id.as_str()), "{shown}");
+    assert_eq!(bed.config("pve1", vmid).await?["cores"].as_u64(), Some(3));
+    let not_failed = bed.cli.run(&["retry", &retry_id]).await?;
+    assert!(
+        not_failed.code == Some(2) && not_failed.stderr.contains("only a failed or cancelled job"),
+        "{not_failed:?}"
+    );
+
     // Bad input is named before anything is published.
     let bad = bed.cli.run(&["update", "app", "--restart", "sometimes"]).await?;
     assert!(bad.code == Some(2) && bad.stderr.contains("--restart"), "{bad:?}");
@@ -111,14 +170,24 @@ async fn a_container_is_named_by_hostname_job_or_vmid_and_its_jobs_follow_it_to_
 
     // Two containers of one name: refused, naming both.
     bed.cli
-        .must(&["submit", "--node", "pve2", "--hostname", "app", "--ostemplate", OSTEMPLATE, "--ip", "127.0.0.191/32", "--watch"])
+        .must(&[
+            "submit",
+            "--node",
+            "pve2",
+            "--hostname",
+            "app",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            "127.0.0.191/32",
+            "--watch",
+        ])
         .await?;
     bed.listed(2).await?;
     let twice = bed.cli.run(&["stop", "app"]).await?;
     assert!(twice.code == Some(2) && twice.stderr.contains("2 containers are named `app`"), "{twice:?}");
 
     // Deleted in PVE's own UI: gone from `ls`, kept as gone in the store and on the web view.
-    let _recorder = bed.cli.recorder("recorder")?;
     bed.fleet.pve.api(reqwest::Method::POST, &format!("/nodes/pve2/lxc/{vmid}/status/stop"), &[]).await?;
     wait_until("the stop", Duration::from_secs(20), || async {
         let s = bed.fleet.pve.api_get(&format!("/nodes/pve2/lxc/{vmid}/status/current")).await.ok()?;
@@ -156,12 +225,37 @@ async fn a_rollout_stops_at_the_first_failure_and_a_rerun_redoes_only_what_did_n
     for (node, count, first) in [("pve1", "7", 1), ("pve2", "7", 11), ("pve3", "6", 21)] {
         let hostname = format!("web-{node}-{{n}}");
         let ip = format!("127.0.2.{{n+{}}}/32", first - 1);
-        let args =
-            ["submit", "--count", count, "--node", node, "--hostname", &hostname, "--ostemplate", OSTEMPLATE, "--ip", &ip, "--tag", "web", "--watch"];
+        let args = [
+            "submit",
+            "--count",
+            count,
+            "--node",
+            node,
+            "--hostname",
+            &hostname,
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            &ip,
+            "--tag",
+            "web",
+            "--watch",
+        ];
         bed.cli.must(&args).await?;
     }
     bed.cli
-        .must(&["submit", "--node", "pve1", "--hostname", "db", "--ostemplate", OSTEMPLATE, "--ip", "127.0.2.99/32", "--watch"])
+        .must(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--hostname",
+            "db",
+            "--ostemplate",
+            OSTEMPLATE,
+            "--ip",
+            "127.0.2.99/32",
+            "--watch",
+        ])
         .await?;
     let rows = bed.listed(21).await?;
 
@@ -176,7 +270,17 @@ async fn a_rollout_stops_at_the_first_failure_and_a_rerun_redoes_only_what_did_n
     bed.fleet.pve.fail("PUT", &bad_path, 0, 400, "refused by the test").await?;
     bed.fleet.pve.reset_calls().await?;
     let args = [
-        "update", "--select", "tag=web", "--memory", "777", "--max-parallel", "4", "--canary", "1", "--request-id", "mem-777",
+        "update",
+        "--select",
+        "tag=web",
+        "--memory",
+        "777",
+        "--max-parallel",
+        "4",
+        "--canary",
+        "1",
+        "--request-id",
+        "mem-777",
     ];
     let first = bed.cli.run(&args).await?;
     assert_eq!(first.code, Some(1), "{first:?}");
@@ -193,7 +297,9 @@ async fn a_rollout_stops_at_the_first_failure_and_a_rerun_redoes_only_what_did_n
     let second_job = stderr_lines.iter().position(|l| l.contains(": job ") && !l.starts_with(first_name));
     assert!(canary_done.is_some() && canary_done < second_job, "{}", first.stderr);
     let unchanged = rows.iter().find(|r| r["hostname"] == "db").expect("db");
-    let db_cfg = bed.config(unchanged["node"].as_str().unwrap_or_default(), unchanged["vmid"].as_u64().unwrap_or_default()).await?;
+    let db_cfg = bed
+        .config(unchanged["node"].as_str().unwrap_or_default(), unchanged["vmid"].as_u64().unwrap_or_default())
+        .await?;
     assert_ne!(db_cfg["memory"].as_u64(), Some(777), "not selected, not touched");
 
     // Again with the same request id, the fault gone: only what did not finish runs.

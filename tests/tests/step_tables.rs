@@ -34,7 +34,6 @@ enum Kind {
 
 impl Kind {
     const ALL: [Kind; 5] = [Kind::Create, Kind::Destroy, Kind::Update, Kind::Resize, Kind::Power];
-
 }
 
 struct Bed {
@@ -104,14 +103,13 @@ impl Bed {
                 anyhow::ensure!(result.success, "the {kind:?} job's container was not made: {events:#?}");
                 let vmid = result.vmid.expect("a vmid");
                 let node = create.node.clone();
-                let target = ContainerTarget { vmid, create_job: Some(create.job_id), hostname: Some(hostname.clone()) };
+                let target =
+                    ContainerTarget { vmid, create_job: Some(create.job_id), hostname: Some(hostname.clone()) };
                 let js = &self.fleet.js;
                 let job = match kind {
                     Kind::Destroy => {
-                        let destroy = DestroyJob::new(
-                            node,
-                            DestroyTarget { create_job: Some(create.job_id), vmid: Some(vmid) },
-                        );
+                        let destroy =
+                            DestroyJob::new(node, DestroyTarget { create_job: Some(create.job_id), vmid: Some(vmid) });
                         submit_destroy(js, &destroy).await?;
                         destroy.job_id
                     }
@@ -161,7 +159,10 @@ impl Bed {
                 assert_eq!(self.tasks(vmid, "vzreboot").await?, 1, "{kind:?} after {after}: rebooted {cfg}");
             }
             Kind::Resize => {
-                assert!(cfg["rootfs"].as_str().is_some_and(|r| r.contains("size=12G")), "{kind:?} after {after}: {cfg}");
+                assert!(
+                    cfg["rootfs"].as_str().is_some_and(|r| r.contains("size=12G")),
+                    "{kind:?} after {after}: {cfg}"
+                );
                 assert_eq!(self.tasks(vmid, "resize").await?, 1, "{kind:?} after {after}: resized twice");
             }
             Kind::Power => {

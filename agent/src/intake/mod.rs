@@ -18,8 +18,8 @@ pub mod policy;
 
 use self::policy::Delivery;
 use crate::bus::{Bus, Claim, EventLog};
-use crate::jobs::{self, JobEnd};
 use crate::jobs::day_two::{power, resize, update};
+use crate::jobs::{self, JobEnd};
 use crate::jobs::{create, destroy};
 use crate::shared::{Shared, job_id_of};
 

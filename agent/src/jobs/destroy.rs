@@ -100,10 +100,7 @@ impl DestroyRun<'_> {
             return Ok(());
         };
         let marker = self.core.marker.clone();
-        let (whose, cfg) =
-            self.core
-                .owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker))
-                .await?;
+        let (whose, cfg) = self.core.owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker)).await?;
         match whose {
             Whose::Nobody => {
                 self.gone = Some(format!("nothing to destroy: container {vmid} does not exist on {node}"));
@@ -143,10 +140,7 @@ impl DestroyRun<'_> {
     /// given to someone else's. `false` when nothing is there; a stranger's is refused.
     async fn still_ours(&mut self, vmid: Vmid) -> Result<bool, StepError> {
         let marker = self.core.marker.clone();
-        let (whose, _) =
-            self.core
-                .owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker))
-                .await?;
+        let (whose, _) = self.core.owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker)).await?;
         match whose {
             Whose::Ours => Ok(true),
             Whose::Nobody => Ok(false),

@@ -67,7 +67,7 @@ pub async fn plan(pve: &PveClient, config: &Config, job: &Job, grant: &pvefleet_
     let (vmid, check) = vmid(pve, spec.vmid).await;
     out.push(said("vmid", check));
     out.push(said("volumes", checks::volumes(job, vmid, &config.allow)));
-    out.push(said("memory", memory(pve, job).await));
+    out.push(said("memory", memory(pve, job, config.overcommit_memory).await));
     out.push(said("permissions", permissions(pve, job, vmid, clone_source).await));
     let calls = match vmid {
         Some(vmid) => calls(pve, job, vmid, clone_source).await,
@@ -97,18 +97,31 @@ async fn vmid(pve: &PveClient, fixed: Option<Vmid>) -> (Option<Vmid>, Check) {
     }
 }
 
-/// The node has the memory the spec asks for free now.
-async fn memory(pve: &PveClient, job: &Job) -> Check {
+/// The node has the memory the spec asks for free now. PVE lets container memory overcommit
+/// (a container's memory is a limit, not a reservation): more than is free is a warning,
+/// unless this agent's `overcommit_memory = false` says to refuse it.
+async fn memory(pve: &PveClient, job: &Job, overcommit: bool) -> Check {
     let status = pve.node_status().await?;
     let need = u64::from(job.container.memory) << 20;
     let free_mb = status.memory_free >> 20;
+    let asked = job.container.memory;
     if status.memory_free < need {
+        if overcommit {
+            return Ok(format!(
+                "warning: {asked} MB asked, more than the {free_mb} MB {} has free now; PVE lets container memory \
+                 overcommit (`overcommit_memory = false` on this agent refuses it)",
+                job.node
+            ));
+        }
         return Err(StepError::failed(
             pvefleet_schemas::ErrorKind::Validation,
-            format!("container.memory: {} MB asked, {} has {free_mb} MB free", job.container.memory, job.node),
+            format!(
+                "container.memory: {asked} MB asked, {} has {free_mb} MB free (this agent does not overcommit)",
+                job.node
+            ),
         ));
     }
-    Ok(format!("{} MB of {free_mb} MB free", job.container.memory))
+    Ok(format!("{asked} MB of {free_mb} MB free"))
 }
 
 /// The privileges the create needs, against what the credential holds (`GET /access/permissions`).

@@ -152,6 +152,8 @@ pub mod job {
         pub target_job: Option<String>,
         /// For a create job: the destroy job that removed its container.
         pub destroyed_by: Option<String>,
+        /// The failed job this one tries again (`pvefleet retry`).
+        pub retry_of: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -188,6 +190,7 @@ pub mod job {
                 kind: Set(kind),
                 target_job: Set(None),
                 destroyed_by: Set(None),
+                retry_of: Set(None),
             }
         }
     }

@@ -185,7 +185,7 @@ impl MigrationTrait for Audit {
 }
 
 /// The containers pvefleet made, as the recorder reads them from the agents' inventory, kept
-/// once gone.
+/// once gone; and which failed job a job tries again (`pvefleet retry`).
 struct Containers;
 
 impl MigrationName for Containers {
@@ -218,7 +218,9 @@ impl MigrationTrait for Containers {
                     .primary_key(Index::create().col(Alias::new("vmid")).col(Alias::new("marker")))
                     .to_owned(),
             )
-            .await
+            .await?;
+        let jobs = Table::alter().table(Alias::new("jobs")).to_owned();
+        manager.alter_table(jobs.clone().add_column(ColumnDef::new(Alias::new("retry_of")).string()).to_owned()).await
     }
 }
 

@@ -129,9 +129,10 @@ mod tests {
             sql,
             [
                 r#"CREATE TABLE "audit" ( "seq" bigint NOT NULL PRIMARY KEY, "at" varchar NOT NULL, "node" varchar, "action" varchar NOT NULL, "job_id" varchar, "signer" varchar, "signer_name" varchar, "decision" varchar NOT NULL, "rule" varchar, "message" text NOT NULL )"#,
+                r#"CREATE TABLE "containers" ( "vmid" bigint NOT NULL, "marker" varchar NOT NULL, "node" varchar NOT NULL, "hostname" varchar NOT NULL, "state" varchar NOT NULL, "status" varchar NOT NULL, "ip" varchar, "create_job" varchar, "last_job" varchar, "drift" boolean NOT NULL DEFAULT FALSE, "seen_at" varchar NOT NULL, "gone_at" varchar, PRIMARY KEY ("vmid", "marker") )"#,
                 r#"CREATE TABLE "events" ( "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "job_id" varchar NOT NULL, "seq" bigint NOT NULL, "kind" varchar NOT NULL, "step" varchar, "percent" integer NOT NULL, "message" text NOT NULL, "stream" varchar, "timestamp" varchar NOT NULL )"#,
                 r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
-                r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar)"#,
+                r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar, "retry_of" varchar)"#,
                 r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
                 r#"CREATE TABLE "node_keys" ( "node" varchar NOT NULL PRIMARY KEY, "public_key" varchar NOT NULL, "fingerprint" varchar NOT NULL, "pinned_at" varchar NOT NULL )"#,
                 r#"CREATE TABLE "templates" ( "name" varchar NOT NULL PRIMARY KEY, "spec" text NOT NULL, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,
@@ -215,6 +216,45 @@ mod tests {
         assert!(matches!(store.record_event(&forged).await.unwrap(), Recorded::Refused(_)));
         assert_eq!(store.job(&job).await.unwrap().unwrap().state, JobState::Running);
         assert_eq!(store.events(&job).await.unwrap().len(), 1);
+    }
+
+    fn entry(node: &str, vmid: u32, marker: &str, seen: i64) -> pvefleet_schemas::InventoryEntry {
+        pvefleet_schemas::InventoryEntry {
+            v: pvefleet_schemas::V1,
+            node: pvefleet_schemas::NodeName::new(node).unwrap(),
+            vmid: pvefleet_schemas::Vmid::new(vmid).unwrap(),
+            hostname: "web".into(),
+            status: "running".into(),
+            tags: vec![marker.into()],
+            create_job: None,
+            markers: vec![marker.into()],
+            digest: "d".into(),
+            memory_mb: None,
+            cores: None,
+            disk: None,
+            ip: None,
+            lock: None,
+            last_job: None,
+            applied_digest: None,
+            last_seen: pvefleet_schemas::Timestamp(time::OffsetDateTime::from_unix_timestamp(seen).unwrap()),
+        }
+    }
+
+    /// While a container moves, both nodes may list it for a moment: the store keeps one row,
+    /// where it was seen last; once no node lists it, it is kept as gone.
+    #[tokio::test]
+    async fn the_inventory_is_kept_once_per_container_and_one_no_agent_lists_is_gone() {
+        let (_dir, store) = temp_store().await;
+        let moving = [entry("pve1", 100, "pvefleet-a", 10), entry("pve2", 100, "pvefleet-a", 20)];
+        assert!(store.sync_containers(&moving).await.unwrap().is_empty());
+        let rows = store.containers().await.unwrap();
+        assert_eq!(rows.iter().map(|r| (r.node.as_str(), r.state.as_str())).collect::<Vec<_>>(), [("pve2", "present")]);
+        // Nothing changed: nothing written (the same rows), and the store still takes writes.
+        assert!(store.sync_containers(&moving[1..]).await.unwrap().is_empty());
+        let went = store.sync_containers(&[]).await.unwrap();
+        assert_eq!((went.len(), went[0].vmid, went[0].state.as_str()), (1, 100, "gone"));
+        assert_eq!(store.containers().await.unwrap()[0].state, "gone");
+        queued(&store, JobId::new()).await;
     }
 
     #[test]

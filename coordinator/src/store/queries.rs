@@ -71,11 +71,21 @@ impl Store {
             .into_iter()
             .map(|row| ((row.vmid, row.marker.clone()), row))
             .collect();
-        let mut listed = std::collections::BTreeSet::new();
-        let mut writes = Vec::new();
+        // While a container moves, its old node's key and its new one's may both be there for
+        // a moment: the one seen last is where it is.
+        let mut latest: std::collections::BTreeMap<(i64, String), &pvefleet_schemas::InventoryEntry> =
+            std::collections::BTreeMap::new();
         for e in entries {
             let Some(marker) = e.markers.first() else { continue };
             let key = (i64::from(e.vmid.get()), marker.clone());
+            if latest.get(&key).is_none_or(|seen| seen.last_seen.0 <= e.last_seen.0) {
+                latest.insert(key, e);
+            }
+        }
+        let mut listed = std::collections::BTreeSet::new();
+        let mut writes = Vec::new();
+        for (key, e) in latest {
+            let marker = &key.1;
             let row = container::Model {
                 vmid: key.0,
                 marker: marker.clone(),
@@ -105,24 +115,36 @@ impl Store {
             return Ok(went);
         }
         let tx = self.db.begin().await?;
-        for (exists, row) in writes {
-            let model: container::ActiveModel = row.into();
-            if exists {
-                let mut model = model.reset_all();
-                model.vmid = sea_orm::ActiveValue::Unchanged(model.vmid.take().expect("set"));
-                model.marker = sea_orm::ActiveValue::Unchanged(model.marker.take().expect("set"));
-                model.update(&tx).await?;
-            } else {
-                container::Entity::insert(model).exec_without_returning(&tx).await?;
+        let written = async {
+            for (exists, row) in writes {
+                let model: container::ActiveModel = row.into();
+                if exists {
+                    let mut model = model.reset_all();
+                    model.vmid = sea_orm::ActiveValue::Unchanged(model.vmid.take().expect("set"));
+                    model.marker = sea_orm::ActiveValue::Unchanged(model.marker.take().expect("set"));
+                    model.update(&tx).await?;
+                } else {
+                    container::Entity::insert(model).exec_without_returning(&tx).await?;
+                }
+            }
+            for row in &went {
+                let mut gone: container::ActiveModel = row.clone().into();
+                gone.state = Set("gone".into());
+                gone.gone_at = Set(row.gone_at.clone());
+                gone.update(&tx).await?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        // Rolled back at once on a failure: a transaction left to its drop can hold SQLite's
+        // write lock from everyone else until the connection is reused.
+        match written {
+            Ok(()) => tx.commit().await?,
+            Err(e) => {
+                tx.rollback().await?;
+                return Err(e);
             }
         }
-        for row in &went {
-            let mut gone: container::ActiveModel = row.clone().into();
-            gone.state = Set("gone".into());
-            gone.gone_at = Set(row.gone_at.clone());
-            gone.update(&tx).await?;
-        }
-        tx.commit().await?;
         Ok(went)
     }
 
@@ -164,26 +186,39 @@ impl Store {
         self.reserve(model, request_id).await
     }
 
-    /// Records a day-two job (update, resize, power) about to be published: `spec` is its
-    /// message as JSON, under its target's hostname.
+    /// Records a day-two job (update, resize, power) about to be published, under its target's
+    /// hostname.
     pub async fn insert_day_two_job(
         &self,
-        kind: JobKind,
-        job_id: pvefleet_schemas::JobId,
-        node: &pvefleet_schemas::NodeName,
-        target: &pvefleet_schemas::ContainerTarget,
-        spec: String,
-        submitted_at: &pvefleet_schemas::Timestamp,
+        job: &pvefleet_schemas::DayTwoJob,
         request_id: Option<&str>,
     ) -> anyhow::Result<Result<(), job::Model>> {
+        use pvefleet_schemas::JobMessageKind as Wire;
+        let kind = match job.kind() {
+            Wire::Update => JobKind::Update,
+            Wire::Resize => JobKind::Resize,
+            Wire::Power => JobKind::Power,
+            other => anyhow::bail!("a {other:?} job is not a day-two job"),
+        };
+        let target = job.target();
         let hostname = target.hostname.clone().unwrap_or_else(|| format!("vmid {}", target.vmid));
-        let mut model = job::ActiveModel::queued(kind, job_id, node, &hostname);
-        model.spec = Set(spec);
+        let mut model = job::ActiveModel::queued(kind, job.job_id(), job.node(), &hostname);
+        model.spec = Set(String::from_utf8(job.encode())?);
         model.request_id = Set(request_id.map(str::to_owned));
         model.vmid = Set(Some(i64::from(target.vmid.get())));
-        model.submitted_at = Set(submitted_at.to_string());
+        model.submitted_at = Set(job.submitted_at().to_string());
         model.target_job = Set(target.create_job.map(|j| j.to_string()));
         self.reserve(model, request_id).await
+    }
+
+    /// Notes that job `id` tries again the failed job `of`.
+    pub async fn set_retry_of(&self, id: &JobId, of: &str) -> anyhow::Result<()> {
+        job::Entity::update_many()
+            .col_expr(job::Column::RetryOf, sea_orm::sea_query::Expr::value(of.to_owned()))
+            .filter(job::Column::JobId.eq(id.to_string()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Inserts a job's row; with a request id already taken, answers with the job that has it.

@@ -24,7 +24,7 @@ use crate::{Failure, Outcome, follow};
 /// What a day-two verb asks of each container it names.
 #[derive(Debug, Clone)]
 pub enum Ask {
-    Update { change: ConfigChange, restart: RestartPolicy },
+    Update { change: Box<ConfigChange>, restart: RestartPolicy },
     Resize { disk: String, size_bytes: u64 },
     Power { action: PowerAction, force: bool },
 }
@@ -41,7 +41,7 @@ impl Message {
     pub fn new(ask: &Ask, node: NodeName, target: ContainerTarget, options: DayTwoOptions) -> Self {
         match ask {
             Ask::Update { change, restart } => {
-                let mut job = UpdateJob::new(node, target, change.clone());
+                let mut job = UpdateJob::new(node, target, (**change).clone());
                 job.restart = *restart;
                 job.options = options;
                 Message::Update(Box::new(job))
@@ -69,6 +69,30 @@ impl Message {
             JobKind::Power => Message::Power(PowerJob::decode(bytes)?),
             other => anyhow::bail!("a {other} job is not a day-two job"),
         })
+    }
+
+    /// The same request as a new job (a new id and time, unsigned) for `node`.
+    pub fn renewed(&self, node: NodeName) -> Self {
+        let mut out = self.clone();
+        let (id, at, to, auth) = match &mut out {
+            Message::Update(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
+            Message::Resize(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
+            Message::Power(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
+        };
+        *id = JobId::new();
+        *at = pvefleet_schemas::Timestamp::now();
+        *to = node;
+        *auth = None;
+        out
+    }
+
+    /// The message as a plan request carries it.
+    pub fn wire(&self) -> pvefleet_schemas::DayTwoJob {
+        match self {
+            Message::Update(j) => pvefleet_schemas::DayTwoJob::Update(j.clone()),
+            Message::Resize(j) => pvefleet_schemas::DayTwoJob::Resize(j.clone()),
+            Message::Power(j) => pvefleet_schemas::DayTwoJob::Power(j.clone()),
+        }
     }
 
     pub fn job_id(&self) -> JobId {
@@ -129,14 +153,6 @@ impl Message {
         }
     }
 
-    fn submitted_at(&self) -> &pvefleet_schemas::Timestamp {
-        match self {
-            Message::Update(j) => &j.submitted_at,
-            Message::Resize(j) => &j.submitted_at,
-            Message::Power(j) => &j.submitted_at,
-        }
-    }
-
     pub fn outgoing(&self, signer: &Identity) -> Result<Outgoing, Failure> {
         let kind = self.wire_kind();
         match self {
@@ -149,7 +165,7 @@ impl Message {
 
 pub async fn update(cli: &Cli, args: &UpdateArgs) -> Outcome {
     let ask = Ask::Update {
-        change: change_of(args)?,
+        change: Box::new(change_of(args)?),
         restart: args.restart.parse().map_err(|e: String| BadInput::field("--restart", e))?,
     };
     run(cli, &args.target, &ask, &args.shutdown_timeout).await
@@ -193,9 +209,8 @@ fn change_of(args: &UpdateArgs) -> Result<ConfigChange, Failure> {
     }
     let mut mounts = BTreeMap::new();
     for mount in &args.mounts {
-        let (key, spec) = mount
-            .split_once('=')
-            .ok_or_else(|| BadInput::field("--mount", format!("`{mount}` is not `mpN=SPEC`")))?;
+        let (key, spec) =
+            mount.split_once('=').ok_or_else(|| BadInput::field("--mount", format!("`{mount}` is not `mpN=SPEC`")))?;
         let mp = MountPoint::from_pve(spec).map_err(|e| BadInput::field("--mount", format!("{key}: {e}")))?;
         mounts.insert(key.to_owned(), mp);
     }
@@ -208,7 +223,8 @@ fn change_of(args: &UpdateArgs) -> Result<ConfigChange, Failure> {
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    let tags = args.tags.as_ref().map(|t| t.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect());
+    let tags =
+        args.tags.as_ref().map(|t| t.split(',').map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).collect());
     let startup = args
         .startup
         .as_deref()
@@ -252,7 +268,23 @@ async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
         if t.target.is_some() {
             return Err(BadInput::field("--select", "names many containers: give it or a TARGET, not both").into());
         }
-        let selection = selection.parse().map_err(|e: String| BadInput::field("--select", e))?;
+        let selection: inventory::Selection = selection.parse().map_err(|e: String| BadInput::field("--select", e))?;
+        if t.plan {
+            let entries = inventory::read(nats.js().await?).await?;
+            let chosen: Vec<_> = entries.iter().filter(|e| selection.matches(e)).collect();
+            if chosen.is_empty() {
+                return Err(Failure::Usage(
+                    "--select matches no container in the inventory (see `pvefleet ls`)".into(),
+                ));
+            }
+            let mut ok = true;
+            for (i, entry) in chosen.iter().enumerate() {
+                let (node, target) = inventory::target_of(&store, entry, t.force_marker).await?;
+                ok &= plan(&nats, &signer, &Message::new(ask, node, target, options), t.json, (i + 1, chosen.len()))
+                    .await?;
+            }
+            return if ok { Ok(()) } else { Err(Failure::Quiet) };
+        }
         let plan = crate::rollout::Rollout {
             selection,
             max_parallel: t.max_parallel,
@@ -275,9 +307,32 @@ async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
     let entry = inventory::find(&entries, &naming)?;
     let (node, target) = inventory::target_of(&store, entry, t.force_marker).await?;
     let message = Message::new(ask, node, target, options);
+    if t.plan {
+        return if plan(&nats, &signer, &message, t.json, (1, 1)).await? { Ok(()) } else { Err(Failure::Quiet) };
+    }
     message.validate()?;
     let (id, json) = submit(&store, &nats, &signer, &message, t.request_id.as_deref()).await?;
     finish(cli, t, &id, &json).await
+}
+
+/// Asks the container's agent what `message` would find and send, and shows it; whether
+/// every check passed.
+async fn plan(
+    nats: &Nats<'_>,
+    me: &Identity,
+    message: &Message,
+    json: bool,
+    (n, of): (usize, usize),
+) -> Result<bool, Failure> {
+    let request = pvefleet_schemas::ChangePlanRequest::new(message.wire());
+    let reply = crate::verbs::plan::ask(nats.client().await?, me, message.node(), &request).await?;
+    if json {
+        println!("{}", serde_json::to_string(&reply).expect("a plan serializes"));
+    } else {
+        let name = message.target().hostname.clone().unwrap_or_else(|| message.target().vmid.to_string());
+        crate::verbs::plan::show(&reply, &name, n, u32::try_from(of).unwrap_or(u32::MAX));
+    }
+    Ok(reply.ok)
 }
 
 /// The job recorded before under request `key`, published again if that was never confirmed.
@@ -290,11 +345,15 @@ pub(crate) async fn earlier(
     if let Some(row) = store.job_by_request(key).await?
         && !matches!(row.kind, JobKind::Update | JobKind::Resize | JobKind::Power)
     {
-        return Err(BadInput::field("--request-id", format!("`{key}` is the request of {} job {}", row.kind, row.job_id))
-            .into());
+        return Err(BadInput::field(
+            "--request-id",
+            format!("`{key}` is the request of {} job {}", row.kind, row.job_id),
+        )
+        .into());
     }
     let again = async |row: &crate::store::job::Model, _: &async_nats::jetstream::Context| {
-        let message = Message::decode(row.kind, &row.spec).map_err(|e| anyhow::anyhow!("stored job {}: {e}", row.job_id))?;
+        let message =
+            Message::decode(row.kind, &row.spec).map_err(|e| anyhow::anyhow!("stored job {}: {e}", row.job_id))?;
         message.outgoing(signer)
     };
     publishing::earlier(store, nats, key, again).await
@@ -310,17 +369,7 @@ pub(crate) async fn submit(
     request_id: Option<&str>,
 ) -> Result<(String, String), Failure> {
     let json = message.json();
-    let recorded = store
-        .insert_day_two_job(
-            message.kind(),
-            message.job_id(),
-            message.node(),
-            message.target(),
-            json.clone(),
-            message.submitted_at(),
-            request_id,
-        )
-        .await?;
+    let recorded = store.insert_day_two_job(&message.wire(), request_id).await?;
     if let Err(existing) = recorded {
         return Ok((existing.job_id, existing.spec));
     }

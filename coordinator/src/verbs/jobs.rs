@@ -10,7 +10,7 @@ use crate::{Failure, Outcome};
 fn as_json(j: &job::Model) -> serde_json::Value {
     json!({
         "job_id": j.job_id, "kind": j.kind, "node": j.node, "state": j.state, "hostname": j.hostname,
-        "target_job": j.target_job, "destroyed_by": j.destroyed_by,
+        "target_job": j.target_job, "destroyed_by": j.destroyed_by, "retry_of": j.retry_of,
         "template": j.template, "request_id": j.request_id, "vmid": j.vmid, "ip": j.ip,
         "error": j.error_kind.as_ref().map(|k| json!({"kind": k, "message": j.error_message})),
         "submitted_at": j.submitted_at, "started_at": j.started_at, "finished_at": j.finished_at,
@@ -99,7 +99,8 @@ pub async fn show(cli: &Cli, job: &str, json: bool) -> Outcome {
         ("hostname", j.hostname.clone()),
         ("template", j.template.clone().unwrap_or_default()),
         ("vmid", j.vmid.map(|v| v.to_string()).unwrap_or_default()),
-        ("destroys", j.target_job.clone().unwrap_or_default()),
+        ("acts on (made by)", j.target_job.clone().unwrap_or_default()),
+        ("retry of", j.retry_of.clone().unwrap_or_default()),
         ("destroyed by", j.destroyed_by.clone().unwrap_or_default()),
         ("ip", j.ip.clone().unwrap_or_default()),
         (

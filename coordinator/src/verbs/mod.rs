@@ -9,6 +9,7 @@ pub mod ls;
 pub mod nodes;
 pub mod plan;
 pub mod record;
+pub mod retry;
 pub mod setup;
 pub mod submit;
 pub mod template;

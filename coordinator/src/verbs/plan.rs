@@ -43,26 +43,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
                 file.content = Some(String::new());
             }
         }
-        let subject = pvefleet_schemas::names::plan_subject(&job.node);
-        let payload = crate::publishing::signed_for(
-            &PlanRequest::new(job.clone()),
-            &me,
-            crate::publishing::CONTROL_SIGNED_FOR_MINUTES,
-        )?;
-        let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));
-        let answer = client.send_request(subject, request).await.map_err(|e| match e.kind() {
-            async_nats::RequestErrorKind::TimedOut => {
-                anyhow::anyhow!("the agent of {} did not answer the plan within {ANSWER_WITHIN:?}", job.node)
-            }
-            async_nats::RequestErrorKind::NoResponders => anyhow::anyhow!(
-                "no agent answers plans on {}: is pvefleet-agent running there (and this build's)?",
-                job.node
-            ),
-            _ => anyhow::anyhow!("asking the agent of {} for a plan: {e}", job.node),
-        })?;
-        let reply: PlanReply = serde_json::from_slice(&answer.payload).map_err(|e| {
-            anyhow::anyhow!("the agent of {} answered the plan with something unreadable: {e}", job.node)
-        })?;
+        let reply = ask(&client, &me, &job.node, &PlanRequest::new(job.clone())).await?;
         all_ok &= reply.ok;
         if args.json {
             println!("{}", serde_json::to_string(&reply).expect("a plan serializes"));
@@ -73,7 +54,31 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
     if all_ok { Ok(()) } else { Err(Failure::Quiet) }
 }
 
-fn show(reply: &PlanReply, hostname: &str, n: usize, count: u32) {
+/// Asks `node`'s agent for a plan: `request` signed by `me` (valid a few minutes), answered
+/// on the plan subject.
+pub(crate) async fn ask(
+    client: &async_nats::Client,
+    me: &pvefleet_schemas::signing::Identity,
+    node: &pvefleet_schemas::NodeName,
+    request: &impl serde::Serialize,
+) -> Result<PlanReply, Failure> {
+    let subject = pvefleet_schemas::names::plan_subject(node);
+    let payload = crate::publishing::signed_for(request, me, crate::publishing::CONTROL_SIGNED_FOR_MINUTES)?;
+    let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));
+    let answer = client.send_request(subject, request).await.map_err(|e| match e.kind() {
+        async_nats::RequestErrorKind::TimedOut => {
+            anyhow::anyhow!("the agent of {node} did not answer the plan within {ANSWER_WITHIN:?}")
+        }
+        async_nats::RequestErrorKind::NoResponders => {
+            anyhow::anyhow!("no agent answers plans on {node}: is pvefleet-agent running there (and this build's)?")
+        }
+        _ => anyhow::anyhow!("asking the agent of {node} for a plan: {e}"),
+    })?;
+    Ok(serde_json::from_slice(&answer.payload)
+        .map_err(|e| anyhow::anyhow!("the agent of {node} answered the plan with something unreadable: {e}"))?)
+}
+
+pub(crate) fn show(reply: &PlanReply, hostname: &str, n: usize, count: u32) {
     let failed = reply.checks.iter().filter(|c| !c.ok).count();
     let which = if count > 1 { format!("job {n} of {count}: ") } else { String::new() };
     let verdict = if failed == 0 { "every check passes".to_owned() } else { format!("{failed} check(s) failed") };

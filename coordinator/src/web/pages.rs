@@ -191,7 +191,8 @@ pub async fn containers(State(web): State<Web>) -> Response {
         Ok(r) => r,
         Err(e) => return failed(e),
     };
-    let job = |id: &Option<String>| html! { @if let Some(j) = id { a href=(format!("/jobs/{j}")) { (j) } } @else { "-" } };
+    let job =
+        |id: &Option<String>| html! { @if let Some(j) = id { a href=(format!("/jobs/{j}")) { (j) } } @else { "-" } };
     page(
         StatusCode::OK,
         "Containers",

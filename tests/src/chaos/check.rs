@@ -173,7 +173,10 @@ fn check_store(seen: &Observed, id: &JobId, end: &Event, bad: &mut impl FnMut(&'
             };
             let vmid = result.and_then(|r| r.vmid).map(|v| i64::from(v.get()));
             if row.state != state || row.vmid != vmid {
-                bad("store_disagrees", format!("store: {} vmid {:?}; events: {state} vmid {vmid:?}", row.state, row.vmid));
+                bad(
+                    "store_disagrees",
+                    format!("store: {} vmid {:?}; events: {state} vmid {vmid:?}", row.state, row.vmid),
+                );
             }
         }
     }
@@ -208,7 +211,8 @@ fn check_day_two(
     }
     if let Some(e) = error {
         *outcomes.failed.entry(wire(&e.kind)).or_default() += 1;
-        let caused = EXPECTED_FAILURES.contains(&e.kind) && (e.kind != ErrorKind::Task || e.message.contains("injected failure"));
+        let caused = EXPECTED_FAILURES.contains(&e.kind)
+            && (e.kind != ErrorKind::Task || e.message.contains("injected failure"));
         if !caused {
             bad("failed_by_transient_fault", format!("{}: {}", wire(&e.kind), end.message));
         }
@@ -411,7 +415,10 @@ mod tests {
         for (id, day_two) in [(update, asked), (stranger, aimed)] {
             let submitted = Submitted { index: 0, node: "pve1".into(), request_id: None, day_two: Some(day_two) };
             history.jobs.insert(id, submitted);
-            let done = vec![event(id, 1, EventType::Accepted, None), event(id, 2, EventType::Complete, Some(result(id, 100, None)))];
+            let done = vec![
+                event(id, 1, EventType::Accepted, None),
+                event(id, 2, EventType::Complete, Some(result(id, 100, None))),
+            ];
             seen.events.insert(id, done);
             seen.store.insert(id, Row { state: "succeeded".into(), vmid: Some(100), request_id: None });
         }

@@ -30,9 +30,14 @@ pub enum Via {
 pub enum Then {
     /// Memory (applied at once) and nameservers (left pending, so one reboot); with
     /// `concurrent_edit`, another PVE user edits the container's description while it runs.
-    Update { memory: u32, concurrent_edit: bool },
+    Update {
+        memory: u32,
+        concurrent_edit: bool,
+    },
     /// The root disk grown to this many GiB (from 8).
-    Resize { gib: u32 },
+    Resize {
+        gib: u32,
+    },
     Power(PowerAction),
 }
 

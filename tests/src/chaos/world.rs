@@ -314,25 +314,18 @@ impl World {
     /// has none): it must be refused, and the container left untouched.
     fn stranger(&mut self, k: usize) {
         let node = pvefleet_schemas::NodeName::new(&self.nodes[0]).expect("a node name");
-        let target = ContainerTarget { vmid: Vmid::new(STRANGER_VMID).expect("a vmid"), create_job: None, hostname: None };
+        let target =
+            ContainerTarget { vmid: Vmid::new(STRANGER_VMID).expect("a vmid"), create_job: None, hostname: None };
         let change = pvefleet_schemas::ConfigChange { memory: Some(128 + k as u32), ..Default::default() };
         let job = pvefleet_schemas::UpdateJob::new(node.clone(), target.clone(), change);
         let day_two = DayTwo { vmid: STRANGER_VMID, then: None };
-        let submitted = Submitted { index: usize::MAX - k, node: node.to_string(), request_id: None, day_two: Some(day_two) };
+        let submitted =
+            Submitted { index: usize::MAX - k, node: node.to_string(), request_id: None, day_two: Some(day_two) };
         self.history.lock().expect("history").jobs.insert(job.job_id, submitted);
         let (js, store, history) = (self.js.clone(), self.store.clone(), self.history.clone());
         self.tasks.spawn(async move {
-            let recorded = store
-                .insert_day_two_job(
-                    pvefleet_coordinator::store::JobKind::Update,
-                    job.job_id,
-                    &node,
-                    &target,
-                    serde_json::to_string(&job).expect("a job serializes"),
-                    &job.submitted_at,
-                    None,
-                )
-                .await;
+            let recorded =
+                store.insert_day_two_job(&pvefleet_schemas::DayTwoJob::Update(Box::new(job.clone())), None).await;
             let sent = match recorded {
                 Ok(_) => publish_kind(&js, &node, JobKind::Update, job.job_id, &job).await,
                 Err(e) => Err(e),
@@ -382,7 +375,6 @@ impl FollowUp {
     }
 
     async fn submit(&self, create: JobId) -> anyhow::Result<()> {
-        use pvefleet_coordinator::store::JobKind as Stored;
         // The create's end, through outages.
         let deadline = Instant::now() + Duration::from_secs(900);
         let events = loop {
@@ -396,7 +388,7 @@ impl FollowUp {
         let vmid = result.vmid.context("a completed create names its vmid")?;
         let node = pvefleet_schemas::NodeName::new(&self.node)?;
         let target = ContainerTarget { vmid, create_job: Some(create), hostname: Some(self.hostname.clone()) };
-        let (id, kind, stored, json) = match self.then {
+        let (id, kind, job) = match self.then {
             Then::Update { memory, concurrent_edit } => {
                 let change = pvefleet_schemas::ConfigChange {
                     memory: Some(memory),
@@ -412,22 +404,23 @@ impl FollowUp {
                     let edit = json!({"description": "edited by another user ({n})"});
                     self.pve.edit_after("GET", &path, 1, 1, vmid.get(), edit).await?;
                 }
-                (job.job_id, JobKind::Update, Stored::Update, serde_json::to_value(&job)?)
+                (job.job_id, JobKind::Update, pvefleet_schemas::DayTwoJob::Update(Box::new(job)))
             }
             Then::Resize { gib } => {
-                let job = pvefleet_schemas::ResizeJob::new(node.clone(), target.clone(), "rootfs", u64::from(gib) << 30);
-                (job.job_id, JobKind::Resize, Stored::Resize, serde_json::to_value(&job)?)
+                let job =
+                    pvefleet_schemas::ResizeJob::new(node.clone(), target.clone(), "rootfs", u64::from(gib) << 30);
+                (job.job_id, JobKind::Resize, pvefleet_schemas::DayTwoJob::Resize(job))
             }
             Then::Power(action) => {
                 let job = pvefleet_schemas::PowerJob::new(node.clone(), target.clone(), action);
-                (job.job_id, JobKind::Power, Stored::Power, serde_json::to_value(&job)?)
+                (job.job_id, JobKind::Power, pvefleet_schemas::DayTwoJob::Power(job))
             }
         };
         let day_two = DayTwo { vmid: vmid.get(), then: Some(self.then) };
-        let submitted = Submitted { index: self.index, node: self.node.clone(), request_id: None, day_two: Some(day_two) };
+        let submitted =
+            Submitted { index: self.index, node: self.node.clone(), request_id: None, day_two: Some(day_two) };
         self.history.lock().expect("history").jobs.insert(id, submitted);
-        let submitted_at = pvefleet_schemas::Timestamp::now();
-        let record = || self.store.insert_day_two_job(stored, id, &node, &target, json.to_string(), &submitted_at, None);
+        let record = || self.store.insert_day_two_job(&job, None);
         let deadline = Instant::now() + SUBMIT_FOR;
         loop {
             match record().await {
@@ -436,7 +429,7 @@ impl FollowUp {
                 Err(e) => return Err(e),
             }
         }
-        publish_kind(&self.js, &node, kind, id, &json).await
+        publish_kind(&self.js, &node, kind, id, &job).await
     }
 }
 

@@ -8,7 +8,9 @@
 //! - [`update`]: finding → configuring → restarting → verifying.
 //! - [`resize`]: finding → resizing.
 //! - [`power`]: finding → powering.
+//! - [`plan`]: what one of them would find and send, changing nothing.
 
+pub mod plan;
 pub mod power;
 pub mod resize;
 pub mod update;

@@ -395,7 +395,10 @@ mod tests {
     #[test]
     fn a_changed_nic_keeps_its_mac_and_a_removed_one_is_deleted() {
         let nic = Nic::new("eth0", "vmbr1", Ipv4Setting::Dhcp);
-        let change = ConfigChange { nics: [("net0".to_owned(), Some(nic)), ("net1".to_owned(), None)].into(), ..Default::default() };
+        let change = ConfigChange {
+            nics: [("net0".to_owned(), Some(nic)), ("net1".to_owned(), None)].into(),
+            ..Default::default()
+        };
         let wants = wanted(&change, &cfg());
         let Want::Set(net0) = &wants["net0"] else { panic!("{wants:?}") };
         assert!(net0.contains("bridge=vmbr1") && net0.contains("hwaddr=BC:24:11:F7:BD:95"), "{net0}");
