@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::shared::Shared;
+use crate::proxmox::PveClient;
 
 /// What the inventory remembers.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -68,15 +68,24 @@ impl Inventory {
     }
 }
 
-/// Sweeps at start, when poked, and every `inventory_interval`, until `stop`.
-pub async fn keep(shared: Arc<Shared>, stop: CancellationToken) {
+/// What a sweep reads and writes: the node's Proxmox API and its keys of the inventory bucket.
+#[derive(Debug, Clone)]
+pub struct Sweeper {
+    pub node: pvefleet_schemas::NodeName,
+    pub pve: PveClient,
+    pub bucket: async_nats::jetstream::kv::Store,
+    pub inventory: Arc<Inventory>,
+}
+
+/// Sweeps at start, when poked, and every `interval`, until `stop`.
+pub async fn keep(sweeper: Sweeper, interval: std::time::Duration, stop: CancellationToken) {
     loop {
-        if let Err(e) = sweep(&shared).await {
+        if let Err(e) = sweep(&sweeper).await {
             tracing::warn!(error = %e, "inventory sweep failed; trying again at the next");
         }
         tokio::select! {
-            () = tokio::time::sleep(shared.config.inventory_interval) => {}
-            () = shared.inventory.poke.notified() => {}
+            () = tokio::time::sleep(interval) => {}
+            () = sweeper.inventory.poke.notified() => {}
             () = stop.cancelled() => return,
         }
     }
@@ -138,16 +147,16 @@ fn entry(node: &pvefleet_schemas::NodeName, vmid: Vmid, listed: &Value, cfg: &Va
     }
 }
 
-async fn sweep(shared: &Shared) -> anyhow::Result<()> {
-    let node = &shared.config.node;
+async fn sweep(sweeper: &Sweeper) -> anyhow::Result<()> {
+    let node = &sweeper.node;
     // The containers whose last job's digest is still to be read: only a config read after
     // the job ended tells it (a job ending during this sweep is read at the next, which its
     // end pokes).
     let unread: BTreeSet<u32> = {
-        let kept = shared.inventory.kept.lock().expect("inventory");
+        let kept = sweeper.inventory.kept.lock().expect("inventory");
         kept.applied.iter().filter(|(_, a)| a.digest.is_none()).map(|(v, _)| *v).collect()
     };
-    let listed = shared.pve.containers_listed().await?;
+    let listed = sweeper.pve.containers_listed().await?;
     let mut seen = BTreeMap::new();
     for item in &listed {
         let Some(vmid) = item["vmid"].as_u64().and_then(|v| u32::try_from(v).ok()).and_then(|v| Vmid::new(v).ok())
@@ -161,12 +170,12 @@ async fn sweep(shared: &Shared) -> anyhow::Result<()> {
         if !marked || template {
             continue;
         }
-        let Some(cfg) = shared.pve.container_config(vmid).await? else { continue };
+        let Some(cfg) = sweeper.pve.container_config(vmid).await? else { continue };
         seen.insert(vmid, (item, cfg));
     }
     let mut entries = Vec::new();
     {
-        let mut kept = shared.inventory.kept.lock().expect("inventory");
+        let mut kept = sweeper.inventory.kept.lock().expect("inventory");
         for (vmid, (item, cfg)) in &seen {
             if let Some(applied) = kept.applied.get_mut(&vmid.get())
                 && applied.digest.is_none()
@@ -181,22 +190,22 @@ async fn sweep(shared: &Shared) -> anyhow::Result<()> {
     for e in &entries {
         let key = names::inventory_key(node, e.vmid);
         let bytes = serde_json::to_vec(e).expect("an inventory entry serializes");
-        shared.bus.inventory.put(key, bytes.into()).await?;
+        sweeper.bucket.put(key, bytes.into()).await?;
     }
     let gone: Vec<u32> = {
-        let kept = shared.inventory.kept.lock().expect("inventory");
+        let kept = sweeper.inventory.kept.lock().expect("inventory");
         kept.published.iter().copied().filter(|v| !seen.keys().any(|s| s.get() == *v)).collect()
     };
     for vmid in &gone {
         let key = format!("{node}.{vmid}");
-        shared.bus.inventory.delete(&key).await?;
+        sweeper.bucket.delete(&key).await?;
         tracing::info!(vmid, "a container left this node (deleted or moved): taken out of the inventory");
     }
-    let mut kept = shared.inventory.kept.lock().expect("inventory");
+    let mut kept = sweeper.inventory.kept.lock().expect("inventory");
     let published: BTreeSet<u32> = seen.keys().map(|v| v.get()).collect();
     kept.applied.retain(|v, _| published.contains(v));
     kept.published = published;
-    shared.inventory.save(&kept);
+    sweeper.inventory.save(&kept);
     Ok(())
 }
 

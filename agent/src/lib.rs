@@ -7,10 +7,11 @@
 //! - the agent: [`run`] here; [`intake`] takes job messages one free slot at a time, keeps
 //!   them alive and settles them ([`intake::policy`]), its [`intake::Incoming`] the table of
 //!   job kinds; [`control`] answers cancel and plan requests; [`heartbeat`] writes the node's
-//!   entry in `pvefleet-nodes`; [`shared`] is what their tasks share.
+//!   entry in `pvefleet-nodes`; [`inventory`] keeps the node's marked containers in
+//!   `pvefleet-inventory`; [`shared`] is what their tasks share.
 //! - [`jobs`]: the job kinds, siblings: [`jobs::create`] (its whole story in its folder:
 //!   step table, parameters, vmid, template or clone, keys, deploy), [`jobs::destroy`],
-//!   [`jobs::plan`]; below them [`jobs::checks`] (read-only validating checks) and
+//!   [`jobs::day_two`] (update, resize, power, and their plans), [`jobs::plan`]; below them [`jobs::checks`] (read-only validating checks) and
 //!   [`jobs::container`] (whose a container is; stop and delete); and under those the engine,
 //!   `jobs/mod.rs`: lease, step table, checkpoints, events, undo, written once.
 //! - the parts: [`bus`] (NATS: connecting, streams, event logs, checkpoints, claims and
@@ -108,7 +109,13 @@ pub async fn run(config: Config, stop: CancellationToken) -> anyhow::Result<()> 
     let control = tokio::spawn(control::serve_cancels(shared.clone()));
     let plans = tokio::spawn(control::serve_plans(shared.clone()));
     let inventory_stop = CancellationToken::new();
-    let inventory = tokio::spawn(inventory::keep(shared.clone(), inventory_stop.clone()));
+    let sweeper = inventory::Sweeper {
+        node: shared.config.node.clone(),
+        pve: shared.pve.clone(),
+        bucket: shared.bus.inventory.clone(),
+        inventory: shared.inventory.clone(),
+    };
+    let inventory = tokio::spawn(inventory::keep(sweeper, shared.config.inventory_interval, inventory_stop.clone()));
     let metrics_stop = CancellationToken::new();
     let metrics = shared.config.metrics_listen.map(|addr| tokio::spawn(metrics::serve(addr, metrics_stop.clone())));
     intake::work(shared.clone()).await;

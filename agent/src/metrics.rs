@@ -18,8 +18,22 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Finished {
+    kind: &'static str,
     result: &'static str,
     error_kind: String,
+}
+
+/// A job kind as a label: one of the kinds this build runs, or `other` (a subject names the
+/// kind, and anyone who may publish a job could make up any number of them).
+pub fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "create" => "create",
+        "destroy" => "destroy",
+        "update" => "update",
+        "resize" => "resize",
+        "power" => "power",
+        _ => "other",
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,7 +93,7 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("jobs_running", "Jobs this agent runs now", m.running.clone());
-        registry.register("jobs_finished", "Jobs this agent ended, by result and error kind", m.finished.clone());
+        registry.register("jobs_finished", "Jobs this agent ended, by kind, result and error kind", m.finished.clone());
         registry.register("step_duration_seconds", "Steps run by this agent, by step", m.steps.clone());
         registry.register("proxmox_calls", "Proxmox API requests, by method and status", m.calls.clone());
         registry.register("proxmox_call_duration_seconds", "Proxmox API request latency, by method", m.latency.clone());
@@ -101,14 +115,15 @@ impl Metrics {
         self.running.dec();
     }
 
-    /// A job ended by this agent's terminal event.
-    pub fn job_finished(&self, error_kind: Option<pvefleet_schemas::ErrorKind>) {
+    /// A job of `kind` ended by this agent's terminal event.
+    pub fn job_finished(&self, kind: &str, error_kind: Option<pvefleet_schemas::ErrorKind>) {
+        let job_kind = kind_label(kind);
         let kind = error_kind
             .and_then(|k| serde_json::to_value(k).ok())
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default();
         let result = if error_kind.is_none() { "success" } else { "failure" };
-        self.finished.get_or_create(&Finished { result, error_kind: kind }).inc();
+        self.finished.get_or_create(&Finished { kind: job_kind, result, error_kind: kind }).inc();
     }
 
     pub fn step(&self, step: pvefleet_schemas::Step, took: Duration) {

@@ -11,6 +11,10 @@
 //! - [`requests`]: a create request from a template, a spec file and flags: the job(s) it
 //!   makes, validated, and the root password given.
 //! - [`placement`]: `--node auto`: the freest live node that fits, counting earlier placements.
+//! - [`rollout`]: a day-two verb over `--select`: canary, max-parallel, stop at a failure.
+//! - [`day_two`]: a day-two job as made here (update, resize, power), recorded and published.
+//! - [`inventory`]: the agents' inventory read; a container named by job, hostname, node+vmid.
+//! - [`plans`]: a plan asked of an agent and shown.
 //! - [`secrets`]: sealing a job's secrets to the key trusted for its node, and only that key.
 //! - [`publishing`]: a job on the work queue once per request id: recorded, published with its
 //!   id as the dedup id, published again (never twice) when its publish was not confirmed.
@@ -18,7 +22,8 @@
 //! - [`identity`]: the operator's signing key on disk: made once (0600), read only when private.
 //! - [`trust`]: the admin-signed policy in the trust bucket, admin actions recorded, and the
 //!   audit stream read back.
-//! - [`recorder`]: every node's events into the store, each once, job states moved forward.
+//! - [`recorder`]: every node's events into the store, each once, job states moved forward;
+//!   the audit trail; the inventory's containers (gone ones kept).
 //! - [`spec`]: building the container spec from a template, a spec file and flags.
 //! - [`store`]: the sea-orm store (SQLite or Postgres): entities, migrations, queries.
 //! - [`bus`]: NATS: connecting, the registry, and reading a job's events.
@@ -28,11 +33,13 @@
 pub mod batch;
 pub mod bus;
 pub mod cli;
+pub mod day_two;
 pub mod failure;
 pub mod follow;
 pub mod identity;
 pub mod inventory;
 pub mod placement;
+pub mod plans;
 pub mod publishing;
 pub mod recorder;
 pub mod requests;

@@ -13,9 +13,9 @@ use pvefleet_schemas::signing::Identity;
 use pvefleet_schemas::{DayTwoOptions, EventType, InventoryEntry, JobId, NodeName};
 
 use crate::bus::Nats;
+use crate::day_two::{Ask, Message, submit};
 use crate::inventory::{self, Selection};
 use crate::store::{JobState, Store};
-use crate::verbs::day_two::{Ask, Message, submit};
 use crate::{Failure, Outcome};
 
 /// How a rollout runs.

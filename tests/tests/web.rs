@@ -197,6 +197,8 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
             .sum()
     };
     assert_eq!(sample("pvefleet_jobs", Some(("state", "failed"))), 1.0, "{metrics}");
+    let all = sample("pvefleet_jobs", None);
+    assert!(all >= 2.0 && sample("pvefleet_jobs", Some(("kind", "create"))) == all, "by kind: {metrics}");
     assert_eq!(sample("pvefleet_queued_jobs", Some(("node", "pve9"))), 1.0, "{metrics}");
     let durations = parsed.samples.iter().find(|s| s.metric == "pvefleet_job_duration_seconds");
     let finished = match durations.map(|s| &s.value) {
@@ -286,7 +288,11 @@ async fn the_agents_metrics_count_the_jobs_it_ran() -> anyhow::Result<()> {
     events_until_terminal(&bed.js, bad.job_id, Duration::from_secs(60)).await?;
     let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await?.text().await?;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))?;
-    assert_eq!(sample(&scrape, "pvefleet_agent_jobs_finished_total", &[("result", "success")]), 1.0, "{text}");
+    assert_eq!(
+        sample(&scrape, "pvefleet_agent_jobs_finished_total", &[("kind", "create"), ("result", "success")]),
+        1.0,
+        "{text}"
+    );
     assert_eq!(
         sample(&scrape, "pvefleet_agent_jobs_finished_total", &[("result", "failure"), ("error_kind", "task")]),
         1.0,

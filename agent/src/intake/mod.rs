@@ -267,12 +267,12 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         Ok(v @ serde_json::Value::Object(_)) => v,
         _ => {
             let why = "unreadable job message: not a JSON object".to_owned();
-            return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
+            return (reject(shared, &msg.payload, kind, ErrorKind::InvalidMessage, why, owner).await, None);
         }
     };
     let Some(job_id) = job_id_of(&msg.payload) else {
         let why = "unreadable job message: no readable `job_id`".to_owned();
-        return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None);
+        return (reject(shared, &msg.payload, kind, ErrorKind::InvalidMessage, why, owner).await, None);
     };
     let seq = msg.info().map_or(0, |info| info.stream_sequence);
     let taken = match crate::trust::take_job_id(&shared.bus.requests, node, job_id, seq).await {
@@ -291,7 +291,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
             return (JobEnd::Bus(e), None);
         }
         tracing::error!(%job_id, %refusal, "refused a replayed job id");
-        crate::metrics::metrics().job_finished(Some(ErrorKind::Unauthorized));
+        crate::metrics::metrics().job_finished(kind, Some(ErrorKind::Unauthorized));
         return (JobEnd::Rejected, None);
     }
     let first_take = taken == crate::trust::Taken::New;
@@ -319,19 +319,19 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         return (JobEnd::Bus(e), None);
     }
     if let Some(refusal) = refusal {
-        return (reject(shared, &msg.payload, ErrorKind::Unauthorized, refusal.to_string(), owner).await, None);
+        return (reject(shared, &msg.payload, kind, ErrorKind::Unauthorized, refusal.to_string(), owner).await, None);
     }
     let grant = grant.expect("an admitted request has its grant").clone();
     let job = match job {
         Ok(job) => job,
-        Err(why) => return (reject(shared, &msg.payload, ErrorKind::InvalidMessage, why, owner).await, None),
+        Err(why) => return (reject(shared, &msg.payload, kind, ErrorKind::InvalidMessage, why, owner).await, None),
     };
     if job.node() != node {
         let why = format!("the job is for node {} but was delivered to the agent of {node}", job.node());
-        return (reject(shared, &msg.payload, ErrorKind::WrongNode, why, owner).await, None);
+        return (reject(shared, &msg.payload, kind, ErrorKind::WrongNode, why, owner).await, None);
     }
     if let Err(e) = job.validate() {
-        return (reject(shared, &msg.payload, ErrorKind::Validation, e.to_string(), owner).await, None);
+        return (reject(shared, &msg.payload, kind, ErrorKind::Validation, e.to_string(), owner).await, None);
     }
     let delivered = msg.info().map_or(1, |info| info.delivered);
     let first = delivered == 1;
@@ -349,7 +349,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
             "given up after {delivered} deliveries without an end; whatever it made is left as it is ({})",
             claimed.left_behind()
         );
-        return (give_up(shared, job_id, ErrorKind::Internal, why, owner).await, Some(claim));
+        return (give_up(shared, job_id, kind, ErrorKind::Internal, why, owner).await, Some(claim));
     }
     let (_running, cancel) = RunningGuard::enter(shared, job_id);
     let env = jobs::Env {
@@ -407,7 +407,8 @@ async fn after_panic(shared: &Shared, msg: &Message, owner: &str, panic: String)
                 return JobEnd::Bus(crate::bus::BusError::LeaseLost);
             }
             let why = format!("{message} (again, while failing); whatever it made is left as it is");
-            give_up(shared, job_id, ErrorKind::Internal, why, owner).await
+            give_up(shared, job_id, msg.subject.rsplit('.').next().unwrap_or_default(), ErrorKind::Internal, why, owner)
+                .await
         }
         Ok(crate::bus::Taken::Busy { until, .. }) => JobEnd::Busy { until },
         Err(e) => JobEnd::Bus(e),
@@ -415,11 +416,11 @@ async fn after_panic(shared: &Shared, msg: &Message, owner: &str, panic: String)
 }
 
 /// Ends a job that cannot go on with one `error` event of `kind`, without running it.
-async fn give_up(shared: &Shared, job_id: JobId, kind: ErrorKind, why: String, owner: &str) -> JobEnd {
+async fn give_up(shared: &Shared, job_id: JobId, of: &str, kind: ErrorKind, why: String, owner: &str) -> JobEnd {
     tracing::error!(%job_id, ?kind, %why, "giving up a job");
     match terminal_error(&shared.bus, &shared.config.node, job_id, kind, why, owner).await {
         Ok(()) | Err(crate::bus::BusError::Superseded) => {
-            crate::metrics::metrics().job_finished(Some(kind));
+            crate::metrics::metrics().job_finished(of, Some(kind));
             JobEnd::Finished { success: false }
         }
         Err(e) => JobEnd::Bus(e),
@@ -427,7 +428,7 @@ async fn give_up(shared: &Shared, job_id: JobId, kind: ErrorKind, why: String, o
 }
 
 /// Ends a message that cannot run: logged, and an `error` event when its job id can be read.
-async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: String, owner: &str) -> JobEnd {
+async fn reject(shared: &Shared, payload: &[u8], of: &str, kind: ErrorKind, message: String, owner: &str) -> JobEnd {
     let node = &shared.config.node;
     // A decode error names what it could not read, which a hostile message can make huge.
     let message = pvefleet_schemas::event::cut(&message, pvefleet_schemas::event::MAX_ERROR_TEXT);
@@ -438,7 +439,7 @@ async fn reject(shared: &Shared, payload: &[u8], kind: ErrorKind, message: Strin
     tracing::error!(%job_id, ?kind, %message, "rejected a job message");
     match terminal_error(&shared.bus, node, job_id, kind, message, owner).await {
         Ok(()) => {
-            crate::metrics::metrics().job_finished(Some(kind));
+            crate::metrics::metrics().job_finished(of, Some(kind));
             JobEnd::Rejected
         }
         // Ended meanwhile by someone else (a cancel): nothing more to say.

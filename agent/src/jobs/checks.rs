@@ -35,26 +35,38 @@ pub(crate) fn files(job: &Job, files_dir: &Path) -> Check {
 /// What PVE keeps for a root@pam login (bind mounts, features beyond nesting), said before
 /// the create rather than by it.
 pub(crate) fn rights(spec: &ContainerSpec, root_login: bool) -> Check {
+    let mounts: Vec<(String, &MountPoint)> =
+        spec.mounts.iter().enumerate().map(|(i, m)| (format!("container.mounts[{i}]"), m)).collect();
+    let features = spec.effective_features();
+    root_only(&mounts, Some(("container.features", &features)), spec.unprivileged, root_login)
+}
+
+/// Bind mounts and features PVE keeps for root@pam, named by their field, refused when the
+/// agent signs in with an API token (a create's spec, or an update's change).
+pub(crate) fn root_only(
+    mounts: &[(String, &MountPoint)],
+    features: Option<(&str, &pvefleet_schemas::lxc::Features)>,
+    unprivileged: bool,
+    root_login: bool,
+) -> Check {
     if root_login {
         return Ok("signed in as root@pam: every feature and bind mount is allowed".into());
     }
     const WHY: &str = "the agent signs in with an API token, which PVE refuses this (even root's own); \
                        proxmox.user = \"root@pam\" with proxmox.password_file allows it";
-    for (i, mp) in spec.mounts.iter().enumerate() {
+    for (field, mp) in mounts {
         if matches!(mp, MountPoint::Bind { .. }) {
-            return Err(invalid(format!("container.mounts[{i}]: PVE lets only root@pam make a bind mount; {WHY}")));
+            return Err(invalid(format!("{field}: PVE lets only root@pam make a bind mount; {WHY}")));
         }
     }
-    let features = spec.effective_features();
+    let Some((field, features)) = features else { return Ok("nothing that PVE keeps for root@pam".into()) };
     let beyond = features.beyond_nesting();
-    if !spec.unprivileged && !features.is_empty() {
-        return Err(invalid(format!(
-            "container.features: on a privileged container PVE lets only root@pam set features; {WHY}"
-        )));
+    if !unprivileged && !features.is_empty() {
+        return Err(invalid(format!("{field}: on a privileged container PVE lets only root@pam set features; {WHY}")));
     }
     if !beyond.is_empty() {
         return Err(invalid(format!(
-            "container.features: PVE lets an API token set only `nesting` on an unprivileged container \
+            "{field}: PVE lets an API token set only `nesting` on an unprivileged container \
              (pve-container check_ct_modify_config_perm); `{}` need root@pam: {WHY}",
             beyond.join("`, `")
         )));

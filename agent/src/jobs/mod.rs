@@ -222,6 +222,8 @@ pub(crate) struct Core {
     /// keeps the host keys PVE prints for the new container).
     pub(crate) reads_task_logs: Option<fn(&Upid, &str, &mut Checkpoint)>,
     inventory: Arc<crate::inventory::Inventory>,
+    /// The job's kind (`create`, `update`, …), for its span and metrics.
+    kind: &'static str,
 }
 
 impl Core {
@@ -247,6 +249,7 @@ impl Core {
             task_timeout,
             reads_task_logs: None,
             inventory: env.inventory.clone(),
+            kind: "",
         }
     }
 
@@ -437,7 +440,7 @@ async fn drive<S: Saga>(
     if let Some(vmid) = core.cp.vmid {
         core.inventory.touched(vmid, core.job_id);
     }
-    crate::metrics::metrics().job_finished(None);
+    crate::metrics::metrics().job_finished(saga.core().kind, None);
     Ok(JobEnd::Finished { success: true })
 }
 
@@ -518,7 +521,7 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
     }
     let result = saga.result(Some(failure.clone()), rolled_back);
     saga.core().events.emit(EventType::Error, Some(failure.step), None, message, None, Some(result)).await?;
-    crate::metrics::metrics().job_finished(Some(failure.kind));
+    crate::metrics::metrics().job_finished(saga.core().kind, Some(failure.kind));
     Ok(JobEnd::Finished { success: false })
 }
 
@@ -546,6 +549,7 @@ pub(crate) async fn run_in_span<S: Saga>(
     kind: &'static str,
 ) -> JobEnd {
     let core = saga.core();
+    core.kind = kind;
     let span = tracing::info_span!("job", job_id = %core.job_id, node = %core.node, kind);
     run(saga, stop, cancel).instrument(span).await
 }

@@ -294,25 +294,29 @@ impl Store {
     }
 
     /// How many jobs the store holds, by state and node, counted by the database.
-    pub async fn job_counts(&self) -> anyhow::Result<Vec<(String, String, i64)>> {
+    /// Jobs by (state, node, kind): what `/metrics` shows.
+    pub async fn job_counts(&self) -> anyhow::Result<Vec<(String, String, String, i64)>> {
         use sea_orm::{FromQueryResult, QuerySelect as _};
         #[derive(FromQueryResult)]
         struct Count {
             state: String,
             node: String,
+            kind: String,
             n: i64,
         }
         let rows = job::Entity::find()
             .select_only()
             .column(job::Column::State)
             .column(job::Column::Node)
+            .column(job::Column::Kind)
             .column_as(job::Column::JobId.count(), "n")
             .group_by(job::Column::State)
             .group_by(job::Column::Node)
+            .group_by(job::Column::Kind)
             .into_model::<Count>()
             .all(&self.db)
             .await?;
-        Ok(rows.into_iter().map(|c| (c.state, c.node, c.n)).collect())
+        Ok(rows.into_iter().map(|c| (c.state, c.node, c.kind, c.n)).collect())
     }
 
     /// The jobs that finished at or after `since` (every finished one without it), oldest

@@ -7,10 +7,10 @@ use pvefleet_schemas::{DeploySpec, DestroyJob, FileSpec, Job, JobId, NodeName, T
 
 use crate::bus::Nats;
 use crate::cli::{Cli, RetryArgs, SubmitArgs};
+use crate::day_two::Message;
 use crate::publishing::{self, Outgoing};
 use crate::spec::BadInput;
 use crate::store::{JobKind, JobState};
-use crate::verbs::day_two::Message;
 use crate::{Failure, Outcome, follow};
 
 pub async fn run(cli: &Cli, args: &RetryArgs) -> Outcome {
@@ -100,7 +100,7 @@ pub async fn run(cli: &Cli, args: &RetryArgs) -> Outcome {
             let message = old.renewed(node);
             message.validate()?;
             let (id, json) =
-                crate::verbs::day_two::submit(&store, &nats, &signer, &message, args.request_id.as_deref()).await?;
+                crate::day_two::submit(&store, &nats, &signer, &message, args.request_id.as_deref()).await?;
             store.set_retry_of(&crate::job_id(&id)?, &failed.job_id).await?;
             (id, json)
         }

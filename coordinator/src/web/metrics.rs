@@ -1,4 +1,4 @@
-//! `/metrics` of the fleet in the Prometheus text format: jobs by state and node (counted by the
+//! `/metrics` of the fleet in the Prometheus text format: jobs by state, node and kind (counted by the
 //! database at each scrape), job and step durations as histograms (kept up to date: a scrape
 //! adds only the jobs finished since the last), and the jobs queued per node.
 
@@ -16,6 +16,7 @@ use super::Web;
 struct JobLabels {
     state: String,
     node: String,
+    kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,8 +36,8 @@ async fn render(web: &Web) -> anyhow::Result<String> {
     let mut registry = Registry::with_prefix("pvefleet");
     let jobs = Family::<JobLabels, Gauge>::default();
     let queued = Family::<NodeLabels, Gauge>::default();
-    for (state, node, n) in web.store.job_counts().await? {
-        jobs.get_or_create(&JobLabels { state, node }).set(n);
+    for (state, node, kind, n) in web.store.job_counts().await? {
+        jobs.get_or_create(&JobLabels { state, node, kind }).set(n);
     }
     let (job_seconds, steps) = {
         let mut durations = web.durations.lock().await;
@@ -55,7 +56,7 @@ async fn render(web: &Web) -> anyhow::Result<String> {
             }
         }
     }
-    registry.register("jobs", "Jobs recorded in the store, by state and node", jobs);
+    registry.register("jobs", "Jobs recorded in the store, by state, node and kind", jobs);
     registry.register("queued_jobs", "Job messages waiting in PVEFLEET_JOBS, by node", queued);
     registry.register("job_duration_seconds", "Finished jobs' run time, first event to terminal", job_seconds);
     registry.register("step_duration_seconds", "Steps of finished jobs, by step", steps);

@@ -190,6 +190,18 @@ fn keys_of(wants: &BTreeMap<String, Want>) -> String {
 }
 
 impl UpdateRun<'_> {
+    /// The container, and nothing in the change that PVE keeps for root@pam when the agent
+    /// signs in with a token (a bind mount, features beyond nesting).
+    async fn find(&mut self) -> StepResult {
+        let cfg = super::find(&mut self.core, &self.job.target).await?;
+        let unprivileged = cfg.get("unprivileged").is_some_and(|u| u == 1 || u == "1");
+        let change = &self.job.change;
+        let mounts: Vec<(String, &pvefleet_schemas::lxc::MountPoint)> =
+            change.mounts.iter().map(|(k, m)| (format!("change.mounts.{k}"), m)).collect();
+        let features = change.features.as_ref().map(|f| ("change.features", f));
+        crate::jobs::checks::root_only(&mounts, features, unprivileged, self.core.pve.is_root_login()).map(drop)
+    }
+
     async fn config(&mut self) -> Result<Value, StepError> {
         let vmid = self.core.vmid();
         let marker = self.core.marker.clone();
@@ -327,7 +339,7 @@ impl Saga for UpdateRun<'_> {
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {
-            Step::Finding => super::find(&mut self.core, &self.job.target).await.map(drop),
+            Step::Finding => self.find().await,
             Step::Configuring => self.configure().await,
             Step::Restarting => self.restart().await,
             Step::Verifying => self.verify().await,
