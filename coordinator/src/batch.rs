@@ -25,7 +25,7 @@ pub async fn submit(
     signer: &Identity,
 ) -> Outcome {
     let jobs = build_jobs(&parts, count)?;
-    let clear_password = password(args)?;
+    let clear_password = password(&args.root_password)?;
     let js = nats.js().await?;
     let beats = if parts.node == "auto" { crate::bus::heartbeats(js).await? } else { Vec::new() };
     // Every job is placed before any is published: one that fits nowhere publishes none.

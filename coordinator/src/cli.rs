@@ -441,19 +441,27 @@ pub struct UpdateArgs {
     pub shutdown_timeout: String,
 }
 
+/// Where the root password comes from (never the command line).
+#[derive(Args, Debug, Default, Clone)]
+pub struct PasswordArgs {
+    /// Read the root password from this file (first line).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+    /// Read the root password from this environment variable.
+    #[arg(long)]
+    pub password_env: Option<String>,
+    /// Ask for the root password on the terminal.
+    #[arg(long)]
+    pub ask_password: bool,
+}
+
 #[derive(Args, Debug, Default)]
 pub struct RetryArgs {
     /// The failed job.
     pub job: String,
-    /// A create job's root password, from this file (first line).
-    #[arg(long)]
-    pub password_file: Option<PathBuf>,
-    /// A create job's root password, from this environment variable.
-    #[arg(long)]
-    pub password_env: Option<String>,
-    /// Ask for a create job's root password on the terminal.
-    #[arg(long)]
-    pub ask_password: bool,
+    /// A create job's root password, asked for again.
+    #[command(flatten)]
+    pub root_password: PasswordArgs,
     /// A secret file of the job (its path in the container) and where to read it now:
     /// `/etc/app/token=./token` (repeatable; its bytes must be those the job was made with).
     #[arg(long = "secret-file", value_name = "PATH=LOCAL")]
@@ -659,15 +667,8 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub rollback: Option<String>,
 
-    /// Read the root password from this file (first line).
-    #[arg(long)]
-    pub password_file: Option<PathBuf>,
-    /// Read the root password from this environment variable.
-    #[arg(long)]
-    pub password_env: Option<String>,
-    /// Ask for the root password on the terminal.
-    #[arg(long)]
-    pub ask_password: bool,
+    #[command(flatten)]
+    pub root_password: PasswordArgs,
     /// Refused: a password on the command line leaks into process lists and shell history.
     #[arg(long, hide = true)]
     pub password: Option<String>,

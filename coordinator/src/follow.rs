@@ -63,6 +63,16 @@ pub async fn follow(cli: &Cli, id: JobId, json: bool) -> Outcome {
     Err(anyhow::anyhow!("the event feed ended before the job did").into())
 }
 
+/// How every verb that publishes one job ends: its id (its JSON with `json`), then, with
+/// `watch`, the job followed to its end.
+pub async fn print_then_follow(cli: &Cli, job_id: &str, job_json: &str, json: bool, watch: bool) -> Outcome {
+    println!("{}", if json { job_json } else { job_id });
+    if watch {
+        return follow(cli, crate::job_id(job_id)?, json).await;
+    }
+    Ok(())
+}
+
 fn show_on_bar(bar: &ProgressBar, e: &Event) {
     bar.set_position(u64::from(e.percent));
     if let Some(step) = e.step {

@@ -148,7 +148,7 @@ fn flags(a: &SubmitArgs) -> toml::Table {
 }
 
 /// The root password the operator gave, checked against PVE's minimum length.
-pub fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
+pub fn password(a: &crate::cli::PasswordArgs) -> Result<Option<Secret>, BadInput> {
     let given = given_password(a)?;
     if let Some((flag, pw)) = &given
         && pw.expose().chars().count() < 5
@@ -159,7 +159,7 @@ pub fn password(a: &SubmitArgs) -> Result<Option<Secret>, BadInput> {
     Ok(given.map(|(_, pw)| pw))
 }
 
-fn given_password(a: &SubmitArgs) -> Result<Option<(&'static str, Secret)>, BadInput> {
+fn given_password(a: &crate::cli::PasswordArgs) -> Result<Option<(&'static str, Secret)>, BadInput> {
     let given = [a.password_file.is_some(), a.password_env.is_some(), a.ask_password].iter().filter(|g| **g).count();
     if given > 1 {
         return Err(BadInput::field(

@@ -13,10 +13,11 @@ use pvefleet_schemas::signing::Identity;
 use pvefleet_schemas::{DayTwoOptions, EventType, InventoryEntry, JobId, NodeName};
 
 use crate::bus::Nats;
-use crate::day_two::{Ask, Message, submit};
+use crate::day_two::{Ask, submit};
 use crate::inventory::{self, Selection};
 use crate::store::{JobState, Store};
 use crate::{Failure, Outcome};
+use pvefleet_schemas::DayTwoJob;
 
 /// How a rollout runs.
 #[derive(Debug, Clone)]
@@ -35,7 +36,7 @@ pub struct Rollout {
 struct Item {
     label: String,
     /// Its job, new or found by its request.
-    message: Message,
+    message: DayTwoJob,
     request: Option<String>,
     /// Succeeded under an earlier run of the same request: not run again.
     done_before: Option<String>,
@@ -154,8 +155,8 @@ async fn build(
             }
         }
         let message = match &earlier {
-            Some(row) => Message::decode(row.kind, &row.spec).map_err(Failure::Failed)?,
-            None => Message::new(ask, node, target, options),
+            Some(row) => crate::day_two::decode(row.kind, &row.spec).map_err(Failure::Failed)?,
+            None => crate::day_two::make(ask, node, target, options),
         };
         message.validate()?;
         items.push(Item { label, message, request, done_before });

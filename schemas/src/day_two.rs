@@ -362,12 +362,27 @@ impl DayTwoJob {
 
     /// Without its own `auth` (a plan request is signed as a whole).
     pub fn unsigned(mut self) -> Self {
-        match &mut self {
-            DayTwoJob::Update(j) => j.auth = None,
-            DayTwoJob::Resize(j) => j.auth = None,
-            DayTwoJob::Power(j) => j.auth = None,
-        }
+        *self.header().3 = None;
         self
+    }
+
+    /// The same request as a new job for `node`: a new id and time, unsigned (`pvefleet retry`).
+    pub fn renewed(&self, node: NodeName) -> Self {
+        let mut out = self.clone().unsigned();
+        let (id, at, to, _) = out.header();
+        *id = JobId::new();
+        *at = Timestamp::now();
+        *to = node;
+        out
+    }
+
+    /// Its id, time, node and signature, to change.
+    fn header(&mut self) -> (&mut JobId, &mut Timestamp, &mut NodeName, &mut Option<crate::signing::RequestAuth>) {
+        match self {
+            DayTwoJob::Update(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
+            DayTwoJob::Resize(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
+            DayTwoJob::Power(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
+        }
     }
 }
 

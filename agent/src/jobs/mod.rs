@@ -334,8 +334,12 @@ pub(crate) trait Saga: Send {
 
     fn step(&mut self, step: Step) -> impl Future<Output = StepResult> + Send;
 
-    /// Undoes what the steps made, after a failure (the job's rollback policy decides).
-    fn undo(&mut self) -> impl Future<Output = Result<Undone, StepError>> + Send;
+    /// Undoes what the steps made, after a failure (the job's rollback policy decides). By
+    /// default nothing: a day-two change is not undone (the container stays as the failure left
+    /// it, and the job's error says where).
+    fn undo(&mut self) -> impl Future<Output = Result<Undone, StepError>> + Send {
+        async { Ok(Undone::Nothing(None)) }
+    }
 
     /// The job's result: it succeeded when it has no error.
     fn result(&mut self, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult;

@@ -207,25 +207,24 @@ impl PveClient {
 
     /// The guests in the cluster carrying `tag`, as `(node, vmid)`.
     pub async fn guests_tagged(&self, tag: &str) -> Result<Vec<(String, Vmid)>, PveError> {
-        let data = self.call(Method::GET, "/cluster/resources", &[("type", "vm".to_owned())]).await?;
-        Ok(data
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|g| g["tags"].as_str().is_some_and(|tags| has_tag(tags, tag)))
-            .filter_map(|g| Some((g["node"].as_str()?.to_owned(), vmid_in(g)?)))
-            .collect())
+        self.guests(|g| g["tags"].as_str().is_some_and(|tags| has_tag(tags, tag))).await
     }
 
     /// The node guest `vmid` is on, from `/cluster/resources`, if it is anywhere.
     pub async fn guest_node(&self, vmid: Vmid) -> Result<Option<String>, PveError> {
+        Ok(self.guests(|g| vmid_in(g) == Some(vmid)).await?.into_iter().next().map(|(node, _)| node))
+    }
+
+    /// The guests of the cluster (`/cluster/resources`) that `pick` takes, as `(node, vmid)`.
+    async fn guests(&self, pick: impl Fn(&Value) -> bool) -> Result<Vec<(String, Vmid)>, PveError> {
         let data = self.call(Method::GET, "/cluster/resources", &[("type", "vm".to_owned())]).await?;
         Ok(data
             .as_array()
             .into_iter()
             .flatten()
-            .find(|g| vmid_in(g) == Some(vmid))
-            .and_then(|g| g["node"].as_str().map(str::to_owned)))
+            .filter(|g| pick(g))
+            .filter_map(|g| Some((g["node"].as_str()?.to_owned(), vmid_in(g)?)))
+            .collect())
     }
 
     /// The containers on this node as `GET /nodes/{node}/lxc` lists them: read from their

@@ -12,7 +12,7 @@ use pvefleet_schemas::{ConfigChange, DayTwoOptions, HumanDuration, PowerAction};
 
 use crate::bus::Nats;
 use crate::cli::{Cli, PowerArgs, ResizeArgs, TargetArgs, UpdateArgs};
-use crate::day_two::{Ask, Message, submit};
+use crate::day_two::{Ask, make, submit};
 use crate::inventory::{self, Naming};
 use crate::publishing;
 use crate::spec::BadInput;
@@ -136,8 +136,7 @@ async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
             let mut ok = true;
             for (i, entry) in chosen.iter().enumerate() {
                 let (node, target) = inventory::target_of(&store, entry, t.force_marker).await?;
-                ok &= plan(&nats, &signer, &Message::new(ask, node, target, options), t.json, (i + 1, chosen.len()))
-                    .await?;
+                ok &= plan(&nats, &signer, &make(ask, node, target, options), t.json, (i + 1, chosen.len())).await?;
             }
             return if ok { Ok(()) } else { Err(Failure::Quiet) };
         }
@@ -162,7 +161,7 @@ async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
     let naming = Naming { target: t.target.clone(), node: t.node.clone(), vmid: t.vmid };
     let entry = inventory::find(&entries, &naming)?;
     let (node, target) = inventory::target_of(&store, entry, t.force_marker).await?;
-    let message = Message::new(ask, node, target, options);
+    let message = make(ask, node, target, options);
     if t.plan {
         return if plan(&nats, &signer, &message, t.json, (1, 1)).await? { Ok(()) } else { Err(Failure::Quiet) };
     }
@@ -176,11 +175,11 @@ async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
 async fn plan(
     nats: &Nats<'_>,
     me: &Identity,
-    message: &Message,
+    message: &pvefleet_schemas::DayTwoJob,
     json: bool,
     (n, of): (usize, usize),
 ) -> Result<bool, Failure> {
-    let request = pvefleet_schemas::ChangePlanRequest::new(message.wire());
+    let request = pvefleet_schemas::ChangePlanRequest::new(message.clone());
     let reply = crate::plans::ask(nats.client().await?, me, message.node(), &request).await?;
     if json {
         println!("{}", serde_json::to_string(&reply).expect("a plan serializes"));
@@ -208,21 +207,13 @@ pub(crate) async fn earlier(
         .into());
     }
     let again = async |row: &crate::store::job::Model, _: &async_nats::jetstream::Context| {
-        let message =
-            Message::decode(row.kind, &row.spec).map_err(|e| anyhow::anyhow!("stored job {}: {e}", row.job_id))?;
-        message.outgoing(signer)
+        let message = crate::day_two::decode(row.kind, &row.spec)
+            .map_err(|e| anyhow::anyhow!("stored job {}: {e}", row.job_id))?;
+        crate::day_two::outgoing(&message, signer)
     };
     publishing::earlier(store, nats, key, again).await
 }
 
 async fn finish(cli: &Cli, t: &TargetArgs, job_id: &str, json: &str) -> Outcome {
-    if t.json {
-        println!("{json}");
-    } else {
-        println!("{job_id}");
-    }
-    if t.watch {
-        return follow::follow(cli, crate::job_id(job_id)?, t.json).await;
-    }
-    Ok(())
+    follow::print_then_follow(cli, job_id, json, t.json, t.watch).await
 }

@@ -113,13 +113,5 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
 }
 
 async fn finish(cli: &Cli, args: &DestroyArgs, job_id: &str, json: &str) -> Outcome {
-    if args.json {
-        println!("{json}");
-    } else {
-        println!("{job_id}");
-    }
-    if args.watch {
-        return follow::follow(cli, crate::job_id(job_id)?, args.json).await;
-    }
-    Ok(())
+    follow::print_then_follow(cli, job_id, json, args.json, args.watch).await
 }

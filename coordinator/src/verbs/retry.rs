@@ -6,8 +6,7 @@
 use pvefleet_schemas::{DeploySpec, DestroyJob, FileSpec, Job, JobId, NodeName, Timestamp};
 
 use crate::bus::Nats;
-use crate::cli::{Cli, RetryArgs, SubmitArgs};
-use crate::day_two::Message;
+use crate::cli::{Cli, RetryArgs};
 use crate::publishing::{self, Outgoing};
 use crate::spec::BadInput;
 use crate::store::{JobKind, JobState};
@@ -47,13 +46,7 @@ pub async fn run(cli: &Cli, args: &RetryArgs) -> Outcome {
                 Job::decode(failed.spec.as_bytes()).map_err(|e| anyhow::anyhow!("stored job {failed_id}: {e}"))?;
             renew(&mut job.job_id, &mut job.submitted_at);
             job.auth = None;
-            let asked = SubmitArgs {
-                password_file: args.password_file.clone(),
-                password_env: args.password_env.clone(),
-                ask_password: args.ask_password,
-                ..SubmitArgs::default()
-            };
-            let password = crate::requests::password(&asked)?;
+            let password = crate::requests::password(&args.root_password)?;
             crate::secrets::refill_secrets(&mut job, &secret_files(args)?)?;
             let js = nats.js().await?;
             crate::secrets::seal_secrets(&store, js, &mut job, password.as_ref()).await?;
@@ -81,8 +74,8 @@ pub async fn run(cli: &Cli, args: &RetryArgs) -> Outcome {
             (job.job_id.to_string(), serde_json::to_string(&job).expect("a job serializes"))
         }
         kind => {
-            let old =
-                Message::decode(kind, &failed.spec).map_err(|e| anyhow::anyhow!("stored job {failed_id}: {e}"))?;
+            let old = crate::day_two::decode(kind, &failed.spec)
+                .map_err(|e| anyhow::anyhow!("stored job {failed_id}: {e}"))?;
             let target = old.target().clone();
             // The container may have moved since: the job goes where it is now.
             let entries = crate::inventory::read(nats.js().await?).await?;
@@ -132,13 +125,5 @@ fn secret_files(args: &RetryArgs) -> Result<DeploySpec, Failure> {
 }
 
 async fn finish(cli: &Cli, args: &RetryArgs, job_id: &str, json: &str) -> Outcome {
-    if args.json {
-        println!("{json}");
-    } else {
-        println!("{job_id}");
-    }
-    if args.watch {
-        return follow::follow(cli, crate::job_id(job_id)?, args.json).await;
-    }
-    Ok(())
+    follow::print_then_follow(cli, job_id, json, args.json, args.watch).await
 }

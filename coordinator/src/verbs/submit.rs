@@ -36,7 +36,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
             if job.deploy.files.iter().any(|f| f.secret) {
                 refill_secrets(&mut job, &gather(args, &store).await?.deploy)?;
             }
-            seal_secrets(&store, js, &mut job, password(args)?.as_ref()).await?;
+            seal_secrets(&store, js, &mut job, password(&args.root_password)?.as_ref()).await?;
             Outgoing::create(&job, signer)
         };
         if let Some(row) = publishing::earlier(&store, &nats, key, again).await? {
@@ -46,7 +46,7 @@ pub async fn run(cli: &Cli, args: &SubmitArgs) -> Outcome {
 
     let parts = gather(args, &store).await?;
     // Kept in memory only, and sealed to the chosen node's agent once the node is known.
-    let clear_password = password(args)?;
+    let clear_password = password(&args.root_password)?;
     let mut job = parts.job(container_from(parts.container.clone())?, &parts.node)?;
     let js = nats.js().await?;
     if parts.node == "auto" {

@@ -9,7 +9,7 @@
 use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, PowerAction, PowerJob, Step};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
 use crate::proxmox::Refusal;
 
 fn always(_: &PowerJob) -> bool {
@@ -145,10 +145,6 @@ impl Saga for PowerRun<'_> {
             Step::Powering => self.power().await,
             other => unreachable!("{other} is not a step of a power job"),
         }
-    }
-
-    async fn undo(&mut self) -> Result<Undone, StepError> {
-        Ok(Undone::Nothing(None))
     }
 
     fn result(&mut self, error: Option<ErrorInfo>, _rolled_back: bool) -> JobResult {

@@ -12,7 +12,7 @@ use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, LogStream, ResizeJob, St
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
 use crate::proxmox::Refusal;
 
 fn always(_: &ResizeJob) -> bool {
@@ -125,10 +125,6 @@ impl Saga for ResizeRun<'_> {
             Step::Resizing => self.resize().await,
             other => unreachable!("{other} is not a step of a resize job"),
         }
-    }
-
-    async fn undo(&mut self) -> Result<Undone, StepError> {
-        Ok(Undone::Nothing(None))
     }
 
     fn result(&mut self, error: Option<ErrorInfo>, _rolled_back: bool) -> JobResult {

@@ -17,7 +17,7 @@ use pvefleet_schemas::{ConfigChange, ErrorInfo, ErrorKind, JobResult, LogStream,
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
 use crate::proxmox::Refusal;
 
 fn always(_: &UpdateJob) -> bool {
@@ -345,10 +345,6 @@ impl Saga for UpdateRun<'_> {
             Step::Verifying => self.verify().await,
             other => unreachable!("{other} is not a step of an update job"),
         }
-    }
-
-    async fn undo(&mut self) -> Result<Undone, StepError> {
-        Ok(Undone::Nothing(None))
     }
 
     fn result(&mut self, error: Option<ErrorInfo>, _rolled_back: bool) -> JobResult {
