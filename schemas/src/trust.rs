@@ -250,7 +250,7 @@ pub struct Grant {
     pub name: String,
     /// The signer's public key, `ed25519:…` (`pvefleet identity show` prints it).
     pub key: String,
-    /// What it may ask for (default: create, destroy, cancel, plan).
+    /// What it may ask for (default: every kind: create, destroy, cancel, plan, update, resize, power).
     #[serde(default = "every_action")]
     pub kinds: Vec<Action>,
     /// On which nodes (`*` for every one; the default).
