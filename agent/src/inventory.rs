@@ -112,12 +112,7 @@ fn text(v: &Value, key: &str) -> Option<String> {
 
 /// One container's entry, from its listing and its config.
 fn entry(node: &pvefleet_schemas::NodeName, vmid: Vmid, listed: &Value, cfg: &Value, kept: &Kept) -> InventoryEntry {
-    let tags: Vec<String> = text(cfg, "tags")
-        .unwrap_or_default()
-        .split([';', ',', ' '])
-        .filter(|t| !t.is_empty())
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let tags: Vec<String> = crate::proxmox::tags(&text(cfg, "tags").unwrap_or_default()).collect();
     let markers: Vec<String> =
         tags.iter().filter(|t| t.starts_with(pvefleet_schemas::MARKER_TAG_PREFIX)).cloned().collect();
     let create_job = made_by(&text(cfg, "description").unwrap_or_default(), &markers);
@@ -163,9 +158,7 @@ async fn sweep(sweeper: &Sweeper) -> anyhow::Result<()> {
         else {
             continue;
         };
-        let marked = text(item, "tags").is_some_and(|t| {
-            t.split([';', ',', ' ']).any(|t| t.to_ascii_lowercase().starts_with(pvefleet_schemas::MARKER_TAG_PREFIX))
-        });
+        let marked = text(item, "tags").is_some_and(|t| crate::proxmox::has_marker_tag(&t));
         let template = text(item, "template").is_some_and(|t| t == "1");
         if !marked || template {
             continue;

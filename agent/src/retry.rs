@@ -79,6 +79,15 @@ pub fn none() -> ExponentialBuilder {
 /// How often a delete that lost the race for its container's lock is sent.
 pub const DELETE_ATTEMPTS: u32 = 3;
 
+/// How often an update writes its config against a digest another user keeps changing before
+/// it fails with `conflict` (each write follows a fresh read and diff, so none is blind).
+pub const CONFIG_DIGEST_ATTEMPTS: u32 = 3;
+/// How often an update's config write whose answer never came is followed by a fresh read
+/// (which says whether it was carried out) and, if not, written again; and the pauses between.
+pub const CONFIG_UNANSWERED_ATTEMPTS: u32 = 5;
+pub const CONFIG_UNANSWERED: Pace =
+    Pace { first: Duration::from_millis(200), factor: 2.0, max: Duration::from_secs(2) };
+
 /// How often a reboot is sent while no answer comes and the node's task list shows none
 /// begun since (each time only after [`REBOOT_SETTLE`]): a reboot is never sent twice
 /// knowingly, so its answer's loss is looked up rather than retried blindly.

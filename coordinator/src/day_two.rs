@@ -4,8 +4,8 @@
 
 use pvefleet_schemas::signing::Identity;
 use pvefleet_schemas::{
-    ConfigChange, ContainerTarget, DayTwoJob, DayTwoOptions, JobMessageKind, NodeName, PowerAction, PowerJob,
-    ResizeJob, RestartPolicy, UpdateJob,
+    ConfigChange, ContainerTarget, DayTwoJob, DayTwoOptions, NodeName, PowerAction, PowerJob, ResizeJob, RestartPolicy,
+    UpdateJob,
 };
 
 use crate::Failure;
@@ -57,13 +57,7 @@ pub fn decode(kind: JobKind, spec: &str) -> anyhow::Result<DayTwoJob> {
 
 /// The job as it goes on the wire, signed, to `pvefleet.jobs.<node>.<kind>`.
 pub fn outgoing(job: &DayTwoJob, signer: &Identity) -> Result<Outgoing, Failure> {
-    use pvefleet_schemas::names::JobKind as Wire;
-    let kind = match job.kind() {
-        JobMessageKind::Update => Wire::Update,
-        JobMessageKind::Resize => Wire::Resize,
-        _ => Wire::Power,
-    };
-    Outgoing::day_two(job.job_id(), job.node(), kind, job, signer)
+    Outgoing::day_two(job.job_id(), job.node(), job.subject_kind(), job, signer)
 }
 
 /// Records and publishes one day-two job (or finds the one its request made before); its id

@@ -6,7 +6,7 @@
 
 use async_nats::jetstream;
 use pvefleet_schemas::names::INVENTORY_BUCKET;
-use pvefleet_schemas::{ContainerTarget, InventoryEntry, JobId, NodeName, Vmid};
+use pvefleet_schemas::{ContainerTarget, InventoryEntry, JobId, NodeName};
 
 use crate::Failure;
 use crate::store::{JobKind, Store};
@@ -14,12 +14,26 @@ use crate::store::{JobKind, Store};
 /// Every container in the inventory, by node then vmid. An entry whose key does not name its
 /// own node and vmid (a writer speaking for another node) is left out.
 pub async fn read(js: &jetstream::Context) -> anyhow::Result<Vec<InventoryEntry>> {
+    Ok(read_since(js, None).await?.map(|(entries, _)| entries).unwrap_or_default())
+}
+
+/// The inventory as [`read`] reads it, with the bucket's last sequence; `None` (nothing read)
+/// when that is still `since`: nothing was written or deleted in between, so a reader that
+/// polls (the recorder) reads the whole bucket only when it changed.
+pub async fn read_since(
+    js: &jetstream::Context,
+    since: Option<u64>,
+) -> anyhow::Result<Option<(Vec<InventoryEntry>, u64)>> {
     use jetstream::stream::DirectGetErrorKind;
     let bucket = format!("KV_{INVENTORY_BUCKET}");
     let stream = js
         .get_stream(&bucket)
         .await
         .map_err(|e| anyhow::anyhow!("the inventory (run `pvefleet setup`, and start an agent): {e}"))?;
+    let last = stream.cached_info().state.last_sequence;
+    if since == Some(last) {
+        return Ok(None);
+    }
     let prefix = format!("$KV.{INVENTORY_BUCKET}.");
     let (mut out, mut from) = (Vec::new(), 1);
     loop {
@@ -40,7 +54,7 @@ pub async fn read(js: &jetstream::Context) -> anyhow::Result<Vec<InventoryEntry>
         }
     }
     out.sort_by(|a, b| (a.node.as_str(), a.vmid).cmp(&(b.node.as_str(), b.vmid)));
-    Ok(out)
+    Ok(Some((out, last)))
 }
 
 /// A selection of containers: `tag=web,node=pve1,hostname=web-*` (each part must match; `*`
@@ -105,6 +119,15 @@ fn glob(pattern: &str, text: &str) -> bool {
         }
     }
     true
+}
+
+/// The containers of the inventory `selection` matches; none is the operator's mistake.
+pub async fn select(js: &jetstream::Context, selection: &Selection) -> Result<Vec<InventoryEntry>, Failure> {
+    let chosen: Vec<InventoryEntry> = read(js).await?.into_iter().filter(|e| selection.matches(e)).collect();
+    if chosen.is_empty() {
+        return Err(Failure::Usage("--select matches no container in the inventory (see `pvefleet ls`)".into()));
+    }
+    Ok(chosen)
 }
 
 /// How an operator names one container.
@@ -197,11 +220,6 @@ pub async fn target_of(
         hostname: Some(entry.hostname.clone()),
     };
     Ok((entry.node.clone(), target))
-}
-
-/// The entry for `vmid` as the inventory has it now, wherever it is.
-pub fn locate(entries: &[InventoryEntry], vmid: Vmid) -> Option<&InventoryEntry> {
-    entries.iter().find(|e| e.vmid == vmid)
 }
 
 #[cfg(test)]

@@ -59,10 +59,14 @@ pub async fn record(js: jetstream::Context, store: Store, stop: impl std::future
 /// Keeps the store's containers as the inventory has them, until `stop`; returns 0 (it
 /// records no events).
 async fn record_inventory(js: jetstream::Context, store: Store, mut stop: watch::Receiver<bool>) -> u64 {
+    // The bucket's last sequence when it was last recorded: unchanged, nothing is read.
+    let mut recorded = None;
     loop {
-        match crate::inventory::read(&js).await {
-            Ok(entries) => match store.sync_containers(&entries).await {
+        match crate::inventory::read_since(&js, recorded).await {
+            Ok(None) => {}
+            Ok(Some((entries, last))) => match store.sync_containers(&entries).await {
                 Ok(went) => {
+                    recorded = Some(last);
                     for row in went {
                         tracing::info!(vmid = row.vmid, node = %row.node, hostname = %row.hostname, "a container is gone");
                     }

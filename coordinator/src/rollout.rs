@@ -59,11 +59,7 @@ pub async fn run(
     options: DayTwoOptions,
 ) -> Outcome {
     let js = nats.js().await?;
-    let chosen: Vec<InventoryEntry> =
-        inventory::read(js).await?.into_iter().filter(|e| plan.selection.matches(e)).collect();
-    if chosen.is_empty() {
-        return Err(Failure::Usage("--select matches no container in the inventory (see `pvefleet ls`)".into()));
-    }
+    let chosen = inventory::select(js, &plan.selection).await?;
     eprintln!("{} containers match:", chosen.len());
     for e in &chosen {
         eprintln!("  {:<24} {:<10} {:>6}  {}", e.hostname, e.node, e.vmid, e.status);

@@ -339,6 +339,15 @@ impl DayTwoJob {
         }
     }
 
+    /// The last token of its subject, `pvefleet.jobs.<node>.<kind>`.
+    pub fn subject_kind(&self) -> crate::names::JobKind {
+        match self {
+            DayTwoJob::Update(_) => crate::names::JobKind::Update,
+            DayTwoJob::Resize(_) => crate::names::JobKind::Resize,
+            DayTwoJob::Power(_) => crate::names::JobKind::Power,
+        }
+    }
+
     pub fn submitted_at(&self) -> &Timestamp {
         match self {
             DayTwoJob::Update(j) => &j.submitted_at,

@@ -95,9 +95,7 @@ impl Core {
         }
         unreachable!("the last attempt returns")
     }
-}
 
-impl Core {
     /// Reboots container `vmid` once, whatever happens to the request: the time it is sent is
     /// checkpointed first, and a redelivery or a lost answer looks for the reboot task begun
     /// since in the node's task list before it sends another (a second reboot would cut off
@@ -144,27 +142,6 @@ impl Core {
         self.wait_task(&upid).await?;
         Ok(true)
     }
-
-    /// Reads container `vmid`'s config and proves it is still the job's (by `marker`, or any
-    /// pvefleet marker when it is empty): a day-two job writes nothing else.
-    pub(crate) async fn config_of_ours(&mut self, vmid: Vmid, marker: &str) -> Result<Value, StepError> {
-        let marker = marker.to_owned();
-        let (whose, cfg) = self.owner_of(vmid, |cfg| carries_marker(cfg, &marker)).await?;
-        match (whose, cfg) {
-            (Whose::Ours, Some(cfg)) => Ok(cfg),
-            (Whose::Nobody, _) | (Whose::Ours, None) => {
-                Err(StepError::failed(ErrorKind::Conflict, format!("container {vmid} is gone from {}", self.node)))
-            }
-            (Whose::Strangers, _) => Err(StepError::failed(
-                ErrorKind::Conflict,
-                format!(
-                    "container {vmid} on {} no longer carries {}: pvefleet writes only to its own; left untouched",
-                    self.node,
-                    if marker.is_empty() { "a pvefleet marker".to_owned() } else { format!("the marker {marker}") }
-                ),
-            )),
-        }
-    }
 }
 
 /// Whether a container carries `marker`, or any pvefleet marker when `marker` is empty.
@@ -174,9 +151,7 @@ pub(crate) fn carries_marker(cfg: &Value, marker: &str) -> bool {
 
 /// Whether a container carries any pvefleet marker tag.
 pub(crate) fn has_any_marker(cfg: &Value) -> bool {
-    cfg.get("tags").and_then(Value::as_str).is_some_and(|tags| {
-        tags.split([';', ',', ' ']).any(|t| t.to_ascii_lowercase().starts_with(pvefleet_schemas::MARKER_TAG_PREFIX))
-    })
+    cfg.get("tags").and_then(Value::as_str).is_some_and(crate::proxmox::has_marker_tag)
 }
 
 /// Who holds a vmid on this node.

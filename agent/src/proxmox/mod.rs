@@ -619,6 +619,16 @@ pub fn has_tag(tags: &str, tag: &str) -> bool {
     tags.split([';', ',', ' ']).any(|t| t.eq_ignore_ascii_case(tag))
 }
 
+/// PVE's tag list as PVE keeps the tags: each lowercased, none empty.
+pub fn tags(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split([';', ',', ' ']).filter(|t| !t.is_empty()).map(str::to_ascii_lowercase)
+}
+
+/// Whether PVE's tag list holds a pvefleet marker (`pvefleet-…`).
+pub fn has_marker_tag(text: &str) -> bool {
+    tags(text).any(|t| t.starts_with(pvefleet_schemas::MARKER_TAG_PREFIX))
+}
+
 /// The address of interface `nic`: its first IPv4 address, else its first global IPv6 one.
 /// Never an unspecified or link-local one (169.254/16, fe80::/10), and a loopback one (127/8,
 /// ::1) only when the spec set it on this NIC itself: no real container has one on a NIC, but

@@ -126,13 +126,7 @@ async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
         }
         let selection: inventory::Selection = selection.parse().map_err(|e: String| BadInput::field("--select", e))?;
         if t.plan {
-            let entries = inventory::read(nats.js().await?).await?;
-            let chosen: Vec<_> = entries.iter().filter(|e| selection.matches(e)).collect();
-            if chosen.is_empty() {
-                return Err(Failure::Usage(
-                    "--select matches no container in the inventory (see `pvefleet ls`)".into(),
-                ));
-            }
+            let chosen = inventory::select(nats.js().await?, &selection).await?;
             let mut ok = true;
             for (i, entry) in chosen.iter().enumerate() {
                 let (node, target) = inventory::target_of(&store, entry, t.force_marker).await?;
@@ -191,7 +185,7 @@ async fn plan(
 }
 
 /// The job recorded before under request `key`, published again if that was never confirmed.
-pub(crate) async fn earlier(
+async fn earlier(
     store: &Store,
     nats: &Nats<'_>,
     key: &str,

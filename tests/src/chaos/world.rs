@@ -317,21 +317,15 @@ impl World {
         let target =
             ContainerTarget { vmid: Vmid::new(STRANGER_VMID).expect("a vmid"), create_job: None, hostname: None };
         let change = pvefleet_schemas::ConfigChange { memory: Some(128 + k as u32), ..Default::default() };
-        let job = pvefleet_schemas::UpdateJob::new(node.clone(), target.clone(), change);
+        let job = pvefleet_schemas::DayTwoJob::Update(Box::new(pvefleet_schemas::UpdateJob::new(node, target, change)));
         let day_two = DayTwo { vmid: STRANGER_VMID, then: None };
         let submitted =
-            Submitted { index: usize::MAX - k, node: node.to_string(), request_id: None, day_two: Some(day_two) };
-        self.history.lock().expect("history").jobs.insert(job.job_id, submitted);
+            Submitted { index: usize::MAX - k, node: job.node().to_string(), request_id: None, day_two: Some(day_two) };
+        self.history.lock().expect("history").jobs.insert(job.job_id(), submitted);
         let (js, store, history) = (self.js.clone(), self.store.clone(), self.history.clone());
         self.tasks.spawn(async move {
-            let recorded =
-                store.insert_day_two_job(&pvefleet_schemas::DayTwoJob::Update(Box::new(job.clone())), None).await;
-            let sent = match recorded {
-                Ok(_) => publish_kind(&js, &node, JobKind::Update, job.job_id, &job).await,
-                Err(e) => Err(e),
-            };
-            if let Err(e) = sent {
-                history.lock().expect("history").unsubmitted.push(format!("stranger job {}: {e:#}", job.job_id));
+            if let Err(e) = submit_day_two(&store, &js, &job).await {
+                history.lock().expect("history").unsubmitted.push(format!("stranger job {}: {e:#}", job.job_id()));
             }
         });
     }
@@ -388,7 +382,7 @@ impl FollowUp {
         let vmid = result.vmid.context("a completed create names its vmid")?;
         let node = pvefleet_schemas::NodeName::new(&self.node)?;
         let target = ContainerTarget { vmid, create_job: Some(create), hostname: Some(self.hostname.clone()) };
-        let (id, kind, job) = match self.then {
+        let job = match self.then {
             Then::Update { memory, concurrent_edit } => {
                 let change = pvefleet_schemas::ConfigChange {
                     memory: Some(memory),
@@ -404,33 +398,42 @@ impl FollowUp {
                     let edit = json!({"description": "edited by another user ({n})"});
                     self.pve.edit_after("GET", &path, 1, 1, vmid.get(), edit).await?;
                 }
-                (job.job_id, JobKind::Update, pvefleet_schemas::DayTwoJob::Update(Box::new(job)))
+                pvefleet_schemas::DayTwoJob::Update(Box::new(job))
             }
             Then::Resize { gib } => {
                 let job =
                     pvefleet_schemas::ResizeJob::new(node.clone(), target.clone(), "rootfs", u64::from(gib) << 30);
-                (job.job_id, JobKind::Resize, pvefleet_schemas::DayTwoJob::Resize(job))
+                pvefleet_schemas::DayTwoJob::Resize(job)
             }
             Then::Power(action) => {
                 let job = pvefleet_schemas::PowerJob::new(node.clone(), target.clone(), action);
-                (job.job_id, JobKind::Power, pvefleet_schemas::DayTwoJob::Power(job))
+                pvefleet_schemas::DayTwoJob::Power(job)
             }
         };
         let day_two = DayTwo { vmid: vmid.get(), then: Some(self.then) };
         let submitted =
             Submitted { index: self.index, node: self.node.clone(), request_id: None, day_two: Some(day_two) };
-        self.history.lock().expect("history").jobs.insert(id, submitted);
-        let record = || self.store.insert_day_two_job(&job, None);
-        let deadline = Instant::now() + SUBMIT_FOR;
-        loop {
-            match record().await {
-                Ok(_) => break,
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
-                Err(e) => return Err(e),
-            }
-        }
-        publish_kind(&self.js, &node, kind, id, &job).await
+        self.history.lock().expect("history").jobs.insert(job.job_id(), submitted);
+        submit_day_two(&self.store, &self.js, &job).await
     }
+}
+
+/// Records a day-two job in the store and publishes it, as the coordinator does, through
+/// outages.
+async fn submit_day_two(
+    store: &pvefleet_coordinator::store::Store,
+    js: &jetstream::Context,
+    job: &pvefleet_schemas::DayTwoJob,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SUBMIT_FOR;
+    loop {
+        match store.insert_day_two_job(job, None).await {
+            Ok(_) => break,
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => return Err(e),
+        }
+    }
+    publish_kind(js, job.node(), job.subject_kind(), job.job_id(), job).await
 }
 
 /// Publishes a job as the coordinator does, through outages, with its id as the dedup id.

@@ -15,7 +15,7 @@ pub mod power;
 pub mod resize;
 pub mod update;
 
-use pvefleet_schemas::{ContainerTarget, ErrorInfo, ErrorKind, JobId, JobResult, LogStream, NodeName};
+use pvefleet_schemas::{ContainerTarget, ErrorInfo, ErrorKind, JobId, JobResult, LogStream, NodeName, Vmid};
 use serde_json::Value;
 
 use crate::jobs::{Core, StepError, Whose};
@@ -29,30 +29,35 @@ pub(crate) fn marker_of(target: &ContainerTarget) -> String {
 /// marker. Its config is returned; its vmid is checkpointed.
 pub(crate) async fn find(core: &mut Core, target: &ContainerTarget) -> Result<Value, StepError> {
     let vmid = target.vmid;
-    let node = core.node.clone();
+    let cfg = ours(core, vmid).await?;
+    core.cp.vmid = Some(vmid);
+    let name = cfg.get("hostname").and_then(Value::as_str).unwrap_or("?").to_owned();
+    core.events.log(LogStream::Task, format!("found container {vmid} ({name}) on {}", core.node)).await?;
+    Ok(cfg)
+}
+
+/// Container `vmid`'s config, read again and proven still the job's (by its marker, or any
+/// pvefleet marker when the job names no create job): what every step reads before it writes.
+/// A stranger's is `conflict`; one no longer on this node is `moved` (or gone).
+pub(crate) async fn ours(core: &mut Core, vmid: Vmid) -> Result<Value, StepError> {
     let marker = core.marker.clone();
     let (whose, cfg) = core.owner_of(vmid, |cfg| crate::jobs::container::carries_marker(cfg, &marker)).await?;
     match (whose, cfg) {
-        (Whose::Ours, Some(cfg)) => {
-            core.cp.vmid = Some(vmid);
-            let name = cfg.get("hostname").and_then(Value::as_str).unwrap_or("?").to_owned();
-            core.events.log(LogStream::Task, format!("found container {vmid} ({name}) on {node}")).await?;
-            Ok(cfg)
-        }
+        (Whose::Ours, Some(cfg)) => Ok(cfg),
         (Whose::Strangers, _) => Err(StepError::failed(
             ErrorKind::Conflict,
             format!(
-                "container {vmid} on {node} does not carry {}: pvefleet did not make it; left untouched",
+                "container {vmid} on {} does not carry {}: pvefleet did not make it, and writes only to its own; left untouched",
+                core.node,
                 if marker.is_empty() { "a pvefleet marker".to_owned() } else { format!("the marker {marker}") }
             ),
         )),
-        (Whose::Nobody, _) | (Whose::Ours, None) => Err(elsewhere(core, target).await),
+        (Whose::Nobody, _) | (Whose::Ours, None) => Err(elsewhere(core, vmid).await),
     }
 }
 
 /// Why a container is not on this node: moved to another (by HA or by hand), or gone.
-async fn elsewhere(core: &mut Core, target: &ContainerTarget) -> StepError {
-    let vmid = target.vmid;
+async fn elsewhere(core: &mut Core, vmid: Vmid) -> StepError {
     let node = core.node.clone();
     // By its marker first (the vmid stays the same on a migration, but a create job's marker
     // proves it is the same container).

@@ -7,7 +7,7 @@ use pvefleet_schemas::trust::Grant;
 use pvefleet_schemas::{DayTwoJob, PlanCheck, PlanReply, PlannedCall, PowerAction, RestartPolicy, V1};
 use serde_json::Value;
 
-use super::update::{Want, wanted};
+use super::update::{Want, config_params, wanted};
 use crate::config::Config;
 use crate::proxmox::PveClient;
 
@@ -116,21 +116,8 @@ pub async fn plan(pve: &PveClient, config: &Config, job: &DayTwoJob, grant: &Gra
                     check("change", true, diff.join("; "))
                 });
                 if !wants.is_empty() {
-                    let mut params: Vec<(String, String)> = Vec::new();
-                    let mut deletes = Vec::new();
-                    for (k, w) in &wants {
-                        match w {
-                            Want::Set(v) => params.push((k.clone(), v.clone())),
-                            Want::Delete => deletes.push(k.clone()),
-                        }
-                    }
-                    if !deletes.is_empty() {
-                        params.push(("delete".into(), deletes.join(",")));
-                    }
-                    if let Some(d) = cfg.get("digest").and_then(Value::as_str) {
-                        params.push(("digest".into(), d.to_owned()));
-                    }
-                    calls.push(PlannedCall { call: format!("PUT {}", path("/config")), parameters: params });
+                    let parameters = config_params(&wants, cfg);
+                    calls.push(PlannedCall { call: format!("PUT {}", path("/config")), parameters });
                 }
                 let pending: Vec<&String> =
                     wants.iter().filter(|(k, w)| running && !applied_live(k, w, cfg)).map(|(k, _)| k).collect();
@@ -160,11 +147,7 @@ pub async fn plan(pve: &PveClient, config: &Config, job: &DayTwoJob, grant: &Gra
                 }
             }
             DayTwoJob::Resize(j) => {
-                let size = cfg
-                    .get(&j.disk)
-                    .and_then(Value::as_str)
-                    .and_then(|v| v.split(',').find_map(|p| p.strip_prefix("size=")))
-                    .and_then(|s| pvefleet_schemas::day_two::parse_size(s).ok());
+                let size = super::resize::disk_size(cfg, &j.disk);
                 let asked = j.size_text();
                 checks.push(match size {
                     None => {

@@ -38,8 +38,7 @@ struct PowerRun<'a> {
 impl PowerRun<'_> {
     async fn running(&mut self) -> Result<bool, StepError> {
         let vmid = self.core.vmid();
-        let marker = self.core.marker.clone();
-        self.core.config_of_ours(vmid, &marker).await?;
+        super::ours(&mut self.core, vmid).await?;
         Ok(self.core.pve.status(vmid).await?.status == "running")
     }
 

@@ -38,7 +38,7 @@ struct ResizeRun<'a> {
 }
 
 /// The size of `disk` in a container's config, in bytes (PVE writes `size=8G`).
-fn disk_size(cfg: &Value, disk: &str) -> Option<u64> {
+pub(crate) fn disk_size(cfg: &Value, disk: &str) -> Option<u64> {
     let value = cfg.get(disk)?.as_str()?;
     let size = value.split(',').find_map(|part| part.strip_prefix("size="))?;
     parse_size(size).ok()
@@ -78,8 +78,7 @@ impl ResizeRun<'_> {
         if let Some(upid) = self.core.pending_task("resize") {
             return self.core.wait_task(&upid).await;
         }
-        let marker = self.core.marker.clone();
-        let cfg = self.core.config_of_ours(vmid, &marker).await?;
+        let cfg = super::ours(&mut self.core, vmid).await?;
         if self.current(&cfg)? == self.job.size_bytes {
             self.already = true;
             return Ok(());

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
 use crate::proxmox::Refusal;
+use crate::retry;
 
 fn always(_: &UpdateJob) -> bool {
     true
@@ -30,11 +31,6 @@ const STEPS: [StepRow<UpdateJob>; 4] = [
     StepRow { step: Step::Restarting, percent: 50, what: "applying what PVE left pending", runs: always },
     StepRow { step: Step::Verifying, percent: 90, what: "checking the config is as asked", runs: always },
 ];
-
-/// Tries of `PUT config` against a digest that another user keeps changing.
-const DIGEST_TRIES: u32 = 3;
-/// Tries of `PUT config` whose answer is lost (each re-reads first, so none is blind).
-const LOST_TRIES: u32 = 5;
 
 pub async fn run(job: &UpdateJob, claimed: Claimed, env: Env<'_>, cancel: &CancellationToken) -> JobEnd {
     let marker = super::marker_of(&job.target);
@@ -87,7 +83,7 @@ fn flag_of(cfg: &Value, key: &str) -> bool {
 
 /// Tags as PVE keeps them: lowercased, de-duplicated, sorted.
 fn tag_set(text: &str) -> BTreeSet<String> {
-    text.split([';', ',', ' ']).filter(|t| !t.is_empty()).map(str::to_ascii_lowercase).collect()
+    crate::proxmox::tags(text).collect()
 }
 
 /// What must be sent for the container whose config (pending included) is `cfg` to be as
@@ -181,6 +177,26 @@ pub(crate) fn wanted(change: &ConfigChange, cfg: &Value) -> BTreeMap<String, Wan
     out
 }
 
+/// The `PUT …/config` parameters that make `wants` so on the config read (`cfg`): the keys to
+/// set, those to delete, and the digest it must still have.
+pub(crate) fn config_params(wants: &BTreeMap<String, Want>, cfg: &Value) -> Vec<(String, String)> {
+    let mut params = Vec::new();
+    let mut deletes = Vec::new();
+    for (key, want) in wants {
+        match want {
+            Want::Set(value) => params.push((key.clone(), value.clone())),
+            Want::Delete => deletes.push(key.clone()),
+        }
+    }
+    if !deletes.is_empty() {
+        params.push(("delete".to_owned(), deletes.join(",")));
+    }
+    if let Some(digest) = cfg.get("digest").and_then(Value::as_str) {
+        params.push(("digest".to_owned(), digest.to_owned()));
+    }
+    params
+}
+
 fn format_number(n: f64) -> String {
     if n.fract() == 0.0 { format!("{}", n as i64) } else { n.to_string() }
 }
@@ -204,33 +220,21 @@ impl UpdateRun<'_> {
 
     async fn config(&mut self) -> Result<Value, StepError> {
         let vmid = self.core.vmid();
-        let marker = self.core.marker.clone();
-        self.core.config_of_ours(vmid, &marker).await
+        super::ours(&mut self.core, vmid).await
     }
 
     async fn configure(&mut self) -> StepResult {
         let vmid = self.core.vmid();
         let (mut digest_tries, mut lost_tries) = (0, 0);
+        let mut pause = retry::CONFIG_UNANSWERED.first;
         loop {
             let cfg = self.config().await?;
             let wants = wanted(&self.job.change, &cfg);
             if wants.is_empty() {
                 return Ok(());
             }
-            let mut params: Vec<(&str, String)> = Vec::new();
-            let mut deletes = Vec::new();
-            for (key, want) in &wants {
-                match want {
-                    Want::Set(value) => params.push((key.as_str(), value.clone())),
-                    Want::Delete => deletes.push(key.clone()),
-                }
-            }
-            if !deletes.is_empty() {
-                params.push(("delete", deletes.join(",")));
-            }
-            if let Some(digest) = cfg.get("digest").and_then(Value::as_str) {
-                params.push(("digest", digest.to_owned()));
-            }
+            let params = config_params(&wants, &cfg);
+            let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             let keys = keys_of(&wants);
             self.core.events.log(LogStream::Task, format!("changing {keys} of container {vmid}")).await?;
             match self.core.pve.put_config(vmid, &params).await {
@@ -240,12 +244,12 @@ impl UpdateRun<'_> {
                 }
                 Err(e) if e.refusal() == Some(Refusal::DigestChanged) => {
                     digest_tries += 1;
-                    if digest_tries >= DIGEST_TRIES {
+                    if digest_tries >= retry::CONFIG_DIGEST_ATTEMPTS {
                         return Err(StepError::failed(
                             ErrorKind::Conflict,
                             format!(
                                 "the config of container {vmid} was changed by someone else while this job changed \
-                                 {keys}, {DIGEST_TRIES} times in a row; nothing of this job was written"
+                                 {keys}, {digest_tries} times in a row; nothing of this job was written"
                             ),
                         ));
                     }
@@ -257,11 +261,12 @@ impl UpdateRun<'_> {
                         ))
                         .await?;
                 }
-                Err(e) if e.is_transient() && lost_tries + 1 < LOST_TRIES => {
+                Err(e) if e.is_transient() && lost_tries + 1 < retry::CONFIG_UNANSWERED_ATTEMPTS => {
                     // Carried out or not: the config read again says which.
                     lost_tries += 1;
-                    tracing::warn!(error = %e, "config change unanswered; reading the config again");
-                    tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(lost_tries))).await;
+                    tracing::warn!(error = %e, retry_in = ?pause, "config change unanswered; reading the config again");
+                    tokio::time::sleep(pause).await;
+                    pause = retry::CONFIG_UNANSWERED.after(pause);
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -299,8 +304,7 @@ impl UpdateRun<'_> {
             let message = format!("rebooting container {vmid} to apply {} (pending)", pending.join(", "));
             self.core.events.log(LogStream::Task, message).await?;
         }
-        let marker = self.core.marker.clone();
-        self.core.config_of_ours(vmid, &marker).await?;
+        super::ours(&mut self.core, vmid).await?;
         self.rebooted = self.core.reboot_once(vmid, self.job.options.shutdown_timeout.0).await?;
         Ok(())
     }
