@@ -14,9 +14,11 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import signal
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 
@@ -24,6 +26,10 @@ from aiohttp import web
 from fakepve import FakePve, PveError, TaskError
 from fakepve.server import API, params
 from fakepve.certs import make_cert
+from fakepve.lxc import SNAPSHOT_STORAGE, mount_type, parse_mount, parse_size, print_mount, random_mac, split_props, \
+    to_base
+from fakepve.routing import split_list
+from fakepve.storage import STORAGE_ID
 
 DEFAULT_TEMPLATES = ('debian-12-standard_12.7-1_amd64.tar.zst',)
 TEMPLATE_SIZE = 126 * 1024 ** 2  # about what the real debian-12 template weighs
@@ -36,6 +42,147 @@ APPLIANCES = (
 )
 # The images the bed's pretend registry has, for oci-registry-pull.
 OCI_IMAGES = ('docker.io/library/nginx:1.27', 'docker.io/library/alpine:3.22')
+
+# ------------------------------------------------------------------ backups (vzdump), restore, features
+
+GIB = 1024 ** 3
+VZDUMP_LOCKFILE = '/var/run/vzdump.lock'  # PVE's global per-node vzdump lock
+# vzdump `compress` -> archive extension after .tar (PVE::VZDump::compressor_info).
+COMPRESS_EXT = {'0': '', '1': '.lzo', 'lzo': '.lzo', 'gzip': '.gz', 'zstd': '.zst'}
+PRUNE_KEYS = ('keep-all', 'keep-last', 'keep-hourly', 'keep-daily', 'keep-weekly', 'keep-monthly', 'keep-yearly')
+# How PVE groups backups per keep option when pruning (PVE::Storage::prune_mark_backup_group), in its order.
+PRUNE_IDS = (('keep-last', None), ('keep-hourly', '%H/%d/%m/%Y'), ('keep-daily', '%d/%m/%Y'),
+             ('keep-weekly', '%V/%G'), ('keep-monthly', '%m/%Y'), ('keep-yearly', '%Y'))
+NOTES_VARIABLES = ('cluster', 'guestname', 'node', 'vmid')
+# Not in a backed-up config (PVE::VZDump::LXC::assemble deletes them), nor taken from one on restore.
+NOT_BACKED_UP = ('lock', 'snapshots', 'parent', 'pending', 'digest')
+# Keys PVE's restore never takes from the backup (PVE::LXC::Create::sanitize_and_merge_config).
+NOT_RESTORED = ('digest', 'rootfs', 'snapshots', 'unprivileged', 'parent', 'template', 'lock')
+# PVE's volume_has_feature of each storage plugin, for container volumes (raw or subvol):
+# feature -> {'current' | 'base' | 'snap': formats that have it}. File-based storages share Plugin.pm's table,
+# where a container clone is never possible (clone_image makes qcow2, a container needs raw or subvol).
+_ANY = ('raw', 'subvol')
+_FILE_FEATURES = {'snapshot': {}, 'clone': {}, 'copy': {'base': ('raw',), 'current': ('raw',)}}
+VOLUME_FEATURES = {
+    'dir': _FILE_FEATURES, 'nfs': _FILE_FEATURES, 'cifs': _FILE_FEATURES, 'cephfs': _FILE_FEATURES,
+    'glusterfs': _FILE_FEATURES,
+    'lvm': {'copy': {'base': ('raw',), 'current': ('raw',)}},
+    'lvmthin': {'snapshot': {'current': _ANY}, 'clone': {'base': _ANY, 'snap': _ANY},
+                'copy': {'base': _ANY, 'current': _ANY, 'snap': _ANY}},
+    'zfspool': {'snapshot': {'current': _ANY, 'snap': _ANY}, 'clone': {'base': _ANY},
+                'copy': {'base': _ANY, 'current': _ANY}},
+    'rbd': {'snapshot': {'current': _ANY, 'snap': _ANY}, 'clone': {'base': _ANY, 'snap': _ANY},
+            'copy': {'base': _ANY, 'current': _ANY, 'snap': _ANY}},
+    'btrfs': {'snapshot': {'current': _ANY, 'snap': _ANY}, 'clone': {'base': _ANY, 'current': ('raw',),
+                                                                     'snap': ('raw',)},
+              'copy': {'base': _ANY, 'current': _ANY, 'snap': _ANY}},
+}
+# Real seconds between the end of a `hamigrate` task and the HA manager acting at time scale 0.
+HA_SETTLE = 0.2
+
+
+class GuestFailed(Exception):
+    """One guest's backup failed (PVE logs `ERROR: Backup of VM N failed - ...` and goes on)."""
+
+
+def pve_size(size):
+    """PVE::VZDump::format_size."""
+    kb, mb = size / 1024, size / 1024 ** 2
+    if kb < 1024:
+        return '{0}KB'.format(int(kb))
+    if mb < 1024:
+        return '{0}MB'.format(int(mb))
+    if mb / 1024 < 1024:
+        return '{0:.2f}GB'.format(mb / 1024)
+    return '{0:.2f}TB'.format(mb / 1024 ** 2)
+
+
+def pve_duration(secs):
+    """PVE::VZDump::format_time."""
+    secs = int(secs)
+    return '{0:02d}:{1:02d}:{2:02d}'.format(secs // 3600, secs % 3600 // 60, secs % 60)
+
+
+def pve_now(at=None):
+    return time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(at))
+
+
+def parse_prune(text):
+    """A prune-backups property string as {option: int}, or PVE's 400 naming what is wrong."""
+    keep, problems = {}, []
+    for part in (p for p in str(text).split(',') if p):
+        key, eq, value = part.partition('=')
+        if key not in PRUNE_KEYS:
+            problems.append('prune-backups.{0}: property is not defined in schema and the schema does not '
+                            'allow additional properties'.format(key))
+        elif not re.fullmatch(r'\d+', value) and not (key == 'keep-all' and value in ('true', 'false', 'yes', 'no',
+                                                                                      'on', 'off')):
+            problems.append("prune-backups.{0}: type check ('{1}') failed - got '{2}'".format(
+                key, 'boolean' if key == 'keep-all' else 'integer', value))
+        else:
+            keep[key] = int(value) if value.isdigit() else int(value in ('true', 'yes', 'on'))
+    if problems:
+        raise PveError(400, 'Parameter verification failed.',
+                       {'prune-backups': 'invalid format - format error\n' + '\n'.join(problems) + '\n'})
+    return keep
+
+
+def notes_problems(template):
+    """PVE::VZDump's notes-template check: None, or the parameter error's text."""
+    if '\n' in template:
+        return 'contains a line feed\n'
+    problems = ["escape sequence '\\{0}' at char {1}".format(m.group(1), m.end() - 2)
+                for m in re.finditer(r'\\(.)', template) if m.group(1) not in ('n', '\\')]
+    problems += ["variable '{0}' at char {1}".format(m.group(1), m.end() - len(m.group(1)))
+                 for m in re.finditer(r'\{\{([^\s{}]+)\}\}', template) if m.group(1) not in NOTES_VARIABLES]
+    return 'found unknown: {0}\n'.format(', '.join(problems)) if problems else None
+
+
+def expand_notes(template, info):
+    """The notes PVE writes: escapes (\\n, \\\\) first, then the {{variables}}."""
+    text = re.sub(r'\\(.)', lambda m: '\\' if m.group(1) == '\\' else '\n', template)
+    return re.sub(r'\{\{(' + '|'.join(NOTES_VARIABLES) + r')\}\}', lambda m: str(info[m.group(1)]), text)
+
+
+def pct_conf(config):
+    """A container config as /etc/pve/lxc/N.conf (and a backup's etc/vzdump/pct.conf) has it: the description
+    as `#` comment lines first (PVE::Tools::encode_text), then `key: value` sorted by key."""
+    out = ['#' + urllib.parse.quote(line, safe=''.join(chr(c) for c in range(0x20, 0x7f) if c not in (0x25, 0x3a)))
+           for line in str(config.get('description') or '').split('\n') if config.get('description')]
+    out += ['{0}: {1}'.format(k, config[k]) for k in sorted(config)
+            if k not in ('digest', 'description', 'pending', 'snapshots', 'snapname', 'env', 'lxc')]
+    return ''.join(line + '\n' for line in out)
+
+
+def backup_time(volname):
+    """The local time in a standard backup name (vzdump-lxc-101-2026_12_04-16_20_00.tar.zst), or None."""
+    stamp = re.search(r'^backup/vzdump-(?:lxc|qemu|openvz)-\d+-(\d{4}_\d\d_\d\d-\d\d_\d\d_\d\d)\.', volname)
+    return int(time.mktime(time.strptime(stamp.group(1), '%Y_%m_%d-%H_%M_%S'))) if stamp else None
+
+
+def backup_mounts(config):
+    """rootfs and mpN in PVE's order, as PVE::LXC::Config::get_backup_volumes sees them:
+    (key, mount, path, type, included, reason)."""
+    keys = ['rootfs'] + sorted((k for k in config if re.fullmatch(r'mp\d+', k)), key=lambda k: int(k[2:]))
+    out = []
+    for key in keys:
+        if key not in config:
+            continue
+        mount = parse_mount(config[key])
+        path = '/' if key == 'rootfs' else mount.get('mp')
+        if not mount.get('volume') or not path:
+            continue
+        kind = mount_type(mount['volume'])
+        if key == 'rootfs':
+            included, reason = True, 'rootfs'
+        elif kind != 'volume':
+            included, reason = False, 'not a volume'
+        elif str(mount.get('backup', '0')) in ('1', 'true', 'yes', 'on'):
+            included, reason = True, 'enabled'
+        else:
+            included, reason = False, 'disabled'
+        out.append((key, mount, path, kind, included, reason))
+    return out
 
 
 def refuse(message, status=400):
@@ -89,6 +236,11 @@ class BedPve(FakePve):
         self.bed_calls = collections.Counter()
         # storage -> checks of the download-url requests whose tasks are about to run (see _download_url).
         self.download_checks = collections.defaultdict(collections.deque)
+        self.ct_secs['vzdump'] = 0  # PVE seconds a vzdump takes to write its archive (POST /task-secs "vzdump")
+        self.vzdump_gates = {}      # node -> asyncio.Lock: PVE's global /var/run/vzdump.lock, one job per node
+        self.restore_plans = {}     # vmid -> what a restore takes from its backup, between request and task
+        self.ha_requests = {}       # vmid -> migrate request values, between the request and its hamigrate task
+        self.ha_delay_default = self.ha_delay
 
     def bed_reset(self, time_scale):
         """Back to the launch state: no faults, no delay, nodes online, no task durations. Guests stay."""
@@ -103,6 +255,7 @@ class BedPve(FakePve):
         self.flaky_network()
         self.effects.clear()
         self.delay = 0.0
+        self.ha_delay = self.ha_delay_default
         for node in self.nodes:
             self.set_node_offline(node, False)
 
@@ -130,6 +283,8 @@ class BedPve(FakePve):
     async def _lxc_create(self, user, v):
         # The validated request values are only visible here; the task (below) is where PVE writes the keys.
         vmid = int(v['vmid'])
+        if v.get('restore'):
+            v = self._restore_values(user, v)  # a backup the launcher made: its config under the request's
         if self.keys_dir and v.get('ssh-public-keys'):
             files = ['vmid-{0}'.format(vmid)]
             for key in sorted(k for k in v if re.fullmatch(r'net\d+', k)):
@@ -141,10 +296,172 @@ class BedPve(FakePve):
             upid = await super()._lxc_create(user, v)
         finally:
             self.create_keys.pop(vmid, None)  # refused before a task was started
+            self.restore_plans.pop(vmid, None)
         ct = self.ct(vmid)  # None when its create task has already failed
         if ct is not None:
             vars(ct).update(self.ct_defaults)
         return upid
+
+    def _restore_values(self, user, v):
+        """The create values of a restore (`restore=1`, `ostemplate` a backup volume), as PVE merges them.
+
+        fakepve's own restore ignores what is in the backup. PVE (API2/LXC.pm create_vm and
+        LXC/Create.pm) recovers the backed-up config and puts it under the request's parameters: every
+        key the request lacks comes from the backup (not rootfs/mpN/unusedN, template, unprivileged,
+        parent, digest, lock); with `unique` every netN of the backup gets a new MAC *and replaces a netN
+        the request gave*; `unprivileged` comes from the backup unless given. Without rootfs/mpN in the
+        request, every volume mount point of the backup is allocated anew on `storage` (default `local`)
+        at its backed-up size, bind and device mount points are put back after the restore (root@pam
+        only). fakepve's schema checks have run on the request; what is taken from the backup is a
+        valid config already. What has to happen inside the task (PVE's errors there, ostype and arch
+        from the backup, the template flag) goes in restore_plans[vmid] for task() below.
+        """
+        volid = str(v.get('ostemplate', ''))
+        sid, colon, volname = volid.partition(':')
+        if not colon or sid not in self.storages or not volname.startswith('backup/'):
+            return v  # fakepve's _check_template refuses these with PVE's words, before the task
+        vmid, node = int(v['vmid']), v['node']
+        existing = self.ct(vmid)
+        plan = {'volid': volid, 'path': self._volume_path(sid, volname, 'backup'), 'delayed': {}, 'old': None}
+        if v.get('force') and existing is not None and existing.node == node:
+            plan['old'], plan['old_pool'] = existing, existing.pool  # put back if the restore fails early
+        self.restore_plans[vmid] = plan
+        vol = self._volumes(sid).get(volname)
+        if vol is None:
+            plan['error'] = "can't find file '{0}'".format(volid)  # PVE::Storage::abs_filesystem_path
+            return v
+        if '_config' not in vol:  # a backup file the launcher did not write
+            plan['error'] = 'ERROR: archive contains no configuration file'
+            return v
+        old = vol['_config']
+        new = dict(v)
+        for key, value in old.items():
+            if key in NOT_RESTORED or re.fullmatch(r'(mp|unused)\d+', key):
+                continue
+            if v.get('unique') and re.fullmatch(r'net\d+', key):
+                first, props = split_props(value)
+                props['hwaddr'] = random_mac()
+                new[key] = ','.join('{0}={1}'.format(k, x) for k, x in props.items())
+                continue
+            if new.get(key) is None:
+                new[key] = value
+        if v.get('unprivileged') is None and old.get('unprivileged') is not None:
+            new['unprivileged'] = old['unprivileged']
+        if not any(k == 'rootfs' or re.fullmatch(r'mp\d+', k) for k in v):
+            storage = v.get('storage') or 'local'
+            for key, mount, _path, kind, _included, _reason in backup_mounts(old):
+                if kind == 'volume':
+                    size = parse_size(mount.pop('size', ''))
+                    if not size:
+                        plan['error'] = 'unable to detect disk size - please specify {0} (size)'.format(key)
+                        return v
+                    gib = size / GIB
+                    mount['volume'] = '{0}:{1}'.format(storage, int(gib) if gib == int(gib) else gib)
+                    new[key] = print_mount(mount, key == 'rootfs')
+                elif key == 'rootfs':
+                    plan['error'] = ('restoring rootfs to {0} mount is only possible by specifying -rootfs '
+                                     'manually!'.format(kind))
+                    return v
+                elif user != 'root@pam':
+                    plan['error'] = "restoring '{0}' to {1} mount is only possible for root".format(key, kind)
+                    return v
+                else:
+                    plan['delayed'][key] = old[key]
+        plan.update(ostype=new.get('ostype'), arch=new.get('arch'), template=old.get('template'))
+        return new
+
+    def _restore_task_start(self, vmid, plan, log):
+        """The start of a vzrestore task: PVE's lines, and its early errors (the old container stays)."""
+        log.append("recovering backed-up configuration from '{0}'".format(plan['volid']))
+        if plan.get('error'):
+            ct = self.ct(vmid)
+            if ct is not None and ct.lock == 'create':
+                self._drop(ct)
+            old = plan['old']
+            if old is not None and self.ct(vmid) is None:
+                self.cts.append(old)  # PVE fails before it touches the old container: it stays as it was
+                if plan.get('old_pool'):
+                    self._pool_join(plan['old_pool'], vmid)
+            raise TaskError('unable to restore CT {0} - {1}'.format(vmid, plan['error']))
+        log.append("restoring '{0}' now..".format(plan['volid']))
+        log.append("extracting archive '{0}'".format(plan['path']))
+
+    def _restore_task_end(self, vmid, plan, log):
+        """After fakepve's restore: what PVE takes from the backup that fakepve sets its own way."""
+        log.append('merging backed-up and given configuration..')
+        ct = self.ct(vmid)
+        if ct is None:
+            return
+        for key in ('ostype', 'arch'):  # fakepve derives both from the ostemplate's file name
+            if plan.get(key):
+                ct.config[key] = plan[key]
+        ct.config.update(plan['delayed'])
+        if plan.get('template'):  # PVE converts a restored template back into one
+            log.append('Convert restored container to template...')
+            for key, mount in ct.volumes():
+                mount['volume'] = to_base(mount['volume'])
+                ct.config[key] = print_mount(mount, key == 'rootfs')
+            ct.config['template'] = 1
+
+    # -------------------------------------------------------------- HA migration
+
+    async def _lxc_migrate(self, user, v):
+        # PVE's `hamigrate` task only queues `ha-manager migrate` and ends; fakepve's waits and moves inside
+        # it. fakepve's checks run as they are; task() swaps the body of the hamigrate task it starts.
+        ct = self.ct(int(v['vmid']))
+        if ct is None or not ct.ha_managed or ct.node != v['node']:
+            return await super()._lxc_migrate(user, v)
+        self.ha_requests[ct.vmid] = dict(v)
+        try:
+            return await super()._lxc_migrate(user, v)
+        finally:
+            self.ha_requests.pop(ct.vmid, None)  # refused before the task
+
+    def _ha_request_body(self, vmid, request):
+        async def body():
+            asyncio.ensure_future(self._ha_migrate_later(vmid, request))
+        return body
+
+    async def _ha_migrate_later(self, vmid, request):
+        """What the HA stack does with a queued migration, ha_delay later, on the source node as root@pam:
+        the LRM shuts a running container down (`vzshutdown`, timeout 60, forceStop), migrates it
+        (`vzmigrate`, PVE::HA::Resources::PVECT::migrate), and the target's LRM starts it again when its
+        HA state is `started` (`vzstart` on the target)."""
+        if self.time_scale:
+            await self.pause(self.ha_delay)
+        else:
+            await asyncio.sleep(HA_SETTLE)  # still after the hamigrate task has ended
+        source, target = request['node'], request['target']
+        ct = self.ct(vmid)
+        if ct is None or ct.node != source or not ct.ha_managed:
+            return
+        if not self.nodes.get(target, {}).get('online', True):
+            logging.warning('HA migration of CT %s to %s not done: the node is offline', vmid, target)
+            return
+        try:
+            if ct.status == 'running':
+                await self._as_lrm(ct, self._lxc_shutdown,
+                                   {'node': source, 'vmid': vmid, 'timeout': 60, 'forceStop': 1})
+                if ct.status == 'running':
+                    return
+            await self._as_lrm(ct, super()._lxc_migrate, {'node': source, 'vmid': vmid, 'target': target,
+                                                          'online': 0})
+            if ct.node == target and ct.ha_state == 'started' and ct.status != 'running':
+                await self._as_lrm(ct, self._lxc_start, {'node': target, 'vmid': vmid})
+        except PveError as e:
+            logging.warning('HA migration of CT %s to %s failed: %s', vmid, target, e.message)
+
+    async def _as_lrm(self, ct, action, values):
+        """A fakepve container action as the HA local resource manager runs it (root@pam, the container
+        not treated as HA-managed), until its task has ended; returns the task's exit status."""
+        state, ct.ha_state = ct.ha_state, None
+        try:
+            upid = await action('root@pam', values)
+        finally:
+            ct.ha_state = state
+        while self.tasks[upid]['status'] == 'running':
+            await asyncio.sleep(0.01)
+        return self.tasks[upid]['exitstatus']
 
     async def _download_url(self, request):
         # fakepve stores a file of the size asked without fetching anything. PVE fetches the URL and,
@@ -210,6 +527,426 @@ class BedPve(FakePve):
             self.store_file(storage, filename, 48 * 1024 ** 2, 'vztmpl')
         return await self.task(node, 'download', filename, user, body,
                                log=['pulling {0} to {1}:vztmpl/{2}'.format(reference, storage, filename)])
+
+    # ------------------------------------------------------- backups: feature, vzdump, extractconfig
+
+    def _routes_bedbackup(self):
+        return [('GET', '/nodes/{node}/lxc/{vmid}/feature', self._bed_feature),
+                ('POST', '/nodes/{node}/vzdump', self._bed_vzdump),
+                ('GET', '/nodes/{node}/vzdump/extractconfig', self._bed_extractconfig)]
+
+    def _item(self, name, volname, vol):
+        # PVE lists a backup's guest type as `subtype`; fakepve's listing copies only the keys it knows
+        # (so a backup's private `_config` never shows).
+        item = super()._item(name, volname, vol)
+        if vol.get('subtype'):
+            item['subtype'] = vol['subtype']
+        return item
+
+    async def _bed_feature(self, v, user):
+        """API2/LXC.pm vm_feature: PVE::LXC::Config::has_feature over rootfs and the mpN of the config
+        (or of snapshot `snapname`), each volume asked of its storage plugin's volume_has_feature."""
+        ct = self._find_ct(v['node'], v['vmid'])
+        config, snapname = ct.config, v.get('snapname')
+        if snapname:
+            if snapname not in ct.snapshots:
+                raise PveError(500, "snapshot '{0}' does not exist".format(snapname))
+            config = ct.snapshots[snapname]
+        ok = all(self._volume_has_feature(v['feature'], mount['volume'], snapname)
+                 for key, mount in ct.volumes(config) if not key.startswith('unused'))
+        return {'hasFeature': 1 if ok else 0}
+
+    def _volume_has_feature(self, feature, volid, snapname=None):
+        sid, _, volname = volid.partition(':')
+        store = self.storages.get(sid)
+        if store is None:
+            raise PveError(500, "storage '{0}' does not exist".format(sid))
+        kind = store.get('type', 'dir')
+        if feature == 'snapshot' and not snapname:
+            return kind in SNAPSHOT_STORAGE  # the rule fakepve's own snapshot task applies
+        key = 'snap' if snapname else 'base' if re.match(r'base(vol)?-', volname.rsplit('/', 1)[-1]) else 'current'
+        fmt = 'subvol' if 'subvol' in volname else 'qcow2' if volname.endswith('.qcow2') else 'raw'
+        return fmt in VOLUME_FEATURES.get(kind, {}).get(feature, {}).get(key, ())
+
+    async def _bed_vzdump(self, v, user):
+        """POST /nodes/{node}/vzdump for one container (API2/VZDump.pm, then PVE::VZDump in the task)."""
+        node = v['node']
+        if v.get('stdout'):
+            raise PveError(400, 'Parameter verification failed.',
+                           {'stdout': 'option is only allowed on the command line interface.'})
+        for opt in ('all', 'exclude', 'pool'):  # verify_vzdump_parameters
+            if v.get(opt) and v.get('vmid'):
+                raise PveError(400, 'Parameter verification failed.', {opt: "option conflicts with option 'vmid'"})
+        keep = parse_prune(v['prune-backups']) if v.get('prune-backups') is not None else None
+        problem = notes_problems(v['notes-template']) if v.get('notes-template') else None
+        if problem:
+            raise PveError(400, 'Parameter verification failed.', {'notes-template': problem})
+        if not (v.get('vmid') or v.get('all') or v.get('stop') or v.get('pool')):
+            raise PveError(400, 'Parameter verification failed.', {'vmid': 'property is missing'})
+        for opt in ('all', 'pool', 'exclude', 'stop', 'dumpdir'):
+            if v.get(opt):
+                raise PveError(501, "fakepve_launcher: vzdump with '{0}' is not modelled; give one vmid "
+                                    "(and a storage)".format(opt))
+        vmids = sorted(set(int(x) for x in split_list(v['vmid']) if int(x)))
+        if len(vmids) != 1:
+            raise PveError(501, "fakepve_launcher: vzdump of more than one guest ('{0}') is not modelled; "
+                                "one vmid per request".format(v['vmid']))
+        vmid = vmids[0]
+        storage = v.get('storage') or 'local'  # PVE::VZDump::get_storage_param (no /etc/vzdump.conf)
+        if keep is not None and user.split('!')[0] != 'root@pam':
+            self.require(user, '/storage/' + storage, 'Datastore.Allocate')
+        guest = self.guest(vmid)
+        if guest is not None and guest.node != node:
+            return 'OK'  # PVE: "silent exit if specified VMs run on other nodes" - no task, no UPID
+        if self.vm(vmid) is not None:
+            raise PveError(501, 'fakepve_launcher: vzdump of a QEMU VM ({0}) is not modelled'.format(vmid))
+        self.require(user, '/storage/' + storage, 'Datastore.AllocateSpace')
+        words = ['vzdump', str(vmid)]  # PVE::VZDump::Common::command_line (PVE's order is a hash's)
+        for key in sorted(v):
+            value = ','.join('{0}={1}'.format(k, keep[k]) for k in sorted(keep)) if key == 'prune-backups' \
+                else v[key]
+            if key in ('vmid', 'id', 'starttime', 'dow', 'stdout', 'enabled', 'job-id') or value in (None, ''):
+                continue
+            for one in (value if isinstance(value, list) else [value]):
+                words += ['--' + key, shlex.quote(str(one))]
+        index = len(self.tasklog)  # fakepve appends the task's record here before it runs the body
+
+        async def body():
+            await self._vzdump_job(index, node, vmid, storage, keep, v, user, ' '.join(words))
+        return await self.task(node, 'vzdump', vmid, user, body, lock=False)
+
+    async def _vzdump_job(self, index, node, vmid, storage, keep, v, user, cmdline):
+        def say(text, level='INFO'):
+            self.tasklog[index]['log'].append('{0}: {1}'.format(level, text))
+        # PVE::VZDump->new: the storage, before anything else (errors joined, as PVE's task status joins lines).
+        store, errors = self.storages.get(storage), []
+        if store is None:
+            why = "storage '{0}' does not exist".format(storage)
+            errors = ["could not activate storage '{0}': {1}".format(storage, why),
+                      "could not get storage information for '{0}': {1}".format(storage, why)]
+        else:
+            try:
+                self._active_store(storage, node)
+            except PveError as e:
+                errors.append("could not activate storage '{0}': {1}".format(storage, e.message))
+            if 'backup' not in split_list(store.get('content')):
+                errors.append("could not get storage information for '{0}': can't use storage '{0}' for backups "
+                              "- wrong content type".format(storage))
+        if errors:
+            raise TaskError(' '.join(errors))
+        if keep is None:
+            keep = parse_prune(store['prune-backups']) if store.get('prune-backups') else {'keep-all': 1}
+        remove = 0 if keep.get('keep-all') else 1 if v.get('remove') is None else v['remove']
+        # getlock: one vzdump per node; the next waits up to `lockwait` minutes.
+        gate = self.vzdump_gates.setdefault(node, asyncio.Lock())
+        if gate.locked():
+            lockwait = 180 if v.get('lockwait') is None else v['lockwait']
+            if not lockwait:
+                message = "can't acquire lock '{0}' (wait = 0)".format(VZDUMP_LOCKFILE)
+                say(message, 'ERROR')
+                raise TaskError(message)
+            say('trying to get global lock - waiting...')
+            try:
+                await asyncio.wait_for(gate.acquire(), lockwait * 60 * self.time_scale or None)
+            except asyncio.TimeoutError:
+                message = "can't acquire lock '{0}' - got timeout".format(VZDUMP_LOCKFILE)
+                say(message, 'ERROR')
+                raise TaskError(message) from None
+            say('got global lock')
+        else:
+            await gate.acquire()
+        try:
+            say('starting new backup job: ' + cmdline)
+            if self.ct(vmid) is not None:
+                self.require(user, '/vms/{0}'.format(vmid), 'VM.Backup')  # PVE dies here: the whole job fails
+            ok = await self._vzdump_guest(say, index, node, vmid, storage, store, keep, remove, v, user)
+            say('Backup job finished successfully' if ok else 'Backup job finished with errors')
+            if not ok:
+                raise TaskError('job errors')
+        except PveError as e:
+            raise TaskError(e.message) from e
+        finally:
+            gate.release()
+
+    async def _vzdump_guest(self, say, index, node, vmid, storage, store, keep, remove, v, user):
+        """PVE::VZDump::exec_backup_task for a container, with PVE::VZDump::LXC's steps and log lines.
+        Returns True if the guest's backup is done."""
+        clock = [0.0]  # PVE seconds this guest's backup has taken
+
+        async def pause(secs):
+            clock[0] += secs
+            await self.pause(secs)
+        ct = self.ct(vmid)
+        mode = v.get('mode') or 'snapshot'
+        done = {'locked': False, 'snapshot': None, 'restart': False, 'stopped_at': None}
+        error = None
+        try:
+            if ct is None:
+                raise GuestFailed("unable to find VM '{0}'".format(vmid))
+            if mode == 'stop' and ct.ha_state == 'started':
+                raise GuestFailed('Cannot execute a backup with stop mode on a HA managed and enabled Service. '
+                                  'Use snapshot mode or disable the Service.')
+            backup_time = int(time.time())
+            self._vzdump_limits(vmid, storage, store, keep, remove, v, user)
+            say('Starting Backup of VM {0} (lxc)'.format(vmid))
+            say('Backup started at ' + pve_now())
+            running = ct.status == 'running'
+            say('status = ' + ('running' if running else 'stopped'))
+            await self._vzdump_lock(ct, self.tasklog[index]['upid'])  # lock_vm: set_lock 'backup'
+            done['locked'] = True
+            mode = mode if running else 'stop'
+            mounts = backup_mounts(ct.config)
+            included = [(key, mount) for key, mount, _p, kind, inc, _r in mounts if inc and kind == 'volume']
+
+            def prepare():
+                if ct.config.get('hostname'):
+                    say('CT Name: {0}'.format(ct.config['hostname']))
+                for key, _mount, path, kind, inc, reason in mounts:
+                    say("including mount point {0} ('{1}') in backup".format(key, path) if inc else
+                        "excluding {0} mount point {1} ('{2}') from backup ({3})".format(kind, key, path, reason))
+            if mode == 'snapshot':
+                prepare()
+                kinds = []
+                for _key, mount in included:
+                    sid = mount['volume'].split(':')[0]
+                    if sid not in self.storages:
+                        raise GuestFailed("storage '{0}' does not exist".format(sid))
+                    kinds.append(self.storages[sid].get('type', 'dir'))
+                if all(kind in SNAPSHOT_STORAGE for kind in kinds):
+                    if 'vzdump' in ct.snapshots:
+                        say('found old vzdump snapshot (force removal)')
+                        self._vzdump_snapshot_remove(ct)
+                else:
+                    say('mode failure - some volumes do not support snapshots')
+                    say("trying 'suspend' mode instead")
+                    mode = 'suspend'
+            say('backup mode: ' + mode)
+            if v.get('bwlimit'):
+                say('bandwidth limit: {0} KiB/s'.format(v['bwlimit']))
+            say('ionice priority: {0}'.format(7 if v.get('ionice') is None else v['ionice']))
+            volname, ctime = self._vzdump_name(storage, vmid, backup_time, v.get('compress'))
+            path = self._volume_path(storage, volname, 'backup')
+            size = max(sum(parse_size(m.get('size', '')) or 4 * GIB for _k, m in included) // 4, 1024 ** 2)
+            if mode == 'stop':
+                prepare()
+                if running:
+                    say('stopping virtual guest')
+                    done['stopped_at'], done['restart'] = clock[0], True
+                    timeout = (10 if v.get('stopwait') is None else v['stopwait']) * 60
+                    clock[0] += min(ct.shutdown_secs, timeout)
+                    await self._ct_powerdown(ct, timeout, True)  # lxc-stop --timeout: killed after it
+            elif mode == 'suspend':
+                prepare()
+                dumpdir = os.path.dirname(path)
+                tmpdir = os.path.join(dumpdir, os.path.basename(path).split('.tar')[0] + '.tmp')
+                if store.get('type') in ('nfs', 'cifs', 'cephfs', 'glusterfs'):
+                    tmpdir = '/var/tmp/vzdumptmp{0}_{1}'.format(self.tasklog[index]['pid'], vmid)
+                    say("filesystem type on dumpdir is '{0}' -using {1} for temporary files".format(
+                        {'cephfs': 'ceph', 'glusterfs': 'fuse.glusterfs'}.get(store['type'], store['type']), tmpdir))
+                source = '/proc/{0}/root/'.format(ct.pid or 0)
+                say('starting first sync {0} to {1}'.format(source, tmpdir))
+                say('first sync finished - transferred {0:.2f}G bytes in 0s'.format(size * 4 / GIB))
+                say('suspending guest')
+                say('starting final sync {0} to {1}'.format(source, tmpdir))
+                say('final sync finished - transferred 0 bytes in 0s')
+                say('resuming guest')
+                say('guest is online again after <1 seconds')
+            else:
+                if len(included) > 1:
+                    say('suspend vm to make snapshot')
+                say("create storage snapshot 'vzdump'")
+                done['snapshot'] = self._vzdump_snapshot_create(ct)
+                if len(included) > 1:
+                    say('resume vm')
+                    say('guest is online again after <1 seconds')
+            say("creating vzdump archive '{0}'".format(path))
+            await pause(self.ct_secs['vzdump'])
+            if size > store.get('avail', float('inf')):
+                raise GuestFailed("unable to write to storage '{0}': No space left on device".format(storage))
+            vol = {'content': 'backup', 'format': volname.split('.', 1)[1], 'size': size, 'ctime': ctime,
+                   'vmid': vmid, 'subtype': 'lxc',
+                   '_config': {k: x for k, x in ct.config.items() if k not in NOT_BACKED_UP}}
+            store.setdefault('volumes', {})[volname] = vol
+            if 'avail' in store:
+                store['avail'] -= size
+            say('archive file size: ' + pve_size(size))
+            if v.get('notes-template'):
+                say('adding notes to backup')
+                vol['notes'] = expand_notes(v['notes-template'], {
+                    'cluster': self.cluster_name, 'guestname': ct.config.get('hostname') or 'CT{0}'.format(vmid),
+                    'node': node, 'vmid': vmid})
+            if v.get('protected'):
+                say('marking backup as protected')
+                vol['protected'] = True
+            if remove:
+                say('prune older backups with retention: ' +
+                    ', '.join('{0}={1}'.format(k, keep[k]) for k in sorted(keep)))
+                pruned = self._vzdump_prune(storage, vmid, keep, say)
+                say('pruned {0} backup(s){1}'.format(pruned, ' not covered by keep-retention policy' * bool(pruned)))
+        except (GuestFailed, TaskError, PveError) as e:
+            error = str(e)
+        # cleanup, as PVE does it after the backup (and after a failure)
+        if done['locked'] and ct.lock == 'backup':
+            ct.lock = None
+        if done['snapshot'] is not None:
+            say("cleanup temporary 'vzdump' snapshot")
+            self._vzdump_snapshot_remove(ct)
+        if done['restart'] and ct.status != 'running':
+            say('restarting vm')
+            try:
+                clock[0] += ct.start_secs
+                await self._start_steps(ct, user)
+                online = clock[0] - done['stopped_at']
+                say('guest is online again after {0} seconds'.format(int(online) if online >= 1 else '<1'))
+            except TaskError as e:
+                self.tasklog[index]['log'].append(str(e))  # PVE only warns; the backup still counts
+        if error is not None:
+            say('Backup of VM {0} failed - {1}'.format(vmid, error), 'ERROR')
+            say('Failed at ' + pve_now())
+            return False
+        say('Finished Backup of VM {0} ({1})'.format(vmid, pve_duration(clock[0])))
+        say('Backup finished at ' + pve_now())
+        return True
+
+    def _vzdump_limits(self, vmid, storage, store, keep, remove, v, user):
+        """The checks PVE makes before a guest's backup: max protected backups, and the keep limit when
+        nothing is pruned (remove=0)."""
+        limit = 0 if keep.get('keep-all') else sum(keep.values())
+        if not ((limit and not remove) or v.get('protected')):
+            return
+        backups = [vol for _name, vol in self._vzdump_backups(storage, vmid)]
+        protected = sum(1 for vol in backups if vol.get('protected'))
+        if v.get('protected'):
+            most = store.get('max-protected-backups')
+            if most is None:
+                most = -1 if self.allowed(user, '/storage/' + storage, 'Datastore.Allocate') else 5
+            if most > -1 and protected >= int(most):
+                raise GuestFailed('The number of protected backups per guest is limited to {0} on storage '
+                                  "'{1}'".format(most, storage))
+        elif len(backups) - protected >= limit:
+            raise GuestFailed('There is a max backup limit of {0} enforced by the target storage or the vzdump '
+                              'parameters. Either increase the limit or delete old backups.'.format(limit))
+
+    def _vzdump_backups(self, storage, vmid):
+        """(volname, volume) of the container's backups on the storage (named vzdump-lxc-<vmid>-...)."""
+        prefix = 'backup/vzdump-lxc-{0}-'.format(vmid)
+        return sorted((name, vol) for name, vol in self._volumes(storage).items()
+                      if name.startswith(prefix) and vol.get('content') == 'backup')
+
+    def _vzdump_name(self, storage, vmid, when, compress):
+        """The archive name (and its time) of the backup started at `when`: PVE names it by the second, so
+        if the container already has a backup from that second or later, the second after the newest one
+        (names, and so what prune sees as the order, only ever go forward)."""
+        ext = '.tar' + COMPRESS_EXT.get(str(compress or '0'), '')
+        for name, _vol in self._vzdump_backups(storage, vmid):
+            if backup_time(name) is not None:
+                when = max(when, backup_time(name) + 1)
+        return 'backup/vzdump-lxc-{0}-{1}{2}'.format(
+            vmid, time.strftime('%Y_%m_%d-%H_%M_%S', time.localtime(when)), ext), when
+
+    async def _vzdump_lock(self, ct, holder):
+        """PVE::LXC::Config->set_lock($vmid, 'backup'): under the config file lock, refused if locked."""
+        try:
+            await self.acquire(ct, holder)
+        except TaskError as e:
+            raise GuestFailed(str(e)) from e
+        try:
+            if ct.lock:
+                raise GuestFailed('CT is locked ({0})'.format(ct.lock))
+            ct.lock = 'backup'
+        finally:
+            self.release(ct, holder)
+
+    @staticmethod
+    def _vzdump_snapshot_create(ct):
+        # snapshot_create($vmid, 'vzdump', 0, "vzdump backup snapshot"): the config copied (its parent too),
+        # then the container's parent is the new snapshot.
+        snap = {k: x for k, x in ct.config.items()
+                if k not in ('lock', 'description', 'digest') and not k.startswith('unused')}
+        snap.update(description='vzdump backup snapshot', snaptime=int(time.time()))
+        ct.snapshots['vzdump'] = snap
+        ct.config['parent'] = 'vzdump'
+        return snap
+
+    @staticmethod
+    def _vzdump_snapshot_remove(ct):
+        snap = ct.snapshots.pop('vzdump', None)
+        if snap is None:
+            return
+        for other in list(ct.snapshots.values()) + [ct.config]:
+            if other.get('parent') == 'vzdump':
+                if snap.get('parent'):
+                    other['parent'] = snap['parent']
+                else:
+                    other.pop('parent')
+
+    def _vzdump_prune(self, storage, vmid, keep, say):
+        """PVE::Storage::prune_backups for the container's backups: protected ones are never counted nor
+        removed; returns how many were removed."""
+        entries = []
+        for name, vol in self._vzdump_backups(storage, vmid):
+            if backup_time(name) is None:
+                continue  # not PVE's standard name: 'renamed', kept
+            entries.append({'name': name, 'vol': vol, 'ctime': backup_time(name),
+                            'mark': 'protected' if vol.get('protected') else None})
+        positive = [k for k in keep if k != 'keep-all' and keep[k] > 0]
+        if keep.get('keep-all') or not positive:
+            return 0
+        entries.sort(key=lambda e: -e['ctime'])
+        for option, pattern in PRUNE_IDS:
+            count = keep.get(option)
+            if not count:
+                continue
+
+            def ident(entry, pattern=pattern):
+                return entry['ctime'] if pattern is None else time.strftime(pattern, time.localtime(entry['ctime']))
+            already = {ident(e) for e in entries if e['mark'] == 'keep'}
+            newly = set()
+            for entry in entries:
+                if entry['mark'] is not None or ident(entry) in already:
+                    continue
+                if ident(entry) not in newly:
+                    if len(newly) >= count:
+                        break
+                    newly.add(ident(entry))
+                    entry['mark'] = 'keep'
+                else:
+                    entry['mark'] = 'remove'
+        removed = 0
+        store = self.storages[storage]
+        for entry in sorted(entries, key=lambda e: e['name']):
+            if entry['mark'] not in (None, 'remove'):
+                continue
+            say("removing backup '{0}:{1}'".format(storage, entry['name']))
+            store.get('volumes', {}).pop(entry['name'], None)
+            if 'avail' in store:
+                store['avail'] += int(entry['vol'].get('size') or 0)
+            removed += 1
+        return removed
+
+    async def _bed_extractconfig(self, v, user):
+        """GET /nodes/{node}/vzdump/extractconfig: the pct.conf in the archive, as text."""
+        volume = str(v['volume'])
+        found = STORAGE_ID.match(volume)
+        if not found:
+            if user != 'root@pam':
+                raise PveError(500, 'Only root can pass arbitrary filesystem paths.')
+            raise PveError(500, "can't find file '{0}'".format(volume))
+        sid, volname = found.group(1), found.group(2)
+        store = self._store(sid)
+        vtype, owner, _fmt = self._parse_volname(store, volname)
+        if vtype != 'backup':
+            raise PveError(500, "unable to use volume {0} - content type needs to be 'backup'".format(volume))
+        self._check_access(user, sid, vtype, owner, volume)
+        if owner is not None:
+            self.require(user, '/vms/{0}'.format(owner), 'VM.Backup')
+        self._active_store(sid, v['node'])
+        vol = self._volumes(sid).get(volname)
+        if vol is None:
+            raise PveError(500, "can't find file '{0}'".format(volume))
+        if '_config' not in vol:
+            raise PveError(500, 'ERROR: archive contains no configuration file')
+        return pct_conf(vol['_config'])
 
     async def _edit_after(self, request, response):
         """Another user's config edit, made once this request has its answer (an /edit-after rule).
@@ -302,6 +1039,9 @@ class BedPve(FakePve):
         error, warnings, lines = (self.effects[kind, ttype].popleft() if self.effects[kind, ttype] else None
                                   for kind in ('error', 'warning', 'log'))
         keys = self.create_keys.pop(tid, None) if ttype in ('vzcreate', 'vzrestore') else None
+        plan = self.restore_plans.pop(tid, None) if ttype == 'vzrestore' else None
+        if ttype == 'hamigrate' and tid in self.ha_requests:
+            body = self._ha_request_body(tid, self.ha_requests.pop(tid))  # instead of fakepve's wait-and-move
         index = len(self.tasklog)  # fakepve appends the task's record here before it runs the body
 
         check = (self.download_checks[tid].popleft()
@@ -321,7 +1061,11 @@ class BedPve(FakePve):
                 if ct is not None and ct.lock == 'create':
                     self._drop(ct)  # PVE removes a container whose create failed
                 raise TaskError(message)
+            if plan is not None:
+                self._restore_task_start(tid, plan, record['log'])
             note = await body()
+            if plan is not None:
+                self._restore_task_end(tid, plan, record['log'])
             if size is not None:
                 volume = self.storages[tid].get('volumes', {}).get('vztmpl/' + check[1])
                 if volume is not None:
@@ -522,6 +1266,22 @@ def control_app(pve, initial_scale):
         if node not in pve.nodes:
             raise refuse('no such node {0!r}; nodes: {1}'.format(node, ', '.join(sorted(pve.nodes))), 404)
         pve.set_node_offline(node, field(data, 'offline', bool, True))
+
+    @post('/ha')
+    def ha(data):
+        # Makes a container (or VM) HA-managed with that requested state, or unmanaged with null. Nothing is
+        # started or stopped by this; fakepve's start/stop/migrate of a managed guest go through HA from now on.
+        vmid = field(data, 'vmid', int)
+        guest = pve.guest(vmid)
+        if guest is None:
+            raise refuse('no guest {0}; guests: {1}'.format(vmid, ', '.join(
+                str(g.vmid) for g in sorted(list(pve.cts) + list(pve.vms), key=lambda g: g.vmid))), 404)
+        state = data.get('state')
+        if state not in (None, 'started', 'stopped'):
+            raise refuse("field 'state' must be \"started\", \"stopped\" or null")
+        guest.ha_state = state
+
+    post('/ha-delay')(lambda data: setattr(pve, 'ha_delay', field(data, 'secs', float)))
 
     app = web.Application()
     app.add_routes(routes)
