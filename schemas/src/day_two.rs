@@ -209,6 +209,41 @@ fn numbered(key: &str, prefix: &str, max: u32) -> bool {
         .is_some_and(|n| n <= max)
 }
 
+/// What a guarded update does if its change fails, once its snapshot is taken.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Roll the container back to the snapshot taken before the change.
+    #[default]
+    Rollback,
+    /// Leave it as the failure left it (the snapshot stays, to roll back to by hand).
+    Keep,
+}
+
+impl std::str::FromStr for OnFailure {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rollback" => Ok(OnFailure::Rollback),
+            "keep" => Ok(OnFailure::Keep),
+            other => Err(format!("`{other}` is not what to do on failure: rollback or keep")),
+        }
+    }
+}
+
+/// A guarded update: a snapshot (named after the job, `pf-<short id>`) first, the change, and
+/// on failure a rollback to it; each its own step, so a crash resumes the right one. The
+/// snapshot is deleted after success unless `keep_snapshot`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Guard {
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_snapshot: bool,
+}
+
 /// A request to change a container's settings (`pvefleet.jobs.<node>.update`).
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -222,6 +257,9 @@ pub struct UpdateJob {
     pub change: ConfigChange,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// A snapshot before the change, and a rollback to it if the change fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<Guard>,
     #[serde(default)]
     pub options: DayTwoOptions,
     /// Who asked, until when, and the signature over the rest (schemas/SIGNING.md).
@@ -297,63 +335,111 @@ pub struct PowerJob {
     pub auth: Option<crate::signing::RequestAuth>,
 }
 
-/// A day-two job of any kind (as a plan request carries it).
-#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+/// A day-two job of any kind (as a plan request carries it), read by its `kind`.
+#[derive(Clone, PartialEq, Debug, Serialize, JsonSchema)]
 #[serde(untagged)]
 pub enum DayTwoJob {
     Update(Box<UpdateJob>),
     Resize(ResizeJob),
     Power(PowerJob),
+    Snapshot(SnapshotJob),
+    Rollback(RollbackJob),
+    Backup(BackupJob),
+    Restore(RestoreJob),
+    Move(MoveJob),
+}
+
+/// Calls `$body` with the job inside whatever variant `$job` is.
+macro_rules! each_kind {
+    ($job:expr, $j:ident => $body:expr) => {
+        match $job {
+            DayTwoJob::Update($j) => $body,
+            DayTwoJob::Resize($j) => $body,
+            DayTwoJob::Power($j) => $body,
+            DayTwoJob::Snapshot($j) => $body,
+            DayTwoJob::Rollback($j) => $body,
+            DayTwoJob::Backup($j) => $body,
+            DayTwoJob::Restore($j) => $body,
+            DayTwoJob::Move($j) => $body,
+        }
+    };
+}
+
+impl<'de> Deserialize<'de> for DayTwoJob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_json::Value::deserialize(d)?;
+        let kind = value.get("kind").cloned().ok_or_else(|| D::Error::missing_field("kind"))?;
+        let kind: JobMessageKind = serde_json::from_value(kind).map_err(D::Error::custom)?;
+        let job = match kind {
+            JobMessageKind::Update => serde_json::from_value(value).map(|j| DayTwoJob::Update(Box::new(j))),
+            JobMessageKind::Resize => serde_json::from_value(value).map(DayTwoJob::Resize),
+            JobMessageKind::Power => serde_json::from_value(value).map(DayTwoJob::Power),
+            JobMessageKind::Snapshot => serde_json::from_value(value).map(DayTwoJob::Snapshot),
+            JobMessageKind::Rollback => serde_json::from_value(value).map(DayTwoJob::Rollback),
+            JobMessageKind::Backup => serde_json::from_value(value).map(DayTwoJob::Backup),
+            JobMessageKind::Restore => serde_json::from_value(value).map(DayTwoJob::Restore),
+            JobMessageKind::Move => serde_json::from_value(value).map(DayTwoJob::Move),
+            JobMessageKind::Create | JobMessageKind::Destroy => {
+                return Err(D::Error::custom(format!("`{}` is not a day-two kind", kind.as_str())));
+            }
+        };
+        job.map_err(D::Error::custom)
+    }
 }
 
 impl DayTwoJob {
     pub fn job_id(&self) -> JobId {
-        match self {
-            DayTwoJob::Update(j) => j.job_id,
-            DayTwoJob::Resize(j) => j.job_id,
-            DayTwoJob::Power(j) => j.job_id,
-        }
+        each_kind!(self, j => j.job_id)
     }
 
     pub fn node(&self) -> &NodeName {
+        each_kind!(self, j => &j.node)
+    }
+
+    /// The container it acts on; none for a restore as a new container.
+    pub fn target(&self) -> Option<&ContainerTarget> {
         match self {
-            DayTwoJob::Update(j) => &j.node,
-            DayTwoJob::Resize(j) => &j.node,
-            DayTwoJob::Power(j) => &j.node,
+            DayTwoJob::Restore(j) => j.over.as_ref(),
+            DayTwoJob::Update(j) => Some(&j.target),
+            DayTwoJob::Resize(j) => Some(&j.target),
+            DayTwoJob::Power(j) => Some(&j.target),
+            DayTwoJob::Snapshot(j) => Some(&j.target),
+            DayTwoJob::Rollback(j) => Some(&j.target),
+            DayTwoJob::Backup(j) => Some(&j.target),
+            DayTwoJob::Move(j) => Some(&j.target),
         }
     }
 
-    pub fn target(&self) -> &ContainerTarget {
+    /// Its vmid: the target's, or the one a new restored container is to have.
+    pub fn vmid(&self) -> Option<Vmid> {
         match self {
-            DayTwoJob::Update(j) => &j.target,
-            DayTwoJob::Resize(j) => &j.target,
-            DayTwoJob::Power(j) => &j.target,
+            DayTwoJob::Restore(j) => j.over.as_ref().map(|t| t.vmid).or(j.vmid),
+            other => other.target().map(|t| t.vmid),
         }
     }
 
     pub fn kind(&self) -> JobMessageKind {
-        match self {
-            DayTwoJob::Update(_) => JobMessageKind::Update,
-            DayTwoJob::Resize(_) => JobMessageKind::Resize,
-            DayTwoJob::Power(_) => JobMessageKind::Power,
-        }
+        each_kind!(self, j => j.kind)
     }
 
     /// The last token of its subject, `pvefleet.jobs.<node>.<kind>`.
     pub fn subject_kind(&self) -> crate::names::JobKind {
+        use crate::names::JobKind;
         match self {
-            DayTwoJob::Update(_) => crate::names::JobKind::Update,
-            DayTwoJob::Resize(_) => crate::names::JobKind::Resize,
-            DayTwoJob::Power(_) => crate::names::JobKind::Power,
+            DayTwoJob::Update(_) => JobKind::Update,
+            DayTwoJob::Resize(_) => JobKind::Resize,
+            DayTwoJob::Power(_) => JobKind::Power,
+            DayTwoJob::Snapshot(_) => JobKind::Snapshot,
+            DayTwoJob::Rollback(_) => JobKind::Rollback,
+            DayTwoJob::Backup(_) => JobKind::Backup,
+            DayTwoJob::Restore(_) => JobKind::Restore,
+            DayTwoJob::Move(_) => JobKind::Move,
         }
     }
 
     pub fn submitted_at(&self) -> &Timestamp {
-        match self {
-            DayTwoJob::Update(j) => &j.submitted_at,
-            DayTwoJob::Resize(j) => &j.submitted_at,
-            DayTwoJob::Power(j) => &j.submitted_at,
-        }
+        each_kind!(self, j => &j.submitted_at)
     }
 
     /// The message as it is published (and stored).
@@ -362,36 +448,24 @@ impl DayTwoJob {
     }
 
     pub fn validate(&self) -> Result<(), ValidationErrors> {
-        match self {
-            DayTwoJob::Update(j) => j.validate(),
-            DayTwoJob::Resize(j) => j.validate(),
-            DayTwoJob::Power(j) => j.validate(),
-        }
+        each_kind!(self, j => j.validate())
     }
 
     /// Without its own `auth` (a plan request is signed as a whole).
     pub fn unsigned(mut self) -> Self {
-        *self.header().3 = None;
+        each_kind!(&mut self, j => j.auth = None);
         self
     }
 
     /// The same request as a new job for `node`: a new id and time, unsigned (`pvefleet retry`).
     pub fn renewed(&self, node: NodeName) -> Self {
         let mut out = self.clone().unsigned();
-        let (id, at, to, _) = out.header();
-        *id = JobId::new();
-        *at = Timestamp::now();
-        *to = node;
+        each_kind!(&mut out, j => {
+            j.job_id = JobId::new();
+            j.submitted_at = Timestamp::now();
+            j.node = node;
+        });
         out
-    }
-
-    /// Its id, time, node and signature, to change.
-    fn header(&mut self) -> (&mut JobId, &mut Timestamp, &mut NodeName, &mut Option<crate::signing::RequestAuth>) {
-        match self {
-            DayTwoJob::Update(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
-            DayTwoJob::Resize(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
-            DayTwoJob::Power(j) => (&mut j.job_id, &mut j.submitted_at, &mut j.node, &mut j.auth),
-        }
     }
 }
 
@@ -426,6 +500,9 @@ day_two_message!(UpdateJob, Update, "update");
 day_two_message!(ResizeJob, Resize, "resize");
 day_two_message!(PowerJob, Power, "power");
 
+mod keeping;
+pub use keeping::*;
+
 impl UpdateJob {
     pub fn new(node: NodeName, target: ContainerTarget, change: ConfigChange) -> Self {
         Self {
@@ -437,6 +514,7 @@ impl UpdateJob {
             target,
             change,
             restart: RestartPolicy::default(),
+            guard: None,
             options: DayTwoOptions::default(),
             auth: None,
         }

@@ -35,7 +35,10 @@ impl EventType {
 /// `Validating` to `Finalizing` (`Fetching` only for a template that is fetched first,
 /// `Cloning` instead of `Creating` for a clone); a destroy job `Finding`, `Stopping`, `Deleting`;
 /// the day-two kinds `Finding` then theirs: an update `Configuring`, `Restarting`, `Verifying`,
-/// a resize `Resizing`, a power job `Powering`. (Each table's steps are in this order.)
+/// a resize `Resizing`, a power job `Powering`; a guarded update `Snapshotting` first and
+/// `CleaningUp` last; a snapshot job `Snapshotting` or `Deleting`, a rollback `RollingBack`, a
+/// backup `BackingUp`, a restore (`Stopping`) `Restoring`, a move `Moving`. (Each table's steps
+/// are in this order.)
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Step {
@@ -48,6 +51,7 @@ pub enum Step {
     Deploying,
     Finalizing,
     Finding,
+    Snapshotting,
     Stopping,
     Deleting,
     RollingBack,
@@ -56,6 +60,10 @@ pub enum Step {
     Restarting,
     Powering,
     Verifying,
+    BackingUp,
+    Restoring,
+    Moving,
+    CleaningUp,
 }
 
 impl Step {
@@ -78,6 +86,11 @@ impl Step {
             Step::Restarting => "restarting",
             Step::Powering => "powering",
             Step::Verifying => "verifying",
+            Step::Snapshotting => "snapshotting",
+            Step::BackingUp => "backing_up",
+            Step::Restoring => "restoring",
+            Step::Moving => "moving",
+            Step::CleaningUp => "cleaning_up",
         }
     }
 }
@@ -260,6 +273,8 @@ pub enum ControlKind {
     Plan,
     /// A plan of a day-two job ([`ChangePlanRequest`]), on the plan subject.
     PlanChange,
+    /// A container's snapshots or backups ([`ListRequest`]), on the plan subject.
+    List,
 }
 
 /// A request on `pvefleet.control.<node>.cancel`. Unknown fields are refused, so no other
@@ -335,6 +350,72 @@ impl ChangePlanRequest {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         decode(bytes, "control kind", &["plan_change"])
     }
+}
+
+/// What a [`ListRequest`] lists.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ListWhat {
+    Snapshots,
+    Backups,
+}
+
+/// A request on `pvefleet.control.<node>.plan` for a container's snapshots or backups (read
+/// only, under the `plan` right); answered with a [`ListReply`].
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListRequest {
+    pub v: V1,
+    pub kind: ControlKind,
+    pub what: ListWhat,
+    pub node: NodeName,
+    pub vmid: crate::Vmid,
+    /// Backups on this storage only (every backup storage of the node otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<crate::signing::RequestAuth>,
+}
+
+impl ListRequest {
+    pub fn new(what: ListWhat, node: NodeName, vmid: crate::Vmid) -> Self {
+        Self { v: V1, kind: ControlKind::List, what, node, vmid, storage: None, auth: None }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        decode(bytes, "control kind", &["list"])
+    }
+}
+
+/// A snapshot or backup as a [`ListReply`] shows it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct Listed {
+    /// The snapshot's name, or the backup's volume id.
+    pub name: String,
+    /// When it was taken (seconds since the epoch).
+    pub time: i64,
+    /// Its description or notes.
+    pub description: String,
+    /// The pvefleet job that made it, as its description or notes say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub protected: bool,
+    /// A snapshot still being made or deleted (`prepare`, `delete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// The agent's answer to a [`ListRequest`]: the items, oldest first, or why none.
+#[derive(Clone, PartialEq, Debug, Serialize, Deserialize, JsonSchema)]
+pub struct ListReply {
+    pub v: V1,
+    pub node: NodeName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub items: Vec<Listed>,
 }
 
 /// One check of a plan: what was looked at, whether the job would pass it, and what was found.

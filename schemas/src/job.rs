@@ -18,6 +18,28 @@ pub enum JobMessageKind {
     Update,
     Resize,
     Power,
+    Snapshot,
+    Rollback,
+    Backup,
+    Restore,
+    Move,
+}
+
+impl JobMessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobMessageKind::Create => "create",
+            JobMessageKind::Destroy => "destroy",
+            JobMessageKind::Update => "update",
+            JobMessageKind::Resize => "resize",
+            JobMessageKind::Power => "power",
+            JobMessageKind::Snapshot => "snapshot",
+            JobMessageKind::Rollback => "rollback",
+            JobMessageKind::Backup => "backup",
+            JobMessageKind::Restore => "restore",
+            JobMessageKind::Move => "move",
+        }
+    }
 }
 
 /// A request to create one container and deploy into it.

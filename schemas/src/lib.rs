@@ -50,12 +50,13 @@ pub mod trust;
 pub mod validate;
 
 pub use day_two::{
-    ConfigChange, ContainerTarget, DayTwoJob, DayTwoOptions, InventoryEntry, PowerAction, PowerJob, ResizeJob,
-    RestartPolicy, UpdateJob,
+    BackupJob, BackupMode, ConfigChange, ContainerTarget, DayTwoJob, DayTwoOptions, Guard, InventoryEntry, MoveJob,
+    OnFailure, PowerAction, PowerJob, ResizeJob, RestartPolicy, RestoreJob, RollbackJob, SnapshotAction, SnapshotJob,
+    UpdateJob,
 };
 pub use event::{
     CancelReply, CancelRequest, ChangePlanRequest, ControlKind, ErrorInfo, ErrorKind, Event, EventType, JobResult,
-    LogStream, PlanCheck, PlanReply, PlanRequest, PlannedCall, Step,
+    ListReply, ListRequest, ListWhat, Listed, LogStream, PlanCheck, PlanReply, PlanRequest, PlannedCall, Step,
 };
 pub use ids::{JobId, NodeName, Vmid};
 pub use job::{DestroyJob, DestroyOptions, DestroyTarget, Job, JobMessageKind};

@@ -56,6 +56,11 @@ pub enum JobKind {
     Update,
     Resize,
     Power,
+    Snapshot,
+    Rollback,
+    Backup,
+    Restore,
+    Move,
 }
 
 impl JobKind {
@@ -66,6 +71,11 @@ impl JobKind {
             JobKind::Update => "update",
             JobKind::Resize => "resize",
             JobKind::Power => "power",
+            JobKind::Snapshot => "snapshot",
+            JobKind::Rollback => "rollback",
+            JobKind::Backup => "backup",
+            JobKind::Restore => "restore",
+            JobKind::Move => "move",
         }
     }
 }

@@ -132,6 +132,14 @@ pub struct Checkpoint {
     /// node's task list begun since, instead of sending it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asked_at: Option<Timestamp>,
+    /// The kind of task (`vzrollback`, `vzdump`, …) `asked_at` is for; none for a reboot
+    /// (what a checkpoint written before 0.4 means by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_for: Option<String>,
+    /// Whether the container ran when the job found it (a restore over it, a guarded update's
+    /// rollback start it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub was_running: Option<bool>,
     /// The run that may act on the job, until when. Every write of the checkpoint is a
     /// compare-and-set on its revision, so a run that lost its lease cannot write it back.
     #[serde(default)]
@@ -185,6 +193,8 @@ impl Checkpoint {
             deployed: Vec::new(),
             failure: None,
             asked_at: None,
+            asked_for: None,
+            was_running: None,
             lease: None,
         }
     }

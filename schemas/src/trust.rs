@@ -176,11 +176,33 @@ pub enum Action {
     Update,
     Resize,
     Power,
+    Snapshot,
+    Rollback,
+    Backup,
+    Restore,
+    Move,
 }
 
 impl Action {
-    pub const ALL: [Action; 7] =
-        [Action::Create, Action::Destroy, Action::Cancel, Action::Plan, Action::Update, Action::Resize, Action::Power];
+    /// Whether it is a control request (cancel, plan) rather than a job kind.
+    pub fn is_control(self) -> bool {
+        matches!(self, Action::Cancel | Action::Plan)
+    }
+
+    pub const ALL: [Action; 12] = [
+        Action::Create,
+        Action::Destroy,
+        Action::Cancel,
+        Action::Plan,
+        Action::Update,
+        Action::Resize,
+        Action::Power,
+        Action::Snapshot,
+        Action::Rollback,
+        Action::Backup,
+        Action::Restore,
+        Action::Move,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,6 +213,11 @@ impl Action {
             Action::Update => "update",
             Action::Resize => "resize",
             Action::Power => "power",
+            Action::Snapshot => "snapshot",
+            Action::Rollback => "rollback",
+            Action::Backup => "backup",
+            Action::Restore => "restore",
+            Action::Move => "move",
         }
     }
 }
@@ -410,6 +437,25 @@ impl Grant {
 
     pub fn allows_power(&self, job: &crate::day_two::PowerJob) -> Result<(), Refusal> {
         self.may(Action::Power, &job.node)
+    }
+
+    /// A snapshot, rollback, backup, restore or move: the kind on the job's node (a move's
+    /// also on the node it goes to).
+    pub fn allows_day_two(&self, job: &crate::day_two::DayTwoJob) -> Result<(), Refusal> {
+        use crate::day_two::DayTwoJob;
+        match job {
+            DayTwoJob::Update(j) => self.allows_update(j),
+            DayTwoJob::Resize(j) => self.allows_resize(j),
+            DayTwoJob::Power(j) => self.allows_power(j),
+            DayTwoJob::Snapshot(j) => self.may(Action::Snapshot, &j.node),
+            DayTwoJob::Rollback(j) => self.may(Action::Rollback, &j.node),
+            DayTwoJob::Backup(j) => self.may(Action::Backup, &j.node),
+            DayTwoJob::Restore(j) => self.may(Action::Restore, &j.node),
+            DayTwoJob::Move(j) => {
+                self.may(Action::Move, &j.node)?;
+                self.may(Action::Move, &j.to)
+            }
+        }
     }
 
     /// Bind mounts of host paths and existing volumes, each only when granted.
