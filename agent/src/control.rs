@@ -10,7 +10,7 @@ use pvefleet_schemas::{JobId, PlanRequest};
 use crate::jobs::plan;
 use crate::shared::{Shared, job_id_of};
 
-/// Answers plan requests until the agent stops.
+/// Answers plan (and list) requests until the agent stops.
 pub async fn serve_plans(shared: Arc<Shared>) {
     let subject = pvefleet_schemas::names::plan_subject(&shared.config.node);
     answer_requests(&shared, subject, "plan", |payload| {
@@ -20,31 +20,80 @@ pub async fn serve_plans(shared: Arc<Shared>) {
             let kind = serde_json::from_slice::<serde_json::Value>(&payload)
                 .ok()
                 .and_then(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_owned));
-            if kind.as_deref() == Some("plan_change") {
-                let req = match pvefleet_schemas::ChangePlanRequest::decode(&payload) {
-                    Ok(req) => req,
-                    Err(e) => return Some(plan::refused(node, format!("unreadable plan request: {e}"))),
-                };
-                return match admit(shared, &payload, Action::Plan, Some(req.job.job_id())).await {
-                    Ok(admitted) => Some(
-                        crate::jobs::day_two::plan::plan(&shared.pve, &shared.config, &req.job, &admitted.grant).await,
-                    ),
-                    Err(Denied::Say(why)) => Some(plan::refused(node, why)),
-                    Err(Denied::Silent) => None,
-                };
-            }
-            let req = match PlanRequest::decode(&payload) {
-                Ok(req) => req,
-                Err(e) => return Some(plan::refused(node, format!("unreadable plan request: {e}"))),
-            };
-            match admit(shared, &payload, Action::Plan, Some(req.job.job_id)).await {
-                Ok(admitted) => Some(plan::plan(&shared.pve, &shared.config, &req.job, &admitted.grant).await),
-                Err(Denied::Say(why)) => Some(plan::refused(node, why)),
-                Err(Denied::Silent) => None,
+            let refused = |why: String| Some(answer_of(&plan::refused(node, why)));
+            match kind.as_deref() {
+                Some("list") => {
+                    let req = match pvefleet_schemas::ListRequest::decode(&payload) {
+                        Ok(req) => req,
+                        Err(e) => return Some(listed_refusal(node, format!("unreadable list request: {e}"))),
+                    };
+                    if req.node != *node {
+                        let why = format!("the request is for {}, this agent runs {node}", req.node);
+                        return Some(listed_refusal(node, why));
+                    }
+                    match admit(shared, &payload, Action::Plan, None).await {
+                        Ok(_) => Some(answer_of(&crate::jobs::day_two::list(&shared.pve, &req).await)),
+                        Err(Denied::Say(why)) => Some(listed_refusal(node, why)),
+                        Err(Denied::Silent) => None,
+                    }
+                }
+                Some("plan_change") => {
+                    let req = match pvefleet_schemas::ChangePlanRequest::decode(&payload) {
+                        Ok(req) => req,
+                        Err(e) => return refused(format!("unreadable plan request: {e}")),
+                    };
+                    match admit(shared, &payload, Action::Plan, Some(req.job.job_id())).await {
+                        Ok(admitted) => {
+                            let reply = crate::jobs::day_two::plan::plan(
+                                &shared.pve,
+                                &shared.config,
+                                &req.job,
+                                &admitted.grant,
+                            )
+                            .await;
+                            if let pvefleet_schemas::DayTwoJob::Move(j) = &req.job
+                                && j.to == *node
+                                && reply.ok
+                            {
+                                // The container is about to arrive: list it as soon as it does.
+                                shared.inventory.expect(j.target.vmid, j.options.task_timeout.0);
+                            }
+                            Some(answer_of(&reply))
+                        }
+                        Err(Denied::Say(why)) => refused(why),
+                        Err(Denied::Silent) => None,
+                    }
+                }
+                _ => {
+                    let req = match PlanRequest::decode(&payload) {
+                        Ok(req) => req,
+                        Err(e) => return refused(format!("unreadable plan request: {e}")),
+                    };
+                    match admit(shared, &payload, Action::Plan, Some(req.job.job_id)).await {
+                        Ok(admitted) => {
+                            Some(answer_of(&plan::plan(&shared.pve, &shared.config, &req.job, &admitted.grant).await))
+                        }
+                        Err(Denied::Say(why)) => refused(why),
+                        Err(Denied::Silent) => None,
+                    }
+                }
             }
         }
     })
     .await
+}
+
+fn answer_of(reply: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(reply).expect("a reply serializes")
+}
+
+fn listed_refusal(node: &pvefleet_schemas::NodeName, why: String) -> serde_json::Value {
+    answer_of(&pvefleet_schemas::ListReply {
+        v: pvefleet_schemas::V1,
+        node: node.clone(),
+        error: Some(why),
+        items: vec![],
+    })
 }
 
 /// Why a control request is not acted on: said in its reply, or not answered at all (a replay:

@@ -39,13 +39,40 @@ pub struct Inventory {
     poke: Notify,
     path: std::path::PathBuf,
     kept: Mutex<Kept>,
+    /// Containers a move is bringing to this node, each until when it is looked for.
+    expected: Mutex<BTreeMap<u32, std::time::Instant>>,
 }
 
 impl Inventory {
     pub fn load(state_dir: &std::path::Path) -> Self {
         let path = state_dir.join("inventory.json");
         let kept = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Self { poke: Notify::new(), path, kept: Mutex::new(kept) }
+        Self { poke: Notify::new(), path, kept: Mutex::new(kept), expected: Mutex::default() }
+    }
+
+    /// A move is bringing container `vmid` here (its plan was asked of this agent): it is
+    /// looked for every second, within `within`, and listed as soon as it arrives, so the
+    /// coordinator sends its next jobs here without waiting for the next sweep.
+    pub fn expect(&self, vmid: Vmid, within: std::time::Duration) {
+        let until = std::time::Instant::now() + within.min(std::time::Duration::from_secs(3600));
+        self.expected.lock().expect("inventory").insert(vmid.get(), until);
+        self.poke.notify_one();
+    }
+
+    /// Whether containers are expected (and the expectations that ran out dropped).
+    fn expecting(&self) -> bool {
+        let mut expected = self.expected.lock().expect("inventory");
+        let now = std::time::Instant::now();
+        expected.retain(|_, until| *until > now);
+        !expected.is_empty()
+    }
+
+    /// Whether any expected container is among `here`; those are no longer expected.
+    fn arrived(&self, here: &[u32]) -> bool {
+        let mut expected = self.expected.lock().expect("inventory");
+        let before = expected.len();
+        expected.retain(|v, _| !here.contains(v));
+        expected.len() != before
     }
 
     /// Job `job` wrote to container `vmid`: the next sweep (at once) reads what it left.
@@ -77,26 +104,49 @@ pub struct Sweeper {
     pub inventory: Arc<Inventory>,
 }
 
-/// Sweeps at start, when poked, and every `interval`, until `stop`.
+/// Sweeps at start, when poked, and every `interval`, until `stop`; while a container is
+/// expected, the node's list is read every second and a sweep made when it arrives.
 pub async fn keep(sweeper: Sweeper, interval: std::time::Duration, stop: CancellationToken) {
     loop {
         if let Err(e) = sweep(&sweeper).await {
             tracing::warn!(error = %e, "inventory sweep failed; trying again at the next");
         }
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = sweeper.inventory.poke.notified() => {}
-            () = stop.cancelled() => return,
+        let next = tokio::time::Instant::now() + interval;
+        loop {
+            let wake = if sweeper.inventory.expecting() {
+                next.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1))
+            } else {
+                next
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = sweeper.inventory.poke.notified() => break,
+                () = stop.cancelled() => return,
+            }
+            if tokio::time::Instant::now() >= next {
+                break;
+            }
+            let here: Vec<u32> = match sweeper.pve.containers_listed().await {
+                Ok(listed) => {
+                    listed.iter().filter_map(|i| i["vmid"].as_u64()).filter_map(|v| u32::try_from(v).ok()).collect()
+                }
+                Err(_) => continue,
+            };
+            if sweeper.inventory.arrived(&here) {
+                break;
+            }
         }
     }
 }
 
 /// The job id in a description the agent wrote (`Created by pvefleet job <id>`, `Cloned by
-/// pvefleet job <id> (<marker>)`), if its marker is among `markers`.
+/// pvefleet job <id> (<marker>)`, `Restored by pvefleet job <id> …`), if its marker is among
+/// `markers`.
 fn made_by(description: &str, markers: &[String]) -> Option<JobId> {
     description.lines().find_map(|line| {
-        let rest =
-            line.strip_prefix("Created by pvefleet job ").or_else(|| line.strip_prefix("Cloned by pvefleet job "))?;
+        let rest = ["Created", "Cloned", "Restored"]
+            .iter()
+            .find_map(|v| line.strip_prefix(&format!("{v} by pvefleet job ")))?;
         let id: JobId = rest.split_whitespace().next()?.parse().ok()?;
         markers.contains(&id.marker_tag()).then_some(id)
     })

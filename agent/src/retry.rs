@@ -88,13 +88,18 @@ pub const CONFIG_UNANSWERED_ATTEMPTS: u32 = 5;
 pub const CONFIG_UNANSWERED: Pace =
     Pace { first: Duration::from_millis(200), factor: 2.0, max: Duration::from_secs(2) };
 
-/// How often a reboot is sent while no answer comes and the node's task list shows none
-/// begun since (each time only after [`REBOOT_SETTLE`]): a reboot is never sent twice
-/// knowingly, so its answer's loss is looked up rather than retried blindly.
-pub const REBOOT_ATTEMPTS: u32 = 4;
-/// How long a reboot whose answer never came is given to show up in the task list (a request
-/// that hung on its way may still start its task) before the list is read.
-pub const REBOOT_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often a request that must run once (a reboot, a rollback, a backup, a migration) is
+/// sent while no answer comes and the node's task list shows none begun since (each time only
+/// after [`ONCE_SETTLE`]): it is never sent twice knowingly, so its answer's loss is looked up
+/// rather than retried blindly.
+pub const ONCE_ATTEMPTS: u32 = 4;
+/// How long such a request whose answer never came is given to show up in the task list (a
+/// request that hung on its way may still start its task) before the list is read.
+pub const ONCE_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often a moved container is looked for on its target node (an HA migration ends its
+/// task before the container arrives).
+pub const ARRIVAL: Pace = Pace { first: Duration::from_millis(250), factor: 2.0, max: Duration::from_secs(2) };
 
 /// How often an "already exists" for a vmid that no container on this node holds is looked
 /// at again (a create whose answer is still on its way) before another vmid is taken, and the

@@ -177,6 +177,33 @@ pub enum Verb {
     /// Reboot a running container (once, whatever happens to the request's answer).
     #[command(after_help = "Example:\n  pvefleet reboot --select tag=web --max-parallel 2")]
     Reboot(PowerArgs),
+    /// Take a snapshot of a container (named after the job unless --name), or `snapshot
+    /// delete TARGET NAME`; taken once whatever happens to the request's answer.
+    #[command(
+        after_help = "Examples:\n  pvefleet snapshot web-01 --name before-upgrade --watch\n  pvefleet snapshot delete web-01 before-upgrade"
+    )]
+    Snapshot(SnapshotArgs),
+    /// A container's snapshots, oldest first (asked of its agent).
+    #[command(after_help = "Example:\n  pvefleet snapshots web-01")]
+    Snapshots(ListArgs),
+    /// Roll a container back to a snapshot: what it wrote since is lost; sent once.
+    #[command(after_help = "Example:\n  pvefleet rollback web-01 before-upgrade --start --watch")]
+    Rollback(RollbackArgs),
+    /// Back a container up (vzdump) to a storage; taken once, found again by its notes.
+    #[command(after_help = "Example:\n  pvefleet backup web-01 --storage local --mode snapshot --keep-last 3 --watch")]
+    Backup(BackupArgs),
+    /// A container's backups on its node's backup storages, oldest first.
+    #[command(after_help = "Example:\n  pvefleet backups web-01 --storage local")]
+    Backups(ListArgs),
+    /// Restore a backup as a new container, or --over the container it was taken of.
+    #[command(
+        after_help = "Examples:\n  pvefleet restore local:backup/vzdump-lxc-101-2026_12_04-10_00_00.tar.zst --hostname web-copy --watch\n  pvefleet restore local:backup/vzdump-lxc-101-2026_12_04-10_00_00.tar.zst --over web-01"
+    )]
+    Restore(RestoreArgs),
+    /// Move (migrate) a container to another node; the node it goes to is asked first
+    /// whether it has room, and the container's later jobs go there.
+    #[command(name = "move", after_help = "Example:\n  pvefleet move web-01 --to pve2 --watch")]
+    Move(MoveArgs),
     /// Try a failed (or cancelled) job again as a new job, linked to it: the same request, its
     /// container found again by the inventory for a day-two job. Anything secret is asked for
     /// again (the store keeps none of it). The same --request-id replays a failure by design;
@@ -439,6 +466,143 @@ pub struct UpdateArgs {
     /// How long the clean shutdown inside a reboot may take.
     #[arg(long, default_value = "60s")]
     pub shutdown_timeout: String,
+    /// Take a snapshot first (`pf-<job>`), to roll back to if the change fails.
+    #[arg(long)]
+    pub snapshot_before: bool,
+    /// With --snapshot-before, what a failure does: rollback (to the snapshot) or keep (as
+    /// the failure left it).
+    #[arg(long, requires = "snapshot_before", value_name = "rollback|keep")]
+    pub on_failure: Option<String>,
+    /// With --snapshot-before, keep the snapshot after a success (deleted by default).
+    #[arg(long, requires = "snapshot_before")]
+    pub keep_snapshot: bool,
+}
+
+/// `pvefleet snapshot TARGET [--name N]`, or `pvefleet snapshot delete TARGET NAME`.
+#[derive(Args, Debug, Default)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SnapshotArgs {
+    #[command(subcommand)]
+    pub delete: Option<SnapshotDelete>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The snapshot's name (`pf-<job>` if none): a letter, then letters, digits, `-`, `_`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A note kept in its description.
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SnapshotDelete {
+    /// Delete one snapshot (already gone is success).
+    #[command(after_help = "Example:\n  pvefleet snapshot delete web-01 pf-0j3k2m4n5p6q7r8s")]
+    Delete {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The snapshot to delete.
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+    },
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The snapshot to roll back to.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+    /// Start the container once it is rolled back.
+    #[arg(long)]
+    pub start: bool,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// A storage of its node that takes backups.
+    #[arg(long)]
+    pub storage: String,
+    /// snapshot (while it runs), suspend, or stop (shut down for the backup, started again).
+    #[arg(long, default_value = "snapshot")]
+    pub mode: String,
+    /// Keep it whatever a retention policy says.
+    #[arg(long)]
+    pub protected: bool,
+    /// Then keep only the newest N unprotected backups of it on the storage.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct MoveArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The node it goes to.
+    #[arg(long)]
+    pub to: String,
+    /// Where its volumes go on that node (the same storage otherwise).
+    #[arg(long)]
+    pub target_storage: Option<String>,
+    /// How long its clean shutdown may take (a running container moves in restart mode).
+    #[arg(long, default_value = "60s")]
+    pub timeout: String,
+}
+
+/// `pvefleet snapshots TARGET`, `pvefleet backups TARGET`.
+#[derive(Args, Debug, Default)]
+pub struct ListArgs {
+    /// The container: its create job's id, or its hostname.
+    pub target: Option<String>,
+    #[arg(long, requires = "vmid")]
+    pub node: Option<String>,
+    #[arg(long, requires = "node")]
+    pub vmid: Option<u32>,
+    /// Backups on this storage only.
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// As JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RestoreArgs {
+    /// The backup's volume id, as `pvefleet backups` lists it.
+    pub backup: String,
+    /// Over the container it was taken of (stopped first; what it wrote since is lost).
+    #[arg(long, conflicts_with_all = ["to_vmid", "hostname"])]
+    pub over: Option<String>,
+    /// A new container with this vmid (one is allocated otherwise).
+    #[arg(long)]
+    pub to_vmid: Option<u32>,
+    /// A new container's hostname (the backup's otherwise).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// The node to restore on (the one the backed-up container is on, otherwise).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Where its volumes go (the backup's storages otherwise).
+    #[arg(long)]
+    pub storage: Option<String>,
+    /// Start it once restored.
+    #[arg(long)]
+    pub start: bool,
+    /// Act on a container no job in this store made (--over), on its marker alone.
+    #[arg(long)]
+    pub force_marker: bool,
+    #[arg(long)]
+    pub request_id: Option<String>,
+    #[arg(long)]
+    pub watch: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// How long each Proxmox task may take.
+    #[arg(long, default_value = "10m")]
+    pub task_timeout: String,
 }
 
 /// Where the root password comes from (never the command line).

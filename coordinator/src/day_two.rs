@@ -4,8 +4,8 @@
 
 use pvefleet_schemas::signing::Identity;
 use pvefleet_schemas::{
-    ConfigChange, ContainerTarget, DayTwoJob, DayTwoOptions, NodeName, PowerAction, PowerJob, ResizeJob, RestartPolicy,
-    UpdateJob,
+    BackupJob, BackupMode, ConfigChange, ContainerTarget, DayTwoJob, DayTwoOptions, Guard, MoveJob, NodeName,
+    PowerAction, PowerJob, ResizeJob, RestartPolicy, RollbackJob, SnapshotJob, UpdateJob,
 };
 
 use crate::Failure;
@@ -16,19 +16,80 @@ use crate::store::{JobKind, Store};
 /// What a day-two verb asks of each container it names.
 #[derive(Debug, Clone)]
 pub enum Ask {
-    Update { change: Box<ConfigChange>, restart: RestartPolicy },
-    Resize { disk: String, size_bytes: u64 },
-    Power { action: PowerAction, force: bool },
+    Update {
+        change: Box<ConfigChange>,
+        restart: RestartPolicy,
+        guard: Option<Guard>,
+    },
+    Resize {
+        disk: String,
+        size_bytes: u64,
+    },
+    Power {
+        action: PowerAction,
+        force: bool,
+    },
+    /// A snapshot to take (named after the job when `name` is none).
+    Snapshot {
+        name: Option<String>,
+        description: Option<String>,
+    },
+    DeleteSnapshot {
+        name: String,
+    },
+    Rollback {
+        name: String,
+        start: bool,
+    },
+    Backup {
+        storage: String,
+        mode: BackupMode,
+        protected: bool,
+        keep_last: Option<u32>,
+    },
+    Move {
+        to: NodeName,
+        target_storage: Option<String>,
+    },
 }
 
 /// The job `ask` makes for the container `target` on `node`.
 pub fn make(ask: &Ask, node: NodeName, target: ContainerTarget, options: DayTwoOptions) -> DayTwoJob {
     match ask {
-        Ask::Update { change, restart } => {
+        Ask::Update { change, restart, guard } => {
             let mut job = UpdateJob::new(node, target, (**change).clone());
             job.restart = *restart;
+            job.guard = *guard;
             job.options = options;
             DayTwoJob::Update(Box::new(job))
+        }
+        Ask::Snapshot { name, description } => {
+            let mut job = SnapshotJob::take(node, target, name.clone());
+            job.description = description.clone();
+            job.options = options;
+            DayTwoJob::Snapshot(job)
+        }
+        Ask::DeleteSnapshot { name } => {
+            let mut job = SnapshotJob::delete(node, target, name.clone());
+            job.options = options;
+            DayTwoJob::Snapshot(job)
+        }
+        Ask::Rollback { name, start } => {
+            let mut job = RollbackJob::new(node, target, name.clone());
+            job.start = *start;
+            job.options = options;
+            DayTwoJob::Rollback(job)
+        }
+        Ask::Backup { storage, mode, protected, keep_last } => {
+            let mut job = BackupJob::new(node, target, storage.clone());
+            (job.mode, job.protected, job.keep_last, job.options) = (*mode, *protected, *keep_last, options);
+            DayTwoJob::Backup(job)
+        }
+        Ask::Move { to, target_storage } => {
+            let mut job = MoveJob::new(node, target, to.clone());
+            job.target_storage = target_storage.clone();
+            job.options = options;
+            DayTwoJob::Move(job)
         }
         Ask::Resize { disk, size_bytes } => {
             let mut job = ResizeJob::new(node, target, disk, *size_bytes);
@@ -46,13 +107,10 @@ pub fn make(ask: &Ask, node: NodeName, target: ContainerTarget, options: DayTwoO
 
 /// Reads a stored day-two job of `kind` back.
 pub fn decode(kind: JobKind, spec: &str) -> anyhow::Result<DayTwoJob> {
-    let bytes = spec.as_bytes();
-    Ok(match kind {
-        JobKind::Update => DayTwoJob::Update(Box::new(UpdateJob::decode(bytes)?)),
-        JobKind::Resize => DayTwoJob::Resize(ResizeJob::decode(bytes)?),
-        JobKind::Power => DayTwoJob::Power(PowerJob::decode(bytes)?),
-        other => anyhow::bail!("a {other} job is not a day-two job"),
-    })
+    anyhow::ensure!(kind.is_day_two(), "a {kind} job is not a day-two job");
+    let job: DayTwoJob = serde_json::from_str(spec)?;
+    anyhow::ensure!(JobKind::from(job.kind()) == kind, "the stored job is a {}, not a {kind}", job.kind().as_str());
+    Ok(job)
 }
 
 /// The job as it goes on the wire, signed, to `pvefleet.jobs.<node>.<kind>`.
@@ -70,6 +128,26 @@ pub async fn submit(
     request_id: Option<&str>,
 ) -> Result<(String, String), Failure> {
     let json = String::from_utf8(job.encode()).expect("JSON is UTF-8");
+    if let DayTwoJob::Move(m) = job {
+        // The node it goes to says first whether it has room (memory, storage, bridges).
+        let reply = crate::plans::ask(
+            nats.client().await?,
+            signer,
+            &m.to,
+            &pvefleet_schemas::ChangePlanRequest::new(job.clone()),
+        )
+        .await?;
+        if !reply.ok {
+            let failed: Vec<String> =
+                reply.checks.iter().filter(|c| !c.ok).map(|c| format!("{}: {}", c.check, c.detail)).collect();
+            return Err(Failure::Usage(format!(
+                "the agent of {} says container {} cannot move there: {} (nothing was published)",
+                m.to,
+                m.target.vmid,
+                failed.join("; ")
+            )));
+        }
+    }
     if let Err(existing) = store.insert_day_two_job(job, request_id).await? {
         return Ok((existing.job_id, existing.spec));
     }

@@ -9,7 +9,7 @@ use pvefleet_schemas::names::INVENTORY_BUCKET;
 use pvefleet_schemas::{ContainerTarget, InventoryEntry, JobId, NodeName};
 
 use crate::Failure;
-use crate::store::{JobKind, Store};
+use crate::store::Store;
 
 /// Every container in the inventory, by node then vmid. An entry whose key does not name its
 /// own node and vmid (a writer speaking for another node) is left out.
@@ -204,7 +204,7 @@ pub async fn target_of(
     force_marker: bool,
 ) -> Result<(NodeName, ContainerTarget), Failure> {
     let known = match entry.create_job {
-        Some(job) => store.job(&job).await?.is_some_and(|row| row.kind == JobKind::Create),
+        Some(job) => store.job(&job).await?.is_some_and(|row| row.kind.makes_containers()),
         None => false,
     };
     if !known && !force_marker {

@@ -129,5 +129,12 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Verb::Shutdown(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Shutdown).await,
         Verb::Stop(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Stop).await,
         Verb::Reboot(ref args) => verbs::day_two::power(cli, args, pvefleet_schemas::PowerAction::Reboot).await,
+        Verb::Snapshot(ref args) => verbs::keeping::snapshot(cli, args).await,
+        Verb::Snapshots(ref args) => verbs::keeping::list(cli, args, pvefleet_schemas::ListWhat::Snapshots).await,
+        Verb::Rollback(ref args) => verbs::keeping::rollback(cli, args).await,
+        Verb::Backup(ref args) => verbs::keeping::backup(cli, args).await,
+        Verb::Backups(ref args) => verbs::keeping::list(cli, args, pvefleet_schemas::ListWhat::Backups).await,
+        Verb::Restore(ref args) => verbs::keeping::restore(cli, args).await,
+        Verb::Move(ref args) => verbs::keeping::move_to(cli, args).await,
     }
 }

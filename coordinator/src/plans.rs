@@ -17,6 +17,16 @@ pub async fn ask(
     node: &pvefleet_schemas::NodeName,
     request: &impl serde::Serialize,
 ) -> Result<PlanReply, Failure> {
+    ask_for(client, me, node, request).await
+}
+
+/// [`ask`], for any answer on the plan subject (a list request's).
+pub async fn ask_for<R: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    me: &pvefleet_schemas::signing::Identity,
+    node: &pvefleet_schemas::NodeName,
+    request: &impl serde::Serialize,
+) -> Result<R, Failure> {
     let subject = pvefleet_schemas::names::plan_subject(node);
     let payload = crate::publishing::signed_for(request, me, crate::publishing::CONTROL_SIGNED_FOR_MINUTES)?;
     let request = async_nats::Request::new().payload(payload.into()).timeout(Some(ANSWER_WITHIN));
@@ -30,7 +40,7 @@ pub async fn ask(
         _ => anyhow::anyhow!("asking the agent of {node} for a plan: {e}"),
     })?;
     Ok(serde_json::from_slice(&answer.payload)
-        .map_err(|e| anyhow::anyhow!("the agent of {node} answered the plan with something unreadable: {e}"))?)
+        .map_err(|e| anyhow::anyhow!("the agent of {node} answered with something unreadable: {e}"))?)
 }
 
 pub fn show(reply: &PlanReply, hostname: &str, n: usize, count: u32) {

@@ -249,7 +249,7 @@ fn summary(items: &[Item], ends: &[End], json: bool, stopped: bool) -> Outcome {
                 };
                 serde_json::json!({
                     "container": item.label, "job_id": item.message.job_id().to_string(),
-                    "node": item.message.node(), "vmid": item.message.target().vmid, "state": state, "error": why,
+                    "node": item.message.node(), "vmid": item.message.vmid(), "state": state, "error": why,
                 })
             })
             .collect();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt as _;
 use pvefleet_schemas::{
-    DestroyJob, ErrorInfo, ErrorKind, EventType, Job, JobId, JobResult, NodeName, PowerJob, ResizeJob, Step, UpdateJob,
+    BackupJob, DayTwoJob, DestroyJob, ErrorInfo, ErrorKind, EventType, Job, JobId, JobResult, MoveJob, NodeName,
+    PowerJob, ResizeJob, RestoreJob, RollbackJob, SnapshotJob, Step, UpdateJob,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -18,7 +19,6 @@ pub mod policy;
 
 use self::policy::Delivery;
 use crate::bus::{Bus, Claim, EventLog};
-use crate::jobs::day_two::{power, resize, update};
 use crate::jobs::{self, JobEnd};
 use crate::jobs::{create, destroy};
 use crate::shared::{Shared, job_id_of};
@@ -180,19 +180,23 @@ async fn handle(shared: &Shared, msg: Message) {
 enum Incoming {
     Create(Box<Job>),
     Destroy(DestroyJob),
-    Update(Box<UpdateJob>),
-    Resize(ResizeJob),
-    Power(PowerJob),
+    DayTwo(DayTwoJob),
 }
 
 impl Incoming {
     fn decode(kind: &str, payload: &[u8]) -> Result<Self, String> {
+        let day_two = |j: DayTwoJob| Incoming::DayTwo(j);
         match kind {
             "create" => Job::decode(payload).map(|j| Incoming::Create(Box::new(j))),
             "destroy" => DestroyJob::decode(payload).map(Incoming::Destroy),
-            "update" => UpdateJob::decode(payload).map(|j| Incoming::Update(Box::new(j))),
-            "resize" => ResizeJob::decode(payload).map(Incoming::Resize),
-            "power" => PowerJob::decode(payload).map(Incoming::Power),
+            "update" => UpdateJob::decode(payload).map(|j| day_two(DayTwoJob::Update(Box::new(j)))),
+            "resize" => ResizeJob::decode(payload).map(|j| day_two(DayTwoJob::Resize(j))),
+            "power" => PowerJob::decode(payload).map(|j| day_two(DayTwoJob::Power(j))),
+            "snapshot" => SnapshotJob::decode(payload).map(|j| day_two(DayTwoJob::Snapshot(j))),
+            "rollback" => RollbackJob::decode(payload).map(|j| day_two(DayTwoJob::Rollback(j))),
+            "backup" => BackupJob::decode(payload).map(|j| day_two(DayTwoJob::Backup(j))),
+            "restore" => RestoreJob::decode(payload).map(|j| day_two(DayTwoJob::Restore(j))),
+            "move" => MoveJob::decode(payload).map(|j| day_two(DayTwoJob::Move(j))),
             other => return Err(format!("unknown job kind `{other}` in the subject")),
         }
         .map_err(|e| format!("unreadable job message: {e}"))
@@ -202,9 +206,7 @@ impl Incoming {
         match self {
             Incoming::Create(j) => j.job_id,
             Incoming::Destroy(j) => j.job_id,
-            Incoming::Update(j) => j.job_id,
-            Incoming::Resize(j) => j.job_id,
-            Incoming::Power(j) => j.job_id,
+            Incoming::DayTwo(j) => j.job_id(),
         }
     }
 
@@ -212,23 +214,13 @@ impl Incoming {
         match self {
             Incoming::Create(j) => &j.node,
             Incoming::Destroy(j) => &j.node,
-            Incoming::Update(j) => &j.node,
-            Incoming::Resize(j) => &j.node,
-            Incoming::Power(j) => &j.node,
+            Incoming::DayTwo(j) => j.node(),
         }
     }
 
     /// The policy's action for a job subject's kind.
     fn action(kind: &str) -> Option<pvefleet_schemas::trust::Action> {
-        use pvefleet_schemas::trust::Action;
-        match kind {
-            "create" => Some(Action::Create),
-            "destroy" => Some(Action::Destroy),
-            "update" => Some(Action::Update),
-            "resize" => Some(Action::Resize),
-            "power" => Some(Action::Power),
-            _ => None,
-        }
+        pvefleet_schemas::trust::Action::ALL.into_iter().find(|a| a.as_str() == kind && !a.is_control())
     }
 
     /// Whether the signer's grant covers what this job asks for.
@@ -236,9 +228,7 @@ impl Incoming {
         match self {
             Incoming::Create(j) => grant.allows_create(j),
             Incoming::Destroy(j) => grant.allows_destroy(j),
-            Incoming::Update(j) => grant.allows_update(j),
-            Incoming::Resize(j) => grant.allows_resize(j),
-            Incoming::Power(j) => grant.allows_power(j),
+            Incoming::DayTwo(j) => grant.allows_day_two(j),
         }
     }
 
@@ -246,9 +236,23 @@ impl Incoming {
         match self {
             Incoming::Create(j) => j.validate(),
             Incoming::Destroy(j) => j.validate(),
-            Incoming::Update(j) => j.validate(),
-            Incoming::Resize(j) => j.validate(),
-            Incoming::Power(j) => j.validate(),
+            Incoming::DayTwo(j) => j.validate(),
+        }
+    }
+
+    async fn run(&self, claimed: jobs::Claimed, env: jobs::Env<'_>, cancel: &CancellationToken) -> JobEnd {
+        use crate::jobs::day_two::{backup, migrate, power, resize, restore, rollback, snapshot, update};
+        match self {
+            Incoming::Create(job) => create::run(job, claimed, env, cancel).await,
+            Incoming::Destroy(job) => destroy::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Update(job)) => update::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Resize(job)) => resize::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Power(job)) => power::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Snapshot(job)) => snapshot::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Rollback(job)) => rollback::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Backup(job)) => backup::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Restore(job)) => restore::run(job, claimed, env, cancel).await,
+            Incoming::DayTwo(DayTwoJob::Move(job)) => migrate::run(job, claimed, env, cancel).await,
         }
     }
 }
@@ -362,13 +366,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         stop: &shared.stop,
         grant: &grant,
     };
-    let end = match &job {
-        Incoming::Create(job) => create::run(job, claimed, env, &cancel).await,
-        Incoming::Destroy(job) => destroy::run(job, claimed, env, &cancel).await,
-        Incoming::Update(job) => update::run(job, claimed, env, &cancel).await,
-        Incoming::Resize(job) => resize::run(job, claimed, env, &cancel).await,
-        Incoming::Power(job) => power::run(job, claimed, env, &cancel).await,
-    };
+    let end = job.run(claimed, env, &cancel).await;
     (end, Some(claim))
 }
 

@@ -95,53 +95,6 @@ impl Core {
         }
         unreachable!("the last attempt returns")
     }
-
-    /// Reboots container `vmid` once, whatever happens to the request: the time it is sent is
-    /// checkpointed first, and a redelivery or a lost answer looks for the reboot task begun
-    /// since in the node's task list before it sends another (a second reboot would cut off
-    /// the work the first let start). `Ok(false)` when it was not running (nothing rebooted).
-    pub(crate) async fn reboot_once(&mut self, vmid: Vmid, within: std::time::Duration) -> Result<bool, StepError> {
-        if let Some(upid) = self.pending_task("vzreboot") {
-            self.wait_task(&upid).await?;
-            return Ok(true);
-        }
-        if let Some(asked) = self.cp.asked_at.as_ref().map(|t| t.0.unix_timestamp()) {
-            let since = u64::try_from(asked).unwrap_or_default().saturating_sub(2);
-            if let Some(upid) = self.pve.task_since(vmid, "vzreboot", since).await? {
-                self.events.log(LogStream::Task, format!("the reboot sent earlier is task {upid}")).await?;
-                return self.wait_reboot(upid).await;
-            }
-        }
-        self.cp.asked_at = Some(pvefleet_schemas::Timestamp::now());
-        self.save().await?;
-        let since = u64::try_from(self.cp.asked_at.as_ref().map_or(0, |t| t.0.unix_timestamp())).unwrap_or_default();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.pve.reboot_once(vmid, within).await {
-                Ok(upid) => return self.wait_reboot(upid).await,
-                Err(e) if e.refusal() == Some(Refusal::NotRunning) => return Ok(false),
-                Err(e) if e.is_transient() && tries < retry::REBOOT_ATTEMPTS => {
-                    // Carried out and its answer lost, or never carried out: the task list says
-                    // which, once a request still on its way has had time to start its task.
-                    tokio::time::sleep(retry::REBOOT_SETTLE).await;
-                    if let Some(upid) = self.pve.task_since(vmid, "vzreboot", since.saturating_sub(2)).await? {
-                        return self.wait_reboot(upid).await;
-                    }
-                    tracing::warn!(error = %e, "the reboot was not carried out; sending it again");
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-
-    async fn wait_reboot(&mut self, upid: crate::proxmox::Upid) -> Result<bool, StepError> {
-        self.cp.upid = Some(upid.to_string());
-        self.cp.asked_at = None;
-        self.save().await?;
-        self.wait_task(&upid).await?;
-        Ok(true)
-    }
 }
 
 /// Whether a container carries `marker`, or any pvefleet marker when `marker` is empty.

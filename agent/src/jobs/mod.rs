@@ -24,6 +24,7 @@ pub(crate) mod container;
 pub mod create;
 pub mod day_two;
 pub mod destroy;
+pub(crate) mod once;
 pub mod plan;
 
 pub(crate) use container::{Whose, is_ours};
@@ -314,6 +315,8 @@ impl Core {
 #[derive(Debug)]
 pub(crate) enum Undone {
     Destroyed(Vmid),
+    /// Rolled back to a snapshot taken before, and how.
+    RolledBack(String),
     /// Nothing destroyed (never made, already gone, not ours, or kept by policy), and why.
     Nothing(Option<String>),
 }
@@ -502,8 +505,11 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
     let core = saga.core();
     core.cp.failure = Some(failure.clone());
     core.save().await?;
+    // A rollback is never stopped half-way (it would leave the container neither as it was
+    // nor as it is): a cancel waits for it like any other end.
     if failure.kind == ErrorKind::Cancelled
         && let Some(upid) = core.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok())
+        && upid.kind() != "vzrollback"
     {
         // Stop the Proxmox task the job was waiting on (a no-op if it already ended), and
         // let it end: it holds the container's lock, which the undo needs.
@@ -515,6 +521,7 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
     }
     let (rolled_back, note) = match saga.undo().await {
         Ok(Undone::Destroyed(vmid)) => (true, Some(format!("container {vmid} destroyed"))),
+        Ok(Undone::RolledBack(note)) => (true, Some(note)),
         Ok(Undone::Nothing(note)) => (false, note),
         Err(StepError::Bus(e)) => return Err(e),
         Err(StepError::Failed { message, .. }) => (false, Some(format!("rollback failed: {message}"))),

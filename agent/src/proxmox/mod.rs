@@ -6,6 +6,7 @@
 
 mod auth;
 mod error;
+mod keeping;
 pub mod task;
 
 use error::transport_error;
@@ -26,6 +27,7 @@ use serde_json::Value;
 use crate::config::ProxmoxConfig;
 use crate::tls;
 
+pub use keeping::{Backup, MigrateCheck, Snapshot};
 pub use task::{TaskOutcome, Upid};
 
 /// A container's power state, from `status/current`.
@@ -328,10 +330,7 @@ impl PveClient {
     /// task list first ([`Self::task_since`]).
     pub async fn reboot_once(&self, vmid: Vmid, within: Duration) -> Result<Upid, PveError> {
         let path = self.node_path(&format!("/lxc/{vmid}/status/reboot"));
-        let data = self.call_once(Method::POST, &path, &[("timeout", within.as_secs().max(1).to_string())]).await?;
-        data.as_str()
-            .and_then(|s| s.parse::<Upid>().ok())
-            .ok_or_else(|| self.shape(Method::POST, &path, format!("expected a task UPID, got {data}")))
+        self.task_once(Method::POST, &path, &[("timeout", within.as_secs().max(1).to_string())]).await
     }
 
     /// The newest task of `kind` for `vmid` on this node begun at or after `since` (seconds
@@ -376,11 +375,21 @@ impl PveClient {
 
     /// Active storages on this node that can hold container root disks.
     pub async fn rootdir_storages(&self) -> Result<Vec<StorageInfo>, PveError> {
+        self.storages_with("rootdir").await
+    }
+
+    /// Active storages on this node that can hold backups.
+    pub async fn backup_storages(&self) -> Result<Vec<StorageInfo>, PveError> {
+        self.storages_with("backup").await
+    }
+
+    /// Active storages on this node whose content includes `content`.
+    async fn storages_with(&self, content: &str) -> Result<Vec<StorageInfo>, PveError> {
         let path = self.node_path("/storage");
-        let data = self.call(Method::GET, &path, &[("content", "rootdir".to_owned())]).await?;
+        let data = self.call(Method::GET, &path, &[("content", content.to_owned())]).await?;
         let all: Vec<StorageInfo> =
             serde_json::from_value(data).map_err(|e| self.shape(Method::GET, &path, e.to_string()))?;
-        Ok(all.into_iter().filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == "rootdir")).collect())
+        Ok(all.into_iter().filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == content)).collect())
     }
 
     /// Whether `volid` (`local:vztmpl/…`) is a container template on this node.
@@ -408,11 +417,7 @@ impl PveClient {
 
     /// Active storages on this node that can hold container templates.
     pub async fn template_storages(&self) -> Result<Vec<StorageInfo>, PveError> {
-        let path = self.node_path("/storage");
-        let data = self.call(Method::GET, &path, &[("content", "vztmpl".to_owned())]).await?;
-        let all: Vec<StorageInfo> =
-            serde_json::from_value(data).map_err(|e| self.shape(Method::GET, &path, e.to_string()))?;
-        Ok(all.into_iter().filter(|s| s.active != Some(0) && s.content.split(',').any(|c| c == "vztmpl")).collect())
+        self.storages_with("vztmpl").await
     }
 
     /// Fetches a template onto its storage as `fetch` says (see [`Fetch`]).

@@ -109,6 +109,46 @@ pub mod job {
         Resize,
         #[sea_orm(string_value = "power")]
         Power,
+        #[sea_orm(string_value = "snapshot")]
+        Snapshot,
+        #[sea_orm(string_value = "rollback")]
+        Rollback,
+        #[sea_orm(string_value = "backup")]
+        Backup,
+        #[sea_orm(string_value = "restore")]
+        Restore,
+        #[sea_orm(string_value = "move")]
+        Move,
+    }
+
+    impl From<pvefleet_schemas::JobMessageKind> for JobKind {
+        fn from(kind: pvefleet_schemas::JobMessageKind) -> Self {
+            use pvefleet_schemas::JobMessageKind as Wire;
+            match kind {
+                Wire::Create => JobKind::Create,
+                Wire::Destroy => JobKind::Destroy,
+                Wire::Update => JobKind::Update,
+                Wire::Resize => JobKind::Resize,
+                Wire::Power => JobKind::Power,
+                Wire::Snapshot => JobKind::Snapshot,
+                Wire::Rollback => JobKind::Rollback,
+                Wire::Backup => JobKind::Backup,
+                Wire::Restore => JobKind::Restore,
+                Wire::Move => JobKind::Move,
+            }
+        }
+    }
+
+    impl JobKind {
+        /// Whether it is a day-two kind (a job on a container pvefleet made, or a restore).
+        pub fn is_day_two(self) -> bool {
+            !matches!(self, JobKind::Create | JobKind::Destroy)
+        }
+
+        /// Whether a job of this kind makes a container (its marker is the job's).
+        pub fn makes_containers(self) -> bool {
+            matches!(self, JobKind::Create | JobKind::Restore)
+        }
     }
 
     impl std::fmt::Display for JobKind {
@@ -119,6 +159,11 @@ pub mod job {
                 JobKind::Update => "update",
                 JobKind::Resize => "resize",
                 JobKind::Power => "power",
+                JobKind::Snapshot => "snapshot",
+                JobKind::Rollback => "rollback",
+                JobKind::Backup => "backup",
+                JobKind::Restore => "restore",
+                JobKind::Move => "move",
             })
         }
     }

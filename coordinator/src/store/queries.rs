@@ -193,21 +193,22 @@ impl Store {
         job: &pvefleet_schemas::DayTwoJob,
         request_id: Option<&str>,
     ) -> anyhow::Result<Result<(), job::Model>> {
-        use pvefleet_schemas::JobMessageKind as Wire;
-        let kind = match job.kind() {
-            Wire::Update => JobKind::Update,
-            Wire::Resize => JobKind::Resize,
-            Wire::Power => JobKind::Power,
-            other => anyhow::bail!("a {other:?} job is not a day-two job"),
-        };
+        let kind = JobKind::from(job.kind());
+        anyhow::ensure!(kind.is_day_two(), "a {kind} job is not a day-two job");
         let target = job.target();
-        let hostname = target.hostname.clone().unwrap_or_else(|| format!("vmid {}", target.vmid));
+        let hostname = match (target, job) {
+            (Some(t), _) => t.hostname.clone().unwrap_or_else(|| format!("vmid {}", t.vmid)),
+            (None, pvefleet_schemas::DayTwoJob::Restore(r)) => {
+                r.hostname.clone().unwrap_or_else(|| format!("restore of {}", r.backup))
+            }
+            (None, _) => "?".to_owned(),
+        };
         let mut model = job::ActiveModel::queued(kind, job.job_id(), job.node(), &hostname);
         model.spec = Set(String::from_utf8(job.encode())?);
         model.request_id = Set(request_id.map(str::to_owned));
-        model.vmid = Set(Some(i64::from(target.vmid.get())));
+        model.vmid = Set(job.vmid().map(|v| i64::from(v.get())));
         model.submitted_at = Set(job.submitted_at().to_string());
-        model.target_job = Set(target.create_job.map(|j| j.to_string()));
+        model.target_job = Set(target.and_then(|t| t.create_job).map(|j| j.to_string()));
         self.reserve(model, request_id).await
     }
 

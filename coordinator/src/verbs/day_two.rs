@@ -16,13 +16,23 @@ use crate::day_two::{Ask, make, submit};
 use crate::inventory::{self, Naming};
 use crate::publishing;
 use crate::spec::BadInput;
-use crate::store::{JobKind, Store};
+use crate::store::Store;
 use crate::{Failure, Outcome, follow};
 
 pub async fn update(cli: &Cli, args: &UpdateArgs) -> Outcome {
+    let guard = if args.snapshot_before {
+        let on_failure = match &args.on_failure {
+            Some(text) => text.parse().map_err(|e: String| BadInput::field("--on-failure", e))?,
+            None => pvefleet_schemas::OnFailure::Rollback,
+        };
+        Some(pvefleet_schemas::Guard { on_failure, keep_snapshot: args.keep_snapshot })
+    } else {
+        None
+    };
     let ask = Ask::Update {
         change: Box::new(change_of(args)?),
         restart: args.restart.parse().map_err(|e: String| BadInput::field("--restart", e))?,
+        guard,
     };
     run(cli, &args.target, &ask, &args.shutdown_timeout).await
 }
@@ -115,7 +125,7 @@ fn options(t: &TargetArgs, shutdown: &str) -> Result<DayTwoOptions, Failure> {
     Ok(DayTwoOptions { shutdown_timeout: shutdown, task_timeout: task })
 }
 
-async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
+pub(crate) async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
     let options = options(t, shutdown)?;
     let store = crate::open_store(cli).await?;
     let (_, signer) = crate::identity::load(cli)?;
@@ -166,7 +176,7 @@ async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) -> Outcome {
 
 /// Asks the container's agent what `message` would find and send, and shows it; whether
 /// every check passed.
-async fn plan(
+pub(crate) async fn plan(
     nats: &Nats<'_>,
     me: &Identity,
     message: &pvefleet_schemas::DayTwoJob,
@@ -174,25 +184,33 @@ async fn plan(
     (n, of): (usize, usize),
 ) -> Result<bool, Failure> {
     let request = pvefleet_schemas::ChangePlanRequest::new(message.clone());
-    let reply = crate::plans::ask(nats.client().await?, me, message.node(), &request).await?;
+    // A move's plan is asked of the node it would go to.
+    let node = match message {
+        pvefleet_schemas::DayTwoJob::Move(m) => &m.to,
+        other => other.node(),
+    };
+    let reply = crate::plans::ask(nats.client().await?, me, node, &request).await?;
     if json {
         println!("{}", serde_json::to_string(&reply).expect("a plan serializes"));
     } else {
-        let name = message.target().hostname.clone().unwrap_or_else(|| message.target().vmid.to_string());
+        let name = match message.target() {
+            Some(t) => t.hostname.clone().unwrap_or_else(|| t.vmid.to_string()),
+            None => message.vmid().map_or_else(|| "a new container".to_owned(), |v| v.to_string()),
+        };
         crate::plans::show(&reply, &name, n, u32::try_from(of).unwrap_or(u32::MAX));
     }
     Ok(reply.ok)
 }
 
 /// The job recorded before under request `key`, published again if that was never confirmed.
-async fn earlier(
+pub(crate) async fn earlier(
     store: &Store,
     nats: &Nats<'_>,
     key: &str,
     signer: &Identity,
 ) -> Result<Option<crate::store::job::Model>, Failure> {
     if let Some(row) = store.job_by_request(key).await?
-        && !matches!(row.kind, JobKind::Update | JobKind::Resize | JobKind::Power)
+        && !row.kind.is_day_two()
     {
         return Err(BadInput::field(
             "--request-id",
@@ -208,6 +226,6 @@ async fn earlier(
     publishing::earlier(store, nats, key, again).await
 }
 
-async fn finish(cli: &Cli, t: &TargetArgs, job_id: &str, json: &str) -> Outcome {
+pub(crate) async fn finish(cli: &Cli, t: &TargetArgs, job_id: &str, json: &str) -> Outcome {
     follow::print_then_follow(cli, job_id, json, t.json, t.watch).await
 }

@@ -5,6 +5,7 @@ pub mod day_two;
 pub mod destroy;
 pub mod identity;
 pub mod jobs;
+pub mod keeping;
 pub mod ls;
 pub mod nodes;
 pub mod plan;

@@ -76,7 +76,16 @@ pub async fn run(cli: &Cli, args: &RetryArgs) -> Outcome {
         kind => {
             let old = crate::day_two::decode(kind, &failed.spec)
                 .map_err(|e| anyhow::anyhow!("stored job {failed_id}: {e}"))?;
-            let target = old.target().clone();
+            let Some(target) = old.target().cloned() else {
+                // A restore as a new container names no container: it goes where it went.
+                let message = old.renewed(old.node().clone());
+                message.validate()?;
+                let (id, json) =
+                    crate::day_two::submit(&store, &nats, &signer, &message, args.request_id.as_deref()).await?;
+                store.set_retry_of(&crate::job_id(&id)?, &failed.job_id).await?;
+                eprintln!("job {id} tries job {failed_id} again");
+                return finish(cli, args, &id, &json).await;
+            };
             // The container may have moved since: the job goes where it is now.
             let entries = crate::inventory::read(nats.js().await?).await?;
             let marker = target.create_job.map(|j| j.marker_tag());

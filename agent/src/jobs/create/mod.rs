@@ -30,7 +30,7 @@ pub mod deploy;
 mod keys;
 pub(crate) mod params;
 mod source;
-mod vmid;
+pub(crate) mod vmid;
 
 use crate::config::SshConfig;
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};

@@ -1,6 +1,7 @@
 //! The day-two kinds, on the same engine as create and destroy: `update` (a config change,
-//! then the restart its policy asks for), `resize` (a disk grown to an absolute size) and
-//! `power` (start, shutdown, stop, reboot). Each begins with the same `finding` step here: the
+//! then the restart its policy asks for; guarded by a snapshot if asked), `resize` (a disk
+//! grown to an absolute size), `power` (start, shutdown, stop, reboot), `snapshot`,
+//! `rollback`, `backup`, `restore` and `move`. Each begins with the same `finding` step here: the
 //! container named by the job is on this node and carries its marker, or the job ends
 //! (`moved` naming the node it is on now, `conflict` for a stranger's); every later step reads
 //! the container again and writes only to one still carrying the marker.
@@ -8,11 +9,21 @@
 //! - [`update`]: finding → configuring → restarting → verifying.
 //! - [`resize`]: finding → resizing.
 //! - [`power`]: finding → powering.
+//! - [`snapshot`]: finding → snapshotting or deleting.
+//! - [`rollback`]: finding → rolling_back (sent once).
+//! - [`backup`]: finding → backing_up (taken once, found by its notes).
+//! - [`restore`]: finding → (stopping) → restoring (sent once).
+//! - [`migrate`]: finding → moving (sent once, found by its marker on the target).
 //! - [`plan`]: what one of them would find and send, changing nothing.
 
+pub mod backup;
+pub mod migrate;
 pub mod plan;
 pub mod power;
 pub mod resize;
+pub mod restore;
+pub mod rollback;
+pub mod snapshot;
 pub mod update;
 
 use pvefleet_schemas::{ContainerTarget, ErrorInfo, ErrorKind, JobId, JobResult, LogStream, NodeName, Vmid};
@@ -94,4 +105,58 @@ pub(crate) fn result(job_id: JobId, node: &NodeName, core: &Core, error: Option<
         rolled_back: false,
         host_key: None,
     }
+}
+
+/// A container's snapshots or backups, for `pvefleet snapshots|backups` (reads only).
+pub async fn list(pve: &crate::proxmox::PveClient, req: &pvefleet_schemas::ListRequest) -> pvefleet_schemas::ListReply {
+    use pvefleet_schemas::day_two::made_by_job;
+    use pvefleet_schemas::{ListWhat, Listed};
+    let vmid = req.vmid;
+    let items: Result<Vec<Listed>, String> = match req.what {
+        ListWhat::Snapshots => pve.snapshots(vmid).await.map_err(|e| e.to_string()).map(|list| {
+            list.into_iter()
+                .map(|s| Listed {
+                    job: made_by_job(&s.description),
+                    name: s.name,
+                    time: s.snaptime,
+                    description: s.description,
+                    size: None,
+                    protected: false,
+                    state: s.snapstate,
+                })
+                .collect()
+        }),
+        ListWhat::Backups => {
+            async {
+                let storages = match &req.storage {
+                    Some(s) => vec![s.clone()],
+                    None => {
+                        pve.backup_storages().await.map_err(|e| e.to_string())?.into_iter().map(|s| s.storage).collect()
+                    }
+                };
+                let mut out = Vec::new();
+                for storage in storages {
+                    for b in pve.backups(&storage, Some(vmid)).await.map_err(|e| e.to_string())? {
+                        out.push(Listed {
+                            job: made_by_job(&b.notes),
+                            name: b.volid,
+                            time: b.ctime,
+                            description: b.notes,
+                            size: Some(b.size),
+                            protected: b.protected,
+                            state: None,
+                        });
+                    }
+                }
+                out.sort_by_key(|l| l.time);
+                Ok(out)
+            }
+            .await
+        }
+    };
+    let (items, error) = match items {
+        Ok(items) => (items, None),
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    pvefleet_schemas::ListReply { v: pvefleet_schemas::V1, node: pve.node().clone(), error, items }
 }

@@ -38,32 +38,70 @@ fn applied_live(key: &str, want: &Want, cfg: &Value) -> bool {
         || (key.starts_with("mp") && matches!(want, Want::Set(_)) && cfg.get(key).is_none())
 }
 
+/// What a plan found and would send, as each kind's plan adds to it.
+#[derive(Default)]
+pub(crate) struct Planned {
+    pub checks: Vec<PlanCheck>,
+    pub calls: Vec<PlannedCall>,
+}
+
+impl Planned {
+    pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.checks.push(check(name, ok, detail));
+    }
+
+    pub fn call(&mut self, call: String, parameters: Vec<(&str, String)>) {
+        let parameters = parameters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        self.calls.push(PlannedCall { call, parameters });
+    }
+
+    /// The spec and the policy, as every plan begins.
+    fn admitted(&mut self, job: &DayTwoJob, grant: &Grant) {
+        match job.validate() {
+            Ok(()) => self.check("spec", true, "valid"),
+            Err(e) => self.check("spec", false, e.to_string()),
+        }
+        match grant.allows_day_two(job) {
+            Ok(()) => self.check("policy", true, format!("{} may ask for this", grant.name)),
+            Err(refusal) => self.check("policy", false, refusal.to_string()),
+        }
+    }
+
+    pub fn reply(self, node: &pvefleet_schemas::NodeName, vmid: Option<pvefleet_schemas::Vmid>) -> PlanReply {
+        let ok = self.checks.iter().all(|c| c.ok);
+        PlanReply { v: V1, node: node.clone(), ok, checks: self.checks, vmid, calls: self.calls }
+    }
+}
+
 pub async fn plan(pve: &PveClient, config: &Config, job: &DayTwoJob, grant: &Grant) -> PlanReply {
     let node = &config.node;
-    let mut checks = Vec::new();
-    let mut calls = Vec::new();
-    let target = job.target();
-    let vmid = target.vmid;
+    let mut planned = Planned::default();
+    // A move's plan is asked of the agent of the node it would go to.
+    if let DayTwoJob::Move(j) = job
+        && j.to == *node
+    {
+        planned.admitted(job, grant);
+        super::migrate::plan_arrival(pve, j, &mut planned).await;
+        return planned.reply(node, Some(j.target.vmid));
+    }
     if job.node() != node {
         return super::super::plan::refused(
             node,
             format!("the plan is for node {}, this agent runs {node}", job.node()),
         );
     }
-    checks.push(match job.validate() {
-        Ok(()) => check("spec", true, "valid"),
-        Err(e) => check("spec", false, e.to_string()),
-    });
-    let allowed = match job {
-        DayTwoJob::Update(j) => grant.allows_update(j),
-        DayTwoJob::Resize(j) => grant.allows_resize(j),
-        DayTwoJob::Power(j) => grant.allows_power(j),
+    planned.admitted(job, grant);
+    let Some(target) = job.target() else {
+        let DayTwoJob::Restore(j) = job else { unreachable!("only a restore as a new container has no target") };
+        let vmid = super::restore::plan_new(pve, j, &mut planned).await;
+        return planned.reply(node, vmid);
     };
-    checks.push(match allowed {
-        Ok(()) => check("policy", true, format!("{} may ask for this", grant.name)),
-        Err(refusal) => check("policy", false, refusal.to_string()),
-    });
-    let marker = super::marker_of(target);
+    let vmid = target.vmid;
+    let Planned { mut checks, mut calls } = planned;
+    let marker = match job {
+        DayTwoJob::Restore(j) => j.marker(),
+        _ => super::marker_of(target),
+    };
     let cfg = match pve.container_config(vmid).await {
         Ok(Some(cfg)) if crate::jobs::container::carries_marker(&cfg, &marker) => {
             let name = cfg.get("hostname").and_then(Value::as_str).unwrap_or("?").to_owned();
@@ -205,9 +243,25 @@ pub async fn plan(pve: &PveClient, config: &Config, job: &DayTwoJob, grant: &Gra
                     calls.push(PlannedCall { call: format!("POST {}", path(rest)), parameters });
                 }
             }
+            other => {
+                let mut planned = Planned { checks, calls };
+                match other {
+                    DayTwoJob::Snapshot(j) => super::snapshot::plan(pve, j, &mut planned).await,
+                    DayTwoJob::Rollback(j) => super::rollback::plan(pve, j, &mut planned).await,
+                    DayTwoJob::Backup(j) => super::backup::plan(pve, j, &mut planned).await,
+                    DayTwoJob::Restore(j) => super::restore::plan_over(pve, j, &mut planned).await,
+                    DayTwoJob::Move(j) => planned.check(
+                        "move",
+                        false,
+                        format!("a move's plan is asked of the agent of the node it goes to ({})", j.to),
+                    ),
+                    DayTwoJob::Update(_) | DayTwoJob::Resize(_) | DayTwoJob::Power(_) => unreachable!("above"),
+                }
+                Planned { checks, calls } = planned;
+            }
         }
     }
-    PlanReply { v: V1, node: node.clone(), ok: checks.iter().all(|c| c.ok), checks, vmid: Some(vmid), calls }
+    Planned { checks, calls }.reply(node, Some(vmid))
 }
 
 #[cfg(test)]

@@ -56,10 +56,7 @@ impl PowerRun<'_> {
             }
         }
         if action == PowerAction::Reboot {
-            if self.core.pending_task("vzreboot").is_none()
-                && self.core.cp.asked_at.is_none()
-                && !self.running().await?
-            {
+            if self.core.pending_task("vzreboot").is_none() && !self.core.asked("vzreboot") && !self.running().await? {
                 return Err(StepError::failed(
                     ErrorKind::Conflict,
                     format!("container {vmid} is not running, so there is nothing to reboot; start it instead"),

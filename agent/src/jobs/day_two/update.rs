@@ -8,16 +8,24 @@
 //! | restarting  | `GET …/pending`; a reboot under `always`, or under `if-needed` when PVE left changes pending (the event names them); sent once | none |
 //! | verifying   | the config (with what is pending) is as asked                          | none |
 //!
+//! A guarded update (`guard`) begins with `snapshotting` (a snapshot `pf-<short id>`, taken
+//! once, see [`super::snapshot::take`]) and ends with `cleaning_up` (the snapshot deleted,
+//! unless kept); a failure after the snapshot is undone by a rollback to it (sent once, and
+//! started again if it ran), unless `on_failure` is `keep`.
+//!
 //! Nothing to change is success ("already as asked"); a change whose answer was lost is found
 //! done when the config is read again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use pvefleet_schemas::{ConfigChange, ErrorInfo, ErrorKind, JobResult, LogStream, RestartPolicy, Step, UpdateJob};
+use pvefleet_schemas::{
+    ConfigChange, ErrorInfo, ErrorKind, JobResult, LogStream, OnFailure, RestartPolicy, Step, UpdateJob,
+};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
+use crate::jobs::once::Once;
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone};
 use crate::proxmox::Refusal;
 use crate::retry;
 
@@ -25,17 +33,28 @@ fn always(_: &UpdateJob) -> bool {
     true
 }
 
-const STEPS: [StepRow<UpdateJob>; 4] = [
+fn guarded(job: &UpdateJob) -> bool {
+    job.guard.is_some()
+}
+
+fn cleans_up(job: &UpdateJob) -> bool {
+    job.guard.is_some_and(|g| !g.keep_snapshot)
+}
+
+const STEPS: [StepRow<UpdateJob>; 6] = [
     StepRow { step: Step::Finding, percent: 5, what: "finding the container", runs: always },
+    StepRow { step: Step::Snapshotting, percent: 10, what: "taking a snapshot to roll back to", runs: guarded },
     StepRow { step: Step::Configuring, percent: 20, what: "changing its config", runs: always },
     StepRow { step: Step::Restarting, percent: 50, what: "applying what PVE left pending", runs: always },
-    StepRow { step: Step::Verifying, percent: 90, what: "checking the config is as asked", runs: always },
+    StepRow { step: Step::Verifying, percent: 80, what: "checking the config is as asked", runs: always },
+    StepRow { step: Step::CleaningUp, percent: 90, what: "deleting the snapshot taken before", runs: cleans_up },
 ];
 
 pub async fn run(job: &UpdateJob, claimed: Claimed, env: Env<'_>, cancel: &CancellationToken) -> JobEnd {
     let marker = super::marker_of(&job.target);
     let core = Core::new(job.job_id, &job.node, claimed, env, marker, job.options.task_timeout.0);
-    let mut saga = UpdateRun { core, job, changed: Vec::new(), pending: Vec::new(), rebooted: false };
+    let snapshot = pvefleet_schemas::day_two::default_snapshot_name(job.job_id);
+    let mut saga = UpdateRun { core, job, changed: Vec::new(), pending: Vec::new(), rebooted: false, snapshot };
     crate::jobs::run_in_span(&mut saga, env.stop, cancel, "update").await
 }
 
@@ -47,6 +66,8 @@ struct UpdateRun<'a> {
     /// The keys PVE keeps pending after the restart step (under `never`).
     pending: Vec<String>,
     rebooted: bool,
+    /// The snapshot a guarded update takes (`pf-<short id>`).
+    snapshot: String,
 }
 
 /// One key's change: the value to send, or a delete.
@@ -215,7 +236,41 @@ impl UpdateRun<'_> {
         let mounts: Vec<(String, &pvefleet_schemas::lxc::MountPoint)> =
             change.mounts.iter().map(|(k, m)| (format!("change.mounts.{k}"), m)).collect();
         let features = change.features.as_ref().map(|f| ("change.features", f));
-        crate::jobs::checks::root_only(&mounts, features, unprivileged, self.core.pve.is_root_login()).map(drop)
+        crate::jobs::checks::root_only(&mounts, features, unprivileged, self.core.pve.is_root_login())?;
+        if self.job.guard.is_some() {
+            let vmid = self.core.vmid();
+            super::snapshot::can_snapshot(&mut self.core, vmid).await?;
+        }
+        Ok(())
+    }
+
+    /// The guard's snapshot, and whether the container runs (to start it again after a
+    /// rollback).
+    async fn take_snapshot(&mut self) -> StepResult {
+        let vmid = self.core.vmid();
+        if self.core.cp.was_running.is_none() {
+            self.core.cp.was_running = Some(self.core.pve.status(vmid).await?.status == "running");
+            self.core.save().await?;
+        }
+        let name = self.snapshot.clone();
+        super::snapshot::take(&mut self.core, vmid, &name, Some("before an update; rolled back to if it fails"))
+            .await?;
+        Ok(())
+    }
+
+    /// The guard's snapshot deleted once the change is made: a failure here is a warning (the
+    /// change stands).
+    async fn clean_up(&mut self) -> StepResult {
+        let vmid = self.core.vmid();
+        let name = self.snapshot.clone();
+        match super::snapshot::delete(&mut self.core, vmid, &name).await {
+            Err(StepError::Failed { message, .. }) => {
+                let warning = format!("the change is made, but snapshot {name} could not be deleted: {message}");
+                self.core.events.warning(warning).await?;
+                Ok(())
+            }
+            other => other.map(drop),
+        }
     }
 
     async fn config(&mut self) -> Result<Value, StepError> {
@@ -275,7 +330,7 @@ impl UpdateRun<'_> {
 
     async fn restart(&mut self) -> StepResult {
         let vmid = self.core.vmid();
-        let resumed_reboot = self.core.pending_task("vzreboot").is_some() || self.core.cp.asked_at.is_some();
+        let resumed_reboot = self.core.pending_task("vzreboot").is_some() || self.core.asked("vzreboot");
         let running = self.core.pve.status(vmid).await?.status == "running";
         let pending = if running { self.core.pve.pending(vmid).await? } else { Vec::new() };
         let reboot = resumed_reboot
@@ -344,15 +399,40 @@ impl Saga for UpdateRun<'_> {
     async fn step(&mut self, step: Step) -> StepResult {
         match step {
             Step::Finding => self.find().await,
+            Step::Snapshotting => self.take_snapshot().await,
             Step::Configuring => self.configure().await,
             Step::Restarting => self.restart().await,
             Step::Verifying => self.verify().await,
+            Step::CleaningUp => self.clean_up().await,
             other => unreachable!("{other} is not a step of an update job"),
         }
     }
 
-    fn result(&mut self, error: Option<ErrorInfo>, _rolled_back: bool) -> JobResult {
-        super::result(self.job.job_id, &self.job.node, &self.core, error)
+    /// A guarded update that failed after its snapshot rolls back to it (unless `keep`).
+    async fn undo(&mut self) -> Result<Undone, StepError> {
+        let Some(guard) = self.job.guard else { return Ok(Undone::Nothing(None)) };
+        let failed_in = self.core.cp.failure.as_ref().map_or(Step::Finding, |f| f.step);
+        let name = self.snapshot.clone();
+        if failed_in <= Step::Snapshotting {
+            return Ok(Undone::Nothing(Some("nothing was changed".into())));
+        }
+        if guard.on_failure == OnFailure::Keep {
+            let vmid = self.core.vmid();
+            return Ok(Undone::Nothing(Some(format!(
+                "left as the failure left it (--on-failure keep); snapshot {name} is kept: `pvefleet rollback` to it \
+                 restores container {vmid} as it was"
+            ))));
+        }
+        let vmid = self.core.vmid();
+        let start = self.core.cp.was_running == Some(true);
+        let what = format!("rolling back: container {vmid} to snapshot {name}, taken before the change");
+        self.core.events.step_event(Step::RollingBack, 0, what).await?;
+        self.core.once(vmid, Once::Rollback { name: &name, start }).await?;
+        Ok(Undone::RolledBack(format!("container {vmid} rolled back to snapshot {name} (kept), as it was before")))
+    }
+
+    fn result(&mut self, error: Option<ErrorInfo>, rolled_back: bool) -> JobResult {
+        JobResult { rolled_back, ..super::result(self.job.job_id, &self.job.node, &self.core, error) }
     }
 
     fn completed(&mut self) -> String {
@@ -441,7 +521,10 @@ mod tests {
 
     #[test]
     fn the_step_table_configures_then_restarts_then_verifies() {
-        assert_eq!(STEPS.map(|r| r.step), [Step::Finding, Step::Configuring, Step::Restarting, Step::Verifying]);
+        assert_eq!(
+            STEPS.map(|r| r.step),
+            [Step::Finding, Step::Snapshotting, Step::Configuring, Step::Restarting, Step::Verifying, Step::CleaningUp]
+        );
         assert!(STEPS.windows(2).all(|w| w[0].percent < w[1].percent && w[0].step < w[1].step));
     }
 }

@@ -1,0 +1,124 @@
+//! Requests that must run once whatever happens to their answer: a reboot (a second would cut
+//! off the work the first let start), a rollback (a second would discard what was written
+//! since the first), a restore over a container, a backup, a migration.
+//!
+//! [`Core::once`] checkpoints the time it asks (and for which kind of task) before it sends;
+//! once PVE answers, the UPID replaces it. A redelivery, or a request whose answer was lost,
+//! looks in the node's task list for that kind of task begun since before it sends again, and
+//! waits on the one it finds.
+
+use std::time::Duration;
+
+use pvefleet_schemas::{LogStream, Timestamp, Vmid};
+
+use super::{Cause, Core, StepError};
+use crate::proxmox::{PveClient, PveError, Refusal, Upid};
+use crate::retry;
+
+/// A request sent once.
+pub(crate) enum Once<'a> {
+    Reboot { within: Duration },
+    Rollback { name: &'a str, start: bool },
+    Backup { params: &'a [(&'a str, String)] },
+    Restore { params: &'a [(&'a str, String)] },
+    Migrate { to: &'a str, restart: Option<Duration>, storage: Option<&'a str> },
+}
+
+impl Once<'_> {
+    /// The kinds of task it starts (the first is the one its checkpoint names): a migration of
+    /// an HA-managed container is an `hamigrate`.
+    fn kinds(&self) -> &'static [&'static str] {
+        match self {
+            Once::Reboot { .. } => &["vzreboot"],
+            Once::Rollback { .. } => &["vzrollback"],
+            Once::Backup { .. } => &["vzdump"],
+            Once::Restore { .. } => &["vzrestore"],
+            Once::Migrate { .. } => &["vzmigrate", "hamigrate"],
+        }
+    }
+
+    async fn send(&self, pve: &PveClient, vmid: Vmid) -> Result<Upid, PveError> {
+        match self {
+            Once::Reboot { within } => pve.reboot_once(vmid, *within).await,
+            Once::Rollback { name, start } => pve.rollback(vmid, name, *start).await,
+            Once::Backup { params } => pve.vzdump(params).await,
+            Once::Restore { params } => pve.restore(params).await,
+            Once::Migrate { to, restart, storage } => pve.migrate(vmid, to, *restart, *storage).await,
+        }
+    }
+}
+
+impl Core {
+    /// Whether an earlier delivery asked for a task of `kind` whose UPID it never learnt.
+    pub(crate) fn asked(&self, kind: &str) -> bool {
+        self.cp.asked_at.is_some() && self.cp.asked_for.as_deref().unwrap_or("vzreboot") == kind
+    }
+
+    /// Sends `once` for container `vmid` unless this job sent it already, and waits for its
+    /// task; returns the task. A refusal is the step's failure, its cause kept.
+    pub(crate) async fn once(&mut self, vmid: Vmid, once: Once<'_>) -> Result<Upid, StepError> {
+        let kinds = once.kinds();
+        if let Some(upid) = kinds.iter().find_map(|k| self.pending_task(k)) {
+            self.wait_task(&upid).await?;
+            return Ok(upid);
+        }
+        if self.asked(kinds[0])
+            && let Some(upid) = self.sent_since(vmid, kinds).await?
+        {
+            self.events.log(LogStream::Task, format!("the request sent earlier is task {upid}")).await?;
+            return self.wait_sent(upid).await;
+        }
+        self.cp.asked_at = Some(Timestamp::now());
+        self.cp.asked_for = Some(kinds[0].to_owned());
+        self.save().await?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match once.send(&self.pve, vmid).await {
+                Ok(upid) => return self.wait_sent(upid).await,
+                Err(e) if e.is_transient() && tries < retry::ONCE_ATTEMPTS => {
+                    // Carried out and its answer lost, or never carried out: the task list says
+                    // which, once a request still on its way has had time to start its task.
+                    tokio::time::sleep(retry::ONCE_SETTLE).await;
+                    if let Some(upid) = self.sent_since(vmid, kinds).await? {
+                        return self.wait_sent(upid).await;
+                    }
+                    tracing::warn!(error = %e, kind = kinds[0], "the request was not carried out; sending it again");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// The task of one of `kinds` for `vmid` begun since this job asked (two seconds' slack
+    /// for the clocks).
+    async fn sent_since(&self, vmid: Vmid, kinds: &[&str]) -> Result<Option<Upid>, StepError> {
+        let asked = self.cp.asked_at.as_ref().map_or(0, |t| t.0.unix_timestamp());
+        let since = u64::try_from(asked).unwrap_or_default().saturating_sub(2);
+        for kind in kinds {
+            if let Some(upid) = self.pve.task_since(vmid, kind, since).await? {
+                return Ok(Some(upid));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn wait_sent(&mut self, upid: Upid) -> Result<Upid, StepError> {
+        self.cp.upid = Some(upid.to_string());
+        self.cp.asked_at = None;
+        self.cp.asked_for = None;
+        self.save().await?;
+        self.wait_task(&upid).await?;
+        Ok(upid)
+    }
+
+    /// Reboots container `vmid` once (see [`Core::once`]). `Ok(false)` when it was not
+    /// running (nothing rebooted).
+    pub(crate) async fn reboot_once(&mut self, vmid: Vmid, within: Duration) -> Result<bool, StepError> {
+        match self.once(vmid, Once::Reboot { within }).await {
+            Ok(_) => Ok(true),
+            Err(StepError::Failed { cause: Some(Cause::Refused(Refusal::NotRunning)), .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
