@@ -296,6 +296,12 @@ impl FakePve {
         self.control("/node-memory", json!({"node": node, "used": used})).await.map(drop)
     }
 
+    /// Makes guest `vmid` HA-managed with `state` (`started`, `stopped`), or unmanaged (None):
+    /// its migrations go through HA (an `hamigrate` task that ends before it arrives).
+    pub async fn ha(&self, vmid: u32, state: Option<&str>) -> anyhow::Result<()> {
+        self.control("/ha", json!({"vmid": vmid, "state": state})).await.map(drop)
+    }
+
     pub async fn offline(&self, node: &str, offline: bool) -> anyhow::Result<()> {
         self.control("/offline", json!({"node": node, "offline": offline})).await.map(drop)
     }

@@ -182,9 +182,19 @@ pub async fn wait_for_event(
 /// Kills `agent`, loses `job`'s checkpoint as an expired entry or a bucket made anew would,
 /// and starts the agent again: only what PVE holds (the job's marker) is left to resume from.
 pub async fn lose_checkpoint(agent: &mut Agent, js: &jetstream::Context, job: &Job) -> anyhow::Result<()> {
+    lose_checkpoint_of(agent, js, &job.node, job.job_id).await
+}
+
+/// [`lose_checkpoint`] for a job of any kind.
+pub async fn lose_checkpoint_of(
+    agent: &mut Agent,
+    js: &jetstream::Context,
+    node: &NodeName,
+    job: JobId,
+) -> anyhow::Result<()> {
     agent.kill();
     let kv = js.get_key_value(pvefleet_schemas::names::JOBS_BUCKET).await?;
-    kv.purge(pvefleet_schemas::names::checkpoint_key(&job.node, &job.job_id)).await?;
+    kv.purge(pvefleet_schemas::names::checkpoint_key(node, &job)).await?;
     agent.restart()
 }
 

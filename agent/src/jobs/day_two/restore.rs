@@ -111,8 +111,14 @@ pub(crate) fn restore_params(
             params.push(("hostname", h.clone()));
         }
     }
-    if let Some(s) = &job.storage {
-        params.push(("storage", s.clone()));
+    // PVE restores every volume to `storage`, `local` when none is given: the backed-up root
+    // disk's storage unless the job names another.
+    let storage = job.storage.clone().or_else(|| {
+        let rootfs = backed_up.get("rootfs")?;
+        Some(rootfs.split(',').next()?.split_once(':')?.0.to_owned())
+    });
+    if let Some(s) = storage {
+        params.push(("storage", s));
     }
     if start {
         params.push(("start", "1".to_owned()));
@@ -390,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_new_container_gets_this_jobs_marker_and_note() {
-        let text = "#web server\n#Created by pvefleet job 01J0000000000000000000000A\nhostname: web\ntags: pvefleet-abc;web\n\n[pf-1]\ntags: old\n";
+        let text = "#web server\n#Created by pvefleet job 01J0000000000000000000000A\nhostname: web\nrootfs: local-lvm:vm-101-disk-0,size=8G\ntags: pvefleet-abc;web\n\n[pf-1]\ntags: old\n";
         let backed_up = BackedUp::parse(text);
         assert_eq!(backed_up.get("hostname"), Some("web"));
         let job = RestoreJob::new(NodeName::new("pve1").unwrap(), "local:backup/vzdump-lxc-101-x.tar.zst".into());
@@ -402,5 +408,6 @@ mod tests {
         assert!(!description.contains("Created by"), "{description}");
         assert_eq!(get("unique").as_deref(), Some("1"));
         assert_eq!(get("force"), None);
+        assert_eq!(get("storage").as_deref(), Some("local-lvm"), "where it was");
     }
 }
