@@ -9,8 +9,8 @@ use std::net::Ipv4Addr;
 
 use pvefleet_schemas::names::JobKind;
 use pvefleet_schemas::{
-    ConfigChange, ContainerTarget, DeploySpec, DestroyJob, DestroyTarget, ErrorKind, Event, EventType, JobId,
-    PowerAction, PowerJob, ResizeJob, ScriptSpec, Step, UpdateJob,
+    BackupJob, ConfigChange, ContainerTarget, DeploySpec, DestroyJob, DestroyTarget, ErrorKind, Event, EventType,
+    Guard, JobId, PowerAction, PowerJob, ResizeJob, RestoreJob, RollbackJob, ScriptSpec, SnapshotJob, Step, UpdateJob,
 };
 use pvefleet_testbed::agent::{Agent, AgentOptions};
 use pvefleet_testbed::jobs::{
@@ -30,10 +30,44 @@ enum Kind {
     Resize,
     /// A reboot: the one power action that must never be sent twice.
     Power,
+    /// The update above, guarded: a snapshot first, deleted after; a failure after the
+    /// snapshot rolls back to it.
+    GuardedUpdate,
+    /// A snapshot taken.
+    Snapshot,
+    /// A rollback to a snapshot taken (by a snapshot job) before memory was changed.
+    Rollback,
+    /// A backup to `local`.
+    Backup,
+    /// A backup (by a backup job) restored over its container after memory was changed.
+    Restore,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Create, Kind::Destroy, Kind::Update, Kind::Resize, Kind::Power];
+    const ALL: [Kind; 10] = [
+        Kind::Create,
+        Kind::Destroy,
+        Kind::Update,
+        Kind::Resize,
+        Kind::Power,
+        Kind::GuardedUpdate,
+        Kind::Snapshot,
+        Kind::Rollback,
+        Kind::Backup,
+        Kind::Restore,
+    ];
+
+    /// Whether failing `step` of a job of this kind undoes what it did.
+    fn undone_if_failing(self, step: Step) -> bool {
+        match self {
+            // A container exists once `creating` has run: the rollback destroys it.
+            Kind::Create => step > Step::Creating,
+            // Its change, once begun, is rolled back to the snapshot (not when only its
+            // clean-up failed).
+            Kind::GuardedUpdate => step > Step::Snapshotting && step != Step::CleaningUp,
+            _ => false,
+        }
+    }
 }
 
 struct Bed {
@@ -63,9 +97,14 @@ impl Bed {
         Ok(Self { fleet, sshd, ip, agent, marks, jobs: 0 })
     }
 
-    /// The agent again, with `hooks` (`PVEFLEET_TEST_…`) in its environment.
+    /// The agent again, with `hooks` (`PVEFLEET_TEST_…`) in its environment (restarted only
+    /// when they change).
     fn agent_with_hooks(&mut self, hooks: &[(&str, Step)]) -> anyhow::Result<()> {
-        self.agent.opts.env = hooks.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect();
+        let env: Vec<(String, String)> = hooks.iter().map(|(k, s)| (k.to_string(), s.to_string())).collect();
+        if env == self.agent.opts.env && self.agent.is_running() {
+            return Ok(());
+        }
+        self.agent.opts.env = env;
         self.agent.restart()
     }
 
@@ -87,10 +126,13 @@ impl Bed {
         job
     }
 
-    /// Makes and submits a job of `kind`; a destroy's container is made first, by a create job.
-    async fn submit(&mut self, kind: Kind) -> anyhow::Result<Submitted> {
+    /// Makes and submits a job of `kind`, run by an agent with `hooks`; what it acts on (its
+    /// container, a snapshot or backup before) is made first by an agent without them.
+    async fn submit(&mut self, kind: Kind, hooks: &[(&str, Step)]) -> anyhow::Result<Submitted> {
         let create = self.create();
         let hostname = create.container.hostname.clone();
+        let hooked = if kind == Kind::Create { hooks } else { &[] };
+        self.agent_with_hooks(hooked)?;
         match kind {
             Kind::Create => {
                 submit(&self.fleet.js, &create).await?;
@@ -105,32 +147,68 @@ impl Bed {
                 let node = create.node.clone();
                 let target =
                     ContainerTarget { vmid, create_job: Some(create.job_id), hostname: Some(hostname.clone()) };
-                let js = &self.fleet.js;
                 let job = match kind {
                     Kind::Destroy => {
                         let destroy =
                             DestroyJob::new(node, DestroyTarget { create_job: Some(create.job_id), vmid: Some(vmid) });
-                        submit_destroy(js, &destroy).await?;
+                        self.agent_with_hooks(hooks)?;
+                        submit_destroy(&self.fleet.js, &destroy).await?;
                         destroy.job_id
                     }
-                    Kind::Update => {
+                    Kind::Update | Kind::GuardedUpdate => {
                         let change = ConfigChange {
                             memory: Some(768),
                             nameservers: Some(vec!["9.9.9.9".parse()?]),
                             ..Default::default()
                         };
-                        let update = UpdateJob::new(node.clone(), target, change);
-                        submit_kind(js, &node, JobKind::Update, update.job_id, &update).await?;
+                        let mut update = UpdateJob::new(node.clone(), target, change);
+                        if kind == Kind::GuardedUpdate {
+                            update.guard = Some(Guard::default());
+                        }
+                        self.agent_with_hooks(hooks)?;
+                        submit_kind(&self.fleet.js, &node, JobKind::Update, update.job_id, &update).await?;
                         update.job_id
+                    }
+                    Kind::Snapshot => {
+                        let snapshot = SnapshotJob::take(node.clone(), target, None);
+                        self.agent_with_hooks(hooks)?;
+                        submit_kind(&self.fleet.js, &node, JobKind::Snapshot, snapshot.job_id, &snapshot).await?;
+                        snapshot.job_id
+                    }
+                    Kind::Rollback => {
+                        let snapshot = SnapshotJob::take(node.clone(), target.clone(), Some("before".into()));
+                        self.before(JobKind::Snapshot, snapshot.job_id, &snapshot, &target).await?;
+                        let rollback = RollbackJob::new(node.clone(), target, "before".into());
+                        self.agent_with_hooks(hooks)?;
+                        submit_kind(&self.fleet.js, &node, JobKind::Rollback, rollback.job_id, &rollback).await?;
+                        rollback.job_id
+                    }
+                    Kind::Backup => {
+                        let backup = BackupJob::new(node.clone(), target, "local".into());
+                        self.agent_with_hooks(hooks)?;
+                        submit_kind(&self.fleet.js, &node, JobKind::Backup, backup.job_id, &backup).await?;
+                        backup.job_id
+                    }
+                    Kind::Restore => {
+                        let backup = BackupJob::new(node.clone(), target.clone(), "local".into());
+                        self.before(JobKind::Backup, backup.job_id, &backup, &target).await?;
+                        let volid = self.backups(vmid.get()).await?.pop().expect("the backup");
+                        let mut restore = RestoreJob::new(node.clone(), volid);
+                        restore.over = Some(target);
+                        self.agent_with_hooks(hooks)?;
+                        submit_kind(&self.fleet.js, &node, JobKind::Restore, restore.job_id, &restore).await?;
+                        restore.job_id
                     }
                     Kind::Resize => {
                         let resize = ResizeJob::new(node.clone(), target, "rootfs", 12 << 30);
-                        submit_kind(js, &node, JobKind::Resize, resize.job_id, &resize).await?;
+                        self.agent_with_hooks(hooks)?;
+                        submit_kind(&self.fleet.js, &node, JobKind::Resize, resize.job_id, &resize).await?;
                         resize.job_id
                     }
                     Kind::Power => {
                         let power = PowerJob::new(node.clone(), target, PowerAction::Reboot);
-                        submit_kind(js, &node, JobKind::Power, power.job_id, &power).await?;
+                        self.agent_with_hooks(hooks)?;
+                        submit_kind(&self.fleet.js, &node, JobKind::Power, power.job_id, &power).await?;
                         power.job_id
                     }
                     Kind::Create => unreachable!("above"),
@@ -138,6 +216,41 @@ impl Bed {
                 Ok(Submitted { job, hostname, target: Some(vmid.get()) })
             }
         }
+    }
+
+    /// What a rollback or restore undoes, made first: `job` (a snapshot or backup) run to
+    /// its end, then memory changed to 1024.
+    async fn before(
+        &self,
+        kind: JobKind,
+        job: JobId,
+        message: &impl serde::Serialize,
+        target: &ContainerTarget,
+    ) -> anyhow::Result<()> {
+        let (js, node) = (&self.fleet.js, pvefleet_schemas::NodeName::new("pve1")?);
+        submit_kind(js, &node, kind, job, message).await?;
+        let events = wait_end(js, job).await?;
+        anyhow::ensure!(end_of(&events).success, "the {kind:?} before: {events:#?}");
+        let change = ConfigChange { memory: Some(1024), ..Default::default() };
+        let update = UpdateJob::new(node.clone(), target.clone(), change);
+        submit_kind(js, &node, JobKind::Update, update.job_id, &update).await?;
+        let events = wait_end(js, update.job_id).await?;
+        anyhow::ensure!(end_of(&events).success, "the update before: {events:#?}");
+        Ok(())
+    }
+
+    /// The volume ids of `vmid`'s backups on `local`, oldest first.
+    async fn backups(&self, vmid: u32) -> anyhow::Result<Vec<String>> {
+        let path = format!("/nodes/pve1/storage/local/content?content=backup&vmid={vmid}");
+        let list = self.fleet.pve.api_get(&path).await?;
+        let mut items: Vec<(i64, String)> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| Some((b["ctime"].as_i64()?, b["volid"].as_str()?.to_owned())))
+            .collect();
+        items.sort();
+        Ok(items.into_iter().map(|(_, v)| v).collect())
     }
 
     async fn containers(&self) -> anyhow::Result<Vec<u32>> {
@@ -168,6 +281,27 @@ impl Bed {
             Kind::Power => {
                 assert_eq!(self.tasks(vmid, "vzreboot").await?, 1, "{kind:?} after {after}: rebooted twice");
             }
+            Kind::GuardedUpdate => {
+                assert_eq!((cfg["memory"].as_u64(), cfg["nameserver"].as_str()), (Some(768), Some("9.9.9.9")), "{cfg}");
+                assert_eq!(self.tasks(vmid, "vzreboot").await?, 1, "{kind:?} after {after}: rebooted twice");
+                assert_eq!(self.tasks(vmid, "vzsnapshot").await?, 1, "{kind:?} after {after}: two snapshots");
+                assert_eq!(self.tasks(vmid, "vzdelsnapshot").await?, 1, "{kind:?} after {after}: snapshot kept");
+            }
+            Kind::Snapshot => {
+                assert_eq!(self.tasks(vmid, "vzsnapshot").await?, 1, "{kind:?} after {after}: two snapshots");
+            }
+            Kind::Rollback => {
+                assert_eq!(cfg["memory"].as_u64(), Some(512), "{kind:?} after {after}: not rolled back {cfg}");
+                assert_eq!(self.tasks(vmid, "vzrollback").await?, 1, "{kind:?} after {after}: rolled back twice");
+            }
+            Kind::Backup => {
+                assert_eq!(self.tasks(vmid, "vzdump").await?, 1, "{kind:?} after {after}: backed up twice");
+                assert_eq!(self.backups(vmid).await?.len(), 1, "{kind:?} after {after}: two backups");
+            }
+            Kind::Restore => {
+                assert_eq!(cfg["memory"].as_u64(), Some(512), "{kind:?} after {after}: not restored {cfg}");
+                assert_eq!(self.tasks(vmid, "vzrestore").await?, 1, "{kind:?} after {after}: restored twice");
+            }
             Kind::Create | Kind::Destroy => unreachable!("not a day-two kind"),
         }
         Ok(())
@@ -193,7 +327,7 @@ fn end_of(events: &[Event]) -> pvefleet_schemas::JobResult {
 async fn prove(kind: Kind, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
     let mut bed = Bed::start(name, ip).await?;
     // The reference: the steps a job of this kind runs, uninterrupted.
-    let reference = bed.submit(kind).await?;
+    let reference = bed.submit(kind, &[]).await?;
     let events = wait_end(&bed.fleet.js, reference.job).await?;
     anyhow::ensure!(end_of(&events).success, "{kind:?}'s reference run failed: {events:#?}");
     let steps = steps_of(&events);
@@ -201,32 +335,31 @@ async fn prove(kind: Kind, name: &str, ip: Ipv4Addr) -> anyhow::Result<()> {
 
     for &step in &steps {
         // The step fails: the job ends once, at that step, and leaves nothing of its own.
-        bed.agent_with_hooks(&[("PVEFLEET_TEST_FAIL_IN", step)])?;
         let before = bed.containers().await?;
-        let job = bed.submit(kind).await?;
+        let job = bed.submit(kind, &[("PVEFLEET_TEST_FAIL_IN", step)]).await?;
         let events = wait_end(&bed.fleet.js, job.job).await?;
         let end = end_of(&events);
         let error = end.error.clone().expect("failed");
         assert_eq!((error.kind, error.step), (ErrorKind::Internal, step), "{kind:?} failing {step}: {events:#?}");
+        assert_eq!(end.rolled_back, kind.undone_if_failing(step), "{kind:?} failing {step}: {events:#?}");
         match kind {
             Kind::Create => {
-                // A container exists once `creating` has run: the rollback destroys it.
-                let made = step > Step::Creating;
-                assert_eq!(end.rolled_back, made, "{kind:?} failing {step}: rolled_back {events:#?}");
                 assert_eq!(bed.containers().await?, before, "{kind:?} failing {step} left a container");
             }
             _ => {
-                // A destroy or a day-two job is not undone: failing it leaves the container.
-                assert!(!end.rolled_back, "{kind:?} failing {step}");
+                // A destroy or a day-two job leaves its container (a guarded update's as it was).
                 let target = job.target.expect("a target");
                 assert!(bed.containers().await?.contains(&target), "{kind:?} failing {step} removed it anyway");
+                if end.rolled_back {
+                    let cfg = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{target}/config")).await?;
+                    assert_eq!(cfg["memory"].as_u64(), Some(512), "{kind:?} failing {step}: not rolled back {cfg}");
+                }
             }
         }
 
         // The agent dies right after the step; a new one resumes the job to the same end.
-        bed.agent_with_hooks(&[("PVEFLEET_TEST_STOP_AFTER", step)])?;
         let before = bed.containers().await?;
-        let job = bed.submit(kind).await?;
+        let job = bed.submit(kind, &[("PVEFLEET_TEST_STOP_AFTER", step)]).await?;
         pvefleet_testbed::wait_until("the agent to die after the step", JOB_WITHIN, || {
             let running = bed.agent.is_running();
             async move { (!running).then_some(()) }
@@ -284,8 +417,7 @@ async fn every_step_of_every_kind_fails_cleanly_and_resumes_once() -> anyhow::Re
 async fn a_checkpoint_written_by_the_previous_build_still_resumes() -> anyhow::Result<()> {
     use anyhow::Context as _;
     let mut bed = Bed::start("steps-old-checkpoint", Ipv4Addr::new(127, 0, 0, 124)).await?;
-    bed.agent_with_hooks(&[("PVEFLEET_TEST_STOP_AFTER", Step::Creating)])?;
-    let job = bed.submit(Kind::Create).await?;
+    let job = bed.submit(Kind::Create, &[("PVEFLEET_TEST_STOP_AFTER", Step::Creating)]).await?;
     pvefleet_testbed::wait_until("the agent to die after creating", JOB_WITHIN, || {
         let running = bed.agent.is_running();
         async move { (!running).then_some(()) }

@@ -416,6 +416,10 @@ impl Saga for UpdateRun<'_> {
         if failed_in <= Step::Snapshotting {
             return Ok(Undone::Nothing(Some("nothing was changed".into())));
         }
+        if failed_in == Step::CleaningUp {
+            // The change is made and verified: only its snapshot is left.
+            return Ok(Undone::Nothing(Some(format!("the change is made; snapshot {name} stays"))));
+        }
         if guard.on_failure == OnFailure::Keep {
             let vmid = self.core.vmid();
             return Ok(Undone::Nothing(Some(format!(
