@@ -1117,6 +1117,24 @@ def field(data, key, kind, default=None):
     return value
 
 
+def method_and_path(data):
+    """A rule's method and path: a path suffix, or a schema path template whole (`{...}` for every part that
+    varies); a half-template like /nodes/pve1/lxc/{vmid}/migrate would match nothing, so it is refused."""
+    method, path = field(data, 'method', str).upper(), field(data, 'path', str)
+    path = path[len('/api2/json'):] if path.startswith('/api2/json/') else path
+    if not path.startswith('/'):
+        raise refuse("'path' must start with / (relative to /api2/json)")
+    if '{' in path and path.rstrip('/') not in schema_paths():
+        raise refuse("'path' {0!r} has placeholders but is not one of PVE's path templates (write every varying "
+                     "part as its placeholder, e.g. /nodes/{{node}}/lxc/{{vmid}}/migrate)".format(path))
+    return method, path
+
+
+def schema_paths():
+    from fakepve import schema as pve_schema
+    return pve_schema.load().paths
+
+
 def task_type(data):
     value = field(data, 'type', str)
     if not re.fullmatch(r'[a-z0-9_-]+', value):
@@ -1161,10 +1179,7 @@ def control_app(pve, initial_scale):
 
     @post('/fail')
     def fail(data):
-        method, path = field(data, 'method', str).upper(), field(data, 'path', str)
-        path = path[len('/api2/json'):] if path.startswith('/api2/json/') else path
-        if not path.startswith('/'):
-            raise refuse("'path' must start with / (relative to /api2/json)")
+        method, path = method_and_path(data)
         times = field(data, 'times', int, 1) or None  # fakepve: None = every request
         try:
             if data.get('error') is not None:  # one of PVE's own errors, from fakepve's catalogue
@@ -1193,10 +1208,7 @@ def control_app(pve, initial_scale):
     @post('/lose-answer')
     def lose_answer(data):
         # Like /fail, but after fakepve has carried the request out.
-        method, path = field(data, 'method', str).upper(), field(data, 'path', str)
-        path = path[len('/api2/json'):] if path.startswith('/api2/json/') else path
-        if not path.startswith('/'):
-            raise refuse("'path' must start with / (relative to /api2/json)")
+        method, path = method_and_path(data)
         how = field(data, 'how', str, '500')
         if how not in ('500', 'drop'):
             raise refuse("'how' must be '500' or 'drop'")
@@ -1205,10 +1217,7 @@ def control_app(pve, initial_scale):
     @post('/edit-after')
     def edit_after(data):
         # Once the next matching request is answered, another user changes container `vmid`'s config.
-        method, path = field(data, 'method', str).upper(), field(data, 'path', str)
-        path = path[len('/api2/json'):] if path.startswith('/api2/json/') else path
-        if not path.startswith('/'):
-            raise refuse("'path' must start with / (relative to /api2/json)")
+        method, path = method_and_path(data)
         changes = data.get('set') or {}
         if not isinstance(changes, dict):
             raise refuse("'set' must be an object of config keys")

@@ -96,7 +96,7 @@ async fn power_jobs_reach_the_asked_state_and_already_there_is_success() -> anyh
     // A reboot whose answer is lost is found in the task list, not sent again.
     bed.pve.reset_calls().await?;
     bed.pve
-        .lose_answer("POST", "/nodes/pve1/lxc/{vmid}/status/reboot", 1, pvefleet_testbed::fakepve::LostAnswer::Error)
+        .lose_answer("POST", "/nodes/{node}/lxc/{vmid}/status/reboot", 1, pvefleet_testbed::fakepve::LostAnswer::Error)
         .await?;
     let reboot = power(&bed, &target, PowerAction::Reboot).await?;
     assert!(result_of(&reboot).success, "{reboot:#?}");

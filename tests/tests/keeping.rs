@@ -113,7 +113,7 @@ async fn a_snapshot_is_taken_once_and_a_rollback_sent_once_whatever_happens_to_t
 
     // Its answer is lost: the list shows this job's snapshot, and none is sent again.
     bed.pve.reset_calls().await?;
-    bed.pve.lose_answer("POST", "/nodes/pve1/lxc/{vmid}/snapshot", 1, LostAnswer::Error).await?;
+    bed.pve.lose_answer("POST", "/nodes/{node}/lxc/{vmid}/snapshot", 1, LostAnswer::Error).await?;
     let job = SnapshotJob::take(node("pve1"), target.clone(), Some("before".into()));
     let events = run(&bed, "pve1", JobKind::Snapshot, job.job_id, &job).await?;
     assert!(result_of(&events).success, "{events:#?}");
@@ -151,7 +151,7 @@ async fn a_snapshot_is_taken_once_and_a_rollback_sent_once_whatever_happens_to_t
     let events = run(&bed, "pve1", JobKind::Update, update.job_id, &update).await?;
     assert!(result_of(&events).success, "{events:#?}");
     bed.pve.reset_calls().await?;
-    bed.pve.lose_answer("POST", "/nodes/pve1/lxc/{vmid}/snapshot/before/rollback", 1, LostAnswer::Error).await?;
+    bed.pve.lose_answer("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback", 1, LostAnswer::Error).await?;
     let mut back = RollbackJob::new(node("pve1"), target.clone(), "before".into());
     back.start = true;
     let events = run(&bed, "pve1", JobKind::Rollback, back.job_id, &back).await?;
@@ -350,7 +350,7 @@ async fn a_move_is_sent_once_and_ends_with_the_container_on_one_node() -> anyhow
 
     // Its answer is lost: found in the task list, one migration, on pve2 only.
     bed.pve.reset_calls().await?;
-    bed.pve.lose_answer("POST", "/nodes/pve1/lxc/{vmid}/migrate", 1, LostAnswer::Error).await?;
+    bed.pve.lose_answer("POST", "/nodes/{node}/lxc/{vmid}/migrate", 1, LostAnswer::Error).await?;
     let job = MoveJob::new(node("pve1"), target.clone(), node("pve2"));
     let events = run(&bed, "pve1", JobKind::Move, job.job_id, &job).await?;
     assert!(result_of(&events).success, "{events:#?}");

@@ -18,6 +18,11 @@ struct Bed {
 }
 
 async fn bed(name: &str, nodes: &[&str]) -> anyhow::Result<Bed> {
+    bed_sweeping(name, nodes, "1s").await
+}
+
+/// A bed whose agents sweep their inventory every `interval` (and after each job).
+async fn bed_sweeping(name: &str, nodes: &[&str], interval: &str) -> anyhow::Result<Bed> {
     let fleet = Fleet::start(name, nodes).await?;
     let db = TestDb::sqlite(&fleet.dir);
     let cli = Pvefleet::new(&fleet.dir, &fleet.nats.url(), &db);
@@ -26,7 +31,7 @@ async fn bed(name: &str, nodes: &[&str]) -> anyhow::Result<Bed> {
     let mut agents = Vec::new();
     for node in nodes {
         agents.push(fleet.agent_with(AgentOptions {
-            env: vec![("PVEFLEET_INVENTORY_INTERVAL".into(), "1s".into())],
+            env: vec![("PVEFLEET_INVENTORY_INTERVAL".into(), interval.into())],
             ..AgentOptions::node(node)
         })?);
     }
@@ -323,6 +328,79 @@ async fn a_rollout_stops_at_the_first_failure_and_a_rerun_redoes_only_what_did_n
         let cfg = bed.config(r["node"].as_str().unwrap_or_default(), r["vmid"].as_u64().unwrap_or_default()).await?;
         assert_eq!(cfg["memory"].as_u64(), Some(777), "{}", r["hostname"]);
     }
+    bed.fleet.dir.pass();
+    Ok(())
+}
+
+/// The keeping verbs by name: a snapshot and `snapshots`, a guarded update, a rollback, a
+/// backup, `backups` and a restore as a new container (which is then pvefleet's like any
+/// other), and a move planned by the node it goes to, after which the container's next job
+/// goes to its new node; a move the target has no room for is refused before anything is
+/// published.
+#[tokio::test]
+async fn the_keeping_verbs_act_by_name_and_a_moved_container_takes_its_next_job_on_its_new_node() -> anyhow::Result<()>
+{
+    // Sweeps only after jobs (and hourly): a moved container is listed by its new node's agent
+    // as soon as it arrives, because that agent planned the move.
+    let bed = bed_sweeping("cli-keeping", &["pve1", "pve2"], "1h").await?;
+    let _recorder = bed.cli.recorder("recorder")?;
+    let args = ["submit", "--node", "pve1", "--hostname", "kept", "--ostemplate", OSTEMPLATE];
+    bed.cli.must(&[&args[..], &["--ip", "127.0.0.195/32", "--watch"]].concat()).await?;
+    let rows = bed.listed(1).await?;
+    let vmid = row(&rows, "kept")["vmid"].as_u64().expect("a vmid");
+
+    bed.cli.must(&["snapshot", "kept", "--name", "before", "--watch"]).await?;
+    let listed = bed.cli.must(&["snapshots", "kept"]).await?;
+    assert!(listed.stdout.contains("before") && listed.stdout.contains("1 snapshot(s)"), "{}", listed.stdout);
+    bed.cli.must(&["update", "kept", "--memory", "1024", "--snapshot-before", "--watch"]).await?;
+    assert_eq!(bed.config("pve1", vmid).await?["memory"].as_u64(), Some(1024));
+    let json = bed.cli.must(&["snapshots", "kept", "--json"]).await?;
+    let names: Vec<serde_json::Value> = serde_json::from_str(&json.stdout)?;
+    assert_eq!(names.len(), 1, "the guard's snapshot is deleted after success: {names:?}");
+    bed.cli.must(&["rollback", "kept", "before", "--start", "--watch"]).await?;
+    assert_eq!(bed.config("pve1", vmid).await?["memory"].as_u64(), Some(512), "rolled back");
+
+    bed.cli.must(&["backup", "kept", "--storage", "local", "--keep-last", "2", "--watch"]).await?;
+    let json = bed.cli.must(&["backups", "kept", "--json"]).await?;
+    let backups: Vec<serde_json::Value> = serde_json::from_str(&json.stdout)?;
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let volid = backups[0]["name"].as_str().expect("a volid").to_owned();
+    assert!(backups[0]["job"].is_string(), "made by a pvefleet job: {backups:?}");
+    let restored = bed.cli.must(&["restore", &volid, "--hostname", "kept-copy", "--watch"]).await?;
+    let restore_job = restored.stdout.lines().next().unwrap_or_default().trim().to_owned();
+    let rows = bed.listed(2).await?;
+    let copy = row(&rows, "kept-copy");
+    assert_eq!(copy["create_job"].as_str(), Some(restore_job.as_str()), "made by its restore: {copy}");
+    bed.cli.must(&["stop", "kept-copy", "--watch"]).await?;
+
+    // The node it would go to says what it found, and the exact call.
+    let plan = bed.cli.run(&["move", "kept", "--to", "pve2", "--plan"]).await?;
+    assert_eq!(plan.code, Some(0), "{plan:?}");
+    for words in
+        ["PVE allows pve2", "MB free on pve2", "storage rootfs", &format!("POST /nodes/pve1/lxc/{vmid}/migrate")]
+    {
+        assert!(plan.stdout.contains(words), "{words:?} in {}", plan.stdout);
+    }
+    bed.cli.must(&["move", "kept", "--to", "pve2", "--watch"]).await?;
+    wait_until("`ls` to show it on pve2", Duration::from_secs(10), || async {
+        let run = bed.cli.run(&["ls", "--json"]).await.ok()?;
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).ok()?;
+        rows.iter().any(|r| r["hostname"] == "kept" && r["node"] == "pve2").then_some(())
+    })
+    .await?;
+    let updated = bed.cli.must(&["update", "kept", "--memory", "768", "--watch", "--json"]).await?;
+    assert!(updated.stdout.contains("\"node\":\"pve2\""), "sent to its new node: {}", updated.stdout);
+    assert_eq!(bed.config("pve2", vmid).await?["memory"].as_u64(), Some(768));
+
+    // No room on pve1: refused by its agent, nothing published.
+    bed.fleet.pve.node_memory_used("pve1", 8 << 30).await?;
+    let jobs_before = bed.cli.must(&["jobs", "--json"]).await?.stdout;
+    let refused = bed.cli.run(&["move", "kept", "--to", "pve1"]).await?;
+    assert_eq!(refused.code, Some(2), "{refused:?}");
+    assert!(refused.stderr.contains("cannot move there") && refused.stderr.contains("memory"), "{refused:?}");
+    let jobs_after = bed.cli.must(&["jobs", "--json"]).await?.stdout;
+    let count = |text: &str| serde_json::from_str::<Vec<serde_json::Value>>(text).map(|v| v.len()).unwrap_or(0);
+    assert_eq!(count(&jobs_before), count(&jobs_after), "nothing recorded or published");
     bed.fleet.dir.pass();
     Ok(())
 }
