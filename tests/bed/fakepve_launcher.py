@@ -726,7 +726,7 @@ class BedPve(FakePve):
             say('ionice priority: {0}'.format(7 if v.get('ionice') is None else v['ionice']))
             volname, ctime = self._vzdump_name(storage, vmid, backup_time, v.get('compress'))
             path = self._volume_path(storage, volname, 'backup')
-            size = max(sum(parse_size(m.get('size', '')) or 4 * GIB for _k, m in included) // 4, 1024 ** 2)
+            size = max(sum(parse_size(m.get('size', '')) or 4 * GIB for _k, m in included) // 64, 1024 ** 2)
             if mode == 'stop':
                 prepare()
                 if running:

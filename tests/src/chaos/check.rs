@@ -34,6 +34,8 @@ pub struct Outcomes {
     pub completed: usize,
     /// Error kind (as on the wire) → jobs that failed with it.
     pub failed: BTreeMap<String, usize>,
+    /// Job kind → how many of it the run had.
+    pub kinds: BTreeMap<&'static str, usize>,
 }
 
 /// Error kinds a job may end with in a run: what the harness caused on purpose.
@@ -57,6 +59,12 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
     }
     for id in &ids {
         outcomes.jobs += 1;
+        let kind = match history.jobs.get(id).and_then(|s| s.day_two) {
+            Some(DayTwo { then: Some(then), .. }) => then.kind(),
+            Some(DayTwo { then: None, .. }) => "stranger",
+            None => "create",
+        };
+        *outcomes.kinds.entry(kind).or_default() += 1;
         let events = seen.events.get(id).map(Vec::as_slice).unwrap_or_default();
         let mut bad = |kind: &'static str, detail: String| v.push(Violation { kind, job: Some(*id), detail });
         let end = check_events(events, &mut bad);
@@ -69,7 +77,7 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
         if let Some(day_two) = history.jobs.get(id).and_then(|s| s.day_two) {
             if let Some(end) = end {
                 let container = seen.containers.get(&day_two.vmid);
-                check_day_two(day_two, end, container, &mut outcomes, &mut bad);
+                check_day_two(*id, day_two, end, container, &mut outcomes, &mut bad);
                 check_store(seen, id, end, &mut bad);
             }
             continue;
@@ -86,7 +94,7 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
                 outcomes.completed += 1;
                 let want = result.and_then(|r| r.vmid).map(pvefleet_schemas::Vmid::get);
                 match guests {
-                    [one] if Some(one.vmid) == want && one.node == end.node.as_str() => {}
+                    [one] if Some(one.vmid) == want && moved_to(history, one.vmid, end.node.as_str(), &one.node) => {}
                     [one] => bad(
                         "wrong_container",
                         format!("container {} on {}, the result says {want:?} on {}", one.vmid, one.node, end.node),
@@ -160,6 +168,18 @@ pub fn check(history: &History, seen: &Observed) -> (Outcomes, Vec<Violation>) {
     (outcomes, v)
 }
 
+/// Whether container `vmid`, made on `made_on`, is where it may be: there, or on a node a move
+/// job of the harness sent it to (whether that move ended or not: a cancelled one may have
+/// gone through).
+fn moved_to(history: &History, vmid: u32, made_on: &str, now_on: &str) -> bool {
+    made_on == now_on
+        || history
+            .jobs
+            .values()
+            .filter_map(|s| s.day_two)
+            .any(|d| d.vmid == vmid && matches!(d.then, Some(Then::Move { to }) if format!("pve{}", to + 1) == now_on))
+}
+
 /// The store's row of a job agrees with how its events ended.
 fn check_store(seen: &Observed, id: &JobId, end: &Event, bad: &mut impl FnMut(&'static str, String)) {
     let result = end.result.as_ref();
@@ -184,6 +204,7 @@ fn check_store(seen: &Observed, id: &JobId, end: &Event, bad: &mut impl FnMut(&'
 
 /// A day-two job's end against its container as PVE has it at the end.
 fn check_day_two(
+    id: JobId,
     job: DayTwo,
     end: &Event,
     container: Option<&Container>,
@@ -207,6 +228,16 @@ fn check_day_two(
         }
         if c.resizes > 1 {
             bad("resized_twice", format!("container {} resized {} times", job.vmid, c.resizes));
+        }
+        if c.rollbacks > 1 {
+            bad("rolled_back_twice", format!("container {} rolled back {} times", job.vmid, c.rollbacks));
+        }
+        let made = |notes: &[String]| notes.iter().filter(|n| pvefleet_schemas::day_two::made_by(n, id)).count();
+        if made(&c.backups) > 1 {
+            bad("backed_up_twice", format!("container {} has {} backups of this job", job.vmid, made(&c.backups)));
+        }
+        if c.nodes != 1 {
+            bad("move_split", format!("container {} is listed on {} nodes", job.vmid, c.nodes));
         }
     }
     if let Some(e) = error {
@@ -249,6 +280,29 @@ fn check_day_two(
             }
             if action == PowerAction::Reboot && c.reboots != 1 {
                 bad("reboot_not_once", format!("a reboot completed; {} reboot tasks ran", c.reboots));
+            }
+        }
+        Then::Snapshot => {
+            let ours = c.snapshots.iter().filter(|d| pvefleet_schemas::day_two::made_by(d, id)).count();
+            if ours != 1 {
+                bad("snapshot_not_once", format!("a snapshot completed; {ours} snapshots carry its job"));
+            }
+        }
+        Then::Rollback => {
+            if c.rollbacks != 1 {
+                bad("rollback_not_once", format!("a rollback completed; {} rollback tasks ran", c.rollbacks));
+            }
+        }
+        Then::Backup => {
+            let ours = c.backups.iter().filter(|n| pvefleet_schemas::day_two::made_by(n, id)).count();
+            if ours != 1 {
+                bad("backup_not_once", format!("a backup completed; {ours} backups carry its job"));
+            }
+        }
+        Then::Move { to } => {
+            let want = format!("pve{}", to + 1);
+            if c.node != want {
+                bad("move_not_as_asked", format!("moved to {want} (completed); the container is on {}", c.node));
             }
         }
     }
@@ -423,7 +477,8 @@ mod tests {
             seen.store.insert(id, Row { state: "succeeded".into(), vmid: Some(100), request_id: None });
         }
         let config = serde_json::json!({"memory": 512, "nameserver": "9.9.9.9"});
-        seen.containers.insert(100, Container { config, status: "running".into(), reboots: 2, resizes: 0 });
+        let (status, node, nodes) = ("running".to_owned(), "pve1".to_owned(), 1);
+        seen.containers.insert(100, Container { config, status, node, nodes, reboots: 2, ..Default::default() });
         seen.containers.get_mut(&STRANGER_VMID).unwrap().config["digest"] = "d1".into();
         let (_, violations) = check(&history, &seen);
         let mut found = kinds(&violations);
@@ -433,6 +488,46 @@ mod tests {
             ["rebooted_twice", "stranger_job_not_refused", "stranger_written", "update_not_as_asked"],
             "{violations:#?}"
         );
+    }
+
+    #[test]
+    fn a_rollback_or_backup_made_twice_and_a_move_gone_wrong_are_found() {
+        let create = JobId::new();
+        let events = vec![
+            event(create, 1, EventType::Accepted, None),
+            event(create, 2, EventType::Complete, Some(result(create, 100, None))),
+        ];
+        let (mut history, mut seen) = world(create, events, vec![100], "succeeded");
+        let (rollback, backup, moved) = (JobId::new(), JobId::new(), JobId::new());
+        let note = |job: JobId| pvefleet_schemas::day_two::made_by_line(job, "pvefleet-x");
+        for (id, then) in [(rollback, Then::Rollback), (backup, Then::Backup), (moved, Then::Move { to: 1 })] {
+            let day_two = DayTwo { vmid: 100, then: Some(then) };
+            let submitted = Submitted { index: 0, node: "pve1".into(), request_id: None, day_two: Some(day_two) };
+            history.jobs.insert(id, submitted);
+            let done = vec![
+                event(id, 1, EventType::Accepted, None),
+                event(id, 2, EventType::Complete, Some(result(id, 100, None))),
+            ];
+            seen.events.insert(id, done);
+            seen.store.insert(id, Row { state: "succeeded".into(), vmid: Some(100), request_id: None });
+        }
+        let container = Container {
+            status: "running".into(),
+            node: "pve1".into(),
+            nodes: 2,
+            rollbacks: 2,
+            backups: vec![note(backup), note(backup)],
+            ..Default::default()
+        };
+        seen.containers.insert(100, container);
+        let (_, violations) = check(&history, &seen);
+        let mut found: Vec<&str> = kinds(&violations);
+        found.sort_unstable();
+        found.dedup();
+        for kind in ["rolled_back_twice", "rollback_not_once", "backed_up_twice", "backup_not_once", "move_split"] {
+            assert!(found.contains(&kind), "{kind} in {found:?}");
+        }
+        assert!(found.contains(&"move_not_as_asked"), "{found:?}");
     }
 
     #[test]

@@ -33,9 +33,16 @@ pub struct Container {
     /// Its config with what is pending (what an update is checked against).
     pub config: serde_json::Value,
     pub status: String,
-    /// How many reboot and resize tasks ran on it.
+    /// The node it is on, and on how many nodes the cluster lists its vmid.
+    pub node: String,
+    pub nodes: usize,
+    /// How many reboot, resize and rollback tasks ran on it (on the node it is on).
     pub reboots: usize,
     pub resizes: usize,
+    pub rollbacks: usize,
+    /// Its snapshots' descriptions, and its backups' notes (on `local`).
+    pub snapshots: Vec<String>,
+    pub backups: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -65,12 +72,22 @@ pub async fn containers(
         let status = pve.api_get(&format!("/nodes/{node}/lxc/{vmid}/status/current")).await?;
         let tasks = pve.api_get(&format!("/nodes/{node}/tasks?vmid={vmid}&limit=1000")).await?;
         let count = |kind: &str| tasks.as_array().into_iter().flatten().filter(|t| t["type"] == kind).count();
+        let texts = |list: serde_json::Value, key: &str| -> Vec<String> {
+            list.as_array().into_iter().flatten().filter_map(|i| i[key].as_str().map(str::to_owned)).collect()
+        };
+        let snapshots = texts(pve.api_get(&format!("/nodes/{node}/lxc/{vmid}/snapshot")).await?, "description");
+        let backups = pve.api_get(&format!("/nodes/{node}/storage/local/content?content=backup&vmid={vmid}")).await?;
         out.insert(
             vmid,
             Container {
                 status: status["status"].as_str().unwrap_or_default().to_owned(),
+                node: node.clone(),
+                nodes: guests.iter().filter(|g| g.vmid == vmid).count(),
                 reboots: count("vzreboot"),
                 resizes: count("resize"),
+                rollbacks: count("vzrollback"),
+                snapshots,
+                backups: texts(backups, "notes"),
                 config,
             },
         );

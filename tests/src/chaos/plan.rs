@@ -39,6 +39,31 @@ pub enum Then {
         gib: u32,
     },
     Power(PowerAction),
+    /// A snapshot named after its job.
+    Snapshot,
+    /// A snapshot (a `Snapshot` job of its own first), then a rollback to it.
+    Rollback,
+    /// A backup to `local`.
+    Backup,
+    /// A move to the node of this index (another than the container's).
+    Move {
+        to: usize,
+    },
+}
+
+impl Then {
+    /// The kind of job it is, for the report.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Then::Update { .. } => "update",
+            Then::Resize { .. } => "resize",
+            Then::Power(_) => "power",
+            Then::Snapshot => "snapshot",
+            Then::Rollback => "rollback",
+            Then::Backup => "backup",
+            Then::Move { .. } => "move",
+        }
+    }
 }
 
 /// One job of the run.
@@ -62,7 +87,11 @@ pub const STRANGER_VMID: u32 = 9000;
 pub type Request = (&'static str, &'static str);
 
 /// Requests a 5xx may hit before fakepve acts on them.
-const FAILABLE: [Request; 9] = [
+const FAILABLE: [Request; 13] = [
+    ("POST", "/nodes/{node}/lxc/{vmid}/snapshot"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback"),
+    ("POST", "/nodes/{node}/vzdump"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/migrate"),
     ("PUT", "/nodes/{node}/lxc/{vmid}/config"),
     ("PUT", "/nodes/{node}/lxc/{vmid}/resize"),
     ("POST", "/nodes/{node}/lxc"),
@@ -75,7 +104,11 @@ const FAILABLE: [Request; 9] = [
 ];
 
 /// Requests whose answer may be lost after fakepve carried them out.
-const LOSABLE: [Request; 6] = [
+const LOSABLE: [Request; 10] = [
+    ("POST", "/nodes/{node}/lxc/{vmid}/snapshot"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback"),
+    ("POST", "/nodes/{node}/vzdump"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/migrate"),
     ("PUT", "/nodes/{node}/lxc/{vmid}/config"),
     ("PUT", "/nodes/{node}/lxc/{vmid}/resize"),
     ("POST", "/nodes/{node}/lxc/{vmid}/status/reboot"),
@@ -196,14 +229,20 @@ impl Plan {
             };
             let vmid = rng.random_bool(0.1).then(|| 5000 + index as u32);
             let ip = Ipv4Addr::new(10, 77, (index / 250) as u8, (index % 250) as u8 + 1);
-            let then = rng.random_bool(0.5).then(|| match rng.random_range(0..10) {
-                0..=3 => Then::Update { memory: 256 * rng.random_range(3..=5), concurrent_edit: rng.random_bool(0.3) },
-                4..=6 => Then::Resize { gib: rng.random_range(9..=12) },
-                7 => Then::Power(PowerAction::Stop),
-                8 => Then::Power(PowerAction::Shutdown),
-                _ => Then::Power(PowerAction::Reboot),
+            let node = rng.random_range(0..opts.nodes);
+            let then = rng.random_bool(0.5).then(|| match rng.random_range(0..14) {
+                0..=2 => Then::Update { memory: 256 * rng.random_range(3..=5), concurrent_edit: rng.random_bool(0.3) },
+                3..=4 => Then::Resize { gib: rng.random_range(9..=12) },
+                5 => Then::Power(PowerAction::Stop),
+                6 => Then::Power(PowerAction::Shutdown),
+                7 => Then::Power(PowerAction::Reboot),
+                8 => Then::Snapshot,
+                9..=10 => Then::Rollback,
+                11 => Then::Backup,
+                _ if opts.nodes > 1 => Then::Move { to: (node + rng.random_range(1..opts.nodes)) % opts.nodes },
+                _ => Then::Backup,
             });
-            jobs.push(JobPlan { index, node: rng.random_range(0..opts.nodes), via, vmid, ip, then });
+            jobs.push(JobPlan { index, node, via, vmid, ip, then });
             let at = submit_until.mul_f64(index as f64 / opts.jobs.max(1) as f64);
             actions.push(Timed { at, action: Action::Submit(index) });
         }
@@ -284,7 +323,8 @@ impl Plan {
                 vec![Timed { at, action: Action::LoseAnswer { request, drop: rng.random_bool(0.5) } }]
             }
             "task_error" => {
-                let task = *["vzcreate", "vzstart"].choose(rng).expect("not empty");
+                let tasks = ["vzcreate", "vzstart", "vzsnapshot", "vzrollback", "vzdump", "vzmigrate"];
+                let task = *tasks.choose(rng).expect("not empty");
                 vec![Timed { at, action: Action::TaskError { task } }]
             }
             "flaky_network" => {

@@ -39,13 +39,14 @@ impl Report {
         self.violations.is_empty()
     }
 
-    /// `chaos seed=… jobs=… completed=… failed=kind:n,… faults=class:n,… violations=n (kind:n,…)`
+    /// `chaos seed=… jobs=… (kind:n,…) completed=… failed=kind:n,… faults=class:n,… violations=n (kind:n,…)`
     pub fn summary(&self) -> String {
         let list = |m: &mut dyn Iterator<Item = (String, usize)>| {
             let parts: Vec<String> = m.map(|(k, n)| format!("{k}:{n}")).collect();
             if parts.is_empty() { "none".to_owned() } else { parts.join(",") }
         };
         let failed = list(&mut self.outcomes.failed.iter().map(|(k, n)| (k.clone(), *n)));
+        let kinds = list(&mut self.outcomes.kinds.iter().map(|(k, n)| ((*k).to_owned(), *n)));
         let faults = list(&mut self.faults.iter().map(|(k, n)| ((*k).to_owned(), *n as usize)));
         let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
         for v in &self.violations {
@@ -53,7 +54,7 @@ impl Report {
         }
         let violations = list(&mut by_kind.iter().map(|(k, n)| ((*k).to_owned(), *n)));
         format!(
-            "chaos seed={} jobs={} completed={} failed={failed} faults={faults} violations={} ({violations}) in {:.0}s",
+            "chaos seed={} jobs={} ({kinds}) completed={} failed={failed} faults={faults} violations={} ({violations}) in {:.0}s",
             self.opts.seed,
             self.outcomes.jobs,
             self.outcomes.completed,

@@ -54,7 +54,10 @@ impl std::fmt::Debug for World {
 /// Task durations in PVE seconds (fakepve runs at one PVE second per real second), long
 /// enough that kills land mid-task, short enough for hundreds of jobs.
 fn task_secs() -> serde_json::Value {
-    json!({"create": 1.5, "start": 0.6, "stop": 0.3, "shutdown": 0.3, "destroy": 0.5})
+    json!({
+        "create": 1.5, "start": 0.6, "stop": 0.3, "shutdown": 0.3, "destroy": 0.5,
+        "snapshot": 0.5, "delsnapshot": 0.3, "rollback": 0.8, "vzdump": 1.0, "migrate": 1.0,
+    })
 }
 
 impl World {
@@ -168,10 +171,10 @@ impl World {
                 self.pve.lose_answer(method, path, 1, how).await?;
             }
             Action::TaskError { task } => {
-                let message = if *task == "vzcreate" {
-                    "unable to create CT - injected failure"
-                } else {
-                    "startup for container failed - injected failure"
+                let message = match *task {
+                    "vzcreate" => "unable to create CT - injected failure",
+                    "vzstart" => "startup for container failed - injected failure",
+                    other => &format!("{other} failed - injected failure"),
                 };
                 self.pve.task_error(task, message).await?;
             }
@@ -369,16 +372,7 @@ impl FollowUp {
     }
 
     async fn submit(&self, create: JobId) -> anyhow::Result<()> {
-        // The create's end, through outages.
-        let deadline = Instant::now() + Duration::from_secs(900);
-        let events = loop {
-            match crate::jobs::events_until_terminal(&self.js, create, Duration::from_secs(60)).await {
-                Ok(events) => break events,
-                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_secs(1)).await,
-                Err(e) => return Err(e),
-            }
-        };
-        let Some(result) = events.last().and_then(|e| e.result.clone()).filter(|r| r.success) else { return Ok(()) };
+        let Some(result) = self.end_of(create).await?.filter(|r| r.success) else { return Ok(()) };
         let vmid = result.vmid.context("a completed create names its vmid")?;
         let node = pvefleet_schemas::NodeName::new(&self.node)?;
         let target = ContainerTarget { vmid, create_job: Some(create), hostname: Some(self.hostname.clone()) };
@@ -409,12 +403,52 @@ impl FollowUp {
                 let job = pvefleet_schemas::PowerJob::new(node.clone(), target.clone(), action);
                 pvefleet_schemas::DayTwoJob::Power(job)
             }
+            Then::Snapshot => {
+                pvefleet_schemas::DayTwoJob::Snapshot(pvefleet_schemas::SnapshotJob::take(node.clone(), target, None))
+            }
+            Then::Rollback => {
+                // A snapshot of its own first; the rollback only once it is taken.
+                let snapshot = pvefleet_schemas::SnapshotJob::take(node.clone(), target.clone(), None);
+                let name = snapshot.name.clone();
+                self.record(snapshot.job_id, vmid, Then::Snapshot);
+                let snapshot = pvefleet_schemas::DayTwoJob::Snapshot(snapshot);
+                submit_day_two(&self.store, &self.js, &snapshot).await?;
+                if !self.end_of(snapshot.job_id()).await?.is_some_and(|r| r.success) {
+                    return Ok(());
+                }
+                let job = pvefleet_schemas::RollbackJob::new(node.clone(), target, name);
+                pvefleet_schemas::DayTwoJob::Rollback(job)
+            }
+            Then::Backup => {
+                let job = pvefleet_schemas::BackupJob::new(node.clone(), target, "local".into());
+                pvefleet_schemas::DayTwoJob::Backup(job)
+            }
+            Then::Move { to } => {
+                let to = pvefleet_schemas::NodeName::new(format!("pve{}", to + 1))?;
+                pvefleet_schemas::DayTwoJob::Move(pvefleet_schemas::MoveJob::new(node.clone(), target, to))
+            }
         };
-        let day_two = DayTwo { vmid: vmid.get(), then: Some(self.then) };
+        self.record(job.job_id(), vmid, self.then);
+        submit_day_two(&self.store, &self.js, &job).await
+    }
+
+    fn record(&self, job: JobId, vmid: Vmid, then: Then) {
+        let day_two = DayTwo { vmid: vmid.get(), then: Some(then) };
         let submitted =
             Submitted { index: self.index, node: self.node.clone(), request_id: None, day_two: Some(day_two) };
-        self.history.lock().expect("history").jobs.insert(job.job_id(), submitted);
-        submit_day_two(&self.store, &self.js, &job).await
+        self.history.lock().expect("history").jobs.insert(job, submitted);
+    }
+
+    /// How `job` ended (followed through outages).
+    async fn end_of(&self, job: JobId) -> anyhow::Result<Option<pvefleet_schemas::JobResult>> {
+        let deadline = Instant::now() + Duration::from_secs(900);
+        loop {
+            match crate::jobs::events_until_terminal(&self.js, job, Duration::from_secs(60)).await {
+                Ok(events) => return Ok(events.last().and_then(|e| e.result.clone())),
+                Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_secs(1)).await,
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
