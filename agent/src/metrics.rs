@@ -26,14 +26,8 @@ struct Finished {
 /// A job kind as a label: one of the kinds this build runs, or `other` (a subject names the
 /// kind, and anyone who may publish a job could make up any number of them).
 pub fn kind_label(kind: &str) -> &'static str {
-    match kind {
-        "create" => "create",
-        "destroy" => "destroy",
-        "update" => "update",
-        "resize" => "resize",
-        "power" => "power",
-        _ => "other",
-    }
+    use pvefleet_schemas::trust::Action;
+    Action::ALL.into_iter().find(|a| !a.is_control() && a.as_str() == kind).map_or("other", Action::as_str)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -168,6 +168,9 @@ pub struct JobResult {
     /// SHA-256 fingerprint of the container's SSH host key trusted for the deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key: Option<String>,
+    /// The node a move job left the container on (the job's own is `node`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<NodeName>,
 }
 
 /// The most an event may weigh on the wire, well under nats-server's default `max_payload`
@@ -483,6 +486,7 @@ mod tests {
                 error: Some(ErrorInfo { kind: ErrorKind::Deploy, step: Step::Deploying, message }),
                 rolled_back: false,
                 host_key: None,
+                moved_to: None,
             }),
         }
     }

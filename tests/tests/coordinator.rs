@@ -394,6 +394,7 @@ fn forged(job: pvefleet_schemas::JobId, node: &str, seq: u64) -> Event {
             error: None,
             rolled_back: false,
             host_key: None,
+            moved_to: None,
         }),
     }
 }

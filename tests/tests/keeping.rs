@@ -3,7 +3,8 @@
 //! job loses its checkpoint mid-task, is taken once; a rollback is sent once through a lost
 //! answer and an agent killed mid-rollback; a guarded update that fails is rolled back to its
 //! snapshot and the config read back is what it was; a backup is taken once and pruned; a
-//! restore makes a new container with its own marker, or puts one back as it was; a move is
+//! restore makes a new container with its own marker (never from a stranger's backup), or puts
+//! one back as it was; a move is
 //! sent once through a lost answer, an agent killed mid-move and an HA migration that ends
 //! early, and ends with the container on exactly one node.
 
@@ -335,6 +336,21 @@ async fn a_backup_is_taken_once_and_restores_as_a_new_container_or_over_its_own(
     let list = backups(&bed, vmid).await?;
     assert_eq!(list.len(), 1, "{list:#?}");
     assert_ne!(list[0]["volid"].as_str(), Some(first.as_str()), "the older one pruned: {list:#?}");
+
+    // A backup of a container pvefleet did not make is not restored: it would copy a stranger's.
+    bed.pve.make_container("pve1", 900, &[("hostname", "theirs"), ("tags", "prod")]).await?;
+    bed.pve.api(reqwest::Method::POST, "/nodes/pve1/vzdump", &[("vmid", "900"), ("storage", "local")]).await?;
+    let theirs = wait_until("the stranger's backup", JOB_WITHIN, || async {
+        let list = bed.pve.api_get("/nodes/pve1/storage/local/content?content=backup&vmid=900").await.ok()?;
+        list.as_array()?.first()?["volid"].as_str().map(str::to_owned)
+    })
+    .await?;
+    bed.pve.reset_calls().await?;
+    let copy = RestoreJob::new(node("pve1"), theirs);
+    let events = run(&bed, "pve1", JobKind::Restore, copy.job_id, &copy).await?;
+    let error = result_of(&events).error.clone().expect("refused");
+    assert!(error.kind == ErrorKind::Conflict && error.message.contains("did not make"), "{error:?}");
+    assert_eq!(calls(&bed, "POST", "/nodes/{node}/lxc").await?, 0, "nothing restored");
     bed.dir.pass();
     Ok(())
 }
@@ -355,6 +371,7 @@ async fn a_move_is_sent_once_and_ends_with_the_container_on_one_node() -> anyhow
     let events = run(&bed, "pve1", JobKind::Move, job.job_id, &job).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert!(events.last().is_some_and(|e| e.message.contains("moved from pve1 to pve2")), "{events:#?}");
+    assert_eq!(result_of(&events).moved_to, Some(node("pve2")), "the result names the new node");
     assert_eq!(calls(&bed, "POST", migrate).await?, 1, "migrated twice");
     assert_eq!(nodes_of(&bed, vmid).await?, ["pve2"]);
     assert_eq!(status(&bed, "pve2", vmid).await?, "running", "moved in restart mode");

@@ -469,6 +469,7 @@ async fn terminal_error(
         error: Some(ErrorInfo { kind, step, message: message.clone() }),
         rolled_back: false,
         host_key: None,
+        moved_to: None,
     };
     events.emit(EventType::Error, Some(step), None, message, None, Some(result)).await
 }

@@ -266,6 +266,7 @@ impl Saga for DestroyRun<'_> {
             error,
             rolled_back,
             host_key: None,
+            moved_to: None,
         }
     }
 

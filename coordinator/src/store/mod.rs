@@ -167,6 +167,7 @@ mod tests {
                 error,
                 rolled_back: false,
                 host_key: None,
+                moved_to: None,
             }),
         }
     }

@@ -119,6 +119,7 @@ pub async fn cancel_queued(js: &jetstream::Context, node: &NodeName, id: &JobId,
             error: Some(ErrorInfo { kind: ErrorKind::Cancelled, step: Step::Validating, message }),
             rolled_back: false,
             host_key: None,
+            moved_to: None,
         }),
     };
     let publish = PublishMessage::build()

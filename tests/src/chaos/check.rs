@@ -382,6 +382,7 @@ mod tests {
             error: error.map(|kind| ErrorInfo { kind, step: Step::Creating, message: "boom".into() }),
             rolled_back: false,
             host_key: None,
+            moved_to: None,
         }
     }
 

@@ -560,6 +560,7 @@ impl Saga for CreateJob<'_> {
             error,
             rolled_back,
             host_key: cp.host_key.clone(),
+            moved_to: None,
         }
     }
 

@@ -149,8 +149,10 @@ impl Saga for MoveRun<'_> {
         }
     }
 
+    /// Its result names the node the container is on now.
     fn result(&mut self, error: Option<ErrorInfo>, _rolled_back: bool) -> JobResult {
-        super::result(self.job.job_id, &self.job.node, &self.core, error)
+        let moved_to = error.is_none().then(|| self.job.to.clone());
+        JobResult { moved_to, ..super::result(self.job.job_id, &self.job.node, &self.core, error) }
     }
 
     fn completed(&mut self) -> String {

@@ -104,6 +104,7 @@ pub(crate) fn result(job_id: JobId, node: &NodeName, core: &Core, error: Option<
         error,
         rolled_back: false,
         host_key: None,
+        moved_to: None,
     }
 }
 

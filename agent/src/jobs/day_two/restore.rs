@@ -173,7 +173,12 @@ impl RestoreRun<'_> {
                 self.core.cp.was_running = Some(running);
                 Ok(())
             }
-            None => self.choose_vmid().await,
+            None => {
+                if !crate::proxmox::has_marker_tag(backed_up.get("tags").unwrap_or_default()) {
+                    return Err(StepError::failed(ErrorKind::Conflict, stranger_backup(&self.job.backup)));
+                }
+                self.choose_vmid().await
+            }
         }
     }
 
@@ -268,6 +273,15 @@ impl RestoreRun<'_> {
     }
 }
 
+/// Why a backup of a container pvefleet did not make is not restored: it would copy a
+/// stranger's container (as a clone of one would).
+fn stranger_backup(volid: &str) -> String {
+    format!(
+        "backup: `{volid}` is of a container pvefleet did not make (its backed-up config carries no pvefleet marker): \
+         restoring it would copy a stranger's container; nothing was restored"
+    )
+}
+
 fn taken(vmid: Vmid) -> StepError {
     StepError::failed(
         ErrorKind::Conflict,
@@ -344,6 +358,10 @@ async fn plan_backup(pve: &PveClient, job: &RestoreJob, out: &mut Planned) -> Op
 /// What a restore as a new container would find and send; the vmid it would take.
 pub(crate) async fn plan_new(pve: &PveClient, job: &RestoreJob, out: &mut Planned) -> Option<Vmid> {
     let backed_up = plan_backup(pve, job, out).await?;
+    if !crate::proxmox::has_marker_tag(backed_up.get("tags").unwrap_or_default()) {
+        out.check("of pvefleet's", false, stranger_backup(&job.backup));
+        return None;
+    }
     let vmid = match job.vmid {
         Some(v) => match pve.vmid_is_free(v).await {
             Ok(true) => Some(v),
