@@ -399,6 +399,13 @@ pub struct TargetArgs {
     /// PVE user who may tag guests can forge one).
     #[arg(long)]
     pub force_marker: bool,
+    #[command(flatten)]
+    pub publish: PublishArgs,
+}
+
+/// How a day-two job is published and followed.
+#[derive(Args, Debug, Clone)]
+pub struct PublishArgs {
     /// Makes re-running the same command safe: the same key gives the same job (with
     /// --select, each container its own, so a rerun redoes only what did not finish).
     #[arg(long)]
@@ -412,6 +419,12 @@ pub struct TargetArgs {
     /// How long each Proxmox task may take.
     #[arg(long, default_value = "10m")]
     pub task_timeout: String,
+}
+
+impl Default for PublishArgs {
+    fn default() -> Self {
+        Self { request_id: None, watch: false, json: false, task_timeout: "10m".into() }
+    }
 }
 
 #[derive(Args, Debug, Default)]
@@ -594,15 +607,8 @@ pub struct RestoreArgs {
     /// Act on a container no job in this store made (--over), on its marker alone.
     #[arg(long)]
     pub force_marker: bool,
-    #[arg(long)]
-    pub request_id: Option<String>,
-    #[arg(long)]
-    pub watch: bool,
-    #[arg(long)]
-    pub json: bool,
-    /// How long each Proxmox task may take.
-    #[arg(long, default_value = "10m")]
-    pub task_timeout: String,
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
 
 /// Where the root password comes from (never the command line).

@@ -14,12 +14,8 @@
 use pvefleet_schemas::{DestroyJob, ErrorInfo, ErrorKind, JobResult, LogStream, Step, Vmid};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose, always};
 use crate::proxmox::Refusal;
-
-fn always(_: &DestroyJob) -> bool {
-    true
-}
 
 const STEPS: [StepRow<DestroyJob>; 3] = [
     StepRow { step: Step::Finding, percent: 5, what: "finding the container", runs: always },
@@ -227,19 +223,7 @@ impl DestroyRun<'_> {
 }
 
 impl Saga for DestroyRun<'_> {
-    type Message = DestroyJob;
-
-    fn steps(&self) -> &'static [StepRow<DestroyJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &DestroyJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(DestroyJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {

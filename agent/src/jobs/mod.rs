@@ -55,6 +55,32 @@ pub(crate) struct StepRow<M> {
     pub runs: fn(&M) -> bool,
 }
 
+/// A step every job of the kind runs (a row's `runs`).
+pub(crate) fn always<M>(_: &M) -> bool {
+    true
+}
+
+/// The parts of a kind's [`Saga`] every kind writes alike: its message type, its step table
+/// (the `STEPS` in scope), its message (`self.job`) and its core (`self.core`).
+macro_rules! saga_parts {
+    ($message:ty) => {
+        type Message = $message;
+
+        fn steps(&self) -> &'static [crate::jobs::StepRow<$message>] {
+            &STEPS
+        }
+
+        fn message(&self) -> &$message {
+            self.job
+        }
+
+        fn core(&mut self) -> &mut crate::jobs::Core {
+            &mut self.core
+        }
+    };
+}
+pub(crate) use saga_parts;
+
 /// How a job's run ended, for the delivery decision (see `intake::policy`).
 #[derive(Debug)]
 pub enum JobEnd {

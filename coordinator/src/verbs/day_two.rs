@@ -120,7 +120,8 @@ fn change_of(args: &UpdateArgs) -> Result<ConfigChange, Failure> {
 }
 
 fn options(t: &TargetArgs, shutdown: &str) -> Result<DayTwoOptions, Failure> {
-    let task: HumanDuration = t.task_timeout.parse().map_err(|e: String| BadInput::field("--task-timeout", e))?;
+    let task: HumanDuration =
+        t.publish.task_timeout.parse().map_err(|e: String| BadInput::field("--task-timeout", e))?;
     let shutdown: HumanDuration = shutdown.parse().map_err(|e: String| BadInput::field("--timeout", e))?;
     Ok(DayTwoOptions { shutdown_timeout: shutdown, task_timeout: task })
 }
@@ -140,7 +141,8 @@ pub(crate) async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) ->
             let mut ok = true;
             for (i, entry) in chosen.iter().enumerate() {
                 let (node, target) = inventory::target_of(&store, entry, t.force_marker).await?;
-                ok &= plan(&nats, &signer, &make(ask, node, target, options), t.json, (i + 1, chosen.len())).await?;
+                ok &= plan(&nats, &signer, &make(ask, node, target, options), t.publish.json, (i + 1, chosen.len()))
+                    .await?;
             }
             return if ok { Ok(()) } else { Err(Failure::Quiet) };
         }
@@ -150,13 +152,13 @@ pub(crate) async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) ->
             canary: t.canary,
             keep_going: t.keep_going,
             dry_run: t.dry_run,
-            request_id: t.request_id.clone(),
+            request_id: t.publish.request_id.clone(),
             force_marker: t.force_marker,
-            json: t.json,
+            json: t.publish.json,
         };
         return crate::rollout::run(&store, &nats, &signer, &plan, ask, options).await;
     }
-    if let Some(key) = &t.request_id
+    if let Some(key) = &t.publish.request_id
         && let Some(row) = earlier(&store, &nats, key, &signer).await?
     {
         return finish(cli, t, &row.job_id, &row.spec).await;
@@ -167,10 +169,14 @@ pub(crate) async fn run(cli: &Cli, t: &TargetArgs, ask: &Ask, shutdown: &str) ->
     let (node, target) = inventory::target_of(&store, entry, t.force_marker).await?;
     let message = make(ask, node, target, options);
     if t.plan {
-        return if plan(&nats, &signer, &message, t.json, (1, 1)).await? { Ok(()) } else { Err(Failure::Quiet) };
+        return if plan(&nats, &signer, &message, t.publish.json, (1, 1)).await? {
+            Ok(())
+        } else {
+            Err(Failure::Quiet)
+        };
     }
     message.validate()?;
-    let (id, json) = submit(&store, &nats, &signer, &message, t.request_id.as_deref()).await?;
+    let (id, json) = submit(&store, &nats, &signer, &message, t.publish.request_id.as_deref()).await?;
     finish(cli, t, &id, &json).await
 }
 
@@ -227,5 +233,5 @@ pub(crate) async fn earlier(
 }
 
 pub(crate) async fn finish(cli: &Cli, t: &TargetArgs, job_id: &str, json: &str) -> Outcome {
-    follow::print_then_follow(cli, job_id, json, t.json, t.watch).await
+    follow::print_then_follow(cli, job_id, json, t.publish.json, t.publish.watch).await
 }

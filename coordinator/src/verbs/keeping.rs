@@ -113,10 +113,10 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> Outcome {
     let store = crate::open_store(cli).await?;
     let (_, signer) = crate::identity::load(cli)?;
     let nats = Nats::new(cli);
-    if let Some(key) = &args.request_id
+    if let Some(key) = &args.publish.request_id
         && let Some(row) = earlier(&store, &nats, key, &signer).await?
     {
-        return follow::print_then_follow(cli, &row.job_id, &row.spec, args.json, args.watch).await;
+        return follow::print_then_follow(cli, &row.job_id, &row.spec, args.publish.json, args.publish.watch).await;
     }
     let placeholder = NodeName::new("restore").expect("a valid node name");
     let mut job = RestoreJob::new(placeholder, args.backup.clone());
@@ -146,9 +146,10 @@ pub async fn restore(cli: &Cli, args: &RestoreArgs) -> Outcome {
     job.hostname = args.hostname.clone();
     job.storage = args.storage.clone();
     job.start = args.start;
-    job.options.task_timeout = args.task_timeout.parse().map_err(|e: String| BadInput::field("--task-timeout", e))?;
+    job.options.task_timeout =
+        args.publish.task_timeout.parse().map_err(|e: String| BadInput::field("--task-timeout", e))?;
     let message = DayTwoJob::Restore(job);
     message.validate()?;
-    let (id, json) = submit(&store, &nats, &signer, &message, args.request_id.as_deref()).await?;
-    follow::print_then_follow(cli, &id, &json, args.json, args.watch).await
+    let (id, json) = submit(&store, &nats, &signer, &message, args.publish.request_id.as_deref()).await?;
+    follow::print_then_follow(cli, &id, &json, args.publish.json, args.publish.watch).await
 }

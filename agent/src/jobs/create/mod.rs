@@ -33,14 +33,10 @@ mod source;
 pub(crate) mod vmid;
 
 use crate::config::SshConfig;
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, Whose, always};
 use crate::proxmox::{PveError, Refusal};
 use crate::retry::{self, Wait};
 use crate::ssh::SshSession;
-
-fn always(_: &Job) -> bool {
-    true
-}
 
 fn fetches(job: &Job) -> bool {
     job.container.template.is_some()
@@ -523,19 +519,7 @@ impl CreateJob<'_> {
 }
 
 impl Saga for CreateJob<'_> {
-    type Message = Job;
-
-    fn steps(&self) -> &'static [StepRow<Job>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &Job {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(Job);
 
     fn prepare(&mut self) -> StepResult {
         self.open_password()

@@ -14,12 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::Planned;
 use crate::jobs::once::Once;
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::{Backup, PveClient};
-
-fn always(_: &BackupJob) -> bool {
-    true
-}
 
 const STEPS: [StepRow<BackupJob>; 2] = [
     StepRow { step: Step::Finding, percent: 5, what: "finding the container and the storage", runs: always },
@@ -116,19 +112,7 @@ impl BackupRun<'_> {
 }
 
 impl Saga for BackupRun<'_> {
-    type Message = BackupJob;
-
-    fn steps(&self) -> &'static [StepRow<BackupJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &BackupJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(BackupJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {

@@ -15,13 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::Planned;
 use crate::jobs::once::Once;
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::PveClient;
 use crate::retry::{self, Wait};
-
-fn always(_: &MoveJob) -> bool {
-    true
-}
 
 const STEPS: [StepRow<MoveJob>; 2] = [
     StepRow { step: Step::Finding, percent: 5, what: "finding the container", runs: always },
@@ -127,19 +123,7 @@ impl MoveRun<'_> {
 }
 
 impl Saga for MoveRun<'_> {
-    type Message = MoveJob;
-
-    fn steps(&self) -> &'static [StepRow<MoveJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &MoveJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(MoveJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {

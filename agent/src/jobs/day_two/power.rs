@@ -9,12 +9,8 @@
 use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, PowerAction, PowerJob, Step};
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::Refusal;
-
-fn always(_: &PowerJob) -> bool {
-    true
-}
 
 const STEPS: [StepRow<PowerJob>; 2] = [
     StepRow { step: Step::Finding, percent: 5, what: "finding the container", runs: always },
@@ -121,19 +117,7 @@ impl PowerRun<'_> {
 }
 
 impl Saga for PowerRun<'_> {
-    type Message = PowerJob;
-
-    fn steps(&self) -> &'static [StepRow<PowerJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &PowerJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(PowerJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {

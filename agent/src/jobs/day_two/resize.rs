@@ -12,12 +12,8 @@ use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, LogStream, ResizeJob, St
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::Refusal;
-
-fn always(_: &ResizeJob) -> bool {
-    true
-}
 
 const STEPS: [StepRow<ResizeJob>; 2] = [
     StepRow { step: Step::Finding, percent: 5, what: "finding the container and its disk", runs: always },
@@ -104,19 +100,7 @@ impl ResizeRun<'_> {
 }
 
 impl Saga for ResizeRun<'_> {
-    type Message = ResizeJob;
-
-    fn steps(&self) -> &'static [StepRow<ResizeJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &ResizeJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(ResizeJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {

@@ -15,12 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::Planned;
 use crate::jobs::once::Once;
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Whose};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Whose, always};
 use crate::proxmox::{PveClient, Refusal};
-
-fn always(_: &RestoreJob) -> bool {
-    true
-}
 
 fn over(job: &RestoreJob) -> bool {
     job.over.is_some()
@@ -290,19 +286,7 @@ fn taken(vmid: Vmid) -> StepError {
 }
 
 impl Saga for RestoreRun<'_> {
-    type Message = RestoreJob;
-
-    fn steps(&self) -> &'static [StepRow<RestoreJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &RestoreJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(RestoreJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {

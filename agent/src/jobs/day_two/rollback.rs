@@ -13,12 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::plan::Planned;
 use crate::jobs::once::Once;
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::PveClient;
-
-fn always(_: &RollbackJob) -> bool {
-    true
-}
 
 const STEPS: [StepRow<RollbackJob>; 2] = [
     StepRow { step: Step::Finding, percent: 5, what: "finding the container and its snapshot", runs: always },
@@ -79,19 +75,7 @@ impl RollbackRun<'_> {
 }
 
 impl Saga for RollbackRun<'_> {
-    type Message = RollbackJob;
-
-    fn steps(&self) -> &'static [StepRow<RollbackJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &RollbackJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(RollbackJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {

@@ -17,13 +17,9 @@ use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, LogStream, SnapshotActio
 use tokio_util::sync::CancellationToken;
 
 use super::plan::Planned;
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::{PveClient, Snapshot};
 use crate::retry::{self, Wait};
-
-fn always(_: &SnapshotJob) -> bool {
-    true
-}
 
 fn taking(job: &SnapshotJob) -> bool {
     job.action == SnapshotAction::Create
@@ -175,19 +171,7 @@ impl SnapshotRun<'_> {
 }
 
 impl Saga for SnapshotRun<'_> {
-    type Message = SnapshotJob;
-
-    fn steps(&self) -> &'static [StepRow<SnapshotJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &SnapshotJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(SnapshotJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         let vmid = self.core.cp.vmid;

@@ -25,13 +25,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::jobs::once::Once;
-use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone};
+use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Undone, always};
 use crate::proxmox::Refusal;
 use crate::retry;
-
-fn always(_: &UpdateJob) -> bool {
-    true
-}
 
 fn guarded(job: &UpdateJob) -> bool {
     job.guard.is_some()
@@ -382,19 +378,7 @@ impl UpdateRun<'_> {
 }
 
 impl Saga for UpdateRun<'_> {
-    type Message = UpdateJob;
-
-    fn steps(&self) -> &'static [StepRow<UpdateJob>] {
-        &STEPS
-    }
-
-    fn message(&self) -> &UpdateJob {
-        self.job
-    }
-
-    fn core(&mut self) -> &mut Core {
-        &mut self.core
-    }
+    crate::jobs::saga_parts!(UpdateJob);
 
     async fn step(&mut self, step: Step) -> StepResult {
         match step {
