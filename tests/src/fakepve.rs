@@ -342,6 +342,11 @@ impl FakePve {
         Ok(serde_json::from_value(body["calls"].clone())?)
     }
 
+    /// How many calls of `method` on the schema path template `path` it answered.
+    pub async fn calls_of(&self, method: &str, path: &str) -> anyhow::Result<u64> {
+        Ok(self.calls().await?.into_iter().filter(|(m, p, _)| m == method && p == path).map(|(_, _, n)| n).sum())
+    }
+
     pub async fn reset_calls(&self) -> anyhow::Result<()> {
         self.control("/calls-reset", json!({})).await.map(drop)
     }

@@ -156,6 +156,28 @@ pub async fn run_to_end(js: &jetstream::Context, job: &Job) -> anyhow::Result<Ve
     wait_end(js, job.job_id).await
 }
 
+/// Runs a create job to its end (it must succeed): its container, as a day-two job names it.
+pub async fn made(js: &jetstream::Context, job: &Job) -> anyhow::Result<pvefleet_schemas::ContainerTarget> {
+    submit(js, job).await?;
+    let events = events_until_terminal(js, job.job_id, JOB_WITHIN).await?;
+    ensure!(result_of(&events).success, "the create failed: {events:#?}");
+    let vmid = result_of(&events).vmid.context("a completed create names its vmid")?;
+    let hostname = Some(job.container.hostname.clone());
+    Ok(pvefleet_schemas::ContainerTarget { vmid, create_job: Some(job.job_id), hostname })
+}
+
+/// Publishes a job of `kind` for `node` and follows it to its end.
+pub async fn run_kind(
+    js: &jetstream::Context,
+    node: &str,
+    kind: JobKind,
+    id: JobId,
+    message: &impl serde::Serialize,
+) -> anyhow::Result<Vec<Event>> {
+    submit_kind(js, &NodeName::new(node)?, kind, id, message).await?;
+    wait_end(js, id).await
+}
+
 /// Follows a published job to its end (within [`JOB_WITHIN`]): its events, the event
 /// contract checked.
 pub async fn wait_end(js: &jetstream::Context, job: JobId) -> anyhow::Result<Vec<Event>> {

@@ -13,7 +13,7 @@ use pvefleet_schemas::{
     RestartPolicy, UpdateJob, Vmid,
 };
 use pvefleet_testbed::agent::AgentOptions;
-use pvefleet_testbed::jobs::{JOB_WITHIN, create_job, events_until_terminal, result_of, submit, submit_kind, wait_end};
+use pvefleet_testbed::jobs::{create_job, result_of, run_kind};
 use pvefleet_testbed::{Fleet, wait_until};
 
 fn node(name: &str) -> NodeName {
@@ -22,12 +22,7 @@ fn node(name: &str) -> NodeName {
 
 /// A container made by a create job on `on`: its target for day-two jobs.
 async fn made(bed: &Fleet, on: &str, hostname: &str, ip: Ipv4Addr) -> anyhow::Result<ContainerTarget> {
-    let job = create_job(on, hostname, ip);
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    anyhow::ensure!(result_of(&events).success, "{events:#?}");
-    let vmid = result_of(&events).vmid.expect("a vmid");
-    Ok(ContainerTarget { vmid, create_job: Some(job.job_id), hostname: Some(hostname.into()) })
+    pvefleet_testbed::jobs::made(&bed.js, &create_job(on, hostname, ip)).await
 }
 
 async fn run(
@@ -37,8 +32,7 @@ async fn run(
     id: JobId,
     message: &impl serde::Serialize,
 ) -> anyhow::Result<Vec<Event>> {
-    submit_kind(&bed.js, &node(on), kind, id, message).await?;
-    wait_end(&bed.js, id).await
+    run_kind(&bed.js, on, kind, id, message).await
 }
 
 async fn power(bed: &Fleet, target: &ContainerTarget, action: PowerAction) -> anyhow::Result<Vec<Event>> {
@@ -64,7 +58,7 @@ async fn status(bed: &Fleet, vmid: Vmid) -> anyhow::Result<String> {
 
 /// How many calls of `method` on the schema path `path` fakepve answered.
 async fn calls(bed: &Fleet, method: &str, path: &str) -> anyhow::Result<u64> {
-    Ok(bed.pve.calls().await?.into_iter().filter(|(m, p, _)| m == method && p == path).map(|(_, _, n)| n).sum())
+    bed.pve.calls_of(method, path).await
 }
 
 fn last_message(events: &[Event]) -> &str {

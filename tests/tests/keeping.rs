@@ -16,9 +16,7 @@ use pvefleet_schemas::{
     RestartPolicy, RestoreJob, RollbackJob, SnapshotJob, Step, UpdateJob, Vmid,
 };
 use pvefleet_testbed::fakepve::LostAnswer;
-use pvefleet_testbed::jobs::{
-    JOB_WITHIN, create_job, events_until_terminal, lose_checkpoint_of, result_of, submit, submit_kind, wait_end,
-};
+use pvefleet_testbed::jobs::{JOB_WITHIN, create_job, lose_checkpoint_of, result_of, run_kind, submit_kind, wait_end};
 use pvefleet_testbed::{Fleet, wait_until};
 
 fn node(name: &str) -> NodeName {
@@ -27,11 +25,7 @@ fn node(name: &str) -> NodeName {
 
 async fn made_with(bed: &Fleet, mut job: pvefleet_schemas::Job) -> anyhow::Result<ContainerTarget> {
     job.container.memory = 512;
-    submit(&bed.js, &job).await?;
-    let events = events_until_terminal(&bed.js, job.job_id, JOB_WITHIN).await?;
-    anyhow::ensure!(result_of(&events).success, "{events:#?}");
-    let vmid = result_of(&events).vmid.expect("a vmid");
-    Ok(ContainerTarget { vmid, create_job: Some(job.job_id), hostname: Some(job.container.hostname.clone()) })
+    pvefleet_testbed::jobs::made(&bed.js, &job).await
 }
 
 async fn made(bed: &Fleet, on: &str, hostname: &str, ip: Ipv4Addr) -> anyhow::Result<ContainerTarget> {
@@ -45,13 +39,12 @@ async fn run(
     id: JobId,
     message: &impl serde::Serialize,
 ) -> anyhow::Result<Vec<Event>> {
-    submit_kind(&bed.js, &node(on), kind, id, message).await?;
-    wait_end(&bed.js, id).await
+    run_kind(&bed.js, on, kind, id, message).await
 }
 
 /// How many calls of `method` on the schema path `path` fakepve answered.
 async fn calls(bed: &Fleet, method: &str, path: &str) -> anyhow::Result<u64> {
-    Ok(bed.pve.calls().await?.into_iter().filter(|(m, p, _)| m == method && p == path).map(|(_, _, n)| n).sum())
+    bed.pve.calls_of(method, path).await
 }
 
 /// Waits until fakepve has answered (or lost the answer of) a call of `method` on `path`.
