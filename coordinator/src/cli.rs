@@ -570,8 +570,10 @@ pub struct MoveArgs {
 pub struct ListArgs {
     /// The container: its create job's id, or its hostname.
     pub target: Option<String>,
+    /// The container's node (with --vmid, instead of TARGET).
     #[arg(long, requires = "vmid")]
     pub node: Option<String>,
+    /// The container's vmid (with --node).
     #[arg(long, requires = "node")]
     pub vmid: Option<u32>,
     /// Backups on this storage only.
