@@ -24,7 +24,7 @@ import urllib.request
 
 from aiohttp import web
 from fakepve import FakePve, PveError, TaskError
-from fakepve.server import API, params
+from fakepve.server import API, USER as USER_KEY, params
 from fakepve.certs import make_cert
 from fakepve.lxc import SNAPSHOT_STORAGE, mount_type, parse_mount, parse_size, print_mount, random_mac, split_props, \
     to_base
@@ -1024,6 +1024,24 @@ class BedPve(FakePve):
                 'rootfs': {'total': s['maxdisk'], 'used': s['disk'], 'free': disk, 'avail': disk},
                 'swap': {'total': 0, 'used': 0, 'free': 0}, 'ksm': {'shared': 0},
                 'pveversion': 'pve-manager/{0}/fakepve'.format(self.version), 'kversion': 'Linux 6.14.8-2-pve'}
+
+    async def _task_list(self, request):
+        # PVE's Tasks.pm reads `source` (default `archive`): the archive holds ended tasks only, `active`
+        # the running ones, `all` both; fakepve lists both whatever it is given. A client that looks for
+        # a task it may have started must ask for `all`, as on a real node.
+        p = self._verify(request, await params(request))
+        source = p.get('source', 'archive')
+        node, user, vmid = request.match_info['node'], request[USER_KEY], p.get('vmid')
+        audit = self.allowed(user, '/nodes/' + node, 'Sys.Audit')
+
+        def listed(task):
+            running = task.get('exitstatus') is None
+            return (task['node'] == node and (vmid is None or task['id'] == str(vmid))
+                    and (audit or self._task_owner(user, task))
+                    and (source == 'all' or running == (source == 'active')))
+        data = sorted((self._task_view(t, True) for t in self.tasklog if listed(t)), key=lambda t: -t['starttime'])
+        start = p.get('start', 0)
+        return web.json_response({'data': data[start:start + p.get('limit', 50)]})
 
     def _task_view(self, task, listing=False):
         # fakepve's tasks end OK or with an error; a warned task shows PVE's `WARNINGS: n` instead of OK.

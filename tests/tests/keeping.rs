@@ -159,7 +159,9 @@ async fn a_snapshot_is_taken_once_and_a_rollback_sent_once_whatever_happens_to_t
         UpdateJob::new(node("pve1"), target.clone(), ConfigChange { memory: Some(1024), ..Default::default() });
     assert!(result_of(&run(&bed, "pve1", JobKind::Update, update.job_id, &update).await?).success);
     bed.pve.time_scale(0.2).await?;
-    bed.pve.task_secs(serde_json::json!({"rollback": 10})).await?;
+    // Long enough to be still running when the new agent looks for it (PVE lists a running
+    // task only when asked for `source=all`).
+    bed.pve.task_secs(serde_json::json!({"rollback": 40})).await?;
     bed.pve.reset_calls().await?;
     let back = RollbackJob::new(node("pve1"), target.clone(), "before".into());
     submit_kind(&bed.js, &node("pve1"), JobKind::Rollback, back.job_id, &back).await?;
@@ -269,7 +271,9 @@ async fn a_backup_is_taken_once_and_restores_as_a_new_container_or_over_its_own(
     let vmid = target.vmid;
     let vzdump = "/nodes/{node}/vzdump";
 
-    // Its answer is lost: found by its task, one backup, with the job in its notes.
+    // Its answer is lost while it runs: found by its task, one backup, with the job in its notes.
+    bed.pve.time_scale(0.2).await?;
+    bed.pve.task_secs(serde_json::json!({"vzdump": 20})).await?;
     bed.pve.reset_calls().await?;
     bed.pve.lose_answer("POST", "/nodes/pve1/vzdump", 1, LostAnswer::Error).await?;
     let job = BackupJob::new(node("pve1"), target.clone(), "local".into());
@@ -281,6 +285,7 @@ async fn a_backup_is_taken_once_and_restores_as_a_new_container_or_over_its_own(
     let first = list[0]["volid"].as_str().expect("a volid").to_owned();
     assert!(list[0]["notes"].as_str().is_some_and(|n| n.contains(&job.job_id.to_string())), "{list:#?}");
     assert!(events.last().is_some_and(|e| e.message.contains(&first)), "the volume named: {events:#?}");
+    bed.pve.reset().await?;
 
     // A storage that takes no backups: refused at finding, nothing sent.
     bed.pve.reset_calls().await?;
@@ -371,7 +376,7 @@ async fn a_move_is_sent_once_and_ends_with_the_container_on_one_node() -> anyhow
 
     // Back, its agent killed mid-move: the redelivery finds its migration, sends none.
     bed.pve.time_scale(0.2).await?;
-    bed.pve.task_secs(serde_json::json!({"migrate": 10})).await?;
+    bed.pve.task_secs(serde_json::json!({"migrate": 40})).await?;
     bed.pve.reset_calls().await?;
     let back = MoveJob::new(node("pve2"), target.clone(), node("pve1"));
     submit_kind(&bed.js, &node("pve2"), JobKind::Move, back.job_id, &back).await?;

@@ -336,7 +336,8 @@ impl PveClient {
     /// The newest task of `kind` for `vmid` on this node begun at or after `since` (seconds
     /// since the epoch): how a request whose answer was lost is found to have been carried out.
     pub async fn task_since(&self, vmid: Vmid, kind: &str, since: u64) -> Result<Option<Upid>, PveError> {
-        let params = [("vmid", vmid.to_string()), ("limit", "50".to_owned())];
+        // `all`: PVE's default source is the archive, which holds only tasks that have ended.
+        let params = [("vmid", vmid.to_string()), ("limit", "50".to_owned()), ("source", "all".to_owned())];
         let data = self.call(Method::GET, &self.node_path("/tasks"), &params).await?;
         Ok(data
             .as_array()
