@@ -140,6 +140,10 @@ pub struct Checkpoint {
     /// rollback start it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub was_running: Option<bool>,
+    /// The job has sent a change to the container (written before it is sent: a change whose
+    /// answer was lost may have been made): what a guarded update's undo has to undo.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub wrote: bool,
     /// The run that may act on the job, until when. Every write of the checkpoint is a
     /// compare-and-set on its revision, so a run that lost its lease cannot write it back.
     #[serde(default)]
@@ -195,6 +199,7 @@ impl Checkpoint {
             asked_at: None,
             asked_for: None,
             was_running: None,
+            wrote: false,
             lease: None,
         }
     }

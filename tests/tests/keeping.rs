@@ -246,6 +246,20 @@ async fn a_guarded_update_that_fails_leaves_the_container_as_it_was() -> anyhow:
     assert!(events.last().is_some_and(|e| e.message.contains("pvefleet rollback")), "{events:#?}");
     assert_eq!(memory_of(&config(&bed, "pve1", vmid).await?), Some(2048));
 
+    // Another user edits the config at every read: nothing of the job is written, so nothing is
+    // rolled back (a rollback would throw away that user's edits).
+    let config_path = "/nodes/{node}/lxc/{vmid}/config";
+    bed.pve.edit_after("GET", config_path, 0, 0, vmid.get(), serde_json::json!({"description": "edit {n}"})).await?;
+    bed.pve.reset_calls().await?;
+    let busy = guarded(&target, ConfigChange { cores: Some(2), ..Default::default() }, Guard::default());
+    let events = run(&bed, "pve1", JobKind::Update, busy.job_id, &busy).await?;
+    bed.pve.reset().await?;
+    let error = result_of(&events).error.clone().expect("a conflict");
+    assert_eq!((error.kind, error.step), (ErrorKind::Conflict, Step::Configuring), "{events:#?}");
+    assert!(!result_of(&events).rolled_back, "nothing was written, so nothing to roll back: {events:#?}");
+    assert_eq!(calls(&bed, "POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback").await?, 0);
+    assert!(config(&bed, "pve1", vmid).await?["description"].as_str().is_some_and(|d| d.starts_with("edit ")));
+
     // A guarded update that succeeds deletes its snapshot (unless kept).
     let ok = guarded(&target, ConfigChange { memory: Some(1024), ..Default::default() }, Guard::default());
     let events = run(&bed, "pve1", JobKind::Update, ok.job_id, &ok).await?;
@@ -253,7 +267,7 @@ async fn a_guarded_update_that_fails_leaves_the_container_as_it_was() -> anyhow:
     assert!(events.iter().any(|e| e.step == Some(Step::CleaningUp)), "{events:#?}");
     let names: Vec<String> = snapshot_names(&bed, vmid).await?.into_iter().map(|(n, _)| n).collect();
     assert!(!names.contains(&format!("pf-{}", ok.job_id.short())), "deleted after success: {names:?}");
-    assert_eq!(names.len(), 2, "the two failures' snapshots stay: {names:?}");
+    assert_eq!(names.len(), 3, "the failures' snapshots stay: {names:?}");
     bed.dir.pass();
     Ok(())
 }

@@ -62,9 +62,9 @@ impl Kind {
         match self {
             // A container exists once `creating` has run: the rollback destroys it.
             Kind::Create => step > Step::Creating,
-            // Its change, once begun, is rolled back to the snapshot (not when only its
-            // clean-up failed).
-            Kind::GuardedUpdate => step > Step::Snapshotting && step != Step::CleaningUp,
+            // Its change, once sent (a failing `configuring` fails before its write), is rolled
+            // back to the snapshot; not when only its clean-up failed.
+            Kind::GuardedUpdate => step > Step::Configuring && step != Step::CleaningUp,
             _ => false,
         }
     }

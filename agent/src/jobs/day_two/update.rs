@@ -269,6 +269,15 @@ impl UpdateRun<'_> {
         }
     }
 
+    /// Checkpoints whether a change may have been written (what the undo goes by).
+    async fn wrote(&mut self, wrote: bool) -> StepResult {
+        if self.core.cp.wrote != wrote {
+            self.core.cp.wrote = wrote;
+            self.core.save().await?;
+        }
+        Ok(())
+    }
+
     async fn config(&mut self) -> Result<Value, StepError> {
         let vmid = self.core.vmid();
         super::ours(&mut self.core, vmid).await
@@ -278,6 +287,9 @@ impl UpdateRun<'_> {
         let vmid = self.core.vmid();
         let (mut digest_tries, mut lost_tries) = (0, 0);
         let mut pause = retry::CONFIG_UNANSWERED.first;
+        // Whether a write may have been made (by an earlier delivery, or a request of this run
+        // whose answer never came): a refused one was not.
+        let mut maybe_written = self.core.cp.wrote;
         loop {
             let cfg = self.config().await?;
             let wants = wanted(&self.job.change, &cfg);
@@ -288,7 +300,14 @@ impl UpdateRun<'_> {
             let params: Vec<(&str, String)> = params.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
             let keys = keys_of(&wants);
             self.core.events.log(LogStream::Task, format!("changing {keys} of container {vmid}")).await?;
-            match self.core.pve.put_config(vmid, &params).await {
+            self.wrote(true).await?;
+            let sent = self.core.pve.put_config(vmid, &params).await;
+            if let Err(e) = &sent
+                && !e.is_transient()
+            {
+                self.wrote(maybe_written).await?;
+            }
+            match sent {
                 Ok(()) => {
                     self.changed = wants.into_keys().collect();
                     return Ok(());
@@ -314,6 +333,7 @@ impl UpdateRun<'_> {
                 }
                 Err(e) if e.is_transient() && lost_tries + 1 < retry::CONFIG_UNANSWERED_ATTEMPTS => {
                     // Carried out or not: the config read again says which.
+                    maybe_written = true;
                     lost_tries += 1;
                     tracing::warn!(error = %e, retry_in = ?pause, "config change unanswered; reading the config again");
                     tokio::time::sleep(pause).await;
@@ -392,16 +412,17 @@ impl Saga for UpdateRun<'_> {
         }
     }
 
-    /// A guarded update that failed after its snapshot rolls back to it (unless `keep`).
+    /// A guarded update that failed after sending its change rolls back to its snapshot
+    /// (unless `keep`). Decided by what the checkpoint says was done, not by the failing step:
+    /// nothing sent (a digest conflict, a refusal, a cancel before the write) is nothing to
+    /// undo, and a change already verified stands.
     async fn undo(&mut self) -> Result<Undone, StepError> {
         let Some(guard) = self.job.guard else { return Ok(Undone::Nothing(None)) };
-        let failed_in = self.core.cp.failure.as_ref().map_or(Step::Finding, |f| f.step);
         let name = self.snapshot.clone();
-        if failed_in <= Step::Snapshotting {
+        if !self.core.cp.wrote {
             return Ok(Undone::Nothing(Some("nothing was changed".into())));
         }
-        if failed_in == Step::CleaningUp {
-            // The change is made and verified: only its snapshot is left.
+        if self.core.cp.done.is_some_and(|done| done >= Step::Verifying) {
             return Ok(Undone::Nothing(Some(format!("the change is made; snapshot {name} stays"))));
         }
         if guard.on_failure == OnFailure::Keep {
