@@ -173,6 +173,28 @@ async fn a_snapshot_is_taken_once_and_a_rollback_sent_once_whatever_happens_to_t
     assert!(events.iter().any(|e| e.message.contains("resuming")), "redelivered: {events:#?}");
     assert_eq!(calls(&bed, "POST", rollback).await?, 1, "rolled back twice");
     assert_eq!(memory_of(&config(&bed, "pve1", vmid).await?), Some(512), "rolled back");
+
+    // Cancelled mid-rollback: the rollback is not stopped half-way; the job ends cancelled once
+    // it has finished, and says so.
+    let update = UpdateJob::new(node("pve1"), target.clone(), ConfigChange { memory: Some(768), ..Default::default() });
+    assert!(result_of(&run(&bed, "pve1", JobKind::Update, update.job_id, &update).await?).success);
+    bed.pve.reset_calls().await?;
+    let back = RollbackJob::new(node("pve1"), target.clone(), "before".into());
+    submit_kind(&bed.js, &node("pve1"), JobKind::Rollback, back.job_id, &back).await?;
+    called(&bed, "POST", rollback).await?;
+    let cancel = pvefleet_testbed::trust::signed(&pvefleet_schemas::CancelRequest::new(node("pve1"), back.job_id));
+    let client = bed.nats.client().await?;
+    let reply = client.request(pvefleet_schemas::names::cancel_subject(&node("pve1")), cancel.into()).await?;
+    let reply: pvefleet_schemas::CancelReply = serde_json::from_slice(&reply.payload)?;
+    assert!(reply.ok, "{}", reply.message);
+    let events = wait_end(&bed.js, back.job_id).await?;
+    let error = result_of(&events).error.clone().expect("cancelled");
+    assert_eq!(error.kind, ErrorKind::Cancelled, "{events:#?}");
+    assert!(events.last().is_some_and(|e| e.message.contains("vzrollback task was let finish")), "{events:#?}");
+    let tasks = bed.pve.api_get(&format!("/nodes/pve1/tasks?vmid={vmid}&limit=500")).await?;
+    let last = tasks.as_array().into_iter().flatten().find(|t| t["type"] == "vzrollback").expect("its task");
+    assert_eq!(last["status"], "OK", "not stopped half-way: {last}");
+    assert_eq!(memory_of(&config(&bed, "pve1", vmid).await?), Some(512), "rolled back in full");
     bed.pve.reset().await?;
 
     // Deleted, then deleted again: the second finds nothing to delete and sends nothing.

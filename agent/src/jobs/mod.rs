@@ -531,15 +531,17 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
     let core = saga.core();
     core.cp.failure = Some(failure.clone());
     core.save().await?;
-    // A rollback is never stopped half-way (it would leave the container neither as it was
-    // nor as it is): a cancel waits for it like any other end.
+    let mut left_to_finish = None;
     if failure.kind == ErrorKind::Cancelled
-        && let Some(upid) = core.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok())
-        && upid.kind() != "vzrollback"
+        && let Some(upid) = core.cancelled_task().await?
     {
-        // Stop the Proxmox task the job was waiting on (a no-op if it already ended), and
-        // let it end: it holds the container's lock, which the undo needs.
-        if let Err(e) = core.pve.stop_task(&upid).await {
+        // Stop the Proxmox task the job was waiting on (a no-op if it already ended), unless
+        // stopping it half-way would leave the container neither as it was nor as asked (a
+        // rollback, a restore, a migration, a snapshot being made or deleted); either way let
+        // it end: it holds the container's lock, which the undo needs.
+        if once::runs_to_its_end(upid.kind()) {
+            left_to_finish = Some(upid.kind().to_owned());
+        } else if let Err(e) = core.pve.stop_task(&upid).await {
             tracing::info!(error = %pvefleet_schemas::report::error_chain(&e), %upid, "stopping the task on cancel");
         }
         let mut watch = core.pve.watch_task(&upid, core.task_timeout);
@@ -553,6 +555,12 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
         Err(StepError::Failed { message, .. }) => (false, Some(format!("rollback failed: {message}"))),
     };
     let mut message = failure.message.clone();
+    if let Some(kind) = left_to_finish {
+        message.push_str(&format!(
+            "; its {kind} task was let finish (stopped half-way it would leave the container neither as it was nor as \
+             asked)"
+        ));
+    }
     if let Some(note) = note {
         message.push_str(&format!("; {note}"));
     }

@@ -9,19 +9,34 @@
 
 use std::time::Duration;
 
-use pvefleet_schemas::{LogStream, Timestamp, Vmid};
+use pvefleet_schemas::{ErrorKind, LogStream, Timestamp, Vmid};
 
-use super::{Cause, Core, StepError};
+use super::{Cause, Core, StepError, Whose};
 use crate::proxmox::{PveClient, PveError, Refusal, Upid};
 use crate::retry;
 
 /// A request sent once.
 pub(crate) enum Once<'a> {
-    Reboot { within: Duration },
-    Rollback { name: &'a str, start: bool },
-    Backup { params: &'a [(&'a str, String)] },
-    Restore { params: &'a [(&'a str, String)] },
-    Migrate { to: &'a str, restart: Option<Duration>, storage: Option<&'a str> },
+    Reboot {
+        within: Duration,
+    },
+    Rollback {
+        name: &'a str,
+        start: bool,
+    },
+    Backup {
+        params: &'a [(&'a str, String)],
+    },
+    /// A restore: `over` a container of the job's, or as a new one (its vmid free).
+    Restore {
+        params: &'a [(&'a str, String)],
+        over: bool,
+    },
+    Migrate {
+        to: &'a str,
+        restart: Option<Duration>,
+        storage: Option<&'a str>,
+    },
 }
 
 impl Once<'_> {
@@ -42,16 +57,47 @@ impl Once<'_> {
             Once::Reboot { within } => pve.reboot_once(vmid, *within).await,
             Once::Rollback { name, start } => pve.rollback(vmid, name, *start).await,
             Once::Backup { params } => pve.vzdump(params).await,
-            Once::Restore { params } => pve.restore(params).await,
+            Once::Restore { params, .. } => pve.restore(params).await,
             Once::Migrate { to, restart, storage } => pve.migrate(vmid, to, *restart, *storage).await,
         }
     }
 }
 
+/// Whether a task of `kind` is let run to its end when its job is cancelled: stopped half-way,
+/// it would leave the container neither as it was nor as asked.
+pub(crate) fn runs_to_its_end(kind: &str) -> bool {
+    ["vzrollback", "vzrestore", "vzmigrate", "hamigrate", "vzsnapshot", "vzdelsnapshot"].contains(&kind)
+}
+
 impl Core {
+    /// The task a cancelled job was waiting on: the one checkpointed, or the one it asked for
+    /// (once) whose answer had not come yet, if it started.
+    pub(crate) async fn cancelled_task(&self) -> Result<Option<Upid>, crate::bus::BusError> {
+        let checkpointed = self.cp.upid.as_deref().and_then(|u| u.parse::<Upid>().ok());
+        let (Some(vmid), Some(kind)) = (self.cp.vmid, self.cp.asked_at.as_ref().map(|_| self.asked_kind())) else {
+            return Ok(checkpointed);
+        };
+        tokio::time::sleep(retry::ONCE_SETTLE).await;
+        let kinds: &[&str] = if kind == "vzmigrate" { &["vzmigrate", "hamigrate"] } else { &[kind] };
+        match self.sent_since(vmid, kinds).await {
+            Ok(Some(upid)) => Ok(Some(upid)),
+            Ok(None) => Ok(checkpointed),
+            Err(StepError::Bus(e)) => Err(e),
+            Err(StepError::Failed { message, .. }) => {
+                tracing::warn!(%message, "could not look for the task asked for before the cancel");
+                Ok(checkpointed)
+            }
+        }
+    }
+
+    /// The kind of task the checkpoint's `asked_at` is for.
+    fn asked_kind(&self) -> &str {
+        self.cp.asked_for.as_deref().unwrap_or("vzreboot")
+    }
+
     /// Whether an earlier delivery asked for a task of `kind` whose UPID it never learnt.
     pub(crate) fn asked(&self, kind: &str) -> bool {
-        self.cp.asked_at.is_some() && self.cp.asked_for.as_deref().unwrap_or("vzreboot") == kind
+        self.cp.asked_at.is_some() && self.asked_kind() == kind
     }
 
     /// Sends `once` for container `vmid` unless this job sent it already, and waits for its
@@ -74,6 +120,7 @@ impl Core {
         let mut tries = 0;
         loop {
             tries += 1;
+            self.may_send(vmid, &once).await?;
             match once.send(&self.pve, vmid).await {
                 Ok(upid) => return self.wait_sent(upid).await,
                 Err(e) if e.is_transient() && tries < retry::ONCE_ATTEMPTS => {
@@ -88,6 +135,28 @@ impl Core {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Before each send (a first, or one after an answer that never came): the container still
+    /// carries the job's marker, or, for a new container's restore, no container has its vmid.
+    async fn may_send(&mut self, vmid: Vmid, once: &Once<'_>) -> Result<(), StepError> {
+        if let Once::Restore { over: false, .. } = once {
+            return match self.whose(vmid).await? {
+                Whose::Nobody => Ok(()),
+                Whose::Ours => Err(StepError::failed(
+                    ErrorKind::Conflict,
+                    format!(
+                        "container {vmid} exists with this job's marker, but no restore task of this job was found: \
+                         not restoring it again"
+                    ),
+                )),
+                Whose::Strangers => Err(StepError::failed(
+                    ErrorKind::Conflict,
+                    format!("vmid {vmid} was taken by a guest pvefleet did not make: nothing was restored"),
+                )),
+            };
+        }
+        crate::jobs::day_two::ours(self, vmid).await.map(drop)
     }
 
     /// The task of one of `kinds` for `vmid` begun since this job asked (two seconds' slack

@@ -262,7 +262,8 @@ impl RestoreRun<'_> {
         let backed_up = self.backup().await?;
         let start = self.job.start || self.core.cp.was_running == Some(true);
         let params = restore_params(self.job, vmid, &backed_up, start);
-        self.core.once(vmid, Once::Restore { params: &params }).await?;
+        let over = self.job.over.is_some();
+        self.core.once(vmid, Once::Restore { params: &params, over }).await?;
         super::ours(&mut self.core, vmid).await?;
         self.core.events.log(LogStream::Task, format!("container {vmid} restored from {}", self.job.backup)).await?;
         Ok(())
