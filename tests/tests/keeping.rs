@@ -112,6 +112,7 @@ async fn a_snapshot_is_taken_once_and_a_rollback_sent_once_whatever_happens_to_t
     let events = run(&bed, "pve1", JobKind::Snapshot, job.job_id, &job).await?;
     assert!(result_of(&events).success, "{events:#?}");
     assert_eq!(calls(&bed, "POST", take).await?, 1, "one snapshot request");
+    assert_eq!(events.last().and_then(|e| e.step), Some(Step::Snapshotting), "it ends on its last step run");
     let names = snapshot_names(&bed, vmid).await?;
     assert_eq!(names.len(), 1, "{names:?}");
     assert!(names[0].0 == "before" && names[0].1.contains(&job.job_id.to_string()), "the job in it: {names:?}");

@@ -420,7 +420,8 @@ async fn drive<S: Saga>(
         return fail(saga, ErrorInfo { kind, step: first, message }).await;
     }
     let rows = saga.steps();
-    let last = rows.last().expect("a step table has steps").step;
+    // The last step this job runs: the `complete` event's, and the one not checkpointed.
+    let last = rows.iter().rev().find(|r| (r.runs)(saga.message())).map_or(first, |r| r.step);
     for row in rows {
         if saga.core().cp.done.is_some_and(|done| done >= row.step) || !(row.runs)(saga.message()) {
             continue;
