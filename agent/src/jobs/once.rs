@@ -1,6 +1,7 @@
 //! Requests that must run once whatever happens to their answer: a reboot (a second would cut
 //! off the work the first let start), a rollback (a second would discard what was written
-//! since the first), a restore over a container, a backup, a migration.
+//! since the first), a restore over a container, a backup, a migration; and a snapshot taken
+//! or deleted (a second fails in its task, failing a job whose work was done).
 //!
 //! [`Core::once`] checkpoints the time it asks (and for which kind of task) before it sends;
 //! once PVE answers, the UPID replaces it. A redelivery, or a request whose answer was lost,
@@ -24,6 +25,13 @@ pub(crate) enum Once<'a> {
         name: &'a str,
         start: bool,
     },
+    Snapshot {
+        name: &'a str,
+        description: &'a str,
+    },
+    DeleteSnapshot {
+        name: &'a str,
+    },
     Backup {
         params: &'a [(&'a str, String)],
     },
@@ -46,6 +54,8 @@ impl Once<'_> {
         match self {
             Once::Reboot { .. } => &["vzreboot"],
             Once::Rollback { .. } => &["vzrollback"],
+            Once::Snapshot { .. } => &["vzsnapshot"],
+            Once::DeleteSnapshot { .. } => &["vzdelsnapshot"],
             Once::Backup { .. } => &["vzdump"],
             Once::Restore { .. } => &["vzrestore"],
             Once::Migrate { .. } => &["vzmigrate", "hamigrate"],
@@ -56,6 +66,8 @@ impl Once<'_> {
         match self {
             Once::Reboot { within } => pve.reboot_once(vmid, *within).await,
             Once::Rollback { name, start } => pve.rollback(vmid, name, *start).await,
+            Once::Snapshot { name, description } => pve.take_snapshot(vmid, name, description).await,
+            Once::DeleteSnapshot { name } => pve.delete_snapshot(vmid, name).await,
             Once::Backup { params } => pve.vzdump(params).await,
             Once::Restore { params, .. } => pve.restore(params).await,
             Once::Migrate { to, restart, storage } => pve.migrate(vmid, to, *restart, *storage).await,

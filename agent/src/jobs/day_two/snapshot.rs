@@ -17,6 +17,7 @@ use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, LogStream, SnapshotActio
 use tokio_util::sync::CancellationToken;
 
 use super::plan::Planned;
+use crate::jobs::once::Once;
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::{PveClient, Snapshot};
 use crate::retry::{self, Wait};
@@ -84,49 +85,31 @@ async fn settled(core: &mut Core, vmid: Vmid, name: &str) -> Result<Option<Snaps
 }
 
 /// Takes snapshot `name` of container `vmid` for this job, unless it has: the snapshot list
-/// is the truth (a second request of one name only fails in its task). `Ok(true)` when it was
-/// there already.
+/// says whether this job took it (by its description), and a request whose answer was lost is
+/// looked for among the node's tasks before it is sent again ([`Core::once`]). `Ok(true)` when
+/// it was there already.
 pub(crate) async fn take(core: &mut Core, vmid: Vmid, name: &str, note: Option<&str>) -> Result<bool, StepError> {
     if let Some(upid) = core.pending_task("vzsnapshot") {
         core.wait_task(&upid).await?;
         return Ok(false);
+    }
+    match settled(core, vmid, name).await? {
+        Some(s) if made_by(&s.description, core.job_id) => return Ok(true),
+        Some(_) => {
+            return Err(StepError::failed(
+                ErrorKind::Conflict,
+                format!("container {vmid} has a snapshot named {name} already, not taken by this job: left as it is"),
+            ));
+        }
+        None => {}
     }
     let mut description = made_by_line(core.job_id, &core.marker);
     if let Some(note) = note {
         description.push('\n');
         description.push_str(note);
     }
-    let mut tries = 0;
-    loop {
-        match settled(core, vmid, name).await? {
-            Some(s) if made_by(&s.description, core.job_id) => return Ok(tries == 0),
-            Some(_) => {
-                return Err(StepError::failed(
-                    ErrorKind::Conflict,
-                    format!(
-                        "container {vmid} has a snapshot named {name} already, not taken by this job: left as it is"
-                    ),
-                ));
-            }
-            None => {}
-        }
-        super::ours(core, vmid).await?;
-        tries += 1;
-        match core.pve.take_snapshot(vmid, name, &description).await {
-            Ok(upid) => {
-                core.cp.upid = Some(upid.to_string());
-                core.save().await?;
-                core.wait_task(&upid).await?;
-                return Ok(false);
-            }
-            Err(e) if e.is_transient() && tries < retry::ONCE_ATTEMPTS => {
-                // Taken and its answer lost, or not: the list says which.
-                tracing::warn!(error = %e, "the snapshot request was not answered; reading the list");
-                tokio::time::sleep(retry::ONCE_SETTLE).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
+    core.once(vmid, Once::Snapshot { name, description: &description }).await?;
+    Ok(false)
 }
 
 /// Deletes snapshot `name` of container `vmid`; one already gone is done. `Ok(true)` when it
@@ -136,27 +119,11 @@ pub(crate) async fn delete(core: &mut Core, vmid: Vmid, name: &str) -> Result<bo
         core.wait_task(&upid).await?;
         return Ok(false);
     }
-    let mut tries = 0;
-    loop {
-        if settled(core, vmid, name).await?.is_none() {
-            return Ok(tries == 0);
-        }
-        super::ours(core, vmid).await?;
-        tries += 1;
-        match core.pve.delete_snapshot(vmid, name).await {
-            Ok(upid) => {
-                core.cp.upid = Some(upid.to_string());
-                core.save().await?;
-                core.wait_task(&upid).await?;
-                return Ok(false);
-            }
-            Err(e) if e.is_transient() && tries < retry::ONCE_ATTEMPTS => {
-                tracing::warn!(error = %e, "the snapshot delete was not answered; reading the list");
-                tokio::time::sleep(retry::ONCE_SETTLE).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
+    if settled(core, vmid, name).await?.is_none() {
+        return Ok(true);
     }
+    core.once(vmid, Once::DeleteSnapshot { name }).await?;
+    Ok(false)
 }
 
 impl SnapshotRun<'_> {
