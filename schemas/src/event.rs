@@ -388,6 +388,16 @@ impl ListRequest {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         decode(bytes, "control kind", &["list"])
     }
+
+    pub fn validate(&self) -> Result<(), crate::ValidationErrors> {
+        let mut p = crate::validate::Problems::default();
+        if let Some(s) = &self.storage
+            && let Err(e) = crate::validate::config_id(s)
+        {
+            p.check("storage", false, || e);
+        }
+        p.finish()
+    }
 }
 
 /// A snapshot or backup as a [`ListReply`] shows it.

@@ -386,6 +386,30 @@ async fn a_backup_is_taken_once_and_restores_as_a_new_container_or_over_its_own(
     let error = result_of(&events).error.clone().expect("refused");
     assert!(error.kind == ErrorKind::Conflict && error.message.contains("did not make"), "{error:?}");
     assert_eq!(calls(&bed, "POST", "/nodes/{node}/lxc").await?, 0, "nothing restored");
+
+    // Listing: ours are listed; a stranger's backups are not, nor is a storage that is no id.
+    let ask = |vmid: u32, storage: Option<&str>| {
+        let mut request = pvefleet_schemas::ListRequest::new(
+            pvefleet_schemas::ListWhat::Backups,
+            node("pve1"),
+            Vmid::new(vmid).unwrap(),
+        );
+        request.storage = storage.map(str::to_owned);
+        let client = bed.nats.client();
+        async move {
+            let payload = pvefleet_testbed::trust::signed(&request);
+            let reply =
+                client.await?.request(pvefleet_schemas::names::plan_subject(&node("pve1")), payload.into()).await?;
+            anyhow::Ok(serde_json::from_slice::<pvefleet_schemas::ListReply>(&reply.payload)?)
+        }
+    };
+    let ours = ask(vmid.get(), Some("local")).await?;
+    assert!(ours.error.is_none() && ours.items.len() == 1, "{ours:?}");
+    assert_eq!(ours.items[0].job, Some(pruned.job_id), "{ours:?}");
+    let theirs = ask(900, None).await?;
+    assert!(theirs.error.as_deref().is_some_and(|e| e.contains("no pvefleet marker")), "{theirs:?}");
+    let sneaky = ask(vmid.get(), Some("../../access/users")).await?;
+    assert!(sneaky.error.as_deref().is_some_and(|e| e.contains("storage")), "{sneaky:?}");
     bed.dir.pass();
     Ok(())
 }

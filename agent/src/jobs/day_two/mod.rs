@@ -113,6 +113,22 @@ pub async fn list(pve: &crate::proxmox::PveClient, req: &pvefleet_schemas::ListR
     use pvefleet_schemas::day_two::made_by_job;
     use pvefleet_schemas::{ListWhat, Listed};
     let vmid = req.vmid;
+    let refused = |why: String| pvefleet_schemas::ListReply {
+        v: pvefleet_schemas::V1,
+        node: pve.node().clone(),
+        error: Some(why),
+        items: Vec::new(),
+    };
+    if let Err(e) = req.validate() {
+        return refused(e.to_string());
+    }
+    // A stranger's container's snapshots and backups are none of pvefleet's business.
+    match pve.container_config(vmid).await {
+        Ok(Some(cfg)) if crate::jobs::container::has_any_marker(&cfg) => {}
+        Ok(Some(_)) => return refused(format!("container {vmid} carries no pvefleet marker: not listed")),
+        Ok(None) => return refused(format!("there is no container {vmid} on {}", pve.node())),
+        Err(e) => return refused(e.to_string()),
+    }
     let items: Result<Vec<Listed>, String> = match req.what {
         ListWhat::Snapshots => pve.snapshots(vmid).await.map_err(|e| e.to_string()).map(|list| {
             list.into_iter()
