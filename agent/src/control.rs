@@ -54,6 +54,7 @@ pub async fn serve_plans(shared: Arc<Shared>) {
                             if let pvefleet_schemas::DayTwoJob::Move(j) = &req.job
                                 && j.to == *node
                                 && reply.ok
+                                && req.before_submit
                             {
                                 // The container is about to arrive: list it as soon as it does.
                                 shared.inventory.expect(j.target.vmid, j.options.task_timeout.0);

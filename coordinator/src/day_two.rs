@@ -134,7 +134,10 @@ pub async fn submit(
             nats.client().await?,
             signer,
             &m.to,
-            &pvefleet_schemas::ChangePlanRequest::new(job.clone()),
+            &pvefleet_schemas::ChangePlanRequest {
+                before_submit: true,
+                ..pvefleet_schemas::ChangePlanRequest::new(job.clone())
+            },
         )
         .await?;
         if !reply.ok {

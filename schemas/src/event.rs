@@ -341,13 +341,17 @@ pub struct ChangePlanRequest {
     pub v: V1,
     pub kind: ControlKind,
     pub job: crate::day_two::DayTwoJob,
+    /// The job is published next if the plan passes (a move's plan by the node it goes to,
+    /// which then watches for the container's arrival); not for `--plan`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub before_submit: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<crate::signing::RequestAuth>,
 }
 
 impl ChangePlanRequest {
     pub fn new(job: crate::day_two::DayTwoJob) -> Self {
-        Self { v: V1, kind: ControlKind::PlanChange, job: job.unsigned(), auth: None }
+        Self { v: V1, kind: ControlKind::PlanChange, job: job.unsigned(), before_submit: false, auth: None }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
