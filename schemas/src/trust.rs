@@ -458,6 +458,27 @@ impl Grant {
         }
     }
 
+    /// A container restored as a new one from a backup (`restore`), held to what a create of
+    /// it would be: a privileged one, its features and its bind mounts each only when granted
+    /// (its volumes are new ones, allocated by the restore).
+    pub fn allows_restored(
+        &self,
+        unprivileged: bool,
+        features: Option<&crate::lxc::Features>,
+        binds: &[(String, MountPoint)],
+    ) -> Result<(), Refusal> {
+        if !self.privileged && !unprivileged {
+            return Err(Refusal::new(
+                "privileged",
+                format!("{} may not restore a privileged container (the backup's unprivileged is off)", self.name),
+            ));
+        }
+        if let Some(f) = features {
+            self.allows_features(f, "the backup's features")?;
+        }
+        self.allows_mounts(binds.iter().map(|(key, m)| (format!("the backup's {key}"), m)))
+    }
+
     /// Bind mounts of host paths and existing volumes, each only when granted.
     fn allows_mounts<'m>(&self, mounts: impl Iterator<Item = (String, &'m MountPoint)>) -> Result<(), Refusal> {
         let who = &self.name;
@@ -726,6 +747,19 @@ mod tests {
         scripted.deploy.scripts.push(serde_json::from_value(serde_json::json!({"name": "x", "body": "true"})).unwrap());
         assert_eq!(only_pve1.allows_create(&scripted).unwrap_err().rule, "scripts");
         assert_eq!(Grant::everything("root", &key).allows_create(&scripted), Ok(()));
+    }
+
+    #[test]
+    fn a_restored_container_is_held_to_what_a_create_of_it_would_need() {
+        let key = Identity::generate().public();
+        let least = Grant::new("bob", &key);
+        let keyctl = crate::lxc::Features::from_pve("keyctl=1").unwrap();
+        let bind = [("mp0".to_owned(), crate::lxc::MountPoint::from_pve("/srv,mp=/srv").unwrap())];
+        assert_eq!(least.allows_restored(true, None, &[]), Ok(()));
+        assert_eq!(least.allows_restored(false, None, &[]).unwrap_err().rule, "privileged");
+        assert_eq!(least.allows_restored(true, Some(&keyctl), &[]).unwrap_err().rule, "features");
+        assert_eq!(least.allows_restored(true, None, &bind).unwrap_err().rule, "host_paths");
+        assert_eq!(Grant::everything("root", &key).allows_restored(false, Some(&keyctl), &bind), Ok(()));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! | stopping  | (over) the container stopped if it runs                                 | none |
 //! | restoring | `POST /nodes/{node}/lxc` with `restore=1` (`force=1` over; `unique=1`, this job's marker and note for a new one), once | none |
 
+use pvefleet_schemas::lxc::{Features, MountPoint};
 use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, LogStream, RestoreJob, Step, Vmid};
 use tokio_util::sync::CancellationToken;
 
@@ -30,13 +31,15 @@ const STEPS: [StepRow<RestoreJob>; 3] = [
 
 pub async fn run(job: &RestoreJob, claimed: Claimed, env: Env<'_>, cancel: &CancellationToken) -> JobEnd {
     let core = Core::new(job.job_id, &job.node, claimed, env, job.marker(), job.options.task_timeout.0);
-    let mut saga = RestoreRun { core, job, already: false };
+    let mut saga = RestoreRun { core, job, grant: env.grant.clone(), already: false };
     crate::jobs::run_in_span(&mut saga, env.stop, cancel, "restore").await
 }
 
 struct RestoreRun<'a> {
     core: Core,
     job: &'a RestoreJob,
+    /// What the job's signer may do: a new container restored is held to it as a create is.
+    grant: pvefleet_schemas::trust::Grant,
     already: bool,
 }
 
@@ -66,6 +69,20 @@ impl BackedUp {
 
     pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.keys.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// What a create of it would need granted: whether it is unprivileged, its features, its
+    /// bind mounts (host paths).
+    fn rights_it_needs(&self) -> (bool, Option<Features>, Vec<(String, MountPoint)>) {
+        let unprivileged = self.get("unprivileged").is_some_and(|u| u == "1");
+        let features = self.get("features").and_then(|f| Features::from_pve(f).ok());
+        let binds = self
+            .keys
+            .iter()
+            .filter(|(k, v)| k.starts_with("mp") && v.starts_with('/'))
+            .filter_map(|(k, v)| Some((k.clone(), MountPoint::from_pve(v).ok()?)))
+            .collect();
+        (unprivileged, features, binds)
     }
 
     /// Its tags without any pvefleet marker.
@@ -172,6 +189,10 @@ impl RestoreRun<'_> {
             None => {
                 if !crate::proxmox::has_marker_tag(backed_up.get("tags").unwrap_or_default()) {
                     return Err(StepError::failed(ErrorKind::Conflict, stranger_backup(&self.job.backup)));
+                }
+                let (unprivileged, features, binds) = backed_up.rights_it_needs();
+                if let Err(refusal) = self.grant.allows_restored(unprivileged, features.as_ref(), &binds) {
+                    return Err(StepError::failed(ErrorKind::Unauthorized, refusal.to_string()));
                 }
                 self.choose_vmid().await
             }
@@ -412,5 +433,16 @@ mod tests {
         assert_eq!(get("unique").as_deref(), Some("1"));
         assert_eq!(get("force"), None);
         assert_eq!(get("storage").as_deref(), Some("local-lvm"), "where it was");
+    }
+
+    #[test]
+    fn a_restored_container_needs_what_a_create_of_it_would() {
+        let text = "hostname: web\nunprivileged: 1\nfeatures: keyctl=1,nesting=1\nmp0: /srv/data,mp=/data\nmp1: local-lvm:vm-101-disk-1,mp=/var,size=8G\n";
+        let (unprivileged, features, binds) = BackedUp::parse(text).rights_it_needs();
+        assert!(unprivileged);
+        assert!(features.is_some_and(|f| f.keyctl && f.nesting));
+        assert_eq!(binds.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["mp0"], "a volume is allocated anew");
+        let (unprivileged, ..) = BackedUp::parse("hostname: web\n").rights_it_needs();
+        assert!(!unprivileged, "PVE's default is privileged");
     }
 }
