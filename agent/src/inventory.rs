@@ -75,10 +75,10 @@ impl Inventory {
         expected.len() != before
     }
 
-    /// Job `job` wrote to container `vmid`: the next sweep (at once) reads what it left.
+    /// Job `job` wrote to container `vmid`: the sweep its end makes ([`Self::poke`]) reads
+    /// what it left. (No poke here: one sweep per job end, not a second right behind it.)
     pub fn touched(&self, vmid: Vmid, job: JobId) {
         self.kept.lock().expect("inventory").applied.insert(vmid.get(), Applied { job, digest: None });
-        self.poke.notify_one();
     }
 
     /// A job ended: sweep now.
