@@ -11,9 +11,11 @@
 //!   `pvefleet-inventory`; [`shared`] is what their tasks share.
 //! - [`jobs`]: the job kinds, siblings: [`jobs::create`] (its whole story in its folder:
 //!   step table, parameters, vmid, template or clone, keys, deploy), [`jobs::destroy`],
-//!   [`jobs::day_two`] (update, resize, power, and their plans), [`jobs::plan`]; below them [`jobs::checks`] (read-only validating checks) and
-//!   [`jobs::container`] (whose a container is; stop and delete); and under those the engine,
-//!   `jobs/mod.rs`: lease, step table, checkpoints, events, undo, written once.
+//!   [`jobs::day_two`] (update, resize, power, snapshot, rollback, backup, restore, move, and
+//!   their plans), [`jobs::plan`]; below them [`jobs::checks`] (read-only validating checks),
+//!   `jobs::once` (what is sent once: asked, then looked up) and [`jobs::container`] (whose a
+//!   container is; stop and delete); and under those the engine, `jobs/mod.rs`: lease, step
+//!   table, checkpoints, events, undo, written once.
 //! - the parts: [`bus`] (NATS: connecting, streams, event logs, checkpoints, claims and
 //!   leases, vmid reservations), [`proxmox`] (the API client, its tasks, PVE's refusals told
 //!   once), [`ssh`] (SSH and SFTP into a container, host keys checked), [`cache`] (the

@@ -540,7 +540,7 @@ async fn fail<S: Saga>(saga: &mut S, mut failure: ErrorInfo) -> Result<JobEnd, B
         // stopping it half-way would leave the container neither as it was nor as asked (a
         // rollback, a restore, a migration, a snapshot being made or deleted); either way let
         // it end: it holds the container's lock, which the undo needs.
-        if once::runs_to_its_end(upid.kind()) {
+        if upid.runs_to_its_end() {
             left_to_finish = Some(upid.kind().to_owned());
         } else if let Err(e) = core.pve.stop_task(&upid).await {
             tracing::info!(error = %pvefleet_schemas::report::error_chain(&e), %upid, "stopping the task on cancel");

@@ -75,12 +75,6 @@ impl Once<'_> {
     }
 }
 
-/// Whether a task of `kind` is let run to its end when its job is cancelled: stopped half-way,
-/// it would leave the container neither as it was nor as asked.
-pub(crate) fn runs_to_its_end(kind: &str) -> bool {
-    ["vzrollback", "vzrestore", "vzmigrate", "hamigrate", "vzsnapshot", "vzdelsnapshot"].contains(&kind)
-}
-
 impl Core {
     /// The task a cancelled job was waiting on: the one checkpointed, or the one it asked for
     /// (once) whose answer had not come yet, if it started.

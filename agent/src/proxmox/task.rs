@@ -36,6 +36,13 @@ impl Upid {
         self.field(5)
     }
 
+    /// Whether the task is let run to its end when its job is cancelled: stopped half-way, it
+    /// would leave the container neither as it was nor as asked (a rollback, a restore, a
+    /// migration, a snapshot being taken or deleted).
+    pub fn runs_to_its_end(&self) -> bool {
+        ["vzrollback", "vzrestore", "vzmigrate", "hamigrate", "vzsnapshot", "vzdelsnapshot"].contains(&self.kind())
+    }
+
     /// The guest the task is about (its id field), if it names one.
     pub fn id(&self) -> &str {
         self.field(6)

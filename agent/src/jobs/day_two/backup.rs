@@ -12,7 +12,7 @@ use pvefleet_schemas::day_two::{made_by, made_by_line};
 use pvefleet_schemas::{BackupJob, ErrorInfo, ErrorKind, JobResult, Step};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::Planned;
+use super::Planned;
 use crate::jobs::once::Once;
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::{Backup, PveClient};

@@ -26,7 +26,11 @@ pub mod rollback;
 pub mod snapshot;
 pub mod update;
 
-use pvefleet_schemas::{ContainerTarget, ErrorInfo, ErrorKind, JobId, JobResult, LogStream, NodeName, Vmid};
+use pvefleet_schemas::trust::Grant;
+use pvefleet_schemas::{
+    ContainerTarget, DayTwoJob, ErrorInfo, ErrorKind, JobId, JobResult, LogStream, NodeName, PlanCheck, PlanReply,
+    PlannedCall, V1, Vmid,
+};
 use serde_json::Value;
 
 use crate::jobs::{Core, StepError, Whose};
@@ -90,6 +94,41 @@ async fn elsewhere(core: &mut Core, vmid: Vmid) -> StepError {
             format!("container {vmid} does not exist on {node} or any other node of the cluster: it is gone"),
         ),
         Err(e) => e.into(),
+    }
+}
+
+/// What a plan found and would send, as each kind's plan adds to it.
+#[derive(Default)]
+pub(crate) struct Planned {
+    pub checks: Vec<PlanCheck>,
+    pub calls: Vec<PlannedCall>,
+}
+
+impl Planned {
+    pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
+        self.checks.push(PlanCheck { check: name.into(), ok, detail: detail.into() });
+    }
+
+    pub fn call(&mut self, call: String, parameters: Vec<(&str, String)>) {
+        let parameters = parameters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        self.calls.push(PlannedCall { call, parameters });
+    }
+
+    /// The spec and the policy, as every plan begins.
+    pub(crate) fn admitted(&mut self, job: &DayTwoJob, grant: &Grant) {
+        match job.validate() {
+            Ok(()) => self.check("spec", true, "valid"),
+            Err(e) => self.check("spec", false, e.to_string()),
+        }
+        match grant.allows_day_two(job) {
+            Ok(()) => self.check("policy", true, format!("{} may ask for this", grant.name)),
+            Err(refusal) => self.check("policy", false, refusal.to_string()),
+        }
+    }
+
+    pub fn reply(self, node: &pvefleet_schemas::NodeName, vmid: Option<pvefleet_schemas::Vmid>) -> PlanReply {
+        let ok = self.checks.iter().all(|c| c.ok);
+        PlanReply { v: V1, node: node.clone(), ok, checks: self.checks, vmid, calls: self.calls }
     }
 }
 

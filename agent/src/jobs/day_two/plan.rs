@@ -4,9 +4,10 @@
 //! a power job's state; and the exact PVE calls. All reads.
 
 use pvefleet_schemas::trust::Grant;
-use pvefleet_schemas::{DayTwoJob, PlanCheck, PlanReply, PlannedCall, PowerAction, RestartPolicy, V1};
+use pvefleet_schemas::{DayTwoJob, PlanCheck, PlanReply, PlannedCall, PowerAction, RestartPolicy};
 use serde_json::Value;
 
+use super::Planned;
 use super::update::{Want, config_params, wanted};
 use crate::config::Config;
 use crate::proxmox::PveClient;
@@ -36,41 +37,6 @@ fn applied_live(key: &str, want: &Want, cfg: &Value) -> bool {
     AT_ONCE.contains(&key)
         || key.starts_with("net")
         || (key.starts_with("mp") && matches!(want, Want::Set(_)) && cfg.get(key).is_none())
-}
-
-/// What a plan found and would send, as each kind's plan adds to it.
-#[derive(Default)]
-pub(crate) struct Planned {
-    pub checks: Vec<PlanCheck>,
-    pub calls: Vec<PlannedCall>,
-}
-
-impl Planned {
-    pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
-        self.checks.push(check(name, ok, detail));
-    }
-
-    pub fn call(&mut self, call: String, parameters: Vec<(&str, String)>) {
-        let parameters = parameters.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        self.calls.push(PlannedCall { call, parameters });
-    }
-
-    /// The spec and the policy, as every plan begins.
-    fn admitted(&mut self, job: &DayTwoJob, grant: &Grant) {
-        match job.validate() {
-            Ok(()) => self.check("spec", true, "valid"),
-            Err(e) => self.check("spec", false, e.to_string()),
-        }
-        match grant.allows_day_two(job) {
-            Ok(()) => self.check("policy", true, format!("{} may ask for this", grant.name)),
-            Err(refusal) => self.check("policy", false, refusal.to_string()),
-        }
-    }
-
-    pub fn reply(self, node: &pvefleet_schemas::NodeName, vmid: Option<pvefleet_schemas::Vmid>) -> PlanReply {
-        let ok = self.checks.iter().all(|c| c.ok);
-        PlanReply { v: V1, node: node.clone(), ok, checks: self.checks, vmid, calls: self.calls }
-    }
 }
 
 pub async fn plan(pve: &PveClient, config: &Config, job: &DayTwoJob, grant: &Grant) -> PlanReply {

@@ -14,7 +14,7 @@ use pvefleet_schemas::lxc::{Features, MountPoint};
 use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, LogStream, RestoreJob, Step, Vmid};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::Planned;
+use super::Planned;
 use crate::jobs::once::Once;
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, Whose, always};
 use crate::proxmox::{PveClient, Refusal};

@@ -11,7 +11,7 @@
 use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, RollbackJob, Step, Vmid};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::Planned;
+use super::Planned;
 use crate::jobs::once::Once;
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::PveClient;

@@ -16,7 +16,7 @@ use pvefleet_schemas::day_two::{made_by, made_by_line};
 use pvefleet_schemas::{ErrorInfo, ErrorKind, JobResult, LogStream, SnapshotAction, SnapshotJob, Step, Vmid};
 use tokio_util::sync::CancellationToken;
 
-use super::plan::Planned;
+use super::Planned;
 use crate::jobs::once::Once;
 use crate::jobs::{Claimed, Core, Env, JobEnd, Saga, StepError, StepResult, StepRow, always};
 use crate::proxmox::{PveClient, Snapshot};
