@@ -9,8 +9,9 @@ use crate::{Outcome, recorder, shutdown};
 pub async fn run(cli: &Cli) -> Outcome {
     let store = crate::open_store(cli).await?;
     let js = jetstream::new(crate::bus::connect(cli).await?);
+    let stop = shutdown::shutdown_signal();
     eprintln!("recording events into the store (Ctrl-C to stop)");
-    let recorded = recorder::record(js, store, shutdown::shutdown_signal()).await;
+    let recorded = recorder::record(js, store, stop).await;
     eprintln!("recorder stopped after recording {recorded} new events");
     Ok(())
 }

@@ -66,6 +66,8 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
     let web = Web { store, client, js, token, streams: Default::default(), durations: Default::default() };
+    // Before it says it is ready: a SIGTERM from then on stops it gracefully.
+    let stop = crate::shutdown::shutdown_signal();
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(anyhow::Error::from)?;
@@ -74,7 +76,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
         None => println!("pvefleet serve: http://{bound}/ (loopback only, no token)"),
     }
     axum::serve(listener, router(web).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(crate::shutdown::shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .map_err(|e| anyhow::anyhow!("serving: {e}"))?;
     Ok(())
