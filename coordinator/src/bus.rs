@@ -144,25 +144,13 @@ pub async fn heartbeats(js: &jetstream::Context) -> anyhow::Result<Vec<Heartbeat
 /// an agent's password, or an agent's key, cannot speak for another node, and an agent nobody
 /// enrolled is not trusted on sight.
 pub async fn registry(js: &jetstream::Context) -> anyhow::Result<Registry> {
-    use jetstream::stream::DirectGetErrorKind;
     let bucket = format!("KV_{NODES_BUCKET}");
     let stream =
         js.get_stream(&bucket).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
-    let keys = format!("$KV.{NODES_BUCKET}.>");
-    let (mut registry, mut from) = (Registry::default(), 1);
-    loop {
-        let msg = match stream.direct_get_next_for_subject(keys.clone(), Some(from)).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-            Err(e) => return Err(anyhow::anyhow!("reading the node registry: {e}")),
-        };
-        from = msg.sequence + 1;
-        // A stopped agent deletes its entry; the marker has no heartbeat in it.
-        let deleted = msg.headers.get("KV-Operation").is_some_and(|op| op.as_str() != "PUT");
-        if deleted {
-            continue;
-        }
-        let key = msg.subject.as_str().strip_prefix(&format!("$KV.{NODES_BUCKET}.")).unwrap_or_default().to_owned();
+    let mut registry = Registry::default();
+    let latest = kv_latest(&stream, NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
+    // A stopped agent deletes its entry: it is not in `latest`.
+    for (key, msg) in latest {
         match believed(js, &key, &msg.payload).await {
             Ok(beat) => registry.beats.push(beat),
             Err(why) => {
@@ -173,6 +161,42 @@ pub async fn registry(js: &jetstream::Context) -> anyhow::Result<Registry> {
     }
     registry.beats.sort_by(|a, b| a.node.cmp(&b.node));
     Ok(registry)
+}
+
+/// Each live key of KV bucket `bucket` with its latest value, read by direct gets over the
+/// bucket's stream (no consumer). The walk goes by sequence while writers go on: a key written
+/// again during it is met twice (its old value, then its new one), and a key deleted during it
+/// is met put, then deleted. So the last message met for each key is what counts, and a key
+/// whose last message is a delete or purge marker is not there.
+pub async fn kv_latest(
+    stream: &jetstream::stream::Stream,
+    bucket: &str,
+) -> Result<std::collections::BTreeMap<String, async_nats::jetstream::message::StreamMessage>, jetstream::stream::DirectGetError>
+{
+    use jetstream::stream::DirectGetErrorKind;
+    let prefix = format!("$KV.{bucket}.");
+    let (mut latest, mut from) = (std::collections::BTreeMap::new(), 1);
+    loop {
+        let msg = match stream.direct_get_next_for_subject(format!("{prefix}>"), Some(from)).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
+            Err(e) => return Err(e),
+        };
+        from = msg.sequence + 1;
+        let key = msg.subject.as_str().strip_prefix(&prefix).unwrap_or_default().to_owned();
+        let put = msg.headers.get("KV-Operation").is_none_or(|op| op.as_str() == "PUT");
+        meet(&mut latest, key, put.then_some(msg));
+    }
+    Ok(latest)
+}
+
+/// One message met in a walk over a KV bucket, in sequence order: a put (`Some`) replaces what
+/// was met for its key before, a delete (`None`) takes it away.
+fn meet<T>(latest: &mut std::collections::BTreeMap<String, T>, key: String, value: Option<T>) {
+    match value {
+        Some(v) => latest.insert(key, v),
+        None => latest.remove(&key),
+    };
 }
 
 /// The beat under registry key `key`, when it is believed (see [`registry`]).
@@ -442,5 +466,23 @@ impl EventFeed {
         if event.seq >= self.next_seq {
             self.early.entry(event.seq).or_insert(event);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the walk meets when pve1's entry is written again and pve2's deleted while it
+    /// reads: pve1's old value, pve2's, pve1's new value, pve2's delete marker. Each key once,
+    /// with its last value; the deleted one not at all (`pvefleet nodes` once showed pve1
+    /// twice, and `ls` a container twice, from walks like this).
+    #[test]
+    fn a_key_written_again_during_the_walk_is_kept_once_with_its_last_value() {
+        let mut latest = std::collections::BTreeMap::new();
+        for (key, value) in [("pve1", Some(1)), ("pve2", Some(2)), ("pve1", Some(3)), ("pve2", None)] {
+            meet(&mut latest, key.to_owned(), value);
+        }
+        assert_eq!(latest.into_iter().collect::<Vec<_>>(), vec![("pve1".to_owned(), 3)]);
     }
 }

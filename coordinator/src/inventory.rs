@@ -24,7 +24,6 @@ pub async fn read_since(
     js: &jetstream::Context,
     since: Option<u64>,
 ) -> anyhow::Result<Option<(Vec<InventoryEntry>, u64)>> {
-    use jetstream::stream::DirectGetErrorKind;
     let bucket = format!("KV_{INVENTORY_BUCKET}");
     let stream = js
         .get_stream(&bucket)
@@ -34,19 +33,11 @@ pub async fn read_since(
     if since == Some(last) {
         return Ok(None);
     }
-    let prefix = format!("$KV.{INVENTORY_BUCKET}.");
-    let (mut out, mut from) = (Vec::new(), 1);
-    loop {
-        let msg = match stream.direct_get_next_for_subject(format!("{prefix}>"), Some(from)).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-            Err(e) => return Err(anyhow::anyhow!("reading the inventory: {e}")),
-        };
-        from = msg.sequence + 1;
-        if msg.headers.get("KV-Operation").is_some_and(|op| op.as_str() != "PUT") {
-            continue;
-        }
-        let key = msg.subject.as_str().strip_prefix(&prefix).unwrap_or_default();
+    let latest = crate::bus::kv_latest(&stream, INVENTORY_BUCKET)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the inventory: {e}"))?;
+    let mut out = Vec::new();
+    for (key, msg) in latest {
         match InventoryEntry::decode(&msg.payload) {
             Ok(e) if key == format!("{}.{}", e.node, e.vmid) => out.push(e),
             Ok(_) => tracing::warn!(%key, "an inventory entry under another node's key; ignored"),
