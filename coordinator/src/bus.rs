@@ -229,6 +229,18 @@ async fn believed(js: &jetstream::Context, key: &str, payload: &[u8]) -> Result<
 }
 
 /// The last event of job `job` on `node`, if it has any: how a job's end is known without the
+/// The jobs `beat` lists as running whose terminal event is not in the events stream yet. A
+/// beat is written a moment after a job's end (the agent cleans up first), so a reader right
+/// after a `--watch` returned would otherwise still count the finished job.
+pub async fn still_running(js: &jetstream::Context, beat: &Heartbeat) -> Vec<JobId> {
+    let mut running = Vec::with_capacity(beat.running_jobs.len());
+    for job in &beat.running_jobs {
+        if !matches!(last_event(js, &beat.node, job).await, Ok(Some(e)) if e.is_terminal()) {
+            running.push(*job);
+        }
+    }
+    running
+}
 /// recorder (a direct get by the job's own subject, as the watcher may make).
 pub async fn last_event(js: &jetstream::Context, node: &NodeName, job: &JobId) -> anyhow::Result<Option<Event>> {
     use jetstream::stream::DirectGetErrorKind;

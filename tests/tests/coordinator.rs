@@ -189,6 +189,10 @@ async fn a_request_id_gives_one_job_and_auto_placement_picks_the_freest_node() -
     assert_eq!(watch.code, Some(0), "{watch:?}");
     let last = Event::decode(watch.stdout.lines().last().unwrap().as_bytes())?;
     assert_eq!(last.node.as_str(), "pve2", "placed on the node with the most free memory");
+    // Right after its end the job holds no slot, though the agent's beat may still list it.
+    let nodes = bed.cli.must(&["nodes"]).await?;
+    let pve2 = nodes.stdout.lines().find(|l| l.contains("pve2")).unwrap_or_default();
+    assert!(pve2.contains(" 0/"), "a finished job's slot shows as running: {}", nodes.stdout);
     assert_eq!(bed.pve.containers().await?.len(), 1, "one container for the request");
 
     // No node fits: a clear error, nothing published.

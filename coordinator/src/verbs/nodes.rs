@@ -40,7 +40,7 @@ pub async fn run(cli: &Cli, json: bool) -> Outcome {
         table.add_row([
             b.node.to_string(),
             b.agent_version.clone(),
-            format!("{}/{}", b.running_jobs.len(), b.concurrency),
+            format!("{}/{}", crate::bus::still_running(&js, b).await.len(), b.concurrency),
             mem,
             storage,
             format!("{age:.1}s ago"),
