@@ -348,6 +348,7 @@ pub fn record(
         job_id,
         signer: message.pointer("/auth/signer").and_then(Value::as_str).map(|s| pvefleet_schemas::event::cut(s, 80)),
         signer_name: grant.map(|g| g.name.clone()),
+        user: message.pointer("/auth/user").and_then(Value::as_str).map(|s| pvefleet_schemas::event::cut(s, 80)),
         decision: if refusal.is_some() { Decision::Refused } else { Decision::Accepted },
         rule: refusal.map(|r| r.rule.clone()),
         message: refusal.map_or_else(|| "accepted".to_owned(), |r| r.message.clone()),

@@ -39,6 +39,10 @@ pub struct Cli {
     /// `identity` in the user's config directory, e.g. ~/.config/pvefleet/identity].
     #[arg(long, env = "PVEFLEET_IDENTITY", global = true)]
     pub identity: Option<PathBuf>,
+    /// For a service that signs for a person (the web view): the user named in the signed
+    /// request, and so in the audit trail, beside the service's own key.
+    #[arg(long, global = true, hide = true)]
+    pub acting_user: Option<String>,
     #[command(subcommand)]
     pub verb: Verb,
 }
@@ -72,6 +76,42 @@ pub enum PolicyVerb {
         after_help = "Example (policy.toml):\n  [[signer]]\n  name = \"alice\"\n  key = \"ed25519:…\"   # pvefleet identity show\n  nodes = [\"pve1\", \"pve2\"]\n  scripts = true\n\n  pvefleet --identity admin.key policy set policy.toml"
     )]
     Set { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum UsersVerb {
+    /// Add a web view user with a role (viewer: sees; operator: acts; admin: manages users).
+    /// The password is asked for twice, or read from one line of stdin.
+    #[command(after_help = "Examples:\n  pvefleet users add alice --role operator\n  \
+                            printf '%s\\n' \"$PW\" | pvefleet users add kiosk --role viewer --password-stdin")]
+    Add {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, value_parser = ["viewer", "operator", "admin"])]
+        role: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's password (and lift a lock); their sessions end.
+    #[command(after_help = "Example:\n  pvefleet users passwd alice")]
+    Passwd {
+        name: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Disable a user: no login, and every session of theirs ends at once.
+    #[command(after_help = "Example:\n  pvefleet users disable alice")]
+    Disable { name: String },
+    /// Enable a disabled user again.
+    Enable { name: String },
+    /// List the users, their roles and whether they are disabled or locked.
+    List {
+        /// The users as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -301,6 +341,9 @@ pub enum Verb {
         after_help = "Examples:\n  pvefleet serve\n  pvefleet serve --listen 0.0.0.0:8080 --token-file /etc/pvefleet/web-token"
     )]
     Serve(ServeArgs),
+    /// The web view's users (stored in the store, passwords hashed with argon2id).
+    #[command(subcommand)]
+    Users(UsersVerb),
     /// Record every job's events into the store (long-running; safe to restart).
     #[command(after_help = "Example:\n  pvefleet --db postgres://pvefleet@db/pvefleet record")]
     Record,
@@ -328,12 +371,27 @@ pub enum TemplateVerb {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Where to listen; an address other than loopback requires --token-file.
+    /// Where to listen; an address other than loopback needs TLS (or --insecure-http) and a
+    /// login: users in the store, or --token-file.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// A file holding the bearer token (at least 16 characters) every request must show.
+    /// A file holding the bearer token (at least 16 characters) every request must show: a
+    /// read-only kiosk, with no logins and no actions.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// The server's certificate chain (PEM): serve HTTPS (with --tls-key).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (behind a TLS-terminating proxy):
+    /// without it, serve refuses, since cookies and passwords would cross the network in clear.
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// How long a login lasts, in hours.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(i64).range(1..=720))]
+    pub session_hours: i64,
 }
 
 #[derive(Args, Debug, Default)]

@@ -49,6 +49,7 @@ pub mod shutdown;
 pub mod spec;
 pub mod store;
 pub mod trust;
+pub mod users;
 pub mod verbs;
 pub mod web;
 
@@ -56,13 +57,22 @@ pub use failure::{Failure, Outcome, job_id, open_store};
 
 use std::process::ExitCode;
 
-use cli::{Cli, IdentityVerb, PolicyVerb, TemplateVerb, Verb};
+use cli::{Cli, IdentityVerb, PolicyVerb, TemplateVerb, UsersVerb, Verb};
 
 pub async fn run(cli: Cli) -> ExitCode {
     let outcome = match trust::parse_admin_keys(cli.admin_keys.as_deref().unwrap_or_default()) {
         Ok(keys) => {
             trust::set_admin_keys(keys);
-            dispatch(&cli).await
+            match &cli.acting_user {
+                Some(user) => match users::check_name(user) {
+                    Ok(()) => {
+                        let _ = publishing::ACTING_USER.set(user.clone());
+                        dispatch(&cli).await
+                    }
+                    Err(e) => Err(Failure::Usage(format!("--acting-user: {e}"))),
+                },
+                None => dispatch(&cli).await,
+            }
         }
         Err(e) => Err(Failure::Usage(format!("--admin-keys: {e}"))),
     };
@@ -118,6 +128,13 @@ async fn dispatch(cli: &Cli) -> Outcome {
             verbs::trust::audit(cli, signer.clone(), node.clone(), since.clone(), json).await
         }
         Verb::Serve(ref args) => web::run(cli, args).await,
+        Verb::Users(ref u) => match u {
+            UsersVerb::Add { name, role, password_stdin } => verbs::users::add(cli, name, role, *password_stdin).await,
+            UsersVerb::Passwd { name, password_stdin } => verbs::users::passwd(cli, name, *password_stdin).await,
+            UsersVerb::Disable { name } => verbs::users::disable(cli, name, true).await,
+            UsersVerb::Enable { name } => verbs::users::disable(cli, name, false).await,
+            UsersVerb::List { json } => verbs::users::list(cli, *json).await,
+        },
         Verb::Destroy(ref args) => verbs::destroy::run(cli, args).await,
         Verb::Ls { ref node, ref select, all, json } => {
             verbs::ls::run(cli, node.as_deref(), select.as_deref(), all, json).await

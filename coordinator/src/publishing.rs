@@ -21,6 +21,9 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
+/// The person this process signs for (`--acting-user`), set once at start.
+pub static ACTING_USER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 /// How long a job signed here stays valid: long enough to wait in the queue for its agent.
 pub const SIGNED_FOR_MINUTES: u32 = 60;
 
@@ -52,9 +55,11 @@ impl Outgoing {
 }
 
 /// The message's bytes with its `auth` (schemas/SIGNING.md), valid `minutes`.
+/// A service acting for a person (the web view, through `--acting-user`) names them in it.
 pub fn signed_for(message: &impl serde::Serialize, signer: &Identity, minutes: u32) -> Result<Vec<u8>, Failure> {
     let mut value = serde_json::to_value(message).expect("a message serializes");
-    signer.sign(&mut value, minutes).map_err(|e| anyhow::anyhow!("signing the request: {e}"))?;
+    let user = ACTING_USER.get().map(String::as_str);
+    signer.sign_for(&mut value, minutes, user).map_err(|e| anyhow::anyhow!("signing the request: {e}"))?;
     Ok(serde_json::to_vec(&value).expect("JSON serializes"))
 }
 

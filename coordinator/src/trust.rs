@@ -67,6 +67,39 @@ pub async fn set_policy(js: &jetstream::Context, admin: &Identity, mut policy: P
     Ok(policy.serial)
 }
 
+/// Records a decision of the web view (a login, a POST refused for its role or CSRF token, a
+/// user managed) in the audit trail, naming the user, on `pvefleet.audit.web.<action>`.
+pub async fn web_action(
+    js: &jetstream::Context,
+    signer: Option<String>,
+    user: &str,
+    action: &str,
+    accepted: bool,
+    rule: Option<&str>,
+    message: &str,
+) -> anyhow::Result<()> {
+    let record = AuditRecord {
+        v: V1,
+        at: Timestamp::now(),
+        node: None,
+        action: format!("web {action}"),
+        job_id: None,
+        signer,
+        signer_name: Some("web".into()),
+        user: Some(user.to_owned()),
+        decision: if accepted { Decision::Accepted } else { Decision::Refused },
+        rule: rule.map(str::to_owned),
+        message: message.to_owned(),
+    };
+    let word: String = action.chars().filter(char::is_ascii_alphanumeric).collect();
+    js.publish(names::web_audit_subject(if word.is_empty() { "root" } else { &word }), record.encode().into())
+        .await
+        .map_err(|e| anyhow::anyhow!("recording in the audit trail: {e}"))?
+        .await
+        .map_err(|e| anyhow::anyhow!("recording in the audit trail (run `pvefleet setup`): {e}"))?;
+    Ok(())
+}
+
 /// Records an admin action in the audit trail, waiting for the stream to keep it.
 pub async fn admin_action(
     js: &jetstream::Context,
@@ -83,6 +116,7 @@ pub async fn admin_action(
         job_id: None,
         signer: Some(admin.public().id().0),
         signer_name: Some("admin".into()),
+        user: None,
         decision: Decision::Accepted,
         rule: None,
         message,

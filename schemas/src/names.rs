@@ -38,6 +38,12 @@ pub fn audit_subject(node: &NodeName) -> String {
     format!("pvefleet.audit.node.{node}")
 }
 
+/// `pvefleet.audit.web.<action>`: where the web view records its own decisions (logins,
+/// refused POSTs, users managed).
+pub fn web_audit_subject(action: &str) -> String {
+    format!("pvefleet.audit.web.{action}")
+}
+
 /// `pvefleet.audit.admin.<action>`: where admin actions are recorded.
 pub fn admin_audit_subject(action: &str) -> String {
     format!("pvefleet.audit.admin.{action}")

@@ -35,3 +35,11 @@ impl fmt::Debug for Secret {
         f.write_str("Secret([redacted])")
     }
 }
+
+/// `N` bytes from the operating system's random source (session cookies, CSRF tokens).
+pub fn random_bytes<const N: usize>() -> [u8; N] {
+    use crypto_box::aead::rand_core::RngCore as _;
+    let mut bytes = [0u8; N];
+    crypto_box::aead::OsRng.fill_bytes(&mut bytes);
+    bytes
+}

@@ -47,6 +47,10 @@ pub struct RequestAuth {
     pub not_after: Timestamp,
     /// Standard base64 of the ed25519 signature (64 bytes).
     pub signature: String,
+    /// The person a service (the web view) acts for, by the name that service knows them by;
+    /// signed with the rest, so the audit trail names who asked through the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// An operator's (or a service's) signing key. Its secret half never leaves its file.
@@ -94,17 +98,31 @@ impl Identity {
     /// Signs `message` (a JSON object): sets its `auth` to this signer, valid for `minutes`
     /// from now, with the signature over its canonical bytes.
     pub fn sign(&self, message: &mut Value, minutes: u32) -> Result<(), SignError> {
+        self.sign_for(message, minutes, None)
+    }
+
+    /// Signs `message` as [`Identity::sign`] does, naming `user` as the person this signer (a
+    /// service) acts for.
+    pub fn sign_for(&self, message: &mut Value, minutes: u32, user: Option<&str>) -> Result<(), SignError> {
         if minutes == 0 || minutes > MAX_VALIDITY_MINUTES {
             return Err(SignError::Validity(minutes));
         }
         let not_after = Timestamp(time::OffsetDateTime::now_utc() + time::Duration::minutes(i64::from(minutes)));
-        self.sign_until(message, not_after)
+        self.sign_until_for(message, not_after, user)
     }
 
     /// Signs `message` as valid until `not_after`.
     pub fn sign_until(&self, message: &mut Value, not_after: Timestamp) -> Result<(), SignError> {
+        self.sign_until_for(message, not_after, None)
+    }
+
+    fn sign_until_for(&self, message: &mut Value, not_after: Timestamp, user: Option<&str>) -> Result<(), SignError> {
         let object = message.as_object_mut().ok_or(SignError::NotAnObject)?;
-        object.insert("auth".into(), serde_json::json!({ "signer": self.public().id().0, "not_after": not_after }));
+        let mut auth = serde_json::json!({ "signer": self.public().id().0, "not_after": not_after });
+        if let Some(user) = user {
+            auth["user"] = Value::String(user.to_owned());
+        }
+        object.insert("auth".into(), auth);
         let signature = self.0.sign(&signed_bytes(message)?);
         message["auth"]["signature"] = Value::String(B64.encode(signature.to_bytes()));
         Ok(())

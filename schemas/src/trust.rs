@@ -659,6 +659,9 @@ pub struct AuditRecord {
     /// The signer's name in the policy, when it is in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signer_name: Option<String>,
+    /// The person the signer acted for (a web view user), as the signed request names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub decision: Decision,
     /// The rule that refused it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -276,6 +276,8 @@ pub mod audit {
         pub job_id: Option<String>,
         pub signer: Option<String>,
         pub signer_name: Option<String>,
+        /// The person the signer acted for (a web view user).
+        pub user_name: Option<String>,
         pub decision: String,
         pub rule: Option<String>,
         #[sea_orm(column_type = "Text")]
@@ -340,6 +342,55 @@ pub mod event {
         pub message: String,
         pub stream: Option<String>,
         pub timestamp: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod user {
+    use sea_orm::entity::prelude::*;
+
+    /// A web view login: its role, its argon2id password hash (PHC string), and its lockout.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "users")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub name: String,
+        pub role: String,
+        pub password_hash: String,
+        pub disabled: bool,
+        /// Wrong passwords in a row since the last good one.
+        pub failed_logins: i32,
+        /// No login until then (RFC 3339), after too many wrong passwords.
+        pub locked_until: Option<String>,
+        pub created_at: String,
+        pub updated_at: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod session {
+    use sea_orm::entity::prelude::*;
+
+    /// A web view session, found by the SHA-256 (hex) of its cookie.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "sessions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub token_hash: String,
+        pub user_name: String,
+        /// The token every form of this session carries.
+        pub csrf: String,
+        pub created_at: String,
+        pub expires_at: String,
+        pub revoked_at: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

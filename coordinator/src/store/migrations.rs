@@ -224,12 +224,62 @@ impl MigrationTrait for Containers {
     }
 }
 
+/// The web view's users and their sessions, and the person an audited request was made for.
+struct Users;
+
+impl MigrationName for Users {
+    fn name(&self) -> &str {
+        "m20261205_000006_users"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for Users {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), sea_orm::DbErr> {
+        let text = |name: &str| ColumnDef::new(Alias::new(name)).string().to_owned();
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("users"))
+                    .if_not_exists()
+                    .col(text("name").not_null().primary_key())
+                    .col(text("role").not_null())
+                    .col(text("password_hash").not_null())
+                    .col(ColumnDef::new(Alias::new("disabled")).boolean().not_null().default(false))
+                    .col(ColumnDef::new(Alias::new("failed_logins")).integer().not_null().default(0))
+                    .col(text("locked_until"))
+                    .col(text("created_at").not_null())
+                    .col(text("updated_at").not_null())
+                    .to_owned(),
+            )
+            .await?;
+        // A session is found by the SHA-256 of its cookie: the store never holds a cookie that
+        // would open one.
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("sessions"))
+                    .if_not_exists()
+                    .col(text("token_hash").not_null().primary_key())
+                    .col(text("user_name").not_null())
+                    .col(text("csrf").not_null())
+                    .col(text("created_at").not_null())
+                    .col(text("expires_at").not_null())
+                    .col(text("revoked_at"))
+                    .to_owned(),
+            )
+            .await?;
+        let audit = Table::alter().table(Alias::new("audit")).to_owned();
+        manager.alter_table(audit.clone().add_column(ColumnDef::new(Alias::new("user_name")).string()).to_owned()).await
+    }
+}
+
 #[derive(Debug)]
 pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds), Box::new(Audit), Box::new(Containers)]
+        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds), Box::new(Audit), Box::new(Containers), Box::new(Users)]
     }
 }
 

@@ -6,14 +6,16 @@
 //! - `migrations`: every schema change, in order, written out column by column.
 //! - `queries`: what the verbs, the recorder and the web view ask of it.
 
+mod accounts;
 pub mod entities;
 mod migrations;
 mod queries;
 
 use sea_orm::{Database, DatabaseConnection};
 
+pub use accounts::{LOCK_AFTER, LOCK_FOR, Login};
 pub use entities::job::{JobKind, JobState};
-pub use entities::{audit, container, event, job, node_key, template};
+pub use entities::{audit, container, event, job, node_key, session, template, user};
 
 /// What recording an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,14 +130,16 @@ mod tests {
         assert_eq!(
             sql,
             [
-                r#"CREATE TABLE "audit" ( "seq" bigint NOT NULL PRIMARY KEY, "at" varchar NOT NULL, "node" varchar, "action" varchar NOT NULL, "job_id" varchar, "signer" varchar, "signer_name" varchar, "decision" varchar NOT NULL, "rule" varchar, "message" text NOT NULL )"#,
+                r#"CREATE TABLE "audit" ( "seq" bigint NOT NULL PRIMARY KEY, "at" varchar NOT NULL, "node" varchar, "action" varchar NOT NULL, "job_id" varchar, "signer" varchar, "signer_name" varchar, "decision" varchar NOT NULL, "rule" varchar, "message" text NOT NULL , "user_name" varchar)"#,
                 r#"CREATE TABLE "containers" ( "vmid" bigint NOT NULL, "marker" varchar NOT NULL, "node" varchar NOT NULL, "hostname" varchar NOT NULL, "state" varchar NOT NULL, "status" varchar NOT NULL, "ip" varchar, "create_job" varchar, "last_job" varchar, "drift" boolean NOT NULL DEFAULT FALSE, "seen_at" varchar NOT NULL, "gone_at" varchar, PRIMARY KEY ("vmid", "marker") )"#,
                 r#"CREATE TABLE "events" ( "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "job_id" varchar NOT NULL, "seq" bigint NOT NULL, "kind" varchar NOT NULL, "step" varchar, "percent" integer NOT NULL, "message" text NOT NULL, "stream" varchar, "timestamp" varchar NOT NULL )"#,
                 r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
                 r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar, "retry_of" varchar)"#,
                 r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
                 r#"CREATE TABLE "node_keys" ( "node" varchar NOT NULL PRIMARY KEY, "public_key" varchar NOT NULL, "fingerprint" varchar NOT NULL, "pinned_at" varchar NOT NULL )"#,
+                r#"CREATE TABLE "sessions" ( "token_hash" varchar NOT NULL PRIMARY KEY, "user_name" varchar NOT NULL, "csrf" varchar NOT NULL, "created_at" varchar NOT NULL, "expires_at" varchar NOT NULL, "revoked_at" varchar )"#,
                 r#"CREATE TABLE "templates" ( "name" varchar NOT NULL PRIMARY KEY, "spec" text NOT NULL, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,
+                r#"CREATE TABLE "users" ( "name" varchar NOT NULL PRIMARY KEY, "role" varchar NOT NULL, "password_hash" varchar NOT NULL, "disabled" boolean NOT NULL DEFAULT FALSE, "failed_logins" integer NOT NULL DEFAULT 0, "locked_until" varchar, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,
             ]
         );
     }

@@ -30,6 +30,7 @@ impl Store {
             job_id: Set(r.job_id.map(|j| j.to_string())),
             signer: Set(r.signer.clone()),
             signer_name: Set(r.signer_name.clone()),
+            user_name: Set(r.user.clone()),
             decision: Set(enum_text(&r.decision)),
             rule: Set(r.rule.clone()),
             message: Set(r.message.clone()),

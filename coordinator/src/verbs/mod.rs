@@ -15,4 +15,5 @@ pub mod setup;
 pub mod submit;
 pub mod template;
 pub mod trust;
+pub mod users;
 pub mod watch;

@@ -11,11 +11,15 @@
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
 //! - `assets/`: the page script and style, embedded in the binary.
 
+pub mod act;
+pub mod auth;
 mod durations;
 pub mod live;
 pub mod metrics;
 pub mod pages;
+mod people;
 mod state;
+mod tls;
 
 pub use state::Web;
 
@@ -24,11 +28,10 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
@@ -42,6 +45,16 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
         .listen
         .parse()
         .map_err(|e| Failure::Usage(format!("--listen `{}` is not an address: {e}", args.listen)))?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    if !addr.ip().is_loopback() && tls.is_none() && !args.insecure_http {
+        return Err(Failure::Usage(format!(
+            "--listen {addr} is not a loopback address: give --tls-cert and --tls-key, so passwords, session \
+             cookies and tokens never cross the network in clear (or --insecure-http behind a TLS proxy)"
+        )));
+    }
     let token = match &args.token_file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -55,30 +68,55 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
             }
             Some(digest(text))
         }
-        None if !addr.ip().is_loopback() => {
-            return Err(Failure::Usage(format!(
-                "--listen {addr} is not a loopback address: give --token-file, so only holders of the token see the fleet"
-            )));
-        }
         None => None,
     };
     let store = crate::open_store(cli).await?;
+    let users = store.has_users().await?;
+    if token.is_none() && !users && !addr.ip().is_loopback() {
+        return Err(Failure::Usage(format!(
+            "--listen {addr} is not a loopback address: add a user (`pvefleet users add NAME --role operator`) or \
+             give --token-file, so only those who log in see the fleet"
+        )));
+    }
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
-    let web = Web { store, client, js, token, streams: Default::default(), durations: Default::default() };
+    let acting = act::Acting::new(cli);
+    let web = Web {
+        store,
+        client,
+        js,
+        token,
+        streams: Default::default(),
+        durations: Default::default(),
+        attempts: Default::default(),
+        session_hours: args.session_hours,
+        tls: tls.is_some(),
+        acting: Arc::new(acting),
+    };
     // Before it says it is ready: a SIGTERM from then on stops it gracefully.
     let stop = crate::shutdown::shutdown_signal();
     let listener =
         tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("listening on {addr}: {e}"))?;
     let bound = listener.local_addr().map_err(anyhow::Error::from)?;
-    match &web.token {
-        Some(_) => println!("pvefleet serve: http://{bound}/ (a token is required: open http://{bound}/?token=… once)"),
-        None => println!("pvefleet serve: http://{bound}/ (loopback only, no token)"),
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    match (&web.token, users) {
+        (Some(_), _) => println!("pvefleet serve: {scheme}://{bound}/ (a token is required: open {scheme}://{bound}/?token=… once)"),
+        (None, true) => println!("pvefleet serve: {scheme}://{bound}/ (log in as a user of the store)"),
+        (None, false) => println!("pvefleet serve: {scheme}://{bound}/ (loopback only, read-only: no users yet)"),
     }
-    axum::serve(listener, router(web).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stop)
-        .await
-        .map_err(|e| anyhow::anyhow!("serving: {e}"))?;
+    if let Err(why) = web.acting.as_ref() {
+        println!("pvefleet serve: read-only for everyone: {why}");
+    }
+    let app = router(web).into_make_service_with_connect_info::<SocketAddr>();
+    let served = match tls {
+        Some(acceptor) => {
+            use axum::serve::ListenerExt as _;
+            let listener = tls::TlsListener::new(listener, acceptor).tap_io(|_| {});
+            axum::serve(listener, app).with_graceful_shutdown(stop).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+    };
+    served.map_err(|e| anyhow::anyhow!("serving: {e}"))?;
     Ok(())
 }
 
@@ -101,8 +139,11 @@ pub fn router(web: Web) -> Router {
             "/assets/style.css",
             get(|| async { asset("text/css; charset=utf-8", include_str!("assets/style.css")) }),
         )
+        .route("/login", get(auth::login_form).post(auth::login))
+        .route("/logout", post(auth::logout))
+        .merge(act::routes())
         .fallback(|| async { pages::not_found("no such page") })
-        .layer(axum::middleware::from_fn_with_state(Arc::new(web.clone()), authorize))
+        .layer(axum::middleware::from_fn_with_state(Arc::new(web.clone()), auth::gate))
         .with_state(web)
 }
 
@@ -137,7 +178,7 @@ fn offered(headers: &HeaderMap, query: Option<&str>) -> (Option<String>, bool) {
 
 /// Whether a request names this server by a loopback name: without a token, anything else
 /// (a page elsewhere whose name was rebound to 127.0.0.1) is refused.
-fn loopback_host(headers: &HeaderMap) -> bool {
+pub(super) fn loopback_host(headers: &HeaderMap) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
@@ -146,29 +187,26 @@ fn loopback_host(headers: &HeaderMap) -> bool {
     name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-async fn authorize(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
-    let Some(want) = web.token else {
-        if !loopback_host(request.headers()) {
-            let why = "without --token-file this server answers only to localhost, 127.0.0.1 or [::1]";
-            return (StatusCode::MISDIRECTED_REQUEST, why).into_response();
-        }
-        return next.run(request).await;
-    };
+/// The bearer token check of a kiosk: the request when its token is good (a `?token=` link
+/// answered by a redirect that keeps it in a cookie instead), or the answer to give.
+fn token_check(web: &Web, request: Request) -> Result<Request, Response> {
+    let Some(want) = web.token else { return Ok(request) };
     let (given, from_link) = offered(request.headers(), request.uri().query());
     let ok = given.as_deref().is_some_and(|t| bool::from(digest(t).ct_eq(&want)));
     if !ok {
-        return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], pages::unauthorized())
-            .into_response();
+        return Err((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], pages::unauthorized())
+            .into_response());
     }
     if from_link {
         // Keep the token in a cookie, not in the address bar or the history.
         let path = request.uri().path().to_owned();
-        let cookie = format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict", given.unwrap_or_default());
+        let cookie =
+            format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}", given.unwrap_or_default(), web.secure_flag());
         let mut response = Redirect::to(&path).into_response();
         if let Ok(value) = cookie.parse() {
             response.headers_mut().insert(header::SET_COOKIE, value);
         }
-        return response;
+        return Err(response);
     }
-    next.run(request).await
+    Ok(request)
 }

@@ -10,11 +10,14 @@ use pvefleet_schemas::{Heartbeat, JobId};
 use serde::Deserialize;
 
 use super::Web;
+use super::auth::{Who, csrf_field, who};
+use crate::users::Role;
 use crate::store::JobState;
 
 const PER_PAGE: u64 = 50;
 
 fn layout(title: &str, body: Markup) -> Markup {
+    let who = who();
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -28,7 +31,16 @@ fn layout(title: &str, body: Markup) -> Markup {
             body {
                 header {
                     a.brand href="/" { "pvefleet" }
-                    nav { a href="/" { "Fleet" } " " a href="/containers" { "Containers" } " " a href="/jobs" { "Jobs" } " " a href="/audit" { "Audit" } }
+                    nav { a href="/" { "Fleet" } " " a href="/containers" { "Containers" } " " a href="/jobs" { "Jobs" } " " a href="/audit" { "Audit" }
+                        @if who.acting().is_some() { " " a #new-link href="/new" { "New container" } }
+                        @if let Who::User(me) = &who { @if me.role == Role::Admin { " " a href="/users" { "Users" } } }
+                    }
+                    @if let Who::User(me) = &who {
+                        form.whoami method="post" action="/logout" {
+                            span #whoami data-role=(me.role.as_str()) { (me.name) " (" (me.role.as_str()) ")" } " "
+                            (csrf_field()) button #logout type="submit" { "Log out" }
+                        }
+                    }
                 }
                 main { (body) }
             }
@@ -36,11 +48,11 @@ fn layout(title: &str, body: Markup) -> Markup {
     }
 }
 
-fn page(status: StatusCode, title: &str, body: Markup) -> Response {
+pub fn page(status: StatusCode, title: &str, body: Markup) -> Response {
     (status, Html(layout(title, body).into_string())).into_response()
 }
 
-fn failed(e: impl std::fmt::Display) -> Response {
+pub fn failed(e: impl std::fmt::Display) -> Response {
     page(StatusCode::INTERNAL_SERVER_ERROR, "Error", html! { h1 { "Something failed" } p.error { (e.to_string()) } })
 }
 
@@ -115,7 +127,7 @@ pub struct JobsQuery {
 
 /// A filter value as it goes into a link's query: letters, digits and `-._~` as they are,
 /// every other byte percent-encoded.
-fn query_value(v: &str) -> String {
+pub fn query_value(v: &str) -> String {
     v.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
@@ -204,7 +216,8 @@ pub async fn containers(State(web): State<Web>) -> Response {
                 tbody {
                     @for c in &rows {
                         tr.container data-state=(c.state) data-vmid=(c.vmid) {
-                            td { (c.hostname) } td { (c.node) } td { (c.vmid) }
+                            td { @if c.state == "present" { a href=(format!("/containers/{}/{}", c.node, c.vmid)) { (c.hostname) } } @else { (c.hostname) } }
+                            td { (c.node) } td { (c.vmid) }
                             td { span.state { (c.state) } @if let Some(at) = &c.gone_at { " since " (at) } }
                             td { (c.status) } td { (c.ip.clone().unwrap_or_default()) }
                             td { (job(&c.create_job)) } td { (job(&c.last_job)) }
@@ -231,7 +244,7 @@ pub async fn audit(State(web): State<Web>) -> Response {
             h1 { "Audit" }
             p { "Every decision an agent made on a request, and every admin action (the latest " (records.len()) "; `pvefleet audit` reads them all)." }
             table #audit {
-                thead { tr { th { "at" } th { "node" } th { "action" } th { "decision" } th { "job" } th { "signer" } th { "rule" } th { "message" } } }
+                thead { tr { th { "at" } th { "node" } th { "action" } th { "decision" } th { "job" } th { "signer" } th { "user" } th { "rule" } th { "message" } } }
                 tbody {
                     @for r in &records {
                         tr.audit data-decision=(r.decision) {
@@ -241,6 +254,7 @@ pub async fn audit(State(web): State<Web>) -> Response {
                             td.signer title=(r.signer.clone().unwrap_or_default()) {
                                 (r.signer_name.clone().or_else(|| r.signer.clone()).unwrap_or_else(|| "unsigned".into()))
                             }
+                            td.user { (r.user_name.clone().unwrap_or_default()) }
                             td { (r.rule.clone().unwrap_or_default()) } td { (r.message) }
                         }
                     }
@@ -281,6 +295,7 @@ pub async fn job(State(web): State<Web>, Path(id): Path<String>) -> Response {
                 ul #warnings {}
                 div #result {}
             }
+            (super::act::job_actions(&row))
             details { summary { "Spec" } pre #spec { (spec) } }
         },
     )

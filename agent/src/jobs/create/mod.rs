@@ -193,6 +193,7 @@ impl CreateJob<'_> {
                 job_id: Some(self.job.job_id),
                 signer: self.job.auth.as_ref().map(|a| a.signer.clone()),
                 signer_name: Some(self.signer_name.clone()),
+                user: self.job.auth.as_ref().and_then(|a| a.user.clone()),
                 decision: pvefleet_schemas::trust::Decision::Refused,
                 rule: Some("clone_from".into()),
                 message: message.clone(),

@@ -1,0 +1,171 @@
+//! The web view's users and sessions in the store.
+
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set};
+
+use super::{Store, session, user};
+
+/// What a login attempt found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    Ok(user::Model),
+    /// Unknown user, wrong password or disabled: the same answer for all three.
+    Refused,
+    /// Too many wrong passwords: no login until then (RFC 3339).
+    Locked(String),
+}
+
+/// Wrong passwords in a row that lock a user, and for how long.
+pub const LOCK_AFTER: i32 = 5;
+pub const LOCK_FOR: time::Duration = time::Duration::minutes(15);
+
+fn now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn text(t: time::OffsetDateTime) -> String {
+    pvefleet_schemas::Timestamp(t).to_string()
+}
+
+fn parse(t: &str) -> Option<time::OffsetDateTime> {
+    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok()
+}
+
+impl Store {
+    pub async fn users(&self) -> anyhow::Result<Vec<user::Model>> {
+        Ok(user::Entity::find().order_by_asc(user::Column::Name).all(&self.db).await?)
+    }
+
+    pub async fn has_users(&self) -> anyhow::Result<bool> {
+        use sea_orm::PaginatorTrait as _;
+        Ok(user::Entity::find().count(&self.db).await? > 0)
+    }
+
+    pub async fn user(&self, name: &str) -> anyhow::Result<Option<user::Model>> {
+        Ok(user::Entity::find_by_id(name.to_owned()).one(&self.db).await?)
+    }
+
+    /// Adds a user; `false` when the name is taken.
+    pub async fn add_user(&self, name: &str, role: &str, password_hash: &str) -> anyhow::Result<bool> {
+        if self.user(name).await?.is_some() {
+            return Ok(false);
+        }
+        let at = text(now());
+        user::ActiveModel {
+            name: Set(name.to_owned()),
+            role: Set(role.to_owned()),
+            password_hash: Set(password_hash.to_owned()),
+            disabled: Set(false),
+            failed_logins: Set(0),
+            locked_until: Set(None),
+            created_at: Set(at.clone()),
+            updated_at: Set(at),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(true)
+    }
+
+    /// Sets a user's password (and unlocks them); every session of theirs ends. `false` when
+    /// there is no such user.
+    pub async fn set_password(&self, name: &str, password_hash: &str) -> anyhow::Result<bool> {
+        let Some(found) = self.user(name).await? else { return Ok(false) };
+        let mut row: user::ActiveModel = found.into();
+        row.password_hash = Set(password_hash.to_owned());
+        row.failed_logins = Set(0);
+        row.locked_until = Set(None);
+        row.updated_at = Set(text(now()));
+        row.update(&self.db).await?;
+        self.end_sessions_of(name).await?;
+        Ok(true)
+    }
+
+    /// Disables (or enables) a user; disabling ends every session of theirs at once.
+    pub async fn set_disabled(&self, name: &str, disabled: bool) -> anyhow::Result<bool> {
+        let Some(found) = self.user(name).await? else { return Ok(false) };
+        let mut row: user::ActiveModel = found.into();
+        row.disabled = Set(disabled);
+        row.updated_at = Set(text(now()));
+        row.update(&self.db).await?;
+        if disabled {
+            self.end_sessions_of(name).await?;
+        }
+        Ok(true)
+    }
+
+    /// Checks a login: a wrong password counts towards the lock; a good one clears the count.
+    pub async fn login(&self, name: &str, password: &str) -> anyhow::Result<Login> {
+        let Some(found) = self.user(name).await? else {
+            crate::users::verify(password, crate::users::decoy());
+            return Ok(Login::Refused);
+        };
+        if let Some(until) = found.locked_until.as_deref().filter(|u| parse(u).is_some_and(|u| u > now())) {
+            return Ok(Login::Locked(until.to_owned()));
+        }
+        let good = crate::users::verify(password, &found.password_hash);
+        let mut row: user::ActiveModel = found.clone().into();
+        if good {
+            if found.failed_logins != 0 || found.locked_until.is_some() {
+                row.failed_logins = Set(0);
+                row.locked_until = Set(None);
+                row.update(&self.db).await?;
+            }
+            return Ok(if found.disabled { Login::Refused } else { Login::Ok(found) });
+        }
+        let failed = found.failed_logins + 1;
+        row.failed_logins = Set(failed);
+        let locked = (failed >= LOCK_AFTER).then(|| text(now() + LOCK_FOR));
+        row.locked_until = Set(locked.clone());
+        row.update(&self.db).await?;
+        Ok(locked.map_or(Login::Refused, Login::Locked))
+    }
+
+    /// A new session for `user`, valid for `hours`: stored by the SHA-256 of its cookie.
+    pub async fn open_session(&self, user: &str, token_hash: &str, csrf: &str, hours: i64) -> anyhow::Result<()> {
+        let at = now();
+        session::ActiveModel {
+            token_hash: Set(token_hash.to_owned()),
+            user_name: Set(user.to_owned()),
+            csrf: Set(csrf.to_owned()),
+            created_at: Set(text(at)),
+            expires_at: Set(text(at + time::Duration::hours(hours))),
+            revoked_at: Set(None),
+        }
+        .insert(&self.db)
+        .await?;
+        Ok(())
+    }
+
+    /// The live session with this cookie hash and its user: not revoked, not expired, its
+    /// user there and not disabled.
+    pub async fn session(&self, token_hash: &str) -> anyhow::Result<Option<(session::Model, user::Model)>> {
+        let Some(found) = session::Entity::find_by_id(token_hash.to_owned()).one(&self.db).await? else {
+            return Ok(None);
+        };
+        if found.revoked_at.is_some() || parse(&found.expires_at).is_none_or(|e| e <= now()) {
+            return Ok(None);
+        }
+        let Some(user) = self.user(&found.user_name).await?.filter(|u| !u.disabled) else { return Ok(None) };
+        Ok(Some((found, user)))
+    }
+
+    /// Ends one session (logout).
+    pub async fn end_session(&self, token_hash: &str) -> anyhow::Result<()> {
+        session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, sea_orm::sea_query::Expr::value(text(now())))
+            .filter(session::Column::TokenHash.eq(token_hash.to_owned()))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends every session of `user`.
+    pub async fn end_sessions_of(&self, user: &str) -> anyhow::Result<u64> {
+        let done = session::Entity::update_many()
+            .col_expr(session::Column::RevokedAt, sea_orm::sea_query::Expr::value(text(now())))
+            .filter(session::Column::UserName.eq(user.to_owned()))
+            .filter(session::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(done.rows_affected)
+    }
+}

@@ -1,0 +1,456 @@
+//! Acting from the browser: the new-container form (a plan first, then the submit), and each
+//! container's and job's actions. Each action runs the very verb an operator would run
+//! (`pvefleet submit`, `plan`, `cancel`, `destroy`, `start`, `snapshot`, …) as a child
+//! process of this server, with this server's identity and `--acting-user` naming the user: the
+//! same validation and the same errors (shown beside the field they name), the root password
+//! sealed to the node's agent and never stored, the job recorded and published once, signed
+//! by the web view's key with the user in the signed bytes, so each agent's policy decides
+//! and its audit record names the user. The child gets the password in its environment, never
+//! on its command line.
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use maud::{Markup, html};
+
+use super::Web;
+use super::auth::{Who, csrf_field, who};
+use super::pages::{failed, not_found, page};
+use crate::cli::Cli;
+
+/// How this server runs verbs for its users.
+#[derive(Debug)]
+pub struct Acting {
+    exe: std::path::PathBuf,
+    env: Vec<(String, String)>,
+    /// The key id of the identity the web view signs with.
+    pub signer: String,
+}
+
+/// What a verb run for a user printed.
+#[derive(Debug)]
+pub struct Ran {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// The error lines, without the `pvefleet: ` each begins with.
+    pub fn error(&self) -> String {
+        let text: Vec<&str> =
+            self.stderr.lines().map(|l| l.strip_prefix("pvefleet: ").unwrap_or(l)).filter(|l| !l.is_empty()).collect();
+        if text.is_empty() { format!("the verb ended with {:?}", self.code) } else { text.join("\n") }
+    }
+
+    /// The job ids in `--json` output (one job per line).
+    pub fn job_ids(&self) -> Vec<String> {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["job_id"].as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Acting {
+    /// The web view acts with the identity `--identity` names; without one it is read-only.
+    pub fn new(cli: &Cli) -> Result<Self, String> {
+        let (path, me) = crate::identity::load(cli).map_err(|e| match e {
+            crate::Failure::Usage(m) => format!("no identity to sign with ({m})"),
+            other => format!("no identity to sign with ({other:?})"),
+        })?;
+        let exe = std::env::current_exe().map_err(|e| format!("finding this program: {e}"))?;
+        let mut env = vec![("PVEFLEET_NATS_URL".to_owned(), cli.nats_url.clone())];
+        let mut put = |key: &str, value: Option<String>| {
+            if let Some(v) = value {
+                env.push((key.to_owned(), v));
+            }
+        };
+        let path_of = |p: &Option<std::path::PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        put("PVEFLEET_NATS_CREDS", path_of(&cli.nats_creds));
+        put("PVEFLEET_NATS_INBOX_PREFIX", cli.nats_inbox_prefix.clone());
+        put("PVEFLEET_NATS_CA", path_of(&cli.nats_ca));
+        put("PVEFLEET_NATS_CERT", path_of(&cli.nats_cert));
+        put("PVEFLEET_NATS_KEY", path_of(&cli.nats_key));
+        put("PVEFLEET_DB", cli.db.clone());
+        put("PVEFLEET_ADMIN_KEYS", cli.admin_keys.clone());
+        put("PVEFLEET_IDENTITY", Some(path.display().to_string()));
+        Ok(Self { exe, env, signer: me.public().id().0 })
+    }
+
+    /// Runs `pvefleet --acting-user USER ARGS…`, with `secret` (if any) in the child's
+    /// environment as `PVEFLEET_WEB_ROOT_PASSWORD`.
+    pub async fn run(&self, user: &str, args: &[String], secret: Option<&str>) -> anyhow::Result<Ran> {
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("--acting-user").arg(user).args(args).kill_on_drop(true);
+        cmd.env_remove("PVEFLEET_WEB_ROOT_PASSWORD");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        if let Some(secret) = secret {
+            cmd.env("PVEFLEET_WEB_ROOT_PASSWORD", secret);
+        }
+        cmd.stdin(std::process::Stdio::null());
+        let out = cmd.output().await.map_err(|e| anyhow::anyhow!("running {}: {e}", self.exe.display()))?;
+        Ok(Ran {
+            ok: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+pub fn routes() -> Router<Web> {
+    Router::new()
+        .route("/new", get(new_form).post(new_post))
+        .route("/containers/{node}/{vmid}", get(container))
+        .route("/containers/{node}/{vmid}/{action}", post(container_action))
+        .route("/jobs/{id}/cancel", post(cancel))
+        .route("/users", get(super::people::users).post(super::people::add))
+        .route("/users/{name}/{action}", post(super::people::change))
+}
+
+/// The user acting now and how, or the page saying why nothing can be done.
+fn actor(web: &Web) -> Result<(&Acting, String), Response> {
+    let Who::User(me) = who() else {
+        return Err(super::auth::forbidden("log in as an operator to act"));
+    };
+    match web.acting.as_ref() {
+        Ok(acting) => Ok((acting, me.name)),
+        Err(why) => Err(super::auth::forbidden(&format!("this server cannot act: {why}"))),
+    }
+}
+
+/// The form fields of "New container", in the order shown, with the flag each becomes.
+const FIELDS: [(&str, &str, &str); 12] = [
+    ("template", "--template", "template"),
+    ("hostname", "--hostname", "hostname (or a pattern with {n})"),
+    ("count", "--count", "how many"),
+    ("node", "--node", "node"),
+    ("ostemplate", "--ostemplate", "OS template (when no template gives one)"),
+    ("ip", "--ip", "IP (dhcp or address/prefix; {n} with a count)"),
+    ("gw", "--gw", "gateway"),
+    ("memory", "--memory", "memory (MiB)"),
+    ("cores", "--cores", "cores"),
+    ("disk", "--disk", "disk (GB)"),
+    ("storage", "--storage", "storage"),
+    ("bridge", "--bridge", "bridge"),
+];
+
+type Fields = BTreeMap<String, String>;
+
+/// The verb's arguments from the form: every field given, as its flag.
+fn submit_args(fields: &Fields) -> Vec<String> {
+    let mut args = Vec::new();
+    for (name, flag, _) in FIELDS {
+        if let Some(v) = fields.get(name).map(|v| v.trim()).filter(|v| !v.is_empty()) {
+            if name == "count" && v == "1" {
+                continue;
+            }
+            args.push(flag.to_owned());
+            args.push(v.to_owned());
+        }
+    }
+    args
+}
+
+/// The form field an error names (`--hostname: …` → `hostname`), if any.
+fn field_of(error: &str) -> Option<&'static str> {
+    let flag = error.split([':', ' ']).find(|w| w.starts_with("--"))?;
+    if flag == "--password-env" {
+        return Some("password");
+    }
+    FIELDS.iter().find(|(_, f, _)| *f == flag).map(|(name, _, _)| *name)
+}
+
+struct NewPage<'a> {
+    fields: &'a Fields,
+    /// The plan's verdict and what it said, when one was asked.
+    plan: Option<(bool, String)>,
+    error: Option<String>,
+}
+
+async fn new_page(web: &Web, p: NewPage<'_>) -> Response {
+    let templates = web.store.templates().await.unwrap_or_default();
+    let beats = crate::bus::heartbeats(&web.js).await.unwrap_or_default();
+    let value = |name: &str| p.fields.get(name).cloned().unwrap_or_default();
+    let error_field = p.error.as_deref().and_then(field_of);
+    let planned_ok = p.plan.as_ref().is_some_and(|(ok, _)| *ok);
+    let can_act = who().acting().is_some() && web.acting.is_ok();
+    let markup = html! {
+        h1 { "New container" }
+        @if !can_act { p.error { "You may look, not act: log in as an operator (and the server needs an identity)." } }
+        @if let (Some(e), None) = (&p.error, error_field) { p.error #form-error { (e) } }
+        form #new method="post" action="/new" {
+            (csrf_field())
+            @for (name, _, label) in FIELDS {
+                p.field {
+                    label for=(name) { (label) } " "
+                    @if name == "template" {
+                        select #template name="template" {
+                            option value="" { "(none)" }
+                            @for t in &templates {
+                                option value=(t.name) selected[value("template") == t.name] { (t.name) }
+                            }
+                        }
+                    } @else if name == "node" {
+                        select #node name="node" {
+                            option value="auto" { "auto (most free memory that fits)" }
+                            @for b in &beats {
+                                option value=(b.node.as_str()) selected[value("node") == b.node.as_str()] {
+                                    (b.node.as_str())
+                                    @if let Some(c) = &b.capacity {
+                                        " — " (c.memory_free_bytes >> 20) " MiB free"
+                                        @for s in &c.storages { ", " (s.storage) " " (s.avail_bytes >> 30) " GiB" }
+                                    }
+                                }
+                            }
+                        }
+                    } @else {
+                        input id=(name) name=(name) value=(value(name));
+                    }
+                    @if error_field == Some(name) { " " span.field-error id=(format!("{name}-error")) { (p.error.clone().unwrap_or_default()) } }
+                }
+            }
+            p.field {
+                label for="password" { "root password (optional; sealed to the node's agent, never stored)" } " "
+                input #password name="password" type="password" autocomplete="new-password";
+                @if error_field == Some("password") { " " span.field-error #password-error { (p.error.clone().unwrap_or_default()) } }
+            }
+            p {
+                button #plan name="op" value="plan" type="submit" disabled[!can_act] { "Check (plan)" } " "
+                button #create name="op" value="submit" type="submit" disabled[!(can_act && planned_ok)] { "Create" }
+                @if !planned_ok { " " span.hint { "Create is enabled once a plan of these values passes." } }
+            }
+        }
+        @if !templates.is_empty() {
+            details #template-defaults { summary { "What each template gives" }
+                @for t in &templates { h3 { (t.name) } pre { (t.spec) } } }
+        }
+        @if let Some((ok, text)) = &p.plan {
+            section #plan-result data-ok=(ok) { h2 { "Plan: " @if *ok { "every check passes" } @else { "failed" } } pre { (text) } }
+        }
+    };
+    let status = if p.error.is_some() { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+    page(status, "New container", markup)
+}
+
+pub async fn new_form(State(web): State<Web>) -> Response {
+    new_page(&web, NewPage { fields: &Fields::new(), plan: None, error: None }).await
+}
+
+pub async fn new_post(State(web): State<Web>, Form(mut fields): Form<Fields>) -> Response {
+    let (acting, user) = match actor(&web) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let password = zeroize::Zeroizing::new(fields.remove("password").unwrap_or_default());
+    fields.remove("csrf");
+    let op = fields.remove("op").unwrap_or_default();
+    let args = submit_args(&fields);
+    // Always the plan first: a submit whose plan fails is not sent.
+    let mut plan_args = vec!["plan".to_owned()];
+    plan_args.extend(args.iter().cloned());
+    let planned = match acting.run(&user, &plan_args, None).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    if planned.code == Some(2) {
+        return new_page(&web, NewPage { fields: &fields, plan: None, error: Some(planned.error()) }).await;
+    }
+    let text = if planned.stdout.trim().is_empty() { planned.error() } else { planned.stdout.clone() };
+    if op != "submit" || !planned.ok {
+        return new_page(&web, NewPage { fields: &fields, plan: Some((planned.ok, text)), error: None }).await;
+    }
+    let mut submit = vec!["submit".to_owned(), "--json".to_owned()];
+    submit.extend(args);
+    if !password.is_empty() {
+        submit.extend(["--password-env".to_owned(), "PVEFLEET_WEB_ROOT_PASSWORD".to_owned()]);
+    }
+    let ran = match acting.run(&user, &submit, (!password.is_empty()).then_some(password.as_str())).await {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    if !ran.ok {
+        return new_page(&web, NewPage { fields: &fields, plan: Some((true, text)), error: Some(ran.error()) }).await;
+    }
+    match ran.job_ids().as_slice() {
+        [one] => Redirect::to(&format!("/jobs/{one}")).into_response(),
+        _ => Redirect::to("/jobs").into_response(),
+    }
+}
+
+/// The outcome of an action that makes one job: its live page, or the error where it was asked.
+fn acted(ran: &Ran, back: &str) -> Response {
+    if ran.ok {
+        if let Some(id) = ran.job_ids().first() {
+            return Redirect::to(&format!("/jobs/{id}")).into_response();
+        }
+        return Redirect::to(back).into_response();
+    }
+    let status = if ran.code == Some(2) { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_GATEWAY };
+    page(status, "Refused", html! { h1 { "Not done" } p.error #action-error { (ran.error()) } p { a href=(back) { "back" } } })
+}
+
+pub async fn cancel(State(web): State<Web>, Path(id): Path<String>) -> Response {
+    let (acting, user) = match actor(&web) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Ok(job) = id.parse::<pvefleet_schemas::JobId>() else { return not_found(&format!("`{id}` is not a job id")) };
+    let back = format!("/jobs/{job}");
+    match acting.run(&user, &["cancel".to_owned(), job.to_string()], None).await {
+        Ok(ran) if ran.ok => Redirect::to(&back).into_response(),
+        Ok(ran) => acted(&ran, &back),
+        Err(e) => failed(e),
+    }
+}
+
+/// The actions of a job's page, for those who may act.
+pub fn job_actions(row: &crate::store::job::Model) -> Markup {
+    if who().acting().is_none() {
+        return html! {};
+    }
+    html! {
+        section #actions {
+            @if row.state.is_live() {
+                form method="post" action=(format!("/jobs/{}/cancel", row.job_id)) {
+                    (csrf_field())
+                    button #cancel type="submit" { "Cancel this job" }
+                }
+            }
+            @if let (Some(vmid), true) = (row.vmid, row.kind.makes_containers() && row.state.as_str() == "succeeded") {
+                p { a #container-link href=(format!("/containers/{}/{vmid}", row.node)) { "Act on its container" } }
+            }
+        }
+    }
+}
+
+pub async fn container(State(web): State<Web>, Path((node, vmid)): Path<(String, u32)>) -> Response {
+    let entries = match crate::inventory::read(&web.js).await {
+        Ok(e) => e,
+        Err(e) => return failed(e),
+    };
+    let Some(c) = entries.iter().find(|e| e.node.as_str() == node && e.vmid.get() == vmid) else {
+        return not_found(&format!("no container {vmid} of pvefleet's on {node} (it may be gone or have moved)"));
+    };
+    let beats = crate::bus::heartbeats(&web.js).await.unwrap_or_default();
+    let base = format!("/containers/{node}/{vmid}");
+    let can = who().acting().is_some();
+    let button = |action: &str, label: &str| {
+        html! { form.inline method="post" action=(format!("{base}/{action}")) { (csrf_field()) button id=(action) type="submit" { (label) } } }
+    };
+    let markup = html! {
+        h1 { (c.hostname) " " span.state { (c.status) } }
+        p.meta { "vmid " (vmid) " on " (node) " · ip " (c.ip.clone().unwrap_or_else(|| "-".into()))
+            @if let Some(j) = &c.create_job { " · made by " a href=(format!("/jobs/{j}")) { (j) } }
+            @if let Some(j) = &c.last_job { " · last job " a href=(format!("/jobs/{j}")) { (j) } } }
+        @if can {
+            section #actions {
+                h2 { "Power" }
+                p { (button("start", "Start")) " " (button("shutdown", "Shut down")) " " (button("stop", "Stop")) " " (button("reboot", "Reboot")) }
+                h2 { "Snapshot" }
+                form method="post" action=(format!("{base}/snapshot")) { (csrf_field())
+                    label { "name (optional) " input #snapshot-name name="name"; } " " button #snapshot type="submit" { "Take a snapshot" } }
+                form method="post" action=(format!("{base}/rollback")) { (csrf_field())
+                    label { "snapshot " input #rollback-name name="name" required; } " "
+                    label { input name="start" type="checkbox" value="1"; " start it after" } " "
+                    button #rollback type="submit" { "Roll back" } }
+                h2 { "Backup" }
+                form method="post" action=(format!("{base}/backup")) { (csrf_field())
+                    label { "storage " input #backup-storage name="storage" value="local" required; } " "
+                    label { "mode " select name="mode" { option { "snapshot" } option { "suspend" } option { "stop" } } } " "
+                    button #backup type="submit" { "Back up" } }
+                h2 { "Move" }
+                form method="post" action=(format!("{base}/move")) { (csrf_field())
+                    label { "to " select #move-to name="to" { @for b in beats.iter().filter(|b| b.node.as_str() != node) { option { (b.node.as_str()) } } } } " "
+                    button #move type="submit" { "Move" } }
+                h2 { "Destroy" }
+                form method="post" action=(format!("{base}/destroy")) { (csrf_field())
+                    label { "type its hostname, " strong { (c.hostname) } ", to confirm " input #confirm name="confirm" autocomplete="off" required; } " "
+                    button #destroy.danger type="submit" { "Destroy" } }
+            }
+        }
+    };
+    page(StatusCode::OK, &c.hostname, markup)
+}
+
+pub async fn container_action(
+    State(web): State<Web>,
+    Path((node, vmid, action)): Path<(String, u32, String)>,
+    Form(form): Form<Fields>,
+) -> Response {
+    let (acting, user) = match actor(&web) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let back = format!("/containers/{node}/{vmid}");
+    let target = vec!["--node".to_owned(), node.clone(), "--vmid".to_owned(), vmid.to_string(), "--json".to_owned()];
+    let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let mut args = match action.as_str() {
+        "start" | "shutdown" | "stop" | "reboot" | "backup" | "move" | "snapshot" | "rollback" => vec![action.clone()],
+        "destroy" => {
+            let entries = match crate::inventory::read(&web.js).await {
+                Ok(e) => e,
+                Err(e) => return failed(e),
+            };
+            let Some(c) = entries.iter().find(|e| e.node.as_str() == node && e.vmid.get() == vmid) else {
+                return not_found(&format!("no container {vmid} of pvefleet's on {node}"));
+            };
+            if field("confirm").as_deref() != Some(c.hostname.as_str()) {
+                let why = format!("type the container's hostname, {}, to destroy it", c.hostname);
+                return page(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Not destroyed",
+                    html! { h1 { "Not destroyed" } p.error #action-error { (why) } p { a href=(back) { "back" } } },
+                );
+            }
+            vec!["destroy".to_owned()]
+        }
+        other => return not_found(&format!("no action `{other}`")),
+    };
+    args.extend(target);
+    match action.as_str() {
+        "snapshot" => args.extend(field("name").map(|n| ["--name".to_owned(), n]).into_iter().flatten()),
+        "rollback" => {
+            args.push(field("name").unwrap_or_default());
+            if field("start").is_some() {
+                args.push("--start".to_owned());
+            }
+        }
+        "backup" => {
+            args.extend(["--storage".to_owned(), field("storage").unwrap_or_default()]);
+            args.extend(field("mode").map(|m| ["--mode".to_owned(), m]).into_iter().flatten());
+        }
+        "move" => args.extend(["--to".to_owned(), field("to").unwrap_or_default()]),
+        _ => {}
+    }
+    match acting.run(&user, &args, None).await {
+        Ok(ran) => acted(&ran, &back),
+        Err(e) => failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_is_shown_beside_the_field_its_flag_names() {
+        assert_eq!(field_of("--hostname: `a_b` is not a DNS name"), Some("hostname"));
+        assert_eq!(field_of("--ip: no address"), Some("ip"));
+        assert_eq!(field_of("template `web` not found"), None);
+        let mut fields = Fields::new();
+        fields.insert("hostname".into(), "web-{n}".into());
+        fields.insert("count".into(), "3".into());
+        fields.insert("memory".into(), " ".into());
+        assert_eq!(submit_args(&fields), ["--hostname", "web-{n}", "--count", "3"]);
+    }
+}

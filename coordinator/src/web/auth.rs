@@ -1,0 +1,352 @@
+//! Who is asking, and what they may do: the gate every request passes.
+//!
+//! Three ways to serve, decided per request:
+//! - **Users** (the store has at least one): every page needs a login (`/login`); a session is
+//!   a random cookie (HttpOnly, SameSite=Strict, Secure over TLS) the store knows only by its
+//!   SHA-256, expiring after `--session-hours`, ended by logout, a new password or disabling
+//!   the user. Every POST carries the session's CSRF token (checked here, before any handler),
+//!   and needs the role its path asks for: operator to act, admin to manage users. A refusal is
+//!   403 and is audited with the user's name.
+//! - **Token** (`--token-file`): a read-only kiosk; no login, no action.
+//! - **Loopback, no users yet**: read-only, as before users existed.
+//!
+//! Logins are limited per address (in memory) and per user (the store: five wrong passwords
+//! lock the user for a while).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Form, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use base64::Engine as _;
+use maud::html;
+use serde::Deserialize;
+use sha2::Digest as _;
+use subtle::ConstantTimeEq as _;
+
+use super::Web;
+use crate::store::Login;
+use crate::users::Role;
+
+/// The session cookie.
+pub const SESSION: &str = "pvefleet_session";
+/// The cookie a login form is tied to (so no other site can log a browser in as someone).
+const LOGIN_NONCE: &str = "pvefleet_login";
+/// Login attempts one address may make in [`ATTEMPTS_WINDOW`].
+pub const ATTEMPTS_PER_ADDRESS: usize = 20;
+const ATTEMPTS_WINDOW: Duration = Duration::from_secs(300);
+/// The largest form a POST may carry.
+const FORM_LIMIT: usize = 256 * 1024;
+
+/// Who a request is from.
+#[derive(Clone, Debug)]
+pub enum Who {
+    /// Loopback, no users in the store: read-only.
+    Local,
+    /// The bearer token of a read-only kiosk.
+    Kiosk,
+    /// Not logged in yet (the login page).
+    Nobody,
+    User(SignedIn),
+}
+
+/// A logged-in user.
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    pub name: String,
+    pub role: Role,
+    /// The token every form of this session carries.
+    pub csrf: String,
+}
+
+impl Who {
+    /// The user, when they may act.
+    pub fn acting(&self) -> Option<&SignedIn> {
+        match self {
+            Who::User(u) if u.role.acts() => Some(u),
+            _ => None,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// Who the request being answered is from (set by [`gate`] around every handler).
+    static WHO: Who;
+}
+
+/// Who the request being answered is from.
+pub fn who() -> Who {
+    WHO.try_with(Clone::clone).unwrap_or(Who::Nobody)
+}
+
+/// Login attempts per address, in memory.
+#[derive(Debug, Default)]
+pub struct Attempts(std::sync::Mutex<std::collections::HashMap<IpAddr, Vec<Instant>>>);
+
+impl Attempts {
+    /// Counts an attempt from `ip`; `false` when it has made too many lately.
+    fn allow(&self, ip: IpAddr) -> bool {
+        let mut map = self.0.lock().expect("the attempts lock");
+        let now = Instant::now();
+        map.retain(|_, times| {
+            times.retain(|t| now.duration_since(*t) < ATTEMPTS_WINDOW);
+            !times.is_empty()
+        });
+        let times = map.entry(ip).or_default();
+        if times.len() >= ATTEMPTS_PER_ADDRESS {
+            return false;
+        }
+        times.push(now);
+        true
+    }
+}
+
+pub fn random_token() -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pvefleet_schemas::secret::random_bytes::<32>())
+}
+
+fn token_hash(token: &str) -> String {
+    sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(&format!("{name}=")).map(str::to_owned))
+        .next()
+}
+
+fn set_cookie(response: &mut Response, value: &str) {
+    if let Ok(v) = value.parse() {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The role a POST to `path` needs.
+fn needs(path: &str) -> Option<Role> {
+    match path {
+        "/login" | "/logout" => None,
+        p if p.starts_with("/users") => Some(Role::Admin),
+        _ => Some(Role::Operator),
+    }
+}
+
+/// The gate: who the request is from, and whether they may ask it.
+pub async fn gate(
+    State(web): State<Arc<Web>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    if path.starts_with("/assets/") {
+        return next.run(request).await;
+    }
+    if web.token.is_some() {
+        let kiosk = super::token_check(&web, request);
+        return match kiosk {
+            Ok(request) if request.method() == Method::GET || request.method() == Method::HEAD => {
+                WHO.scope(Who::Kiosk, next.run(request)).await
+            }
+            Ok(_) => forbidden("a token opens a read-only view: nothing can be changed with it"),
+            Err(response) => response,
+        };
+    }
+    let has_users = match web.store.has_users().await {
+        Ok(h) => h,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("the store: {e}")).into_response(),
+    };
+    if !has_users {
+        if !super::loopback_host(request.headers()) {
+            let why = "without users or --token-file this server answers only to localhost, 127.0.0.1 or [::1]";
+            return (StatusCode::MISDIRECTED_REQUEST, why).into_response();
+        }
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return forbidden("no users yet, so this view is read-only: `pvefleet users add NAME --role operator`");
+        }
+        return WHO.scope(Who::Local, next.run(request)).await;
+    }
+    if path == "/login" {
+        return WHO.scope(Who::Nobody, next.run(request)).await;
+    }
+    let session = match cookie(request.headers(), SESSION) {
+        Some(token) => match web.store.session(&token_hash(&token)).await {
+            Ok(found) => found,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("the store: {e}")).into_response(),
+        },
+        None => None,
+    };
+    let Some((session, user)) = session else {
+        if request.method() == Method::GET {
+            let next_page = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            return Redirect::to(&format!("/login?next={}", super::pages::query_value(&next_page))).into_response();
+        }
+        return (StatusCode::UNAUTHORIZED, "log in first (your session ended or was never there)").into_response();
+    };
+    let Some(role) = Role::parse(&user.role) else {
+        return forbidden(&format!("user {} has an unknown role `{}`", user.name, user.role));
+    };
+    let me = SignedIn { name: user.name.clone(), role, csrf: session.csrf.clone() };
+    let mut request = request;
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "the form is too large").into_response();
+        };
+        let given = form_urlencoded::parse(&bytes).find(|(k, _)| k == "csrf").map(|(_, v)| v.into_owned());
+        let good = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(session.csrf.as_bytes())));
+        if !good {
+            web.audit_web(&me.name, &path, false, Some("csrf"), "a POST without this session's CSRF token").await;
+            return forbidden("this form is not from this session (its CSRF token is missing or wrong): reload the page");
+        }
+        if let Some(role) = needs(&path).filter(|r| me.role < *r) {
+            let why = format!("{} is a {}; this needs {}", me.name, me.role.as_str(), role.as_str());
+            web.audit_web(&me.name, &path, false, Some("role"), &why).await;
+            return forbidden(&why);
+        }
+        request = Request::from_parts(parts, Body::from(bytes));
+    }
+    WHO.scope(Who::User(me), next.run(request)).await
+}
+
+pub fn forbidden(why: &str) -> Response {
+    super::pages::page(StatusCode::FORBIDDEN, "Refused", html! { h1 { "Refused" } p.error #refused { (why) } })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    next: Option<String>,
+}
+
+/// Where to go after logging in: a path on this site only.
+fn next_page(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        _ => "/".to_owned(),
+    }
+}
+
+fn login_page(web: &Web, next: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let nonce = random_token();
+    let markup = html! {
+        h1 { "Log in" }
+        @if let Some(e) = error { p.error #login-error { (e) } }
+        form.login method="post" action="/login" {
+            input type="hidden" name="nonce" value=(nonce);
+            input type="hidden" name="next" value=(next);
+            label { "user " input #user name="user" autocomplete="username" required; }
+            label { "password " input #password name="password" type="password" autocomplete="current-password" required; }
+            button #login type="submit" { "Log in" }
+        }
+    };
+    let mut response = super::pages::page(status, "Log in", markup);
+    set_cookie(
+        &mut response,
+        &format!("{LOGIN_NONCE}={nonce}; Path=/login; HttpOnly; SameSite=Strict{}", web.secure_flag()),
+    );
+    response
+}
+
+pub async fn login_form(State(web): State<Web>, Query(q): Query<LoginQuery>) -> Response {
+    login_page(&web, &next_page(q.next.as_deref()), None, StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    user: String,
+    password: String,
+    nonce: String,
+    next: Option<String>,
+}
+
+impl std::fmt::Debug for LoginForm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginForm").field("user", &self.user).finish_non_exhaustive()
+    }
+}
+
+pub async fn login(
+    State(web): State<Web>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    let password = zeroize::Zeroizing::new(form.password);
+    let next = next_page(form.next.as_deref());
+    let nonce_ok = cookie(&headers, LOGIN_NONCE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(form.nonce.as_bytes())));
+    if !nonce_ok {
+        return login_page(&web, &next, Some("This login form is stale: log in again."), StatusCode::FORBIDDEN);
+    }
+    if !web.attempts.allow(peer.ip()) {
+        return login_page(
+            &web,
+            &next,
+            Some("Too many login attempts from this address: wait a few minutes."),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+    let name = form.user.trim().to_owned();
+    // Named in the trail only when it could be a user name (not a password typed in the wrong box).
+    let audited = crate::users::check_name(&name).is_ok().then_some(name.as_str()).unwrap_or("?");
+    let outcome = match web.store.login(&name, &password).await {
+        Ok(o) => o,
+        Err(e) => return super::pages::failed(e),
+    };
+    match outcome {
+        Login::Ok(user) => {
+            let (token, csrf) = (random_token(), random_token());
+            if let Err(e) = web.store.open_session(&user.name, &token_hash(&token), &csrf, web.session_hours).await {
+                return super::pages::failed(e);
+            }
+            web.audit_web(&user.name, "/login", true, None, "logged in").await;
+            let mut response = Redirect::to(&next).into_response();
+            set_cookie(
+                &mut response,
+                &format!(
+                    "{SESSION}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+                    web.session_hours * 3600,
+                    web.secure_flag()
+                ),
+            );
+            set_cookie(&mut response, &format!("{LOGIN_NONCE}=; Path=/login; Max-Age=0"));
+            response
+        }
+        Login::Refused => {
+            web.audit_web(audited, "/login", false, Some("password"), "a wrong user name or password").await;
+            login_page(&web, &next, Some("Wrong user name or password."), StatusCode::UNAUTHORIZED)
+        }
+        Login::Locked(until) => {
+            web.audit_web(audited, "/login", false, Some("locked"), &format!("locked until {until}")).await;
+            let why = format!("Too many wrong passwords: this user is locked until {until}.");
+            login_page(&web, &next, Some(&why), StatusCode::TOO_MANY_REQUESTS)
+        }
+    }
+}
+
+pub async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
+    if let Some(token) = cookie(&headers, SESSION) {
+        if let Err(e) = web.store.end_session(&token_hash(&token)).await {
+            return super::pages::failed(e);
+        }
+    }
+    if let Who::User(me) = who() {
+        web.audit_web(&me.name, "/logout", true, None, "logged out").await;
+    }
+    let mut response = Redirect::to("/login").into_response();
+    set_cookie(&mut response, &format!("{SESSION}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}", web.secure_flag()));
+    response
+}
+
+/// The hidden CSRF field every form of the current session carries.
+pub fn csrf_field() -> maud::Markup {
+    match who() {
+        Who::User(me) => html! { input type="hidden" name="csrf" value=(me.csrf); },
+        _ => html! {},
+    }
+}
