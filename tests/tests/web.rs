@@ -217,14 +217,15 @@ async fn a_server_off_loopback_needs_its_token() -> anyhow::Result<()> {
     let db = TestDb::sqlite(&bed.dir);
     let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
     cli.must(&["setup"]).await?;
-    let refused = cli.run(&["serve", "--listen", "0.0.0.0:0"]).await?;
+    let refused = cli.run(&["serve", "--listen", "0.0.0.0:0", "--insecure-http"]).await?;
     assert_eq!(refused.code, Some(2), "{refused:?}");
     assert!(refused.stderr.contains("--token-file"), "{}", refused.stderr);
 
     let token = "a-token-of-some-length-42";
     let file = bed.dir.path().join("web-token");
     std::fs::write(&file, format!("{token}\n"))?;
-    let (_serve, url) = cli.serve("serve", "0.0.0.0", &["--token-file", &file.display().to_string()]).await?;
+    let (_serve, url) =
+        cli.serve("serve", "0.0.0.0", &["--token-file", &file.display().to_string(), "--insecure-http"]).await?;
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build()?;
     assert_eq!(http.get(format!("{url}/")).send().await?.status(), 401);
     assert_eq!(http.get(format!("{url}/metrics")).bearer_auth("wrong-token-wrong-token").send().await?.status(), 401);
@@ -236,6 +237,9 @@ async fn a_server_off_loopback_needs_its_token() -> anyhow::Result<()> {
     let with_cookie =
         http.get(format!("{url}/jobs")).header("cookie", cookie.split(';').next().unwrap()).send().await?;
     assert_eq!(with_cookie.status(), 200);
+    // A kiosk's token shows; it never acts.
+    let post = http.post(format!("{url}/jobs/01JDQ8Z3M4X6T2E9R5W7Y1K0AB/cancel")).bearer_auth(token).send().await?;
+    assert_eq!(post.status(), 403);
     bed.dir.pass();
     Ok(())
 }

@@ -116,13 +116,13 @@ pub async fn audit(
         return Ok(());
     }
     println!(
-        "{:<20} {:<8} {:<9} {:<8} {:<26} {:<16} {:<9} MESSAGE",
-        "AT", "NODE", "ACTION", "DECISION", "JOB", "SIGNER", "RULE"
+        "{:<20} {:<8} {:<9} {:<8} {:<26} {:<16} {:<10} {:<9} MESSAGE",
+        "AT", "NODE", "ACTION", "DECISION", "JOB", "SIGNER", "USER", "RULE"
     );
     for r in &records {
         let at = r.at.to_string();
         println!(
-            "{:<20} {:<8} {:<9} {:<8} {:<26} {:<16} {:<9} {}",
+            "{:<20} {:<8} {:<9} {:<8} {:<26} {:<16} {:<10} {:<9} {}",
             at.get(..19).unwrap_or(&at),
             r.node.as_ref().map_or("-", |n| n.as_str()),
             r.action,
@@ -135,6 +135,7 @@ pub async fn audit(
                 .clone()
                 .or_else(|| r.signer.as_ref().map(|s| s.chars().take(16).collect()))
                 .unwrap_or_else(|| "unsigned".into()),
+            r.user.as_deref().unwrap_or("-"),
             r.rule.as_deref().unwrap_or("-"),
             crate::follow::printable(&r.message),
         );

@@ -118,6 +118,7 @@ pub fn routes() -> Router<Web> {
 }
 
 /// The user acting now and how, or the page saying why nothing can be done.
+#[allow(clippy::result_large_err, reason = "the refusal is the handler's answer, returned at once")]
 fn actor(web: &Web) -> Result<(&Acting, String), Response> {
     let Who::User(me) = who() else {
         return Err(super::auth::forbidden("log in as an operator to act"));
@@ -161,13 +162,23 @@ fn submit_args(fields: &Fields) -> Vec<String> {
     args
 }
 
-/// The form field an error names (`--hostname: …` → `hostname`), if any.
+/// The form field an error names (`invalid --template: …`, `invalid container.memory: …`),
+/// if any: the CLI names a flag or the spec's field.
 fn field_of(error: &str) -> Option<&'static str> {
-    let flag = error.split([':', ' ']).find(|w| w.starts_with("--"))?;
-    if flag == "--password-env" {
-        return Some("password");
+    for word in error.split(|c: char| c.is_whitespace() || c == ':' || c == ',') {
+        if word == "--password-env" {
+            return Some("password");
+        }
+        let name = match (word.strip_prefix("--"), word.strip_prefix("container.")) {
+            (Some(flag), _) => flag,
+            (_, Some(field)) => field.split(['.', '[']).next().unwrap_or_default(),
+            _ => continue,
+        };
+        if let Some((field, _, _)) = FIELDS.iter().find(|(f, _, _)| *f == name) {
+            return Some(field);
+        }
     }
-    FIELDS.iter().find(|(_, f, _)| *f == flag).map(|(name, _, _)| *name)
+    None
 }
 
 struct NewPage<'a> {
@@ -444,9 +455,11 @@ mod tests {
 
     #[test]
     fn an_error_is_shown_beside_the_field_its_flag_names() {
-        assert_eq!(field_of("--hostname: `a_b` is not a DNS name"), Some("hostname"));
-        assert_eq!(field_of("--ip: no address"), Some("ip"));
-        assert_eq!(field_of("template `web` not found"), None);
+        assert_eq!(field_of("job 1 of 1: invalid container.memory: 0 MB is below the minimum"), Some("memory"));
+        assert_eq!(field_of("invalid --template: no template named `nope`"), Some("template"));
+        assert_eq!(field_of("job 1 of 1: invalid container.gw: 10.9.9.9 is not a host"), Some("gw"));
+        assert_eq!(field_of("invalid --count: 0 is outside 1..=1000"), Some("count"));
+        assert_eq!(field_of("the agent of pve1 did not answer"), None);
         let mut fields = Fields::new();
         fields.insert("hostname".into(), "web-{n}".into());
         fields.insert("count".into(), "3".into());

@@ -148,6 +148,9 @@ pub async fn gate(
     if path.starts_with("/assets/") {
         return next.run(request).await;
     }
+    if path == "/favicon.ico" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     if web.token.is_some() {
         let kiosk = super::token_check(&web, request);
         return match kiosk {
@@ -232,8 +235,11 @@ fn next_page(next: Option<&str>) -> String {
     }
 }
 
-fn login_page(web: &Web, next: &str, error: Option<&str>, status: StatusCode) -> Response {
-    let nonce = random_token();
+/// The login page. Its form is tied to the browser by a nonce cookie, kept while it is there:
+/// a second tab's login page (or the browser's own request for an icon, led here) must not
+/// make the first tab's form stale.
+fn login_page(web: &Web, headers: &HeaderMap, next: &str, error: Option<&str>, status: StatusCode) -> Response {
+    let nonce = cookie(headers, LOGIN_NONCE).filter(|n| n.len() == 43).unwrap_or_else(random_token);
     let markup = html! {
         h1 { "Log in" }
         @if let Some(e) = error { p.error #login-error { (e) } }
@@ -253,8 +259,8 @@ fn login_page(web: &Web, next: &str, error: Option<&str>, status: StatusCode) ->
     response
 }
 
-pub async fn login_form(State(web): State<Web>, Query(q): Query<LoginQuery>) -> Response {
-    login_page(&web, &next_page(q.next.as_deref()), None, StatusCode::OK)
+pub async fn login_form(State(web): State<Web>, headers: HeaderMap, Query(q): Query<LoginQuery>) -> Response {
+    login_page(&web, &headers, &next_page(q.next.as_deref()), None, StatusCode::OK)
 }
 
 #[derive(Deserialize)]
@@ -281,11 +287,12 @@ pub async fn login(
     let next = next_page(form.next.as_deref());
     let nonce_ok = cookie(&headers, LOGIN_NONCE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(form.nonce.as_bytes())));
     if !nonce_ok {
-        return login_page(&web, &next, Some("This login form is stale: log in again."), StatusCode::FORBIDDEN);
+        return login_page(&web, &headers, &next, Some("This login form is stale: log in again."), StatusCode::FORBIDDEN);
     }
     if !web.attempts.allow(peer.ip()) {
         return login_page(
             &web,
+            &headers,
             &next,
             Some("Too many login attempts from this address: wait a few minutes."),
             StatusCode::TOO_MANY_REQUESTS,
@@ -293,7 +300,7 @@ pub async fn login(
     }
     let name = form.user.trim().to_owned();
     // Named in the trail only when it could be a user name (not a password typed in the wrong box).
-    let audited = crate::users::check_name(&name).is_ok().then_some(name.as_str()).unwrap_or("?");
+    let audited = if crate::users::check_name(&name).is_ok() { name.as_str() } else { "?" };
     let outcome = match web.store.login(&name, &password).await {
         Ok(o) => o,
         Err(e) => return super::pages::failed(e),
@@ -319,12 +326,12 @@ pub async fn login(
         }
         Login::Refused => {
             web.audit_web(audited, "/login", false, Some("password"), "a wrong user name or password").await;
-            login_page(&web, &next, Some("Wrong user name or password."), StatusCode::UNAUTHORIZED)
+            login_page(&web, &headers, &next, Some("Wrong user name or password."), StatusCode::UNAUTHORIZED)
         }
         Login::Locked(until) => {
             web.audit_web(audited, "/login", false, Some("locked"), &format!("locked until {until}")).await;
             let why = format!("Too many wrong passwords: this user is locked until {until}.");
-            login_page(&web, &next, Some(&why), StatusCode::TOO_MANY_REQUESTS)
+            login_page(&web, &headers, &next, Some(&why), StatusCode::TOO_MANY_REQUESTS)
         }
     }
 }

@@ -189,6 +189,7 @@ pub(super) fn loopback_host(headers: &HeaderMap) -> bool {
 
 /// The bearer token check of a kiosk: the request when its token is good (a `?token=` link
 /// answered by a redirect that keeps it in a cookie instead), or the answer to give.
+#[allow(clippy::result_large_err, reason = "the refusal is the handler's answer, returned at once")]
 fn token_check(web: &Web, request: Request) -> Result<Request, Response> {
     let Some(want) = web.token else { return Ok(request) };
     let (given, from_link) = offered(request.headers(), request.uri().query());
