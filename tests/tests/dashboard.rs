@@ -95,12 +95,14 @@ async fn disabled(browser: &Browser, id: &str) -> anyhow::Result<bool> {
     Ok(browser.client.find(Locator::Id(id)).await?.attr("disabled").await?.is_some())
 }
 
-/// The job id of the job page the browser is on.
+/// The job id of the job page the browser is on, once a click has led it there.
 async fn job_on_page(browser: &Browser) -> anyhow::Result<String> {
-    let url = browser.client.current_url().await?;
-    let id = url.path().strip_prefix("/jobs/").unwrap_or_default().to_owned();
-    anyhow::ensure!(id.len() == 26, "not a job page: {url}");
-    Ok(id)
+    wait_until("a job's page", WITHIN, || async {
+        let url = browser.client.current_url().await.ok()?;
+        let id = url.path().strip_prefix("/jobs/")?.to_owned();
+        (id.len() == 26).then_some(id)
+    })
+    .await
 }
 
 #[tokio::test]
