@@ -578,7 +578,6 @@ async fn each_role_does_its_own_part_and_no_more_on_the_shipped_config() -> anyh
 
     for (user, password, inbox) in [
         ("recorder", "recorder-pw", "_INBOX_recorder"),
-        ("web", "web-pw", "_INBOX_web"),
         ("watcher", "watch-pw", "_INBOX_watcher"),
     ] {
         let (client, mut errors) = restricted_client(&nats.url(), &ca, user, password, inbox).await?;
@@ -586,6 +585,13 @@ async fn each_role_does_its_own_part_and_no_more_on_the_shipped_config() -> anyh
             let _ = client.publish(subject, "{}".into()).await;
             refused(&mut errors, subject).await.map_err(|e| anyhow::anyhow!("{user}: {e}"))?;
         }
+    }
+    // The web view acts (its jobs count only when its key's grant allows them), but it cannot
+    // speak as an agent or an admin in the audit trail, nor write the trust bucket.
+    let (client, mut errors) = restricted_client(&nats.url(), &ca, "web", "web-pw", "_INBOX_web").await?;
+    for subject in ["pvefleet.audit.node.pve1", "pvefleet.audit.admin.policy", "$KV.pvefleet-trust.policy"] {
+        let _ = client.publish(subject, "{}".into()).await;
+        refused(&mut errors, subject).await.map_err(|e| anyhow::anyhow!("web: {e}"))?;
     }
     let history = ["PVEFLEET_AUDIT", "PVEFLEET_EVENTS_pve1"];
     for (user, password, inbox) in [

@@ -13,22 +13,22 @@
 //! Logins are limited per address (in memory) and per user (the store: five wrong passwords
 //! lock the user for a while).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Form, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
-use base64::Engine as _;
 use maud::html;
 use serde::Deserialize;
 use sha2::Digest as _;
 use subtle::ConstantTimeEq as _;
 
 use super::Web;
+use super::frame::{failed, forbidden, page, query_value};
+use super::session::{SignedIn, WHO, Who, cookie, random_token, token_hash, who};
 use crate::store::Login;
 use crate::users::Role;
 
@@ -36,92 +36,8 @@ use crate::users::Role;
 pub const SESSION: &str = "pvefleet_session";
 /// The cookie a login form is tied to (so no other site can log a browser in as someone).
 const LOGIN_NONCE: &str = "pvefleet_login";
-/// Login attempts one address may make in [`ATTEMPTS_WINDOW`].
-pub const ATTEMPTS_PER_ADDRESS: usize = 20;
-const ATTEMPTS_WINDOW: Duration = Duration::from_secs(300);
 /// The largest form a POST may carry.
 const FORM_LIMIT: usize = 256 * 1024;
-
-/// Who a request is from.
-#[derive(Clone, Debug)]
-pub enum Who {
-    /// Loopback, no users in the store: read-only.
-    Local,
-    /// The bearer token of a read-only kiosk.
-    Kiosk,
-    /// Not logged in yet (the login page).
-    Nobody,
-    User(SignedIn),
-}
-
-/// A logged-in user.
-#[derive(Clone, Debug)]
-pub struct SignedIn {
-    pub name: String,
-    pub role: Role,
-    /// The token every form of this session carries.
-    pub csrf: String,
-}
-
-impl Who {
-    /// The user, when they may act.
-    pub fn acting(&self) -> Option<&SignedIn> {
-        match self {
-            Who::User(u) if u.role.acts() => Some(u),
-            _ => None,
-        }
-    }
-}
-
-tokio::task_local! {
-    /// Who the request being answered is from (set by [`gate`] around every handler).
-    static WHO: Who;
-}
-
-/// Who the request being answered is from.
-pub fn who() -> Who {
-    WHO.try_with(Clone::clone).unwrap_or(Who::Nobody)
-}
-
-/// Login attempts per address, in memory.
-#[derive(Debug, Default)]
-pub struct Attempts(std::sync::Mutex<std::collections::HashMap<IpAddr, Vec<Instant>>>);
-
-impl Attempts {
-    /// Counts an attempt from `ip`; `false` when it has made too many lately.
-    fn allow(&self, ip: IpAddr) -> bool {
-        let mut map = self.0.lock().expect("the attempts lock");
-        let now = Instant::now();
-        map.retain(|_, times| {
-            times.retain(|t| now.duration_since(*t) < ATTEMPTS_WINDOW);
-            !times.is_empty()
-        });
-        let times = map.entry(ip).or_default();
-        if times.len() >= ATTEMPTS_PER_ADDRESS {
-            return false;
-        }
-        times.push(now);
-        true
-    }
-}
-
-pub fn random_token() -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pvefleet_schemas::secret::random_bytes::<32>())
-}
-
-fn token_hash(token: &str) -> String {
-    sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(&format!("{name}=")).map(str::to_owned))
-        .next()
-}
 
 fn set_cookie(response: &mut Response, value: &str) {
     if let Ok(v) = value.parse() {
@@ -152,7 +68,7 @@ pub async fn gate(
         return StatusCode::NOT_FOUND.into_response();
     }
     if web.token.is_some() {
-        let kiosk = super::token_check(&web, request);
+        let kiosk = token_check(&web, request);
         return match kiosk {
             Ok(request) if request.method() == Method::GET || request.method() == Method::HEAD => {
                 WHO.scope(Who::Kiosk, next.run(request)).await
@@ -166,7 +82,7 @@ pub async fn gate(
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("the store: {e}")).into_response(),
     };
     if !has_users {
-        if !super::loopback_host(request.headers()) {
+        if !loopback_host(request.headers()) {
             let why = "without users or --token-file this server answers only to localhost, 127.0.0.1 or [::1]";
             return (StatusCode::MISDIRECTED_REQUEST, why).into_response();
         }
@@ -188,7 +104,7 @@ pub async fn gate(
     let Some((session, user)) = session else {
         if request.method() == Method::GET {
             let next_page = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
-            return Redirect::to(&format!("/login?next={}", super::pages::query_value(&next_page))).into_response();
+            return Redirect::to(&format!("/login?next={}", query_value(&next_page))).into_response();
         }
         return (StatusCode::UNAUTHORIZED, "log in first (your session ended or was never there)").into_response();
     };
@@ -218,9 +134,6 @@ pub async fn gate(
     WHO.scope(Who::User(me), next.run(request)).await
 }
 
-pub fn forbidden(why: &str) -> Response {
-    super::pages::page(StatusCode::FORBIDDEN, "Refused", html! { h1 { "Refused" } p.error #refused { (why) } })
-}
 
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
@@ -251,7 +164,7 @@ fn login_page(web: &Web, headers: &HeaderMap, next: &str, error: Option<&str>, s
             button #login type="submit" { "Log in" }
         }
     };
-    let mut response = super::pages::page(status, "Log in", markup);
+    let mut response = page(status, "Log in", markup);
     set_cookie(
         &mut response,
         &format!("{LOGIN_NONCE}={nonce}; Path=/login; HttpOnly; SameSite=Strict{}", web.secure_flag()),
@@ -303,13 +216,13 @@ pub async fn login(
     let audited = if crate::users::check_name(&name).is_ok() { name.as_str() } else { "?" };
     let outcome = match web.store.login(&name, &password).await {
         Ok(o) => o,
-        Err(e) => return super::pages::failed(e),
+        Err(e) => return failed(e),
     };
     match outcome {
         Login::Ok(user) => {
             let (token, csrf) = (random_token(), random_token());
             if let Err(e) = web.store.open_session(&user.name, &token_hash(&token), &csrf, web.session_hours).await {
-                return super::pages::failed(e);
+                return failed(e);
             }
             web.audit_web(&user.name, "/login", true, None, "logged in").await;
             let mut response = Redirect::to(&next).into_response();
@@ -339,7 +252,7 @@ pub async fn login(
 pub async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
     if let Some(token) = cookie(&headers, SESSION) {
         if let Err(e) = web.store.end_session(&token_hash(&token)).await {
-            return super::pages::failed(e);
+            return failed(e);
         }
     }
     if let Who::User(me) = who() {
@@ -350,10 +263,67 @@ pub async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
     response
 }
 
-/// The hidden CSRF field every form of the current session carries.
-pub fn csrf_field() -> maud::Markup {
-    match who() {
-        Who::User(me) => html! { input type="hidden" name="csrf" value=(me.csrf); },
-        _ => html! {},
+
+/// The kiosk token's cookie.
+const COOKIE: &str = "pvefleet_token";
+
+pub(super) fn digest(token: &str) -> [u8; 32] {
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// The token from the request: a bearer header, the cookie, or a `?token=` link.
+fn offered(headers: &HeaderMap, query: Option<&str>) -> (Option<String>, bool) {
+    if let Some(bearer) =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return (Some(bearer.trim().to_owned()), false);
     }
+    // A link beats a cookie: after the token changes, the new link must work at once.
+    if let Some(link) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))) {
+        return (Some(link), true);
+    }
+    let cookie = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
+        .next();
+    (cookie, false)
+}
+
+/// Whether a request names this server by a loopback name: without a token, anything else
+/// (a page elsewhere whose name was rebound to 127.0.0.1) is refused.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The bearer token check of a kiosk: the request when its token is good (a `?token=` link
+/// answered by a redirect that keeps it in a cookie instead), or the answer to give.
+#[allow(clippy::result_large_err, reason = "the refusal is the handler's answer, returned at once")]
+pub(super) fn token_check(web: &Web, request: Request) -> Result<Request, Response> {
+    let Some(want) = web.token else { return Ok(request) };
+    let (given, from_link) = offered(request.headers(), request.uri().query());
+    let ok = given.as_deref().is_some_and(|t| bool::from(digest(t).ct_eq(&want)));
+    if !ok {
+        return Err((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], super::frame::unauthorized())
+            .into_response());
+    }
+    if from_link {
+        // Keep the token in a cookie, not in the address bar or the history.
+        let path = request.uri().path().to_owned();
+        let cookie =
+            format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}", given.unwrap_or_default(), web.secure_flag());
+        let mut response = Redirect::to(&path).into_response();
+        if let Ok(value) = cookie.parse() {
+            response.headers_mut().insert(header::SET_COOKIE, value);
+        }
+        return Err(response);
+    }
+    Ok(request)
 }

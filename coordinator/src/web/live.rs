@@ -74,7 +74,7 @@ pub async fn job_events(
     Path(id): Path<String>,
 ) -> Response {
     let Some(slot) = Slot::take(&web, peer.ip()) else { return Slot::refused(peer.ip()) };
-    let Ok(job_id) = id.parse::<JobId>() else { return super::pages::not_found("not a job id") };
+    let Ok(job_id) = id.parse::<JobId>() else { return super::frame::not_found("not a job id") };
     let row = match web.store.job(&job_id).await {
         Ok(row) => row,
         Err(e) => return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
@@ -87,7 +87,7 @@ pub async fn job_events(
     if !feed.had_events {
         match &row {
             // Neither recorded nor with any event: no such job (as `watch` says).
-            None => return super::pages::not_found("no such job"),
+            None => return super::frame::not_found("no such job"),
             // Finished longer ago than the events stream keeps: what the store recorded.
             Some(r) if !r.state.is_live() => return recorded(&web, &job_id, slot).await,
             Some(_) => {}

@@ -1,23 +1,35 @@
-//! `pvefleet serve`: the fleet and every job's live progress in a browser, and `/metrics`.
-//! Read-only: it shows and follows what the store, the node registry and the events stream
-//! hold; it never submits or cancels. Loopback by default; any other address needs a bearer
-//! token (`--token-file`), compared in constant time, taken from an `Authorization` header, a
-//! cookie, or once from a `?token=` link (which sets the cookie and drops itself from the URL).
+//! `pvefleet serve`: the fleet and every job's live progress in a browser, `/metrics`, and,
+//! for users who log in, the actions: a new container from a form (a plan first), and each
+//! container's and job's actions, run as the CLI's own verbs signed by the web view's identity
+//! for the user. Who may see and do what is the gate's ([`auth`]): users and sessions in the
+//! store, a read-only kiosk token (`--token-file`), or loopback read-only while there are no
+//! users. Off loopback it needs TLS (`--tls-cert/--tls-key`, or `--insecure-http` behind a
+//! proxy that terminates it).
 //!
-//! # Layout
+//! # Layout (bottom first)
+//! - [`session`]: who a request is from (kept for the handler and the page), CSRF field, tokens.
+//! - [`runner`]: a user's action as a `pvefleet` child process with `--acting-user`.
+//! - [`frame`]: the header and page frame, the not-found and refused pages.
+//! - `state`: what every handler reads; the web view's own audit records.
+//! - [`auth`]: the gate (token, session, CSRF, role), login and logout.
+//! - [`act`]: "New container" and the container and job actions; `people`: `/users`.
 //! - [`pages`]: the server-rendered pages (maud escapes everything it prints).
 //! - [`live`]: server-sent events: a job's events (replayed from the first, then followed to
 //!   the terminal one, like `watch`) and the fleet.
 //! - [`metrics`]: `/metrics` in the Prometheus text format.
+//! - `tls`: HTTPS with rustls, each handshake on its own task.
 //! - `assets/`: the page script and style, embedded in the binary.
 
 pub mod act;
 pub mod auth;
 mod durations;
+pub mod frame;
 pub mod live;
 pub mod metrics;
 pub mod pages;
 mod people;
+pub mod runner;
+pub mod session;
 mod state;
 mod tls;
 
@@ -28,17 +40,12 @@ use std::sync::Arc;
 
 use async_nats::jetstream;
 use axum::Router;
-use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use sha2::Digest as _;
-use subtle::ConstantTimeEq as _;
 
 use crate::cli::{Cli, ServeArgs};
 use crate::{Failure, Outcome};
-
-const COOKIE: &str = "pvefleet_token";
 
 pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
     let addr: SocketAddr = args
@@ -66,7 +73,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
                     path.display()
                 )));
             }
-            Some(digest(text))
+            Some(auth::digest(text))
         }
         None => None,
     };
@@ -80,7 +87,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
     }
     let client = crate::bus::connect(cli).await?;
     let js = jetstream::new(client.clone());
-    let acting = act::Acting::new(cli);
+    let acting = runner::Acting::new(cli);
     let web = Web {
         store,
         client,
@@ -142,7 +149,9 @@ pub fn router(web: Web) -> Router {
         .route("/login", get(auth::login_form).post(auth::login))
         .route("/logout", post(auth::logout))
         .merge(act::routes())
-        .fallback(|| async { pages::not_found("no such page") })
+        .route("/users", get(people::users).post(people::add))
+        .route("/users/{name}/{action}", post(people::change))
+        .fallback(|| async { frame::not_found("no such page") })
         .layer(axum::middleware::from_fn_with_state(Arc::new(web.clone()), auth::gate))
         .with_state(web)
 }
@@ -151,63 +160,3 @@ fn asset(kind: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
-fn digest(token: &str) -> [u8; 32] {
-    sha2::Sha256::digest(token.as_bytes()).into()
-}
-
-/// The token from the request: a bearer header, the cookie, or a `?token=` link.
-fn offered(headers: &HeaderMap, query: Option<&str>) -> (Option<String>, bool) {
-    if let Some(bearer) =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return (Some(bearer.trim().to_owned()), false);
-    }
-    // A link beats a cookie: after the token changes, the new link must work at once.
-    if let Some(link) = query.and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))) {
-        return (Some(link), true);
-    }
-    let cookie = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
-        .next();
-    (cookie, false)
-}
-
-/// Whether a request names this server by a loopback name: without a token, anything else
-/// (a page elsewhere whose name was rebound to 127.0.0.1) is refused.
-pub(super) fn loopback_host(headers: &HeaderMap) -> bool {
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
-    let name = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// The bearer token check of a kiosk: the request when its token is good (a `?token=` link
-/// answered by a redirect that keeps it in a cookie instead), or the answer to give.
-#[allow(clippy::result_large_err, reason = "the refusal is the handler's answer, returned at once")]
-fn token_check(web: &Web, request: Request) -> Result<Request, Response> {
-    let Some(want) = web.token else { return Ok(request) };
-    let (given, from_link) = offered(request.headers(), request.uri().query());
-    let ok = given.as_deref().is_some_and(|t| bool::from(digest(t).ct_eq(&want)));
-    if !ok {
-        return Err((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], pages::unauthorized())
-            .into_response());
-    }
-    if from_link {
-        // Keep the token in a cookie, not in the address bar or the history.
-        let path = request.uri().path().to_owned();
-        let cookie =
-            format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}", given.unwrap_or_default(), web.secure_flag());
-        let mut response = Redirect::to(&path).into_response();
-        if let Ok(value) = cookie.parse() {
-            response.headers_mut().insert(header::SET_COOKIE, value);
-        }
-        return Err(response);
-    }
-    Ok(request)
-}

@@ -4,71 +4,16 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{Html, IntoResponse, Response};
-use maud::{DOCTYPE, Markup, html};
+use axum::response::Response;
+use maud::{Markup, html};
 use pvefleet_schemas::{Heartbeat, JobId};
 use serde::Deserialize;
 
 use super::Web;
-use super::auth::{Who, csrf_field, who};
-use crate::users::Role;
+use super::frame::{failed, not_found, page, query_value};
 use crate::store::JobState;
 
 const PER_PAGE: u64 = 50;
-
-fn layout(title: &str, body: Markup) -> Markup {
-    let who = who();
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · pvefleet" }
-                link rel="stylesheet" href="/assets/style.css";
-                script src="/assets/app.js" defer {}
-            }
-            body {
-                header {
-                    a.brand href="/" { "pvefleet" }
-                    nav { a href="/" { "Fleet" } " " a href="/containers" { "Containers" } " " a href="/jobs" { "Jobs" } " " a href="/audit" { "Audit" }
-                        @if who.acting().is_some() { " " a #new-link href="/new" { "New container" } }
-                        @if let Who::User(me) = &who { @if me.role == Role::Admin { " " a href="/users" { "Users" } } }
-                    }
-                    @if let Who::User(me) = &who {
-                        form.whoami method="post" action="/logout" {
-                            span #whoami data-role=(me.role.as_str()) { (me.name) " (" (me.role.as_str()) ")" } " "
-                            (csrf_field()) button #logout type="submit" { "Log out" }
-                        }
-                    }
-                }
-                main { (body) }
-            }
-        }
-    }
-}
-
-pub fn page(status: StatusCode, title: &str, body: Markup) -> Response {
-    (status, Html(layout(title, body).into_string())).into_response()
-}
-
-pub fn failed(e: impl std::fmt::Display) -> Response {
-    page(StatusCode::INTERNAL_SERVER_ERROR, "Error", html! { h1 { "Something failed" } p.error { (e.to_string()) } })
-}
-
-pub fn not_found(what: &str) -> Response {
-    page(StatusCode::NOT_FOUND, "Not found", html! { h1 { "Not found" } p { (what) } })
-}
-
-pub fn unauthorized() -> Html<String> {
-    Html(
-        layout(
-            "Token required",
-            html! { h1 { "A token is required" } p { "Open the link with ?token=… that the operator gave you, or send it as a bearer token." } },
-        )
-        .into_string(),
-    )
-}
 
 fn bar(used: u64, total: u64) -> Markup {
     let percent = used.saturating_mul(100).checked_div(total).unwrap_or(0).min(100);
@@ -123,17 +68,6 @@ pub struct JobsQuery {
     state: Option<String>,
     hostname: Option<String>,
     page: Option<u64>,
-}
-
-/// A filter value as it goes into a link's query: letters, digits and `-._~` as they are,
-/// every other byte percent-encoded.
-pub fn query_value(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 fn given(v: &Option<String>) -> Option<&str> {

@@ -9,8 +9,8 @@ use maud::html;
 use serde::Deserialize;
 
 use super::Web;
-use super::auth::{Who, csrf_field, who};
-use super::pages::{failed, page};
+use super::frame::{failed, forbidden, not_found, page};
+use super::session::{Who, csrf_field, who};
 use crate::users::{Role, check_name, check_password, hash};
 
 pub async fn users(State(web): State<Web>) -> Response {
@@ -20,7 +20,7 @@ pub async fn users(State(web): State<Web>) -> Response {
 async fn list(web: &Web, error: Option<String>) -> Response {
     let admin = matches!(who(), Who::User(me) if me.role == Role::Admin);
     if !admin {
-        return super::auth::forbidden("only an admin sees the users");
+        return forbidden("only an admin sees the users");
     }
     let rows = match web.store.users().await {
         Ok(r) => r,
@@ -95,11 +95,11 @@ pub async fn change(State(web): State<Web>, Path((name, action)): Path<(String, 
     let disabled = match action.as_str() {
         "disable" => true,
         "enable" => false,
-        other => return super::pages::not_found(&format!("no action `{other}` on a user")),
+        other => return not_found(&format!("no action `{other}` on a user")),
     };
     match web.store.set_disabled(&name, disabled).await {
         Ok(true) => {}
-        Ok(false) => return super::pages::not_found(&format!("no user `{name}`")),
+        Ok(false) => return not_found(&format!("no user `{name}`")),
         Err(e) => return failed(e),
     }
     web.audit_web(&admin_name(), &format!("/users/{action}"), true, None, &format!("{action}d user {name}")).await;

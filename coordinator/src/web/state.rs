@@ -19,13 +19,13 @@ pub struct Web {
     /// `/metrics`' duration histograms, kept between scrapes.
     pub durations: Arc<tokio::sync::Mutex<super::durations::Durations>>,
     /// Login attempts per address.
-    pub attempts: Arc<super::auth::Attempts>,
+    pub attempts: Arc<super::session::Attempts>,
     /// How long a login lasts.
     pub session_hours: i64,
     /// Served over TLS: cookies are `Secure`.
     pub tls: bool,
     /// How this server acts for its users, or why it cannot (no identity to sign with).
-    pub acting: Arc<Result<super::act::Acting, String>>,
+    pub acting: Arc<Result<super::runner::Acting, String>>,
 }
 
 impl Web {
