@@ -88,11 +88,15 @@ async fn the_demo_runs_to_the_end_and_leaves_nothing() -> anyhow::Result<()> {
         "script `migrate-db` exited with status 3",
         "container 102 destroyed",
         "the web view: http://127.0.0.1:",
+        "/login as user `demo`, password `",
         "demo finished",
     ] {
         assert!(out.contains(expected), "the demo did not show {expected:?}:\n{out}");
     }
     assert!(out.contains("succeeded") && out.contains("failed"), "jobs table missing:\n{out}");
+    // `pvefleet nodes` right after the last job: no finished job's slot shows as running.
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("pve") && l.contains("s ago")).collect();
+    assert!(rows.len() == 2 && rows.iter().all(|r| r.contains(" 0/")), "the nodes table: {rows:#?}");
     let dir = temp_dir_of(&out);
     assert!(!std::path::Path::new(&dir).exists(), "{dir} was left behind");
     assert_eq!(processes_mentioning(&dir), Vec::<String>::new(), "processes left running");
