@@ -148,7 +148,8 @@ pub async fn registry(js: &jetstream::Context) -> anyhow::Result<Registry> {
     let stream =
         js.get_stream(&bucket).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
     let mut registry = Registry::default();
-    let latest = kv_latest(&stream, NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
+    let latest =
+        kv_latest(&stream, NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
     // A stopped agent deletes its entry: it is not in `latest`.
     for (key, msg) in latest {
         match believed(js, &key, &msg.payload).await {
@@ -171,8 +172,10 @@ pub async fn registry(js: &jetstream::Context) -> anyhow::Result<Registry> {
 pub async fn kv_latest(
     stream: &jetstream::stream::Stream,
     bucket: &str,
-) -> Result<std::collections::BTreeMap<String, async_nats::jetstream::message::StreamMessage>, jetstream::stream::DirectGetError>
-{
+) -> Result<
+    std::collections::BTreeMap<String, async_nats::jetstream::message::StreamMessage>,
+    jetstream::stream::DirectGetError,
+> {
     use jetstream::stream::DirectGetErrorKind;
     let prefix = format!("$KV.{bucket}.");
     let (mut latest, mut from) = (std::collections::BTreeMap::new(), 1);

@@ -157,6 +157,9 @@ async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut s
                 let _ = msg.ack_with(AckKind::Term).await;
                 continue;
             }
+            if let Err(e) = adopt(&js, &store, &event).await {
+                tracing::warn!(error = %e, job_id = %event.job_id, "reading a job published by another client failed");
+            }
             match store.record_event(&event).await {
                 Ok(Recorded::Refused(why)) => {
                     tracing::error!(subject = %msg.subject, job_id = %event.job_id, %why, "an event the store refuses; ignored");
@@ -306,6 +309,64 @@ async fn ensure_consumer(
 
 /// Whether an event's subject, `node` and `job_id` say the same: an agent may only publish
 /// on its own node's subjects, so an event naming another node (or another job) is forged.
+/// A job another client published straight on the jobs stream (not through this store): its
+/// `accepted` event names the job message's sequence there, and the recorder reads the job
+/// itself and records it as queued, under its hostname, so `jobs` and its page show it like any
+/// other. What is read is the message the jobs stream holds, which no agent may write: an
+/// agent's credentials cannot make up a job this way (only point at a real one of its own
+/// node's, which is what it ran). Returns whether a job was recorded.
+async fn adopt(js: &jetstream::Context, store: &Store, event: &Event) -> anyhow::Result<bool> {
+    use pvefleet_schemas::{DayTwoJob, DestroyJob, EventType, Job};
+    let Some(seq) = event.job_seq.filter(|_| event.kind == EventType::Accepted) else { return Ok(false) };
+    if store.job(&event.job_id).await?.is_some() {
+        return Ok(false);
+    }
+    let stream = js.get_stream_no_info(pvefleet_schemas::names::JOBS_STREAM).await?;
+    let msg = stream
+        .get_raw_message(seq)
+        .await
+        .map_err(|e| anyhow::anyhow!("the job message at sequence {seq} of the jobs stream: {e}"))?;
+    let subject: Vec<&str> = msg.subject.split('.').collect();
+    let ["pvefleet", "jobs", node, kind] = subject.as_slice() else {
+        anyhow::bail!("sequence {seq} of the jobs stream is no job: {}", msg.subject);
+    };
+    anyhow::ensure!(*node == event.node.as_str(), "the job at sequence {seq} is for {node}, not {}", event.node);
+    enum Read {
+        Create(Box<Job>),
+        Destroy(DestroyJob),
+        DayTwo(DayTwoJob),
+    }
+    let read = match *kind {
+        "create" => Read::Create(Box::new(Job::decode(&msg.payload)?)),
+        "destroy" => Read::Destroy(DestroyJob::decode(&msg.payload)?),
+        _ => Read::DayTwo(serde_json::from_slice(&msg.payload)?),
+    };
+    let (job_id, job_node) = match &read {
+        Read::Create(j) => (j.job_id, &j.node),
+        Read::Destroy(j) => (j.job_id, &j.node),
+        Read::DayTwo(j) => (j.job_id(), j.node()),
+    };
+    anyhow::ensure!(
+        job_id == event.job_id && *job_node == event.node,
+        "sequence {seq} of the jobs stream holds job {job_id} on {job_node}, not {}",
+        event.job_id
+    );
+    match read {
+        Read::Create(job) => drop(store.insert_job(&job, None).await?),
+        Read::Destroy(job) => {
+            let made_by = match job.target.create_job {
+                Some(made_by) => store.job(&made_by).await?.map(|j| j.hostname),
+                None => None,
+            };
+            let vmid = job.target.vmid.map_or_else(|| "?".to_owned(), |v| format!("vmid {v}"));
+            drop(store.insert_destroy_job(&job, &made_by.unwrap_or(vmid), None).await?);
+        }
+        Read::DayTwo(job) => drop(store.insert_day_two_job(&job, None).await?),
+    }
+    tracing::info!(job_id = %event.job_id, node = %event.node, %seq, "recorded a job another client published");
+    Ok(true)
+}
+
 fn agrees(subject: &str, event: &Event) -> Result<(), String> {
     let expected = pvefleet_schemas::names::event_subject(&event.node, &event.job_id);
     if subject != expected {

@@ -216,6 +216,10 @@ pub struct Event {
     pub stream: Option<LogStream>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<JobResult>,
+    /// On `accepted`: the job message's sequence in the jobs stream, where a recorder that did
+    /// not see the job queued (another client published it) reads the job itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_seq: Option<u64>,
 }
 
 impl Event {
@@ -502,6 +506,7 @@ mod tests {
                 host_key: None,
                 moved_to: None,
             }),
+            job_seq: None,
         }
     }
 

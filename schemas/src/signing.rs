@@ -368,8 +368,12 @@ mod tests {
     #[test]
     fn a_jobs_auth_is_bounded_at_validating() {
         let mut job: crate::Job = serde_json::from_value(super::tests::job_message()).unwrap();
-        job.auth =
-            Some(RequestAuth { signer: "x".repeat(70), not_after: Timestamp::now(), signature: "y".repeat(200), user: None });
+        job.auth = Some(RequestAuth {
+            signer: "x".repeat(70),
+            not_after: Timestamp::now(),
+            signature: "y".repeat(200),
+            user: None,
+        });
         let err = job.validate().unwrap_err().to_string();
         assert!(err.contains("auth.signer") && err.contains("auth.signature"), "{err}");
     }

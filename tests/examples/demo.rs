@@ -89,8 +89,7 @@ async fn demo(dir: &TestDir) -> anyhow::Result<()> {
     }
     // A login for the web view: an operator whose actions the web view signs with the demo's
     // operator identity, naming the user.
-    let password: String =
-        pvefleet_schemas::secret::random_bytes::<9>().iter().map(|b| format!("{b:02x}")).collect();
+    let password: String = pvefleet_schemas::secret::random_bytes::<9>().iter().map(|b| format!("{b:02x}")).collect();
     let mut add = cli.command(&["users", "add", "demo", "--role", "operator", "--password-stdin"])?;
     add.stdin(Stdio::piped()).stdout(Stdio::null());
     let mut child = add.spawn()?;
@@ -102,7 +101,9 @@ async fn demo(dir: &TestDir) -> anyhow::Result<()> {
     let identity = pvefleet_testbed::trust::operator_file(dir.path())?.display().to_string();
     let (_serve, web) = cli.serve("serve", "127.0.0.1", &["--identity", &identity]).await?;
     println!("the web view: {web}/ (the fleet), {web}/jobs (every job, live) and {web}/metrics, while the demo runs");
-    println!("log in to it at {web}/login as user `demo`, password `{password}` (an operator: New container, cancel, destroy, …)");
+    println!(
+        "log in to it at {web}/login as user `demo`, password `{password}` (an operator: New container, cancel, destroy, …)"
+    );
 
     banner("1/3 a plain container, placed automatically (pve2 has the most free memory)");
     let code = show(

@@ -400,6 +400,7 @@ fn forged(job: pvefleet_schemas::JobId, node: &str, seq: u64) -> Event {
             host_key: None,
             moved_to: None,
         }),
+        job_seq: None,
     }
 }
 

@@ -38,7 +38,9 @@ async fn bed(name: &str) -> anyhow::Result<Bed> {
     let template = fleet.dir.path().join("small.toml");
     std::fs::write(
         &template,
-        format!("name = \"small\"\ndescription = \"a small box\"\n[container]\nostemplate = \"{OSTEMPLATE}\"\nmemory = 384\n"),
+        format!(
+            "name = \"small\"\ndescription = \"a small box\"\n[container]\nostemplate = \"{OSTEMPLATE}\"\nmemory = 384\n"
+        ),
     )?;
     cli.must(&["template", "add", &template.display().to_string()]).await?;
     for ((user, password), role) in [(ALICE, "operator"), (BOB, "viewer")] {
@@ -275,8 +277,7 @@ impl Client {
     }
 
     async fn post(&self, path: &str, cookie: &str, form: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
-        let answer =
-            self.http.post(format!("{}{path}", self.url)).header("cookie", cookie).form(form).send().await?;
+        let answer = self.http.post(format!("{}{path}", self.url)).header("cookie", cookie).form(form).send().await?;
         Ok((answer.status().as_u16(), answer.text().await?))
     }
 
@@ -294,7 +295,18 @@ async fn the_gate_refuses_what_a_user_may_not_do_and_audits_it() -> anyhow::Resu
     let web = Client::new(&url, None)?;
     let made = bed
         .cli
-        .must(&["submit", "--node", "pve1", "--template", "small", "--hostname", "gate", "--ip", "127.0.0.173/32", "--watch"])
+        .must(&[
+            "submit",
+            "--node",
+            "pve1",
+            "--template",
+            "small",
+            "--hostname",
+            "gate",
+            "--ip",
+            "127.0.0.173/32",
+            "--watch",
+        ])
         .await?;
     let job = made.stdout.lines().next().unwrap_or_default().trim().to_owned();
     let vmid = wait_until("the container in the inventory", WITHIN, || async {
@@ -366,7 +378,8 @@ async fn the_gate_refuses_what_a_user_may_not_do_and_audits_it() -> anyhow::Resu
         let records: Vec<serde_json::Value> = run.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let role = records.iter().any(|r| r["user"] == "bob" && r["rule"] == "role" && r["decision"] == "refused");
         let csrf = records.iter().filter(|r| r["user"] == "alice" && r["rule"] == "csrf").count() == 3;
-        let reboot = records.iter().any(|r| r["action"] == "power" && r["user"] == "alice" && r["decision"] == "accepted");
+        let reboot =
+            records.iter().any(|r| r["action"] == "power" && r["user"] == "alice" && r["decision"] == "accepted");
         let locked = records.iter().any(|r| r["user"] == "carol" && r["rule"] == "locked");
         (role && csrf && reboot && locked).then_some(records)
     })
@@ -387,7 +400,17 @@ async fn off_loopback_serve_needs_tls_and_a_login_and_its_cookies_are_secure() -
     let identity = pvefleet_testbed::trust::operator_file(bed.fleet.dir.path())?.display().to_string();
     let listen = format!("0.0.0.0:{port}");
     let (cert, key) = (ca.cert.display().to_string(), ca.key.display().to_string());
-    let cmd = bed.cli.command(&["--identity", &identity, "serve", "--listen", &listen, "--tls-cert", &cert, "--tls-key", &key])?;
+    let cmd = bed.cli.command(&[
+        "--identity",
+        &identity,
+        "serve",
+        "--listen",
+        &listen,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ])?;
     let cmd = cmd.into_std();
     let _serve = Proc::spawn(&bed.fleet.dir, "serve-tls", cmd)?;
     let url = format!("https://127.0.0.1:{port}");

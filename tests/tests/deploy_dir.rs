@@ -576,10 +576,9 @@ async fn each_role_does_its_own_part_and_no_more_on_the_shipped_config() -> anyh
         .await?;
     assert!(submit.ok(), "the operators' user submits a signed job that runs: {submit:?}");
 
-    for (user, password, inbox) in [
-        ("recorder", "recorder-pw", "_INBOX_recorder"),
-        ("watcher", "watch-pw", "_INBOX_watcher"),
-    ] {
+    for (user, password, inbox) in
+        [("recorder", "recorder-pw", "_INBOX_recorder"), ("watcher", "watch-pw", "_INBOX_watcher")]
+    {
         let (client, mut errors) = restricted_client(&nats.url(), &ca, user, password, inbox).await?;
         for subject in ["pvefleet.jobs.pve1.create", "pvefleet.jobs.pve1.destroy", "pvefleet.control.pve1.cancel"] {
             let _ = client.publish(subject, "{}".into()).await;

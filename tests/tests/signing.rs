@@ -146,11 +146,30 @@ async fn an_agent_runs_a_job_signed_in_python() -> anyhow::Result<()> {
     };
     pvefleet_testbed::trust::put_policy(&bed.js, &policy, pvefleet_testbed::trust::admin()).await?;
     let _agent = bed.agent("pve1")?;
+    // A recorder, running while the job runs (as `pvefleet record` always does).
+    let db = pvefleet_testbed::cli::TestDb::sqlite(&bed.dir);
+    let cli = pvefleet_testbed::cli::Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
+    let recorder = cli.recorder("recorder")?;
+    pvefleet_testbed::wait_until("the recorder on pve1's events", std::time::Duration::from_secs(30), || async {
+        recorder.log_text().contains("on PVEFLEET_EVENTS_pve1 is in place").then_some(())
+    })
+    .await?;
     let payload = serde_json::to_vec(&out["signed"])?;
     pvefleet_testbed::jobs::submit_unsigned(&bed.js, &job.node, &job.job_id.to_string(), payload).await?;
     let events = pvefleet_testbed::jobs::wait_end(&bed.js, job.job_id).await?;
     let result = pvefleet_testbed::jobs::result_of(&events);
     assert!(result.success, "{events:#?}");
+    // Published on the wire, not through a store: the recorder reads the job itself (from the
+    // sequence its `accepted` event names), so the store shows it with its hostname.
+    assert!(events[0].job_seq.is_some(), "the accepted event names the job's sequence: {:?}", events[0]);
+    let id = job.job_id.to_string();
+    let shown = pvefleet_testbed::wait_until("the job in the store", std::time::Duration::from_secs(30), || async {
+        let run = cli.run(&["job", &id, "--json"]).await.ok()?;
+        let shown: serde_json::Value = serde_json::from_str(&run.stdout).ok()?;
+        (shown["state"] == "succeeded").then_some(shown)
+    })
+    .await?;
+    assert_eq!((shown["hostname"].as_str(), shown["kind"].as_str()), (Some("from-python"), Some("create")), "{shown}");
     bed.dir.pass();
     Ok(())
 }

@@ -261,6 +261,8 @@ pub struct EventLog {
     last_stream_seq: u64,
     percent: u8,
     step: Option<Step>,
+    /// The job message's stream sequence, told in its `accepted` event.
+    pub(crate) job_seq: Option<u64>,
 }
 
 impl EventLog {
@@ -284,6 +286,7 @@ impl EventLog {
             last_stream_seq: 0,
             percent: 0,
             step: None,
+            job_seq: None,
         }
     }
 
@@ -312,6 +315,7 @@ impl EventLog {
             last_stream_seq,
             percent: last.as_ref().map_or(0, |e| e.percent),
             step: last.as_ref().and_then(|e| e.step),
+            job_seq: None,
         };
         Ok((log, last))
     }
@@ -342,6 +346,7 @@ impl EventLog {
             timestamp: Timestamp::now(),
             stream,
             result,
+            job_seq: self.job_seq.filter(|_| kind == EventType::Accepted),
         };
         // Cut to fit after encoding: an event the server refuses for its size would be
         // retried for ever and its job never end.

@@ -366,7 +366,7 @@ async fn process(shared: &Shared, msg: &Message, owner: &str) -> (JobEnd, Option
         stop: &shared.stop,
         grant: &grant,
     };
-    let end = job.run(claimed, env, &cancel).await;
+    let end = job.run(claimed.with_job_seq(seq), env, &cancel).await;
     (end, Some(claim))
 }
 

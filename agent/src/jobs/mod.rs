@@ -159,6 +159,13 @@ pub struct Claimed {
 }
 
 impl Claimed {
+    /// The job message's stream sequence, which its `accepted` event tells (so a recorder
+    /// that never saw the job queued can read it from the jobs stream).
+    pub fn with_job_seq(mut self, seq: u64) -> Self {
+        self.events.job_seq = Some(seq);
+        self
+    }
+
     /// What the job has made so far, as its checkpoint knows it, for a message that gives up.
     pub fn left_behind(&self) -> String {
         match self.cp.vmid {

@@ -169,3 +169,61 @@ impl Store {
         Ok(done.rows_affected)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = crate::store::database_url(Some(&dir.path().join("s.db").display().to_string())).unwrap();
+        (dir, Store::open(&url).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn five_wrong_passwords_lock_a_user_and_a_new_password_lifts_it() {
+        let (_dir, store) = store().await;
+        assert!(store.add_user("alice", "operator", &crate::users::hash("the right password").unwrap()).await.unwrap());
+        assert!(!store.add_user("alice", "viewer", "x").await.unwrap(), "a name is taken once");
+        for _ in 1..LOCK_AFTER {
+            assert_eq!(store.login("alice", "a wrong one").await.unwrap(), Login::Refused);
+        }
+        assert!(matches!(store.login("alice", "a wrong one").await.unwrap(), Login::Locked(_)));
+        assert!(matches!(store.login("alice", "the right password").await.unwrap(), Login::Locked(_)), "locked");
+        assert_eq!(store.login("nobody", "the right password").await.unwrap(), Login::Refused);
+        store.set_password("alice", &crate::users::hash("another password").unwrap()).await.unwrap();
+        assert!(matches!(store.login("alice", "another password").await.unwrap(), Login::Ok(u) if u.name == "alice"));
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_when_it_expires_is_ended_or_its_user_is_disabled() {
+        let (_dir, store) = store().await;
+        store.add_user("bob", "viewer", &crate::users::hash("bob's password!").unwrap()).await.unwrap();
+        for token in ["a", "b", "c"] {
+            store.open_session("bob", token, "csrf", 1).await.unwrap();
+        }
+        assert!(store.session("a").await.unwrap().is_some());
+        store.end_session("a").await.unwrap();
+        assert!(store.session("a").await.unwrap().is_none(), "logged out");
+        // Expired: its time is past.
+        session::Entity::update_many()
+            .col_expr(
+                session::Column::ExpiresAt,
+                sea_orm::sea_query::Expr::value(text(now() - time::Duration::minutes(1))),
+            )
+            .filter(session::Column::TokenHash.eq("b"))
+            .exec(&store.db)
+            .await
+            .unwrap();
+        assert!(store.session("b").await.unwrap().is_none(), "expired");
+        assert!(store.session("c").await.unwrap().is_some());
+        store.set_disabled("bob", true).await.unwrap();
+        assert!(store.session("c").await.unwrap().is_none(), "a disabled user's sessions end");
+        store.set_disabled("bob", false).await.unwrap();
+        assert!(store.session("c").await.unwrap().is_none(), "and stay ended once enabled again");
+        assert_eq!(
+            store.login("bob", "bob's password!").await.unwrap(),
+            Login::Ok(store.user("bob").await.unwrap().unwrap())
+        );
+    }
+}

@@ -279,7 +279,14 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Init), Box::new(NodeKeys), Box::new(JobKinds), Box::new(Audit), Box::new(Containers), Box::new(Users)]
+        vec![
+            Box::new(Init),
+            Box::new(NodeKeys),
+            Box::new(JobKinds),
+            Box::new(Audit),
+            Box::new(Containers),
+            Box::new(Users),
+        ]
     }
 }
 

@@ -173,6 +173,7 @@ mod tests {
                 host_key: None,
                 moved_to: None,
             }),
+            job_seq: None,
         }
     }
 

@@ -121,6 +121,7 @@ pub async fn cancel_queued(js: &jetstream::Context, node: &NodeName, id: &JobId,
             host_key: None,
             moved_to: None,
         }),
+        job_seq: None,
     };
     let publish = PublishMessage::build()
         .payload(event.encode().into())

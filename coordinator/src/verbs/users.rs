@@ -30,10 +30,13 @@ fn new_password(from_stdin: bool) -> Result<zeroize::Zeroizing<String>, Failure>
 
 pub async fn add(cli: &Cli, name: &str, role: &str, password_stdin: bool) -> Outcome {
     check_name(name).map_err(Failure::Usage)?;
-    let role = Role::parse(role).ok_or_else(|| Failure::Usage(format!("--role `{role}`: viewer, operator or admin")))?;
+    let role =
+        Role::parse(role).ok_or_else(|| Failure::Usage(format!("--role `{role}`: viewer, operator or admin")))?;
     let store = crate::open_store(cli).await?;
     if store.user(name).await?.is_some() {
-        return Err(Failure::Usage(format!("user `{name}` exists; `pvefleet users passwd {name}` sets a new password")));
+        return Err(Failure::Usage(format!(
+            "user `{name}` exists; `pvefleet users passwd {name}` sets a new password"
+        )));
     }
     let password = new_password(password_stdin)?;
     if !store.add_user(name, role.as_str(), &hash(&password)?).await? {

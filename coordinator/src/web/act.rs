@@ -220,7 +220,11 @@ fn acted(ran: &Ran, back: &str) -> Response {
         return Redirect::to(back).into_response();
     }
     let status = if ran.code == Some(2) { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_GATEWAY };
-    page(status, "Refused", html! { h1 { "Not done" } p.error #action-error { (ran.error()) } p { a href=(back) { "back" } } })
+    page(
+        status,
+        "Refused",
+        html! { h1 { "Not done" } p.error #action-error { (ran.error()) } p { a href=(back) { "back" } } },
+    )
 }
 
 pub async fn cancel(State(web): State<Web>, Path(id): Path<String>) -> Response {

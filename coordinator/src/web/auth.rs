@@ -55,11 +55,7 @@ fn needs(path: &str) -> Option<Role> {
 }
 
 /// The gate: who the request is from, and whether they may ask it.
-pub async fn gate(
-    State(web): State<Arc<Web>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn gate(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     if path.starts_with("/assets/") {
         return next.run(request).await;
@@ -122,7 +118,9 @@ pub async fn gate(
         let good = given.is_some_and(|g| bool::from(g.as_bytes().ct_eq(session.csrf.as_bytes())));
         if !good {
             web.audit_web(&me.name, &path, false, Some("csrf"), "a POST without this session's CSRF token").await;
-            return forbidden("this form is not from this session (its CSRF token is missing or wrong): reload the page");
+            return forbidden(
+                "this form is not from this session (its CSRF token is missing or wrong): reload the page",
+            );
         }
         if let Some(role) = needs(&path).filter(|r| me.role < *r) {
             let why = format!("{} is a {}; this needs {}", me.name, me.role.as_str(), role.as_str());
@@ -133,7 +131,6 @@ pub async fn gate(
     }
     WHO.scope(Who::User(me), next.run(request)).await
 }
-
 
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
@@ -200,7 +197,13 @@ pub async fn login(
     let next = next_page(form.next.as_deref());
     let nonce_ok = cookie(&headers, LOGIN_NONCE).is_some_and(|c| bool::from(c.as_bytes().ct_eq(form.nonce.as_bytes())));
     if !nonce_ok {
-        return login_page(&web, &headers, &next, Some("This login form is stale: log in again."), StatusCode::FORBIDDEN);
+        return login_page(
+            &web,
+            &headers,
+            &next,
+            Some("This login form is stale: log in again."),
+            StatusCode::FORBIDDEN,
+        );
     }
     if !web.attempts.allow(peer.ip()) {
         return login_page(
@@ -259,10 +262,12 @@ pub async fn logout(State(web): State<Web>, headers: HeaderMap) -> Response {
         web.audit_web(&me.name, "/logout", true, None, "logged out").await;
     }
     let mut response = Redirect::to("/login").into_response();
-    set_cookie(&mut response, &format!("{SESSION}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}", web.secure_flag()));
+    set_cookie(
+        &mut response,
+        &format!("{SESSION}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}", web.secure_flag()),
+    );
     response
 }
-
 
 /// The kiosk token's cookie.
 const COOKIE: &str = "pvefleet_token";

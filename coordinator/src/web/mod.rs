@@ -107,7 +107,9 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
     let bound = listener.local_addr().map_err(anyhow::Error::from)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     match (&web.token, users) {
-        (Some(_), _) => println!("pvefleet serve: {scheme}://{bound}/ (a token is required: open {scheme}://{bound}/?token=… once)"),
+        (Some(_), _) => {
+            println!("pvefleet serve: {scheme}://{bound}/ (a token is required: open {scheme}://{bound}/?token=… once)")
+        }
         (None, true) => println!("pvefleet serve: {scheme}://{bound}/ (log in as a user of the store)"),
         (None, false) => println!("pvefleet serve: {scheme}://{bound}/ (loopback only, read-only: no users yet)"),
     }
@@ -159,4 +161,3 @@ pub fn router(web: Web) -> Router {
 fn asset(kind: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
-

@@ -71,7 +71,9 @@ fn admin_name() -> String {
 pub async fn add(State(web): State<Web>, Form(form): Form<NewUser>) -> Response {
     let password = zeroize::Zeroizing::new(form.password);
     let checked = check_name(&form.name)
-        .and_then(|()| Role::parse(&form.role).ok_or_else(|| format!("role `{}`: viewer, operator or admin", form.role)))
+        .and_then(|()| {
+            Role::parse(&form.role).ok_or_else(|| format!("role `{}`: viewer, operator or admin", form.role))
+        })
         .and_then(|role| check_password(&password).map(|()| role));
     let role = match checked {
         Ok(r) => r,

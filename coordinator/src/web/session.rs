@@ -103,3 +103,19 @@ pub fn csrf_field() -> maud::Markup {
         _ => html! {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_gets_a_bounded_number_of_login_attempts() {
+        let attempts = Attempts::default();
+        let (one, other): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        for _ in 0..ATTEMPTS_PER_ADDRESS {
+            assert!(attempts.allow(one));
+        }
+        assert!(!attempts.allow(one), "one more than the bound");
+        assert!(attempts.allow(other), "another address has its own");
+    }
+}

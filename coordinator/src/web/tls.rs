@@ -25,7 +25,8 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, Failure> {
     if certs.is_empty() {
         return Err(Failure::Usage(format!("--tls-cert {}: no certificate in it", cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| Failure::Usage(format!("--tls-key {}: {e}", key.display())))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| Failure::Usage(format!("--tls-key {}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

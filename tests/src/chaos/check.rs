@@ -369,6 +369,7 @@ mod tests {
             timestamp: Timestamp::now(),
             stream: None,
             result,
+            job_seq: None,
         }
     }
 
