@@ -168,6 +168,7 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
     let made = job_on_page(&browser).await?;
     let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
     assert!(result.starts_with("Done:") && result.contains("127.0.0.172"), "{result}");
+    assert!(browser.client.find(Locator::Id("cancel")).await.is_err(), "an ended job offers no cancel");
     let png = browser.client.screenshot().await?;
     std::fs::write(bed.fleet.dir.path().join("job-page-acting.png"), &png)?;
     if std::env::var_os("PVEFLEET_BLESS").is_some() {
@@ -186,6 +187,22 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
         ls.stdout.contains("from-web").then_some(())
     })
     .await?;
+    // Its page shows its last job's progress (replayed), and its day-two actions run as jobs.
+    browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
+    let last = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(last.starts_with("Done:"), "{last}");
+    browser.client.find(Locator::Id("reboot")).await?.click().await?;
+    let reboot = job_on_page(&browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(result.starts_with("Done:"), "the reboot: {result}");
+    browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
+    type_into(&browser, "snapshot-name", "before-web").await?;
+    browser.client.find(Locator::Id("snapshot")).await?.click().await?;
+    let snapshot = job_on_page(&browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(result.starts_with("Done:"), "the snapshot: {result}");
+    let snapshots = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/snapshot")).await?;
+    assert!(snapshots.to_string().contains("before-web"), "{snapshots}");
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     type_into(&browser, "confirm", "from-wep").await?;
     browser.client.find(Locator::Id("destroy")).await?.click().await?;
@@ -206,7 +223,7 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
         let run = bed.cli.run(&["audit", "--json"]).await.ok()?;
         let records: Vec<serde_json::Value> = run.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let by_alice = |job: &str| records.iter().any(|r| r["job_id"] == job && r["user"] == "alice");
-        (by_alice(&made) && by_alice(&destroy) && by_alice(&slow)).then_some(records)
+        [&made, &destroy, &slow, &reboot, &snapshot].into_iter().all(|j| by_alice(j)).then_some(records)
     })
     .await?;
     assert!(audit.iter().any(|r| r["action"] == "web /login" && r["user"] == "alice"), "the login: {audit:#?}");

@@ -275,6 +275,7 @@ pub async fn container(State(web): State<Web>, Path((node, vmid)): Path<(String,
     let button = |action: &str, label: &str| {
         html! { form.inline method="post" action=(format!("{base}/{action}")) { (csrf_field()) button id=(action) type="submit" { (label) } } }
     };
+    let latest = c.last_job.or(c.create_job).map(|j| j.to_string());
     let markup = html! {
         h1 { (c.hostname) " " span.state { (c.status) } }
         p.meta { "vmid " (vmid) " on " (node) " · ip " (c.ip.clone().unwrap_or_else(|| "-".into()))
@@ -305,6 +306,10 @@ pub async fn container(State(web): State<Web>, Path((node, vmid)): Path<(String,
                     label { "type its hostname, " strong { (c.hostname) } ", to confirm " input #confirm name="confirm" autocomplete="off" required; } " "
                     button #destroy.danger type="submit" { "Destroy" } }
             }
+        }
+        @if let Some(j) = &latest {
+            h2 { "Its last job, " a href=(format!("/jobs/{j}")) { (j) } }
+            (super::frame::job_live(j))
         }
     };
     page(StatusCode::OK, &c.hostname, markup)

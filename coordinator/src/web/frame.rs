@@ -77,3 +77,20 @@ pub fn query_value(v: &str) -> String {
 pub fn forbidden(why: &str) -> Response {
     page(StatusCode::FORBIDDEN, "Refused", html! { h1 { "Refused" } p.error #refused { (why) } })
 }
+
+/// A job's live progress (filled in by `assets/app.js` from its events, replayed from the first
+/// and followed to the end): on its own page, and on its container's for the last job there.
+pub fn job_live(job_id: &str) -> Markup {
+    html! {
+        section #job data-events=(format!("/jobs/{job_id}/events")) {
+            p { progress #percent max="100" value="0" {} " " span #percent-text { "0%" } " " span #step {} }
+            h2 { "Steps" }
+            ol #timeline {}
+            h2 { "Log" }
+            ol #log {}
+            h2 { "Warnings" }
+            ul #warnings {}
+            div #result {}
+        }
+    }
+}

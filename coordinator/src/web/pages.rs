@@ -219,16 +219,7 @@ pub async fn job(State(web): State<Web>, Path(id): Path<String>) -> Response {
             h1 { (row.hostname) " " span.state #state { (row.state) } }
             p.meta { "job " code { (row.job_id) } " · " (row.kind) " on " (row.node)
                 @if let Some(t) = &row.template { " · template " (t) } }
-            section #job data-events=(format!("/jobs/{}/events", row.job_id)) {
-                p { progress #percent max="100" value="0" {} " " span #percent-text { "0%" } " " span #step {} }
-                h2 { "Steps" }
-                ol #timeline {}
-                h2 { "Log" }
-                ol #log {}
-                h2 { "Warnings" }
-                ul #warnings {}
-                div #result {}
-            }
+            (super::frame::job_live(&row.job_id))
             (super::act::job_actions(&row))
             details { summary { "Spec" } pre #spec { (spec) } }
         },

@@ -118,7 +118,10 @@ function followJob(section) {
       if (r.vmid) text += " [vmid " + r.vmid + (r.ip ? ", ip " + r.ip : "") + "]";
       if (r.error) text += " (" + r.error.kind + " at " + r.error.step + (r.rolled_back ? ", rolled back" : "") + ")";
       result.textContent = text;
-      state.textContent = e.type === "complete" ? "succeeded" : (r.error && r.error.kind === "cancelled" ? "cancelled" : "failed");
+      if (state) state.textContent = e.type === "complete" ? "succeeded" : (r.error && r.error.kind === "cancelled" ? "cancelled" : "failed");
+      // A job that ended can no longer be cancelled.
+      const cancel = document.getElementById("cancel");
+      if (cancel) cancel.closest("form").remove();
     }
   });
   source.addEventListener("end", () => source.close());
