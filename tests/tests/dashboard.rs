@@ -191,6 +191,22 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     let last = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
     assert!(last.starts_with("Done:"), "{last}");
+    type_into(&browser, "update-memory", "512").await?;
+    browser.client.find(Locator::Id("update")).await?.click().await?;
+    let update = job_on_page(&browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(result.starts_with("Done:"), "the update: {result}");
+    let config = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config")).await?;
+    assert_eq!(config["memory"].as_u64(), Some(512), "{config}");
+    browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
+    type_into(&browser, "resize-size", "12G").await?;
+    browser.client.find(Locator::Id("resize")).await?.click().await?;
+    let resize = job_on_page(&browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(result.starts_with("Done:"), "the resize: {result}");
+    let config = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config")).await?;
+    assert!(config["rootfs"].as_str().is_some_and(|r| r.contains("size=12G")), "{config}");
+    browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     browser.client.find(Locator::Id("reboot")).await?.click().await?;
     let reboot = job_on_page(&browser).await?;
     let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
@@ -218,18 +234,51 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
     assert!(result.starts_with("Done:"), "{result}");
     assert!(bed.fleet.pve.containers().await?.is_empty(), "destroyed");
 
+    // The cancelled job, tried again from its page: a new job, linked to it.
+    browser.client.goto(&format!("{url}/jobs/{slow}")).await?;
+    browser.client.find(Locator::Id("retry")).await?.click().await?;
+    let retried = wait_until("the retry's page", WITHIN, || async {
+        let url = browser.client.current_url().await.ok()?;
+        let id = url.path().strip_prefix("/jobs/")?.to_owned();
+        (id.len() == 26 && id != slow).then_some(id)
+    })
+    .await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    let error = browser.client.find(Locator::Id("action-error")).await.is_ok();
+    assert!(result.starts_with("Done:") && !error, "the retry: {result}");
+    let shown = bed.cli.must(&["job", &retried, "--json"]).await?;
+    assert!(shown.stdout.contains(&slow), "linked to the cancelled job: {}", shown.stdout);
+
     // The agents' audit records name alice beside the web view's key, and so does the page.
     let audit = wait_until("alice's create and destroy in the audit trail", WITHIN, || async {
         let run = bed.cli.run(&["audit", "--json"]).await.ok()?;
         let records: Vec<serde_json::Value> = run.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let by_alice = |job: &str| records.iter().any(|r| r["job_id"] == job && r["user"] == "alice");
-        [&made, &destroy, &slow, &reboot, &snapshot].into_iter().all(|j| by_alice(j)).then_some(records)
+        [&made, &destroy, &slow, &update, &resize, &reboot, &snapshot]
+            .into_iter()
+            .all(|j| by_alice(j))
+            .then_some(records)
     })
     .await?;
     assert!(audit.iter().any(|r| r["action"] == "web /login" && r["user"] == "alice"), "the login: {audit:#?}");
     browser.client.goto(&format!("{url}/audit")).await?;
     let users = browser.wait_text("#audit", WITHIN, |t| t.contains("alice")).await?;
     assert!(users.contains(&made), "{users}");
+
+    // Logged out, the session is gone: every page leads to the login again.
+    browser.client.find(Locator::Id("logout")).await?.click().await?;
+    browser.wait_text("h1", WITHIN, |t| t == "Log in").await?;
+    browser.client.goto(&format!("{url}/jobs/{made}")).await?;
+    browser.wait_text("h1", WITHIN, |t| t == "Log in").await?;
+    // A viewer sees everything and no action.
+    log_in(&browser, &url, BOB).await?;
+    browser.client.goto(&format!("{url}/jobs/{slow}")).await?;
+    browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    for id in ["actions", "retry", "cancel", "new-link"] {
+        assert!(browser.client.find(Locator::Id(id)).await.is_err(), "a viewer sees #{id}");
+    }
+    browser.client.goto(&format!("{url}/new")).await?;
+    assert!(disabled(&browser, "plan").await? && disabled(&browser, "create").await?, "a viewer's form acts not");
     browser.client.clone().close().await?;
     bed.fleet.dir.pass();
     Ok(())

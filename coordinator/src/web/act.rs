@@ -28,6 +28,7 @@ pub fn routes() -> Router<Web> {
         .route("/containers/{node}/{vmid}", get(container))
         .route("/containers/{node}/{vmid}/{action}", post(container_action))
         .route("/jobs/{id}/cancel", post(cancel))
+        .route("/jobs/{id}/retry", post(retry))
 }
 
 /// The user acting now and how, or the page saying why nothing can be done.
@@ -241,6 +242,18 @@ pub async fn cancel(State(web): State<Web>, Path(id): Path<String>) -> Response 
     }
 }
 
+pub async fn retry(State(web): State<Web>, Path(id): Path<String>) -> Response {
+    let (acting, user) = match actor(&web) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    let Ok(job) = id.parse::<pvefleet_schemas::JobId>() else { return not_found(&format!("`{id}` is not a job id")) };
+    match acting.run(&user, &["retry".to_owned(), job.to_string(), "--json".to_owned()], None).await {
+        Ok(ran) => acted(&ran, &format!("/jobs/{job}")),
+        Err(e) => failed(e),
+    }
+}
+
 /// The actions of a job's page, for those who may act.
 pub fn job_actions(row: &crate::store::job::Model) -> Markup {
     if who().acting().is_none() {
@@ -252,6 +265,12 @@ pub fn job_actions(row: &crate::store::job::Model) -> Markup {
                 form method="post" action=(format!("/jobs/{}/cancel", row.job_id)) {
                     (csrf_field())
                     button #cancel type="submit" { "Cancel this job" }
+                }
+            }
+            @if matches!(row.state.as_str(), "failed" | "cancelled") {
+                form method="post" action=(format!("/jobs/{}/retry", row.job_id)) {
+                    (csrf_field())
+                    button #retry type="submit" { "Try again (a new job, linked to this one)" }
                 }
             }
             @if let (Some(vmid), true) = (row.vmid, row.kind.makes_containers() && row.state.as_str() == "succeeded") {
@@ -285,6 +304,16 @@ pub async fn container(State(web): State<Web>, Path((node, vmid)): Path<(String,
             section #actions {
                 h2 { "Power" }
                 p { (button("start", "Start")) " " (button("shutdown", "Shut down")) " " (button("stop", "Stop")) " " (button("reboot", "Reboot")) }
+                h2 { "Change" }
+                form method="post" action=(format!("{base}/update")) { (csrf_field())
+                    label { "memory (MiB) " input #update-memory name="memory" size="6" value=(c.memory_mb.map(|m| m.to_string()).unwrap_or_default()); } " "
+                    label { "cores " input #update-cores name="cores" size="3" value=(c.cores.map(|m| m.to_string()).unwrap_or_default()); } " "
+                    label { input name="snapshot_before" type="checkbox" value="1"; " snapshot first, roll back on failure" } " "
+                    button #update type="submit" { "Apply" } }
+                form method="post" action=(format!("{base}/resize")) { (csrf_field())
+                    label { "grow disk " input #resize-disk name="disk" value="rootfs" size="8"; } " "
+                    label { "to " input #resize-size name="size" placeholder="12G" size="6" required; } " "
+                    button #resize type="submit" { "Grow" } }
                 h2 { "Snapshot" }
                 form method="post" action=(format!("{base}/snapshot")) { (csrf_field())
                     label { "name (optional) " input #snapshot-name name="name"; } " " button #snapshot type="submit" { "Take a snapshot" } }
@@ -328,7 +357,10 @@ pub async fn container_action(
     let target = vec!["--node".to_owned(), node.clone(), "--vmid".to_owned(), vmid.to_string(), "--json".to_owned()];
     let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let mut args = match action.as_str() {
-        "start" | "shutdown" | "stop" | "reboot" | "backup" | "move" | "snapshot" | "rollback" => vec![action.clone()],
+        "start" | "shutdown" | "stop" | "reboot" | "backup" | "move" | "snapshot" | "rollback" | "update"
+        | "resize" => {
+            vec![action.clone()]
+        }
         "destroy" => {
             let entries = match crate::inventory::read(&web.js).await {
                 Ok(e) => e,
@@ -363,6 +395,17 @@ pub async fn container_action(
             args.extend(field("mode").map(|m| ["--mode".to_owned(), m]).into_iter().flatten());
         }
         "move" => args.extend(["--to".to_owned(), field("to").unwrap_or_default()]),
+        "update" => {
+            for flag in ["memory", "cores"] {
+                if let Some(v) = field(flag) {
+                    args.extend([format!("--{flag}"), v]);
+                }
+            }
+            if field("snapshot_before").is_some() {
+                args.extend(["--snapshot-before".to_owned(), "--on-failure".to_owned(), "rollback".to_owned()]);
+            }
+        }
+        "resize" => args.push(format!("{}={}", field("disk").unwrap_or_default(), field("size").unwrap_or_default())),
         _ => {}
     }
     match acting.run(&user, &args, None).await {
