@@ -357,8 +357,18 @@ impl Client {
 async fn the_gate_refuses_what_a_user_may_not_do_and_audits_it() -> anyhow::Result<()> {
     let bed = bed("dash-gate").await?;
     add_user(&bed.cli, "carol", "operator", "carol's long password").await?;
-    let (_serve, url) = serve(&bed, &[]).await?;
+    // A token beside the users: it shows (a Prometheus scrape), it never acts.
+    let token = "a-scraper-token-of-some-length";
+    let token_file = bed.fleet.dir.path().join("token");
+    std::fs::write(&token_file, token)?;
+    let (_serve, url) = serve(&bed, &["--token-file", &token_file.display().to_string()]).await?;
     let web = Client::new(&url, None)?;
+    let scrape = web.http.get(format!("{url}/metrics")).bearer_auth(token).send().await?;
+    assert_eq!(scrape.status(), 200);
+    let wrong = web.http.get(format!("{url}/metrics")).bearer_auth("not-the-token-not-the-token").send().await?;
+    assert_eq!(wrong.status(), 401);
+    let post = web.http.post(format!("{url}/jobs/01JDQ8Z3M4X6T2E9R5W7Y1K0AB/cancel")).bearer_auth(token).send().await?;
+    assert_eq!(post.status(), 403, "a token never acts");
     let made = bed
         .cli
         .must(&[

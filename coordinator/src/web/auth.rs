@@ -63,19 +63,20 @@ pub async fn gate(State(web): State<Arc<Web>>, request: Request, next: Next) -> 
     if path == "/favicon.ico" {
         return StatusCode::NOT_FOUND.into_response();
     }
-    if web.token.is_some() {
-        let kiosk = token_check(&web, request);
-        return match kiosk {
-            Ok(request) if request.method() == Method::GET || request.method() == Method::HEAD => {
-                WHO.scope(Who::Kiosk, next.run(request)).await
-            }
-            Ok(_) => forbidden("a token opens a read-only view: nothing can be changed with it"),
-            Err(response) => response,
-        };
-    }
     let has_users = match web.store.has_users().await {
         Ok(h) => h,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("the store: {e}")).into_response(),
+    };
+    // A token (a kiosk, a Prometheus scrape) shows and never acts; with users, a request that
+    // shows no token goes on to the login.
+    let request = match token_check(&web, request) {
+        Token::Good(request) if request.method() == Method::GET || request.method() == Method::HEAD => {
+            return WHO.scope(Who::Kiosk, next.run(request)).await;
+        }
+        Token::Good(_) => return forbidden("a token opens a read-only view: nothing can be changed with it"),
+        Token::Answer(response) => return response,
+        Token::NotShown(request) if has_users || web.token.is_none() => request,
+        Token::NotShown(_) => return token_refused(),
     };
     if !has_users {
         if !loopback_host(request.headers()) {
@@ -310,14 +311,26 @@ fn loopback_host(headers: &HeaderMap) -> bool {
 
 /// The bearer token check of a kiosk: the request when its token is good (a `?token=` link
 /// answered by a redirect that keeps it in a cookie instead), or the answer to give.
-#[allow(clippy::result_large_err, reason = "the refusal is the handler's answer, returned at once")]
-pub(super) fn token_check(web: &Web, request: Request) -> Result<Request, Response> {
-    let Some(want) = web.token else { return Ok(request) };
+/// What the kiosk token check found.
+enum Token {
+    /// The right token: a read-only view.
+    Good(Request),
+    /// No token shown (or none is needed).
+    NotShown(Request),
+    /// The answer to give now: a wrong token's 401, or a link's redirect that keeps it in a cookie.
+    Answer(Response),
+}
+
+fn token_refused() -> Response {
+    (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], super::frame::unauthorized()).into_response()
+}
+
+fn token_check(web: &Web, request: Request) -> Token {
+    let Some(want) = web.token else { return Token::NotShown(request) };
     let (given, from_link) = offered(request.headers(), request.uri().query());
-    let ok = given.as_deref().is_some_and(|t| bool::from(digest(t).ct_eq(&want)));
-    if !ok {
-        return Err((StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], super::frame::unauthorized())
-            .into_response());
+    let Some(shown) = given.as_deref() else { return Token::NotShown(request) };
+    if !bool::from(digest(shown).ct_eq(&want)) {
+        return Token::Answer(token_refused());
     }
     if from_link {
         // Keep the token in a cookie, not in the address bar or the history.
@@ -328,7 +341,7 @@ pub(super) fn token_check(web: &Web, request: Request) -> Result<Request, Respon
         if let Ok(value) = cookie.parse() {
             response.headers_mut().insert(header::SET_COOKIE, value);
         }
-        return Err(response);
+        return Token::Answer(response);
     }
-    Ok(request)
+    Token::Good(request)
 }

@@ -107,7 +107,10 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
     let bound = listener.local_addr().map_err(anyhow::Error::from)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     match (&web.token, users) {
-        (Some(_), _) => {
+        (Some(_), true) => println!(
+            "pvefleet serve: {scheme}://{bound}/ (log in as a user of the store; the token shows, read-only, e.g. to Prometheus)"
+        ),
+        (Some(_), false) => {
             println!("pvefleet serve: {scheme}://{bound}/ (a token is required: open {scheme}://{bound}/?token=… once)")
         }
         (None, true) => println!("pvefleet serve: {scheme}://{bound}/ (log in as a user of the store)"),
