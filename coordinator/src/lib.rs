@@ -6,7 +6,8 @@
 //! library module below them, and no verb uses another
 //! (`cargo test -p pvefleet-testbed --test layout` proves there is no circle):
 //! - [`verbs`]: one file per verb: read the arguments, call the library, print.
-//! - [`web`]: `pvefleet serve`: the pages, their live events and `/metrics`.
+//! - [`web`]: `pvefleet serve`: the gate (logins, sessions, CSRF, roles), the pages, the
+//!   actions (the CLI's verbs run for a user), their live events and `/metrics`.
 //! - [`batch`]: `submit --count N`: N jobs, all placed before any is published.
 //! - [`requests`]: a create request from a template, a spec file and flags: the job(s) it
 //!   makes, validated, and the root password given.
@@ -20,6 +21,7 @@
 //!   id as the dedup id, published again (never twice) when its publish was not confirmed.
 //! - [`follow`]: a job's events replayed and followed to its end, printed safely.
 //! - [`identity`]: the operator's signing key on disk: made once (0600), read only when private.
+//! - [`users`]: the web view's users: roles, names, argon2id password hashes.
 //! - [`trust`]: the admin-signed policy in the trust bucket, admin actions recorded, and the
 //!   audit stream read back.
 //! - [`recorder`]: every node's events into the store, each once, job states moved forward;
