@@ -307,8 +307,6 @@ async fn ensure_consumer(
     Ok(made)
 }
 
-/// Whether an event's subject, `node` and `job_id` say the same: an agent may only publish
-/// on its own node's subjects, so an event naming another node (or another job) is forged.
 /// A job another client published straight on the jobs stream (not through this store): its
 /// `accepted` event names the job message's sequence there, and the recorder reads the job
 /// itself and records it as queued, under its hostname, so `jobs` and its page show it like any
@@ -367,6 +365,8 @@ async fn adopt(js: &jetstream::Context, store: &Store, event: &Event) -> anyhow:
     Ok(true)
 }
 
+/// Whether an event's subject, `node` and `job_id` say the same: an agent may only publish
+/// on its own node's subjects, so an event naming another node (or another job) is forged.
 fn agrees(subject: &str, event: &Event) -> Result<(), String> {
     let expected = pvefleet_schemas::names::event_subject(&event.node, &event.job_id);
     if subject != expected {

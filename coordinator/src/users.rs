@@ -75,6 +75,15 @@ pub fn verify(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc).is_ok_and(|h| argon2::Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
+/// [`verify`] on a blocking thread, at most two at once: an argon2 check takes tens of
+/// milliseconds of CPU and 19 MiB, which must not stall the pages and live streams.
+pub async fn verify_off_runtime(password: String, phc: String) -> bool {
+    static CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let Ok(_permit) = CHECKS.acquire().await else { return false };
+    let password = zeroize::Zeroizing::new(password);
+    tokio::task::spawn_blocking(move || verify(&password, &phc)).await.unwrap_or(false)
+}
+
 /// What a login compares against when the user does not exist: the same work as a real
 /// check, so the time taken does not tell which names exist.
 pub fn decoy() -> &'static str {

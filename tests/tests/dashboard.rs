@@ -425,6 +425,15 @@ async fn the_gate_refuses_what_a_user_may_not_do_and_audits_it() -> anyhow::Resu
     assert_eq!(status, 303, "the reboot's job page");
     // A GET never acts.
     assert_eq!(web.get(&reboot, &alice.cookie).await?.0, 405);
+    // A value that would pass for a flag of the verb run for her is refused, not run.
+    let rollback = format!("/containers/pve1/{vmid}/rollback");
+    let (status, page) =
+        web.post(&rollback, &alice.cookie, &[("csrf", &alice.csrf), ("name", "--acting-user=bob")]).await?;
+    assert!(status == 422 && page.contains("may not begin with"), "{status} {page}");
+    // Never in a frame, nothing but this site's own script.
+    let answer = web.http.get(format!("{url}/jobs")).header("cookie", &alice.cookie).send().await?;
+    assert_eq!(answer.headers()["x-frame-options"], "DENY");
+    assert!(answer.headers()["content-security-policy"].to_str()?.contains("frame-ancestors 'none'"));
 
     // Five wrong passwords lock the user, even against the right one, for a while.
     for _ in 0..4 {

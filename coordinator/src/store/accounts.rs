@@ -93,30 +93,51 @@ impl Store {
     }
 
     /// Checks a login: a wrong password counts towards the lock; a good one clears the count.
+    /// A lock that ran out starts the count again. The count goes up in one statement, so a
+    /// burst of tries at once gets no more than [`LOCK_AFTER`] guesses between them.
     pub async fn login(&self, name: &str, password: &str) -> anyhow::Result<Login> {
         let Some(found) = self.user(name).await? else {
-            crate::users::verify(password, crate::users::decoy());
+            crate::users::verify_off_runtime(password.to_owned(), crate::users::decoy().to_owned()).await;
             return Ok(Login::Refused);
         };
-        if let Some(until) = found.locked_until.as_deref().filter(|u| parse(u).is_some_and(|u| u > now())) {
-            return Ok(Login::Locked(until.to_owned()));
-        }
-        let good = crate::users::verify(password, &found.password_hash);
-        let mut row: user::ActiveModel = found.clone().into();
-        if good {
-            if found.failed_logins != 0 || found.locked_until.is_some() {
-                row.failed_logins = Set(0);
-                row.locked_until = Set(None);
-                row.update(&self.db).await?;
+        if let Some(until) = found.locked_until.as_deref() {
+            if parse(until).is_some_and(|u| u > now()) {
+                return Ok(Login::Locked(until.to_owned()));
             }
+            // Its lock ran out: a fresh count.
+            user::Entity::update_many()
+                .col_expr(user::Column::FailedLogins, sea_orm::sea_query::Expr::value(0))
+                .col_expr(user::Column::LockedUntil, sea_orm::sea_query::Expr::value(Option::<String>::None))
+                .filter(user::Column::Name.eq(name.to_owned()))
+                .filter(user::Column::LockedUntil.eq(until.to_owned()))
+                .exec(&self.db)
+                .await?;
+        }
+        let good = crate::users::verify_off_runtime(password.to_owned(), found.password_hash.clone()).await;
+        if good {
+            user::Entity::update_many()
+                .col_expr(user::Column::FailedLogins, sea_orm::sea_query::Expr::value(0))
+                .filter(user::Column::Name.eq(name.to_owned()))
+                .exec(&self.db)
+                .await?;
             return Ok(if found.disabled { Login::Refused } else { Login::Ok(found) });
         }
-        let failed = found.failed_logins + 1;
-        row.failed_logins = Set(failed);
-        let locked = (failed >= LOCK_AFTER).then(|| text(now() + LOCK_FOR));
-        row.locked_until = Set(locked.clone());
-        row.update(&self.db).await?;
-        Ok(locked.map_or(Login::Refused, Login::Locked))
+        user::Entity::update_many()
+            .col_expr(user::Column::FailedLogins, sea_orm::sea_query::Expr::col(user::Column::FailedLogins).add(1))
+            .filter(user::Column::Name.eq(name.to_owned()))
+            .exec(&self.db)
+            .await?;
+        let failed = self.user(name).await?.map_or(0, |u| u.failed_logins);
+        if failed < LOCK_AFTER {
+            return Ok(Login::Refused);
+        }
+        let until = text(now() + LOCK_FOR);
+        user::Entity::update_many()
+            .col_expr(user::Column::LockedUntil, sea_orm::sea_query::Expr::value(until.clone()))
+            .filter(user::Column::Name.eq(name.to_owned()))
+            .exec(&self.db)
+            .await?;
+        Ok(Login::Locked(until))
     }
 
     /// A new session for `user`, valid for `hours`: stored by the SHA-256 of its cookie.
@@ -191,6 +212,21 @@ mod tests {
         assert!(matches!(store.login("alice", "a wrong one").await.unwrap(), Login::Locked(_)));
         assert!(matches!(store.login("alice", "the right password").await.unwrap(), Login::Locked(_)), "locked");
         assert_eq!(store.login("nobody", "the right password").await.unwrap(), Login::Refused);
+        // Its lock run out, one wrong try does not lock it again: the count starts afresh.
+        user::Entity::update_many()
+            .col_expr(
+                user::Column::LockedUntil,
+                sea_orm::sea_query::Expr::value(text(now() - time::Duration::minutes(1))),
+            )
+            .filter(user::Column::Name.eq("alice"))
+            .exec(&store.db)
+            .await
+            .unwrap();
+        assert_eq!(store.login("alice", "a wrong one").await.unwrap(), Login::Refused);
+        assert!(matches!(store.login("alice", "the right password").await.unwrap(), Login::Ok(_)));
+        for _ in 0..LOCK_AFTER {
+            let _ = store.login("alice", "a wrong one").await.unwrap();
+        }
         store.set_password("alice", &crate::users::hash("another password").unwrap()).await.unwrap();
         assert!(matches!(store.login("alice", "another password").await.unwrap(), Login::Ok(u) if u.name == "alice"));
     }

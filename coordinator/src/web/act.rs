@@ -20,7 +20,7 @@ use maud::{Markup, html};
 use super::Web;
 use super::frame::{failed, forbidden, not_found, page};
 use super::runner::{Acting, Ran};
-use super::session::{Who, csrf_field, who};
+use super::session::{csrf_field, who};
 
 pub fn routes() -> Router<Web> {
     Router::new()
@@ -34,7 +34,8 @@ pub fn routes() -> Router<Web> {
 /// The user acting now and how, or the page saying why nothing can be done.
 #[allow(clippy::result_large_err, reason = "the refusal is the handler's answer, returned at once")]
 fn actor(web: &Web) -> Result<(&Acting, String), Response> {
-    let Who::User(me) = who() else {
+    // The gate checked the role already; checked again here, where the action is.
+    let Some(me) = who().acting().cloned() else {
         return Err(forbidden("log in as an operator to act"));
     };
     match web.acting.as_ref() {
@@ -60,6 +61,14 @@ const FIELDS: [(&str, &str, &str); 12] = [
 ];
 
 type Fields = BTreeMap<String, String>;
+
+/// A form value that clap would take for a flag: no value the CLI takes begins with `-`.
+fn flag_like(fields: &Fields) -> Option<String> {
+    fields
+        .iter()
+        .find(|(k, v)| k.as_str() != "csrf" && v.trim_start().starts_with('-'))
+        .map(|(k, v)| format!("{k}: `{v}` may not begin with `-`"))
+}
 
 /// The verb's arguments from the form: every field given, as its flag.
 fn submit_args(fields: &Fields) -> Vec<String> {
@@ -179,6 +188,9 @@ pub async fn new_post(State(web): State<Web>, Form(mut fields): Form<Fields>) ->
     let password = zeroize::Zeroizing::new(fields.remove("password").unwrap_or_default());
     fields.remove("csrf");
     let op = fields.remove("op").unwrap_or_default();
+    if let Some(why) = flag_like(&fields) {
+        return new_page(&web, NewPage { fields: &fields, plan: None, error: Some(why) }).await;
+    }
     let args = submit_args(&fields);
     // Always the plan first: a submit whose plan fails is not sent.
     let mut plan_args = vec!["plan".to_owned()];
@@ -354,6 +366,13 @@ pub async fn container_action(
         Err(r) => return r,
     };
     let back = format!("/containers/{node}/{vmid}");
+    if let Some(why) = flag_like(&form).or_else(|| node.starts_with('-').then(|| format!("node `{node}`"))) {
+        return page(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Refused",
+            html! { h1 { "Not done" } p.error #action-error { (why) } },
+        );
+    }
     let target = vec!["--node".to_owned(), node.clone(), "--vmid".to_owned(), vmid.to_string(), "--json".to_owned()];
     let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
     let mut args = match action.as_str() {
@@ -385,10 +404,10 @@ pub async fn container_action(
     match action.as_str() {
         "snapshot" => args.extend(field("name").map(|n| ["--name".to_owned(), n]).into_iter().flatten()),
         "rollback" => {
-            args.push(field("name").unwrap_or_default());
             if field("start").is_some() {
                 args.push("--start".to_owned());
             }
+            args.extend(["--".to_owned(), field("name").unwrap_or_default()]);
         }
         "backup" => {
             args.extend(["--storage".to_owned(), field("storage").unwrap_or_default()]);
@@ -405,7 +424,10 @@ pub async fn container_action(
                 args.extend(["--snapshot-before".to_owned(), "--on-failure".to_owned(), "rollback".to_owned()]);
             }
         }
-        "resize" => args.push(format!("{}={}", field("disk").unwrap_or_default(), field("size").unwrap_or_default())),
+        "resize" => args.extend([
+            "--".to_owned(),
+            format!("{}={}", field("disk").unwrap_or_default(), field("size").unwrap_or_default()),
+        ]),
         _ => {}
     }
     match acting.run(&user, &args, None).await {
@@ -426,6 +448,11 @@ mod tests {
         assert_eq!(field_of("invalid --count: 0 is outside 1..=1000"), Some("count"));
         assert_eq!(field_of("the agent of pve1 did not answer"), None);
         let mut fields = Fields::new();
+        fields.insert("csrf".into(), "-token".into());
+        assert_eq!(flag_like(&fields), None, "the CSRF token is not passed on");
+        fields.insert("hostname".into(), "--acting-user=bob".into());
+        assert!(flag_like(&fields).is_some_and(|why| why.starts_with("hostname")));
+        fields.remove("csrf");
         fields.insert("hostname".into(), "web-{n}".into());
         fields.insert("count".into(), "3".into());
         fields.insert("memory".into(), " ".into());

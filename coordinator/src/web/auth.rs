@@ -54,6 +54,22 @@ fn needs(path: &str) -> Option<Role> {
     }
 }
 
+/// Every answer says: never in a frame (no click-jacking of the action buttons), nothing
+/// but this site's own script and style, no sniffing, no full URL to other sites.
+pub async fn headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-frame-options", "DENY"),
+        ("content-security-policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "same-origin"),
+    ] {
+        h.insert(name, axum::http::HeaderValue::from_static(value));
+    }
+    response
+}
+
 /// The gate: who the request is from, and whether they may ask it.
 pub async fn gate(State(web): State<Arc<Web>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
@@ -138,12 +154,19 @@ pub struct LoginQuery {
     next: Option<String>,
 }
 
-/// Where to go after logging in: a path on this site only.
+/// Where to go after logging in: a path on this site only. Browsers drop tabs and newlines
+/// from a URL and read `\` as `/`, so `/\t/evil.example` would leave the site: only visible
+/// ASCII is kept, and no second `/` or `\` right after the first.
 fn next_page(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if on_this_site(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
+}
+
+fn on_this_site(path: &str) -> bool {
+    let b = path.as_bytes();
+    b.first() == Some(&b'/') && !matches!(b.get(1), Some(b'/' | b'\\')) && b.iter().all(u8::is_ascii_graphic)
 }
 
 /// The login page. Its form is tied to the browser by a nonce cookie, kept while it is there:
@@ -334,7 +357,7 @@ fn token_check(web: &Web, request: Request) -> Token {
     }
     if from_link {
         // Keep the token in a cookie, not in the address bar or the history.
-        let path = request.uri().path().to_owned();
+        let path = Some(request.uri().path()).filter(|p| on_this_site(p)).unwrap_or("/").to_owned();
         let cookie =
             format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}", given.unwrap_or_default(), web.secure_flag());
         let mut response = Redirect::to(&path).into_response();
@@ -344,4 +367,18 @@ fn token_check(web: &Web, request: Request) -> Token {
         return Token::Answer(response);
     }
     Token::Good(request)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_the_login_only_a_path_of_this_site_is_followed() {
+        assert_eq!(next_page(Some("/jobs?state=failed")), "/jobs?state=failed");
+        for away in ["//evil.example", "/\t/evil.example", "/\\evil.example", "https://evil.example", "/\n/x", ""] {
+            assert_eq!(next_page(Some(away)), "/", "{away:?}");
+        }
+        assert_eq!(next_page(None), "/");
+    }
 }

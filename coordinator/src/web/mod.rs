@@ -97,7 +97,7 @@ pub async fn run(cli: &Cli, args: &ServeArgs) -> Outcome {
         durations: Default::default(),
         attempts: Default::default(),
         session_hours: args.session_hours,
-        tls: tls.is_some(),
+        tls: tls.is_some() || args.insecure_http,
         acting: Arc::new(acting),
     };
     // Before it says it is ready: a SIGTERM from then on stops it gracefully.
@@ -158,6 +158,7 @@ pub fn router(web: Web) -> Router {
         .route("/users/{name}/{action}", post(people::change))
         .fallback(|| async { frame::not_found("no such page") })
         .layer(axum::middleware::from_fn_with_state(Arc::new(web.clone()), auth::gate))
+        .layer(axum::middleware::from_fn(auth::headers))
         .with_state(web)
 }
 

@@ -18,8 +18,7 @@ pub async fn users(State(web): State<Web>) -> Response {
 }
 
 async fn list(web: &Web, error: Option<String>) -> Response {
-    let admin = matches!(who(), Who::User(me) if me.role == Role::Admin);
-    if !admin {
+    if !admin() {
         return forbidden("only an admin sees the users");
     }
     let rows = match web.store.users().await {
@@ -68,7 +67,14 @@ fn admin_name() -> String {
     }
 }
 
+fn admin() -> bool {
+    matches!(who(), Who::User(me) if me.role == Role::Admin)
+}
+
 pub async fn add(State(web): State<Web>, Form(form): Form<NewUser>) -> Response {
+    if !admin() {
+        return forbidden("only an admin adds users");
+    }
     let password = zeroize::Zeroizing::new(form.password);
     let checked = check_name(&form.name)
         .and_then(|()| {
@@ -94,6 +100,9 @@ pub async fn add(State(web): State<Web>, Form(form): Form<NewUser>) -> Response 
 }
 
 pub async fn change(State(web): State<Web>, Path((name, action)): Path<(String, String)>) -> Response {
+    if !admin() {
+        return forbidden("only an admin changes users");
+    }
     let disabled = match action.as_str() {
         "disable" => true,
         "enable" => false,

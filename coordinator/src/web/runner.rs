@@ -69,7 +69,7 @@ impl Acting {
     /// environment as `PVEFLEET_WEB_ROOT_PASSWORD`.
     pub async fn run(&self, user: &str, args: &[String], secret: Option<&str>) -> anyhow::Result<Ran> {
         let mut cmd = tokio::process::Command::new(&self.exe);
-        cmd.arg("--acting-user").arg(user).args(args).kill_on_drop(true);
+        cmd.arg("--acting-user").arg(user).args(args);
         cmd.env_remove("PVEFLEET_WEB_ROOT_PASSWORD");
         for (k, v) in &self.env {
             cmd.env(k, v);
@@ -78,7 +78,13 @@ impl Acting {
             cmd.env("PVEFLEET_WEB_ROOT_PASSWORD", secret);
         }
         cmd.stdin(std::process::Stdio::null());
-        let out = cmd.output().await.map_err(|e| anyhow::anyhow!("running {}: {e}", self.exe.display()))?;
+        // On a task of its own: a browser that goes away mid-action must not kill a submit
+        // between its record and its publish.
+        let exe = self.exe.display().to_string();
+        let out = tokio::spawn(async move { cmd.output().await })
+            .await
+            .map_err(|e| anyhow::anyhow!("running {exe}: {e}"))?
+            .map_err(|e| anyhow::anyhow!("running {exe}: {e}"))?;
         Ok(Ran {
             ok: out.status.success(),
             code: out.status.code(),

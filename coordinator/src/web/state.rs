@@ -22,7 +22,7 @@ pub struct Web {
     pub attempts: Arc<super::session::Attempts>,
     /// How long a login lasts.
     pub session_hours: i64,
-    /// Served over TLS: cookies are `Secure`.
+    /// Served over TLS, here or by the proxy in front (`--insecure-http`): cookies are `Secure`.
     pub tls: bool,
     /// How this server acts for its users, or why it cannot (no identity to sign with).
     pub acting: Arc<Result<super::runner::Acting, String>>,
