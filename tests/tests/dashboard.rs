@@ -219,12 +219,36 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
     assert!(result.starts_with("Done:"), "the snapshot: {result}");
     let snapshots = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/snapshot")).await?;
     assert!(snapshots.to_string().contains("before-web"), "{snapshots}");
+    // A backup, then its list beside the snapshots': delete the snapshot, restore the backup as
+    // a new container.
+    browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
+    browser.client.find(Locator::Id("backup")).await?.click().await?;
+    let backup = job_on_page(&browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(result.starts_with("Done:"), "the backup: {result}");
+    browser.client.goto(&format!("{url}/containers/pve1/{vmid}/keeping")).await?;
+    browser.wait_text("#snapshots", WITHIN, |t| t.contains("before-web")).await?;
+    browser.wait_text("#backups", WITHIN, |t| t.contains("vzdump-lxc")).await?;
+    browser.client.find(Locator::Css("tr[data-snapshot='before-web'] button.delete")).await?.click().await?;
+    let deleted = job_on_page(&browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(result.starts_with("Done:"), "the snapshot's delete: {result}");
+    let snapshots = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/snapshot")).await?;
+    assert!(!snapshots.to_string().contains("before-web"), "{snapshots}");
+    browser.client.goto(&format!("{url}/containers/pve1/{vmid}/keeping")).await?;
+    let restore_form = browser.client.find(Locator::Css("#backups tr input[name='hostname']")).await?;
+    restore_form.send_keys("restored-web").await?;
+    browser.client.find(Locator::Css("#backups tr button.restore-new")).await?.click().await?;
+    let restored = job_on_page(&browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    assert!(result.starts_with("Done:"), "the restore: {result}");
+    assert_eq!(bed.fleet.pve.containers().await?.len(), 2, "the restored one beside it");
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     type_into(&browser, "confirm", "from-wep").await?;
     browser.client.find(Locator::Id("destroy")).await?.click().await?;
     let refused = browser.wait_text("#action-error", WITHIN, |t| !t.is_empty()).await?;
     assert!(refused.contains("from-web"), "{refused}");
-    assert_eq!(bed.fleet.pve.containers().await?, vec![vmid], "nothing destroyed");
+    assert!(bed.fleet.pve.containers().await?.contains(&vmid), "nothing destroyed");
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     type_into(&browser, "confirm", "from-web").await?;
     browser.client.find(Locator::Id("destroy")).await?.click().await?;
@@ -232,7 +256,7 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
     assert_ne!(destroy, made);
     let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
     assert!(result.starts_with("Done:"), "{result}");
-    assert!(bed.fleet.pve.containers().await?.is_empty(), "destroyed");
+    assert!(!bed.fleet.pve.containers().await?.contains(&vmid), "destroyed");
 
     // The cancelled job, tried again from its page: a new job, linked to it.
     browser.client.goto(&format!("{url}/jobs/{slow}")).await?;
@@ -254,7 +278,7 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
         let run = bed.cli.run(&["audit", "--json"]).await.ok()?;
         let records: Vec<serde_json::Value> = run.stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
         let by_alice = |job: &str| records.iter().any(|r| r["job_id"] == job && r["user"] == "alice");
-        [&made, &destroy, &slow, &update, &resize, &reboot, &snapshot]
+        [&made, &destroy, &slow, &update, &resize, &reboot, &snapshot, &backup, &deleted, &restored]
             .into_iter()
             .all(|j| by_alice(j))
             .then_some(records)

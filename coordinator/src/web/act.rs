@@ -26,6 +26,7 @@ pub fn routes() -> Router<Web> {
     Router::new()
         .route("/new", get(new_form).post(new_post))
         .route("/containers/{node}/{vmid}", get(container))
+        .route("/containers/{node}/{vmid}/keeping", get(keeping))
         .route("/containers/{node}/{vmid}/{action}", post(container_action))
         .route("/jobs/{id}/cancel", post(cancel))
         .route("/jobs/{id}/retry", post(retry))
@@ -337,7 +338,10 @@ pub async fn container(State(web): State<Web>, Path((node, vmid)): Path<(String,
                 form method="post" action=(format!("{base}/backup")) { (csrf_field())
                     label { "storage " input #backup-storage name="storage" value="local" required; } " "
                     label { "mode " select name="mode" { option { "snapshot" } option { "suspend" } option { "stop" } } } " "
+                    label { "keep the last " input name="keep_last" size="3"; } " "
+                    label { input name="protected" type="checkbox" value="1"; " protected" } " "
                     button #backup type="submit" { "Back up" } }
+                p { a #keeping href=(format!("{base}/keeping")) { "Its snapshots and backups: roll back, delete, restore" } }
                 h2 { "Move" }
                 form method="post" action=(format!("{base}/move")) { (csrf_field())
                     label { "to " select #move-to name="to" { @for b in beats.iter().filter(|b| b.node.as_str() != node) { option { (b.node.as_str()) } } } } " "
@@ -380,6 +384,37 @@ pub async fn container_action(
         | "resize" => {
             vec![action.clone()]
         }
+        "snapshot-delete" => vec!["snapshot".to_owned(), "delete".to_owned()],
+        "restore" => {
+            // Not a verb on a target: the backup is the word, the container is where it goes.
+            let Some(backup) = field("backup") else {
+                return page(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Refused",
+                    html! { h1 { "Not done" } p.error #action-error { "which backup?" } },
+                );
+            };
+            let mut args = vec!["restore".to_owned(), "--json".to_owned()];
+            match field("hostname") {
+                Some(hostname) => args.extend(["--hostname".to_owned(), hostname, "--node".to_owned(), node.clone()]),
+                None => {
+                    let entries = match crate::inventory::read(&web.js).await {
+                        Ok(e) => e,
+                        Err(e) => return failed(e),
+                    };
+                    let Some(c) = entries.iter().find(|e| e.node.as_str() == node && e.vmid.get() == vmid) else {
+                        return not_found(&format!("no container {vmid} of pvefleet's on {node}"));
+                    };
+                    let over = c.create_job.map_or_else(|| c.hostname.clone(), |j| j.to_string());
+                    args.extend(["--over".to_owned(), over]);
+                }
+            }
+            args.extend(["--".to_owned(), backup]);
+            return match acting.run(&user, &args, None).await {
+                Ok(ran) => acted(&ran, &back),
+                Err(e) => failed(e),
+            };
+        }
         "destroy" => {
             let entries = match crate::inventory::read(&web.js).await {
                 Ok(e) => e,
@@ -403,6 +438,7 @@ pub async fn container_action(
     args.extend(target);
     match action.as_str() {
         "snapshot" => args.extend(field("name").map(|n| ["--name".to_owned(), n]).into_iter().flatten()),
+        "snapshot-delete" => args.extend(["--".to_owned(), field("name").unwrap_or_default()]),
         "rollback" => {
             if field("start").is_some() {
                 args.push("--start".to_owned());
@@ -412,6 +448,10 @@ pub async fn container_action(
         "backup" => {
             args.extend(["--storage".to_owned(), field("storage").unwrap_or_default()]);
             args.extend(field("mode").map(|m| ["--mode".to_owned(), m]).into_iter().flatten());
+            args.extend(field("keep_last").map(|k| ["--keep-last".to_owned(), k]).into_iter().flatten());
+            if field("protected").is_some() {
+                args.push("--protected".to_owned());
+            }
         }
         "move" => args.extend(["--to".to_owned(), field("to").unwrap_or_default()]),
         "update" => {
@@ -434,6 +474,72 @@ pub async fn container_action(
         Ok(ran) => acted(&ran, &back),
         Err(e) => failed(e),
     }
+}
+
+/// A container's snapshots and backups, asked of its agent (read only), each with what can be
+/// done with it.
+pub async fn keeping(State(web): State<Web>, Path((node, vmid)): Path<(String, u32)>) -> Response {
+    let (acting, user) = match actor(&web) {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
+    if node.starts_with('-') {
+        return not_found(&format!("no node `{node}`"));
+    }
+    let base = format!("/containers/{node}/{vmid}");
+    let mut lists = Vec::new();
+    for verb in ["snapshots", "backups"] {
+        let args = [verb, "--node", &node, "--vmid", &vmid.to_string(), "--json"].map(str::to_owned);
+        let ran = match acting.run(&user, &args, None).await {
+            Ok(r) => r,
+            Err(e) => return failed(e),
+        };
+        if !ran.ok {
+            return page(
+                StatusCode::BAD_GATEWAY,
+                "Not listed",
+                html! { h1 { "Not listed" } p.error #action-error { (ran.error()) } },
+            );
+        }
+        let items: Vec<pvefleet_schemas::event::Listed> = serde_json::from_str(ran.stdout.trim()).unwrap_or_default();
+        lists.push(items);
+    }
+    let when = |t: i64| {
+        time::OffsetDateTime::from_unix_timestamp(t)
+            .map(|t| pvefleet_schemas::Timestamp(t).to_string())
+            .unwrap_or_default()
+    };
+    let markup = html! {
+        h1 { "Snapshots and backups of " a href=(base) { (vmid) } " on " (node) }
+        h2 { "Snapshots" }
+        table #snapshots { thead { tr { th { "name" } th { "taken" } th { "by job" } th {} } }
+            tbody { @for s in &lists[0] {
+                tr data-snapshot=(s.name) { td { (s.name) } td { (when(s.time)) }
+                    td { @if let Some(j) = s.job { a href=(format!("/jobs/{j}")) { (j) } } }
+                    td {
+                        form.inline method="post" action=(format!("{base}/rollback")) { (csrf_field())
+                            input type="hidden" name="name" value=(s.name); button.rollback type="submit" { "Roll back to it" } } " "
+                        form.inline method="post" action=(format!("{base}/snapshot-delete")) { (csrf_field())
+                            input type="hidden" name="name" value=(s.name); button.delete type="submit" { "Delete" } }
+                    } }
+            } } }
+        h2 { "Backups" }
+        table #backups { thead { tr { th { "volume" } th { "taken" } th { "by job" } th {} } }
+            tbody { @for b in &lists[1] {
+                tr data-backup=(b.name) { td { (b.name) @if b.protected { " (protected)" } } td { (when(b.time)) }
+                    td { @if let Some(j) = b.job { a href=(format!("/jobs/{j}")) { (j) } } }
+                    td {
+                        form.inline method="post" action=(format!("{base}/restore")) { (csrf_field())
+                            input type="hidden" name="backup" value=(b.name);
+                            button.restore-over type="submit" { "Restore over it (what it wrote since is lost)" } } " "
+                        form.inline method="post" action=(format!("{base}/restore")) { (csrf_field())
+                            input type="hidden" name="backup" value=(b.name);
+                            input name="hostname" placeholder="new hostname" required; " "
+                            button.restore-new type="submit" { "Restore as a new container" } }
+                    } }
+            } } }
+    };
+    page(StatusCode::OK, "Snapshots and backups", markup)
 }
 
 #[cfg(test)]
