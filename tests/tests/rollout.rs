@@ -193,6 +193,17 @@ async fn a_container_is_named_by_hostname_job_or_vmid_and_its_jobs_follow_it_to_
     assert!(twice.code == Some(2) && twice.stderr.contains("2 containers are named `app`"), "{twice:?}");
 
     // Deleted in PVE's own UI: gone from `ls`, kept as gone in the store and on the web view.
+    // The recorder reads the inventory every 2 s: it must have seen the container before it
+    // goes, or the store never knew it (under load its reads once fell before the create, in
+    // the middle of the move and after the delete).
+    let store =
+        pvefleet_coordinator::store::Store::open(&pvefleet_coordinator::store::database_url(Some(&bed._db.url()))?)
+            .await?;
+    wait_until("the store to know the moved container", Duration::from_secs(30), || async {
+        let rows = store.containers().await.ok()?;
+        rows.iter().any(|c| c.vmid == i64::from(vmid as u32) && c.node == "pve2" && c.state == "present").then_some(())
+    })
+    .await?;
     bed.fleet.pve.api(reqwest::Method::POST, &format!("/nodes/pve2/lxc/{vmid}/status/stop"), &[]).await?;
     wait_until("the stop", Duration::from_secs(20), || async {
         let s = bed.fleet.pve.api_get(&format!("/nodes/pve2/lxc/{vmid}/status/current")).await.ok()?;
