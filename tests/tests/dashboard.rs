@@ -107,6 +107,16 @@ async fn job_on_page(browser: &Browser) -> anyhow::Result<String> {
     .await
 }
 
+/// Clicks `button` (a CSS selector), follows the browser to the job's page it leads to, waits
+/// for the job to end and says it succeeded; returns the job's id.
+async fn done_from(browser: &Browser, button: &str, what: &str) -> anyhow::Result<String> {
+    browser.client.find(Locator::Css(button)).await?.click().await?;
+    let job = job_on_page(browser).await?;
+    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
+    anyhow::ensure!(result.starts_with("Done:"), "{what}: {result}");
+    Ok(job)
+}
+
 #[tokio::test]
 async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the_browser() -> anyhow::Result<()> {
     let bed = bed("dash-operator").await?;
@@ -192,56 +202,35 @@ async fn an_operator_creates_from_a_template_watches_cancels_and_destroys_in_the
     let last = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
     assert!(last.starts_with("Done:"), "{last}");
     type_into(&browser, "update-memory", "512").await?;
-    browser.client.find(Locator::Id("update")).await?.click().await?;
-    let update = job_on_page(&browser).await?;
-    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
-    assert!(result.starts_with("Done:"), "the update: {result}");
+    let update = done_from(&browser, "#update", "the update").await?;
     let config = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config")).await?;
     assert_eq!(config["memory"].as_u64(), Some(512), "{config}");
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     type_into(&browser, "resize-size", "12G").await?;
-    browser.client.find(Locator::Id("resize")).await?.click().await?;
-    let resize = job_on_page(&browser).await?;
-    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
-    assert!(result.starts_with("Done:"), "the resize: {result}");
+    let resize = done_from(&browser, "#resize", "the resize").await?;
     let config = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/config")).await?;
     assert!(config["rootfs"].as_str().is_some_and(|r| r.contains("size=12G")), "{config}");
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
-    browser.client.find(Locator::Id("reboot")).await?.click().await?;
-    let reboot = job_on_page(&browser).await?;
-    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
-    assert!(result.starts_with("Done:"), "the reboot: {result}");
+    let reboot = done_from(&browser, "#reboot", "the reboot").await?;
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     type_into(&browser, "snapshot-name", "before-web").await?;
-    browser.client.find(Locator::Id("snapshot")).await?.click().await?;
-    let snapshot = job_on_page(&browser).await?;
-    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
-    assert!(result.starts_with("Done:"), "the snapshot: {result}");
+    let snapshot = done_from(&browser, "#snapshot", "the snapshot").await?;
     let snapshots = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/snapshot")).await?;
     assert!(snapshots.to_string().contains("before-web"), "{snapshots}");
     // A backup, then its list beside the snapshots': delete the snapshot, restore the backup as
     // a new container.
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
-    browser.client.find(Locator::Id("backup")).await?.click().await?;
-    let backup = job_on_page(&browser).await?;
-    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
-    assert!(result.starts_with("Done:"), "the backup: {result}");
+    let backup = done_from(&browser, "#backup", "the backup").await?;
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}/keeping")).await?;
     browser.wait_text("#snapshots", WITHIN, |t| t.contains("before-web")).await?;
     browser.wait_text("#backups", WITHIN, |t| t.contains("vzdump-lxc")).await?;
-    browser.client.find(Locator::Css("tr[data-snapshot='before-web'] button.delete")).await?.click().await?;
-    let deleted = job_on_page(&browser).await?;
-    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
-    assert!(result.starts_with("Done:"), "the snapshot's delete: {result}");
+    let deleted = done_from(&browser, "tr[data-snapshot='before-web'] button.delete", "the snapshot's delete").await?;
     let snapshots = bed.fleet.pve.api_get(&format!("/nodes/pve1/lxc/{vmid}/snapshot")).await?;
     assert!(!snapshots.to_string().contains("before-web"), "{snapshots}");
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}/keeping")).await?;
     let restore_form = browser.client.find(Locator::Css("#backups tr input[name='hostname']")).await?;
     restore_form.send_keys("restored-web").await?;
-    browser.client.find(Locator::Css("#backups tr button.restore-new")).await?.click().await?;
-    let restored = job_on_page(&browser).await?;
-    let result = browser.wait_text("#result", WITHIN, |t| !t.is_empty()).await?;
-    assert!(result.starts_with("Done:"), "the restore: {result}");
+    let restored = done_from(&browser, "#backups tr button.restore-new", "the restore").await?;
     assert_eq!(bed.fleet.pve.containers().await?.len(), 2, "the restored one beside it");
     browser.client.goto(&format!("{url}/containers/pve1/{vmid}")).await?;
     type_into(&browser, "confirm", "from-wep").await?;
