@@ -44,10 +44,7 @@ pub const MIN_PASSWORD: usize = 12;
 /// A user name: 1–32 of `a-z 0-9 . _ -`, beginning with a letter (it is shown in the audit
 /// trail and signed into requests, so it stays plain).
 pub fn check_name(name: &str) -> Result<(), String> {
-    let ok = (1..=32).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
-    if ok {
+    if pvefleet_schemas::signing::is_user_name(name) {
         Ok(())
     } else {
         Err(format!("`{name}` is not a user name: 1 to 32 of a-z, 0-9, `.`, `_`, `-`, beginning with a letter"))

@@ -213,5 +213,10 @@ pub(crate) fn check_auth(p: &mut Problems, auth: Option<&crate::signing::Request
             "is not a key id like `SHA256:…` (at most 64 characters)".into()
         });
         p.check("auth.signature", auth.signature.len() <= 100, || "is longer than an ed25519 signature".into());
+        if let Some(user) = &auth.user {
+            p.check("auth.user", crate::signing::is_user_name(user), || {
+                "is not a user name: 1 to 32 of a-z, 0-9, `.`, `_`, `-`, beginning with a letter".into()
+            });
+        }
     }
 }

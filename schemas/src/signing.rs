@@ -50,7 +50,16 @@ pub struct RequestAuth {
     /// The person a service (the web view) acts for, by the name that service knows them by;
     /// signed with the rest, so the audit trail names who asked through the service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), regex(pattern = r"^[a-z][a-z0-9._-]*$"))]
     pub user: Option<String>,
+}
+
+/// Whether `name` may name a person in `auth.user` (and so a web view user): 1 to 32 of
+/// `a-z 0-9 . _ -`, beginning with a letter. It is shown in audit trails, so it stays plain.
+pub fn is_user_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
 /// An operator's (or a service's) signing key. Its secret half never leaves its file.
@@ -372,10 +381,11 @@ mod tests {
             signer: "x".repeat(70),
             not_after: Timestamp::now(),
             signature: "y".repeat(200),
-            user: None,
+            user: Some("Robert'); DROP TABLE".into()),
         });
         let err = job.validate().unwrap_err().to_string();
-        assert!(err.contains("auth.signer") && err.contains("auth.signature"), "{err}");
+        assert!(err.contains("auth.signer") && err.contains("auth.signature") && err.contains("auth.user"), "{err}");
+        assert!(is_user_name("alice") && !is_user_name(&"a".repeat(33)) && !is_user_name("1st"));
     }
 
     fn job_message() -> Value {
