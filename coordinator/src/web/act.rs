@@ -225,6 +225,19 @@ pub async fn new_post(State(web): State<Web>, Form(mut fields): Form<Fields>) ->
     }
 }
 
+/// An action not done, and why.
+fn not_done(status: StatusCode, why: &str, back: &str) -> Response {
+    page(status, "Not done", html! { h1 { "Not done" } p.error #action-error { (why) } p { a href=(back) { "back" } } })
+}
+
+/// Container `vmid` on `node` as the inventory has it, or the page saying it is not there.
+async fn listed(web: &Web, node: &str, vmid: u32) -> Result<pvefleet_schemas::InventoryEntry, Response> {
+    let entries = crate::inventory::read(&web.js).await.map_err(failed)?;
+    entries.into_iter().find(|e| e.node.as_str() == node && e.vmid.get() == vmid).ok_or_else(|| {
+        not_found(&format!("no container {vmid} of pvefleet's on {node} (it may be gone or have moved)"))
+    })
+}
+
 /// The outcome of an action that makes one job: its live page, or the error where it was asked.
 fn acted(ran: &Ran, back: &str) -> Response {
     if ran.ok {
@@ -234,11 +247,7 @@ fn acted(ran: &Ran, back: &str) -> Response {
         return Redirect::to(back).into_response();
     }
     let status = if ran.code == Some(2) { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::BAD_GATEWAY };
-    page(
-        status,
-        "Refused",
-        html! { h1 { "Not done" } p.error #action-error { (ran.error()) } p { a href=(back) { "back" } } },
-    )
+    not_done(status, &ran.error(), back)
 }
 
 pub async fn cancel(State(web): State<Web>, Path(id): Path<String>) -> Response {
@@ -249,7 +258,6 @@ pub async fn cancel(State(web): State<Web>, Path(id): Path<String>) -> Response 
     let Ok(job) = id.parse::<pvefleet_schemas::JobId>() else { return not_found(&format!("`{id}` is not a job id")) };
     let back = format!("/jobs/{job}");
     match acting.run(&user, &["cancel".to_owned(), job.to_string()], None).await {
-        Ok(ran) if ran.ok => Redirect::to(&back).into_response(),
         Ok(ran) => acted(&ran, &back),
         Err(e) => failed(e),
     }
@@ -294,12 +302,9 @@ pub fn job_actions(row: &crate::store::job::Model) -> Markup {
 }
 
 pub async fn container(State(web): State<Web>, Path((node, vmid)): Path<(String, u32)>) -> Response {
-    let entries = match crate::inventory::read(&web.js).await {
-        Ok(e) => e,
-        Err(e) => return failed(e),
-    };
-    let Some(c) = entries.iter().find(|e| e.node.as_str() == node && e.vmid.get() == vmid) else {
-        return not_found(&format!("no container {vmid} of pvefleet's on {node} (it may be gone or have moved)"));
+    let c = match listed(&web, &node, vmid).await {
+        Ok(c) => c,
+        Err(r) => return r,
     };
     let beats = crate::bus::heartbeats(&web.js).await.unwrap_or_default();
     let base = format!("/containers/{node}/{vmid}");
@@ -371,11 +376,7 @@ pub async fn container_action(
     };
     let back = format!("/containers/{node}/{vmid}");
     if let Some(why) = flag_like(&form).or_else(|| node.starts_with('-').then(|| format!("node `{node}`"))) {
-        return page(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "Refused",
-            html! { h1 { "Not done" } p.error #action-error { (why) } },
-        );
+        return not_done(StatusCode::UNPROCESSABLE_ENTITY, &why, &back);
     }
     let target = vec!["--node".to_owned(), node.clone(), "--vmid".to_owned(), vmid.to_string(), "--json".to_owned()];
     let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
@@ -388,22 +389,15 @@ pub async fn container_action(
         "restore" => {
             // Not a verb on a target: the backup is the word, the container is where it goes.
             let Some(backup) = field("backup") else {
-                return page(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Refused",
-                    html! { h1 { "Not done" } p.error #action-error { "which backup?" } },
-                );
+                return not_done(StatusCode::UNPROCESSABLE_ENTITY, "which backup?", &back);
             };
             let mut args = vec!["restore".to_owned(), "--json".to_owned()];
             match field("hostname") {
                 Some(hostname) => args.extend(["--hostname".to_owned(), hostname, "--node".to_owned(), node.clone()]),
                 None => {
-                    let entries = match crate::inventory::read(&web.js).await {
-                        Ok(e) => e,
-                        Err(e) => return failed(e),
-                    };
-                    let Some(c) = entries.iter().find(|e| e.node.as_str() == node && e.vmid.get() == vmid) else {
-                        return not_found(&format!("no container {vmid} of pvefleet's on {node}"));
+                    let c = match listed(&web, &node, vmid).await {
+                        Ok(c) => c,
+                        Err(r) => return r,
                     };
                     let over = c.create_job.map_or_else(|| c.hostname.clone(), |j| j.to_string());
                     args.extend(["--over".to_owned(), over]);
@@ -416,20 +410,13 @@ pub async fn container_action(
             };
         }
         "destroy" => {
-            let entries = match crate::inventory::read(&web.js).await {
-                Ok(e) => e,
-                Err(e) => return failed(e),
-            };
-            let Some(c) = entries.iter().find(|e| e.node.as_str() == node && e.vmid.get() == vmid) else {
-                return not_found(&format!("no container {vmid} of pvefleet's on {node}"));
+            let c = match listed(&web, &node, vmid).await {
+                Ok(c) => c,
+                Err(r) => return r,
             };
             if field("confirm").as_deref() != Some(c.hostname.as_str()) {
                 let why = format!("type the container's hostname, {}, to destroy it", c.hostname);
-                return page(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "Not destroyed",
-                    html! { h1 { "Not destroyed" } p.error #action-error { (why) } p { a href=(back) { "back" } } },
-                );
+                return not_done(StatusCode::UNPROCESSABLE_ENTITY, &why, &back);
             }
             vec!["destroy".to_owned()]
         }
@@ -495,11 +482,7 @@ pub async fn keeping(State(web): State<Web>, Path((node, vmid)): Path<(String, u
             Err(e) => return failed(e),
         };
         if !ran.ok {
-            return page(
-                StatusCode::BAD_GATEWAY,
-                "Not listed",
-                html! { h1 { "Not listed" } p.error #action-error { (ran.error()) } },
-            );
+            return not_done(StatusCode::BAD_GATEWAY, &ran.error(), &base);
         }
         let items: Vec<pvefleet_schemas::event::Listed> = serde_json::from_str(ran.stdout.trim()).unwrap_or_default();
         lists.push(items);
