@@ -157,10 +157,20 @@ async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut s
                 let _ = msg.ack_with(AckKind::Term).await;
                 continue;
             }
-            if let Err(e) = adopt(&js, &store, &event).await {
-                tracing::warn!(error = %e, job_id = %event.job_id, "reading a job published by another client failed");
+            let mut recording = store.record_event(&event).await;
+            // A job the store never saw queued: read from the jobs stream when its `accepted`
+            // event says where, then its event recorded (only then: every other event of every
+            // job goes straight to the store).
+            if matches!(recording, Ok(Recorded::Refused(_))) && event.job_seq.is_some() {
+                match adopt(&js, &store, &event).await {
+                    Ok(true) => recording = store.record_event(&event).await,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, job_id = %event.job_id, "reading a job published by another client failed");
+                    }
+                }
             }
-            match store.record_event(&event).await {
+            match recording {
                 Ok(Recorded::Refused(why)) => {
                     tracing::error!(subject = %msg.subject, job_id = %event.job_id, %why, "an event the store refuses; ignored");
                     let _ = msg.ack_with(AckKind::Term).await;
