@@ -149,6 +149,9 @@ pub struct ProxmoxConfig {
     pub url: String,
     pub credential: Credential,
     pub trust: Trust,
+    /// `proxmox.facts_ttl`: how long node facts (storages, templates, bridges, free vmids)
+    /// are kept for the next job's checks ([`crate::proxmox::Facts`]); zero reads them every time.
+    pub facts_ttl: Duration,
 }
 
 /// How the agent signs in to the Proxmox API. Secrets are redacted in `Debug`.
@@ -316,6 +319,8 @@ struct RawProxmox {
     fingerprint: Option<String>,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+    #[serde(default = "default_facts_ttl")]
+    facts_ttl: HumanDuration,
 }
 
 #[derive(Deserialize)]
@@ -381,6 +386,10 @@ fn default_ssh_user() -> String {
 fn default_ssh_port() -> u16 {
     22
 }
+fn default_facts_ttl() -> HumanDuration {
+    HumanDuration::secs(10)
+}
+
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration::secs(10)
 }
@@ -423,6 +432,7 @@ const KEYS: &[(&str, Kind)] = &[
     ("proxmox.password_file", Kind::Str),
     ("proxmox.fingerprint", Kind::Str),
     ("proxmox.ca_file", Kind::Str),
+    ("proxmox.facts_ttl", Kind::Str),
     ("ssh.user", Kind::Str),
     ("ssh.port", Kind::Int),
     ("ssh.connect_timeout", Kind::Str),
@@ -590,7 +600,12 @@ impl Config {
                 ca_file: raw.nats.ca_file,
                 client_cert,
             },
-            proxmox: ProxmoxConfig { url: raw.proxmox.url.trim_end_matches('/').to_owned(), credential, trust },
+            proxmox: ProxmoxConfig {
+                url: raw.proxmox.url.trim_end_matches('/').to_owned(),
+                credential,
+                trust,
+                facts_ttl: raw.proxmox.facts_ttl.0,
+            },
             ssh: SshConfig {
                 user: raw.ssh.user,
                 port: raw.ssh.port,

@@ -171,6 +171,7 @@ fn pve_client(node: &str) -> anyhow::Result<PveClient> {
             secret: pvefleet_schemas::Secret::new(secret.trim()),
         },
         trust: Trust::Fingerprint(var("PVEFLEET_SMOKE_FINGERPRINT").expect("checked").parse()?),
+        facts_ttl: std::time::Duration::ZERO,
     };
     Ok(PveClient::new(&config, pvefleet_schemas::NodeName::new(node)?)?)
 }

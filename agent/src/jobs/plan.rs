@@ -34,8 +34,20 @@ fn said(check: &str, outcome: Check) -> PlanCheck {
     }
 }
 
-/// Every check of `job` against this node, and the calls its create would make.
+/// Every check of `job` against this node, and the calls its create would make. The node's
+/// facts may come from what the agent read lately; a plan that fails on them is made again on
+/// fresh ones, so a stale fact never refuses.
 pub async fn plan(pve: &PveClient, config: &Config, job: &Job, grant: &pvefleet_schemas::trust::Grant) -> PlanReply {
+    let facts = pve.with_facts();
+    let reply = plan_once(&facts, config, job, grant).await;
+    if reply.ok {
+        return reply;
+    }
+    facts.forget_facts();
+    plan_once(&facts, config, job, grant).await
+}
+
+async fn plan_once(pve: &PveClient, config: &Config, job: &Job, grant: &pvefleet_schemas::trust::Grant) -> PlanReply {
     let spec = &job.container;
     let mut out = Vec::new();
     if job.node != config.node {

@@ -6,6 +6,7 @@
 
 mod auth;
 mod error;
+mod facts;
 mod keeping;
 pub mod task;
 
@@ -27,6 +28,7 @@ use serde_json::Value;
 use crate::config::ProxmoxConfig;
 use crate::tls;
 
+pub use facts::Facts;
 pub use keeping::{Backup, MigrateCheck, Snapshot};
 pub use task::{TaskOutcome, Upid};
 
@@ -70,6 +72,10 @@ pub struct PveClient {
     root_login: bool,
     node: NodeName,
     retry: ExponentialBuilder,
+    /// The node facts every clone shares ([`facts`]).
+    facts: std::sync::Arc<Facts>,
+    /// Whether this copy reads node facts from [`Self::facts`] ([`Self::with_facts`]).
+    reads_facts: bool,
 }
 
 impl std::fmt::Debug for PveClient {
@@ -93,6 +99,8 @@ impl PveClient {
             root_login: config.credential.is_root_login(),
             node,
             retry: crate::retry::pve_call(),
+            facts: std::sync::Arc::new(Facts::new(config.facts_ttl)),
+            reads_facts: false,
         })
     }
 
@@ -106,8 +114,37 @@ impl PveClient {
         &self.node
     }
 
-    /// One request, retried while the failure is transient. Returns PVE's `data`.
+    /// A copy whose reads of node facts (storages, templates, bridges, the appliance
+    /// catalogue, where vmids are free) may be answered from what was read in the last
+    /// `proxmox.facts_ttl`: for a job's checks and a plan, which ask them again fresh before
+    /// refusing ([`Facts`]). Every other call, and every call of the plain client, reads PVE.
+    pub fn with_facts(&self) -> Self {
+        Self { reads_facts: true, ..self.clone() }
+    }
+
+    /// Forgets the node facts: a failure they could explain was seen, or a check would refuse.
+    pub fn forget_facts(&self) {
+        self.facts.forget();
+    }
+
+    /// One request, retried while the failure is transient. Returns PVE's `data`. A node fact
+    /// read through [`Self::with_facts`] may come from what was kept.
     pub async fn call(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
+        let rest = path.strip_prefix("/nodes/").and_then(|p| p.strip_prefix(self.node.as_str()));
+        let key = (self.reads_facts && method == Method::GET).then(|| self.facts.key(rest, path, params)).flatten();
+        if let Some(key) = &key
+            && let Some(kept) = self.facts.get(key)
+        {
+            return Ok(kept);
+        }
+        let data = self.call_fresh(method, path, params).await?;
+        if let Some(key) = key {
+            self.facts.put(key, data.clone());
+        }
+        Ok(data)
+    }
+
+    async fn call_fresh(&self, method: Method, path: &str, params: &[(&str, String)]) -> Result<Value, PveError> {
         (|| self.call_once(method.clone(), path, params))
             .retry(self.retry)
             .when(PveError::is_transient)
@@ -196,6 +233,29 @@ impl PveClient {
             .or_else(|| data.as_u64().and_then(|n| u32::try_from(n).ok()))
             .and_then(|n| Vmid::new(n).ok());
         id.ok_or_else(|| self.shape(Method::GET, "/cluster/nextid", format!("{data}")))
+    }
+
+    /// A vmid above `after` (or the lowest) that no guest in the cluster had when the node
+    /// facts were read, nor any job since: read afresh (`/cluster/nextid` and the guests of
+    /// `/cluster/resources`) when the facts are older than `proxmox.facts_ttl`. A guest made
+    /// meanwhile by someone else is PVE's "already exists" at the create.
+    pub async fn free_vmid(&self, after: Option<Vmid>) -> Result<Vmid, PveError> {
+        let after = after.map(Vmid::get);
+        if let Some(n) = self.facts.free_vmid(after) {
+            return Ok(Vmid::new(n).expect("a kept candidate is in range"));
+        }
+        let from = self.next_vmid().await?;
+        let used: std::collections::BTreeSet<u32> =
+            self.guests(|_| true).await?.into_iter().map(|(_, v)| v.get()).collect();
+        let found = facts::lowest_free(from.get(), &used, after);
+        self.facts.set_vmids(from.get(), used);
+        let n = found.ok_or_else(|| self.shape(Method::GET, "/cluster/nextid", "no free vmid above it"))?;
+        Vmid::new(n).map_err(|e| self.shape(Method::GET, "/cluster/nextid", e.to_string()))
+    }
+
+    /// `vmid` went to a job or is reserved by another: the kept facts skip it from now on.
+    pub fn vmid_used(&self, vmid: Vmid) {
+        self.facts.used(vmid.get());
     }
 
     /// Whether `vmid` is free in the whole cluster (PVE answers 400 for a taken one).

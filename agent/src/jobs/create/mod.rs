@@ -13,7 +13,7 @@
 //! | starting    | start; waits for the task and for `running`                 | covered by creating's destroy     |
 //! | connecting  | the container's IP from `/interfaces`                       | none: reads only                  |
 //! | deploying   | packages, files and scripts over SSH                        | covered by creating's destroy     |
-//! | finalizing  | description; the `complete` event                           | none                              |
+//! | finalizing  | the `complete` event (the description went with the create) | none                              |
 //!
 //! On failure the rollback policy applies (`destroy` runs the undos, `keep` leaves the
 //! container), then exactly one `error` event ends the job.
@@ -131,7 +131,9 @@ impl CreateJob<'_> {
             Step::Starting => self.start().await,
             Step::Connecting => self.connect().await,
             Step::Deploying => self.deploy().await,
-            Step::Finalizing => self.finalize().await,
+            // The description was set with the create (or the clone's config): nothing is left
+            // to send; the step stays for its event, the contract's last before `complete`.
+            Step::Finalizing => Ok(()),
             other => unreachable!("{other} is not a step of a create job"),
         }
     }
@@ -165,24 +167,20 @@ impl CreateJob<'_> {
         Ok(())
     }
 
-    /// Checks the spec against this node and chooses the vmid.
+    /// Checks the spec against this node and chooses the vmid. The node's facts may come from
+    /// what the agent read lately ([`crate::proxmox::Facts`]); a check refused on them is asked
+    /// again on fresh ones, so a stale fact never refuses a job.
     async fn validate(&mut self) -> StepResult {
-        let pve = &self.core.pve;
         crate::jobs::checks::files(self.job, self.files_dir)?;
-        crate::jobs::checks::rights(&self.job.container, pve.is_root_login())?;
-        crate::jobs::checks::storage(pve, self.job).await?;
-        crate::jobs::checks::network(pve, self.job).await?;
-        crate::jobs::checks::fetch_target(pve, self.job, self.allow).await?;
-        let has_clone_key = self.ssh_config.clone_key.is_some();
-        let source = crate::jobs::checks::source(
-            pve,
-            self.job,
-            has_clone_key,
-            self.core.cp.clone_source,
-            self.allow,
-            self.clone_right,
-        )
-        .await;
+        crate::jobs::checks::rights(&self.job.container, self.core.pve.is_root_login())?;
+        let facts = self.core.pve.with_facts();
+        let source = match self.check_node(&facts).await {
+            Err(StepError::Failed { kind: ErrorKind::Validation, .. }) => {
+                facts.forget_facts();
+                self.check_node(&facts).await
+            }
+            other => other,
+        };
         if let Err(StepError::Failed { kind: ErrorKind::Unauthorized, message, .. }) = &source {
             // The policy's one rule decided where the source is found: in the trail as well.
             let record = pvefleet_schemas::trust::AuditRecord {
@@ -213,6 +211,24 @@ impl CreateJob<'_> {
         }
         crate::jobs::checks::volumes(self.job, self.core.cp.vmid, self.allow)?;
         Ok(())
+    }
+
+    /// The checks that read the node: storages, bridges, where a fetch goes, the template
+    /// source (and a clone's source vmid).
+    async fn check_node(&self, pve: &crate::proxmox::PveClient) -> Result<(String, Option<Vmid>), StepError> {
+        crate::jobs::checks::storage(pve, self.job).await?;
+        crate::jobs::checks::network(pve, self.job).await?;
+        crate::jobs::checks::fetch_target(pve, self.job, self.allow).await?;
+        let has_clone_key = self.ssh_config.clone_key.is_some();
+        crate::jobs::checks::source(
+            pve,
+            self.job,
+            has_clone_key,
+            self.core.cp.clone_source,
+            self.allow,
+            self.clone_right,
+        )
+        .await
     }
 
     /// The job's vmid: the container an earlier delivery made (when the checkpoint that knew it
@@ -396,6 +412,8 @@ impl CreateJob<'_> {
         if self.job.container.vmid.is_some() {
             return Err(self.conflict(vmid));
         }
+        // The node's facts did not know the guest on it: read them again.
+        self.core.pve.forget_facts();
         let next = self.allocate().await?;
         self.core.events.warning(format!("vmid {vmid} was taken meanwhile; using {next}")).await?;
         self.core.cp.vmid = Some(next);
@@ -480,16 +498,6 @@ impl CreateJob<'_> {
         Ok(())
     }
 
-    async fn finalize(&mut self) -> StepResult {
-        let mut description = self.job.container.description.clone().map(|d| format!("{d}\n\n")).unwrap_or_default();
-        description.push_str(&format!("Created by pvefleet job {}", self.job.job_id));
-        if let Some(t) = &self.job.template {
-            description.push_str(&format!(" from template {t}"));
-        }
-        self.core.pve.set_config(self.core.vmid(), &[("description", description)]).await?;
-        Ok(())
-    }
-
     /// Stops and destroys this job's container, unless the policy keeps it. Already gone is
     /// success; a container without our marker is never touched; one still being created is
     /// waited out first (it may be ours, from a create whose answer was lost).
@@ -527,7 +535,13 @@ impl Saga for CreateJob<'_> {
     }
 
     async fn step(&mut self, step: Step) -> StepResult {
-        self.do_step(step).await
+        let result = self.do_step(step).await;
+        if result.is_err() && matches!(step, Step::Fetching | Step::Cloning | Step::Creating | Step::Starting) {
+            // A missing template, a full storage, a bridge PVE refused: what the node's facts
+            // said may be what failed, so the next job reads them again.
+            self.core.pve.forget_facts();
+        }
+        result
     }
 
     async fn undo(&mut self) -> Result<Undone, StepError> {

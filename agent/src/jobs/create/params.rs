@@ -47,7 +47,7 @@ pub(crate) fn create_params(
     };
     put("nameserver", spec.effective_nameserver());
     put("searchdomain", spec.searchdomain.clone());
-    put("description", spec.description.clone());
+    put("description", Some(description(job)));
     put("pool", spec.pool.clone());
     put("protection", spec.protection.then(|| "1".into()));
     put("cpulimit", spec.cpulimit.map(|c| c.to_string()));
@@ -71,6 +71,17 @@ pub(crate) fn create_params(
         params.push(("password".into(), pw));
     }
     params
+}
+
+/// The container's description: the spec's, then which job made it (and from which named
+/// template), sent with the create so that no later `PUT config` is needed.
+pub(crate) fn description(job: &Job) -> String {
+    let mut description = job.container.description.clone().map(|d| format!("{d}\n\n")).unwrap_or_default();
+    description.push_str(&format!("Created by pvefleet job {}", job.job_id));
+    if let Some(t) = &job.template {
+        description.push_str(&format!(" from template {t}"));
+    }
+    description
 }
 
 /// What the clone call itself takes. Its description carries the marker: tags are copied

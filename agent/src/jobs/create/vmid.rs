@@ -1,9 +1,12 @@
 //! Choosing a vmid for a job that did not fix one. `/cluster/nextid` answers every caller with
 //! the same id until a container takes it, so forty jobs allocating at once all hear "100".
-//! Each candidate is therefore reserved for the job in `pvefleet-vmids` ([`crate::bus::reserve`],
-//! which only one job can win) and then checked free in the cluster; a candidate lost on either
-//! count is skipped for the next. Allocation goes on until the deadline, or until the id
-//! range is really exhausted.
+//! Candidates therefore come from the node facts ([`PveClient::free_vmid`]: `/cluster/nextid`
+//! and the cluster's guests, read at most once per `proxmox.facts_ttl`, skipping every vmid
+//! handed out since), and each is reserved for the job in `pvefleet-vmids`
+//! ([`crate::bus::reserve`], which only one job can win); a candidate another job holds is
+//! skipped for the next. A guest made outside pvefleet since the facts were read is PVE's
+//! "already exists" at the create, which takes another vmid on fresh facts. Allocation goes on
+//! until the deadline, or until the id range is really exhausted.
 
 use std::time::Instant;
 
@@ -28,7 +31,7 @@ pub enum AllocError {
     Exhausted { from: Vmid },
 }
 
-/// A vmid free in the cluster and reserved for `job`, at or above `/cluster/nextid`.
+/// A vmid free in the cluster (as the node facts know it) and reserved for `job`.
 pub async fn allocate(
     pve: &PveClient,
     vmids: &kv::Store,
@@ -36,7 +39,7 @@ pub async fn allocate(
     node: &NodeName,
     deadline: Instant,
 ) -> Result<Vmid, AllocError> {
-    let from = pve.next_vmid().await?;
+    let from = pve.free_vmid(None).await?;
     let mut candidate = from;
     let mut tried = 0u32;
     loop {
@@ -44,14 +47,16 @@ pub async fn allocate(
             return Err(AllocError::Deadline { from, tried });
         }
         tried += 1;
-        // The first candidate is what /cluster/nextid just called free; later ones are checked.
-        if let Reserve::Won = reserve(vmids, candidate, job, node).await?
-            && (candidate == from || pve.vmid_is_free(candidate).await?)
-        {
+        let won = matches!(reserve(vmids, candidate, job, node).await?, Reserve::Won);
+        pve.vmid_used(candidate);
+        if won {
             return Ok(candidate);
         }
-        candidate =
-            candidate.get().checked_add(1).and_then(|n| Vmid::new(n).ok()).ok_or(AllocError::Exhausted { from })?;
+        candidate = match pve.free_vmid(Some(candidate)).await {
+            Ok(next) => next,
+            Err(PveError::Shape { .. }) => return Err(AllocError::Exhausted { from }),
+            Err(e) => return Err(e.into()),
+        };
     }
 }
 

@@ -226,6 +226,9 @@ impl RestoreRun<'_> {
             }
             None => {
                 let deadline = std::time::Instant::now() + self.core.task_timeout;
+                // A restore has no "already exists" to fall back on for a guest made since the
+                // node's facts were read: it allocates on fresh ones.
+                self.core.pve.forget_facts();
                 let (pve, vmids) = (&self.core.pve, &self.core.bus.vmids);
                 crate::jobs::create::vmid::allocate(pve, vmids, self.job.job_id, &self.job.node, deadline).await?
             }
