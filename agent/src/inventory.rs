@@ -1,8 +1,13 @@
 //! The inventory: every container on this node carrying a pvefleet marker, written to KV
 //! `pvefleet-inventory` under `<node>.<vmid>`, at start, after each job and every
 //! `inventory_interval`. One `GET /nodes/{node}/lxc`, then the config of each marked
-//! container. A container gone from the node (deleted, or moved: its new node's agent writes
-//! it under its own key) has its key deleted.
+//! container: every one at start and every `inventory_interval` (a full sweep, which also
+//! catches a change made outside pvefleet that the listing does not show); after a job only
+//! those the job touched, new ones, and those whose listing changed (name, status, tags, lock,
+//! memory, disk, cores), each written only if its entry changed. A sweep after each job of a
+//! node with hundreds of containers would otherwise read every config and write every entry
+//! again. A container gone from the node (deleted, or moved: its new node's agent writes it
+//! under its own key) has its key deleted.
 //!
 //! What the agent keeps between starts (`state_dir/inventory.json`): the keys it wrote (so a
 //! container deleted while the agent was down is still taken out) and, per container, the last
@@ -41,13 +46,15 @@ pub struct Inventory {
     kept: Mutex<Kept>,
     /// Containers a move is bringing to this node, each until when it is looked for.
     expected: Mutex<BTreeMap<u32, std::time::Instant>>,
+    /// Each container as the last sweep wrote it, with what its listing said then.
+    last: Mutex<BTreeMap<u32, (String, InventoryEntry)>>,
 }
 
 impl Inventory {
     pub fn load(state_dir: &std::path::Path) -> Self {
         let path = state_dir.join("inventory.json");
         let kept = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        Self { poke: Notify::new(), path, kept: Mutex::new(kept), expected: Mutex::default() }
+        Self { poke: Notify::new(), path, kept: Mutex::new(kept), expected: Mutex::default(), last: Mutex::default() }
     }
 
     /// A move is bringing container `vmid` here (its plan was asked of this agent): it is
@@ -104,26 +111,39 @@ pub struct Sweeper {
     pub inventory: Arc<Inventory>,
 }
 
-/// Sweeps at start, when poked, and every `interval`, until `stop`; while a container is
-/// expected, the node's list is read every second and a sweep made when it arrives.
+/// How long a sweep after a job's end waits for other jobs to end: a burst is swept once.
+const POKE_GATHER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Sweeps at start, when poked (a second after, gathering other pokes), and fully every
+/// `interval`, until `stop`; while a container is expected, the node's list is read every
+/// second and a sweep made when it arrives.
 pub async fn keep(sweeper: Sweeper, interval: std::time::Duration, stop: CancellationToken) {
+    let mut next_full = tokio::time::Instant::now();
     loop {
-        if let Err(e) = sweep(&sweeper).await {
+        let full = tokio::time::Instant::now() >= next_full;
+        if let Err(e) = sweep(&sweeper, full).await {
             tracing::warn!(error = %e, "inventory sweep failed; trying again at the next");
         }
-        let next = tokio::time::Instant::now() + interval;
+        if full {
+            next_full = tokio::time::Instant::now() + interval;
+        }
         loop {
             let wake = if sweeper.inventory.expecting() {
-                next.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1))
+                next_full.min(tokio::time::Instant::now() + std::time::Duration::from_secs(1))
             } else {
-                next
+                next_full
             };
             tokio::select! {
                 () = tokio::time::sleep_until(wake) => {}
-                () = sweeper.inventory.poke.notified() => break,
+                () = sweeper.inventory.poke.notified() => {
+                    tokio::select! {
+                        () = tokio::time::sleep(POKE_GATHER) => break,
+                        () = stop.cancelled() => return,
+                    }
+                }
                 () = stop.cancelled() => return,
             }
-            if tokio::time::Instant::now() >= next {
+            if tokio::time::Instant::now() >= next_full {
                 break;
             }
             let here: Vec<u32> = match sweeper.pve.containers_listed().await {
@@ -192,7 +212,19 @@ fn entry(node: &pvefleet_schemas::NodeName, vmid: Vmid, listed: &Value, cfg: &Va
     }
 }
 
-async fn sweep(sweeper: &Sweeper) -> anyhow::Result<()> {
+/// What a container's listing says that a change of it would change: when it is the same as at
+/// the last sweep (and no job touched the container), its config need not be read again.
+fn listing_mark(item: &Value) -> String {
+    ["name", "status", "tags", "lock", "maxmem", "maxdisk", "cpus", "template"]
+        .iter()
+        .map(|k| text(item, k).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
+}
+
+/// Reads the node's marked containers into the inventory: every config when `full`, else only
+/// what may have changed (see the module's doc).
+async fn sweep(sweeper: &Sweeper, full: bool) -> anyhow::Result<()> {
     let node = &sweeper.node;
     // The containers whose last job's digest is still to be read: only a config read after
     // the job ended tells it (a job ending during this sweep is read at the next, which its
@@ -202,7 +234,9 @@ async fn sweep(sweeper: &Sweeper) -> anyhow::Result<()> {
         kept.applied.iter().filter(|(_, a)| a.digest.is_none()).map(|(v, _)| *v).collect()
     };
     let listed = sweeper.pve.containers_listed().await?;
+    let last = std::mem::take(&mut *sweeper.inventory.last.lock().expect("inventory"));
     let mut seen = BTreeMap::new();
+    let mut same = BTreeMap::new();
     for item in &listed {
         let Some(vmid) = item["vmid"].as_u64().and_then(|v| u32::try_from(v).ok()).and_then(|v| Vmid::new(v).ok())
         else {
@@ -213,13 +247,22 @@ async fn sweep(sweeper: &Sweeper) -> anyhow::Result<()> {
         if !marked || template {
             continue;
         }
+        let mark = listing_mark(item);
+        if !full
+            && !unread.contains(&vmid.get())
+            && let Some((was, entry)) = last.get(&vmid.get())
+            && *was == mark
+        {
+            same.insert(vmid, (mark, entry.clone()));
+            continue;
+        }
         let Some(cfg) = sweeper.pve.container_config(vmid).await? else { continue };
-        seen.insert(vmid, (item, cfg));
+        seen.insert(vmid, (item, cfg, mark));
     }
     let mut entries = Vec::new();
     {
         let mut kept = sweeper.inventory.kept.lock().expect("inventory");
-        for (vmid, (item, cfg)) in &seen {
+        for (vmid, (item, cfg, mark)) in &seen {
             if let Some(applied) = kept.applied.get_mut(&vmid.get())
                 && applied.digest.is_none()
                 && unread.contains(&vmid.get())
@@ -227,17 +270,26 @@ async fn sweep(sweeper: &Sweeper) -> anyhow::Result<()> {
                 // The first read after the job that wrote it: what that job left.
                 applied.digest = text(cfg, "digest");
             }
-            entries.push(entry(node, *vmid, item, cfg, &kept));
+            entries.push((mark.clone(), entry(node, *vmid, item, cfg, &kept)));
         }
     }
-    for e in &entries {
-        let key = names::inventory_key(node, e.vmid);
-        let bytes = serde_json::to_vec(e).expect("an inventory entry serializes");
-        sweeper.bucket.put(key, bytes.into()).await?;
+    let mut now_listed: BTreeMap<u32, (String, InventoryEntry)> =
+        same.into_iter().map(|(v, kept)| (v.get(), kept)).collect();
+    for (mark, e) in entries {
+        // An entry as it was (but for when it was seen) is written again only by a full sweep.
+        let unchanged = last
+            .get(&e.vmid.get())
+            .is_some_and(|(_, was)| InventoryEntry { last_seen: was.last_seen, ..e.clone() } == *was);
+        if full || !unchanged {
+            let key = names::inventory_key(node, e.vmid);
+            let bytes = serde_json::to_vec(&e).expect("an inventory entry serializes");
+            sweeper.bucket.put(key, bytes.into()).await?;
+        }
+        now_listed.insert(e.vmid.get(), (mark, e));
     }
     let gone: Vec<u32> = {
         let kept = sweeper.inventory.kept.lock().expect("inventory");
-        kept.published.iter().copied().filter(|v| !seen.keys().any(|s| s.get() == *v)).collect()
+        kept.published.iter().copied().filter(|v| !now_listed.contains_key(v)).collect()
     };
     for vmid in &gone {
         let key = format!("{node}.{vmid}");
@@ -245,10 +297,11 @@ async fn sweep(sweeper: &Sweeper) -> anyhow::Result<()> {
         tracing::info!(vmid, "a container left this node (deleted or moved): taken out of the inventory");
     }
     let mut kept = sweeper.inventory.kept.lock().expect("inventory");
-    let published: BTreeSet<u32> = seen.keys().map(|v| v.get()).collect();
+    let published: BTreeSet<u32> = now_listed.keys().copied().collect();
     kept.applied.retain(|v, _| published.contains(v));
     kept.published = published;
     sweeper.inventory.save(&kept);
+    *sweeper.inventory.last.lock().expect("inventory") = now_listed;
     Ok(())
 }
 
