@@ -145,11 +145,9 @@ pub async fn heartbeats(js: &jetstream::Context) -> anyhow::Result<Vec<Heartbeat
 /// enrolled is not trusted on sight.
 pub async fn registry(js: &jetstream::Context) -> anyhow::Result<Registry> {
     let bucket = format!("KV_{NODES_BUCKET}");
-    let stream =
-        js.get_stream(&bucket).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
+    js.get_stream(&bucket).await.map_err(|e| anyhow::anyhow!("the node registry (run `pvefleet setup`): {e}"))?;
     let mut registry = Registry::default();
-    let latest =
-        kv_latest(&stream, NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
+    let latest = kv_latest(js, NODES_BUCKET).await.map_err(|e| anyhow::anyhow!("reading the node registry: {e}"))?;
     // A stopped agent deletes its entry: it is not in `latest`.
     for (key, msg) in latest {
         match believed(js, &key, &msg.payload).await {
@@ -164,34 +162,84 @@ pub async fn registry(js: &jetstream::Context) -> anyhow::Result<Registry> {
     Ok(registry)
 }
 
-/// Each live key of KV bucket `bucket` with its latest value, read by direct gets over the
-/// bucket's stream (no consumer). The walk goes by sequence while writers go on: a key written
+/// Each live key of KV bucket `bucket` with its latest value, read by batched direct gets over
+/// the bucket's stream (no consumer, so the read-only watcher may run it; a thousand messages a
+/// round trip). The walk goes by sequence while writers go on: a key written
 /// again during it is met twice (its old value, then its new one), and a key deleted during it
 /// is met put, then deleted. So the last message met for each key is what counts, and a key
 /// whose last message is a delete or purge marker is not there.
 pub async fn kv_latest(
-    stream: &jetstream::stream::Stream,
+    js: &jetstream::Context,
     bucket: &str,
-) -> Result<
-    std::collections::BTreeMap<String, async_nats::jetstream::message::StreamMessage>,
-    jetstream::stream::DirectGetError,
-> {
-    use jetstream::stream::DirectGetErrorKind;
+) -> anyhow::Result<std::collections::BTreeMap<String, jetstream::message::StreamMessage>> {
     let prefix = format!("$KV.{bucket}.");
-    let (mut latest, mut from) = (std::collections::BTreeMap::new(), 1);
+    let (stream, filter) = (format!("KV_{bucket}"), format!("{prefix}>"));
+    let (mut latest, mut from) = (std::collections::BTreeMap::new(), 1u64);
     loop {
-        let msg = match stream.direct_get_next_for_subject(format!("{prefix}>"), Some(from)).await {
-            Ok(m) => m,
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => break,
-            Err(e) => return Err(e),
-        };
-        from = msg.sequence + 1;
-        let key = msg.subject.as_str().strip_prefix(&prefix).unwrap_or_default().to_owned();
-        let put = msg.headers.get("KV-Operation").is_none_or(|op| op.as_str() == "PUT");
-        meet(&mut latest, key, put.then_some(msg));
+        let batch = direct_batch(js, &stream, &filter, from, KV_BATCH)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading {bucket}: {e}"))?;
+        let full = batch.len() == KV_BATCH;
+        for msg in batch {
+            from = msg.sequence + 1;
+            let key = msg.subject.as_str().strip_prefix(&prefix).unwrap_or_default().to_owned();
+            let put = msg.headers.get("KV-Operation").is_none_or(|op| op.as_str() == "PUT");
+            meet(&mut latest, key, put.then_some(msg));
+        }
+        if !full {
+            return Ok(latest);
+        }
     }
-    Ok(latest)
 }
+
+/// Up to `batch` messages of `stream` on `subject` (a filter) from stream sequence `from` on,
+/// in one round trip: a batched direct get (nats-server 2.11, ADR-31), answered by the stream's
+/// leader or any replica, with no consumer (so the read-only watcher may ask it), ended by an
+/// end-of-batch status. Empty when there is nothing there.
+pub async fn direct_batch(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    from: u64,
+    batch: usize,
+) -> anyhow::Result<Vec<jetstream::message::StreamMessage>> {
+    use async_nats::StatusCode;
+    let client = js.client();
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    let ask = serde_json::json!({ "seq": from, "next_by_subj": subject, "batch": batch });
+    client.publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, ask.to_string().into()).await?;
+    let mut got = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .map_err(|_| anyhow::anyhow!("a direct get of {stream} timed out"))?
+            .ok_or_else(|| anyhow::anyhow!("a direct get of {stream}: the answer ended early"))?;
+        match msg.status {
+            // The end of the batch (204), or nothing (more) after `from`.
+            Some(status) if status.as_u16() == 204 || status == StatusCode::NOT_FOUND => return Ok(got),
+            Some(StatusCode::NO_RESPONDERS) => anyhow::bail!("a direct get of {stream}: no responders"),
+            Some(status) if status != StatusCode::OK => {
+                anyhow::bail!("a direct get of {stream}: {status} {}", msg.description.unwrap_or_default())
+            }
+            _ => {}
+        }
+        got.push(
+            jetstream::message::StreamMessage::try_from(msg)
+                .map_err(|e| anyhow::anyhow!("a direct get of {stream}: {e}"))?,
+        );
+        if got.len() >= batch {
+            // The end-of-batch status follows; the next request starts after what came.
+            return Ok(got);
+        }
+    }
+}
+
+/// How many events one batched read of a job's replay asks for.
+const REPLAY_BATCH: usize = 1_000;
+
+/// How many messages one batched direct get asks for.
+const KV_BATCH: usize = 1_000;
 
 /// One message met in a walk over a KV bucket, in sequence order: a put (`Some`) replaces what
 /// was met for its key before, a delete (`None`) takes it away.
@@ -287,6 +335,8 @@ pub struct EventFeed {
     next_seq: u64,
     /// Events that came live ahead of their turn, by `seq`.
     early: std::collections::BTreeMap<u64, Event>,
+    /// Messages a batched replay read brought and the feed has not given out yet.
+    replay: std::collections::VecDeque<jetstream::message::StreamMessage>,
     /// Whether the job had any event when the feed opened.
     pub had_events: bool,
 }
@@ -352,9 +402,17 @@ impl EventFeed {
             replayed_to: 0,
             next_seq: 1,
             early: Default::default(),
+            replay: Default::default(),
             had_events: false,
         };
-        feed.had_events = feed.direct_get(1).await?.is_some();
+        feed.had_events = match feed.direct_get(1).await? {
+            Some(first) => {
+                // Kept for the replay, which starts there.
+                feed.replay.push_front(first);
+                true
+            }
+            None => false,
+        };
         Ok(feed)
     }
 
@@ -372,11 +430,19 @@ impl EventFeed {
         Ok(None)
     }
 
-    /// The first message at or after stream sequence `from` on the job's subject.
-    async fn direct_get(&self, from: u64) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
+    /// The first message at or after stream sequence `from` on the job's subject: from what the
+    /// last batched read brought, else read with the next ones (a replay of a thousand events
+    /// is one round trip, not a thousand).
+    async fn direct_get(&mut self, from: u64) -> anyhow::Result<Option<jetstream::message::StreamMessage>> {
         use backon::{ExponentialBuilder, Retryable as _};
-        use jetstream::stream::DirectGetErrorKind;
-        let Some(stream) = &self.stream else { return Ok(None) };
+        while self.replay.front().is_some_and(|m| m.sequence < from) {
+            self.replay.pop_front();
+        }
+        if let Some(m) = self.replay.pop_front() {
+            return Ok(Some(m));
+        }
+        let (Some(_), Some(node)) = (&self.stream, &self.node) else { return Ok(None) };
+        let (name, subject) = (events_stream(node), self.subject.clone());
         let retry = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(200))
             .with_max_delay(Duration::from_secs(3))
@@ -384,18 +450,17 @@ impl EventFeed {
             .without_max_times();
         // While a cluster member that served the stream is gone, its replicas answer again a
         // moment later: wait for them, as for a leader election.
-        let got = (|| stream.direct_get_next_for_subject(self.subject.clone(), Some(from)))
+        let js = self.js.clone();
+        let got = (|| direct_batch(&js, &name, &subject, from, REPLAY_BATCH))
             .retry(retry)
-            .when(|e| e.kind() != DirectGetErrorKind::NotFound && is_electing(&e.to_string()))
+            .when(|e| is_electing(&e.to_string()))
             .notify(
                 |e, wait| tracing::warn!(error = %e, retry_in = ?wait, "the events stream is not answering; retrying"),
             )
-            .await;
-        match got {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
-            Err(e) => Err(anyhow::anyhow!("reading the job's events: {e}")),
-        }
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the job's events: {e}"))?;
+        self.replay = got.into();
+        Ok(self.replay.pop_front())
     }
 
     /// The event in a message, if it is one of this job's that may be given out.

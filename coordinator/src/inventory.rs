@@ -33,9 +33,8 @@ pub async fn read_since(
     if since == Some(last) {
         return Ok(None);
     }
-    let latest = crate::bus::kv_latest(&stream, INVENTORY_BUCKET)
-        .await
-        .map_err(|e| anyhow::anyhow!("reading the inventory: {e}"))?;
+    let latest =
+        crate::bus::kv_latest(js, INVENTORY_BUCKET).await.map_err(|e| anyhow::anyhow!("reading the inventory: {e}"))?;
     let mut out = Vec::new();
     for (key, msg) in latest {
         match InventoryEntry::decode(&msg.payload) {
