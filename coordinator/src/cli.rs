@@ -271,6 +271,9 @@ pub enum Verb {
         /// container a destroy job removed).
         #[arg(long)]
         state: Option<String>,
+        /// The newest this many jobs (0: every one), oldest of them first.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
         /// The jobs as a JSON array.
         #[arg(long)]
         json: bool,

@@ -100,8 +100,8 @@ async fn dispatch(cli: &Cli) -> Outcome {
         Verb::Submit(ref args) => verbs::submit::run(cli, args).await,
         Verb::Plan(ref args) => verbs::plan::run(cli, args).await,
         Verb::Watch { ref job, json } => verbs::watch::run(cli, job, json).await,
-        Verb::Jobs { ref node, ref state, json } => {
-            verbs::jobs::list(cli, node.as_deref(), state.as_deref(), json).await
+        Verb::Jobs { ref node, ref state, limit, json } => {
+            verbs::jobs::list(cli, node.as_deref(), state.as_deref(), limit, json).await
         }
         Verb::Job { ref job, json } => verbs::jobs::show(cli, job, json).await,
         Verb::Cancel { ref job } => verbs::cancel::run(cli, job).await,

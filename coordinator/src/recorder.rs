@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use pvefleet_schemas::{Event, NodeName};
 use tokio::sync::watch;
 
@@ -126,7 +126,7 @@ async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut s
         let (mut got, mut broken, mut stopping) = (0usize, false, false);
         loop {
             // A batch on a consumer deleted meanwhile may never end: give it its expiry and a
-            // margin. A stop is heard between any two events, not only between batches.
+            // margin. A stop is heard between any two writes, not only between batches.
             let next = tokio::select! {
                 next = tokio::time::timeout(Duration::from_secs(5), batch.next()) => next,
                 _ = stop.changed() => {
@@ -134,57 +134,30 @@ async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut s
                     break;
                 }
             };
-            let Ok(Some(msg)) = next else { break };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading events failed");
-                    broken = true;
-                    break;
+            let Ok(Some(first)) = next else { break };
+            // What has already come is written with it, in one transaction: at ingest rates a
+            // transaction (and on SQLite an fsync) per event is what would set the pace.
+            let mut msgs = vec![first];
+            while msgs.len() < WRITE_BATCH {
+                match batch.next().now_or_never() {
+                    Some(Some(m)) => msgs.push(m),
+                    _ => break,
                 }
-            };
-            got += 1;
-            let event = match Event::decode(&msg.payload) {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(error = %e, subject = %msg.subject, "an unreadable event; skipped");
-                    let _ = msg.ack_with(AckKind::Term).await;
-                    continue;
-                }
-            };
-            if let Err(why) = agrees(&msg.subject, &event) {
-                tracing::error!(subject = %msg.subject, job_id = %event.job_id, node = %event.node, %why, "an event whose subject, node and job disagree; ignored");
-                let _ = msg.ack_with(AckKind::Term).await;
-                continue;
             }
-            let mut recording = store.record_event(&event).await;
-            // A job the store never saw queued: read from the jobs stream when its `accepted`
-            // event says where, then its event recorded (only then: every other event of every
-            // job goes straight to the store).
-            if matches!(recording, Ok(Recorded::Refused(_))) && event.job_seq.is_some() {
-                match adopt(&js, &store, &event).await {
-                    Ok(true) => recording = store.record_event(&event).await,
-                    Ok(false) => {}
+            let mut ready = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                match msg {
+                    Ok(m) => ready.push(m),
                     Err(e) => {
-                        tracing::warn!(error = %e, job_id = %event.job_id, "reading a job published by another client failed");
+                        tracing::warn!(error = %e, "reading events failed");
+                        broken = true;
                     }
                 }
             }
-            match recording {
-                Ok(Recorded::Refused(why)) => {
-                    tracing::error!(subject = %msg.subject, job_id = %event.job_id, %why, "an event the store refuses; ignored");
-                    let _ = msg.ack_with(AckKind::Term).await;
-                }
-                Ok(recorded_now) => {
-                    recorded += u64::from(recorded_now == Recorded::New);
-                    if let Err(e) = msg.ack().await {
-                        tracing::warn!(error = %e, "ack lost; the event comes again and is recorded once");
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, job_id = %event.job_id, seq = event.seq, "storing an event failed; it comes again");
-                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
-                }
+            got += ready.len();
+            recorded += record_batch(&js, &store, ready).await;
+            if broken {
+                break;
             }
         }
         if stopping {
@@ -196,6 +169,78 @@ async fn record_node(js: jetstream::Context, store: Store, node: NodeName, mut s
             match ensure_consumer(&stream).await {
                 Ok(c) => consumer = c,
                 Err(e) => tracing::warn!(error = %e, "checking the recorder's consumer failed"),
+            }
+        }
+    }
+    recorded
+}
+
+/// Events written in one transaction at most.
+const WRITE_BATCH: usize = 500;
+
+/// Records one batch of event messages and acks each as its outcome says; returns how many
+/// events were new. A message that cannot be an event is terminated; when the store fails, every
+/// message of the batch comes again (and is recorded once).
+async fn record_batch(js: &jetstream::Context, store: &Store, msgs: Vec<jetstream::Message>) -> u64 {
+    let mut taken = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        let event = match Event::decode(&msg.payload) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %msg.subject, "an unreadable event; skipped");
+                let _ = msg.ack_with(AckKind::Term).await;
+                continue;
+            }
+        };
+        if let Err(why) = agrees(&msg.subject, &event) {
+            tracing::error!(subject = %msg.subject, job_id = %event.job_id, node = %event.node, %why, "an event whose subject, node and job disagree; ignored");
+            let _ = msg.ack_with(AckKind::Term).await;
+            continue;
+        }
+        taken.push((msg, event));
+    }
+    if taken.is_empty() {
+        return 0;
+    }
+    let events: Vec<&Event> = taken.iter().map(|(_, e)| e).collect();
+    let outcomes = match store.record_events(&events).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            tracing::error!(error = %e, events = taken.len(), "storing events failed; they come again");
+            for (msg, _) in &taken {
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
+            }
+            return 0;
+        }
+    };
+    let mut recorded = 0;
+    for ((msg, event), mut recording) in taken.iter().zip(outcomes.into_iter().map(Ok::<_, anyhow::Error>)) {
+        // A job the store never saw queued: read from the jobs stream when its `accepted`
+        // event says where, then its event recorded (only then: every other event of every
+        // job goes straight to the store).
+        if matches!(recording, Ok(Recorded::Refused(_))) && event.job_seq.is_some() {
+            match adopt(js, store, event).await {
+                Ok(true) => recording = store.record_event(event).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, job_id = %event.job_id, "reading a job published by another client failed");
+                }
+            }
+        }
+        match recording {
+            Ok(Recorded::Refused(why)) => {
+                tracing::error!(subject = %msg.subject, job_id = %event.job_id, %why, "an event the store refuses; ignored");
+                let _ = msg.ack_with(AckKind::Term).await;
+            }
+            Ok(recorded_now) => {
+                recorded += u64::from(recorded_now == Recorded::New);
+                if let Err(e) = msg.ack().await {
+                    tracing::warn!(error = %e, "ack lost; the event comes again and is recorded once");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, job_id = %event.job_id, seq = event.seq, "storing an event failed; it comes again");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(2)))).await;
             }
         }
     }

@@ -41,6 +41,10 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
     let cli = Pvefleet::new(&bed.dir, &bed.nats.url(), &db);
     cli.must(&["setup"]).await?;
     let _recorder = cli.recorder("recorder")?;
+    // Served from before the jobs: its duration histograms count the jobs that end after it
+    // started.
+    let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
+    let http = reqwest::Client::new();
     let spec = bed.dir.path().join("xss.toml");
     std::fs::write(
         &spec,
@@ -100,9 +104,6 @@ async fn the_pages_the_live_events_and_the_metrics_over_http() -> anyhow::Result
         (serde_json::from_str::<serde_json::Value>(&run.stdout).ok()?["state"] == "failed").then_some(())
     })
     .await?;
-    let (_serve, url) = cli.serve("serve", "127.0.0.1", &[]).await?;
-    let http = reqwest::Client::new();
-
     let fleet = http.get(format!("{url}/")).send().await?;
     assert_eq!(fleet.status(), 200);
     let fleet = fleet.text().await?;

@@ -398,3 +398,25 @@ pub mod session {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod job_count {
+    use sea_orm::entity::prelude::*;
+
+    /// How many jobs are in one (state, node, kind), kept with every change of a job.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "job_counts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub state: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub node: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub kind: String,
+        pub n: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -11,11 +11,13 @@ pub mod entities;
 mod migrations;
 mod queries;
 
+pub use queries::Finished;
+
 use sea_orm::{Database, DatabaseConnection};
 
 pub use accounts::{LOCK_AFTER, LOCK_FOR, Login};
 pub use entities::job::{JobKind, JobState};
-pub use entities::{audit, container, event, job, node_key, session, template, user};
+pub use entities::{audit, container, event, job, job_count, node_key, session, template, user};
 
 /// What recording an event did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +39,10 @@ impl Store {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         let mut opts = sea_orm::ConnectOptions::new(url.to_owned());
         opts.sqlx_logging(false).max_connections(4);
+        // SQLite in WAL mode: readers (the web view, the CLI) never wait for the recorder's
+        // writes nor block them, and a commit is one append to the log (still synced: the
+        // recorder acks an event only once it is on disk).
+        opts.map_sqlx_sqlite_opts(|o| o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal));
         let db = Database::connect(opts)
             .await
             .map_err(|e| anyhow::anyhow!("opening the store {}: {e}", pvefleet_schemas::redact_url(url)))?;
@@ -134,8 +140,12 @@ mod tests {
                 r#"CREATE TABLE "containers" ( "vmid" bigint NOT NULL, "marker" varchar NOT NULL, "node" varchar NOT NULL, "hostname" varchar NOT NULL, "state" varchar NOT NULL, "status" varchar NOT NULL, "ip" varchar, "create_job" varchar, "last_job" varchar, "drift" boolean NOT NULL DEFAULT FALSE, "seen_at" varchar NOT NULL, "gone_at" varchar, PRIMARY KEY ("vmid", "marker") )"#,
                 r#"CREATE TABLE "events" ( "id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "job_id" varchar NOT NULL, "seq" bigint NOT NULL, "kind" varchar NOT NULL, "step" varchar, "percent" integer NOT NULL, "message" text NOT NULL, "stream" varchar, "timestamp" varchar NOT NULL )"#,
                 r#"CREATE UNIQUE INDEX "events_job_seq" ON "events" ("job_id", "seq")"#,
+                r#"CREATE TABLE "job_counts" ( "state" varchar NOT NULL, "node" varchar NOT NULL, "kind" varchar NOT NULL, "n" bigint NOT NULL, PRIMARY KEY ("state", "node", "kind") )"#,
                 r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar, "retry_of" varchar)"#,
+                r#"CREATE INDEX "jobs_finished_at" ON "jobs" ("finished_at")"#,
+                r#"CREATE INDEX "jobs_node_job" ON "jobs" ("node", "job_id")"#,
                 r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
+                r#"CREATE INDEX "jobs_state_job" ON "jobs" ("state", "job_id")"#,
                 r#"CREATE TABLE "node_keys" ( "node" varchar NOT NULL PRIMARY KEY, "public_key" varchar NOT NULL, "fingerprint" varchar NOT NULL, "pinned_at" varchar NOT NULL )"#,
                 r#"CREATE TABLE "sessions" ( "token_hash" varchar NOT NULL PRIMARY KEY, "user_name" varchar NOT NULL, "csrf" varchar NOT NULL, "created_at" varchar NOT NULL, "expires_at" varchar NOT NULL, "revoked_at" varchar )"#,
                 r#"CREATE TABLE "templates" ( "name" varchar NOT NULL PRIMARY KEY, "spec" text NOT NULL, "created_at" varchar NOT NULL, "updated_at" varchar NOT NULL )"#,
@@ -222,6 +232,69 @@ mod tests {
         assert!(matches!(store.record_event(&forged).await.unwrap(), Recorded::Refused(_)));
         assert_eq!(store.job(&job).await.unwrap().unwrap().state, JobState::Running);
         assert_eq!(store.events(&job).await.unwrap().len(), 1);
+    }
+
+    /// The jobs by (state, node, kind) as the database counts them.
+    async fn recount(store: &Store) -> Vec<(String, String, String, i64)> {
+        let rows = store
+            .db
+            .query_all(sea_orm::Statement::from_string(
+                sea_orm::DatabaseBackend::Sqlite,
+                "SELECT state, node, kind, COUNT(*) AS n FROM jobs GROUP BY state, node, kind ORDER BY state, node, kind",
+            ))
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                let text = |c: &str| r.try_get::<String>("", c).unwrap();
+                (text("state"), text("node"), text("kind"), r.try_get::<i64>("", "n").unwrap())
+            })
+            .collect()
+    }
+
+    /// The kept counts, without the (state, node, kind) that no job is in any more.
+    async fn kept(store: &Store) -> Vec<(String, String, String, i64)> {
+        let mut kept: Vec<_> = store.job_counts().await.unwrap().into_iter().filter(|c| c.3 != 0).collect();
+        kept.sort();
+        kept
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_recorded_as_its_events_one_by_one_and_the_job_counts_follow() {
+        let (_dir, store) = temp_store().await;
+        let (a, b, c) = (JobId::new(), JobId::new(), JobId::new());
+        for job in [a, b, c] {
+            queued(&store, job).await;
+        }
+        assert_eq!(kept(&store).await, recount(&store).await);
+        let accepted = |job, seq| {
+            let mut e = terminal(job, seq, true, 100);
+            e.kind = EventType::Accepted;
+            e.result = None;
+            e
+        };
+        let (a1, b1, b1_again) = (accepted(a, 1), accepted(b, 1), accepted(b, 1));
+        let (a2, c1, phantom) =
+            (terminal(a, 2, true, 101), terminal(c, 1, false, 102), terminal(JobId::new(), 1, true, 109));
+        let outcomes = store.record_events(&[&a1, &b1, &a2, &b1_again, &c1, &phantom]).await.unwrap();
+        assert_eq!(outcomes[..5], [Recorded::New, Recorded::New, Recorded::New, Recorded::Seen, Recorded::New]);
+        assert!(matches!(outcomes[5], Recorded::Refused(_)));
+        let state = |job| {
+            let store = store.clone();
+            async move { store.job(&job).await.unwrap().unwrap() }
+        };
+        let (ra, rb, rc) = (state(a).await, state(b).await, state(c).await);
+        assert_eq!((ra.state, ra.vmid, ra.started_at.is_some()), (JobState::Succeeded, Some(101), true));
+        assert_eq!(rb.state, JobState::Running);
+        assert_eq!((rc.state, rc.error_kind.as_deref()), (JobState::Failed, Some("task")));
+        assert_eq!(store.events(&b).await.unwrap().len(), 1, "an event seen twice is kept once");
+        assert_eq!(kept(&store).await, recount(&store).await);
+        // Recorded again (a redelivered batch): nothing changes.
+        let again = store.record_events(&[&a1, &a2]).await.unwrap();
+        assert_eq!(again, [Recorded::Seen, Recorded::Seen]);
+        store.delete_job(&b).await.unwrap();
+        assert_eq!(kept(&store).await, recount(&store).await);
+        assert_eq!(recount(&store).await.iter().map(|c| c.3).sum::<i64>(), 2);
     }
 
     fn entry(node: &str, vmid: u32, marker: &str, seen: i64) -> pvefleet_schemas::InventoryEntry {

@@ -5,7 +5,15 @@ use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrde
 
 use pvefleet_schemas::{Event, EventType, Job, JobId};
 
-use super::{JobKind, JobState, Recorded, Store, audit, container, event, job, node_key, template};
+use super::{JobKind, JobState, Recorded, Store, audit, container, event, job, job_count, node_key, template};
+
+/// A finished job's times, as `/metrics` reads them.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub job_id: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
 
 /// The state an event moves its job to.
 fn state_after(event: &Event) -> JobState {
@@ -171,6 +179,33 @@ impl Store {
         self.reserve(model, request_id).await
     }
 
+    /// Records many create jobs at once, in one transaction, with their counts: a fleet's worth
+    /// of queued jobs (the coordinator benchmark fills its store of 100,000 jobs so). Jobs
+    /// without a request id; all or nothing.
+    pub async fn insert_jobs(&self, jobs: &[Job]) -> anyhow::Result<()> {
+        use std::collections::HashMap;
+        let tx = self.db.begin().await?;
+        let mut counts: HashMap<&str, i64> = HashMap::new();
+        for chunk in jobs.chunks(500) {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for job in chunk {
+                let mut model =
+                    job::ActiveModel::queued(JobKind::Create, job.job_id, &job.node, &job.container.hostname);
+                model.spec = Set(serde_json::to_string(&job.public())?);
+                model.template = Set(job.template.clone());
+                model.submitted_at = Set(job.submitted_at.to_string());
+                rows.push(model);
+                *counts.entry(job.node.as_str()).or_default() += 1;
+            }
+            job::Entity::insert_many(rows).exec_without_returning(&tx).await?;
+        }
+        for (node, n) in counts {
+            count(&tx, JobState::Queued, node, JobKind::Create, n).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records a destroy job about to be published, under `hostname` (its target's, if known).
     pub async fn insert_destroy_job(
         &self,
@@ -223,21 +258,34 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts a job's row; with a request id already taken, answers with the job that has it.
+    /// Inserts a job's row (and counts it); with a request id already taken, answers with the
+    /// job that has it.
     async fn reserve(
         &self,
         model: job::ActiveModel,
         request_id: Option<&str>,
     ) -> anyhow::Result<Result<(), job::Model>> {
-        match job::Entity::insert(model).exec_without_returning(&self.db).await {
-            Ok(_) => Ok(Ok(())),
-            Err(e) => match request_id {
-                Some(key) => match self.job_by_request(key).await? {
-                    Some(existing) => Ok(Err(existing)),
+        let (node, kind) = (model.node.as_ref().clone(), *model.kind.as_ref());
+        let tx = self.db.begin().await?;
+        let inserted = match job::Entity::insert(model).exec_without_returning(&tx).await {
+            Ok(_) => count(&tx, JobState::Queued, &node, kind, 1).await,
+            Err(e) => Err(e),
+        };
+        match inserted {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(Ok(()))
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                match request_id {
+                    Some(key) => match self.job_by_request(key).await? {
+                        Some(existing) => Ok(Err(existing)),
+                        None => Err(e.into()),
+                    },
                     None => Err(e.into()),
-                },
-                None => Err(e.into()),
-            },
+                }
+            }
         }
     }
 
@@ -252,19 +300,70 @@ impl Store {
 
     /// Forgets a job whose publish failed.
     pub async fn delete_job(&self, id: &JobId) -> anyhow::Result<()> {
-        job::Entity::delete_by_id(id.to_string()).exec(&self.db).await?;
+        let tx = self.db.begin().await?;
+        if let Some(row) = job::Entity::find_by_id(id.to_string()).one(&tx).await? {
+            job::Entity::delete_by_id(id.to_string()).exec(&tx).await?;
+            count(&tx, row.state, &row.node, row.kind, -1).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
-    pub async fn jobs(&self, node: Option<&str>, state: Option<JobState>) -> anyhow::Result<Vec<job::Model>> {
-        let mut q = job::Entity::find().order_by_asc(job::Column::JobId);
+    /// The newest `limit` jobs (every one when 0), filtered by node and state, oldest first.
+    pub async fn jobs(
+        &self,
+        node: Option<&str>,
+        state: Option<JobState>,
+        limit: u64,
+    ) -> anyhow::Result<Vec<job::Model>> {
+        use sea_orm::QuerySelect as _;
+        let mut q = job::Entity::find().order_by_desc(job::Column::JobId);
         if let Some(node) = node {
             q = q.filter(job::Column::Node.eq(node));
         }
         if let Some(state) = state {
             q = q.filter(job::Column::State.eq(state));
         }
-        Ok(q.all(&self.db).await?)
+        if limit > 0 {
+            q = q.limit(limit);
+        }
+        let mut jobs = q.all(&self.db).await?;
+        jobs.reverse();
+        Ok(jobs)
+    }
+
+    /// The newest create job on `node` that made container `vmid` and no destroy job removed.
+    pub async fn creator_of(&self, node: &str, vmid: pvefleet_schemas::Vmid) -> anyhow::Result<Option<job::Model>> {
+        Ok(job::Entity::find()
+            .filter(job::Column::Node.eq(node))
+            .filter(job::Column::Kind.eq(JobKind::Create))
+            .filter(job::Column::Vmid.eq(i64::from(vmid.get())))
+            .filter(job::Column::State.ne(JobState::Destroyed))
+            .order_by_desc(job::Column::JobId)
+            .one(&self.db)
+            .await?)
+    }
+
+    /// How many jobs there are on `node` in `state` (either or both unset: every one), from the
+    /// kept counts.
+    pub async fn job_total(&self, node: Option<&str>, state: Option<&str>) -> anyhow::Result<u64> {
+        let mut q = job_count::Entity::find();
+        if let Some(node) = node {
+            q = q.filter(job_count::Column::Node.eq(node));
+        }
+        if let Some(state) = state {
+            q = q.filter(job_count::Column::State.eq(state));
+        }
+        Ok(q.all(&self.db).await?.iter().map(|c| c.n.max(0) as u64).sum())
+    }
+
+    /// The nodes any job was ever queued for.
+    pub async fn job_nodes(&self) -> anyhow::Result<Vec<String>> {
+        let mut nodes: Vec<String> =
+            job_count::Entity::find().all(&self.db).await?.into_iter().map(|c| c.node).collect();
+        nodes.sort();
+        nodes.dedup();
+        Ok(nodes)
     }
 
     /// One page of jobs, newest first, filtered by node, state and a part of the hostname;
@@ -289,46 +388,45 @@ impl Store {
             q = q.filter(job::Column::Hostname.contains(part));
         }
         let pages = q.paginate(&self.db, per_page);
-        let total = pages.num_items().await?;
+        // Without a hostname part the kept counts say how many match; a part of a hostname is
+        // counted by the database.
+        let total = match hostname {
+            None => self.job_total(node, state).await?,
+            Some(_) => pages.num_items().await?,
+        };
         // Past the last page is the last page (and no offset that overflows).
         let page = page.min(total.div_ceil(per_page.max(1)).saturating_sub(1));
         Ok((pages.fetch_page(page).await?, total))
     }
 
-    /// How many jobs the store holds, by state and node, counted by the database.
-    /// Jobs by (state, node, kind): what `/metrics` shows.
+    /// Jobs by (state, node, kind): what `/metrics` shows, from the counts kept with every
+    /// change of a job (not counted at each scrape).
     pub async fn job_counts(&self) -> anyhow::Result<Vec<(String, String, String, i64)>> {
-        use sea_orm::{FromQueryResult, QuerySelect as _};
-        #[derive(FromQueryResult)]
-        struct Count {
-            state: String,
-            node: String,
-            kind: String,
-            n: i64,
-        }
-        let rows = job::Entity::find()
-            .select_only()
-            .column(job::Column::State)
-            .column(job::Column::Node)
-            .column(job::Column::Kind)
-            .column_as(job::Column::JobId.count(), "n")
-            .group_by(job::Column::State)
-            .group_by(job::Column::Node)
-            .group_by(job::Column::Kind)
-            .into_model::<Count>()
-            .all(&self.db)
-            .await?;
-        Ok(rows.into_iter().map(|c| (c.state, c.node, c.kind, c.n)).collect())
+        Ok(job_count::Entity::find().all(&self.db).await?.into_iter().map(|c| (c.state, c.node, c.kind, c.n)).collect())
     }
 
     /// The jobs that finished at or after `since` (every finished one without it), oldest
-    /// end first: what `/metrics` adds to its histograms since its last scrape.
-    pub async fn finished_since(&self, since: Option<&str>) -> anyhow::Result<Vec<job::Model>> {
+    /// end first, as (job id, started, finished): what `/metrics` adds to its histograms since
+    /// its last scrape, found by the `jobs_finished_at` index.
+    pub async fn finished_since(&self, since: Option<&str>) -> anyhow::Result<Vec<Finished>> {
+        use sea_orm::QuerySelect as _;
         let mut q = job::Entity::find().filter(job::Column::FinishedAt.is_not_null());
         if let Some(since) = since {
             q = q.filter(job::Column::FinishedAt.gte(since));
         }
-        Ok(q.order_by_asc(job::Column::FinishedAt).all(&self.db).await?)
+        let rows: Vec<(String, Option<String>, Option<String>)> = q
+            .select_only()
+            .column(job::Column::JobId)
+            .column(job::Column::StartedAt)
+            .column(job::Column::FinishedAt)
+            .order_by_asc(job::Column::FinishedAt)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(job_id, started_at, finished_at)| Finished { job_id, started_at, finished_at })
+            .collect())
     }
 
     /// The step, complete and error events of `jobs`, ordered by job and seq: what their step
@@ -364,76 +462,24 @@ impl Store {
     /// Records one event and moves its job's state forward. An event recorded before changes
     /// nothing; one naming another node than the job's is refused.
     pub async fn record_event(&self, e: &Event) -> anyhow::Result<Recorded> {
+        Ok(self.record_events(&[e]).await?.pop().expect("one outcome per event"))
+    }
+
+    /// Records a batch of events in one transaction, in order, each as [`Self::record_event`]
+    /// would: each job's row is read once and written once for the batch, and the job counts
+    /// move with its state. All or nothing: on an error none of them is recorded.
+    pub async fn record_events(&self, events: &[&Event]) -> anyhow::Result<Vec<Recorded>> {
         let tx = self.db.begin().await?;
-        let Some(known) = job::Entity::find_by_id(e.job_id.to_string()).one(&tx).await? else {
-            // A job no coordinator of this store queued: an agent's user may publish anything
-            // on its own node's subjects, made-up jobs included. Coordinators that should see
-            // each other's jobs share one store (Postgres).
-            return Ok(Recorded::Refused(format!("job {} was never queued through this store", e.job_id)));
-        };
-        if known.node != e.node.as_str() {
-            return Ok(Recorded::Refused(format!(
-                "job {} runs on {}, the event says {}",
-                e.job_id, known.node, e.node
-            )));
-        }
-        let row = event::ActiveModel {
-            id: sea_orm::NotSet,
-            job_id: Set(e.job_id.to_string()),
-            seq: Set(e.seq as i64),
-            kind: Set(enum_text(&e.kind)),
-            step: Set(e.step.map(|s| s.as_str().to_owned())),
-            percent: Set(i32::from(e.percent)),
-            message: Set(e.message.clone()),
-            stream: Set(e.stream.as_ref().map(enum_text)),
-            timestamp: Set(e.timestamp.to_string()),
-        };
-        let inserted = event::Entity::insert(row)
-            .on_conflict(OnConflict::columns([event::Column::JobId, event::Column::Seq]).do_nothing().to_owned())
-            .exec_without_returning(&tx)
-            .await?;
-        if inserted == 0 {
-            tx.commit().await?;
-            return Ok(Recorded::Seen);
-        }
-        let mut model: job::ActiveModel = known.into();
-        let current = *model.state.as_ref();
-        let next = state_after(e);
-        if next.rank() > current.rank() {
-            model.state = Set(next);
-        }
-        if model.started_at.as_ref().is_none() && e.kind != EventType::Error {
-            model.started_at = Set(Some(e.timestamp.to_string()));
-        }
-        // The first terminal event is the job's end; a later one (a forgery, a second writer)
-        // changes nothing.
-        let finished = !current.is_live();
-        if let Some(result) = e.result.as_ref().filter(|_| !finished) {
-            model.vmid = Set(result.vmid.map(|v| i64::from(v.get())));
-            model.ip = Set(result.ip.map(|ip| ip.to_string()));
-            if let Some(err) = &result.error {
-                model.error_kind = Set(Some(enum_text(&err.kind)));
-                model.error_message = Set(Some(e.message.clone()));
+        match record_in(&tx, events).await {
+            Ok(outcomes) => {
+                tx.commit().await?;
+                Ok(outcomes)
             }
-            model.finished_at = Set(Some(e.timestamp.to_string()));
+            Err(e) => {
+                tx.rollback().await?;
+                Err(e)
+            }
         }
-        let job = model.update(&tx).await?;
-        // A destroy job that succeeded: the create job it names no longer has a container.
-        if job.kind == JobKind::Destroy
-            && !finished
-            && e.kind == EventType::Complete
-            && let Some(target) = &job.target_job
-        {
-            job::Entity::update_many()
-                .col_expr(job::Column::State, sea_orm::sea_query::Expr::value(JobState::Destroyed.as_str()))
-                .col_expr(job::Column::DestroyedBy, sea_orm::sea_query::Expr::value(job.job_id.clone()))
-                .filter(job::Column::JobId.eq(target.clone()))
-                .filter(job::Column::Node.eq(job.node.clone()))
-                .exec(&tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(Recorded::New)
     }
 
     /// The sealing key pinned for `node`, if any.
@@ -499,4 +545,153 @@ impl Store {
 /// A serde enum's wire name (`deploy`, `stdout`).
 fn enum_text<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// Adds `delta` to the count of jobs in (`state`, `node`, `kind`), in the caller's transaction.
+async fn count(
+    db: &impl sea_orm::ConnectionTrait,
+    state: JobState,
+    node: &str,
+    kind: JobKind,
+    delta: i64,
+) -> Result<(), sea_orm::DbErr> {
+    use sea_orm::sea_query::Expr;
+    let row = job_count::ActiveModel {
+        state: Set(state.as_str().to_owned()),
+        node: Set(node.to_owned()),
+        kind: Set(kind.to_string()),
+        n: Set(delta),
+    };
+    job_count::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([job_count::Column::State, job_count::Column::Node, job_count::Column::Kind])
+                .value(
+                    job_count::Column::N,
+                    Expr::col((job_count::Entity, job_count::Column::N)).add(Expr::cust("excluded.n")),
+                )
+                .to_owned(),
+        )
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}
+
+/// [`Store::record_events`] inside its transaction.
+async fn record_in(tx: &sea_orm::DatabaseTransaction, events: &[&Event]) -> anyhow::Result<Vec<Recorded>> {
+    use std::collections::HashMap;
+    let mut ids: Vec<String> = events.iter().map(|e| e.job_id.to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    // Each job as the batch found it, and as the batch leaves it.
+    let mut before: HashMap<String, job::Model> = HashMap::new();
+    for chunk in ids.chunks(500) {
+        for row in job::Entity::find().filter(job::Column::JobId.is_in(chunk.iter().cloned())).all(tx).await? {
+            before.insert(row.job_id.clone(), row);
+        }
+    }
+    let mut after = before.clone();
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut destroyed: Vec<(String, String, String)> = Vec::new();
+    for e in events {
+        let id = e.job_id.to_string();
+        let Some(known) = after.get_mut(&id) else {
+            // A job no coordinator of this store queued: an agent's user may publish anything
+            // on its own node's subjects, made-up jobs included. Coordinators that should see
+            // each other's jobs share one store (Postgres).
+            outcomes.push(Recorded::Refused(format!("job {} was never queued through this store", e.job_id)));
+            continue;
+        };
+        if known.node != e.node.as_str() {
+            outcomes
+                .push(Recorded::Refused(format!("job {} runs on {}, the event says {}", e.job_id, known.node, e.node)));
+            continue;
+        }
+        let row = event::ActiveModel {
+            id: sea_orm::NotSet,
+            job_id: Set(id.clone()),
+            seq: Set(e.seq as i64),
+            kind: Set(enum_text(&e.kind)),
+            step: Set(e.step.map(|s| s.as_str().to_owned())),
+            percent: Set(i32::from(e.percent)),
+            message: Set(e.message.clone()),
+            stream: Set(e.stream.as_ref().map(enum_text)),
+            timestamp: Set(e.timestamp.to_string()),
+        };
+        let inserted = event::Entity::insert(row)
+            .on_conflict(OnConflict::columns([event::Column::JobId, event::Column::Seq]).do_nothing().to_owned())
+            .exec_without_returning(tx)
+            .await?;
+        if inserted == 0 {
+            outcomes.push(Recorded::Seen);
+            continue;
+        }
+        let next = state_after(e);
+        let finished = !known.state.is_live();
+        if next.rank() > known.state.rank() {
+            known.state = next;
+        }
+        if known.started_at.is_none() && e.kind != EventType::Error {
+            known.started_at = Some(e.timestamp.to_string());
+        }
+        // The first terminal event is the job's end; a later one (a forgery, a second writer)
+        // changes nothing.
+        if let Some(result) = e.result.as_ref().filter(|_| !finished) {
+            known.vmid = result.vmid.map(|v| i64::from(v.get()));
+            known.ip = result.ip.map(|ip| ip.to_string());
+            if let Some(err) = &result.error {
+                known.error_kind = Some(enum_text(&err.kind));
+                known.error_message = Some(e.message.clone());
+            }
+            known.finished_at = Some(e.timestamp.to_string());
+        }
+        // A destroy job that succeeded: the create job it names no longer has a container.
+        if known.kind == JobKind::Destroy
+            && !finished
+            && e.kind == EventType::Complete
+            && let Some(target) = &known.target_job
+        {
+            destroyed.push((target.clone(), known.node.clone(), known.job_id.clone()));
+        }
+        outcomes.push(Recorded::New);
+    }
+    for (id, now) in &after {
+        let was = &before[id];
+        if now == was {
+            continue;
+        }
+        use sea_orm::sea_query::Expr;
+        job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value(now.state.as_str()))
+            .col_expr(job::Column::StartedAt, Expr::value(now.started_at.clone()))
+            .col_expr(job::Column::Vmid, Expr::value(now.vmid))
+            .col_expr(job::Column::Ip, Expr::value(now.ip.clone()))
+            .col_expr(job::Column::ErrorKind, Expr::value(now.error_kind.clone()))
+            .col_expr(job::Column::ErrorMessage, Expr::value(now.error_message.clone()))
+            .col_expr(job::Column::FinishedAt, Expr::value(now.finished_at.clone()))
+            .filter(job::Column::JobId.eq(id.clone()))
+            .exec(tx)
+            .await?;
+        if now.state != was.state {
+            count(tx, was.state, &was.node, was.kind, -1).await?;
+            count(tx, now.state, &now.node, now.kind, 1).await?;
+        }
+    }
+    for (target, node, by) in destroyed {
+        let Some(row) = job::Entity::find_by_id(target.clone()).one(tx).await? else { continue };
+        if row.node != node {
+            continue;
+        }
+        use sea_orm::sea_query::Expr;
+        job::Entity::update_many()
+            .col_expr(job::Column::State, Expr::value(JobState::Destroyed.as_str()))
+            .col_expr(job::Column::DestroyedBy, Expr::value(by))
+            .filter(job::Column::JobId.eq(target))
+            .exec(tx)
+            .await?;
+        if row.state != JobState::Destroyed {
+            count(tx, row.state, &row.node, row.kind, -1).await?;
+            count(tx, JobState::Destroyed, &row.node, row.kind, 1).await?;
+        }
+    }
+    Ok(outcomes)
 }

@@ -79,16 +79,7 @@ async fn target(store: &Store, args: &DestroyArgs) -> Result<(NodeName, DestroyT
             let node = NodeName::new(node)?;
             let vmid = Vmid::new(vmid)?;
             // The create job that made it, when the store knows one: its marker is then required.
-            let made_by = store
-                .jobs(Some(node.as_str()), None)
-                .await?
-                .into_iter()
-                .filter(|j| {
-                    j.kind == crate::store::JobKind::Create
-                        && j.vmid == Some(i64::from(vmid.get()))
-                        && j.state != crate::store::JobState::Destroyed
-                })
-                .max_by(|a, b| a.job_id.cmp(&b.job_id));
+            let made_by = store.creator_of(node.as_str(), vmid).await?;
             // The marker alone is a tag any PVE user who may tag guests can write: without the
             // store's record of the job that made it, only an operator who says so destroys it.
             if made_by.is_none() {

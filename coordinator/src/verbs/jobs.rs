@@ -18,7 +18,7 @@ fn as_json(j: &job::Model) -> serde_json::Value {
     })
 }
 
-pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, json: bool) -> Outcome {
+pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, limit: u64, json: bool) -> Outcome {
     let wanted = match state {
         Some(s) => Some(JobState::parse(s).ok_or_else(|| {
             let all: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
@@ -27,7 +27,7 @@ pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, json: bool
         None => None,
     };
     let store = crate::open_store(cli).await?;
-    let jobs = store.jobs(node, wanted).await?;
+    let jobs = store.jobs(node, wanted, limit).await?;
     if json {
         println!("{}", serde_json::Value::Array(jobs.iter().map(as_json).collect()));
         return Ok(());
@@ -71,6 +71,10 @@ pub async fn list(cli: &Cli, node: Option<&str>, state: Option<&str>, json: bool
         ]);
     }
     println!("{table}");
+    let total = store.job_total(node, wanted.map(JobState::as_str)).await?;
+    if limit > 0 && total > jobs.len() as u64 {
+        println!("The newest {} of {total} jobs; --limit 0 shows every one.", jobs.len());
+    }
     Ok(())
 }
 

@@ -22,8 +22,8 @@ pub async fn run(cli: &crate::cli::Cli, replicas: usize, nodes: &[String], event
     nodes.extend(crate::bus::heartbeats(&js).await.unwrap_or_default().into_iter().map(|b| b.node));
     nodes.extend(crate::bus::event_stream_nodes(&js).await?);
     if let Ok(store) = crate::open_store(cli).await {
-        for job in store.jobs(None, None).await? {
-            nodes.extend(NodeName::new(&job.node).ok());
+        for node in store.job_nodes().await? {
+            nodes.extend(NodeName::new(&node).ok());
         }
     }
     let mut streams =

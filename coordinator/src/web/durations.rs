@@ -1,5 +1,7 @@
 //! Job and step durations as histograms, kept between `/metrics` scrapes: each scrape adds only
-//! the jobs finished since the last one.
+//! the jobs finished since the last one, from the time this serve process started (as any
+//! Prometheus histogram counts since its process started: `rate()` sees the restart), so that
+//! neither a scrape nor the start reads the whole history of a store of 100,000 jobs.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -32,11 +34,14 @@ pub struct Durations {
 }
 
 impl Default for Durations {
+    /// Histograms of the jobs that finish from now on.
     fn default() -> Self {
+        // Written as the events' own timestamps are, so that the store compares like with like.
+        let now = Some(pvefleet_schemas::Timestamp::now().to_string());
         Self {
             jobs: Histogram::new(BUCKETS),
             steps: Family::new_with_constructor(|| Histogram::new(BUCKETS)),
-            since: None,
+            since: now,
             at_since: Default::default(),
         }
     }

@@ -1,6 +1,7 @@
-//! `/metrics` of the fleet in the Prometheus text format: jobs by state, node and kind (counted by the
-//! database at each scrape), job and step durations as histograms (kept up to date: a scrape
-//! adds only the jobs finished since the last), and the jobs queued per node.
+//! `/metrics` of the fleet in the Prometheus text format: jobs by state, node and kind (the counts
+//! the store keeps with every change of a job, read, not counted, at a scrape), job and step
+//! durations as histograms since this serve process started (kept up to date: a scrape adds only
+//! the jobs finished since the last), and the jobs queued per node.
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -58,8 +59,16 @@ async fn render(web: &Web) -> anyhow::Result<String> {
     }
     registry.register("jobs", "Jobs recorded in the store, by state, node and kind", jobs);
     registry.register("queued_jobs", "Job messages waiting in PVEFLEET_JOBS, by node", queued);
-    registry.register("job_duration_seconds", "Finished jobs' run time, first event to terminal", job_seconds);
-    registry.register("step_duration_seconds", "Steps of finished jobs, by step", steps);
+    registry.register(
+        "job_duration_seconds",
+        "Finished jobs' run time, first event to terminal, since this serve process started",
+        job_seconds,
+    );
+    registry.register(
+        "step_duration_seconds",
+        "Steps of finished jobs, by step, since this serve process started",
+        steps,
+    );
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)?;
     Ok(text)

@@ -146,7 +146,7 @@ pub async fn guests(pve: &FakePve) -> anyhow::Result<Vec<Guest>> {
 pub async fn store(url: &str) -> anyhow::Result<BTreeMap<JobId, Row>> {
     let store = pvefleet_coordinator::store::Store::open(&store_url(url)).await?;
     let mut rows = BTreeMap::new();
-    for job in store.jobs(None, None).await? {
+    for job in store.jobs(None, None, 0).await? {
         let id: JobId = job.job_id.parse().map_err(|e| anyhow::anyhow!("stored job id {}: {e}", job.job_id))?;
         rows.insert(id, Row { state: job.state.to_string(), vmid: job.vmid, request_id: job.request_id });
     }
