@@ -80,7 +80,8 @@ async fn submit(js: &jetstream::Context, job: &pvefleet_schemas::Job, tracker: &
     tracker.lock().expect("tracker").submitted.insert(job.job_id, Instant::now());
     js.send_publish(
         job_subject(&job.node, JobKind::Create),
-        PublishMessage::build().payload(job.encode().into()).message_id(job.job_id.to_string()),
+        // Signed as the coordinator signs: the agent checks every job's signature.
+        PublishMessage::build().payload(pvefleet_testbed::trust::signed(job).into()).message_id(job.job_id.to_string()),
     )
     .await?
     .await?;
@@ -461,6 +462,20 @@ async fn main() -> anyhow::Result<()> {
             s.redelivered
         );
     }
+    if let Some(r) = scale.as_ref().map(|s| &s.rollout) {
+        println!(
+            "  rollout: update --select over {} containers on 10 nodes, --max-parallel 40: {:.1} s ({:.0} items/s), fakepve at {:.0}% of its core, {:.1} Proxmox calls per item",
+            r.items,
+            r.seconds,
+            r.items as f64 / r.seconds,
+            r.fakepve_core_share * 100.0,
+            r.pve_calls_per_item
+        );
+        println!(
+            "           CPU per item: agents {:.2} ms, the CLI (coordinator) {:.2} ms",
+            r.agents_cpu_ms_per_item, r.cli_cpu_ms_per_item
+        );
+    }
     println!("  redeliveries in the serial and burst runs: {redelivered}");
     let line = json!({
         "floor_ms": floor_ms, "pve_floor_ms": pve_floor_ms, "js_rtt_ms": rtt_ms, "nats_trips_per_job": nats_trips,
@@ -474,7 +489,10 @@ async fn main() -> anyhow::Result<()> {
         "rss_idle_mb": rss_idle, "rss_peak_mb": rss_peak,
         "nats_msgs_in_per_job": per(msgs0, msgs1), "events_per_job": events_per_job,
         "pve_calls_per_job": calls_per_job, "redeliveries": redelivered,
-        "scale": scale.as_ref().map(|s| json!({"jobs": s.jobs, "completed": s.completed, "seconds": s.seconds, "redeliveries": s.redelivered})),
+        "scale": scale.as_ref().map(|s| json!({"jobs": s.jobs, "completed": s.completed, "seconds": s.seconds, "redeliveries": s.redelivered,
+            "rollout": {"items": s.rollout.items, "seconds": s.rollout.seconds, "agents_cpu_ms_per_item": s.rollout.agents_cpu_ms_per_item,
+                "cli_cpu_ms_per_item": s.rollout.cli_cpu_ms_per_item, "fakepve_core_share": s.rollout.fakepve_core_share,
+                "pve_calls_per_item": s.rollout.pve_calls_per_item}})),
     });
     println!("{line}");
     dir.pass();
@@ -486,6 +504,19 @@ struct Scale {
     completed: usize,
     seconds: f64,
     redelivered: usize,
+    rollout: Rollout,
+}
+
+/// `pvefleet update --select` over every container the scale run made.
+struct Rollout {
+    items: usize,
+    seconds: f64,
+    /// The agents' CPU (all ten) and the CLI's, per container, in ms.
+    agents_cpu_ms_per_item: f64,
+    cli_cpu_ms_per_item: f64,
+    /// fakepve's share of its one core during the rollout.
+    fakepve_core_share: f64,
+    pve_calls_per_item: f64,
 }
 
 async fn scale_run(parent: &TestDir, jobs: usize) -> anyhow::Result<Scale> {
@@ -511,7 +542,7 @@ async fn scale_run(parent: &TestDir, jobs: usize) -> anyhow::Result<Scale> {
         ids.push(j.job_id);
     }
     let started = Instant::now();
-    let _agents = nodes
+    let mut agents = nodes
         .iter()
         .map(|n| {
             Agent::start(
@@ -528,11 +559,70 @@ async fn scale_run(parent: &TestDir, jobs: usize) -> anyhow::Result<Scale> {
         async move { done.then_some(()) }
     })
     .await?;
-    let t = tracker.lock().expect("tracker");
-    let last = ids.iter().map(|id| t.ended[id].0).max().expect("jobs");
-    let completed = ids.iter().filter(|id| t.ended[id].1).count();
-    let scale = Scale { jobs, completed, seconds: (last - started).as_secs_f64(), redelivered: t.redelivered };
-    drop(t);
+    let (last, completed, redelivered) = {
+        let t = tracker.lock().expect("tracker");
+        let last = ids.iter().map(|id| t.ended[id].0).max().expect("jobs");
+        (last, ids.iter().filter(|id| t.ended[id].1).count(), t.redelivered)
+    };
+    let seconds = (last - started).as_secs_f64();
+    let rollout = rollout_run(&dir, &nats, &pve, &mut agents, jobs).await?;
     dir.pass();
-    Ok(scale)
+    Ok(Scale { jobs, completed, seconds, redelivered, rollout })
+}
+
+/// A rollout at fleet size: `pvefleet update --select hostname=s* --memory 777 --max-parallel
+/// 40` over the `items` containers the scale run made on its 10 nodes, through the CLI as an
+/// operator runs it.
+async fn rollout_run(
+    dir: &TestDir,
+    nats: &NatsServer,
+    pve: &FakePve,
+    agents: &mut [Agent],
+    items: usize,
+) -> anyhow::Result<Rollout> {
+    use pvefleet_testbed::cli::{Pvefleet, TestDb};
+    let db = TestDb::sqlite(dir);
+    let cli = Pvefleet::new(dir, &nats.url(), &db);
+    cli.must(&["setup"]).await?;
+    // Every agent has listed what it made.
+    wait_until("the inventory to list every container", Duration::from_secs(180), || async {
+        let run = cli.run(&["ls", "--json"]).await.ok()?;
+        let rows: Vec<Value> = serde_json::from_str(&run.stdout).ok()?;
+        (rows.len() >= items).then_some(())
+    })
+    .await?;
+    let agent_pids: Vec<u32> = agents.iter_mut().filter_map(|a| a.proc().pid()).collect();
+    let agents_cpu = || agent_pids.iter().map(|p| cpu_ms(*p).unwrap_or(0.0)).sum::<f64>();
+    let pve_pid = pve.pid().expect("fakepve runs");
+    pve.reset_calls().await?;
+    let (agents0, pve0) = (agents_cpu(), cpu_ms(pve_pid)?);
+    let started = Instant::now();
+    let args =
+        ["update", "--select", "hostname=s*", "--memory", "777", "--max-parallel", "40", "--request-id", "bench"];
+    let mut child =
+        cli.command(&args)?.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
+    let pid = child.id().expect("the CLI runs");
+    // The CLI's CPU, read while it runs (its last read is within 50 ms of its exit).
+    let mut cli_cpu = 0.0;
+    let status = loop {
+        if let Ok(ms) = cpu_ms(pid) {
+            cli_cpu = ms;
+        }
+        tokio::select! {
+            status = child.wait() => break status?,
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "the rollout failed: {status}");
+    let (agents1, pve1) = (agents_cpu(), cpu_ms(pve_pid)?);
+    let calls: u64 = pve.calls().await?.iter().map(|(_, _, n)| n).sum();
+    Ok(Rollout {
+        items,
+        seconds,
+        agents_cpu_ms_per_item: (agents1 - agents0) / items as f64,
+        cli_cpu_ms_per_item: cli_cpu / items as f64,
+        fakepve_core_share: (pve1 - pve0) / (seconds * 1000.0),
+        pve_calls_per_item: calls as f64 / items as f64,
+    })
 }
