@@ -123,6 +123,7 @@ impl Store {
         if writes.is_empty() && went.is_empty() {
             return Ok(went);
         }
+        let _one = self.one_writer().await;
         let tx = self.db.begin().await?;
         let written = async {
             for (exists, row) in writes {
@@ -469,15 +470,25 @@ impl Store {
     /// would: each job's row is read once and written once for the batch, and the job counts
     /// move with its state. All or nothing: on an error none of them is recorded.
     pub async fn record_events(&self, events: &[&Event]) -> anyhow::Result<Vec<Recorded>> {
-        let tx = self.db.begin().await?;
-        match record_in(&tx, events).await {
-            Ok(outcomes) => {
-                tx.commit().await?;
-                Ok(outcomes)
-            }
-            Err(e) => {
-                tx.rollback().await?;
-                Err(e)
+        let _one = self.one_writer().await;
+        let mut tries = 0u32;
+        loop {
+            let tx = self.db.begin().await?;
+            let outcome = match record_in(&tx, events).await {
+                Ok(outcomes) => tx.commit().await.map(|()| outcomes).map_err(anyhow::Error::from),
+                Err(e) => {
+                    tx.rollback().await?;
+                    Err(e)
+                }
+            };
+            match outcome {
+                // SQLite: another process wrote since this transaction's first read (a submit
+                // while the recorder records); its work is undone, so try it again.
+                Err(e) if super::is_busy(&e) && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(tries))).await;
+                }
+                other => return other,
             }
         }
     }
