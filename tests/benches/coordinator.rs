@@ -218,11 +218,25 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     let mut puts = futures::stream::FuturesUnordered::new();
     for (i, job) in finished.iter().take(INVENTORY).enumerate() {
         let vmid = pvefleet_schemas::Vmid::new(100 + (i / NODES) as u32)?;
-        let entry = json!({
-            "v": 1, "node": job.node, "vmid": vmid, "hostname": job.container.hostname, "status": "running",
-            "tags": [job.job_id.marker_tag()], "create_job": job.job_id, "markers": [job.job_id.marker_tag()],
-            "digest": "0123456789abcdef", "memory_mb": 1024, "cores": 1, "disk": "8G", "ip": "10.0.0.1",
-        });
+        let entry = pvefleet_schemas::InventoryEntry {
+            v: V1,
+            node: job.node.clone(),
+            vmid,
+            hostname: job.container.hostname.clone(),
+            status: "running".into(),
+            tags: vec![job.job_id.marker_tag()],
+            create_job: Some(job.job_id),
+            markers: vec![job.job_id.marker_tag()],
+            digest: "0123456789abcdef".into(),
+            memory_mb: Some(1024),
+            cores: Some(1),
+            disk: Some("8G".into()),
+            ip: Some("10.0.0.1/24".into()),
+            lock: None,
+            last_job: Some(job.job_id),
+            applied_digest: Some("0123456789abcdef".into()),
+            last_seen: Timestamp::now(),
+        };
         let key = pvefleet_schemas::names::inventory_key(&job.node, vmid);
         let inventory = inventory.clone();
         puts.push(

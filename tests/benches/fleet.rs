@@ -531,14 +531,23 @@ async fn scale_run(parent: &TestDir, jobs: usize) -> anyhow::Result<Scale> {
     pvefleet_testbed::jobs::ensure_streams(&js, &names).await?;
     let tracker = Shared::default();
     follow(client, "pvefleet.events.>", tracker.clone()).await?;
+    let all: Vec<_> = (0..jobs)
+        .map(|i| {
+            create_job(
+                &nodes[i % nodes.len()],
+                &format!("s{i}"),
+                Ipv4Addr::new(10, 3, (i / 250) as u8, (i % 250) as u8 + 1),
+            )
+        })
+        .collect();
+    // Recorded in the coordinator's store, as `pvefleet submit` records them, for the rollout.
+    let db = pvefleet_testbed::cli::TestDb::sqlite(&dir);
+    let store =
+        pvefleet_coordinator::store::Store::open(&pvefleet_coordinator::store::database_url(Some(&db.url()))?).await?;
+    store.insert_jobs(&all).await?;
     let mut ids = Vec::new();
-    for i in 0..jobs {
-        let j = create_job(
-            &nodes[i % nodes.len()],
-            &format!("s{i}"),
-            Ipv4Addr::new(10, 3, (i / 250) as u8, (i % 250) as u8 + 1),
-        );
-        submit(&js, &j, &tracker).await?;
+    for j in &all {
+        submit(&js, j, &tracker).await?;
         ids.push(j.job_id);
     }
     let started = Instant::now();
@@ -565,7 +574,7 @@ async fn scale_run(parent: &TestDir, jobs: usize) -> anyhow::Result<Scale> {
         (last, ids.iter().filter(|id| t.ended[id].1).count(), t.redelivered)
     };
     let seconds = (last - started).as_secs_f64();
-    let rollout = rollout_run(&dir, &nats, &pve, &mut agents, jobs).await?;
+    let rollout = rollout_run(&dir, &nats, &pve, &mut agents, &db, &store, jobs).await?;
     dir.pass();
     Ok(Scale { jobs, completed, seconds, redelivered, rollout })
 }
@@ -578,12 +587,18 @@ async fn rollout_run(
     nats: &NatsServer,
     pve: &FakePve,
     agents: &mut [Agent],
+    db: &pvefleet_testbed::cli::TestDb,
+    store: &pvefleet_coordinator::store::Store,
     items: usize,
 ) -> anyhow::Result<Rollout> {
-    use pvefleet_testbed::cli::{Pvefleet, TestDb};
-    let db = TestDb::sqlite(dir);
-    let cli = Pvefleet::new(dir, &nats.url(), &db);
+    let cli = pvefleet_testbed::cli::Pvefleet::new(dir, &nats.url(), db);
     cli.must(&["setup"]).await?;
+    // The store learns how the creates ended (the rollout finds each container's create job).
+    let _recorder = cli.recorder("recorder")?;
+    wait_until("the store to know every create's end", Duration::from_secs(180), || async {
+        (store.job_total(None, Some("succeeded")).await.ok()? >= items as u64).then_some(())
+    })
+    .await?;
     // Every agent has listed what it made.
     wait_until("the inventory to list every container", Duration::from_secs(180), || async {
         let run = cli.run(&["ls", "--json"]).await.ok()?;
@@ -602,6 +617,11 @@ async fn rollout_run(
     let mut child =
         cli.command(&args)?.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn()?;
     let pid = child.id().expect("the CLI runs");
+    let mut stderr = child.stderr.take().expect("piped");
+    let said = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await.map(|_| text)
+    });
     // The CLI's CPU, read while it runs (its last read is within 50 ms of its exit).
     let mut cli_cpu = 0.0;
     let status = loop {
@@ -614,7 +634,12 @@ async fn rollout_run(
         }
     };
     let seconds = started.elapsed().as_secs_f64();
-    anyhow::ensure!(status.success(), "the rollout failed: {status}");
+    let said = said.await??;
+    anyhow::ensure!(
+        status.success(),
+        "the rollout failed: {status}: {}",
+        said.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
     let (agents1, pve1) = (agents_cpu(), cpu_ms(pve_pid)?);
     let calls: u64 = pve.calls().await?.iter().map(|(_, _, n)| n).sum();
     Ok(Rollout {
