@@ -192,6 +192,9 @@ pub enum Verb {
         /// Also those gone (deleted, outside pvefleet or not), as the store keeps them.
         #[arg(long)]
         all: bool,
+        /// The first this many, by node and vmid (0: every one).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         /// The containers as a JSON array.
         #[arg(long)]
         json: bool,

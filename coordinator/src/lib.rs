@@ -138,8 +138,8 @@ async fn dispatch(cli: &Cli) -> Outcome {
             UsersVerb::List { json } => verbs::users::list(cli, *json).await,
         },
         Verb::Destroy(ref args) => verbs::destroy::run(cli, args).await,
-        Verb::Ls { ref node, ref select, all, json } => {
-            verbs::ls::run(cli, node.as_deref(), select.as_deref(), all, json).await
+        Verb::Ls { ref node, ref select, all, limit, json } => {
+            verbs::ls::run(cli, node.as_deref(), select.as_deref(), all, limit, json).await
         }
         Verb::Retry(ref args) => verbs::retry::run(cli, args).await,
         Verb::Update(ref args) => verbs::day_two::update(cli, args).await,
