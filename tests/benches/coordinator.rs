@@ -165,6 +165,46 @@ fn frames(body: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Writes the inventory entries of `jobs[from..to]` as their agents would.
+async fn fill_inventory(js: &jetstream::Context, jobs: &[Job], from: usize, to: usize) -> anyhow::Result<()> {
+    let inventory = js.get_key_value(pvefleet_schemas::names::INVENTORY_BUCKET).await?;
+    let mut puts = futures::stream::FuturesUnordered::new();
+    for (i, job) in jobs.iter().enumerate().take(to).skip(from) {
+        let vmid = pvefleet_schemas::Vmid::new(100 + (i / NODES) as u32)?;
+        let entry = pvefleet_schemas::InventoryEntry {
+            v: V1,
+            node: job.node.clone(),
+            vmid,
+            hostname: job.container.hostname.clone(),
+            status: "running".into(),
+            tags: vec![job.job_id.marker_tag()],
+            create_job: Some(job.job_id),
+            markers: vec![job.job_id.marker_tag()],
+            digest: "0123456789abcdef".into(),
+            memory_mb: Some(1024),
+            cores: Some(1),
+            disk: Some("8G".into()),
+            ip: Some("10.0.0.1/24".into()),
+            lock: None,
+            last_job: Some(job.job_id),
+            applied_digest: Some("0123456789abcdef".into()),
+            last_seen: Timestamp::now(),
+        };
+        let key = pvefleet_schemas::names::inventory_key(&job.node, vmid);
+        let inventory = inventory.clone();
+        puts.push(
+            async move { inventory.put(key, serde_json::to_vec(&entry)?.into()).await.map_err(anyhow::Error::from) },
+        );
+        while puts.len() >= 1_000 {
+            puts.next().await.expect("pending")?;
+        }
+    }
+    while let Some(put) = puts.next().await {
+        put?;
+    }
+    Ok(())
+}
+
 async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     let dir = TestDir::new(&format!("bench-coordinator-{which}"));
     let db = match which {
@@ -213,43 +253,6 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     published += publish_all(&js, live.iter().map(|j| event(j, 1, 1_000))).await?;
     let publish_s = started.elapsed().as_secs_f64();
 
-    // The inventory of a fleet: 10,000 containers.
-    let inventory = js.get_key_value(pvefleet_schemas::names::INVENTORY_BUCKET).await?;
-    let mut puts = futures::stream::FuturesUnordered::new();
-    for (i, job) in finished.iter().take(INVENTORY).enumerate() {
-        let vmid = pvefleet_schemas::Vmid::new(100 + (i / NODES) as u32)?;
-        let entry = pvefleet_schemas::InventoryEntry {
-            v: V1,
-            node: job.node.clone(),
-            vmid,
-            hostname: job.container.hostname.clone(),
-            status: "running".into(),
-            tags: vec![job.job_id.marker_tag()],
-            create_job: Some(job.job_id),
-            markers: vec![job.job_id.marker_tag()],
-            digest: "0123456789abcdef".into(),
-            memory_mb: Some(1024),
-            cores: Some(1),
-            disk: Some("8G".into()),
-            ip: Some("10.0.0.1/24".into()),
-            lock: None,
-            last_job: Some(job.job_id),
-            applied_digest: Some("0123456789abcdef".into()),
-            last_seen: Timestamp::now(),
-        };
-        let key = pvefleet_schemas::names::inventory_key(&job.node, vmid);
-        let inventory = inventory.clone();
-        puts.push(
-            async move { inventory.put(key, serde_json::to_vec(&entry)?.into()).await.map_err(anyhow::Error::from) },
-        );
-        while puts.len() >= 1_000 {
-            puts.next().await.expect("pending")?;
-        }
-    }
-    while let Some(put) = puts.next().await {
-        put?;
-    }
-
     // The recorder on the backlog.
     let mut recorder = cli.recorder("recorder")?;
     let pid = recorder.pid().expect("the recorder runs");
@@ -274,7 +277,17 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     let cli_jobs = timed(30, || async { cli.must(&["jobs"]).await.map(drop) }).await?;
     let cli_jobs_node =
         timed(30, || async { cli.must(&["jobs", "--node", "pve3", "--state", "succeeded"]).await.map(drop) }).await?;
+    // ls over 1,000 containers (a rollout's fleet), then over 10,000.
+    fill_inventory(&js, finished, 0, 1_000).await?;
+    let cli_ls_1000 = timed(30, || async { cli.must(&["ls"]).await.map(drop) }).await?;
+    fill_inventory(&js, finished, 1_000, INVENTORY).await?;
     let cli_ls = timed(30, || async { cli.must(&["ls"]).await.map(drop) }).await?;
+    // Where ls's time goes: the bucket's walk, and the walk with every entry read.
+    let kv_walk = timed(10, || async {
+        pvefleet_coordinator::bus::kv_latest(&js, pvefleet_schemas::names::INVENTORY_BUCKET).await.map(drop)
+    })
+    .await?;
+    let inventory_read = timed(10, || async { pvefleet_coordinator::inventory::read(&js).await.map(drop) }).await?;
     let cli_ls_all = timed(10, || async { cli.must(&["ls", "--limit", "0", "--json"]).await.map(drop) }).await?;
     let listed = cli.must(&["ls", "--json", "--limit", "0"]).await?;
     let listed: Value = serde_json::from_str(&listed.stdout)?;
@@ -386,7 +399,8 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
         "publish_s": publish_s, "published": published,
         "ingest_s": ingest_s, "ingest_events_per_s": recorded / ingest_s,
         "recorder_cpu_us_per_event": recorder_cpu_ms * 1000.0 / recorded,
-        "cli_jobs": p50_p99(&cli_jobs), "cli_jobs_node_state": p50_p99(&cli_jobs_node), "cli_ls": p50_p99(&cli_ls), "cli_ls_all": p50_p99(&cli_ls_all),
+        "cli_jobs": p50_p99(&cli_jobs), "cli_jobs_node_state": p50_p99(&cli_jobs_node), "cli_ls": p50_p99(&cli_ls), "cli_ls_1000": p50_p99(&cli_ls_1000), "cli_ls_all": p50_p99(&cli_ls_all),
+        "kv_walk_10000": p50_p99(&kv_walk), "inventory_read_10000": p50_p99(&inventory_read),
         "web_jobs": p50_p99(&jobs_page), "web_jobs_node_state": p50_p99(&jobs_node), "web_jobs_page_1000": p50_p99(&jobs_deep),
         "web_job_page": p50_p99(&job_page), "web_job_feed_1000_events": p50_p99(&big_feed),
         "metrics": p50_p99(&metrics),
@@ -409,8 +423,11 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     println!("  {:<52} {:>12} {:>12}", "", "p50", "p99");
     row("pvefleet jobs (whole command)", &figures["cli_jobs"], "p99 ≤ 50 ms");
     row("pvefleet jobs --node pve3 --state succeeded", &figures["cli_jobs_node_state"], "");
+    row("pvefleet ls, first page of 1,000 containers", &figures["cli_ls_1000"], "p99 ≤ 50 ms");
     row("pvefleet ls, first page of 10,000 containers", &figures["cli_ls"], "p99 ≤ 50 ms");
     row("pvefleet ls --limit 0 --json, all 10,000", &figures["cli_ls_all"], "");
+    row("  of which: the bucket's walk (in process)", &figures["kv_walk_10000"], "");
+    row("  of which: the walk and every entry read", &figures["inventory_read_10000"], "");
     row("web: /jobs", &figures["web_jobs"], "p99 ≤ 100 ms");
     row("web: /jobs?node=pve3&state=succeeded", &figures["web_jobs_node_state"], "");
     row("web: /jobs?page=1000", &figures["web_jobs_page_1000"], "");

@@ -53,6 +53,11 @@ impl Store {
         // writes nor block them, and a commit is one append to the log (still synced: the
         // recorder acks an event only once it is on disk).
         opts.map_sqlx_sqlite_opts(|o| o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal));
+        // Postgres plans each query for its values: a prepared statement run a few times gets
+        // a generic plan, which cannot tell that `finished_at >= <now>` matches no row of
+        // 100,000 and read them all (40 ms a /metrics scrape instead of 1 ms in the coordinator
+        // bench).
+        opts.map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
         let db = Database::connect(opts)
             .await
             .map_err(|e| anyhow::anyhow!("opening the store {}: {e}", pvefleet_schemas::redact_url(url)))?;
@@ -163,7 +168,7 @@ mod tests {
                 r#"CREATE TABLE "jobs" ( "job_id" varchar NOT NULL PRIMARY KEY, "node" varchar NOT NULL, "state" varchar NOT NULL, "hostname" varchar NOT NULL, "spec" text NOT NULL, "template" varchar, "request_id" varchar UNIQUE, "vmid" bigint, "ip" varchar, "error_kind" varchar, "error_message" text, "submitted_at" varchar NOT NULL, "started_at" varchar, "finished_at" varchar, "stream_seq" bigint , "kind" varchar NOT NULL DEFAULT 'create', "target_job" varchar, "destroyed_by" varchar, "retry_of" varchar)"#,
                 r#"CREATE INDEX "jobs_finished_at" ON "jobs" ("finished_at")"#,
                 r#"CREATE INDEX "jobs_node_job" ON "jobs" ("node", "job_id")"#,
-                r#"CREATE INDEX "jobs_node_state" ON "jobs" ("node", "state")"#,
+                r#"CREATE INDEX "jobs_node_state_job" ON "jobs" ("node", "state", "job_id")"#,
                 r#"CREATE INDEX "jobs_state_job" ON "jobs" ("state", "job_id")"#,
                 r#"CREATE TABLE "node_keys" ( "node" varchar NOT NULL PRIMARY KEY, "public_key" varchar NOT NULL, "fingerprint" varchar NOT NULL, "pinned_at" varchar NOT NULL )"#,
                 r#"CREATE TABLE "sessions" ( "token_hash" varchar NOT NULL PRIMARY KEY, "user_name" varchar NOT NULL, "csrf" varchar NOT NULL, "created_at" varchar NOT NULL, "expires_at" varchar NOT NULL, "revoked_at" varchar )"#,

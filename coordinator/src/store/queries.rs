@@ -566,11 +566,22 @@ async fn count(
     kind: JobKind,
     delta: i64,
 ) -> Result<(), sea_orm::DbErr> {
+    count_as(db, state.as_str(), node, &kind.to_string(), delta).await
+}
+
+/// [`count`] with the state and kind as stored.
+async fn count_as(
+    db: &impl sea_orm::ConnectionTrait,
+    state: &str,
+    node: &str,
+    kind: &str,
+    delta: i64,
+) -> Result<(), sea_orm::DbErr> {
     use sea_orm::sea_query::Expr;
     let row = job_count::ActiveModel {
-        state: Set(state.as_str().to_owned()),
+        state: Set(state.to_owned()),
         node: Set(node.to_owned()),
-        kind: Set(kind.to_string()),
+        kind: Set(kind.to_owned()),
         n: Set(delta),
     };
     job_count::Entity::insert(row)
@@ -601,6 +612,9 @@ async fn record_in(tx: &sea_orm::DatabaseTransaction, events: &[&Event]) -> anyh
         }
     }
     let mut after = before.clone();
+    // What the batch moves between (state, node, kind): written once each at its end, in
+    // order, so two writers of one node's counts take their rows in the same order.
+    let mut counts: std::collections::BTreeMap<(&'static str, String, String), i64> = Default::default();
     let mut outcomes = Vec::with_capacity(events.len());
     let mut destroyed: Vec<(String, String, String)> = Vec::new();
     for e in events {
@@ -683,8 +697,8 @@ async fn record_in(tx: &sea_orm::DatabaseTransaction, events: &[&Event]) -> anyh
             .exec(tx)
             .await?;
         if now.state != was.state {
-            count(tx, was.state, &was.node, was.kind, -1).await?;
-            count(tx, now.state, &now.node, now.kind, 1).await?;
+            *counts.entry((was.state.as_str(), was.node.clone(), was.kind.to_string())).or_default() -= 1;
+            *counts.entry((now.state.as_str(), now.node.clone(), now.kind.to_string())).or_default() += 1;
         }
     }
     for (target, node, by) in destroyed {
@@ -700,8 +714,13 @@ async fn record_in(tx: &sea_orm::DatabaseTransaction, events: &[&Event]) -> anyh
             .exec(tx)
             .await?;
         if row.state != JobState::Destroyed {
-            count(tx, row.state, &row.node, row.kind, -1).await?;
-            count(tx, JobState::Destroyed, &row.node, row.kind, 1).await?;
+            *counts.entry((row.state.as_str(), row.node.clone(), row.kind.to_string())).or_default() -= 1;
+            *counts.entry((JobState::Destroyed.as_str(), row.node.clone(), row.kind.to_string())).or_default() += 1;
+        }
+    }
+    for ((state, node, kind), delta) in counts {
+        if delta != 0 {
+            count_as(tx, state, &node, &kind, delta).await?;
         }
     }
     Ok(outcomes)
