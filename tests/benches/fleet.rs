@@ -14,7 +14,8 @@
 //!   and reservation writes, its reads and its ack) made back to back by a bare async-nats
 //!   client;
 //! - the burst's floor: the same Proxmox calls per job made by 4 bare clients side by side (the
-//!   agent's concurrency), half before the agent's burst and half after;
+//!   agent's concurrency), half before the agent's burst and half after, with the inventory's
+//!   read of each new container's config (which the agent makes a second after each job);
 //! - a scale run: 1,000 jobs queued at once over 10 agents of one cluster.
 //!
 //! `just bench`; it prints a table, then one JSON line. `PVEFLEET_BENCH_SCALE_JOBS` changes the
@@ -189,7 +190,7 @@ impl FloorClient {
     /// One plain create's Proxmox calls, in the agent's order, back to back: what the agent
     /// needs per job once its node facts are known (the create with its description and
     /// marker, its task log, the start, its task log, the address).
-    async fn job(&self, vmid: u32) -> anyhow::Result<()> {
+    async fn job(&self, vmid: u32, with_inventory: bool) -> anyhow::Result<()> {
         use reqwest::Method;
         let upid = self
             .call(
@@ -214,6 +215,11 @@ impl FloorClient {
         let upid = upid.as_str().unwrap_or_default().to_owned();
         self.call(Method::GET, format!("/nodes/pve1/tasks/{upid}/log"), log).await?;
         self.call(Method::GET, format!("/nodes/pve1/lxc/{vmid}/interfaces"), vec![]).await?;
+        if with_inventory {
+            // The inventory's read of what the job left, a second after its end: off the job's
+            // own path, but fakepve serves it too while a burst runs.
+            self.call(Method::GET, format!("/nodes/pve1/lxc/{vmid}/config"), vec![]).await?;
+        }
         Ok(())
     }
 }
@@ -222,7 +228,7 @@ impl FloorClient {
 async fn pve_floor(pve: &FakePve, vmid: u32) -> anyhow::Result<Duration> {
     let client = FloorClient::new(pve).await?;
     let started = Instant::now();
-    client.job(vmid).await?;
+    client.job(vmid, false).await?;
     Ok(started.elapsed())
 }
 
@@ -243,7 +249,7 @@ async fn pve_burst_floor(pve: &FakePve, first_vmid: u32, jobs: usize, at_once: u
                 if i >= jobs {
                     return anyhow::Ok(());
                 }
-                c.job(first_vmid + i as u32).await?;
+                c.job(first_vmid + i as u32, true).await?;
             }
         }
     }))
@@ -601,7 +607,7 @@ async fn rollout_run(
     .await?;
     // Every agent has listed what it made.
     wait_until("the inventory to list every container", Duration::from_secs(180), || async {
-        let run = cli.run(&["ls", "--json"]).await.ok()?;
+        let run = cli.run(&["ls", "--json", "--limit", "0"]).await.ok()?;
         let rows: Vec<Value> = serde_json::from_str(&run.stdout).ok()?;
         (rows.len() >= items).then_some(())
     })
