@@ -322,6 +322,17 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     })
     .await?;
     let metrics = timed(100, || get("/metrics".into())).await?;
+    // What /metrics asks, each on its own from here: the kept counts, the jobs finished since
+    // now (none), the jobs stream's subjects.
+    let metrics_counts = timed(30, || async { store.job_counts().await.map(drop) }).await?;
+    let now = Timestamp::now().to_string();
+    let metrics_finished = timed(30, || async { store.finished_since(Some(&now)).await.map(drop) }).await?;
+    let metrics_queue = timed(30, || async {
+        let stream = js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?;
+        stream.info_with_subjects(pvefleet_schemas::names::JOBS_SUBJECTS).await?.count().await;
+        Ok(())
+    })
+    .await?;
 
     // 500 browsers following 50 live jobs, 10 each, from 25 loopback addresses (serve lets
     // one address follow 32 feeds at once).
@@ -403,7 +414,8 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
         "kv_walk_10000": p50_p99(&kv_walk), "inventory_read_10000": p50_p99(&inventory_read),
         "web_jobs": p50_p99(&jobs_page), "web_jobs_node_state": p50_p99(&jobs_node), "web_jobs_page_1000": p50_p99(&jobs_deep),
         "web_job_page": p50_p99(&job_page), "web_job_feed_1000_events": p50_p99(&big_feed),
-        "metrics": p50_p99(&metrics),
+        "metrics": p50_p99(&metrics), "metrics_counts": p50_p99(&metrics_counts),
+        "metrics_finished_since": p50_p99(&metrics_finished), "metrics_queue": p50_p99(&metrics_queue),
         "sse_clients": SSE_CLIENTS, "sse_deliveries": delivery.len(), "sse_delivery": p50_p99(&delivery),
         "serve_rss_mb": {"idle": rss_before, "following": rss_following, "peak": rss_peak},
     });
@@ -434,6 +446,9 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     row("web: the page of a job with 1,000 events", &figures["web_job_page"], "p99 ≤ 100 ms");
     row("web: that job's whole event feed", &figures["web_job_feed_1000_events"], "p99 ≤ 100 ms");
     row("web: /metrics", &figures["metrics"], "≤ 20 ms");
+    row("  its parts from here: the kept counts", &figures["metrics_counts"], "");
+    row("  jobs finished since now (by the index)", &figures["metrics_finished_since"], "");
+    row("  the jobs stream's subjects (NATS)", &figures["metrics_queue"], "");
     row(
         &format!("SSE: {SSE_CLIENTS} browsers on {LIVE_JOBS} live jobs, delivery"),
         &figures["sse_delivery"],
