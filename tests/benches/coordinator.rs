@@ -53,25 +53,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// The CPU time `pid` has used, in milliseconds (`/proc/<pid>/task/*/schedstat`).
-fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
-        ns += text.split_whitespace().next().unwrap_or("0").parse::<u64>()?;
-    }
-    Ok(ns as f64 / 1e6)
-}
-
-/// A `/proc/<pid>/status` figure in MB (`VmRSS`, `VmHWM`).
-fn mem_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
-    Ok(kb / 1024.0)
-}
+use pvefleet_testbed::process::{cpu_ms, mem_mb};
 
 fn node(i: usize) -> NodeName {
     NodeName::new(format!("pve{}", i % NODES + 1)).expect("a node name")

@@ -111,26 +111,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-/// The CPU time `pid` has used, in milliseconds, summed over its threads from
-/// `/proc/<pid>/task/*/schedstat` (nanoseconds; `stat`'s 10 ms ticks are too coarse for a job).
-fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
-    let mut ns = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let text = std::fs::read_to_string(task?.path().join("schedstat"))?;
-        ns += text.split_whitespace().next().unwrap_or("0").parse::<u64>()?;
-    }
-    Ok(ns as f64 / 1e6)
-}
-
-/// A `/proc/<pid>/status` figure in MB (`VmRSS`, `VmHWM`).
-fn mem_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
-    Ok(kb / 1024.0)
-}
+use pvefleet_testbed::process::{cpu_ms, mem_mb};
 
 async fn in_msgs(nats: &NatsServer) -> anyhow::Result<u64> {
     let url = format!("{}/varz", nats.monitor_url().expect("the bed's server has a monitor"));

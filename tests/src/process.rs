@@ -102,3 +102,25 @@ impl Drop for Proc {
         self.kill();
     }
 }
+
+/// The CPU time process `pid` has used, in milliseconds, summed over its threads from
+/// `/proc/<pid>/task/*/schedstat` (nanoseconds; `stat`'s 10 ms ticks are too coarse for a job);
+/// a thread that ends while it is read is left out. For the benchmarks.
+pub fn cpu_ms(pid: u32) -> anyhow::Result<f64> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else { continue };
+        ns += text.split_whitespace().next().unwrap_or("0").parse::<u64>()?;
+    }
+    Ok(ns as f64 / 1e6)
+}
+
+/// A `/proc/<pid>/status` figure in MB (`VmRSS`, `VmHWM`). For the benchmarks.
+pub fn mem_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.trim_start_matches(':').split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
+    Ok(kb / 1024.0)
+}
