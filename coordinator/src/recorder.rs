@@ -214,16 +214,25 @@ async fn record_batch(js: &jetstream::Context, store: &Store, msgs: Vec<jetstrea
         }
     };
     let mut recorded = 0;
+    // Jobs adopted in this batch: their later events in it were refused with the rest.
+    let mut adopted = BTreeSet::new();
     for ((msg, event), mut recording) in taken.iter().zip(outcomes.into_iter().map(Ok::<_, anyhow::Error>)) {
         // A job the store never saw queued: read from the jobs stream when its `accepted`
         // event says where, then its event recorded (only then: every other event of every
         // job goes straight to the store).
-        if matches!(recording, Ok(Recorded::Refused(_))) && event.job_seq.is_some() {
-            match adopt(js, store, event).await {
-                Ok(true) => recording = store.record_event(event).await,
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, job_id = %event.job_id, "reading a job published by another client failed");
+        if matches!(recording, Ok(Recorded::Refused(_))) {
+            if adopted.contains(&event.job_id) {
+                recording = store.record_event(event).await;
+            } else if event.job_seq.is_some() {
+                match adopt(js, store, event).await {
+                    Ok(true) => {
+                        adopted.insert(event.job_id);
+                        recording = store.record_event(event).await;
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, job_id = %event.job_id, "reading a job published by another client failed");
+                    }
                 }
             }
         }
