@@ -40,14 +40,7 @@ const INVENTORY: usize = 10_000;
 const STEPS: [Step; 6] =
     [Step::Validating, Step::Creating, Step::Starting, Step::Connecting, Step::Deploying, Step::Finalizing];
 
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
+use pvefleet_testbed::process::percentile;
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0

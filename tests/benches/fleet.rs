@@ -102,14 +102,7 @@ async fn wait_ended(tracker: &Shared, ids: &[JobId], within: Duration) -> anyhow
     Ok(())
 }
 
-fn percentile(values: &[f64], p: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
+use pvefleet_testbed::process::percentile;
 
 use pvefleet_testbed::process::{cpu_ms, mem_mb};
 

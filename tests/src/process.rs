@@ -124,3 +124,14 @@ pub fn mem_mb(pid: u32, field: &str) -> anyhow::Result<f64> {
         .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/{pid}/status"))?;
     Ok(kb / 1024.0)
 }
+
+/// The `p` quantile (0–1) of `values`, the nearest rank; NaN when there are none. For the
+/// benchmarks.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
