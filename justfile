@@ -49,10 +49,13 @@ demo:
     bash scripts/demo
 
 # Benchmarks (release build), printing their figures: the fleet (latency, throughput, CPU,
-# memory, calls per job, each against the floor measured in the same run), and SFTP upload
-# against OpenSSH's sftp, and what signing and deciding on a job cost.
+# memory, calls per job, each against the floor measured in the same run), SFTP upload
+# against OpenSSH's sftp, what signing and deciding on a job cost, and the coordinator with
+# 100,000 jobs and 2,000,000 events on SQLite and Postgres (PVEFLEET_BENCH_JOBS,
+# PVEFLEET_BENCH_DBS change them; it takes about 15 minutes).
 bench:
     cargo build --release --workspace --bins --locked
     cargo bench -p pvefleet-testbed --bench fleet --locked
     cargo bench -p pvefleet-testbed --bench sftp --locked
     cargo bench -p pvefleet-testbed --bench trust --locked
+    cargo bench -p pvefleet-testbed --bench coordinator --locked

@@ -203,11 +203,36 @@ pub async fn direct_batch(
     from: u64,
     batch: usize,
 ) -> anyhow::Result<Vec<jetstream::message::StreamMessage>> {
+    let ask = serde_json::json!({ "seq": from, "next_by_subj": subject, "batch": batch });
+    direct_get(js, stream, ask, batch).await
+}
+
+/// The last message of each of `subjects` in `stream` that has one, in one round trip: a
+/// batched direct get of the last by subject (ADR-31's `multi_last`), in stream order.
+pub async fn direct_last_of(
+    js: &jetstream::Context,
+    stream: &str,
+    subjects: &[String],
+) -> anyhow::Result<Vec<jetstream::message::StreamMessage>> {
+    if subjects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ask = serde_json::json!({ "multi_last": subjects, "batch": subjects.len() });
+    direct_get(js, stream, ask, subjects.len()).await
+}
+
+/// A batched direct get `ask` of `stream`, read until its end-of-batch status or `batch`
+/// messages.
+async fn direct_get(
+    js: &jetstream::Context,
+    stream: &str,
+    ask: serde_json::Value,
+    batch: usize,
+) -> anyhow::Result<Vec<jetstream::message::StreamMessage>> {
     use async_nats::StatusCode;
     let client = js.client();
     let inbox = client.new_inbox();
     let mut replies = client.subscribe(inbox.clone()).await?;
-    let ask = serde_json::json!({ "seq": from, "next_by_subj": subject, "batch": batch });
     client.publish_with_reply(format!("$JS.API.DIRECT.GET.{stream}"), inbox, ask.to_string().into()).await?;
     let mut got = Vec::new();
     loop {
@@ -216,7 +241,7 @@ pub async fn direct_batch(
             .map_err(|_| anyhow::anyhow!("a direct get of {stream} timed out"))?
             .ok_or_else(|| anyhow::anyhow!("a direct get of {stream}: the answer ended early"))?;
         match msg.status {
-            // The end of the batch (204), or nothing (more) after `from`.
+            // The end of the batch (204), or nothing (more) there.
             Some(status) if status.as_u16() == 204 || status == StatusCode::NOT_FOUND => return Ok(got),
             Some(StatusCode::NO_RESPONDERS) => anyhow::bail!("a direct get of {stream}: no responders"),
             Some(status) if status != StatusCode::OK => {

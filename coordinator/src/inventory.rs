@@ -35,16 +35,70 @@ pub async fn read_since(
     }
     let latest =
         crate::bus::kv_latest(js, INVENTORY_BUCKET).await.map_err(|e| anyhow::anyhow!("reading the inventory: {e}"))?;
-    let mut out = Vec::new();
-    for (key, msg) in latest {
-        match InventoryEntry::decode(&msg.payload) {
-            Ok(e) if key == format!("{}.{}", e.node, e.vmid) => out.push(e),
-            Ok(_) => tracing::warn!(%key, "an inventory entry under another node's key; ignored"),
-            Err(e) => tracing::warn!(%key, error = %e, "an unreadable inventory entry; ignored"),
-        }
-    }
+    let mut out: Vec<_> = latest.iter().filter_map(|(key, msg)| entry(key, &msg.payload)).collect();
     out.sort_by(|a, b| (a.node.as_str(), a.vmid).cmp(&(b.node.as_str(), b.vmid)));
     Ok(Some((out, last)))
+}
+
+/// The first `limit` containers by node then vmid (only `node`'s, when given), as [`read`]
+/// has them, without reading the whole bucket: its keys come from its stream's subjects (one
+/// request), sorted, then the values of the first ones by batched last-by-subject gets, keys
+/// deleted since passed over. Also whether keys are left beyond the page (containers, or
+/// keys deleted since: only a full read can tell). Ten thousand containers cost a quarter
+/// second read whole, a few milliseconds this way.
+pub async fn first_page(
+    js: &jetstream::Context,
+    node: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<(Vec<InventoryEntry>, bool)> {
+    use futures::StreamExt as _;
+    let bucket = format!("KV_{INVENTORY_BUCKET}");
+    let prefix = format!("$KV.{INVENTORY_BUCKET}.");
+    let stream = js
+        .get_stream(&bucket)
+        .await
+        .map_err(|e| anyhow::anyhow!("the inventory (run `pvefleet setup`, and start an agent): {e}"))?;
+    let filter = node.map_or_else(|| format!("{prefix}>"), |n| format!("{prefix}{n}.*"));
+    let mut subjects = stream.info_with_subjects(&filter).await.map_err(|e| anyhow::anyhow!("the inventory: {e}"))?;
+    let mut keys: Vec<(String, u32)> = Vec::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| anyhow::anyhow!("the inventory's keys: {e}"))?;
+        // `<node>.<vmid>`; anything else is nobody's entry.
+        if let Some((node, vmid)) = subject.strip_prefix(&prefix).and_then(|k| k.rsplit_once('.'))
+            && let Ok(vmid) = vmid.parse()
+        {
+            keys.push((node.to_owned(), vmid));
+        }
+    }
+    keys.sort_unstable();
+    let mut keys = keys.into_iter().peekable();
+    let mut page = Vec::with_capacity(limit);
+    while page.len() < limit && keys.peek().is_some() {
+        let ask: Vec<String> =
+            keys.by_ref().take(limit - page.len()).map(|(node, vmid)| format!("{prefix}{node}.{vmid}")).collect();
+        let mut got = crate::bus::direct_last_of(js, &bucket, &ask)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the inventory: {e}"))?;
+        got.retain(|m| m.headers.get("KV-Operation").is_none_or(|op| op.as_str() == "PUT"));
+        page.extend(got.iter().filter_map(|m| entry(m.subject.as_str().strip_prefix(&prefix)?, &m.payload)));
+    }
+    page.sort_by(|a, b| (a.node.as_str(), a.vmid).cmp(&(b.node.as_str(), b.vmid)));
+    Ok((page, keys.peek().is_some()))
+}
+
+/// The entry under inventory key `key`, if it reads and speaks for its own key.
+fn entry(key: &str, payload: &[u8]) -> Option<InventoryEntry> {
+    match InventoryEntry::decode(payload) {
+        Ok(e) if key == format!("{}.{}", e.node, e.vmid) => Some(e),
+        Ok(_) => {
+            tracing::warn!(%key, "an inventory entry under another node's key; ignored");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "an unreadable inventory entry; ignored");
+            None
+        }
+    }
 }
 
 /// A selection of containers: `tag=web,node=pve1,hostname=web-*` (each part must match; `*`

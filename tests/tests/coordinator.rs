@@ -1107,3 +1107,86 @@ async fn setup_protects_the_history_of_streams_made_before() -> anyhow::Result<(
     dir.pass();
     Ok(())
 }
+
+/// `pvefleet ls`'s first page is read by key (not the whole inventory), so it must still be
+/// what a full read would show first: by node then vmid as numbers (`pve1.999` before
+/// `pve1.1000`, though not as text), keys deleted since passed over (a later key takes their
+/// place), an entry under another node's key left out, `--node` only that node's; and a
+/// selection still reads every entry.
+#[tokio::test]
+async fn ls_pages_by_node_and_vmid_as_a_full_read_would() -> anyhow::Result<()> {
+    use pvefleet_schemas::{InventoryEntry, JobId, NodeName, Timestamp, V1, Vmid, names::INVENTORY_BUCKET};
+    let bed = bed("cli-ls-page", &["pve1"], |dir| Ok(TestDb::sqlite(dir))).await?;
+    let inventory = bed.js.get_key_value(INVENTORY_BUCKET).await?;
+    let entry = |node: &str, vmid: u32| -> anyhow::Result<InventoryEntry> {
+        let job = JobId::new();
+        Ok(InventoryEntry {
+            v: V1,
+            node: NodeName::new(node)?,
+            vmid: Vmid::new(vmid)?,
+            hostname: format!("{node}-{vmid}"),
+            status: "running".into(),
+            tags: vec![job.marker_tag()],
+            create_job: Some(job),
+            markers: vec![job.marker_tag()],
+            digest: "0123456789abcdef".into(),
+            memory_mb: Some(512),
+            cores: Some(1),
+            disk: Some("4G".into()),
+            ip: None,
+            lock: None,
+            last_job: Some(job),
+            applied_digest: Some("0123456789abcdef".into()),
+            last_seen: Timestamp::now(),
+        })
+    };
+    for (node, vmids) in [("pve2", 995..=1020), ("pve1", 995..=1020)] {
+        for vmid in vmids.rev() {
+            inventory.put(format!("{node}.{vmid}"), serde_json::to_vec(&entry(node, vmid)?)?.into()).await?;
+        }
+    }
+    // pve1's 995 to 997 gone, 998 speaking for pve2 under pve1's key.
+    for vmid in 995..=997 {
+        inventory.delete(format!("pve1.{vmid}")).await?;
+    }
+    inventory.put("pve1.998", serde_json::to_vec(&entry("pve2", 998)?)?.into()).await?;
+    let listed = |args: &'static [&'static str]| {
+        let cli = &bed.cli;
+        async move {
+            let run = cli.must(args).await?;
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&run.stdout)?;
+            anyhow::Ok(
+                rows.iter().map(|r| format!("{}.{}", r["node"].as_str().unwrap_or("?"), r["vmid"])).collect::<Vec<_>>(),
+            )
+        }
+    };
+    let whole = listed(&["ls", "--json", "--limit", "0"]).await?;
+    let expected: Vec<String> =
+        (999..=1020).map(|v| format!("pve1.{v}")).chain((995..=1020).map(|v| format!("pve2.{v}"))).collect();
+    assert_eq!(whole, expected, "a full read");
+    assert_eq!(listed(&["ls", "--json", "--limit", "5"]).await?, expected[..5], "the first page");
+    assert_eq!(listed(&["ls", "--json", "--limit", "30"]).await?, expected[..30], "a page over two nodes");
+    assert_eq!(listed(&["ls", "--json", "--limit", "100"]).await?, expected, "a page past the end");
+    assert_eq!(
+        listed(&["ls", "--json", "--limit", "3", "--node", "pve2"]).await?,
+        ["pve2.995", "pve2.996", "pve2.997"],
+        "one node's"
+    );
+    assert_eq!(
+        listed(&["ls", "--json", "--limit", "3", "--select", "hostname=pve2-100*"]).await?,
+        ["pve2.1000", "pve2.1001", "pve2.1002"],
+        "a selection"
+    );
+    let table = bed.cli.must(&["ls", "--limit", "2"]).await?;
+    assert!(
+        table.stdout.contains("pve1-999") && table.stdout.contains("pve1-1000") && !table.stdout.contains("pve1-1001")
+    );
+    assert!(table.stdout.contains("The first 2 containers by node and vmid; --limit 0 shows every one."), "{table:?}");
+    let all = bed.cli.must(&["ls", "--limit", "100"]).await?;
+    assert!(!all.stdout.contains("The first"), "{all:?}");
+    let bad = bed.cli.run(&["ls", "--node", "pve1.>"]).await?;
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("--node"), "{bad:?}");
+    bed.fleet.dir.pass();
+    Ok(())
+}

@@ -12,17 +12,30 @@ use crate::{Failure, Outcome};
 pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, all: bool, limit: usize, json: bool) -> Outcome {
     let selection: Option<Selection> =
         select.map(|s| s.parse().map_err(|e: String| Failure::Usage(format!("--select: {e}")))).transpose()?;
+    let node = node
+        .map(|n| pvefleet_schemas::NodeName::new(n).map_err(|e| Failure::Usage(format!("--node: {e}"))))
+        .transpose()?;
+    let node = node.as_ref().map(|n| n.as_str());
     let nats = Nats::new(cli);
-    let entries: Vec<_> = inventory::read(nats.js().await?)
-        .await?
-        .into_iter()
-        .filter(|e| node.is_none_or(|n| e.node.as_str() == n))
-        .filter(|e| selection.as_ref().is_none_or(|s| s.matches(e)))
-        .collect();
-    let matched = entries.len();
-    // The first page (by node and vmid, as the inventory reads them): a table of ten thousand
-    // rows is nobody's to read, and formatting it took most of a quarter second.
-    let entries: Vec<_> = if limit > 0 { entries.into_iter().take(limit).collect() } else { entries };
+    // The first page (by node and vmid): a table of ten thousand rows is nobody's to read.
+    // Without a selection it is read alone, by key; a selection reads every entry.
+    // `more`: whether containers may lie beyond the page, and how many match when known.
+    let (entries, more) = match (&selection, limit) {
+        (None, 1..) => {
+            let (page, more) = inventory::first_page(nats.js().await?, node, limit).await?;
+            (page, more.then_some(None))
+        }
+        _ => {
+            let entries: Vec<_> = inventory::read(nats.js().await?)
+                .await?
+                .into_iter()
+                .filter(|e| node.is_none_or(|n| e.node.as_str() == n))
+                .filter(|e| selection.as_ref().is_none_or(|s| s.matches(e)))
+                .collect();
+            let more = (limit > 0 && entries.len() > limit).then_some(Some(entries.len()));
+            (if limit > 0 { entries.into_iter().take(limit).collect() } else { entries }, more)
+        }
+    };
     let gone: Vec<_> = if all {
         let store = crate::open_store(cli).await?;
         let gone = store
@@ -98,8 +111,12 @@ pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, all: bool,
         ]);
     }
     println!("{table}");
-    if entries.len() < matched {
-        println!("The first {} of {matched} containers; --limit 0 shows every one.", entries.len());
+    match more {
+        Some(Some(matched)) => {
+            println!("The first {} of {matched} containers; --limit 0 shows every one.", entries.len())
+        }
+        Some(None) => println!("The first {} containers by node and vmid; --limit 0 shows every one.", entries.len()),
+        None => {}
     }
     Ok(())
 }
