@@ -301,7 +301,7 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     // now (none), the jobs stream's subjects.
     let metrics_counts = timed(30, || async { store.job_counts().await.map(drop) }).await?;
     let now = Timestamp::now().to_string();
-    let metrics_finished = timed(30, || async { store.finished_since(Some(&now)).await.map(drop) }).await?;
+    let metrics_finished = timed(30, || async { store.finished_after(Some(&now), 500).await.map(drop) }).await?;
     let metrics_queue = timed(30, || async {
         let stream = js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?;
         stream.info_with_subjects(pvefleet_schemas::names::JOBS_SUBJECTS).await?.count().await;

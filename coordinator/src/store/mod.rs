@@ -94,7 +94,7 @@ pub fn database_url(db: Option<&str>) -> anyhow::Result<String> {
     }
 }
 
-fn sqlite_url(path: &std::path::Path) -> anyhow::Result<String> {
+pub(crate) fn sqlite_url(path: &std::path::Path) -> anyhow::Result<String> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| anyhow::anyhow!("creating {} for the store: {e}", parent.display()))?;
