@@ -51,40 +51,43 @@ pub async fn first_page(
     node: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<(Vec<InventoryEntry>, bool)> {
-    use futures::StreamExt as _;
     let bucket = format!("KV_{INVENTORY_BUCKET}");
     let prefix = format!("$KV.{INVENTORY_BUCKET}.");
-    let stream = js
-        .get_stream(&bucket)
+    let filter = node.map_or_else(|| format!("{prefix}>"), |n| format!("{prefix}{n}.*"));
+    let subjects = crate::bus::stream_subjects(js, &bucket, &filter)
         .await
         .map_err(|e| anyhow::anyhow!("the inventory (run `pvefleet setup`, and start an agent): {e}"))?;
-    let filter = node.map_or_else(|| format!("{prefix}>"), |n| format!("{prefix}{n}.*"));
-    let mut subjects = stream.info_with_subjects(&filter).await.map_err(|e| anyhow::anyhow!("the inventory: {e}"))?;
-    let mut keys: Vec<(String, u32)> = Vec::new();
-    while let Some(subject) = subjects.next().await {
-        let (subject, _) = subject.map_err(|e| anyhow::anyhow!("the inventory's keys: {e}"))?;
-        // `<node>.<vmid>`; anything else is nobody's entry.
-        if let Some((node, vmid)) = subject.strip_prefix(&prefix).and_then(|k| k.rsplit_once('.'))
-            && let Ok(vmid) = vmid.parse()
-        {
-            keys.push((node.to_owned(), vmid));
-        }
-    }
+    // `<node>.<vmid>`; anything else is nobody's entry.
+    let mut keys: Vec<(&str, u32)> = subjects
+        .iter()
+        .filter_map(|(s, _)| {
+            let (node, vmid) = s.strip_prefix(&prefix)?.rsplit_once('.')?;
+            Some((node, vmid.parse().ok()?))
+        })
+        .collect();
     keys.sort_unstable();
     let mut keys = keys.into_iter().peekable();
-    let mut page = Vec::with_capacity(limit);
+    let (mut page, mut ask) = (Vec::with_capacity(limit), 0);
     while page.len() < limit && keys.peek().is_some() {
-        let ask: Vec<String> =
-            keys.by_ref().take(limit - page.len()).map(|(node, vmid)| format!("{prefix}{node}.{vmid}")).collect();
-        let mut got = crate::bus::direct_last_of(js, &bucket, &ask)
+        // What the page still needs, and after a round that met deleted keys twice the last
+        // ask, so that a long run of them costs few round trips.
+        ask = (limit - page.len()).max(ask * 2).min(MULTI_LAST_MAX);
+        let subjects: Vec<String> =
+            keys.by_ref().take(ask).map(|(node, vmid)| format!("{prefix}{node}.{vmid}")).collect();
+        let mut got = crate::bus::direct_last_of(js, &bucket, &subjects)
             .await
             .map_err(|e| anyhow::anyhow!("reading the inventory: {e}"))?;
         got.retain(|m| m.headers.get("KV-Operation").is_none_or(|op| op.as_str() == "PUT"));
         page.extend(got.iter().filter_map(|m| entry(m.subject.as_str().strip_prefix(&prefix)?, &m.payload)));
     }
     page.sort_by(|a, b| (a.node.as_str(), a.vmid).cmp(&(b.node.as_str(), b.vmid)));
-    Ok((page, keys.peek().is_some()))
+    let more = page.len() > limit || keys.peek().is_some();
+    page.truncate(limit);
+    Ok((page, more))
 }
+
+/// The most subjects one last-by-subject batch may name (nats-server answers more with 413).
+const MULTI_LAST_MAX: usize = 1_024;
 
 /// The entry under inventory key `key`, if it reads and speaks for its own key.
 fn entry(key: &str, payload: &[u8]) -> Option<InventoryEntry> {

@@ -303,9 +303,8 @@ async fn run(which: &str, jobs: usize) -> anyhow::Result<Value> {
     let now = Timestamp::now().to_string();
     let metrics_finished = timed(30, || async { store.finished_after(Some(&now), 500).await.map(drop) }).await?;
     let metrics_queue = timed(30, || async {
-        let stream = js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await?;
-        stream.info_with_subjects(pvefleet_schemas::names::JOBS_SUBJECTS).await?.count().await;
-        Ok(())
+        let (stream, subjects) = (pvefleet_schemas::names::JOBS_STREAM, pvefleet_schemas::names::JOBS_SUBJECTS);
+        pvefleet_coordinator::bus::stream_subjects(&js, stream, subjects).await.map(drop)
     })
     .await?;
 

@@ -1110,8 +1110,8 @@ async fn setup_protects_the_history_of_streams_made_before() -> anyhow::Result<(
 
 /// `pvefleet ls`'s first page is read by key (not the whole inventory), so it must still be
 /// what a full read would show first: by node then vmid as numbers (`pve1.999` before
-/// `pve1.1000`, though not as text), keys deleted since passed over (a later key takes their
-/// place), an entry under another node's key left out, `--node` only that node's; and a
+/// `pve1.1000`, though not as text), keys deleted since passed over (later keys take their
+/// place, a run of them longer than the page too), an entry under another node's key left out, `--node` only that node's; and a
 /// selection still reads every entry.
 #[tokio::test]
 async fn ls_pages_by_node_and_vmid_as_a_full_read_would() -> anyhow::Result<()> {
@@ -1145,8 +1145,8 @@ async fn ls_pages_by_node_and_vmid_as_a_full_read_would() -> anyhow::Result<()> 
             inventory.put(format!("{node}.{vmid}"), serde_json::to_vec(&entry(node, vmid)?)?.into()).await?;
         }
     }
-    // pve1's 995 to 997 gone, 998 speaking for pve2 under pve1's key.
-    for vmid in 995..=997 {
+    // pve1's 995 to 997 and 999 to 1012 gone, 998 speaking for pve2 under pve1's key.
+    for vmid in (995..=997).chain(999..=1012) {
         inventory.delete(format!("pve1.{vmid}")).await?;
     }
     inventory.put("pve1.998", serde_json::to_vec(&entry("pve2", 998)?)?.into()).await?;
@@ -1162,11 +1162,12 @@ async fn ls_pages_by_node_and_vmid_as_a_full_read_would() -> anyhow::Result<()> 
     };
     let whole = listed(&["ls", "--json", "--limit", "0"]).await?;
     let expected: Vec<String> =
-        (999..=1020).map(|v| format!("pve1.{v}")).chain((995..=1020).map(|v| format!("pve2.{v}"))).collect();
+        (1013..=1020).map(|v| format!("pve1.{v}")).chain((995..=1020).map(|v| format!("pve2.{v}"))).collect();
     assert_eq!(whole, expected, "a full read");
     assert_eq!(listed(&["ls", "--json", "--limit", "5"]).await?, expected[..5], "the first page");
     assert_eq!(listed(&["ls", "--json", "--limit", "30"]).await?, expected[..30], "a page over two nodes");
     assert_eq!(listed(&["ls", "--json", "--limit", "100"]).await?, expected, "a page past the end");
+    assert_eq!(listed(&["ls", "--json", "--limit", "2000"]).await?, expected, "a page longer than one read");
     assert_eq!(
         listed(&["ls", "--json", "--limit", "3", "--node", "pve2"]).await?,
         ["pve2.995", "pve2.996", "pve2.997"],
@@ -1179,7 +1180,7 @@ async fn ls_pages_by_node_and_vmid_as_a_full_read_would() -> anyhow::Result<()> 
     );
     let table = bed.cli.must(&["ls", "--limit", "2"]).await?;
     assert!(
-        table.stdout.contains("pve1-999") && table.stdout.contains("pve1-1000") && !table.stdout.contains("pve1-1001")
+        table.stdout.contains("pve1-1013") && table.stdout.contains("pve1-1014") && !table.stdout.contains("pve1-1015")
     );
     assert!(table.stdout.contains("The first 2 containers by node and vmid; --limit 0 shows every one."), "{table:?}");
     let all = bed.cli.must(&["ls", "--limit", "100"]).await?;

@@ -45,11 +45,14 @@ async fn render(web: &Web) -> anyhow::Result<String> {
         durations.catch_up(&web.store).await?;
         (durations.jobs.clone(), durations.steps.clone())
     };
-    if let Ok(stream) = web.js.get_stream(pvefleet_schemas::names::JOBS_STREAM).await
-        && let Ok(mut subjects) = stream.info_with_subjects(pvefleet_schemas::names::JOBS_SUBJECTS).await
+    if let Ok(subjects) = crate::bus::stream_subjects(
+        &web.js,
+        pvefleet_schemas::names::JOBS_STREAM,
+        pvefleet_schemas::names::JOBS_SUBJECTS,
+    )
+    .await
     {
-        use futures::StreamExt as _;
-        while let Some(Ok((subject, n))) = subjects.next().await {
+        for (subject, n) in subjects {
             if let Some(node) = subject.split('.').nth(2) {
                 queued
                     .get_or_create(&NodeLabels { node: node.to_owned() })
