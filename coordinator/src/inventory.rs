@@ -5,7 +5,7 @@
 //! (`tag=web,node=pve1,hostname=web-*`).
 
 use async_nats::jetstream;
-use pvefleet_schemas::names::INVENTORY_BUCKET;
+use pvefleet_schemas::names::{self, INVENTORY_BUCKET};
 use pvefleet_schemas::{ContainerTarget, InventoryEntry, JobId, NodeName};
 
 use crate::Failure;
@@ -92,7 +92,7 @@ const MULTI_LAST_MAX: usize = 1_024;
 /// The entry under inventory key `key`, if it reads and speaks for its own key.
 fn entry(key: &str, payload: &[u8]) -> Option<InventoryEntry> {
     match InventoryEntry::decode(payload) {
-        Ok(e) if key == format!("{}.{}", e.node, e.vmid) => Some(e),
+        Ok(e) if key == names::inventory_key(&e.node, e.vmid) => Some(e),
         Ok(_) => {
             tracing::warn!(%key, "an inventory entry under another node's key; ignored");
             None

@@ -1183,6 +1183,8 @@ async fn ls_pages_by_node_and_vmid_as_a_full_read_would() -> anyhow::Result<()> 
         table.stdout.contains("pve1-1013") && table.stdout.contains("pve1-1014") && !table.stdout.contains("pve1-1015")
     );
     assert!(table.stdout.contains("The first 2 containers by node and vmid; --limit 0 shows every one."), "{table:?}");
+    let selected = bed.cli.must(&["ls", "--limit", "3", "--select", "hostname=pve2-100*"]).await?;
+    assert!(selected.stdout.contains("The first 3 of 10 containers; --limit 0 shows every one."), "{selected:?}");
     let all = bed.cli.must(&["ls", "--limit", "100"]).await?;
     assert!(!all.stdout.contains("The first"), "{all:?}");
     let bad = bed.cli.run(&["ls", "--node", "pve1.>"]).await?;

@@ -420,19 +420,16 @@ impl Store {
         if let Some(after) = after {
             q = q.filter(job::Column::FinishedAt.gt(after));
         }
-        Self::finished(q.order_by_asc(job::Column::FinishedAt).limit(limit), &self.db).await
+        self.finished(q.order_by_asc(job::Column::FinishedAt).limit(limit)).await
     }
 
     /// The jobs that finished at exactly `at` (a page of [`Store::finished_after`] may end
     /// between two of them).
     pub async fn finished_at(&self, at: &str) -> anyhow::Result<Vec<Finished>> {
-        Self::finished(job::Entity::find().filter(job::Column::FinishedAt.eq(at)), &self.db).await
+        self.finished(job::Entity::find().filter(job::Column::FinishedAt.eq(at))).await
     }
 
-    async fn finished(
-        q: sea_orm::Select<job::Entity>,
-        db: &sea_orm::DatabaseConnection,
-    ) -> anyhow::Result<Vec<Finished>> {
+    async fn finished(&self, q: sea_orm::Select<job::Entity>) -> anyhow::Result<Vec<Finished>> {
         use sea_orm::QuerySelect as _;
         let rows: Vec<(String, Option<String>, Option<String>)> = q
             .select_only()
@@ -440,7 +437,7 @@ impl Store {
             .column(job::Column::StartedAt)
             .column(job::Column::FinishedAt)
             .into_tuple()
-            .all(db)
+            .all(&self.db)
             .await?;
         Ok(rows
             .into_iter()

@@ -19,21 +19,24 @@ pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, all: bool,
     let nats = Nats::new(cli);
     // The first page (by node and vmid): a table of ten thousand rows is nobody's to read.
     // Without a selection it is read alone, by key; a selection reads every entry.
-    // `more`: whether containers may lie beyond the page, and how many match when known.
-    let (entries, more) = match (&selection, limit) {
+    let (entries, footnote) = match (&selection, limit) {
         (None, 1..) => {
             let (page, more) = inventory::first_page(nats.js().await?, node, limit).await?;
-            (page, more.then_some(None))
+            // How many there are is not known without reading every entry.
+            let footnote = more.then(|| format!("The first {} containers by node and vmid", page.len()));
+            (page, footnote)
         }
         _ => {
-            let entries: Vec<_> = inventory::read(nats.js().await?)
+            let mut entries: Vec<_> = inventory::read(nats.js().await?)
                 .await?
                 .into_iter()
                 .filter(|e| node.is_none_or(|n| e.node.as_str() == n))
                 .filter(|e| selection.as_ref().is_none_or(|s| s.matches(e)))
                 .collect();
-            let more = (limit > 0 && entries.len() > limit).then_some(Some(entries.len()));
-            (if limit > 0 { entries.into_iter().take(limit).collect() } else { entries }, more)
+            let matched = entries.len();
+            let footnote = (limit > 0 && matched > limit).then(|| format!("The first {limit} of {matched} containers"));
+            entries.truncate(if limit > 0 { limit } else { matched });
+            (entries, footnote)
         }
     };
     let gone: Vec<_> = if all {
@@ -111,12 +114,8 @@ pub async fn run(cli: &Cli, node: Option<&str>, select: Option<&str>, all: bool,
         ]);
     }
     println!("{table}");
-    match more {
-        Some(Some(matched)) => {
-            println!("The first {} of {matched} containers; --limit 0 shows every one.", entries.len())
-        }
-        Some(None) => println!("The first {} containers by node and vmid; --limit 0 shows every one.", entries.len()),
-        None => {}
+    if let Some(footnote) = footnote {
+        println!("{footnote}; --limit 0 shows every one.");
     }
     Ok(())
 }
