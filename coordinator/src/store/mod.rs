@@ -58,12 +58,28 @@ impl Store {
         // 100,000 and read them all (40 ms a /metrics scrape instead of 1 ms in the coordinator
         // bench).
         opts.map_sqlx_postgres_opts(|o| o.options([("plan_cache_mode", "force_custom_plan")]));
-        let db = Database::connect(opts)
+        // SQLite: turning a new file to WAL takes it alone for a moment, and a second process
+        // doing the same meanwhile is answered "database is locked" at once, without waiting
+        // (the recorder and serve started together: one of them exited). Asked again shortly.
+        use backon::{ExponentialBuilder, Retryable as _};
+        let retry = ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(20))
+            .with_max_delay(std::time::Duration::from_millis(500))
+            .without_max_times()
+            .with_total_delay(Some(std::time::Duration::from_secs(10)));
+        let db = (|| async { Database::connect(opts.clone()).await.map_err(anyhow::Error::from) })
+            .retry(retry)
+            .when(is_busy)
             .await
             .map_err(|e| anyhow::anyhow!("opening the store {}: {e}", pvefleet_schemas::redact_url(url)))?;
         migrations::migrate(&db).await?;
         let writer = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite).then(Default::default);
         Ok(Self { db, writer })
+    }
+
+    #[cfg(test)]
+    async fn open_owned(url: String) -> anyhow::Result<Self> {
+        Self::open(&url).await
     }
 
     /// The process's SQLite write turn, held for a write transaction (none on Postgres).
@@ -319,6 +335,22 @@ mod tests {
         store.delete_job(&b).await.unwrap();
         assert_eq!(kept(&store).await, recount(&store).await);
         assert_eq!(recount(&store).await.iter().map(|c| c.3).sum::<i64>(), 2);
+    }
+
+    /// Processes that start together on a SQLite file not made yet (the recorder, serve and a
+    /// CLI, say): each opens it, whoever makes the tables and turns on WAL, and none fails on
+    /// the lock another holds meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn stores_opened_side_by_side_on_a_new_sqlite_file_all_open() {
+        for round in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let url = sqlite_url(&dir.path().join("store.db")).unwrap();
+            let opening: Vec<_> = (0..6).map(|_| tokio::spawn(Store::open_owned(url.clone()))).collect();
+            for o in opening {
+                let store = o.await.unwrap().unwrap_or_else(|e| panic!("round {round}: {e:#}"));
+                assert_eq!(store.job_total(None, None).await.unwrap(), 0);
+            }
+        }
     }
 
     /// Ten nodes' events recorded side by side (the recorder's tasks) while another process
